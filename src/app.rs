@@ -1,0 +1,1 @@
+//! Application lifecycle (being built).

@@ -1,0 +1,105 @@
+//! Authentication: who a connection is. Owns the `Identity` every connection,
+//! adapter and the bridge carries, and the `Authenticator` seam called at CONNECT.
+//! It must never log or store a password.
+
+mod identity;
+
+pub use identity::{AuthMethod, Identity};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What a CONNECT presents to be authenticated.
+#[derive(Clone)]
+pub struct AuthRequest {
+    /// Listener the connection arrived on (its `[[listener]] name`).
+    pub listener: Arc<str>,
+    /// Whether that listener accepts anonymous clients.
+    pub allow_anonymous: bool,
+    /// Whether that listener accepts CONNECT username/password.
+    pub password_auth: bool,
+    /// Remote address, for throttling and audit.
+    pub peer: SocketAddr,
+    /// Client id after assignment (never empty here).
+    pub client_id: String,
+    /// CONNECT username, if any.
+    pub username: Option<String>,
+    /// CONNECT password, raw bytes (MQTT passwords are binary data).
+    pub password: Option<bytes::Bytes>,
+    /// Identity taken from a verified client certificate, if the TLS layer had one.
+    pub certificate_identity: Option<String>,
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is deliberately left out so a Debug print can never leak it.
+        f.debug_struct("AuthRequest")
+            .field("listener", &self.listener)
+            .field("peer", &self.peer)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("certificate_identity", &self.certificate_identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a CONNECT was refused; maps onto CONNACK return/reason codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong or missing credentials (v5 0x86, v3.1.1 4).
+    #[error("bad user name or password")]
+    BadCredentials,
+    /// Authenticated identity is not allowed here, e.g. anonymous on a listener that forbids it (v5 0x87, v3.1.1 5).
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// Throttled after failed attempts (v5 0x9F connection rate exceeded, v3.1.1 5).
+    #[error("too many failed attempts, retry later")]
+    Throttled,
+    /// Internal failure (v5 0x80 unspecified, v3.1.1 3 server unavailable).
+    #[error("authentication unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Boxed future returned by `Authenticator::authenticate`.
+pub type AuthFuture = Pin<Box<dyn Future<Output = Result<Identity, AuthError>> + Send + 'static>>;
+
+/// The seam called once per CONNECT. Implementations run expensive work (password
+/// hashing) off the async reactor.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Decide who this CONNECT is, or refuse it.
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+}
+
+/// Authenticator used until a password file / client CA is configured: it admits
+/// anonymous clients on listeners that allow them and refuses everyone else.
+#[derive(Debug, Default, Clone)]
+pub struct AnonymousOnly;
+
+impl Authenticator for AnonymousOnly {
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture {
+        Box::pin(async move {
+            if let Some(cn) = request.certificate_identity {
+                return Ok(Identity {
+                    username: Some(cn),
+                    client_id: request.client_id,
+                    via: AuthMethod::Certificate,
+                    listener: request.listener,
+                });
+            }
+            if request.allow_anonymous {
+                return Ok(Identity {
+                    username: request.username,
+                    client_id: request.client_id,
+                    via: AuthMethod::Anonymous,
+                    listener: request.listener,
+                });
+            }
+            Err(AuthError::NotAuthorized(format!(
+                "listener {} does not allow anonymous clients and no password file is configured",
+                request.listener
+            )))
+        })
+    }
+}

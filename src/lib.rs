@@ -1,0 +1,16 @@
+//! tollgate: a secure MQTT edge gateway for Raspberry Pi class hardware.
+//!
+//! The library holds every component; `main.rs` is a thin CLI shell over it so
+//! integration tests can start a real gateway in-process.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod pki;
+pub mod telemetry;
+pub mod tls;
+pub mod topic;

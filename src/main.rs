@@ -1,0 +1,3 @@
+fn main() {
+    println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+}

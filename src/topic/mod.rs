@@ -1,0 +1,1 @@
+//! Topic names and filters: validation, wildcard matching, shared-subscription parsing.
