@@ -160,6 +160,10 @@ async fn connect(
         let mut tls = TlsAcceptor::from(server).accept(tcp).await?;
         let id = peer_identity(tls.get_ref().1, identity)
             .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        assert_eq!(
+            tollgate::tls::peer_chain(tls.get_ref().1).is_some(),
+            id.is_some()
+        );
         tls.write_all(b"ok").await?;
         tls.flush().await?;
         Ok::<_, io::Error>(id)
@@ -506,9 +510,29 @@ async fn reload_swaps_config_and_keeps_old_one_on_error() {
     let crl = load_crl(&crl_path).expect("crl");
     let dev_der = tollgate::tls::load_certs(&device.0).expect("cert");
     assert!(certificate_revoked(dev_der[0].as_ref(), &crl));
+    assert_eq!(
+        reloadable.check_client_chain(&dev_der),
+        Err(CertRejection::Revoked)
+    );
+    assert_eq!(
+        reloadable.check_client_chain(&[]),
+        Err(CertRejection::NoCertificate)
+    );
     let other = pki.client("dev2");
     let other_der = tollgate::tls::load_certs(&other.0).expect("cert");
     assert!(!certificate_revoked(other_der[0].as_ref(), &crl));
+    assert_eq!(reloadable.check_client_chain(&other_der), Ok(()));
+    let stranger = issue(
+        pki.path(),
+        "stranger",
+        client_params("stranger"),
+        &pki.other_ca,
+    );
+    let stranger_der = tollgate::tls::load_certs(&stranger.0).expect("cert");
+    assert_eq!(
+        reloadable.check_client_chain(&stranger_der),
+        Err(CertRejection::UnknownCa)
+    );
     assert_eq!(
         tollgate::tls::load_crl_serials(&crl_path).expect("serials"),
         vec![vec![0x0a, 0x0b]]

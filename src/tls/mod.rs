@@ -26,7 +26,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
@@ -152,6 +153,22 @@ pub enum CertRejection {
     BadKeyUsage,
     /// Anything else (bad signature, malformed certificate, protocol error, ...).
     Other(String),
+}
+
+impl fmt::Display for CertRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertRejection::UnknownCa => f.write_str("unknown CA"),
+            CertRejection::Expired => f.write_str("certificate expired"),
+            CertRejection::NotYetValid => f.write_str("certificate not yet valid"),
+            CertRejection::Revoked => f.write_str("certificate revoked"),
+            CertRejection::NoCertificate => f.write_str("no client certificate"),
+            CertRejection::BadKeyUsage => {
+                f.write_str("certificate not valid for client authentication")
+            }
+            CertRejection::Other(s) => f.write_str(s),
+        }
+    }
 }
 
 /// Errors from loading TLS material and building configurations.
@@ -403,36 +420,25 @@ fn protocol_versions(
     Ok(out)
 }
 
-/// Builds the rustls server configuration for a TLS listener.
+/// Builds the verifier for client certificates of a listener, `None` when `client_certs = "off"`.
 ///
-/// Cheap enough to call again on SIGHUP (see [`ReloadableServerConfig`]): it re-reads the
-/// certificate, key, client CA and CRL from disk.
-pub fn build_server_config(s: &ServerTlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = crypto_provider();
-    let versions = protocol_versions(&s.versions)?;
-    let certs = load_certs(&s.cert)?;
-    let key = load_private_key(&s.key)?;
-
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(TlsError::Config)?;
-
-    let builder = match (s.client_certs, &s.client_ca) {
+/// The same verifier backs the handshake and [`ReloadableServerConfig::check_client_chain`],
+/// which re-checks live sessions after a reload.
+pub fn build_client_verifier(
+    s: &ServerTlsSettings,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    match (s.client_certs, &s.client_ca) {
         (ClientCertMode::Off, _) => {
             if let (Some(crl), None) = (&s.crl, &s.client_ca) {
                 return Err(TlsError::CrlWithoutClientCerts { path: crl.clone() });
             }
-            builder.with_no_client_auth()
+            Ok(None)
         }
-        (ClientCertMode::Optional, None) => {
-            return Err(TlsError::ClientCaMissing { mode: "optional" })
-        }
-        (ClientCertMode::Required, None) => {
-            return Err(TlsError::ClientCaMissing { mode: "required" })
-        }
+        (ClientCertMode::Optional, None) => Err(TlsError::ClientCaMissing { mode: "optional" }),
+        (ClientCertMode::Required, None) => Err(TlsError::ClientCaMissing { mode: "required" }),
         (mode, Some(ca)) => {
             let roots = Arc::new(load_root_store(ca)?);
-            let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            let mut vb = WebPkiClientVerifier::builder_with_provider(roots, crypto_provider());
             if let Some(crl) = &s.crl {
                 // Like Mosquitto's crlfile: only the client's own certificate is checked, and a
                 // CRL that does not cover its issuer means "unknown status", which is refused.
@@ -447,10 +453,34 @@ pub fn build_server_config(s: &ServerTlsSettings) -> Result<Arc<ServerConfig>, T
                 ca: ca.clone(),
                 reason: e.to_string(),
             })?;
-            builder.with_client_cert_verifier(verifier)
+            Ok(Some(verifier))
         }
-    };
+    }
+}
 
+/// Builds the rustls server configuration for a TLS listener.
+///
+/// Cheap enough to call again on SIGHUP (see [`ReloadableServerConfig`]): it re-reads the
+/// certificate, key, client CA and CRL from disk.
+pub fn build_server_config(s: &ServerTlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = build_client_verifier(s)?;
+    build_server_config_with_verifier(s, verifier)
+}
+
+pub(crate) fn build_server_config_with_verifier(
+    s: &ServerTlsSettings,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions = protocol_versions(&s.versions)?;
+    let certs = load_certs(&s.cert)?;
+    let key = load_private_key(&s.key)?;
+    let builder = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&versions)
+        .map_err(TlsError::Config)?;
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(v) => builder.with_client_cert_verifier(v),
+    };
     let config = builder
         .with_single_cert(certs, key)
         .map_err(|source| TlsError::CertifiedKey {
@@ -459,6 +489,27 @@ pub fn build_server_config(s: &ServerTlsSettings) -> Result<Arc<ServerConfig>, T
             source,
         })?;
     Ok(Arc::new(config))
+}
+
+/// The verified client certificate chain of a connection (leaf first), to keep with the
+/// session so it can be re-checked after a reload; `None` when the client sent none.
+pub fn peer_chain(conn: &rustls::ServerConnection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_certificates().map(<[_]>::to_vec)
+}
+
+/// Re-verifies a client chain (leaf first) with `verifier` at the current time: CA, dates,
+/// key usage and CRL, exactly as the handshake does.
+pub fn check_client_chain(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), CertRejection> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(CertRejection::NoCertificate);
+    };
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| classify_rustls_error(&e))
 }
 
 /// Builds a rustls client configuration (for the bridge and for tests): trusts the CAs in `ca`,
@@ -506,6 +557,33 @@ pub fn classify_handshake_error(e: &io::Error) -> CertRejection {
         Some(err) => classify_rustls_error(err),
         None => CertRejection::Other(e.to_string()),
     }
+}
+
+/// Whether a failed handshake was about the client's certificate (as opposed to a port scan,
+/// an old protocol version or a dropped connection).
+pub fn is_certificate_rejection(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
+}
+
+/// Logs a failed TLS handshake: certificate rejections go to the `audit` target as a warning
+/// with the reason, everything else is a debug line (scanners and old clients are noise).
+/// Returns the classification.
+pub fn log_handshake_failure(
+    listener: &str,
+    peer: std::net::SocketAddr,
+    e: &io::Error,
+) -> CertRejection {
+    let reason = classify_handshake_error(e);
+    if is_certificate_rejection(e) {
+        tracing::warn!(target: "audit", %listener, %peer, ?reason, "Client certificate rejected.");
+    } else {
+        tracing::debug!(%listener, %peer, error = %e, "TLS handshake failed.");
+    }
+    reason
 }
 
 /// Classifies a rustls error; see [`classify_handshake_error`].
@@ -581,5 +659,26 @@ mod tests {
             classify_handshake_error(&io::Error::other("reset")),
             CertRejection::Other(_)
         ));
+    }
+
+    #[test]
+    fn only_certificate_failures_count_as_rejections() {
+        use rustls::CertificateError as C;
+        let io = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        assert!(is_certificate_rejection(&io(C::Expired.into())));
+        assert!(is_certificate_rejection(&io(
+            rustls::Error::NoCertificatesPresented
+        )));
+        assert!(!is_certificate_rejection(&io(
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
+        )));
+        assert!(!is_certificate_rejection(&io::Error::from(
+            io::ErrorKind::UnexpectedEof
+        )));
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(
+            log_handshake_failure("devices", peer, &io(C::Revoked.into())),
+            CertRejection::Revoked
+        );
     }
 }
