@@ -467,6 +467,18 @@ fn configuration_errors_name_the_file_and_the_problem() {
     s.crl = Some(garbage);
     let err = build_server_config(&s).expect_err("garbage crl");
     assert!(err.to_string().contains("garbage.crl"), "{err}");
+
+    // `tollgate check` gets every problem at once.
+    s.cert = pki.path().join("missing.crt");
+    s.versions.clear();
+    let all = tollgate::tls::check_server_settings(&s);
+    let text: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 3, "{text:?}");
+    assert!(matches!(all[0], TlsError::NoVersions));
+    assert!(text[1].contains("missing.crt") && text[2].contains("garbage.crl"));
+    assert!(
+        tollgate::tls::check_server_settings(&pki.settings(ClientCertMode::Required)).is_empty()
+    );
 }
 
 #[tokio::test]
