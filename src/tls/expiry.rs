@@ -225,4 +225,40 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(&seen[0].1).expect("json");
         assert_eq!(first["days_left"], 29);
     }
+
+    #[tokio::test]
+    async fn watch_publishes_on_start_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["srv".to_string()]).expect("params");
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+        let soon = dir.path().join("soon.crt");
+        std::fs::write(&soon, params.clone().self_signed(&key).expect("cert").pem()).expect("write");
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(400);
+        let later = dir.path().join("later.crt");
+        std::fs::write(&later, params.self_signed(&key).expect("cert").pem()).expect("write");
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let handle = spawn_expiry_watch(
+            vec![("server".into(), soon), ("ca".into(), later)],
+            move |topic, payload| {
+                let _ = tx.send((topic, payload));
+            },
+            shutdown.clone(),
+        );
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("published in time")
+            .expect("message");
+        assert_eq!(topic, "$SYS/tollgate/certs/server/expiry");
+        assert!(payload.contains("\"level\":\"7-days\""), "{payload}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("stopped in time")
+            .expect("task");
+        // The CA certificate far from expiry produced nothing.
+        assert!(rx.try_recv().is_err());
+    }
 }
