@@ -217,7 +217,23 @@ async fn pki_flow_init_server_device_revoke_crl_list() {
     );
 
     // init --force replaces the CA: old device certificates no longer chain.
+    let old_ca_key = std::fs::read(dir.join("ca.key")).expect("ca key");
     pki_run(&dir, &["init", "--force"]).expect("forced init");
+    let aside: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("replaced-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "old CA set aside once");
+    assert_eq!(
+        std::fs::read(aside[0].join("ca.key")).expect("old key"),
+        old_ca_key
+    );
+    assert_eq!(mode(&aside[0]), 0o700);
+    assert_eq!(pki::list(&dir).expect("list").len(), 1, "new index");
     pki_run(&dir, &["server", "--dns", "localhost", "--force"]).expect("new server");
     let server = build_server_config(&settings(&dir, false)).expect("server config");
     assert_eq!(
@@ -343,4 +359,63 @@ fn unused_paths_are_not_created_on_failure() {
     assert!(pki_run(&dir, &["list"]).is_err());
     assert!(pki_run(&dir, &["crl"]).is_err());
     assert!(!dir.join("ca.crl").exists());
+}
+
+/// A CA made with the seeds' openssl recipe can be taken over by `tollgate pki`: it issues
+/// server and device certificates and CRLs that chain to it.
+#[tokio::test]
+async fn openssl_made_ca_is_usable_by_tollgate_pki() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    openssl(&["genrsa", "-out", "ca.key", "2048"]);
+    openssl(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "365",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/C=US/ST=State/L=City/O=MyOrg/CN=MyCA",
+    ]);
+    std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+
+    pki_run(&dir, &["server", "--dns", "localhost"]).expect("server");
+    pki_run(&dir, &["device", "client1"]).expect("device");
+    pki_run(&dir, &["device", "client2"]).expect("device");
+    pki_run(&dir, &["revoke", "client2"]).expect("revoke");
+    let server = build_server_config(&settings(&dir, true)).expect("server config");
+    assert_eq!(
+        connect_device(server.clone(), &dir, "client1").await,
+        Ok(Some("client1".into()))
+    );
+    assert_eq!(
+        connect_device(server, &dir, "client2").await,
+        Err(CertRejection::Revoked)
+    );
+    // OpenSSL agrees that the device certificate chains to its CA.
+    openssl(&["verify", "-CAfile", "ca.crt", "devices/client1.crt"]);
 }

@@ -62,7 +62,7 @@ pub enum PkiError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// `init` on a directory that already has a CA.
-    #[error("{dir}: a CA already exists here (ca.crt/ca.key); pass --force to replace it (every certificate it issued stops working)")]
+    #[error("{dir}: a CA already exists here (ca.crt/ca.key); pass --force to replace it (every certificate it issued stops working; the old CA is moved to replaced-<time>/)")]
     CaExists {
         /// PKI directory.
         dir: PathBuf,
@@ -223,6 +223,8 @@ pub struct Issued {
     pub key: PathBuf,
     /// Index entry recorded for it.
     pub entry: IndexEntry,
+    /// Where `init --force` moved the CA it replaced (ca.crt, ca.key, index.json, ca.crl).
+    pub replaced: Option<PathBuf>,
 }
 
 fn entry_for(
@@ -263,6 +265,11 @@ pub fn init_ca(
     }
     create_private_dir(dir)?;
     let key = generate_key(alg)?;
+    let replaced = if cert_path.exists() || key_path.exists() {
+        Some(set_aside_ca(dir)?)
+    } else {
+        None
+    };
     let cert = issue::ca_params(cn, days, &issue::random_serial())?
         .self_signed(&key)
         .map_err(|source| PkiError::Rcgen {
@@ -276,12 +283,31 @@ pub fn init_ca(
     let mut index = Index::new();
     index.certs.push(entry.clone());
     index.save(&dir.join(INDEX))?;
-    let _ = std::fs::remove_file(dir.join(CA_CRL));
     Ok(Issued {
         cert: cert_path,
         key: key_path,
         entry,
+        replaced,
     })
+}
+
+/// Moves the current CA files into `replaced-<unix time>/` so `--force` never destroys a CA key.
+fn set_aside_ca(dir: &Path) -> Result<PathBuf, PkiError> {
+    let stamp = OffsetDateTime::now_utc().unix_timestamp();
+    let mut aside = dir.join(format!("replaced-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = dir.join(format!("replaced-{stamp}-{n}"));
+        n += 1;
+    }
+    create_private_dir(&aside)?;
+    for name in [CA_CERT, CA_KEY, INDEX, CA_CRL] {
+        let from = dir.join(name);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(name)).map_err(io_err(&from))?;
+        }
+    }
+    Ok(aside)
 }
 
 fn load_ca_in(dir: &Path) -> Result<issue::LoadedCa, PkiError> {
@@ -330,6 +356,7 @@ fn issue_leaf(
         cert: cert_path,
         key: key_path,
         entry,
+        replaced: None,
     })
 }
 
