@@ -132,15 +132,29 @@ pub(crate) fn read_text(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(io_err(path))
 }
 
-/// Creates `dir` (and parents) and sets it to 0700.
+/// Creates `dir` (and parents) with mode 0700. An existing directory keeps its owner and
+/// group bits (an operator may open it to the service's group) but loses any access by others.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        if dir.is_dir() {
+            let mode = std::fs::metadata(dir)
+                .map_err(io_err(dir))?
+                .permissions()
+                .mode();
+            if mode & 0o007 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7770))
+                    .map_err(io_err(dir))?;
+            }
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(dir))?;
     }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     Ok(())
 }
 
@@ -600,6 +614,10 @@ mod tests {
         assert!(first.created);
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
+        // An operator may open the directory to the service's group, never to others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&dir).expect("existing dir");
+        assert_eq!(mode(&dir), 0o750);
         assert_eq!(mode(&first.server_key), 0o600);
         assert_eq!(mode(&dir.join(CA_KEY)), 0o600);
         let cert_before = std::fs::read(&first.server_cert).expect("read");
