@@ -452,7 +452,11 @@ pub fn write_crl(dir: &Path, days: u32) -> Result<PathBuf, PkiError> {
         revoked_certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
             revocation_time: OffsetDateTime::from_unix_timestamp(rev.at).unwrap_or(now),
-            reason_code: Some(RevokeReason::from_str_lossy(&rev.reason).rcgen()),
+            // RFC 5280 5.3.1: "unspecified" should be expressed by leaving the reason out.
+            reason_code: match RevokeReason::from_str_lossy(&rev.reason) {
+                RevokeReason::Unspecified => None,
+                reason => Some(reason.rcgen()),
+            },
             invalidity_date: None,
         });
     }

@@ -577,7 +577,8 @@ pub fn build_client_config_with_versions(
 /// Classifies a failed TLS handshake (the `io::Error` from tokio-rustls) for the audit log.
 ///
 /// Works on the server side (rustls' own verification error) and on the client side (the
-/// alert the server sent back).
+/// alert the server sent back; there a not-yet-valid certificate reads as `Expired`, since
+/// TLS has one alert for both).
 pub fn classify_handshake_error(e: &io::Error) -> CertRejection {
     match e
         .get_ref()
