@@ -419,3 +419,69 @@ async fn openssl_made_ca_is_usable_by_tollgate_pki() {
     // OpenSSL agrees that the device certificate chains to its CA.
     openssl(&["verify", "-CAfile", "ca.crt", "devices/client1.crt"]);
 }
+
+/// `mosquitto_pub` (OpenSSL) with `tollgate pki` files against a rustls server built by
+/// `build_server_config`: the TLS layer tollgate's listeners use. The server speaks just
+/// enough MQTT (a CONNACK) for mosquitto_pub to finish its QoS 0 publish.
+#[tokio::test]
+async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
+    if std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("mosquitto_pub not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    pki_run(&dir, &["init"]).expect("init");
+    pki_run(&dir, &["server", "--dns", "localhost"]).expect("server");
+    pki_run(&dir, &["device", "sensor_001"]).expect("device");
+    pki_run(&dir, &["device", "lost"]).expect("device");
+    pki_run(&dir, &["revoke", "lost"]).expect("revoke");
+    let server = build_server_config(&settings(&dir, true)).expect("server config");
+
+    for (device, expected) in [
+        ("sensor_001", Ok(Some("sensor_001".to_string()))),
+        ("lost", Err(CertRejection::Revoked)),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let acceptor = TlsAcceptor::from(server.clone());
+        let server_task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await?;
+            let id = peer_identity(tls.get_ref().1, IdentitySource::Cn)
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            let mut buf = [0u8; 512];
+            let n = tls.read(&mut buf).await?;
+            assert!(n > 0 && buf[0] == 0x10, "expected CONNECT");
+            tls.write_all(&[0x20, 0x02, 0x00, 0x00]).await?; // CONNACK, accepted
+            while tls.read(&mut buf).await? > 0 {}
+            Ok::<_, io::Error>(id)
+        });
+        let p = |s: &str| dir.join(s).display().to_string();
+        let status = tokio::time::timeout(
+            LIMIT,
+            tokio::process::Command::new("mosquitto_pub")
+                .args(["-h", "localhost", "-p", &port.to_string()])
+                .args(["--cafile", &p("ca.crt")])
+                .args(["--cert", &p(&format!("devices/{device}.crt"))])
+                .args(["--key", &p(&format!("devices/{device}.key"))])
+                .args(["-t", "sensors/001/t", "-m", "21.5"])
+                .stderr(std::process::Stdio::null())
+                .status(),
+        )
+        .await
+        .expect("mosquitto_pub finished")
+        .expect("mosquitto_pub ran");
+        let served = tokio::time::timeout(LIMIT, server_task)
+            .await
+            .expect("server finished")
+            .expect("task")
+            .map_err(|e| classify_handshake_error(&e));
+        assert_eq!(served, expected, "{device}");
+        assert_eq!(status.success(), expected.is_ok(), "{device}: {status}");
+    }
+}
