@@ -40,7 +40,7 @@ pub enum PkiAction {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a server certificate (<name>.crt, <name>.key).
+    /// Issue a server certificate (NAME.crt, NAME.key; NAME from --name, default "server").
     Server {
         /// DNS names (repeat or comma-separate); default: localhost and this host's name.
         #[arg(long, value_delimiter = ',')]
