@@ -485,3 +485,27 @@ async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
         assert_eq!(status.success(), expected.is_ok(), "{device}: {status}");
     }
 }
+
+#[test]
+fn command_line_accepts_dir_anywhere_and_is_well_formed() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let cli = Cli::try_parse_from([
+        "pki",
+        "device",
+        "sensor_001",
+        "--dir",
+        "/tmp/x",
+        "--days",
+        "7",
+    ])
+    .expect("parse");
+    assert_eq!(cli.pki.dir, PathBuf::from("/tmp/x"));
+    assert!(matches!(
+        cli.pki.action,
+        pki::PkiAction::Device { ref name, days: 7, rsa: false, force: false } if name == "sensor_001"
+    ));
+    let cli = Cli::try_parse_from(["pki", "list"]).expect("parse");
+    assert_eq!(cli.pki.dir, PathBuf::from("/etc/tollgate/pki"));
+    assert!(Cli::try_parse_from(["pki", "revoke", "x", "--reason", "bogus"]).is_err());
+}
