@@ -2,9 +2,20 @@
 //! adapter and the bridge carries, and the `Authenticator` seam called at CONNECT.
 //! It must never log or store a password.
 
+mod cache;
 mod identity;
+mod passwd;
+mod password;
+mod password_auth;
+mod throttle;
 
 pub use identity::{AuthMethod, Identity};
+pub use passwd::{run_passwd, PasswdCommand, PasswdError};
+pub use password::{
+    fuzz_password_line, valid_username, HashScheme, LineProblem, PasswordFile, PasswordFileError,
+    StoredHash, Verification, MOSQUITTO_DEFAULT_ITERATIONS, MOSQUITTO_SALT_LEN,
+};
+pub use password_auth::{PasswordAuthSettings, PasswordAuthenticator};
 
 use std::future::Future;
 use std::net::SocketAddr;
