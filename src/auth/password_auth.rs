@@ -269,21 +269,34 @@ impl Inner {
                 "verification pool closed".into(),
             )
         })?;
+        // Another connection with the same credentials may have been verified while this
+        // one waited for a slot: a storm of identical reconnects then costs one hash.
+        if lock(&self.cache).hit(&key, Instant::now()) {
+            drop(permit);
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            lock(&self.throttle).succeed(ip, username);
+            return Ok((
+                AuthMethod::Password,
+                Some(username.to_string()),
+                "password verified (cached)",
+            ));
+        }
         let file = Arc::clone(file);
         let user = username.to_string();
-        let verdict = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            file.verify(&user, &password)
-        })
-        .await
-        .map_err(|e| {
-            let msg = format!("password verification task failed: {e}");
-            (AuthError::Unavailable(msg.clone()), msg)
-        })?;
+        // The permit travels back with the verdict and is released only after the cache
+        // is updated, so the next waiter for the same credentials finds the entry.
+        let (verdict, permit) =
+            tokio::task::spawn_blocking(move || (file.verify(&user, &password), permit))
+                .await
+                .map_err(|e| {
+                    let msg = format!("password verification task failed: {e}");
+                    (AuthError::Unavailable(msg.clone()), msg)
+                })?;
         let now = Instant::now();
         match verdict {
             Verification::Accepted => {
                 lock(&self.cache).insert(key, now);
+                drop(permit);
                 lock(&self.throttle).succeed(ip, username);
                 Ok((
                     AuthMethod::Password,
