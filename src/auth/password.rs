@@ -65,7 +65,7 @@ pub enum PasswordFileError {
         source: std::io::Error,
     },
     /// One or more lines are malformed; every problem is listed.
-    #[error("{}", ProblemList { path: path, problems: problems })]
+    #[error("{}", ProblemList { path, problems })]
     Invalid {
         /// File concerned.
         path: PathBuf,
