@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate::auth::{
-    AuthError, AuthMethod, AuthRequest, Authenticator, HashScheme, PasswordAuthSettings,
-    PasswordAuthenticator, PasswordFile,
+    AnonymousOnly, AuthError, AuthMethod, AuthRequest, Authenticator, HashScheme,
+    PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
 };
 
 const ALICE_PW: &[u8] = b"alice-pw";
@@ -304,6 +304,55 @@ async fn without_password_file_users_are_refused() {
     let a = PasswordAuthenticator::new(None, PasswordAuthSettings::default());
     assert!(matches!(
         a.authenticate(request(Some("alice"), Some(ALICE_PW))).await,
+        Err(AuthError::NotAuthorized(_))
+    ));
+}
+
+#[tokio::test]
+async fn parallel_guesses_from_one_address_cost_one_hash() {
+    let a = auth(PasswordAuthSettings {
+        verify_concurrency: 1,
+        throttle_base: Duration::from_secs(5),
+        ..Default::default()
+    });
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let a = a.clone();
+        let guess = format!("guess-{i}");
+        tasks.push(tokio::spawn(async move {
+            a.authenticate(request(Some("alice"), Some(guess.as_bytes())))
+                .await
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task"));
+    }
+    let bad = results
+        .iter()
+        .filter(|r| **r == Err(AuthError::BadCredentials))
+        .count();
+    let throttled = results
+        .iter()
+        .filter(|r| **r == Err(AuthError::Throttled))
+        .count();
+    assert_eq!((bad, throttled), (1, 9));
+    assert_eq!(a.hash_evaluations(), 1);
+}
+
+#[tokio::test]
+async fn anonymous_only_never_turns_an_unverified_username_into_an_identity() {
+    let mut r = request(Some("admin"), Some(b"whatever"));
+    r.allow_anonymous = true;
+    let id = AnonymousOnly
+        .authenticate(r.clone())
+        .await
+        .expect("anonymous");
+    assert_eq!(id.via, AuthMethod::Anonymous);
+    assert_eq!(id.username, None);
+    r.certificate_identity = Some("sensor_001".into());
+    assert!(matches!(
+        AnonymousOnly.authenticate(r).await,
         Err(AuthError::NotAuthorized(_))
     ));
 }

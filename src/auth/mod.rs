@@ -84,7 +84,10 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Authenticator used until a password file / client CA is configured: it admits
-/// anonymous clients on listeners that allow them and refuses everyone else.
+/// certificate identities and anonymous clients on listeners that allow them, and
+/// refuses everyone else. An unverified CONNECT username never becomes an identity:
+/// anonymous clients get `username: None` whatever they sent (otherwise a client could
+/// claim `admin` and inherit its ACL rules).
 #[derive(Debug, Default, Clone)]
 pub struct AnonymousOnly;
 
@@ -92,6 +95,11 @@ impl Authenticator for AnonymousOnly {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture {
         Box::pin(async move {
             if let Some(cn) = request.certificate_identity {
+                if let Some(user) = request.username.as_deref().filter(|u| *u != cn) {
+                    return Err(AuthError::NotAuthorized(format!(
+                        "certificate identity {cn} does not match username {user}"
+                    )));
+                }
                 return Ok(Identity {
                     username: Some(cn),
                     client_id: request.client_id,
@@ -101,7 +109,7 @@ impl Authenticator for AnonymousOnly {
             }
             if request.allow_anonymous {
                 return Ok(Identity {
-                    username: request.username,
+                    username: None,
                     client_id: request.client_id,
                     via: AuthMethod::Anonymous,
                     listener: request.listener,

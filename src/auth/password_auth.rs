@@ -188,6 +188,19 @@ impl Authenticator for PasswordAuthenticator {
 }
 
 impl Inner {
+    fn check_throttle(&self, ip: IpAddr, username: &str) -> Result<(), (AuthError, String)> {
+        match lock(&self.throttle).wait(ip, Some(username), Instant::now()) {
+            Some(wait) => Err((
+                AuthError::Throttled,
+                format!(
+                    "throttled after failed attempts; next attempt allowed in {} ms",
+                    wait.as_millis()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     async fn decide(&self, req: &AuthRequest) -> Decision {
         if let Some(cert) = &req.certificate_identity {
             return match &req.username {
@@ -239,15 +252,7 @@ impl Inner {
             return Err((AuthError::NotAuthorized(msg.clone()), msg));
         };
         let ip = req.peer.ip();
-        if let Some(wait) = lock(&self.throttle).wait(ip, Some(username), Instant::now()) {
-            return Err((
-                AuthError::Throttled,
-                format!(
-                    "throttled after failed attempts; next attempt allowed in {} ms",
-                    wait.as_millis()
-                ),
-            ));
-        }
+        self.check_throttle(ip, username)?;
         let key = {
             let mut cache = lock(&self.cache);
             let key = cache.key(username, &password);
@@ -269,6 +274,9 @@ impl Inner {
                 "verification pool closed".into(),
             )
         })?;
+        // Failures recorded while this attempt waited for a slot apply to it too, so a
+        // burst of parallel guesses costs one hash, not one per connection.
+        self.check_throttle(ip, username)?;
         // Another connection with the same credentials may have been verified while this
         // one waited for a slot: a storm of identical reconnects then costs one hash.
         if lock(&self.cache).hit(&key, Instant::now()) {
