@@ -379,3 +379,25 @@ mod robustness {
         }
     }
 }
+
+#[test]
+fn write_keeps_group_access_drops_other_access_and_follows_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real-passwd");
+    let link = dir.path().join("passwd");
+    passwd(&["-c", "--mosquitto", "-b", path_str(&real), "a", "1"]).expect("create");
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    passwd(&["--mosquitto", "-b", path_str(&link), "b", "2"]).expect("edit through link");
+    assert!(std::fs::symlink_metadata(&link)
+        .expect("stat link")
+        .file_type()
+        .is_symlink());
+    let mode = std::fs::metadata(&real).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "group read kept, other read dropped");
+    let file = PasswordFile::load(&real).expect("loads");
+    assert_eq!(file.users().collect::<Vec<_>>(), vec!["a", "b"]);
+    let leftovers = std::fs::read_dir(dir.path()).expect("ls").count();
+    assert_eq!(leftovers, 2, "no temporary files left behind");
+}

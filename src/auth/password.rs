@@ -692,19 +692,31 @@ impl PasswordFile {
         out
     }
 
-    /// Writes the file atomically: a temporary file (mode 0600) in the same directory,
-    /// fsynced, then renamed over `path`.
+    /// Writes the file atomically: a temporary file in the same directory, fsynced, then
+    /// renamed over `path`. A new file gets mode 0600. An existing file keeps its owner,
+    /// group and permission bits minus any access for others (so a `root:tollgate 0640`
+    /// file stays readable by the service after an edit as root). A symlink is followed
+    /// and its target replaced, so the link survives.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<(), PasswordFileError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = path.as_ref();
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let requested = path.as_ref();
         let io = |action: &'static str| {
-            let path = path.to_path_buf();
+            let path = requested.to_path_buf();
             move |source| PasswordFileError::Io {
                 path,
                 action,
                 source,
             }
         };
+        let is_link = std::fs::symlink_metadata(requested)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        let path = if is_link {
+            std::fs::canonicalize(requested).map_err(io("resolve symlink"))?
+        } else {
+            requested.to_path_buf()
+        };
+        let existing = std::fs::metadata(&path).ok();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -725,11 +737,19 @@ impl PasswordFile {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io("create temporary file"))?;
+            if let Some(meta) = &existing {
+                // Ownership can only be kept when permitted (root, or same owner); the
+                // mode is kept either way, never with access for others.
+                let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+                let mode = (meta.permissions().mode() & 0o660) | 0o600;
+                f.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(io("set permissions on temporary file"))?;
+            }
             f.write_all(self.to_text().as_bytes())
                 .map_err(io("write temporary file"))?;
             f.sync_all().map_err(io("sync temporary file"))?;
             drop(f);
-            std::fs::rename(&tmp, path).map_err(io("rename temporary file over"))?;
+            std::fs::rename(&tmp, &path).map_err(io("rename temporary file over"))?;
             // Make the rename durable; failure to sync a directory is not fatal on all filesystems.
             if let Ok(d) = std::fs::File::open(&dir) {
                 let _ = d.sync_all();
