@@ -201,6 +201,16 @@ impl Inner {
         }
     }
 
+    fn cached_success(&self, ip: IpAddr, username: &str) -> Decision {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        lock(&self.throttle).succeed(ip, username);
+        Ok((
+            AuthMethod::Password,
+            Some(username.to_string()),
+            "password verified (cached)",
+        ))
+    }
+
     async fn decide(&self, req: &AuthRequest) -> Decision {
         if let Some(cert) = &req.certificate_identity {
             return match &req.username {
@@ -258,13 +268,7 @@ impl Inner {
             let key = cache.key(username, &password);
             if cache.hit(&key, Instant::now()) {
                 drop(cache);
-                self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                lock(&self.throttle).succeed(ip, username);
-                return Ok((
-                    AuthMethod::Password,
-                    Some(username.to_string()),
-                    "password verified (cached)",
-                ));
+                return self.cached_success(ip, username);
             }
             key
         };
@@ -281,13 +285,7 @@ impl Inner {
         // one waited for a slot: a storm of identical reconnects then costs one hash.
         if lock(&self.cache).hit(&key, Instant::now()) {
             drop(permit);
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            lock(&self.throttle).succeed(ip, username);
-            return Ok((
-                AuthMethod::Password,
-                Some(username.to_string()),
-                "password verified (cached)",
-            ));
+            return self.cached_success(ip, username);
         }
         let file = Arc::clone(file);
         let user = username.to_string();
