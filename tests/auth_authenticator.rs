@@ -356,3 +356,44 @@ async fn anonymous_only_never_turns_an_unverified_username_into_an_identity() {
         Err(AuthError::NotAuthorized(_))
     ));
 }
+
+#[tokio::test]
+async fn reload_empties_the_cache_but_keeps_throttling() {
+    let original = file();
+    let text = original.to_text();
+    let a = PasswordAuthenticator::new(
+        Some(original),
+        PasswordAuthSettings {
+            throttle_base: Duration::from_secs(5),
+            ..Default::default()
+        },
+    );
+    a.authenticate(request(Some("alice"), Some(ALICE_PW)))
+        .await
+        .expect("accepted");
+    let attacker = from(request(Some("mallory"), Some(b"x")), "203.0.113.66:1");
+    assert_eq!(
+        a.authenticate(attacker.clone()).await,
+        Err(AuthError::BadCredentials)
+    );
+
+    // alice's password changes in the reloaded file: the old one must stop working.
+    let mut changed = PasswordFile::parse("reloaded", text.as_bytes()).expect("parses");
+    changed
+        .upsert("alice", b"new-pw", HashScheme::mosquitto_default())
+        .expect("hash");
+    let settings = PasswordAuthSettings {
+        throttle_base: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let b = a.reload(Some(changed), settings);
+    assert_eq!(
+        b.authenticate(from(request(Some("alice"), Some(ALICE_PW)), "192.0.2.50:1"))
+            .await,
+        Err(AuthError::BadCredentials)
+    );
+    assert_eq!(b.authenticate(attacker).await, Err(AuthError::Throttled));
+    assert!(!b.password_unchanged(&a, "alice"));
+    assert!(b.password_unchanged(&a, "bob"));
+    assert!(!b.password_unchanged(&a, "mallory"));
+}

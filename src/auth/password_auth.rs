@@ -75,10 +75,32 @@ pub struct PasswordAuthenticator {
 
 struct Inner {
     passwords: Option<Arc<PasswordFile>>,
+    settings: PasswordAuthSettings,
+    /// Shared across reloads (when sized the same) so a reload never doubles hashing.
     pool: Arc<Semaphore>,
     cache: Mutex<SuccessCache>,
-    throttle: Mutex<Throttle>,
+    /// Shared across reloads (when the policy is unchanged) so a reload is no amnesty.
+    throttle: Arc<Mutex<Throttle>>,
     cache_hits: AtomicU64,
+}
+
+fn concurrency(settings: &PasswordAuthSettings) -> usize {
+    if settings.verify_concurrency == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        settings.verify_concurrency
+    }
+}
+
+fn policy(settings: &PasswordAuthSettings) -> ThrottlePolicy {
+    ThrottlePolicy {
+        base: settings.throttle_base,
+        max: settings.throttle_max.max(settings.throttle_base),
+        forget_after: settings.throttle_forget_after,
+        capacity: settings.throttle_capacity.max(1),
+    }
 }
 
 impl std::fmt::Debug for PasswordAuthenticator {
@@ -106,30 +128,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PasswordAuthenticator {
     /// Builds an authenticator; `passwords = None` means no password file is configured.
     pub fn new(passwords: Option<PasswordFile>, settings: PasswordAuthSettings) -> Self {
-        let concurrency = if settings.verify_concurrency == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+        let pool = Arc::new(Semaphore::new(concurrency(&settings)));
+        let throttle = Arc::new(Mutex::new(Throttle::new(policy(&settings))));
+        Self::assemble(passwords, settings, pool, throttle)
+    }
+
+    /// The authenticator to swap in on reload: new password file and an empty success
+    /// cache (so changed or deleted passwords stop working at once), while failure
+    /// throttling and the hashing pool carry over unless their settings changed.
+    pub fn reload(&self, passwords: Option<PasswordFile>, settings: PasswordAuthSettings) -> Self {
+        let old = &self.inner.settings;
+        let pool = if concurrency(old) == concurrency(&settings) {
+            Arc::clone(&self.inner.pool)
         } else {
-            settings.verify_concurrency
+            Arc::new(Semaphore::new(concurrency(&settings)))
         };
-        let policy = ThrottlePolicy {
-            base: settings.throttle_base,
-            max: settings.throttle_max.max(settings.throttle_base),
-            forget_after: settings.throttle_forget_after,
-            capacity: settings.throttle_capacity.max(1),
+        let throttle = if policy(old) == policy(&settings) {
+            Arc::clone(&self.inner.throttle)
+        } else {
+            Arc::new(Mutex::new(Throttle::new(policy(&settings))))
         };
+        Self::assemble(passwords, settings, pool, throttle)
+    }
+
+    fn assemble(
+        passwords: Option<PasswordFile>,
+        settings: PasswordAuthSettings,
+        pool: Arc<Semaphore>,
+        throttle: Arc<Mutex<Throttle>>,
+    ) -> Self {
         PasswordAuthenticator {
             inner: Arc::new(Inner {
                 passwords: passwords.map(Arc::new),
-                pool: Arc::new(Semaphore::new(concurrency)),
                 cache: Mutex::new(SuccessCache::new(
                     settings.cache_ttl,
                     settings.cache_capacity,
                 )),
-                throttle: Mutex::new(Throttle::new(policy)),
+                settings,
+                pool,
+                throttle,
                 cache_hits: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// After a reload: whether `username`'s password entry is identical in this
+    /// authenticator and in `previous`. Sessions authenticated by password whose entry
+    /// changed or vanished should be disconnected (the password itself is never kept,
+    /// so this is the only safe re-check).
+    pub fn password_unchanged(&self, previous: &PasswordAuthenticator, username: &str) -> bool {
+        let entry = |a: &PasswordAuthenticator| {
+            a.inner
+                .passwords
+                .as_ref()
+                .and_then(|f| f.hash_of(username).cloned())
+        };
+        match (entry(self), entry(previous)) {
+            (Some(now), Some(before)) => now == before,
+            _ => false,
         }
     }
 

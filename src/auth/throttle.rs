@@ -35,7 +35,7 @@ struct Entry {
 }
 
 /// Delay policy shared by both tables.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ThrottlePolicy {
     pub base: Duration,
     pub max: Duration,
