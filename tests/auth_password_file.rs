@@ -7,8 +7,8 @@ use std::process::Command;
 
 use clap::Parser;
 use tollgate::auth::{
-    fuzz_password_line, run_passwd, PasswdCommand, PasswdError, PasswordFile, PasswordFileError,
-    StoredHash, Verification,
+    fuzz_password_line, run_passwd, valid_username, PasswdCommand, PasswdError, PasswordFile,
+    PasswordFileError, StoredHash, Verification,
 };
 
 const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
@@ -366,6 +366,41 @@ mod robustness {
         #[test]
         fn parser_never_panics_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             fuzz_password_line(&data);
+        }
+
+        #[test]
+        fn written_files_parse_back_identically(
+            users in proptest::collection::btree_map("[^:\\p{Cc}]{1,12}", (any::<[u8; 12]>(), any::<[u8; 64]>(), 1u32..100_000), 0..8),
+        ) {
+            let mut file = PasswordFile::new();
+            let mut valid = Vec::new();
+            for (user, material) in users {
+                let hash = StoredHash::Sha512 { salt: vec![0; 12], hash: vec![0; 64] };
+                let stored = PasswordFile::new().upsert_hash(&user, hash).is_ok();
+                prop_assert_eq!(stored, valid_username(&user));
+                if stored {
+                    valid.push((user, material));
+                }
+            }
+            let users = valid;
+            for (user, (salt, hash, iterations)) in &users {
+                file.upsert_hash(user, StoredHash::Pbkdf2Sha512 {
+                    iterations: *iterations,
+                    salt: salt.to_vec(),
+                    hash: hash.to_vec(),
+                }).expect("valid user");
+            }
+            let text = file.to_text();
+            let back = PasswordFile::parse("roundtrip", text.as_bytes()).expect("parses back");
+            prop_assert_eq!(back.to_text(), text);
+            for (user, (salt, hash, iterations)) in &users {
+                let expected = StoredHash::Pbkdf2Sha512 {
+                    iterations: *iterations,
+                    salt: salt.to_vec(),
+                    hash: hash.to_vec(),
+                };
+                prop_assert_eq!(back.hash_of(user), Some(&expected));
+            }
         }
 
         #[test]

@@ -52,7 +52,7 @@ pub enum PasswdError {
         file: PathBuf,
     },
     /// The user name cannot be stored.
-    #[error("invalid user name {0:?}: it must be non-empty and contain no ':' and no control characters")]
+    #[error("invalid user name {0:?}: it must be non-empty, contain no ':' or control characters, and not start with '#' or whitespace")]
     InvalidUsername(String),
     /// An empty password would never be accepted by the gateway.
     #[error("empty passwords are not allowed; tollgate refuses them at CONNECT")]
