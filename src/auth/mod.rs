@@ -1,6 +1,12 @@
 //! Authentication: who a connection is. Owns the `Identity` every connection,
 //! adapter and the bridge carries, and the `Authenticator` seam called at CONNECT.
 //! It must never log or store a password.
+//!
+//! - `password`: mosquitto (`$7$`, `$6$`) and argon2id password files, read and written.
+//! - `passwd`: the `tollgate passwd` command.
+//! - `password_auth`: `PasswordAuthenticator`, the CONNECT decision (certificate,
+//!   password, anonymous) with the bounded hashing pool and audit events.
+//! - `cache`, `throttle`: success cache and failed-attempt throttling it uses.
 
 mod cache;
 mod identity;

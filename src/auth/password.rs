@@ -470,7 +470,28 @@ impl PasswordFile {
             action: "read",
             source,
         })?;
-        Self::parse(path, &data)
+        let file = Self::parse(path, &data)?;
+        let legacy = file
+            .lines
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l,
+                    Line::User {
+                        hash: StoredHash::Sha512 { .. },
+                        ..
+                    }
+                )
+            })
+            .count();
+        if legacy > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                users = legacy,
+                "Password file has $6$ entries (one SHA-512 round, fast to crack offline); re-enter those users with `tollgate passwd`."
+            );
+        }
+        Ok(file)
     }
 
     /// Parses file contents; `path` only labels the problems.
