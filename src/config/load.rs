@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use config::{FileFormat, Map, Value};
+use config::{FileFormat, Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
 use super::validate::validate;
@@ -103,7 +103,10 @@ pub fn load_with_env(
             .unwrap_or_default();
         return Err(ConfigError::Invalid(vec![problem(
             "",
-            format!("TOML syntax error at {location}{}", e.message().trim()),
+            format!(
+                "TOML syntax error at {location}{}",
+                e.message().trim().replace('\n', "; ")
+            ),
         )]));
     }
 
@@ -148,36 +151,30 @@ pub fn load_with_env(
         }
     }
 
-    let mut section_error = |key: &str, e: config::ConfigError| {
-        let (inner_key, message) = describe(&e);
-        let full = match inner_key {
-            Some(k) if k.starts_with('[') => format!("{key}{k}"),
-            Some(k) if !k.is_empty() => format!("{key}.{k}"),
-            _ => key.to_string(),
-        };
-        let note = env_note(&full);
-        problems.push(problem(&full, format!("{message}{note}")));
+    let mut report = |key: &str, message: String| {
+        let note = env_note(key);
+        problems.push(problem(key, format!("{message}{note}")));
     };
 
-    let broker: BrokerConfig = section(&table, "broker", &mut section_error);
-    let auth: AuthConfig = section(&table, "auth", &mut section_error);
-    let acl: AclConfig = section(&table, "acl", &mut section_error);
-    let shutdown: ShutdownConfig = section(&table, "shutdown", &mut section_error);
-    let log: LogConfig = section(&table, "log", &mut section_error);
+    let broker: BrokerConfig = section(&table, "broker", &mut report);
+    let auth: AuthConfig = section(&table, "auth", &mut report);
+    let acl: AclConfig = section(&table, "acl", &mut report);
+    let shutdown: ShutdownConfig = section(&table, "shutdown", &mut report);
+    let log: LogConfig = section(&table, "log", &mut report);
     let mut listeners = Vec::new();
     match table.get("listener").cloned().map(Value::into_array) {
         None => {}
-        Some(Err(_)) => section_error(
+        Some(Err(_)) => report(
             "listener",
-            config::ConfigError::Message(
-                "must be an array of tables: write each listener as [[listener]]".to_string(),
-            ),
+            "must be an array of tables: write each listener as [[listener]]".to_string(),
         ),
         Some(Ok(values)) => {
             for (index, value) in values.into_iter().enumerate() {
-                match value.try_deserialize::<ListenerConfig>() {
-                    Ok(listener) => listeners.push(listener),
-                    Err(e) => section_error(&format!("listener[{index}]"), e),
+                if let Some(mut listener) =
+                    deserialize_all::<ListenerConfig>(value, &format!("listener[{index}]"), &mut report)
+                {
+                    listener.index = index;
+                    listeners.push(listener);
                 }
             }
         }
@@ -212,6 +209,8 @@ pub fn load_with_env(
             p.message.push_str(&env_note(&p.key));
         }
     }
+    // File order: sections as documented, listeners by position; stable otherwise.
+    problems.sort_by_key(|p| problem_rank(&p.key));
     if problems.is_empty() {
         Ok(LoadedConfig {
             config,
@@ -221,6 +220,21 @@ pub fn load_with_env(
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// Sort key placing a problem where its key sits in a documented file.
+fn problem_rank(key: &str) -> (usize, usize) {
+    let head = key.split(['.', '[']).next().unwrap_or("");
+    let section = SECTIONS
+        .iter()
+        .position(|s| *s == head)
+        .unwrap_or(SECTIONS.len());
+    let index = key
+        .strip_prefix("listener[")
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (section, index)
 }
 
 /// One `TOLLGATE_*` variable turned into a config key.
@@ -264,14 +278,106 @@ fn env_overrides(env: &HashMap<String, String>) -> Vec<EnvOverride> {
 fn section<T: DeserializeOwned + Default>(
     table: &Map<String, Value>,
     key: &str,
-    on_error: &mut impl FnMut(&str, config::ConfigError),
+    report: &mut impl FnMut(&str, String),
 ) -> T {
     match table.get(key) {
         None => T::default(),
-        Some(value) => value.clone().try_deserialize().unwrap_or_else(|e| {
-            on_error(key, e);
-            T::default()
-        }),
+        Some(value) => deserialize_all(value.clone(), key, report).unwrap_or_default(),
+    }
+}
+
+/// Deserialize `value` as `T`. On an error, report it, remove the offending key and
+/// try again, so every bad key of a section is reported in one run (serde alone stops
+/// at the first). Returns `None` when the section cannot be made to deserialize.
+fn deserialize_all<T: DeserializeOwned>(
+    mut value: Value,
+    prefix: &str,
+    report: &mut impl FnMut(&str, String),
+) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let e = match value.clone().try_deserialize::<T>() {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let (key, message) = describe(&e);
+        let mut path = key.unwrap_or_default();
+        if let Some(field) = unknown_field(&message) {
+            path = join_key(&path, field);
+        }
+        if removed.contains(&path) {
+            // A required key we removed because it was wrong: already reported.
+            return None;
+        }
+        report(&join_key(prefix, &path), message);
+        removed.push(path.clone());
+        if path.is_empty() || !remove_path(&mut value, &path) {
+            return None;
+        }
+    }
+    None
+}
+
+/// The field name in serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if key.is_empty() {
+        prefix.to_string()
+    } else if prefix.is_empty() {
+        key.to_string()
+    } else if key.starts_with('[') {
+        format!("{prefix}{key}")
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Remove `a.b[2].c` from a config value; false when the path does not exist.
+fn remove_path(value: &mut Value, path: &str) -> bool {
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !name.is_empty() {
+            steps.push(Step::Key(name.to_string()));
+        }
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some(end) = inner.find(']') else { return false };
+            let Ok(index) = inner[..end].parse() else { return false };
+            steps.push(Step::Index(index));
+            rest = &inner[end + 1..];
+        }
+    }
+    let Some(last) = steps.pop() else { return false };
+    let mut current = value;
+    for step in steps {
+        current = match (step, &mut current.kind) {
+            (Step::Key(k), ValueKind::Table(t)) => match t.get_mut(&k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Step::Index(i), ValueKind::Array(a)) => match a.get_mut(i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, &mut current.kind) {
+        (Step::Key(k), ValueKind::Table(t)) => t.remove(&k).is_some(),
+        (Step::Index(i), ValueKind::Array(a)) if i < a.len() => {
+            a.remove(i);
+            true
+        }
+        _ => false,
     }
 }
 

@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// State directory (development PKI, later journal and sessions).
@@ -138,11 +138,15 @@ impl fmt::Display for Transport {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// Position in the file's `[[listener]]` list (for key paths in messages).
+    #[serde(skip)]
+    pub index: usize,
     /// Unique name, used in identities, logs and audit events.
     pub name: String,
     /// Socket address to bind, e.g. `"0.0.0.0:8883"`.
     pub bind: String,
     /// `tcp` or `tls`.
+    #[serde(deserialize_with = "by_name")]
     pub transport: Transport,
     /// Admit clients without credentials (with the anonymous ACL rules only).
     #[serde(default)]
@@ -166,14 +170,35 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// `off`, `optional` or `required`; defaults to `required` with `client_ca`, else `off`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_by_name")]
     pub client_certs: Option<ClientCertMode>,
     /// Certificate field that becomes the username.
-    #[serde(default = "default_identity")]
+    #[serde(default = "default_identity", deserialize_with = "by_name")]
     pub identity: IdentitySource,
     /// Certificate revocation list (PEM or DER) for client certificates.
     #[serde(default)]
     pub crl: Option<PathBuf>,
+}
+
+/// Deserialize a unit-variant enum from its name through a plain string, so a wrong
+/// name gets serde's "unknown variant `x`, expected one of ..." message whatever the
+/// source format (the `config` crate's own enum errors do not list the choices).
+fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(serde::de::value::StringDeserializer::<serde::de::value::Error>::new(name))
+        .map_err(serde::de::Error::custom)
+}
+
+fn optional_by_name<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    by_name(deserializer).map(Some)
 }
 
 fn default_true() -> bool {
@@ -284,6 +309,7 @@ pub struct AclRuleConfig {
     #[serde(default)]
     pub pattern: bool,
     /// `read`, `write`, `readwrite` or `deny`.
+    #[serde(deserialize_with = "by_name")]
     pub access: AclAccess,
     /// Topic filter.
     pub topic: String,
@@ -307,7 +333,7 @@ impl Default for ShutdownConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter directive, e.g. `"info"` or `"info,tollgate::broker=debug"`.
@@ -327,8 +353,8 @@ impl Default for LogConfig {
 
 impl LogConfig {
     /// Parsed `format`.
-    pub fn log_format(&self) -> Result<shims::telemetry::LogFormat, String> {
-        <shims::telemetry::LogFormat as clap::ValueEnum>::from_str(&self.format, true).map_err(|_| {
+    pub fn log_format(&self) -> Result<crate::telemetry::LogFormat, String> {
+        <crate::telemetry::LogFormat as clap::ValueEnum>::from_str(&self.format, true).map_err(|_| {
             format!(
                 "{:?} is not a log format (use auto, journald, json or text)",
                 self.format

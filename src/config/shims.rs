@@ -1,7 +1,7 @@
-//! TEMPORARY stand-ins for `crate::tls`, `crate::pki` and `crate::telemetry`, which
-//! other helpers are writing in parallel. They expose exactly the agreed signatures so
-//! `config` and `app` compile and can be tested today; every use goes through
-//! `use crate::config::shims::{tls, pki, telemetry}` and switches to the real modules
+//! TEMPORARY stand-ins for `crate::tls` and `crate::pki`, which another helper is
+//! writing in parallel. They expose exactly the agreed signatures so `config` and
+//! `app` compile and can be tested today; every use goes through
+//! `use crate::config::shims::{tls, pki}` and switches to the real modules
 //! by editing those `use` lines once the branches are merged. Never grow features here.
 
 #![allow(dead_code)]
@@ -246,63 +246,5 @@ pub mod pki {
             created: true,
             ..pki
         })
-    }
-}
-
-pub mod telemetry {
-    /// Log output format.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-    pub enum LogFormat {
-        Auto,
-        Journald,
-        Json,
-        Text,
-    }
-
-    /// Errors installing the subscriber (shim).
-    #[derive(Debug, thiserror::Error)]
-    pub enum TelemetryError {
-        #[error("invalid log filter: {0}")]
-        Filter(String),
-    }
-
-    /// Install a fmt subscriber on stderr (shim: no journald).
-    pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
-        let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info"))
-            .map_err(|e| TelemetryError::Filter(e.to_string()))?;
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        let _ = match format {
-            LogFormat::Json => builder.json().try_init(),
-            _ => builder.try_init(),
-        };
-        Ok(())
-    }
-
-    /// sd_notify wrappers (shim).
-    pub mod notify {
-        use sd_notify::NotifyState;
-        use std::time::Duration;
-
-        pub fn ready() {
-            let _ = sd_notify::notify(false, &[NotifyState::Ready]);
-        }
-        pub fn reloading() {
-            let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
-        }
-        pub fn stopping() {
-            let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-        }
-        pub fn status(msg: &str) {
-            let _ = sd_notify::notify(false, &[NotifyState::Status(msg)]);
-        }
-        pub fn watchdog_interval() -> Option<Duration> {
-            let mut usec = 0;
-            sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
-        }
-        pub fn watchdog_ping() {
-            let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
-        }
     }
 }

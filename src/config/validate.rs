@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::shims::tls::ClientCertMode;
-use super::{Config, ConfigProblem, Transport};
+use super::{Config, ConfigProblem, ListenerConfig, Transport};
 
 /// MQTT's largest encodable packet (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET: u32 = 268_435_455;
@@ -168,7 +168,8 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut binds: Vec<(usize, SocketAddr)> = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
+    for l in &config.listeners {
+        let i = l.index;
         let key = |field: &str| format!("listener[{i}].{field}");
         if l.name.is_empty()
             || l.name.len() > 64
@@ -234,7 +235,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     );
                 }
             }
-            Transport::Tls => tls_listener(config, i, r),
+            Transport::Tls => tls_listener(config, l, r),
         }
         if l.allow_anonymous && !loopback {
             r.warn(
@@ -259,16 +260,22 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
     }
 }
 
-fn tls_listener(config: &Config, i: usize, r: &mut Report<'_>) {
-    let l = &config.listeners[i];
+fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
+    let i = l.index;
     let key = |field: &str| format!("listener[{i}].{field}");
     match (&l.cert, &l.key) {
         (Some(cert), Some(k)) => {
             r.readable_file(&key("cert"), cert);
             r.readable_file(&key("key"), k);
         }
-        (Some(_), None) => r.error(key("key"), "cert is set but key is missing; set both, or neither to use the development PKI"),
-        (None, Some(_)) => r.error(key("cert"), "key is set but cert is missing; set both, or neither to use the development PKI"),
+        (Some(cert), None) => {
+            r.readable_file(&key("cert"), cert);
+            r.error(key("key"), "cert is set but key is missing; set both, or neither to use the development PKI");
+        }
+        (None, Some(k)) => {
+            r.error(key("cert"), "key is set but cert is missing; set both, or neither to use the development PKI");
+            r.readable_file(&key("key"), k);
+        }
         (None, None) => r.warn(
             key("cert"),
             format!(
