@@ -241,7 +241,12 @@ impl App {
     /// Build the gateway around any `Core` (tests use fakes that need no MQTT).
     pub async fn build_with_core<F>(loaded: LoadedConfig, make_core: F) -> Result<App, AppError>
     where
-        F: FnOnce(BrokerSettings, Arc<dyn Authenticator>, Arc<dyn Authorizer>, CancellationToken) -> Arc<dyn Core>,
+        F: FnOnce(
+            BrokerSettings,
+            Arc<dyn Authenticator>,
+            Arc<dyn Authorizer>,
+            CancellationToken,
+        ) -> Arc<dyn Core>,
     {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
@@ -447,9 +452,11 @@ impl App {
                 .listeners
                 .iter()
                 .any(|n| n.name == l.name && n.transport == l.transport);
-            if let (true, Some(slot), Some(state)) =
-                (same_transport, self.slots.get(&l.name), states.remove(&l.name))
-            {
+            if let (true, Some(slot), Some(state)) = (
+                same_transport,
+                self.slots.get(&l.name),
+                states.remove(&l.name),
+            ) {
                 listener::replace(slot, state);
             }
         }
@@ -500,7 +507,10 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
             None => changes.push(format!("listener {:?} was removed", old.name)),
             Some(l) => {
                 if l.bind != old.bind {
-                    changes.push(format!("listener {:?} bind {} -> {}", old.name, old.bind, l.bind));
+                    changes.push(format!(
+                        "listener {:?} bind {} -> {}",
+                        old.name, old.bind, l.bind
+                    ));
                 }
                 if l.transport != old.transport {
                     changes.push(format!(
@@ -570,7 +580,10 @@ async fn health_loop(
 /// Resolves on SIGTERM or SIGINT (logging which), for `App::run` in `main`.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(e), _) | (_, Err(e)) => {
             error!(reason = %e, "Cannot install SIGTERM/SIGINT handlers; stop with SIGKILL only.");

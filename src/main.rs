@@ -53,7 +53,10 @@ fn run(log: Option<LogFormat>, args: &ConfigArgs) -> u8 {
         warn!(warning = %warning, "Configuration warning.");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             error!(reason = %e, "Cannot start the async runtime.");

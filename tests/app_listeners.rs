@@ -38,7 +38,9 @@ impl Core for EchoCore {
                 match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
+                        if stream.write_all(&buf[..n]).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
                             return;
                         }
                     }
@@ -46,7 +48,12 @@ impl Core for EchoCore {
             }
         })
     }
-    fn reload_auth(&self, _: Arc<dyn tollgate::auth::Authenticator>, _: Arc<dyn tollgate::acl::Authorizer>) {}
+    fn reload_auth(
+        &self,
+        _: Arc<dyn tollgate::auth::Authenticator>,
+        _: Arc<dyn tollgate::acl::Authorizer>,
+    ) {
+    }
     fn drained(&self) -> BoxFuture<()> {
         Box::pin(async {})
     }
@@ -65,10 +72,13 @@ struct Pki {
 fn make_pki(dir: &Path, tag: &str) -> Pki {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("test CA {tag}"));
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("test CA {tag}"));
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
     let key = rcgen::KeyPair::generate().expect("server key");
     let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
     let pki = Pki {
@@ -110,7 +120,11 @@ impl Running {
 
     async fn stop(mut self) -> Duration {
         let started = std::time::Instant::now();
-        self.stop.take().expect("stop once").send(()).expect("app still running");
+        self.stop
+            .take()
+            .expect("stop once")
+            .send(())
+            .expect("app still running");
         tokio::time::timeout(Duration::from_secs(10), self.done)
             .await
             .expect("app stops within the limit")
@@ -121,36 +135,59 @@ impl Running {
 }
 
 async fn start(config: &Path, stubborn: bool) -> Running {
-    let loaded = load_with_env(&ConfigSource::File(config.to_path_buf()), &HashMap::new()).expect("valid config");
-    let names: Vec<String> = loaded.config.listeners.iter().map(|l| l.name.clone()).collect();
-    let app = App::build_with_core(loaded, move |_, _, _, shutdown| Arc::new(EchoCore { shutdown, stubborn }) as Arc<dyn Core>)
-        .await
-        .expect("app builds");
-    let app_addrs = names.iter().map(|n| (n.clone(), app.local_addr(n).expect("bound"))).collect();
+    let loaded = load_with_env(&ConfigSource::File(config.to_path_buf()), &HashMap::new())
+        .expect("valid config");
+    let names: Vec<String> = loaded
+        .config
+        .listeners
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    let app = App::build_with_core(loaded, move |_, _, _, shutdown| {
+        Arc::new(EchoCore { shutdown, stubborn }) as Arc<dyn Core>
+    })
+    .await
+    .expect("app builds");
+    let app_addrs = names
+        .iter()
+        .map(|n| (n.clone(), app.local_addr(n).expect("bound")))
+        .collect();
     let dev_ca = app.dev_pki().map(|p| p.ca_cert.clone());
     let reload = app.reload_handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    Running { app_addrs, reload, stop: Some(stop), done, dev_ca }
+    Running {
+        app_addrs,
+        reload,
+        stop: Some(stop),
+        done,
+        dev_ca,
+    }
 }
 
-fn client_config(ca: &Path, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+fn client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).expect("read ca");
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.expect("ca pem")).expect("add root");
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Arc::new(config)
 }
 
-const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12, &rustls::version::TLS13];
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS12, &rustls::version::TLS13];
 
 async fn tls_connect(
     addr: SocketAddr,
@@ -158,12 +195,18 @@ async fn tls_connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
-    tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(config).connect(name, tcp))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, text: &[u8]) {
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    text: &[u8],
+) {
     stream.write_all(text).await.expect("write");
     stream.flush().await.expect("flush");
     let mut buf = vec![0u8; text.len()];
@@ -199,9 +242,13 @@ async fn serves_plain_and_dev_pki_tls_listeners_on_their_bound_addresses() {
     let ca = running.dev_ca.clone().expect("dev PKI in use");
     assert_eq!(ca, dir.path().join("state/dev-pki/ca.crt"));
 
-    let mut plain = TcpStream::connect(running.addr("local")).await.expect("connect plain");
+    let mut plain = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("connect plain");
     echo(&mut plain, b"plain hello").await;
-    let mut tls = tls_connect(running.addr("devices"), client_config(&ca, BOTH)).await.expect("tls handshake");
+    let mut tls = tls_connect(running.addr("devices"), client_config(&ca, BOTH))
+        .await
+        .expect("tls handshake");
     echo(&mut tls, b"tls hello").await;
     running.stop().await;
 }
@@ -217,22 +264,41 @@ async fn accepts_tls_1_2_and_1_3_and_refuses_older_versions() {
     );
     let config = write_config(
         dir.path(),
-        &format!("{}{only13}", tls_listener(&format!("cert = \"{}\"\nkey = \"{}\"", pki.cert.display(), pki.key.display()))),
+        &format!(
+            "{}{only13}",
+            tls_listener(&format!(
+                "cert = \"{}\"\nkey = \"{}\"",
+                pki.cert.display(),
+                pki.key.display()
+            ))
+        ),
     );
     let running = start(&config, false).await;
     let addr = running.addr("devices");
 
-    let mut v12 = tls_connect(addr, client_config(&pki.ca, &[&rustls::version::TLS12])).await.expect("TLS 1.2 accepted");
-    assert_eq!(v12.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let mut v12 = tls_connect(addr, client_config(&pki.ca, &[&rustls::version::TLS12]))
+        .await
+        .expect("TLS 1.2 accepted");
+    assert_eq!(
+        v12.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
     echo(&mut v12, b"1.2").await;
-    let mut v13 = tls_connect(addr, client_config(&pki.ca, &[&rustls::version::TLS13])).await.expect("TLS 1.3 accepted");
-    assert_eq!(v13.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let mut v13 = tls_connect(addr, client_config(&pki.ca, &[&rustls::version::TLS13]))
+        .await
+        .expect("TLS 1.3 accepted");
+    assert_eq!(
+        v13.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     echo(&mut v13, b"1.3").await;
 
     // rustls cannot speak TLS 1.0/1.1, so send their ClientHellos by hand.
     for legacy in [0x01u8, 0x02] {
         let mut raw = TcpStream::connect(addr).await.expect("connect");
-        raw.write_all(&legacy_client_hello(legacy)).await.expect("send hello");
+        raw.write_all(&legacy_client_hello(legacy))
+            .await
+            .expect("send hello");
         let reply = read_until_closed(&mut raw, Duration::from_secs(5)).await;
         assert!(
             reply.first() != Some(&0x16),
@@ -241,9 +307,18 @@ async fn accepts_tls_1_2_and_1_3_and_refuses_older_versions() {
         );
     }
 
-    let refused = tls_connect(running.addr("modern"), client_config(&pki.ca, &[&rustls::version::TLS12])).await;
-    assert!(refused.is_err(), "a tls_versions = [\"1.3\"] listener refuses TLS 1.2");
-    tls_connect(running.addr("modern"), client_config(&pki.ca, BOTH)).await.expect("TLS 1.3 on the 1.3-only listener");
+    let refused = tls_connect(
+        running.addr("modern"),
+        client_config(&pki.ca, &[&rustls::version::TLS12]),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a tls_versions = [\"1.3\"] listener refuses TLS 1.2"
+    );
+    tls_connect(running.addr("modern"), client_config(&pki.ca, BOTH))
+        .await
+        .expect("TLS 1.3 on the 1.3-only listener");
     running.stop().await;
 }
 
@@ -266,21 +341,29 @@ async fn connection_limit_closes_extra_sockets_before_the_tls_handshake() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
-        &format!("max_connections = 1\nconnect_timeout = \"30s\"\n{}", tls_listener("")),
+        &format!(
+            "max_connections = 1\nconnect_timeout = \"30s\"\n{}",
+            tls_listener("")
+        ),
     );
     // `max_connections` must sit under [broker]: write_config starts that section.
     let running = start(&config, false).await;
     let client = client_config(running.dev_ca.as_ref().expect("dev ca"), BOTH);
     let addr = running.addr("devices");
 
-    let mut first = tls_connect(addr, client.clone()).await.expect("first connection admitted");
+    let mut first = tls_connect(addr, client.clone())
+        .await
+        .expect("first connection admitted");
     echo(&mut first, b"one").await;
 
     // Over the limit: closed at once, without a single TLS byte, although the connect
     // timeout (30 s) would otherwise keep a silent socket open.
     let mut extra = TcpStream::connect(addr).await.expect("tcp connect");
     let seen = read_until_closed(&mut extra, Duration::from_secs(5)).await;
-    assert!(seen.is_empty(), "refused socket received bytes: {seen:02x?}");
+    assert!(
+        seen.is_empty(),
+        "refused socket received bytes: {seen:02x?}"
+    );
 
     // The permit returns when the first connection ends.
     drop(first);
@@ -289,27 +372,41 @@ async fn connection_limit_closes_extra_sockets_before_the_tls_handshake() {
         if let Ok(mut s) = tls_connect(addr, client.clone()).await {
             let mut probe = [0u8; 1];
             s.write_all(b"x").await.expect("write");
-            if let Ok(Ok(1)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut probe)).await {
+            if let Ok(Ok(1)) =
+                tokio::time::timeout(Duration::from_secs(1), s.read(&mut probe)).await
+            {
                 admitted = Some(s);
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(admitted.is_some(), "a new connection is admitted once the first one closed");
+    assert!(
+        admitted.is_some(),
+        "a new connection is admitted once the first one closed"
+    );
     running.stop().await;
 }
 
 #[tokio::test]
 async fn silent_socket_is_closed_after_the_connect_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &format!("connect_timeout = \"300ms\"\n{}", tls_listener("")));
+    let config = write_config(
+        dir.path(),
+        &format!("connect_timeout = \"300ms\"\n{}", tls_listener("")),
+    );
     let running = start(&config, false).await;
     let started = std::time::Instant::now();
-    let mut silent = TcpStream::connect(running.addr("devices")).await.expect("connect");
+    let mut silent = TcpStream::connect(running.addr("devices"))
+        .await
+        .expect("connect");
     let seen = read_until_closed(&mut silent, Duration::from_secs(5)).await;
     assert!(seen.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the timeout: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
     running.stop().await;
 }
 
@@ -318,7 +415,9 @@ async fn reload_with_a_broken_file_keeps_everything_running_and_lists_every_prob
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), PLAIN);
     let running = start(&config, false).await;
-    let mut before = TcpStream::connect(running.addr("local")).await.expect("connect");
+    let mut before = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("connect");
     echo(&mut before, b"before").await;
 
     std::fs::write(
@@ -326,20 +425,29 @@ async fn reload_with_a_broken_file_keeps_everything_running_and_lists_every_prob
         "[broker]\nmax_connections = 0\n[[listener]]\nname = \"local\"\nbind = \"nowhere\"\ntransport = \"tcp\"\n",
     )
     .expect("break config");
-    let failed = running.reload.reload().await.expect_err("broken file refused");
+    let failed = running
+        .reload
+        .reload()
+        .await
+        .expect_err("broken file refused");
     let all = failed.problems.join("\n");
     assert!(all.contains("broker.max_connections"), "{all}");
     assert!(all.contains("listener[0].bind"), "{all}");
 
     echo(&mut before, b"still here").await;
-    let mut after = TcpStream::connect(running.addr("local")).await.expect("new connections still accepted");
+    let mut after = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("new connections still accepted");
     echo(&mut after, b"after").await;
 
     // A valid file with a changed bind is applied, the bind change only after a restart.
     std::fs::write(&config, PLAIN.replace("127.0.0.1:0", "127.0.0.1:1")).expect("rewrite config");
     let report = running.reload.reload().await.expect("valid file accepted");
     assert!(
-        report.ignored_until_restart.iter().any(|c| c.contains("bind")),
+        report
+            .ignored_until_restart
+            .iter()
+            .any(|c| c.contains("bind")),
         "{:?}",
         report.ignored_until_restart
     );
@@ -352,18 +460,33 @@ async fn reload_swaps_the_server_certificate_for_new_handshakes_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = make_pki(dir.path(), "old");
     let new = make_pki(dir.path(), "new");
-    let files = |p: &Pki| format!("cert = \"{}\"\nkey = \"{}\"", p.cert.display(), p.key.display());
+    let files = |p: &Pki| {
+        format!(
+            "cert = \"{}\"\nkey = \"{}\"",
+            p.cert.display(),
+            p.key.display()
+        )
+    };
     let config = write_config(dir.path(), &tls_listener(&files(&old)));
     let running = start(&config, false).await;
     let addr = running.addr("devices");
-    let mut existing = tls_connect(addr, client_config(&old.ca, BOTH)).await.expect("old certificate");
+    let mut existing = tls_connect(addr, client_config(&old.ca, BOTH))
+        .await
+        .expect("old certificate");
     echo(&mut existing, b"old").await;
 
     write_config(dir.path(), &tls_listener(&files(&new)));
     running.reload.reload().await.expect("reload accepted");
 
-    tls_connect(addr, client_config(&new.ca, BOTH)).await.expect("new handshakes use the new certificate");
-    assert!(tls_connect(addr, client_config(&old.ca, BOTH)).await.is_err(), "the old certificate is no longer served");
+    tls_connect(addr, client_config(&new.ca, BOTH))
+        .await
+        .expect("new handshakes use the new certificate");
+    assert!(
+        tls_connect(addr, client_config(&old.ca, BOTH))
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
     echo(&mut existing, b"existing session untouched").await;
     running.stop().await;
 }
@@ -379,17 +502,29 @@ async fn shutdown_drains_connections_and_returns() {
     running.stop().await;
     let seen = read_until_closed(&mut open, Duration::from_secs(5)).await;
     assert!(seen.is_empty());
-    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting after shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting after shutdown"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_gives_up_on_stuck_connections_after_the_grace_period() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tollgate.toml");
-    std::fs::write(&config, format!("[shutdown]\ngrace_period = \"300ms\"\n{PLAIN}")).expect("write");
+    std::fs::write(
+        &config,
+        format!("[shutdown]\ngrace_period = \"300ms\"\n{PLAIN}"),
+    )
+    .expect("write");
     let running = start(&config, true).await;
-    let mut stuck = TcpStream::connect(running.addr("local")).await.expect("connect");
+    let mut stuck = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("connect");
     echo(&mut stuck, b"hi").await;
     let took = running.stop().await;
-    assert!(took >= Duration::from_millis(250), "waited for the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "waited for the grace period: {took:?}"
+    );
 }

@@ -14,7 +14,10 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn problems(result: Result<tollgate::config::LoadedConfig, ConfigError>) -> Vec<String> {
@@ -36,18 +39,32 @@ allow_anonymous = true
 fn embedded_default_is_valid_and_has_both_listeners() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().to_str().expect("utf-8 temp path");
-    let loaded = load_with_env(&ConfigSource::Embedded, &env(&[("HOME", home)])).expect("default config is valid");
-    let names: Vec<_> = loaded.config.listeners.iter().map(|l| (l.name.as_str(), l.transport)).collect();
-    assert_eq!(names, [("local", Transport::Tcp), ("devices", Transport::Tls)]);
+    let loaded = load_with_env(&ConfigSource::Embedded, &env(&[("HOME", home)]))
+        .expect("default config is valid");
+    let names: Vec<_> = loaded
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.transport))
+        .collect();
+    assert_eq!(
+        names,
+        [("local", Transport::Tcp), ("devices", Transport::Tls)]
+    );
     assert!(loaded.config.listeners[1].uses_dev_pki());
-    assert!(!loaded.notices.is_empty(), "the state directory choice is reported");
+    assert!(
+        !loaded.notices.is_empty(),
+        "the state directory choice is reported"
+    );
 }
 
 #[test]
 fn missing_sections_take_documented_defaults() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(dir.path(), "t.toml", MINIMAL);
-    let c = load_with_env(&ConfigSource::File(file), &env(&[])).expect("valid").config;
+    let c = load_with_env(&ConfigSource::File(file), &env(&[]))
+        .expect("valid")
+        .config;
     assert_eq!(c.broker.max_connections, 10_000);
     assert_eq!(c.broker.max_packet_size, 1_048_576);
     assert_eq!(c.broker.connect_timeout, Duration::from_secs(10));
@@ -59,7 +76,11 @@ fn missing_sections_take_documented_defaults() {
 #[test]
 fn environment_overrides_file_values_including_listener_by_index() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "t.toml", &format!("[broker]\nmax_connections = 7\nconnect_timeout = 3\n{MINIMAL}"));
+    let file = write(
+        dir.path(),
+        "t.toml",
+        &format!("[broker]\nmax_connections = 7\nconnect_timeout = 3\n{MINIMAL}"),
+    );
     let c = load_with_env(
         &ConfigSource::File(file),
         &env(&[
@@ -99,10 +120,18 @@ key = "certs/s.key"
 password_file = "passwd"
 "#,
     );
-    let c = load_with_env(&ConfigSource::File(file), &env(&[])).expect("valid").config;
+    let c = load_with_env(&ConfigSource::File(file), &env(&[]))
+        .expect("valid")
+        .config;
     assert_eq!(c.broker.data_dir, dir.path().join("state"));
-    assert_eq!(c.listeners[0].cert.as_deref(), Some(dir.path().join("certs/s.crt").as_path()));
-    assert_eq!(c.auth.password_file.as_deref(), Some(dir.path().join("passwd").as_path()));
+    assert_eq!(
+        c.listeners[0].cert.as_deref(),
+        Some(dir.path().join("certs/s.crt").as_path())
+    );
+    assert_eq!(
+        c.auth.password_file.as_deref(),
+        Some(dir.path().join("passwd").as_path())
+    );
 }
 
 #[test]
@@ -151,7 +180,8 @@ password_file = "nope"
     ];
     for e in expect {
         assert!(
-            p.iter().any(|line| line.starts_with(&format!("{label}: {e}"))),
+            p.iter()
+                .any(|line| line.starts_with(&format!("{label}: {e}"))),
             "missing problem {e:?} in:\n{}",
             p.join("\n")
         );
@@ -169,10 +199,22 @@ fn unknown_keys_and_bad_types_carry_their_path() {
     let p = problems(load_with_env(&ConfigSource::File(file), &env(&[])));
     let joined = p.join("\n");
     // Several problems in one section are all reported, type errors and range errors alike.
-    assert!(joined.contains("broker.max_conections: unknown field `max_conections`"), "{joined}");
-    assert!(joined.contains("broker.max_packet_size: invalid type"), "{joined}");
-    assert!(joined.contains("broker.max_connections: 0 is out of range"), "{joined}");
-    assert!(joined.contains("shutdown.grace_period: \"soon\" is not a duration"), "{joined}");
+    assert!(
+        joined.contains("broker.max_conections: unknown field `max_conections`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("broker.max_packet_size: invalid type"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("broker.max_connections: 0 is out of range"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("shutdown.grace_period: \"soon\" is not a duration"),
+        "{joined}"
+    );
     assert!(joined.contains("extra: unknown key"), "{joined}");
 }
 
@@ -182,15 +224,28 @@ fn toml_syntax_errors_show_line_and_column() {
     let file = write(dir.path(), "t.toml", "[broker]\nmax_connections = = 5\n");
     let p = problems(load_with_env(&ConfigSource::File(file.clone()), &env(&[])));
     assert_eq!(p.len(), 1, "{p:?}");
-    assert!(p[0].starts_with(&format!("{}: TOML syntax error at line 2, column", file.display())), "{p:?}");
+    assert!(
+        p[0].starts_with(&format!(
+            "{}: TOML syntax error at line 2, column",
+            file.display()
+        )),
+        "{p:?}"
+    );
 }
 
 #[test]
 fn environment_problems_name_the_variable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(dir.path(), "t.toml", MINIMAL);
-    let p = problems(load_with_env(&ConfigSource::File(file), &env(&[("TOLLGATE_BROKER__MAX_CONNECTIONS", "lots")])));
-    assert!(p.iter().any(|l| l.contains("TOLLGATE_BROKER__MAX_CONNECTIONS")), "{p:?}");
+    let p = problems(load_with_env(
+        &ConfigSource::File(file),
+        &env(&[("TOLLGATE_BROKER__MAX_CONNECTIONS", "lots")]),
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("TOLLGATE_BROKER__MAX_CONNECTIONS")),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -198,6 +253,20 @@ fn anonymous_on_network_address_is_a_warning_not_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(dir.path(), "t.toml", "[[listener]]\nname = \"d\"\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\nallow_anonymous = true\n");
     let loaded = load_with_env(&ConfigSource::File(file), &env(&[])).expect("valid");
-    assert!(loaded.warnings.iter().any(|w| w.contains("allow_anonymous")), "{:?}", loaded.warnings);
-    assert!(loaded.warnings.iter().any(|w| w.contains("development PKI")), "{:?}", loaded.warnings);
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("allow_anonymous")),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("development PKI")),
+        "{:?}",
+        loaded.warnings
+    );
 }

@@ -9,7 +9,11 @@ use crate::config::shims::tls::ClientCertMode;
 use crate::config::{ListenerConfig, Transport};
 
 /// Commands that connect to `listener` bound at `addr`.
-pub fn client_commands(listener: &ListenerConfig, addr: SocketAddr, dev_ca: Option<&Path>) -> Vec<String> {
+pub fn client_commands(
+    listener: &ListenerConfig,
+    addr: SocketAddr,
+    dev_ca: Option<&Path>,
+) -> Vec<String> {
     let tls = listener.transport == Transport::Tls;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
         // The development certificate names localhost; mosquitto checks the host name.
@@ -33,11 +37,15 @@ pub fn client_commands(listener: &ListenerConfig, addr: SocketAddr, dev_ca: Opti
             options.push_str(" --cert <device.crt> --key <device.key>");
         }
     }
-    if !listener.allow_anonymous && !(tls && listener.client_cert_mode() == ClientCertMode::Required) {
+    let certificate_only = tls && listener.client_cert_mode() == ClientCertMode::Required;
+    if !(listener.allow_anonymous || certificate_only) {
         options.push_str(" -u <user> -P <password>");
     }
     vec![
         format!("mosquitto_sub {options} -t 'test/#' -v"),
-        format!("mosquitto_pub {options} -t test/hello -m 'hello from {}'", listener.name),
+        format!(
+            "mosquitto_pub {options} -t test/hello -m 'hello from {}'",
+            listener.name
+        ),
     ]
 }

@@ -115,7 +115,10 @@ pub fn load_with_env(
         config::Config::builder().add_source(config::File::from_str(&text, FileFormat::Toml));
     let mut problems = Vec::new();
     for o in &overrides {
-        match builder.clone().set_override(o.key.as_str(), o.value.as_str()) {
+        match builder
+            .clone()
+            .set_override(o.key.as_str(), o.value.as_str())
+        {
             Ok(b) => builder = b,
             Err(e) => problems.push(problem(
                 &o.key,
@@ -170,9 +173,11 @@ pub fn load_with_env(
         ),
         Some(Ok(values)) => {
             for (index, value) in values.into_iter().enumerate() {
-                if let Some(mut listener) =
-                    deserialize_all::<ListenerConfig>(value, &format!("listener[{index}]"), &mut report)
-                {
+                if let Some(mut listener) = deserialize_all::<ListenerConfig>(
+                    value,
+                    &format!("listener[{index}]"),
+                    &mut report,
+                ) {
                     listener.index = index;
                     listeners.push(listener);
                 }
@@ -350,13 +355,19 @@ fn remove_path(value: &mut Value, path: &str) -> bool {
             steps.push(Step::Key(name.to_string()));
         }
         while let Some(inner) = rest.strip_prefix('[') {
-            let Some(end) = inner.find(']') else { return false };
-            let Ok(index) = inner[..end].parse() else { return false };
+            let Some(end) = inner.find(']') else {
+                return false;
+            };
+            let Ok(index) = inner[..end].parse() else {
+                return false;
+            };
             steps.push(Step::Index(index));
             rest = &inner[end + 1..];
         }
     }
-    let Some(last) = steps.pop() else { return false };
+    let Some(last) = steps.pop() else {
+        return false;
+    };
     let mut current = value;
     for step in steps {
         current = match (step, &mut current.kind) {
@@ -436,7 +447,10 @@ pub(crate) fn fallback_data_dir(
 ) -> (PathBuf, String) {
     let default = PathBuf::from(DEFAULT_DATA_DIR);
     if writable(&default) {
-        return (default, format!("Using state directory {DEFAULT_DATA_DIR}."));
+        return (
+            default,
+            format!("Using state directory {DEFAULT_DATA_DIR}."),
+        );
     }
     let non_empty = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
     let (dir, from) = if let Some(dir) = non_empty("STATE_DIRECTORY") {
@@ -444,7 +458,10 @@ pub(crate) fn fallback_data_dir(
         let first = dir.split(':').next().unwrap_or(&dir).to_string();
         (PathBuf::from(first), "$STATE_DIRECTORY")
     } else if let Some(dir) = non_empty("XDG_STATE_HOME") {
-        (PathBuf::from(dir).join("tollgate"), "$XDG_STATE_HOME/tollgate")
+        (
+            PathBuf::from(dir).join("tollgate"),
+            "$XDG_STATE_HOME/tollgate",
+        )
     } else if let Some(home) = non_empty("HOME") {
         (
             PathBuf::from(home).join(".local/state/tollgate"),

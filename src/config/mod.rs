@@ -189,8 +189,10 @@ where
     T: serde::de::DeserializeOwned,
 {
     let name = String::deserialize(deserializer)?;
-    T::deserialize(serde::de::value::StringDeserializer::<serde::de::value::Error>::new(name))
-        .map_err(serde::de::Error::custom)
+    T::deserialize(serde::de::value::StringDeserializer::<
+        serde::de::value::Error,
+    >::new(name))
+    .map_err(serde::de::Error::custom)
 }
 
 fn optional_by_name<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -216,9 +218,12 @@ fn default_identity() -> IdentitySource {
 impl ListenerConfig {
     /// The bind address; validation has already rejected unparsable ones.
     pub fn bind_addr(&self) -> Result<SocketAddr, String> {
-        self.bind
-            .parse()
-            .map_err(|_| format!("{:?} is not a socket address (write e.g. \"0.0.0.0:8883\" or \"[::]:8883\")", self.bind))
+        self.bind.parse().map_err(|_| {
+            format!(
+                "{:?} is not a socket address (write e.g. \"0.0.0.0:8883\" or \"[::]:8883\")",
+                self.bind
+            )
+        })
     }
 
     /// Effective client certificate mode.
@@ -354,12 +359,14 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Parsed `format`.
     pub fn log_format(&self) -> Result<crate::telemetry::LogFormat, String> {
-        <crate::telemetry::LogFormat as clap::ValueEnum>::from_str(&self.format, true).map_err(|_| {
-            format!(
-                "{:?} is not a log format (use auto, journald, json or text)",
-                self.format
-            )
-        })
+        <crate::telemetry::LogFormat as clap::ValueEnum>::from_str(&self.format, true).map_err(
+            |_| {
+                format!(
+                    "{:?} is not a log format (use auto, journald, json or text)",
+                    self.format
+                )
+            },
+        )
     }
 }
 

@@ -81,7 +81,9 @@ pub mod tls {
     }
 
     /// Build a rustls server config (shim: no CRL support).
-    pub fn build_server_config(s: &ServerTlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    pub fn build_server_config(
+        s: &ServerTlsSettings,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: Vec<&'static rustls::SupportedProtocolVersion> = s
             .versions
@@ -113,9 +115,7 @@ pub mod tls {
             (Some(ca), mode) if mode != ClientCertMode::Off => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in read_certs(ca)? {
-                    roots
-                        .add(c)
-                        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+                    roots.add(c).map_err(|e| TlsError::Rustls(e.to_string()))?;
                 }
                 let vb = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),

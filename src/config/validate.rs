@@ -29,12 +29,23 @@ impl Report<'_> {
     }
 
     fn warn(&mut self, key: impl AsRef<str>, message: impl AsRef<str>) {
-        self.warnings
-            .push(format!("{}: {}: {}", self.file, key.as_ref(), message.as_ref()));
+        self.warnings.push(format!(
+            "{}: {}: {}",
+            self.file,
+            key.as_ref(),
+            message.as_ref()
+        ));
     }
 
     /// Report a number outside `[min, max]`.
-    fn range<T: PartialOrd + std::fmt::Display>(&mut self, key: &str, value: T, min: T, max: T, unit: &str) {
+    fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        min: T,
+        max: T,
+        unit: &str,
+    ) {
         if value < min || value > max {
             self.error(
                 key,
@@ -62,7 +73,10 @@ impl Report<'_> {
         match std::fs::File::open(path) {
             Ok(file) => {
                 if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-                    self.error(key, format!("{} is a directory, not a file", path.display()));
+                    self.error(
+                        key,
+                        format!("{} is a directory, not a file", path.display()),
+                    );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -81,7 +95,11 @@ impl Report<'_> {
 }
 
 /// Check everything; push problems (errors) and warnings (accepted but risky).
-pub(super) fn validate(config: &Config, problems: &mut Vec<ConfigProblem>, warnings: &mut Vec<String>) {
+pub(super) fn validate(
+    config: &Config,
+    problems: &mut Vec<ConfigProblem>,
+    warnings: &mut Vec<String>,
+) {
     let mut r = Report {
         file: config.source.label(),
         problems,
@@ -115,22 +133,46 @@ pub(super) fn validate(config: &Config, problems: &mut Vec<ConfigProblem>, warni
 
 fn broker(config: &Config, r: &mut Report<'_>) {
     let b = &config.broker;
-    r.range("broker.max_packet_size", b.max_packet_size, 64, MQTT_MAX_PACKET, " bytes");
-    r.range("broker.max_connections", b.max_connections, 1, 1_000_000, "");
+    r.range(
+        "broker.max_packet_size",
+        b.max_packet_size,
+        64,
+        MQTT_MAX_PACKET,
+        " bytes",
+    );
+    r.range(
+        "broker.max_connections",
+        b.max_connections,
+        1,
+        1_000_000,
+        "",
+    );
     r.duration(
         "broker.connect_timeout",
         b.connect_timeout,
         Duration::from_millis(100),
         Duration::from_secs(600),
     );
-    r.range("broker.max_keepalive", b.max_keepalive, 1, u16::MAX, " seconds");
+    r.range(
+        "broker.max_keepalive",
+        b.max_keepalive,
+        1,
+        u16::MAX,
+        " seconds",
+    );
     r.duration(
         "broker.max_session_expiry",
         b.max_session_expiry,
         Duration::ZERO,
         Duration::from_secs(u64::from(u32::MAX)),
     );
-    r.range("broker.max_offline_messages", b.max_offline_messages, 1, 10_000_000, "");
+    r.range(
+        "broker.max_offline_messages",
+        b.max_offline_messages,
+        1,
+        10_000_000,
+        "",
+    );
     r.range(
         "broker.max_offline_bytes",
         b.max_offline_bytes,
@@ -188,7 +230,10 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
         } else if let Some(first) = names.insert(&l.name, i) {
             r.error(
                 key("name"),
-                format!("{:?} is already the name of listener[{first}]; names must be unique", l.name),
+                format!(
+                    "{:?} is already the name of listener[{first}]; names must be unique",
+                    l.name
+                ),
             );
         }
         let addr = match l.bind_addr() {
@@ -216,7 +261,10 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     ("client_ca", l.client_ca.is_some()),
                     ("client_certs", l.client_certs.is_some()),
                     ("crl", l.crl.is_some()),
-                    ("tls_versions", l.tls_versions != super::default_tls_versions()),
+                    (
+                        "tls_versions",
+                        l.tls_versions != super::default_tls_versions(),
+                    ),
                 ] {
                     if set {
                         r.error(
@@ -246,7 +294,8 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                 ),
             );
         }
-        let cert_auth = l.transport == Transport::Tls && l.client_cert_mode() != ClientCertMode::Off;
+        let cert_auth =
+            l.transport == Transport::Tls && l.client_cert_mode() != ClientCertMode::Off;
         let password = l.password_auth && config.auth.password_file.is_some();
         if !l.allow_anonymous && !cert_auth && !password {
             r.warn(
@@ -286,18 +335,30 @@ fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
         ),
     }
     match l.tls_version_list() {
-        Ok(v) if v.is_empty() => r.error(key("tls_versions"), "is empty; use [\"1.2\", \"1.3\"] or [\"1.3\"]"),
+        Ok(v) if v.is_empty() => r.error(
+            key("tls_versions"),
+            "is empty; use [\"1.2\", \"1.3\"] or [\"1.3\"]",
+        ),
         Ok(_) => {}
         Err(e) => r.error(key("tls_versions"), e),
     }
     match &l.client_ca {
         Some(ca) => r.readable_file(&key("client_ca"), ca),
         None => {
-            if matches!(l.client_certs, Some(ClientCertMode::Optional | ClientCertMode::Required)) {
-                r.error(key("client_certs"), "client certificates need client_ca (the CA that signs them)");
+            if matches!(
+                l.client_certs,
+                Some(ClientCertMode::Optional | ClientCertMode::Required)
+            ) {
+                r.error(
+                    key("client_certs"),
+                    "client certificates need client_ca (the CA that signs them)",
+                );
             }
             if l.crl.is_some() {
-                r.error(key("crl"), "a CRL needs client_ca (the CA whose certificates it revokes)");
+                r.error(
+                    key("crl"),
+                    "a CRL needs client_ca (the CA whose certificates it revokes)",
+                );
             }
         }
     }
@@ -319,7 +380,10 @@ fn acl(config: &Config, r: &mut Report<'_>) {
             );
         }
         if rule.user.as_deref().is_some_and(str::is_empty) {
-            r.error(key("user"), "is empty; name the user, or remove it for an anonymous rule");
+            r.error(
+                key("user"),
+                "is empty; name the user, or remove it for an anonymous rule",
+            );
         }
         if let Err(e) = check_filter(&rule.topic) {
             r.error(key("topic"), e);
@@ -339,7 +403,9 @@ fn check_filter(filter: &str) -> Result<(), String> {
     let levels: Vec<&str> = filter.split('/').collect();
     for (n, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || n + 1 != levels.len()) {
-            return Err(format!("{filter:?}: '#' must be a whole level and the last one"));
+            return Err(format!(
+                "{filter:?}: '#' must be a whole level and the last one"
+            ));
         }
         if level.contains('+') && *level != "+" {
             return Err(format!("{filter:?}: '+' must be a whole level"));
