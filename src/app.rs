@@ -29,10 +29,10 @@ use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 use crate::acl::{AllowAll, Authorizer};
 use crate::auth::{AnonymousOnly, Authenticator};
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
-use crate::config::shims::pki::{self, DevPki};
-use crate::config::shims::tls::{self, ClientCertMode};
 use crate::config::{self, Config, LoadedConfig, Transport};
+use crate::pki::{self, DevPki};
 use crate::telemetry::notify;
+use crate::tls::{self, ReloadableServerConfig};
 
 /// Why the application could not start (or run).
 #[derive(Debug, thiserror::Error)]
@@ -130,14 +130,25 @@ fn build_states(
                 _ => None,
             };
             let Some((cert, key)) = files else { continue };
-            let built = l
-                .tls_settings(&cert, &key)
-                .and_then(|s| tls::build_server_config(&s).map_err(|e| e.to_string()));
-            match built {
-                Ok(server_config) => Some(TlsState {
-                    config: server_config,
+            let settings = match l.tls_settings(&cert, &key) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
+                    continue;
+                }
+            };
+            // Every problem of the listener at once (cert, key, CA, CRL, pairing).
+            let errors = tls::check_server_settings(&settings);
+            if !errors.is_empty() {
+                for e in errors {
+                    problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
+                }
+                continue;
+            }
+            match ReloadableServerConfig::new(&settings) {
+                Ok(server) => Some(TlsState {
+                    server: Arc::new(server),
                     identity: l.identity,
-                    client_certs: l.client_cert_mode() != ClientCertMode::Off,
                 }),
                 Err(e) => {
                     problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));

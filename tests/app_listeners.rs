@@ -89,6 +89,12 @@ fn make_pki(dir: &Path, tag: &str) -> Pki {
     std::fs::write(&pki.ca, ca.pem()).expect("write ca");
     std::fs::write(&pki.cert, cert.pem()).expect("write cert");
     std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+    // Private keys readable by others are refused (like ssh does).
+    std::fs::set_permissions(
+        &pki.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod key");
     pki
 }
 

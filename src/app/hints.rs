@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::config::shims::tls::ClientCertMode;
 use crate::config::{ListenerConfig, Transport};
+use crate::tls::ClientCertMode;
 
 /// Commands that connect to `listener` bound at `addr`.
 pub fn client_commands(

@@ -24,7 +24,7 @@ use tracing::{debug, error, warn};
 
 use super::core::Core;
 use crate::broker::{ConnectionInfo, ListenerContext};
-use crate::config::shims::tls::{self, IdentitySource};
+use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
 /// A client byte stream: plain TCP or TLS over TCP.
 pub enum ClientStream {
@@ -95,12 +95,10 @@ impl AsyncWrite for ClientStream {
 /// TLS part of a listener's state.
 #[derive(Clone)]
 pub struct TlsState {
-    /// Server config used for new handshakes.
-    pub config: Arc<rustls::ServerConfig>,
+    /// Server config used for new handshakes; also re-checks live client chains after a reload.
+    pub server: Arc<ReloadableServerConfig>,
     /// Certificate field that becomes the identity.
     pub identity: IdentitySource,
-    /// Whether client certificates are requested (handshake failures are then audit events).
-    pub client_certs: bool,
 }
 
 /// What a new connection on a listener is served with; replaced as a whole on reload.
@@ -305,7 +303,7 @@ impl Connection {
             self.core.serve(ClientStream::Tcp(self.socket), info).await;
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.current());
         let handshake = tokio::select! {
             _ = self.shutdown.cancelled() => return,
             result = tokio::time::timeout_at(self.deadline, acceptor.accept(self.socket)) => result,
@@ -315,12 +313,8 @@ impl Connection {
                 debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
                 return;
             }
-            Ok(Err(e)) if tls.client_certs => {
-                warn!(target: "audit", %listener, %peer, reason = %e, "TLS handshake refused.");
-                return;
-            }
             Ok(Err(e)) => {
-                debug!(%listener, %peer, reason = %e, "TLS handshake failed.");
+                tls::log_handshake_failure(&listener, peer, &e);
                 return;
             }
             Ok(Ok(stream)) => stream,

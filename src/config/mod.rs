@@ -6,7 +6,6 @@
 
 pub mod duration;
 mod load;
-pub(crate) mod shims;
 mod validate;
 
 use std::fmt;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::BrokerSettings;
-use shims::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
+use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
 

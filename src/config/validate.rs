@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::shims::tls::ClientCertMode;
 use super::{Config, ConfigProblem, ListenerConfig, Transport};
+use crate::tls::ClientCertMode;
 
 /// MQTT's largest encodable packet (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET: u32 = 268_435_455;

@@ -233,7 +233,8 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(vec!["srv".to_string()]).expect("params");
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
         let soon = dir.path().join("soon.crt");
-        std::fs::write(&soon, params.clone().self_signed(&key).expect("cert").pem()).expect("write");
+        std::fs::write(&soon, params.clone().self_signed(&key).expect("cert").pem())
+            .expect("write");
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(400);
         let later = dir.path().join("later.crt");
         std::fs::write(&later, params.self_signed(&key).expect("cert").pem()).expect("write");
