@@ -117,7 +117,10 @@ async fn write_now<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: 
     })
     .await;
     if matches!(written, Ok(Ok(()))) {
-        shared.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
     }
     buf.clear();
 }
@@ -154,7 +157,10 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
         }),
     };
     let mut buf = BytesMut::new();
-    if codec.encode(&v5::Packet::ConnAck(connack), &mut buf).is_ok() {
+    if codec
+        .encode(&v5::Packet::ConnAck(connack), &mut buf)
+        .is_ok()
+    {
         write_now(stream, shared, &mut buf).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
@@ -191,7 +197,14 @@ where
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
                     write_now(&mut stream, &shared, &mut buf).await;
                 } else if level == Some(5) {
-                    refuse_connect(&mut stream, &shared, ProtocolVersion::V5, e.reason_code(), &e.to_string()).await;
+                    refuse_connect(
+                        &mut stream,
+                        &shared,
+                        ProtocolVersion::V5,
+                        e.reason_code(),
+                        &e.to_string(),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -228,7 +241,14 @@ where
     let client_id = if connect.client_id.is_empty() {
         if !v5mode && !connect.clean_start {
             warn!(%peer, "Connection refused: empty client id with clean session = 0.");
-            refuse_connect(&mut stream, &shared, version, 0x85, "empty client id needs a clean session").await;
+            refuse_connect(
+                &mut stream,
+                &shared,
+                version,
+                0x85,
+                "empty client id needs a clean session",
+            )
+            .await;
             return;
         }
         let id = format!("tollgate-{:016x}", rand::random::<u64>());
@@ -265,7 +285,11 @@ where
                 refuse_connect(&mut stream, &shared, version, 0x90, "invalid will topic").await;
                 return;
             }
-            let delay = w.properties.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+            let delay = w
+                .properties
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0);
             let properties = w.properties.map(|p| v5::PublishProperties {
                 payload_format_indicator: p.payload_format_indicator,
                 message_expiry_interval: p.message_expiry_interval,
@@ -302,14 +326,26 @@ where
         certificate_identity: info.certificate_identity.clone(),
     };
     let authenticator = shared.authenticator();
-    let identity: Identity = match tokio::time::timeout_at(info.connect_deadline, authenticator.authenticate(request)).await {
+    let identity: Identity = match tokio::time::timeout_at(
+        info.connect_deadline,
+        authenticator.authenticate(request),
+    )
+    .await
+    {
         Err(_) => {
             info!(%client_id, %peer, "Connection closed: authentication did not finish before the connect timeout.");
             return;
         }
         Ok(Err(e)) => {
             warn!(target: "audit", %client_id, %peer, listener = %info.listener.name, reason = %e, "Connection refused by authentication.");
-            refuse_connect(&mut stream, &shared, version, auth_codes(&e), &e.to_string()).await;
+            refuse_connect(
+                &mut stream,
+                &shared,
+                version,
+                auth_codes(&e),
+                &e.to_string(),
+            )
+            .await;
             return;
         }
         Ok(Ok(identity)) => identity,
@@ -356,7 +392,12 @@ where
         connack,
         queued: queued.clone(),
     };
-    if shared.router_tx.send(RouterMsg::Connect(Box::new(request))).await.is_err() {
+    if shared
+        .router_tx
+        .send(RouterMsg::Connect(Box::new(request)))
+        .await
+        .is_err()
+    {
         return;
     }
 
@@ -501,7 +542,10 @@ impl ConnState {
                 self.inbound_qos.remove(&c.pkid);
             }
             v5::Packet::PubRec(r)
-                if !matches!(r.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers) =>
+                if !matches!(
+                    r.reason,
+                    v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
+                ) =>
             {
                 self.inbound_qos.remove(&r.pkid);
             }
@@ -524,7 +568,11 @@ impl ConnState {
     }
 
     /// Decode and handle every complete packet in `rbuf`.
-    fn process(&mut self, rbuf: &mut BytesMut, items: &mut Vec<Inbound>) -> Result<Option<End>, Violation> {
+    fn process(
+        &mut self,
+        rbuf: &mut BytesMut,
+        items: &mut Vec<Inbound>,
+    ) -> Result<Option<End>, Violation> {
         let authorizer = self.shared.authorizer();
         loop {
             let packet = match self.codec.decode(rbuf) {
@@ -537,7 +585,10 @@ impl ConnState {
                 v5::Packet::PubAck(a) => items.push(Inbound::PubAck(a.pkid)),
                 v5::Packet::PubRec(r) => items.push(Inbound::PubRec {
                     pkid: r.pkid,
-                    failed: !matches!(r.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers),
+                    failed: !matches!(
+                        r.reason,
+                        v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
+                    ),
                 }),
                 v5::Packet::PubRel(r) => items.push(Inbound::PubRel(r.pkid)),
                 v5::Packet::PubComp(c) => items.push(Inbound::PubComp(c.pkid)),
@@ -549,10 +600,14 @@ impl ConnState {
                 }),
                 v5::Packet::PingReq(_) => self.encode(&v5::Packet::PingResp(v5::PingResp)),
                 v5::Packet::Disconnect(d) => {
-                    let send_will = d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage;
+                    let send_will =
+                        d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage;
                     let expiry = d.properties.and_then(|p| p.session_expiry_interval);
                     if self.session_expiry == 0 && expiry.is_some_and(|e| e > 0) {
-                        return Err(violation(0x82, "session expiry set at DISCONNECT after connecting with 0"));
+                        return Err(violation(
+                            0x82,
+                            "session expiry set at DISCONNECT after connecting with 0",
+                        ));
                     }
                     debug!(client_id = %self.identity.client_id, peer = %self.peer, "Client sent DISCONNECT.");
                     return Ok(Some(End::Disconnect {
@@ -560,8 +615,12 @@ impl ConnState {
                         session_expiry: expiry,
                     }));
                 }
-                v5::Packet::Connect(..) => return Err(violation(0x82, "second CONNECT on one connection")),
-                v5::Packet::Auth(_) => return Err(violation(0x82, "AUTH without an authentication method")),
+                v5::Packet::Connect(..) => {
+                    return Err(violation(0x82, "second CONNECT on one connection"))
+                }
+                v5::Packet::Auth(_) => {
+                    return Err(violation(0x82, "AUTH without an authentication method"))
+                }
                 _ => return Err(violation(0x82, "packet type not allowed from a client")),
             }
         }
@@ -577,23 +636,38 @@ impl ConnState {
         let alias = p.properties.as_mut().and_then(|pp| pp.topic_alias.take());
         if let Some(alias) = alias {
             if alias == 0 || alias > settings.topic_alias_maximum {
-                return Err(violation(0x94, format!("topic alias {alias} outside 1..={}", settings.topic_alias_maximum)));
+                return Err(violation(
+                    0x94,
+                    format!(
+                        "topic alias {alias} outside 1..={}",
+                        settings.topic_alias_maximum
+                    ),
+                ));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => return Err(violation(0x82, format!("topic alias {alias} used before it was set"))),
+                    None => {
+                        return Err(violation(
+                            0x82,
+                            format!("topic alias {alias} used before it was set"),
+                        ))
+                    }
                 }
             } else {
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
         if p.topic.is_empty() {
-            return Err(violation(0x82, "zero-length topic name without topic alias"));
+            return Err(violation(
+                0x82,
+                "zero-length topic name without topic alias",
+            ));
         }
         let topic = topics::topic_from_bytes(&p.topic)
             .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-        topics::validate_topic_name(topic).map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+        topics::validate_topic_name(topic)
+            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
         if let Some(pp) = p.properties.as_mut() {
             pp.subscription_identifiers.clear();
         }
@@ -602,10 +676,18 @@ impl ConnState {
             && !self.inbound_qos.contains(&p.pkid)
             && self.inbound_qos.len() >= usize::from(settings.receive_maximum)
         {
-            return Err(violation(0x93, format!("more than {} unacknowledged QoS 1/2 publications", settings.receive_maximum)));
+            return Err(violation(
+                0x93,
+                format!(
+                    "more than {} unacknowledged QoS 1/2 publications",
+                    settings.receive_maximum
+                ),
+            ));
         }
         let allowed = !topic.starts_with("$SYS")
-            && authorizer.check(&self.identity, Access::Write, topic).is_allowed();
+            && authorizer
+                .check(&self.identity, Access::Write, topic)
+                .is_allowed();
         if !allowed {
             warn!(target: "audit", client_id = %self.identity.client_id, peer = %self.peer, %topic, "Publish denied by ACL.");
             let reason_v5 = self.v5();
@@ -613,7 +695,11 @@ impl ConnState {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => self.encode(&v5::Packet::PubAck(v5::PubAck {
                     pkid: p.pkid,
-                    reason: if reason_v5 { v5::PubAckReason::NotAuthorized } else { v5::PubAckReason::Success },
+                    reason: if reason_v5 {
+                        v5::PubAckReason::NotAuthorized
+                    } else {
+                        v5::PubAckReason::Success
+                    },
                     properties: None,
                 })),
                 QoS::ExactlyOnce => {
@@ -622,7 +708,11 @@ impl ConnState {
                     }
                     self.encode(&v5::Packet::PubRec(v5::PubRec {
                         pkid: p.pkid,
-                        reason: if reason_v5 { v5::PubRecReason::NotAuthorized } else { v5::PubRecReason::Success },
+                        reason: if reason_v5 {
+                            v5::PubRecReason::NotAuthorized
+                        } else {
+                            v5::PubRecReason::Success
+                        },
                         properties: None,
                     }))
                 }
@@ -700,7 +790,10 @@ pub(crate) fn check_filter(
     if topics::validate_topic_filter(inner).is_err() {
         return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
     }
-    if !authorizer.check(identity, Access::Subscribe, inner).is_allowed() {
+    if !authorizer
+        .check(identity, Access::Subscribe, inner)
+        .is_allowed()
+    {
         return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
     }
     Ok(Ok(()))

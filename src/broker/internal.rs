@@ -119,7 +119,10 @@ pub struct InternalClient {
     closed: bool,
 }
 
-pub(crate) async fn connect(shared: Arc<Shared>, options: InternalOptions) -> Result<InternalClient, BrokerError> {
+pub(crate) async fn connect(
+    shared: Arc<Shared>,
+    options: InternalOptions,
+) -> Result<InternalClient, BrokerError> {
     if shared.shutdown.is_cancelled() {
         return Err(BrokerError::Closed);
     }
@@ -131,7 +134,9 @@ pub(crate) async fn connect(shared: Arc<Shared>, options: InternalOptions) -> Re
         tx,
         identity: options.identity.clone(),
         clean_start: options.clean_start,
-        session_expiry: options.session_expiry.min(shared.settings.max_session_expiry),
+        session_expiry: options
+            .session_expiry
+            .min(shared.settings.max_session_expiry),
         will: None,
         receive_maximum: options.receive_maximum.max(1),
         max_packet_size: None,
@@ -202,10 +207,14 @@ impl InternalClient {
         retain: bool,
         properties: Option<v5::PublishProperties>,
     ) -> Result<(), BrokerError> {
-        topics::validate_topic_name(topic)
-            .map_err(|e| BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}")))?;
+        topics::validate_topic_name(topic).map_err(|e| {
+            BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
+        })?;
         let authorizer = self.shared.authorizer();
-        if !authorizer.check(&self.identity, Access::Write, topic).is_allowed() {
+        if !authorizer
+            .check(&self.identity, Access::Write, topic)
+            .is_allowed()
+        {
             warn!(target: "audit", client_id = %self.identity.client_id, %topic, "Publish denied by ACL.");
             return Err(BrokerError::Refused(format!(
                 "not authorized (0x87): {} may not publish to {topic:?}",
@@ -241,7 +250,11 @@ impl InternalClient {
     }
 
     /// Subscribe to `filter` (may be `$share/group/filter`); returns the SUBACK reason.
-    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<v5::SubscribeReasonCode, BrokerError> {
+    pub async fn subscribe(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<v5::SubscribeReasonCode, BrokerError> {
         let f = v5::Filter {
             path: filter.to_string(),
             qos,
@@ -354,7 +367,10 @@ impl InternalClient {
     async fn send(&self, items: Vec<Inbound>) -> Result<(), BrokerError> {
         self.shared
             .router_tx
-            .send(RouterMsg::Inbound { conn: self.conn, items })
+            .send(RouterMsg::Inbound {
+                conn: self.conn,
+                items,
+            })
             .await
             .map_err(|_| BrokerError::Closed)
     }

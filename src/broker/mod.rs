@@ -205,7 +205,11 @@ impl Broker {
 
     /// Replace the authenticator and authorizer (SIGHUP reload); existing sessions
     /// are re-checked by the caller's policy.
-    pub fn reload_auth(&self, authenticator: Arc<dyn Authenticator>, authorizer: Arc<dyn Authorizer>) {
+    pub fn reload_auth(
+        &self,
+        authenticator: Arc<dyn Authenticator>,
+        authorizer: Arc<dyn Authorizer>,
+    ) {
         let mut guard = match self.shared.auth.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -215,7 +219,10 @@ impl Broker {
 
     /// Attach an in-process client (adapter, bridge) to the router: same semantics
     /// and the same authorization checks as a network client, without a socket.
-    pub async fn connect_internal(&self, options: InternalOptions) -> Result<InternalClient, BrokerError> {
+    pub async fn connect_internal(
+        &self,
+        options: InternalOptions,
+    ) -> Result<InternalClient, BrokerError> {
         internal::connect(self.shared.clone(), options).await
     }
 

@@ -114,7 +114,10 @@ pub(crate) enum Inbound {
         reply: Option<PublishReply>,
     },
     PubAck(u16),
-    PubRec { pkid: u16, failed: bool },
+    PubRec {
+        pkid: u16,
+        failed: bool,
+    },
     PubRel(u16),
     PubComp(u16),
     /// In-process acknowledgement of a QoS 1 or 2 delivery.
@@ -136,7 +139,10 @@ pub(crate) enum Inbound {
 /// Messages to the router.
 pub(crate) enum RouterMsg {
     Connect(Box<ConnectRequest>),
-    Inbound { conn: ConnId, items: Vec<Inbound> },
+    Inbound {
+        conn: ConnId,
+        items: Vec<Inbound>,
+    },
     /// The connection ended; `send_will` is false after a normal DISCONNECT.
     Closed {
         conn: ConnId,
@@ -289,10 +295,14 @@ fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<v5::P
     if let Some(expires_at) = msg.expires_at {
         let left = expires_at.checked_duration_since(now)?;
         let secs = left.as_secs().max(1).min(u32::MAX as u64) as u32;
-        properties.get_or_insert_with(Default::default).message_expiry_interval = Some(secs);
+        properties
+            .get_or_insert_with(Default::default)
+            .message_expiry_interval = Some(secs);
     }
     if !q.sub_ids.is_empty() {
-        properties.get_or_insert_with(Default::default).subscription_identifiers = q.sub_ids.clone();
+        properties
+            .get_or_insert_with(Default::default)
+            .subscription_identifiers = q.sub_ids.clone();
     }
     Some(v5::Publish {
         dup,
@@ -374,7 +384,9 @@ fn enqueue(ctx: &mut Ctx, session: &mut Session, q: Queued) {
         session.pending.push_back(q);
     }
     if dropped > 0 {
-        stats(ctx).dropped_queue_overflow.fetch_add(dropped, Ordering::Relaxed);
+        stats(ctx)
+            .dropped_queue_overflow
+            .fetch_add(dropped, Ordering::Relaxed);
         if session.dropped_burst == 0 {
             warn!(client_id = %session.client_id, queued = session.pending.len(), queued_bytes = session.pending_bytes, max_messages, max_bytes, "Session queue full: dropping the oldest queued messages until it drains.");
         }
@@ -395,7 +407,9 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
         if let Some(link) = &session.link {
             let limit = settings(ctx).max_offline_messages.max(1000);
             if link.queued.load(Ordering::Relaxed) > limit {
-                stats(ctx).dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+                stats(ctx)
+                    .dropped_slow_consumer
+                    .fetch_add(1, Ordering::Relaxed);
                 ctx.discard(q);
                 return;
             }
@@ -551,11 +565,15 @@ impl Router {
                 if let Some(mut old) = session.link.take() {
                     self.by_conn.remove(&old.conn);
                     info!(%client_id, "Session taken over by a new connection.");
-                    old.out.push(Outgoing::Packet(v5::Packet::Disconnect(v5::Disconnect {
+                    old.out
+                        .push(Outgoing::Packet(v5::Packet::Disconnect(v5::Disconnect {
                         reason_code: v5::DisconnectReasonCode::SessionTakenOver,
                         properties: Some(v5::DisconnectProperties {
                             session_expiry_interval: None,
-                            reason_string: Some("session taken over by another connection with the same client id".into()),
+                            reason_string: Some(
+                                "session taken over by another connection with the same client id"
+                                    .into(),
+                            ),
                             user_properties: vec![],
                             server_reference: None,
                         }),
@@ -637,11 +655,12 @@ impl Router {
         // Re-send what the client never acknowledged, with DUP set.
         for f in session.inflight.iter() {
             let packet = match f.state {
-                InflightState::AwaitAck => match build_publish(&f.queued, f.pkid, true, self.ctx.now)
-                {
-                    Some(p) => v5::Packet::Publish(p),
-                    None => continue,
-                },
+                InflightState::AwaitAck => {
+                    match build_publish(&f.queued, f.pkid, true, self.ctx.now) {
+                        Some(p) => v5::Packet::Publish(p),
+                        None => continue,
+                    }
+                }
                 InflightState::AwaitComp => v5::Packet::PubRel(v5::PubRel {
                     pkid: f.pkid,
                     reason: v5::PubRelReason::Success,
@@ -677,7 +696,8 @@ impl Router {
                 fire = Some(will);
             } else if will.delay < expiry {
                 let at = self.ctx.now + std::time::Duration::from_secs(u64::from(will.delay));
-                self.timers.push(Reverse((at, key, generation, TimerKind::Will)));
+                self.timers
+                    .push(Reverse((at, key, generation, TimerKind::Will)));
                 session.will = Some(will);
             } else {
                 // Fires when the session ends (expiry timer below).
@@ -691,7 +711,8 @@ impl Router {
             self.end_session(key);
         } else if expiry != u32::MAX {
             let at = self.ctx.now + std::time::Duration::from_secs(u64::from(expiry));
-            self.timers.push(Reverse((at, key, generation, TimerKind::Expiry)));
+            self.timers
+                .push(Reverse((at, key, generation, TimerKind::Expiry)));
         }
     }
 
@@ -773,7 +794,9 @@ impl Router {
                     self.ack(key, pkid, InflightState::AwaitAck, true);
                     return;
                 }
-                let Some(session) = self.sessions.get_mut(&key) else { return };
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    return;
+                };
                 if let Some(f) = session.inflight.iter_mut().find(|f| f.pkid == pkid) {
                     f.state = InflightState::AwaitComp;
                 }
@@ -801,7 +824,9 @@ impl Router {
                 self.ack(key, pkid, InflightState::AwaitComp, false);
             }
             Inbound::PubRel(pkid) => {
-                let Some(session) = self.sessions.get_mut(&key) else { return };
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    return;
+                };
                 let known = session.incoming_qos2.remove(&pkid);
                 if let Some(link) = session.link.as_mut() {
                     let reason = if known {
@@ -835,7 +860,9 @@ impl Router {
     }
 
     fn ack(&mut self, key: SessionKey, pkid: u16, state: InflightState, _qos1: bool) {
-        let Some(session) = self.sessions.get_mut(&key) else { return };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let Some(pos) = session
             .inflight
             .iter()
@@ -857,11 +884,15 @@ impl Router {
         expires_at: Option<Instant>,
         reply: Option<PublishReply>,
     ) {
-        stats(&self.ctx).messages_received.fetch_add(1, Ordering::Relaxed);
+        stats(&self.ctx)
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
         let qos = publish.qos;
         let pkid = publish.pkid;
         if qos == QoS::ExactlyOnce && reply.is_none() {
-            let Some(session) = self.sessions.get_mut(&key) else { return };
+            let Some(session) = self.sessions.get_mut(&key) else {
+                return;
+            };
             if !session.incoming_qos2.insert(pkid) {
                 // Duplicate before PUBREL: acknowledge again, deliver nothing.
                 if let Some(link) = session.link.as_mut() {
@@ -940,7 +971,9 @@ impl Router {
                     rap |= o.retain_as_published;
                 }
                 let Some(granted) = granted else { continue };
-                let Some(session) = self.sessions.get_mut(&key) else { continue };
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    continue;
+                };
                 if !self
                     .ctx
                     .authorizer
@@ -1002,8 +1035,12 @@ impl Router {
                     pkid,
                     qos,
                 } => {
-                    let Some(session) = self.sessions.get_mut(&key) else { continue };
-                    let Some(link) = session.link.as_mut() else { continue };
+                    let Some(session) = self.sessions.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(link) = session.link.as_mut() else {
+                        continue;
+                    };
                     if link.conn != conn {
                         continue;
                     }
@@ -1030,7 +1067,9 @@ impl Router {
         filters: Vec<(v5::Filter, Option<v5::SubscribeReasonCode>)>,
         reply: Option<oneshot::Sender<Vec<v5::SubscribeReasonCode>>>,
     ) {
-        let Some(session) = self.sessions.get_mut(&key) else { return };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let mut codes = Vec::with_capacity(filters.len());
         let mut send_retained: Vec<(String, SubOptions)> = Vec::new();
         for (filter, refused) in filters {
@@ -1127,7 +1166,9 @@ impl Router {
         filters: Vec<String>,
         reply: Option<oneshot::Sender<Vec<v5::UnsubAckReason>>>,
     ) {
-        let Some(session) = self.sessions.get_mut(&key) else { return };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let mut reasons = Vec::with_capacity(filters.len());
         for path in filters {
             let (group, plain) = split_shared(&path);
@@ -1162,8 +1203,12 @@ impl Router {
     fn flush(&mut self) {
         self.complete_targets();
         for key in std::mem::take(&mut self.ctx.dirty) {
-            let Some(session) = self.sessions.get_mut(&key) else { continue };
-            let Some(link) = session.link.as_mut() else { continue };
+            let Some(session) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            let Some(link) = session.link.as_mut() else {
+                continue;
+            };
             if link.out.is_empty() {
                 continue;
             }
@@ -1177,27 +1222,51 @@ impl Router {
         let s = stats(&self.ctx);
         s.clients_connected
             .store(self.by_conn.len() as u64, Ordering::Relaxed);
-        s.sessions.store(self.sessions.len() as u64, Ordering::Relaxed);
+        s.sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
         s.subscriptions
             .store(self.subscription_count as u64, Ordering::Relaxed);
-        s.retained.store(self.retained.len() as u64, Ordering::Relaxed);
+        s.retained
+            .store(self.retained.len() as u64, Ordering::Relaxed);
         s.trie_nodes
             .store(self.trie.node_count() as u64, Ordering::Relaxed);
-        s.holds.store(self.ctx.holds.len() as u64, Ordering::Relaxed);
+        s.holds
+            .store(self.ctx.holds.len() as u64, Ordering::Relaxed);
     }
 
     fn publish_sys(&mut self) {
         self.update_stats();
         let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
         let values: [(&str, String); 9] = [
-            ("$SYS/broker/version", format!("tollgate {}", env!("CARGO_PKG_VERSION"))),
-            ("$SYS/broker/uptime", format!("{} seconds", snapshot.uptime.as_secs())),
-            ("$SYS/broker/clients/connected", snapshot.clients_connected.to_string()),
-            ("$SYS/broker/messages/received", snapshot.messages_received.to_string()),
-            ("$SYS/broker/messages/sent", snapshot.messages_sent.to_string()),
-            ("$SYS/broker/bytes/received", snapshot.bytes_received.to_string()),
+            (
+                "$SYS/broker/version",
+                format!("tollgate {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", snapshot.uptime.as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                snapshot.clients_connected.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                snapshot.messages_received.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                snapshot.messages_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                snapshot.bytes_received.to_string(),
+            ),
             ("$SYS/broker/bytes/sent", snapshot.bytes_sent.to_string()),
-            ("$SYS/broker/subscriptions/count", snapshot.subscriptions.to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                snapshot.subscriptions.to_string(),
+            ),
             (
                 "$SYS/broker/retained messages/count",
                 snapshot.retained_messages.to_string(),

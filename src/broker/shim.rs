@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 pub mod codec {
-    pub use rumqttc::v5::mqttbytes::v5;
-    pub use rumqttc::v5::mqttbytes::QoS;
     use bytes::BytesMut;
     use rumqttc::mqttbytes as m4;
     use rumqttc::mqttbytes::v4;
+    pub use rumqttc::v5::mqttbytes::v5;
+    pub use rumqttc::v5::mqttbytes::QoS;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum ProtocolVersion {
@@ -76,7 +76,9 @@ pub mod codec {
             return Ok(None);
         }
         if buf[0] != 0x10 {
-            return Err(CodecError::ProtocolError("first packet is not CONNECT".into()));
+            return Err(CodecError::ProtocolError(
+                "first packet is not CONNECT".into(),
+            ));
         }
         // find protocol level
         let mut i = 1;
@@ -161,19 +163,30 @@ pub mod codec {
 
     impl Codec {
         pub fn new(version: ProtocolVersion, max_incoming: usize) -> Codec {
-            Codec { version, max_incoming }
+            Codec {
+                version,
+                max_incoming,
+            }
         }
 
         pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<v5::Packet>, CodecError> {
             match self.version {
-                ProtocolVersion::V5 => match v5::Packet::read(buf, Some(self.max_incoming as u32)) {
-                    Ok(p) => Ok(Some(p)),
-                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-                    Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }) => {
-                        Err(CodecError::TooLarge)
+                ProtocolVersion::V5 if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 => {
+                    let _ = buf.split_to(2);
+                    Ok(Some(v5::Packet::Disconnect(v5::Disconnect::new(
+                        v5::DisconnectReasonCode::NormalDisconnection,
+                    ))))
+                }
+                ProtocolVersion::V5 => {
+                    match v5::Packet::read(buf, Some(self.max_incoming as u32)) {
+                        Ok(p) => Ok(Some(p)),
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                        Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }) => {
+                            Err(CodecError::TooLarge)
+                        }
+                        Err(e) => Err(CodecError::Malformed(e.to_string())),
                     }
-                    Err(e) => Err(CodecError::Malformed(e.to_string())),
-                },
+                }
                 ProtocolVersion::V311 => {
                     let p = match v4::Packet::read(buf, self.max_incoming) {
                         Ok(p) => p,
