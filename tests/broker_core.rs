@@ -217,11 +217,9 @@ async fn unacknowledged_messages_are_resent_with_dup_on_resume() {
     ))
     .await;
     assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
-    raw.send(&p5::Packet::Subscribe(p5::Subscribe::new(
-        p5::Filter::new("d/x", Q5::AtLeastOnce),
-        None,
-    )))
-    .await;
+    let mut sub = p5::Subscribe::new(p5::Filter::new("d/x", Q5::AtLeastOnce), None);
+    sub.pkid = 1;
+    raw.send(&p5::Packet::Subscribe(sub)).await;
     assert!(matches!(raw.read().await, Some(p5::Packet::SubAck(_))));
     let p = v4(b.addr, "dp").await;
     p.client

@@ -7,13 +7,12 @@ pub mod codec;
 mod connection;
 mod internal;
 mod router;
-mod shim;
 mod stats;
 mod trie;
 
 // The wire codec and topic rules used by the core (one place to switch implementations).
-use shim::codec as wire;
-use shim::topic as topics;
+use crate::topic as topics;
+use codec as wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -339,7 +339,7 @@ fn try_send(
         return Ok(());
     };
     if let Some(max) = link.max_packet_size {
-        let size = v5::Packet::Publish(publish.clone()).size();
+        let size = publish.size();
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
             debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
