@@ -106,23 +106,35 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 6).copied()
 }
 
-async fn write_now<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: &mut BytesMut) {
+/// A client that accepts no bytes for this long is cut off (its socket buffer is full).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Write and flush `buf`; false when the connection is unusable (error or timeout),
+/// since a partial write would leave the byte stream misframed.
+async fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    buf: &mut BytesMut,
+) -> bool {
     if buf.is_empty() {
-        return;
+        return true;
     }
     let len = buf.len();
-    let written = tokio::time::timeout(Duration::from_secs(5), async {
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
         stream.write_all(buf).await?;
         stream.flush().await
     })
     .await;
+    buf.clear();
     if matches!(written, Ok(Ok(()))) {
         shared
             .stats
             .bytes_sent
             .fetch_add(len as u64, Ordering::Relaxed);
+        true
+    } else {
+        false
     }
-    buf.clear();
 }
 
 async fn refuse_connect<S: AsyncWrite + Unpin>(
@@ -195,7 +207,7 @@ where
                 warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
-                    write_now(&mut stream, &shared, &mut buf).await;
+                    let _ = write_now(&mut stream, &shared, &mut buf).await;
                 } else if level == Some(5) {
                     refuse_connect(
                         &mut stream,
@@ -487,11 +499,17 @@ where
                 break End::Abnormal;
             }
         }
-        if !state.wbuf.is_empty() {
-            write_now(&mut stream, &shared, &mut state.wbuf).await;
+        if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
+            debug!(client_id = %state.identity.client_id, %peer, "Connection write failed or timed out.");
+            break End::Abnormal;
         }
     };
-    write_now(&mut stream, &shared, &mut state.wbuf).await;
+    // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        write_now(&mut stream, &shared, &mut state.wbuf),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let (send_will, session_expiry) = match end {
         End::Disconnect {
