@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use self::core::{BoxFuture, Core};
+pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 
@@ -244,7 +244,9 @@ impl App {
     /// Build the gateway around tollgate's broker core.
     pub async fn build(loaded: LoadedConfig) -> Result<App, AppError> {
         App::build_with_core(loaded, |settings, authn, authz, token| {
-            Arc::new(Broker::start(settings, authn, authz, token)) as Arc<dyn Core>
+            Arc::new(BrokerCore::new(Broker::start(
+                settings, authn, authz, token,
+            ))) as Arc<dyn Core>
         })
         .await
     }
