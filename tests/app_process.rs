@@ -37,6 +37,12 @@ impl Gateway {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
             c
+        } else if envs.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+            // systemd sets WATCHDOG_PID to the service's pid: the shell execs into tollgate,
+            // so its $$ is tollgate's pid.
+            let mut c = Command::new("sh");
+            c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", binary]);
+            c
         } else {
             Command::new(binary)
         };
@@ -372,4 +378,72 @@ fn sigterm_disconnects_clients_and_exits_0_within_the_grace_period() {
         TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err(),
         "no longer listening"
     );
+}
+
+/// Collects sd_notify datagrams sent to a fake `$NOTIFY_SOCKET`.
+struct FakeSystemd {
+    socket: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl FakeSystemd {
+    fn bind(path: &Path) -> FakeSystemd {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        FakeSystemd {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait for a datagram containing `needle` (after those already consumed).
+    fn expect(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(message.clone());
+                if message.contains(needle) {
+                    return message;
+                }
+            }
+        }
+        panic!(
+            "no {needle:?} from tollgate within {limit:?}; got {:?}",
+            self.seen
+        );
+    }
+}
+
+#[test]
+fn tells_systemd_ready_watchdog_reloading_and_stopping_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config_file(dir.path(), port, "3s");
+    let notify_path = dir.path().join("notify.sock");
+    let mut systemd = FakeSystemd::bind(&notify_path);
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &["-c", config.to_str().expect("utf-8")],
+        &[
+            ("NOTIFY_SOCKET", notify_path.display().to_string()),
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ],
+        false,
+    );
+    systemd.expect("READY=1", Duration::from_secs(20));
+    // Listeners are bound before READY.
+    TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("listening at READY");
+    systemd.expect("WATCHDOG=1", Duration::from_secs(5));
+
+    gateway.signal("HUP");
+    systemd.expect("RELOADING=1", Duration::from_secs(5));
+    systemd.expect("READY=1", Duration::from_secs(5));
+
+    gateway.signal("TERM");
+    systemd.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(gateway.wait_exit(Duration::from_secs(10)).success());
 }
