@@ -609,3 +609,49 @@ pub async fn shutdown_signal() {
     };
     info!(signal = which, "Shutdown requested.");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_with_env, ConfigSource};
+
+    fn embedded() -> Config {
+        let env = [("HOME".to_string(), "/nonexistent".to_string())].into();
+        load_with_env(&ConfigSource::Embedded, &env)
+            .expect("default config is valid")
+            .config
+    }
+
+    #[test]
+    fn identical_configs_need_no_restart() {
+        assert!(restart_only_changes(&embedded(), &embedded()).is_empty());
+    }
+
+    #[test]
+    fn listener_set_binds_transport_and_broker_changes_need_a_restart() {
+        let old = embedded();
+        let mut new = embedded();
+        new.listeners[0].bind = "127.0.0.1:1884".to_string();
+        new.listeners[1].transport = Transport::Tcp;
+        new.listeners[1].name = "renamed".to_string();
+        new.broker.max_connections = 5;
+        let changes = restart_only_changes(&old, &new).join("\n");
+        assert!(
+            changes.contains("\"local\" bind 127.0.0.1:1883 -> 127.0.0.1:1884"),
+            "{changes}"
+        );
+        assert!(changes.contains("\"devices\" was removed"), "{changes}");
+        assert!(changes.contains("\"renamed\" was added"), "{changes}");
+        assert!(changes.contains("[broker]"), "{changes}");
+    }
+
+    #[test]
+    fn anonymous_and_password_flags_apply_without_restart() {
+        let old = embedded();
+        let mut new = embedded();
+        new.listeners[0].allow_anonymous = false;
+        new.listeners[1].password_auth = false;
+        new.shutdown.grace_period = Duration::from_secs(1);
+        assert!(restart_only_changes(&old, &new).is_empty());
+    }
+}

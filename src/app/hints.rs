@@ -49,3 +49,49 @@ pub fn client_commands(
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_with_env, ConfigSource};
+
+    fn listeners() -> Vec<ListenerConfig> {
+        let env = [("HOME".to_string(), "/nonexistent".to_string())].into();
+        load_with_env(&ConfigSource::Embedded, &env)
+            .expect("default config is valid")
+            .config
+            .listeners
+    }
+
+    #[test]
+    fn plain_loopback_listener_gets_host_and_port_only() {
+        let l = &listeners()[0];
+        let lines = client_commands(l, "127.0.0.1:1883".parse().expect("literal"), None);
+        assert_eq!(
+            lines[0],
+            "mosquitto_sub -h 127.0.0.1 -p 1883 -t 'test/#' -v"
+        );
+        assert!(lines[1].starts_with("mosquitto_pub -h 127.0.0.1 -p 1883 -t test/hello"));
+    }
+
+    #[test]
+    fn dev_pki_tls_listener_names_localhost_and_the_dev_ca() {
+        let l = &listeners()[1];
+        let ca = Path::new("/state/dev-pki/ca.crt");
+        let lines = client_commands(l, "127.0.0.1:8883".parse().expect("literal"), Some(ca));
+        assert!(
+            lines[0].starts_with(
+                "mosquitto_sub -h localhost -p 8883 --cafile /state/dev-pki/ca.crt -t"
+            ),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn listener_without_anonymous_access_shows_credential_placeholders() {
+        let mut l = listeners()[0].clone();
+        l.allow_anonymous = false;
+        let lines = client_commands(&l, "127.0.0.1:1883".parse().expect("literal"), None);
+        assert!(lines[0].contains("-u <user> -P <password>"), "{lines:?}");
+    }
+}
