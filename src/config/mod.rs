@@ -268,11 +268,44 @@ impl ListenerConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// mosquitto_passwd-format password file.
     pub password_file: Option<PathBuf>,
+    /// How long a successful password verification is remembered (0 disables the cache).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub cache_ttl: Duration,
+    /// Remembered verifications at most (0 disables the cache).
+    pub cache_capacity: usize,
+    /// Delay after the first failed attempt from a source or for a user; doubles per failure.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_base: Duration,
+    /// Upper bound of that delay.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_max: Duration,
+    /// A source or user without failures for this long starts from zero again.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_forget_after: Duration,
+    /// Sources and, separately, user names tracked at most (bounds memory under floods).
+    pub throttle_capacity: usize,
+    /// Password hashes computed at once; 0 means the number of CPUs.
+    pub verify_concurrency: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            cache_ttl: Duration::from_secs(600),
+            cache_capacity: 10_000,
+            throttle_base: Duration::from_millis(100),
+            throttle_max: Duration::from_secs(10),
+            throttle_forget_after: Duration::from_secs(900),
+            throttle_capacity: 100_000,
+            verify_concurrency: 0,
+        }
+    }
 }
 
 /// `[acl]`.

@@ -107,9 +107,7 @@ pub(super) fn validate(
     };
     broker(config, &mut r);
     listeners(config, &mut r);
-    if let Some(path) = &config.auth.password_file {
-        r.readable_file("auth.password_file", path);
-    }
+    auth(config, &mut r);
     acl(config, &mut r);
     r.duration(
         "shutdown.grace_period",
@@ -283,7 +281,15 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     );
                 }
             }
-            Transport::Tls => tls_listener(config, l, r),
+            Transport::Tls => {
+                if l.allow_non_loopback {
+                    r.warn(
+                        key("allow_non_loopback"),
+                        "only concerns plain tcp listeners; TLS listeners may bind any address",
+                    );
+                }
+                tls_listener(config, l, r)
+            }
         }
         if l.allow_anonymous && !loopback {
             r.warn(
@@ -365,6 +371,46 @@ fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
     if let Some(crl) = &l.crl {
         r.readable_file(&key("crl"), crl);
     }
+}
+
+fn auth(config: &Config, r: &mut Report<'_>) {
+    let a = &config.auth;
+    if let Some(path) = &a.password_file {
+        r.readable_file("auth.password_file", path);
+    }
+    r.duration(
+        "auth.cache_ttl",
+        a.cache_ttl,
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    );
+    r.range("auth.cache_capacity", a.cache_capacity, 0, 10_000_000, "");
+    r.duration(
+        "auth.throttle_base",
+        a.throttle_base,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    r.duration(
+        "auth.throttle_max",
+        a.throttle_max,
+        a.throttle_base,
+        Duration::from_secs(3600),
+    );
+    r.duration(
+        "auth.throttle_forget_after",
+        a.throttle_forget_after,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+    );
+    r.range(
+        "auth.throttle_capacity",
+        a.throttle_capacity,
+        1,
+        100_000_000,
+        "",
+    );
+    r.range("auth.verify_concurrency", a.verify_concurrency, 0, 1024, "");
 }
 
 fn acl(config: &Config, r: &mut Report<'_>) {
