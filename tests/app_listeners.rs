@@ -587,3 +587,35 @@ async fn reload_applies_listener_flags_to_new_connections_only() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn real_broker_closes_a_silent_plain_socket_at_the_connect_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &format!("connect_timeout = \"300ms\"\n{PLAIN}"));
+    let loaded = load_with_env(&ConfigSource::File(config), &HashMap::new()).expect("valid");
+    let app = App::build(loaded)
+        .await
+        .expect("app builds with the broker core");
+    let addr = app.local_addr("local").expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let seen = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(seen.is_empty(), "{seen:02x?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+
+    stop.send(()).expect("app running");
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("app stops")
+        .expect("no panic")
+        .expect("run ok");
+}

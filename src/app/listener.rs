@@ -304,9 +304,15 @@ impl Connection {
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.current());
+        // Boxed so the handshake state is freed once it completes: an idle connection's
+        // task then holds only this small future and the broker's.
+        let handshake = Box::pin(tokio::time::timeout_at(
+            self.deadline,
+            acceptor.accept(self.socket),
+        ));
         let handshake = tokio::select! {
             _ = self.shutdown.cancelled() => return,
-            result = tokio::time::timeout_at(self.deadline, acceptor.accept(self.socket)) => result,
+            result = handshake => result,
         };
         let stream = match handshake {
             Err(_) => {
