@@ -8,6 +8,7 @@
 //! that directory is a bind mount of a temp dir in which this test has bound a datagram socket.
 //! The datagrams are decoded with the journal native protocol and their fields asserted. Where
 //! namespaces are not permitted the journald tests print why and return early; CI runs as root.
+//! Under qemu-user (cross tests) set `TOLLGATE_TEST_RUNNER` to the emulator command line.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
@@ -71,7 +72,18 @@ fn emit_sample_events() {
 
 fn run_child(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
+    // Under qemu-user without binfmt_misc a foreign binary cannot be exec'd directly:
+    // scripts/cross-test.sh sets TOLLGATE_TEST_RUNNER to the same runner cargo uses.
+    let runner = std::env::var("TOLLGATE_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    let mut cmd = match runner.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(runner).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.args([
         "child_process_entry",
         "--exact",
