@@ -11,7 +11,7 @@
 # Left out: tests that start the tollgate binary itself (cli_*, app_*): without binfmt_misc
 # (not available in containers) the kernel cannot exec a foreign binary, and the broker
 # stress tests (broker_*), whose time under emulation exceeds the CI budget.
-# Tests that re-exec their own test binary read TOLLGATE_TEST_RUNNER (set below).
+# Tests that re-exec their own test binary read CROSS_TEST_RUNNER (set below).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,5 +39,5 @@ for glob in "${globs[@]}"; do
 done
 echo "cross-test: $target under ${runner%% *}: --lib ${selected[*]}" >&2
 
-export TOLLGATE_TEST_RUNNER="$runner"
+export CROSS_TEST_RUNNER="$runner"
 cargo test --locked --target "$target" --manifest-path "$ROOT/Cargo.toml" "${args[@]}"

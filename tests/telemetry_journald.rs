@@ -8,7 +8,7 @@
 //! that directory is a bind mount of a temp dir in which this test has bound a datagram socket.
 //! The datagrams are decoded with the journal native protocol and their fields asserted. Where
 //! namespaces are not permitted the journald tests print why and return early; CI runs as root.
-//! Under qemu-user (cross tests) set `TOLLGATE_TEST_RUNNER` to the emulator command line.
+//! Under qemu-user (cross tests) set `CROSS_TEST_RUNNER` to the emulator command line.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
@@ -73,8 +73,8 @@ fn emit_sample_events() {
 fn run_child(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
     // Under qemu-user without binfmt_misc a foreign binary cannot be exec'd directly:
-    // scripts/cross-test.sh sets TOLLGATE_TEST_RUNNER to the same runner cargo uses.
-    let runner = std::env::var("TOLLGATE_TEST_RUNNER").unwrap_or_default();
+    // scripts/cross-test.sh sets CROSS_TEST_RUNNER to the same runner cargo uses.
+    let runner = std::env::var("CROSS_TEST_RUNNER").unwrap_or_default();
     let mut runner = runner.split_whitespace();
     let mut cmd = match runner.next() {
         Some(program) => {
