@@ -48,6 +48,8 @@ expect -rwxr-xr-x ./usr/lib/tollgate/fix-permissions
 expect drwxr-x--- ./etc/tollgate/
 expect -rw-r----- ./etc/tollgate/tollgate.toml
 expect -rw-r--r-- ./usr/share/doc/tollgate/copyright
+expect -rw-r--r-- ./usr/share/doc/tollgate/examples/appliance.toml
+expect -rw-r--r-- ./usr/share/doc/tollgate/examples/appliance.acl
 unexpected=$(grep -v -e ' \./$' -e ' \./etc/$' -e ' \./etc/tollgate/' -e ' \./lib/$' -e ' \./lib/systemd/' \
     -e ' \./usr/$' -e ' \./usr/bin/' -e ' \./usr/lib/' -e ' \./usr/share/' "$work/contents" || true)
 [ -z "$unexpected" ] || fail "unexpected paths in package: $unexpected"
