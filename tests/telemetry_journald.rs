@@ -172,21 +172,49 @@ fn namespaces_permitted() -> bool {
     ok
 }
 
-/// Runs the child with the journal socket path redirected to a socket this test owns, and
-/// returns every non-empty entry it sent.
-fn journald_entries(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]) -> Vec<Entry> {
+/// How the child's stderr relates to `JOURNAL_STREAM`.
+#[derive(Clone, Copy)]
+enum Stream {
+    /// `JOURNAL_STREAM` unset.
+    Unset,
+    /// `JOURNAL_STREAM` names the child's stderr, as when systemd starts a service.
+    IsStderr,
+    /// `JOURNAL_STREAM` names some other file (inherited from a parent).
+    Inherited,
+}
+
+/// What the child sent to the fake journald, and what it wrote to stderr.
+struct Captured {
+    entries: Vec<Entry>,
+    stderr: String,
+}
+
+/// Runs the child with the journal socket path redirected to a socket this test owns and its
+/// stderr in a file, and returns every non-empty entry it sent.
+fn journald_run(mode: &str, filter: Option<&str>, stream: Stream) -> Captured {
+    use std::os::unix::fs::MetadataExt;
+
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = UnixDatagram::bind(dir.path().join("socket")).expect("bind fake journald");
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
+    let stderr_path = dir.path().join("stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    let meta = stderr_file.metadata().expect("stderr metadata");
+    let journal_stream = match stream {
+        Stream::Unset => None,
+        Stream::IsStderr => Some(format!("{}:{}", meta.dev(), meta.ino())),
+        Stream::Inherited => Some(format!("{}:{}", meta.dev(), meta.ino() + 1)),
+    };
+    let mut extra_env = Vec::new();
+    if let Some(value) = &journal_stream {
+        extra_env.push(("JOURNAL_STREAM", value.as_str()));
+    }
 
-    let child = run_child(mode, filter, extra_env);
-    let mut script = String::from(
-        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/journal; \
-         mount --bind \"$1\" /run/systemd/journal; shift; exec \"$@\"",
-    );
-    script.push('\n');
+    let child = run_child(mode, filter, &extra_env);
+    let script = "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/journal; \
+                  mount --bind \"$1\" /run/systemd/journal; shift; exec \"$@\"";
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--mount",
@@ -195,12 +223,13 @@ fn journald_entries(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]
         "--",
         "sh",
         "-c",
-        &script,
+        script,
         "sh",
     ])
     .arg(dir.path())
     .arg(child.get_program())
-    .args(child.get_args());
+    .args(child.get_args())
+    .stderr(stderr_file);
     for (k, v) in child.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),
@@ -208,7 +237,13 @@ fn journald_entries(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]
         };
     }
     let out = cmd.output().expect("run unshare");
-    assert_success(&out);
+    let stderr = std::fs::read_to_string(&stderr_path).expect("read child stderr");
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\nstdout:\n{}\nstderr:\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+    );
 
     let mut entries = Vec::new();
     let mut buf = vec![0_u8; 64 * 1024];
@@ -218,7 +253,11 @@ fn journald_entries(mode: &str, filter: Option<&str>, extra_env: &[(&str, &str)]
             entries.push(parse_native(&buf[..n]));
         }
     }
-    entries
+    Captured { entries, stderr }
+}
+
+fn journald_entries(mode: &str, filter: Option<&str>) -> Vec<Entry> {
+    journald_run(mode, filter, Stream::Unset).entries
 }
 
 fn find<'a>(entries: &'a [Entry], message: &str) -> Option<&'a Entry> {
@@ -238,7 +277,7 @@ fn journald_entries_carry_structured_fields_and_priorities() {
     if !namespaces_permitted() {
         return;
     }
-    let entries = journald_entries("journald", Some("info"), &[]);
+    let entries = journald_entries("journald", Some("info"));
 
     let connected = find(&entries, "Client connected.").expect("info event sent");
     assert_eq!(field(connected, "PRIORITY"), "5", "info maps to notice");
@@ -267,7 +306,7 @@ fn journald_audit_events_use_their_own_identifier() {
         return;
     }
     // A quiet filter must not silence the audit trail.
-    let entries = journald_entries("journald", Some("warn"), &[]);
+    let entries = journald_entries("journald", Some("warn"));
 
     let audit = find(&entries, "Publish denied by ACL.").expect("audit event sent at warn filter");
     assert_eq!(field(audit, "SYSLOG_IDENTIFIER"), "tollgate-audit");
@@ -299,11 +338,30 @@ fn auto_picks_journald_when_started_by_systemd() {
     if !namespaces_permitted() {
         return;
     }
-    let entries = journald_entries("auto", None, &[("JOURNAL_STREAM", "8:12345")]);
+    let run = journald_run("auto", None, Stream::IsStderr);
     assert!(
-        find(&entries, "Client connected.").is_some(),
-        "auto went to journald"
+        find(&run.entries, "Client connected.").is_some(),
+        "auto went to journald; stderr: {}",
+        run.stderr
     );
+    assert!(
+        !run.stderr.contains("Client connected."),
+        "not also to stderr"
+    );
+}
+
+#[test]
+fn auto_ignores_an_inherited_journal_stream() {
+    if !namespaces_permitted() {
+        return;
+    }
+    let run = journald_run("auto", None, Stream::Inherited);
+    assert!(
+        run.entries.is_empty(),
+        "nothing to journald: {:?}",
+        run.entries
+    );
+    assert!(run.stderr.contains("Client connected."), "{}", run.stderr);
 }
 
 #[test]
