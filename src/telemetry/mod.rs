@@ -140,12 +140,19 @@ fn journald_layers() -> std::io::Result<Vec<Box<dyn Layer<Registry> + Send + Syn
     let main = tracing_journald::layer()?
         .with_field_prefix(None)
         .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
-        .with_filter(filter_fn(|meta| meta.target() != AUDIT_TARGET));
+        .with_filter(filter_fn(|meta| !is_audit_target(meta.target())));
     let audit = tracing_journald::layer()?
         .with_field_prefix(None)
         .with_syslog_identifier(AUDIT_SYSLOG_IDENTIFIER.to_owned())
-        .with_filter(filter_fn(|meta| meta.target() == AUDIT_TARGET));
+        .with_filter(filter_fn(|meta| is_audit_target(meta.target())));
     Ok(vec![main.boxed(), audit.boxed()])
+}
+
+/// `audit` and its sub-targets (`audit::acl`), matching how `EnvFilter` treats `audit=...`.
+pub fn is_audit_target(target: &str) -> bool {
+    target
+        .strip_prefix(AUDIT_TARGET)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
 /// Builds the global filter: the caller's directives, `RUST_LOG`, or [`DEFAULT_FILTER`], with
@@ -236,6 +243,14 @@ mod tests {
             with_audit_directive("auditor=debug"),
             "auditor=debug,audit=info"
         );
+    }
+
+    #[test]
+    fn audit_sub_targets_are_audit_events() {
+        assert!(is_audit_target("audit"));
+        assert!(is_audit_target("audit::acl"));
+        assert!(!is_audit_target("auditor"));
+        assert!(!is_audit_target("tollgate::audit"));
     }
 
     #[test]
