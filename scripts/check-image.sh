@@ -47,7 +47,7 @@ grep -q 'chown root:tollgate /etc/tollgate ' "$CHROOT_LOG" || fail "/etc/tollgat
 [ "$(stat -c %a "$ROOTFS_DIR/etc/tollgate/acl")" = 640 ] || fail "acl not 0640"
 echo "ok: stage dry run (package per ARCH, /etc/tollgate 0750, units enabled)"
 
-bin=${TOLLGATE_BIN:-$ROOT/target/debug/tollgate}
+bin=${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/tollgate}
 has_subcommand() { "$bin" "$1" --help 2>&1 | grep -q -- "$2"; }
 if [ -x "$bin" ] && has_subcommand check '--config'; then
     pki="$work/pki"

@@ -14,6 +14,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+out=${CARGO_TARGET_DIR:-$ROOT/target}
+mkdir -p "$out"
 t0=$(date +%s)
 summary=""
 step() {
@@ -67,19 +69,19 @@ step "systemd verify + security" scripts/check-systemd.sh
 native_bin() {
     if [ "${APPLIANCE_RELEASE_DEB:-0}" = 1 ]; then
         cargo build --release --locked --bin tollgate
-        cp target/release/tollgate target/appliance-tollgate
+        cp "$out/release/tollgate" "$out/appliance-tollgate"
     else
         cargo build --locked --bin tollgate
-        strip -o target/appliance-tollgate target/debug/tollgate
+        strip -o "$out/appliance-tollgate" "$out/debug/tollgate"
     fi
 }
 step "native tollgate binary" native_bin
-step "image stage" env TOLLGATE_BIN="$ROOT/target/appliance-tollgate" scripts/check-image.sh
+step "image stage" env TOLLGATE_BIN="$out/appliance-tollgate" scripts/check-image.sh
 
 # 5. amd64 package --------------------------------------------------------------------------
 deb_amd64() {
     local deb
-    deb=$(scripts/package-deb.sh --binary target/appliance-tollgate | tail -n1)
+    deb=$(scripts/package-deb.sh --binary "$out/appliance-tollgate" | tail -n1)
     scripts/check-deb.sh "$deb" "$(dpkg --print-architecture)"
 }
 step "deb (host arch): build, inspect, scratch install" deb_amd64
@@ -87,12 +89,12 @@ step "deb (host arch): build, inspect, scratch install" deb_amd64
 # 6. cross ----------------------------------------------------------------------------------
 cross_target() {
     local target=$1 arch=$2 deb
-    scripts/cross-build.sh "$target" | tee -a target/appliance-sizes.txt
-    deb=$(scripts/package-deb.sh --target "$target" --binary "target/$target/release/tollgate" | tail -n1)
+    scripts/cross-build.sh "$target" | tee -a "$out/appliance-sizes.txt"
+    deb=$(scripts/package-deb.sh --target "$target" --binary "$out/$target/release/tollgate" | tail -n1)
     scripts/check-deb.sh "$deb" "$arch"
 }
 if [ "${APPLIANCE_SKIP_CROSS:-0}" != 1 ]; then
-    : >target/appliance-sizes.txt
+    : >"$out/appliance-sizes.txt"
     step "aarch64 release build + arm64 deb" cross_target aarch64-unknown-linux-gnu arm64
     step "aarch64 tests under qemu" scripts/cross-test.sh aarch64-unknown-linux-gnu
     if [ "${APPLIANCE_ARMV7:-0}" = 1 ]; then
@@ -102,5 +104,5 @@ fi
 
 echo "=== appliance: summary"
 printf '%s' "$summary"
-[ ! -s target/appliance-sizes.txt ] || cat target/appliance-sizes.txt
+[ ! -s "$out/appliance-sizes.txt" ] || cat "$out/appliance-sizes.txt"
 echo "ci-appliance: all checks passed in $(( $(date +%s) - t0 )) s"

@@ -36,7 +36,7 @@ for target in "$@"; do
     ensure_target "$target"
     start=$(date +%s)
     cargo build --release --locked --bin tollgate --target "$target" --manifest-path "$ROOT/Cargo.toml" >&2
-    bin="$ROOT/target/$target/release/tollgate"
+    bin="${CARGO_TARGET_DIR:-$ROOT/target}/$target/release/tollgate"
     # The release profile strips already (strip = true); verify rather than assume.
     if readelf -S --wide "$bin" | grep -q '\.debug_info'; then
         echo "cross-build: $bin still has debug info" >&2

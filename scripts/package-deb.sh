@@ -5,7 +5,7 @@
 #   --target  x86_64-unknown-linux-gnu (default: the host), aarch64-unknown-linux-gnu,
 #             armv7-unknown-linux-gnueabihf; the release binary is built unless --binary is given
 #   --binary  package this already built binary instead of building one
-#   --out     output directory (default: target/debian)
+#   --out     output directory (default: target/debian, or $CARGO_TARGET_DIR/debian)
 # Prints the path of the .deb on the last line of stdout.
 #
 # Contents: /usr/bin/tollgate, /lib/systemd/system/tollgate{,-firstboot}.service,
@@ -16,7 +16,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 target=""
 binary=""
-out="$ROOT/target/debian"
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+out="$target_dir/debian"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,10 +41,10 @@ esac
 if [ -z "$binary" ]; then
     if [ "$target" = "$host" ]; then
         cargo build --release --locked --bin tollgate --manifest-path "$ROOT/Cargo.toml" >&2
-        binary="$ROOT/target/release/tollgate"
+        binary="$target_dir/release/tollgate"
     else
         cargo build --release --locked --bin tollgate --target "$target" --manifest-path "$ROOT/Cargo.toml" >&2
-        binary="$ROOT/target/$target/release/tollgate"
+        binary="$target_dir/$target/release/tollgate"
     fi
 fi
 [ -x "$binary" ] || { echo "package-deb: $binary is not an executable" >&2; exit 1; }
