@@ -54,7 +54,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)
 
 # The newest glibc symbol version the binary needs becomes the libc6 dependency.
 glibc=$(readelf --version-info --wide "$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n1)
-depends="systemd | systemd-standalone-sysusers"
+depends="systemd"
 [ -z "$glibc" ] || depends="libc6 (>= $glibc), $depends"
 
 stage=$(mktemp -d)
