@@ -419,6 +419,7 @@ where
         identity,
         peer,
         session_expiry,
+        problem_info: props.request_problem_info != Some(0),
         aliases: HashMap::new(),
         inbound_qos: HashSet::new(),
         wbuf: BytesMut::with_capacity(4096),
@@ -536,6 +537,8 @@ struct ConnState {
     identity: Identity,
     peer: std::net::SocketAddr,
     session_expiry: u32,
+    /// v5 Request Problem Information: reason strings allowed on acks.
+    problem_info: bool,
     /// Inbound topic aliases (v5).
     aliases: HashMap<u16, Bytes>,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
@@ -568,6 +571,14 @@ impl ConnState {
                 self.inbound_qos.remove(&r.pkid);
             }
             _ => {}
+        }
+        if self.v5() && self.problem_info {
+            if let Some(explained) = explain_refusal(packet) {
+                if let Err(e) = self.codec.encode(&explained, &mut self.wbuf) {
+                    warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+                }
+                return;
+            }
         }
         if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
             warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
@@ -815,4 +826,52 @@ pub(crate) fn check_filter(
         return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
     }
     Ok(Ok(()))
+}
+
+/// A copy of a refusing v5 ack with a reason string added, or `None` when `packet`
+/// is not a refusal (or already explains itself).
+fn explain_refusal(packet: &v5::Packet) -> Option<v5::Packet> {
+    match packet {
+        v5::Packet::PubAck(a)
+            if a.properties.is_none() && a.reason == v5::PubAckReason::NotAuthorized =>
+        {
+            let mut a = a.clone();
+            a.properties = Some(v5::PubAckProperties {
+                reason_string: Some("not authorized to publish to this topic".into()),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::PubAck(a))
+        }
+        v5::Packet::PubRec(r)
+            if r.properties.is_none() && r.reason == v5::PubRecReason::NotAuthorized =>
+        {
+            let mut r = r.clone();
+            r.properties = Some(v5::PubRecProperties {
+                reason_string: Some("not authorized to publish to this topic".into()),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::PubRec(r))
+        }
+        v5::Packet::SubAck(s)
+            if s.properties.is_none()
+                && s.return_codes
+                    .iter()
+                    .any(|c| !matches!(c, v5::SubscribeReasonCode::Success(_))) =>
+        {
+            let refused: Vec<String> = s
+                .return_codes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !matches!(c, v5::SubscribeReasonCode::Success(_)))
+                .map(|(i, c)| format!("filter {i}: {c:?}"))
+                .collect();
+            let mut s = s.clone();
+            s.properties = Some(v5::SubAckProperties {
+                reason_string: Some(format!("refused {}", refused.join(", "))),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::SubAck(s))
+        }
+        _ => None,
+    }
 }

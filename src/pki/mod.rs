@@ -62,7 +62,7 @@ pub enum PkiError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// `init` on a directory that already has a CA.
-    #[error("{dir}: a CA already exists here (ca.crt/ca.key); pass --force to replace it (every certificate it issued stops working)")]
+    #[error("{dir}: a CA already exists here (ca.crt/ca.key); pass --force to replace it (every certificate it issued stops working; the old CA is moved to replaced-<time>/)")]
     CaExists {
         /// PKI directory.
         dir: PathBuf,
@@ -132,15 +132,29 @@ pub(crate) fn read_text(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(io_err(path))
 }
 
-/// Creates `dir` (and parents) and sets it to 0700.
+/// Creates `dir` (and parents) with mode 0700. An existing directory keeps its owner and
+/// group bits (an operator may open it to the service's group) but loses any access by others.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        if dir.is_dir() {
+            let mode = std::fs::metadata(dir)
+                .map_err(io_err(dir))?
+                .permissions()
+                .mode();
+            if mode & 0o007 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7770))
+                    .map_err(io_err(dir))?;
+            }
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(dir))?;
     }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     Ok(())
 }
 
@@ -223,6 +237,8 @@ pub struct Issued {
     pub key: PathBuf,
     /// Index entry recorded for it.
     pub entry: IndexEntry,
+    /// Where `init --force` moved the CA it replaced (ca.crt, ca.key, index.json, ca.crl).
+    pub replaced: Option<PathBuf>,
 }
 
 fn entry_for(
@@ -263,6 +279,11 @@ pub fn init_ca(
     }
     create_private_dir(dir)?;
     let key = generate_key(alg)?;
+    let replaced = if cert_path.exists() || key_path.exists() {
+        Some(set_aside_ca(dir)?)
+    } else {
+        None
+    };
     let cert = issue::ca_params(cn, days, &issue::random_serial())?
         .self_signed(&key)
         .map_err(|source| PkiError::Rcgen {
@@ -276,12 +297,31 @@ pub fn init_ca(
     let mut index = Index::new();
     index.certs.push(entry.clone());
     index.save(&dir.join(INDEX))?;
-    let _ = std::fs::remove_file(dir.join(CA_CRL));
     Ok(Issued {
         cert: cert_path,
         key: key_path,
         entry,
+        replaced,
     })
+}
+
+/// Moves the current CA files into `replaced-<unix time>/` so `--force` never destroys a CA key.
+fn set_aside_ca(dir: &Path) -> Result<PathBuf, PkiError> {
+    let stamp = OffsetDateTime::now_utc().unix_timestamp();
+    let mut aside = dir.join(format!("replaced-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = dir.join(format!("replaced-{stamp}-{n}"));
+        n += 1;
+    }
+    create_private_dir(&aside)?;
+    for name in [CA_CERT, CA_KEY, INDEX, CA_CRL] {
+        let from = dir.join(name);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(name)).map_err(io_err(&from))?;
+        }
+    }
+    Ok(aside)
 }
 
 fn load_ca_in(dir: &Path) -> Result<issue::LoadedCa, PkiError> {
@@ -330,6 +370,7 @@ fn issue_leaf(
         cert: cert_path,
         key: key_path,
         entry,
+        replaced: None,
     })
 }
 
@@ -411,7 +452,11 @@ pub fn write_crl(dir: &Path, days: u32) -> Result<PathBuf, PkiError> {
         revoked_certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
             revocation_time: OffsetDateTime::from_unix_timestamp(rev.at).unwrap_or(now),
-            reason_code: Some(RevokeReason::from_str_lossy(&rev.reason).rcgen()),
+            // RFC 5280 5.3.1: "unspecified" should be expressed by leaving the reason out.
+            reason_code: match RevokeReason::from_str_lossy(&rev.reason) {
+                RevokeReason::Unspecified => None,
+                reason => Some(reason.rcgen()),
+            },
             invalidity_date: None,
         });
     }
@@ -573,6 +618,10 @@ mod tests {
         assert!(first.created);
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
+        // An operator may open the directory to the service's group, never to others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&dir).expect("existing dir");
+        assert_eq!(mode(&dir), 0o750);
         assert_eq!(mode(&first.server_key), 0o600);
         assert_eq!(mode(&dir.join(CA_KEY)), 0o600);
         let cert_before = std::fs::read(&first.server_cert).expect("read");

@@ -128,8 +128,19 @@ fn check_all(
                 warn!(%label, path = %path.display(), subject = %status.subject, days_left, "Certificate expires soon: renew it and reload.")
             }
         }
+        // Wildcards cannot appear in a topic name; a label is operator text, so neutralise them.
+        let topic_label: String = label
+            .chars()
+            .map(|c| {
+                if matches!(c, '+' | '#' | '\0') {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
         publish(
-            format!("$SYS/tollgate/certs/{label}/expiry"),
+            format!("$SYS/tollgate/certs/{topic_label}/expiry"),
             expiry_payload(label, path, &status.subject, status.not_after, now),
         );
     }
