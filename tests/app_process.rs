@@ -37,6 +37,11 @@ impl Gateway {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
             c
+        } else if let Some((_, limit)) = envs.iter().find(|(k, _)| *k == "TEST_NOFILE_LIMIT") {
+            // Run under a tiny file descriptor limit to provoke EMFILE on accept.
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={limit}")).arg(binary);
+            c
         } else if envs.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
             // systemd sets WATCHDOG_PID to the service's pid: the shell execs into tollgate,
             // so its $$ is tollgate's pid.
@@ -445,5 +450,62 @@ fn tells_systemd_ready_watchdog_reloading_and_stopping_in_order() {
 
     gateway.signal("TERM");
     systemd.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(gateway.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn out_of_file_descriptors_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config_file(dir.path(), port, "3s");
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &["-c", config.to_str().expect("utf-8")],
+        &[("TEST_NOFILE_LIMIT", "64".to_string())],
+        false,
+    );
+    gateway.wait_for_log("tollgate is ready", Duration::from_secs(20));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Far more silent sockets than the gateway has descriptors left.
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    gateway.wait_for_log("Accept failed", Duration::from_secs(10));
+    assert!(
+        gateway.child.try_wait().expect("try_wait").is_none(),
+        "tollgate survived EMFILE:\n{}",
+        gateway.log_text()
+    );
+    drop(flood);
+
+    // Once descriptors are free again, clients are served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port_arg = port.to_string();
+    loop {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port_arg,
+                "-t",
+                "test/after",
+                "-m",
+                "x",
+            ])
+            .output()
+            .expect("run mosquitto_pub");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving after the flood:\n{}",
+            gateway.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(10)).success());
 }
