@@ -178,6 +178,15 @@ fn broker(config: &Config, r: &mut Report<'_>) {
         1usize << 36,
         " bytes",
     );
+    if b.max_offline_bytes < b.max_packet_size as usize {
+        r.warn(
+            "broker.max_offline_bytes",
+            format!(
+                "{} is below max_packet_size ({}): the largest messages can never be queued for an offline session",
+                b.max_offline_bytes, b.max_packet_size
+            ),
+        );
+    }
     r.range("broker.receive_maximum", b.receive_maximum, 1, u16::MAX, "");
     r.range("broker.max_inflight", b.max_inflight, 1, u16::MAX, "");
     if !b.sys_interval.is_zero() {
