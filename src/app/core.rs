@@ -1,0 +1,101 @@
+//! The seam between the application shell and the broker core: what `app` needs
+//! from a running core (serve a stream, swap authentication, drain, answer a health
+//! probe). `Broker` implements it; tests implement it with small fakes so listeners,
+//! limits, reload and drain are tested without MQTT. It must never hold policy.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::acl::Authorizer;
+use crate::auth::Authenticator;
+use crate::auth::Identity;
+use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions};
+
+use super::listener::ClientStream;
+
+/// A boxed, sendable future (the core is used as a trait object).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the application needs from a broker core.
+pub trait Core: Send + Sync + 'static {
+    /// Serve one connection until it ends.
+    fn serve(&self, stream: ClientStream, info: ConnectionInfo) -> BoxFuture<()>;
+    /// Replace authentication and authorization (reload).
+    fn reload_auth(&self, authenticator: Arc<dyn Authenticator>, authorizer: Arc<dyn Authorizer>);
+    /// Resolves when every connection and the router are done after shutdown was requested.
+    fn drained(&self) -> BoxFuture<()>;
+    /// A round trip through the router; `Ok` carries a one-line status.
+    fn health(&self) -> BoxFuture<Result<String, String>>;
+}
+
+/// tollgate's broker core as the application's `Core`, with an in-process client used
+/// as a health probe (one UNSUBSCRIBE round trip through the router per probe).
+pub struct BrokerCore {
+    broker: Broker,
+    probe: Arc<tokio::sync::Mutex<Option<InternalClient>>>,
+}
+
+/// Client id of the health probe's in-process session.
+const HEALTH_PROBE_ID: &str = "tollgate:health";
+
+impl BrokerCore {
+    /// Wrap a started broker.
+    pub fn new(broker: Broker) -> Self {
+        BrokerCore {
+            broker,
+            probe: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+}
+
+impl Core for BrokerCore {
+    fn serve(&self, stream: ClientStream, info: ConnectionInfo) -> BoxFuture<()> {
+        let broker = self.broker.clone();
+        Box::pin(async move { broker.serve(stream, info).await })
+    }
+
+    fn reload_auth(&self, authenticator: Arc<dyn Authenticator>, authorizer: Arc<dyn Authorizer>) {
+        self.broker.reload_auth(authenticator, authorizer);
+    }
+
+    fn drained(&self) -> BoxFuture<()> {
+        let broker = self.broker.clone();
+        let probe = self.probe.clone();
+        Box::pin(async move {
+            // The probe session must not keep anything alive during shutdown.
+            drop(probe.lock().await.take());
+            broker.drained().await;
+        })
+    }
+
+    fn health(&self) -> BoxFuture<Result<String, String>> {
+        let broker = self.broker.clone();
+        let probe = self.probe.clone();
+        Box::pin(async move {
+            let mut slot = probe.lock().await;
+            if slot.is_none() {
+                let options = InternalOptions::new(Identity::internal(HEALTH_PROBE_ID));
+                *slot = Some(
+                    broker
+                        .connect_internal(options)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let client = slot
+                .as_ref()
+                .expect("invariant: probe connected just above");
+            if let Err(e) = client.unsubscribe("$SYS/tollgate/health-probe").await {
+                // Reconnect on the next probe.
+                *slot = None;
+                return Err(e.to_string());
+            }
+            let stats = broker.stats();
+            Ok(format!(
+                "{} MQTT clients, {} subscriptions, {} retained messages.",
+                stats.clients_connected, stats.subscriptions, stats.retained_messages
+            ))
+        })
+    }
+}
