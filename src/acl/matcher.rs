@@ -140,7 +140,13 @@ impl Hasher for FxHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // Fx alone leaves the low bits (the bucket index) depending on a few
+        // bytes only: keys like `sensor_15205` would pile into a few buckets.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
     }
 }
 
