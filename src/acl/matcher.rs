@@ -349,7 +349,13 @@ pub(crate) fn strip_shared(filter: &str) -> Option<&str> {
         None => Some(filter),
         Some(rest) => {
             let (group, inner) = rest.split_once('/')?;
-            if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+            // A second `$share/` inside means the broker already stripped one: refuse
+            // rather than check a filter other than the one subscribed.
+            if group.is_empty()
+                || group.contains(['+', '#'])
+                || inner.is_empty()
+                || inner.starts_with("$share/")
+            {
                 None
             } else {
                 Some(inner)
@@ -843,5 +849,6 @@ mod tests {
         assert_eq!(strip_shared("$share/g"), None);
         assert_eq!(strip_shared("$share//a"), None);
         assert_eq!(strip_shared("$share/g/"), None);
+        assert_eq!(strip_shared("$share/g/$share/h/a"), None);
     }
 }

@@ -144,6 +144,25 @@ pub enum AclError {
     Usage(String),
 }
 
+/// Record a refused access on the `audit` target with the rule that decided
+/// (never the payload). The broker adds the peer address if it has one.
+pub fn audit_denied(identity: &Identity, access: Access, topic: &str, decision: &AclDecision) {
+    if let AclDecision::Deny { rule } = decision {
+        tracing::info!(
+            target: "audit",
+            event = "acl_denied",
+            listener = %identity.listener,
+            username = identity.username.as_deref().unwrap_or(""),
+            client_id = %identity.client_id,
+            via = ?identity.via,
+            ?access,
+            topic,
+            rule = rule.as_deref().unwrap_or("none matched: default deny"),
+            "Access denied by ACL."
+        );
+    }
+}
+
 /// Fuzz entry point: parse arbitrary bytes as an acl_file and run checks with
 /// topics taken from the same bytes. Must never panic.
 pub fn fuzz_acl_file(data: &[u8]) {

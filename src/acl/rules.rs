@@ -202,11 +202,6 @@ impl Template {
             TemplatePart::Client => subst.client.is_none(),
         })
     }
-
-    /// Whether the template uses `%u`.
-    pub fn uses_user(&self) -> bool {
-        self.parts.iter().any(|p| *p == TemplatePart::User)
-    }
 }
 
 impl fmt::Display for Template {
@@ -454,6 +449,12 @@ pub fn parse_acl_text(source: &str, data: &[u8], out: &mut RuleSet) -> Vec<AclPr
                         continue;
                     }
                 };
+                if filter.starts_with("$share/") {
+                    out.warnings.push(format!(
+                        "{}: rules are checked against the filter inside `$share/<group>/`, so this rule matches nothing useful; write the inner filter",
+                        location()
+                    ));
+                }
                 let scope = if pattern {
                     if let Some(u) = &user {
                         out.warnings.push(format!(
