@@ -15,9 +15,10 @@
 //!   rules; any other identity (password, certificate, `Internal` such as
 //!   `adapter:modbus1`) uses the block of its username. Patterns apply to all.
 //! - **Placeholders.** `%u`/`%c` are substituted wherever they appear inside a
-//!   level of a `pattern` rule (mosquitto does the same; whole levels are the
-//!   common case). Substitution is safe because a value is used only if it is
-//!   non-empty and free of `+`, `#`, `/` and NUL. An identity whose username or
+//!   level of a `pattern` rule (`devices/%u/#`, but also `dev-%c`), as mosquitto
+//!   does, so its files load unchanged. The substituted value never crosses or
+//!   widens a level: it is used only if it is non-empty and free of `+`, `#`,
+//!   `/` and NUL, and it is compared as literal text. An identity whose username or
 //!   client id contains one of those gets no grant from any pattern rule. A
 //!   placeholder that cannot be filled (anonymous `%u`, empty or dangerous
 //!   values) never grants; in a *deny* pattern it counts as `+`, so denials err
@@ -26,7 +27,7 @@
 //!   access (read/readwrite for Read and Subscribe, write/readwrite for Write)
 //!   allows; otherwise deny. The decision names the earliest such rule.
 //! - **Subscribe** checks the filter (a `$share/<group>/` prefix is stripped here
-//!   too): granted only if one read rule *covers* it (every topic the filter can
+//!   too; a second one inside is refused): granted only if one read rule *covers* it (every topic the filter can
 //!   match is matched by that rule: `sensors/#` covers `sensors/+/temp`,
 //!   `sensors/+` does not cover `sensors/#`); refused if one deny rule covers it.
 //!   A deny that covers only part of the filter (deny `a/b`, subscribe `a/+`) does
@@ -35,15 +36,19 @@
 //! - **`$` topics** (`$SYS/...`) are matched only by rules whose first level
 //!   starts with `$`: `#` and `+/...` never grant or cover them.
 //! - Matching is case-sensitive and exact per level; `a/b/` (empty last level)
-//!   is not `a/b`. Invalid topics or filters are denied without a rule.
+//!   is not `a/b`; `a/#` also matches `a`; `+` matches one level, empty included.
+//!   Invalid topics or filters are denied without a rule.
 //!
 //! # Cost and caching
 //! Rules compile into tries (anonymous, one per user, patterns), so a check is
 //! one hash lookup for the user plus a walk of at most the topic's depth per
-//! trie, whatever the number of rules; it never allocates or locks. That walk
-//! is about as cheap as hashing the topic for a cache lookup, so there is no
-//! per-connection decision cache: nothing to invalidate on reload (swap the
-//! `Acl`) and nothing shared between connection tasks. [`Authorizer::allows`]
+//! trie, whatever the number of rules (wildcard-heavy rule sets branch, but a
+//! walk never visits a trie node twice); it never allocates or locks. Measured
+//! (`cargo bench --bench acl`) at about 130 to 160 ns per check from 10 to
+//! 100,000 rules, which is what hashing the topic for a cache lookup would
+//! already cost, so there is no per-connection decision cache: nothing to
+//! invalidate on reload (the owner swaps the whole `Acl`) and nothing shared
+//! between connection tasks. [`Authorizer::allows`]
 //! is the allocation-free form; [`Authorizer::check`] also copies the deciding
 //! rule's label for audit logs.
 
