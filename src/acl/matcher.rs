@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
 use super::rules::{
     parse_all, AccessSpec, InlineRule, Rule, RuleLevel, RuleSet, Scope, Substitution, Template,
@@ -150,11 +151,84 @@ impl Hasher for FxHasher {
     }
 }
 
+/// Literal children of a trie node: a short list scanned in order (most nodes
+/// have one or two children, and comparing a few short strings beats hashing),
+/// a hash map once there are many.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Arc<str>, Node)>),
+    Many(HashMap<Arc<str>, Node, FxBuild>),
+}
+
+const FEW_CHILDREN: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    #[inline]
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(list) => list
+                .iter()
+                .find(|(key, _)| &**key == level)
+                .map(|(_, node)| node),
+            Children::Many(map) => map.get(level),
+        }
+    }
+
+    fn entry(&mut self, key: &str, interner: &mut Interner) -> &mut Node {
+        if let Children::Few(list) = self {
+            if list.len() >= FEW_CHILDREN && !list.iter().any(|(k, _)| &**k == key) {
+                let map: HashMap<_, _, _> = std::mem::take(list).into_iter().collect();
+                *self = Children::Many(map);
+            }
+        }
+        match self {
+            Children::Few(list) => {
+                let pos = match list.iter().position(|(k, _)| &**k == key) {
+                    Some(pos) => pos,
+                    None => {
+                        list.reserve_exact(1);
+                        list.push((interner.intern(key), Node::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[pos].1
+            }
+            Children::Many(map) => {
+                if !map.contains_key(key) {
+                    map.insert(interner.intern(key), Node::default());
+                }
+                map.get_mut(key).expect("invariant: inserted just above")
+            }
+        }
+    }
+}
+
+/// Shares level strings (`sensors`, `commands`, ...) between the tries of thousands of users.
+#[derive(Default)]
+struct Interner(HashMap<Arc<str>, (), FxBuild>);
+
+impl Interner {
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some((key, _)) = self.0.get_key_value(text) {
+            return key.clone();
+        }
+        let key: Arc<str> = Arc::from(text);
+        self.0.insert(key.clone(), ());
+        key
+    }
+}
+
 /// One trie level. `here` holds rules ending at this node, `hash` rules ending
 /// in `#` right below it (which also match this node's own topic).
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node, FxBuild>,
+    literal: Children,
     plus: Option<Box<Node>>,
     templates: Vec<(Template, Node)>,
     here: HitsCell,
@@ -171,7 +245,13 @@ impl Default for HitsCell {
 }
 
 impl Node {
-    fn insert(&mut self, levels: &[RuleLevel], id: u32, access: AccessSpec) {
+    fn insert(
+        &mut self,
+        levels: &[RuleLevel],
+        id: u32,
+        access: AccessSpec,
+        interner: &mut Interner,
+    ) {
         let mut node = self;
         for level in levels {
             node = match level {
@@ -179,7 +259,7 @@ impl Node {
                     node.hash.0.add(id, access);
                     return;
                 }
-                RuleLevel::Literal(text) => node.literal.entry(text.clone()).or_default(),
+                RuleLevel::Literal(text) => node.literal.entry(text, interner),
                 RuleLevel::Plus => node.plus.get_or_insert_with(Box::default),
                 RuleLevel::Template(t) => {
                     let pos = match node
@@ -449,6 +529,7 @@ impl Acl {
     pub(crate) fn compile(set: RuleSet) -> Acl {
         let RuleSet {
             rules,
+            levels,
             mut warnings,
         } = set;
         let mut acl = Acl {
@@ -458,14 +539,15 @@ impl Acl {
             patterns: Node::default(),
             warnings: Vec::new(),
         };
-        for (index, rule) in rules.iter().enumerate() {
+        let mut interner = Interner::default();
+        for (index, (rule, levels)) in rules.iter().zip(levels).enumerate() {
             let id = u32::try_from(index).expect("invariant: fewer than 4 billion ACL rules");
             let trie = match &rule.scope {
                 Scope::Anonymous => &mut acl.anonymous,
                 Scope::User(name) => acl.users.entry(name.as_str().into()).or_default(),
                 Scope::Pattern => &mut acl.patterns,
             };
-            trie.insert(&rule.levels, id, rule.access);
+            trie.insert(&levels, id, rule.access, &mut interner);
         }
         if rules.is_empty() {
             warnings.push("no ACL rules: every publish, subscribe and delivery is denied".into());
@@ -527,7 +609,7 @@ impl Acl {
                     rule.filter,
                     grants.join(", ")
                 );
-                if rule.levels == [RuleLevel::Hash] && matches!(rule.scope, Scope::User(_)) {
+                if rule.filter == "#" && matches!(rule.scope, Scope::User(_)) {
                     msg.push_str(
                         "; anything unlisted is already denied, so delete this line, or move it above the first `user` line if it was meant for anonymous clients",
                     );
@@ -652,9 +734,10 @@ impl Acl {
             if !applies {
                 continue;
             }
+            let levels = rule.levels();
             let found = match access {
-                Access::Subscribe => naive_covers(&rule.levels, &parts, &view.subst),
-                _ => naive_matches(&rule.levels, &parts, &view.subst),
+                Access::Subscribe => naive_covers(&levels, &parts, &view.subst),
+                _ => naive_matches(&levels, &parts, &view.subst),
             };
             if let Some(mut deny_only) = found {
                 if rule.scope == Scope::Pattern && !view.patterns_grant {
@@ -829,6 +912,26 @@ mod tests {
         assert!(a.decide(&user("u"), Access::Subscribe, "#").allowed);
         let a = acl("user u\ntopic read x/+/#\n");
         assert!(!a.decide(&user("u"), Access::Subscribe, "x/#").allowed);
+    }
+
+    #[test]
+    fn many_literal_children_switch_to_a_map_and_still_match() {
+        let text: String = (0..20)
+            .map(|i| format!("user u\ntopic read t{i}/x\n"))
+            .collect();
+        let a = acl(&text);
+        for i in 0..20 {
+            let v = a.decide(&user("u"), Access::Read, &format!("t{i}/x"));
+            assert_eq!(
+                v,
+                Verdict {
+                    allowed: true,
+                    rule: Some(RuleId(i))
+                }
+            );
+        }
+        assert!(!a.decide(&user("u"), Access::Read, "t20/x").allowed);
+        assert!(!a.decide(&user("u"), Access::Read, "t1/y").allowed);
     }
 
     #[test]

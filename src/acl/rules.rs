@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -101,7 +102,7 @@ pub struct AclConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// Line (1-based) of an acl_file.
-    File { path: String, line: usize },
+    File { path: Arc<str>, line: usize },
     /// Index (0-based) into `[[acl.rule]]`.
     Inline { index: usize },
 }
@@ -241,20 +242,12 @@ pub struct Rule {
     pub access: AccessSpec,
     /// The filter as written.
     pub filter: String,
-    /// The filter split into levels.
-    pub levels: Vec<RuleLevel>,
     /// `origin: text`, shown in decisions, audit events and `acl explain`.
     pub label: String,
 }
 
 impl Rule {
-    fn new(
-        origin: Origin,
-        scope: Scope,
-        access: AccessSpec,
-        filter: String,
-        levels: Vec<RuleLevel>,
-    ) -> Rule {
+    fn new(origin: Origin, scope: Scope, access: AccessSpec, filter: String) -> Rule {
         let kind = if scope == Scope::Pattern {
             "pattern"
         } else {
@@ -270,9 +263,15 @@ impl Rule {
             scope,
             access,
             filter,
-            levels,
             label,
         }
+    }
+
+    /// The filter split into levels (parsed again: rules keep only their text
+    /// once compiled, so 100,000 rules stay small).
+    pub fn levels(&self) -> Vec<RuleLevel> {
+        parse_filter(&self.filter, self.scope == Scope::Pattern)
+            .expect("invariant: rule filters are validated when loaded")
     }
 }
 
@@ -296,6 +295,8 @@ impl fmt::Display for AclProblem {
 pub struct RuleSet {
     /// Every rule; its index is its precedence among equals (first written wins the label).
     pub rules: Vec<Rule>,
+    /// `rules[i]` split into levels, consumed when compiling.
+    pub levels: Vec<Vec<RuleLevel>>,
     /// Things that load but are probably not what the author meant.
     pub warnings: Vec<String>,
 }
@@ -381,6 +382,7 @@ fn parse_template(level: &str) -> Template {
 pub fn parse_acl_text(source: &str, data: &[u8], out: &mut RuleSet) -> Vec<AclProblem> {
     let mut problems = Vec::new();
     let mut user: Option<String> = None;
+    let source_name: Arc<str> = Arc::from(source);
     for (index, raw) in data.split(|b| *b == b'\n').enumerate() {
         let line_no = index + 1;
         let location = || format!("{source}:{line_no}");
@@ -476,8 +478,12 @@ pub fn parse_acl_text(source: &str, data: &[u8], out: &mut RuleSet) -> Vec<AclPr
                         None => Scope::Anonymous,
                     }
                 };
-                let origin = Origin::File { path: source.to_string(), line: line_no };
-                out.rules.push(Rule::new(origin, scope, access, filter.to_string(), levels));
+                let origin = Origin::File {
+                    path: source_name.clone(),
+                    line: line_no,
+                };
+                out.rules.push(Rule::new(origin, scope, access, filter.to_string()));
+                out.levels.push(levels);
             }
             other => problems.push(AclProblem {
                 location: location(),
@@ -519,13 +525,11 @@ pub fn add_inline_rules(inline: &[InlineRule], out: &mut RuleSet) -> Vec<AclProb
             }
         };
         match parse_filter(&rule.topic, rule.pattern) {
-            Ok(levels) => out.rules.push(Rule::new(
-                origin,
-                scope,
-                rule.access,
-                rule.topic.clone(),
-                levels,
-            )),
+            Ok(levels) => {
+                out.rules
+                    .push(Rule::new(origin, scope, rule.access, rule.topic.clone()));
+                out.levels.push(levels);
+            }
             Err(message) => problems.push(AclProblem { location, message }),
         }
     }
@@ -633,7 +637,8 @@ mod tests {
     #[test]
     fn placeholders_in_topic_lines_are_literal_and_warned() {
         let (set, _) = parse("user a\ntopic read x/%u\n");
-        assert_eq!(set.rules[0].levels[1], RuleLevel::Literal("%u".into()));
+        assert_eq!(set.levels[0][1], RuleLevel::Literal("%u".into()));
+        assert_eq!(set.rules[0].levels(), set.levels[0]);
         assert_eq!(set.warnings.len(), 1);
     }
 
