@@ -22,6 +22,19 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleId(pub u32);
 
+/// Size of a loaded ACL, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclStats {
+    /// All rules.
+    pub rules: usize,
+    /// Users with a block of their own.
+    pub users: usize,
+    /// Rules for anonymous clients.
+    pub anonymous_rules: usize,
+    /// `pattern` rules.
+    pub pattern_rules: usize,
+}
+
 /// An allocation-free decision: allowed or not, and the rule that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -619,6 +632,17 @@ impl Acl {
             .collect()
     }
 
+    /// Counts for the load/reload log line.
+    pub fn stats(&self) -> AclStats {
+        let count = |f: fn(&Scope) -> bool| self.rules.iter().filter(|r| f(&r.scope)).count();
+        AclStats {
+            rules: self.rules.len(),
+            users: self.users.len(),
+            anonymous_rules: count(|s| *s == Scope::Anonymous),
+            pattern_rules: count(|s| *s == Scope::Pattern),
+        }
+    }
+
     /// Every rule in source order; a [`RuleId`] indexes this slice.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
@@ -894,6 +918,20 @@ mod tests {
             Verdict {
                 allowed: true,
                 rule: Some(RuleId(0))
+            }
+        );
+    }
+
+    #[test]
+    fn stats_count_rules_by_scope() {
+        let a = acl("topic read p\nuser a\ntopic read x\nuser b\ntopic read y\npattern read %u\n");
+        assert_eq!(
+            a.stats(),
+            AclStats {
+                rules: 4,
+                users: 2,
+                anonymous_rules: 1,
+                pattern_rules: 1
             }
         );
     }

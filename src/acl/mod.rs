@@ -44,7 +44,7 @@
 //! one hash lookup for the user plus a walk of at most the topic's depth per
 //! trie, whatever the number of rules (wildcard-heavy rule sets branch, but a
 //! walk never visits a trie node twice); it never allocates or locks. Measured
-//! (`cargo bench --bench acl`) at about 130 to 160 ns per check from 10 to
+//! (`cargo bench --bench acl`) at about 120 to 130 ns per check from 10 to
 //! 100,000 rules, which is what hashing the topic for a cache lookup would
 //! already cost, so there is no per-connection decision cache: nothing to
 //! invalidate on reload (the owner swaps the whole `Acl`) and nothing shared
@@ -61,7 +61,7 @@ pub mod bench;
 use std::path::PathBuf;
 
 pub use explain::{explain, run, AccessArg, AclCommand, ExplainArgs, Explanation};
-pub use matcher::{Acl, RuleId, RuleMatch, Verdict};
+pub use matcher::{Acl, AclStats, RuleId, RuleMatch, Verdict};
 pub use rules::{
     AccessSpec, AclConfig, AclProblem, InlineRule, Origin, Rule, RuleLevel, Scope, Template,
     TemplatePart,
