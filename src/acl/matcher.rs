@@ -244,16 +244,13 @@ struct Node {
     literal: Children,
     plus: Option<Box<Node>>,
     templates: Vec<(Template, Node)>,
-    here: HitsCell,
-    hash: HitsCell,
+    here: Hits,
+    hash: Hits,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct HitsCell(Hits);
-
-impl Default for HitsCell {
+impl Default for Hits {
     fn default() -> Self {
-        HitsCell(Hits::EMPTY)
+        Hits::EMPTY
     }
 }
 
@@ -269,7 +266,7 @@ impl Node {
         for level in levels {
             node = match level {
                 RuleLevel::Hash => {
-                    node.hash.0.add(id, access);
+                    node.hash.add(id, access);
                     return;
                 }
                 RuleLevel::Literal(text) => node.literal.entry(text, interner),
@@ -290,7 +287,7 @@ impl Node {
                 }
             };
         }
-        node.here.0.add(id, access);
+        node.here.add(id, access);
     }
 
     /// Collect rules matching the concrete topic `rem`. `dollar_root`: at the
@@ -304,10 +301,10 @@ impl Node {
         acc: &mut Hits,
     ) {
         if !dollar_root {
-            acc.merge(&self.hash.0, deny_only);
+            acc.merge(&self.hash, deny_only);
         }
         let Some(rem) = rem else {
-            acc.merge(&self.here.0, deny_only);
+            acc.merge(&self.here, deny_only);
             return;
         };
         let (level, next) = split_level(rem);
@@ -343,10 +340,10 @@ impl Node {
         acc: &mut Hits,
     ) {
         if !dollar_root {
-            acc.merge(&self.hash.0, deny_only);
+            acc.merge(&self.hash, deny_only);
         }
         let Some(rem) = rem else {
-            acc.merge(&self.here.0, deny_only);
+            acc.merge(&self.here, deny_only);
             return;
         };
         let (level, next) = split_level(rem);
@@ -356,11 +353,11 @@ impl Node {
                 // `+/#` covers it too: no topic has zero levels.
                 if at_root {
                     if let Some(plus) = &self.plus {
-                        acc.merge(&plus.hash.0, deny_only);
+                        acc.merge(&plus.hash, deny_only);
                     }
                     for (template, child) in &self.templates {
                         if template.matches(level, subst) == TemplateMatch::DenyWildcard {
-                            acc.merge(&child.hash.0, true);
+                            acc.merge(&child.hash, true);
                         }
                     }
                 }
