@@ -157,6 +157,27 @@ fn hostile_usernames_never_match_user_patterns() {
 }
 
 #[test]
+fn a_username_starting_with_dollar_does_not_open_sys_topics_through_patterns() {
+    let a = acl("pattern read %u/#\npattern read x/%u\n");
+    let sys = user("$SYS");
+    assert!(!allows(&a, &sys, Access::Read, "$SYS/broker/uptime"));
+    assert!(!allows(&a, &sys, Access::Subscribe, "$SYS/#"));
+    assert!(
+        allows(&a, &sys, Access::Read, "x/$SYS"),
+        "inside a topic `$` is an ordinary character"
+    );
+    assert!(allows(&a, &user("bob"), Access::Read, "bob/x"));
+}
+
+#[test]
+fn placeholder_text_in_an_identity_is_never_substituted_again() {
+    let a = acl("pattern read in/%u/%c\n");
+    let tricky = id(Some("%c"), "%u", AuthMethod::Password);
+    assert!(allows(&a, &tricky, Access::Read, "in/%c/%u"));
+    assert!(!allows(&a, &tricky, Access::Read, "in/%u/%c"));
+}
+
+#[test]
 fn hostile_client_ids_never_match_client_patterns() {
     let a = acl("pattern readwrite clients/%c/#\n");
     let ok = id(Some("u"), "plc7", AuthMethod::Certificate);
