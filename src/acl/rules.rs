@@ -396,6 +396,12 @@ pub fn parse_acl_text(source: &str, data: &[u8], out: &mut RuleSet) -> Vec<AclPr
                 continue;
             }
         };
+        // Editors on Windows start UTF-8 files with a byte order mark.
+        let line = if index == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            line
+        };
         let line = line.trim_matches(|c: char| c == ' ' || c == '\t' || c == '\r');
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -596,6 +602,13 @@ mod tests {
                 line: 5
             }
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let (set, problems) = parse("\u{feff}user a\ntopic read x\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(set.rules[0].scope, Scope::User("a".into()));
     }
 
     #[test]
