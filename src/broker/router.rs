@@ -716,6 +716,21 @@ impl Router {
             self.timers
                 .push(Reverse((at, key, generation, TimerKind::Expiry)));
         }
+        self.prune_timers();
+    }
+
+    /// Drop timers made stale by reconnects so the heap stays proportional to the
+    /// offline sessions (a client reconnecting all week must not grow it).
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 2 * self.sessions.len() + 1024 {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.timers.retain(|Reverse((_, key, generation, _))| {
+            sessions
+                .get(key)
+                .is_some_and(|s| s.generation == *generation && s.link.is_none())
+        });
     }
 
     fn end_session(&mut self, key: SessionKey) {
