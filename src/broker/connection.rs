@@ -248,6 +248,19 @@ where
     let v5mode = version == ProtocolVersion::V5;
     let props = connect.properties.clone().unwrap_or_default();
 
+    if props.authentication_method.is_some() {
+        warn!(%peer, "Connection refused: enhanced authentication is not supported.");
+        refuse_connect(
+            &mut stream,
+            &shared,
+            version,
+            0x8C,
+            "enhanced authentication (AUTH) is not supported",
+        )
+        .await;
+        return;
+    }
+
     // Client id: assigned when empty, which 3.1.1 allows only for clean sessions.
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
