@@ -106,6 +106,11 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 6).copied()
 }
 
+/// Initial read buffer; it grows for bursts and is given back once idle.
+const READ_BUFFER: usize = 1024;
+/// Buffers above this capacity are released when empty, so a burst does not pin memory.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// A client that accepts no bytes for this long is cut off (its socket buffer is full).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -195,7 +200,8 @@ where
     let peer = info.peer;
     let settings = &shared.settings;
     let max_packet = settings.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Small to start: idle connections are the common case (memory per connection).
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
 
     // Phase 1: the CONNECT packet, before the deadline.
     let connect = loop {
@@ -435,7 +441,7 @@ where
         problem_info: props.request_problem_info != Some(0),
         aliases: HashMap::new(),
         inbound_qos: HashSet::new(),
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
     };
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -493,6 +499,9 @@ where
                 {
                     break End::Server;
                 }
+                if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+                    rbuf = BytesMut::with_capacity(READ_BUFFER);
+                }
                 match outcome {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
@@ -516,6 +525,9 @@ where
         if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
             debug!(client_id = %state.identity.client_id, %peer, "Connection write failed or timed out.");
             break End::Abnormal;
+        }
+        if state.wbuf.capacity() > SHRINK_ABOVE {
+            state.wbuf = BytesMut::new();
         }
     };
     // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
