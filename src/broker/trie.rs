@@ -275,4 +275,54 @@ mod tests {
         }
         assert!(out.iter().all(|(k, _)| *k == 2));
     }
+
+    use proptest::prelude::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "", "$x", "c"]).prop_map(str::to_string)
+    }
+
+    fn filter_level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "", "$x", "+"]).prop_map(str::to_string)
+    }
+
+    proptest! {
+        #[test]
+        fn trie_agrees_with_topic_matches_and_prunes_to_nothing(
+            filters in prop::collection::vec(
+                (prop::collection::vec(filter_level(), 1..4), any::<bool>()),
+                1..12,
+            ),
+            topics in prop::collection::vec(prop::collection::vec(level(), 1..5), 1..12),
+        ) {
+            let filters: Vec<String> = filters
+                .into_iter()
+                .map(|(levels, hash)| {
+                    let mut f = levels.join("/");
+                    if hash {
+                        f.push_str("/#");
+                    }
+                    f
+                })
+                .collect();
+            let mut t = SubscriptionTrie::default();
+            for (i, f) in filters.iter().enumerate() {
+                t.insert(f, None, i as SessionKey, opts());
+            }
+            for topic in topics.iter().map(|l| l.join("/")) {
+                let mut expected: Vec<SessionKey> = filters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| crate::topic::matches(f, &topic))
+                    .map(|(i, _)| i as SessionKey)
+                    .collect();
+                expected.sort();
+                prop_assert_eq!(keys(&mut t, &topic), expected, "topic {:?}", topic);
+            }
+            for (i, f) in filters.iter().enumerate() {
+                t.remove(f, None, i as SessionKey);
+            }
+            prop_assert_eq!(t.node_count(), 0);
+        }
+    }
 }
