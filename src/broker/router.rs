@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::stats::StatsCounters;
 use super::topics;
-use super::trie::{SessionKey, SubOptions, SubscriptionTrie};
+use super::trie::{SessionKey, SharedRef, SubOptions, SubscriptionTrie};
 use super::wire::{v5, QoS};
 use super::{BrokerError, BrokerSettings, Shared};
 use crate::acl::{Access, Authorizer};
@@ -159,6 +159,9 @@ struct Queued {
     retain: bool,
     sub_ids: Vec<usize>,
     hold: Option<u64>,
+    /// Delivered only through this shared subscription: handed to another member
+    /// if this session ends before acknowledging it.
+    share: Option<Arc<SharedRef>>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -748,11 +751,23 @@ impl Router {
             self.trie.remove(filter, group, key);
         }
         self.subscription_count -= session.subscriptions.len();
+        let mut orphans = Vec::new();
         for f in session.inflight.drain(..) {
-            self.ctx.discard(f.queued);
+            if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
+                orphans.push(f.queued);
+            } else {
+                self.ctx.discard(f.queued);
+            }
         }
         for q in session.pending.drain(..) {
-            self.ctx.discard(q);
+            if q.share.is_some() {
+                orphans.push(q);
+            } else {
+                self.ctx.discard(q);
+            }
+        }
+        for q in orphans {
+            self.redeliver_shared(q);
         }
         if session.link.is_none() {
             if let Some(will) = session.will.take() {
@@ -760,6 +775,38 @@ impl Router {
             }
         }
         debug!(client_id = %session.client_id, "Session ended.");
+    }
+
+    /// Hand an unacknowledged shared-subscription message of an ended session to
+    /// another member of the group (MQTT v5 4.8.2), keeping its durable hold.
+    fn redeliver_shared(&mut self, q: Queued) {
+        let Some(share) = q.share.clone() else {
+            self.ctx.discard(q);
+            return;
+        };
+        let picked = {
+            let sessions = &self.sessions;
+            self.trie.pick_shared(&share, &|k| {
+                sessions.get(&k).is_some_and(|s| s.link.is_some())
+            })
+        };
+        let Some((key, options)) = picked else {
+            self.ctx.discard(q);
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            self.ctx.discard(q);
+            return;
+        };
+        let moved = Queued {
+            qos: min_qos(q.msg.qos, options.qos),
+            retain: false,
+            sub_ids: options.id.into_iter().collect(),
+            hold: q.hold,
+            share: Some(share),
+            msg: q.msg,
+        };
+        deliver(&mut self.ctx, key, session, moved);
     }
 
     fn fire_timers(&mut self) {
@@ -973,12 +1020,16 @@ impl Router {
                 let mut granted: Option<QoS> = None;
                 let mut sub_ids = Vec::new();
                 let mut rap = false;
+                let mut contributing = 0;
+                let mut share = None;
                 while i < matches.len() && matches[i].0 == key {
                     let o = &matches[i].1;
                     i += 1;
                     if o.no_local && msg.publisher == Some(key) {
                         continue;
                     }
+                    contributing += 1;
+                    share = o.share.clone();
                     granted = Some(granted.map_or(o.qos, |g| max_qos(g, o.qos)));
                     if let Some(id) = o.id {
                         if !sub_ids.contains(&id) {
@@ -1030,6 +1081,7 @@ impl Router {
                     retain: rap && msg.retain,
                     sub_ids,
                     hold,
+                    share: if contributing == 1 { share } else { None },
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
@@ -1100,6 +1152,12 @@ impl Router {
                 no_local: filter.nolocal,
                 retain_as_published: filter.preserve_retain,
                 id,
+                share: group.map(|g| {
+                    Arc::new(SharedRef {
+                        group: g.into(),
+                        filter: plain.into(),
+                    })
+                }),
             };
             let is_new = self.trie.insert(plain, group, key, options.clone());
             if session
@@ -1169,6 +1227,7 @@ impl Router {
                     retain: true,
                     sub_ids: options.id.into_iter().collect(),
                     hold: None,
+                    share: None,
                     msg,
                 };
                 deliver(&mut self.ctx, key, session, q);

@@ -4,6 +4,7 @@
 //! memory follows live subscriptions only.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::wire::QoS;
 
@@ -21,6 +22,16 @@ pub(crate) struct SubOptions {
     pub retain_as_published: bool,
     /// v5 Subscription Identifier sent along with matching messages.
     pub id: Option<usize>,
+    /// Set for shared subscriptions: the group and filter, so a message can be handed
+    /// to another member when this one's session ends unacknowledged.
+    pub share: Option<Arc<SharedRef>>,
+}
+
+/// Names one shared subscription group on one filter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SharedRef {
+    pub group: Box<str>,
+    pub filter: Box<str>,
 }
 
 /// Members of one shared subscription group on one filter, served round robin.
@@ -129,6 +140,19 @@ impl SubscriptionTrie {
         removed
     }
 
+    /// Choose a member of one shared group (round robin, online first).
+    pub fn pick_shared(
+        &mut self,
+        share: &SharedRef,
+        online: &dyn Fn(SessionKey) -> bool,
+    ) -> Option<(SessionKey, SubOptions)> {
+        let mut node = &mut self.root;
+        for level in share.filter.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        node.shared.get_mut(&*share.group)?.pick(online)
+    }
+
     /// Collect every subscription matching `topic` (one entry per plain subscription,
     /// one chosen member per shared group). Leading wildcards never match `$` topics.
     pub fn matches(
@@ -215,6 +239,7 @@ mod tests {
             no_local: false,
             retain_as_published: false,
             id: None,
+            share: None,
         }
     }
 
