@@ -300,7 +300,11 @@ where
 
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
-    if v5mode && keep_alive > settings.max_keepalive {
+    // Keep alive 0 means "never", which is more than any maximum below 65535.
+    if v5mode
+        && (keep_alive > settings.max_keepalive
+            || (keep_alive == 0 && settings.max_keepalive < u16::MAX))
+    {
         keep_alive = settings.max_keepalive;
         server_keep_alive = Some(keep_alive);
     }

@@ -842,7 +842,14 @@ impl Router {
             return;
         }
         debug!(client_id = %identity.client_id, %topic, "Publishing will message.");
-        self.route(Arc::new(will.message), None);
+        let mut message = will.message;
+        // The will's Message Expiry Interval counts from when it is published.
+        message.expires_at = message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|s| self.ctx.now + std::time::Duration::from_secs(u64::from(s)));
+        self.route(Arc::new(message), None);
     }
 
     fn inbound(&mut self, key: SessionKey, conn: ConnId, item: Inbound) {
