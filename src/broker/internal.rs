@@ -386,9 +386,12 @@ impl Drop for InternalClient {
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.router_tx.try_send(msg) {
             let tx = self.shared.router_tx.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
+                self.shared.tracker.spawn_on(
+                    async move {
+                        let _ = tx.send(msg).await;
+                    },
+                    &handle,
+                );
             }
         }
     }
