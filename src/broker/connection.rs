@@ -114,8 +114,9 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 /// A client that accepts no bytes for this long is cut off (its socket buffer is full).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Write and flush `buf`; false when the connection is unusable (error or timeout),
-/// since a partial write would leave the byte stream misframed.
+/// Write and flush `buf`; false when the connection is unusable (error, timeout, or
+/// shutdown while the client is not reading), since a partial write would leave the
+/// byte stream misframed.
 async fn write_now<S: AsyncWrite + Unpin>(
     stream: &mut S,
     shared: &Shared,
@@ -125,7 +126,31 @@ async fn write_now<S: AsyncWrite + Unpin>(
         return true;
     }
     let len = buf.len();
-    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+    let write = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    });
+    let written = tokio::select! {
+        w = write => matches!(w, Ok(Ok(()))),
+        _ = shared.shutdown.cancelled() => false,
+    };
+    buf.clear();
+    if written {
+        shared
+            .stats
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+    written
+}
+
+/// Final write before closing (DISCONNECT): not interrupted by shutdown, short limit.
+async fn write_last<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: &mut BytesMut) {
+    if buf.is_empty() {
+        return;
+    }
+    let len = buf.len();
+    let written = tokio::time::timeout(Duration::from_secs(2), async {
         stream.write_all(buf).await?;
         stream.flush().await
     })
@@ -136,9 +161,6 @@ async fn write_now<S: AsyncWrite + Unpin>(
             .stats
             .bytes_sent
             .fetch_add(len as u64, Ordering::Relaxed);
-        true
-    } else {
-        false
     }
 }
 
@@ -178,7 +200,7 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
         .encode(&v5::Packet::ConnAck(connack), &mut buf)
         .is_ok()
     {
-        write_now(stream, shared, &mut buf).await;
+        write_last(stream, shared, &mut buf).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
@@ -213,7 +235,7 @@ where
                 warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
-                    let _ = write_now(&mut stream, &shared, &mut buf).await;
+                    write_last(&mut stream, &shared, &mut buf).await;
                 } else if level == Some(5) {
                     refuse_connect(
                         &mut stream,
@@ -464,12 +486,12 @@ where
             }
             batch = out_rx.recv() => {
                 let Some(batch) = batch else { break End::Server };
-                queued.fetch_sub(1, Ordering::Relaxed);
+                queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 let mut close = state.encode_batch(batch);
                 while !close {
                     match out_rx.try_recv() {
                         Ok(batch) => {
-                            queued.fetch_sub(1, Ordering::Relaxed);
+                            queued.fetch_sub(batch.len(), Ordering::Relaxed);
                             close = state.encode_batch(batch);
                         }
                         Err(_) => break,
@@ -535,11 +557,7 @@ where
         }
     };
     // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        write_now(&mut stream, &shared, &mut state.wbuf),
-    )
-    .await;
+    write_last(&mut stream, &shared, &mut state.wbuf).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let (send_will, session_expiry) = match end {
         End::Disconnect {

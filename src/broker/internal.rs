@@ -164,10 +164,12 @@ pub(crate) async fn connect(
         closed: false,
     };
     let first = rx.recv().await.ok_or(BrokerError::Closed)?;
-    client.queued.fetch_sub(1, Ordering::Relaxed);
     for item in first {
         match item {
-            Outgoing::Packet(v5::Packet::ConnAck(c)) => client.session_present = c.session_present,
+            Outgoing::Packet(v5::Packet::ConnAck(c)) => {
+                client.queued.fetch_sub(1, Ordering::Relaxed);
+                client.session_present = c.session_present;
+            }
             other => client.buffered.push_back(other),
         }
     }
@@ -303,6 +305,8 @@ impl InternalClient {
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
             while let Some(item) = self.buffered.pop_front() {
+                // Undelivered items count against the slow-consumer guard until taken.
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 match item {
                     Outgoing::Packet(v5::Packet::Publish(p)) => {
                         let ack = (p.qos != QoS::AtMostOnce).then(|| DeliveryAck {
@@ -333,7 +337,6 @@ impl InternalClient {
             tokio::select! {
                 batch = self.rx.recv() => match batch {
                     Some(batch) => {
-                        self.queued.fetch_sub(1, Ordering::Relaxed);
                         self.buffered.extend(batch);
                     }
                     None => {

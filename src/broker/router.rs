@@ -100,7 +100,7 @@ pub(crate) struct ConnectRequest {
     pub durable: bool,
     /// Prepared CONNACK; the router fills in `session_present`.
     pub connack: v5::ConnAck,
-    /// Batches sent to the connection and not yet written (slow-consumer guard).
+    /// Packets sent to the connection and not yet written (slow-consumer guard).
     pub queued: Arc<AtomicUsize>,
 }
 
@@ -183,6 +183,8 @@ struct Link {
     max_packet_size: Option<u32>,
     out: Vec<Outgoing>,
     queued: Arc<AtomicUsize>,
+    /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
+    slow_dropped: u64,
 }
 
 struct Session {
@@ -409,14 +411,24 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
         return;
     }
     if q.qos == QoS::AtMostOnce {
-        if let Some(link) = &session.link {
+        if let Some(link) = session.link.as_mut() {
+            // Packets handed to the connection and not yet written.
+            let backlog = link.queued.load(Ordering::Relaxed) + link.out.len();
             let limit = settings(ctx).max_offline_messages.max(1000);
-            if link.queued.load(Ordering::Relaxed) > limit {
+            if backlog > limit {
+                if link.slow_dropped == 0 {
+                    warn!(client_id = %session.client_id, backlog, limit, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
+                }
+                link.slow_dropped += 1;
                 stats(ctx)
                     .dropped_slow_consumer
                     .fetch_add(1, Ordering::Relaxed);
                 ctx.discard(q);
                 return;
+            }
+            if link.slow_dropped > 0 {
+                warn!(client_id = %session.client_id, dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
+                link.slow_dropped = 0;
             }
         }
     }
@@ -584,6 +596,7 @@ impl Router {
                         }),
                     })));
                     old.out.push(Outgoing::Close);
+                    old.queued.fetch_add(old.out.len(), Ordering::Relaxed);
                     let _ = old.tx.send(std::mem::take(&mut old.out));
                     // The old connection ended abnormally: its will goes out now unless
                     // it has a delay and the session continues (then it is cancelled).
@@ -655,6 +668,7 @@ impl Router {
             max_packet_size: req.max_packet_size,
             out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
             queued: req.queued,
+            slow_dropped: 0,
         };
         self.ctx.dirty.push(key);
         // Re-send what the client never acknowledged, with DUP set.
@@ -1296,7 +1310,7 @@ impl Router {
                 continue;
             }
             let out = std::mem::take(&mut link.out);
-            link.queued.fetch_add(1, Ordering::Relaxed);
+            link.queued.fetch_add(out.len(), Ordering::Relaxed);
             let _ = link.tx.send(out);
         }
     }
