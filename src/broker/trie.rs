@@ -161,8 +161,13 @@ impl SubscriptionTrie {
         out: &mut Vec<(SessionKey, SubOptions)>,
         online: &dyn Fn(SessionKey) -> bool,
     ) {
-        let levels: Vec<&str> = topic.split('/').collect();
-        walk(&mut self.root, &levels, topic.starts_with('$'), out, online);
+        walk(
+            &mut self.root,
+            Some(topic),
+            topic.starts_with('$'),
+            out,
+            online,
+        );
     }
 }
 
@@ -203,9 +208,11 @@ fn remove_rec(
     removed
 }
 
+/// `rest` is the remaining topic (`None` once every level is consumed); walking
+/// it with `split_once` avoids allocating a level list per routed message.
 fn walk(
     node: &mut Node,
-    levels: &[&str],
+    rest: Option<&str>,
     dollar_root: bool,
     out: &mut Vec<(SessionKey, SubOptions)>,
     online: &dyn Fn(SessionKey) -> bool,
@@ -215,17 +222,21 @@ fn walk(
             hash.emit(out, online);
         }
     }
-    let Some((first, rest)) = levels.split_first() else {
+    let Some(rest) = rest else {
         node.emit(out, online);
         return;
     };
+    let (first, next) = match rest.split_once('/') {
+        Some((first, next)) => (first, Some(next)),
+        None => (rest, None),
+    };
     if !dollar_root {
         if let Some(plus) = node.children.get_mut("+") {
-            walk(plus, rest, false, out, online);
+            walk(plus, next, false, out, online);
         }
     }
-    if let Some(child) = node.children.get_mut(*first) {
-        walk(child, rest, false, out, online);
+    if let Some(child) = node.children.get_mut(first) {
+        walk(child, next, false, out, online);
     }
 }
 
