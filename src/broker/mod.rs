@@ -122,7 +122,11 @@ impl Broker {
 
     /// Replace the authenticator and authorizer (SIGHUP reload); existing sessions
     /// are re-checked by the caller's policy.
-    pub fn reload_auth(&self, _authenticator: Arc<dyn Authenticator>, _authorizer: Arc<dyn Authorizer>) {
+    pub fn reload_auth(
+        &self,
+        _authenticator: Arc<dyn Authenticator>,
+        _authorizer: Arc<dyn Authorizer>,
+    ) {
         todo!("broker core")
     }
 
