@@ -35,8 +35,22 @@
 //!   subscription option bits, trailing bytes in acks and property sections whose
 //!   length disagrees with their content, and `max_size` compares the *remaining*
 //!   length only: all of these are checked here instead.
-//! - `AUTH` encoding miscomputes its length: tollgate never sends or accepts AUTH
-//!   (no enhanced authentication); a client AUTH is a protocol error.
+//! - `AUTH` encoding miscomputes its length and the v5 `FixedHeader` does not even
+//!   know packet type 15: tollgate never sends or accepts AUTH (no enhanced
+//!   authentication); a client AUTH is a protocol error.
+//! - `Publish::read` (v5) and the property readers return `Bytes` slices of the
+//!   frame (no copy); topic bytes are not checked for UTF-8 or wildcards there.
+//!
+//! # Memory
+//! Decoded payloads, topics and will messages are slices of the connection's read
+//! buffer and keep that allocation alive. Anything stored for long (retained
+//! messages, offline queues) should be compacted with `Bytes::copy_from_slice` so a
+//! 10-byte retained message does not pin a whole read buffer.
+//!
+//! # Left to the connection task
+//! Topic alias range (including alias 0) and resolution, an empty v5 topic without
+//! alias, Receive Maximum, a v5 DISCONNECT session expiry that was 0 at CONNECT,
+//! payload format validation (0x99 is optional), authorization.
 //!
 //! # MQTT 3.1 (`MQIsdp`, level 3)
 //! Refused: [`CodecError::UnsupportedProtocol`] with 3.1.1 CONNACK return code 1.
@@ -1064,19 +1078,40 @@ fn check_outgoing_publish(
     p: &v5::Publish,
     version: ProtocolVersion,
 ) -> Result<(), CodecError> {
+    let fail = |reason: &str| Err(encode_error(packet, version, reason));
     if p.qos != QoS::AtMostOnce && p.pkid == 0 {
-        return Err(encode_error(
-            packet,
-            version,
-            "packet identifier 0 on a QoS 1/2 PUBLISH",
-        ));
+        return fail("packet identifier 0 on a QoS 1/2 PUBLISH");
     }
     if p.topic.len() > topic::MAX_TOPIC_LEN {
-        return Err(encode_error(
-            packet,
-            version,
-            "topic longer than 65535 bytes",
-        ));
+        return fail("topic longer than 65535 bytes");
+    }
+    // mqttbytes truncates longer length prefixes silently, corrupting the stream;
+    // in-process publishers can build such properties, network ones cannot.
+    if let (ProtocolVersion::V5, Some(props)) = (version, &p.properties) {
+        let too_long = |s: &[u8]| s.len() > usize::from(u16::MAX);
+        let strings_too_long = props
+            .response_topic
+            .as_deref()
+            .is_some_and(|s| too_long(s.as_bytes()))
+            || props
+                .content_type
+                .as_deref()
+                .is_some_and(|s| too_long(s.as_bytes()))
+            || props.correlation_data.as_deref().is_some_and(too_long)
+            || props
+                .user_properties
+                .iter()
+                .any(|(k, v)| too_long(k.as_bytes()) || too_long(v.as_bytes()));
+        if strings_too_long {
+            return fail("a property string or binary value is longer than 65535 bytes");
+        }
+        if props
+            .subscription_identifiers
+            .iter()
+            .any(|&id| id == 0 || id > MAX_REMAINING_LENGTH)
+        {
+            return fail("subscription identifier outside 1..=268435455");
+        }
     }
     Ok(())
 }
@@ -1113,11 +1148,14 @@ fn encode_v5(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> 
                 }
                 other => other,
             };
-            if code == ack.code {
+            // Session Present must be 0 on a refusal (MQTT 5 §3.2.2.1.1).
+            let session_present = ack.session_present && code == v5::ConnectReturnCode::Success;
+            if code == ack.code && session_present == ack.session_present {
                 ack.write(buf).map_err(write_err)?;
             } else {
                 let mut ack = ack.clone();
                 ack.code = code;
+                ack.session_present = session_present;
                 ack.write(buf).map_err(write_err)?;
             }
         }
@@ -1209,10 +1247,12 @@ fn encode_v311(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError
                 .map_err(write_err)?;
         }
         v5::Packet::ConnAck(c) => {
+            let code = connack_code_v311(c.code);
             buf.put_u8(0x20);
             buf.put_u8(2);
-            buf.put_u8(u8::from(c.session_present));
-            buf.put_u8(connack_code_v311(c.code));
+            // Session Present must be 0 on a refusal (MQTT 3.1.1 §3.2.2.2).
+            buf.put_u8(u8::from(c.session_present && code == 0));
+            buf.put_u8(code);
         }
         v5::Packet::PingResp(_) => {
             buf.put_u8(0xd0);

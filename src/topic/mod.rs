@@ -161,8 +161,9 @@ pub(crate) fn check_code_points(s: &str) -> Result<(), TopicError> {
 /// Whether `filter` matches the topic name `topic` under MQTT rules: `+` matches
 /// exactly one level (possibly empty), `#` matches the parent level and any number
 /// of levels below it, and a filter starting with a wildcard never matches a topic
-/// starting with `$` (MQTT 4.7.2). `$share/` filters must be unwrapped with
-/// [`parse_shared`] first; they are treated literally here.
+/// starting with `$` (MQTT 4.7.2). `filter` must be valid ([`validate_topic_filter`],
+/// done at SUBSCRIBE); `$share/` filters must be unwrapped with [`parse_shared`]
+/// first, they are treated literally here. Allocation-free.
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -202,12 +203,14 @@ pub fn filter_covers(outer: &str, inner: &str) -> bool {
         if first && matches!(o, Some("+") | Some("#")) && i.is_some_and(|i| i.starts_with('$')) {
             return false;
         }
-        first = false;
+        let at_start = std::mem::replace(&mut first, false);
         match (o, i) {
             (Some("#"), _) => return true,
             (Some("+"), Some(i)) => {
                 if i == "#" {
-                    return false;
+                    // A whole topic has at least one level, so a leading `+/#` is `#`;
+                    // deeper down `a/#` also matches `a`, which `a/+/#` does not.
+                    return at_start && outer_levels.next() == Some("#");
                 }
             }
             (Some(o), Some(i)) => {
@@ -457,6 +460,9 @@ mod tests {
             ("a/+", "a/#", false),
             ("a/#", "a/+", true),
             ("+/+", "a/#", false),
+            ("+/#", "#", true),
+            ("+/#", "+", true),
+            ("+/+/#", "#", false),
             ("+/#", "a/#", true),
             ("a/+/#", "a/#", false),
             ("a/b/+", "a/b/#", false),

@@ -1417,3 +1417,96 @@ fn error_messages_name_the_packet_and_the_problem() {
         "protocol error in CONNACK packet: only a server may send this packet"
     );
 }
+
+#[test]
+fn refusing_connack_never_claims_a_session() {
+    let ack = |code| {
+        v5::Packet::ConnAck(v5::ConnAck {
+            session_present: true,
+            code,
+            properties: None,
+        })
+    };
+    assert_eq!(
+        encode(&v311(), &ack(v5::ConnectReturnCode::NotAuthorized)),
+        vec![0x20, 2, 0, 5]
+    );
+    assert_eq!(
+        encode(&v311(), &ack(v5::ConnectReturnCode::Success)),
+        vec![0x20, 2, 1, 0]
+    );
+    assert_eq!(
+        encode(&v5c(), &ack(v5::ConnectReturnCode::NotAuthorized)),
+        vec![0x20, 3, 0, 0x87, 0]
+    );
+    assert_eq!(
+        encode(&v5c(), &ack(v5::ConnectReturnCode::Success)),
+        vec![0x20, 3, 1, 0, 0]
+    );
+}
+
+#[test]
+fn refuses_outgoing_properties_that_cannot_be_encoded() {
+    let mut p = publish(QoS::AtMostOnce, 0);
+    if let Some(props) = p.properties.as_mut() {
+        props.user_properties = vec![("k".into(), "v".repeat(70_000))];
+    }
+    let mut buf = BytesMut::new();
+    let e = v5c()
+        .encode(&v5::Packet::Publish(p.clone()), &mut buf)
+        .expect_err("too long");
+    assert!(e.to_string().contains("65535"), "{e}");
+    assert!(buf.is_empty());
+    // 3.1.1 drops properties, so the same message can go to a 3.1.1 client.
+    assert!(v311()
+        .encode(&v5::Packet::Publish(p.clone()), &mut buf)
+        .is_ok());
+    if let Some(props) = p.properties.as_mut() {
+        props.user_properties.clear();
+        props.subscription_identifiers = vec![0];
+    }
+    let mut buf = BytesMut::new();
+    assert!(v5c().encode(&v5::Packet::Publish(p), &mut buf).is_err());
+    assert!(buf.is_empty());
+}
+
+/// Micro benchmark, not a test: `cargo test --release --lib publish_codec_speed -- --ignored --nocapture`.
+/// Prints ns per PUBLISH decode and encode (64-byte payload) for both versions.
+#[test]
+#[ignore = "benchmark; run explicitly in release mode"]
+fn publish_codec_speed() {
+    use std::time::Instant;
+    const N: u32 = 200_000;
+    for codec in [v311(), v5c()] {
+        let packet = v5::Packet::Publish(v5::Publish {
+            properties: None,
+            ..publish(QoS::AtLeastOnce, 42)
+        });
+        let packet = match packet {
+            v5::Packet::Publish(mut p) => {
+                p.topic = Bytes::from_static(b"factory/line1/sensor42/temperature");
+                p.payload = Bytes::from(vec![0x55u8; 64]);
+                v5::Packet::Publish(p)
+            }
+            other => other,
+        };
+        let mut out = BytesMut::with_capacity(256 * N as usize);
+        let start = Instant::now();
+        for _ in 0..N {
+            codec.encode(&packet, &mut out).expect("encodes");
+        }
+        let encode_ns = start.elapsed().as_nanos() / u128::from(N);
+        let start = Instant::now();
+        let mut decoded = 0u32;
+        while let Ok(Some(p)) = codec.decode(&mut out) {
+            std::hint::black_box(p);
+            decoded += 1;
+        }
+        let decode_ns = start.elapsed().as_nanos() / u128::from(N);
+        assert_eq!(decoded, N);
+        println!(
+            "MQTT {}: PUBLISH encode {encode_ns} ns, decode {decode_ns} ns",
+            codec.version
+        );
+    }
+}
