@@ -745,3 +745,64 @@ proptest! {
         }
     }
 }
+
+// ------------------------------------------------------------------ stream reassembly
+
+/// Decodes until "need more" or the first error; errors as their reason code.
+fn drain(codec: &Codec, buf: &mut BytesMut, out: &mut Vec<Result<v5::Packet, u8>>) -> bool {
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(p)) => out.push(Ok(p)),
+            Ok(None) => return true,
+            Err(e) => {
+                out.push(Err(e.reason_code()));
+                return false;
+            }
+        }
+    }
+}
+
+fn stream() -> impl Strategy<Value = (ProtocolVersion, Vec<u8>)> {
+    version().prop_flat_map(|v| {
+        (
+            proptest::collection::vec(client_packet(v), 1..5),
+            proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..2),
+        )
+            .prop_map(move |(packets, edits)| {
+                let codec = Codec::new(v, MAX);
+                let mut bytes = Vec::new();
+                for p in &packets {
+                    bytes.extend_from_slice(&encode(&codec, p));
+                }
+                mutate(&mut bytes, &edits);
+                (v, bytes)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// TCP may deliver a stream in any pieces: decoding must not depend on them.
+    #[test]
+    fn chunked_input_decodes_like_whole_input((v, bytes) in stream(), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+        let codec = Codec::new(v, MAX);
+        let mut whole = Vec::new();
+        drain(&codec, &mut BytesMut::from(&bytes[..]), &mut whole);
+
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        let mut chunked = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut from = 0;
+        for to in points {
+            buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            if !drain(&codec, &mut buf, &mut chunked) {
+                break;
+            }
+        }
+        prop_assert_eq!(chunked, whole);
+    }
+}
