@@ -416,6 +416,24 @@ pub fn decode_connect(
     }
 }
 
+/// The protocol version a (possibly incomplete) CONNECT at the start of `buf` asks
+/// for, once its first bytes are there; `None` if unknown or not `MQTT` level 4/5.
+/// Call it before [`decode_connect`] (which consumes the frame) to know whether a
+/// refused CONNECT may be answered with a v5 CONNACK carrying
+/// [`CodecError::reason_code`] (MQTT 5 §4.13.1) or, for 3.1.1, only with
+/// [`CodecError::connack_v311_code`].
+pub fn peek_connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    let header = parse_header(buf).ok().flatten()?;
+    if header.byte1 != 0x10 {
+        return None;
+    }
+    match buf.get(header.len..header.len + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', 4] => Some(ProtocolVersion::V311),
+        [0, 4, b'M', b'Q', b'T', b'T', 5] => Some(ProtocolVersion::V5),
+        _ => None,
+    }
+}
+
 fn parse_connect(header: Header, frame: &Bytes) -> Result<ConnectPacket, CodecError> {
     let mut r = Reader::new(frame, header.len, "CONNECT");
     let name = r.raw("protocol name")?;

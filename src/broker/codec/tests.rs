@@ -1510,3 +1510,41 @@ fn publish_codec_speed() {
         );
     }
 }
+
+#[test]
+fn peeks_the_connect_version_before_the_packet_is_complete() {
+    let mut v5_bytes = BytesMut::new();
+    encode_connect(&sample_v5_connect(), &mut v5_bytes).expect("encodes");
+    assert_eq!(
+        peek_connect_version(&v5_bytes[..9]),
+        Some(ProtocolVersion::V5)
+    );
+    assert_eq!(peek_connect_version(&v5_bytes[..8]), None);
+    let v4_bytes = frame(0x10, &connect_body(b"MQTT", 4, 0x02, &s(b"c")));
+    assert_eq!(peek_connect_version(&v4_bytes), Some(ProtocolVersion::V311));
+    let v3_bytes = frame(0x10, &connect_body(b"MQIsdp", 3, 0x02, &s(b"c")));
+    assert_eq!(peek_connect_version(&v3_bytes), None);
+    assert_eq!(peek_connect_version(&[0x30, 0]), None);
+    assert_eq!(peek_connect_version(&[]), None);
+}
+
+#[test]
+fn decode_connect_leaves_pipelined_packets_in_the_buffer() {
+    let mut bytes = frame(0x10, &connect_body(b"MQTT", 4, 0x02, &s(b"c")));
+    bytes.extend(frame(0x82, &cat(&[&[0, 1], &s(b"a"), &[1]])));
+    bytes.extend([0xc0, 0]);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let c = decode_connect(&mut buf, MAX)
+        .expect("valid")
+        .expect("complete");
+    let codec = Codec::new(c.version, MAX);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Ok(Some(v5::Packet::Subscribe(_)))
+    ));
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Ok(Some(v5::Packet::PingReq(_)))
+    ));
+    assert!(buf.is_empty());
+}
