@@ -1037,7 +1037,11 @@ fn check_publish_topic(raw: &[u8], v5: bool) -> Result<(), CodecError> {
             Err(err(TopicError::Empty))
         };
     }
-    topic::validate_topic_name(topic).map_err(err)
+    // UTF-8, length and code points are checked above; only wildcards are left.
+    if raw.iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(err(TopicError::WildcardInName(topic.to_owned())));
+    }
+    Ok(())
 }
 
 /// One SUBSCRIBE filter and its options byte.

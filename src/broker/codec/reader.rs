@@ -243,7 +243,7 @@ pub(super) struct Scanned {
 pub(super) fn scan(r: &mut Reader<'_>, which: Section) -> Result<Scanned, CodecError> {
     let section = which.name();
     let allowed = which.allowed();
-    let len = r.varint(&format!("{section} length"))?;
+    let len = r.varint("property length")?;
     if len > r.remaining() {
         return Err(r.malformed(format!(
             "{section} length {len} exceeds the {} bytes left in the packet",
