@@ -17,8 +17,12 @@
 //!    options, trailing bytes, topic names and filters.
 //! 3. Only then is the frame handed to mqttbytes to build the packet structs, inside
 //!    `catch_unwind`, so a decoder panic becomes [`CodecError::DecoderPanic`].
-//!    CONNECT is parsed entirely by tollgate (mqttbytes checks neither the reserved
-//!    flag nor binary passwords), only its property sections go through mqttbytes.
+//!    Two exceptions: CONNECT is parsed by tollgate (mqttbytes checks neither the
+//!    reserved flag nor binary passwords), and PUBLISH, the hot path, is assembled
+//!    by tollgate from the validated frame without allocating (mqttbytes' v3.1.1
+//!    reader allocates the topic); property sections of both still go through
+//!    mqttbytes, and `fuzz_logic` asserts that every PUBLISH tollgate accepts is
+//!    read identically by mqttbytes' `Packet::read`.
 //!
 //! # rumqttc 0.25.1 behaviours relied on or worked around (each has a unit test)
 //! - `Packet::read` (v5) refuses `DISCONNECT` with remaining length 0 and `Disconnect::read`
@@ -803,32 +807,42 @@ impl Codec {
         match header.packet_type() {
             3 => {
                 let qos = (header.byte1 >> 1) & 0x03;
+                let topic_start = r.position() + 2;
                 let raw_topic = r.raw("topic name")?;
                 check_publish_topic(raw_topic, v5)?;
-                if qos > 0 {
+                let topic = frame.slice(topic_start..topic_start + raw_topic.len());
+                let pkid = if qos > 0 {
                     let pkid = r.u16("packet identifier")?;
                     if pkid == 0 {
                         return Err(r.malformed("packet identifier 0 on a QoS 1/2 PUBLISH"));
                     }
-                }
-                if v5 {
-                    reader::scan(&mut r, Section::Publish)?;
-                    let publish =
-                        delegate_v5(name, || v5::Publish::read(header.v5(), frame.clone()))?;
-                    Ok(v5::Packet::Publish(publish))
+                    pkid
                 } else {
-                    let p =
-                        delegate_v4(name, || m4::v4::Publish::read(header.v4(), frame.clone()))?;
-                    Ok(v5::Packet::Publish(v5::Publish {
-                        dup: p.dup,
-                        qos: qos_from_v4(p.qos),
-                        retain: p.retain,
-                        topic: Bytes::from(p.topic.into_bytes()),
-                        pkid: p.pkid,
-                        payload: p.payload,
-                        properties: None,
-                    }))
+                    0
+                };
+                let mut properties = None;
+                if v5 {
+                    let start = r.position();
+                    reader::scan(&mut r, Section::Publish)?;
+                    // An empty section is the one byte 0; anything else goes to mqttbytes.
+                    if r.position() - start > 1 {
+                        let mut section = r.since(start);
+                        properties =
+                            delegate_v5(name, || v5::PublishProperties::read(&mut section))?;
+                        expect_consumed(name, &section)?;
+                    }
                 }
+                // Assembled here from the validated frame (zero-copy, no allocation);
+                // `fuzz_logic` checks it equals mqttbytes' `Publish::read` on every input.
+                Ok(v5::Packet::Publish(v5::Publish {
+                    dup: header.byte1 & 0x08 != 0,
+                    qos: qos_from_bits(qos),
+                    retain: header.byte1 & 0x01 != 0,
+                    topic,
+                    pkid,
+                    payload: r.rest(),
+                    properties,
+                }))
             }
             4..=7 => self.decode_ack(header, frame.clone(), r),
             8 => {
@@ -1022,6 +1036,24 @@ impl Codec {
     }
 }
 
+/// Byte classes for the PUBLISH topic fast path: 0 printable ASCII, 1 needs the
+/// full UTF-8/code point check, 2 wildcard.
+const TOPIC_BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = if i < 0x20 || i >= 0x7f {
+            1
+        } else if i == b'+' as usize || i == b'#' as usize {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
+
 /// Topic name of an incoming PUBLISH: UTF-8, no NUL/control characters, no
 /// wildcards; empty only in v5 (topic alias).
 fn check_publish_topic(raw: &[u8], v5: bool) -> Result<(), CodecError> {
@@ -1029,15 +1061,21 @@ fn check_publish_topic(raw: &[u8], v5: bool) -> Result<(), CodecError> {
         packet: "PUBLISH",
         source,
     };
-    let topic = topic::topic_from_bytes(raw).map_err(err)?;
-    if topic.is_empty() {
+    if raw.is_empty() {
         return if v5 {
             Ok(())
         } else {
             Err(err(TopicError::Empty))
         };
     }
-    // UTF-8, length and code points are checked above; only wildcards are left.
+    // One pass over printable ASCII, the common case.
+    let class = raw
+        .iter()
+        .fold(0u8, |acc, &b| acc | TOPIC_BYTE_CLASS[usize::from(b)]);
+    if class == 0 {
+        return Ok(());
+    }
+    let topic = topic::topic_from_bytes(raw).map_err(err)?;
     if raw.iter().any(|&b| b == b'+' || b == b'#') {
         return Err(err(TopicError::WildcardInName(topic.to_owned())));
     }

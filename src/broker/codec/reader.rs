@@ -137,6 +137,13 @@ impl<'a> Reader<'a> {
         self.data.slice(start..self.pos)
     }
 
+    /// Everything left, zero-copy (the position moves to the end).
+    pub(super) fn rest(&mut self) -> Bytes {
+        let b = self.data.slice(self.pos..self.end);
+        self.pos = self.end;
+        b
+    }
+
     /// Fails if anything is left after the last field of a packet.
     pub(super) fn finish(&self) -> Result<(), CodecError> {
         match self.remaining() {
