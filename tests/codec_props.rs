@@ -14,9 +14,14 @@ use tollgate::topic;
 
 const MAX: usize = 1 << 20;
 
+/// 256 cases by default; `PROPTEST_CASES=100000` for a longer campaign.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
