@@ -11,7 +11,7 @@
 //! 1. tollgate frames the packet itself: packet type and fixed-header flags are
 //!    checked on the very first byte, the remaining length (≤ 4 bytes) and the size
 //!    limit as soon as the header is complete, before the body has arrived.
-//! 2. tollgate validates the body structurally ([`reader`]): every length against
+//! 2. tollgate validates the body structurally (`codec/reader.rs`): every length against
 //!    the bytes left, packet identifiers ≠ 0, property sections (allowed identifiers
 //!    per packet, no duplicates, values in range, strings valid), subscription
 //!    options, trailing bytes, topic names and filters.

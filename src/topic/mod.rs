@@ -4,7 +4,7 @@
 //! This module owns the MQTT topic rules (MQTT 3.1.1 §4.7, MQTT 5 §4.7 and §4.8.2)
 //! and nothing else: it never allocates on the matching path, never panics on any
 //! input, and never decides authorization (that is `acl`'s job, built on
-//! [`filter_covers`] and [`matches`]).
+//! [`filter_covers`] and [`matches()`]).
 //!
 //! Strings are checked like Mosquitto does: valid UTF-8, no U+0000, and none of the
 //! code points MQTT 5 §1.5.4 says SHOULD NOT appear (C0/C1 control characters and
