@@ -90,22 +90,6 @@ fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
     })
 }
 
-/// Protocol level byte of a (possibly partial) CONNECT, if enough bytes are there.
-fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
-    let mut i = 1;
-    loop {
-        let b = *buf.get(i)?;
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i > 4 {
-            return None;
-        }
-    }
-    buf.get(i + 6).copied()
-}
-
 /// Initial read buffer; it grows for bursts and is given back once idle.
 const READ_BUFFER: usize = 1024;
 /// Buffers above this capacity are released when empty, so a burst does not pin memory.
@@ -227,7 +211,7 @@ where
 
     // Phase 1: the CONNECT packet, before the deadline.
     let connect = loop {
-        let level = peek_protocol_level(&rbuf);
+        let level = wire::peek_connect_version(&rbuf);
         match wire::decode_connect(&mut rbuf, max_packet) {
             Ok(Some(c)) => break c,
             Ok(None) => {}
@@ -236,7 +220,7 @@ where
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
                     write_last(&mut stream, &shared, &mut buf).await;
-                } else if level == Some(5) {
+                } else if level == Some(ProtocolVersion::V5) {
                     refuse_connect(
                         &mut stream,
                         &shared,
