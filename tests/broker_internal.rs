@@ -211,3 +211,61 @@ async fn every_publish_subscribe_and_delivery_passes_the_authorizer() {
     );
     b.stop().await;
 }
+
+fn persistent_connect(id: &str, clean_start: bool) -> p5::Packet {
+    p5::Packet::Connect(
+        p5::Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_start,
+            properties: Some(p5::ConnectProperties {
+                session_expiry_interval: Some(60),
+                ..Default::default()
+            }),
+        },
+        None,
+        None,
+    )
+}
+
+#[tokio::test]
+async fn held_puback_survives_publisher_reconnect_and_resend_is_not_routed_twice() {
+    let b = start_broker().await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:journal3"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("h/#", Q5::AtLeastOnce).await.unwrap();
+
+    let mut raw = Raw::open(b.addr).await;
+    raw.send(&persistent_connect("resender", true)).await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+    let mut publish = p5::Publish::new("h/1", Q5::AtLeastOnce, "once", None);
+    publish.pkid = 5;
+    raw.send(&p5::Packet::Publish(publish.clone())).await;
+    let d = tokio::time::timeout(WAIT, durable.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(raw);
+
+    let mut raw = Raw::open(b.addr).await;
+    raw.send(&persistent_connect("resender", false)).await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => assert!(c.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    publish.dup = true;
+    raw.send(&p5::Packet::Publish(publish)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), durable.recv())
+            .await
+            .is_err(),
+        "a resend of a held message is not routed again"
+    );
+    d.ack().await.unwrap();
+    match raw.read().await {
+        Some(p5::Packet::PubAck(a)) => assert_eq!(a.pkid, 5),
+        other => panic!("expected PUBACK 5, got {other:?}"),
+    }
+    b.stop().await;
+}

@@ -200,6 +200,9 @@ struct Session {
     pending_bytes: usize,
     next_pkid: u16,
     incoming_qos2: HashSet<u16>,
+    /// Inbound QoS 1/2 packet ids whose acknowledgement a durable subscriber holds
+    /// (pkid → hold id): a resend of one is neither routed again nor acked early.
+    held: HashMap<u16, u64>,
     generation: u64,
     durable: bool,
     dropped_burst: u64,
@@ -207,9 +210,10 @@ struct Session {
 
 /// Who is waiting for a durable subscriber's acknowledgement.
 enum HoldTarget {
+    /// Acked on whatever connection the session has when the hold completes: the
+    /// packet id stays reserved in the session until then (MQTT 4.3.2/4.3.3).
     Network {
         key: SessionKey,
-        conn: ConnId,
         pkid: u16,
         qos: QoS,
     },
@@ -561,7 +565,7 @@ impl Router {
                     return;
                 };
                 for item in items {
-                    self.inbound(key, conn, item);
+                    self.inbound(key, item);
                 }
             }
             RouterMsg::Closed {
@@ -637,6 +641,7 @@ impl Router {
                         pending_bytes: 0,
                         next_pkid: 1,
                         incoming_qos2: HashSet::new(),
+                        held: HashMap::new(),
                         generation: 0,
                         durable: false,
                         dropped_burst: 0,
@@ -866,13 +871,13 @@ impl Router {
         self.route(Arc::new(message), None);
     }
 
-    fn inbound(&mut self, key: SessionKey, conn: ConnId, item: Inbound) {
+    fn inbound(&mut self, key: SessionKey, item: Inbound) {
         match item {
             Inbound::Publish {
                 publish,
                 expires_at,
                 reply,
-            } => self.inbound_publish(key, conn, publish, expires_at, reply),
+            } => self.inbound_publish(key, publish, expires_at, reply),
             Inbound::PubAck(pkid) => self.ack(key, pkid, InflightState::AwaitAck),
             Inbound::PubRec { pkid, failed } => {
                 if failed {
@@ -964,7 +969,7 @@ impl Router {
     fn inbound_publish(
         &mut self,
         key: SessionKey,
-        conn: ConnId,
+
         publish: v5::Publish,
         expires_at: Option<Instant>,
         reply: Option<PublishReply>,
@@ -974,6 +979,18 @@ impl Router {
             .fetch_add(1, Ordering::Relaxed);
         let qos = publish.qos;
         let pkid = publish.pkid;
+        if qos != QoS::AtMostOnce && reply.is_none() {
+            let Some(session) = self.sessions.get_mut(&key) else {
+                return;
+            };
+            if let Some(id) = session.held.get(&pkid) {
+                if self.ctx.holds.contains_key(id) {
+                    // A resend of a message still held for a durable subscriber.
+                    return;
+                }
+                session.held.remove(&pkid);
+            }
+        }
         if qos == QoS::ExactlyOnce && reply.is_none() {
             let Some(session) = self.sessions.get_mut(&key) else {
                 return;
@@ -1002,18 +1019,20 @@ impl Router {
             }
             (QoS::AtMostOnce, None) => None,
             (_, Some(reply)) => Some(HoldTarget::Internal(reply)),
-            (qos, None) => Some(HoldTarget::Network {
-                key,
-                conn,
-                pkid,
-                qos,
-            }),
+            (qos, None) => Some(HoldTarget::Network { key, pkid, qos }),
         };
-        self.route(message, target);
+        if let Some(hold) = self.route(message, target) {
+            if qos != QoS::AtMostOnce {
+                if let Some(session) = self.sessions.get_mut(&key) {
+                    session.held.insert(pkid, hold);
+                }
+            }
+        }
     }
 
     /// Deliver `msg` to every matching session (and update the retained store).
-    fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) {
+    /// Returns the hold id when a durable subscriber now holds the acknowledgement.
+    fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) -> Option<u64> {
         let topic_owner = msg.clone();
         let topic = topic_owner.topic_str();
         if msg.retain {
@@ -1111,6 +1130,7 @@ impl Router {
         if let Some(t) = target {
             self.ctx.completed.push(t);
         }
+        hold_id.filter(|id| self.ctx.holds.contains_key(id))
     }
 
     fn complete_targets(&mut self) {
@@ -1119,21 +1139,15 @@ impl Router {
                 HoldTarget::Internal(reply) => {
                     let _ = reply.send(Ok(()));
                 }
-                HoldTarget::Network {
-                    key,
-                    conn,
-                    pkid,
-                    qos,
-                } => {
+                HoldTarget::Network { key, pkid, qos } => {
                     let Some(session) = self.sessions.get_mut(&key) else {
                         continue;
                     };
+                    session.held.remove(&pkid);
                     let Some(link) = session.link.as_mut() else {
+                        // Offline: the client resends on reconnect and is acked then.
                         continue;
                     };
-                    if link.conn != conn {
-                        continue;
-                    }
                     let packet = if qos == QoS::ExactlyOnce {
                         pubrec(pkid)
                     } else {
