@@ -269,3 +269,47 @@ async fn held_puback_survives_publisher_reconnect_and_resend_is_not_routed_twice
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn message_a_durable_subscriber_loses_is_refused_with_quota_exceeded() {
+    let b = start_broker_with(tollgate::broker::BrokerSettings {
+        max_offline_messages: 1,
+        ..test_settings()
+    })
+    .await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:small"));
+    options.durable = true;
+    options.receive_maximum = 1;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("lq/#", Q5::AtLeastOnce).await.unwrap();
+    let mut raw = Raw::connect_v5(b.addr, "lq-pub").await;
+    for pkid in 1..=3 {
+        let mut p = p5::Publish::new("lq/x", Q5::AtLeastOnce, format!("{pkid}"), None);
+        p.pkid = pkid;
+        raw.send(&p5::Packet::Publish(p)).await;
+    }
+    // 1 is in flight to the durable subscriber, 2 was queued and pushed out by 3.
+    match raw.read().await {
+        Some(p5::Packet::PubAck(a)) => {
+            assert_eq!(a.pkid, 2);
+            assert_eq!(a.reason, p5::PubAckReason::QuotaExceeded);
+        }
+        other => panic!("expected PUBACK 0x97 for 2, got {other:?}"),
+    }
+    for expected in [1u16, 3] {
+        let d = tokio::time::timeout(WAIT, durable.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.payload, Bytes::from(expected.to_string()));
+        d.ack().await.unwrap();
+        match raw.read().await {
+            Some(p5::Packet::PubAck(a)) => {
+                assert_eq!(a.pkid, expected);
+                assert_eq!(a.reason, p5::PubAckReason::Success);
+            }
+            other => panic!("expected PUBACK for {expected}, got {other:?}"),
+        }
+    }
+    b.stop().await;
+}

@@ -432,6 +432,7 @@ where
         durable: false,
         connack,
         queued: queued.clone(),
+        v5: v5mode,
     };
     if shared
         .router_tx

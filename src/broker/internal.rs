@@ -147,6 +147,7 @@ pub(crate) async fn connect(
             properties: None,
         },
         queued: queued.clone(),
+        v5: true,
     };
     shared
         .router_tx

@@ -102,6 +102,8 @@ pub(crate) struct ConnectRequest {
     pub connack: v5::ConnAck,
     /// Packets sent to the connection and not yet written (slow-consumer guard).
     pub queued: Arc<AtomicUsize>,
+    /// MQTT v5 client (in-process clients count as v5).
+    pub v5: bool,
 }
 
 /// Reply channel of an in-process publish.
@@ -183,6 +185,8 @@ struct Link {
     max_packet_size: Option<u32>,
     out: Vec<Outgoing>,
     queued: Arc<AtomicUsize>,
+    /// MQTT v5 connection (negative acknowledgements possible).
+    v5: bool,
     /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
     slow_dropped: u64,
 }
@@ -223,6 +227,8 @@ enum HoldTarget {
 struct Hold {
     remaining: usize,
     target: HoldTarget,
+    /// A durable subscriber lost the message before storing it.
+    lost: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -238,7 +244,8 @@ struct Ctx {
     authorizer: Arc<dyn Authorizer>,
     holds: HashMap<u64, Hold>,
     next_hold: u64,
-    completed: Vec<HoldTarget>,
+    /// Hold targets to acknowledge; `true` = the message was lost (refuse it).
+    completed: Vec<(HoldTarget, bool)>,
     dirty: Vec<SessionKey>,
     now: Instant,
 }
@@ -266,20 +273,28 @@ fn stats(ctx: &Ctx) -> &StatsCounters {
 }
 
 impl Ctx {
-    fn release_hold(&mut self, hold: Option<u64>) {
+    fn release_hold(&mut self, hold: Option<u64>, lost: bool) {
         let Some(id) = hold else { return };
         if let Some(h) = self.holds.get_mut(&id) {
             h.remaining = h.remaining.saturating_sub(1);
+            h.lost |= lost;
             if h.remaining == 0 {
                 if let Some(h) = self.holds.remove(&id) {
-                    self.completed.push(h.target);
+                    self.completed.push((h.target, h.lost));
                 }
             }
         }
     }
 
+    /// Done with a delivery (acknowledged, expired, or QoS 0).
     fn discard(&mut self, queued: Queued) {
-        self.release_hold(queued.hold);
+        self.release_hold(queued.hold, false);
+    }
+
+    /// A delivery dropped before the subscriber had it (overflow, session end, too
+    /// large): a durable hold on it completes as a failure (v5 0x97 to the publisher).
+    fn lose(&mut self, queued: Queued) {
+        self.release_hold(queued.hold, true);
     }
 
     fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
@@ -354,7 +369,7 @@ fn try_send(
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
             debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
-            ctx.discard(q);
+            ctx.lose(q);
             return Ok(());
         }
     }
@@ -383,12 +398,12 @@ fn enqueue(ctx: &mut Ctx, session: &mut Session, q: Queued) {
         }
         session.pending_bytes -= front.msg.weight();
         if let Some(old) = session.pending.pop_front() {
-            ctx.discard(old);
+            ctx.lose(old);
         }
         dropped += 1;
     }
     if max_messages == 0 || weight > max_bytes {
-        ctx.discard(q);
+        ctx.lose(q);
         dropped += 1;
     } else {
         session.pending_bytes += weight;
@@ -673,6 +688,7 @@ impl Router {
             max_packet_size: req.max_packet_size,
             out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
             queued: req.queued,
+            v5: req.v5,
             slow_dropped: 0,
         };
         self.ctx.dirty.push(key);
@@ -775,14 +791,14 @@ impl Router {
             if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
                 orphans.push(f.queued);
             } else {
-                self.ctx.discard(f.queued);
+                self.ctx.lose(f.queued);
             }
         }
         for q in session.pending.drain(..) {
             if q.share.is_some() {
                 orphans.push(q);
             } else {
-                self.ctx.discard(q);
+                self.ctx.lose(q);
             }
         }
         for q in orphans {
@@ -800,7 +816,7 @@ impl Router {
     /// another member of the group (MQTT v5 4.8.2), keeping its durable hold.
     fn redeliver_shared(&mut self, q: Queued) {
         let Some(share) = q.share.clone() else {
-            self.ctx.discard(q);
+            self.ctx.lose(q);
             return;
         };
         let picked = {
@@ -810,11 +826,11 @@ impl Router {
             })
         };
         let Some((key, options)) = picked else {
-            self.ctx.discard(q);
+            self.ctx.lose(q);
             return;
         };
         let Some(session) = self.sessions.get_mut(&key) else {
-            self.ctx.discard(q);
+            self.ctx.lose(q);
             return;
         };
         let moved = Queued {
@@ -1103,6 +1119,7 @@ impl Router {
                                 Hold {
                                     remaining: 0,
                                     target: t,
+                                    lost: false,
                                 },
                             );
                             hold_id = Some(id);
@@ -1128,16 +1145,20 @@ impl Router {
         }
         self.scratch = matches;
         if let Some(t) = target {
-            self.ctx.completed.push(t);
+            self.ctx.completed.push((t, false));
         }
         hold_id.filter(|id| self.ctx.holds.contains_key(id))
     }
 
     fn complete_targets(&mut self) {
-        while let Some(target) = self.ctx.completed.pop() {
+        while let Some((target, lost)) = self.ctx.completed.pop() {
             match target {
                 HoldTarget::Internal(reply) => {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(if lost {
+                        Err(BrokerError::Refused(LOST_REASON.into()))
+                    } else {
+                        Ok(())
+                    });
                 }
                 HoldTarget::Network { key, pkid, qos } => {
                     let Some(session) = self.sessions.get_mut(&key) else {
@@ -1148,14 +1169,35 @@ impl Router {
                         // Offline: the client resends on reconnect and is acked then.
                         continue;
                     };
-                    let packet = if qos == QoS::ExactlyOnce {
-                        pubrec(pkid)
-                    } else {
-                        v5::Packet::PubAck(v5::PubAck {
+                    // v3.1.1 has no negative acknowledgement: it is acked either way.
+                    let refuse = lost && link.v5;
+                    let properties = refuse.then(|| LOST_REASON.to_string());
+                    let packet = match (qos, refuse) {
+                        (QoS::ExactlyOnce, false) => pubrec(pkid),
+                        (QoS::ExactlyOnce, true) => {
+                            // The flow ends here; no PUBREL will come for this id.
+                            session.incoming_qos2.remove(&pkid);
+                            v5::Packet::PubRec(v5::PubRec {
+                                pkid,
+                                reason: v5::PubRecReason::QuotaExceeded,
+                                properties: properties.map(|r| v5::PubRecProperties {
+                                    reason_string: Some(r),
+                                    user_properties: vec![],
+                                }),
+                            })
+                        }
+                        (_, refuse) => v5::Packet::PubAck(v5::PubAck {
                             pkid,
-                            reason: v5::PubAckReason::Success,
-                            properties: None,
-                        })
+                            reason: if refuse {
+                                v5::PubAckReason::QuotaExceeded
+                            } else {
+                                v5::PubAckReason::Success
+                            },
+                            properties: properties.map(|r| v5::PubAckProperties {
+                                reason_string: Some(r),
+                                user_properties: vec![],
+                            }),
+                        }),
                     };
                     self.ctx.push_out(key, link, packet);
                 }
@@ -1400,6 +1442,10 @@ impl Router {
         self.complete_targets();
     }
 }
+
+/// Why a held publication is refused (v5 0x97) or an in-process publish fails.
+const LOST_REASON: &str =
+    "quota exceeded (0x97): a durable subscriber lost the message before storing it";
 
 fn pubrec(pkid: u16) -> v5::Packet {
     v5::Packet::PubRec(v5::PubRec {
