@@ -1,9 +1,16 @@
 //! In-process clients for adapters and the bridge: attach to the router with an
 //! `Identity`, publish, subscribe and receive with the same semantics and the same
-//! `Authorizer` checks as a network client, without a socket. A client marked
-//! `durable` holds back publishers' PUBACK/PUBREC (and in-process publish futures)
-//! until it has acknowledged each message, so "acknowledged" can mean "on disk".
-//! It must never bypass authorization.
+//! `Authorizer` checks as a network client, without a socket. It must never bypass
+//! authorization.
+//!
+//! Durable subscribers: a client marked `durable` holds back the publisher's PUBACK
+//! (QoS 1) or PUBREC (QoS 2, and with it the PUBCOMP) and in-process publish futures
+//! until it has acknowledged every matching QoS ≥ 1 delivery, so "acknowledged" can
+//! mean "stored on disk". If the durable subscriber loses the message first (its
+//! queue overflows, its session ends), v5 publishers get reason 0x97 (quota exceeded)
+//! and in-process publishes `BrokerError::Refused`; v3.1.1 has no negative ack and is
+//! acknowledged. The ack follows the publisher's session across reconnects. With no
+//! durable subscriber the cost is one flag test per delivery.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
