@@ -313,3 +313,34 @@ async fn message_a_durable_subscriber_loses_is_refused_with_quota_exceeded() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn internal_no_local_subscription_skips_own_publications() {
+    let b = start_broker().await;
+    let mut bridge = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("bridge:loop")))
+        .await
+        .unwrap();
+    let mut f = p5::Filter::new("nl2/#", Q5::AtLeastOnce);
+    f.nolocal = true;
+    assert_eq!(
+        bridge.subscribe_filter(f).await.unwrap(),
+        p5::SubscribeReasonCode::Success(Q5::AtLeastOnce)
+    );
+    bridge
+        .publish("nl2/own", "mine", Q5::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let net = v4(b.addr, "nl2-pub").await;
+    net.client
+        .publish("nl2/theirs", QoS::AtLeastOnce, false, "theirs")
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, bridge.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.topic, "nl2/theirs");
+    b.stop().await;
+}

@@ -265,13 +265,23 @@ impl InternalClient {
         filter: &str,
         qos: QoS,
     ) -> Result<v5::SubscribeReasonCode, BrokerError> {
-        let f = v5::Filter {
+        self.subscribe_filter(v5::Filter {
             path: filter.to_string(),
             qos,
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
-        };
+        })
+        .await
+    }
+
+    /// Subscribe with every v5 option: No Local (e.g. so a bridge does not receive
+    /// what it republished itself), Retain As Published, retain handling.
+    pub async fn subscribe_filter(
+        &self,
+        f: v5::Filter,
+    ) -> Result<v5::SubscribeReasonCode, BrokerError> {
+        let filter = f.path.clone();
         let authorizer = self.shared.authorizer();
         let refused = match check_filter(&f, &self.identity, &*authorizer) {
             Ok(Ok(())) => None,
