@@ -12,12 +12,14 @@
 //! - `router`: the single owner of routing state (trie, retained store, sessions,
 //!   offline queues, inflight windows, wills, timers, durable hold-backs).
 //! - `trie`: subscription trie with shared-subscription groups, pruned on removal.
+//! - `retained`: retained messages in a topic tree, matched against filters.
 //! - `internal`: in-process clients (`Broker::connect_internal`).
 //! - `stats`: counters behind `Broker::stats()` and `$SYS/broker/...`.
 
 pub mod codec;
 mod connection;
 mod internal;
+mod retained;
 mod router;
 mod stats;
 mod trie;

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::retained::RetainedStore;
 use super::stats::StatsCounters;
 use super::topics;
 use super::trie::{SessionKey, SharedRef, SubOptions, SubscriptionTrie};
@@ -254,7 +255,7 @@ pub(crate) struct Router {
     ctx: Ctx,
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
-    retained: HashMap<String, Arc<Message>>,
+    retained: RetainedStore,
     sessions: HashMap<SessionKey, Session>,
     by_client: HashMap<String, SessionKey>,
     by_conn: HashMap<ConnId, SessionKey>,
@@ -484,10 +485,6 @@ fn split_shared(path: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn has_wildcard(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 fn max_qos(a: QoS, b: QoS) -> QoS {
     if (b as u8) > (a as u8) {
         b
@@ -519,7 +516,7 @@ impl Router {
             },
             rx,
             trie: SubscriptionTrie::default(),
-            retained: HashMap::new(),
+            retained: RetainedStore::default(),
             sessions: HashMap::new(),
             by_client: HashMap::new(),
             by_conn: HashMap::new(),
@@ -1055,7 +1052,7 @@ impl Router {
             if msg.payload.is_empty() {
                 self.retained.remove(topic);
             } else {
-                self.retained.insert(topic.to_string(), msg.clone());
+                self.retained.insert(topic, msg.clone());
             }
         }
         let mut matches = std::mem::take(&mut self.scratch);
@@ -1274,16 +1271,7 @@ impl Router {
         }
         for (filter, options) in send_retained {
             let mut found: Vec<Arc<Message>> = Vec::new();
-            if has_wildcard(&filter) {
-                found.extend(
-                    self.retained
-                        .iter()
-                        .filter(|(t, _)| topics::matches(&filter, t))
-                        .map(|(_, m)| m.clone()),
-                );
-            } else if let Some(m) = self.retained.get(&filter) {
-                found.push(m.clone());
-            }
+            self.retained.matching(&filter, &mut found);
             for msg in found {
                 let topic = msg.topic_str();
                 if msg.expires_at.is_some_and(|e| e <= self.ctx.now) {
