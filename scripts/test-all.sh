@@ -32,7 +32,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
 
 if [ -z "${TOLLGATE_SKIP_APPLIANCE:-}" ] && [ -x scripts/ci-appliance.sh ]; then
   echo "== appliance checks"
