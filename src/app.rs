@@ -8,6 +8,7 @@
 mod core;
 mod hints;
 pub mod listener;
+mod security;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,9 +26,13 @@ use tracing::{error, info, warn};
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+pub use self::security::{
+    build_security, log_security, password_settings, security_warnings, watched_certificates,
+    Security, CERT_WATCH_IDENTITY,
+};
 
-use crate::acl::{AllowAll, Authorizer};
-use crate::auth::{AnonymousOnly, Authenticator};
+use crate::acl::Authorizer;
+use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
 use crate::config::{self, Config, LoadedConfig, Transport};
 use crate::pki::{self, DevPki};
@@ -73,24 +78,6 @@ impl AppError {
     }
 }
 
-/// Authentication and authorization built from a configuration.
-pub type Security = (Arc<dyn Authenticator>, Arc<dyn Authorizer>);
-
-/// THE place where `[auth]`, `[acl]` and client-certificate settings become the
-/// authenticator and authorizer (at start and on every reload). Problems are returned
-/// one line each, with the key they concern.
-pub fn build_security(config: &Config) -> Result<Security, Vec<String>> {
-    // The password-file authenticator and the ACL matcher are wired in here when they
-    // land; until then nothing configured in [auth]/[acl] is silently treated as enforced.
-    if let Some(path) = &config.auth.password_file {
-        warn!(password_file = %path.display(), "Password authentication is not available in this build yet: [auth] password_file is ignored.");
-    }
-    if config.acl.is_configured() {
-        warn!("ACLs are not available in this build yet: [acl] is ignored and every authenticated client may publish and subscribe anywhere.");
-    }
-    Ok((Arc::new(AnonymousOnly), Arc::new(AllowAll)))
-}
-
 /// Build the TLS and listener state of every listener. With `create_dev_pki == false`
 /// (used by `tollgate check`) listeners on the development PKI are skipped, so checking
 /// never writes files.
@@ -106,7 +93,7 @@ fn build_states(
             message: e.to_string(),
         })?;
         if pki.created {
-            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), "Created a development PKI (CA and localhost server certificate): for development only.");
+            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), device_cert = %pki.device_cert.display(), "Created a development PKI (CA, localhost server certificate, device certificate `dev-device`): for development only.");
         } else {
             info!(dir = %dir.display(), "Using the development PKI: for development only.");
         }
@@ -131,7 +118,17 @@ fn build_states(
             };
             let Some((cert, key)) = files else { continue };
             let settings = match l.tls_settings(&cert, &key) {
-                Ok(settings) => settings,
+                // On the development PKI, client certificates without client_ca are the dev CA's.
+                Ok(mut settings) => {
+                    if let (None, true, Some(pki)) = (
+                        &settings.client_ca,
+                        settings.client_certs != tls::ClientCertMode::Off,
+                        &dev_pki,
+                    ) {
+                        settings.client_ca = Some(pki.ca_cert.clone());
+                    }
+                    settings
+                }
                 Err(e) => {
                     problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
                     continue;
@@ -167,17 +164,29 @@ fn build_states(
     }
 }
 
+/// What `tollgate check` found beyond `config::load`.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// Problems that would stop `run` (one line each, with the key concerned).
+    pub problems: Vec<String>,
+    /// Accepted but probably unintended (ACL lines shadowed by deny rules, ...).
+    pub warnings: Vec<String>,
+}
+
 /// Deep checks for `tollgate check` beyond `config::load`: certificates and keys are
-/// parsed and matched, security files are loaded. Writes nothing.
-pub fn preflight(config: &Config) -> Vec<String> {
-    let mut problems = match build_states(config, false) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.to_string().lines().map(str::to_string).collect(),
-    };
-    if let Err(security) = build_security(config) {
-        problems.extend(security);
+/// parsed and matched, the password file and ACL are loaded. Writes nothing.
+pub fn preflight(config: &Config) -> Preflight {
+    let mut report = Preflight::default();
+    if let Err(e) = build_states(config, false) {
+        report
+            .problems
+            .extend(e.to_string().lines().map(str::to_string));
     }
-    problems
+    match build_security(config, None) {
+        Ok(security) => report.warnings = security_warnings(&security),
+        Err(problems) => report.problems.extend(problems),
+    }
+    report
 }
 
 /// Outcome of an accepted reload.
@@ -233,6 +242,8 @@ pub struct App {
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
     core: Arc<dyn Core>,
+    /// Authenticator and ACL in force (the base of the next reload).
+    security: Security,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -263,7 +274,8 @@ impl App {
     {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
-        let (authenticator, authorizer) = build_security(&config).map_err(AppError::Setup)?;
+        let security = build_security(&config, None).map_err(AppError::Setup)?;
+        log_security(&config, &security, "Start");
 
         let mut listeners = Vec::new();
         let mut slots = HashMap::new();
@@ -299,8 +311,8 @@ impl App {
         let broker_shutdown = CancellationToken::new();
         let core = make_core(
             config.broker.settings(),
-            authenticator,
-            authorizer,
+            Arc::new(security.authenticator.clone()),
+            security.authorizer.clone(),
             broker_shutdown.clone(),
         );
         let (reload_requests, reload_inbox) = mpsc::channel(4);
@@ -313,6 +325,7 @@ impl App {
             addrs,
             dev_pki,
             core,
+            security,
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -360,6 +373,12 @@ impl App {
                 .run(),
             );
         }
+        security::spawn_certificate_watch(
+            watched_certificates(&self.started, self.dev_pki.as_ref()),
+            self.core.clone(),
+            &tracker,
+            self.broker_shutdown.clone(),
+        );
         self.announce_ready();
         tracker.spawn(health_loop(
             self.core.clone(),
@@ -397,13 +416,12 @@ impl App {
         notify::status(&format!("Ready: {}", summary.join(", ")));
         info!(listeners = %summary.join(", "), "tollgate is ready.");
 
-        let dev_ca = self.dev_pki.as_ref().map(|p| p.ca_cert.as_path());
         let lines: Vec<String> = self
             .started
             .listeners
             .iter()
             .zip(&self.addrs)
-            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, dev_ca))
+            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, self.dev_pki.as_ref()))
             .collect();
         if std::io::stdout().is_terminal() {
             println!("Connect with:");
@@ -455,7 +473,7 @@ impl App {
             AppError::Setup(problems) => fail(problems),
             other => fail(vec![other.to_string()]),
         })?;
-        let (authenticator, authorizer) = build_security(&new).map_err(fail)?;
+        let security = build_security(&new, Some(&self.security)).map_err(fail)?;
         let ignored = restart_only_changes(&self.started, &new);
 
         // Everything is built: swap. Listeners whose transport changed keep their old
@@ -473,7 +491,12 @@ impl App {
                 listener::replace(slot, state);
             }
         }
-        self.core.reload_auth(authenticator, authorizer);
+        self.core.reload_auth(
+            Arc::new(security.authenticator.clone()),
+            security.authorizer.clone(),
+        );
+        log_security(&new, &security, "Reload");
+        self.security = security;
         self.current = new;
         Ok(ReloadReport {
             ignored_until_restart: ignored,

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     let code = match &cli.command {
         Command::Run(args) => run(cli.log, args),
         Command::Check(args) => cli::check(args),
+        Command::Pki(cmd) => cli::pki(cmd.clone()),
+        Command::Passwd(cmd) => cli::passwd(cmd.clone()),
+        Command::Acl { command } => cli::acl(command.clone()),
     };
     ExitCode::from(code)
 }
