@@ -134,9 +134,13 @@ fn signed_leaf(
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.signed_by(&key, ca, ca_key).expect("sign");
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let (cert_path, key_path) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
+        dir.join(format!("{stem}-cn.crt")),
+        dir.join(format!("{stem}-cn.key")),
     );
     std::fs::write(&cert_path, cert.pem()).expect("write cert");
     write_private(&key_path, &key.serialize_pem());
