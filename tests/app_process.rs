@@ -300,6 +300,17 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
     ]);
     assert_eq!(finish_sub(sub), "test/across tls to plain");
 
+    // The TLS listener of the default is mutual TLS: no certificate, no connection.
+    let refused = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &tls_port, "--cafile", &ca_arg])
+        .args(["-t", "test/nocert", "-m", "refused"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate is refused"
+    );
+
     gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(15)).success());
 }
