@@ -159,3 +159,42 @@ async fn wildcard_case_slash_and_placeholder_tricks_gain_nothing() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_get_only_the_anonymous_rules_and_cannot_claim_a_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = mosquitto_passwd_file(dir.path(), &[("admin", "admin-pw")]);
+    // Lines before the first `user` line are the anonymous rules.
+    std::fs::write(
+        dir.path().join("acl"),
+        "topic read public/#\n\nuser admin\ntopic readwrite #\n",
+    )
+    .expect("acl");
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = true\n{}[acl]\nfile = \"acl\"\n",
+        auth_section(&passwd)
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("local");
+    let mut anon = v5(&Dial::tcp(addr), "anon")
+        .await
+        .expect("anonymous admitted");
+    assert_eq!(
+        anon.subscribe("public/#").await,
+        V5Sub::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(anon.subscribe("#").await, V5Sub::NotAuthorized);
+    assert_eq!(
+        anon.publish("public/x", "x").await,
+        PubAckReason::NotAuthorized
+    );
+    // Claiming `admin` without its password is not anonymous access with admin's rules.
+    assert_eq!(
+        v5(&Dial::tcp(addr).login("admin", "guess"), "claim")
+            .await
+            .err()
+            .as_deref(),
+        Some("BadUserNamePassword")
+    );
+    gw.stop().await;
+}

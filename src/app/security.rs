@@ -291,3 +291,122 @@ async fn publish_expiry(
     // Dropped, not disconnected: the router is shutting down with everything else.
     drop(client);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_with_env, ConfigSource};
+
+    fn config(body: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, body).expect("write");
+        let loaded =
+            load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
+        (dir, loaded.config)
+    }
+
+    const LOCAL: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
+
+    fn user(name: &str, via: AuthMethod) -> Identity {
+        Identity {
+            username: Some(name.to_string()),
+            client_id: name.to_string(),
+            via,
+            listener: Arc::from("local"),
+        }
+    }
+
+    #[test]
+    fn without_acl_everything_is_allowed_and_with_acl_unlisted_is_denied() {
+        let (_d, open) = config(LOCAL);
+        let s = build_security(&open, None).expect("builds");
+        assert!(s.acl.is_none());
+        assert!(s
+            .authorizer
+            .allows(&user("u", AuthMethod::Password), Access::Write, "a/b"));
+        let (_d, closed) = config(&format!(
+            "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
+        ));
+        let s = build_security(&closed, None).expect("builds");
+        let u = user("u", AuthMethod::Password);
+        assert!(s.authorizer.allows(&u, Access::Write, "a/b"));
+        assert!(!s.authorizer.allows(&u, Access::Write, "b"));
+        assert!(!s.authorizer.allows(&u, Access::Read, "a/b"));
+    }
+
+    #[test]
+    fn only_the_internal_certificate_publisher_may_write_its_sys_topics() {
+        let (_d, closed) = config(&format!(
+            "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
+        ));
+        let s = build_security(&closed, None).expect("builds");
+        let topic = "$SYS/tollgate/certs/devices-server/expiry";
+        let watch = Identity::internal(CERT_WATCH_IDENTITY);
+        assert!(s.authorizer.allows(&watch, Access::Write, topic));
+        assert!(s
+            .authorizer
+            .check(&watch, Access::Write, topic)
+            .is_allowed());
+        assert!(!s
+            .authorizer
+            .allows(&watch, Access::Write, "$SYS/broker/uptime"));
+        assert!(!s.authorizer.allows(&watch, Access::Read, topic));
+        // The same name over the network (password or certificate) gets nothing extra.
+        for via in [AuthMethod::Password, AuthMethod::Certificate] {
+            let forged = user(CERT_WATCH_IDENTITY, via);
+            assert!(!s.authorizer.allows(&forged, Access::Write, topic));
+        }
+    }
+
+    #[test]
+    fn every_password_and_acl_problem_is_reported_with_its_key() {
+        let (dir, _) = config(LOCAL);
+        std::fs::write(dir.path().join("passwd"), "a:$7$broken\nb:$7$broken\n").expect("passwd");
+        std::fs::write(dir.path().join("acl"), "topic read a/#/b\n").expect("acl");
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            format!("{LOCAL}[auth]\npassword_file = \"passwd\"\n[acl]\nfile = \"acl\"\n"),
+        )
+        .expect("write");
+        let cfg = load_with_env(&ConfigSource::File(path), &Default::default())
+            .expect("valid config")
+            .config;
+        let problems = build_security(&cfg, None).expect_err("broken files");
+        let text = problems.join("\n");
+        assert!(text.contains("auth.password_file"), "{text}");
+        assert!(
+            text.contains("passwd:1") && text.contains("passwd:2"),
+            "{text}"
+        );
+        assert!(text.contains("acl:1"), "{text}");
+    }
+
+    #[test]
+    fn watched_certificates_cover_server_certificates_client_cas_and_the_dev_ca_once() {
+        let (dir, _) = config(LOCAL);
+        for f in ["s.crt", "s.key", "ca.crt"] {
+            std::fs::write(dir.path().join(f), "x").expect("file");
+        }
+        let mut cfg = config(LOCAL).1;
+        cfg.listeners[0].transport = Transport::Tls;
+        cfg.listeners[0].name = "devices".into();
+        cfg.listeners[0].cert = Some(dir.path().join("s.crt"));
+        cfg.listeners[0].client_ca = Some(dir.path().join("ca.crt"));
+        let pki = DevPki {
+            ca_cert: dir.path().join("ca.crt"),
+            server_cert: dir.path().join("dev.crt"),
+            server_key: dir.path().join("dev.key"),
+            device_cert: dir.path().join("d.crt"),
+            device_key: dir.path().join("d.key"),
+            created: false,
+        };
+        let labels: Vec<String> = watched_certificates(&cfg, Some(&pki))
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        // The dev CA is the same file as the client CA here: watched once.
+        assert_eq!(labels, ["devices-server", "devices-client-ca"]);
+    }
+}
