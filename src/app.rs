@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
-use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+use self::listener::{AcceptLoop, Admission, ListenerState, LiveCertificates, StateSlot, TlsState};
 pub use self::security::{
     build_security, log_security, password_settings, security_warnings, watched_certificates,
     Security, CERT_WATCH_IDENTITY,
@@ -244,6 +244,8 @@ pub struct App {
     core: Arc<dyn Core>,
     /// Authenticator and ACL in force (the base of the next reload).
     security: Security,
+    /// Client certificates of live connections, re-checked after each reload.
+    live: Arc<LiveCertificates>,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -326,6 +328,7 @@ impl App {
             dev_pki,
             core,
             security,
+            live: Arc::new(LiveCertificates::default()),
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -369,6 +372,7 @@ impl App {
                     stop_accepting: stop_accepting.clone(),
                     shutdown: self.broker_shutdown.clone(),
                     tracker: tracker.clone(),
+                    live: self.live.clone(),
                 }
                 .run(),
             );
@@ -498,6 +502,14 @@ impl App {
         log_security(&new, &security, "Reload");
         self.security = security;
         self.current = new;
+        // New CA/CRL in force: cut live connections whose certificate no longer passes.
+        let cut = self.live.recheck(&self.slots);
+        if cut > 0 {
+            info!(
+                connections = cut,
+                "Closed connections whose client certificate is no longer valid."
+            );
+        }
         Ok(ReloadReport {
             ignored_until_restart: ignored,
         })
