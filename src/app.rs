@@ -246,6 +246,10 @@ pub struct App {
     security: Security,
     /// Client certificates of live connections, re-checked after each reload.
     live: Arc<LiveCertificates>,
+    /// Every task `run` spawns (accept loops, connections, health, certificate watch).
+    tasks: TaskTracker,
+    /// Stops the current certificate expiry watch (replaced when a reload changes the files).
+    cert_watch: Option<(Vec<(String, std::path::PathBuf)>, CancellationToken)>,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -329,6 +333,8 @@ impl App {
             core,
             security,
             live: Arc::new(LiveCertificates::default()),
+            tasks: TaskTracker::new(),
+            cert_watch: None,
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -357,7 +363,7 @@ impl App {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(AppError::Signal)?;
-        let tracker = TaskTracker::new();
+        let tracker = self.tasks.clone();
         let stop_accepting = CancellationToken::new();
         for l in std::mem::take(&mut self.listeners) {
             info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
@@ -377,12 +383,7 @@ impl App {
                 .run(),
             );
         }
-        security::spawn_certificate_watch(
-            watched_certificates(&self.started, self.dev_pki.as_ref()),
-            self.core.clone(),
-            &tracker,
-            self.broker_shutdown.clone(),
-        );
+        self.restart_certificate_watch();
         self.announce_ready();
         tracker.spawn(health_loop(
             self.core.clone(),
@@ -406,6 +407,28 @@ impl App {
         }
         self.drain(tracker, stop_accepting).await;
         Ok(())
+    }
+
+    /// Start the expiry watch for the current configuration's certificates, replacing a
+    /// running one only when the set of files changed.
+    fn restart_certificate_watch(&mut self) {
+        let certs = watched_certificates(&self.current, self.dev_pki.as_ref());
+        if let Some((watched, _)) = &self.cert_watch {
+            if *watched == certs {
+                return;
+            }
+        }
+        if let Some((_, stop)) = self.cert_watch.take() {
+            stop.cancel();
+        }
+        let stop = self.broker_shutdown.child_token();
+        security::spawn_certificate_watch(
+            certs.clone(),
+            self.core.clone(),
+            &self.tasks,
+            stop.clone(),
+        );
+        self.cert_watch = Some((certs, stop));
     }
 
     fn announce_ready(&self) {
@@ -502,6 +525,7 @@ impl App {
         log_security(&new, &security, "Reload");
         self.security = security;
         self.current = new;
+        self.restart_certificate_watch();
         // New CA/CRL in force: cut live connections whose certificate no longer passes.
         let cut = self.live.recheck(&self.slots);
         if cut > 0 {

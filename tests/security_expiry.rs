@@ -46,6 +46,33 @@ async fn server_certificate_near_expiry_is_published_on_sys_topics() {
     assert_eq!(topic, "$SYS/tollgate/certs/devices-server/expiry");
     let status: serde_json::Value = serde_json::from_str(&payload).expect("json status");
     assert_eq!(status["level"], "7-days", "{payload}");
+    // A reload that points the listener at another certificate restarts the watch on it.
+    let renewed = pki::issue_server(
+        &pki_dir,
+        "server2",
+        &["localhost".to_string()],
+        &["127.0.0.1".parse().expect("ip")],
+        1,
+        KeyAlgorithm::EcdsaP256,
+        false,
+    )
+    .expect("server2");
+    let config = std::fs::read_to_string(&gw.config).expect("config");
+    let config = config
+        .replace(
+            &server.cert.display().to_string(),
+            &renewed.cert.display().to_string(),
+        )
+        .replace(
+            &server.key.display().to_string(),
+            &renewed.key.display().to_string(),
+        );
+    std::fs::write(&gw.config, config).expect("rewrite config");
+    gw.reload.reload().await.expect("reload");
+    let (topic, payload) = ops.message().await;
+    assert_eq!(topic, "$SYS/tollgate/certs/devices-server/expiry");
+    assert!(payload.contains("\"level\":\"1-day\""), "{payload}");
+
     // Network clients cannot forge these topics, whatever their ACL says.
     let mut dev = v5(&dial("dev", "dev-pw"), "dev").await.expect("dev");
     assert_eq!(
