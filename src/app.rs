@@ -8,6 +8,7 @@
 mod core;
 mod hints;
 pub mod listener;
+mod live;
 mod security;
 
 use std::collections::HashMap;
@@ -25,7 +26,8 @@ use tracing::{error, info, warn};
 
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
-use self::listener::{AcceptLoop, Admission, ListenerState, LiveCertificates, StateSlot, TlsState};
+use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+pub use self::live::{LiveConnections, RecordingAuthenticator};
 pub use self::security::{
     build_security, log_security, password_settings, security_warnings, watched_certificates,
     Security, CERT_WATCH_IDENTITY,
@@ -244,8 +246,8 @@ pub struct App {
     core: Arc<dyn Core>,
     /// Authenticator and ACL in force (the base of the next reload).
     security: Security,
-    /// Client certificates of live connections, re-checked after each reload.
-    live: Arc<LiveCertificates>,
+    /// Open connections and how they logged in, re-checked after each reload.
+    live: Arc<LiveConnections>,
     /// Every task `run` spawns (accept loops, connections, health, certificate watch).
     tasks: TaskTracker,
     /// Stops the current certificate expiry watch (replaced when a reload changes the files).
@@ -315,9 +317,13 @@ impl App {
         }
 
         let broker_shutdown = CancellationToken::new();
+        let live = Arc::new(LiveConnections::default());
         let core = make_core(
             config.broker.settings(),
-            Arc::new(security.authenticator.clone()),
+            Arc::new(RecordingAuthenticator {
+                inner: security.authenticator.clone(),
+                live: live.clone(),
+            }),
             security.authorizer.clone(),
             broker_shutdown.clone(),
         );
@@ -332,7 +338,7 @@ impl App {
             dev_pki,
             core,
             security,
-            live: Arc::new(LiveCertificates::default()),
+            live,
             tasks: TaskTracker::new(),
             cert_watch: None,
             broker_shutdown,
@@ -519,19 +525,27 @@ impl App {
             }
         }
         self.core.reload_auth(
-            Arc::new(security.authenticator.clone()),
+            Arc::new(RecordingAuthenticator {
+                inner: security.authenticator.clone(),
+                live: self.live.clone(),
+            }),
             security.authorizer.clone(),
         );
         log_security(&new, &security, "Reload");
-        self.security = security;
+        let old = std::mem::replace(&mut self.security, security);
         self.current = new;
         self.restart_certificate_watch();
-        // New CA/CRL in force: cut live connections whose certificate no longer passes.
-        let cut = self.live.recheck(&self.slots);
+        // New CA/CRL, passwords and listener flags in force: end the sessions whose
+        // credentials no longer hold.
+        let cut = self.live.recheck(
+            &self.slots,
+            &old.authenticator,
+            &self.security.authenticator,
+        );
         if cut > 0 {
             info!(
                 connections = cut,
-                "Closed connections whose client certificate is no longer valid."
+                "Closed connections whose credentials are no longer valid."
             );
         }
         Ok(ReloadReport {

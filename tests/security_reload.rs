@@ -1,7 +1,8 @@
 //! Reload (the same path as SIGHUP) of the security files over real sockets: a
 //! broken ACL or password file keeps the old state serving and names every problem;
-//! a changed ACL applies to the future deliveries of existing subscriptions; changed
-//! passwords apply to new CONNECTs; a revoked certificate is refused from then on.
+//! a changed ACL applies to the future deliveries of existing subscriptions; sessions
+//! whose certificate was revoked, whose password changed or whose anonymous access was
+//! switched off are ended, while everyone else keeps their session.
 
 mod security_util;
 
@@ -93,7 +94,7 @@ async fn broken_acl_or_password_file_is_refused_and_the_old_rules_keep_working()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_acl_applies_to_existing_subscriptions_and_changed_passwords_to_new_connects() {
+async fn changed_acl_applies_to_the_future_deliveries_of_existing_subscriptions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = gateway(dir.path()).await;
     let addr = gw.addr("local");
@@ -111,14 +112,6 @@ async fn changed_acl_applies_to_existing_subscriptions_and_changed_passwords_to_
     assert_eq!(alice.message().await.0, "news/private/1");
 
     std::fs::write(dir.path().join("acl"), ACL_V2).expect("acl v2");
-    // alice's password changes too (mosquitto_passwd rewrites her line).
-    let status = std::process::Command::new("mosquitto_passwd")
-        .args(["-b"])
-        .arg(dir.path().join("passwd"))
-        .args(["alice", "new-pw"])
-        .status()
-        .expect("mosquitto_passwd");
-    assert!(status.success());
     gw.reload.reload().await.expect("valid files reload");
 
     // The existing `news/#` subscription now only delivers what the new rules allow.
@@ -129,7 +122,34 @@ async fn changed_acl_applies_to_existing_subscriptions_and_changed_passwords_to_
     assert_eq!(topics, ["news/public/3"]);
     // New grants apply to the live session at once.
     assert!(sent(alice.publish("alice/x", "x").await));
-    // New CONNECTs see the new password file.
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_password_ends_that_users_sessions_and_applies_to_new_connects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway(dir.path()).await;
+    let addr = gw.addr("local");
+    let mut admin = v5(&Dial::tcp(addr).login("admin", "admin-pw"), "admin")
+        .await
+        .expect("admin");
+    let mut alice = v5(&Dial::tcp(addr).login("alice", "alice-pw"), "alice")
+        .await
+        .expect("alice");
+    // mosquitto_passwd rewrites alice's line only.
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b"])
+        .arg(dir.path().join("passwd"))
+        .args(["alice", "new-pw"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    gw.reload.reload().await.expect("valid files reload");
+    // `closed` returns only once the connection ended (it fails the test after the limit).
+    let ended = alice.closed().await;
+    assert!(!ended.is_empty(), "{ended}");
+    // Other users keep their sessions.
+    assert!(sent(admin.publish("news/x", "still here").await));
     assert_eq!(
         v5(&Dial::tcp(addr).login("alice", "alice-pw"), "old")
             .await
@@ -140,6 +160,30 @@ async fn changed_acl_applies_to_existing_subscriptions_and_changed_passwords_to_
     v5(&Dial::tcp(addr).login("alice", "new-pw"), "new")
         .await
         .expect("new password");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_anonymous_access_off_ends_anonymous_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = false\n";
+    let gw = Gateway::start(dir.path(), listener).await;
+    let addr = gw.addr("local");
+    let mut anon = v5(&Dial::tcp(addr), "anon").await.expect("anonymous");
+    assert!(sent(anon.publish("a/b", "x").await));
+    let config = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        config.replace("allow_anonymous = true", "allow_anonymous = false"),
+    )
+    .expect("rewrite");
+    gw.reload.reload().await.expect("reload");
+    let ended = anon.closed().await;
+    assert!(!ended.is_empty(), "{ended}");
+    assert_eq!(
+        v5(&Dial::tcp(addr), "anon-2").await.err().as_deref(),
+        Some("NotAuthorized")
+    );
     gw.stop().await;
 }
 
