@@ -109,7 +109,7 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
             .is_err()
     );
     let good = pki.device("dev-audit");
-    v5(&Dial::tls(addr, &pki.ca, Some(&good)), "audit-cert")
+    let mut cert_client = v5(&Dial::tls(addr, &pki.ca, Some(&good)), "audit-cert")
         .await
         .expect("certificate login");
 
@@ -119,6 +119,11 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
         PubAckReason::NotAuthorized
     );
     assert_eq!(meter.subscribe("meters/#").await, V5Sub::NotAuthorized);
+
+    // A live session whose certificate is revoked by a reload.
+    pki.revoke("dev-audit");
+    gw.reload.reload().await.expect("reload");
+    cert_client.closed().await;
 
     // A refused reload.
     std::fs::write(dir.path().join("acl"), "topic read a/#/b\n").expect("broken acl");
@@ -184,6 +189,13 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
             .iter()
             .any(|l| l.contains("audit-meter") && l.contains("meters/#")),
         "subscribe denial: {denied_sub:#?}"
+    );
+    let ended = lines_with("no longer valid after reload");
+    assert!(
+        ended
+            .iter()
+            .any(|l| l.contains("dev-audit") && l.contains("revoked")),
+        "session ended by reload: {ended:#?}"
     );
     assert!(!lines_with("Configuration reloaded").is_empty());
     assert!(
