@@ -8,6 +8,8 @@
 mod core;
 mod hints;
 pub mod listener;
+mod live;
+mod security;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,9 +27,14 @@ use tracing::{error, info, warn};
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+pub use self::live::{LiveConnections, RecordingAuthenticator};
+pub use self::security::{
+    build_security, log_security, password_settings, security_warnings, watched_certificates,
+    Security, CERT_WATCH_IDENTITY,
+};
 
-use crate::acl::{AllowAll, Authorizer};
-use crate::auth::{AnonymousOnly, Authenticator};
+use crate::acl::Authorizer;
+use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
 use crate::config::{self, Config, LoadedConfig, Transport};
 use crate::pki::{self, DevPki};
@@ -73,24 +80,6 @@ impl AppError {
     }
 }
 
-/// Authentication and authorization built from a configuration.
-pub type Security = (Arc<dyn Authenticator>, Arc<dyn Authorizer>);
-
-/// THE place where `[auth]`, `[acl]` and client-certificate settings become the
-/// authenticator and authorizer (at start and on every reload). Problems are returned
-/// one line each, with the key they concern.
-pub fn build_security(config: &Config) -> Result<Security, Vec<String>> {
-    // The password-file authenticator and the ACL matcher are wired in here when they
-    // land; until then nothing configured in [auth]/[acl] is silently treated as enforced.
-    if let Some(path) = &config.auth.password_file {
-        warn!(password_file = %path.display(), "Password authentication is not available in this build yet: [auth] password_file is ignored.");
-    }
-    if config.acl.is_configured() {
-        warn!("ACLs are not available in this build yet: [acl] is ignored and every authenticated client may publish and subscribe anywhere.");
-    }
-    Ok((Arc::new(AnonymousOnly), Arc::new(AllowAll)))
-}
-
 /// Build the TLS and listener state of every listener. With `create_dev_pki == false`
 /// (used by `tollgate check`) listeners on the development PKI are skipped, so checking
 /// never writes files.
@@ -106,7 +95,7 @@ fn build_states(
             message: e.to_string(),
         })?;
         if pki.created {
-            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), "Created a development PKI (CA and localhost server certificate): for development only.");
+            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), device_cert = %pki.device_cert.display(), "Created a development PKI (CA, localhost server certificate, device certificate `dev-device`): for development only.");
         } else {
             info!(dir = %dir.display(), "Using the development PKI: for development only.");
         }
@@ -131,7 +120,17 @@ fn build_states(
             };
             let Some((cert, key)) = files else { continue };
             let settings = match l.tls_settings(&cert, &key) {
-                Ok(settings) => settings,
+                // On the development PKI, client certificates without client_ca are the dev CA's.
+                Ok(mut settings) => {
+                    if let (None, true, Some(pki)) = (
+                        &settings.client_ca,
+                        settings.client_certs != tls::ClientCertMode::Off,
+                        &dev_pki,
+                    ) {
+                        settings.client_ca = Some(pki.ca_cert.clone());
+                    }
+                    settings
+                }
                 Err(e) => {
                     problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
                     continue;
@@ -167,17 +166,29 @@ fn build_states(
     }
 }
 
+/// What `tollgate check` found beyond `config::load`.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// Problems that would stop `run` (one line each, with the key concerned).
+    pub problems: Vec<String>,
+    /// Accepted but probably unintended (ACL lines shadowed by deny rules, ...).
+    pub warnings: Vec<String>,
+}
+
 /// Deep checks for `tollgate check` beyond `config::load`: certificates and keys are
-/// parsed and matched, security files are loaded. Writes nothing.
-pub fn preflight(config: &Config) -> Vec<String> {
-    let mut problems = match build_states(config, false) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.to_string().lines().map(str::to_string).collect(),
-    };
-    if let Err(security) = build_security(config) {
-        problems.extend(security);
+/// parsed and matched, the password file and ACL are loaded. Writes nothing.
+pub fn preflight(config: &Config) -> Preflight {
+    let mut report = Preflight::default();
+    if let Err(e) = build_states(config, false) {
+        report
+            .problems
+            .extend(e.to_string().lines().map(str::to_string));
     }
-    problems
+    match build_security(config, None) {
+        Ok(security) => report.warnings = security_warnings(&security),
+        Err(problems) => report.problems.extend(problems),
+    }
+    report
 }
 
 /// Outcome of an accepted reload.
@@ -233,6 +244,14 @@ pub struct App {
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
     core: Arc<dyn Core>,
+    /// Authenticator and ACL in force (the base of the next reload).
+    security: Security,
+    /// Open connections and how they logged in, re-checked after each reload.
+    live: Arc<LiveConnections>,
+    /// Every task `run` spawns (accept loops, connections, health, certificate watch).
+    tasks: TaskTracker,
+    /// Stops the current certificate expiry watch (replaced when a reload changes the files).
+    cert_watch: Option<(Vec<(String, std::path::PathBuf)>, CancellationToken)>,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -263,7 +282,8 @@ impl App {
     {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
-        let (authenticator, authorizer) = build_security(&config).map_err(AppError::Setup)?;
+        let security = build_security(&config, None).map_err(AppError::Setup)?;
+        log_security(&config, &security, "Start");
 
         let mut listeners = Vec::new();
         let mut slots = HashMap::new();
@@ -297,10 +317,14 @@ impl App {
         }
 
         let broker_shutdown = CancellationToken::new();
+        let live = Arc::new(LiveConnections::default());
         let core = make_core(
             config.broker.settings(),
-            authenticator,
-            authorizer,
+            Arc::new(RecordingAuthenticator {
+                inner: security.authenticator.clone(),
+                live: live.clone(),
+            }),
+            security.authorizer.clone(),
             broker_shutdown.clone(),
         );
         let (reload_requests, reload_inbox) = mpsc::channel(4);
@@ -313,6 +337,10 @@ impl App {
             addrs,
             dev_pki,
             core,
+            security,
+            live,
+            tasks: TaskTracker::new(),
+            cert_watch: None,
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -341,7 +369,7 @@ impl App {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(AppError::Signal)?;
-        let tracker = TaskTracker::new();
+        let tracker = self.tasks.clone();
         let stop_accepting = CancellationToken::new();
         for l in std::mem::take(&mut self.listeners) {
             info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
@@ -356,10 +384,12 @@ impl App {
                     stop_accepting: stop_accepting.clone(),
                     shutdown: self.broker_shutdown.clone(),
                     tracker: tracker.clone(),
+                    live: self.live.clone(),
                 }
                 .run(),
             );
         }
+        self.restart_certificate_watch();
         self.announce_ready();
         tracker.spawn(health_loop(
             self.core.clone(),
@@ -385,6 +415,28 @@ impl App {
         Ok(())
     }
 
+    /// Start the expiry watch for the current configuration's certificates, replacing a
+    /// running one only when the set of files changed.
+    fn restart_certificate_watch(&mut self) {
+        let certs = watched_certificates(&self.current, self.dev_pki.as_ref());
+        if let Some((watched, _)) = &self.cert_watch {
+            if *watched == certs {
+                return;
+            }
+        }
+        if let Some((_, stop)) = self.cert_watch.take() {
+            stop.cancel();
+        }
+        let stop = self.broker_shutdown.child_token();
+        security::spawn_certificate_watch(
+            certs.clone(),
+            self.core.clone(),
+            &self.tasks,
+            stop.clone(),
+        );
+        self.cert_watch = Some((certs, stop));
+    }
+
     fn announce_ready(&self) {
         let summary: Vec<String> = self
             .started
@@ -397,13 +449,12 @@ impl App {
         notify::status(&format!("Ready: {}", summary.join(", ")));
         info!(listeners = %summary.join(", "), "tollgate is ready.");
 
-        let dev_ca = self.dev_pki.as_ref().map(|p| p.ca_cert.as_path());
         let lines: Vec<String> = self
             .started
             .listeners
             .iter()
             .zip(&self.addrs)
-            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, dev_ca))
+            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, self.dev_pki.as_ref()))
             .collect();
         if std::io::stdout().is_terminal() {
             println!("Connect with:");
@@ -455,7 +506,7 @@ impl App {
             AppError::Setup(problems) => fail(problems),
             other => fail(vec![other.to_string()]),
         })?;
-        let (authenticator, authorizer) = build_security(&new).map_err(fail)?;
+        let security = build_security(&new, Some(&self.security)).map_err(fail)?;
         let ignored = restart_only_changes(&self.started, &new);
 
         // Everything is built: swap. Listeners whose transport changed keep their old
@@ -473,8 +524,30 @@ impl App {
                 listener::replace(slot, state);
             }
         }
-        self.core.reload_auth(authenticator, authorizer);
+        self.core.reload_auth(
+            Arc::new(RecordingAuthenticator {
+                inner: security.authenticator.clone(),
+                live: self.live.clone(),
+            }),
+            security.authorizer.clone(),
+        );
+        log_security(&new, &security, "Reload");
+        let old = std::mem::replace(&mut self.security, security);
         self.current = new;
+        self.restart_certificate_watch();
+        // New CA/CRL, passwords and listener flags in force: end the sessions whose
+        // credentials no longer hold.
+        let cut = self.live.recheck(
+            &self.slots,
+            &old.authenticator,
+            &self.security.authenticator,
+        );
+        if cut > 0 {
+            info!(
+                connections = cut,
+                "Closed connections whose credentials are no longer valid."
+            );
+        }
         Ok(ReloadReport {
             ignored_until_restart: ignored,
         })

@@ -52,7 +52,7 @@ fn explain_runs_on_an_acl_file_and_on_a_config() {
     .expect("anonymous");
 
     let config = temp(&format!(
-        "[broker]\nwhatever = 1\n\n[acl]\nfile = {path:?}\n\n[[acl.rule]]\nuser = \"dashboard\"\naccess = \"deny\"\ntopic = \"sensors/secret\"\n"
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\n[acl]\nfile = {path:?}\n\n[[acl.rule]]\nuser = \"dashboard\"\naccess = \"deny\"\ntopic = \"sensors/secret\"\n"
     ));
     let cpath = config.path().to_str().expect("utf-8 temp path");
     run(cmd(&[
@@ -69,7 +69,7 @@ fn explain_runs_on_an_acl_file_and_on_a_config() {
     ]))
     .expect("explain on config");
 
-    let no_acl = temp("[broker]\n");
+    let no_acl = temp("[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n");
     run(cmd(&[
         "-c",
         no_acl.path().to_str().expect("utf-8"),

@@ -233,8 +233,22 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
         "connect commands are printed:\n{log}"
     );
 
+    let device_cert = state.join("dev-pki/devices/dev-device.crt");
+    let device_key = state.join("dev-pki/devices/dev-device.key");
+    assert!(
+        log.contains(&format!(
+            "--cert {} --key {}",
+            device_cert.display(),
+            device_key.display()
+        )),
+        "the development device certificate is in the printed commands:\n{log}"
+    );
     let (ca_arg, tls_port, plain_port) =
         (ca.display().to_string(), tls.to_string(), plain.to_string());
+    let (cert_arg, key_arg) = (
+        device_cert.display().to_string(),
+        device_key.display().to_string(),
+    );
     let sub = mosquitto_sub_one(&[
         "-h",
         "localhost",
@@ -242,6 +256,10 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
         &tls_port,
         "--cafile",
         &ca_arg,
+        "--cert",
+        &cert_arg,
+        "--key",
+        &key_arg,
         "-t",
         "test/#",
     ]);
@@ -252,6 +270,10 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
         &tls_port,
         "--cafile",
         &ca_arg,
+        "--cert",
+        &cert_arg,
+        "--key",
+        &key_arg,
         "-t",
         "test/tls",
         "-m",
@@ -267,12 +289,27 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
         &tls_port,
         "--cafile",
         &ca_arg,
+        "--cert",
+        &cert_arg,
+        "--key",
+        &key_arg,
         "-t",
         "test/across",
         "-m",
         "tls to plain",
     ]);
     assert_eq!(finish_sub(sub), "test/across tls to plain");
+
+    // The TLS listener of the default is mutual TLS: no certificate, no connection.
+    let refused = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &tls_port, "--cafile", &ca_arg])
+        .args(["-t", "test/nocert", "-m", "refused"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate is refused"
+    );
 
     gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(15)).success());

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use serde::Deserialize;
 
 use super::{Access, Acl, AclConfig, AclDecision, AclError, Authorizer, RuleMatch};
 use crate::auth::{AuthMethod, Identity};
@@ -150,7 +149,7 @@ pub fn run(cmd: AclCommand) -> Result<(), AclError> {
         (None, Some(config)) => match acl_config_from(config)? {
             Some(section) => Acl::load(section.file.as_deref(), &section.rule)?,
             None => {
-                println!("decision: ALLOW\nrule:     none: {} has no [acl] section, so ACLs are off and every access is allowed", config.display());
+                println!("decision: ALLOW\nrule:     none: {} configures no [acl] file or rules, so ACLs are off and every access is allowed", config.display());
                 return Ok(());
             }
         },
@@ -195,22 +194,16 @@ fn identity_from(args: &ExplainArgs) -> Result<Identity, AclError> {
     }
 }
 
-/// Read only the `[acl]` table of a tollgate config (other tables are not this module's business).
+/// The `[acl]` section of a tollgate config, loaded by the same loader as `tollgate run`
+/// (environment overrides, relative paths resolved, whole file validated).
 fn acl_config_from(path: &Path) -> Result<Option<AclConfig>, AclError> {
-    #[derive(Deserialize)]
-    struct OnlyAcl {
-        #[serde(default)]
-        acl: Option<AclConfig>,
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| AclError::Config {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let parsed: OnlyAcl = toml::from_str(&text).map_err(|e| AclError::Config {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    Ok(parsed.acl)
+    let loaded = crate::config::load(&crate::config::ConfigSource::File(path.to_path_buf()))
+        .map_err(|e| AclError::Config {
+            path: path.to_path_buf(),
+            reason: e.problems().join("\n"),
+        })?;
+    let section = loaded.config.acl;
+    Ok(section.is_configured().then_some(section))
 }
 
 #[cfg(test)]

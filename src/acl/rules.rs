@@ -17,15 +17,13 @@ pub const MAX_RULE_LEVELS: usize = 1000;
 pub const MAX_RULE_LEN: usize = 65_535;
 
 /// The access word of a rule (`read`, `write`, `readwrite`, `deny`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccessSpec {
     /// Receive messages and subscribe.
     Read,
     /// Publish.
     Write,
     /// Both; the mosquitto default when a `topic` line names no access word.
-    #[serde(rename = "readwrite")]
     ReadWrite,
     /// Nothing: matching topics are refused whatever else grants them.
     Deny,
@@ -63,6 +61,19 @@ impl AccessSpec {
     }
 }
 
+impl<'de> Deserialize<'de> for AccessSpec {
+    /// Through a plain string, so a wrong word gets a message listing the choices
+    /// whatever the source (TOML directly, or the `config` crate's values).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        AccessSpec::from_word(&word).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown access `{word}`, expected one of `read`, `write`, `readwrite`, `deny`"
+            ))
+        })
+    }
+}
+
 impl fmt::Display for AccessSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -96,6 +107,13 @@ pub struct AclConfig {
     /// Inline rules, merged after the file's rules.
     #[serde(default)]
     pub rule: Vec<InlineRule>,
+}
+
+impl AclConfig {
+    /// Whether any ACL is configured (then anything unlisted is denied).
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some() || !self.rule.is_empty()
+    }
 }
 
 /// Where a rule was written, so decisions and errors can point at it.

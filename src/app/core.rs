@@ -27,6 +27,14 @@ pub trait Core: Send + Sync + 'static {
     fn drained(&self) -> BoxFuture<()>;
     /// A round trip through the router; `Ok` carries a one-line status.
     fn health(&self) -> BoxFuture<Result<String, String>>;
+    /// Attach an in-process client (the gateway's own publishers, e.g. certificate
+    /// expiry warnings). Cores without a router refuse.
+    fn connect_internal(
+        &self,
+        _options: InternalOptions,
+    ) -> BoxFuture<Result<InternalClient, String>> {
+        Box::pin(async { Err("this core has no in-process clients".to_string()) })
+    }
 }
 
 /// tollgate's broker core as the application's `Core`, with an in-process client used
@@ -66,6 +74,19 @@ impl Core for BrokerCore {
             // The probe session must not keep anything alive during shutdown.
             drop(probe.lock().await.take());
             broker.drained().await;
+        })
+    }
+
+    fn connect_internal(
+        &self,
+        options: InternalOptions,
+    ) -> BoxFuture<Result<InternalClient, String>> {
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            broker
+                .connect_internal(options)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 

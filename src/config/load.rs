@@ -584,4 +584,37 @@ mod tests {
         assert_eq!(line_column("a\nbc\nd", 3), (2, 2));
         assert_eq!(line_column("abc", 0), (1, 1));
     }
+
+    #[test]
+    fn inline_acl_rules_use_the_acl_modules_type_and_name_the_valid_access_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        let listener = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
+        std::fs::write(
+            &path,
+            format!(
+                "{listener}[[acl.rule]]\nuser = \"u\"\naccess = \"readwrite\"\ntopic = \"a/#\"\n"
+            ),
+        )
+        .expect("write");
+        let loaded = load_with_env(&ConfigSource::File(path.clone()), &env(&[])).expect("valid");
+        let rule: &crate::acl::InlineRule = &loaded.config.acl.rule[0];
+        assert_eq!(rule.access, crate::acl::AccessSpec::ReadWrite);
+        assert!(loaded.config.acl.is_configured());
+
+        std::fs::write(
+            &path,
+            format!("{listener}[[acl.rule]]\naccess = \"sideways\"\ntopic = \"a\"\n"),
+        )
+        .expect("write");
+        let problems = load_with_env(&ConfigSource::File(path), &env(&[]))
+            .expect_err("bad access word")
+            .problems()
+            .join("\n");
+        assert!(problems.contains("acl"), "{problems}");
+        assert!(
+            problems.contains("`read`, `write`, `readwrite`, `deny`"),
+            "{problems}"
+        );
+    }
 }

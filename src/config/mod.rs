@@ -308,49 +308,8 @@ impl Default for AuthConfig {
     }
 }
 
-/// `[acl]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AclConfig {
-    /// mosquitto `acl_file`-syntax file.
-    pub file: Option<PathBuf>,
-    /// Inline rules (`[[acl.rule]]`), evaluated together with `file`.
-    pub rule: Vec<AclRuleConfig>,
-}
-
-impl AclConfig {
-    /// Whether any ACL is configured (then anything unlisted is denied).
-    pub fn is_configured(&self) -> bool {
-        self.file.is_some() || !self.rule.is_empty()
-    }
-}
-
-/// Access granted or denied by an ACL rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AclAccess {
-    Read,
-    Write,
-    Readwrite,
-    Deny,
-}
-
-/// `[[acl.rule]]`: `user = "x"`, or `pattern = true`, or neither (anonymous rule).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclRuleConfig {
-    /// The user this rule applies to.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// A pattern rule (`%u`, `%c` substituted), applying to everyone.
-    #[serde(default)]
-    pub pattern: bool,
-    /// `read`, `write`, `readwrite` or `deny`.
-    #[serde(deserialize_with = "by_name")]
-    pub access: AclAccess,
-    /// Topic filter.
-    pub topic: String,
-}
+/// `[acl]`: the same type the ACL module loads (one definition of inline rules).
+pub use crate::acl::{AclConfig, InlineRule};
 
 /// `[shutdown]`.
 #[derive(Debug, Clone, Deserialize)]

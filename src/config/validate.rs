@@ -320,6 +320,17 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     l.name
                 ),
             );
+        } else if l.password_auth && config.auth.password_file.is_none() {
+            // A warning, not an error: password_auth defaults to true, and a listener that
+            // admits certificates or anonymous clients still works; only CONNECTs that
+            // carry a username (without a certificate) are refused.
+            r.warn(
+                key("password_auth"),
+                format!(
+                    "listener {:?} accepts username/password but [auth] password_file is not set: every CONNECT with a username (and no client certificate) is refused; set password_file, or password_auth = false",
+                    l.name
+                ),
+            );
         }
     }
 }
@@ -360,13 +371,16 @@ fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
     match &l.client_ca {
         Some(ca) => r.readable_file(&key("client_ca"), ca),
         None => {
-            if matches!(
-                l.client_certs,
-                Some(ClientCertMode::Optional | ClientCertMode::Required)
-            ) {
+            // On the development PKI (no cert/key) the development CA signs client certificates.
+            if !l.uses_dev_pki()
+                && matches!(
+                    l.client_certs,
+                    Some(ClientCertMode::Optional | ClientCertMode::Required)
+                )
+            {
                 r.error(
                     key("client_certs"),
-                    "client certificates need client_ca (the CA that signs them)",
+                    "client certificates need client_ca (the CA that signs them), unless the listener uses the development PKI (no cert/key)",
                 );
             }
             if l.crl.is_some() {
