@@ -389,3 +389,42 @@ fn refusing_connacks_are_understood_by_both_client_versions() {
         "v5 refusal not understood: {err}"
     );
 }
+
+#[test]
+fn mosquitto_sub_v5_reads_the_server_disconnect_reason_code() {
+    let (listener, port) = listener();
+    let port = port.to_string();
+    let child = spawn(
+        "mosquitto_sub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-t",
+            "a",
+            "-d",
+        ],
+    );
+    let (mut conn, _) = Conn::accept(&listener);
+    conn.connack(v5::ConnectReturnCode::Success);
+    let v5::Packet::Subscribe(s) = conn.read() else {
+        panic!("expected SUBSCRIBE");
+    };
+    conn.send(&v5::Packet::SubAck(v5::SubAck {
+        pkid: s.pkid,
+        return_codes: vec![v5::SubscribeReasonCode::Success(QoS::AtMostOnce)],
+        properties: None,
+    }));
+    conn.send(&v5::Packet::Disconnect(v5::Disconnect::new(
+        v5::DisconnectReasonCode::SessionTakenOver,
+    )));
+    let out = finish(child);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("Received DISCONNECT (142)"),
+        "client log: {log}"
+    );
+}

@@ -1564,3 +1564,11 @@ fn decode_connect_leaves_pipelined_packets_in_the_buffer() {
     ));
     assert!(buf.is_empty());
 }
+
+/// Found by the `topic_filter` fuzz target: a legal topic name need not be a legal filter.
+#[test]
+fn fuzz_regression_share_prefixed_topic_name() {
+    fuzz_logic::topic_filter(b"\xff$share/2/");
+    assert_eq!(topic::validate_topic_name("$share/2/"), Ok(()));
+    assert!(topic::validate_topic_filter("$share/2/").is_err());
+}
