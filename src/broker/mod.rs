@@ -4,16 +4,31 @@
 //! nothing for clients or topics that are no longer live.
 
 pub mod codec;
+mod connection;
+mod internal;
+mod router;
+mod stats;
+mod trie;
+
+// The wire codec and topic rules used by the core (one place to switch implementations).
+use crate::topic as topics;
+use codec as wire;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::acl::Authorizer;
-use crate::auth::{Authenticator, Identity};
+use crate::auth::Authenticator;
+
+pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
+pub use stats::BrokerStats;
 
 /// Tunables of the broker core, built by `app` from `[broker]` in the config.
 #[derive(Debug, Clone)]
@@ -94,40 +109,132 @@ pub enum BrokerError {
     Refused(String),
 }
 
+/// State shared by the `Broker` handle, connection tasks and the router.
+pub(crate) struct Shared {
+    /// Tunables, fixed for the broker's lifetime.
+    pub(crate) settings: BrokerSettings,
+    /// Authenticator and authorizer, swapped together on reload.
+    auth: RwLock<(Arc<dyn Authenticator>, Arc<dyn Authorizer>)>,
+    /// Connection/in-process clients → router (bounded: back-pressure on publishers).
+    pub(crate) router_tx: mpsc::Sender<router::RouterMsg>,
+    /// Counters behind `Broker::stats()` and `$SYS`.
+    pub(crate) stats: stats::StatsCounters,
+    /// Cancelled when the broker shuts down.
+    pub(crate) shutdown: CancellationToken,
+    /// Every task the broker runs, including `serve` futures.
+    pub(crate) tracker: TaskTracker,
+    /// Source of connection ids.
+    pub(crate) next_conn: AtomicU64,
+    /// When the broker started (uptime).
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl Shared {
+    pub(crate) fn authenticator(&self) -> Arc<dyn Authenticator> {
+        match self.auth.read() {
+            Ok(g) => g.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    pub(crate) fn authorizer(&self) -> Arc<dyn Authorizer> {
+        match self.auth.read() {
+            Ok(g) => g.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    pub(crate) fn new_conn_id(&self) -> router::ConnId {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Cloneable handle to a running broker core.
 #[derive(Clone)]
 pub struct Broker {
-    _private: (),
+    shared: Arc<Shared>,
 }
 
 impl Broker {
     /// Start the router. It stops when `shutdown` is cancelled; connections then get
     /// v5 DISCONNECT 0x8B (server shutting down) and are closed.
     pub fn start(
-        _settings: BrokerSettings,
-        _authenticator: Arc<dyn Authenticator>,
-        _authorizer: Arc<dyn Authorizer>,
-        _shutdown: CancellationToken,
+        settings: BrokerSettings,
+        authenticator: Arc<dyn Authenticator>,
+        authorizer: Arc<dyn Authorizer>,
+        shutdown: CancellationToken,
     ) -> Broker {
-        todo!("broker core")
+        let (router_tx, router_rx) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            settings,
+            auth: RwLock::new((authenticator, authorizer)),
+            router_tx,
+            stats: stats::StatsCounters::default(),
+            shutdown: shutdown.clone(),
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            started: tokio::time::Instant::now(),
+        });
+        let router = router::Router::new(shared.clone(), router_rx);
+        shared.tracker.spawn(router.run(shutdown.clone()));
+        let tracker = shared.tracker.clone();
+        // Closing the tracker at shutdown lets `drained()` resolve once tasks finish.
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracker.close();
+        });
+        Broker { shared }
     }
 
     /// Serve one client connection (plain TCP or an accepted TLS stream) until it ends.
-    pub async fn serve<S>(&self, _stream: S, _info: ConnectionInfo)
+    pub async fn serve<S>(&self, stream: S, info: ConnectionInfo)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        todo!("broker core")
+        if self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.shared
+            .tracker
+            .track_future(connection::run(shared, stream, info))
+            .await
     }
 
     /// Replace the authenticator and authorizer (SIGHUP reload); existing sessions
     /// are re-checked by the caller's policy.
-    pub fn reload_auth(&self, _authenticator: Arc<dyn Authenticator>, _authorizer: Arc<dyn Authorizer>) {
-        todo!("broker core")
+    pub fn reload_auth(
+        &self,
+        authenticator: Arc<dyn Authenticator>,
+        authorizer: Arc<dyn Authorizer>,
+    ) {
+        let mut guard = match self.shared.auth.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = (authenticator, authorizer);
     }
 
-    /// Identity-carrying in-process attach point for adapters and the bridge.
-    pub fn internal_identity_hint(identity: &Identity) -> String {
-        identity.client_id.clone()
+    /// Attach an in-process client (adapter, bridge) to the router: same semantics
+    /// and the same authorization checks as a network client, without a socket.
+    pub async fn connect_internal(
+        &self,
+        options: InternalOptions,
+    ) -> Result<InternalClient, BrokerError> {
+        internal::connect(self.shared.clone(), options).await
+    }
+
+    /// Current counters (the same figures the `$SYS/broker/...` topics carry).
+    pub fn stats(&self) -> BrokerStats {
+        self.shared.stats.snapshot(self.shared.started)
+    }
+
+    /// Resolves when the broker has been shut down and every connection task and the
+    /// router have finished.
+    pub async fn drained(&self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
     }
 }

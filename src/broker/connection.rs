@@ -1,0 +1,800 @@
+//! One task per client connection: reads the CONNECT within the connect deadline,
+//! authenticates it, then decodes everything available from the socket, validates and
+//! authorizes it and hands it to the router in one batch, and writes every packet the
+//! router queued in one write and flush. It owns the per-connection protocol state
+//! (topic aliases, inbound Receive Maximum accounting, keepalive) and must never
+//! panic on client input or let one client's bad bytes affect another client.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::router::{ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec};
+use super::topics;
+use super::wire::{self, v5, ProtocolVersion, QoS};
+use super::{ConnectionInfo, Shared};
+use crate::acl::Access;
+use crate::auth::{AuthError, AuthRequest, Identity};
+
+/// Why the main loop ended; decides whether the will is published.
+enum End {
+    /// Normal DISCONNECT from the client.
+    Disconnect {
+        send_will: bool,
+        session_expiry: Option<u32>,
+    },
+    /// Socket error, EOF, keepalive timeout or protocol violation: the will fires.
+    Abnormal,
+    /// Broker shutdown or session takeover.
+    Server,
+}
+
+/// A protocol violation: v5 clients get DISCONNECT with this reason code.
+pub(crate) struct Violation {
+    code: u8,
+    pub(crate) reason: String,
+}
+
+fn violation(code: u8, reason: impl Into<String>) -> Violation {
+    Violation {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Maps a v5 reason code onto the CONNACK return code type.
+pub(crate) fn connack_code(code: u8) -> v5::ConnectReturnCode {
+    use v5::ConnectReturnCode as C;
+    match code {
+        0x00 => C::Success,
+        0x81 => C::MalformedPacket,
+        0x82 => C::ProtocolError,
+        0x83 => C::ImplementationSpecificError,
+        0x84 => C::UnsupportedProtocolVersion,
+        0x85 => C::ClientIdentifierNotValid,
+        0x86 => C::BadUserNamePassword,
+        0x87 => C::NotAuthorized,
+        0x88 => C::ServerUnavailable,
+        0x89 => C::ServerBusy,
+        0x8A => C::Banned,
+        0x8C => C::BadAuthenticationMethod,
+        0x90 => C::TopicNameInvalid,
+        0x95 => C::PacketTooLarge,
+        0x97 => C::QuotaExceeded,
+        0x99 => C::PayloadFormatInvalid,
+        0x9A => C::RetainNotSupported,
+        0x9B => C::QoSNotSupported,
+        0x9F => C::ConnectionRateExceeded,
+        _ => C::UnspecifiedError,
+    }
+}
+
+fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
+    let reason_code = v5::DisconnectReasonCode::try_from(code)
+        .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
+    v5::Packet::Disconnect(v5::Disconnect {
+        reason_code,
+        properties: Some(v5::DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(reason.to_string()),
+            user_properties: vec![],
+            server_reference: None,
+        }),
+    })
+}
+
+/// Protocol level byte of a (possibly partial) CONNECT, if enough bytes are there.
+fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    buf.get(i + 6).copied()
+}
+
+async fn write_now<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: &mut BytesMut) {
+    if buf.is_empty() {
+        return;
+    }
+    let len = buf.len();
+    let written = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        shared
+            .stats
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+    buf.clear();
+}
+
+async fn refuse_connect<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    version: ProtocolVersion,
+    code: u8,
+    reason: &str,
+) {
+    let codec = wire::Codec::new(version, shared.settings.max_packet_size as usize);
+    let connack = v5::ConnAck {
+        session_present: false,
+        code: connack_code(code),
+        properties: (version == ProtocolVersion::V5).then(|| v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: Some(reason.to_string()),
+            user_properties: vec![],
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    };
+    let mut buf = BytesMut::new();
+    if codec
+        .encode(&v5::Packet::ConnAck(connack), &mut buf)
+        .is_ok()
+    {
+        write_now(stream, shared, &mut buf).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+fn auth_codes(e: &AuthError) -> u8 {
+    match e {
+        AuthError::BadCredentials => 0x86,
+        AuthError::NotAuthorized(_) => 0x87,
+        AuthError::Throttled => 0x9F,
+        AuthError::Unavailable(_) => 0x80,
+    }
+}
+
+/// Serve one connection until it ends.
+pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, info: ConnectionInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let settings = &shared.settings;
+    let max_packet = settings.max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(4096);
+
+    // Phase 1: the CONNECT packet, before the deadline.
+    let connect = loop {
+        let level = peek_protocol_level(&rbuf);
+        match wire::decode_connect(&mut rbuf, max_packet) {
+            Ok(Some(c)) => break c,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
+                if let Some(code) = e.connack_v311_code() {
+                    let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
+                    write_now(&mut stream, &shared, &mut buf).await;
+                } else if level == Some(5) {
+                    refuse_connect(
+                        &mut stream,
+                        &shared,
+                        ProtocolVersion::V5,
+                        e.reason_code(),
+                        &e.to_string(),
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            read = tokio::time::timeout_at(info.connect_deadline, stream.read_buf(&mut rbuf)) => match read {
+                Err(_) => {
+                    info!(%peer, "Connection closed: no complete CONNECT before the connect timeout.");
+                    return;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    debug!(%peer, "Connection closed before CONNECT.");
+                    return;
+                }
+                Ok(Ok(n)) => {
+                    shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let wire::ConnectPacket {
+        version,
+        connect,
+        will,
+        username,
+        password,
+    } = connect;
+    let v5mode = version == ProtocolVersion::V5;
+    let props = connect.properties.clone().unwrap_or_default();
+
+    // Client id: assigned when empty, which 3.1.1 allows only for clean sessions.
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5mode && !connect.clean_start {
+            warn!(%peer, "Connection refused: empty client id with clean session = 0.");
+            refuse_connect(
+                &mut stream,
+                &shared,
+                version,
+                0x85,
+                "empty client id needs a clean session",
+            )
+            .await;
+            return;
+        }
+        let id = format!("tollgate-{:016x}", rand::random::<u64>());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let requested_expiry = if v5mode {
+        props.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let session_expiry = requested_expiry.min(settings.max_session_expiry);
+
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if v5mode && keep_alive > settings.max_keepalive {
+        keep_alive = settings.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
+
+    let will = match will {
+        None => None,
+        Some(w) => {
+            let valid = topics::topic_from_bytes(&w.topic)
+                .map_err(|e| e.to_string())
+                .and_then(|t| topics::validate_topic_name(t).map_err(|e| e.to_string()));
+            if let Err(reason) = valid {
+                warn!(%client_id, %peer, %reason, "Connection refused: invalid will topic.");
+                refuse_connect(&mut stream, &shared, version, 0x90, "invalid will topic").await;
+                return;
+            }
+            let delay = w
+                .properties
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0);
+            let properties = w.properties.map(|p| v5::PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                topic_alias: None,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+                subscription_identifiers: vec![],
+                content_type: p.content_type,
+            });
+            Some(WillSpec {
+                message: Message {
+                    topic: w.topic,
+                    payload: w.message,
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties,
+                    expires_at: None,
+                    publisher: None,
+                },
+                delay,
+            })
+        }
+    };
+
+    let request = AuthRequest {
+        listener: info.listener.name.clone(),
+        allow_anonymous: info.listener.allow_anonymous,
+        password_auth: info.listener.password_auth,
+        peer,
+        client_id: client_id.clone(),
+        username,
+        password,
+        certificate_identity: info.certificate_identity.clone(),
+    };
+    let authenticator = shared.authenticator();
+    let identity: Identity = match tokio::time::timeout_at(
+        info.connect_deadline,
+        authenticator.authenticate(request),
+    )
+    .await
+    {
+        Err(_) => {
+            info!(%client_id, %peer, "Connection closed: authentication did not finish before the connect timeout.");
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(target: "audit", %client_id, %peer, listener = %info.listener.name, reason = %e, "Connection refused by authentication.");
+            refuse_connect(
+                &mut stream,
+                &shared,
+                version,
+                auth_codes(&e),
+                &e.to_string(),
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(identity)) => identity,
+    };
+    info!(target: "audit", %client_id, %peer, listener = %info.listener.name, via = ?identity.via, username = ?identity.username, "Client connected.");
+
+    let connack = v5::ConnAck {
+        session_present: false,
+        code: v5::ConnectReturnCode::Success,
+        properties: v5mode.then(|| v5::ConnAckProperties {
+            session_expiry_interval: (session_expiry != requested_expiry).then_some(session_expiry),
+            receive_max: Some(settings.receive_maximum),
+            max_qos: None,
+            retain_available: Some(1),
+            max_packet_size: Some(settings.max_packet_size),
+            assigned_client_identifier: assigned,
+            topic_alias_max: Some(settings.topic_alias_maximum),
+            reason_string: None,
+            user_properties: vec![],
+            wildcard_subscription_available: Some(1),
+            subscription_identifiers_available: Some(1),
+            shared_subscription_available: Some(1),
+            server_keep_alive,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    };
+
+    let conn = shared.new_conn_id();
+    let (tx, mut out_rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let request = ConnectRequest {
+        conn,
+        tx,
+        identity: identity.clone(),
+        clean_start: connect.clean_start,
+        session_expiry,
+        will,
+        receive_maximum: props.receive_maximum.unwrap_or(settings.max_inflight),
+        max_packet_size: props.max_packet_size,
+        durable: false,
+        connack,
+        queued: queued.clone(),
+    };
+    if shared
+        .router_tx
+        .send(RouterMsg::Connect(Box::new(request)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let mut state = ConnState {
+        shared: shared.clone(),
+        codec: wire::Codec::new(version, max_packet),
+        identity,
+        peer,
+        session_expiry,
+        aliases: HashMap::new(),
+        inbound_qos: HashSet::new(),
+        wbuf: BytesMut::with_capacity(4096),
+    };
+
+    let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let sleep = tokio::time::sleep(keepalive.unwrap_or(far));
+    tokio::pin!(sleep);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                if v5mode {
+                    state.encode(&disconnect_packet(0x8B, "server shutting down"));
+                }
+                break End::Server;
+            }
+            batch = out_rx.recv() => {
+                let Some(batch) = batch else { break End::Server };
+                queued.fetch_sub(1, Ordering::Relaxed);
+                let mut close = state.encode_batch(batch);
+                while !close {
+                    match out_rx.try_recv() {
+                        Ok(batch) => {
+                            queued.fetch_sub(1, Ordering::Relaxed);
+                            close = state.encode_batch(batch);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if close {
+                    break End::Server;
+                }
+            }
+            read = stream.read_buf(&mut rbuf) => {
+                match read {
+                    Ok(0) => {
+                        debug!(client_id = %state.identity.client_id, %peer, "Connection closed by client without DISCONNECT.");
+                        break End::Abnormal;
+                    }
+                    Err(e) => {
+                        debug!(client_id = %state.identity.client_id, %peer, error = %e, "Connection read failed.");
+                        break End::Abnormal;
+                    }
+                    Ok(n) => {
+                        shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        if let Some(k) = keepalive {
+                            sleep.as_mut().reset(Instant::now() + k);
+                        }
+                    }
+                }
+                let mut items = Vec::new();
+                let outcome = state.process(&mut rbuf, &mut items);
+                if !items.is_empty()
+                    && shared.router_tx.send(RouterMsg::Inbound { conn, items }).await.is_err()
+                {
+                    break End::Server;
+                }
+                match outcome {
+                    Ok(None) => {}
+                    Ok(Some(end)) => break end,
+                    Err(v) => {
+                        warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
+                        if v5mode {
+                            state.encode(&disconnect_packet(v.code, &v.reason));
+                        }
+                        break End::Abnormal;
+                    }
+                }
+            }
+            _ = &mut sleep, if keepalive.is_some() => {
+                info!(client_id = %state.identity.client_id, %peer, keep_alive, "Client disconnected: keep alive timeout.");
+                if v5mode {
+                    state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
+                }
+                break End::Abnormal;
+            }
+        }
+        if !state.wbuf.is_empty() {
+            write_now(&mut stream, &shared, &mut state.wbuf).await;
+        }
+    };
+    write_now(&mut stream, &shared, &mut state.wbuf).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    let (send_will, session_expiry) = match end {
+        End::Disconnect {
+            send_will,
+            session_expiry,
+        } => (send_will, session_expiry),
+        End::Abnormal => (true, None),
+        End::Server => (false, None),
+    };
+    let _ = shared
+        .router_tx
+        .send(RouterMsg::Closed {
+            conn,
+            send_will,
+            session_expiry,
+        })
+        .await;
+    debug!(client_id = %state.identity.client_id, %peer, "Connection task finished.");
+}
+
+struct ConnState {
+    shared: Arc<Shared>,
+    codec: wire::Codec,
+    identity: Identity,
+    peer: std::net::SocketAddr,
+    session_expiry: u32,
+    /// Inbound topic aliases (v5).
+    aliases: HashMap<u16, Bytes>,
+    /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
+    inbound_qos: HashSet<u16>,
+    wbuf: BytesMut,
+}
+
+impl ConnState {
+    fn v5(&self) -> bool {
+        self.codec.version == ProtocolVersion::V5
+    }
+
+    fn encode(&mut self, packet: &v5::Packet) {
+        if !self.v5() && matches!(packet, v5::Packet::Disconnect(_)) {
+            return;
+        }
+        match packet {
+            v5::Packet::PubAck(a) => {
+                self.inbound_qos.remove(&a.pkid);
+            }
+            v5::Packet::PubComp(c) => {
+                self.inbound_qos.remove(&c.pkid);
+            }
+            v5::Packet::PubRec(r)
+                if !matches!(
+                    r.reason,
+                    v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
+                ) =>
+            {
+                self.inbound_qos.remove(&r.pkid);
+            }
+            _ => {}
+        }
+        if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
+            warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+        }
+    }
+
+    /// Encode a router batch; returns true when the router asked to close.
+    fn encode_batch(&mut self, batch: Vec<Outgoing>) -> bool {
+        for item in batch {
+            match item {
+                Outgoing::Packet(p) => self.encode(&p),
+                Outgoing::Close => return true,
+            }
+        }
+        false
+    }
+
+    /// Decode and handle every complete packet in `rbuf`.
+    fn process(
+        &mut self,
+        rbuf: &mut BytesMut,
+        items: &mut Vec<Inbound>,
+    ) -> Result<Option<End>, Violation> {
+        let authorizer = self.shared.authorizer();
+        loop {
+            let packet = match self.codec.decode(rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(violation(e.reason_code(), e.to_string())),
+            };
+            match packet {
+                v5::Packet::Publish(p) => self.publish(p, &*authorizer, items)?,
+                v5::Packet::PubAck(a) => items.push(Inbound::PubAck(a.pkid)),
+                v5::Packet::PubRec(r) => items.push(Inbound::PubRec {
+                    pkid: r.pkid,
+                    failed: !matches!(
+                        r.reason,
+                        v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
+                    ),
+                }),
+                v5::Packet::PubRel(r) => items.push(Inbound::PubRel(r.pkid)),
+                v5::Packet::PubComp(c) => items.push(Inbound::PubComp(c.pkid)),
+                v5::Packet::Subscribe(s) => self.subscribe(s, &*authorizer, items)?,
+                v5::Packet::Unsubscribe(u) => items.push(Inbound::Unsubscribe {
+                    pkid: u.pkid,
+                    filters: u.filters,
+                    reply: None,
+                }),
+                v5::Packet::PingReq(_) => self.encode(&v5::Packet::PingResp(v5::PingResp)),
+                v5::Packet::Disconnect(d) => {
+                    let send_will =
+                        d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage;
+                    let expiry = d.properties.and_then(|p| p.session_expiry_interval);
+                    if self.session_expiry == 0 && expiry.is_some_and(|e| e > 0) {
+                        return Err(violation(
+                            0x82,
+                            "session expiry set at DISCONNECT after connecting with 0",
+                        ));
+                    }
+                    debug!(client_id = %self.identity.client_id, peer = %self.peer, "Client sent DISCONNECT.");
+                    return Ok(Some(End::Disconnect {
+                        send_will,
+                        session_expiry: expiry,
+                    }));
+                }
+                v5::Packet::Connect(..) => {
+                    return Err(violation(0x82, "second CONNECT on one connection"))
+                }
+                v5::Packet::Auth(_) => {
+                    return Err(violation(0x82, "AUTH without an authentication method"))
+                }
+                _ => return Err(violation(0x82, "packet type not allowed from a client")),
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        mut p: v5::Publish,
+        authorizer: &dyn crate::acl::Authorizer,
+        items: &mut Vec<Inbound>,
+    ) -> Result<(), Violation> {
+        let settings = &self.shared.settings;
+        let alias = p.properties.as_mut().and_then(|pp| pp.topic_alias.take());
+        if let Some(alias) = alias {
+            if alias == 0 || alias > settings.topic_alias_maximum {
+                return Err(violation(
+                    0x94,
+                    format!(
+                        "topic alias {alias} outside 1..={}",
+                        settings.topic_alias_maximum
+                    ),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(violation(
+                            0x82,
+                            format!("topic alias {alias} used before it was set"),
+                        ))
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return Err(violation(
+                0x82,
+                "zero-length topic name without topic alias",
+            ));
+        }
+        let topic = topics::topic_from_bytes(&p.topic)
+            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+        topics::validate_topic_name(topic)
+            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+        if let Some(pp) = p.properties.as_mut() {
+            pp.subscription_identifiers.clear();
+        }
+        if p.qos != QoS::AtMostOnce
+            && self.v5()
+            && !self.inbound_qos.contains(&p.pkid)
+            && self.inbound_qos.len() >= usize::from(settings.receive_maximum)
+        {
+            return Err(violation(
+                0x93,
+                format!(
+                    "more than {} unacknowledged QoS 1/2 publications",
+                    settings.receive_maximum
+                ),
+            ));
+        }
+        let allowed = !topic.starts_with("$SYS")
+            && authorizer
+                .check(&self.identity, Access::Write, topic)
+                .is_allowed();
+        if !allowed {
+            warn!(target: "audit", client_id = %self.identity.client_id, peer = %self.peer, %topic, "Publish denied by ACL.");
+            let reason_v5 = self.v5();
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.encode(&v5::Packet::PubAck(v5::PubAck {
+                    pkid: p.pkid,
+                    reason: if reason_v5 {
+                        v5::PubAckReason::NotAuthorized
+                    } else {
+                        v5::PubAckReason::Success
+                    },
+                    properties: None,
+                })),
+                QoS::ExactlyOnce => {
+                    if !reason_v5 {
+                        // v3.1.1 completes the flow; the PUBREL gets its PUBCOMP from the router.
+                    }
+                    self.encode(&v5::Packet::PubRec(v5::PubRec {
+                        pkid: p.pkid,
+                        reason: if reason_v5 {
+                            v5::PubRecReason::NotAuthorized
+                        } else {
+                            v5::PubRecReason::Success
+                        },
+                        properties: None,
+                    }))
+                }
+            }
+            return Ok(());
+        }
+        if p.qos != QoS::AtMostOnce {
+            self.inbound_qos.insert(p.pkid);
+        }
+        let expires_at = p
+            .properties
+            .as_ref()
+            .and_then(|pp| pp.message_expiry_interval)
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        items.push(Inbound::Publish {
+            publish: p,
+            expires_at,
+            reply: None,
+        });
+        Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        s: v5::Subscribe,
+        authorizer: &dyn crate::acl::Authorizer,
+        items: &mut Vec<Inbound>,
+    ) -> Result<(), Violation> {
+        let id = s.properties.and_then(|p| p.id);
+        if id == Some(0) {
+            return Err(violation(0x82, "subscription identifier 0"));
+        }
+        let mut filters = Vec::with_capacity(s.filters.len());
+        for f in s.filters {
+            let refused = match check_filter(&f, &self.identity, authorizer)? {
+                Ok(()) => None,
+                Err(code) => {
+                    if code == v5::SubscribeReasonCode::NotAuthorized {
+                        warn!(target: "audit", client_id = %self.identity.client_id, peer = %self.peer, filter = %f.path, "Subscribe denied by ACL.");
+                    } else {
+                        debug!(client_id = %self.identity.client_id, filter = %f.path, "Subscribe refused: invalid topic filter.");
+                    }
+                    Some(code)
+                }
+            };
+            filters.push((f, refused));
+        }
+        items.push(Inbound::Subscribe {
+            pkid: s.pkid,
+            id,
+            filters,
+            reply: None,
+        });
+        Ok(())
+    }
+}
+
+/// Validate and authorize one SUBSCRIBE filter. The outer error is a protocol
+/// violation; the inner one a per-filter refusal code.
+pub(crate) fn check_filter(
+    f: &v5::Filter,
+    identity: &Identity,
+    authorizer: &dyn crate::acl::Authorizer,
+) -> Result<Result<(), v5::SubscribeReasonCode>, Violation> {
+    let inner = match topics::parse_shared(&f.path) {
+        Err(_) => return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid)),
+        Ok(Some(shared)) => {
+            if f.nolocal {
+                return Err(violation(0x82, "No Local set on a shared subscription"));
+            }
+            shared.filter
+        }
+        Ok(None) => f.path.as_str(),
+    };
+    if topics::validate_topic_filter(inner).is_err() {
+        return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
+    }
+    if !authorizer
+        .check(identity, Access::Subscribe, inner)
+        .is_allowed()
+    {
+        return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,395 @@
+//! In-process clients for adapters and the bridge: attach to the router with an
+//! `Identity`, publish, subscribe and receive with the same semantics and the same
+//! `Authorizer` checks as a network client, without a socket. A client marked
+//! `durable` holds back publishers' PUBACK/PUBREC (and in-process publish futures)
+//! until it has acknowledged each message, so "acknowledged" can mean "on disk".
+//! It must never bypass authorization.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::connection::check_filter;
+use super::router::{ConnId, ConnectRequest, Inbound, Outgoing, RouterMsg};
+use super::topics;
+use super::wire::{v5, QoS};
+use super::{BrokerError, Shared};
+use crate::acl::Access;
+use crate::auth::Identity;
+
+/// How an in-process client attaches.
+#[derive(Debug, Clone)]
+pub struct InternalOptions {
+    /// Who the client is (usually `Identity::internal("adapter:<name>")`); its
+    /// `client_id` names the session.
+    pub identity: Identity,
+    /// Discard any existing session with this client id.
+    pub clean_start: bool,
+    /// Seconds the session survives after `disconnect` (`u32::MAX`: the broker maximum).
+    pub session_expiry: u32,
+    /// Hold back publishers' acknowledgements until this client acks each delivery.
+    pub durable: bool,
+    /// QoS 1/2 deliveries in flight towards this client before the broker queues.
+    pub receive_maximum: u16,
+}
+
+impl InternalOptions {
+    /// Clean, non-durable session that ends on disconnect.
+    pub fn new(identity: Identity) -> Self {
+        InternalOptions {
+            identity,
+            clean_start: true,
+            session_expiry: 0,
+            durable: false,
+            receive_maximum: 1000,
+        }
+    }
+}
+
+/// A message delivered to an in-process client.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Concrete topic.
+    pub topic: String,
+    /// Payload (shared with every other subscriber, never copied).
+    pub payload: Bytes,
+    /// QoS of this delivery (min of published and granted).
+    pub qos: QoS,
+    /// RETAIN flag as delivered (retained message on subscribe, or retain-as-published).
+    pub retain: bool,
+    /// Redelivery of an unacknowledged message.
+    pub dup: bool,
+    /// v5 properties (user properties, content type, response topic, ...).
+    pub properties: Option<v5::PublishProperties>,
+    ack: Option<DeliveryAck>,
+}
+
+impl Delivery {
+    /// The acknowledgement handle (QoS 1/2 only); take it to ack after storing.
+    pub fn take_ack(&mut self) -> Option<DeliveryAck> {
+        self.ack.take()
+    }
+
+    /// Acknowledge now (no-op for QoS 0).
+    pub async fn ack(mut self) -> Result<(), BrokerError> {
+        match self.ack.take() {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Acknowledges one QoS 1/2 delivery. Dropping it without `ack` leaves the message
+/// unacknowledged: it is redelivered (DUP) when the session resumes.
+#[derive(Debug)]
+pub struct DeliveryAck {
+    router_tx: mpsc::Sender<RouterMsg>,
+    conn: ConnId,
+    pkid: u16,
+}
+
+impl DeliveryAck {
+    /// Tell the router this delivery is done (for a durable client: safely stored).
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.router_tx
+            .send(RouterMsg::Inbound {
+                conn: self.conn,
+                items: vec![Inbound::InternalAck(self.pkid)],
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
+}
+
+/// An attached in-process client. Dropping it disconnects (no will).
+pub struct InternalClient {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    identity: Identity,
+    rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    buffered: VecDeque<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    session_present: bool,
+    closed: bool,
+}
+
+pub(crate) async fn connect(
+    shared: Arc<Shared>,
+    options: InternalOptions,
+) -> Result<InternalClient, BrokerError> {
+    if shared.shutdown.is_cancelled() {
+        return Err(BrokerError::Closed);
+    }
+    let conn = shared.new_conn_id();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let request = ConnectRequest {
+        conn,
+        tx,
+        identity: options.identity.clone(),
+        clean_start: options.clean_start,
+        session_expiry: options
+            .session_expiry
+            .min(shared.settings.max_session_expiry),
+        will: None,
+        receive_maximum: options.receive_maximum.max(1),
+        max_packet_size: None,
+        durable: options.durable,
+        connack: v5::ConnAck {
+            session_present: false,
+            code: v5::ConnectReturnCode::Success,
+            properties: None,
+        },
+        queued: queued.clone(),
+    };
+    shared
+        .router_tx
+        .send(RouterMsg::Connect(Box::new(request)))
+        .await
+        .map_err(|_| BrokerError::Closed)?;
+    let mut client = InternalClient {
+        shared,
+        conn,
+        identity: options.identity,
+        rx: mpsc::unbounded_channel().1,
+        buffered: VecDeque::new(),
+        queued,
+        session_present: false,
+        closed: false,
+    };
+    let first = rx.recv().await.ok_or(BrokerError::Closed)?;
+    client.queued.fetch_sub(1, Ordering::Relaxed);
+    for item in first {
+        match item {
+            Outgoing::Packet(v5::Packet::ConnAck(c)) => client.session_present = c.session_present,
+            other => client.buffered.push_back(other),
+        }
+    }
+    client.rx = rx;
+    Ok(client)
+}
+
+impl InternalClient {
+    /// The client id (session name).
+    pub fn client_id(&self) -> &str {
+        &self.identity.client_id
+    }
+
+    /// Whether an existing session was resumed.
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// Publish; resolves once routed, for QoS ≥ 1 once every durable subscriber
+    /// has acknowledged it (like a PUBACK).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), BrokerError> {
+        self.publish_with(topic, payload, qos, retain, None).await
+    }
+
+    /// `publish` with v5 properties (user properties, content type, expiry, ...).
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: Option<v5::PublishProperties>,
+    ) -> Result<(), BrokerError> {
+        topics::validate_topic_name(topic).map_err(|e| {
+            BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
+        })?;
+        let authorizer = self.shared.authorizer();
+        if !authorizer
+            .check(&self.identity, Access::Write, topic)
+            .is_allowed()
+        {
+            warn!(target: "audit", client_id = %self.identity.client_id, %topic, "Publish denied by ACL.");
+            return Err(BrokerError::Refused(format!(
+                "not authorized (0x87): {} may not publish to {topic:?}",
+                self.identity.client_id
+            )));
+        }
+        let mut properties = properties;
+        if let Some(p) = properties.as_mut() {
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+        }
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        let (tx, rx) = oneshot::channel();
+        let publish = v5::Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            pkid: 0,
+            payload: payload.into(),
+            properties,
+        };
+        self.send(vec![Inbound::Publish {
+            publish,
+            expires_at,
+            reply: Some(tx),
+        }])
+        .await?;
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// Subscribe to `filter` (may be `$share/group/filter`); returns the SUBACK reason.
+    pub async fn subscribe(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<v5::SubscribeReasonCode, BrokerError> {
+        let f = v5::Filter {
+            path: filter.to_string(),
+            qos,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+        };
+        let authorizer = self.shared.authorizer();
+        let refused = match check_filter(&f, &self.identity, &*authorizer) {
+            Ok(Ok(())) => None,
+            Ok(Err(code)) => Some(code),
+            Err(v) => return Err(BrokerError::Refused(v.reason)),
+        };
+        if let Some(code) = refused {
+            if code == v5::SubscribeReasonCode::NotAuthorized {
+                warn!(target: "audit", client_id = %self.identity.client_id, %filter, "Subscribe denied by ACL.");
+            }
+            return Ok(code);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(vec![Inbound::Subscribe {
+            pkid: 0,
+            id: None,
+            filters: vec![(f, None)],
+            reply: Some(tx),
+        }])
+        .await?;
+        let codes = rx.await.map_err(|_| BrokerError::Closed)?;
+        codes.into_iter().next().ok_or(BrokerError::Closed)
+    }
+
+    /// Remove a subscription; returns the UNSUBACK reason.
+    pub async fn unsubscribe(&self, filter: &str) -> Result<v5::UnsubAckReason, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(vec![Inbound::Unsubscribe {
+            pkid: 0,
+            filters: vec![filter.to_string()],
+            reply: Some(tx),
+        }])
+        .await?;
+        let reasons = rx.await.map_err(|_| BrokerError::Closed)?;
+        reasons.into_iter().next().ok_or(BrokerError::Closed)
+    }
+
+    /// Next delivery; `None` once the session is closed (shutdown or takeover).
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            while let Some(item) = self.buffered.pop_front() {
+                match item {
+                    Outgoing::Packet(v5::Packet::Publish(p)) => {
+                        let ack = (p.qos != QoS::AtMostOnce).then(|| DeliveryAck {
+                            router_tx: self.shared.router_tx.clone(),
+                            conn: self.conn,
+                            pkid: p.pkid,
+                        });
+                        return Some(Delivery {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload,
+                            qos: p.qos,
+                            retain: p.retain,
+                            dup: p.dup,
+                            properties: p.properties,
+                            ack,
+                        });
+                    }
+                    Outgoing::Close => {
+                        self.closed = true;
+                        return None;
+                    }
+                    Outgoing::Packet(_) => {}
+                }
+            }
+            if self.closed {
+                return None;
+            }
+            tokio::select! {
+                batch = self.rx.recv() => match batch {
+                    Some(batch) => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        self.buffered.extend(batch);
+                    }
+                    None => {
+                        self.closed = true;
+                        return None;
+                    }
+                },
+                _ = self.shared.shutdown.cancelled() => {
+                    self.closed = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Detach; the session ends or waits for `session_expiry` seconds.
+    pub async fn disconnect(mut self) {
+        self.closed = true;
+        let _ = self
+            .shared
+            .router_tx
+            .send(RouterMsg::Closed {
+                conn: self.conn,
+                send_will: false,
+                session_expiry: None,
+            })
+            .await;
+        // Drop runs next and sends a second Closed, which the router ignores.
+    }
+
+    async fn send(&self, items: Vec<Inbound>) -> Result<(), BrokerError> {
+        self.shared
+            .router_tx
+            .send(RouterMsg::Inbound {
+                conn: self.conn,
+                items,
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
+}
+
+impl Drop for InternalClient {
+    fn drop(&mut self) {
+        let msg = RouterMsg::Closed {
+            conn: self.conn,
+            send_will: false,
+            session_expiry: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.router_tx.try_send(msg) {
+            let tx = self.shared.router_tx.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
+    }
+}

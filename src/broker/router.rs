@@ -1,0 +1,1311 @@
+//! The router: the single owner of all routing state (subscription trie, retained
+//! store, session table with offline queues, inflight windows and packet ids, wills,
+//! timers, shared-subscription groups and durable hold-backs). Connection tasks and
+//! in-process clients talk to it over channels only; it never does I/O itself, never
+//! blocks, and keeps nothing for a client or topic that is no longer live.
+//!
+//! Overlapping subscriptions: a message matching several subscriptions of one session
+//! is delivered once, at the highest QoS granted among them, carrying all their
+//! subscription identifiers (what Mosquitto does by default). No Local excludes the
+//! subscriptions that set it; Retain As Published applies if any matching one sets it.
+//!
+//! Offline / slow-consumer queue policy: QoS 1/2 messages that cannot be sent (client
+//! offline, or its Receive Maximum window full) queue per session up to
+//! `max_offline_messages` and `max_offline_bytes`; beyond that the *oldest* queued
+//! message is dropped, counted in `BrokerStats::dropped_queue_overflow` and logged
+//! once per burst. QoS 0 messages are never queued for offline sessions.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::stats::StatsCounters;
+use super::topics;
+use super::trie::{SessionKey, SubOptions, SubscriptionTrie};
+use super::wire::{v5, QoS};
+use super::{BrokerError, BrokerSettings, Shared};
+use crate::acl::{Access, Authorizer};
+use crate::auth::Identity;
+
+/// Identifies one network connection or in-process client attachment.
+pub(crate) type ConnId = u64;
+
+/// What the router sends to a connection task, in batches.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A packet to encode and write.
+    Packet(v5::Packet),
+    /// Write what came before, then close the connection.
+    Close,
+}
+
+/// Router → connection channel; unbounded so the router never blocks, bounded in
+/// practice by the inflight window (QoS 1/2) and the slow-consumer guard (QoS 0).
+pub(crate) type OutTx = mpsc::UnboundedSender<Vec<Outgoing>>;
+
+/// A routed application message, shared by every delivery (no payload copies).
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 properties passed through (topic alias and subscription ids removed).
+    pub properties: Option<v5::PublishProperties>,
+    pub expires_at: Option<Instant>,
+    /// Publishing session, for No Local.
+    pub publisher: Option<SessionKey>,
+}
+
+impl Message {
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+
+    fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// A will message and its delay, validated by the connection task.
+#[derive(Debug)]
+pub(crate) struct WillSpec {
+    pub message: Message,
+    pub delay: u32,
+}
+
+/// Everything the router needs to attach a connection to a session.
+pub(crate) struct ConnectRequest {
+    pub conn: ConnId,
+    pub tx: OutTx,
+    pub identity: Identity,
+    pub clean_start: bool,
+    /// Seconds; `u32::MAX` means never.
+    pub session_expiry: u32,
+    pub will: Option<WillSpec>,
+    /// The client's Receive Maximum: QoS 1/2 messages in flight towards it.
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    pub max_packet_size: Option<u32>,
+    /// Durable in-process subscriber: holds back publishers' acknowledgements.
+    pub durable: bool,
+    /// Prepared CONNACK; the router fills in `session_present`.
+    pub connack: v5::ConnAck,
+    /// Batches sent to the connection and not yet written (slow-consumer guard).
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// Reply channel of an in-process publish.
+pub(crate) type PublishReply = oneshot::Sender<Result<(), BrokerError>>;
+
+/// One decoded, validated and authorized request from a connection.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Publish {
+        publish: v5::Publish,
+        expires_at: Option<Instant>,
+        reply: Option<PublishReply>,
+    },
+    PubAck(u16),
+    PubRec {
+        pkid: u16,
+        failed: bool,
+    },
+    PubRel(u16),
+    PubComp(u16),
+    /// In-process acknowledgement of a QoS 1 or 2 delivery.
+    InternalAck(u16),
+    Subscribe {
+        pkid: u16,
+        id: Option<usize>,
+        /// Filters with a refusal already decided by the connection (invalid, ACL).
+        filters: Vec<(v5::Filter, Option<v5::SubscribeReasonCode>)>,
+        reply: Option<oneshot::Sender<Vec<v5::SubscribeReasonCode>>>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+        reply: Option<oneshot::Sender<Vec<v5::UnsubAckReason>>>,
+    },
+}
+
+/// Messages to the router.
+pub(crate) enum RouterMsg {
+    Connect(Box<ConnectRequest>),
+    Inbound {
+        conn: ConnId,
+        items: Vec<Inbound>,
+    },
+    /// The connection ended; `send_will` is false after a normal DISCONNECT.
+    Closed {
+        conn: ConnId,
+        send_will: bool,
+        session_expiry: Option<u32>,
+    },
+}
+
+struct Queued {
+    msg: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<usize>,
+    hold: Option<u64>,
+}
+
+#[derive(PartialEq, Eq)]
+enum InflightState {
+    AwaitAck,
+    AwaitComp,
+}
+
+struct Inflight {
+    pkid: u16,
+    queued: Queued,
+    state: InflightState,
+}
+
+struct Link {
+    conn: ConnId,
+    tx: OutTx,
+    receive_maximum: u16,
+    max_packet_size: Option<u32>,
+    out: Vec<Outgoing>,
+    queued: Arc<AtomicUsize>,
+}
+
+struct Session {
+    client_id: String,
+    identity: Identity,
+    /// Full filter (including `$share/g/`) → options.
+    subscriptions: HashMap<String, SubOptions>,
+    link: Option<Link>,
+    expiry: u32,
+    will: Option<WillSpec>,
+    inflight: VecDeque<Inflight>,
+    pending: VecDeque<Queued>,
+    pending_bytes: usize,
+    next_pkid: u16,
+    incoming_qos2: HashSet<u16>,
+    generation: u64,
+    durable: bool,
+    dropped_burst: u64,
+}
+
+/// Who is waiting for a durable subscriber's acknowledgement.
+enum HoldTarget {
+    Network {
+        key: SessionKey,
+        conn: ConnId,
+        pkid: u16,
+        qos: QoS,
+    },
+    Internal(PublishReply),
+}
+
+struct Hold {
+    remaining: usize,
+    target: HoldTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Will,
+    Expiry,
+}
+
+/// Router state other than sessions and trie, split out so delivery code can borrow
+/// a session mutably alongside it.
+struct Ctx {
+    shared: Arc<Shared>,
+    authorizer: Arc<dyn Authorizer>,
+    holds: HashMap<u64, Hold>,
+    next_hold: u64,
+    completed: Vec<HoldTarget>,
+    dirty: Vec<SessionKey>,
+    now: Instant,
+}
+
+pub(crate) struct Router {
+    ctx: Ctx,
+    rx: mpsc::Receiver<RouterMsg>,
+    trie: SubscriptionTrie,
+    retained: HashMap<String, Arc<Message>>,
+    sessions: HashMap<SessionKey, Session>,
+    by_client: HashMap<String, SessionKey>,
+    by_conn: HashMap<ConnId, SessionKey>,
+    next_key: SessionKey,
+    subscription_count: usize,
+    timers: BinaryHeap<Reverse<(Instant, SessionKey, u64, TimerKind)>>,
+    scratch: Vec<(SessionKey, SubOptions)>,
+}
+
+fn settings(ctx: &Ctx) -> &BrokerSettings {
+    &ctx.shared.settings
+}
+
+fn stats(ctx: &Ctx) -> &StatsCounters {
+    &ctx.shared.stats
+}
+
+impl Ctx {
+    fn release_hold(&mut self, hold: Option<u64>) {
+        let Some(id) = hold else { return };
+        if let Some(h) = self.holds.get_mut(&id) {
+            h.remaining = h.remaining.saturating_sub(1);
+            if h.remaining == 0 {
+                if let Some(h) = self.holds.remove(&id) {
+                    self.completed.push(h.target);
+                }
+            }
+        }
+    }
+
+    fn discard(&mut self, queued: Queued) {
+        self.release_hold(queued.hold);
+    }
+
+    fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
+        if link.out.is_empty() {
+            self.dirty.push(key);
+        }
+        link.out.push(Outgoing::Packet(packet));
+    }
+}
+
+fn next_pkid(next: &mut u16, inflight: &VecDeque<Inflight>) -> u16 {
+    loop {
+        let id = *next;
+        *next = if *next == u16::MAX { 1 } else { *next + 1 };
+        if id != 0 && !inflight.iter().any(|f| f.pkid == id) {
+            return id;
+        }
+    }
+}
+
+fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<v5::Publish> {
+    let msg = &q.msg;
+    let mut properties = msg.properties.clone();
+    if let Some(expires_at) = msg.expires_at {
+        let left = expires_at.checked_duration_since(now)?;
+        let secs = left.as_secs().max(1).min(u32::MAX as u64) as u32;
+        properties
+            .get_or_insert_with(Default::default)
+            .message_expiry_interval = Some(secs);
+    }
+    if !q.sub_ids.is_empty() {
+        properties
+            .get_or_insert_with(Default::default)
+            .subscription_identifiers = q.sub_ids.clone();
+    }
+    Some(v5::Publish {
+        dup,
+        qos: q.qos,
+        retain: q.retain,
+        topic: msg.topic.clone(),
+        pkid,
+        payload: msg.payload.clone(),
+        properties,
+    })
+}
+
+/// Send `q` now if the link allows it; returns it back when it has to wait.
+fn try_send(
+    ctx: &mut Ctx,
+    key: SessionKey,
+    session: &mut Session,
+    q: Queued,
+) -> Result<(), Queued> {
+    let Some(link) = session.link.as_mut() else {
+        return Err(q);
+    };
+    if q.qos != QoS::AtMostOnce && session.inflight.len() >= usize::from(link.receive_maximum) {
+        return Err(q);
+    }
+    let pkid = if q.qos == QoS::AtMostOnce {
+        0
+    } else {
+        next_pkid(&mut session.next_pkid, &session.inflight)
+    };
+    let Some(publish) = build_publish(&q, pkid, false, ctx.now) else {
+        // Message expired while queued.
+        ctx.discard(q);
+        return Ok(());
+    };
+    if let Some(max) = link.max_packet_size {
+        let size = publish.size();
+        if size > max as usize {
+            stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
+            debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
+            ctx.discard(q);
+            return Ok(());
+        }
+    }
+    stats(ctx).messages_sent.fetch_add(1, Ordering::Relaxed);
+    ctx.push_out(key, link, v5::Packet::Publish(publish));
+    if q.qos == QoS::AtMostOnce {
+        ctx.discard(q);
+    } else {
+        session.inflight.push_back(Inflight {
+            pkid,
+            queued: q,
+            state: InflightState::AwaitAck,
+        });
+    }
+    Ok(())
+}
+
+fn enqueue(ctx: &mut Ctx, session: &mut Session, q: Queued) {
+    let max_messages = settings(ctx).max_offline_messages;
+    let max_bytes = settings(ctx).max_offline_bytes;
+    let weight = q.msg.weight();
+    let mut dropped = 0u64;
+    while let Some(front) = session.pending.front() {
+        if session.pending.len() < max_messages && session.pending_bytes + weight <= max_bytes {
+            break;
+        }
+        session.pending_bytes -= front.msg.weight();
+        if let Some(old) = session.pending.pop_front() {
+            ctx.discard(old);
+        }
+        dropped += 1;
+    }
+    if max_messages == 0 || weight > max_bytes {
+        ctx.discard(q);
+        dropped += 1;
+    } else {
+        session.pending_bytes += weight;
+        session.pending.push_back(q);
+    }
+    if dropped > 0 {
+        stats(ctx)
+            .dropped_queue_overflow
+            .fetch_add(dropped, Ordering::Relaxed);
+        if session.dropped_burst == 0 {
+            warn!(client_id = %session.client_id, queued = session.pending.len(), queued_bytes = session.pending_bytes, max_messages, max_bytes, "Session queue full: dropping the oldest queued messages until it drains.");
+        }
+        session.dropped_burst += dropped;
+    } else if session.dropped_burst > 0 {
+        warn!(client_id = %session.client_id, dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
+        session.dropped_burst = 0;
+    }
+}
+
+fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
+    if session.link.is_none() && q.qos == QoS::AtMostOnce {
+        // QoS 0 is never queued for an offline session.
+        ctx.discard(q);
+        return;
+    }
+    if q.qos == QoS::AtMostOnce {
+        if let Some(link) = &session.link {
+            let limit = settings(ctx).max_offline_messages.max(1000);
+            if link.queued.load(Ordering::Relaxed) > limit {
+                stats(ctx)
+                    .dropped_slow_consumer
+                    .fetch_add(1, Ordering::Relaxed);
+                ctx.discard(q);
+                return;
+            }
+        }
+    }
+    if !session.pending.is_empty() && q.qos != QoS::AtMostOnce {
+        // Keep order: earlier messages are still waiting for the window.
+        enqueue(ctx, session, q);
+        return;
+    }
+    if let Err(q) = try_send(ctx, key, session, q) {
+        enqueue(ctx, session, q);
+    }
+}
+
+/// Move queued messages into the inflight window while it has room.
+fn refill(ctx: &mut Ctx, key: SessionKey, session: &mut Session) {
+    while let Some(q) = session.pending.pop_front() {
+        session.pending_bytes -= q.msg.weight();
+        if let Err(q) = try_send(ctx, key, session, q) {
+            session.pending_bytes += q.msg.weight();
+            session.pending.push_front(q);
+            break;
+        }
+    }
+    if session.pending.is_empty() && session.dropped_burst > 0 {
+        warn!(client_id = %session.client_id, dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
+        session.dropped_burst = 0;
+    }
+}
+
+fn split_shared(path: &str) -> (Option<&str>, &str) {
+    match topics::parse_shared(path) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, path),
+    }
+}
+
+fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+fn max_qos(a: QoS, b: QoS) -> QoS {
+    if (b as u8) > (a as u8) {
+        b
+    } else {
+        a
+    }
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (b as u8) < (a as u8) {
+        b
+    } else {
+        a
+    }
+}
+
+impl Router {
+    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<RouterMsg>) -> Router {
+        let authorizer = shared.authorizer();
+        Router {
+            ctx: Ctx {
+                shared,
+                authorizer,
+                holds: HashMap::new(),
+                next_hold: 1,
+                completed: Vec::new(),
+                dirty: Vec::new(),
+                now: Instant::now(),
+            },
+            rx,
+            trie: SubscriptionTrie::default(),
+            retained: HashMap::new(),
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            by_conn: HashMap::new(),
+            next_key: 1,
+            subscription_count: 0,
+            timers: BinaryHeap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let sys_interval = self.ctx.shared.settings.sys_interval;
+        let mut sys = (!sys_interval.is_zero()).then(|| {
+            let mut i = tokio::time::interval_at(Instant::now() + sys_interval, sys_interval);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse(t)| t.0);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.ctx.now = Instant::now();
+                    self.ctx.authorizer = self.ctx.shared.authorizer();
+                    self.handle(msg);
+                    for _ in 0..1024 {
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)).await }, if next_timer.is_some() => {
+                    self.ctx.now = Instant::now();
+                    self.fire_timers();
+                }
+                _ = async { sys.as_mut().map(|i| i.tick()).expect("guarded by is_some").await }, if sys.is_some() => {
+                    self.ctx.now = Instant::now();
+                    self.publish_sys();
+                }
+            }
+            self.flush();
+            self.update_stats();
+        }
+        debug!("Router stopped.");
+    }
+
+    fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Connect(req) => self.connect(*req),
+            RouterMsg::Inbound { conn, items } => {
+                let Some(&key) = self.by_conn.get(&conn) else {
+                    // Connection already detached (taken over); answer internal waiters.
+                    for item in items {
+                        fail_reply(item);
+                    }
+                    return;
+                };
+                for item in items {
+                    self.inbound(key, conn, item);
+                }
+            }
+            RouterMsg::Closed {
+                conn,
+                send_will,
+                session_expiry,
+            } => self.closed(conn, send_will, session_expiry),
+        }
+        self.complete_targets();
+    }
+
+    fn connect(&mut self, req: ConnectRequest) {
+        let client_id = req.identity.client_id.clone();
+        let mut resumed = None;
+        if let Some(&key) = self.by_client.get(&client_id) {
+            let mut fire_will = None;
+            if let Some(session) = self.sessions.get_mut(&key) {
+                if let Some(mut old) = session.link.take() {
+                    self.by_conn.remove(&old.conn);
+                    info!(%client_id, "Session taken over by a new connection.");
+                    old.out
+                        .push(Outgoing::Packet(v5::Packet::Disconnect(v5::Disconnect {
+                        reason_code: v5::DisconnectReasonCode::SessionTakenOver,
+                        properties: Some(v5::DisconnectProperties {
+                            session_expiry_interval: None,
+                            reason_string: Some(
+                                "session taken over by another connection with the same client id"
+                                    .into(),
+                            ),
+                            user_properties: vec![],
+                            server_reference: None,
+                        }),
+                    })));
+                    old.out.push(Outgoing::Close);
+                    let _ = old.tx.send(std::mem::take(&mut old.out));
+                    // The old connection ended abnormally: its will goes out now unless
+                    // it has a delay and the session continues (then it is cancelled).
+                    if let Some(will) = session.will.take() {
+                        if req.clean_start || will.delay == 0 {
+                            fire_will = Some((will, session.identity.clone()));
+                        }
+                    }
+                }
+                session.generation += 1;
+            }
+            if let Some((will, identity)) = fire_will {
+                self.publish_will(will, &identity);
+            }
+            if req.clean_start {
+                self.end_session(key);
+            } else {
+                resumed = Some(key);
+            }
+        }
+        let key = match resumed {
+            Some(key) => key,
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                self.by_client.insert(client_id.clone(), key);
+                self.sessions.insert(
+                    key,
+                    Session {
+                        client_id: client_id.clone(),
+                        identity: req.identity.clone(),
+                        subscriptions: HashMap::new(),
+                        link: None,
+                        expiry: 0,
+                        will: None,
+                        inflight: VecDeque::new(),
+                        pending: VecDeque::new(),
+                        pending_bytes: 0,
+                        next_pkid: 1,
+                        incoming_qos2: HashSet::new(),
+                        generation: 0,
+                        durable: false,
+                        dropped_burst: 0,
+                    },
+                );
+                key
+            }
+        };
+        let session = self
+            .sessions
+            .get_mut(&key)
+            .expect("invariant: session was just found or created");
+        let pending_will = session.will.take();
+        if let Some(will) = pending_will {
+            // A delayed will is cancelled by the client coming back.
+            debug!(%client_id, delay = will.delay, "Delayed will cancelled: client reconnected.");
+        }
+        session.identity = req.identity;
+        session.expiry = req.session_expiry;
+        session.will = req.will;
+        session.durable = req.durable;
+        session.generation += 1;
+        let mut connack = req.connack;
+        connack.session_present = resumed.is_some();
+        let mut link = Link {
+            conn: req.conn,
+            tx: req.tx,
+            receive_maximum: req.receive_maximum.clamp(1, 65_000),
+            max_packet_size: req.max_packet_size,
+            out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
+            queued: req.queued,
+        };
+        self.ctx.dirty.push(key);
+        // Re-send what the client never acknowledged, with DUP set.
+        for f in session.inflight.iter() {
+            let packet = match f.state {
+                InflightState::AwaitAck => {
+                    match build_publish(&f.queued, f.pkid, true, self.ctx.now) {
+                        Some(p) => v5::Packet::Publish(p),
+                        None => continue,
+                    }
+                }
+                InflightState::AwaitComp => v5::Packet::PubRel(v5::PubRel {
+                    pkid: f.pkid,
+                    reason: v5::PubRelReason::Success,
+                    properties: None,
+                }),
+            };
+            link.out.push(Outgoing::Packet(packet));
+        }
+        session.link = Some(link);
+        self.by_conn.insert(req.conn, key);
+        refill(&mut self.ctx, key, session);
+    }
+
+    fn closed(&mut self, conn: ConnId, send_will: bool, session_expiry: Option<u32>) {
+        let Some(key) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        session.link = None;
+        session.generation += 1;
+        if let Some(expiry) = session_expiry {
+            session.expiry = expiry.min(self.ctx.shared.settings.max_session_expiry);
+        }
+        let will = session.will.take();
+        let generation = session.generation;
+        let expiry = session.expiry;
+        let identity = session.identity.clone();
+        let mut fire = None;
+        if let (true, Some(will)) = (send_will, will) {
+            if will.delay == 0 || expiry == 0 {
+                fire = Some(will);
+            } else if will.delay < expiry {
+                let at = self.ctx.now + std::time::Duration::from_secs(u64::from(will.delay));
+                self.timers
+                    .push(Reverse((at, key, generation, TimerKind::Will)));
+                session.will = Some(will);
+            } else {
+                // Fires when the session ends (expiry timer below).
+                session.will = Some(will);
+            }
+        }
+        if let Some(will) = fire {
+            self.publish_will(will, &identity);
+        }
+        if expiry == 0 {
+            self.end_session(key);
+        } else if expiry != u32::MAX {
+            let at = self.ctx.now + std::time::Duration::from_secs(u64::from(expiry));
+            self.timers
+                .push(Reverse((at, key, generation, TimerKind::Expiry)));
+        }
+    }
+
+    fn end_session(&mut self, key: SessionKey) {
+        let Some(mut session) = self.sessions.remove(&key) else {
+            return;
+        };
+        if self.by_client.get(&session.client_id) == Some(&key) {
+            self.by_client.remove(&session.client_id);
+        }
+        if let Some(link) = &session.link {
+            self.by_conn.remove(&link.conn);
+        }
+        for path in session.subscriptions.keys() {
+            let (group, filter) = split_shared(path);
+            self.trie.remove(filter, group, key);
+        }
+        self.subscription_count -= session.subscriptions.len();
+        for f in session.inflight.drain(..) {
+            self.ctx.discard(f.queued);
+        }
+        for q in session.pending.drain(..) {
+            self.ctx.discard(q);
+        }
+        if session.link.is_none() {
+            if let Some(will) = session.will.take() {
+                self.publish_will(will, &session.identity);
+            }
+        }
+        debug!(client_id = %session.client_id, "Session ended.");
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(Reverse((at, key, generation, kind))) = self.timers.peek().copied() {
+            if at > self.ctx.now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            if session.generation != generation || session.link.is_some() {
+                continue;
+            }
+            match kind {
+                TimerKind::Will => {
+                    if let Some(will) = session.will.take() {
+                        let identity = session.identity.clone();
+                        self.publish_will(will, &identity);
+                    }
+                }
+                TimerKind::Expiry => self.end_session(key),
+            }
+        }
+        self.complete_targets();
+    }
+
+    fn publish_will(&mut self, will: WillSpec, identity: &Identity) {
+        let topic = will.message.topic_str().to_string();
+        let decision = self.ctx.authorizer.check(identity, Access::Write, &topic);
+        if !decision.is_allowed() {
+            warn!(target: "audit", client_id = %identity.client_id, %topic, "Will message denied by ACL; not published.");
+            return;
+        }
+        debug!(client_id = %identity.client_id, %topic, "Publishing will message.");
+        self.route(Arc::new(will.message), None);
+    }
+
+    fn inbound(&mut self, key: SessionKey, conn: ConnId, item: Inbound) {
+        match item {
+            Inbound::Publish {
+                publish,
+                expires_at,
+                reply,
+            } => self.inbound_publish(key, conn, publish, expires_at, reply),
+            Inbound::PubAck(pkid) => self.ack(key, pkid, InflightState::AwaitAck, true),
+            Inbound::PubRec { pkid, failed } => {
+                if failed {
+                    self.ack(key, pkid, InflightState::AwaitAck, true);
+                    return;
+                }
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    return;
+                };
+                if let Some(f) = session.inflight.iter_mut().find(|f| f.pkid == pkid) {
+                    f.state = InflightState::AwaitComp;
+                }
+                let found = session.inflight.iter().any(|f| f.pkid == pkid);
+                if let Some(link) = session.link.as_mut() {
+                    let reason = if found {
+                        v5::PubRelReason::Success
+                    } else {
+                        v5::PubRelReason::PacketIdentifierNotFound
+                    };
+                    self.ctx.push_out(
+                        key,
+                        link,
+                        v5::Packet::PubRel(v5::PubRel {
+                            pkid,
+                            reason,
+                            properties: None,
+                        }),
+                    );
+                }
+            }
+            Inbound::PubComp(pkid) => self.ack(key, pkid, InflightState::AwaitComp, false),
+            Inbound::InternalAck(pkid) => {
+                self.ack(key, pkid, InflightState::AwaitAck, true);
+                self.ack(key, pkid, InflightState::AwaitComp, false);
+            }
+            Inbound::PubRel(pkid) => {
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    return;
+                };
+                let known = session.incoming_qos2.remove(&pkid);
+                if let Some(link) = session.link.as_mut() {
+                    let reason = if known {
+                        v5::PubCompReason::Success
+                    } else {
+                        v5::PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.ctx.push_out(
+                        key,
+                        link,
+                        v5::Packet::PubComp(v5::PubComp {
+                            pkid,
+                            reason,
+                            properties: None,
+                        }),
+                    );
+                }
+            }
+            Inbound::Subscribe {
+                pkid,
+                id,
+                filters,
+                reply,
+            } => self.subscribe(key, pkid, id, filters, reply),
+            Inbound::Unsubscribe {
+                pkid,
+                filters,
+                reply,
+            } => self.unsubscribe(key, pkid, filters, reply),
+        }
+    }
+
+    fn ack(&mut self, key: SessionKey, pkid: u16, state: InflightState, _qos1: bool) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(pos) = session
+            .inflight
+            .iter()
+            .position(|f| f.pkid == pkid && f.state == state)
+        else {
+            return;
+        };
+        if let Some(f) = session.inflight.remove(pos) {
+            self.ctx.discard(f.queued);
+        }
+        refill(&mut self.ctx, key, session);
+    }
+
+    fn inbound_publish(
+        &mut self,
+        key: SessionKey,
+        conn: ConnId,
+        publish: v5::Publish,
+        expires_at: Option<Instant>,
+        reply: Option<PublishReply>,
+    ) {
+        stats(&self.ctx)
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        let qos = publish.qos;
+        let pkid = publish.pkid;
+        if qos == QoS::ExactlyOnce && reply.is_none() {
+            let Some(session) = self.sessions.get_mut(&key) else {
+                return;
+            };
+            if !session.incoming_qos2.insert(pkid) {
+                // Duplicate before PUBREL: acknowledge again, deliver nothing.
+                if let Some(link) = session.link.as_mut() {
+                    self.ctx.push_out(key, link, pubrec(pkid));
+                }
+                return;
+            }
+        }
+        let message = Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            properties: publish.properties,
+            expires_at,
+            publisher: Some(key),
+        });
+        let target = match (qos, reply) {
+            (QoS::AtMostOnce, Some(reply)) => {
+                let _ = reply.send(Ok(()));
+                None
+            }
+            (QoS::AtMostOnce, None) => None,
+            (_, Some(reply)) => Some(HoldTarget::Internal(reply)),
+            (qos, None) => Some(HoldTarget::Network {
+                key,
+                conn,
+                pkid,
+                qos,
+            }),
+        };
+        self.route(message, target);
+    }
+
+    /// Deliver `msg` to every matching session (and update the retained store).
+    fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) {
+        let topic_owner = msg.clone();
+        let topic = topic_owner.topic_str();
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retained.remove(topic);
+            } else {
+                self.retained.insert(topic.to_string(), msg.clone());
+            }
+        }
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        {
+            let sessions = &self.sessions;
+            self.trie.matches(topic, &mut matches, &|k| {
+                sessions.get(&k).is_some_and(|s| s.link.is_some())
+            });
+        }
+        let mut target = target;
+        let mut hold_id: Option<u64> = None;
+        if !matches.is_empty() {
+            matches.sort_unstable_by_key(|(k, _)| *k);
+            let mut i = 0;
+            while i < matches.len() {
+                let key = matches[i].0;
+                let mut granted: Option<QoS> = None;
+                let mut sub_ids = Vec::new();
+                let mut rap = false;
+                while i < matches.len() && matches[i].0 == key {
+                    let o = &matches[i].1;
+                    i += 1;
+                    if o.no_local && msg.publisher == Some(key) {
+                        continue;
+                    }
+                    granted = Some(granted.map_or(o.qos, |g| max_qos(g, o.qos)));
+                    if let Some(id) = o.id {
+                        if !sub_ids.contains(&id) {
+                            sub_ids.push(id);
+                        }
+                    }
+                    rap |= o.retain_as_published;
+                }
+                let Some(granted) = granted else { continue };
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    continue;
+                };
+                if !self
+                    .ctx
+                    .authorizer
+                    .check(&session.identity, Access::Read, topic)
+                    .is_allowed()
+                {
+                    debug!(target: "audit", client_id = %session.client_id, %topic, "Delivery denied by ACL.");
+                    continue;
+                }
+                let qos = min_qos(msg.qos, granted);
+                let mut hold = None;
+                if session.durable && qos != QoS::AtMostOnce {
+                    if hold_id.is_none() {
+                        if let Some(t) = target.take() {
+                            let id = self.ctx.next_hold;
+                            self.ctx.next_hold += 1;
+                            self.ctx.holds.insert(
+                                id,
+                                Hold {
+                                    remaining: 0,
+                                    target: t,
+                                },
+                            );
+                            hold_id = Some(id);
+                        }
+                    }
+                    if let Some(id) = hold_id {
+                        if let Some(h) = self.ctx.holds.get_mut(&id) {
+                            h.remaining += 1;
+                            hold = Some(id);
+                        }
+                    }
+                }
+                let q = Queued {
+                    msg: msg.clone(),
+                    qos,
+                    retain: rap && msg.retain,
+                    sub_ids,
+                    hold,
+                };
+                deliver(&mut self.ctx, key, session, q);
+            }
+        }
+        self.scratch = matches;
+        if let Some(t) = target {
+            self.ctx.completed.push(t);
+        }
+    }
+
+    fn complete_targets(&mut self) {
+        while let Some(target) = self.ctx.completed.pop() {
+            match target {
+                HoldTarget::Internal(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                HoldTarget::Network {
+                    key,
+                    conn,
+                    pkid,
+                    qos,
+                } => {
+                    let Some(session) = self.sessions.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(link) = session.link.as_mut() else {
+                        continue;
+                    };
+                    if link.conn != conn {
+                        continue;
+                    }
+                    let packet = if qos == QoS::ExactlyOnce {
+                        pubrec(pkid)
+                    } else {
+                        v5::Packet::PubAck(v5::PubAck {
+                            pkid,
+                            reason: v5::PubAckReason::Success,
+                            properties: None,
+                        })
+                    };
+                    self.ctx.push_out(key, link, packet);
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        key: SessionKey,
+        pkid: u16,
+        id: Option<usize>,
+        filters: Vec<(v5::Filter, Option<v5::SubscribeReasonCode>)>,
+        reply: Option<oneshot::Sender<Vec<v5::SubscribeReasonCode>>>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut send_retained: Vec<(String, SubOptions)> = Vec::new();
+        for (filter, refused) in filters {
+            if let Some(code) = refused {
+                codes.push(code);
+                continue;
+            }
+            let (group, plain) = split_shared(&filter.path);
+            let options = SubOptions {
+                qos: filter.qos,
+                no_local: filter.nolocal,
+                retain_as_published: filter.preserve_retain,
+                id,
+            };
+            let is_new = self.trie.insert(plain, group, key, options.clone());
+            if session
+                .subscriptions
+                .insert(filter.path.clone(), options.clone())
+                .is_none()
+            {
+                self.subscription_count += 1;
+            }
+            codes.push(v5::SubscribeReasonCode::Success(filter.qos));
+            let wanted = match filter.retain_forward_rule {
+                v5::RetainForwardRule::OnEverySubscribe => true,
+                v5::RetainForwardRule::OnNewSubscribe => is_new,
+                v5::RetainForwardRule::Never => false,
+            };
+            if group.is_none() && wanted {
+                send_retained.push((plain.to_string(), options));
+            }
+        }
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(codes);
+            }
+            None => {
+                if let Some(link) = session.link.as_mut() {
+                    self.ctx.push_out(
+                        key,
+                        link,
+                        v5::Packet::SubAck(v5::SubAck {
+                            pkid,
+                            return_codes: codes,
+                            properties: None,
+                        }),
+                    );
+                }
+            }
+        }
+        for (filter, options) in send_retained {
+            let mut found: Vec<Arc<Message>> = Vec::new();
+            if has_wildcard(&filter) {
+                found.extend(
+                    self.retained
+                        .iter()
+                        .filter(|(t, _)| topics::matches(&filter, t))
+                        .map(|(_, m)| m.clone()),
+                );
+            } else if let Some(m) = self.retained.get(&filter) {
+                found.push(m.clone());
+            }
+            for msg in found {
+                let topic = msg.topic_str();
+                if msg.expires_at.is_some_and(|e| e <= self.ctx.now) {
+                    let t = topic.to_string();
+                    self.retained.remove(&t);
+                    continue;
+                }
+                if !self
+                    .ctx
+                    .authorizer
+                    .check(&session.identity, Access::Read, topic)
+                    .is_allowed()
+                {
+                    continue;
+                }
+                let q = Queued {
+                    qos: min_qos(msg.qos, options.qos),
+                    retain: true,
+                    sub_ids: options.id.into_iter().collect(),
+                    hold: None,
+                    msg,
+                };
+                deliver(&mut self.ctx, key, session, q);
+            }
+        }
+    }
+
+    fn unsubscribe(
+        &mut self,
+        key: SessionKey,
+        pkid: u16,
+        filters: Vec<String>,
+        reply: Option<oneshot::Sender<Vec<v5::UnsubAckReason>>>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let mut reasons = Vec::with_capacity(filters.len());
+        for path in filters {
+            let (group, plain) = split_shared(&path);
+            self.trie.remove(plain, group, key);
+            if session.subscriptions.remove(&path).is_some() {
+                self.subscription_count -= 1;
+                reasons.push(v5::UnsubAckReason::Success);
+            } else {
+                reasons.push(v5::UnsubAckReason::NoSubscriptionExisted);
+            }
+        }
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(reasons);
+            }
+            None => {
+                if let Some(link) = session.link.as_mut() {
+                    self.ctx.push_out(
+                        key,
+                        link,
+                        v5::Packet::UnsubAck(v5::UnsubAck {
+                            pkid,
+                            reasons,
+                            properties: None,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.complete_targets();
+        for key in std::mem::take(&mut self.ctx.dirty) {
+            let Some(session) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            let Some(link) = session.link.as_mut() else {
+                continue;
+            };
+            if link.out.is_empty() {
+                continue;
+            }
+            let out = std::mem::take(&mut link.out);
+            link.queued.fetch_add(1, Ordering::Relaxed);
+            let _ = link.tx.send(out);
+        }
+    }
+
+    fn update_stats(&self) {
+        let s = stats(&self.ctx);
+        s.clients_connected
+            .store(self.by_conn.len() as u64, Ordering::Relaxed);
+        s.sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
+        s.subscriptions
+            .store(self.subscription_count as u64, Ordering::Relaxed);
+        s.retained
+            .store(self.retained.len() as u64, Ordering::Relaxed);
+        s.trie_nodes
+            .store(self.trie.node_count() as u64, Ordering::Relaxed);
+        s.holds
+            .store(self.ctx.holds.len() as u64, Ordering::Relaxed);
+    }
+
+    fn publish_sys(&mut self) {
+        self.update_stats();
+        let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
+        let values: [(&str, String); 9] = [
+            (
+                "$SYS/broker/version",
+                format!("tollgate {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", snapshot.uptime.as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                snapshot.clients_connected.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                snapshot.messages_received.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                snapshot.messages_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                snapshot.bytes_received.to_string(),
+            ),
+            ("$SYS/broker/bytes/sent", snapshot.bytes_sent.to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                snapshot.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                snapshot.retained_messages.to_string(),
+            ),
+        ];
+        for (topic, value) in values {
+            self.route(
+                Arc::new(Message {
+                    topic: Bytes::from_static(topic.as_bytes()),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: None,
+                    expires_at: None,
+                    publisher: None,
+                }),
+                None,
+            );
+        }
+        self.complete_targets();
+    }
+}
+
+fn pubrec(pkid: u16) -> v5::Packet {
+    v5::Packet::PubRec(v5::PubRec {
+        pkid,
+        reason: v5::PubRecReason::Success,
+        properties: None,
+    })
+}
+
+fn fail_reply(item: Inbound) {
+    match item {
+        Inbound::Publish {
+            reply: Some(reply), ..
+        } => {
+            let _ = reply.send(Err(BrokerError::Closed));
+        }
+        Inbound::Subscribe { reply: Some(r), .. } => drop(r),
+        _ => {}
+    }
+}

@@ -1,0 +1,80 @@
+//! Broker statistics: lock-free counters written by the router and connection tasks
+//! and read by `Broker::stats()` and the `$SYS/broker/...` publisher. It only counts;
+//! it never holds per-client or per-topic entries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A snapshot of the broker's counters (the same figures as `$SYS/broker/...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Time since `Broker::start`.
+    pub uptime: Duration,
+    /// Attached connections, network and in-process (`$SYS/broker/clients/connected`).
+    pub clients_connected: u64,
+    /// PUBLISH packets received from clients (`$SYS/broker/messages/received`).
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients (`$SYS/broker/messages/sent`).
+    pub messages_sent: u64,
+    /// Bytes read from client sockets (`$SYS/broker/bytes/received`).
+    pub bytes_received: u64,
+    /// Bytes written to client sockets (`$SYS/broker/bytes/sent`).
+    pub bytes_sent: u64,
+    /// Subscriptions over all sessions (`$SYS/broker/subscriptions/count`).
+    pub subscriptions: u64,
+    /// Retained messages stored (`$SYS/broker/retained messages/count`).
+    pub retained_messages: u64,
+    /// Sessions in the session table, online and offline.
+    pub sessions: u64,
+    /// Nodes in the subscription trie (memory follows live subscriptions).
+    pub subscription_trie_nodes: u64,
+    /// Publisher acknowledgements held back for durable subscribers right now.
+    pub durable_holds: u64,
+    /// Queued messages dropped by the session queue overflow policy (oldest first).
+    pub dropped_queue_overflow: u64,
+    /// Messages not sent because they exceed the client's Maximum Packet Size.
+    pub dropped_oversize: u64,
+    /// QoS 0 messages dropped because the client does not read fast enough.
+    pub dropped_slow_consumer: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCounters {
+    pub clients_connected: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained: AtomicU64,
+    pub sessions: AtomicU64,
+    pub trie_nodes: AtomicU64,
+    pub holds: AtomicU64,
+    pub dropped_queue_overflow: AtomicU64,
+    pub dropped_oversize: AtomicU64,
+    pub dropped_slow_consumer: AtomicU64,
+}
+
+impl StatsCounters {
+    pub fn snapshot(&self, started: Instant) -> BrokerStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BrokerStats {
+            uptime: started.elapsed(),
+            clients_connected: get(&self.clients_connected),
+            messages_received: get(&self.messages_received),
+            messages_sent: get(&self.messages_sent),
+            bytes_received: get(&self.bytes_received),
+            bytes_sent: get(&self.bytes_sent),
+            subscriptions: get(&self.subscriptions),
+            retained_messages: get(&self.retained),
+            sessions: get(&self.sessions),
+            subscription_trie_nodes: get(&self.trie_nodes),
+            durable_holds: get(&self.holds),
+            dropped_queue_overflow: get(&self.dropped_queue_overflow),
+            dropped_oversize: get(&self.dropped_oversize),
+            dropped_slow_consumer: get(&self.dropped_slow_consumer),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Bad input over real sockets: each gets the spec's reaction (v5 DISCONNECT with the
+//! right reason code, or close) and the broker keeps serving everyone else.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::QoS;
+use tollgate::broker::BrokerSettings;
+
+/// Expect a v5 DISCONNECT with `code`, then the close.
+async fn expect_disconnect(raw: &mut Raw, code: p5::DisconnectReasonCode) {
+    match raw.read().await {
+        Some(p5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, code);
+            let reason = d.properties.and_then(|p| p.reason_string);
+            assert!(
+                reason.is_some_and(|r| !r.is_empty()),
+                "v5 refusals carry a reason string"
+            );
+        }
+        other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
+    }
+    assert!(
+        raw.read().await.is_none(),
+        "connection closed after DISCONNECT"
+    );
+}
+
+/// Another client can still publish and receive.
+async fn still_serving(addr: SocketAddr) {
+    let mut s = v4(addr, "bystander-sub").await;
+    s.subscribe("alive", QoS::AtLeastOnce).await;
+    let p = v4(addr, "bystander-pub").await;
+    p.client
+        .publish("alive", QoS::AtLeastOnce, false, "yes")
+        .await
+        .unwrap();
+    assert_eq!(s.publish().await.payload, Bytes::from("yes"));
+}
+
+fn publish(topic: &[u8], qos: Q5, pkid: u16) -> p5::Packet {
+    let mut p = p5::Publish::new("x", qos, "payload", None);
+    p.topic = Bytes::copy_from_slice(topic);
+    p.pkid = pkid;
+    p5::Packet::Publish(p)
+}
+
+#[tokio::test]
+async fn malformed_packet_gets_disconnect_0x81() {
+    let b = start_broker().await;
+    let mut raw = Raw::connect_v5(b.addr, "malformed").await;
+    // PUBLISH whose topic length runs past the end of the packet.
+    raw.send_bytes(&[0x30, 0x02, 0x00, 0x05]).await;
+    expect_disconnect(&mut raw, p5::DisconnectReasonCode::MalformedPacket).await;
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn publish_with_wildcards_or_nul_gets_topic_name_invalid() {
+    let b = start_broker().await;
+    for topic in [&b"a/+/c"[..], b"a/#", b"a\0b"] {
+        let mut raw = Raw::connect_v5(b.addr, "wild").await;
+        raw.send(&publish(topic, Q5::AtMostOnce, 0)).await;
+        match raw.read().await {
+            Some(p5::Packet::Disconnect(d)) => assert!(
+                matches!(
+                    d.reason_code,
+                    p5::DisconnectReasonCode::TopicNameInvalid
+                        | p5::DisconnectReasonCode::MalformedPacket
+                ),
+                "topic {topic:?} got {:?}",
+                d.reason_code
+            ),
+            other => panic!("expected DISCONNECT for {topic:?}, got {other:?}"),
+        }
+    }
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn publish_with_invalid_utf8_topic_is_refused() {
+    let b = start_broker().await;
+    let mut raw = Raw::connect_v5(b.addr, "utf8").await;
+    raw.send(&publish(&[b'a', 0xC3, 0x28], Q5::AtMostOnce, 0))
+        .await;
+    match raw.read().await {
+        Some(p5::Packet::Disconnect(d)) => assert!(matches!(
+            d.reason_code,
+            p5::DisconnectReasonCode::TopicNameInvalid | p5::DisconnectReasonCode::MalformedPacket
+        )),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn zero_length_topic_without_alias_is_a_protocol_error() {
+    let b = start_broker().await;
+    let mut raw = Raw::connect_v5(b.addr, "empty").await;
+    raw.send(&publish(b"", Q5::AtMostOnce, 0)).await;
+    expect_disconnect(&mut raw, p5::DisconnectReasonCode::ProtocolError).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_packet_gets_disconnect_0x95() {
+    let b = start_broker_with(BrokerSettings {
+        max_packet_size: 1024,
+        ..test_settings()
+    })
+    .await;
+    let mut raw = Raw::connect_v5(b.addr, "big").await;
+    let mut p = p5::Publish::new("big", Q5::AtMostOnce, vec![0u8; 4096], None);
+    p.pkid = 0;
+    raw.send(&p5::Packet::Publish(p)).await;
+    expect_disconnect(&mut raw, p5::DisconnectReasonCode::PacketTooLarge).await;
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn second_connect_is_a_protocol_error() {
+    let b = start_broker().await;
+    let mut raw = Raw::connect_v5(b.addr, "twice-connect").await;
+    raw.send(&p5::Packet::Connect(
+        p5::Connect {
+            keep_alive: 30,
+            client_id: "twice-connect".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    ))
+    .await;
+    expect_disconnect(&mut raw, p5::DisconnectReasonCode::ProtocolError).await;
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn packet_before_connect_closes_the_socket() {
+    let b = start_broker().await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.send(&publish(b"early", Q5::AtMostOnce, 0)).await;
+    assert!(raw.read_to_close().await.is_empty());
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v311_malformed_packet_just_closes() {
+    let b = start_broker().await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.send_bytes(&[
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'v', b'3',
+    ])
+    .await;
+    let mut connack = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut connack)
+        .await
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    raw.send_bytes(&[0x82, 0x03, 0x00, 0x01, 0x00]).await;
+    assert!(
+        raw.read_to_close().await.is_empty(),
+        "v3.1.1 gets no DISCONNECT"
+    );
+    still_serving(b.addr).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn topic_alias_above_maximum_gets_0x94() {
+    let b = start_broker().await;
+    let mut raw = Raw::connect_v5(b.addr, "alias").await;
+    let mut p = p5::Publish::new("a", Q5::AtMostOnce, "x", None);
+    p.properties = Some(p5::PublishProperties {
+        topic_alias: Some(1000),
+        ..Default::default()
+    });
+    raw.send(&p5::Packet::Publish(p)).await;
+    expect_disconnect(&mut raw, p5::DisconnectReasonCode::TopicAliasInvalid).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn exceeding_receive_maximum_gets_0x93() {
+    let b = start_broker_with(BrokerSettings {
+        receive_maximum: 2,
+        ..test_settings()
+    })
+    .await;
+    let mut raw = Raw::connect_v5(b.addr, "flood").await;
+    let mut bytes = bytes::BytesMut::new();
+    for pkid in 1..=3 {
+        publish(b"q", Q5::ExactlyOnce, pkid)
+            .write(&mut bytes, None)
+            .unwrap();
+    }
+    raw.send_bytes(&bytes).await;
+    loop {
+        match raw.read().await {
+            Some(p5::Packet::PubRec(_)) => continue,
+            Some(p5::Packet::Disconnect(d)) => {
+                assert_eq!(
+                    d.reason_code,
+                    p5::DisconnectReasonCode::ReceiveMaximumExceeded
+                );
+                break;
+            }
+            other => panic!("expected DISCONNECT 0x93, got {other:?}"),
+        }
+    }
+    b.stop().await;
+}

@@ -1,0 +1,209 @@
+//! The in-process client API (adapters, bridge) and the authorization seam: same
+//! semantics and ACL checks as network clients, and durable hold-back of PUBACKs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::QoS;
+use tollgate::acl::{Access, AclDecision, Authorizer};
+use tollgate::auth::{AnonymousOnly, Identity};
+use tollgate::broker::{BrokerError, InternalOptions};
+
+#[tokio::test]
+async fn internal_client_exchanges_messages_with_network_clients() {
+    let b = start_broker().await;
+    let mut internal = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("adapter:test")))
+        .await
+        .unwrap();
+    assert_eq!(
+        internal.subscribe("in/#", Q5::AtLeastOnce).await.unwrap(),
+        p5::SubscribeReasonCode::Success(Q5::AtLeastOnce)
+    );
+    let net = v4(b.addr, "netpub").await;
+    net.client
+        .publish("in/1", QoS::AtLeastOnce, false, "hello")
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, internal.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.topic, "in/1");
+    assert_eq!(d.payload, Bytes::from("hello"));
+    assert_eq!(d.qos, Q5::AtLeastOnce);
+    d.ack().await.unwrap();
+
+    let mut sub = v5(b.addr, "netsub").await;
+    sub.subscribe("out/#", Q5::AtLeastOnce).await;
+    internal
+        .publish("out/1", "from adapter", Q5::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(sub.publish().await.payload, Bytes::from("from adapter"));
+    assert_eq!(
+        internal.unsubscribe("in/#").await.unwrap(),
+        p5::UnsubAckReason::Success
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn durable_subscriber_holds_back_puback_until_it_acks() {
+    let b = start_broker().await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:journal"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("j/#", Q5::AtLeastOnce).await.unwrap();
+    let mut publisher = v4(b.addr, "holdme").await;
+    publisher
+        .client
+        .publish("j/1", QoS::AtLeastOnce, false, "keep")
+        .await
+        .unwrap();
+    let mut d = tokio::time::timeout(WAIT, durable.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ack = d.take_ack().expect("QoS 1 delivery carries an ack handle");
+    // No PUBACK while the durable subscriber has not stored the message.
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        publisher.wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(())),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "PUBACK must wait for the durable subscriber"
+    );
+    ack.ack().await.unwrap();
+    publisher
+        .wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+        .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn durable_subscriber_holds_back_in_process_publish() {
+    let b = start_broker().await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:journal2"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("k/#", Q5::AtLeastOnce).await.unwrap();
+    let publisher = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("adapter:pub")))
+        .await
+        .unwrap();
+    let publish = publisher.publish("k/1", "x", Q5::AtLeastOnce, false);
+    tokio::pin!(publish);
+    let d = tokio::select! {
+        _ = &mut publish => panic!("publish resolved before the durable ack"),
+        d = durable.recv() => d.unwrap(),
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut publish)
+            .await
+            .is_err()
+    );
+    d.ack().await.unwrap();
+    tokio::time::timeout(WAIT, publish).await.unwrap().unwrap();
+    // QoS 0 is never held.
+    publisher
+        .publish("k/2", "y", Q5::AtMostOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(b.broker.stats().durable_holds, 0);
+    b.stop().await;
+}
+
+/// Denies writes and subscriptions under `secret/`, and reads of `hidden/` for everyone
+/// except `trusted`.
+struct TestAcl;
+
+impl Authorizer for TestAcl {
+    fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision {
+        let deny = match access {
+            Access::Write | Access::Subscribe => topic.starts_with("secret"),
+            Access::Read => topic.starts_with("hidden/") && identity.client_id != "trusted",
+        };
+        if deny {
+            AclDecision::Deny {
+                rule: Some("test".into()),
+            }
+        } else {
+            AclDecision::Allow { rule: None }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_publish_subscribe_and_delivery_passes_the_authorizer() {
+    let b = start_broker_full(test_settings(), Arc::new(AnonymousOnly), Arc::new(TestAcl)).await;
+    // v5 publish denied → PUBACK 0x87.
+    let mut p = v5(b.addr, "writer").await;
+    p.client
+        .publish("secret/x", Q5::AtLeastOnce, false, "no")
+        .await
+        .unwrap();
+    let reason = p
+        .wait_for(|p| match p {
+            p5::Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, p5::PubAckReason::NotAuthorized);
+    // v5 subscribe denied → 0x87; v3.1.1 → 0x80.
+    let ack = p.subscribe("secret/#", Q5::AtLeastOnce).await;
+    assert_eq!(
+        ack.return_codes,
+        vec![p5::SubscribeReasonCode::NotAuthorized]
+    );
+    let mut s4 = v4(b.addr, "reader").await;
+    s4.client
+        .subscribe("secret/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let ack = s4.suback().await;
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    // Delivery denied for `reader`, allowed for `trusted`.
+    s4.subscribe("hidden/#", QoS::AtLeastOnce).await;
+    let mut trusted = v4(b.addr, "trusted").await;
+    trusted.subscribe("hidden/#", QoS::AtLeastOnce).await;
+    p.client
+        .publish("hidden/1", Q5::AtLeastOnce, false, "psst")
+        .await
+        .unwrap();
+    assert_eq!(trusted.publish().await.topic, "hidden/1");
+    s4.no_publish(Duration::from_millis(200)).await;
+    // In-process clients get the same checks.
+    let internal = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("adapter:acl")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        internal
+            .publish("secret/y", "no", Q5::AtMostOnce, false)
+            .await,
+        Err(BrokerError::Refused(_))
+    ));
+    assert_eq!(
+        internal
+            .subscribe("secret/#", Q5::AtMostOnce)
+            .await
+            .unwrap(),
+        p5::SubscribeReasonCode::NotAuthorized
+    );
+    b.stop().await;
+}

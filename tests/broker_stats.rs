@@ -1,0 +1,169 @@
+//! `$SYS/broker/...` statistics, `Broker::stats()`, and memory bounded by live state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate::auth::Identity;
+use tollgate::broker::{BrokerSettings, InternalOptions};
+
+#[tokio::test]
+async fn sys_topics_are_published_retained_with_mosquitto_names() {
+    let b = start_broker_with(BrokerSettings {
+        sys_interval: Duration::from_millis(200),
+        ..test_settings()
+    })
+    .await;
+    let p = v4(b.addr, "sys-pub").await;
+    p.client
+        .publish("some/topic", QoS::AtMostOnce, false, "x")
+        .await
+        .unwrap();
+    let mut s = v4(b.addr, "sys-sub").await;
+    s.subscribe("$SYS/broker/#", QoS::AtMostOnce).await;
+    let wanted = [
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/bytes/sent",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+    ];
+    let mut seen = std::collections::HashMap::new();
+    while !wanted.iter().all(|t| seen.contains_key(*t)) {
+        let m = s.publish().await;
+        seen.insert(
+            m.topic.clone(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        );
+    }
+    assert_eq!(seen["$SYS/broker/clients/connected"], "2");
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    // A client may not publish into $SYS.
+    p.client
+        .publish("$SYS/broker/uptime", QoS::AtMostOnce, false, "fake")
+        .await
+        .unwrap();
+    let stats = b.broker.stats();
+    assert!(stats.messages_received >= 1);
+    assert!(stats.bytes_received > 0 && stats.bytes_sent > 0);
+    assert_eq!(stats.subscriptions, 1);
+    b.stop().await;
+}
+
+/// Minimal v3.1.1 clean-session client: CONNECT, read CONNACK, DISCONNECT.
+async fn connect_and_leave(addr: std::net::SocketAddr, id: &str) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut pkt = vec![
+        0x10,
+        (12 + id.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        30,
+    ];
+    pkt.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    pkt.extend_from_slice(id.as_bytes());
+    s.write_all(&pkt).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    s.write_all(&[0xE0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_bounded_by_live_state() {
+    let b = start_broker().await;
+    // 10,000 clients with random ids connect and leave (network and in-process).
+    let mut tasks = Vec::new();
+    for chunk in 0..20 {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                connect_and_leave(
+                    addr,
+                    &format!("net-{chunk}-{i}-{:x}", rand::random::<u32>()),
+                )
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..8000 {
+        let mut c = b
+            .broker
+            .connect_internal(InternalOptions::new(Identity::internal(&format!(
+                "int-{i}-{:x}",
+                rand::random::<u32>()
+            ))))
+            .await
+            .unwrap();
+        if i % 100 == 0 {
+            c.subscribe(&format!("tmp/{i}/#"), Q5::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let _ = &mut c;
+        c.disconnect().await;
+    }
+    // 100,000 distinct topics, no retain, no subscribers: one raw v3.1.1 client
+    // writes them as QoS 0 PUBLISH packets in large batches.
+    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&[
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'l',
+    ])
+    .await
+    .unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    let mut buf = Vec::with_capacity(1 << 20);
+    for i in 0..100_000u32 {
+        let topic = format!("flood/{i}/value");
+        buf.push(0x30);
+        buf.push((2 + topic.len() + 1) as u8);
+        buf.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.push(b'1');
+    }
+    s.write_all(&buf).await.unwrap();
+    for _ in 0..500 {
+        if b.broker.stats().messages_received >= 100_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.write_all(&[0xE0, 0]).await.unwrap();
+    drop(s);
+    let mut stats = b.broker.stats();
+    for _ in 0..250 {
+        if stats.sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = b.broker.stats();
+    }
+    assert_eq!(stats.sessions, 0, "{stats:?}");
+    assert_eq!(stats.clients_connected, 0, "{stats:?}");
+    assert_eq!(stats.subscriptions, 0, "{stats:?}");
+    assert_eq!(stats.subscription_trie_nodes, 0, "{stats:?}");
+    assert_eq!(stats.retained_messages, 0, "{stats:?}");
+    assert_eq!(stats.durable_holds, 0, "{stats:?}");
+    assert!(stats.messages_received >= 100_000);
+    b.stop().await;
+}

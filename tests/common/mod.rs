@@ -1,0 +1,450 @@
+//! Shared test support: start a broker on 127.0.0.1:0 with a plain TCP accept loop,
+//! rumqttc v3.1.1/v5 clients whose events can be awaited, and raw-socket helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use rumqttc::v5::mqttbytes::v5 as p5;
+use tollgate::acl::{AllowAll, Authorizer};
+use tollgate::auth::{AnonymousOnly, Authenticator};
+use tollgate::broker::{Broker, BrokerSettings, ConnectionInfo, ListenerContext};
+
+/// Generous limit for awaiting events; tests normally finish far sooner.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running broker for one test.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub broker: Broker,
+    pub shutdown: CancellationToken,
+}
+
+impl TestBroker {
+    /// Cancel and wait until every connection task and the router are done.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.broker.drained())
+            .await
+            .expect("broker drains within the limit");
+    }
+}
+
+/// Settings that make tests fast: short `$SYS` interval off, defaults otherwise.
+pub fn test_settings() -> BrokerSettings {
+    BrokerSettings {
+        sys_interval: Duration::ZERO,
+        ..BrokerSettings::default()
+    }
+}
+
+pub async fn start_broker() -> TestBroker {
+    start_broker_with(test_settings()).await
+}
+
+pub async fn start_broker_with(settings: BrokerSettings) -> TestBroker {
+    start_broker_full(settings, Arc::new(AnonymousOnly), Arc::new(AllowAll)).await
+}
+
+pub async fn start_broker_full(
+    settings: BrokerSettings,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+) -> TestBroker {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let connect_timeout = settings.connect_timeout;
+    let broker = Broker::start(settings, authenticator, authorizer, shutdown.clone());
+    let context = Arc::new(ListenerContext {
+        name: Arc::from("test"),
+        allow_anonymous: true,
+        password_auth: true,
+        tls: false,
+    });
+    let accept_broker = broker.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let info = ConnectionInfo {
+                        peer,
+                        listener: context.clone(),
+                        certificate_identity: None,
+                        connect_deadline: tokio::time::Instant::now() + connect_timeout,
+                    };
+                    let b = accept_broker.clone();
+                    tokio::spawn(async move { b.serve(stream, info).await });
+                }
+            }
+        }
+    });
+    TestBroker {
+        addr,
+        broker,
+        shutdown,
+    }
+}
+
+/// What a client event loop reported.
+#[derive(Debug)]
+pub enum Ev<E> {
+    Event(E),
+    Error(String),
+}
+
+/// A rumqttc v3.1.1 client with its event loop running in the background.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Ev<rumqttc::Event>>,
+}
+
+pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Connect and wait for the CONNACK; returns the client and `session_present`.
+pub async fn v4_connect(options: rumqttc::MqttOptions) -> (V4, bool) {
+    let (client, mut el) = rumqttc::AsyncClient::new(options, 100);
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ev::Event(ev)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Ev::Error(e.to_string()));
+                    break;
+                }
+            }
+        }
+    });
+    let mut c = V4 { client, events };
+    let present = c.connack().await;
+    (c, present)
+}
+
+pub async fn v4(addr: SocketAddr, id: &str) -> V4 {
+    v4_connect(v4_options(addr, id)).await.0
+}
+
+impl V4 {
+    async fn connack(&mut self) -> bool {
+        loop {
+            match self.next().await {
+                Ev::Event(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))) => {
+                    assert_eq!(c.code, rumqttc::ConnectReturnCode::Success);
+                    return c.session_present;
+                }
+                Ev::Event(_) => {}
+                Ev::Error(e) => panic!("connect failed: {e}"),
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Ev<rumqttc::Event> {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("event within the limit")
+            .expect("event loop alive")
+    }
+
+    /// Wait for the next incoming packet matching `f`.
+    pub async fn wait_for<T>(&mut self, mut f: impl FnMut(&rumqttc::Packet) -> Option<T>) -> T {
+        loop {
+            match self.next().await {
+                Ev::Event(rumqttc::Event::Incoming(p)) => {
+                    if let Some(t) = f(&p) {
+                        return t;
+                    }
+                }
+                Ev::Event(_) => {}
+                Ev::Error(e) => panic!("connection failed while waiting: {e}"),
+            }
+        }
+    }
+
+    pub async fn publish(&mut self) -> rumqttc::Publish {
+        self.wait_for(|p| match p {
+            rumqttc::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn suback(&mut self) -> rumqttc::SubAck {
+        self.wait_for(|p| match p {
+            rumqttc::Packet::SubAck(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe queued");
+        self.suback().await;
+    }
+
+    /// Wait for the connection to end; returns the error text.
+    pub async fn closed(&mut self) -> String {
+        loop {
+            if let Ev::Error(e) = self.next().await {
+                return e;
+            }
+        }
+    }
+
+    /// Assert no PUBLISH arrives within `d`.
+    pub async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ev::Event(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => {
+                    panic!("unexpected publish on {}", p.topic)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+            }
+        }
+    }
+}
+
+/// A rumqttc v5 client with its event loop running in the background.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Ev<rumqttc::v5::Event>>,
+    pub connack: Option<p5::ConnAck>,
+}
+
+pub fn v5_options(addr: SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+pub async fn v5_connect(options: rumqttc::v5::MqttOptions) -> V5 {
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(options, 100);
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ev::Event(ev)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Ev::Error(format!("{e:?}")));
+                    break;
+                }
+            }
+        }
+    });
+    let mut c = V5 {
+        client,
+        events,
+        connack: None,
+    };
+    let ack = c
+        .wait_for(|p| match p {
+            p5::Packet::ConnAck(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ack.code, p5::ConnectReturnCode::Success);
+    c.connack = Some(ack);
+    c
+}
+
+pub async fn v5(addr: SocketAddr, id: &str) -> V5 {
+    v5_connect(v5_options(addr, id)).await
+}
+
+impl V5 {
+    pub async fn next(&mut self) -> Ev<rumqttc::v5::Event> {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("event within the limit")
+            .expect("event loop alive")
+    }
+
+    pub async fn wait_for<T>(&mut self, mut f: impl FnMut(&p5::Packet) -> Option<T>) -> T {
+        loop {
+            match self.next().await {
+                Ev::Event(rumqttc::v5::Event::Incoming(p)) => {
+                    if let Some(t) = f(&p) {
+                        return t;
+                    }
+                }
+                Ev::Event(_) => {}
+                Ev::Error(e) => panic!("connection failed while waiting: {e}"),
+            }
+        }
+    }
+
+    pub async fn publish(&mut self) -> p5::Publish {
+        self.wait_for(|p| match p {
+            p5::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn suback(&mut self) -> p5::SubAck {
+        self.wait_for(|p| match p {
+            p5::Packet::SubAck(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> p5::SubAck {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe queued");
+        self.suback().await
+    }
+
+    /// Wait for the server's DISCONNECT (or the connection error if none came).
+    /// rumqttc reports a server DISCONNECT as an error carrying the reason code.
+    pub async fn disconnect_reason(&mut self) -> String {
+        loop {
+            match self.next().await {
+                Ev::Event(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(d))) => {
+                    return format!("{:?}", d.reason_code)
+                }
+                Ev::Event(_) => {}
+                Ev::Error(e) => return e,
+            }
+        }
+    }
+
+    pub async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ev::Event(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))))) => {
+                    panic!("unexpected publish on {:?}", p.topic)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+            }
+        }
+    }
+}
+
+/// Raw socket peer speaking MQTT v5 packets (for bad-input tests).
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Open and complete a v5 CONNECT with a clean start.
+    pub async fn connect_v5(addr: SocketAddr, id: &str) -> Raw {
+        let mut raw = Raw::open(addr).await;
+        raw.send(&p5::Packet::Connect(
+            p5::Connect {
+                keep_alive: 30,
+                client_id: id.to_string(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        ))
+        .await;
+        match raw.read().await {
+            Some(p5::Packet::ConnAck(c)) => assert_eq!(c.code, p5::ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    pub async fn send(&mut self, packet: &p5::Packet) {
+        let mut b = BytesMut::new();
+        packet.write(&mut b, None).expect("encodable test packet");
+        self.send_bytes(&b).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Next v5 packet, or `None` when the broker closed the connection.
+    pub async fn read(&mut self) -> Option<p5::Packet> {
+        loop {
+            match p5::Packet::read(&mut self.buf, None) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("broker sent a malformed packet: {e}"),
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("broker answers or closes within the limit")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Read raw bytes until the broker closes; returns everything read.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut all = self.buf.split().to_vec();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("broker closes within the limit")
+                .unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Run a Debian `mosquitto_*` client binary if installed; `None` when absent.
+pub fn mosquitto_available() -> bool {
+    std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_ok()
+}
