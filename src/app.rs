@@ -1,1 +1,598 @@
-//! Application lifecycle (being built).
+//! Application lifecycle: `Config -> App::build() -> App::run(shutdown)`. Builds every
+//! component from a validated `Config` (TLS configs, development PKI, security,
+//! broker core), binds the listeners, tells systemd when it is ready, reloads on
+//! SIGHUP (validate everything first, then swap atomically) and drains on shutdown
+//! within the grace period. It must never run with a half-applied configuration and
+//! never spawn a task it does not track.
+
+mod core;
+mod hints;
+pub mod listener;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use self::core::{BoxFuture, Core};
+pub use self::listener::ClientStream;
+use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+
+use crate::acl::{AllowAll, Authorizer};
+use crate::auth::{AnonymousOnly, Authenticator};
+use crate::broker::{Broker, BrokerSettings, ListenerContext};
+use crate::config::shims::pki::{self, DevPki};
+use crate::config::shims::tls::{self, ClientCertMode};
+use crate::config::{self, Config, LoadedConfig, Transport};
+use crate::telemetry::notify;
+
+/// Why the application could not start (or run).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Certificates, keys or security files are present but unusable; one line each.
+    #[error("{}", .0.join("\n"))]
+    Setup(Vec<String>),
+    /// The development PKI could not be created.
+    #[error("cannot create the development PKI in {dir}: {message} (set [broker] data_dir to a writable directory, or configure cert and key)")]
+    DevPki {
+        /// Directory tried.
+        dir: std::path::PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A listener could not bind its address.
+    #[error("listener {listener}: cannot bind {addr}: {source} (is another broker running there? ports below 1024 need CAP_NET_BIND_SERVICE)")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+impl AppError {
+    /// Process exit code: 64 when the configuration's content is at fault, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Setup(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// Authentication and authorization built from a configuration.
+pub type Security = (Arc<dyn Authenticator>, Arc<dyn Authorizer>);
+
+/// THE place where `[auth]`, `[acl]` and client-certificate settings become the
+/// authenticator and authorizer (at start and on every reload). Problems are returned
+/// one line each, with the key they concern.
+pub fn build_security(config: &Config) -> Result<Security, Vec<String>> {
+    // The password-file authenticator and the ACL matcher are wired in here when they
+    // land; until then nothing configured in [auth]/[acl] is silently treated as enforced.
+    if let Some(path) = &config.auth.password_file {
+        warn!(password_file = %path.display(), "Password authentication is not available in this build yet: [auth] password_file is ignored.");
+    }
+    if config.acl.is_configured() {
+        warn!("ACLs are not available in this build yet: [acl] is ignored and every authenticated client may publish and subscribe anywhere.");
+    }
+    Ok((Arc::new(AnonymousOnly), Arc::new(AllowAll)))
+}
+
+/// Build the TLS and listener state of every listener. With `create_dev_pki == false`
+/// (used by `tollgate check`) listeners on the development PKI are skipped, so checking
+/// never writes files.
+fn build_states(
+    config: &Config,
+    create_dev_pki: bool,
+) -> Result<(HashMap<String, ListenerState>, Option<DevPki>), AppError> {
+    let mut dev_pki = None;
+    if create_dev_pki && config.listeners.iter().any(|l| l.uses_dev_pki()) {
+        let dir = config.broker.data_dir.join("dev-pki");
+        let pki = pki::ensure_dev_pki(&dir).map_err(|e| AppError::DevPki {
+            dir: dir.clone(),
+            message: e.to_string(),
+        })?;
+        if pki.created {
+            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), "Created a development PKI (CA and localhost server certificate): for development only.");
+        } else {
+            info!(dir = %dir.display(), "Using the development PKI: for development only.");
+        }
+        dev_pki = Some(pki);
+    }
+    let label = config.source.label();
+    let mut states = HashMap::new();
+    let mut problems = Vec::new();
+    for l in &config.listeners {
+        let i = l.index;
+        let context = Arc::new(ListenerContext {
+            name: Arc::from(l.name.as_str()),
+            allow_anonymous: l.allow_anonymous,
+            password_auth: l.password_auth,
+            tls: l.transport == Transport::Tls,
+        });
+        let tls = if l.transport == Transport::Tls {
+            let files = match (&l.cert, &l.key, &dev_pki) {
+                (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
+                (None, None, Some(pki)) => Some((pki.server_cert.clone(), pki.server_key.clone())),
+                _ => None,
+            };
+            let Some((cert, key)) = files else { continue };
+            let built = l
+                .tls_settings(&cert, &key)
+                .and_then(|s| tls::build_server_config(&s).map_err(|e| e.to_string()));
+            match built {
+                Ok(server_config) => Some(TlsState {
+                    config: server_config,
+                    identity: l.identity,
+                    client_certs: l.client_cert_mode() != ClientCertMode::Off,
+                }),
+                Err(e) => {
+                    problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        states.insert(l.name.clone(), ListenerState { context, tls });
+    }
+    if problems.is_empty() {
+        Ok((states, dev_pki))
+    } else {
+        Err(AppError::Setup(problems))
+    }
+}
+
+/// Deep checks for `tollgate check` beyond `config::load`: certificates and keys are
+/// parsed and matched, security files are loaded. Writes nothing.
+pub fn preflight(config: &Config) -> Vec<String> {
+    let mut problems = match build_states(config, false) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.to_string().lines().map(str::to_string).collect(),
+    };
+    if let Err(security) = build_security(config) {
+        problems.extend(security);
+    }
+    problems
+}
+
+/// Outcome of an accepted reload.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Changes that only take effect after a restart (listener set, binds, `[broker]`, `[log]`).
+    pub ignored_until_restart: Vec<String>,
+}
+
+/// A refused reload: every problem, one line each. The running configuration stays.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reload refused: {}", .problems.join("; "))]
+pub struct ReloadFailed {
+    /// What is wrong.
+    pub problems: Vec<String>,
+}
+
+type ReloadRequest = oneshot::Sender<Result<ReloadReport, ReloadFailed>>;
+
+/// Triggers the same reload as SIGHUP (for tests and embedding) and returns its outcome.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requests: mpsc::Sender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    /// Re-read and apply the configuration file; see `App` for what changes live.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadFailed> {
+        let stopped = || ReloadFailed {
+            problems: vec!["the gateway is not running".to_string()],
+        };
+        let (reply, outcome) = oneshot::channel();
+        self.requests.send(reply).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+struct BoundListener {
+    name: Arc<str>,
+    socket: TcpListener,
+    addr: SocketAddr,
+    slot: StateSlot,
+}
+
+/// A built gateway: listeners bound, broker core started, not yet accepting.
+pub struct App {
+    /// Configuration the listeners and the core were started with (restart-only diff base).
+    started: Config,
+    /// Configuration currently applied (listener state, security, grace period).
+    current: Config,
+    listeners: Vec<BoundListener>,
+    slots: HashMap<String, StateSlot>,
+    addrs: Vec<(String, SocketAddr)>,
+    dev_pki: Option<DevPki>,
+    core: Arc<dyn Core>,
+    admission: Arc<Admission>,
+    /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
+    broker_shutdown: CancellationToken,
+    reload_requests: mpsc::Sender<ReloadRequest>,
+    reload_inbox: mpsc::Receiver<ReloadRequest>,
+}
+
+impl App {
+    /// Build the gateway around tollgate's broker core.
+    pub async fn build(loaded: LoadedConfig) -> Result<App, AppError> {
+        App::build_with_core(loaded, |settings, authn, authz, token| {
+            Arc::new(Broker::start(settings, authn, authz, token)) as Arc<dyn Core>
+        })
+        .await
+    }
+
+    /// Build the gateway around any `Core` (tests use fakes that need no MQTT).
+    pub async fn build_with_core<F>(loaded: LoadedConfig, make_core: F) -> Result<App, AppError>
+    where
+        F: FnOnce(
+            BrokerSettings,
+            Arc<dyn Authenticator>,
+            Arc<dyn Authorizer>,
+            CancellationToken,
+        ) -> Arc<dyn Core>,
+    {
+        let config = loaded.config;
+        let (mut states, dev_pki) = build_states(&config, true)?;
+        let (authenticator, authorizer) = build_security(&config).map_err(AppError::Setup)?;
+
+        let mut listeners = Vec::new();
+        let mut slots = HashMap::new();
+        let mut addrs = Vec::new();
+        for l in &config.listeners {
+            let addr = l
+                .bind_addr()
+                .map_err(|e| AppError::Setup(vec![format!("listener {}: {e}", l.name)]))?;
+            let socket = listener::bind(addr).map_err(|source| AppError::Bind {
+                listener: l.name.clone(),
+                addr,
+                source,
+            })?;
+            let local = socket.local_addr().map_err(|source| AppError::Bind {
+                listener: l.name.clone(),
+                addr,
+                source,
+            })?;
+            let state = states
+                .remove(&l.name)
+                .expect("invariant: build_states made a state for every listener");
+            let slot: StateSlot = Arc::new(RwLock::new(Arc::new(state)));
+            slots.insert(l.name.clone(), slot.clone());
+            addrs.push((l.name.clone(), local));
+            listeners.push(BoundListener {
+                name: Arc::from(l.name.as_str()),
+                socket,
+                addr: local,
+                slot,
+            });
+        }
+
+        let broker_shutdown = CancellationToken::new();
+        let core = make_core(
+            config.broker.settings(),
+            authenticator,
+            authorizer,
+            broker_shutdown.clone(),
+        );
+        let (reload_requests, reload_inbox) = mpsc::channel(4);
+        Ok(App {
+            admission: Arc::new(Admission::new(config.broker.max_connections)),
+            started: config.clone(),
+            current: config,
+            listeners,
+            slots,
+            addrs,
+            dev_pki,
+            core,
+            broker_shutdown,
+            reload_requests,
+            reload_inbox,
+        })
+    }
+
+    /// The address listener `name` is bound to (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The development PKI in use, if any listener relies on it.
+    pub fn dev_pki(&self) -> Option<&DevPki> {
+        self.dev_pki.as_ref()
+    }
+
+    /// A handle that triggers reloads like SIGHUP does.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            requests: self.reload_requests.clone(),
+        }
+    }
+
+    /// Serve until `shutdown` resolves (SIGTERM/SIGINT in `main`), reloading on SIGHUP,
+    /// then drain: stop accepting, disconnect clients, wait up to the grace period.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(AppError::Signal)?;
+        let tracker = TaskTracker::new();
+        let stop_accepting = CancellationToken::new();
+        for l in std::mem::take(&mut self.listeners) {
+            info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
+            tracker.spawn(
+                AcceptLoop {
+                    name: l.name,
+                    socket: l.socket,
+                    state: l.slot,
+                    admission: self.admission.clone(),
+                    core: self.core.clone(),
+                    connect_timeout: self.started.broker.connect_timeout,
+                    stop_accepting: stop_accepting.clone(),
+                    shutdown: self.broker_shutdown.clone(),
+                    tracker: tracker.clone(),
+                }
+                .run(),
+            );
+        }
+        self.announce_ready();
+        tracker.spawn(health_loop(
+            self.core.clone(),
+            self.admission.clone(),
+            self.broker_shutdown.clone(),
+            notify::watchdog_interval(),
+        ));
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hangup.recv() => {
+                    info!(config = %self.current.source.label(), "SIGHUP received: reloading the configuration.");
+                    let _ = self.reload();
+                }
+                Some(reply) = self.reload_inbox.recv() => {
+                    let _ = reply.send(self.reload());
+                }
+            }
+        }
+        self.drain(tracker, stop_accepting).await;
+        Ok(())
+    }
+
+    fn announce_ready(&self) {
+        let summary: Vec<String> = self
+            .started
+            .listeners
+            .iter()
+            .zip(&self.addrs)
+            .map(|(l, (_, addr))| format!("{} {addr} ({})", l.name, l.transport))
+            .collect();
+        notify::ready();
+        notify::status(&format!("Ready: {}", summary.join(", ")));
+        info!(listeners = %summary.join(", "), "tollgate is ready.");
+
+        let dev_ca = self.dev_pki.as_ref().map(|p| p.ca_cert.as_path());
+        let lines: Vec<String> = self
+            .started
+            .listeners
+            .iter()
+            .zip(&self.addrs)
+            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, dev_ca))
+            .collect();
+        if std::io::stdout().is_terminal() {
+            println!("Connect with:");
+            for line in &lines {
+                println!("  {line}");
+            }
+        } else {
+            for line in &lines {
+                info!(command = %line, "Connect with this command.");
+            }
+        }
+    }
+
+    /// Validate the configuration file completely, then swap; on any problem nothing changes.
+    fn reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
+        notify::reloading();
+        let outcome = self.try_reload();
+        match &outcome {
+            Ok(report) => {
+                for change in &report.ignored_until_restart {
+                    warn!(change = %change, "Configuration change ignored until restart.");
+                }
+                info!(target: "audit", config = %self.current.source.label(), "Configuration reloaded.");
+                notify::status("Configuration reloaded; serving.");
+            }
+            Err(failed) => {
+                for problem in &failed.problems {
+                    error!(problem = %problem, "Reload refused: configuration problem.");
+                }
+                warn!(target: "audit", config = %self.current.source.label(), problems = failed.problems.len(), "Configuration reload refused; the running configuration stays in force.");
+                notify::status(&format!(
+                    "Reload refused ({} problems, see log); running configuration unchanged.",
+                    failed.problems.len()
+                ));
+            }
+        }
+        notify::ready();
+        outcome
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
+        let fail = |problems: Vec<String>| ReloadFailed { problems };
+        let loaded = config::load(&self.current.source).map_err(|e| fail(e.problems()))?;
+        for w in &loaded.warnings {
+            warn!(warning = %w, "Configuration warning.");
+        }
+        let new = loaded.config;
+        let (mut states, _) = build_states(&new, true).map_err(|e| match e {
+            AppError::Setup(problems) => fail(problems),
+            other => fail(vec![other.to_string()]),
+        })?;
+        let (authenticator, authorizer) = build_security(&new).map_err(fail)?;
+        let ignored = restart_only_changes(&self.started, &new);
+
+        // Everything is built: swap. Listeners whose transport changed keep their old
+        // state (a TLS port must never turn into plain text without a restart).
+        for l in &self.started.listeners {
+            let same_transport = new
+                .listeners
+                .iter()
+                .any(|n| n.name == l.name && n.transport == l.transport);
+            if let (true, Some(slot), Some(state)) = (
+                same_transport,
+                self.slots.get(&l.name),
+                states.remove(&l.name),
+            ) {
+                listener::replace(slot, state);
+            }
+        }
+        self.core.reload_auth(authenticator, authorizer);
+        self.current = new;
+        Ok(ReloadReport {
+            ignored_until_restart: ignored,
+        })
+    }
+
+    async fn drain(self, tracker: TaskTracker, stop_accepting: CancellationToken) {
+        let grace = self.current.shutdown.grace_period;
+        notify::stopping();
+        notify::status("Stopping: draining connections.");
+        info!(
+            open_connections = self.admission.open_connections(),
+            grace_period_ms = grace.as_millis() as u64,
+            "Shutting down: no longer accepting, asking clients to disconnect."
+        );
+        stop_accepting.cancel();
+        self.broker_shutdown.cancel();
+        tracker.close();
+        let core = self.core.clone();
+        let drained = async move {
+            tracker.wait().await;
+            core.drained().await;
+        };
+        match tokio::time::timeout(grace, drained).await {
+            Ok(()) => info!("All connections closed; exiting."),
+            Err(_) => warn!(
+                open_connections = self.admission.open_connections(),
+                "Grace period over with connections still open; exiting anyway."
+            ),
+        }
+    }
+}
+
+fn current_is_tls(slot: &StateSlot) -> bool {
+    listener::current(slot).tls.is_some()
+}
+
+/// Differences between the configuration the process started with and a reloaded one
+/// that only a restart applies.
+fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    for old in &started.listeners {
+        match new.listeners.iter().find(|l| l.name == old.name) {
+            None => changes.push(format!("listener {:?} was removed", old.name)),
+            Some(l) => {
+                if l.bind != old.bind {
+                    changes.push(format!(
+                        "listener {:?} bind {} -> {}",
+                        old.name, old.bind, l.bind
+                    ));
+                }
+                if l.transport != old.transport {
+                    changes.push(format!(
+                        "listener {:?} transport {} -> {} (keeps its current TLS/plain state)",
+                        old.name, old.transport, l.transport
+                    ));
+                }
+            }
+        }
+    }
+    for l in &new.listeners {
+        if !started.listeners.iter().any(|o| o.name == l.name) {
+            changes.push(format!("listener {:?} was added", l.name));
+        }
+    }
+    if started.broker != new.broker {
+        changes.push("[broker] settings changed".to_string());
+    }
+    if started.log != new.log {
+        changes.push("[log] settings changed".to_string());
+    }
+    changes
+}
+
+/// Periodic round trip through the core: pings the systemd watchdog only while the
+/// router answers, and keeps the STATUS line current.
+async fn health_loop(
+    core: Arc<dyn Core>,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+    watchdog: Option<Duration>,
+) {
+    let period = watchdog
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(30))
+        .max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        match tokio::time::timeout(period, core.health()).await {
+            Ok(Ok(detail)) => {
+                if watchdog.is_some() {
+                    notify::watchdog_ping();
+                }
+                let open = admission.open_connections();
+                notify::status(&if detail.is_empty() {
+                    format!("Serving {open} connections.")
+                } else {
+                    format!("Serving {open} connections; {detail}")
+                });
+            }
+            Ok(Err(reason)) => {
+                warn!(%reason, "Health check failed: the router reported an error; withholding the watchdog ping.")
+            }
+            Err(_) => warn!(
+                timeout_ms = period.as_millis() as u64,
+                "Health check failed: the router did not answer in time; withholding the watchdog ping."
+            ),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (logging which), for `App::run` in `main`.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(reason = %e, "Cannot install SIGTERM/SIGINT handlers; stop with SIGKILL only.");
+            return std::future::pending().await;
+        }
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = which, "Shutdown requested.");
+}

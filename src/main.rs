@@ -1,3 +1,79 @@
-fn main() {
-    println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+//! The `tollgate` binary: CLI -> load and validate config -> telemetry -> app -> exit
+//! code. Everything else lives in the library so tests can run it in-process.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use tollgate::app::{self, App};
+use tollgate::cli::{self, Cli, Command, ConfigArgs, EXIT_CONFIG, EXIT_FAILURE};
+use tollgate::config;
+use tollgate::telemetry::{self, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Run(args) => run(cli.log, args),
+        Command::Check(args) => cli::check(args),
+    };
+    ExitCode::from(code)
+}
+
+fn run(log: Option<LogFormat>, args: &ConfigArgs) -> u8 {
+    let loaded = match config::load(&args.source()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            for problem in e.problems() {
+                eprintln!("{problem}");
+            }
+            eprintln!("tollgate: not started: the configuration has problems (listed above).");
+            return EXIT_CONFIG;
+        }
+    };
+    // Validation has accepted the format; RUST_LOG, when set, wins over [log] level.
+    let format = log.unwrap_or_else(|| loaded.config.log.log_format().unwrap_or(LogFormat::Auto));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => None,
+        _ => Some(loaded.config.log.level.as_str()),
+    };
+    if let Err(e) = telemetry::init(format, filter) {
+        eprintln!("tollgate: cannot set up logging: {e}");
+        return EXIT_CONFIG;
+    }
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %loaded.config.source.label(),
+        "Starting tollgate."
+    );
+    for notice in &loaded.notices {
+        info!("{notice}");
+    }
+    for warning in &loaded.warnings {
+        warn!(warning = %warning, "Configuration warning.");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(reason = %e, "Cannot start the async runtime.");
+            return EXIT_FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let app = App::build(loaded).await?;
+        app.run(app::shutdown_signal()).await
+    });
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                error!(problem = %line, "tollgate stopped.");
+            }
+            e.exit_code()
+        }
+    }
 }

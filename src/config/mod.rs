@@ -1,1 +1,426 @@
-//! config (being built).
+//! The configuration file: serde types for every section, loading with the `config`
+//! crate (defaults < file < `TOLLGATE_*` environment), path resolution and
+//! validation that collects every problem with its key path before reporting.
+//! It must never start anything, bind sockets or create files: `app` does that from
+//! a `Config` this module has accepted.
+
+pub mod duration;
+mod load;
+pub(crate) mod shims;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::broker::BrokerSettings;
+use shims::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
+
+pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
+
+/// The whole gateway configuration, after loading, path resolution and validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[broker]`: limits and tunables of the broker core.
+    pub broker: BrokerConfig,
+    /// `[[listener]]`: sockets tollgate accepts clients on, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[auth]`: password authentication.
+    pub auth: AuthConfig,
+    /// `[acl]`: authorization rules.
+    pub acl: AclConfig,
+    /// `[shutdown]`: how SIGTERM drains.
+    pub shutdown: ShutdownConfig,
+    /// `[log]`: log level and format.
+    pub log: LogConfig,
+    /// Where the configuration came from (file path or the embedded default).
+    pub source: ConfigSource,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// State directory (development PKI, later journal and sessions).
+    pub data_dir: PathBuf,
+    /// Largest MQTT packet accepted from or sent to a client, in bytes.
+    pub max_packet_size: u32,
+    /// Connections accepted at once over all listeners; more are closed before TLS.
+    pub max_connections: u32,
+    /// Time from accept to a complete CONNECT, TLS handshake included.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    /// Largest keep alive granted to a client, in seconds.
+    pub max_keepalive: u16,
+    /// Largest session expiry interval granted to v5 clients.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_session_expiry: Duration,
+    /// Messages queued per offline persistent session.
+    pub max_offline_messages: usize,
+    /// Bytes queued per offline persistent session.
+    pub max_offline_bytes: usize,
+    /// Unacknowledged QoS 1/2 messages accepted from one client (v5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// QoS 1/2 messages in flight towards a client that sets no Receive Maximum.
+    pub max_inflight: u16,
+    /// Topic aliases a v5 client may use towards the broker (0 disables them).
+    pub topic_alias_maximum: u16,
+    /// Period of `$SYS/broker/...` statistics; 0 disables them.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub sys_interval: Duration,
+}
+
+/// Default state directory, also the signal for the unprivileged fallback.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tollgate";
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let core = BrokerSettings::default();
+        BrokerConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_packet_size: core.max_packet_size,
+            max_connections: 10_000,
+            connect_timeout: core.connect_timeout,
+            max_keepalive: core.max_keepalive,
+            max_session_expiry: Duration::from_secs(u64::from(core.max_session_expiry)),
+            max_offline_messages: core.max_offline_messages,
+            max_offline_bytes: core.max_offline_bytes,
+            receive_maximum: core.receive_maximum,
+            max_inflight: core.max_inflight,
+            topic_alias_maximum: core.topic_alias_maximum,
+            sys_interval: core.sys_interval,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The broker core's settings (validation guarantees every value fits).
+    pub fn settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            max_packet_size: self.max_packet_size,
+            connect_timeout: self.connect_timeout,
+            max_keepalive: self.max_keepalive,
+            max_session_expiry: u32::try_from(self.max_session_expiry.as_secs())
+                .unwrap_or(u32::MAX),
+            max_offline_messages: self.max_offline_messages,
+            max_offline_bytes: self.max_offline_bytes,
+            receive_maximum: self.receive_maximum,
+            max_inflight: self.max_inflight,
+            topic_alias_maximum: self.topic_alias_maximum,
+            sys_interval: self.sys_interval,
+        }
+    }
+}
+
+/// Transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain MQTT over TCP (loopback unless `allow_non_loopback = true`).
+    Tcp,
+    /// MQTT over TLS 1.2/1.3.
+    Tls,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        })
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Position in the file's `[[listener]]` list (for key paths in messages).
+    #[serde(skip)]
+    pub index: usize,
+    /// Unique name, used in identities, logs and audit events.
+    pub name: String,
+    /// Socket address to bind, e.g. `"0.0.0.0:8883"`.
+    pub bind: String,
+    /// `tcp` or `tls`.
+    #[serde(deserialize_with = "by_name")]
+    pub transport: Transport,
+    /// Admit clients without credentials (with the anonymous ACL rules only).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Permit a plain `tcp` listener on a non-loopback address.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Accept CONNECT username/password on this listener.
+    #[serde(default = "default_true")]
+    pub password_auth: bool,
+    /// Server certificate chain (PEM); absent on a TLS listener = development PKI.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM: PKCS#8, SEC1 or RSA).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// TLS versions offered: `"1.2"`, `"1.3"`.
+    #[serde(default = "default_tls_versions")]
+    pub tls_versions: Vec<String>,
+    /// CA that signs client certificates; enables client certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `off`, `optional` or `required`; defaults to `required` with `client_ca`, else `off`.
+    #[serde(default, deserialize_with = "optional_by_name")]
+    pub client_certs: Option<ClientCertMode>,
+    /// Certificate field that becomes the username.
+    #[serde(default = "default_identity", deserialize_with = "by_name")]
+    pub identity: IdentitySource,
+    /// Certificate revocation list (PEM or DER) for client certificates.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+/// Deserialize a unit-variant enum from its name through a plain string, so a wrong
+/// name gets serde's "unknown variant `x`, expected one of ..." message whatever the
+/// source format (the `config` crate's own enum errors do not list the choices).
+fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(serde::de::value::StringDeserializer::<
+        serde::de::value::Error,
+    >::new(name))
+    .map_err(serde::de::Error::custom)
+}
+
+fn optional_by_name<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    by_name(deserializer).map(Some)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_tls_versions() -> Vec<String> {
+    vec!["1.2".to_string(), "1.3".to_string()]
+}
+
+fn default_identity() -> IdentitySource {
+    IdentitySource::Cn
+}
+
+impl ListenerConfig {
+    /// The bind address; validation has already rejected unparsable ones.
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        self.bind.parse().map_err(|_| {
+            format!(
+                "{:?} is not a socket address (write e.g. \"0.0.0.0:8883\" or \"[::]:8883\")",
+                self.bind
+            )
+        })
+    }
+
+    /// Effective client certificate mode.
+    pub fn client_cert_mode(&self) -> ClientCertMode {
+        match (self.client_certs, &self.client_ca) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => ClientCertMode::Required,
+            (None, None) => ClientCertMode::Off,
+        }
+    }
+
+    /// Whether this TLS listener has no `cert`/`key` and so uses the development PKI.
+    pub fn uses_dev_pki(&self) -> bool {
+        self.transport == Transport::Tls && self.cert.is_none() && self.key.is_none()
+    }
+
+    /// Parsed `tls_versions`.
+    pub fn tls_version_list(&self) -> Result<Vec<TlsVersion>, String> {
+        self.tls_versions
+            .iter()
+            .map(|v| match v.as_str() {
+                "1.2" => Ok(TlsVersion::V1_2),
+                "1.3" => Ok(TlsVersion::V1_3),
+                other => Err(format!(
+                    "{other:?} is not a supported TLS version (only \"1.2\" and \"1.3\"; older versions are insecure)"
+                )),
+            })
+            .collect()
+    }
+
+    /// TLS settings for `tls::build_server_config`, given the certificate and key to use.
+    pub fn tls_settings(&self, cert: &Path, key: &Path) -> Result<ServerTlsSettings, String> {
+        Ok(ServerTlsSettings {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            versions: self.tls_version_list()?,
+            client_ca: self.client_ca.clone(),
+            client_certs: self.client_cert_mode(),
+            identity: self.identity,
+            crl: self.crl.clone(),
+        })
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// mosquitto_passwd-format password file.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[acl]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// mosquitto `acl_file`-syntax file.
+    pub file: Option<PathBuf>,
+    /// Inline rules (`[[acl.rule]]`), evaluated together with `file`.
+    pub rule: Vec<AclRuleConfig>,
+}
+
+impl AclConfig {
+    /// Whether any ACL is configured (then anything unlisted is denied).
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some() || !self.rule.is_empty()
+    }
+}
+
+/// Access granted or denied by an ACL rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAccess {
+    Read,
+    Write,
+    Readwrite,
+    Deny,
+}
+
+/// `[[acl.rule]]`: `user = "x"`, or `pattern = true`, or neither (anonymous rule).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleConfig {
+    /// The user this rule applies to.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A pattern rule (`%u`, `%c` substituted), applying to everyone.
+    #[serde(default)]
+    pub pattern: bool,
+    /// `read`, `write`, `readwrite` or `deny`.
+    #[serde(deserialize_with = "by_name")]
+    pub access: AclAccess,
+    /// Topic filter.
+    pub topic: String,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time connections get to finish after SIGTERM before tollgate exits anyway.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive, e.g. `"info"` or `"info,tollgate::broker=debug"`.
+    pub level: String,
+    /// `auto`, `journald`, `json` or `text`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: "auto".to_string(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Parsed `format`.
+    pub fn log_format(&self) -> Result<crate::telemetry::LogFormat, String> {
+        <crate::telemetry::LogFormat as clap::ValueEnum>::from_str(&self.format, true).map_err(
+            |_| {
+                format!(
+                    "{:?} is not a log format (use auto, journald, json or text)",
+                    self.format
+                )
+            },
+        )
+    }
+}
+
+/// One problem found in a configuration: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Config file path, or `<embedded default>`.
+    pub file: String,
+    /// Key path such as `listener[1].bind`; empty for file-level problems.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// Why a configuration was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read the configuration file: {source} (check the path given with -c)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but has problems; every one is listed.
+    #[error("{}", ConfigError::join(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl ConfigError {
+    fn join(problems: &[ConfigProblem]) -> String {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every problem, one per line item (a read failure is one problem).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}

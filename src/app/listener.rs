@@ -1,0 +1,339 @@
+//! Listeners: bind the sockets, accept connections, enforce the global connection
+//! limit before any TLS work, run the TLS handshake under the connect deadline, and
+//! hand each stream to the broker core in a tracked task. The per-listener state
+//! (TLS server config, anonymous/password flags) is swapped atomically on reload:
+//! new handshakes use the new state, existing connections keep theirs.
+//! It must never crash on accept errors, never block the accept loop on a client,
+//! and never look at MQTT bytes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use super::core::Core;
+use crate::broker::{ConnectionInfo, ListenerContext};
+use crate::config::shims::tls::{self, IdentitySource};
+
+/// A client byte stream: plain TCP or TLS over TCP.
+pub enum ClientStream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP, handshake complete.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// TLS part of a listener's state.
+#[derive(Clone)]
+pub struct TlsState {
+    /// Server config used for new handshakes.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Certificate field that becomes the identity.
+    pub identity: IdentitySource,
+    /// Whether client certificates are requested (handshake failures are then audit events).
+    pub client_certs: bool,
+}
+
+/// What a new connection on a listener is served with; replaced as a whole on reload.
+#[derive(Clone)]
+pub struct ListenerState {
+    /// Facts passed to the broker with every connection.
+    pub context: Arc<ListenerContext>,
+    /// `None` for plain TCP.
+    pub tls: Option<TlsState>,
+}
+
+/// Atomically swappable listener state (read once per accepted connection).
+pub type StateSlot = Arc<RwLock<Arc<ListenerState>>>;
+
+/// Read the current state; a poisoned lock still holds a complete `Arc`, so use it.
+pub fn current(slot: &StateSlot) -> Arc<ListenerState> {
+    slot.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// Replace the state used for new connections.
+pub fn replace(slot: &StateSlot, state: ListenerState) {
+    *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+}
+
+/// Bind a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// State shared by every accept loop: the global connection limit and its refusals.
+pub struct Admission {
+    limit: Arc<Semaphore>,
+    max: u32,
+    refused: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+/// Refusals are logged at most once per this interval, with a count.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Admission {
+    /// Admission control for at most `max` simultaneous connections.
+    pub fn new(max: u32) -> Self {
+        Admission {
+            limit: Arc::new(Semaphore::new(max as usize)),
+            max,
+            refused: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    /// Connections currently holding a permit.
+    pub fn open_connections(&self) -> usize {
+        (self.max as usize).saturating_sub(self.limit.available_permits())
+    }
+
+    fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.clone().try_acquire_owned().ok()
+    }
+
+    fn refuse(&self, listener: &str, peer: SocketAddr) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if last.map_or(true, |t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+            *last = Some(now);
+            warn!(
+                listener,
+                %peer,
+                max_connections = self.max,
+                refused_total = refused,
+                "Connection limit reached: closing new connections before the TLS handshake."
+            );
+        }
+    }
+}
+
+/// Everything an accept loop needs.
+pub struct AcceptLoop {
+    /// Listener name for logs.
+    pub name: Arc<str>,
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// Current listener state.
+    pub state: StateSlot,
+    /// Global connection limit.
+    pub admission: Arc<Admission>,
+    /// Broker core that serves connections.
+    pub core: Arc<dyn Core>,
+    /// TLS handshake + CONNECT budget.
+    pub connect_timeout: Duration,
+    /// Cancelled to stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when the broker shuts down (abandons handshakes in progress).
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// Accept errors that concern one connection only; the next accept is fine.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+impl AcceptLoop {
+    /// Accept until `stop_accepting` is cancelled. Resource errors (EMFILE, ENOBUFS, ...)
+    /// are logged and backed off (10 ms doubling to 1 s), never fatal.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop_accepting.cancelled() => break,
+                accepted = self.socket.accept() => accepted,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(10);
+                    pair
+                }
+                Err(e) if is_connection_error(&e) => {
+                    debug!(listener = %self.name, reason = %e, "Accept failed for one connection.");
+                    continue;
+                }
+                Err(e) => {
+                    error!(
+                        listener = %self.name,
+                        reason = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "Accept failed (out of file descriptors or memory?); backing off."
+                    );
+                    tokio::select! {
+                        _ = self.stop_accepting.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Some(permit) = self.admission.try_admit() else {
+                self.admission.refuse(&self.name, peer);
+                drop(socket);
+                continue;
+            };
+            let connection = Connection {
+                socket,
+                peer,
+                state: current(&self.state),
+                core: self.core.clone(),
+                deadline: Instant::now() + self.connect_timeout,
+                shutdown: self.shutdown.clone(),
+                _permit: permit,
+            };
+            self.tracker.spawn(connection.serve());
+        }
+        debug!(listener = %self.name, "Stopped accepting connections.");
+    }
+}
+
+/// One accepted socket on its way to the broker core.
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ListenerState>,
+    core: Arc<dyn Core>,
+    deadline: Instant,
+    shutdown: CancellationToken,
+    /// Held for the connection's lifetime: this is the connection limit.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self) {
+        let peer = self.peer;
+        let listener = self.state.context.name.clone();
+        if let Err(e) = self.socket.set_nodelay(true) {
+            debug!(%listener, %peer, reason = %e, "Could not set TCP_NODELAY.");
+        }
+        let mut info = ConnectionInfo {
+            peer,
+            listener: self.state.context.clone(),
+            certificate_identity: None,
+            connect_deadline: self.deadline,
+        };
+        let Some(tls) = &self.state.tls else {
+            self.core.serve(ClientStream::Tcp(self.socket), info).await;
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        let handshake = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            result = tokio::time::timeout_at(self.deadline, acceptor.accept(self.socket)) => result,
+        };
+        let stream = match handshake {
+            Err(_) => {
+                debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
+                return;
+            }
+            Ok(Err(e)) if tls.client_certs => {
+                warn!(target: "audit", %listener, %peer, reason = %e, "TLS handshake refused.");
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!(%listener, %peer, reason = %e, "TLS handshake failed.");
+                return;
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        match tls::peer_identity(stream.get_ref().1, tls.identity) {
+            Ok(identity) => info.certificate_identity = identity,
+            Err(e) => {
+                warn!(target: "audit", %listener, %peer, reason = %e, "Client certificate has no usable identity; closing.");
+                return;
+            }
+        }
+        self.core
+            .serve(ClientStream::Tls(Box::new(stream)), info)
+            .await;
+    }
+}

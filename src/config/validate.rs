@@ -1,0 +1,439 @@
+//! Validation of a deserialized configuration: every rule is checked and every
+//! problem collected, each with its key path, so one `tollgate check` run shows the
+//! operator everything to fix. It only reads the file system (existence checks).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::shims::tls::ClientCertMode;
+use super::{Config, ConfigProblem, ListenerConfig, Transport};
+
+/// MQTT's largest encodable packet (remaining length 268,435,455 plus header).
+const MQTT_MAX_PACKET: u32 = 268_435_455;
+
+struct Report<'a> {
+    file: String,
+    problems: &'a mut Vec<ConfigProblem>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, key: impl AsRef<str>, message: impl AsRef<str>) {
+        self.warnings.push(format!(
+            "{}: {}: {}",
+            self.file,
+            key.as_ref(),
+            message.as_ref()
+        ));
+    }
+
+    /// Report a number outside `[min, max]`.
+    fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        min: T,
+        max: T,
+        unit: &str,
+    ) {
+        if value < min || value > max {
+            self.error(
+                key,
+                format!("{value} is out of range: use {min} to {max}{unit}"),
+            );
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
+        if value < min || value > max {
+            self.error(
+                key,
+                format!(
+                    "{} is out of range: use {} to {}",
+                    super::duration::format(value),
+                    super::duration::format(min),
+                    super::duration::format(max)
+                ),
+            );
+        }
+    }
+
+    /// Report a file that does not exist, is a directory or cannot be read.
+    fn readable_file(&mut self, key: &str, path: &Path) {
+        match std::fs::File::open(path) {
+            Ok(file) => {
+                if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                    self.error(
+                        key,
+                        format!("{} is a directory, not a file", path.display()),
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.error(key, format!("{} does not exist", path.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => self.error(
+                key,
+                format!(
+                    "{} is not readable by this user (permission denied)",
+                    path.display()
+                ),
+            ),
+            Err(e) => self.error(key, format!("{} cannot be read: {e}", path.display())),
+        }
+    }
+}
+
+/// Check everything; push problems (errors) and warnings (accepted but risky).
+pub(super) fn validate(
+    config: &Config,
+    problems: &mut Vec<ConfigProblem>,
+    warnings: &mut Vec<String>,
+) {
+    let mut r = Report {
+        file: config.source.label(),
+        problems,
+        warnings,
+    };
+    broker(config, &mut r);
+    listeners(config, &mut r);
+    if let Some(path) = &config.auth.password_file {
+        r.readable_file("auth.password_file", path);
+    }
+    acl(config, &mut r);
+    r.duration(
+        "shutdown.grace_period",
+        config.shutdown.grace_period,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        r.error(
+            "log.level",
+            format!(
+                "{:?} is not a log filter ({e}); use e.g. \"info\" or \"info,tollgate::broker=debug\"",
+                config.log.level
+            ),
+        );
+    }
+    if let Err(e) = config.log.log_format() {
+        r.error("log.format", e);
+    }
+}
+
+fn broker(config: &Config, r: &mut Report<'_>) {
+    let b = &config.broker;
+    r.range(
+        "broker.max_packet_size",
+        b.max_packet_size,
+        64,
+        MQTT_MAX_PACKET,
+        " bytes",
+    );
+    r.range(
+        "broker.max_connections",
+        b.max_connections,
+        1,
+        1_000_000,
+        "",
+    );
+    r.duration(
+        "broker.connect_timeout",
+        b.connect_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    r.range(
+        "broker.max_keepalive",
+        b.max_keepalive,
+        1,
+        u16::MAX,
+        " seconds",
+    );
+    r.duration(
+        "broker.max_session_expiry",
+        b.max_session_expiry,
+        Duration::ZERO,
+        Duration::from_secs(u64::from(u32::MAX)),
+    );
+    r.range(
+        "broker.max_offline_messages",
+        b.max_offline_messages,
+        1,
+        10_000_000,
+        "",
+    );
+    r.range(
+        "broker.max_offline_bytes",
+        b.max_offline_bytes,
+        1024,
+        1usize << 36,
+        " bytes",
+    );
+    r.range("broker.receive_maximum", b.receive_maximum, 1, u16::MAX, "");
+    r.range("broker.max_inflight", b.max_inflight, 1, u16::MAX, "");
+    if !b.sys_interval.is_zero() {
+        r.duration(
+            "broker.sys_interval",
+            b.sys_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+    }
+}
+
+/// Two binds collide when they are equal, or share a port and one is the
+/// unspecified address of the same family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && a.port() != 0
+}
+
+fn listeners(config: &Config, r: &mut Report<'_>) {
+    if config.listeners.is_empty() {
+        r.error(
+            "listener",
+            "no [[listener]] is configured, so no client could connect; add at least one",
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut binds: Vec<(usize, SocketAddr)> = Vec::new();
+    for l in &config.listeners {
+        let i = l.index;
+        let key = |field: &str| format!("listener[{i}].{field}");
+        if l.name.is_empty()
+            || l.name.len() > 64
+            || !l
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            r.error(
+                key("name"),
+                format!(
+                    "{:?} is not a valid listener name: use 1 to 64 letters, digits, '_', '-' or '.'",
+                    l.name
+                ),
+            );
+        } else if let Some(first) = names.insert(&l.name, i) {
+            r.error(
+                key("name"),
+                format!(
+                    "{:?} is already the name of listener[{first}]; names must be unique",
+                    l.name
+                ),
+            );
+        }
+        let addr = match l.bind_addr() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                r.error(key("bind"), e);
+                None
+            }
+        };
+        if let Some(addr) = addr {
+            if let Some((j, other)) = binds.iter().find(|(_, b)| overlaps(*b, addr)) {
+                r.error(
+                    key("bind"),
+                    format!("{addr} collides with listener[{j}].bind {other}; use another port or address"),
+                );
+            }
+            binds.push((i, addr));
+        }
+        let loopback = addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
+        match l.transport {
+            Transport::Tcp => {
+                for (field, set) in [
+                    ("cert", l.cert.is_some()),
+                    ("key", l.key.is_some()),
+                    ("client_ca", l.client_ca.is_some()),
+                    ("client_certs", l.client_certs.is_some()),
+                    ("crl", l.crl.is_some()),
+                    (
+                        "tls_versions",
+                        l.tls_versions != super::default_tls_versions(),
+                    ),
+                ] {
+                    if set {
+                        r.error(
+                            key(field),
+                            "only applies to transport = \"tls\"; remove it or make this a tls listener",
+                        );
+                    }
+                }
+                if !loopback && !l.allow_non_loopback {
+                    r.error(
+                        key("bind"),
+                        format!(
+                            "plain tcp on the non-loopback address {} would expose unencrypted MQTT; use transport = \"tls\", bind 127.0.0.1, or set allow_non_loopback = true if this network is trusted",
+                            l.bind
+                        ),
+                    );
+                }
+            }
+            Transport::Tls => tls_listener(config, l, r),
+        }
+        if l.allow_anonymous && !loopback {
+            r.warn(
+                key("allow_anonymous"),
+                format!(
+                    "listener {:?} on {} admits anonymous clients from the network",
+                    l.name, l.bind
+                ),
+            );
+        }
+        let cert_auth =
+            l.transport == Transport::Tls && l.client_cert_mode() != ClientCertMode::Off;
+        let password = l.password_auth && config.auth.password_file.is_some();
+        if !l.allow_anonymous && !cert_auth && !password {
+            r.warn(
+                key("name"),
+                format!(
+                    "listener {:?} admits nobody: no anonymous access, no client certificates and no password file ([auth] password_file)",
+                    l.name
+                ),
+            );
+        }
+    }
+}
+
+fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
+    let i = l.index;
+    let key = |field: &str| format!("listener[{i}].{field}");
+    match (&l.cert, &l.key) {
+        (Some(cert), Some(k)) => {
+            r.readable_file(&key("cert"), cert);
+            r.readable_file(&key("key"), k);
+        }
+        (Some(cert), None) => {
+            r.readable_file(&key("cert"), cert);
+            r.error(key("key"), "cert is set but key is missing; set both, or neither to use the development PKI");
+        }
+        (None, Some(k)) => {
+            r.error(key("cert"), "key is set but cert is missing; set both, or neither to use the development PKI");
+            r.readable_file(&key("key"), k);
+        }
+        (None, None) => r.warn(
+            key("cert"),
+            format!(
+                "listener {:?} has no cert/key and uses the development PKI in {}: for development only, clients must trust its CA",
+                l.name,
+                config.broker.data_dir.join("dev-pki").display()
+            ),
+        ),
+    }
+    match l.tls_version_list() {
+        Ok(v) if v.is_empty() => r.error(
+            key("tls_versions"),
+            "is empty; use [\"1.2\", \"1.3\"] or [\"1.3\"]",
+        ),
+        Ok(_) => {}
+        Err(e) => r.error(key("tls_versions"), e),
+    }
+    match &l.client_ca {
+        Some(ca) => r.readable_file(&key("client_ca"), ca),
+        None => {
+            if matches!(
+                l.client_certs,
+                Some(ClientCertMode::Optional | ClientCertMode::Required)
+            ) {
+                r.error(
+                    key("client_certs"),
+                    "client certificates need client_ca (the CA that signs them)",
+                );
+            }
+            if l.crl.is_some() {
+                r.error(
+                    key("crl"),
+                    "a CRL needs client_ca (the CA whose certificates it revokes)",
+                );
+            }
+        }
+    }
+    if let Some(crl) = &l.crl {
+        r.readable_file(&key("crl"), crl);
+    }
+}
+
+fn acl(config: &Config, r: &mut Report<'_>) {
+    if let Some(path) = &config.acl.file {
+        r.readable_file("acl.file", path);
+    }
+    for (i, rule) in config.acl.rule.iter().enumerate() {
+        let key = |field: &str| format!("acl.rule[{i}].{field}");
+        if rule.user.is_some() && rule.pattern {
+            r.error(
+                key("pattern"),
+                "a rule has either user = \"...\" or pattern = true, not both",
+            );
+        }
+        if rule.user.as_deref().is_some_and(str::is_empty) {
+            r.error(
+                key("user"),
+                "is empty; name the user, or remove it for an anonymous rule",
+            );
+        }
+        if let Err(e) = check_filter(&rule.topic) {
+            r.error(key("topic"), e);
+        }
+    }
+}
+
+/// Topic filter syntax: non-empty, no NUL, `#` only as the whole last level, `+` only
+/// as a whole level.
+fn check_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("is empty; a topic filter needs at least one character".to_string());
+    }
+    if filter.contains('\0') {
+        return Err(format!("{filter:?} contains a NUL character"));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (n, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || n + 1 != levels.len()) {
+            return Err(format!(
+                "{filter:?}: '#' must be a whole level and the last one"
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("{filter:?}: '+' must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_syntax_follows_mqtt() {
+        assert!(check_filter("sensors/+/temp").is_ok());
+        assert!(check_filter("#").is_ok());
+        assert!(check_filter("a/#/b").is_err());
+        assert!(check_filter("a/b#").is_err());
+        assert!(check_filter("a+/b").is_err());
+        assert!(check_filter("").is_err());
+    }
+
+    #[test]
+    fn wildcard_bind_overlaps_specific_bind_on_same_port() {
+        let a: SocketAddr = "0.0.0.0:1883".parse().expect("literal");
+        let b: SocketAddr = "127.0.0.1:1883".parse().expect("literal");
+        let c: SocketAddr = "127.0.0.1:1884".parse().expect("literal");
+        assert!(overlaps(a, b));
+        assert!(!overlaps(b, c));
+    }
+}

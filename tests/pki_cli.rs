@@ -1,0 +1,346 @@
+//! `tollgate pki` end to end through `pki::run` in a temp dir, then the generated files used
+//! by a real TLS server (`tls::build_server_config`) and, when installed, by Mosquitto's own
+//! clients and broker (OpenSSL) as independent peers.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rustls::pki_types::ServerName;
+use rustls::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tollgate::pki::{self, CertKind, PkiCommand, PkiError};
+use tollgate::tls::{
+    build_client_config, build_server_config, classify_handshake_error, peer_identity,
+    CertRejection, ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion,
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Stand-in for the lead's CLI: `tollgate pki ...` parsed exactly as the binary will.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    pki: PkiCommand,
+}
+
+fn pki_run(dir: &Path, args: &[&str]) -> Result<(), PkiError> {
+    let mut argv = vec!["pki", "--dir", dir.to_str().expect("utf8")];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("arguments parse");
+    pki::run(cli.pki)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+fn settings(dir: &Path, crl: bool) -> ServerTlsSettings {
+    ServerTlsSettings {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+        versions: vec![TlsVersion::V1_2, TlsVersion::V1_3],
+        client_ca: Some(dir.join("ca.crt")),
+        client_certs: ClientCertMode::Required,
+        identity: IdentitySource::Cn,
+        crl: crl.then(|| dir.join("ca.crl")),
+    }
+}
+
+/// Handshake with a device certificate; the server's identity or the rejection.
+async fn connect_device(
+    server: Arc<ServerConfig>,
+    dir: &Path,
+    device: &str,
+) -> Result<Option<String>, CertRejection> {
+    let cert = dir.join(format!("devices/{device}.crt"));
+    let key = dir.join(format!("devices/{device}.key"));
+    let client = build_client_config(&dir.join("ca.crt"), Some((&cert, &key))).expect("client");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server_task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tls = TlsAcceptor::from(server).accept(tcp).await?;
+        let id = peer_identity(tls.get_ref().1, IdentitySource::Cn)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        tls.write_all(b"ok").await?;
+        Ok::<_, io::Error>(id)
+    });
+    let client_result = tokio::time::timeout(LIMIT, async {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut tls = TlsConnector::from(client)
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await?;
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await?;
+        Ok::<_, io::Error>(())
+    })
+    .await
+    .expect("client in time");
+    let served = tokio::time::timeout(LIMIT, server_task)
+        .await
+        .expect("server in time")
+        .expect("task");
+    match served {
+        Ok(id) => {
+            client_result.expect("client completed");
+            Ok(id)
+        }
+        Err(e) => {
+            assert!(client_result.is_err(), "client passed a failed handshake");
+            Err(classify_handshake_error(&e))
+        }
+    }
+}
+
+#[tokio::test]
+async fn pki_flow_init_server_device_revoke_crl_list() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+
+    // Nothing before init.
+    assert!(matches!(
+        pki_run(&dir, &["device", "sensor_001"]),
+        Err(PkiError::NoCa { .. })
+    ));
+
+    pki_run(&dir, &["init", "--cn", "Plant 3 CA", "--days", "3650"]).expect("init");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    let ca_before = std::fs::read(dir.join("ca.crt")).expect("ca");
+
+    // A second init refuses to overwrite the CA.
+    let err = pki_run(&dir, &["init"]).expect_err("second init");
+    assert!(matches!(err, PkiError::CaExists { .. }), "{err}");
+    assert!(err.to_string().contains("--force"));
+    assert_eq!(std::fs::read(dir.join("ca.crt")).expect("ca"), ca_before);
+
+    pki_run(
+        &dir,
+        &["server", "--dns", "localhost,gw.local", "--ip", "127.0.0.1"],
+    )
+    .expect("server");
+    assert_eq!(mode(&dir.join("server.key")), 0o600);
+    pki_run(&dir, &["device", "sensor_001", "--days", "90"]).expect("device 1");
+    pki_run(&dir, &["device", "dashboard"]).expect("device 2");
+    assert_eq!(mode(&dir.join("devices/sensor_001.key")), 0o600);
+    assert_eq!(mode(&dir.join("devices")), 0o700);
+
+    // Same name again needs --force; names that break ACLs or paths are refused.
+    assert!(matches!(
+        pki_run(&dir, &["device", "sensor_001"]),
+        Err(PkiError::Exists { .. })
+    ));
+    for bad in ["a/b", "x+y", "#", "../evil"] {
+        assert!(
+            matches!(
+                pki_run(&dir, &["device", bad]),
+                Err(PkiError::BadName { .. })
+            ),
+            "{bad} accepted"
+        );
+    }
+
+    // Both devices are accepted, identified by CN.
+    let server = build_server_config(&settings(&dir, false)).expect("server config");
+    assert_eq!(
+        connect_device(server.clone(), &dir, "sensor_001").await,
+        Ok(Some("sensor_001".into()))
+    );
+    assert_eq!(
+        connect_device(server, &dir, "dashboard").await,
+        Ok(Some("dashboard".into()))
+    );
+
+    // Revoke one device: revoke also writes ca.crl.
+    pki_run(
+        &dir,
+        &["revoke", "sensor_001", "--reason", "key-compromise"],
+    )
+    .expect("revoke");
+    assert!(matches!(
+        pki_run(&dir, &["revoke", "sensor_001"]),
+        Err(PkiError::UnknownName { .. })
+    ));
+    pki_run(&dir, &["crl", "--days", "30"]).expect("crl");
+    assert!(std::fs::read_to_string(dir.join("ca.crl"))
+        .expect("crl")
+        .starts_with("-----BEGIN X509 CRL-----"));
+    let server = build_server_config(&settings(&dir, true)).expect("server config with crl");
+    assert_eq!(
+        connect_device(server.clone(), &dir, "sensor_001").await,
+        Err(CertRejection::Revoked)
+    );
+    assert_eq!(
+        connect_device(server, &dir, "dashboard").await,
+        Ok(Some("dashboard".into()))
+    );
+
+    // The listing has every certificate with its state.
+    pki_run(&dir, &["list"]).expect("list");
+    let entries = pki::list(&dir).expect("list");
+    let kinds: Vec<(CertKind, &str, bool)> = entries
+        .iter()
+        .map(|e| (e.kind, e.name.as_str(), e.revoked.is_some()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (CertKind::Ca, "ca", false),
+            (CertKind::Server, "server", false),
+            (CertKind::Device, "sensor_001", true),
+            (CertKind::Device, "dashboard", false),
+        ]
+    );
+    let sensor = &entries[2];
+    assert_eq!(sensor.subject, "CN=sensor_001,O=tollgate");
+    let days = (sensor.not_after - time::OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
+    assert!((89..=90).contains(&days), "{days}");
+    assert_eq!(
+        sensor.revoked.as_ref().expect("revoked").reason,
+        "key-compromise"
+    );
+    let crl_serials = tollgate::tls::load_crl_serials(&dir.join("ca.crl")).expect("serials");
+    assert_eq!(crl_serials.len(), 1);
+
+    // Re-issuing the revoked device with --force gives a fresh, accepted certificate.
+    pki_run(&dir, &["device", "sensor_001", "--force"]).expect("reissue");
+    let server = build_server_config(&settings(&dir, true)).expect("server config");
+    assert_eq!(
+        connect_device(server, &dir, "sensor_001").await,
+        Ok(Some("sensor_001".into()))
+    );
+
+    // init --force replaces the CA: old device certificates no longer chain.
+    pki_run(&dir, &["init", "--force"]).expect("forced init");
+    pki_run(&dir, &["server", "--dns", "localhost", "--force"]).expect("new server");
+    let server = build_server_config(&settings(&dir, false)).expect("server config");
+    assert_eq!(
+        connect_device(server, &dir, "dashboard").await,
+        Err(CertRejection::UnknownCa)
+    );
+}
+
+#[tokio::test]
+async fn rsa_option_issues_rsa_ca_server_and_device() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    pki_run(&dir, &["init", "--rsa"]).expect("init");
+    pki_run(&dir, &["server", "--dns", "localhost", "--rsa"]).expect("server");
+    pki_run(&dir, &["device", "legacy", "--rsa"]).expect("device");
+    for key in ["ca.key", "server.key", "devices/legacy.key"] {
+        let pem = std::fs::read_to_string(dir.join(key)).expect("key");
+        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .expect("pem")
+            .expect("a key");
+        // PKCS#8 rsaEncryption OID 1.2.840.113549.1.1.1
+        let rsa_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+        assert!(
+            der.secret_der()
+                .windows(rsa_oid.len())
+                .any(|w| w == rsa_oid),
+            "{key} is not RSA"
+        );
+    }
+    let server = build_server_config(&settings(&dir, false)).expect("server config");
+    assert_eq!(
+        connect_device(server, &dir, "legacy").await,
+        Ok(Some("legacy".into()))
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The generated files work unchanged with Mosquitto's broker and `mosquitto_pub`
+/// (OpenSSL on both sides), including the CRL: what `certs/README.md` promises.
+#[test]
+fn generated_files_work_with_mosquitto_and_mosquitto_pub() {
+    let have = |bin: &str| {
+        std::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .is_ok()
+    };
+    if !have("mosquitto") || !have("mosquitto_pub") {
+        eprintln!("mosquitto not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    pki_run(&dir, &["init"]).expect("init");
+    pki_run(&dir, &["server", "--dns", "localhost", "--ip", "127.0.0.1"]).expect("server");
+    pki_run(&dir, &["device", "good"]).expect("device");
+    pki_run(&dir, &["device", "bad"]).expect("device");
+    pki_run(&dir, &["revoke", "bad"]).expect("revoke");
+
+    let port = free_port();
+    let conf = tmp.path().join("mosquitto.conf");
+    let p = |s: &str| dir.join(s).display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             crlfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
+             allow_anonymous false\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key"),
+            p("ca.crl")
+        ),
+    )
+    .expect("conf");
+    let mut broker = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    // Wait for the listener (bounded), then publish as each device.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let publish = |device: &str| -> bool {
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &port.to_string()])
+            .args(["--cafile", &p("ca.crt")])
+            .args(["--cert", &p(&format!("devices/{device}.crt"))])
+            .args(["--key", &p(&format!("devices/{device}.key"))])
+            .args(["-t", "test", "-m", "hello", "-q", "1"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let good = publish("good");
+    let bad = publish("bad");
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(good, "mosquitto_pub with a valid device certificate failed");
+    assert!(!bad, "mosquitto accepted a revoked device certificate");
+}
+
+#[test]
+fn unused_paths_are_not_created_on_failure() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = tmp.path().join("nothing");
+    assert!(pki_run(&dir, &["list"]).is_err());
+    assert!(pki_run(&dir, &["crl"]).is_err());
+    assert!(!dir.join("ca.crl").exists());
+}
