@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// Messages per throughput run (all publishers together).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 200_000)]
     messages: usize,
     /// Paced QoS 1 rate (msg/s, all publishers) for the latency run.
     #[arg(long, default_value_t = 2_000.0)]
@@ -77,6 +77,9 @@ struct Args {
     /// Connects in flight at once.
     #[arg(long, default_value_t = 16)]
     connect_concurrency: usize,
+    /// Interleaved rounds per connect-rate row (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Also measure TLS connects with an ECDSA P-256 certificate.
     #[arg(long)]
     ecdsa: bool,
@@ -307,51 +310,99 @@ impl Bench {
         );
     }
 
+    /// Connect-rate row (median of `--rounds` interleaved rounds) and, when
+    /// `cpu_row` is set, a broker-CPU-per-connect row.
     async fn connect_row(
         &mut self,
         label: &str,
         which: fn(&Ports) -> u16,
         tls: bool,
         target: report::Target,
+        cpu_row: bool,
     ) {
-        let mut cells = Vec::new();
-        for i in 0..2 {
-            progress(
-                self.args.json,
-                &format!("{}: {} {label}", self.cols[i].label, self.args.connects),
-            );
-            let login = self.login();
-            let res: Result<Measured, String> = async {
-                let b = self.cols[i].running()?;
-                let t = self.target(which(&b.ports), tls);
-                let (batch, _) = conn::batch(
-                    &t,
-                    self.args.connects,
-                    self.args.connect_concurrency,
-                    "rate",
-                    |_| login.clone(),
-                    false,
-                    Duration::from_secs(120),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                if batch.failed > 0 {
-                    return Ok(cell_note(
-                        batch.rate(),
-                        format!(
-                            "{} FAILED: {}",
-                            batch.failed,
-                            batch.first_error.unwrap_or_default()
-                        ),
-                    ));
+        let rounds = self.args.rounds.max(1);
+        // Per column: Ok(rates, cpu µs per connect, failure note) or the error.
+        let mut acc: [Result<(Vec<f64>, Vec<f64>, Option<String>), String>; 2] =
+            [Ok(Default::default()), Ok(Default::default())];
+        for round in 0..rounds {
+            for (i, slot) in acc.iter_mut().enumerate() {
+                let Ok((rates, cpus, note)) = slot else {
+                    continue;
+                };
+                progress(
+                    self.args.json,
+                    &format!(
+                        "{}: {} {label} (round {}/{rounds})",
+                        self.cols[i].label,
+                        self.args.connects,
+                        round + 1
+                    ),
+                );
+                let login = self.login();
+                let res: Result<(conn::Batch, u64), String> = async {
+                    let b = self.cols[i].running()?;
+                    let t = self.target(which(&b.ports), tls);
+                    let before = b.cpu_ticks().map_err(|e| e.to_string())?;
+                    let (batch, _) = conn::batch(
+                        &t,
+                        self.args.connects,
+                        self.args.connect_concurrency,
+                        "rate",
+                        |_| login.clone(),
+                        false,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    // Let the broker finish the last disconnects before sampling.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let after = b.cpu_ticks().map_err(|e| e.to_string())?;
+                    Ok((batch, after.saturating_sub(before)))
                 }
-                Ok(cell(batch.rate()))
+                .await;
+                match res {
+                    Ok((batch, ticks)) => {
+                        rates.push(batch.rate());
+                        cpus.push(ticks as f64 * 1e6 / self.tck as f64 / batch.ok.max(1) as f64);
+                        if batch.failed > 0 && note.is_none() {
+                            *note = Some(format!(
+                                "{} FAILED: {}",
+                                batch.failed,
+                                batch.first_error.unwrap_or_default()
+                            ));
+                        }
+                    }
+                    Err(e) => *slot = Err(e),
+                }
             }
-            .await;
-            cells.push(res.and_then(|m| m));
         }
-        let [a, b]: [Measured; 2] = cells.try_into().expect("invariant: two columns");
-        self.push(label, "conn/s", 0, a, b, target);
+        let [a, b] = acc;
+        let split =
+            |m: Result<(Vec<f64>, Vec<f64>, Option<String>), String>| -> (Measured, Measured) {
+                match m {
+                    Ok((rates, cpus, note)) => {
+                        let mk = |v: f64| match &note {
+                            Some(n) => cell_note(v, n.clone()),
+                            None => cell(v),
+                        };
+                        (mk(median(rates)), mk(median(cpus)))
+                    }
+                    Err(e) => (Err(e.clone()), Err(e)),
+                }
+            };
+        let (ra, ca) = split(a);
+        let (rb, cb) = split(b);
+        self.push(label, "conn/s", 0, ra, rb, target);
+        if cpu_row {
+            self.push(
+                format!("  broker CPU per {label}"),
+                "µs",
+                0,
+                ca,
+                cb,
+                report::Target::None,
+            );
+        }
     }
 
     fn load_spec(&self, port: u16, qos: QoS, tag: String) -> LoadSpec {
@@ -712,6 +763,20 @@ impl Bench {
     }
 }
 
+/// Median of a non-empty sample (0 for an empty one).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn default_tollgate() -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -794,24 +859,33 @@ async fn run() -> anyhow::Result<()> {
     };
 
     let mut cols = Vec::new();
+    let mut notes = Vec::new();
     for (label, flavor, exe) in [
         (a_label, a_flavor, a_exe.clone()),
         ("mosquitto", Flavor::Mosquitto, args.mosquitto.clone()),
     ] {
         let ports = Ports::pick()?;
-        let conf = match flavor {
+        let (conf, fallback) = match flavor {
             Flavor::Mosquitto => {
                 let p = dir.join(format!("{label}.conf"));
                 setup::write(&p, &setup::mosquitto_conf(&pki, ports, auth.as_ref()))?;
-                p
+                (p, None)
             }
             Flavor::Tollgate => {
-                let p = dir.join(format!("{label}.toml"));
                 let data = dir.join(format!("{label}-data"));
                 std::fs::create_dir_all(&data)
                     .with_context(|| format!("creating {}", data.display()))?;
-                setup::write(&p, &setup::tollgate_conf(&data, &pki, ports, auth.as_ref()))?;
-                p
+                let p = dir.join(format!("{label}.toml"));
+                setup::write(
+                    &p,
+                    &setup::tollgate_conf(&data, &pki, ports, auth.as_ref(), true),
+                )?;
+                let minimal = dir.join(format!("{label}-fixed-keys.toml"));
+                setup::write(
+                    &minimal,
+                    &setup::tollgate_conf(&data, &pki, ports, auth.as_ref(), false),
+                )?;
+                (p, Some(minimal))
             }
         };
         progress(
@@ -822,9 +896,24 @@ async fn run() -> anyhow::Result<()> {
                 conf.display()
             ),
         );
-        let broker = Broker::start(label, flavor, &exe, &conf, ports, &dir)
-            .await
-            .map_err(|e| e.to_string());
+        let mut broker = Broker::start(label, flavor, &exe, &conf, ports, &dir).await;
+        if let (Err(broker::BrokerError::Exited { tail, .. }), Some(minimal)) = (&broker, &fallback)
+        {
+            if tail.contains("max_offline") || tail.contains("max_inflight") {
+                progress(
+                    args.json,
+                    &format!(
+                        "{label} does not know the queue-bound keys; retrying with {}",
+                        minimal.display()
+                    ),
+                );
+                notes.push(format!(
+                    "{label} refused max_offline_messages/max_offline_bytes/max_inflight: ran with its default session queue bounds"
+                ));
+                broker = Broker::start(label, flavor, &exe, minimal, ports, &dir).await;
+            }
+        }
+        let broker = broker.map_err(|e| e.to_string());
         if let Err(e) = &broker {
             eprintln!("warning: {e}");
         }
@@ -848,7 +937,7 @@ async fn run() -> anyhow::Result<()> {
         tck: broker::clk_tck(),
         cols,
         rows: Vec::new(),
-        notes: Vec::new(),
+        notes,
     };
 
     if !bench.skip("memory") {
@@ -862,6 +951,7 @@ async fn run() -> anyhow::Result<()> {
                 |p| p.plain,
                 false,
                 report::Target::None,
+                false,
             )
             .await;
         bench
@@ -870,6 +960,7 @@ async fn run() -> anyhow::Result<()> {
                 |p| p.tls_rsa,
                 true,
                 report::Target::RatioAtLeast(2.0),
+                true,
             )
             .await;
         if args.ecdsa {
@@ -879,6 +970,7 @@ async fn run() -> anyhow::Result<()> {
                     |p| p.tls_ec,
                     true,
                     report::Target::None,
+                    true,
                 )
                 .await;
         }
@@ -897,6 +989,17 @@ async fn run() -> anyhow::Result<()> {
     for c in bench.cols.iter_mut() {
         if let Ok(b) = &mut c.broker {
             b.stop();
+        }
+    }
+    if args.auth && a_flavor == Flavor::Tollgate {
+        if let Ok(b) = &bench.cols[0].broker {
+            let log = std::fs::read_to_string(&b.log).unwrap_or_default();
+            if log.contains("is ignored") {
+                bench.notes.push(format!(
+                    "this tollgate build ignores [auth]/[acl] (see {}): its --auth figures are not comparable",
+                    b.log.display()
+                ));
+            }
         }
     }
 

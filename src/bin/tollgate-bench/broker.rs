@@ -112,9 +112,6 @@ impl Broker {
         match flavor {
             Flavor::Tollgate => {
                 cmd.arg("run").arg("-c").arg(config);
-                if std::env::var_os("RUST_LOG").is_none() {
-                    cmd.env("RUST_LOG", "warn");
-                }
             }
             Flavor::Mosquitto => {
                 cmd.arg("-c").arg(config);
