@@ -321,6 +321,7 @@ impl Bench {
         cpu_row: bool,
     ) {
         let rounds = self.args.rounds.max(1);
+        let mut failures = Vec::new();
         // Per column: Ok(rates, cpu µs per connect, failure note) or the error.
         let mut acc: [Result<(Vec<f64>, Vec<f64>, Option<String>), String>; 2] =
             [Ok(Default::default()), Ok(Default::default())];
@@ -365,9 +366,12 @@ impl Bench {
                         rates.push(batch.rate());
                         cpus.push(ticks as f64 * 1e6 / self.tck as f64 / batch.ok.max(1) as f64);
                         if batch.failed > 0 && note.is_none() {
-                            *note = Some(format!(
-                                "{} FAILED: {}",
+                            *note = Some(format!("{} FAILED", batch.failed));
+                            failures.push(format!(
+                                "{} {label}: {} of {} connects failed, first: {}",
+                                self.cols[i].label,
                                 batch.failed,
+                                self.args.connects,
                                 batch.first_error.unwrap_or_default()
                             ));
                         }
@@ -376,6 +380,7 @@ impl Bench {
                 }
             }
         }
+        self.notes.extend(failures);
         let [a, b] = acc;
         let split =
             |m: Result<(Vec<f64>, Vec<f64>, Option<String>), String>| -> (Measured, Measured) {
@@ -670,6 +675,7 @@ impl Bench {
         let n = self.args.devices;
         let mut cold = Vec::new();
         let mut warm = Vec::new();
+        let mut cpu = Vec::new();
         for i in 0..2 {
             progress(
                 self.args.json,
@@ -678,7 +684,7 @@ impl Bench {
                     self.cols[i].label
                 ),
             );
-            let res: Result<(Measured, Measured), String> = async {
+            let res: Result<(Measured, Measured, Measured), String> = async {
                 let b = self.cols[i].running()?;
                 let t = self.target(b.ports.tls_rsa, true);
                 let login = |d: usize| {
@@ -703,6 +709,8 @@ impl Bench {
                 // Power cut: every connection drops without DISCONNECT.
                 drop(streams);
                 tokio::time::sleep(Duration::from_millis(1000)).await;
+                let b = self.cols[i].running()?;
+                let before = b.cpu_ticks().map_err(|e| e.to_string())?;
                 let (again, streams) = conn::batch(
                     &t,
                     n,
@@ -714,6 +722,10 @@ impl Bench {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+                let after = b.cpu_ticks().map_err(|e| e.to_string())?;
+                let cpu_us = after.saturating_sub(before) as f64 * 1e6
+                    / self.tck as f64
+                    / again.ok.max(1) as f64;
                 for s in streams {
                     conn::close(s).await;
                 }
@@ -722,28 +734,35 @@ impl Bench {
                     if b.failed > 0 {
                         cell_note(
                             b.rate(),
-                            format!("{} FAILED: {}", b.failed, b.first_error.unwrap_or_default()),
+                            format!(
+                                "{} FAILED, first: {}",
+                                b.failed,
+                                b.first_error.unwrap_or_default()
+                            ),
                         )
                     } else {
                         cell(b.rate())
                     }
                 };
-                Ok((mk(first), mk(again)))
+                Ok((mk(first), mk(again), cell(cpu_us)))
             }
             .await;
             match res {
-                Ok((c, w)) => {
+                Ok((c, w, u)) => {
                     cold.push(c);
                     warm.push(w);
+                    cpu.push(u);
                 }
                 Err(e) => {
                     cold.push(Err(e.clone()));
-                    warm.push(Err(e));
+                    warm.push(Err(e.clone()));
+                    cpu.push(Err(e));
                 }
             }
         }
         let [ca, cb]: [Measured; 2] = cold.try_into().expect("invariant: two columns");
         let [wa, wb]: [Measured; 2] = warm.try_into().expect("invariant: two columns");
+        let [ua, ub]: [Measured; 2] = cpu.try_into().expect("invariant: two columns");
         self.push(
             format!("TLS+password first connect, {n} devices"),
             "conn/s",
@@ -760,6 +779,40 @@ impl Bench {
             wb,
             report::Target::RatioAtLeast(2.0),
         );
+        self.push(
+            "  broker CPU per power-cut reconnect",
+            "µs",
+            0,
+            ua,
+            ub,
+            report::Target::None,
+        );
+    }
+
+    /// With --auth: a wrong password must be refused, or the auth figures of
+    /// that broker compare nothing.
+    async fn auth_sanity(&mut self) {
+        for i in 0..2 {
+            let Ok(b) = self.cols[i].running() else {
+                continue;
+            };
+            let t = self.target(b.ports.tls_rsa, true);
+            let wrong = Login {
+                user: setup::BENCH_USER.into(),
+                pass: "definitely-wrong".into(),
+            };
+            let verdict = match conn::open(&t, "bench-wrong-pw", 60, Some(&wrong)).await {
+                Ok(s) => {
+                    conn::close(s).await;
+                    Some("ACCEPTED a wrong password: authentication is not enforced, its --auth figures are not comparable")
+                }
+                Err(conn::ConnError::Refused { .. }) => None,
+                Err(_) => Some("closed the connection on a wrong password without CONNACK"),
+            };
+            if let Some(v) = verdict {
+                self.notes.push(format!("{} {v}", self.cols[i].label));
+            }
+        }
     }
 }
 
@@ -940,6 +993,9 @@ async fn run() -> anyhow::Result<()> {
         notes,
     };
 
+    if args.auth {
+        bench.auth_sanity().await;
+    }
     if !bench.skip("memory") {
         bench.memory().await;
     }

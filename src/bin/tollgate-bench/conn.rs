@@ -32,6 +32,9 @@ pub enum ConnError {
     /// The broker answered with something other than CONNACK 0.
     #[error("broker at {addr} refused CONNECT: CONNACK bytes {bytes:02x?} (5 = not authorized, 4 = bad credentials)")]
     Refused { addr: SocketAddr, bytes: [u8; 4] },
+    /// Not a single connect of a batch succeeded.
+    #[error("all {count} connects failed; first error: {first}")]
+    AllFailed { count: usize, first: String },
     /// The whole batch took too long.
     #[error("connect batch timed out after {0} s")]
     Timeout(u64),
@@ -253,6 +256,12 @@ pub async fn batch(
         return Err(ConnError::Timeout(limit.as_secs()));
     }
     let elapsed = start.elapsed();
+    if ok == 0 && count > 0 {
+        return Err(ConnError::AllFailed {
+            count,
+            first: first_error.unwrap_or_default(),
+        });
+    }
     Ok((
         Batch {
             ok,

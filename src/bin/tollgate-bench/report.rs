@@ -71,7 +71,11 @@ fn fmt_value(v: f64, decimals: usize) -> String {
 fn fmt_cell(m: &Measured, decimals: usize) -> String {
     match m {
         Ok(c) => match &c.note {
-            Some(n) => format!("{} ({n})", fmt_value(c.value, decimals)),
+            // Long notes (error texts) are listed under the table instead.
+            Some(n) => {
+                let short = n.split(", first:").next().unwrap_or(n);
+                format!("{} ({short})", fmt_value(c.value, decimals))
+            }
             None => fmt_value(c.value, decimals),
         },
         Err(_) => "n/a".to_string(),
@@ -164,20 +168,26 @@ pub fn table(rows: &[Row], a_name: &str, b_name: &str) -> String {
     for line in &body {
         out.push_str(&fmt_line(line));
     }
-    let mut errors = Vec::new();
+    // One line per distinct reason, naming the rows it affected.
+    let mut errors: Vec<(String, Vec<String>)> = Vec::new();
     for r in rows {
         for (name, m) in [(a_name, &r.a), (b_name, &r.b)] {
-            if let Err(e) = m {
-                errors.push(format!("  n/a {name} / {}: {e}", r.metric));
+            let reason = match m {
+                Err(e) => format!("n/a {name}: {e}"),
+                Ok(Cell { note: Some(n), .. }) if n.contains(", first:") => format!("{name}: {n}"),
+                Ok(_) => continue,
+            };
+            let metric = r.metric.trim().to_string();
+            match errors.iter_mut().find(|(e, _)| *e == reason) {
+                Some((_, metrics)) => metrics.push(metric),
+                None => errors.push((reason, vec![metric])),
             }
         }
     }
     if !errors.is_empty() {
-        out.push_str("\nNot measured:\n");
-        errors.dedup();
-        for e in errors {
-            out.push_str(&e);
-            out.push('\n');
+        out.push_str("\nNot measured / failures:\n");
+        for (reason, metrics) in errors {
+            out.push_str(&format!("  {reason}\n    rows: {}\n", metrics.join("; ")));
         }
     }
     out
