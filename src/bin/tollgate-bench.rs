@@ -77,6 +77,9 @@ struct Args {
     /// Connects in flight at once.
     #[arg(long, default_value_t = 16)]
     connect_concurrency: usize,
+    /// Interleaved rounds per throughput row (the median is shown; loss is summed).
+    #[arg(long, default_value_t = 3)]
+    load_rounds: usize,
     /// Interleaved rounds per connect-rate row (the median is shown).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -464,26 +467,59 @@ impl Bench {
             _ => QoS::ExactlyOnce,
         };
         let transport = if self.args.plain { "plain" } else { "TLS" };
+        let rounds = self.args.load_rounds.max(1);
+        // Per column: every round's result and broker CPU ticks, or why not.
+        let mut runs: [Result<Vec<(LoadResult, u64)>, String>; 2] =
+            [Ok(Vec::new()), Ok(Vec::new())];
+        let mut ports = [0u16; 2];
+        for round in 0..rounds {
+            for i in 0..2 {
+                if runs[i].is_err() {
+                    continue;
+                }
+                progress(
+                    self.args.json,
+                    &format!(
+                        "{}: QoS {qos_level} {transport} throughput, {} messages (round {}/{rounds})",
+                        self.cols[i].label,
+                        self.args.messages,
+                        round + 1
+                    ),
+                );
+                let port = match self.cols[i].running() {
+                    Ok(b) if self.args.plain => b.ports.plain,
+                    Ok(b) => b.ports.tls_rsa,
+                    Err(e) => {
+                        runs[i] = Err(e);
+                        continue;
+                    }
+                };
+                ports[i] = port;
+                let spec = self.load_spec(port, qos, format!("q{qos_level}-{i}-r{round}"));
+                match self.load_once(i, &spec).await {
+                    Ok(r) => {
+                        if let Ok(v) = &mut runs[i] {
+                            v.push(r);
+                        }
+                    }
+                    Err(e) => runs[i] = Err(e),
+                }
+            }
+        }
         let mut rate = Vec::new();
         let mut cpu = Vec::new();
         let mut lost = Vec::new();
         let mut lat = Vec::new();
-        for i in 0..2 {
-            progress(
-                self.args.json,
-                &format!(
-                    "{}: QoS {qos_level} {transport} throughput, {} messages",
-                    self.cols[i].label, self.args.messages
-                ),
-            );
-            let port = match self.cols[i].running() {
-                Ok(b) => {
-                    if self.args.plain {
-                        b.ports.plain
-                    } else {
-                        b.ports.tls_rsa
-                    }
+        for (i, col_runs) in runs.into_iter().enumerate() {
+            let col_runs = col_runs.and_then(|v| {
+                if v.is_empty() {
+                    Err("no run completed".to_string())
+                } else {
+                    Ok(v)
                 }
+            });
+            let col_runs = match col_runs {
+                Ok(v) => v,
                 Err(e) => {
                     for v in [&mut rate, &mut cpu, &mut lost, &mut lat] {
                         v.push(Err(e.clone()));
@@ -491,75 +527,74 @@ impl Bench {
                     continue;
                 }
             };
-            let spec = self.load_spec(port, qos, format!("q{qos_level}-{i}"));
-            match self.load_once(i, &spec).await {
-                Err(e) => {
-                    for v in [&mut rate, &mut cpu, &mut lost, &mut lat] {
-                        v.push(Err(e.clone()));
-                    }
+            let label = self.cols[i].label.clone();
+            for (r, _) in &col_runs {
+                if r.duplicates > 0 || r.timed_out {
+                    self.notes.push(format!(
+                        "{label} QoS {qos_level}: {} of {} expected received, {} duplicates{}; slowest latency {:.1} ms",
+                        r.received,
+                        r.expected,
+                        r.duplicates,
+                        if r.timed_out { ", run hit the time limit" } else { "" },
+                        r.latency_max_us / 1000.0
+                    ));
                 }
-                Ok((r, ticks)) => {
-                    let us_per_msg =
-                        ticks as f64 * 1e6 / self.tck as f64 / (r.received.max(1)) as f64;
-                    cpu.push(cell(us_per_msg));
-                    lost.push(cell(r.lost as f64));
-                    lat.push(cell(r.latency_p50_us / 1000.0));
-                    if r.duplicates > 0 || r.timed_out {
-                        self.notes.push(format!(
-                            "{} QoS {qos_level}: {} of {} expected received, {} duplicates{}; slowest p100 latency {:.1} ms",
-                            self.cols[i].label,
-                            r.received,
-                            r.expected,
-                            r.duplicates,
-                            if r.timed_out { ", run hit the time limit" } else { "" },
-                            r.latency_max_us / 1000.0
-                        ));
-                    }
-                    if !r.errors.is_empty() {
-                        self.notes.push(format!(
-                            "{} QoS {qos_level}: client errors: {}",
-                            self.cols[i].label,
-                            r.errors.join("; ")
-                        ));
-                    }
-                    if r.lost == 0 {
-                        rate.push(cell(r.rate()));
-                        continue;
-                    }
-                    // Loss: report it, then look for a paced rate without loss.
-                    let unpaced = r.rate();
-                    let mut found = None;
-                    if qos == QoS::AtMostOnce {
-                        for factor in [0.8, 0.6, 0.4] {
-                            let mut paced = spec.clone();
-                            paced.rate = Some(unpaced * factor);
-                            paced.tag = format!("{}-p{}", spec.tag, (factor * 10.0) as u32);
-                            progress(
-                                self.args.json,
-                                &format!(
-                                    "{}: loss {}; retry paced at {:.0} msg/s",
-                                    self.cols[i].label,
-                                    r.lost,
-                                    unpaced * factor
-                                ),
-                            );
-                            if let Ok((pr, _)) = self.load_once(i, &paced).await {
-                                if pr.lost == 0 {
-                                    found = Some(pr.rate());
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    rate.push(match found {
-                        Some(x) => cell_note(
-                            x,
-                            format!("paced; unpaced LOSS {} at {:.0}/s", r.lost, unpaced),
-                        ),
-                        None => cell_note(unpaced, format!("LOSS {}", r.lost)),
-                    });
+                if !r.errors.is_empty() {
+                    self.notes.push(format!(
+                        "{label} QoS {qos_level}: client errors: {}",
+                        r.errors.join("; ")
+                    ));
                 }
             }
+            let per_msg = |(r, ticks): &(LoadResult, u64)| {
+                *ticks as f64 * 1e6 / self.tck as f64 / (r.received.max(1)) as f64
+            };
+            cpu.push(cell(median(col_runs.iter().map(per_msg).collect())));
+            let total_lost: u64 = col_runs.iter().map(|(r, _)| r.lost).sum();
+            lost.push(cell(total_lost as f64));
+            lat.push(cell(median(
+                col_runs
+                    .iter()
+                    .map(|(r, _)| r.latency_p50_us / 1000.0)
+                    .collect(),
+            )));
+            let unpaced = median(col_runs.iter().map(|(r, _)| r.rate()).collect());
+            if total_lost == 0 {
+                rate.push(cell(unpaced));
+                continue;
+            }
+            // Loss: report it; for QoS 0 look for a paced rate without loss.
+            let mut found = None;
+            if qos == QoS::AtMostOnce {
+                for factor in [0.8, 0.6, 0.4] {
+                    let mut paced = self.load_spec(
+                        ports[i],
+                        qos,
+                        format!("q{qos_level}-{i}-p{}", (factor * 10.0) as u32),
+                    );
+                    paced.rate = Some(unpaced * factor);
+                    progress(
+                        self.args.json,
+                        &format!(
+                            "{label}: loss {total_lost}; retry paced at {:.0} msg/s",
+                            unpaced * factor
+                        ),
+                    );
+                    if let Ok((pr, _)) = self.load_once(i, &paced).await {
+                        if pr.lost == 0 {
+                            found = Some(pr.rate());
+                            break;
+                        }
+                    }
+                }
+            }
+            rate.push(match found {
+                Some(x) => cell_note(
+                    x,
+                    format!("paced; unpaced LOSS {total_lost} at {unpaced:.0}/s"),
+                ),
+                None => cell_note(unpaced, format!("LOSS {total_lost}")),
+            });
         }
         let two =
             |v: Vec<Measured>| -> [Measured; 2] { v.try_into().expect("invariant: two columns") };
@@ -857,8 +892,9 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let command_line = std::env::args()
-        .map(|a| shell_quote(&a))
+    // Shown as the cargo command documented in docs/performance.md.
+    let command_line = std::iter::once("cargo run --release --bin tollgate-bench --".to_string())
+        .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
         .collect::<Vec<_>>()
         .join(" ");
     if args.payload < load::STAMP_LEN {
