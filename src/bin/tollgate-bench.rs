@@ -113,6 +113,10 @@ struct Args {
     keep: bool,
 }
 
+/// Per column of a connect row: rates, CPU µs per connect and a failure
+/// note over the rounds, or why the column has no figure.
+type ConnectAcc = Result<(Vec<f64>, Vec<f64>, Option<String>), String>;
+
 /// One column: a broker under test, or why it is not running.
 struct Column {
     label: String,
@@ -326,8 +330,7 @@ impl Bench {
         let rounds = self.args.rounds.max(1);
         let mut failures = Vec::new();
         // Per column: Ok(rates, cpu µs per connect, failure note) or the error.
-        let mut acc: [Result<(Vec<f64>, Vec<f64>, Option<String>), String>; 2] =
-            [Ok(Default::default()), Ok(Default::default())];
+        let mut acc: [ConnectAcc; 2] = [Ok(Default::default()), Ok(Default::default())];
         for round in 0..rounds {
             for (i, slot) in acc.iter_mut().enumerate() {
                 let Ok((rates, cpus, note)) = slot else {
@@ -385,19 +388,18 @@ impl Bench {
         }
         self.notes.extend(failures);
         let [a, b] = acc;
-        let split =
-            |m: Result<(Vec<f64>, Vec<f64>, Option<String>), String>| -> (Measured, Measured) {
-                match m {
-                    Ok((rates, cpus, note)) => {
-                        let mk = |v: f64| match &note {
-                            Some(n) => cell_note(v, n.clone()),
-                            None => cell(v),
-                        };
-                        (mk(median(rates)), mk(median(cpus)))
-                    }
-                    Err(e) => (Err(e.clone()), Err(e)),
+        let split = |m: ConnectAcc| -> (Measured, Measured) {
+            match m {
+                Ok((rates, cpus, note)) => {
+                    let mk = |v: f64| match &note {
+                        Some(n) => cell_note(v, n.clone()),
+                        None => cell(v),
+                    };
+                    (mk(median(rates)), mk(median(cpus)))
                 }
-            };
+                Err(e) => (Err(e.clone()), Err(e)),
+            }
+        };
         let (ra, ca) = split(a);
         let (rb, cb) = split(b);
         self.push(label, "conn/s", 0, ra, rb, target);
