@@ -8,6 +8,7 @@
 mod core;
 mod hints;
 pub mod listener;
+mod security;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,17 +23,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use self::core::{BoxFuture, Core};
+pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
-use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
+use self::listener::{AcceptLoop, Admission, ListenerState, LiveCertificates, StateSlot, TlsState};
+pub use self::security::{
+    build_security, log_security, password_settings, security_warnings, watched_certificates,
+    Security, CERT_WATCH_IDENTITY,
+};
 
-use crate::acl::{AllowAll, Authorizer};
-use crate::auth::{AnonymousOnly, Authenticator};
+use crate::acl::Authorizer;
+use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
-use crate::config::shims::pki::{self, DevPki};
-use crate::config::shims::tls::{self, ClientCertMode};
 use crate::config::{self, Config, LoadedConfig, Transport};
+use crate::pki::{self, DevPki};
 use crate::telemetry::notify;
+use crate::tls::{self, ReloadableServerConfig};
 
 /// Why the application could not start (or run).
 #[derive(Debug, thiserror::Error)]
@@ -73,24 +78,6 @@ impl AppError {
     }
 }
 
-/// Authentication and authorization built from a configuration.
-pub type Security = (Arc<dyn Authenticator>, Arc<dyn Authorizer>);
-
-/// THE place where `[auth]`, `[acl]` and client-certificate settings become the
-/// authenticator and authorizer (at start and on every reload). Problems are returned
-/// one line each, with the key they concern.
-pub fn build_security(config: &Config) -> Result<Security, Vec<String>> {
-    // The password-file authenticator and the ACL matcher are wired in here when they
-    // land; until then nothing configured in [auth]/[acl] is silently treated as enforced.
-    if let Some(path) = &config.auth.password_file {
-        warn!(password_file = %path.display(), "Password authentication is not available in this build yet: [auth] password_file is ignored.");
-    }
-    if config.acl.is_configured() {
-        warn!("ACLs are not available in this build yet: [acl] is ignored and every authenticated client may publish and subscribe anywhere.");
-    }
-    Ok((Arc::new(AnonymousOnly), Arc::new(AllowAll)))
-}
-
 /// Build the TLS and listener state of every listener. With `create_dev_pki == false`
 /// (used by `tollgate check`) listeners on the development PKI are skipped, so checking
 /// never writes files.
@@ -106,7 +93,7 @@ fn build_states(
             message: e.to_string(),
         })?;
         if pki.created {
-            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), "Created a development PKI (CA and localhost server certificate): for development only.");
+            warn!(dir = %dir.display(), ca = %pki.ca_cert.display(), device_cert = %pki.device_cert.display(), "Created a development PKI (CA, localhost server certificate, device certificate `dev-device`): for development only.");
         } else {
             info!(dir = %dir.display(), "Using the development PKI: for development only.");
         }
@@ -130,14 +117,35 @@ fn build_states(
                 _ => None,
             };
             let Some((cert, key)) = files else { continue };
-            let built = l
-                .tls_settings(&cert, &key)
-                .and_then(|s| tls::build_server_config(&s).map_err(|e| e.to_string()));
-            match built {
-                Ok(server_config) => Some(TlsState {
-                    config: server_config,
+            let settings = match l.tls_settings(&cert, &key) {
+                // On the development PKI, client certificates without client_ca are the dev CA's.
+                Ok(mut settings) => {
+                    if let (None, true, Some(pki)) = (
+                        &settings.client_ca,
+                        settings.client_certs != tls::ClientCertMode::Off,
+                        &dev_pki,
+                    ) {
+                        settings.client_ca = Some(pki.ca_cert.clone());
+                    }
+                    settings
+                }
+                Err(e) => {
+                    problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
+                    continue;
+                }
+            };
+            // Every problem of the listener at once (cert, key, CA, CRL, pairing).
+            let errors = tls::check_server_settings(&settings);
+            if !errors.is_empty() {
+                for e in errors {
+                    problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
+                }
+                continue;
+            }
+            match ReloadableServerConfig::new(&settings) {
+                Ok(server) => Some(TlsState {
+                    server: Arc::new(server),
                     identity: l.identity,
-                    client_certs: l.client_cert_mode() != ClientCertMode::Off,
                 }),
                 Err(e) => {
                     problems.push(format!("{label}: listener[{i}]: TLS setup failed: {e}"));
@@ -156,17 +164,29 @@ fn build_states(
     }
 }
 
+/// What `tollgate check` found beyond `config::load`.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// Problems that would stop `run` (one line each, with the key concerned).
+    pub problems: Vec<String>,
+    /// Accepted but probably unintended (ACL lines shadowed by deny rules, ...).
+    pub warnings: Vec<String>,
+}
+
 /// Deep checks for `tollgate check` beyond `config::load`: certificates and keys are
-/// parsed and matched, security files are loaded. Writes nothing.
-pub fn preflight(config: &Config) -> Vec<String> {
-    let mut problems = match build_states(config, false) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.to_string().lines().map(str::to_string).collect(),
-    };
-    if let Err(security) = build_security(config) {
-        problems.extend(security);
+/// parsed and matched, the password file and ACL are loaded. Writes nothing.
+pub fn preflight(config: &Config) -> Preflight {
+    let mut report = Preflight::default();
+    if let Err(e) = build_states(config, false) {
+        report
+            .problems
+            .extend(e.to_string().lines().map(str::to_string));
     }
-    problems
+    match build_security(config, None) {
+        Ok(security) => report.warnings = security_warnings(&security),
+        Err(problems) => report.problems.extend(problems),
+    }
+    report
 }
 
 /// Outcome of an accepted reload.
@@ -222,6 +242,14 @@ pub struct App {
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
     core: Arc<dyn Core>,
+    /// Authenticator and ACL in force (the base of the next reload).
+    security: Security,
+    /// Client certificates of live connections, re-checked after each reload.
+    live: Arc<LiveCertificates>,
+    /// Every task `run` spawns (accept loops, connections, health, certificate watch).
+    tasks: TaskTracker,
+    /// Stops the current certificate expiry watch (replaced when a reload changes the files).
+    cert_watch: Option<(Vec<(String, std::path::PathBuf)>, CancellationToken)>,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -233,7 +261,9 @@ impl App {
     /// Build the gateway around tollgate's broker core.
     pub async fn build(loaded: LoadedConfig) -> Result<App, AppError> {
         App::build_with_core(loaded, |settings, authn, authz, token| {
-            Arc::new(Broker::start(settings, authn, authz, token)) as Arc<dyn Core>
+            Arc::new(BrokerCore::new(Broker::start(
+                settings, authn, authz, token,
+            ))) as Arc<dyn Core>
         })
         .await
     }
@@ -250,7 +280,8 @@ impl App {
     {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
-        let (authenticator, authorizer) = build_security(&config).map_err(AppError::Setup)?;
+        let security = build_security(&config, None).map_err(AppError::Setup)?;
+        log_security(&config, &security, "Start");
 
         let mut listeners = Vec::new();
         let mut slots = HashMap::new();
@@ -286,8 +317,8 @@ impl App {
         let broker_shutdown = CancellationToken::new();
         let core = make_core(
             config.broker.settings(),
-            authenticator,
-            authorizer,
+            Arc::new(security.authenticator.clone()),
+            security.authorizer.clone(),
             broker_shutdown.clone(),
         );
         let (reload_requests, reload_inbox) = mpsc::channel(4);
@@ -300,6 +331,10 @@ impl App {
             addrs,
             dev_pki,
             core,
+            security,
+            live: Arc::new(LiveCertificates::default()),
+            tasks: TaskTracker::new(),
+            cert_watch: None,
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -328,7 +363,7 @@ impl App {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(AppError::Signal)?;
-        let tracker = TaskTracker::new();
+        let tracker = self.tasks.clone();
         let stop_accepting = CancellationToken::new();
         for l in std::mem::take(&mut self.listeners) {
             info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
@@ -343,10 +378,12 @@ impl App {
                     stop_accepting: stop_accepting.clone(),
                     shutdown: self.broker_shutdown.clone(),
                     tracker: tracker.clone(),
+                    live: self.live.clone(),
                 }
                 .run(),
             );
         }
+        self.restart_certificate_watch();
         self.announce_ready();
         tracker.spawn(health_loop(
             self.core.clone(),
@@ -372,6 +409,28 @@ impl App {
         Ok(())
     }
 
+    /// Start the expiry watch for the current configuration's certificates, replacing a
+    /// running one only when the set of files changed.
+    fn restart_certificate_watch(&mut self) {
+        let certs = watched_certificates(&self.current, self.dev_pki.as_ref());
+        if let Some((watched, _)) = &self.cert_watch {
+            if *watched == certs {
+                return;
+            }
+        }
+        if let Some((_, stop)) = self.cert_watch.take() {
+            stop.cancel();
+        }
+        let stop = self.broker_shutdown.child_token();
+        security::spawn_certificate_watch(
+            certs.clone(),
+            self.core.clone(),
+            &self.tasks,
+            stop.clone(),
+        );
+        self.cert_watch = Some((certs, stop));
+    }
+
     fn announce_ready(&self) {
         let summary: Vec<String> = self
             .started
@@ -384,13 +443,12 @@ impl App {
         notify::status(&format!("Ready: {}", summary.join(", ")));
         info!(listeners = %summary.join(", "), "tollgate is ready.");
 
-        let dev_ca = self.dev_pki.as_ref().map(|p| p.ca_cert.as_path());
         let lines: Vec<String> = self
             .started
             .listeners
             .iter()
             .zip(&self.addrs)
-            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, dev_ca))
+            .flat_map(|(l, (_, addr))| hints::client_commands(l, *addr, self.dev_pki.as_ref()))
             .collect();
         if std::io::stdout().is_terminal() {
             println!("Connect with:");
@@ -442,7 +500,7 @@ impl App {
             AppError::Setup(problems) => fail(problems),
             other => fail(vec![other.to_string()]),
         })?;
-        let (authenticator, authorizer) = build_security(&new).map_err(fail)?;
+        let security = build_security(&new, Some(&self.security)).map_err(fail)?;
         let ignored = restart_only_changes(&self.started, &new);
 
         // Everything is built: swap. Listeners whose transport changed keep their old
@@ -460,8 +518,22 @@ impl App {
                 listener::replace(slot, state);
             }
         }
-        self.core.reload_auth(authenticator, authorizer);
+        self.core.reload_auth(
+            Arc::new(security.authenticator.clone()),
+            security.authorizer.clone(),
+        );
+        log_security(&new, &security, "Reload");
+        self.security = security;
         self.current = new;
+        self.restart_certificate_watch();
+        // New CA/CRL in force: cut live connections whose certificate no longer passes.
+        let cut = self.live.recheck(&self.slots);
+        if cut > 0 {
+            info!(
+                connections = cut,
+                "Closed connections whose client certificate is no longer valid."
+            );
+        }
         Ok(ReloadReport {
             ignored_until_restart: ignored,
         })
@@ -595,4 +667,50 @@ pub async fn shutdown_signal() {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = which, "Shutdown requested.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_with_env, ConfigSource};
+
+    fn embedded() -> Config {
+        let env = [("HOME".to_string(), "/nonexistent".to_string())].into();
+        load_with_env(&ConfigSource::Embedded, &env)
+            .expect("default config is valid")
+            .config
+    }
+
+    #[test]
+    fn identical_configs_need_no_restart() {
+        assert!(restart_only_changes(&embedded(), &embedded()).is_empty());
+    }
+
+    #[test]
+    fn listener_set_binds_transport_and_broker_changes_need_a_restart() {
+        let old = embedded();
+        let mut new = embedded();
+        new.listeners[0].bind = "127.0.0.1:1884".to_string();
+        new.listeners[1].transport = Transport::Tcp;
+        new.listeners[1].name = "renamed".to_string();
+        new.broker.max_connections = 5;
+        let changes = restart_only_changes(&old, &new).join("\n");
+        assert!(
+            changes.contains("\"local\" bind 127.0.0.1:1883 -> 127.0.0.1:1884"),
+            "{changes}"
+        );
+        assert!(changes.contains("\"devices\" was removed"), "{changes}");
+        assert!(changes.contains("\"renamed\" was added"), "{changes}");
+        assert!(changes.contains("[broker]"), "{changes}");
+    }
+
+    #[test]
+    fn anonymous_and_password_flags_apply_without_restart() {
+        let old = embedded();
+        let mut new = embedded();
+        new.listeners[0].allow_anonymous = false;
+        new.listeners[1].password_auth = false;
+        new.shutdown.grace_period = Duration::from_secs(1);
+        assert!(restart_only_changes(&old, &new).is_empty());
+    }
 }

@@ -1,12 +1,18 @@
-//! Command line: `tollgate run`, `tollgate check`, `tollgate --version`. Adding a
+//! Command line: `tollgate run`, `tollgate check`, `tollgate pki ...`,
+//! `tollgate passwd ...`, `tollgate acl explain ...`, `tollgate --version`. Adding a
 //! subcommand is one `Command` variant plus one match arm in `main.rs`. It parses
-//! arguments and prints check results; it must never start the gateway itself.
+//! arguments, runs the offline tools and maps their errors to exit codes (64 for a
+//! bad configuration or bad usage, 1 for failures at run time); it must never start
+//! the gateway itself.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::acl::{self, AclCommand};
+use crate::auth::{self, PasswdCommand, PasswdError, PasswordFileError};
 use crate::config::{self, ConfigSource};
+use crate::pki::{self, PkiCommand, PkiError};
 use crate::telemetry::LogFormat;
 
 /// Exit code for a configuration that cannot be used (linkerd and sysexits' EX_USAGE).
@@ -35,6 +41,16 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate a configuration and print every problem; exit 64 if there is any.
     Check(ConfigArgs),
+    /// Certificate authority, server and device certificates, revocation (no openssl needed).
+    Pki(PkiCommand),
+    /// Add, change or delete a user in a password file (mosquitto_passwd compatible).
+    Passwd(PasswdCommand),
+    /// ACL tools: `tollgate acl explain` shows the decision and the rule that made it.
+    Acl {
+        /// What to do.
+        #[command(subcommand)]
+        command: AclCommand,
+    },
 }
 
 /// Which configuration to use.
@@ -68,14 +84,14 @@ pub fn check(args: &ConfigArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let problems = crate::app::preflight(&loaded.config);
-    if !problems.is_empty() {
-        for problem in problems {
+    let preflight = crate::app::preflight(&loaded.config);
+    if !preflight.problems.is_empty() {
+        for problem in preflight.problems {
             eprintln!("{problem}");
         }
         return EXIT_CONFIG;
     }
-    for warning in &loaded.warnings {
+    for warning in loaded.warnings.iter().chain(&preflight.warnings) {
         eprintln!("warning: {warning}");
     }
     let c = &loaded.config;
@@ -94,4 +110,63 @@ pub fn check(args: &ConfigArgs) -> u8 {
         c.broker.data_dir.display()
     );
     0
+}
+
+/// `tollgate pki ...`: 0, 64 for misuse (existing CA, unknown name, bad name, no CA),
+/// 1 for failures (I/O, key generation).
+pub fn pki(cmd: PkiCommand) -> u8 {
+    match pki::run(cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tollgate pki: {e}");
+            pki_exit_code(&e)
+        }
+    }
+}
+
+/// Exit code for a PKI error.
+pub fn pki_exit_code(e: &PkiError) -> u8 {
+    match e {
+        PkiError::CaExists { .. }
+        | PkiError::NoCa { .. }
+        | PkiError::Exists { .. }
+        | PkiError::BadName { .. }
+        | PkiError::UnknownName { .. }
+        | PkiError::Mismatch { .. }
+        | PkiError::Index { .. }
+        | PkiError::Parse { .. }
+        | PkiError::Tls(_) => EXIT_CONFIG,
+        PkiError::Io { .. } | PkiError::Rcgen { .. } | PkiError::Rsa(_) => EXIT_FAILURE,
+    }
+}
+
+/// `tollgate passwd FILE USER [PASSWORD]`: 0, 64 for misuse (missing file, unknown
+/// user, invalid name, empty or mismatched password, unparsable file), 1 for I/O.
+pub fn passwd(cmd: PasswdCommand) -> u8 {
+    match auth::run_passwd(cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tollgate passwd: {e}");
+            match e {
+                PasswdError::File(PasswordFileError::Io { .. })
+                | PasswdError::File(PasswordFileError::Hashing(_))
+                | PasswdError::Prompt(_) => EXIT_FAILURE,
+                _ => EXIT_CONFIG,
+            }
+        }
+    }
+}
+
+/// `tollgate acl explain ...`: 0 after printing the decision, 64 when the rules or
+/// the configuration cannot be used (every problem is printed). With `-c FILE` the
+/// configuration is loaded exactly as `run` loads it (environment overrides, relative
+/// paths, validation), so the answer is the one the gateway would give.
+pub fn acl(command: AclCommand) -> u8 {
+    match acl::run(command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tollgate acl: {e}");
+            EXIT_CONFIG
+        }
+    }
 }

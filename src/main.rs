@@ -12,10 +12,24 @@ use tollgate::config;
 use tollgate::telemetry::{self, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are not errors; anything else is a usage error (EX_USAGE).
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let code = match &cli.command {
         Command::Run(args) => run(cli.log, args),
         Command::Check(args) => cli::check(args),
+        Command::Pki(cmd) => cli::pki(cmd.clone()),
+        Command::Passwd(cmd) => cli::passwd(cmd.clone()),
+        Command::Acl { command } => cli::acl(command.clone()),
     };
     ExitCode::from(code)
 }

@@ -17,18 +17,25 @@ use tollgate::app::{App, BoxFuture, ClientStream, Core};
 use tollgate::broker::ConnectionInfo;
 use tollgate::config::{load_with_env, ConfigSource};
 
-/// Echoes bytes back; ends connections when the broker token is cancelled unless
-/// `stubborn` (then it ignores shutdown, to exercise the grace period).
+/// Echoes bytes back, except that a lone `?` is answered with whether the listener
+/// admitted anonymous clients for this connection (`A` or `-`); ends connections when the broker
+/// token is cancelled unless `stubborn` (then it ignores shutdown, to exercise the
+/// grace period).
 struct EchoCore {
     shutdown: CancellationToken,
     stubborn: bool,
 }
 
 impl Core for EchoCore {
-    fn serve(&self, mut stream: ClientStream, _info: ConnectionInfo) -> BoxFuture<()> {
+    fn serve(&self, mut stream: ClientStream, info: ConnectionInfo) -> BoxFuture<()> {
         let shutdown = self.shutdown.clone();
         let stubborn = self.stubborn;
         Box::pin(async move {
+            let flag: &[u8] = if info.listener.allow_anonymous {
+                b"A"
+            } else {
+                b"-"
+            };
             let mut buf = [0u8; 1024];
             loop {
                 let read = tokio::select! {
@@ -38,9 +45,8 @@ impl Core for EchoCore {
                 match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if stream.write_all(&buf[..n]).await.is_err()
-                            || stream.flush().await.is_err()
-                        {
+                        let reply = if &buf[..n] == b"?" { flag } else { &buf[..n] };
+                        if stream.write_all(reply).await.is_err() || stream.flush().await.is_err() {
                             return;
                         }
                     }
@@ -89,6 +95,12 @@ fn make_pki(dir: &Path, tag: &str) -> Pki {
     std::fs::write(&pki.ca, ca.pem()).expect("write ca");
     std::fs::write(&pki.cert, cert.pem()).expect("write cert");
     std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+    // Private keys readable by others are refused (like ssh does).
+    std::fs::set_permissions(
+        &pki.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod key");
     pki
 }
 
@@ -201,6 +213,19 @@ async fn tls_connect(
     )
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
+/// Ask `EchoCore` whether this connection's listener admitted anonymous clients.
+async fn anonymous_admitted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> bool {
+    stream.write_all(b"?").await.expect("write");
+    let mut flag = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut flag))
+        .await
+        .expect("answer within the limit")
+        .expect("read answer");
+    flag[0] == b'A'
 }
 
 async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -527,4 +552,70 @@ async fn shutdown_gives_up_on_stuck_connections_after_the_grace_period() {
         took >= Duration::from_millis(250),
         "waited for the grace period: {took:?}"
     );
+}
+
+#[tokio::test]
+async fn reload_applies_listener_flags_to_new_connections_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), PLAIN);
+    let running = start(&config, false).await;
+    let mut before = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("connect");
+    assert!(anonymous_admitted(&mut before).await);
+
+    write_config(
+        dir.path(),
+        &PLAIN.replace("allow_anonymous = true", "allow_anonymous = false"),
+    );
+    let report = running.reload.reload().await.expect("reload accepted");
+    assert!(
+        report.ignored_until_restart.is_empty(),
+        "{:?}",
+        report.ignored_until_restart
+    );
+    let mut after = TcpStream::connect(running.addr("local"))
+        .await
+        .expect("connect");
+    assert!(
+        !anonymous_admitted(&mut after).await,
+        "new connections see the new flag"
+    );
+    assert!(
+        anonymous_admitted(&mut before).await,
+        "existing connections keep theirs"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn real_broker_closes_a_silent_plain_socket_at_the_connect_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &format!("connect_timeout = \"300ms\"\n{PLAIN}"));
+    let loaded = load_with_env(&ConfigSource::File(config), &HashMap::new()).expect("valid");
+    let app = App::build(loaded)
+        .await
+        .expect("app builds with the broker core");
+    let addr = app.local_addr("local").expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let seen = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(seen.is_empty(), "{seen:02x?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+
+    stop.send(()).expect("app running");
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("app stops")
+        .expect("no panic")
+        .expect("run ok");
 }

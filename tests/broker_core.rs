@@ -563,3 +563,27 @@ async fn mosquitto_clients_interoperate_both_protocol_versions() {
     assert_eq!(s.publish().await.payload, Bytes::from("hi"));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn retained_will_is_stored_for_later_subscribers() {
+    let b = start_broker().await;
+    let mut w = Raw::open(b.addr).await;
+    let mut packet = will_connect("retainer", 30, None, None);
+    if let p5::Packet::Connect(_, Some(will), _) = &mut packet {
+        will.retain = true;
+    }
+    w.send(&packet).await;
+    assert!(matches!(w.read().await, Some(p5::Packet::ConnAck(_))));
+    drop(w);
+    let mut waited = 0;
+    while b.broker.stats().retained_messages != 1 && waited < 250 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let mut s = v4(b.addr, "late-watcher").await;
+    s.subscribe("will/#", QoS::AtLeastOnce).await;
+    let got = s.publish().await;
+    assert_eq!(got.topic, "will/retainer");
+    assert!(got.retain);
+    b.stop().await;
+}

@@ -153,13 +153,17 @@ async fn every_publish_subscribe_and_delivery_passes_the_authorizer() {
         .publish("secret/x", Q5::AtLeastOnce, false, "no")
         .await
         .unwrap();
-    let reason = p
+    let ack = p
         .wait_for(|p| match p {
-            p5::Packet::PubAck(a) => Some(a.reason),
+            p5::Packet::PubAck(a) => Some(a.clone()),
             _ => None,
         })
         .await;
-    assert_eq!(reason, p5::PubAckReason::NotAuthorized);
+    assert_eq!(ack.reason, p5::PubAckReason::NotAuthorized);
+    assert!(
+        ack.properties.and_then(|p| p.reason_string).is_some(),
+        "v5 refusals carry a reason string"
+    );
     // v5 subscribe denied → 0x87; v3.1.1 → 0x80.
     let ack = p.subscribe("secret/#", Q5::AtLeastOnce).await;
     assert_eq!(

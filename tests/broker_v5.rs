@@ -154,7 +154,7 @@ async fn message_expiry_drops_expired_queued_messages_and_counts_down() {
         .properties
         .and_then(|p| p.message_expiry_interval)
         .unwrap();
-    assert!(left < 60 && left >= 55, "expiry counted down to {left}");
+    assert!((55..60).contains(&left), "expiry counted down to {left}");
     s.no_publish(Duration::from_millis(200)).await;
     b.stop().await;
 }

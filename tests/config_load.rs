@@ -270,3 +270,29 @@ fn anonymous_on_network_address_is_a_warning_not_an_error() {
         loaded.warnings
     );
 }
+
+#[test]
+fn tollgate_variables_without_a_section_are_ignored_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "t.toml", MINIMAL);
+    let loaded = load_with_env(
+        &ConfigSource::File(file.clone()),
+        &env(&[("TOLLGATE_BIN", "/usr/bin/tollgate")]),
+    )
+    .expect("a script's own variable does not break loading");
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("TOLLGATE_BIN")),
+        "{:?}",
+        loaded.warnings
+    );
+    let p = problems(load_with_env(
+        &ConfigSource::File(file),
+        &env(&[("TOLLGATE_BROKER__MAX_CONECTIONS", "5")]),
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("broker.max_conections: unknown field")
+                && l.contains("TOLLGATE_BROKER__MAX_CONECTIONS")),
+        "{p:?}"
+    );
+}

@@ -217,7 +217,23 @@ async fn pki_flow_init_server_device_revoke_crl_list() {
     );
 
     // init --force replaces the CA: old device certificates no longer chain.
+    let old_ca_key = std::fs::read(dir.join("ca.key")).expect("ca key");
     pki_run(&dir, &["init", "--force"]).expect("forced init");
+    let aside: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("replaced-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "old CA set aside once");
+    assert_eq!(
+        std::fs::read(aside[0].join("ca.key")).expect("old key"),
+        old_ca_key
+    );
+    assert_eq!(mode(&aside[0]), 0o700);
+    assert_eq!(pki::list(&dir).expect("list").len(), 1, "new index");
     pki_run(&dir, &["server", "--dns", "localhost", "--force"]).expect("new server");
     let server = build_server_config(&settings(&dir, false)).expect("server config");
     assert_eq!(
@@ -343,4 +359,153 @@ fn unused_paths_are_not_created_on_failure() {
     assert!(pki_run(&dir, &["list"]).is_err());
     assert!(pki_run(&dir, &["crl"]).is_err());
     assert!(!dir.join("ca.crl").exists());
+}
+
+/// A CA made with the seeds' openssl recipe can be taken over by `tollgate pki`: it issues
+/// server and device certificates and CRLs that chain to it.
+#[tokio::test]
+async fn openssl_made_ca_is_usable_by_tollgate_pki() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    openssl(&["genrsa", "-out", "ca.key", "2048"]);
+    openssl(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "365",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/C=US/ST=State/L=City/O=MyOrg/CN=MyCA",
+    ]);
+    std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+
+    pki_run(&dir, &["server", "--dns", "localhost"]).expect("server");
+    pki_run(&dir, &["device", "client1"]).expect("device");
+    pki_run(&dir, &["device", "client2"]).expect("device");
+    pki_run(&dir, &["revoke", "client2"]).expect("revoke");
+    let server = build_server_config(&settings(&dir, true)).expect("server config");
+    assert_eq!(
+        connect_device(server.clone(), &dir, "client1").await,
+        Ok(Some("client1".into()))
+    );
+    assert_eq!(
+        connect_device(server, &dir, "client2").await,
+        Err(CertRejection::Revoked)
+    );
+    // OpenSSL agrees that the device certificate chains to its CA.
+    openssl(&["verify", "-CAfile", "ca.crt", "devices/client1.crt"]);
+}
+
+/// `mosquitto_pub` (OpenSSL) with `tollgate pki` files against a rustls server built by
+/// `build_server_config`: the TLS layer tollgate's listeners use. The server speaks just
+/// enough MQTT (a CONNACK) for mosquitto_pub to finish its QoS 0 publish.
+#[tokio::test]
+async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
+    if std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("mosquitto_pub not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pki");
+    pki_run(&dir, &["init"]).expect("init");
+    pki_run(&dir, &["server", "--dns", "localhost"]).expect("server");
+    pki_run(&dir, &["device", "sensor_001"]).expect("device");
+    pki_run(&dir, &["device", "lost"]).expect("device");
+    pki_run(&dir, &["revoke", "lost"]).expect("revoke");
+    let server = build_server_config(&settings(&dir, true)).expect("server config");
+
+    for (device, expected) in [
+        ("sensor_001", Ok(Some("sensor_001".to_string()))),
+        ("lost", Err(CertRejection::Revoked)),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let acceptor = TlsAcceptor::from(server.clone());
+        let server_task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await?;
+            let id = peer_identity(tls.get_ref().1, IdentitySource::Cn)
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            let mut buf = [0u8; 512];
+            let n = tls.read(&mut buf).await?;
+            assert!(n > 0 && buf[0] == 0x10, "expected CONNECT");
+            tls.write_all(&[0x20, 0x02, 0x00, 0x00]).await?; // CONNACK, accepted
+            while tls.read(&mut buf).await? > 0 {}
+            Ok::<_, io::Error>(id)
+        });
+        let p = |s: &str| dir.join(s).display().to_string();
+        let status = tokio::time::timeout(
+            LIMIT,
+            tokio::process::Command::new("mosquitto_pub")
+                .args(["-h", "localhost", "-p", &port.to_string()])
+                .args(["--cafile", &p("ca.crt")])
+                .args(["--cert", &p(&format!("devices/{device}.crt"))])
+                .args(["--key", &p(&format!("devices/{device}.key"))])
+                .args(["-t", "sensors/001/t", "-m", "21.5"])
+                .stderr(std::process::Stdio::null())
+                .status(),
+        )
+        .await
+        .expect("mosquitto_pub finished")
+        .expect("mosquitto_pub ran");
+        let served = tokio::time::timeout(LIMIT, server_task)
+            .await
+            .expect("server finished")
+            .expect("task")
+            .map_err(|e| classify_handshake_error(&e));
+        assert_eq!(served, expected, "{device}");
+        assert_eq!(status.success(), expected.is_ok(), "{device}: {status}");
+    }
+}
+
+#[test]
+fn command_line_accepts_dir_anywhere_and_is_well_formed() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let cli = Cli::try_parse_from([
+        "pki",
+        "device",
+        "sensor_001",
+        "--dir",
+        "/tmp/x",
+        "--days",
+        "7",
+    ])
+    .expect("parse");
+    assert_eq!(cli.pki.dir, PathBuf::from("/tmp/x"));
+    assert!(matches!(
+        cli.pki.action,
+        pki::PkiAction::Device { ref name, days: 7, rsa: false, force: false } if name == "sensor_001"
+    ));
+    let cli = Cli::try_parse_from(["pki", "list"]).expect("parse");
+    assert_eq!(cli.pki.dir, PathBuf::from("/etc/tollgate/pki"));
+    assert!(Cli::try_parse_from(["pki", "revoke", "x", "--reason", "bogus"]).is_err());
 }

@@ -1,8 +1,73 @@
 //! Authorization: what an identity may read, write and subscribe to. Owns the
-//! `Authorizer` seam every PUBLISH, SUBSCRIBE and delivery passes through.
-//! It must never allow what no rule grants once ACLs are configured.
+//! `Authorizer` seam every PUBLISH, SUBSCRIBE and delivery passes through, the
+//! rule model, the mosquitto `acl_file` parser, the compiled matcher and
+//! `tollgate acl explain`. It must never allow what no rule grants once ACLs are
+//! configured, and never allocate or lock on the check path.
+//!
+//! # Semantics (design decision 3)
+//! - **Rule sets.** `topic` lines before any `user` line (and inline rules with
+//!   neither `user` nor `pattern`) are the anonymous rules; `topic` lines after
+//!   `user NAME` belong to NAME, exactly as mosquitto scopes them (so a trailing
+//!   `topic deny #` belongs to the last user: [`Acl::warnings`] says so).
+//!   `pattern` lines apply to every identity wherever they are written.
+//! - **Who uses what.** An identity with `via == Anonymous` (its username, if any,
+//!   is ignored as unauthenticated) or without a username uses the anonymous
+//!   rules; any other identity (password, certificate, `Internal` such as
+//!   `adapter:modbus1`) uses the block of its username. Patterns apply to all.
+//! - **Placeholders.** `%u`/`%c` are substituted wherever they appear inside a
+//!   level of a `pattern` rule (`devices/%u/#`, but also `dev-%c`), as mosquitto
+//!   does, so its files load unchanged. The substituted value never crosses or
+//!   widens a level: it is used only if it is non-empty and free of `+`, `#`,
+//!   `/` and NUL, and it is compared as literal text. An identity whose username or
+//!   client id contains one of those gets no grant from any pattern rule. A
+//!   placeholder that cannot be filled (anonymous `%u`, empty or dangerous
+//!   values) never grants; in a *deny* pattern it counts as `+`, so denials err
+//!   wide rather than vanish.
+//! - **Decision.** Any matching deny rule wins; otherwise a rule granting the
+//!   access (read/readwrite for Read and Subscribe, write/readwrite for Write)
+//!   allows; otherwise deny. The decision names the earliest such rule.
+//! - **Subscribe** checks the filter (a `$share/<group>/` prefix is stripped here
+//!   too; a second one inside is refused): granted only if one read rule *covers* it (every topic the filter can
+//!   match is matched by that rule: `sensors/#` covers `sensors/+/temp`,
+//!   `sensors/+` does not cover `sensors/#`); refused if one deny rule covers it.
+//!   A deny that covers only part of the filter (deny `a/b`, subscribe `a/+`) does
+//!   not refuse the subscription: the broker re-checks every delivery with Read,
+//!   where that deny bites.
+//! - **`$` topics** (`$SYS/...`) are matched only by rules whose first level
+//!   starts with `$`: `#` and `+/...` never grant or cover them.
+//! - Matching is case-sensitive and exact per level; `a/b/` (empty last level)
+//!   is not `a/b`; `a/#` also matches `a`; `+` matches one level, empty included.
+//!   Invalid topics or filters are denied without a rule.
+//!
+//! # Cost and caching
+//! Rules compile into tries (anonymous, one per user, patterns), so a check is
+//! one hash lookup for the user plus a walk of at most the topic's depth per
+//! trie, whatever the number of rules (wildcard-heavy rule sets branch, but a
+//! walk never visits a trie node twice); it never allocates or locks. Measured
+//! (`cargo bench --bench acl`) at about 120 to 130 ns per check from 10 to
+//! 100,000 rules, which is what hashing the topic for a cache lookup would
+//! already cost, so there is no per-connection decision cache: nothing to
+//! invalidate on reload (the owner swaps the whole `Acl`) and nothing shared
+//! between connection tasks. [`Authorizer::allows`]
+//! is the allocation-free form; [`Authorizer::check`] also copies the deciding
+//! rule's label for audit logs.
 
-use crate::auth::Identity;
+mod explain;
+mod matcher;
+mod rules;
+
+pub mod bench;
+
+use std::path::PathBuf;
+
+pub use explain::{explain, run, AccessArg, AclCommand, ExplainArgs, Explanation};
+pub use matcher::{Acl, AclStats, RuleId, RuleMatch, Verdict};
+pub use rules::{
+    AccessSpec, AclConfig, AclProblem, InlineRule, Origin, Rule, RuleLevel, Scope, Template,
+    TemplatePart,
+};
+
+use crate::auth::{AuthMethod, Identity};
 
 /// The kind of access being checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +101,12 @@ impl AclDecision {
 pub trait Authorizer: Send + Sync + 'static {
     /// Decide whether `identity` may perform `access` on `topic`.
     fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision;
+
+    /// Same decision without naming the rule; implementations make it allocation-free
+    /// for the per-delivery path.
+    fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {
+        self.check(identity, access, topic).is_allowed()
+    }
 }
 
 /// Authorizer used while no ACL is configured: allows everything.
@@ -45,5 +116,93 @@ pub struct AllowAll;
 impl Authorizer for AllowAll {
     fn check(&self, _identity: &Identity, _access: Access, _topic: &str) -> AclDecision {
         AclDecision::Allow { rule: None }
+    }
+}
+
+/// Errors loading or using ACL rules.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    /// The acl_file could not be read.
+    #[error("cannot read ACL file {}: {source}; check `[acl] file` and that tollgate may read it", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// One or more rules are invalid; every problem is listed.
+    #[error("{} problem(s) in the ACL rules, nothing was loaded:\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Each problem with its `file:line` or `acl.rule[N]`.
+        problems: Vec<AclProblem>,
+    },
+    /// The config file given to `acl explain -c` could not be used.
+    #[error("cannot use config {}: {reason}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `acl explain` was called with contradictory or missing arguments.
+    #[error("acl explain: {0}")]
+    Usage(String),
+}
+
+/// Record a refused access on the `audit` target with the rule that decided
+/// (never the payload). The broker adds the peer address if it has one.
+pub fn audit_denied(identity: &Identity, access: Access, topic: &str, decision: &AclDecision) {
+    if let AclDecision::Deny { rule } = decision {
+        tracing::info!(
+            target: "audit",
+            event = "acl_denied",
+            listener = %identity.listener,
+            username = identity.username.as_deref().unwrap_or(""),
+            client_id = %identity.client_id,
+            via = ?identity.via,
+            ?access,
+            topic,
+            rule = rule.as_deref().unwrap_or("none matched: default deny"),
+            "Access denied by ACL."
+        );
+    }
+}
+
+/// Fuzz entry point: parse arbitrary bytes as an acl_file and run checks with
+/// topics taken from the same bytes. Must never panic.
+pub fn fuzz_acl_file(data: &[u8]) {
+    let Ok(set) = rules::parse_all(Some(("fuzz", data)), &[]) else {
+        return;
+    };
+    let acl = Acl::compile(set);
+    let _ = acl.warnings();
+    let text = String::from_utf8_lossy(data);
+    let identities = [
+        Identity {
+            username: Some("u".into()),
+            client_id: "c".into(),
+            via: AuthMethod::Password,
+            listener: "fuzz".into(),
+        },
+        Identity {
+            username: None,
+            client_id: "anon".into(),
+            via: AuthMethod::Anonymous,
+            listener: "fuzz".into(),
+        },
+        Identity {
+            username: Some("a/#".into()),
+            client_id: "+".into(),
+            via: AuthMethod::Certificate,
+            listener: "fuzz".into(),
+        },
+    ];
+    for line in text.lines().take(64) {
+        let topic = line.rsplit(' ').next().unwrap_or_default();
+        for identity in &identities {
+            for access in [Access::Read, Access::Write, Access::Subscribe] {
+                let _ = acl.check(identity, access, topic);
+            }
+        }
     }
 }

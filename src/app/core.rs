@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, ConnectionInfo};
+use crate::auth::Identity;
+use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions};
 
 use super::listener::ClientStream;
 
@@ -26,26 +27,96 @@ pub trait Core: Send + Sync + 'static {
     fn drained(&self) -> BoxFuture<()>;
     /// A round trip through the router; `Ok` carries a one-line status.
     fn health(&self) -> BoxFuture<Result<String, String>>;
+    /// Attach an in-process client (the gateway's own publishers, e.g. certificate
+    /// expiry warnings). Cores without a router refuse.
+    fn connect_internal(
+        &self,
+        _options: InternalOptions,
+    ) -> BoxFuture<Result<InternalClient, String>> {
+        Box::pin(async { Err("this core has no in-process clients".to_string()) })
+    }
 }
 
-impl Core for Broker {
+/// tollgate's broker core as the application's `Core`, with an in-process client used
+/// as a health probe (one UNSUBSCRIBE round trip through the router per probe).
+pub struct BrokerCore {
+    broker: Broker,
+    probe: Arc<tokio::sync::Mutex<Option<InternalClient>>>,
+}
+
+/// Client id of the health probe's in-process session.
+const HEALTH_PROBE_ID: &str = "tollgate:health";
+
+impl BrokerCore {
+    /// Wrap a started broker.
+    pub fn new(broker: Broker) -> Self {
+        BrokerCore {
+            broker,
+            probe: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+}
+
+impl Core for BrokerCore {
     fn serve(&self, stream: ClientStream, info: ConnectionInfo) -> BoxFuture<()> {
-        let broker = self.clone();
+        let broker = self.broker.clone();
         Box::pin(async move { broker.serve(stream, info).await })
     }
 
     fn reload_auth(&self, authenticator: Arc<dyn Authenticator>, authorizer: Arc<dyn Authorizer>) {
-        Broker::reload_auth(self, authenticator, authorizer);
+        self.broker.reload_auth(authenticator, authorizer);
     }
 
     fn drained(&self) -> BoxFuture<()> {
-        // Until the broker core exposes `drained()`, the app's own task tracker (which
-        // owns every connection task) is what shutdown waits for.
-        Box::pin(async {})
+        let broker = self.broker.clone();
+        let probe = self.probe.clone();
+        Box::pin(async move {
+            // The probe session must not keep anything alive during shutdown.
+            drop(probe.lock().await.take());
+            broker.drained().await;
+        })
+    }
+
+    fn connect_internal(
+        &self,
+        options: InternalOptions,
+    ) -> BoxFuture<Result<InternalClient, String>> {
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            broker
+                .connect_internal(options)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn health(&self) -> BoxFuture<Result<String, String>> {
-        // Until the broker core exposes `stats()`, a live process is all we can report.
-        Box::pin(async { Ok(String::new()) })
+        let broker = self.broker.clone();
+        let probe = self.probe.clone();
+        Box::pin(async move {
+            let mut slot = probe.lock().await;
+            if slot.is_none() {
+                let options = InternalOptions::new(Identity::internal(HEALTH_PROBE_ID));
+                *slot = Some(
+                    broker
+                        .connect_internal(options)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let client = slot
+                .as_ref()
+                .expect("invariant: probe connected just above");
+            if let Err(e) = client.unsubscribe("$SYS/tollgate/health-probe").await {
+                // Reconnect on the next probe.
+                *slot = None;
+                return Err(e.to_string());
+            }
+            let stats = broker.stats();
+            Ok(format!(
+                "{} MQTT clients, {} subscriptions, {} retained messages.",
+                stats.clients_connected, stats.subscriptions, stats.retained_messages
+            ))
+        })
     }
 }

@@ -2,10 +2,14 @@
 //! limit before any TLS work, run the TLS handshake under the connect deadline, and
 //! hand each stream to the broker core in a tracked task. The per-listener state
 //! (TLS server config, anonymous/password flags) is swapped atomically on reload:
-//! new handshakes use the new state, existing connections keep theirs.
+//! new handshakes use the new state, existing connections keep theirs, except that
+//! live client certificates are re-checked against the new CA/CRL ([`LiveCertificates`])
+//! and connections whose certificate no longer passes are cut.
 //! It must never crash on accept errors, never block the accept loop on a client,
 //! and never look at MQTT bytes.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,24 +18,45 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::core::Core;
 use crate::broker::{ConnectionInfo, ListenerContext};
-use crate::config::shims::tls::{self, IdentitySource};
+use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
 /// A client byte stream: plain TCP or TLS over TCP.
 pub enum ClientStream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS over TCP, handshake complete.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<TlsConnection>),
+}
+
+/// An accepted TLS stream that a reload can cut: once its client certificate fails the
+/// re-check, every read and write fails, so the broker ends the session as it does for
+/// a dropped connection (will message included) and cleans up normally.
+pub struct TlsConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl TlsConnection {
+    fn check_cut(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.cut.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "client certificate no longer valid after a reload",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -42,7 +67,10 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Tls(s) => {
+                s.check_cut(cx)?;
+                Pin::new(&mut s.stream).poll_read(cx, buf)
+            }
         }
     }
 }
@@ -55,7 +83,10 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Tls(s) => {
+                s.check_cut(cx)?;
+                Pin::new(&mut s.stream).poll_write(cx, buf)
+            }
         }
     }
 
@@ -66,28 +97,34 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => {
+                s.check_cut(cx)?;
+                Pin::new(&mut s.stream).poll_write_vectored(cx, bufs)
+            }
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             ClientStream::Tcp(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.stream.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Tls(s) => {
+                s.check_cut(cx)?;
+                Pin::new(&mut s.stream).poll_flush(cx)
+            }
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(&mut s.stream).poll_shutdown(cx),
         }
     }
 }
@@ -95,12 +132,10 @@ impl AsyncWrite for ClientStream {
 /// TLS part of a listener's state.
 #[derive(Clone)]
 pub struct TlsState {
-    /// Server config used for new handshakes.
-    pub config: Arc<rustls::ServerConfig>,
+    /// Server config used for new handshakes; also re-checks live client chains after a reload.
+    pub server: Arc<ReloadableServerConfig>,
     /// Certificate field that becomes the identity.
     pub identity: IdentitySource,
-    /// Whether client certificates are requested (handshake failures are then audit events).
-    pub client_certs: bool,
 }
 
 /// What a new connection on a listener is served with; replaced as a whole on reload.
@@ -123,6 +158,91 @@ pub fn current(slot: &StateSlot) -> Arc<ListenerState> {
 /// Replace the state used for new connections.
 pub fn replace(slot: &StateSlot, state: ListenerState) {
     *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+}
+
+/// Client certificate chains of live TLS connections, re-checked after every reload.
+#[derive(Default)]
+pub struct LiveCertificates {
+    next: AtomicU64,
+    entries: Mutex<HashMap<u64, LiveEntry>>,
+}
+
+struct LiveEntry {
+    listener: Arc<str>,
+    peer: SocketAddr,
+    identity: Option<String>,
+    chain: Vec<CertificateDer<'static>>,
+    cut: CancellationToken,
+}
+
+/// Removes its connection from the registry when the connection ends.
+struct LiveGuard {
+    registry: Arc<LiveCertificates>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.registry
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl LiveCertificates {
+    fn register(self: &Arc<Self>, entry: LiveEntry) -> LiveGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, entry);
+        LiveGuard {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Live TLS connections that presented a client certificate.
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no live connection presented a client certificate.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-verify every live client certificate (CA, dates, key usage, CRL) with its
+    /// listener's current state; connections that fail are cut and audited. Returns
+    /// how many were cut.
+    pub fn recheck(&self, slots: &HashMap<String, StateSlot>) -> usize {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cut = 0;
+        for entry in entries.values() {
+            let Some(state) = slots.get(entry.listener.as_ref()).map(current) else {
+                continue;
+            };
+            let Some(tls) = &state.tls else { continue };
+            if let Err(reason) = tls.server.check_client_chain(&entry.chain) {
+                warn!(
+                    target: "audit",
+                    listener = %entry.listener,
+                    peer = %entry.peer,
+                    identity = entry.identity.as_deref().unwrap_or(""),
+                    reason = %reason,
+                    "Client certificate no longer valid after reload; closing the connection."
+                );
+                entry.cut.cancel();
+                cut += 1;
+            }
+        }
+        cut
+    }
 }
 
 /// Bind a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT).
@@ -208,6 +328,8 @@ pub struct AcceptLoop {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Client certificates of live connections, re-checked on reload.
+    pub live: Arc<LiveCertificates>,
 }
 
 /// Accept errors that concern one connection only; the next accept is fine.
@@ -268,6 +390,7 @@ impl AcceptLoop {
                 core: self.core.clone(),
                 deadline: Instant::now() + self.connect_timeout,
                 shutdown: self.shutdown.clone(),
+                live: self.live.clone(),
                 _permit: permit,
             };
             self.tracker.spawn(connection.serve());
@@ -284,6 +407,7 @@ struct Connection {
     core: Arc<dyn Core>,
     deadline: Instant,
     shutdown: CancellationToken,
+    live: Arc<LiveCertificates>,
     /// Held for the connection's lifetime: this is the connection limit.
     _permit: OwnedSemaphorePermit,
 }
@@ -305,22 +429,24 @@ impl Connection {
             self.core.serve(ClientStream::Tcp(self.socket), info).await;
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.current());
+        // Boxed so the handshake state is freed once it completes: an idle connection's
+        // task then holds only this small future and the broker's.
+        let handshake = Box::pin(tokio::time::timeout_at(
+            self.deadline,
+            acceptor.accept(self.socket),
+        ));
         let handshake = tokio::select! {
             _ = self.shutdown.cancelled() => return,
-            result = tokio::time::timeout_at(self.deadline, acceptor.accept(self.socket)) => result,
+            result = handshake => result,
         };
         let stream = match handshake {
             Err(_) => {
                 debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
                 return;
             }
-            Ok(Err(e)) if tls.client_certs => {
-                warn!(target: "audit", %listener, %peer, reason = %e, "TLS handshake refused.");
-                return;
-            }
             Ok(Err(e)) => {
-                debug!(%listener, %peer, reason = %e, "TLS handshake failed.");
+                tls::log_handshake_failure(&listener, peer, &e);
                 return;
             }
             Ok(Ok(stream)) => stream,
@@ -332,8 +458,22 @@ impl Connection {
                 return;
             }
         }
+        let cut = CancellationToken::new();
+        let _registered = tls::peer_chain(stream.get_ref().1).map(|chain| {
+            self.live.register(LiveEntry {
+                listener: listener.clone(),
+                peer,
+                identity: info.certificate_identity.clone(),
+                chain,
+                cut: cut.clone(),
+            })
+        });
+        let connection = TlsConnection {
+            stream,
+            cut: Box::pin(cut.cancelled_owned()),
+        };
         self.core
-            .serve(ClientStream::Tls(Box::new(stream)), info)
+            .serve(ClientStream::Tls(Box::new(connection)), info)
             .await;
     }
 }

@@ -1,10 +1,27 @@
 //! Authentication: who a connection is. Owns the `Identity` every connection,
 //! adapter and the bridge carries, and the `Authenticator` seam called at CONNECT.
 //! It must never log or store a password.
+//!
+//! - `password`: mosquitto (`$7$`, `$6$`) and argon2id password files, read and written.
+//! - `passwd`: the `tollgate passwd` command.
+//! - `password_auth`: `PasswordAuthenticator`, the CONNECT decision (certificate,
+//!   password, anonymous) with the bounded hashing pool and audit events.
+//! - `cache`, `throttle`: success cache and failed-attempt throttling it uses.
 
+mod cache;
 mod identity;
+mod passwd;
+mod password;
+mod password_auth;
+mod throttle;
 
 pub use identity::{AuthMethod, Identity};
+pub use passwd::{run_passwd, PasswdCommand, PasswdError};
+pub use password::{
+    fuzz_password_line, valid_username, HashScheme, LineProblem, PasswordFile, PasswordFileError,
+    StoredHash, Verification, MOSQUITTO_DEFAULT_ITERATIONS, MOSQUITTO_SALT_LEN,
+};
+pub use password_auth::{PasswordAuthSettings, PasswordAuthenticator};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,7 +90,10 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Authenticator used until a password file / client CA is configured: it admits
-/// anonymous clients on listeners that allow them and refuses everyone else.
+/// certificate identities and anonymous clients on listeners that allow them, and
+/// refuses everyone else. An unverified CONNECT username never becomes an identity:
+/// anonymous clients get `username: None` whatever they sent (otherwise a client could
+/// claim `admin` and inherit its ACL rules).
 #[derive(Debug, Default, Clone)]
 pub struct AnonymousOnly;
 
@@ -81,6 +101,11 @@ impl Authenticator for AnonymousOnly {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture {
         Box::pin(async move {
             if let Some(cn) = request.certificate_identity {
+                if let Some(user) = request.username.as_deref().filter(|u| *u != cn) {
+                    return Err(AuthError::NotAuthorized(format!(
+                        "certificate identity {cn} does not match username {user}"
+                    )));
+                }
                 return Ok(Identity {
                     username: Some(cn),
                     client_id: request.client_id,
@@ -90,7 +115,7 @@ impl Authenticator for AnonymousOnly {
             }
             if request.allow_anonymous {
                 return Ok(Identity {
-                    username: request.username,
+                    username: None,
                     client_id: request.client_id,
                     via: AuthMethod::Anonymous,
                     listener: request.listener,

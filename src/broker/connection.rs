@@ -106,23 +106,35 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 6).copied()
 }
 
-async fn write_now<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: &mut BytesMut) {
+/// A client that accepts no bytes for this long is cut off (its socket buffer is full).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Write and flush `buf`; false when the connection is unusable (error or timeout),
+/// since a partial write would leave the byte stream misframed.
+async fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    buf: &mut BytesMut,
+) -> bool {
     if buf.is_empty() {
-        return;
+        return true;
     }
     let len = buf.len();
-    let written = tokio::time::timeout(Duration::from_secs(5), async {
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
         stream.write_all(buf).await?;
         stream.flush().await
     })
     .await;
+    buf.clear();
     if matches!(written, Ok(Ok(()))) {
         shared
             .stats
             .bytes_sent
             .fetch_add(len as u64, Ordering::Relaxed);
+        true
+    } else {
+        false
     }
-    buf.clear();
 }
 
 async fn refuse_connect<S: AsyncWrite + Unpin>(
@@ -195,7 +207,7 @@ where
                 warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
-                    write_now(&mut stream, &shared, &mut buf).await;
+                    let _ = write_now(&mut stream, &shared, &mut buf).await;
                 } else if level == Some(5) {
                     refuse_connect(
                         &mut stream,
@@ -407,6 +419,7 @@ where
         identity,
         peer,
         session_expiry,
+        problem_info: props.request_problem_info != Some(0),
         aliases: HashMap::new(),
         inbound_qos: HashSet::new(),
         wbuf: BytesMut::with_capacity(4096),
@@ -487,11 +500,17 @@ where
                 break End::Abnormal;
             }
         }
-        if !state.wbuf.is_empty() {
-            write_now(&mut stream, &shared, &mut state.wbuf).await;
+        if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
+            debug!(client_id = %state.identity.client_id, %peer, "Connection write failed or timed out.");
+            break End::Abnormal;
         }
     };
-    write_now(&mut stream, &shared, &mut state.wbuf).await;
+    // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        write_now(&mut stream, &shared, &mut state.wbuf),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let (send_will, session_expiry) = match end {
         End::Disconnect {
@@ -518,6 +537,8 @@ struct ConnState {
     identity: Identity,
     peer: std::net::SocketAddr,
     session_expiry: u32,
+    /// v5 Request Problem Information: reason strings allowed on acks.
+    problem_info: bool,
     /// Inbound topic aliases (v5).
     aliases: HashMap<u16, Bytes>,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
@@ -550,6 +571,14 @@ impl ConnState {
                 self.inbound_qos.remove(&r.pkid);
             }
             _ => {}
+        }
+        if self.v5() && self.problem_info {
+            if let Some(explained) = explain_refusal(packet) {
+                if let Err(e) = self.codec.encode(&explained, &mut self.wbuf) {
+                    warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+                }
+                return;
+            }
         }
         if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
             warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
@@ -797,4 +826,52 @@ pub(crate) fn check_filter(
         return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
     }
     Ok(Ok(()))
+}
+
+/// A copy of a refusing v5 ack with a reason string added, or `None` when `packet`
+/// is not a refusal (or already explains itself).
+fn explain_refusal(packet: &v5::Packet) -> Option<v5::Packet> {
+    match packet {
+        v5::Packet::PubAck(a)
+            if a.properties.is_none() && a.reason == v5::PubAckReason::NotAuthorized =>
+        {
+            let mut a = a.clone();
+            a.properties = Some(v5::PubAckProperties {
+                reason_string: Some("not authorized to publish to this topic".into()),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::PubAck(a))
+        }
+        v5::Packet::PubRec(r)
+            if r.properties.is_none() && r.reason == v5::PubRecReason::NotAuthorized =>
+        {
+            let mut r = r.clone();
+            r.properties = Some(v5::PubRecProperties {
+                reason_string: Some("not authorized to publish to this topic".into()),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::PubRec(r))
+        }
+        v5::Packet::SubAck(s)
+            if s.properties.is_none()
+                && s.return_codes
+                    .iter()
+                    .any(|c| !matches!(c, v5::SubscribeReasonCode::Success(_))) =>
+        {
+            let refused: Vec<String> = s
+                .return_codes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !matches!(c, v5::SubscribeReasonCode::Success(_)))
+                .map(|(i, c)| format!("filter {i}: {c:?}"))
+                .collect();
+            let mut s = s.clone();
+            s.properties = Some(v5::SubAckProperties {
+                reason_string: Some(format!("refused {}", refused.join(", "))),
+                user_properties: vec![],
+            });
+            Some(v5::Packet::SubAck(s))
+        }
+        _ => None,
+    }
 }

@@ -180,7 +180,7 @@ impl Broker {
         shared.tracker.spawn(router.run(shutdown.clone()));
         let tracker = shared.tracker.clone();
         // Closing the tracker at shutdown lets `drained()` resolve once tasks finish.
-        tokio::spawn(async move {
+        shared.tracker.spawn(async move {
             shutdown.cancelled().await;
             tracker.close();
         });

@@ -38,6 +38,8 @@ use crate::auth::Identity;
 pub(crate) type ConnId = u64;
 
 /// What the router sends to a connection task, in batches.
+// Packets are moved once into a batch Vec; boxing would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     /// A packet to encode and write.
@@ -788,10 +790,10 @@ impl Router {
                 expires_at,
                 reply,
             } => self.inbound_publish(key, conn, publish, expires_at, reply),
-            Inbound::PubAck(pkid) => self.ack(key, pkid, InflightState::AwaitAck, true),
+            Inbound::PubAck(pkid) => self.ack(key, pkid, InflightState::AwaitAck),
             Inbound::PubRec { pkid, failed } => {
                 if failed {
-                    self.ack(key, pkid, InflightState::AwaitAck, true);
+                    self.ack(key, pkid, InflightState::AwaitAck);
                     return;
                 }
                 let Some(session) = self.sessions.get_mut(&key) else {
@@ -818,10 +820,10 @@ impl Router {
                     );
                 }
             }
-            Inbound::PubComp(pkid) => self.ack(key, pkid, InflightState::AwaitComp, false),
+            Inbound::PubComp(pkid) => self.ack(key, pkid, InflightState::AwaitComp),
             Inbound::InternalAck(pkid) => {
-                self.ack(key, pkid, InflightState::AwaitAck, true);
-                self.ack(key, pkid, InflightState::AwaitComp, false);
+                self.ack(key, pkid, InflightState::AwaitAck);
+                self.ack(key, pkid, InflightState::AwaitComp);
             }
             Inbound::PubRel(pkid) => {
                 let Some(session) = self.sessions.get_mut(&key) else {
@@ -859,7 +861,7 @@ impl Router {
         }
     }
 
-    fn ack(&mut self, key: SessionKey, pkid: u16, state: InflightState, _qos1: bool) {
+    fn ack(&mut self, key: SessionKey, pkid: u16, state: InflightState) {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };

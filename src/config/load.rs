@@ -208,6 +208,16 @@ pub fn load_with_env(
     }
 
     let mut warnings = Vec::new();
+    let mut stray: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("TOLLGATE_") && !k.contains("__"))
+        .collect();
+    stray.sort();
+    for var in stray {
+        warnings.push(format!(
+            "environment variable {var} is not a configuration override (those look like TOLLGATE_SECTION__KEY, e.g. TOLLGATE_BROKER__MAX_CONNECTIONS); ignored"
+        ));
+    }
     validate(&config, &mut problems, &mut warnings);
     for p in &mut problems {
         if !p.message.contains("environment variable") {
@@ -257,6 +267,11 @@ fn env_overrides(env: &HashMap<String, String>) -> Vec<EnvOverride> {
         .iter()
         .filter_map(|(var, value)| {
             let rest = var.strip_prefix("TOLLGATE_")?;
+            // Every key lives in a section, so an override always has a `__`; other
+            // TOLLGATE_* variables (scripts' own) are not ours and only get a warning.
+            if !rest.contains("__") {
+                return None;
+            }
             let mut key = String::new();
             for segment in rest.split("__") {
                 let segment = segment.to_ascii_lowercase();
@@ -541,6 +556,7 @@ mod tests {
             ("TOLLGATE_BROKER__MAX_CONNECTIONS", "5"),
             ("TOLLGATE_LISTENER__1__BIND", "127.0.0.1:1"),
             ("PATH", "/bin"),
+            ("TOLLGATE_BIN", "/usr/bin/tollgate"),
         ]));
         let keys: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["broker.max_connections", "listener[1].bind"]);

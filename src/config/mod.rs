@@ -6,7 +6,6 @@
 
 pub mod duration;
 mod load;
-pub(crate) mod shims;
 mod validate;
 
 use std::fmt;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::BrokerSettings;
-use shims::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
+use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
 
@@ -269,56 +268,48 @@ impl ListenerConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// mosquitto_passwd-format password file.
     pub password_file: Option<PathBuf>,
+    /// How long a successful password verification is remembered (0 disables the cache).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub cache_ttl: Duration,
+    /// Remembered verifications at most (0 disables the cache).
+    pub cache_capacity: usize,
+    /// Delay after the first failed attempt from a source or for a user; doubles per failure.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_base: Duration,
+    /// Upper bound of that delay.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_max: Duration,
+    /// A source or user without failures for this long starts from zero again.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub throttle_forget_after: Duration,
+    /// Sources and, separately, user names tracked at most (bounds memory under floods).
+    pub throttle_capacity: usize,
+    /// Password hashes computed at once; 0 means the number of CPUs.
+    pub verify_concurrency: usize,
 }
 
-/// `[acl]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AclConfig {
-    /// mosquitto `acl_file`-syntax file.
-    pub file: Option<PathBuf>,
-    /// Inline rules (`[[acl.rule]]`), evaluated together with `file`.
-    pub rule: Vec<AclRuleConfig>,
-}
-
-impl AclConfig {
-    /// Whether any ACL is configured (then anything unlisted is denied).
-    pub fn is_configured(&self) -> bool {
-        self.file.is_some() || !self.rule.is_empty()
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            cache_ttl: Duration::from_secs(600),
+            cache_capacity: 10_000,
+            throttle_base: Duration::from_millis(100),
+            throttle_max: Duration::from_secs(10),
+            throttle_forget_after: Duration::from_secs(900),
+            throttle_capacity: 100_000,
+            verify_concurrency: 0,
+        }
     }
 }
 
-/// Access granted or denied by an ACL rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AclAccess {
-    Read,
-    Write,
-    Readwrite,
-    Deny,
-}
-
-/// `[[acl.rule]]`: `user = "x"`, or `pattern = true`, or neither (anonymous rule).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclRuleConfig {
-    /// The user this rule applies to.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// A pattern rule (`%u`, `%c` substituted), applying to everyone.
-    #[serde(default)]
-    pub pattern: bool,
-    /// `read`, `write`, `readwrite` or `deny`.
-    #[serde(deserialize_with = "by_name")]
-    pub access: AclAccess,
-    /// Topic filter.
-    pub topic: String,
-}
+/// `[acl]`: the same type the ACL module loads (one definition of inline rules).
+pub use crate::acl::{AclConfig, InlineRule};
 
 /// `[shutdown]`.
 #[derive(Debug, Clone, Deserialize)]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::shims::tls::ClientCertMode;
 use super::{Config, ConfigProblem, ListenerConfig, Transport};
+use crate::tls::ClientCertMode;
 
 /// MQTT's largest encodable packet (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET: u32 = 268_435_455;
@@ -107,9 +107,7 @@ pub(super) fn validate(
     };
     broker(config, &mut r);
     listeners(config, &mut r);
-    if let Some(path) = &config.auth.password_file {
-        r.readable_file("auth.password_file", path);
-    }
+    auth(config, &mut r);
     acl(config, &mut r);
     r.duration(
         "shutdown.grace_period",
@@ -180,6 +178,15 @@ fn broker(config: &Config, r: &mut Report<'_>) {
         1usize << 36,
         " bytes",
     );
+    if b.max_offline_bytes < b.max_packet_size as usize {
+        r.warn(
+            "broker.max_offline_bytes",
+            format!(
+                "{} is below max_packet_size ({}): the largest messages can never be queued for an offline session",
+                b.max_offline_bytes, b.max_packet_size
+            ),
+        );
+    }
     r.range("broker.receive_maximum", b.receive_maximum, 1, u16::MAX, "");
     r.range("broker.max_inflight", b.max_inflight, 1, u16::MAX, "");
     if !b.sys_interval.is_zero() {
@@ -283,7 +290,15 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     );
                 }
             }
-            Transport::Tls => tls_listener(config, l, r),
+            Transport::Tls => {
+                if l.allow_non_loopback {
+                    r.warn(
+                        key("allow_non_loopback"),
+                        "only concerns plain tcp listeners; TLS listeners may bind any address",
+                    );
+                }
+                tls_listener(config, l, r)
+            }
         }
         if l.allow_anonymous && !loopback {
             r.warn(
@@ -302,6 +317,17 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                 key("name"),
                 format!(
                     "listener {:?} admits nobody: no anonymous access, no client certificates and no password file ([auth] password_file)",
+                    l.name
+                ),
+            );
+        } else if l.password_auth && config.auth.password_file.is_none() {
+            // A warning, not an error: password_auth defaults to true, and a listener that
+            // admits certificates or anonymous clients still works; only CONNECTs that
+            // carry a username (without a certificate) are refused.
+            r.warn(
+                key("password_auth"),
+                format!(
+                    "listener {:?} accepts username/password but [auth] password_file is not set: every CONNECT with a username (and no client certificate) is refused; set password_file, or password_auth = false",
                     l.name
                 ),
             );
@@ -345,13 +371,16 @@ fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
     match &l.client_ca {
         Some(ca) => r.readable_file(&key("client_ca"), ca),
         None => {
-            if matches!(
-                l.client_certs,
-                Some(ClientCertMode::Optional | ClientCertMode::Required)
-            ) {
+            // On the development PKI (no cert/key) the development CA signs client certificates.
+            if !l.uses_dev_pki()
+                && matches!(
+                    l.client_certs,
+                    Some(ClientCertMode::Optional | ClientCertMode::Required)
+                )
+            {
                 r.error(
                     key("client_certs"),
-                    "client certificates need client_ca (the CA that signs them)",
+                    "client certificates need client_ca (the CA that signs them), unless the listener uses the development PKI (no cert/key)",
                 );
             }
             if l.crl.is_some() {
@@ -365,6 +394,46 @@ fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
     if let Some(crl) = &l.crl {
         r.readable_file(&key("crl"), crl);
     }
+}
+
+fn auth(config: &Config, r: &mut Report<'_>) {
+    let a = &config.auth;
+    if let Some(path) = &a.password_file {
+        r.readable_file("auth.password_file", path);
+    }
+    r.duration(
+        "auth.cache_ttl",
+        a.cache_ttl,
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    );
+    r.range("auth.cache_capacity", a.cache_capacity, 0, 10_000_000, "");
+    r.duration(
+        "auth.throttle_base",
+        a.throttle_base,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    r.duration(
+        "auth.throttle_max",
+        a.throttle_max,
+        a.throttle_base,
+        Duration::from_secs(3600),
+    );
+    r.duration(
+        "auth.throttle_forget_after",
+        a.throttle_forget_after,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+    );
+    r.range(
+        "auth.throttle_capacity",
+        a.throttle_capacity,
+        1,
+        100_000_000,
+        "",
+    );
+    r.range("auth.verify_concurrency", a.verify_concurrency, 0, 1024, "");
 }
 
 fn acl(config: &Config, r: &mut Report<'_>) {

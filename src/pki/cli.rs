@@ -40,7 +40,7 @@ pub enum PkiAction {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a server certificate (<name>.crt, <name>.key).
+    /// Issue a server certificate (NAME.crt, NAME.key; NAME from --name, default "server").
     Server {
         /// DNS names (repeat or comma-separate); default: localhost and this host's name.
         #[arg(long, value_delimiter = ',')]
@@ -177,6 +177,12 @@ pub fn run(cmd: PkiCommand) -> Result<(), PkiError> {
         } => {
             let issued = init_ca(dir, &cn, days, alg(rsa), force)?;
             print_issued("Created CA", &issued);
+            if let Some(old) = &issued.replaced {
+                println!(
+                    "The previous CA, its index and CRL were moved to {}.",
+                    old.display()
+                );
+            }
             println!(
                 "Give {} to every client (mosquitto_pub --cafile); keep ca.key offline if you can.",
                 issued.cert.display()

@@ -32,8 +32,8 @@ pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 /// Where log events go (`--log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
-    /// journald when started by systemd (`JOURNAL_STREAM` set and the journal socket exists),
-    /// otherwise text on stderr.
+    /// journald when started by systemd (`JOURNAL_STREAM` names our stderr and the journal
+    /// socket exists), otherwise text on stderr.
     #[default]
     Auto,
     /// Native journald protocol with structured fields and priorities.
@@ -114,12 +114,11 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryErro
 
 fn init_text(filter: EnvFilter) -> Result<(), TelemetryError> {
     use std::io::IsTerminal;
-    // Under systemd without journald (JOURNAL_STREAM points at a pipe) the journal adds its own
-    // timestamps, so ours would only be noise.
+    // When stderr is the journal's stream, the journal adds its own timestamps: ours would be noise.
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let result = if std::env::var_os("JOURNAL_STREAM").is_some() {
+    let result = if stderr_is_journal() {
         tracing_subscriber::registry()
             .with(filter)
             .with(layer.without_time())
@@ -141,12 +140,19 @@ fn journald_layers() -> std::io::Result<Vec<Box<dyn Layer<Registry> + Send + Syn
     let main = tracing_journald::layer()?
         .with_field_prefix(None)
         .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
-        .with_filter(filter_fn(|meta| meta.target() != AUDIT_TARGET));
+        .with_filter(filter_fn(|meta| !is_audit_target(meta.target())));
     let audit = tracing_journald::layer()?
         .with_field_prefix(None)
         .with_syslog_identifier(AUDIT_SYSLOG_IDENTIFIER.to_owned())
-        .with_filter(filter_fn(|meta| meta.target() == AUDIT_TARGET));
+        .with_filter(filter_fn(|meta| is_audit_target(meta.target())));
     Ok(vec![main.boxed(), audit.boxed()])
+}
+
+/// `audit` and its sub-targets (`audit::acl`), matching how `EnvFilter` treats `audit=...`.
+pub fn is_audit_target(target: &str) -> bool {
+    target
+        .strip_prefix(AUDIT_TARGET)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
 /// Builds the global filter: the caller's directives, `RUST_LOG`, or [`DEFAULT_FILTER`], with
@@ -181,17 +187,38 @@ fn with_audit_directive(directives: &str) -> String {
     }
 }
 
-/// True when systemd started us with stdout/stderr connected to the journal and journald's
-/// native socket is there: the condition under which [`LogFormat::Auto`] means journald.
+/// True when systemd connected our stderr to the journal and journald's native socket is there:
+/// the condition under which [`LogFormat::Auto`] means journald.
+///
+/// As systemd documents for `JOURNAL_STREAM`, the variable alone is not enough (it is inherited
+/// by every child, e.g. a shell started from a unit): it must name the device and inode of our
+/// own stderr.
 pub fn started_by_systemd() -> bool {
-    auto_selects_journald(
-        std::env::var_os("JOURNAL_STREAM").is_some(),
-        Path::new(JOURNALD_SOCKET),
-    )
+    stderr_is_journal() && Path::new(JOURNALD_SOCKET).exists()
 }
 
-fn auto_selects_journald(journal_stream_set: bool, socket: &Path) -> bool {
-    journal_stream_set && socket.exists()
+/// True when `JOURNAL_STREAM` names our stderr: systemd reads what we write there.
+fn stderr_is_journal() -> bool {
+    let stream = std::env::var("JOURNAL_STREAM").ok();
+    journal_stream_is(stream.as_deref(), stderr_id())
+}
+
+/// `(device, inode)` of file descriptor 2, if it is open.
+fn stderr_id() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Whether a `JOURNAL_STREAM` value (`<device>:<inode>`) names the file `stderr`.
+fn journal_stream_is(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> bool {
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
+        return false;
+    };
+    let named = dev.parse::<u64>().ok().zip(ino.parse::<u64>().ok());
+    named.is_some() && named == stderr
 }
 
 #[cfg(test)]
@@ -219,6 +246,14 @@ mod tests {
     }
 
     #[test]
+    fn audit_sub_targets_are_audit_events() {
+        assert!(is_audit_target("audit"));
+        assert!(is_audit_target("audit::acl"));
+        assert!(!is_audit_target("auditor"));
+        assert!(!is_audit_target("tollgate::audit"));
+    }
+
+    #[test]
     fn empty_filter_falls_back_to_default() {
         assert_eq!(with_audit_directive(""), "info,audit=info");
     }
@@ -231,12 +266,14 @@ mod tests {
     }
 
     #[test]
-    fn auto_needs_journal_stream_and_socket() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("socket");
-        assert!(!auto_selects_journald(true, &socket));
-        std::fs::write(&socket, b"").expect("create stand-in socket path");
-        assert!(auto_selects_journald(true, &socket));
-        assert!(!auto_selects_journald(false, &socket));
+    fn journal_stream_must_name_our_stderr() {
+        let stderr = Some((64769, 4242));
+        assert!(journal_stream_is(Some("64769:4242"), stderr));
+        assert!(!journal_stream_is(None, stderr));
+        // Inherited from a parent whose stderr went to the journal; ours goes elsewhere.
+        assert!(!journal_stream_is(Some("64769:9999"), stderr));
+        assert!(!journal_stream_is(Some("64769:4242"), None));
+        assert!(!journal_stream_is(Some("garbage"), stderr));
+        assert!(!journal_stream_is(Some("1:x"), stderr));
     }
 }

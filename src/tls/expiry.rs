@@ -128,8 +128,19 @@ fn check_all(
                 warn!(%label, path = %path.display(), subject = %status.subject, days_left, "Certificate expires soon: renew it and reload.")
             }
         }
+        // Wildcards cannot appear in a topic name; a label is operator text, so neutralise them.
+        let topic_label: String = label
+            .chars()
+            .map(|c| {
+                if matches!(c, '+' | '#' | '\0') {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
         publish(
-            format!("$SYS/tollgate/certs/{label}/expiry"),
+            format!("$SYS/tollgate/certs/{topic_label}/expiry"),
             expiry_payload(label, path, &status.subject, status.not_after, now),
         );
     }
@@ -233,7 +244,8 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(vec!["srv".to_string()]).expect("params");
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
         let soon = dir.path().join("soon.crt");
-        std::fs::write(&soon, params.clone().self_signed(&key).expect("cert").pem()).expect("write");
+        std::fs::write(&soon, params.clone().self_signed(&key).expect("cert").pem())
+            .expect("write");
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(400);
         let later = dir.path().join("later.crt");
         std::fs::write(&later, params.self_signed(&key).expect("cert").pem()).expect("write");

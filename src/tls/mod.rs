@@ -34,10 +34,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
 /// Whether a listener asks for client certificates (`client_certs` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientCertMode {
     /// No certificate is requested; identity comes from CONNECT.
+    #[default]
     Off,
     /// A certificate is requested and verified when sent; clients without one fall back to passwords.
     Optional,
@@ -46,10 +47,11 @@ pub enum ClientCertMode {
 }
 
 /// Which part of a verified client certificate becomes the username (`identity` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdentitySource {
     /// The subject's first Common Name (Mosquitto's `use_identity_as_username`).
+    #[default]
     Cn,
     /// The first DNS name in subjectAltName.
     SanDns,
@@ -575,7 +577,8 @@ pub fn build_client_config_with_versions(
 /// Classifies a failed TLS handshake (the `io::Error` from tokio-rustls) for the audit log.
 ///
 /// Works on the server side (rustls' own verification error) and on the client side (the
-/// alert the server sent back).
+/// alert the server sent back; there a not-yet-valid certificate reads as `Expired`, since
+/// TLS has one alert for both).
 pub fn classify_handshake_error(e: &io::Error) -> CertRejection {
     match e
         .get_ref()
@@ -645,6 +648,30 @@ mod tests {
         for old in ["1.0", "1.1", "tlsv1.1", ""] {
             assert!(old.parse::<TlsVersion>().is_err(), "{old} accepted");
         }
+    }
+
+    #[test]
+    fn config_values_deserialize_in_kebab_case() {
+        #[derive(serde::Deserialize)]
+        struct L {
+            client_certs: ClientCertMode,
+            identity: IdentitySource,
+            tls_versions: Vec<TlsVersion>,
+        }
+        let l: L = toml::from_str(
+            "client_certs = \"required\"\nidentity = \"san-uri\"\ntls_versions = [\"1.2\", \"1.3\"]",
+        )
+        .expect("parse");
+        assert_eq!(l.client_certs, ClientCertMode::Required);
+        assert_eq!(l.identity, IdentitySource::SanUri);
+        assert_eq!(l.tls_versions, [TlsVersion::V1_2, TlsVersion::V1_3]);
+        let err = toml::from_str::<L>(
+            "client_certs = \"off\"\nidentity = \"cn\"\ntls_versions = [\"1.1\"]",
+        )
+        .err()
+        .expect("1.1 refused")
+        .to_string();
+        assert!(err.contains("only \"1.2\" and \"1.3\""), "{err}");
     }
 
     #[test]

@@ -1,0 +1,992 @@
+//! The compiled matcher: rules in tries (one per user, one for anonymous
+//! clients, one for patterns), walked once per check. Owns the decision
+//! algorithm; it must never allocate on the check path nor let a wildcard rule
+//! match a `$` topic.
+
+use std::collections::HashMap;
+use std::fs;
+use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::rules::{
+    parse_all, AccessSpec, InlineRule, Rule, RuleLevel, RuleSet, Scope, Substitution, Template,
+    TemplateMatch,
+};
+use super::{Access, AclDecision, AclError, Authorizer};
+use crate::auth::{AuthMethod, Identity};
+
+const NONE: u32 = u32::MAX;
+
+/// Index of a rule in [`Acl::rules`]; lower means written earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(pub u32);
+
+/// Size of a loaded ACL, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclStats {
+    /// All rules.
+    pub rules: usize,
+    /// Users with a block of their own.
+    pub users: usize,
+    /// Rules for anonymous clients.
+    pub anonymous_rules: usize,
+    /// `pattern` rules.
+    pub pattern_rules: usize,
+}
+
+/// An allocation-free decision: allowed or not, and the rule that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether access is allowed.
+    pub allowed: bool,
+    /// The deciding rule; `None` for the default deny (nothing matched, or an invalid topic).
+    pub rule: Option<RuleId>,
+}
+
+impl Verdict {
+    const DEFAULT_DENY: Verdict = Verdict {
+        allowed: false,
+        rule: None,
+    };
+}
+
+/// The earliest matching deny, read and write rule seen during a walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hits {
+    deny: u32,
+    read: u32,
+    write: u32,
+}
+
+impl Hits {
+    const EMPTY: Hits = Hits {
+        deny: NONE,
+        read: NONE,
+        write: NONE,
+    };
+
+    fn add(&mut self, id: u32, access: AccessSpec) {
+        match access {
+            AccessSpec::Deny => self.deny = self.deny.min(id),
+            AccessSpec::Read => self.read = self.read.min(id),
+            AccessSpec::Write => self.write = self.write.min(id),
+            AccessSpec::ReadWrite => {
+                self.read = self.read.min(id);
+                self.write = self.write.min(id);
+            }
+        }
+    }
+
+    #[inline]
+    fn merge(&mut self, other: &Hits, deny_only: bool) {
+        self.deny = self.deny.min(other.deny);
+        if !deny_only {
+            self.read = self.read.min(other.read);
+            self.write = self.write.min(other.write);
+        }
+    }
+
+    fn verdict(&self, access: Access) -> Verdict {
+        if self.deny != NONE {
+            return Verdict {
+                allowed: false,
+                rule: Some(RuleId(self.deny)),
+            };
+        }
+        let grant = match access {
+            Access::Read | Access::Subscribe => self.read,
+            Access::Write => self.write,
+        };
+        if grant != NONE {
+            Verdict {
+                allowed: true,
+                rule: Some(RuleId(grant)),
+            }
+        } else {
+            Verdict::DEFAULT_DENY
+        }
+    }
+}
+
+/// FxHash: keys come from the operator's rules, never from clients, so a keyed
+/// (DoS-resistant) hash buys nothing here and costs a third of a check.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxBuild;
+
+struct FxHasher(u64);
+
+impl BuildHasher for FxBuild {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // Fx alone leaves the low bits (the bucket index) depending on a few
+        // bytes only: keys like `sensor_15205` would pile into a few buckets.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// Literal children of a trie node: a short list scanned in order (most nodes
+/// have one or two children, and comparing a few short strings beats hashing),
+/// a hash map once there are many.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Arc<str>, Node)>),
+    Many(HashMap<Arc<str>, Node, FxBuild>),
+}
+
+const FEW_CHILDREN: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    #[inline]
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(list) => list
+                .iter()
+                .find(|(key, _)| &**key == level)
+                .map(|(_, node)| node),
+            Children::Many(map) => map.get(level),
+        }
+    }
+
+    fn entry(&mut self, key: &str, interner: &mut Interner) -> &mut Node {
+        if let Children::Few(list) = self {
+            if list.len() >= FEW_CHILDREN && !list.iter().any(|(k, _)| &**k == key) {
+                let map: HashMap<_, _, _> = std::mem::take(list).into_iter().collect();
+                *self = Children::Many(map);
+            }
+        }
+        match self {
+            Children::Few(list) => {
+                let pos = match list.iter().position(|(k, _)| &**k == key) {
+                    Some(pos) => pos,
+                    None => {
+                        list.reserve_exact(1);
+                        list.push((interner.intern(key), Node::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[pos].1
+            }
+            Children::Many(map) => {
+                if !map.contains_key(key) {
+                    map.insert(interner.intern(key), Node::default());
+                }
+                map.get_mut(key).expect("invariant: inserted just above")
+            }
+        }
+    }
+}
+
+/// Shares level strings (`sensors`, `commands`, ...) between the tries of thousands of users.
+#[derive(Default)]
+struct Interner(HashMap<Arc<str>, (), FxBuild>);
+
+impl Interner {
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some((key, _)) = self.0.get_key_value(text) {
+            return key.clone();
+        }
+        let key: Arc<str> = Arc::from(text);
+        self.0.insert(key.clone(), ());
+        key
+    }
+}
+
+/// One trie level. `here` holds rules ending at this node, `hash` rules ending
+/// in `#` right below it (which also match this node's own topic).
+#[derive(Debug, Default)]
+struct Node {
+    literal: Children,
+    plus: Option<Box<Node>>,
+    templates: Vec<(Template, Node)>,
+    here: Hits,
+    hash: Hits,
+}
+
+impl Default for Hits {
+    fn default() -> Self {
+        Hits::EMPTY
+    }
+}
+
+impl Node {
+    fn insert(
+        &mut self,
+        levels: &[RuleLevel],
+        id: u32,
+        access: AccessSpec,
+        interner: &mut Interner,
+    ) {
+        let mut node = self;
+        for level in levels {
+            node = match level {
+                RuleLevel::Hash => {
+                    node.hash.add(id, access);
+                    return;
+                }
+                RuleLevel::Literal(text) => node.literal.entry(text, interner),
+                RuleLevel::Plus => node.plus.get_or_insert_with(Box::default),
+                RuleLevel::Template(t) => {
+                    let pos = match node
+                        .templates
+                        .iter()
+                        .position(|(existing, _)| existing == t)
+                    {
+                        Some(pos) => pos,
+                        None => {
+                            node.templates.push((t.clone(), Node::default()));
+                            node.templates.len() - 1
+                        }
+                    };
+                    &mut node.templates[pos].1
+                }
+            };
+        }
+        node.here.add(id, access);
+    }
+
+    /// Collect rules matching the concrete topic `rem`. `dollar_root`: at the
+    /// root with a topic starting with `$`, where wildcards and placeholders never match.
+    fn match_topic(
+        &self,
+        rem: Option<&str>,
+        dollar_root: bool,
+        subst: &Substitution<'_>,
+        deny_only: bool,
+        acc: &mut Hits,
+    ) {
+        if !dollar_root {
+            acc.merge(&self.hash, deny_only);
+        }
+        let Some(rem) = rem else {
+            acc.merge(&self.here, deny_only);
+            return;
+        };
+        let (level, next) = split_level(rem);
+        if let Some(child) = self.literal.get(level) {
+            child.match_topic(next, false, subst, deny_only, acc);
+        }
+        if !dollar_root {
+            if let Some(plus) = &self.plus {
+                plus.match_topic(next, false, subst, deny_only, acc);
+            }
+        }
+        for (template, child) in &self.templates {
+            if dollar_root && !template.starts_with_dollar() {
+                continue;
+            }
+            match template.matches(level, subst) {
+                TemplateMatch::No => {}
+                TemplateMatch::Exact => child.match_topic(next, false, subst, deny_only, acc),
+                TemplateMatch::DenyWildcard => child.match_topic(next, false, subst, true, acc),
+            }
+        }
+    }
+
+    /// Collect rules whose filter covers the subscription filter `rem` (every
+    /// topic the filter can match is matched by the rule).
+    fn cover_filter(
+        &self,
+        rem: Option<&str>,
+        at_root: bool,
+        dollar_root: bool,
+        subst: &Substitution<'_>,
+        deny_only: bool,
+        acc: &mut Hits,
+    ) {
+        if !dollar_root {
+            acc.merge(&self.hash, deny_only);
+        }
+        let Some(rem) = rem else {
+            acc.merge(&self.here, deny_only);
+            return;
+        };
+        let (level, next) = split_level(rem);
+        match level {
+            "#" => {
+                // `#` is only covered by a `#` here, which was merged above. At the root
+                // `+/#` covers it too: no topic has zero levels.
+                if at_root {
+                    if let Some(plus) = &self.plus {
+                        acc.merge(&plus.hash, deny_only);
+                    }
+                    for (template, child) in &self.templates {
+                        if template.matches(level, subst) == TemplateMatch::DenyWildcard {
+                            acc.merge(&child.hash, true);
+                        }
+                    }
+                }
+            }
+            "+" => {
+                if let Some(plus) = &self.plus {
+                    plus.cover_filter(next, false, false, subst, deny_only, acc);
+                }
+                for (template, child) in &self.templates {
+                    if template.matches(level, subst) == TemplateMatch::DenyWildcard {
+                        child.cover_filter(next, false, false, subst, true, acc);
+                    }
+                }
+            }
+            _ => {
+                if let Some(child) = self.literal.get(level) {
+                    child.cover_filter(next, false, false, subst, deny_only, acc);
+                }
+                if !dollar_root {
+                    if let Some(plus) = &self.plus {
+                        plus.cover_filter(next, false, false, subst, deny_only, acc);
+                    }
+                }
+                for (template, child) in &self.templates {
+                    if dollar_root && !template.starts_with_dollar() {
+                        continue;
+                    }
+                    match template.matches(level, subst) {
+                        TemplateMatch::No => {}
+                        TemplateMatch::Exact => {
+                            child.cover_filter(next, false, false, subst, deny_only, acc)
+                        }
+                        TemplateMatch::DenyWildcard => {
+                            child.cover_filter(next, false, false, subst, true, acc)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn split_level(rem: &str) -> (&str, Option<&str>) {
+    match rem.split_once('/') {
+        Some((level, next)) => (level, Some(next)),
+        None => (rem, None),
+    }
+}
+
+/// A concrete topic a client may publish to or receive: no wildcards, no NUL.
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 65_535
+        && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+}
+
+/// A subscription filter: `+` and `#` only as whole levels, `#` last.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > 65_535 || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "#" if !last => return false,
+            "#" | "+" => {}
+            other if other.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Strip `$share/<group>/`; `None` when the shared-subscription syntax is broken.
+pub(crate) fn strip_shared(filter: &str) -> Option<&str> {
+    match filter.strip_prefix("$share/") {
+        None => Some(filter),
+        Some(rest) => {
+            let (group, inner) = rest.split_once('/')?;
+            // A second `$share/` inside means the broker already stripped one: refuse
+            // rather than check a filter other than the one subscribed.
+            if group.is_empty()
+                || group.contains(['+', '#'])
+                || inner.is_empty()
+                || inner.starts_with("$share/")
+            {
+                None
+            } else {
+                Some(inner)
+            }
+        }
+    }
+}
+
+/// A value may be substituted for `%u`/`%c` only when it is one plain level.
+fn safe_value(value: &str) -> bool {
+    !value.is_empty() && !value.bytes().any(|b| matches!(b, b'+' | b'#' | b'/' | 0))
+}
+
+fn dangerous_value(value: &str) -> bool {
+    value.bytes().any(|b| matches!(b, b'+' | b'#' | b'/' | 0))
+}
+
+/// How one identity is matched: which rule set and what `%u`/`%c` become.
+pub(crate) struct IdentityView<'a> {
+    /// `None`: anonymous rules. `Some(name)`: that user's block.
+    pub user: Option<&'a str>,
+    pub subst: Substitution<'a>,
+    /// False when a username or client id contains `+ # /` or NUL: pattern rules then only deny.
+    pub patterns_grant: bool,
+}
+
+impl<'a> IdentityView<'a> {
+    pub fn of(identity: &'a Identity) -> IdentityView<'a> {
+        // An anonymous client's username is unauthenticated: never use it.
+        let user = match identity.via {
+            AuthMethod::Anonymous => None,
+            _ => identity.username.as_deref(),
+        };
+        let dangerous = user.is_some_and(dangerous_value) || dangerous_value(&identity.client_id);
+        IdentityView {
+            user,
+            subst: Substitution {
+                user: user.filter(|u| safe_value(u)),
+                client: Some(identity.client_id.as_str()).filter(|c| safe_value(c)),
+            },
+            patterns_grant: !dangerous,
+        }
+    }
+}
+
+/// Compiled ACL: every rule of an acl_file plus inline rules, ready to check.
+#[derive(Debug)]
+pub struct Acl {
+    rules: Vec<Rule>,
+    anonymous: Node,
+    users: HashMap<Box<str>, Node, FxBuild>,
+    patterns: Node,
+    warnings: Vec<String>,
+}
+
+impl Acl {
+    /// Read the acl_file (if any), merge the inline rules after it, validate
+    /// everything and compile. Every problem is reported at once.
+    pub fn load(file: Option<&Path>, inline: &[InlineRule]) -> Result<Acl, AclError> {
+        let data = match file {
+            Some(path) => Some((
+                path.display().to_string(),
+                fs::read(path).map_err(|source| AclError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let set = parse_all(
+            data.as_ref()
+                .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+            inline,
+        )?;
+        Ok(Acl::compile(set))
+    }
+
+    /// Parse acl_file text named `source` (used in locations) plus inline rules.
+    pub fn parse(source: &str, text: &str, inline: &[InlineRule]) -> Result<Acl, AclError> {
+        Ok(Acl::compile(parse_all(
+            Some((source, text.as_bytes())),
+            inline,
+        )?))
+    }
+
+    /// Build only from inline rules.
+    pub fn from_inline(inline: &[InlineRule]) -> Result<Acl, AclError> {
+        Ok(Acl::compile(parse_all(None, inline)?))
+    }
+
+    pub(crate) fn compile(set: RuleSet) -> Acl {
+        let RuleSet {
+            rules,
+            levels,
+            mut warnings,
+        } = set;
+        let mut acl = Acl {
+            rules: Vec::new(),
+            anonymous: Node::default(),
+            users: HashMap::with_hasher(FxBuild),
+            patterns: Node::default(),
+            warnings: Vec::new(),
+        };
+        let mut interner = Interner::default();
+        for (index, (rule, levels)) in rules.iter().zip(levels).enumerate() {
+            let id = u32::try_from(index).expect("invariant: fewer than 4 billion ACL rules");
+            let trie = match &rule.scope {
+                Scope::Anonymous => &mut acl.anonymous,
+                Scope::User(name) => acl.users.entry(name.as_str().into()).or_default(),
+                Scope::Pattern => &mut acl.patterns,
+            };
+            trie.insert(&levels, id, rule.access, &mut interner);
+        }
+        if rules.is_empty() {
+            warnings.push("no ACL rules: every publish, subscribe and delivery is denied".into());
+        }
+        acl.rules = rules;
+        warnings.extend(acl.shadowed_grant_warnings());
+        acl.warnings = warnings;
+        acl
+    }
+
+    /// Deny rules that cover grants of the same block make those grants dead:
+    /// the seeds' trailing `topic deny #` (which mosquitto scopes to the last user) is the classic case.
+    fn shadowed_grant_warnings(&self) -> Vec<String> {
+        let mut shadowed: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        let no_subst = Substitution {
+            user: None,
+            client: None,
+        };
+        for rule in &self.rules {
+            if rule.access == AccessSpec::Deny {
+                continue;
+            }
+            let trie = match &rule.scope {
+                Scope::Anonymous => &self.anonymous,
+                Scope::User(name) => match self.users.get(name.as_str()) {
+                    Some(trie) => trie,
+                    None => continue,
+                },
+                Scope::Pattern => continue,
+            };
+            let mut hits = Hits::EMPTY;
+            let dollar = first_level_is_dollar(&rule.filter);
+            trie.cover_filter(
+                Some(&rule.filter),
+                true,
+                dollar,
+                &no_subst,
+                false,
+                &mut hits,
+            );
+            if hits.deny != NONE {
+                shadowed
+                    .entry(hits.deny)
+                    .or_default()
+                    .push(rule.origin.to_string());
+            }
+        }
+        shadowed
+            .into_iter()
+            .map(|(deny, grants)| {
+                let rule = &self.rules[deny as usize];
+                let who = match &rule.scope {
+                    Scope::User(u) => format!("user `{u}`"),
+                    _ => "anonymous clients".to_string(),
+                };
+                let mut msg = format!(
+                    "{}: `topic deny {}` overrides the grants for {who} at {} (deny rules win; mosquitto scopes every `topic` line to the `user` line above it)",
+                    rule.origin,
+                    rule.filter,
+                    grants.join(", ")
+                );
+                if rule.filter == "#" && matches!(rule.scope, Scope::User(_)) {
+                    msg.push_str(
+                        "; anything unlisted is already denied, so delete this line, or move it above the first `user` line if it was meant for anonymous clients",
+                    );
+                }
+                msg
+            })
+            .collect()
+    }
+
+    /// Counts for the load/reload log line.
+    pub fn stats(&self) -> AclStats {
+        let count = |f: fn(&Scope) -> bool| self.rules.iter().filter(|r| f(&r.scope)).count();
+        AclStats {
+            rules: self.rules.len(),
+            users: self.users.len(),
+            anonymous_rules: count(|s| *s == Scope::Anonymous),
+            pattern_rules: count(|s| *s == Scope::Pattern),
+        }
+    }
+
+    /// Every rule in source order; a [`RuleId`] indexes this slice.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rule a verdict names.
+    pub fn rule(&self, id: RuleId) -> &Rule {
+        &self.rules[id.0 as usize]
+    }
+
+    /// Things that load but are probably not what the author meant; log them at startup and reload.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Decide without allocating: O(topic depth) trie walks, independent of the number of rules.
+    pub fn decide(&self, identity: &Identity, access: Access, topic: &str) -> Verdict {
+        let view = IdentityView::of(identity);
+        let own = match view.user {
+            None => Some(&self.anonymous),
+            Some(user) => self.users.get(user),
+        };
+        let mut hits = Hits::EMPTY;
+        match access {
+            Access::Read | Access::Write => {
+                if !valid_topic(topic) {
+                    return Verdict::DEFAULT_DENY;
+                }
+                let dollar = topic.starts_with('$');
+                if let Some(own) = own {
+                    own.match_topic(Some(topic), dollar, &view.subst, false, &mut hits);
+                }
+                self.patterns.match_topic(
+                    Some(topic),
+                    dollar,
+                    &view.subst,
+                    !view.patterns_grant,
+                    &mut hits,
+                );
+            }
+            Access::Subscribe => {
+                let Some(filter) = strip_shared(topic) else {
+                    return Verdict::DEFAULT_DENY;
+                };
+                if !valid_filter(filter) {
+                    return Verdict::DEFAULT_DENY;
+                }
+                let dollar = first_level_is_dollar(filter);
+                if let Some(own) = own {
+                    own.cover_filter(Some(filter), true, dollar, &view.subst, false, &mut hits);
+                }
+                self.patterns.cover_filter(
+                    Some(filter),
+                    true,
+                    dollar,
+                    &view.subst,
+                    !view.patterns_grant,
+                    &mut hits,
+                );
+            }
+        }
+        hits.verdict(access)
+    }
+
+    /// The label of the deciding rule, as put in an [`AclDecision`].
+    pub fn describe(&self, verdict: Verdict) -> AclDecision {
+        let rule = verdict.rule.map(|id| self.rule(id).label.clone());
+        if verdict.allowed {
+            AclDecision::Allow { rule }
+        } else {
+            AclDecision::Deny { rule }
+        }
+    }
+}
+
+/// How one rule relates to a check, found by the linear reference matcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// The rule.
+    pub rule: RuleId,
+    /// The rule only counts as a denial here (unfillable placeholder, or an
+    /// identity whose values are unsafe for patterns).
+    pub deny_only: bool,
+}
+
+impl Acl {
+    /// Every rule that applies to this check, in source order, found by a
+    /// linear scan written independently of the tries. O(rules): for
+    /// `acl explain` and tests, never for the hot path.
+    pub fn matching_rules(
+        &self,
+        identity: &Identity,
+        access: Access,
+        topic: &str,
+    ) -> Vec<RuleMatch> {
+        let view = IdentityView::of(identity);
+        let target = match access {
+            Access::Read | Access::Write if valid_topic(topic) => topic,
+            Access::Subscribe => match strip_shared(topic) {
+                Some(filter) if valid_filter(filter) => filter,
+                _ => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        };
+        let parts: Vec<&str> = target.split('/').collect();
+        let mut out = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let applies = match &rule.scope {
+                Scope::Anonymous => view.user.is_none(),
+                Scope::User(name) => view.user == Some(name.as_str()),
+                Scope::Pattern => true,
+            };
+            if !applies {
+                continue;
+            }
+            let levels = rule.levels();
+            let found = match access {
+                Access::Subscribe => naive_covers(&levels, &parts, &view.subst),
+                _ => naive_matches(&levels, &parts, &view.subst),
+            };
+            if let Some(mut deny_only) = found {
+                if rule.scope == Scope::Pattern && !view.patterns_grant {
+                    deny_only = true;
+                }
+                if deny_only && rule.access != AccessSpec::Deny {
+                    continue;
+                }
+                let id = RuleId(
+                    u32::try_from(index).expect("invariant: fewer than 4 billion ACL rules"),
+                );
+                out.push(RuleMatch {
+                    rule: id,
+                    deny_only,
+                });
+            }
+        }
+        out
+    }
+
+    /// The decision computed from [`Acl::matching_rules`]; must always equal [`Acl::decide`].
+    pub fn decide_linear(&self, identity: &Identity, access: Access, topic: &str) -> Verdict {
+        let mut hits = Hits::EMPTY;
+        for m in self.matching_rules(identity, access, topic) {
+            let rule = self.rule(m.rule);
+            if !m.deny_only || rule.access == AccessSpec::Deny {
+                hits.add(m.rule.0, rule.access);
+            }
+        }
+        hits.verdict(access)
+    }
+}
+
+/// One rule level against one concrete level. `Some(deny_only)` on a match.
+fn naive_level(
+    rule: &RuleLevel,
+    level: &str,
+    first: bool,
+    subst: &Substitution<'_>,
+) -> Option<bool> {
+    let dollar = first && level.starts_with('$');
+    match rule {
+        RuleLevel::Literal(text) => (&**text == level).then_some(false),
+        RuleLevel::Plus => (!dollar).then_some(false),
+        RuleLevel::Hash => (!dollar).then_some(false),
+        RuleLevel::Template(t) => {
+            if dollar && !t.starts_with_dollar() {
+                return None;
+            }
+            match t.matches(level, subst) {
+                TemplateMatch::No => None,
+                TemplateMatch::Exact => Some(false),
+                TemplateMatch::DenyWildcard => Some(true),
+            }
+        }
+    }
+}
+
+fn naive_matches(rule: &[RuleLevel], topic: &[&str], subst: &Substitution<'_>) -> Option<bool> {
+    let mut deny_only = false;
+    for (i, level) in rule.iter().enumerate() {
+        if *level == RuleLevel::Hash {
+            let dollar = i == 0 && topic.first().is_some_and(|t| t.starts_with('$'));
+            return (!dollar).then_some(deny_only);
+        }
+        deny_only |= naive_level(level, topic.get(i)?, i == 0, subst)?;
+    }
+    (rule.len() == topic.len()).then_some(deny_only)
+}
+
+fn naive_covers(rule: &[RuleLevel], filter: &[&str], subst: &Substitution<'_>) -> Option<bool> {
+    let mut deny_only = false;
+    for (i, level) in rule.iter().enumerate() {
+        if *level == RuleLevel::Hash {
+            let dollar = i == 0 && filter.first().is_some_and(|f| f.starts_with('$'));
+            return (!dollar).then_some(deny_only);
+        }
+        let wanted = *filter.get(i)?;
+        match wanted {
+            "#" => {
+                // Only the root `+/#` (or a deny-wildcard placeholder then `#`) covers `#` without being `#`.
+                if i != 0 || rule.len() != 2 || rule[1] != RuleLevel::Hash {
+                    return None;
+                }
+                return match level {
+                    RuleLevel::Plus => Some(deny_only),
+                    RuleLevel::Template(t)
+                        if t.matches("#", subst) == TemplateMatch::DenyWildcard =>
+                    {
+                        Some(true)
+                    }
+                    _ => None,
+                };
+            }
+            "+" => match level {
+                RuleLevel::Plus => {}
+                RuleLevel::Template(t) if t.matches("+", subst) == TemplateMatch::DenyWildcard => {
+                    deny_only = true
+                }
+                _ => return None,
+            },
+            concrete => deny_only |= naive_level(level, concrete, i == 0, subst)?,
+        }
+    }
+    (rule.len() == filter.len()).then_some(deny_only)
+}
+
+/// A filter whose first level is a literal starting with `$` (wildcard rules never cover it).
+fn first_level_is_dollar(filter: &str) -> bool {
+    filter.starts_with('$')
+}
+
+impl Authorizer for Acl {
+    fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision {
+        self.describe(self.decide(identity, access, topic))
+    }
+
+    fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {
+        self.decide(identity, access, topic).allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> Identity {
+        Identity {
+            username: Some(name.into()),
+            client_id: format!("{name}-client"),
+            via: AuthMethod::Password,
+            listener: "test".into(),
+        }
+    }
+
+    fn acl(text: &str) -> Acl {
+        Acl::parse("acl", text, &[]).expect("valid acl")
+    }
+
+    #[test]
+    fn earliest_deny_names_the_decision() {
+        let a = acl("user u\ntopic read a/#\ntopic deny a/b\ntopic deny a/+\n");
+        let v = a.decide(&user("u"), Access::Read, "a/b");
+        assert_eq!(
+            v,
+            Verdict {
+                allowed: false,
+                rule: Some(RuleId(1))
+            }
+        );
+        let v = a.decide(&user("u"), Access::Read, "a/c/d");
+        assert_eq!(
+            v,
+            Verdict {
+                allowed: true,
+                rule: Some(RuleId(0))
+            }
+        );
+    }
+
+    #[test]
+    fn stats_count_rules_by_scope() {
+        let a = acl("topic read p\nuser a\ntopic read x\nuser b\ntopic read y\npattern read %u\n");
+        assert_eq!(
+            a.stats(),
+            AclStats {
+                rules: 4,
+                users: 2,
+                anonymous_rules: 1,
+                pattern_rules: 1
+            }
+        );
+    }
+
+    #[test]
+    fn hash_matches_the_parent_level() {
+        let a = acl("user u\ntopic read a/#\n");
+        assert!(a.decide(&user("u"), Access::Read, "a").allowed);
+        assert!(a.decide(&user("u"), Access::Subscribe, "a").allowed);
+        assert!(!a.decide(&user("u"), Access::Read, "ab").allowed);
+    }
+
+    #[test]
+    fn plus_hash_at_root_covers_a_hash_subscription() {
+        let a = acl("user u\ntopic read +/#\n");
+        assert!(a.decide(&user("u"), Access::Subscribe, "#").allowed);
+        let a = acl("user u\ntopic read x/+/#\n");
+        assert!(!a.decide(&user("u"), Access::Subscribe, "x/#").allowed);
+    }
+
+    #[test]
+    fn many_literal_children_switch_to_a_map_and_still_match() {
+        let text: String = (0..20)
+            .map(|i| format!("user u\ntopic read t{i}/x\n"))
+            .collect();
+        let a = acl(&text);
+        for i in 0..20 {
+            let v = a.decide(&user("u"), Access::Read, &format!("t{i}/x"));
+            assert_eq!(
+                v,
+                Verdict {
+                    allowed: true,
+                    rule: Some(RuleId(i))
+                }
+            );
+        }
+        assert!(!a.decide(&user("u"), Access::Read, "t20/x").allowed);
+        assert!(!a.decide(&user("u"), Access::Read, "t1/y").allowed);
+    }
+
+    #[test]
+    fn fx_hasher_distinguishes_lengths() {
+        let h = |s: &str| {
+            let mut hasher = FxBuild.build_hasher();
+            hasher.write(s.as_bytes());
+            hasher.finish()
+        };
+        assert_ne!(h("a"), h("a\0"));
+        assert_ne!(h("sensor_000001"), h("sensor_000002"));
+    }
+
+    #[test]
+    fn shared_subscription_prefix_is_stripped_or_rejected() {
+        assert_eq!(strip_shared("$share/g/a/b"), Some("a/b"));
+        assert_eq!(strip_shared("a/b"), Some("a/b"));
+        assert_eq!(strip_shared("$share/g"), None);
+        assert_eq!(strip_shared("$share//a"), None);
+        assert_eq!(strip_shared("$share/g/"), None);
+        assert_eq!(strip_shared("$share/g/$share/h/a"), None);
+    }
+}

@@ -1,0 +1,412 @@
+//! Where `[auth]`, `[acl]` and the certificate files become running security state:
+//! the password authenticator (throttle state carried across reloads), the compiled
+//! ACL, the gateway's own in-process publishers' narrow permission, and the
+//! certificate expiry watch that publishes on `$SYS/tollgate/certs/<label>/expiry`.
+//! It must never half-apply a change (everything is built before anything is swapped)
+//! and never log a password.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::acl::{Access, Acl, AclDecision, AclError, AllowAll, Authorizer};
+use crate::auth::{
+    AuthMethod, Identity, PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
+};
+use crate::broker::{InternalClient, InternalOptions};
+use crate::config::{Config, Transport};
+use crate::pki::DevPki;
+use crate::tls;
+
+use super::core::Core;
+
+/// Identity of the in-process client that publishes certificate expiry warnings.
+pub const CERT_WATCH_IDENTITY: &str = "tollgate:certs";
+
+/// Topic prefix the gateway's own publishers may write whatever the ACL says.
+const CERT_TOPIC_PREFIX: &str = "$SYS/tollgate/certs/";
+
+/// Authentication and authorization built from one configuration.
+#[derive(Clone)]
+pub struct Security {
+    /// Certificates, password file and anonymous clients at CONNECT.
+    pub authenticator: PasswordAuthenticator,
+    /// What every PUBLISH, SUBSCRIBE and delivery is checked against.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// The compiled ACL, when `[acl]` configures one (`None`: everything is allowed).
+    pub acl: Option<Arc<Acl>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("authenticator", &self.authenticator)
+            .field("acl", &self.acl.as_ref().map(|a| a.stats()))
+            .finish()
+    }
+}
+
+/// The `[auth]` tunables as the authenticator's settings.
+pub fn password_settings(config: &Config) -> PasswordAuthSettings {
+    let a = &config.auth;
+    PasswordAuthSettings {
+        cache_ttl: a.cache_ttl,
+        cache_capacity: a.cache_capacity,
+        throttle_base: a.throttle_base,
+        throttle_max: a.throttle_max,
+        throttle_forget_after: a.throttle_forget_after,
+        throttle_capacity: a.throttle_capacity,
+        verify_concurrency: a.verify_concurrency,
+    }
+}
+
+/// THE place where `[auth]` and `[acl]` become the authenticator and authorizer, at
+/// start (`previous = None`) and on every reload (`previous` = the running state, whose
+/// failure throttling and hashing pool carry over). Every problem is returned, one line
+/// each, with the key it concerns, so `tollgate check` lists them all at once.
+pub fn build_security(
+    config: &Config,
+    previous: Option<&Security>,
+) -> Result<Security, Vec<String>> {
+    let label = config.source.label();
+    let mut problems = Vec::new();
+    let passwords = match &config.auth.password_file {
+        None => None,
+        Some(path) => match PasswordFile::load(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    problems.push(format!("{label}: auth.password_file: {}", line.trim()));
+                }
+                None
+            }
+        },
+    };
+    let acl = if config.acl.is_configured() {
+        match Acl::load(config.acl.file.as_deref(), &config.acl.rule) {
+            Ok(acl) => Some(Arc::new(acl)),
+            Err(AclError::Invalid { problems: found }) => {
+                for p in found {
+                    problems.push(format!("{label}: acl: {p}"));
+                }
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{label}: acl.file: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let settings = password_settings(config);
+    let authenticator = match previous {
+        Some(old) => old.authenticator.reload(passwords, settings),
+        None => PasswordAuthenticator::new(passwords, settings),
+    };
+    let inner: Arc<dyn Authorizer> = match &acl {
+        Some(acl) => acl.clone(),
+        None => Arc::new(AllowAll),
+    };
+    Ok(Security {
+        authenticator,
+        authorizer: Arc::new(GatewayAuthorizer { inner }),
+        acl,
+    })
+}
+
+/// Warnings about the loaded security state (ACL lines that probably do not do what
+/// their author meant), for `tollgate check` and the logs.
+pub fn security_warnings(security: &Security) -> Vec<String> {
+    security
+        .acl
+        .as_ref()
+        .map(|acl| acl.warnings().to_vec())
+        .unwrap_or_default()
+}
+
+/// Log what is in force, at start and after every accepted reload.
+pub fn log_security(config: &Config, security: &Security, event: &str) {
+    let users = security.authenticator.user_count();
+    match &config.auth.password_file {
+        Some(path) => {
+            info!(password_file = %path.display(), users, "{event}: password file loaded.")
+        }
+        None => debug!("{event}: no password file configured."),
+    }
+    match &security.acl {
+        Some(acl) => {
+            let stats = acl.stats();
+            info!(
+                acl_file = %config.acl.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                inline_rules = config.acl.rule.len(),
+                rules = stats.rules,
+                users = stats.users,
+                anonymous_rules = stats.anonymous_rules,
+                pattern_rules = stats.pattern_rules,
+                "{event}: ACL loaded; anything not granted is denied."
+            );
+            for warning in acl.warnings() {
+                warn!(warning = %warning, "ACL warning.");
+            }
+        }
+        None => warn!("{event}: no ACL configured ([acl] file or rules): every client may publish and subscribe anywhere."),
+    }
+}
+
+/// The configured authorizer, plus one narrow grant: the gateway's own in-process
+/// publisher (`tollgate:certs`, which no network client can become) may write its
+/// `$SYS/tollgate/certs/...` topics whatever the ACL says.
+struct GatewayAuthorizer {
+    inner: Arc<dyn Authorizer>,
+}
+
+fn is_gateway_publisher(identity: &Identity, access: Access, topic: &str) -> bool {
+    identity.via == AuthMethod::Internal
+        && access == Access::Write
+        && identity.username.as_deref() == Some(CERT_WATCH_IDENTITY)
+        && topic.starts_with(CERT_TOPIC_PREFIX)
+}
+
+impl Authorizer for GatewayAuthorizer {
+    fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision {
+        if is_gateway_publisher(identity, access, topic) {
+            return AclDecision::Allow {
+                rule: Some(format!(
+                    "built-in: {CERT_WATCH_IDENTITY} writes {CERT_TOPIC_PREFIX}#"
+                )),
+            };
+        }
+        self.inner.check(identity, access, topic)
+    }
+
+    fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {
+        is_gateway_publisher(identity, access, topic) || self.inner.allows(identity, access, topic)
+    }
+}
+
+/// Certificates the expiry watch follows: every TLS listener's server certificate and
+/// client CA, and the development CA when one is in use. Labels become topic levels.
+pub fn watched_certificates(config: &Config, dev_pki: Option<&DevPki>) -> Vec<(String, PathBuf)> {
+    let mut certs: Vec<(String, PathBuf)> = Vec::new();
+    let mut add = |label: String, path: PathBuf| {
+        if !certs.iter().any(|(_, p)| *p == path) {
+            certs.push((label, path));
+        }
+    };
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| l.transport == Transport::Tls)
+    {
+        match (&l.cert, dev_pki) {
+            (Some(cert), _) => add(format!("{}-server", l.name), cert.clone()),
+            (None, Some(pki)) => add("dev-server".to_string(), pki.server_cert.clone()),
+            (None, None) => {}
+        }
+        if let Some(ca) = &l.client_ca {
+            add(format!("{}-client-ca", l.name), ca.clone());
+        }
+    }
+    if let Some(pki) = dev_pki {
+        add("dev-ca".to_string(), pki.ca_cert.clone());
+    }
+    certs
+}
+
+/// Start the expiry watch for `certs`: warnings are logged by the watch and published
+/// (retained) through an in-process client as `tollgate:certs`. Both tasks are tracked
+/// by `tracker` and end when `shutdown` is cancelled.
+pub fn spawn_certificate_watch(
+    certs: Vec<(String, PathBuf)>,
+    core: Arc<dyn Core>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    if certs.is_empty() {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<(String, String)>();
+    let watch = tls::spawn_expiry_watch(
+        certs,
+        move |topic, payload| {
+            // The publisher ends only at shutdown; a send error then loses nothing of value.
+            let _ = tx.send((topic, payload));
+        },
+        shutdown.clone(),
+    );
+    tracker.spawn(async move {
+        if let Err(e) = watch.await {
+            warn!(reason = %e, "Certificate expiry watch ended unexpectedly.");
+        }
+    });
+    tracker.spawn(publish_expiry(rx, core, shutdown));
+}
+
+async fn publish_expiry(
+    mut rx: mpsc::UnboundedReceiver<(String, String)>,
+    core: Arc<dyn Core>,
+    shutdown: CancellationToken,
+) {
+    let mut client: Option<InternalClient> = None;
+    loop {
+        let (topic, payload) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        if client.is_none() {
+            let options = InternalOptions::new(Identity::internal(CERT_WATCH_IDENTITY));
+            match core.connect_internal(options).await {
+                Ok(c) => client = Some(c),
+                Err(reason) => {
+                    warn!(%topic, %reason, "Cannot publish a certificate expiry warning: no in-process connection to the broker.");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        if let Err(e) = c
+            .publish(
+                &topic,
+                payload,
+                crate::broker::codec::QoS::AtLeastOnce,
+                true,
+            )
+            .await
+        {
+            warn!(%topic, reason = %e, "Cannot publish a certificate expiry warning.");
+            client = None;
+        }
+    }
+    // Dropped, not disconnected: the router is shutting down with everything else.
+    drop(client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_with_env, ConfigSource};
+
+    fn config(body: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, body).expect("write");
+        let loaded =
+            load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
+        (dir, loaded.config)
+    }
+
+    const LOCAL: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
+
+    fn user(name: &str, via: AuthMethod) -> Identity {
+        Identity {
+            username: Some(name.to_string()),
+            client_id: name.to_string(),
+            via,
+            listener: Arc::from("local"),
+        }
+    }
+
+    #[test]
+    fn without_acl_everything_is_allowed_and_with_acl_unlisted_is_denied() {
+        let (_d, open) = config(LOCAL);
+        let s = build_security(&open, None).expect("builds");
+        assert!(s.acl.is_none());
+        assert!(s
+            .authorizer
+            .allows(&user("u", AuthMethod::Password), Access::Write, "a/b"));
+        let (_d, closed) = config(&format!(
+            "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
+        ));
+        let s = build_security(&closed, None).expect("builds");
+        let u = user("u", AuthMethod::Password);
+        assert!(s.authorizer.allows(&u, Access::Write, "a/b"));
+        assert!(!s.authorizer.allows(&u, Access::Write, "b"));
+        assert!(!s.authorizer.allows(&u, Access::Read, "a/b"));
+    }
+
+    #[test]
+    fn only_the_internal_certificate_publisher_may_write_its_sys_topics() {
+        let (_d, closed) = config(&format!(
+            "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
+        ));
+        let s = build_security(&closed, None).expect("builds");
+        let topic = "$SYS/tollgate/certs/devices-server/expiry";
+        let watch = Identity::internal(CERT_WATCH_IDENTITY);
+        assert!(s.authorizer.allows(&watch, Access::Write, topic));
+        assert!(s
+            .authorizer
+            .check(&watch, Access::Write, topic)
+            .is_allowed());
+        assert!(!s
+            .authorizer
+            .allows(&watch, Access::Write, "$SYS/broker/uptime"));
+        assert!(!s.authorizer.allows(&watch, Access::Read, topic));
+        // The same name over the network (password or certificate) gets nothing extra.
+        for via in [AuthMethod::Password, AuthMethod::Certificate] {
+            let forged = user(CERT_WATCH_IDENTITY, via);
+            assert!(!s.authorizer.allows(&forged, Access::Write, topic));
+        }
+    }
+
+    #[test]
+    fn every_password_and_acl_problem_is_reported_with_its_key() {
+        let (dir, _) = config(LOCAL);
+        std::fs::write(dir.path().join("passwd"), "a:$7$broken\nb:$7$broken\n").expect("passwd");
+        std::fs::write(dir.path().join("acl"), "topic read a/#/b\n").expect("acl");
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            format!("{LOCAL}[auth]\npassword_file = \"passwd\"\n[acl]\nfile = \"acl\"\n"),
+        )
+        .expect("write");
+        let cfg = load_with_env(&ConfigSource::File(path), &Default::default())
+            .expect("valid config")
+            .config;
+        let problems = build_security(&cfg, None).expect_err("broken files");
+        let text = problems.join("\n");
+        assert!(text.contains("auth.password_file"), "{text}");
+        assert!(
+            text.contains("passwd:1") && text.contains("passwd:2"),
+            "{text}"
+        );
+        assert!(text.contains("acl:1"), "{text}");
+    }
+
+    #[test]
+    fn watched_certificates_cover_server_certificates_client_cas_and_the_dev_ca_once() {
+        let (dir, _) = config(LOCAL);
+        for f in ["s.crt", "s.key", "ca.crt"] {
+            std::fs::write(dir.path().join(f), "x").expect("file");
+        }
+        let mut cfg = config(LOCAL).1;
+        cfg.listeners[0].transport = Transport::Tls;
+        cfg.listeners[0].name = "devices".into();
+        cfg.listeners[0].cert = Some(dir.path().join("s.crt"));
+        cfg.listeners[0].client_ca = Some(dir.path().join("ca.crt"));
+        let pki = DevPki {
+            ca_cert: dir.path().join("ca.crt"),
+            server_cert: dir.path().join("dev.crt"),
+            server_key: dir.path().join("dev.key"),
+            device_cert: dir.path().join("d.crt"),
+            device_key: dir.path().join("d.key"),
+            created: false,
+        };
+        let labels: Vec<String> = watched_certificates(&cfg, Some(&pki))
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        // The dev CA is the same file as the client CA here: watched once.
+        assert_eq!(labels, ["devices-server", "devices-client-ca"]);
+    }
+}

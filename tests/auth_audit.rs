@@ -1,0 +1,94 @@
+//! Audit events of `PasswordAuthenticator`. Alone in its own test binary because tracing
+//! caches per-callsite interest process-wide, which races with tests that run without a
+//! subscriber.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tollgate::auth::{
+    AuthRequest, Authenticator, HashScheme, PasswordAuthSettings, PasswordAuthenticator,
+    PasswordFile,
+};
+
+const ALICE_PW: &[u8] = b"alice-pw";
+
+fn auth() -> PasswordAuthenticator {
+    let mut f = PasswordFile::new();
+    f.upsert("alice", ALICE_PW, HashScheme::mosquitto_default())
+        .expect("hash");
+    f.upsert("bob", b"bob-pw", HashScheme::mosquitto_default())
+        .expect("hash");
+    PasswordAuthenticator::new(Some(f), PasswordAuthSettings::default())
+}
+
+fn request(username: Option<&str>, password: Option<&[u8]>) -> AuthRequest {
+    AuthRequest {
+        listener: Arc::from("tls"),
+        allow_anonymous: false,
+        password_auth: true,
+        peer: "192.0.2.10:50000".parse().expect("addr"),
+        client_id: "dev-1".into(),
+        username: username.map(str::to_string),
+        password: password.map(bytes::Bytes::copy_from_slice),
+        certificate_identity: None,
+    }
+}
+
+fn from(mut r: AuthRequest, peer: &str) -> AuthRequest {
+    r.peer = peer.parse::<SocketAddr>().expect("addr");
+    r
+}
+
+/// Collects formatted log output for assertions.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn audit_events_record_decisions_and_never_the_password() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let a = auth();
+    a.authenticate(request(Some("alice"), Some(ALICE_PW)))
+        .await
+        .expect("accepted");
+    let _ = a
+        .authenticate(from(
+            request(Some("bob"), Some(b"hunter2-guess")),
+            "192.0.2.77:1",
+        ))
+        .await;
+
+    let out = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains("audit"), "{out}");
+    assert!(lines[0].contains("outcome=\"success\""), "{out}");
+    assert!(lines[0].contains("username=\"alice\""), "{out}");
+    assert!(lines[0].contains("client_id=dev-1"), "{out}");
+    assert!(lines[0].contains("listener=tls"), "{out}");
+    assert!(lines[1].contains("outcome=\"failure\""), "{out}");
+    assert!(lines[1].contains("peer=192.0.2.77:1"), "{out}");
+    assert!(lines[1].contains("wrong password"), "{out}");
+    assert!(
+        !out.contains("alice-pw") && !out.contains("hunter2-guess"),
+        "{out}"
+    );
+}

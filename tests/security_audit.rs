@@ -1,0 +1,214 @@
+//! The `audit` tracing target over real sockets: authentication success and failure,
+//! certificate rejections with their reason, ACL denials and reloads are recorded with
+//! structured fields, and never a password or a payload. Alone in its binary with one
+//! global subscriber: tracing caches per-callsite interest process-wide, and connection
+//! tasks run on every worker thread.
+
+mod security_util;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
+use security_util::*;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every `audit` line of this process (other targets are not captured).
+fn audit_log() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_target(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("audit=debug"))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        captured
+    })
+}
+
+fn lines_with(needle: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&audit_log().0.lock().expect("lock")).into_owned();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+const SECRET_PASSWORD: &str = "s3cret-Pa55word";
+const WRONG_PASSWORD: &str = "hunter2-Guess";
+const SECRET_PAYLOAD: &str = "PAYLOAD-must-not-be-logged";
+
+async fn audited_gateway(dir: &std::path::Path) -> (Gateway, TestPki) {
+    let pki = TestPki::new(dir);
+    let passwd = mosquitto_passwd_file(dir, &[("meter7", SECRET_PASSWORD)]);
+    std::fs::write(
+        dir.join("acl"),
+        "user meter7\ntopic write meters/7/#\n\nuser dev-audit\ntopic write devices/dev-audit/#\n",
+    )
+    .expect("acl");
+    let crl = pki.crl();
+    let body = format!(
+        "{}{}[acl]\nfile = \"acl\"\n",
+        tls_listener(
+            &pki,
+            &format!(
+                "client_ca = {:?}\ncrl = {:?}\nclient_certs = \"optional\"\npassword_auth = true\n",
+                pki.ca.display().to_string(),
+                crl.display().to_string()
+            )
+        ),
+        auth_section(&passwd)
+    );
+    (Gateway::start(dir, &body).await, pki)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_certificates_acl_denials_and_reloads_are_audited_without_secrets() {
+    audit_log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, pki) = audited_gateway(dir.path()).await;
+    let addr = gw.addr("devices");
+
+    // Authentication success and failure.
+    let mut meter = v5(
+        &Dial::tls(addr, &pki.ca, None).login("meter7", SECRET_PASSWORD),
+        "audit-meter",
+    )
+    .await
+    .expect("login");
+    assert!(v5(
+        &Dial::tls(addr, &pki.ca, None).login("meter7", WRONG_PASSWORD),
+        "audit-wrong"
+    )
+    .await
+    .is_err());
+
+    // Certificate rejection (revoked) and acceptance.
+    let revoked = pki.device("audit-stolen");
+    pki.revoke("audit-stolen");
+    gw.reload.reload().await.expect("reload picks up the CRL");
+    assert!(
+        v5(&Dial::tls(addr, &pki.ca, Some(&revoked)), "audit-revoked")
+            .await
+            .is_err()
+    );
+    let good = pki.device("dev-audit");
+    v5(&Dial::tls(addr, &pki.ca, Some(&good)), "audit-cert")
+        .await
+        .expect("certificate login");
+
+    // ACL denials.
+    assert_eq!(
+        meter.publish("meters/8/kwh", SECRET_PAYLOAD).await,
+        PubAckReason::NotAuthorized
+    );
+    assert_eq!(meter.subscribe("meters/#").await, V5Sub::NotAuthorized);
+
+    // A refused reload.
+    std::fs::write(dir.path().join("acl"), "topic read a/#/b\n").expect("broken acl");
+    gw.reload.reload().await.expect_err("refused");
+
+    let success = lines_with("audit-meter");
+    assert!(
+        success.iter().any(|l| l.contains("success")
+            && l.contains("meter7")
+            && l.contains("listener=devices")
+            && l.contains("peer=127.0.0.1")),
+        "authentication success: {success:#?}"
+    );
+    let failure = lines_with("audit-wrong");
+    assert!(
+        failure.iter().any(|l| l.contains("failure")
+            && l.contains("meter7")
+            && l.contains("wrong password")
+            && l.contains("peer=127.0.0.1")),
+        "authentication failure: {failure:#?}"
+    );
+    let rejected = lines_with("Client certificate rejected");
+    assert!(
+        rejected.iter().any(|l| l.contains("Revoked")
+            && l.contains("listener=devices")
+            && l.contains("peer=127.0.0.1")),
+        "certificate rejection with reason: {rejected:#?}"
+    );
+    let cert_login = lines_with("audit-cert");
+    assert!(
+        cert_login
+            .iter()
+            .any(|l| l.contains("dev-audit") && l.contains("Certificate")),
+        "certificate login: {cert_login:#?}"
+    );
+    let denied_pub = lines_with("Publish denied");
+    assert!(
+        denied_pub.iter().any(|l| l.contains("audit-meter")
+            && l.contains("meters/8/kwh")
+            && l.contains("peer=127.0.0.1")),
+        "publish denial: {denied_pub:#?}"
+    );
+    let denied_sub = lines_with("Subscribe denied");
+    assert!(
+        denied_sub
+            .iter()
+            .any(|l| l.contains("audit-meter") && l.contains("meters/#")),
+        "subscribe denial: {denied_sub:#?}"
+    );
+    assert!(!lines_with("Configuration reloaded").is_empty());
+    assert!(
+        !lines_with("reload refused").is_empty()
+            || !lines_with("Configuration reload refused").is_empty()
+    );
+
+    let all = String::from_utf8_lossy(&audit_log().0.lock().expect("lock")).into_owned();
+    for secret in [SECRET_PASSWORD, WRONG_PASSWORD, SECRET_PAYLOAD] {
+        assert!(!all.contains(secret), "{secret} leaked into the audit log");
+    }
+    gw.stop().await;
+}
+
+/// Design decision 2 and issue 3 item 8: ACL denials carry listener, peer, identity,
+/// client id, topic and the deciding rule. The broker's lines carry client id, peer and
+/// topic only; `tollgate::acl::audit_denied` has the rest but the broker does not call it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "broker: ACL denial audit lines lack listener, username and rule (see integ report)"]
+async fn acl_denials_name_listener_identity_and_rule() {
+    audit_log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, pki) = audited_gateway(dir.path()).await;
+    let addr = gw.addr("devices");
+    let mut meter = v5(
+        &Dial::tls(addr, &pki.ca, None).login("meter7", SECRET_PASSWORD),
+        "rule-meter",
+    )
+    .await
+    .expect("login");
+    assert_eq!(
+        meter.publish("meters/9/kwh", "x").await,
+        PubAckReason::NotAuthorized
+    );
+    let denied = lines_with("rule-meter");
+    assert!(
+        denied.iter().any(|l| l.contains("meters/9/kwh")
+            && l.contains("listener=devices")
+            && l.contains("meter7")
+            && l.contains("peer=127.0.0.1")
+            && l.contains("rule=")),
+        "{denied:#?}"
+    );
+    gw.stop().await;
+}
