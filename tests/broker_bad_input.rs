@@ -222,3 +222,24 @@ async fn exceeding_receive_maximum_gets_0x93() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn v5_connect_with_reserved_flag_gets_a_refusing_connack() {
+    let b = start_broker().await;
+    let mut raw = Raw::open(b.addr).await;
+    // v5 CONNECT with the reserved connect flag (bit 0) set.
+    raw.send_bytes(&[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 30, 0, 0, 2, b'r', b'f',
+    ])
+    .await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => {
+            assert_eq!(c.code, p5::ConnectReturnCode::MalformedPacket);
+            assert!(!c.session_present);
+        }
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    assert!(raw.read().await.is_none());
+    still_serving(b.addr).await;
+    b.stop().await;
+}

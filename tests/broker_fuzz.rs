@@ -52,4 +52,26 @@ proptest! {
             b.stop().await;
         });
     }
+
+    #[test]
+    fn random_connect_bytes_never_stop_the_broker(
+        noise in prop::collection::vec(any::<u8>(), 0..200),
+        level in prop::sample::select(vec![3u8, 4, 5, 6, 0xFF]),
+        flags in any::<u8>(),
+    ) {
+        let rt = runtime();
+        rt.block_on(async {
+            let b = start_broker().await;
+            let mut stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+            // A CONNECT header with random level/flags and a random body.
+            let mut data = vec![0x10, (8 + noise.len()).min(127) as u8, 0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 30];
+            data.extend_from_slice(&noise);
+            let _ = stream.write_all(&data).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut s = v4(b.addr, "fuzz-connect-check").await;
+            s.subscribe("ok", rumqttc::QoS::AtMostOnce).await;
+            drop(stream);
+            b.stop().await;
+        });
+    }
 }

@@ -211,3 +211,136 @@ async fn every_publish_subscribe_and_delivery_passes_the_authorizer() {
     );
     b.stop().await;
 }
+
+fn persistent_connect(id: &str, clean_start: bool) -> p5::Packet {
+    p5::Packet::Connect(
+        p5::Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_start,
+            properties: Some(p5::ConnectProperties {
+                session_expiry_interval: Some(60),
+                ..Default::default()
+            }),
+        },
+        None,
+        None,
+    )
+}
+
+#[tokio::test]
+async fn held_puback_survives_publisher_reconnect_and_resend_is_not_routed_twice() {
+    let b = start_broker().await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:journal3"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("h/#", Q5::AtLeastOnce).await.unwrap();
+
+    let mut raw = Raw::open(b.addr).await;
+    raw.send(&persistent_connect("resender", true)).await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+    let mut publish = p5::Publish::new("h/1", Q5::AtLeastOnce, "once", None);
+    publish.pkid = 5;
+    raw.send(&p5::Packet::Publish(publish.clone())).await;
+    let d = tokio::time::timeout(WAIT, durable.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(raw);
+
+    let mut raw = Raw::open(b.addr).await;
+    raw.send(&persistent_connect("resender", false)).await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => assert!(c.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    publish.dup = true;
+    raw.send(&p5::Packet::Publish(publish)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), durable.recv())
+            .await
+            .is_err(),
+        "a resend of a held message is not routed again"
+    );
+    d.ack().await.unwrap();
+    match raw.read().await {
+        Some(p5::Packet::PubAck(a)) => assert_eq!(a.pkid, 5),
+        other => panic!("expected PUBACK 5, got {other:?}"),
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn message_a_durable_subscriber_loses_is_refused_with_quota_exceeded() {
+    let b = start_broker_with(tollgate::broker::BrokerSettings {
+        max_offline_messages: 1,
+        ..test_settings()
+    })
+    .await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:small"));
+    options.durable = true;
+    options.receive_maximum = 1;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("lq/#", Q5::AtLeastOnce).await.unwrap();
+    let mut raw = Raw::connect_v5(b.addr, "lq-pub").await;
+    for pkid in 1..=3 {
+        let mut p = p5::Publish::new("lq/x", Q5::AtLeastOnce, format!("{pkid}"), None);
+        p.pkid = pkid;
+        raw.send(&p5::Packet::Publish(p)).await;
+    }
+    // 1 is in flight to the durable subscriber, 2 was queued and pushed out by 3.
+    match raw.read().await {
+        Some(p5::Packet::PubAck(a)) => {
+            assert_eq!(a.pkid, 2);
+            assert_eq!(a.reason, p5::PubAckReason::QuotaExceeded);
+        }
+        other => panic!("expected PUBACK 0x97 for 2, got {other:?}"),
+    }
+    for expected in [1u16, 3] {
+        let d = tokio::time::timeout(WAIT, durable.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.payload, Bytes::from(expected.to_string()));
+        d.ack().await.unwrap();
+        match raw.read().await {
+            Some(p5::Packet::PubAck(a)) => {
+                assert_eq!(a.pkid, expected);
+                assert_eq!(a.reason, p5::PubAckReason::Success);
+            }
+            other => panic!("expected PUBACK for {expected}, got {other:?}"),
+        }
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn internal_no_local_subscription_skips_own_publications() {
+    let b = start_broker().await;
+    let mut bridge = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("bridge:loop")))
+        .await
+        .unwrap();
+    let mut f = p5::Filter::new("nl2/#", Q5::AtLeastOnce);
+    f.nolocal = true;
+    assert_eq!(
+        bridge.subscribe_filter(f).await.unwrap(),
+        p5::SubscribeReasonCode::Success(Q5::AtLeastOnce)
+    );
+    bridge
+        .publish("nl2/own", "mine", Q5::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let net = v4(b.addr, "nl2-pub").await;
+    net.client
+        .publish("nl2/theirs", QoS::AtLeastOnce, false, "theirs")
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, bridge.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.topic, "nl2/theirs");
+    b.stop().await;
+}

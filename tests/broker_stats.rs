@@ -45,11 +45,18 @@ async fn sys_topics_are_published_retained_with_mosquitto_names() {
     }
     assert_eq!(seen["$SYS/broker/clients/connected"], "2");
     assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
-    // A client may not publish into $SYS.
+    // A client may not publish into $SYS: the next uptime seen is the broker's own.
     p.client
         .publish("$SYS/broker/uptime", QoS::AtMostOnce, false, "fake")
         .await
         .unwrap();
+    loop {
+        let m = s.publish().await;
+        if m.topic == "$SYS/broker/uptime" {
+            assert!(m.payload.ends_with(b" seconds"), "got {:?}", m.payload);
+            break;
+        }
+    }
     let stats = b.broker.stats();
     assert!(stats.messages_received >= 1);
     assert!(stats.bytes_received > 0 && stats.bytes_sent > 0);
@@ -166,4 +173,74 @@ async fn memory_is_bounded_by_live_state() {
     assert_eq!(stats.durable_holds, 0, "{stats:?}");
     assert!(stats.messages_received >= 100_000);
     b.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_loses_qos0_not_broker_memory() {
+    let b = start_broker_with(BrokerSettings {
+        max_offline_messages: 100,
+        ..test_settings()
+    })
+    .await;
+    // Subscribes and then never reads its socket again.
+    let mut stuck = Raw::connect_v5(b.addr, "stuck").await;
+    let mut sub = rumqttc::v5::mqttbytes::v5::Subscribe::new(
+        rumqttc::v5::mqttbytes::v5::Filter::new("flood/#", Q5::AtMostOnce),
+        None,
+    );
+    sub.pkid = 1;
+    stuck
+        .send(&rumqttc::v5::mqttbytes::v5::Packet::Subscribe(sub))
+        .await;
+    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&[
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'q',
+    ])
+    .await
+    .unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    // 3,000 QoS 0 messages of 16 KiB: far more than socket buffers hold.
+    let payload = vec![0u8; 16 * 1024];
+    let mut packet = vec![0x30];
+    let remaining = 2 + 7 + payload.len();
+    let mut len = remaining;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&7u16.to_be_bytes());
+    packet.extend_from_slice(b"flood/x");
+    packet.extend_from_slice(&payload);
+    for _ in 0..3000 {
+        s.write_all(&packet).await.unwrap();
+    }
+    for _ in 0..250 {
+        if b.broker.stats().messages_received >= 3000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = b.broker.stats();
+    assert_eq!(stats.messages_received, 3000);
+    assert!(stats.dropped_slow_consumer > 0, "{stats:?}");
+    // Everyone else is still served.
+    let mut other = v4(b.addr, "not-stuck").await;
+    other.subscribe("fine", QoS::AtMostOnce).await;
+    other
+        .client
+        .publish("fine", QoS::AtMostOnce, false, "ok")
+        .await
+        .unwrap();
+    assert_eq!(other.publish().await.payload, bytes::Bytes::from("ok"));
+    // Shutdown does not wait for the stuck client's full socket.
+    b.stop().await;
+    drop(stuck);
 }

@@ -431,3 +431,29 @@ async fn offline_queue_overflow_drops_the_oldest_and_counts() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn unacknowledged_shared_message_moves_to_another_member_when_a_session_ends() {
+    let b = start_broker().await;
+    let mut a = Raw::connect_v5(b.addr, "share-first").await;
+    a.send(&sub_packet(
+        1,
+        vec![p5::Filter::new("$share/g3/mv/#", Q5::AtLeastOnce)],
+        None,
+    ))
+    .await;
+    assert!(matches!(a.read().await, Some(p5::Packet::SubAck(_))));
+    let p = v4(b.addr, "mv-pub").await;
+    p.client
+        .publish("mv/1", QoS::AtLeastOnce, false, "handoff")
+        .await
+        .unwrap();
+    let first = expect_publish(&mut a).await;
+    assert_eq!(first.payload, Bytes::from("handoff"));
+    let mut other = v5(b.addr, "share-second").await;
+    other.subscribe("$share/g3/mv/#", Q5::AtLeastOnce).await;
+    // `a` never acknowledges and leaves; its clean session ends.
+    drop(a);
+    assert_eq!(other.publish().await.payload, Bytes::from("handoff"));
+    b.stop().await;
+}

@@ -11,14 +11,18 @@
 //! 1. tollgate frames the packet itself: packet type and fixed-header flags are
 //!    checked on the very first byte, the remaining length (≤ 4 bytes) and the size
 //!    limit as soon as the header is complete, before the body has arrived.
-//! 2. tollgate validates the body structurally ([`reader`]): every length against
+//! 2. tollgate validates the body structurally (`codec/reader.rs`): every length against
 //!    the bytes left, packet identifiers ≠ 0, property sections (allowed identifiers
 //!    per packet, no duplicates, values in range, strings valid), subscription
 //!    options, trailing bytes, topic names and filters.
 //! 3. Only then is the frame handed to mqttbytes to build the packet structs, inside
 //!    `catch_unwind`, so a decoder panic becomes [`CodecError::DecoderPanic`].
-//!    CONNECT is parsed entirely by tollgate (mqttbytes checks neither the reserved
-//!    flag nor binary passwords), only its property sections go through mqttbytes.
+//!    Two exceptions: CONNECT is parsed by tollgate (mqttbytes checks neither the
+//!    reserved flag nor binary passwords), and PUBLISH, the hot path, is assembled
+//!    by tollgate from the validated frame without allocating (mqttbytes' v3.1.1
+//!    reader allocates the topic); property sections of both still go through
+//!    mqttbytes, and `fuzz_logic` asserts that every PUBLISH tollgate accepts is
+//!    read identically by mqttbytes' `Packet::read`.
 //!
 //! # rumqttc 0.25.1 behaviours relied on or worked around (each has a unit test)
 //! - `Packet::read` (v5) refuses `DISCONNECT` with remaining length 0 and `Disconnect::read`
@@ -35,8 +39,22 @@
 //!   subscription option bits, trailing bytes in acks and property sections whose
 //!   length disagrees with their content, and `max_size` compares the *remaining*
 //!   length only: all of these are checked here instead.
-//! - `AUTH` encoding miscomputes its length: tollgate never sends or accepts AUTH
-//!   (no enhanced authentication); a client AUTH is a protocol error.
+//! - `AUTH` encoding miscomputes its length and the v5 `FixedHeader` does not even
+//!   know packet type 15: tollgate never sends or accepts AUTH (no enhanced
+//!   authentication); a client AUTH is a protocol error.
+//! - `Publish::read` (v5) and the property readers return `Bytes` slices of the
+//!   frame (no copy); topic bytes are not checked for UTF-8 or wildcards there.
+//!
+//! # Memory
+//! Decoded payloads, topics and will messages are slices of the connection's read
+//! buffer and keep that allocation alive. Anything stored for long (retained
+//! messages, offline queues) should be compacted with `Bytes::copy_from_slice` so a
+//! 10-byte retained message does not pin a whole read buffer.
+//!
+//! # Left to the connection task
+//! Topic alias range (including alias 0) and resolution, an empty v5 topic without
+//! alias, Receive Maximum, a v5 DISCONNECT session expiry that was 0 at CONNECT,
+//! payload format validation (0x99 is optional), authorization.
 //!
 //! # MQTT 3.1 (`MQIsdp`, level 3)
 //! Refused: [`CodecError::UnsupportedProtocol`] with 3.1.1 CONNACK return code 1.
@@ -399,6 +417,24 @@ pub fn decode_connect(
     match catch_unwind(AssertUnwindSafe(|| parse_connect(header, &frame))) {
         Ok(result) => result.map(Some),
         Err(_) => Err(CodecError::DecoderPanic { packet: "CONNECT" }),
+    }
+}
+
+/// The protocol version a (possibly incomplete) CONNECT at the start of `buf` asks
+/// for, once its first bytes are there; `None` if unknown or not `MQTT` level 4/5.
+/// Call it before [`decode_connect`] (which consumes the frame) to know whether a
+/// refused CONNECT may be answered with a v5 CONNACK carrying
+/// [`CodecError::reason_code`] (MQTT 5 §4.13.1) or, for 3.1.1, only with
+/// [`CodecError::connack_v311_code`].
+pub fn peek_connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    let header = parse_header(buf).ok().flatten()?;
+    if header.byte1 != 0x10 {
+        return None;
+    }
+    match buf.get(header.len..header.len + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', 4] => Some(ProtocolVersion::V311),
+        [0, 4, b'M', b'Q', b'T', b'T', 5] => Some(ProtocolVersion::V5),
+        _ => None,
     }
 }
 
@@ -771,32 +807,42 @@ impl Codec {
         match header.packet_type() {
             3 => {
                 let qos = (header.byte1 >> 1) & 0x03;
+                let topic_start = r.position() + 2;
                 let raw_topic = r.raw("topic name")?;
                 check_publish_topic(raw_topic, v5)?;
-                if qos > 0 {
+                let topic = frame.slice(topic_start..topic_start + raw_topic.len());
+                let pkid = if qos > 0 {
                     let pkid = r.u16("packet identifier")?;
                     if pkid == 0 {
                         return Err(r.malformed("packet identifier 0 on a QoS 1/2 PUBLISH"));
                     }
-                }
-                if v5 {
-                    reader::scan(&mut r, Section::Publish)?;
-                    let publish =
-                        delegate_v5(name, || v5::Publish::read(header.v5(), frame.clone()))?;
-                    Ok(v5::Packet::Publish(publish))
+                    pkid
                 } else {
-                    let p =
-                        delegate_v4(name, || m4::v4::Publish::read(header.v4(), frame.clone()))?;
-                    Ok(v5::Packet::Publish(v5::Publish {
-                        dup: p.dup,
-                        qos: qos_from_v4(p.qos),
-                        retain: p.retain,
-                        topic: Bytes::from(p.topic.into_bytes()),
-                        pkid: p.pkid,
-                        payload: p.payload,
-                        properties: None,
-                    }))
+                    0
+                };
+                let mut properties = None;
+                if v5 {
+                    let start = r.position();
+                    reader::scan(&mut r, Section::Publish)?;
+                    // An empty section is the one byte 0; anything else goes to mqttbytes.
+                    if r.position() - start > 1 {
+                        let mut section = r.since(start);
+                        properties =
+                            delegate_v5(name, || v5::PublishProperties::read(&mut section))?;
+                        expect_consumed(name, &section)?;
+                    }
                 }
+                // Assembled here from the validated frame (zero-copy, no allocation);
+                // `fuzz_logic` checks it equals mqttbytes' `Publish::read` on every input.
+                Ok(v5::Packet::Publish(v5::Publish {
+                    dup: header.byte1 & 0x08 != 0,
+                    qos: qos_from_bits(qos),
+                    retain: header.byte1 & 0x01 != 0,
+                    topic,
+                    pkid,
+                    payload: r.rest(),
+                    properties,
+                }))
             }
             4..=7 => self.decode_ack(header, frame.clone(), r),
             8 => {
@@ -990,6 +1036,24 @@ impl Codec {
     }
 }
 
+/// Byte classes for the PUBLISH topic fast path: 0 printable ASCII, 1 needs the
+/// full UTF-8/code point check, 2 wildcard.
+const TOPIC_BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = if i < 0x20 || i >= 0x7f {
+            1
+        } else if i == b'+' as usize || i == b'#' as usize {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
+
 /// Topic name of an incoming PUBLISH: UTF-8, no NUL/control characters, no
 /// wildcards; empty only in v5 (topic alias).
 fn check_publish_topic(raw: &[u8], v5: bool) -> Result<(), CodecError> {
@@ -997,15 +1061,25 @@ fn check_publish_topic(raw: &[u8], v5: bool) -> Result<(), CodecError> {
         packet: "PUBLISH",
         source,
     };
-    let topic = topic::topic_from_bytes(raw).map_err(err)?;
-    if topic.is_empty() {
+    if raw.is_empty() {
         return if v5 {
             Ok(())
         } else {
             Err(err(TopicError::Empty))
         };
     }
-    topic::validate_topic_name(topic).map_err(err)
+    // One pass over printable ASCII, the common case.
+    let class = raw
+        .iter()
+        .fold(0u8, |acc, &b| acc | TOPIC_BYTE_CLASS[usize::from(b)]);
+    if class == 0 {
+        return Ok(());
+    }
+    let topic = topic::topic_from_bytes(raw).map_err(err)?;
+    if raw.iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(err(TopicError::WildcardInName(topic.to_owned())));
+    }
+    Ok(())
 }
 
 /// One SUBSCRIBE filter and its options byte.
@@ -1064,19 +1138,40 @@ fn check_outgoing_publish(
     p: &v5::Publish,
     version: ProtocolVersion,
 ) -> Result<(), CodecError> {
+    let fail = |reason: &str| Err(encode_error(packet, version, reason));
     if p.qos != QoS::AtMostOnce && p.pkid == 0 {
-        return Err(encode_error(
-            packet,
-            version,
-            "packet identifier 0 on a QoS 1/2 PUBLISH",
-        ));
+        return fail("packet identifier 0 on a QoS 1/2 PUBLISH");
     }
     if p.topic.len() > topic::MAX_TOPIC_LEN {
-        return Err(encode_error(
-            packet,
-            version,
-            "topic longer than 65535 bytes",
-        ));
+        return fail("topic longer than 65535 bytes");
+    }
+    // mqttbytes truncates longer length prefixes silently, corrupting the stream;
+    // in-process publishers can build such properties, network ones cannot.
+    if let (ProtocolVersion::V5, Some(props)) = (version, &p.properties) {
+        let too_long = |s: &[u8]| s.len() > usize::from(u16::MAX);
+        let strings_too_long = props
+            .response_topic
+            .as_deref()
+            .is_some_and(|s| too_long(s.as_bytes()))
+            || props
+                .content_type
+                .as_deref()
+                .is_some_and(|s| too_long(s.as_bytes()))
+            || props.correlation_data.as_deref().is_some_and(too_long)
+            || props
+                .user_properties
+                .iter()
+                .any(|(k, v)| too_long(k.as_bytes()) || too_long(v.as_bytes()));
+        if strings_too_long {
+            return fail("a property string or binary value is longer than 65535 bytes");
+        }
+        if props
+            .subscription_identifiers
+            .iter()
+            .any(|&id| id == 0 || id > MAX_REMAINING_LENGTH)
+        {
+            return fail("subscription identifier outside 1..=268435455");
+        }
     }
     Ok(())
 }
@@ -1113,11 +1208,14 @@ fn encode_v5(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> 
                 }
                 other => other,
             };
-            if code == ack.code {
+            // Session Present must be 0 on a refusal (MQTT 5 §3.2.2.1.1).
+            let session_present = ack.session_present && code == v5::ConnectReturnCode::Success;
+            if code == ack.code && session_present == ack.session_present {
                 ack.write(buf).map_err(write_err)?;
             } else {
                 let mut ack = ack.clone();
                 ack.code = code;
+                ack.session_present = session_present;
                 ack.write(buf).map_err(write_err)?;
             }
         }
@@ -1209,10 +1307,12 @@ fn encode_v311(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError
                 .map_err(write_err)?;
         }
         v5::Packet::ConnAck(c) => {
+            let code = connack_code_v311(c.code);
             buf.put_u8(0x20);
             buf.put_u8(2);
-            buf.put_u8(u8::from(c.session_present));
-            buf.put_u8(connack_code_v311(c.code));
+            // Session Present must be 0 on a refusal (MQTT 3.1.1 §3.2.2.2).
+            buf.put_u8(u8::from(c.session_present && code == 0));
+            buf.put_u8(code);
         }
         v5::Packet::PingResp(_) => {
             buf.put_u8(0xd0);

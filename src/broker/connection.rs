@@ -90,27 +90,17 @@ fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
     })
 }
 
-/// Protocol level byte of a (possibly partial) CONNECT, if enough bytes are there.
-fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
-    let mut i = 1;
-    loop {
-        let b = *buf.get(i)?;
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i > 4 {
-            return None;
-        }
-    }
-    buf.get(i + 6).copied()
-}
+/// Initial read buffer; it grows for bursts and is given back once idle.
+const READ_BUFFER: usize = 1024;
+/// Buffers above this capacity are released when empty, so a burst does not pin memory.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// A client that accepts no bytes for this long is cut off (its socket buffer is full).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Write and flush `buf`; false when the connection is unusable (error or timeout),
-/// since a partial write would leave the byte stream misframed.
+/// Write and flush `buf`; false when the connection is unusable (error, timeout, or
+/// shutdown while the client is not reading), since a partial write would leave the
+/// byte stream misframed.
 async fn write_now<S: AsyncWrite + Unpin>(
     stream: &mut S,
     shared: &Shared,
@@ -120,7 +110,31 @@ async fn write_now<S: AsyncWrite + Unpin>(
         return true;
     }
     let len = buf.len();
-    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+    let write = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    });
+    let written = tokio::select! {
+        w = write => matches!(w, Ok(Ok(()))),
+        _ = shared.shutdown.cancelled() => false,
+    };
+    buf.clear();
+    if written {
+        shared
+            .stats
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+    written
+}
+
+/// Final write before closing (DISCONNECT): not interrupted by shutdown, short limit.
+async fn write_last<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, buf: &mut BytesMut) {
+    if buf.is_empty() {
+        return;
+    }
+    let len = buf.len();
+    let written = tokio::time::timeout(Duration::from_secs(2), async {
         stream.write_all(buf).await?;
         stream.flush().await
     })
@@ -131,9 +145,6 @@ async fn write_now<S: AsyncWrite + Unpin>(
             .stats
             .bytes_sent
             .fetch_add(len as u64, Ordering::Relaxed);
-        true
-    } else {
-        false
     }
 }
 
@@ -173,7 +184,7 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
         .encode(&v5::Packet::ConnAck(connack), &mut buf)
         .is_ok()
     {
-        write_now(stream, shared, &mut buf).await;
+        write_last(stream, shared, &mut buf).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
@@ -195,11 +206,12 @@ where
     let peer = info.peer;
     let settings = &shared.settings;
     let max_packet = settings.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Small to start: idle connections are the common case (memory per connection).
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
 
     // Phase 1: the CONNECT packet, before the deadline.
     let connect = loop {
-        let level = peek_protocol_level(&rbuf);
+        let level = wire::peek_connect_version(&rbuf);
         match wire::decode_connect(&mut rbuf, max_packet) {
             Ok(Some(c)) => break c,
             Ok(None) => {}
@@ -207,8 +219,8 @@ where
                 warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
-                    let _ = write_now(&mut stream, &shared, &mut buf).await;
-                } else if level == Some(5) {
+                    write_last(&mut stream, &shared, &mut buf).await;
+                } else if level == Some(ProtocolVersion::V5) {
                     refuse_connect(
                         &mut stream,
                         &shared,
@@ -248,6 +260,19 @@ where
     let v5mode = version == ProtocolVersion::V5;
     let props = connect.properties.clone().unwrap_or_default();
 
+    if props.authentication_method.is_some() {
+        warn!(%peer, "Connection refused: enhanced authentication is not supported.");
+        refuse_connect(
+            &mut stream,
+            &shared,
+            version,
+            0x8C,
+            "enhanced authentication (AUTH) is not supported",
+        )
+        .await;
+        return;
+    }
+
     // Client id: assigned when empty, which 3.1.1 allows only for clean sessions.
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
@@ -281,7 +306,11 @@ where
 
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
-    if v5mode && keep_alive > settings.max_keepalive {
+    // Keep alive 0 means "never", which is more than any maximum below 65535.
+    if v5mode
+        && (keep_alive > settings.max_keepalive
+            || (keep_alive == 0 && settings.max_keepalive < u16::MAX))
+    {
         keep_alive = settings.max_keepalive;
         server_keep_alive = Some(keep_alive);
     }
@@ -403,6 +432,7 @@ where
         durable: false,
         connack,
         queued: queued.clone(),
+        v5: v5mode,
     };
     if shared
         .router_tx
@@ -422,7 +452,7 @@ where
         problem_info: props.request_problem_info != Some(0),
         aliases: HashMap::new(),
         inbound_qos: HashSet::new(),
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
     };
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -441,12 +471,12 @@ where
             }
             batch = out_rx.recv() => {
                 let Some(batch) = batch else { break End::Server };
-                queued.fetch_sub(1, Ordering::Relaxed);
+                queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 let mut close = state.encode_batch(batch);
                 while !close {
                     match out_rx.try_recv() {
                         Ok(batch) => {
-                            queued.fetch_sub(1, Ordering::Relaxed);
+                            queued.fetch_sub(batch.len(), Ordering::Relaxed);
                             close = state.encode_batch(batch);
                         }
                         Err(_) => break,
@@ -480,6 +510,9 @@ where
                 {
                     break End::Server;
                 }
+                if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+                    rbuf = BytesMut::with_capacity(READ_BUFFER);
+                }
                 match outcome {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
@@ -504,13 +537,12 @@ where
             debug!(client_id = %state.identity.client_id, %peer, "Connection write failed or timed out.");
             break End::Abnormal;
         }
+        if state.wbuf.capacity() > SHRINK_ABOVE {
+            state.wbuf = BytesMut::new();
+        }
     };
     // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        write_now(&mut stream, &shared, &mut state.wbuf),
-    )
-    .await;
+    write_last(&mut stream, &shared, &mut state.wbuf).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let (send_will, session_expiry) = match end {
         End::Disconnect {

@@ -1,9 +1,16 @@
 //! In-process clients for adapters and the bridge: attach to the router with an
 //! `Identity`, publish, subscribe and receive with the same semantics and the same
-//! `Authorizer` checks as a network client, without a socket. A client marked
-//! `durable` holds back publishers' PUBACK/PUBREC (and in-process publish futures)
-//! until it has acknowledged each message, so "acknowledged" can mean "on disk".
-//! It must never bypass authorization.
+//! `Authorizer` checks as a network client, without a socket. It must never bypass
+//! authorization.
+//!
+//! Durable subscribers: a client marked `durable` holds back the publisher's PUBACK
+//! (QoS 1) or PUBREC (QoS 2, and with it the PUBCOMP) and in-process publish futures
+//! until it has acknowledged every matching QoS ≥ 1 delivery, so "acknowledged" can
+//! mean "stored on disk". If the durable subscriber loses the message first (its
+//! queue overflows, its session ends), v5 publishers get reason 0x97 (quota exceeded)
+//! and in-process publishes `BrokerError::Refused`; v3.1.1 has no negative ack and is
+//! acknowledged. The ack follows the publisher's session across reconnects. With no
+//! durable subscriber the cost is one flag test per delivery.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -147,6 +154,7 @@ pub(crate) async fn connect(
             properties: None,
         },
         queued: queued.clone(),
+        v5: true,
     };
     shared
         .router_tx
@@ -164,10 +172,12 @@ pub(crate) async fn connect(
         closed: false,
     };
     let first = rx.recv().await.ok_or(BrokerError::Closed)?;
-    client.queued.fetch_sub(1, Ordering::Relaxed);
     for item in first {
         match item {
-            Outgoing::Packet(v5::Packet::ConnAck(c)) => client.session_present = c.session_present,
+            Outgoing::Packet(v5::Packet::ConnAck(c)) => {
+                client.queued.fetch_sub(1, Ordering::Relaxed);
+                client.session_present = c.session_present;
+            }
             other => client.buffered.push_back(other),
         }
     }
@@ -255,13 +265,23 @@ impl InternalClient {
         filter: &str,
         qos: QoS,
     ) -> Result<v5::SubscribeReasonCode, BrokerError> {
-        let f = v5::Filter {
+        self.subscribe_filter(v5::Filter {
             path: filter.to_string(),
             qos,
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
-        };
+        })
+        .await
+    }
+
+    /// Subscribe with every v5 option: No Local (e.g. so a bridge does not receive
+    /// what it republished itself), Retain As Published, retain handling.
+    pub async fn subscribe_filter(
+        &self,
+        f: v5::Filter,
+    ) -> Result<v5::SubscribeReasonCode, BrokerError> {
+        let filter = f.path.clone();
         let authorizer = self.shared.authorizer();
         let refused = match check_filter(&f, &self.identity, &*authorizer) {
             Ok(Ok(())) => None,
@@ -303,6 +323,8 @@ impl InternalClient {
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
             while let Some(item) = self.buffered.pop_front() {
+                // Undelivered items count against the slow-consumer guard until taken.
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 match item {
                     Outgoing::Packet(v5::Packet::Publish(p)) => {
                         let ack = (p.qos != QoS::AtMostOnce).then(|| DeliveryAck {
@@ -333,7 +355,6 @@ impl InternalClient {
             tokio::select! {
                 batch = self.rx.recv() => match batch {
                     Some(batch) => {
-                        self.queued.fetch_sub(1, Ordering::Relaxed);
                         self.buffered.extend(batch);
                     }
                     None => {
@@ -386,9 +407,12 @@ impl Drop for InternalClient {
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.router_tx.try_send(msg) {
             let tx = self.shared.router_tx.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
+                self.shared.tracker.spawn_on(
+                    async move {
+                        let _ = tx.send(msg).await;
+                    },
+                    &handle,
+                );
             }
         }
     }

@@ -2,10 +2,24 @@
 //! session table), one task per connection, and the in-process client API used by
 //! adapters and the bridge. It must never panic on client input and must hold
 //! nothing for clients or topics that are no longer live.
+//!
+//! Layout:
+//! - `codec`: panic-free MQTT 3.1.1/5 codec; 3.1.1 is mapped onto the v5 packet model.
+//! - `connection`: one task per socket: CONNECT + authentication within the connect
+//!   deadline, then batched decode → validate → authorize → one router message per
+//!   read, and one write + flush per batch of outgoing packets. Keepalive, inbound
+//!   topic aliases and inbound Receive Maximum live here.
+//! - `router`: the single owner of routing state (trie, retained store, sessions,
+//!   offline queues, inflight windows, wills, timers, durable hold-backs).
+//! - `trie`: subscription trie with shared-subscription groups, pruned on removal.
+//! - `retained`: retained messages in a topic tree, matched against filters.
+//! - `internal`: in-process clients (`Broker::connect_internal`).
+//! - `stats`: counters behind `Broker::stats()` and `$SYS/broker/...`.
 
 pub mod codec;
 mod connection;
 mod internal;
+mod retained;
 mod router;
 mod stats;
 mod trie;

@@ -26,9 +26,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::retained::RetainedStore;
 use super::stats::StatsCounters;
 use super::topics;
-use super::trie::{SessionKey, SubOptions, SubscriptionTrie};
+use super::trie::{SessionKey, SharedRef, SubOptions, SubscriptionTrie};
 use super::wire::{v5, QoS};
 use super::{BrokerError, BrokerSettings, Shared};
 use crate::acl::{Access, Authorizer};
@@ -100,8 +101,10 @@ pub(crate) struct ConnectRequest {
     pub durable: bool,
     /// Prepared CONNACK; the router fills in `session_present`.
     pub connack: v5::ConnAck,
-    /// Batches sent to the connection and not yet written (slow-consumer guard).
+    /// Packets sent to the connection and not yet written (slow-consumer guard).
     pub queued: Arc<AtomicUsize>,
+    /// MQTT v5 client (in-process clients count as v5).
+    pub v5: bool,
 }
 
 /// Reply channel of an in-process publish.
@@ -159,6 +162,9 @@ struct Queued {
     retain: bool,
     sub_ids: Vec<usize>,
     hold: Option<u64>,
+    /// Delivered only through this shared subscription: handed to another member
+    /// if this session ends before acknowledging it.
+    share: Option<Arc<SharedRef>>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -180,6 +186,10 @@ struct Link {
     max_packet_size: Option<u32>,
     out: Vec<Outgoing>,
     queued: Arc<AtomicUsize>,
+    /// MQTT v5 connection (negative acknowledgements possible).
+    v5: bool,
+    /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
+    slow_dropped: u64,
 }
 
 struct Session {
@@ -195,6 +205,9 @@ struct Session {
     pending_bytes: usize,
     next_pkid: u16,
     incoming_qos2: HashSet<u16>,
+    /// Inbound QoS 1/2 packet ids whose acknowledgement a durable subscriber holds
+    /// (pkid → hold id): a resend of one is neither routed again nor acked early.
+    held: HashMap<u16, u64>,
     generation: u64,
     durable: bool,
     dropped_burst: u64,
@@ -202,9 +215,10 @@ struct Session {
 
 /// Who is waiting for a durable subscriber's acknowledgement.
 enum HoldTarget {
+    /// Acked on whatever connection the session has when the hold completes: the
+    /// packet id stays reserved in the session until then (MQTT 4.3.2/4.3.3).
     Network {
         key: SessionKey,
-        conn: ConnId,
         pkid: u16,
         qos: QoS,
     },
@@ -214,6 +228,8 @@ enum HoldTarget {
 struct Hold {
     remaining: usize,
     target: HoldTarget,
+    /// A durable subscriber lost the message before storing it.
+    lost: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -229,7 +245,8 @@ struct Ctx {
     authorizer: Arc<dyn Authorizer>,
     holds: HashMap<u64, Hold>,
     next_hold: u64,
-    completed: Vec<HoldTarget>,
+    /// Hold targets to acknowledge; `true` = the message was lost (refuse it).
+    completed: Vec<(HoldTarget, bool)>,
     dirty: Vec<SessionKey>,
     now: Instant,
 }
@@ -238,7 +255,7 @@ pub(crate) struct Router {
     ctx: Ctx,
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
-    retained: HashMap<String, Arc<Message>>,
+    retained: RetainedStore,
     sessions: HashMap<SessionKey, Session>,
     by_client: HashMap<String, SessionKey>,
     by_conn: HashMap<ConnId, SessionKey>,
@@ -257,20 +274,28 @@ fn stats(ctx: &Ctx) -> &StatsCounters {
 }
 
 impl Ctx {
-    fn release_hold(&mut self, hold: Option<u64>) {
+    fn release_hold(&mut self, hold: Option<u64>, lost: bool) {
         let Some(id) = hold else { return };
         if let Some(h) = self.holds.get_mut(&id) {
             h.remaining = h.remaining.saturating_sub(1);
+            h.lost |= lost;
             if h.remaining == 0 {
                 if let Some(h) = self.holds.remove(&id) {
-                    self.completed.push(h.target);
+                    self.completed.push((h.target, h.lost));
                 }
             }
         }
     }
 
+    /// Done with a delivery (acknowledged, expired, or QoS 0).
     fn discard(&mut self, queued: Queued) {
-        self.release_hold(queued.hold);
+        self.release_hold(queued.hold, false);
+    }
+
+    /// A delivery dropped before the subscriber had it (overflow, session end, too
+    /// large): a durable hold on it completes as a failure (v5 0x97 to the publisher).
+    fn lose(&mut self, queued: Queued) {
+        self.release_hold(queued.hold, true);
     }
 
     fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
@@ -345,7 +370,7 @@ fn try_send(
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
             debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
-            ctx.discard(q);
+            ctx.lose(q);
             return Ok(());
         }
     }
@@ -374,12 +399,12 @@ fn enqueue(ctx: &mut Ctx, session: &mut Session, q: Queued) {
         }
         session.pending_bytes -= front.msg.weight();
         if let Some(old) = session.pending.pop_front() {
-            ctx.discard(old);
+            ctx.lose(old);
         }
         dropped += 1;
     }
     if max_messages == 0 || weight > max_bytes {
-        ctx.discard(q);
+        ctx.lose(q);
         dropped += 1;
     } else {
         session.pending_bytes += weight;
@@ -406,14 +431,24 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
         return;
     }
     if q.qos == QoS::AtMostOnce {
-        if let Some(link) = &session.link {
+        if let Some(link) = session.link.as_mut() {
+            // Packets handed to the connection and not yet written.
+            let backlog = link.queued.load(Ordering::Relaxed) + link.out.len();
             let limit = settings(ctx).max_offline_messages.max(1000);
-            if link.queued.load(Ordering::Relaxed) > limit {
+            if backlog > limit {
+                if link.slow_dropped == 0 {
+                    warn!(client_id = %session.client_id, backlog, limit, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
+                }
+                link.slow_dropped += 1;
                 stats(ctx)
                     .dropped_slow_consumer
                     .fetch_add(1, Ordering::Relaxed);
                 ctx.discard(q);
                 return;
+            }
+            if link.slow_dropped > 0 {
+                warn!(client_id = %session.client_id, dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
+                link.slow_dropped = 0;
             }
         }
     }
@@ -450,10 +485,6 @@ fn split_shared(path: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn has_wildcard(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 fn max_qos(a: QoS, b: QoS) -> QoS {
     if (b as u8) > (a as u8) {
         b
@@ -485,7 +516,7 @@ impl Router {
             },
             rx,
             trie: SubscriptionTrie::default(),
-            retained: HashMap::new(),
+            retained: RetainedStore::default(),
             sessions: HashMap::new(),
             by_client: HashMap::new(),
             by_conn: HashMap::new(),
@@ -546,7 +577,7 @@ impl Router {
                     return;
                 };
                 for item in items {
-                    self.inbound(key, conn, item);
+                    self.inbound(key, item);
                 }
             }
             RouterMsg::Closed {
@@ -581,6 +612,7 @@ impl Router {
                         }),
                     })));
                     old.out.push(Outgoing::Close);
+                    old.queued.fetch_add(old.out.len(), Ordering::Relaxed);
                     let _ = old.tx.send(std::mem::take(&mut old.out));
                     // The old connection ended abnormally: its will goes out now unless
                     // it has a delay and the session continues (then it is cancelled).
@@ -621,6 +653,7 @@ impl Router {
                         pending_bytes: 0,
                         next_pkid: 1,
                         incoming_qos2: HashSet::new(),
+                        held: HashMap::new(),
                         generation: 0,
                         durable: false,
                         dropped_burst: 0,
@@ -652,6 +685,8 @@ impl Router {
             max_packet_size: req.max_packet_size,
             out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
             queued: req.queued,
+            v5: req.v5,
+            slow_dropped: 0,
         };
         self.ctx.dirty.push(key);
         // Re-send what the client never acknowledged, with DUP set.
@@ -716,6 +751,21 @@ impl Router {
             self.timers
                 .push(Reverse((at, key, generation, TimerKind::Expiry)));
         }
+        self.prune_timers();
+    }
+
+    /// Drop timers made stale by reconnects so the heap stays proportional to the
+    /// offline sessions (a client reconnecting all week must not grow it).
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 2 * self.sessions.len() + 1024 {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.timers.retain(|Reverse((_, key, generation, _))| {
+            sessions
+                .get(key)
+                .is_some_and(|s| s.generation == *generation && s.link.is_none())
+        });
     }
 
     fn end_session(&mut self, key: SessionKey) {
@@ -733,11 +783,23 @@ impl Router {
             self.trie.remove(filter, group, key);
         }
         self.subscription_count -= session.subscriptions.len();
+        let mut orphans = Vec::new();
         for f in session.inflight.drain(..) {
-            self.ctx.discard(f.queued);
+            if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
+                orphans.push(f.queued);
+            } else {
+                self.ctx.lose(f.queued);
+            }
         }
         for q in session.pending.drain(..) {
-            self.ctx.discard(q);
+            if q.share.is_some() {
+                orphans.push(q);
+            } else {
+                self.ctx.lose(q);
+            }
+        }
+        for q in orphans {
+            self.redeliver_shared(q);
         }
         if session.link.is_none() {
             if let Some(will) = session.will.take() {
@@ -745,6 +807,38 @@ impl Router {
             }
         }
         debug!(client_id = %session.client_id, "Session ended.");
+    }
+
+    /// Hand an unacknowledged shared-subscription message of an ended session to
+    /// another member of the group (MQTT v5 4.8.2), keeping its durable hold.
+    fn redeliver_shared(&mut self, q: Queued) {
+        let Some(share) = q.share.clone() else {
+            self.ctx.lose(q);
+            return;
+        };
+        let picked = {
+            let sessions = &self.sessions;
+            self.trie.pick_shared(&share, &|k| {
+                sessions.get(&k).is_some_and(|s| s.link.is_some())
+            })
+        };
+        let Some((key, options)) = picked else {
+            self.ctx.lose(q);
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            self.ctx.lose(q);
+            return;
+        };
+        let moved = Queued {
+            qos: min_qos(q.msg.qos, options.qos),
+            retain: false,
+            sub_ids: options.id.into_iter().collect(),
+            hold: q.hold,
+            share: Some(share),
+            msg: q.msg,
+        };
+        deliver(&mut self.ctx, key, session, moved);
     }
 
     fn fire_timers(&mut self) {
@@ -780,16 +874,23 @@ impl Router {
             return;
         }
         debug!(client_id = %identity.client_id, %topic, "Publishing will message.");
-        self.route(Arc::new(will.message), None);
+        let mut message = will.message;
+        // The will's Message Expiry Interval counts from when it is published.
+        message.expires_at = message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|s| self.ctx.now + std::time::Duration::from_secs(u64::from(s)));
+        self.route(Arc::new(message), None);
     }
 
-    fn inbound(&mut self, key: SessionKey, conn: ConnId, item: Inbound) {
+    fn inbound(&mut self, key: SessionKey, item: Inbound) {
         match item {
             Inbound::Publish {
                 publish,
                 expires_at,
                 reply,
-            } => self.inbound_publish(key, conn, publish, expires_at, reply),
+            } => self.inbound_publish(key, publish, expires_at, reply),
             Inbound::PubAck(pkid) => self.ack(key, pkid, InflightState::AwaitAck),
             Inbound::PubRec { pkid, failed } => {
                 if failed {
@@ -881,7 +982,7 @@ impl Router {
     fn inbound_publish(
         &mut self,
         key: SessionKey,
-        conn: ConnId,
+
         publish: v5::Publish,
         expires_at: Option<Instant>,
         reply: Option<PublishReply>,
@@ -891,6 +992,18 @@ impl Router {
             .fetch_add(1, Ordering::Relaxed);
         let qos = publish.qos;
         let pkid = publish.pkid;
+        if qos != QoS::AtMostOnce && reply.is_none() {
+            let Some(session) = self.sessions.get_mut(&key) else {
+                return;
+            };
+            if let Some(id) = session.held.get(&pkid) {
+                if self.ctx.holds.contains_key(id) {
+                    // A resend of a message still held for a durable subscriber.
+                    return;
+                }
+                session.held.remove(&pkid);
+            }
+        }
         if qos == QoS::ExactlyOnce && reply.is_none() {
             let Some(session) = self.sessions.get_mut(&key) else {
                 return;
@@ -919,25 +1032,27 @@ impl Router {
             }
             (QoS::AtMostOnce, None) => None,
             (_, Some(reply)) => Some(HoldTarget::Internal(reply)),
-            (qos, None) => Some(HoldTarget::Network {
-                key,
-                conn,
-                pkid,
-                qos,
-            }),
+            (qos, None) => Some(HoldTarget::Network { key, pkid, qos }),
         };
-        self.route(message, target);
+        if let Some(hold) = self.route(message, target) {
+            if qos != QoS::AtMostOnce {
+                if let Some(session) = self.sessions.get_mut(&key) {
+                    session.held.insert(pkid, hold);
+                }
+            }
+        }
     }
 
     /// Deliver `msg` to every matching session (and update the retained store).
-    fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) {
+    /// Returns the hold id when a durable subscriber now holds the acknowledgement.
+    fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) -> Option<u64> {
         let topic_owner = msg.clone();
         let topic = topic_owner.topic_str();
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retained.remove(topic);
             } else {
-                self.retained.insert(topic.to_string(), msg.clone());
+                self.retained.insert(topic, msg.clone());
             }
         }
         let mut matches = std::mem::take(&mut self.scratch);
@@ -958,12 +1073,16 @@ impl Router {
                 let mut granted: Option<QoS> = None;
                 let mut sub_ids = Vec::new();
                 let mut rap = false;
+                let mut contributing = 0;
+                let mut share = None;
                 while i < matches.len() && matches[i].0 == key {
                     let o = &matches[i].1;
                     i += 1;
                     if o.no_local && msg.publisher == Some(key) {
                         continue;
                     }
+                    contributing += 1;
+                    share = o.share.clone();
                     granted = Some(granted.map_or(o.qos, |g| max_qos(g, o.qos)));
                     if let Some(id) = o.id {
                         if !sub_ids.contains(&id) {
@@ -997,6 +1116,7 @@ impl Router {
                                 Hold {
                                     remaining: 0,
                                     target: t,
+                                    lost: false,
                                 },
                             );
                             hold_id = Some(id);
@@ -1015,45 +1135,66 @@ impl Router {
                     retain: rap && msg.retain,
                     sub_ids,
                     hold,
+                    share: if contributing == 1 { share } else { None },
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
         }
         self.scratch = matches;
         if let Some(t) = target {
-            self.ctx.completed.push(t);
+            self.ctx.completed.push((t, false));
         }
+        hold_id.filter(|id| self.ctx.holds.contains_key(id))
     }
 
     fn complete_targets(&mut self) {
-        while let Some(target) = self.ctx.completed.pop() {
+        while let Some((target, lost)) = self.ctx.completed.pop() {
             match target {
                 HoldTarget::Internal(reply) => {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(if lost {
+                        Err(BrokerError::Refused(LOST_REASON.into()))
+                    } else {
+                        Ok(())
+                    });
                 }
-                HoldTarget::Network {
-                    key,
-                    conn,
-                    pkid,
-                    qos,
-                } => {
+                HoldTarget::Network { key, pkid, qos } => {
                     let Some(session) = self.sessions.get_mut(&key) else {
                         continue;
                     };
+                    session.held.remove(&pkid);
                     let Some(link) = session.link.as_mut() else {
+                        // Offline: the client resends on reconnect and is acked then.
                         continue;
                     };
-                    if link.conn != conn {
-                        continue;
-                    }
-                    let packet = if qos == QoS::ExactlyOnce {
-                        pubrec(pkid)
-                    } else {
-                        v5::Packet::PubAck(v5::PubAck {
+                    // v3.1.1 has no negative acknowledgement: it is acked either way.
+                    let refuse = lost && link.v5;
+                    let properties = refuse.then(|| LOST_REASON.to_string());
+                    let packet = match (qos, refuse) {
+                        (QoS::ExactlyOnce, false) => pubrec(pkid),
+                        (QoS::ExactlyOnce, true) => {
+                            // The flow ends here; no PUBREL will come for this id.
+                            session.incoming_qos2.remove(&pkid);
+                            v5::Packet::PubRec(v5::PubRec {
+                                pkid,
+                                reason: v5::PubRecReason::QuotaExceeded,
+                                properties: properties.map(|r| v5::PubRecProperties {
+                                    reason_string: Some(r),
+                                    user_properties: vec![],
+                                }),
+                            })
+                        }
+                        (_, refuse) => v5::Packet::PubAck(v5::PubAck {
                             pkid,
-                            reason: v5::PubAckReason::Success,
-                            properties: None,
-                        })
+                            reason: if refuse {
+                                v5::PubAckReason::QuotaExceeded
+                            } else {
+                                v5::PubAckReason::Success
+                            },
+                            properties: properties.map(|r| v5::PubAckProperties {
+                                reason_string: Some(r),
+                                user_properties: vec![],
+                            }),
+                        }),
                     };
                     self.ctx.push_out(key, link, packet);
                 }
@@ -1085,6 +1226,12 @@ impl Router {
                 no_local: filter.nolocal,
                 retain_as_published: filter.preserve_retain,
                 id,
+                share: group.map(|g| {
+                    Arc::new(SharedRef {
+                        group: g.into(),
+                        filter: plain.into(),
+                    })
+                }),
             };
             let is_new = self.trie.insert(plain, group, key, options.clone());
             if session
@@ -1124,16 +1271,7 @@ impl Router {
         }
         for (filter, options) in send_retained {
             let mut found: Vec<Arc<Message>> = Vec::new();
-            if has_wildcard(&filter) {
-                found.extend(
-                    self.retained
-                        .iter()
-                        .filter(|(t, _)| topics::matches(&filter, t))
-                        .map(|(_, m)| m.clone()),
-                );
-            } else if let Some(m) = self.retained.get(&filter) {
-                found.push(m.clone());
-            }
+            self.retained.matching(&filter, &mut found);
             for msg in found {
                 let topic = msg.topic_str();
                 if msg.expires_at.is_some_and(|e| e <= self.ctx.now) {
@@ -1154,6 +1292,7 @@ impl Router {
                     retain: true,
                     sub_ids: options.id.into_iter().collect(),
                     hold: None,
+                    share: None,
                     msg,
                 };
                 deliver(&mut self.ctx, key, session, q);
@@ -1215,7 +1354,7 @@ impl Router {
                 continue;
             }
             let out = std::mem::take(&mut link.out);
-            link.queued.fetch_add(1, Ordering::Relaxed);
+            link.queued.fetch_add(out.len(), Ordering::Relaxed);
             let _ = link.tx.send(out);
         }
     }
@@ -1291,6 +1430,10 @@ impl Router {
         self.complete_targets();
     }
 }
+
+/// Why a held publication is refused (v5 0x97) or an in-process publish fails.
+const LOST_REASON: &str =
+    "quota exceeded (0x97): a durable subscriber lost the message before storing it";
 
 fn pubrec(pkid: u16) -> v5::Packet {
     v5::Packet::PubRec(v5::PubRec {

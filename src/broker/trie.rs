@@ -4,6 +4,7 @@
 //! memory follows live subscriptions only.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::wire::QoS;
 
@@ -21,6 +22,16 @@ pub(crate) struct SubOptions {
     pub retain_as_published: bool,
     /// v5 Subscription Identifier sent along with matching messages.
     pub id: Option<usize>,
+    /// Set for shared subscriptions: the group and filter, so a message can be handed
+    /// to another member when this one's session ends unacknowledged.
+    pub share: Option<Arc<SharedRef>>,
+}
+
+/// Names one shared subscription group on one filter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SharedRef {
+    pub group: Box<str>,
+    pub filter: Box<str>,
 }
 
 /// Members of one shared subscription group on one filter, served round robin.
@@ -129,6 +140,19 @@ impl SubscriptionTrie {
         removed
     }
 
+    /// Choose a member of one shared group (round robin, online first).
+    pub fn pick_shared(
+        &mut self,
+        share: &SharedRef,
+        online: &dyn Fn(SessionKey) -> bool,
+    ) -> Option<(SessionKey, SubOptions)> {
+        let mut node = &mut self.root;
+        for level in share.filter.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        node.shared.get_mut(&*share.group)?.pick(online)
+    }
+
     /// Collect every subscription matching `topic` (one entry per plain subscription,
     /// one chosen member per shared group). Leading wildcards never match `$` topics.
     pub fn matches(
@@ -137,8 +161,13 @@ impl SubscriptionTrie {
         out: &mut Vec<(SessionKey, SubOptions)>,
         online: &dyn Fn(SessionKey) -> bool,
     ) {
-        let levels: Vec<&str> = topic.split('/').collect();
-        walk(&mut self.root, &levels, topic.starts_with('$'), out, online);
+        walk(
+            &mut self.root,
+            Some(topic),
+            topic.starts_with('$'),
+            out,
+            online,
+        );
     }
 }
 
@@ -179,9 +208,11 @@ fn remove_rec(
     removed
 }
 
+/// `rest` is the remaining topic (`None` once every level is consumed); walking
+/// it with `split_once` avoids allocating a level list per routed message.
 fn walk(
     node: &mut Node,
-    levels: &[&str],
+    rest: Option<&str>,
     dollar_root: bool,
     out: &mut Vec<(SessionKey, SubOptions)>,
     online: &dyn Fn(SessionKey) -> bool,
@@ -191,17 +222,21 @@ fn walk(
             hash.emit(out, online);
         }
     }
-    let Some((first, rest)) = levels.split_first() else {
+    let Some(rest) = rest else {
         node.emit(out, online);
         return;
     };
+    let (first, next) = match rest.split_once('/') {
+        Some((first, next)) => (first, Some(next)),
+        None => (rest, None),
+    };
     if !dollar_root {
         if let Some(plus) = node.children.get_mut("+") {
-            walk(plus, rest, false, out, online);
+            walk(plus, next, false, out, online);
         }
     }
-    if let Some(child) = node.children.get_mut(*first) {
-        walk(child, rest, false, out, online);
+    if let Some(child) = node.children.get_mut(first) {
+        walk(child, next, false, out, online);
     }
 }
 
@@ -215,6 +250,7 @@ mod tests {
             no_local: false,
             retain_as_published: false,
             id: None,
+            share: None,
         }
     }
 
@@ -274,5 +310,55 @@ mod tests {
             t.matches("s", &mut out, &|k| k == 2);
         }
         assert!(out.iter().all(|(k, _)| *k == 2));
+    }
+
+    use proptest::prelude::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "", "$x", "c"]).prop_map(str::to_string)
+    }
+
+    fn filter_level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "", "$x", "+"]).prop_map(str::to_string)
+    }
+
+    proptest! {
+        #[test]
+        fn trie_agrees_with_topic_matches_and_prunes_to_nothing(
+            filters in prop::collection::vec(
+                (prop::collection::vec(filter_level(), 1..4), any::<bool>()),
+                1..12,
+            ),
+            topics in prop::collection::vec(prop::collection::vec(level(), 1..5), 1..12),
+        ) {
+            let filters: Vec<String> = filters
+                .into_iter()
+                .map(|(levels, hash)| {
+                    let mut f = levels.join("/");
+                    if hash {
+                        f.push_str("/#");
+                    }
+                    f
+                })
+                .collect();
+            let mut t = SubscriptionTrie::default();
+            for (i, f) in filters.iter().enumerate() {
+                t.insert(f, None, i as SessionKey, opts());
+            }
+            for topic in topics.iter().map(|l| l.join("/")) {
+                let mut expected: Vec<SessionKey> = filters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| crate::topic::matches(f, &topic))
+                    .map(|(i, _)| i as SessionKey)
+                    .collect();
+                expected.sort();
+                prop_assert_eq!(keys(&mut t, &topic), expected, "topic {:?}", topic);
+            }
+            for (i, f) in filters.iter().enumerate() {
+                t.remove(f, None, i as SessionKey);
+            }
+            prop_assert_eq!(t.node_count(), 0);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! This module owns the MQTT topic rules (MQTT 3.1.1 §4.7, MQTT 5 §4.7 and §4.8.2)
 //! and nothing else: it never allocates on the matching path, never panics on any
 //! input, and never decides authorization (that is `acl`'s job, built on
-//! [`filter_covers`] and [`matches`]).
+//! [`filter_covers`] and [`matches()`]).
 //!
 //! Strings are checked like Mosquitto does: valid UTF-8, no U+0000, and none of the
 //! code points MQTT 5 §1.5.4 says SHOULD NOT appear (C0/C1 control characters and
@@ -161,8 +161,9 @@ pub(crate) fn check_code_points(s: &str) -> Result<(), TopicError> {
 /// Whether `filter` matches the topic name `topic` under MQTT rules: `+` matches
 /// exactly one level (possibly empty), `#` matches the parent level and any number
 /// of levels below it, and a filter starting with a wildcard never matches a topic
-/// starting with `$` (MQTT 4.7.2). `$share/` filters must be unwrapped with
-/// [`parse_shared`] first; they are treated literally here.
+/// starting with `$` (MQTT 4.7.2). `filter` must be valid ([`validate_topic_filter`],
+/// done at SUBSCRIBE); `$share/` filters must be unwrapped with [`parse_shared`]
+/// first, they are treated literally here. Allocation-free.
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -202,12 +203,14 @@ pub fn filter_covers(outer: &str, inner: &str) -> bool {
         if first && matches!(o, Some("+") | Some("#")) && i.is_some_and(|i| i.starts_with('$')) {
             return false;
         }
-        first = false;
+        let at_start = std::mem::replace(&mut first, false);
         match (o, i) {
             (Some("#"), _) => return true,
             (Some("+"), Some(i)) => {
                 if i == "#" {
-                    return false;
+                    // A whole topic has at least one level, so a leading `+/#` is `#`;
+                    // deeper down `a/#` also matches `a`, which `a/+/#` does not.
+                    return at_start && outer_levels.next() == Some("#");
                 }
             }
             (Some(o), Some(i)) => {
@@ -457,6 +460,9 @@ mod tests {
             ("a/+", "a/#", false),
             ("a/#", "a/+", true),
             ("+/+", "a/#", false),
+            ("+/#", "#", true),
+            ("+/#", "+", true),
+            ("+/+/#", "#", false),
             ("+/#", "a/#", true),
             ("a/+/#", "a/#", false),
             ("a/b/+", "a/b/#", false),

@@ -6,6 +6,7 @@
 //! never allocate more than a small multiple of the input.
 
 use bytes::BytesMut;
+use rumqttc::mqttbytes as m4;
 
 use super::{decode_connect, encode_connect, v5, Codec, ProtocolVersion};
 use crate::topic;
@@ -58,6 +59,7 @@ fn packets(version: ProtocolVersion, data: &[u8]) {
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();
+        let snapshot = (buf.first().map(|b| b >> 4) == Some(3)).then(|| buf.clone());
         match codec.decode(&mut buf) {
             Ok(None) => {
                 assert_eq!(buf.len(), before, "Ok(None) must not consume bytes");
@@ -65,6 +67,10 @@ fn packets(version: ProtocolVersion, data: &[u8]) {
             }
             Ok(Some(packet)) => {
                 assert!(buf.len() < before, "a decoded packet must consume bytes");
+                if let (Some(mut frame), v5::Packet::Publish(publish)) = (snapshot, &packet) {
+                    frame.truncate(before - buf.len());
+                    same_as_mqttbytes(version, frame, publish);
+                }
                 roundtrip(&codec, &packet);
             }
             Err(e) => {
@@ -73,6 +79,46 @@ fn packets(version: ProtocolVersion, data: &[u8]) {
             }
         }
     }
+}
+
+/// tollgate assembles PUBLISH itself; mqttbytes must read the same frame the same way.
+fn same_as_mqttbytes(version: ProtocolVersion, mut frame: BytesMut, ours: &v5::Publish) {
+    match version {
+        ProtocolVersion::V5 => {
+            let theirs =
+                v5::Packet::read(&mut frame, None).expect("mqttbytes reads a PUBLISH we accept");
+            assert_eq!(
+                theirs,
+                v5::Packet::Publish(ours.clone()),
+                "PUBLISH differs from mqttbytes"
+            );
+        }
+        ProtocolVersion::V311 => {
+            let theirs = match m4::v4::Packet::read(&mut frame, FUZZ_MAX_PACKET) {
+                Ok(m4::v4::Packet::Publish(p)) => p,
+                other => panic!("mqttbytes reads a PUBLISH we accept as {other:?}"),
+            };
+            assert_eq!(
+                theirs.topic.as_bytes(),
+                &ours.topic[..],
+                "topic differs from mqttbytes"
+            );
+            assert_eq!(
+                theirs.payload, ours.payload,
+                "payload differs from mqttbytes"
+            );
+            assert_eq!(
+                (theirs.dup, theirs.qos as u8, theirs.retain, theirs.pkid),
+                (ours.dup, ours.qos as u8, ours.retain, ours.pkid),
+                "flags or packet id differ from mqttbytes"
+            );
+            assert_eq!(ours.properties, None);
+        }
+    }
+    assert!(
+        frame.is_empty(),
+        "mqttbytes and tollgate disagree on the frame length"
+    );
 }
 
 /// Client packets the broker decodes must survive encode → decode unchanged.

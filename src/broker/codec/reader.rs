@@ -137,6 +137,13 @@ impl<'a> Reader<'a> {
         self.data.slice(start..self.pos)
     }
 
+    /// Everything left, zero-copy (the position moves to the end).
+    pub(super) fn rest(&mut self) -> Bytes {
+        let b = self.data.slice(self.pos..self.end);
+        self.pos = self.end;
+        b
+    }
+
     /// Fails if anything is left after the last field of a packet.
     pub(super) fn finish(&self) -> Result<(), CodecError> {
         match self.remaining() {
@@ -243,7 +250,7 @@ pub(super) struct Scanned {
 pub(super) fn scan(r: &mut Reader<'_>, which: Section) -> Result<Scanned, CodecError> {
     let section = which.name();
     let allowed = which.allowed();
-    let len = r.varint(&format!("{section} length"))?;
+    let len = r.varint("property length")?;
     if len > r.remaining() {
         return Err(r.malformed(format!(
             "{section} length {len} exceeds the {} bytes left in the packet",
