@@ -835,7 +835,7 @@ impl Bench {
             };
             let t = self.target(b.ports.tls_rsa, true);
             let wrong = Login {
-                user: setup::BENCH_USER.into(),
+                user: setup::PROBE_USER.into(),
                 pass: "definitely-wrong".into(),
             };
             let verdict = match conn::open(&t, "bench-wrong-pw", 60, Some(&wrong)).await {
@@ -1031,9 +1031,6 @@ async fn run() -> anyhow::Result<()> {
         notes,
     };
 
-    if args.auth {
-        bench.auth_sanity().await;
-    }
     if !bench.skip("memory") {
         bench.memory().await;
     }
@@ -1079,6 +1076,9 @@ async fn run() -> anyhow::Result<()> {
     }
     if args.auth && !bench.skip("storm") {
         bench.storm().await;
+    }
+    if args.auth {
+        bench.auth_sanity().await;
     }
     for c in bench.cols.iter_mut() {
         if let Ok(b) = &mut c.broker {
