@@ -105,6 +105,10 @@ struct Args {
     /// Skip sections: memory, connect, throughput, latency, storm.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Give tollgate only the fixed-schema keys (its default session queue and
+    /// inflight bounds) instead of bounds raised like Mosquitto's.
+    #[arg(long)]
+    tollgate_defaults: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -969,7 +973,13 @@ async fn run() -> anyhow::Result<()> {
                 let p = dir.join(format!("{label}.toml"));
                 setup::write(
                     &p,
-                    &setup::tollgate_conf(&data, &pki, ports, auth.as_ref(), true),
+                    &setup::tollgate_conf(
+                        &data,
+                        &pki,
+                        ports,
+                        auth.as_ref(),
+                        !args.tollgate_defaults,
+                    ),
                 )?;
                 let minimal = dir.join(format!("{label}-fixed-keys.toml"));
                 setup::write(
