@@ -272,3 +272,30 @@ pub async fn batch(
         streams,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_packet_is_mqtt_311_with_clean_session() {
+        let p = connect_packet("ab", 300, None);
+        assert_eq!(
+            p,
+            [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x01, 0x2C, 0, 2, b'a', b'b']
+        );
+    }
+
+    #[test]
+    fn connect_packet_carries_credentials_and_long_lengths() {
+        let login = Login {
+            user: "u".into(),
+            pass: "p".repeat(200),
+        };
+        let p = connect_packet("c", 60, Some(&login));
+        // remaining length 10 + 3 + 3 + 202 = 218 -> two varint bytes.
+        assert_eq!(&p[..3], &[0x10, 218 - 128 + 0x80, 1]);
+        assert_eq!(p[3 + 7], 0x02 | 0x80 | 0x40);
+        assert_eq!(p.len(), 3 + 218);
+    }
+}

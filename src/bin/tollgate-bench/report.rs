@@ -217,3 +217,45 @@ pub fn json(rows: &[Row], a_name: &str, b_name: &str, meta: Value) -> Value {
         .collect();
     json!({ "meta": meta, "columns": [a_name, b_name], "rows": rows })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(a: Measured, b: Measured, target: Target) -> Row {
+        Row {
+            metric: "m".into(),
+            unit: "msg/s",
+            decimals: 0,
+            a,
+            b,
+            target,
+        }
+    }
+
+    #[test]
+    fn values_get_thousands_separators() {
+        assert_eq!(fmt_value(1234567.0, 0), "1,234,567");
+        assert_eq!(fmt_value(999.0, 0), "999");
+        assert_eq!(fmt_value(1234.5, 1), "1,234.5");
+    }
+
+    #[test]
+    fn ratio_target_is_missed_when_a_column_lost_messages() {
+        let clean = row(cell(300.0), cell(100.0), Target::RatioAtLeast(2.0));
+        assert!(clean.target_text().ends_with("met"));
+        let lossy = row(
+            cell_note(300.0, "LOSS 5"),
+            cell(100.0),
+            Target::RatioAtLeast(2.0),
+        );
+        assert!(lossy.target_text().ends_with("MISSED"));
+    }
+
+    #[test]
+    fn missing_figures_are_listed_with_their_reason() {
+        let rows = vec![row(Err("did not start".into()), cell(1.0), Target::None)];
+        let t = table(&rows, "tollgate", "mosquitto");
+        assert!(t.contains("n/a tollgate: did not start"), "{t}");
+    }
+}

@@ -344,3 +344,86 @@ pub fn tollgate_conf(
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn fixture(name: &str) -> (PathBuf, Pki, AuthFiles) {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-bench-test-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("invariant: temp dir writable in tests");
+        let file = |n: &str| {
+            let p = dir.join(n);
+            fs::write(&p, "placeholder\n").expect("invariant: temp dir writable in tests");
+            p
+        };
+        let pki = Pki {
+            ca: file("ca.crt"),
+            rsa: CertSet {
+                cert: file("rsa.crt"),
+                key: file("rsa.key"),
+            },
+            ec: CertSet {
+                cert: file("ec.crt"),
+                key: file("ec.key"),
+            },
+        };
+        let auth = AuthFiles {
+            passwd: file("passwd"),
+            acl: file("acl"),
+        };
+        (dir, pki, auth)
+    }
+
+    fn ports() -> Ports {
+        Ports {
+            plain: 18831,
+            tls_rsa: 18832,
+            tls_ec: 18833,
+        }
+    }
+
+    #[test]
+    fn generated_tollgate_config_passes_tollgate_validation() {
+        let (dir, pki, auth) = fixture("conf");
+        for (auth, queues) in [(None, true), (Some(&auth), true), (None, false)] {
+            let path = dir.join("tollgate.toml");
+            write(&path, &tollgate_conf(&dir, &pki, ports(), auth, queues))
+                .expect("invariant: temp dir writable in tests");
+            let loaded = tollgate::config::load_with_env(
+                &tollgate::config::ConfigSource::File(path.clone()),
+                &HashMap::new(),
+            );
+            if let Err(e) = loaded {
+                panic!(
+                    "tollgate refused the bench config (auth {}, queues {queues}): {:?}",
+                    auth.is_some(),
+                    e.problems()
+                );
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mosquitto_config_loses_nothing_and_shares_files() {
+        let (dir, pki, auth) = fixture("mosq");
+        let c = mosquitto_conf(&pki, ports(), Some(&auth));
+        for line in [
+            "max_inflight_messages 0",
+            "max_queued_messages 0",
+            "max_queued_bytes 0",
+            "persistence false",
+            "allow_anonymous false",
+            "listener 18832 127.0.0.1",
+        ] {
+            assert!(c.contains(line), "missing `{line}` in:\n{c}");
+        }
+        assert!(c.contains(&format!("password_file {}", auth.passwd.display())));
+        assert!(c.contains(&format!("certfile {}", pki.rsa.cert.display())));
+        assert_eq!(c.matches("max_connections -1").count(), 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
