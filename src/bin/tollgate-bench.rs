@@ -1170,6 +1170,15 @@ async fn run() -> anyhow::Result<()> {
         println!(
             "  * RSS per idle connection = (VmRSS with N idle TLS clients - VmRSS before) / N."
         );
+        if a_flavor == Flavor::Tollgate {
+            if args.tollgate_defaults {
+                println!("  * --tollgate-defaults: tollgate runs with its default session queue and inflight bounds,");
+                println!("    Mosquitto with max_queued_messages 0 / max_inflight_messages 0 (not equivalent).");
+            } else {
+                println!("  * Queues: Mosquitto max_queued_messages 0, max_queued_bytes 0, max_inflight_messages 0;");
+                println!("    tollgate max_offline_messages 10000000, max_offline_bytes 4 GiB, max_inflight 65535.");
+            }
+        }
         if args.auth {
             println!("  * --auth: both brokers read the same mosquitto_passwd ($7$) file and acl file ({} filler rules", args.acl_rules);
             println!("    ahead of the grant). Power cut: {} devices connect, all sockets drop, all reconnect with", args.devices);
