@@ -5,8 +5,8 @@
 #     on_chroot: the right .deb is picked for ARCH, a missing .deb fails, files land with the
 #     intended modes and the chroot commands install the package and enable both units;
 #  3. if TOLLGATE_BIN (default target/debug/tollgate) has a `check` subcommand, the appliance
-#     config and ACL are validated with `tollgate check` against a throw-away PKI (made by
-#     `tollgate pki` when the binary has it, else by openssl).
+#     config and ACL are validated with `tollgate check` against a throw-away PKI, made by the
+#     first-boot unit's own ExecStart= commands when the binary has `tollgate pki`, else by openssl.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,8 +52,28 @@ has_subcommand() { "$bin" "$1" --help 2>&1 | grep -q -- "$2"; }
 if [ -x "$bin" ] && has_subcommand check '--config'; then
     pki="$work/pki"
     if has_subcommand pki 'init'; then
-        "$bin" pki --dir "$pki" init >/dev/null
-        "$bin" pki --dir "$pki" server --dns gateway.local >/dev/null
+        # Run the first-boot unit's own ExecStart= lines, as systemd would (%H = host name),
+        # against a scratch /etc/tollgate.
+        etc="$work/etc"
+        mkdir -p "$etc"
+        user=$(id -un)
+        group=$(id -gn)
+        while IFS= read -r line; do
+            line=${line//%H/gateway}
+            line=${line//\/usr\/lib\/tollgate\/fix-permissions/env TOLLGATE_ETC=$etc TOLLGATE_USER=$user TOLLGATE_GROUP=$group sh $ROOT/systemd/fix-permissions.sh}
+            line=${line//\/usr\/bin\/tollgate/env -u TOLLGATE_BIN $bin}
+            line=${line//\/etc\/tollgate/$etc}
+            eval "set -- $line"
+            "$@" >/dev/null || fail "first-boot command failed: $line"
+        done < <(sed -n 's/^ExecStart=//p' "$ROOT/image/tollgate-firstboot.service")
+        for f in ca.crt ca.key server.crt server.key; do
+            [ -s "$etc/pki/$f" ] || fail "first boot did not create pki/$f"
+        done
+        [ "$(stat -c '%a %U' "$etc/pki/server.key")" = "600 $user" ] || fail "first boot: server.key must be 0600 and owned by the service user"
+        [ "$(stat -c %a "$etc/pki/server.crt")" = 640 ] || fail "first boot: server.crt must be group-readable"
+        [ "$(stat -c %a "$etc/pki/ca.key")" = 600 ] || fail "first boot left ca.key readable beyond root"
+        echo "ok: tollgate-firstboot.service commands create the PKI with the intended modes"
+        pki="$etc/pki"
     else
         # Binary without `tollgate pki` (e.g. before the branches are merged): same layout via openssl.
         mkdir -p "$pki"

@@ -6,7 +6,8 @@
 #   4. image: pi-gen stage dry run and appliance config check (check-image.sh);
 #   5. amd64 .deb: build, inspect, install/upgrade/remove/purge in a scratch root (check-deb.sh);
 #   6. aarch64: release build + stripped size (cross-build.sh), arm64 .deb inspected,
-#      and the documented test subset under qemu-aarch64 (cross-test.sh).
+#      and the documented test subset under qemu-aarch64 (cross-test.sh); armv7: cargo check
+#      (32-bit usize), or a full release build + armhf .deb with APPLIANCE_ARMV7=1.
 # Knobs: APPLIANCE_SKIP_CROSS=1 skips step 6; APPLIANCE_ARMV7=1 also builds armv7 + armhf .deb;
 #        APPLIANCE_RELEASE_DEB=1 packages a native release build in step 5 instead of the
 #        (stripped) debug binary the test suite already built, which saves an LTO build.
@@ -40,7 +41,7 @@ want unshare util-linux
 if [ "${APPLIANCE_SKIP_CROSS:-0}" != 1 ]; then
     want qemu-aarch64 qemu-user
     want aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    [ "${APPLIANCE_ARMV7:-0}" != 1 ] || want arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+    want arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf libc6-dev-armhf-cross   # ring compiles C even for cargo check
 fi
 install_packages() {
     if [ "$(id -u)" != 0 ]; then
@@ -99,6 +100,15 @@ if [ "${APPLIANCE_SKIP_CROSS:-0}" != 1 ]; then
     step "aarch64 tests under qemu" scripts/cross-test.sh aarch64-unknown-linux-gnu
     if [ "${APPLIANCE_ARMV7:-0}" = 1 ]; then
         step "armv7 release build + armhf deb" cross_target armv7-unknown-linux-gnueabihf armhf
+    else
+        # 32-bit: usize is 32 bits there (e.g. `1usize << 36` does not compile). Type-checking
+        # catches that for a fraction of a release build's time.
+        armv7_check() {
+            rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf \
+                || rustup target add armv7-unknown-linux-gnueabihf
+            cargo check --locked --target armv7-unknown-linux-gnueabihf --lib --bins
+        }
+        step "armv7 cargo check (32-bit)" armv7_check
     fi
 fi
 
