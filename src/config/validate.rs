@@ -175,7 +175,8 @@ fn broker(config: &Config, r: &mut Report<'_>) {
         "broker.max_offline_bytes",
         b.max_offline_bytes,
         1024,
-        1usize << 36,
+        // 64 GiB where usize allows it (64-bit); the whole address space on 32-bit.
+        usize::try_from(1u64 << 36).unwrap_or(usize::MAX),
         " bytes",
     );
     if b.max_offline_bytes < b.max_packet_size as usize {
