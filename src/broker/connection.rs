@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::router::{ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec};
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
-use super::{ConnectionInfo, Shared};
+use super::{ConnectionInfo, SessionCredentials, Shared};
 use crate::acl::Access;
 use crate::auth::{AuthError, AuthRequest, Identity};
 
@@ -34,6 +34,9 @@ enum End {
     Abnormal,
     /// Broker shutdown or session takeover.
     Server,
+    /// A revalidation check rejected the session's credentials: no will (the
+    /// client is no longer trusted).
+    Revoked,
 }
 
 /// A protocol violation: v5 clients get DISCONNECT with this reason code.
@@ -204,6 +207,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    // Subscribed before authentication so a reload that swaps the authenticator
+    // while this CONNECT is being checked is still applied to this session.
+    let mut revalidate = shared.revalidate.subscribe();
     let settings = &shared.settings;
     let max_packet = settings.max_packet_size as usize;
     // Small to start: idle connections are the common case (memory per connection).
@@ -417,6 +423,14 @@ where
         }),
     };
 
+    let credentials = SessionCredentials {
+        identity: identity.clone(),
+        listener: info.listener.name.clone(),
+        peer,
+        peer_certificates: info.peer_certificates.clone(),
+    };
+    let mut revalidate_open = true;
+
     let conn = shared.new_conn_id();
     let (tx, mut out_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -525,6 +539,21 @@ where
                     }
                 }
             }
+            changed = revalidate.changed(), if revalidate_open => {
+                if changed.is_err() {
+                    revalidate_open = false;
+                    continue;
+                }
+                let check = revalidate.borrow_and_update().clone();
+                if let Some(verdict) = check.and_then(|check| check(&credentials)) {
+                    warn!(target: "audit", listener = %info.listener.name, %peer, client_id = %credentials.identity.client_id, username = ?credentials.identity.username, via = ?credentials.identity.via, code = verdict.reason_code(), reason = %verdict.reason(), "Client disconnected: credentials no longer valid after reload.");
+                    if v5mode {
+                        let max = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
+                        wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), max, &mut state.wbuf);
+                    }
+                    break End::Revoked;
+                }
+            }
             _ = &mut sleep, if keepalive.is_some() => {
                 info!(client_id = %state.identity.client_id, %peer, keep_alive, "Client disconnected: keep alive timeout.");
                 if v5mode {
@@ -550,7 +579,7 @@ where
             session_expiry,
         } => (send_will, session_expiry),
         End::Abnormal => (true, None),
-        End::Server => (false, None),
+        End::Server | End::Revoked => (false, None),
     };
     let _ = shared
         .router_tx

@@ -154,6 +154,8 @@ pub(crate) enum RouterMsg {
         send_will: bool,
         session_expiry: Option<u32>,
     },
+    /// Health probe: answered as soon as the router gets to it.
+    Ping(oneshot::Sender<()>),
 }
 
 struct Queued {
@@ -585,6 +587,9 @@ impl Router {
                 send_will,
                 session_expiry,
             } => self.closed(conn, send_will, session_expiry),
+            RouterMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
         }
         self.complete_targets();
     }
