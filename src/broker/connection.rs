@@ -4,6 +4,13 @@
 //! router queued in one write and flush. It owns the per-connection protocol state
 //! (topic aliases, inbound Receive Maximum accounting, keepalive) and must never
 //! panic on client input or let one client's bad bytes affect another client.
+//!
+//! Inbound flow control: a v5 client exceeding the Receive Maximum it was told is
+//! disconnected (0x93); a v3.1.1 client, which was told nothing, is paused instead:
+//! with `receive_maximum` QoS 1/2 publications not yet answered by PUBACK/PUBREC,
+//! the next QoS 1/2 PUBLISH stays in the socket until an answer goes out (TCP
+//! back-pressure), and keep alive does not run out while the broker is the one
+//! waiting.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -466,6 +473,7 @@ where
         problem_info: props.request_problem_info != Some(0),
         aliases: HashMap::new(),
         inbound_qos: HashSet::new(),
+        awaiting_ack: HashSet::new(),
         wbuf: BytesMut::new(),
     };
 
@@ -475,6 +483,10 @@ where
     tokio::pin!(sleep);
 
     let end = loop {
+        // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
+        // until the router has acknowledged enough (back-pressure, not disconnection).
+        let stalled = state.inbound_full() && next_is_qos_publish(&rbuf);
+        let mut parse = false;
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
@@ -499,8 +511,15 @@ where
                 if close {
                     break End::Server;
                 }
+                if stalled && !state.inbound_full() {
+                    // The stall was ours: the client gets a full keep alive period again.
+                    if let Some(k) = keepalive {
+                        sleep.as_mut().reset(Instant::now() + k);
+                    }
+                    parse = true;
+                }
             }
-            read = stream.read_buf(&mut rbuf) => {
+            read = stream.read_buf(&mut rbuf), if !stalled => {
                 match read {
                     Ok(0) => {
                         debug!(client_id = %state.identity.client_id, %peer, "Connection closed by client without DISCONNECT.");
@@ -515,27 +534,7 @@ where
                         if let Some(k) = keepalive {
                             sleep.as_mut().reset(Instant::now() + k);
                         }
-                    }
-                }
-                let mut items = Vec::new();
-                let outcome = state.process(&mut rbuf, &mut items);
-                if !items.is_empty()
-                    && shared.router_tx.send(RouterMsg::Inbound { conn, items }).await.is_err()
-                {
-                    break End::Server;
-                }
-                if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-                    rbuf = BytesMut::with_capacity(READ_BUFFER);
-                }
-                match outcome {
-                    Ok(None) => {}
-                    Ok(Some(end)) => break end,
-                    Err(v) => {
-                        warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
-                        if v5mode {
-                            state.encode(&disconnect_packet(v.code, &v.reason));
-                        }
-                        break End::Abnormal;
+                        parse = true;
                     }
                 }
             }
@@ -554,12 +553,39 @@ where
                     break End::Revoked;
                 }
             }
-            _ = &mut sleep, if keepalive.is_some() => {
+            _ = &mut sleep, if keepalive.is_some() && !stalled => {
                 info!(client_id = %state.identity.client_id, %peer, keep_alive, "Client disconnected: keep alive timeout.");
                 if v5mode {
                     state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
                 }
                 break End::Abnormal;
+            }
+        }
+        if parse {
+            let mut items = Vec::new();
+            let outcome = state.process(&mut rbuf, &mut items);
+            if !items.is_empty()
+                && shared
+                    .router_tx
+                    .send(RouterMsg::Inbound { conn, items })
+                    .await
+                    .is_err()
+            {
+                break End::Server;
+            }
+            if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+                rbuf = BytesMut::with_capacity(READ_BUFFER);
+            }
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(end)) => break end,
+                Err(v) => {
+                    warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
+                    if v5mode {
+                        state.encode(&disconnect_packet(v.code, &v.reason));
+                    }
+                    break End::Abnormal;
+                }
             }
         }
         if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
@@ -604,12 +630,30 @@ struct ConnState {
     aliases: HashMap<u16, Bytes>,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
     inbound_qos: HashSet<u16>,
+    /// v3.1.1 only: QoS 1/2 packet ids not yet answered with PUBACK/PUBREC (the
+    /// back-pressure window; a QoS 2 id waiting for PUBREL must not stall reading,
+    /// or the PUBREL behind the next PUBLISH would never be read).
+    awaiting_ack: HashSet<u16>,
     wbuf: BytesMut,
+}
+
+/// Whether the next packet in `rbuf` is a QoS 1/2 PUBLISH (counts against the
+/// inbound Receive Maximum).
+fn next_is_qos_publish(rbuf: &[u8]) -> bool {
+    rbuf.first()
+        .is_some_and(|&b| b >> 4 == 3 && (b >> 1) & 0x03 != 0)
 }
 
 impl ConnState {
     fn v5(&self) -> bool {
         self.codec.version == ProtocolVersion::V5
+    }
+
+    /// A v3.1.1 client has as many QoS 1/2 publications unacknowledged as the broker
+    /// accepts (`receive_maximum`): the next one waits in the socket. v5 clients know
+    /// the limit and are disconnected (0x93) when they exceed it.
+    fn inbound_full(&self) -> bool {
+        !self.v5() && self.awaiting_ack.len() >= usize::from(self.shared.settings.receive_maximum)
     }
 
     fn encode(&mut self, packet: &v5::Packet) {
@@ -619,17 +663,19 @@ impl ConnState {
         match packet {
             v5::Packet::PubAck(a) => {
                 self.inbound_qos.remove(&a.pkid);
+                self.awaiting_ack.remove(&a.pkid);
             }
             v5::Packet::PubComp(c) => {
                 self.inbound_qos.remove(&c.pkid);
             }
-            v5::Packet::PubRec(r)
+            v5::Packet::PubRec(r) => {
+                self.awaiting_ack.remove(&r.pkid);
                 if !matches!(
                     r.reason,
                     v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
-                ) =>
-            {
-                self.inbound_qos.remove(&r.pkid);
+                ) {
+                    self.inbound_qos.remove(&r.pkid);
+                }
             }
             _ => {}
         }
@@ -665,6 +711,9 @@ impl ConnState {
     ) -> Result<Option<End>, Violation> {
         let authorizer = self.shared.authorizer();
         loop {
+            if self.inbound_full() && next_is_qos_publish(rbuf) {
+                return Ok(None);
+            }
             let packet = match self.codec.decode(rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
@@ -811,6 +860,9 @@ impl ConnState {
         }
         if p.qos != QoS::AtMostOnce {
             self.inbound_qos.insert(p.pkid);
+            if !self.v5() {
+                self.awaiting_ack.insert(p.pkid);
+            }
         }
         let expires_at = p
             .properties
