@@ -12,7 +12,6 @@
 //! back-pressure), and keep alive does not run out while the broker is the one
 //! waiting.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::fasthash::{IntMap, IntSet};
 use super::router::{ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec};
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
@@ -102,8 +102,11 @@ fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
 
 /// Initial read buffer; it grows for bursts and is given back once idle.
 const READ_BUFFER: usize = 1024;
-/// Buffers above this capacity are released when empty, so a burst does not pin memory.
+/// Write buffers above this capacity are released when empty, so a burst does not pin memory.
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// Largest single read; the read size adapts between `READ_BUFFER` and this, and an
+/// empty read buffer more than four times the current read size is released.
+const MAX_READ: usize = 32 * 1024;
 
 /// A client that accepts no bytes for this long is cut off (its socket buffer is full).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -471,9 +474,9 @@ where
         peer,
         session_expiry,
         problem_info: props.request_problem_info != Some(0),
-        aliases: HashMap::new(),
-        inbound_qos: HashSet::new(),
-        awaiting_ack: HashSet::new(),
+        aliases: IntMap::default(),
+        inbound_qos: IntSet::default(),
+        awaiting_ack: IntSet::default(),
         wbuf: BytesMut::new(),
     };
 
@@ -482,11 +485,20 @@ where
     let sleep = tokio::time::sleep(keepalive.unwrap_or(far));
     tokio::pin!(sleep);
 
+    let mut read_hint = READ_BUFFER;
+    // Capacity of the next router batch (like the last one).
+    let mut items_hint = 1;
     let end = loop {
         // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
         // until the router has acknowledged enough (back-pressure, not disconnection).
         let stalled = state.inbound_full() && next_is_qos_publish(&rbuf);
         let mut parse = false;
+        // Room for one read of `read_hint` bytes: a busy publisher's reads grow so one
+        // read (and one router message) carries many packets.
+        if rbuf.capacity() - rbuf.len() < read_hint / 2 {
+            rbuf.reserve(read_hint);
+        }
+        let spare = rbuf.capacity() - rbuf.len();
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
@@ -534,6 +546,11 @@ where
                         if let Some(k) = keepalive {
                             sleep.as_mut().reset(Instant::now() + k);
                         }
+                        if n >= spare {
+                            read_hint = (read_hint * 2).min(MAX_READ);
+                        } else if n < read_hint / 4 {
+                            read_hint = (read_hint / 2).max(READ_BUFFER);
+                        }
                         parse = true;
                     }
                 }
@@ -562,8 +579,9 @@ where
             }
         }
         if parse {
-            let mut items = Vec::new();
+            let mut items = Vec::with_capacity(items_hint);
             let outcome = state.process(&mut rbuf, &mut items);
+            items_hint = items.len().clamp(1, 256);
             if !items.is_empty()
                 && shared
                     .router_tx
@@ -573,8 +591,8 @@ where
             {
                 break End::Server;
             }
-            if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-                rbuf = BytesMut::with_capacity(READ_BUFFER);
+            if rbuf.is_empty() && rbuf.capacity() > 4 * read_hint {
+                rbuf = BytesMut::with_capacity(read_hint);
             }
             match outcome {
                 Ok(None) => {}
@@ -627,13 +645,13 @@ struct ConnState {
     /// v5 Request Problem Information: reason strings allowed on acks.
     problem_info: bool,
     /// Inbound topic aliases (v5).
-    aliases: HashMap<u16, Bytes>,
+    aliases: IntMap<u16, Bytes>,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
-    inbound_qos: HashSet<u16>,
+    inbound_qos: IntSet<u16>,
     /// v3.1.1 only: QoS 1/2 packet ids not yet answered with PUBACK/PUBREC (the
     /// back-pressure window; a QoS 2 id waiting for PUBREL must not stall reading,
     /// or the PUBREL behind the next PUBLISH would never be read).
-    awaiting_ack: HashSet<u16>,
+    awaiting_ack: IntSet<u16>,
     wbuf: BytesMut,
 }
 

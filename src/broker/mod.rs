@@ -14,6 +14,7 @@
 //! - `trie`: subscription trie with shared-subscription groups, pruned on removal.
 //! - `retained`: retained messages in a topic tree, matched against filters.
 //! - `internal`: in-process clients (`Broker::connect_internal`).
+//! - `fasthash`: cheap hasher for integer-keyed tables on the per-message path.
 //! - `stats`: counters behind `Broker::stats()` and `$SYS/broker/...`.
 //!
 //! Revalidation after a reload (`Broker::revalidate`): the caller hands over a check
@@ -31,6 +32,7 @@
 
 pub mod codec;
 mod connection;
+mod fasthash;
 mod internal;
 mod retained;
 mod router;

@@ -16,7 +16,7 @@
 //! once per burst. QoS 0 messages are never queued for offline sessions.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::fasthash::{IntMap, IntSet};
 use super::retained::RetainedStore;
 use super::stats::StatsCounters;
 use super::topics;
@@ -187,6 +188,8 @@ struct Link {
     receive_maximum: u16,
     max_packet_size: Option<u32>,
     out: Vec<Outgoing>,
+    /// Size of the last batch sent (capacity of the next one).
+    out_hint: usize,
     queued: Arc<AtomicUsize>,
     /// MQTT v5 connection (negative acknowledgements possible).
     v5: bool,
@@ -206,10 +209,12 @@ struct Session {
     pending: VecDeque<Queued>,
     pending_bytes: usize,
     next_pkid: u16,
-    incoming_qos2: HashSet<u16>,
+    /// Packet ids of `inflight` (kept in step with it).
+    pkids_in_use: IntSet<u16>,
+    incoming_qos2: IntSet<u16>,
     /// Inbound QoS 1/2 packet ids whose acknowledgement a durable subscriber holds
     /// (pkid → hold id): a resend of one is neither routed again nor acked early.
-    held: HashMap<u16, u64>,
+    held: IntMap<u16, u64>,
     generation: u64,
     durable: bool,
     dropped_burst: u64,
@@ -245,7 +250,7 @@ enum TimerKind {
 struct Ctx {
     shared: Arc<Shared>,
     authorizer: Arc<dyn Authorizer>,
-    holds: HashMap<u64, Hold>,
+    holds: IntMap<u64, Hold>,
     next_hold: u64,
     /// Hold targets to acknowledge; `true` = the message was lost (refuse it).
     completed: Vec<(HoldTarget, bool)>,
@@ -258,9 +263,9 @@ pub(crate) struct Router {
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
-    sessions: HashMap<SessionKey, Session>,
+    sessions: IntMap<SessionKey, Session>,
     by_client: HashMap<String, SessionKey>,
-    by_conn: HashMap<ConnId, SessionKey>,
+    by_conn: IntMap<ConnId, SessionKey>,
     next_key: SessionKey,
     subscription_count: usize,
     timers: BinaryHeap<Reverse<(Instant, SessionKey, u64, TimerKind)>>,
@@ -303,16 +308,21 @@ impl Ctx {
     fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
         if link.out.is_empty() {
             self.dirty.push(key);
+            // Sized like the last batch, so a busy link's batch does not regrow
+            // (and copy its large packets) from empty every time.
+            link.out.reserve(link.out_hint);
         }
         link.out.push(Outgoing::Packet(packet));
     }
 }
 
-fn next_pkid(next: &mut u16, inflight: &VecDeque<Inflight>) -> u16 {
+/// The next free packet id; `in_use` holds the ids of `inflight` (O(1) per id
+/// instead of a scan of the whole window per delivery).
+fn next_pkid(next: &mut u16, in_use: &IntSet<u16>) -> u16 {
     loop {
         let id = *next;
         *next = if *next == u16::MAX { 1 } else { *next + 1 };
-        if id != 0 && !inflight.iter().any(|f| f.pkid == id) {
+        if id != 0 && !in_use.contains(&id) {
             return id;
         }
     }
@@ -360,7 +370,7 @@ fn try_send(
     let pkid = if q.qos == QoS::AtMostOnce {
         0
     } else {
-        next_pkid(&mut session.next_pkid, &session.inflight)
+        next_pkid(&mut session.next_pkid, &session.pkids_in_use)
     };
     let Some(publish) = build_publish(&q, pkid, false, ctx.now) else {
         // Message expired while queued.
@@ -381,6 +391,7 @@ fn try_send(
     if q.qos == QoS::AtMostOnce {
         ctx.discard(q);
     } else {
+        session.pkids_in_use.insert(pkid);
         session.inflight.push_back(Inflight {
             pkid,
             queued: q,
@@ -510,7 +521,7 @@ impl Router {
             ctx: Ctx {
                 shared,
                 authorizer,
-                holds: HashMap::new(),
+                holds: IntMap::default(),
                 next_hold: 1,
                 completed: Vec::new(),
                 dirty: Vec::new(),
@@ -519,9 +530,9 @@ impl Router {
             rx,
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
-            sessions: HashMap::new(),
+            sessions: IntMap::default(),
             by_client: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_conn: IntMap::default(),
             next_key: 1,
             subscription_count: 0,
             timers: BinaryHeap::new(),
@@ -657,8 +668,9 @@ impl Router {
                         pending: VecDeque::new(),
                         pending_bytes: 0,
                         next_pkid: 1,
-                        incoming_qos2: HashSet::new(),
-                        held: HashMap::new(),
+                        pkids_in_use: IntSet::default(),
+                        incoming_qos2: IntSet::default(),
+                        held: IntMap::default(),
                         generation: 0,
                         durable: false,
                         dropped_burst: 0,
@@ -689,6 +701,7 @@ impl Router {
             receive_maximum: req.receive_maximum.clamp(1, 65_000),
             max_packet_size: req.max_packet_size,
             out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
+            out_hint: 4,
             queued: req.queued,
             v5: req.v5,
             slow_dropped: 0,
@@ -789,6 +802,7 @@ impl Router {
         }
         self.subscription_count -= session.subscriptions.len();
         let mut orphans = Vec::new();
+        session.pkids_in_use.clear();
         for f in session.inflight.drain(..) {
             if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
                 orphans.push(f.queued);
@@ -979,6 +993,7 @@ impl Router {
             return;
         };
         if let Some(f) = session.inflight.remove(pos) {
+            session.pkids_in_use.remove(&f.pkid);
             self.ctx.discard(f.queued);
         }
         refill(&mut self.ctx, key, session);
@@ -1359,6 +1374,7 @@ impl Router {
                 continue;
             }
             let out = std::mem::take(&mut link.out);
+            link.out_hint = out.len().min(MAX_BATCH_HINT);
             link.queued.fetch_add(out.len(), Ordering::Relaxed);
             let _ = link.tx.send(out);
         }
@@ -1435,6 +1451,9 @@ impl Router {
         self.complete_targets();
     }
 }
+
+/// Upper bound of the capacity reserved for a link's next outgoing batch.
+const MAX_BATCH_HINT: usize = 256;
 
 /// Why a held publication is refused (v5 0x97) or an in-process publish fails.
 const LOST_REASON: &str =
