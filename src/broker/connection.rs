@@ -655,6 +655,26 @@ struct ConnState {
     wbuf: BytesMut,
 }
 
+/// The topic name of an incoming PUBLISH (after alias resolution), validated.
+fn publish_topic(raw: &[u8]) -> Result<&str, Violation> {
+    // Printable ASCII without wildcards is valid as it is: one pass for the common case.
+    let plain = !raw.is_empty()
+        && raw.len() <= topics::MAX_TOPIC_LEN
+        && raw
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'+' && b != b'#');
+    if plain {
+        if let Ok(topic) = std::str::from_utf8(raw) {
+            return Ok(topic);
+        }
+    }
+    let topic = topics::topic_from_bytes(raw)
+        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+    topics::validate_topic_name(topic)
+        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+    Ok(topic)
+}
+
 /// Whether the next packet in `rbuf` is a QoS 1/2 PUBLISH (counts against the
 /// inbound Receive Maximum).
 fn next_is_qos_publish(rbuf: &[u8]) -> bool {
@@ -821,10 +841,7 @@ impl ConnState {
                 "zero-length topic name without topic alias",
             ));
         }
-        let topic = topics::topic_from_bytes(&p.topic)
-            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-        topics::validate_topic_name(topic)
-            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+        let topic = publish_topic(&p.topic)?;
         if let Some(pp) = p.properties.as_mut() {
             pp.subscription_identifiers.clear();
         }
