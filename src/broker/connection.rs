@@ -734,6 +734,11 @@ impl ConnState {
     fn encode_batch(&mut self, batch: Vec<Outgoing>) -> bool {
         for item in batch {
             match item {
+                Outgoing::Publish(p) => {
+                    let properties = self.v5();
+                    self.encode(&v5::Packet::Publish(p.to_publish(properties)))
+                }
+                Outgoing::Ack(a) => self.encode(&a.to_packet()),
                 Outgoing::Packet(p) => self.encode(&p),
                 Outgoing::Close => return true,
             }

@@ -39,15 +39,127 @@ use crate::auth::Identity;
 /// Identifies one network connection or in-process client attachment.
 pub(crate) type ConnId = u64;
 
-/// What the router sends to a connection task, in batches.
-// Packets are moved once into a batch Vec; boxing would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+/// What the router sends to a connection task, in batches. Kept small (the common
+/// items, PUBLISH and plain acknowledgements, are a few words; anything else is
+/// boxed), so batches move little memory and the PUBLISH is built on the
+/// connection's task, not the router's.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A packet to encode and write.
-    Packet(v5::Packet),
+    /// An application message to send.
+    Publish(OutPublish),
+    /// A successful acknowledgement without properties.
+    Ack(Ack),
+    /// Any other packet to encode and write.
+    Packet(Box<v5::Packet>),
     /// Write what came before, then close the connection.
     Close,
+}
+
+impl Outgoing {
+    /// Wrap a control packet, compacting plain successful acknowledgements.
+    pub(crate) fn packet(packet: v5::Packet) -> Outgoing {
+        match &packet {
+            v5::Packet::PubAck(a)
+                if a.properties.is_none() && a.reason == v5::PubAckReason::Success =>
+            {
+                Outgoing::Ack(Ack::Puback(a.pkid))
+            }
+            v5::Packet::PubRec(r)
+                if r.properties.is_none() && r.reason == v5::PubRecReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubrec(r.pkid))
+            }
+            v5::Packet::PubRel(r)
+                if r.properties.is_none() && r.reason == v5::PubRelReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubrel(r.pkid))
+            }
+            v5::Packet::PubComp(c)
+                if c.properties.is_none() && c.reason == v5::PubCompReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubcomp(c.pkid))
+            }
+            _ => Outgoing::Packet(Box::new(packet)),
+        }
+    }
+}
+
+/// A successful acknowledgement (reason 0x00, no properties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    Puback(u16),
+    Pubrec(u16),
+    Pubrel(u16),
+    Pubcomp(u16),
+}
+
+impl Ack {
+    pub(crate) fn to_packet(self) -> v5::Packet {
+        match self {
+            Ack::Puback(pkid) => v5::Packet::PubAck(v5::PubAck {
+                pkid,
+                reason: v5::PubAckReason::Success,
+                properties: None,
+            }),
+            Ack::Pubrec(pkid) => v5::Packet::PubRec(v5::PubRec {
+                pkid,
+                reason: v5::PubRecReason::Success,
+                properties: None,
+            }),
+            Ack::Pubrel(pkid) => v5::Packet::PubRel(v5::PubRel {
+                pkid,
+                reason: v5::PubRelReason::Success,
+                properties: None,
+            }),
+            Ack::Pubcomp(pkid) => v5::Packet::PubComp(v5::PubComp {
+                pkid,
+                reason: v5::PubCompReason::Success,
+                properties: None,
+            }),
+        }
+    }
+}
+
+/// One delivery of a routed message, turned into a PUBLISH by the receiver.
+#[derive(Debug)]
+pub(crate) struct OutPublish {
+    pub msg: Arc<Message>,
+    pub pkid: u16,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub sub_ids: Vec<usize>,
+    /// Remaining Message Expiry Interval in seconds, when the message has one.
+    pub expiry: Option<u32>,
+}
+
+impl OutPublish {
+    /// The PUBLISH packet; v5 properties only when `properties` (3.1.1 drops them).
+    pub(crate) fn to_publish(&self, properties: bool) -> v5::Publish {
+        let mut props = None;
+        if properties {
+            props = self.msg.properties.clone();
+            if let Some(secs) = self.expiry {
+                props
+                    .get_or_insert_with(Default::default)
+                    .message_expiry_interval = Some(secs);
+            }
+            if !self.sub_ids.is_empty() {
+                props
+                    .get_or_insert_with(Default::default)
+                    .subscription_identifiers = self.sub_ids.clone();
+            }
+        }
+        v5::Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.msg.topic.clone(),
+            pkid: self.pkid,
+            payload: self.msg.payload.clone(),
+            properties: props,
+        }
+    }
 }
 
 /// Router → connection channel; unbounded so the router never blocks, bounded in
@@ -306,13 +418,17 @@ impl Ctx {
     }
 
     fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
+        self.push_item(key, link, Outgoing::packet(packet));
+    }
+
+    fn push_item(&mut self, key: SessionKey, link: &mut Link, item: Outgoing) {
         if link.out.is_empty() {
             self.dirty.push(key);
             // Sized like the last batch, so a busy link's batch does not regrow
             // (and copy its large packets) from empty every time.
             link.out.reserve(link.out_hint);
         }
-        link.out.push(Outgoing::Packet(packet));
+        link.out.push(item);
     }
 }
 
@@ -328,29 +444,22 @@ fn next_pkid(next: &mut u16, in_use: &IntSet<u16>) -> u16 {
     }
 }
 
-fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<v5::Publish> {
-    let msg = &q.msg;
-    let mut properties = msg.properties.clone();
-    if let Some(expires_at) = msg.expires_at {
-        let left = expires_at.checked_duration_since(now)?;
-        let secs = left.as_secs().max(1).min(u32::MAX as u64) as u32;
-        properties
-            .get_or_insert_with(Default::default)
-            .message_expiry_interval = Some(secs);
-    }
-    if !q.sub_ids.is_empty() {
-        properties
-            .get_or_insert_with(Default::default)
-            .subscription_identifiers = q.sub_ids.clone();
-    }
-    Some(v5::Publish {
-        dup,
+fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<OutPublish> {
+    let expiry = match q.msg.expires_at {
+        None => None,
+        Some(expires_at) => {
+            let left = expires_at.checked_duration_since(now)?;
+            Some(left.as_secs().max(1).min(u32::MAX as u64) as u32)
+        }
+    };
+    Some(OutPublish {
+        msg: q.msg.clone(),
+        pkid,
         qos: q.qos,
         retain: q.retain,
-        topic: msg.topic.clone(),
-        pkid,
-        payload: msg.payload.clone(),
-        properties,
+        dup,
+        sub_ids: q.sub_ids.clone(),
+        expiry,
     })
 }
 
@@ -378,7 +487,7 @@ fn try_send(
         return Ok(());
     };
     if let Some(max) = link.max_packet_size {
-        let size = publish.size();
+        let size = publish.to_publish(link.v5).size();
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
             debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
@@ -387,7 +496,7 @@ fn try_send(
         }
     }
     stats(ctx).messages_sent.fetch_add(1, Ordering::Relaxed);
-    ctx.push_out(key, link, v5::Packet::Publish(publish));
+    ctx.push_item(key, link, Outgoing::Publish(publish));
     if q.qos == QoS::AtMostOnce {
         ctx.discard(q);
     } else {
@@ -615,7 +724,7 @@ impl Router {
                     self.by_conn.remove(&old.conn);
                     info!(%client_id, "Session taken over by a new connection.");
                     old.out
-                        .push(Outgoing::Packet(v5::Packet::Disconnect(v5::Disconnect {
+                        .push(Outgoing::packet(v5::Packet::Disconnect(v5::Disconnect {
                         reason_code: v5::DisconnectReasonCode::SessionTakenOver,
                         properties: Some(v5::DisconnectProperties {
                             session_expiry_interval: None,
@@ -700,7 +809,7 @@ impl Router {
             tx: req.tx,
             receive_maximum: req.receive_maximum.clamp(1, 65_000),
             max_packet_size: req.max_packet_size,
-            out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
+            out: vec![Outgoing::packet(v5::Packet::ConnAck(connack))],
             out_hint: 4,
             queued: req.queued,
             v5: req.v5,
@@ -709,20 +818,16 @@ impl Router {
         self.ctx.dirty.push(key);
         // Re-send what the client never acknowledged, with DUP set.
         for f in session.inflight.iter() {
-            let packet = match f.state {
+            let item = match f.state {
                 InflightState::AwaitAck => {
                     match build_publish(&f.queued, f.pkid, true, self.ctx.now) {
-                        Some(p) => v5::Packet::Publish(p),
+                        Some(p) => Outgoing::Publish(p),
                         None => continue,
                     }
                 }
-                InflightState::AwaitComp => v5::Packet::PubRel(v5::PubRel {
-                    pkid: f.pkid,
-                    reason: v5::PubRelReason::Success,
-                    properties: None,
-                }),
+                InflightState::AwaitComp => Outgoing::Ack(Ack::Pubrel(f.pkid)),
             };
-            link.out.push(Outgoing::Packet(packet));
+            link.out.push(item);
         }
         session.link = Some(link);
         self.by_conn.insert(req.conn, key);
