@@ -292,8 +292,10 @@ impl Broker {
             .await
     }
 
-    /// Replace the authenticator and authorizer (SIGHUP reload); existing sessions
-    /// are re-checked by the caller's policy.
+    /// Replace the authenticator and authorizer (SIGHUP reload). New CONNECTs and
+    /// every later ACL check (deliveries on existing subscriptions included) use the
+    /// new ones; to end live sessions whose credentials no longer hold, follow with
+    /// [`Broker::revalidate`].
     pub fn reload_auth(
         &self,
         authenticator: Arc<dyn Authenticator>,
