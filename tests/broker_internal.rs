@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
 use tollgate::acl::{Access, AclDecision, Authorizer};
 use tollgate::auth::{AnonymousOnly, Identity};
-use tollgate::broker::{BrokerError, InternalOptions};
+use tollgate::broker::{BrokerError, BrokerSettings, InternalOptions};
 
 #[tokio::test]
 async fn internal_client_exchanges_messages_with_network_clients() {
@@ -342,5 +342,63 @@ async fn internal_no_local_subscription_skips_own_publications() {
         .unwrap()
         .unwrap();
     assert_eq!(d.topic, "nl2/theirs");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v311_publisher_over_receive_maximum_is_paused_not_disconnected() {
+    let b = start_broker_with(BrokerSettings {
+        receive_maximum: 2,
+        ..test_settings()
+    })
+    .await;
+    let mut options = InternalOptions::new(Identity::internal("bridge:slow"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("bp/#", Q5::AtLeastOnce).await.unwrap();
+    let mut publisher = v4(b.addr, "burst").await;
+    for i in 0..5 {
+        publisher
+            .client
+            .publish(format!("bp/{i}"), QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    let mut acks = Vec::new();
+    for i in 0..2 {
+        let mut d = tokio::time::timeout(WAIT, durable.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.topic, format!("bp/{i}"));
+        acks.push(d.take_ack().unwrap());
+    }
+    // Two unacknowledged: the third stays in the socket.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), durable.recv())
+            .await
+            .is_err(),
+        "the broker must stop reading at the inbound window"
+    );
+    // Each ack frees one slot; the rest arrive in order and nobody is disconnected.
+    for a in acks {
+        a.ack().await.unwrap();
+    }
+    for i in 2..5 {
+        let d = tokio::time::timeout(WAIT, durable.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.topic, format!("bp/{i}"));
+        d.ack().await.unwrap();
+    }
+    let mut pubacks = 0;
+    while pubacks < 5 {
+        publisher
+            .wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+            .await;
+        pubacks += 1;
+    }
+    assert_eq!(b.broker.stats().clients_connected, 2);
     b.stop().await;
 }

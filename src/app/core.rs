@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
-use crate::auth::Identity;
-use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions};
+use crate::broker::{Broker, ConnectionInfo};
 
 use super::listener::ClientStream;
 
@@ -37,23 +36,17 @@ pub trait Core: Send + Sync + 'static {
     }
 }
 
-/// tollgate's broker core as the application's `Core`, with an in-process client used
-/// as a health probe (one UNSUBSCRIBE round trip through the router per probe).
+/// tollgate's broker core as the application's `Core`. The health probe is
+/// `Broker::ping`, a round trip through the router that creates no session (so it never
+/// shows up in `$SYS/broker/clients/connected`).
 pub struct BrokerCore {
     broker: Broker,
-    probe: Arc<tokio::sync::Mutex<Option<InternalClient>>>,
 }
-
-/// Client id of the health probe's in-process session.
-const HEALTH_PROBE_ID: &str = "tollgate:health";
 
 impl BrokerCore {
     /// Wrap a started broker.
     pub fn new(broker: Broker) -> Self {
-        BrokerCore {
-            broker,
-            probe: Arc::new(tokio::sync::Mutex::new(None)),
-        }
+        BrokerCore { broker }
     }
 }
 
@@ -69,12 +62,7 @@ impl Core for BrokerCore {
 
     fn drained(&self) -> BoxFuture<()> {
         let broker = self.broker.clone();
-        let probe = self.probe.clone();
-        Box::pin(async move {
-            // The probe session must not keep anything alive during shutdown.
-            drop(probe.lock().await.take());
-            broker.drained().await;
-        })
+        Box::pin(async move { broker.drained().await })
     }
 
     fn connect_internal(
@@ -92,30 +80,15 @@ impl Core for BrokerCore {
 
     fn health(&self) -> BoxFuture<Result<String, String>> {
         let broker = self.broker.clone();
-        let probe = self.probe.clone();
         Box::pin(async move {
-            let mut slot = probe.lock().await;
-            if slot.is_none() {
-                let options = InternalOptions::new(Identity::internal(HEALTH_PROBE_ID));
-                *slot = Some(
-                    broker
-                        .connect_internal(options)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            let client = slot
-                .as_ref()
-                .expect("invariant: probe connected just above");
-            if let Err(e) = client.unsubscribe("$SYS/tollgate/health-probe").await {
-                // Reconnect on the next probe.
-                *slot = None;
-                return Err(e.to_string());
-            }
+            let round_trip = broker.ping().await.map_err(|e| e.to_string())?;
             let stats = broker.stats();
             Ok(format!(
-                "{} MQTT clients, {} subscriptions, {} retained messages.",
-                stats.clients_connected, stats.subscriptions, stats.retained_messages
+                "{} MQTT clients, {} subscriptions, {} retained messages, router answered in {} µs.",
+                stats.clients_connected,
+                stats.subscriptions,
+                stats.retained_messages,
+                round_trip.as_micros()
             ))
         })
     }

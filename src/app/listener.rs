@@ -337,6 +337,7 @@ impl Connection {
             peer,
             listener: self.state.context.clone(),
             certificate_identity: None,
+            peer_certificates: None,
             connect_deadline: self.deadline,
         };
         let Some(tls) = &self.state.tls else {
@@ -368,7 +369,10 @@ impl Connection {
             Ok(Ok(stream)) => stream,
         };
         match tls::peer_identity(stream.get_ref().1, tls.identity) {
-            Ok(identity) => info.certificate_identity = identity,
+            Ok(identity) => {
+                info.certificate_identity = identity;
+                info.peer_certificates = tls::peer_chain(stream.get_ref().1).map(Arc::new);
+            }
             Err(e) => {
                 warn!(target: "audit", %listener, %peer, reason = %e, "Client certificate has no usable identity; closing.");
                 return;

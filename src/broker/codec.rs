@@ -623,6 +623,37 @@ pub fn encode_connect(connect: &ConnectPacket, buf: &mut BytesMut) -> Result<usi
     Ok(buf.len() - start)
 }
 
+/// Encode a server v5 DISCONNECT with any reason code the specification allows
+/// (rumqttc's `DisconnectReasonCode` lacks some, e.g. 0x8C Bad authentication method)
+/// and a reason string, cut at a character boundary to stay under `max_len` bytes in
+/// total (the client's Maximum Packet Size); returns the bytes written.
+pub fn encode_v5_disconnect(code: u8, reason: &str, max_len: usize, buf: &mut BytesMut) -> usize {
+    // Fixed header (≤ 3 bytes here) + code + property length (≤ 2) + id + string length.
+    let budget = max_len.saturating_sub(9).min(1024);
+    let mut end = reason.len().min(budget);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let start = buf.len();
+    let properties = if reason.is_empty() {
+        0
+    } else {
+        3 + reason.len()
+    };
+    let remaining = 1 + remaining_length_len(properties) + properties;
+    buf.put_u8(0xE0);
+    // Both lengths are below 2 KiB, far inside the variable-length range.
+    let _ = put_remaining_length(buf, remaining);
+    buf.put_u8(code);
+    let _ = put_remaining_length(buf, properties);
+    if !reason.is_empty() {
+        buf.put_u8(0x1F);
+        let _ = put_prefixed(buf, reason);
+    }
+    buf.len() - start
+}
+
 fn put_prefixed(buf: &mut BytesMut, data: &[u8]) -> Result<(), ()> {
     let len = u16::try_from(data.len()).map_err(|_| ())?;
     buf.put_u16(len);

@@ -4,8 +4,14 @@
 //! router queued in one write and flush. It owns the per-connection protocol state
 //! (topic aliases, inbound Receive Maximum accounting, keepalive) and must never
 //! panic on client input or let one client's bad bytes affect another client.
+//!
+//! Inbound flow control: a v5 client exceeding the Receive Maximum it was told is
+//! disconnected (0x93); a v3.1.1 client, which was told nothing, is paused instead:
+//! with `receive_maximum` QoS 1/2 publications not yet answered by PUBACK/PUBREC,
+//! the next QoS 1/2 PUBLISH stays in the socket until an answer goes out (TCP
+//! back-pressure), and keep alive does not run out while the broker is the one
+//! waiting.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +22,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::fasthash::{IntMap, IntSet};
 use super::router::{ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec};
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
-use super::{ConnectionInfo, Shared};
+use super::{ConnectionInfo, SessionCredentials, Shared};
 use crate::acl::Access;
 use crate::auth::{AuthError, AuthRequest, Identity};
 
@@ -34,6 +41,9 @@ enum End {
     Abnormal,
     /// Broker shutdown or session takeover.
     Server,
+    /// A revalidation check rejected the session's credentials: no will (the
+    /// client is no longer trusted).
+    Revoked,
 }
 
 /// A protocol violation: v5 clients get DISCONNECT with this reason code.
@@ -92,8 +102,11 @@ fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
 
 /// Initial read buffer; it grows for bursts and is given back once idle.
 const READ_BUFFER: usize = 1024;
-/// Buffers above this capacity are released when empty, so a burst does not pin memory.
+/// Write buffers above this capacity are released when empty, so a burst does not pin memory.
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// Largest single read; the read size adapts between `READ_BUFFER` and this, and an
+/// empty read buffer more than four times the current read size is released.
+const MAX_READ: usize = 32 * 1024;
 
 /// A client that accepts no bytes for this long is cut off (its socket buffer is full).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,6 +217,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    // Subscribed before authentication so a reload that swaps the authenticator
+    // while this CONNECT is being checked is still applied to this session.
+    let mut revalidate = shared.revalidate.subscribe();
     let settings = &shared.settings;
     let max_packet = settings.max_packet_size as usize;
     // Small to start: idle connections are the common case (memory per connection).
@@ -417,6 +433,14 @@ where
         }),
     };
 
+    let credentials = SessionCredentials {
+        identity: identity.clone(),
+        listener: info.listener.name.clone(),
+        peer,
+        peer_certificates: info.peer_certificates.clone(),
+    };
+    let mut revalidate_open = true;
+
     let conn = shared.new_conn_id();
     let (tx, mut out_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -450,8 +474,9 @@ where
         peer,
         session_expiry,
         problem_info: props.request_problem_info != Some(0),
-        aliases: HashMap::new(),
-        inbound_qos: HashSet::new(),
+        aliases: IntMap::default(),
+        inbound_qos: IntSet::default(),
+        awaiting_ack: IntSet::default(),
         wbuf: BytesMut::new(),
     };
 
@@ -460,7 +485,20 @@ where
     let sleep = tokio::time::sleep(keepalive.unwrap_or(far));
     tokio::pin!(sleep);
 
+    let mut read_hint = READ_BUFFER;
+    // Capacity of the next router batch (like the last one).
+    let mut items_hint = 1;
     let end = loop {
+        // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
+        // until the router has acknowledged enough (back-pressure, not disconnection).
+        let stalled = state.inbound_full() && next_is_qos_publish(&rbuf);
+        let mut parse = false;
+        // Room for one read of `read_hint` bytes: a busy publisher's reads grow so one
+        // read (and one router message) carries many packets.
+        if rbuf.capacity() - rbuf.len() < read_hint / 2 {
+            rbuf.reserve(read_hint);
+        }
+        let spare = rbuf.capacity() - rbuf.len();
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
@@ -485,8 +523,15 @@ where
                 if close {
                     break End::Server;
                 }
+                if stalled && !state.inbound_full() {
+                    // The stall was ours: the client gets a full keep alive period again.
+                    if let Some(k) = keepalive {
+                        sleep.as_mut().reset(Instant::now() + k);
+                    }
+                    parse = true;
+                }
             }
-            read = stream.read_buf(&mut rbuf) => {
+            read = stream.read_buf(&mut rbuf), if !stalled => {
                 match read {
                     Ok(0) => {
                         debug!(client_id = %state.identity.client_id, %peer, "Connection closed by client without DISCONNECT.");
@@ -501,36 +546,64 @@ where
                         if let Some(k) = keepalive {
                             sleep.as_mut().reset(Instant::now() + k);
                         }
-                    }
-                }
-                let mut items = Vec::new();
-                let outcome = state.process(&mut rbuf, &mut items);
-                if !items.is_empty()
-                    && shared.router_tx.send(RouterMsg::Inbound { conn, items }).await.is_err()
-                {
-                    break End::Server;
-                }
-                if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-                    rbuf = BytesMut::with_capacity(READ_BUFFER);
-                }
-                match outcome {
-                    Ok(None) => {}
-                    Ok(Some(end)) => break end,
-                    Err(v) => {
-                        warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
-                        if v5mode {
-                            state.encode(&disconnect_packet(v.code, &v.reason));
+                        if n >= spare {
+                            read_hint = (read_hint * 2).min(MAX_READ);
+                        } else if n < read_hint / 4 {
+                            read_hint = (read_hint / 2).max(READ_BUFFER);
                         }
-                        break End::Abnormal;
+                        parse = true;
                     }
                 }
             }
-            _ = &mut sleep, if keepalive.is_some() => {
+            changed = revalidate.changed(), if revalidate_open => {
+                if changed.is_err() {
+                    revalidate_open = false;
+                    continue;
+                }
+                let check = revalidate.borrow_and_update().clone();
+                if let Some(verdict) = check.and_then(|check| check(&credentials)) {
+                    warn!(target: "audit", listener = %info.listener.name, %peer, client_id = %credentials.identity.client_id, username = ?credentials.identity.username, via = ?credentials.identity.via, code = verdict.reason_code(), reason = %verdict.reason(), "Client disconnected: credentials no longer valid after reload.");
+                    if v5mode {
+                        let max = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
+                        wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), max, &mut state.wbuf);
+                    }
+                    break End::Revoked;
+                }
+            }
+            _ = &mut sleep, if keepalive.is_some() && !stalled => {
                 info!(client_id = %state.identity.client_id, %peer, keep_alive, "Client disconnected: keep alive timeout.");
                 if v5mode {
                     state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
                 }
                 break End::Abnormal;
+            }
+        }
+        if parse {
+            let mut items = Vec::with_capacity(items_hint);
+            let outcome = state.process(&mut rbuf, &mut items);
+            items_hint = items.len().clamp(1, 256);
+            if !items.is_empty()
+                && shared
+                    .router_tx
+                    .send(RouterMsg::Inbound { conn, items })
+                    .await
+                    .is_err()
+            {
+                break End::Server;
+            }
+            if rbuf.is_empty() && rbuf.capacity() > 4 * read_hint {
+                rbuf = BytesMut::with_capacity(read_hint);
+            }
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(end)) => break end,
+                Err(v) => {
+                    warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
+                    if v5mode {
+                        state.encode(&disconnect_packet(v.code, &v.reason));
+                    }
+                    break End::Abnormal;
+                }
             }
         }
         if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
@@ -550,7 +623,7 @@ where
             session_expiry,
         } => (send_will, session_expiry),
         End::Abnormal => (true, None),
-        End::Server => (false, None),
+        End::Server | End::Revoked => (false, None),
     };
     let _ = shared
         .router_tx
@@ -572,15 +645,53 @@ struct ConnState {
     /// v5 Request Problem Information: reason strings allowed on acks.
     problem_info: bool,
     /// Inbound topic aliases (v5).
-    aliases: HashMap<u16, Bytes>,
+    aliases: IntMap<u16, Bytes>,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
-    inbound_qos: HashSet<u16>,
+    inbound_qos: IntSet<u16>,
+    /// v3.1.1 only: QoS 1/2 packet ids not yet answered with PUBACK/PUBREC (the
+    /// back-pressure window; a QoS 2 id waiting for PUBREL must not stall reading,
+    /// or the PUBREL behind the next PUBLISH would never be read).
+    awaiting_ack: IntSet<u16>,
     wbuf: BytesMut,
+}
+
+/// The topic name of an incoming PUBLISH (after alias resolution), validated.
+fn publish_topic(raw: &[u8]) -> Result<&str, Violation> {
+    // Printable ASCII without wildcards is valid as it is: one pass for the common case.
+    let plain = !raw.is_empty()
+        && raw.len() <= topics::MAX_TOPIC_LEN
+        && raw
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'+' && b != b'#');
+    if plain {
+        if let Ok(topic) = std::str::from_utf8(raw) {
+            return Ok(topic);
+        }
+    }
+    let topic = topics::topic_from_bytes(raw)
+        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+    topics::validate_topic_name(topic)
+        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+    Ok(topic)
+}
+
+/// Whether the next packet in `rbuf` is a QoS 1/2 PUBLISH (counts against the
+/// inbound Receive Maximum).
+fn next_is_qos_publish(rbuf: &[u8]) -> bool {
+    rbuf.first()
+        .is_some_and(|&b| b >> 4 == 3 && (b >> 1) & 0x03 != 0)
 }
 
 impl ConnState {
     fn v5(&self) -> bool {
         self.codec.version == ProtocolVersion::V5
+    }
+
+    /// A v3.1.1 client has as many QoS 1/2 publications unacknowledged as the broker
+    /// accepts (`receive_maximum`): the next one waits in the socket. v5 clients know
+    /// the limit and are disconnected (0x93) when they exceed it.
+    fn inbound_full(&self) -> bool {
+        !self.v5() && self.awaiting_ack.len() >= usize::from(self.shared.settings.receive_maximum)
     }
 
     fn encode(&mut self, packet: &v5::Packet) {
@@ -590,17 +701,19 @@ impl ConnState {
         match packet {
             v5::Packet::PubAck(a) => {
                 self.inbound_qos.remove(&a.pkid);
+                self.awaiting_ack.remove(&a.pkid);
             }
             v5::Packet::PubComp(c) => {
                 self.inbound_qos.remove(&c.pkid);
             }
-            v5::Packet::PubRec(r)
+            v5::Packet::PubRec(r) => {
+                self.awaiting_ack.remove(&r.pkid);
                 if !matches!(
                     r.reason,
                     v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
-                ) =>
-            {
-                self.inbound_qos.remove(&r.pkid);
+                ) {
+                    self.inbound_qos.remove(&r.pkid);
+                }
             }
             _ => {}
         }
@@ -621,6 +734,11 @@ impl ConnState {
     fn encode_batch(&mut self, batch: Vec<Outgoing>) -> bool {
         for item in batch {
             match item {
+                Outgoing::Publish(p) => {
+                    let properties = self.v5();
+                    self.encode(&v5::Packet::Publish(p.to_publish(properties)))
+                }
+                Outgoing::Ack(a) => self.encode(&a.to_packet()),
                 Outgoing::Packet(p) => self.encode(&p),
                 Outgoing::Close => return true,
             }
@@ -636,6 +754,9 @@ impl ConnState {
     ) -> Result<Option<End>, Violation> {
         let authorizer = self.shared.authorizer();
         loop {
+            if self.inbound_full() && next_is_qos_publish(rbuf) {
+                return Ok(None);
+            }
             let packet = match self.codec.decode(rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
@@ -725,10 +846,7 @@ impl ConnState {
                 "zero-length topic name without topic alias",
             ));
         }
-        let topic = topics::topic_from_bytes(&p.topic)
-            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-        topics::validate_topic_name(topic)
-            .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+        let topic = publish_topic(&p.topic)?;
         if let Some(pp) = p.properties.as_mut() {
             pp.subscription_identifiers.clear();
         }
@@ -782,6 +900,9 @@ impl ConnState {
         }
         if p.qos != QoS::AtMostOnce {
             self.inbound_qos.insert(p.pkid);
+            if !self.v5() {
+                self.awaiting_ack.insert(p.pkid);
+            }
         }
         let expires_at = p
             .properties

@@ -174,7 +174,10 @@ pub(crate) async fn connect(
     let first = rx.recv().await.ok_or(BrokerError::Closed)?;
     for item in first {
         match item {
-            Outgoing::Packet(v5::Packet::ConnAck(c)) => {
+            Outgoing::Packet(p) if matches!(*p, v5::Packet::ConnAck(_)) => {
+                let v5::Packet::ConnAck(c) = *p else {
+                    continue;
+                };
                 client.queued.fetch_sub(1, Ordering::Relaxed);
                 client.session_present = c.session_present;
             }
@@ -326,7 +329,8 @@ impl InternalClient {
                 // Undelivered items count against the slow-consumer guard until taken.
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 match item {
-                    Outgoing::Packet(v5::Packet::Publish(p)) => {
+                    Outgoing::Publish(p) => {
+                        let p = p.to_publish(true);
                         let ack = (p.qos != QoS::AtMostOnce).then(|| DeliveryAck {
                             router_tx: self.shared.router_tx.clone(),
                             conn: self.conn,
@@ -346,7 +350,7 @@ impl InternalClient {
                         self.closed = true;
                         return None;
                     }
-                    Outgoing::Packet(_) => {}
+                    Outgoing::Ack(_) | Outgoing::Packet(_) => {}
                 }
             }
             if self.closed {

@@ -14,10 +14,25 @@
 //! - `trie`: subscription trie with shared-subscription groups, pruned on removal.
 //! - `retained`: retained messages in a topic tree, matched against filters.
 //! - `internal`: in-process clients (`Broker::connect_internal`).
+//! - `fasthash`: cheap hasher for integer-keyed tables on the per-message path.
 //! - `stats`: counters behind `Broker::stats()` and `$SYS/broker/...`.
+//!
+//! Revalidation after a reload (`Broker::revalidate`): the caller hands over a check
+//! that every live network connection runs once against its own `SessionCredentials`
+//! (identity, listener, peer, verified client chain). A connection the check rejects
+//! is ended by the server: v5 DISCONNECT with the verdict's reason code (0x87 for
+//! credentials, 0x8C for certificates) and reason string, a plain close for 3.1.1, and
+//! an audit event. Its will is *not* published (the client is no longer trusted to
+//! speak), its session is kept until it expires like any other (a client refused at
+//! CONNECT cannot resume it). In-process clients are not revalidated. The check is
+//! broadcast through a `watch` channel, so idle connections cost nothing until it
+//! changes. A connection whose TLS handshake began before the reload and whose
+//! `serve` starts after `revalidate` is not checked; the TLS layer hands it the
+//! configuration it was accepted with.
 
 pub mod codec;
 mod connection;
+mod fasthash;
 mod internal;
 mod retained;
 mod router;
@@ -33,13 +48,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acl::Authorizer;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 
 pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
 pub use stats::BrokerStats;
@@ -108,9 +124,66 @@ pub struct ConnectionInfo {
     pub listener: Arc<ListenerContext>,
     /// Identity from a verified client certificate, if any.
     pub certificate_identity: Option<String>,
+    /// The verified client certificate chain, leaf first (`tls::peer_chain`); `None`
+    /// for plain TCP or a TLS client without a certificate. Kept for revalidation.
+    pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// CONNECT must be complete before this instant (set by the listener at accept time).
     pub connect_deadline: tokio::time::Instant,
 }
+
+/// What a live network session was admitted with, as shown to a revalidation check.
+#[derive(Debug, Clone)]
+pub struct SessionCredentials {
+    /// The identity established at CONNECT.
+    pub identity: Identity,
+    /// Listener the connection came in on.
+    pub listener: Arc<str>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Verified client certificate chain, leaf first, if the client presented one.
+    pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// Why a revalidation check ends a session; carries the v5 DISCONNECT reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevalidateVerdict {
+    code: u8,
+    reason: String,
+}
+
+impl RevalidateVerdict {
+    /// Credentials no longer valid (user removed, password changed, identity no
+    /// longer allowed on the listener): v5 reason 0x87 Not authorized.
+    pub fn credentials_revoked(reason: impl Into<String>) -> Self {
+        RevalidateVerdict {
+            code: 0x87,
+            reason: reason.into(),
+        }
+    }
+
+    /// Client certificate no longer valid (revoked by the CRL, expired, CA no longer
+    /// trusted): v5 reason 0x8C Bad authentication method.
+    pub fn certificate_rejected(reason: impl Into<String>) -> Self {
+        RevalidateVerdict {
+            code: 0x8C,
+            reason: reason.into(),
+        }
+    }
+
+    /// The v5 DISCONNECT reason code (0x87 or 0x8C).
+    pub fn reason_code(&self) -> u8 {
+        self.code
+    }
+
+    /// The reason string sent to v5 clients and logged.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// A revalidation check: `Some(verdict)` ends the session, `None` keeps it.
+pub type RevalidateCheck =
+    Arc<dyn Fn(&SessionCredentials) -> Option<RevalidateVerdict> + Send + Sync>;
 
 /// Errors of the in-process client API.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// When the broker started (uptime).
     pub(crate) started: tokio::time::Instant,
+    /// The latest revalidation check; connection tasks watch it.
+    pub(crate) revalidate: watch::Sender<Option<RevalidateCheck>>,
 }
 
 impl Shared {
@@ -189,6 +264,7 @@ impl Broker {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
+            revalidate: watch::channel(None).0,
         });
         let router = router::Router::new(shared.clone(), router_rx);
         shared.tracker.spawn(router.run(shutdown.clone()));
@@ -216,8 +292,10 @@ impl Broker {
             .await
     }
 
-    /// Replace the authenticator and authorizer (SIGHUP reload); existing sessions
-    /// are re-checked by the caller's policy.
+    /// Replace the authenticator and authorizer (SIGHUP reload). New CONNECTs and
+    /// every later ACL check (deliveries on existing subscriptions included) use the
+    /// new ones; to end live sessions whose credentials no longer hold, follow with
+    /// [`Broker::revalidate`].
     pub fn reload_auth(
         &self,
         authenticator: Arc<dyn Authenticator>,
@@ -228,6 +306,29 @@ impl Broker {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = (authenticator, authorizer);
+    }
+
+    /// Re-check every live network session with `check` (after a reload of the
+    /// password file, ACLs, CA or CRL). Each connection runs it once against its own
+    /// credentials; a `Some(verdict)` disconnects that client (v5 DISCONNECT with the
+    /// verdict's reason code and string, close for 3.1.1, audit event, no will).
+    /// Returns at once; the checks run on the connection tasks.
+    pub fn revalidate(&self, check: RevalidateCheck) {
+        self.shared.revalidate.send_replace(Some(check));
+    }
+
+    /// Health probe: one round trip through the router without creating a session.
+    /// Returns how long the router took to answer.
+    pub async fn ping(&self) -> Result<Duration, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .router_tx
+            .send(router::RouterMsg::Ping(tx))
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)?;
+        Ok(started.elapsed())
     }
 
     /// Attach an in-process client (adapter, bridge) to the router: same semantics

@@ -16,7 +16,7 @@
 //! once per burst. QoS 0 messages are never queued for offline sessions.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::fasthash::{IntMap, IntSet};
 use super::retained::RetainedStore;
 use super::stats::StatsCounters;
 use super::topics;
@@ -38,15 +39,127 @@ use crate::auth::Identity;
 /// Identifies one network connection or in-process client attachment.
 pub(crate) type ConnId = u64;
 
-/// What the router sends to a connection task, in batches.
-// Packets are moved once into a batch Vec; boxing would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+/// What the router sends to a connection task, in batches. Kept small (the common
+/// items, PUBLISH and plain acknowledgements, are a few words; anything else is
+/// boxed), so batches move little memory and the PUBLISH is built on the
+/// connection's task, not the router's.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A packet to encode and write.
-    Packet(v5::Packet),
+    /// An application message to send.
+    Publish(OutPublish),
+    /// A successful acknowledgement without properties.
+    Ack(Ack),
+    /// Any other packet to encode and write.
+    Packet(Box<v5::Packet>),
     /// Write what came before, then close the connection.
     Close,
+}
+
+impl Outgoing {
+    /// Wrap a control packet, compacting plain successful acknowledgements.
+    pub(crate) fn packet(packet: v5::Packet) -> Outgoing {
+        match &packet {
+            v5::Packet::PubAck(a)
+                if a.properties.is_none() && a.reason == v5::PubAckReason::Success =>
+            {
+                Outgoing::Ack(Ack::Puback(a.pkid))
+            }
+            v5::Packet::PubRec(r)
+                if r.properties.is_none() && r.reason == v5::PubRecReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubrec(r.pkid))
+            }
+            v5::Packet::PubRel(r)
+                if r.properties.is_none() && r.reason == v5::PubRelReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubrel(r.pkid))
+            }
+            v5::Packet::PubComp(c)
+                if c.properties.is_none() && c.reason == v5::PubCompReason::Success =>
+            {
+                Outgoing::Ack(Ack::Pubcomp(c.pkid))
+            }
+            _ => Outgoing::Packet(Box::new(packet)),
+        }
+    }
+}
+
+/// A successful acknowledgement (reason 0x00, no properties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    Puback(u16),
+    Pubrec(u16),
+    Pubrel(u16),
+    Pubcomp(u16),
+}
+
+impl Ack {
+    pub(crate) fn to_packet(self) -> v5::Packet {
+        match self {
+            Ack::Puback(pkid) => v5::Packet::PubAck(v5::PubAck {
+                pkid,
+                reason: v5::PubAckReason::Success,
+                properties: None,
+            }),
+            Ack::Pubrec(pkid) => v5::Packet::PubRec(v5::PubRec {
+                pkid,
+                reason: v5::PubRecReason::Success,
+                properties: None,
+            }),
+            Ack::Pubrel(pkid) => v5::Packet::PubRel(v5::PubRel {
+                pkid,
+                reason: v5::PubRelReason::Success,
+                properties: None,
+            }),
+            Ack::Pubcomp(pkid) => v5::Packet::PubComp(v5::PubComp {
+                pkid,
+                reason: v5::PubCompReason::Success,
+                properties: None,
+            }),
+        }
+    }
+}
+
+/// One delivery of a routed message, turned into a PUBLISH by the receiver.
+#[derive(Debug)]
+pub(crate) struct OutPublish {
+    pub msg: Arc<Message>,
+    pub pkid: u16,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub sub_ids: Vec<usize>,
+    /// Remaining Message Expiry Interval in seconds, when the message has one.
+    pub expiry: Option<u32>,
+}
+
+impl OutPublish {
+    /// The PUBLISH packet; v5 properties only when `properties` (3.1.1 drops them).
+    pub(crate) fn to_publish(&self, properties: bool) -> v5::Publish {
+        let mut props = None;
+        if properties {
+            props = self.msg.properties.clone();
+            if let Some(secs) = self.expiry {
+                props
+                    .get_or_insert_with(Default::default)
+                    .message_expiry_interval = Some(secs);
+            }
+            if !self.sub_ids.is_empty() {
+                props
+                    .get_or_insert_with(Default::default)
+                    .subscription_identifiers = self.sub_ids.clone();
+            }
+        }
+        v5::Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.msg.topic.clone(),
+            pkid: self.pkid,
+            payload: self.msg.payload.clone(),
+            properties: props,
+        }
+    }
 }
 
 /// Router → connection channel; unbounded so the router never blocks, bounded in
@@ -154,6 +267,8 @@ pub(crate) enum RouterMsg {
         send_will: bool,
         session_expiry: Option<u32>,
     },
+    /// Health probe: answered as soon as the router gets to it.
+    Ping(oneshot::Sender<()>),
 }
 
 struct Queued {
@@ -185,6 +300,8 @@ struct Link {
     receive_maximum: u16,
     max_packet_size: Option<u32>,
     out: Vec<Outgoing>,
+    /// Size of the last batch sent (capacity of the next one).
+    out_hint: usize,
     queued: Arc<AtomicUsize>,
     /// MQTT v5 connection (negative acknowledgements possible).
     v5: bool,
@@ -204,10 +321,12 @@ struct Session {
     pending: VecDeque<Queued>,
     pending_bytes: usize,
     next_pkid: u16,
-    incoming_qos2: HashSet<u16>,
+    /// Packet ids of `inflight` (kept in step with it).
+    pkids_in_use: IntSet<u16>,
+    incoming_qos2: IntSet<u16>,
     /// Inbound QoS 1/2 packet ids whose acknowledgement a durable subscriber holds
     /// (pkid → hold id): a resend of one is neither routed again nor acked early.
-    held: HashMap<u16, u64>,
+    held: IntMap<u16, u64>,
     generation: u64,
     durable: bool,
     dropped_burst: u64,
@@ -243,7 +362,7 @@ enum TimerKind {
 struct Ctx {
     shared: Arc<Shared>,
     authorizer: Arc<dyn Authorizer>,
-    holds: HashMap<u64, Hold>,
+    holds: IntMap<u64, Hold>,
     next_hold: u64,
     /// Hold targets to acknowledge; `true` = the message was lost (refuse it).
     completed: Vec<(HoldTarget, bool)>,
@@ -256,9 +375,9 @@ pub(crate) struct Router {
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
-    sessions: HashMap<SessionKey, Session>,
+    sessions: IntMap<SessionKey, Session>,
     by_client: HashMap<String, SessionKey>,
-    by_conn: HashMap<ConnId, SessionKey>,
+    by_conn: IntMap<ConnId, SessionKey>,
     next_key: SessionKey,
     subscription_count: usize,
     timers: BinaryHeap<Reverse<(Instant, SessionKey, u64, TimerKind)>>,
@@ -299,46 +418,48 @@ impl Ctx {
     }
 
     fn push_out(&mut self, key: SessionKey, link: &mut Link, packet: v5::Packet) {
+        self.push_item(key, link, Outgoing::packet(packet));
+    }
+
+    fn push_item(&mut self, key: SessionKey, link: &mut Link, item: Outgoing) {
         if link.out.is_empty() {
             self.dirty.push(key);
+            // Sized like the last batch, so a busy link's batch does not regrow
+            // (and copy its large packets) from empty every time.
+            link.out.reserve(link.out_hint);
         }
-        link.out.push(Outgoing::Packet(packet));
+        link.out.push(item);
     }
 }
 
-fn next_pkid(next: &mut u16, inflight: &VecDeque<Inflight>) -> u16 {
+/// The next free packet id; `in_use` holds the ids of `inflight` (O(1) per id
+/// instead of a scan of the whole window per delivery).
+fn next_pkid(next: &mut u16, in_use: &IntSet<u16>) -> u16 {
     loop {
         let id = *next;
         *next = if *next == u16::MAX { 1 } else { *next + 1 };
-        if id != 0 && !inflight.iter().any(|f| f.pkid == id) {
+        if id != 0 && !in_use.contains(&id) {
             return id;
         }
     }
 }
 
-fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<v5::Publish> {
-    let msg = &q.msg;
-    let mut properties = msg.properties.clone();
-    if let Some(expires_at) = msg.expires_at {
-        let left = expires_at.checked_duration_since(now)?;
-        let secs = left.as_secs().max(1).min(u32::MAX as u64) as u32;
-        properties
-            .get_or_insert_with(Default::default)
-            .message_expiry_interval = Some(secs);
-    }
-    if !q.sub_ids.is_empty() {
-        properties
-            .get_or_insert_with(Default::default)
-            .subscription_identifiers = q.sub_ids.clone();
-    }
-    Some(v5::Publish {
-        dup,
+fn build_publish(q: &Queued, pkid: u16, dup: bool, now: Instant) -> Option<OutPublish> {
+    let expiry = match q.msg.expires_at {
+        None => None,
+        Some(expires_at) => {
+            let left = expires_at.checked_duration_since(now)?;
+            Some(left.as_secs().max(1).min(u32::MAX as u64) as u32)
+        }
+    };
+    Some(OutPublish {
+        msg: q.msg.clone(),
+        pkid,
         qos: q.qos,
         retain: q.retain,
-        topic: msg.topic.clone(),
-        pkid,
-        payload: msg.payload.clone(),
-        properties,
+        dup,
+        sub_ids: q.sub_ids.clone(),
+        expiry,
     })
 }
 
@@ -358,7 +479,7 @@ fn try_send(
     let pkid = if q.qos == QoS::AtMostOnce {
         0
     } else {
-        next_pkid(&mut session.next_pkid, &session.inflight)
+        next_pkid(&mut session.next_pkid, &session.pkids_in_use)
     };
     let Some(publish) = build_publish(&q, pkid, false, ctx.now) else {
         // Message expired while queued.
@@ -366,7 +487,7 @@ fn try_send(
         return Ok(());
     };
     if let Some(max) = link.max_packet_size {
-        let size = publish.size();
+        let size = publish.to_publish(link.v5).size();
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
             debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
@@ -375,10 +496,11 @@ fn try_send(
         }
     }
     stats(ctx).messages_sent.fetch_add(1, Ordering::Relaxed);
-    ctx.push_out(key, link, v5::Packet::Publish(publish));
+    ctx.push_item(key, link, Outgoing::Publish(publish));
     if q.qos == QoS::AtMostOnce {
         ctx.discard(q);
     } else {
+        session.pkids_in_use.insert(pkid);
         session.inflight.push_back(Inflight {
             pkid,
             queued: q,
@@ -508,7 +630,7 @@ impl Router {
             ctx: Ctx {
                 shared,
                 authorizer,
-                holds: HashMap::new(),
+                holds: IntMap::default(),
                 next_hold: 1,
                 completed: Vec::new(),
                 dirty: Vec::new(),
@@ -517,9 +639,9 @@ impl Router {
             rx,
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
-            sessions: HashMap::new(),
+            sessions: IntMap::default(),
             by_client: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_conn: IntMap::default(),
             next_key: 1,
             subscription_count: 0,
             timers: BinaryHeap::new(),
@@ -585,6 +707,9 @@ impl Router {
                 send_will,
                 session_expiry,
             } => self.closed(conn, send_will, session_expiry),
+            RouterMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
         }
         self.complete_targets();
     }
@@ -599,7 +724,7 @@ impl Router {
                     self.by_conn.remove(&old.conn);
                     info!(%client_id, "Session taken over by a new connection.");
                     old.out
-                        .push(Outgoing::Packet(v5::Packet::Disconnect(v5::Disconnect {
+                        .push(Outgoing::packet(v5::Packet::Disconnect(v5::Disconnect {
                         reason_code: v5::DisconnectReasonCode::SessionTakenOver,
                         properties: Some(v5::DisconnectProperties {
                             session_expiry_interval: None,
@@ -652,8 +777,9 @@ impl Router {
                         pending: VecDeque::new(),
                         pending_bytes: 0,
                         next_pkid: 1,
-                        incoming_qos2: HashSet::new(),
-                        held: HashMap::new(),
+                        pkids_in_use: IntSet::default(),
+                        incoming_qos2: IntSet::default(),
+                        held: IntMap::default(),
                         generation: 0,
                         durable: false,
                         dropped_burst: 0,
@@ -683,7 +809,8 @@ impl Router {
             tx: req.tx,
             receive_maximum: req.receive_maximum.clamp(1, 65_000),
             max_packet_size: req.max_packet_size,
-            out: vec![Outgoing::Packet(v5::Packet::ConnAck(connack))],
+            out: vec![Outgoing::packet(v5::Packet::ConnAck(connack))],
+            out_hint: 4,
             queued: req.queued,
             v5: req.v5,
             slow_dropped: 0,
@@ -691,20 +818,16 @@ impl Router {
         self.ctx.dirty.push(key);
         // Re-send what the client never acknowledged, with DUP set.
         for f in session.inflight.iter() {
-            let packet = match f.state {
+            let item = match f.state {
                 InflightState::AwaitAck => {
                     match build_publish(&f.queued, f.pkid, true, self.ctx.now) {
-                        Some(p) => v5::Packet::Publish(p),
+                        Some(p) => Outgoing::Publish(p),
                         None => continue,
                     }
                 }
-                InflightState::AwaitComp => v5::Packet::PubRel(v5::PubRel {
-                    pkid: f.pkid,
-                    reason: v5::PubRelReason::Success,
-                    properties: None,
-                }),
+                InflightState::AwaitComp => Outgoing::Ack(Ack::Pubrel(f.pkid)),
             };
-            link.out.push(Outgoing::Packet(packet));
+            link.out.push(item);
         }
         session.link = Some(link);
         self.by_conn.insert(req.conn, key);
@@ -784,6 +907,7 @@ impl Router {
         }
         self.subscription_count -= session.subscriptions.len();
         let mut orphans = Vec::new();
+        session.pkids_in_use.clear();
         for f in session.inflight.drain(..) {
             if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
                 orphans.push(f.queued);
@@ -974,6 +1098,7 @@ impl Router {
             return;
         };
         if let Some(f) = session.inflight.remove(pos) {
+            session.pkids_in_use.remove(&f.pkid);
             self.ctx.discard(f.queued);
         }
         refill(&mut self.ctx, key, session);
@@ -1354,6 +1479,7 @@ impl Router {
                 continue;
             }
             let out = std::mem::take(&mut link.out);
+            link.out_hint = out.len().min(MAX_BATCH_HINT);
             link.queued.fetch_add(out.len(), Ordering::Relaxed);
             let _ = link.tx.send(out);
         }
@@ -1430,6 +1556,9 @@ impl Router {
         self.complete_targets();
     }
 }
+
+/// Upper bound of the capacity reserved for a link's next outgoing batch.
+const MAX_BATCH_HINT: usize = 256;
 
 /// Why a held publication is refused (v5 0x97) or an in-process publish fails.
 const LOST_REASON: &str =

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::fasthash::IntMap;
 use super::wire::QoS;
 
 /// Session table key (see `router::Router::sessions`).
@@ -44,7 +45,11 @@ struct SharedGroup {
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    subscribers: HashMap<SessionKey, SubOptions>,
+    /// Whether `children` has a `#` / `+` child: the per-message walk skips the two
+    /// wildcard lookups (one SipHash each) on the many nodes that have neither.
+    has_hash: bool,
+    has_plus: bool,
+    subscribers: IntMap<SessionKey, SubOptions>,
     shared: HashMap<Box<str>, SharedGroup>,
 }
 
@@ -113,6 +118,11 @@ impl SubscriptionTrie {
         for level in filter.split('/') {
             if !node.children.contains_key(level) {
                 self.nodes += 1;
+                match level {
+                    "#" => node.has_hash = true,
+                    "+" => node.has_plus = true,
+                    _ => {}
+                }
             }
             node = node.children.entry(Box::from(level)).or_default();
         }
@@ -203,6 +213,11 @@ fn remove_rec(
     let removed = remove_rec(child, rest, group, key, pruned);
     if child.is_empty() {
         node.children.remove(*first);
+        match *first {
+            "#" => node.has_hash = false,
+            "+" => node.has_plus = false,
+            _ => {}
+        }
         *pruned += 1;
     }
     removed
@@ -217,7 +232,7 @@ fn walk(
     out: &mut Vec<(SessionKey, SubOptions)>,
     online: &dyn Fn(SessionKey) -> bool,
 ) {
-    if !dollar_root {
+    if !dollar_root && node.has_hash {
         if let Some(hash) = node.children.get_mut("#") {
             hash.emit(out, online);
         }
@@ -230,7 +245,7 @@ fn walk(
         Some((first, next)) => (first, Some(next)),
         None => (rest, None),
     };
-    if !dollar_root {
+    if !dollar_root && node.has_plus {
         if let Some(plus) = node.children.get_mut("+") {
             walk(plus, next, false, out, online);
         }

@@ -84,6 +84,7 @@ pub async fn start_broker_full(
                         peer,
                         listener: context.clone(),
                         certificate_identity: None,
+                        peer_certificates: None,
                         connect_deadline: tokio::time::Instant::now() + connect_timeout,
                     };
                     let b = accept_broker.clone();
