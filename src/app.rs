@@ -8,7 +8,7 @@
 mod core;
 mod hints;
 pub mod listener;
-mod live;
+mod revalidate;
 mod security;
 
 use std::collections::HashMap;
@@ -27,7 +27,6 @@ use tracing::{error, info, warn};
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::ClientStream;
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
-pub use self::live::{LiveConnections, RecordingAuthenticator};
 pub use self::security::{
     build_security, log_security, password_settings, security_warnings, watched_certificates,
     Security, CERT_WATCH_IDENTITY,
@@ -246,8 +245,6 @@ pub struct App {
     core: Arc<dyn Core>,
     /// Authenticator and ACL in force (the base of the next reload).
     security: Security,
-    /// Open connections and how they logged in, re-checked after each reload.
-    live: Arc<LiveConnections>,
     /// Every task `run` spawns (accept loops, connections, health, certificate watch).
     tasks: TaskTracker,
     /// Stops the current certificate expiry watch (replaced when a reload changes the files).
@@ -317,13 +314,9 @@ impl App {
         }
 
         let broker_shutdown = CancellationToken::new();
-        let live = Arc::new(LiveConnections::default());
         let core = make_core(
             config.broker.settings(),
-            Arc::new(RecordingAuthenticator {
-                inner: security.authenticator.clone(),
-                live: live.clone(),
-            }),
+            Arc::new(security.authenticator.clone()),
             security.authorizer.clone(),
             broker_shutdown.clone(),
         );
@@ -338,7 +331,6 @@ impl App {
             dev_pki,
             core,
             security,
-            live,
             tasks: TaskTracker::new(),
             cert_watch: None,
             broker_shutdown,
@@ -384,7 +376,6 @@ impl App {
                     stop_accepting: stop_accepting.clone(),
                     shutdown: self.broker_shutdown.clone(),
                     tracker: tracker.clone(),
-                    live: self.live.clone(),
                 }
                 .run(),
             );
@@ -525,10 +516,7 @@ impl App {
             }
         }
         self.core.reload_auth(
-            Arc::new(RecordingAuthenticator {
-                inner: security.authenticator.clone(),
-                live: self.live.clone(),
-            }),
+            Arc::new(security.authenticator.clone()),
             security.authorizer.clone(),
         );
         log_security(&new, &security, "Reload");
@@ -537,17 +525,11 @@ impl App {
         self.restart_certificate_watch();
         // New CA/CRL, passwords and listener flags in force: end the sessions whose
         // credentials no longer hold.
-        let cut = self.live.recheck(
+        self.core.revalidate(revalidate::session_check(
             &self.slots,
             &old.authenticator,
             &self.security.authenticator,
-        );
-        if cut > 0 {
-            info!(
-                connections = cut,
-                "Closed connections whose credentials are no longer valid."
-            );
-        }
+        ));
         Ok(ReloadReport {
             ignored_until_restart: ignored,
         })

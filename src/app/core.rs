@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, ConnectionInfo};
+use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions, RevalidateCheck};
 
 use super::listener::ClientStream;
 
@@ -26,6 +26,9 @@ pub trait Core: Send + Sync + 'static {
     fn drained(&self) -> BoxFuture<()>;
     /// A round trip through the router; `Ok` carries a one-line status.
     fn health(&self) -> BoxFuture<Result<String, String>>;
+    /// Re-check every live session against `check` (after a reload) and end those it
+    /// rejects with the verdict's v5 reason code. Cores without sessions ignore it.
+    fn revalidate(&self, _check: RevalidateCheck) {}
     /// Attach an in-process client (the gateway's own publishers, e.g. certificate
     /// expiry warnings). Cores without a router refuse.
     fn connect_internal(
@@ -63,6 +66,10 @@ impl Core for BrokerCore {
     fn drained(&self) -> BoxFuture<()> {
         let broker = self.broker.clone();
         Box::pin(async move { broker.drained().await })
+    }
+
+    fn revalidate(&self, check: RevalidateCheck) {
+        self.broker.revalidate(check);
     }
 
     fn connect_internal(

@@ -2,13 +2,11 @@
 //! limit before any TLS work, run the TLS handshake under the connect deadline, and
 //! hand each stream to the broker core in a tracked task. The per-listener state
 //! (TLS server config, anonymous/password flags) is swapped atomically on reload:
-//! new handshakes use the new state, existing connections keep theirs, except that
-//! every connection is registered in [`super::live::LiveConnections`] with a cut switch,
-//! so a reload can end sessions whose credentials no longer hold.
+//! new handshakes use the new state, existing connections keep theirs (a reload then asks
+//! the broker to re-check live sessions, see [`super::revalidate`]).
 //! It must never crash on accept errors, never block the accept loop on a client,
 //! and never look at MQTT bytes.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,45 +19,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::core::Core;
-use super::live::LiveConnections;
 use crate::broker::{ConnectionInfo, ListenerContext};
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
-/// A client byte stream (plain TCP or TLS over TCP) that a reload can cut: once the
-/// connection's credentials no longer hold, every read and write fails, so the broker
-/// ends the session as it does for a dropped connection and cleans up normally.
+/// A client byte stream: plain TCP or TLS over TCP.
 pub struct ClientStream {
     inner: Transport,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 enum Transport {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl ClientStream {
-    fn new(inner: Transport, cut: CancellationToken) -> Self {
-        ClientStream {
-            inner,
-            cut: Box::pin(cut.cancelled_owned()),
-        }
-    }
-
-    fn check_cut(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.cut.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "credentials no longer valid after a reload",
-            )),
-            Poll::Pending => Ok(()),
-        }
-    }
 }
 
 impl AsyncRead for ClientStream {
@@ -69,7 +44,6 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check_cut(cx)?;
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -84,7 +58,6 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check_cut(cx)?;
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -97,7 +70,6 @@ impl AsyncWrite for ClientStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check_cut(cx)?;
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -113,7 +85,6 @@ impl AsyncWrite for ClientStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check_cut(cx)?;
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
@@ -242,8 +213,6 @@ pub struct AcceptLoop {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Open connections, re-checked on reload.
-    pub live: Arc<LiveConnections>,
 }
 
 /// Accept errors that concern one connection only; the next accept is fine.
@@ -304,7 +273,6 @@ impl AcceptLoop {
                 core: self.core.clone(),
                 deadline: Instant::now() + self.connect_timeout,
                 shutdown: self.shutdown.clone(),
-                live: self.live.clone(),
                 _permit: permit,
             };
             self.tracker.spawn(connection.serve());
@@ -321,7 +289,6 @@ struct Connection {
     core: Arc<dyn Core>,
     deadline: Instant,
     shutdown: CancellationToken,
-    live: Arc<LiveConnections>,
     /// Held for the connection's lifetime: this is the connection limit.
     _permit: OwnedSemaphorePermit,
 }
@@ -341,8 +308,9 @@ impl Connection {
             connect_deadline: self.deadline,
         };
         let Some(tls) = &self.state.tls else {
-            let (_registered, cut) = self.live.register(listener, peer, None);
-            let stream = ClientStream::new(Transport::Tcp(self.socket), cut);
+            let stream = ClientStream {
+                inner: Transport::Tcp(self.socket),
+            };
             self.core.serve(stream, info).await;
             return;
         };
@@ -378,9 +346,9 @@ impl Connection {
                 return;
             }
         }
-        let chain = tls::peer_chain(stream.get_ref().1);
-        let (_registered, cut) = self.live.register(listener, peer, chain);
-        let stream = ClientStream::new(Transport::Tls(Box::new(stream)), cut);
+        let stream = ClientStream {
+            inner: Transport::Tls(Box::new(stream)),
+        };
         self.core.serve(stream, info).await;
     }
 }
