@@ -159,18 +159,13 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
             .any(|l| l.contains("dev-audit") && l.contains("Certificate")),
         "certificate login: {cert_login:#?}"
     );
-    let denied_pub = lines_with("Publish denied");
-    assert!(
-        denied_pub.iter().any(|l| l.contains("audit-meter")
-            && l.contains("meters/8/kwh")
-            && l.contains("peer=127.0.0.1")),
-        "publish denial: {denied_pub:#?}"
-    );
-    // The decision itself, with listener, identity and the deciding rule.
+    // One line per denial: listener, peer, identity, access, topic and the deciding rule.
     let decided = lines_with("acl_denied");
     assert!(
         decided.iter().any(|l| l.contains("audit-meter")
             && l.contains("listener=devices")
+            && l.contains("peer=127.0.0.1")
+            && l.contains("Write")
             && l.contains("meter7")
             && l.contains("meters/8/kwh")
             && l.contains("default deny")),
@@ -211,10 +206,8 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
 }
 
 /// Design decision 2 and issue 3 item 8: one ACL denial line carries listener, peer,
-/// identity, client id, topic and the deciding rule. Today the broker's line carries
-/// client id, peer and topic, and the authorizer's (`acl::audit_denied`) the rest.
+/// identity, client id, topic and the deciding rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker: its ACL denial line lacks listener, username and rule (they are on a second line from the authorizer); see integ report"]
 async fn acl_denials_name_listener_identity_and_rule() {
     audit_log();
     let dir = tempfile::tempdir().expect("tempdir");

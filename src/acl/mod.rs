@@ -151,12 +151,19 @@ pub enum AclError {
 
 /// Record a refused access on the `audit` target with the rule that decided
 /// (never the payload). The broker adds the peer address if it has one.
-pub fn audit_denied(identity: &Identity, access: Access, topic: &str, decision: &AclDecision) {
+pub fn audit_denied(
+    identity: &Identity,
+    access: Access,
+    topic: &str,
+    decision: &AclDecision,
+    peer: Option<std::net::SocketAddr>,
+) {
     if let AclDecision::Deny { rule } = decision {
         tracing::info!(
             target: "audit",
             event = "acl_denied",
             listener = %identity.listener,
+            peer = %peer.map_or_else(|| "in-process".to_string(), |p| p.to_string()),
             username = identity.username.as_deref().unwrap_or(""),
             client_id = %identity.client_id,
             via = ?identity.via,

@@ -184,15 +184,7 @@ impl Authorizer for GatewayAuthorizer {
                 )),
             };
         }
-        let decision = self.inner.check(identity, access, topic);
-        // Interim: the broker's own denial lines carry client id, peer and topic but not
-        // listener, username and rule, which only the decision knows; record those here
-        // for PUBLISH and SUBSCRIBE (deliveries are re-checked per message: too many).
-        // Remove once the broker calls `acl::audit_denied` with the peer itself.
-        if access != Access::Read {
-            crate::acl::audit_denied(identity, access, topic, &decision);
-        }
-        decision
+        self.inner.check(identity, access, topic)
     }
 
     fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {

@@ -863,12 +863,21 @@ impl ConnState {
                 ),
             ));
         }
-        let allowed = !topic.starts_with("$SYS")
-            && authorizer
-                .check(&self.identity, Access::Write, topic)
-                .is_allowed();
-        if !allowed {
-            warn!(target: "audit", client_id = %self.identity.client_id, peer = %self.peer, %topic, "Publish denied by ACL.");
+        let decision = if topic.starts_with("$SYS") {
+            crate::acl::AclDecision::Deny {
+                rule: Some("built-in: $SYS topics are written by the broker only".into()),
+            }
+        } else {
+            authorizer.check(&self.identity, Access::Write, topic)
+        };
+        if !decision.is_allowed() {
+            crate::acl::audit_denied(
+                &self.identity,
+                Access::Write,
+                topic,
+                &decision,
+                Some(self.peer),
+            );
             let reason_v5 = self.v5();
             match p.qos {
                 QoS::AtMostOnce => {}
@@ -929,7 +938,7 @@ impl ConnState {
         }
         let mut filters = Vec::with_capacity(s.filters.len());
         for f in s.filters {
-            let refused = match check_filter(&f, &self.identity, authorizer)? {
+            let refused = match check_filter(&f, &self.identity, authorizer, Some(self.peer))? {
                 Ok(()) => None,
                 Err(code) => {
                     if code == v5::SubscribeReasonCode::NotAuthorized {
@@ -958,6 +967,7 @@ pub(crate) fn check_filter(
     f: &v5::Filter,
     identity: &Identity,
     authorizer: &dyn crate::acl::Authorizer,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Result<(), v5::SubscribeReasonCode>, Violation> {
     let inner = match topics::parse_shared(&f.path) {
         Err(_) => return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid)),
@@ -972,10 +982,9 @@ pub(crate) fn check_filter(
     if topics::validate_topic_filter(inner).is_err() {
         return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
     }
-    if !authorizer
-        .check(identity, Access::Subscribe, inner)
-        .is_allowed()
-    {
+    let decision = authorizer.check(identity, Access::Subscribe, inner);
+    if !decision.is_allowed() {
+        crate::acl::audit_denied(identity, Access::Subscribe, inner, &decision, peer);
         return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
     }
     Ok(Ok(()))

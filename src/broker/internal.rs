@@ -224,11 +224,9 @@ impl InternalClient {
             BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
         })?;
         let authorizer = self.shared.authorizer();
-        if !authorizer
-            .check(&self.identity, Access::Write, topic)
-            .is_allowed()
-        {
-            warn!(target: "audit", client_id = %self.identity.client_id, %topic, "Publish denied by ACL.");
+        let decision = authorizer.check(&self.identity, Access::Write, topic);
+        if !decision.is_allowed() {
+            crate::acl::audit_denied(&self.identity, Access::Write, topic, &decision, None);
             return Err(BrokerError::Refused(format!(
                 "not authorized (0x87): {} may not publish to {topic:?}",
                 self.identity.client_id
@@ -286,7 +284,7 @@ impl InternalClient {
     ) -> Result<v5::SubscribeReasonCode, BrokerError> {
         let filter = f.path.clone();
         let authorizer = self.shared.authorizer();
-        let refused = match check_filter(&f, &self.identity, &*authorizer) {
+        let refused = match check_filter(&f, &self.identity, &*authorizer, None) {
             Ok(Ok(())) => None,
             Ok(Err(code)) => Some(code),
             Err(v) => return Err(BrokerError::Refused(v.reason)),

@@ -994,7 +994,8 @@ impl Router {
         let topic = will.message.topic_str().to_string();
         let decision = self.ctx.authorizer.check(identity, Access::Write, &topic);
         if !decision.is_allowed() {
-            warn!(target: "audit", client_id = %identity.client_id, %topic, "Will message denied by ACL; not published.");
+            crate::acl::audit_denied(identity, Access::Write, &topic, &decision, None);
+            debug!(client_id = %identity.client_id, %topic, "Will message not published.");
             return;
         }
         debug!(client_id = %identity.client_id, %topic, "Publishing will message.");
@@ -1223,8 +1224,7 @@ impl Router {
                 if !self
                     .ctx
                     .authorizer
-                    .check(&session.identity, Access::Read, topic)
-                    .is_allowed()
+                    .allows(&session.identity, Access::Read, topic)
                 {
                     debug!(target: "audit", client_id = %session.client_id, %topic, "Delivery denied by ACL.");
                     continue;
@@ -1407,8 +1407,7 @@ impl Router {
                 if !self
                     .ctx
                     .authorizer
-                    .check(&session.identity, Access::Read, topic)
-                    .is_allowed()
+                    .allows(&session.identity, Access::Read, topic)
                 {
                     continue;
                 }
