@@ -188,6 +188,21 @@ impl Message {
     fn weight(&self) -> usize {
         self.topic.len() + self.payload.len()
     }
+
+    /// A copy that owns exactly its topic and payload bytes. Decoded messages are slices
+    /// of a connection's read buffer (up to 32 KiB); a long-lived copy (the retained
+    /// store) must not keep such a buffer alive for a few bytes of payload.
+    fn compacted(&self) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(&self.topic),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: self.expires_at,
+            publisher: self.publisher,
+        }
+    }
 }
 
 /// A will message and its delay, validated by the connection task.
@@ -1178,7 +1193,7 @@ impl Router {
             if msg.payload.is_empty() {
                 self.retained.remove(topic);
             } else {
-                self.retained.insert(topic, msg.clone());
+                self.retained.insert(topic, Arc::new(msg.compacted()));
             }
         }
         let mut matches = std::mem::take(&mut self.scratch);
@@ -1580,5 +1595,30 @@ fn fail_reply(item: Inbound) {
         }
         Inbound::Subscribe { reply: Some(r), .. } => drop(r),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_message_does_not_pin_the_read_buffer() {
+        let buffer = Bytes::from(vec![7u8; 32 * 1024]);
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let message = Message {
+            topic: buffer.slice(0..4),
+            payload: buffer.slice(4..12),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        };
+        let owned = message.compacted();
+        assert_eq!(owned.payload, message.payload);
+        assert_eq!(owned.topic, message.topic);
+        assert!(!range.contains(&(owned.payload.as_ptr() as usize)));
+        assert!(!range.contains(&(owned.topic.as_ptr() as usize)));
     }
 }
