@@ -712,7 +712,9 @@ impl Bench {
         );
     }
 
-    async fn storm(&mut self) {
+    /// The power-cut storm with the server certificate behind `port` (`key` names it
+    /// in the rows: "RSA-2048" or "ECDSA P-256").
+    async fn storm(&mut self, key: &str, port: fn(&setup::Ports) -> u16) {
         let n = self.args.devices;
         let mut cold = Vec::new();
         let mut warm = Vec::new();
@@ -727,7 +729,7 @@ impl Bench {
             );
             let res: Result<(Measured, Measured, Measured), String> = async {
                 let b = self.cols[i].running()?;
-                let t = self.target(b.ports.tls_rsa, true);
+                let t = self.target(port(&b.ports), true);
                 let login = |d: usize| {
                     Some(Login {
                         user: setup::device_user(d),
@@ -805,7 +807,7 @@ impl Bench {
         let [wa, wb]: [Measured; 2] = warm.try_into().expect("invariant: two columns");
         let [ua, ub]: [Measured; 2] = cpu.try_into().expect("invariant: two columns");
         self.push(
-            format!("TLS+password first connect, {n} devices"),
+            format!("TLS {key}+password first connect, {n} devices"),
             "conn/s",
             0,
             ca,
@@ -813,7 +815,7 @@ impl Bench {
             report::Target::None,
         );
         self.push(
-            format!("TLS+password power-cut reconnect, {n} devices"),
+            format!("TLS {key}+password power-cut reconnect, {n} devices"),
             "conn/s",
             0,
             wa,
@@ -821,7 +823,7 @@ impl Bench {
             report::Target::RatioAtLeast(2.0),
         );
         self.push(
-            "  broker CPU per power-cut reconnect",
+            format!("  broker CPU per power-cut reconnect, {key}"),
             "µs",
             0,
             ua,
@@ -1085,7 +1087,10 @@ async fn run() -> anyhow::Result<()> {
         bench.latency().await;
     }
     if args.auth && !bench.skip("storm") {
-        bench.storm().await;
+        bench.storm("RSA-2048", |p| p.tls_rsa).await;
+        if args.ecdsa {
+            bench.storm("ECDSA P-256", |p| p.tls_ec).await;
+        }
     }
     if args.auth {
         bench.auth_sanity().await;
