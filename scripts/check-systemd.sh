@@ -4,7 +4,7 @@
 #     /usr/bin/tollgate points at TOLLGATE_BIN, or at a stub, because verify insists that
 #     ExecStart= binaries exist);
 #  2. `systemd-analyze security --offline=yes`: tollgate.service's overall exposure must be
-#     <= MAX_EXPOSURE (default 2.0); the score is printed for docs/operations.md;
+#     <= MAX_EXPOSURE (default 2.0); the score is printed for the README (operations section);
 #  3. sysusers.d and tmpfiles.d snippets applied to a scratch root: user, groups, modes.
 # Usage: scripts/check-systemd.sh            (needs systemd-analyze, systemd-sysusers, systemd-tmpfiles)
 set -euo pipefail

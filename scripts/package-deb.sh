@@ -79,13 +79,12 @@ doc="$pkg/usr/share/doc/tollgate"
 install -d -m 0755 "$doc"
 copy_doc() { [ ! -f "$ROOT/$1" ] || install -m 0644 "$ROOT/$1" "$doc/$2"; }
 copy_doc README.md README.md
-copy_doc docs/operations.md operations.md
 copy_doc image/README.md image-README.md
 install -d -m 0755 "$doc/examples"
 if [ -d "$ROOT/config/examples" ]; then
     find "$ROOT/config/examples" -maxdepth 1 -type f -name '*.toml' -exec install -m 0644 {} "$doc/examples/" \;
 fi
-# The Raspberry Pi image's configuration, for installs from the package alone (docs/operations.md).
+# The Raspberry Pi image's configuration, for installs from the package alone (README.md, "Operating tollgate").
 install -m 0644 "$ROOT/image/stage-tollgate/00-install/files/tollgate.toml" "$doc/examples/appliance.toml"
 install -m 0644 "$ROOT/image/stage-tollgate/00-install/files/acl" "$doc/examples/appliance.acl"
 cat >"$doc/copyright" <<COPYRIGHT

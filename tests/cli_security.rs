@@ -1,5 +1,5 @@
 //! The security commands of the `tollgate` binary: the operator path of
-//! docs/security.md from zero to a running mTLS + ACL gateway (`tollgate pki`,
+//! the README's Security section from zero to a running mTLS + ACL gateway (`tollgate pki`,
 //! `tollgate passwd`, a config file, `tollgate check`, `tollgate run`, mosquitto
 //! clients), `acl explain -c` using the real config loader, and exit codes (64 for
 //! bad usage or configuration).

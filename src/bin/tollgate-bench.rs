@@ -900,7 +900,7 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Shown as the cargo command documented in docs/performance.md.
+    // Shown as the cargo command documented in README.md (Performance).
     let command_line = std::iter::once("cargo run --release --bin tollgate-bench --".to_string())
         .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
         .collect::<Vec<_>>()
