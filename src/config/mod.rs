@@ -294,16 +294,18 @@ pub struct AuthConfig {
 }
 
 impl Default for AuthConfig {
+    /// The authenticator's own defaults, so the two can never drift apart.
     fn default() -> Self {
+        let d = crate::auth::PasswordAuthSettings::default();
         AuthConfig {
             password_file: None,
-            cache_ttl: Duration::from_secs(600),
-            cache_capacity: 10_000,
-            throttle_base: Duration::from_millis(100),
-            throttle_max: Duration::from_secs(10),
-            throttle_forget_after: Duration::from_secs(900),
-            throttle_capacity: 100_000,
-            verify_concurrency: 0,
+            cache_ttl: d.cache_ttl,
+            cache_capacity: d.cache_capacity,
+            throttle_base: d.throttle_base,
+            throttle_max: d.throttle_max,
+            throttle_forget_after: d.throttle_forget_after,
+            throttle_capacity: d.throttle_capacity,
+            verify_concurrency: d.verify_concurrency,
         }
     }
 }
