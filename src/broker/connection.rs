@@ -478,6 +478,7 @@ where
         inbound_qos: IntSet::default(),
         awaiting_ack: IntSet::default(),
         wbuf: BytesMut::new(),
+        write_decisions: WriteDecisions::default(),
     };
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -653,6 +654,56 @@ struct ConnState {
     /// or the PUBREL behind the next PUBLISH would never be read).
     awaiting_ack: IntSet<u16>,
     wbuf: BytesMut,
+    /// Recent PUBLISH authorization decisions of this connection.
+    write_decisions: WriteDecisions,
+}
+
+/// Most recent PUBLISH topics whose decision a connection remembers.
+const WRITE_DECISIONS: usize = 8;
+
+/// Per-connection cache of PUBLISH authorization decisions (design decision 3): a device
+/// publishes to a handful of topics over and over. Entries belong to the authorizer they
+/// came from; a reload installs a new one, which empties the cache. Holding that `Arc`
+/// keeps its address from being reused, so `ptr_eq` cannot confuse two authorizers.
+/// Nothing is allocated until the first PUBLISH.
+#[derive(Default)]
+struct WriteDecisions {
+    authorizer: Option<Arc<dyn crate::acl::Authorizer>>,
+    /// (topic, allowed), most recently used first.
+    entries: Vec<(Bytes, bool)>,
+}
+
+impl WriteDecisions {
+    fn allowed(
+        &mut self,
+        authorizer: &Arc<dyn crate::acl::Authorizer>,
+        identity: &Identity,
+        topic: &str,
+    ) -> bool {
+        if !self
+            .authorizer
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, authorizer))
+        {
+            self.authorizer = Some(authorizer.clone());
+            self.entries.clear();
+        }
+        if let Some(i) = self
+            .entries
+            .iter()
+            .position(|(t, _)| t.as_ref() == topic.as_bytes())
+        {
+            let entry = self.entries.remove(i);
+            let allowed = entry.1;
+            self.entries.insert(0, entry);
+            return allowed;
+        }
+        let allowed = authorizer.allows(identity, Access::Write, topic);
+        self.entries.truncate(WRITE_DECISIONS - 1);
+        self.entries
+            .insert(0, (Bytes::copy_from_slice(topic.as_bytes()), allowed));
+        allowed
+    }
 }
 
 /// The topic name of an incoming PUBLISH (after alias resolution), validated.
@@ -763,7 +814,7 @@ impl ConnState {
                 Err(e) => return Err(violation(e.reason_code(), e.to_string())),
             };
             match packet {
-                v5::Packet::Publish(p) => self.publish(p, &*authorizer, items)?,
+                v5::Packet::Publish(p) => self.publish(p, &authorizer, items)?,
                 v5::Packet::PubAck(a) => items.push(Inbound::PubAck(a.pkid)),
                 v5::Packet::PubRec(r) => items.push(Inbound::PubRec {
                     pkid: r.pkid,
@@ -811,7 +862,7 @@ impl ConnState {
     fn publish(
         &mut self,
         mut p: v5::Publish,
-        authorizer: &dyn crate::acl::Authorizer,
+        authorizer: &Arc<dyn crate::acl::Authorizer>,
         items: &mut Vec<Inbound>,
     ) -> Result<(), Violation> {
         let settings = &self.shared.settings;
@@ -863,14 +914,19 @@ impl ConnState {
                 ),
             ));
         }
-        let decision = if topic.starts_with("$SYS") {
-            crate::acl::AclDecision::Deny {
-                rule: Some("built-in: $SYS topics are written by the broker only".into()),
-            }
-        } else {
-            authorizer.check(&self.identity, Access::Write, topic)
-        };
-        if !decision.is_allowed() {
+        let allowed = !topic.starts_with("$SYS")
+            && self
+                .write_decisions
+                .allowed(authorizer, &self.identity, topic);
+        if !allowed {
+            // Denials are rare: ask again for the deciding rule, for the audit line.
+            let decision = if topic.starts_with("$SYS") {
+                crate::acl::AclDecision::Deny {
+                    rule: Some("built-in: $SYS topics are written by the broker only".into()),
+                }
+            } else {
+                authorizer.check(&self.identity, Access::Write, topic)
+            };
             crate::acl::audit_denied(
                 &self.identity,
                 Access::Write,
@@ -1035,5 +1091,68 @@ fn explain_refusal(packet: &v5::Packet) -> Option<v5::Packet> {
             Some(v5::Packet::SubAck(s))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::{AclDecision, Authorizer};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Allows topics under `ok/` and counts how often it was asked.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Authorizer for Counting {
+        fn check(&self, _: &Identity, _: Access, topic: &str) -> AclDecision {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if topic.starts_with("ok/") {
+                AclDecision::Allow { rule: None }
+            } else {
+                AclDecision::Deny { rule: None }
+            }
+        }
+    }
+
+    fn asked(a: &Arc<Counting>) -> usize {
+        a.0.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn publish_decisions_are_cached_per_connection_and_dropped_on_reload() {
+        let identity = Identity::internal("device");
+        let first = Arc::new(Counting::default());
+        let first_dyn: Arc<dyn Authorizer> = first.clone();
+        let mut cache = WriteDecisions::default();
+        for _ in 0..5 {
+            assert!(cache.allowed(&first_dyn, &identity, "ok/a"));
+            assert!(!cache.allowed(&first_dyn, &identity, "no/a"));
+        }
+        assert_eq!(asked(&first), 2, "one check per topic, then cached");
+        // A reload installs another authorizer: nothing of the old one is reused.
+        let second = Arc::new(Counting::default());
+        let second_dyn: Arc<dyn Authorizer> = second.clone();
+        assert!(cache.allowed(&second_dyn, &identity, "ok/a"));
+        assert_eq!(asked(&second), 1);
+        assert_eq!(asked(&first), 2);
+    }
+
+    #[test]
+    fn publish_decision_cache_is_bounded() {
+        let identity = Identity::internal("device");
+        let counting = Arc::new(Counting::default());
+        let authorizer: Arc<dyn Authorizer> = counting.clone();
+        let mut cache = WriteDecisions::default();
+        for i in 0..100 {
+            cache.allowed(&authorizer, &identity, &format!("ok/{i}"));
+        }
+        assert_eq!(cache.entries.len(), WRITE_DECISIONS);
+        // The most recent topics are the ones kept.
+        let before = asked(&counting);
+        assert!(cache.allowed(&authorizer, &identity, "ok/99"));
+        assert_eq!(asked(&counting), before);
+        assert!(cache.allowed(&authorizer, &identity, "ok/0"));
+        assert_eq!(asked(&counting), before + 1);
     }
 }
