@@ -45,10 +45,10 @@
 //! trie, whatever the number of rules (wildcard-heavy rule sets branch, but a
 //! walk never visits a trie node twice); it never allocates or locks. Measured
 //! (`cargo bench --bench acl`) at about 120 to 130 ns per check from 10 to
-//! 100,000 rules, which is what hashing the topic for a cache lookup would
-//! already cost, so there is no per-connection decision cache: nothing to
-//! invalidate on reload (the owner swaps the whole `Acl`) and nothing shared
-//! between connection tasks. [`Authorizer::allows`]
+//! 100,000 rules. The matcher itself keeps no cache: nothing to invalidate on
+//! reload (the owner swaps the whole `Acl`) and nothing shared between connection
+//! tasks. Each connection task remembers its own recent PUBLISH decisions
+//! (`broker::connection`), keyed by the authorizer in force. [`Authorizer::allows`]
 //! is the allocation-free form; [`Authorizer::check`] also copies the deciding
 //! rule's label for audit logs.
 
