@@ -116,6 +116,25 @@ pub fn server_params(
         .cloned()
         .or_else(|| ips.first().map(|ip| ip.to_string()))
         .unwrap_or_else(|| "tollgate".to_string());
+    finish_leaf(
+        &mut params,
+        &cn,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        serial,
+        days,
+    );
+    Ok(params)
+}
+
+/// What server and device certificates share: subject O=tollgate/CN=`cn`, signature and
+/// key-encipherment key usage, one extended key usage, the CA's key id, serial, validity.
+fn finish_leaf(
+    params: &mut CertificateParams,
+    cn: &str,
+    purpose: ExtendedKeyUsagePurpose,
+    serial: &[u8],
+    days: u32,
+) {
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -125,11 +144,10 @@ pub fn server_params(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![purpose];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(SerialNumber::from_slice(serial));
-    validity(&mut params, days);
-    Ok(params)
+    validity(params, days);
 }
 
 /// Parameters of a device (client) certificate with CN=`name`, usable for clientAuth only.
@@ -139,19 +157,13 @@ pub fn device_params(name: &str, days: u32, serial: &[u8]) -> Result<Certificate
             what: "device parameters".into(),
             source,
         })?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "tollgate");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(SerialNumber::from_slice(serial));
-    validity(&mut params, days);
+    finish_leaf(
+        &mut params,
+        name,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        serial,
+        days,
+    );
     Ok(params)
 }
 
