@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod fsutil;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;

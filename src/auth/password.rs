@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -725,7 +724,6 @@ impl PasswordFile {
     /// file stays readable by the service after an edit as root). A symlink is followed
     /// and its target replaced, so the link survives.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<(), PasswordFileError> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
         let requested = path.as_ref();
         let io = |action: &'static str| {
             let path = requested.to_path_buf();
@@ -744,49 +742,8 @@ impl PasswordFile {
             requested.to_path_buf()
         };
         let existing = std::fs::metadata(&path).ok();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "passwd".into());
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io("create temporary file"))?;
-            if let Some(meta) = &existing {
-                // Ownership can only be kept when permitted (root, or same owner); the
-                // mode is kept either way, never with access for others.
-                let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
-                let mode = (meta.permissions().mode() & 0o660) | 0o600;
-                f.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(io("set permissions on temporary file"))?;
-            }
-            f.write_all(self.to_text().as_bytes())
-                .map_err(io("write temporary file"))?;
-            f.sync_all().map_err(io("sync temporary file"))?;
-            drop(f);
-            std::fs::rename(&tmp, &path).map_err(io("rename temporary file over"))?;
-            // Make the rename durable; failure to sync a directory is not fatal on all filesystems.
-            if let Ok(d) = std::fs::File::open(&dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        crate::fsutil::write_atomic(&path, self.to_text().as_bytes(), 0o600, existing.as_ref())
+            .map_err(io("replace"))
     }
 }
 

@@ -16,7 +16,6 @@ pub use cli::{run, PkiAction, PkiCommand, RevokeReason};
 pub use index::{CertKind, Index, IndexEntry, Revocation};
 pub use issue::{generate_key, KeyAlgorithm};
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -160,34 +159,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Writes `contents` to `path` through a temporary file created with `mode`, then renames it.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        #[cfg(unix)]
-        {
-            // The file may pre-exist from a crashed run with other bits: force the mode.
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
+    crate::fsutil::write_atomic(path, contents, mode, None).map_err(io_err(path))
 }
 
 fn hex(bytes: &[u8]) -> String {
