@@ -149,6 +149,53 @@ pub enum AclError {
     Usage(String),
 }
 
+/// Whether `topic` is reserved for the broker's own statistics (`$SYS` and below).
+/// Only the broker's own publishers ([`Identity::is_broker`]) write there, whatever
+/// the ACL says.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+/// Rule label of the built-in `$SYS` write protection, as audit lines show it.
+pub const SYS_WRITE_RULE: &str = "built-in: $SYS topics are written by the broker only";
+
+/// The allocation-free write decision (design decision 11): `$SYS` protection, then
+/// the ACL. Every write path (network PUBLISH and retained writes, wills at CONNECT
+/// and when sent, in-process clients, bridge ingress, adapters) decides through this
+/// function, either directly via [`authorize_write`] or through a per-connection
+/// cache of its answers.
+pub fn write_allowed(authorizer: &dyn Authorizer, identity: &Identity, topic: &str) -> bool {
+    (identity.is_broker() || !is_sys_topic(topic))
+        && authorizer.allows(identity, Access::Write, topic)
+}
+
+/// The deciding rule of a refused write, for the audit line (denials are rare).
+pub fn write_denial(authorizer: &dyn Authorizer, identity: &Identity, topic: &str) -> AclDecision {
+    if is_sys_topic(topic) && !identity.is_broker() {
+        AclDecision::Deny {
+            rule: Some(SYS_WRITE_RULE.into()),
+        }
+    } else {
+        authorizer.check(identity, Access::Write, topic)
+    }
+}
+
+/// The one write-authorization function: [`write_allowed`], and an audit line for a
+/// refusal (with `peer` when the writer has a socket).
+pub fn authorize_write(
+    authorizer: &dyn Authorizer,
+    identity: &Identity,
+    topic: &str,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    if write_allowed(authorizer, identity, topic) {
+        return true;
+    }
+    let decision = write_denial(authorizer, identity, topic);
+    audit_denied(identity, Access::Write, topic, &decision, peer);
+    false
+}
+
 /// Record a refused access on the `audit` target with the rule that decided
 /// (never the payload). The broker adds the peer address if it has one.
 pub fn audit_denied(

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+/// Name prefix of the broker's own in-process identities (`tollgate:certs`).
+pub const BROKER_IDENTITY_PREFIX: &str = "tollgate:";
+
 /// How an identity was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
@@ -29,6 +32,31 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether this is one of the broker's own in-process publishers (`tollgate:...`,
+    /// e.g. the certificate expiry watch): the only identities that may write under
+    /// `$SYS/`. No network client can have `via == Internal`.
+    pub fn is_broker(&self) -> bool {
+        self.via == AuthMethod::Internal
+            && self
+                .username
+                .as_deref()
+                .is_some_and(|u| u.starts_with(BROKER_IDENTITY_PREFIX))
+    }
+
+    /// Whether `other` is the same principal, so it may resume or take over a session
+    /// this identity created (design decision 11): the same authenticated user name
+    /// (a password login and a certificate with that name share ACL rules, so they
+    /// share sessions), or both anonymous; an in-process component is never the same
+    /// principal as a network client, whatever the names.
+    pub fn same_principal(&self, other: &Identity) -> bool {
+        let anonymous = |i: &Identity| i.via == AuthMethod::Anonymous || i.username.is_none();
+        let internal = |i: &Identity| i.via == AuthMethod::Internal;
+        if internal(self) != internal(other) || anonymous(self) != anonymous(other) {
+            return false;
+        }
+        anonymous(self) || self.username == other.username
+    }
+
     /// Identity for an in-process component such as `adapter:modbus1` or `bridge:cloud`.
     pub fn internal(name: &str) -> Self {
         Identity {
@@ -37,5 +65,34 @@ impl Identity {
             via: AuthMethod::Internal,
             listener: Arc::from("internal"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(username: Option<&str>, via: AuthMethod) -> Identity {
+        Identity {
+            username: username.map(str::to_string),
+            client_id: "dev".into(),
+            via,
+            listener: Arc::from("l"),
+        }
+    }
+
+    #[test]
+    fn same_principal_needs_the_same_user_and_kind() {
+        let alice = id(Some("alice"), AuthMethod::Password);
+        assert!(alice.same_principal(&id(Some("alice"), AuthMethod::Certificate)));
+        assert!(!alice.same_principal(&id(Some("bob"), AuthMethod::Password)));
+        assert!(!alice.same_principal(&id(None, AuthMethod::Anonymous)));
+        // An anonymous client's unverified username is no principal.
+        assert!(!alice.same_principal(&id(Some("alice"), AuthMethod::Anonymous)));
+        assert!(id(None, AuthMethod::Anonymous).same_principal(&id(None, AuthMethod::Anonymous)));
+        assert!(!id(Some("alice"), AuthMethod::Internal).same_principal(&alice));
+        assert!(
+            Identity::internal("bridge:cloud").same_principal(&Identity::internal("bridge:cloud"))
+        );
     }
 }

@@ -334,9 +334,16 @@ where
     let will = match will {
         None => None,
         Some(w) => {
+            let max_levels = settings.max_topic_levels;
             let valid = topics::topic_from_bytes(&w.topic)
                 .map_err(|e| e.to_string())
-                .and_then(|t| topics::validate_topic_name(t).map_err(|e| e.to_string()));
+                .and_then(|t| topics::validate_topic_name(t).map_err(|e| e.to_string()).map(|()| t))
+                .and_then(|t| match topics::level_count(t) {
+                    n if n > max_levels => Err(format!(
+                        "will topic has {n} levels; this broker allows at most {max_levels} (broker.max_topic_levels)"
+                    )),
+                    _ => Ok(()),
+                });
             if let Err(reason) = valid {
                 warn!(%client_id, %peer, %reason, "Connection refused: invalid will topic.");
                 refuse_connect(&mut stream, &shared, version, 0x90, "invalid will topic").await;
@@ -407,6 +414,23 @@ where
         }
         Ok(Ok(identity)) => identity,
     };
+    if let Some(will) = &will {
+        // The will is a write like any PUBLISH: checked now (refused at CONNECT, as
+        // Mosquitto does) and again when it is sent (the rules may change meanwhile).
+        let topic = will.message.topic_str();
+        if !crate::acl::authorize_write(&*shared.authorizer(), &identity, topic, Some(peer)) {
+            warn!(target: "audit", %client_id, %peer, listener = %info.listener.name, username = ?identity.username, "Connection refused: not authorized to publish the will.");
+            refuse_connect(
+                &mut stream,
+                &shared,
+                version,
+                0x87,
+                "not authorized to publish to the will topic",
+            )
+            .await;
+            return;
+        }
+    }
     info!(target: "audit", %client_id, %peer, listener = %info.listener.name, via = ?identity.via, username = ?identity.username, "Client connected.");
 
     let connack = v5::ConnAck {
@@ -698,7 +722,7 @@ impl WriteDecisions {
             self.entries.insert(0, entry);
             return allowed;
         }
-        let allowed = authorizer.allows(identity, Access::Write, topic);
+        let allowed = crate::acl::write_allowed(&**authorizer, identity, topic);
         self.entries.truncate(WRITE_DECISIONS - 1);
         self.entries
             .insert(0, (Bytes::copy_from_slice(topic.as_bytes()), allowed));
@@ -867,6 +891,8 @@ impl ConnState {
     ) -> Result<(), Violation> {
         let settings = &self.shared.settings;
         let alias = p.properties.as_mut().and_then(|pp| pp.topic_alias.take());
+        // Set only once the PUBLISH carrying it has been accepted (valid, authorized).
+        let mut new_alias = None;
         if let Some(alias) = alias {
             if alias == 0 || alias > settings.topic_alias_maximum {
                 return Err(violation(
@@ -888,7 +914,7 @@ impl ConnState {
                     }
                 }
             } else {
-                self.aliases.insert(alias, p.topic.clone());
+                new_alias = Some(alias);
             }
         }
         if p.topic.is_empty() {
@@ -914,19 +940,31 @@ impl ConnState {
                 ),
             ));
         }
-        let allowed = !topic.starts_with("$SYS")
-            && self
-                .write_decisions
-                .allowed(authorizer, &self.identity, topic);
-        if !allowed {
+        let levels = topics::level_count(topic);
+        if levels > settings.max_topic_levels {
+            let reason = format!(
+                "topic name has {levels} levels; this broker allows at most {} (broker.max_topic_levels)",
+                settings.max_topic_levels
+            );
+            if !self.v5() {
+                // v3.1.1 has no negative acknowledgement: the connection is closed.
+                return Err(violation(0x90, reason));
+            }
+            debug!(client_id = %self.identity.client_id, peer = %self.peer, levels, "PUBLISH refused: too many topic levels.");
+            self.refuse_publish(
+                &p,
+                v5::PubAckReason::TopicNameInvalid,
+                v5::PubRecReason::TopicNameInvalid,
+                reason,
+            );
+            return Ok(());
+        }
+        if !self
+            .write_decisions
+            .allowed(authorizer, &self.identity, topic)
+        {
             // Denials are rare: ask again for the deciding rule, for the audit line.
-            let decision = if topic.starts_with("$SYS") {
-                crate::acl::AclDecision::Deny {
-                    rule: Some("built-in: $SYS topics are written by the broker only".into()),
-                }
-            } else {
-                authorizer.check(&self.identity, Access::Write, topic)
-            };
+            let decision = crate::acl::write_denial(&**authorizer, &self.identity, topic);
             crate::acl::audit_denied(
                 &self.identity,
                 Access::Write,
@@ -934,34 +972,28 @@ impl ConnState {
                 &decision,
                 Some(self.peer),
             );
-            let reason_v5 = self.v5();
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.encode(&v5::Packet::PubAck(v5::PubAck {
-                    pkid: p.pkid,
-                    reason: if reason_v5 {
-                        v5::PubAckReason::NotAuthorized
-                    } else {
-                        v5::PubAckReason::Success
-                    },
-                    properties: None,
-                })),
-                QoS::ExactlyOnce => {
-                    if !reason_v5 {
-                        // v3.1.1 completes the flow; the PUBREL gets its PUBCOMP from the router.
-                    }
-                    self.encode(&v5::Packet::PubRec(v5::PubRec {
-                        pkid: p.pkid,
-                        reason: if reason_v5 {
-                            v5::PubRecReason::NotAuthorized
-                        } else {
-                            v5::PubRecReason::Success
-                        },
-                        properties: None,
-                    }))
-                }
+            if self.v5() {
+                self.refuse_publish(
+                    &p,
+                    v5::PubAckReason::NotAuthorized,
+                    v5::PubRecReason::NotAuthorized,
+                    "not authorized to publish to this topic".into(),
+                );
+            } else {
+                // v3.1.1 completes the flow as if accepted; a QoS 2 PUBREL gets its
+                // PUBCOMP from the router.
+                self.refuse_publish(
+                    &p,
+                    v5::PubAckReason::Success,
+                    v5::PubRecReason::Success,
+                    String::new(),
+                );
             }
             return Ok(());
+        }
+        if let Some(alias) = new_alias {
+            // A copy: the alias must not pin the read buffer the topic was decoded from.
+            self.aliases.insert(alias, Bytes::copy_from_slice(&p.topic));
         }
         if p.qos != QoS::AtMostOnce {
             self.inbound_qos.insert(p.pkid);
@@ -982,6 +1014,38 @@ impl ConnState {
         Ok(())
     }
 
+    /// Answer a PUBLISH that is not routed: PUBACK/PUBREC with `puback`/`pubrec` for
+    /// QoS 1/2 (with `reason` as reason string on v5 when the client wants them),
+    /// nothing for QoS 0.
+    fn refuse_publish(
+        &mut self,
+        p: &v5::Publish,
+        puback: v5::PubAckReason,
+        pubrec: v5::PubRecReason,
+        reason: String,
+    ) {
+        let reason = (self.v5() && self.problem_info && !reason.is_empty()).then_some(reason);
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode(&v5::Packet::PubAck(v5::PubAck {
+                pkid: p.pkid,
+                reason: puback,
+                properties: reason.map(|r| v5::PubAckProperties {
+                    reason_string: Some(r),
+                    user_properties: vec![],
+                }),
+            })),
+            QoS::ExactlyOnce => self.encode(&v5::Packet::PubRec(v5::PubRec {
+                pkid: p.pkid,
+                reason: pubrec,
+                properties: reason.map(|r| v5::PubRecProperties {
+                    reason_string: Some(r),
+                    user_properties: vec![],
+                }),
+            })),
+        }
+    }
+
     fn subscribe(
         &mut self,
         s: v5::Subscribe,
@@ -994,14 +1058,17 @@ impl ConnState {
         }
         let mut filters = Vec::with_capacity(s.filters.len());
         for f in s.filters {
-            let refused = match check_filter(&f, &self.identity, authorizer, Some(self.peer))? {
+            let refused = match check_filter(
+                &f,
+                &self.identity,
+                authorizer,
+                Some(self.peer),
+                self.shared.settings.max_topic_levels,
+            )? {
                 Ok(()) => None,
                 Err(code) => {
-                    if code == v5::SubscribeReasonCode::NotAuthorized {
-                        warn!(target: "audit", client_id = %self.identity.client_id, peer = %self.peer, filter = %f.path, "Subscribe denied by ACL.");
-                    } else {
-                        debug!(client_id = %self.identity.client_id, filter = %f.path, "Subscribe refused: invalid topic filter.");
-                    }
+                    // A refusal by ACL is audited by `check_filter` itself.
+                    debug!(client_id = %self.identity.client_id, filter = %f.path, ?code, "Subscribe refused.");
                     Some(code)
                 }
             };
@@ -1024,6 +1091,7 @@ pub(crate) fn check_filter(
     identity: &Identity,
     authorizer: &dyn crate::acl::Authorizer,
     peer: Option<std::net::SocketAddr>,
+    max_levels: usize,
 ) -> Result<Result<(), v5::SubscribeReasonCode>, Violation> {
     let inner = match topics::parse_shared(&f.path) {
         Err(_) => return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid)),
@@ -1035,7 +1103,7 @@ pub(crate) fn check_filter(
         }
         Ok(None) => f.path.as_str(),
     };
-    if topics::validate_topic_filter(inner).is_err() {
+    if topics::level_count(inner) > max_levels || topics::validate_topic_filter(inner).is_err() {
         return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
     }
     let decision = authorizer.check(identity, Access::Subscribe, inner);

@@ -20,14 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::debug;
 
 use super::connection::check_filter;
 use super::router::{ConnId, ConnectRequest, Inbound, Outgoing, RouterMsg};
 use super::topics;
 use super::wire::{v5, QoS};
 use super::{BrokerError, Shared};
-use crate::acl::Access;
 use crate::auth::Identity;
 
 /// How an in-process client attaches.
@@ -179,6 +178,14 @@ pub(crate) async fn connect(
                     continue;
                 };
                 client.queued.fetch_sub(1, Ordering::Relaxed);
+                if c.code != v5::ConnectReturnCode::Success {
+                    let reason = c
+                        .properties
+                        .and_then(|p| p.reason_string)
+                        .unwrap_or_else(|| format!("{:?}", c.code));
+                    client.closed = true;
+                    return Err(BrokerError::Refused(reason));
+                }
                 client.session_present = c.session_present;
             }
             other => client.buffered.push_back(other),
@@ -223,10 +230,15 @@ impl InternalClient {
         topics::validate_topic_name(topic).map_err(|e| {
             BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
         })?;
+        let max_levels = self.shared.settings.max_topic_levels;
+        let levels = topics::level_count(topic);
+        if levels > max_levels {
+            return Err(BrokerError::Refused(format!(
+                "topic name invalid (0x90): {levels} levels; this broker allows at most {max_levels} (broker.max_topic_levels)"
+            )));
+        }
         let authorizer = self.shared.authorizer();
-        let decision = authorizer.check(&self.identity, Access::Write, topic);
-        if !decision.is_allowed() {
-            crate::acl::audit_denied(&self.identity, Access::Write, topic, &decision, None);
+        if !crate::acl::authorize_write(&*authorizer, &self.identity, topic, None) {
             return Err(BrokerError::Refused(format!(
                 "not authorized (0x87): {} may not publish to {topic:?}",
                 self.identity.client_id
@@ -284,16 +296,15 @@ impl InternalClient {
     ) -> Result<v5::SubscribeReasonCode, BrokerError> {
         let filter = f.path.clone();
         let authorizer = self.shared.authorizer();
-        let refused = match check_filter(&f, &self.identity, &*authorizer, None) {
-            Ok(Ok(())) => None,
-            Ok(Err(code)) => Some(code),
-            Err(v) => return Err(BrokerError::Refused(v.reason)),
-        };
-        if let Some(code) = refused {
-            if code == v5::SubscribeReasonCode::NotAuthorized {
-                warn!(target: "audit", client_id = %self.identity.client_id, %filter, "Subscribe denied by ACL.");
+        let max_levels = self.shared.settings.max_topic_levels;
+        // A refusal by ACL is audited by `check_filter` itself.
+        match check_filter(&f, &self.identity, &*authorizer, None, max_levels) {
+            Ok(Ok(())) => {}
+            Ok(Err(code)) => {
+                debug!(client_id = %self.identity.client_id, %filter, ?code, "Subscribe refused.");
+                return Ok(code);
             }
-            return Ok(code);
+            Err(v) => return Err(BrokerError::Refused(v.reason)),
         }
         let (tx, rx) = oneshot::channel();
         self.send(vec![Inbound::Subscribe {

@@ -81,6 +81,9 @@ pub struct BrokerSettings {
     pub max_inflight: u16,
     /// Topic aliases a v5 client may use towards the broker.
     pub topic_alias_maximum: u16,
+    /// Most levels a topic name or filter may have (PUBLISH, will, SUBSCRIBE,
+    /// UNSUBSCRIBE, in-process clients): bounds every walk over topic levels.
+    pub max_topic_levels: usize,
     /// How often `$SYS/broker/...` statistics are published; zero disables them.
     pub sys_interval: Duration,
 }
@@ -97,6 +100,7 @@ impl Default for BrokerSettings {
             receive_maximum: 100,
             max_inflight: 100,
             topic_alias_maximum: 32,
+            max_topic_levels: 64,
             sys_interval: Duration::from_secs(10),
         }
     }

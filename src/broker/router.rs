@@ -497,8 +497,8 @@ fn try_send(
         next_pkid(&mut session.next_pkid, &session.pkids_in_use)
     };
     let Some(publish) = build_publish(&q, pkid, false, ctx.now) else {
-        // Message expired while queued.
-        ctx.discard(q);
+        // Expired while queued: the subscriber never had it (a durable hold fails).
+        ctx.lose(q);
         return Ok(());
     };
     if let Some(max) = link.max_packet_size {
@@ -599,10 +599,29 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
     }
 }
 
+/// Whether the session's identity may still read `q`: what a session holds is
+/// re-checked before it is sent, since a reload may have narrowed the rules since
+/// it was queued.
+fn readable(ctx: &Ctx, session: &Session, q: &Queued) -> bool {
+    let topic = q.msg.topic_str();
+    if ctx
+        .authorizer
+        .allows(&session.identity, Access::Read, topic)
+    {
+        return true;
+    }
+    debug!(client_id = %session.client_id, %topic, "Queued message dropped: no longer readable by this identity.");
+    false
+}
+
 /// Move queued messages into the inflight window while it has room.
 fn refill(ctx: &mut Ctx, key: SessionKey, session: &mut Session) {
     while let Some(q) = session.pending.pop_front() {
         session.pending_bytes -= q.msg.weight();
+        if !readable(ctx, session, &q) {
+            ctx.lose(q);
+            continue;
+        }
         if let Err(q) = try_send(ctx, key, session, q) {
             session.pending_bytes += q.msg.weight();
             session.pending.push_front(q);
@@ -620,6 +639,17 @@ fn split_shared(path: &str) -> (Option<&str>, &str) {
         Ok(Some(s)) => (Some(s.group), s.filter),
         _ => (None, path),
     }
+}
+
+/// Whether an UNSUBSCRIBE filter is well formed and within `max_levels`: one that
+/// could never have been subscribed is answered 0x8F, not looked up.
+fn valid_unsubscribe_filter(filter: &str, max_levels: usize) -> bool {
+    let inner = match topics::parse_shared(filter) {
+        Ok(Some(shared)) => shared.filter,
+        Ok(None) => filter,
+        Err(_) => return false,
+    };
+    topics::level_count(inner) <= max_levels && topics::validate_topic_filter(inner).is_ok()
 }
 
 fn max_qos(a: QoS, b: QoS) -> QoS {
@@ -733,6 +763,18 @@ impl Router {
         let client_id = req.identity.client_id.clone();
         let mut resumed = None;
         if let Some(&key) = self.by_client.get(&client_id) {
+            if let Some(owner) = self.sessions.get(&key).map(|s| &s.identity) {
+                if !owner.same_principal(&req.identity) {
+                    // Sessions belong to identities (design decision 11): neither its
+                    // messages nor its live connection go to another one.
+                    warn!(target: "audit", event = "session_owner_mismatch", %client_id, listener = %req.identity.listener, username = req.identity.username.as_deref().unwrap_or(""), via = ?req.identity.via, owner = owner.username.as_deref().unwrap_or(""), owner_via = ?owner.via, "Connection refused: the client id holds a session of another identity.");
+                    stats(&self.ctx)
+                        .refused_session_owner
+                        .fetch_add(1, Ordering::Relaxed);
+                    refuse(req, SESSION_OWNER_REASON);
+                    return;
+                }
+            }
             let mut fire_will = None;
             if let Some(session) = self.sessions.get_mut(&key) {
                 if let Some(mut old) = session.link.take() {
@@ -815,6 +857,7 @@ impl Router {
         session.identity = req.identity;
         session.expiry = req.session_expiry;
         session.will = req.will;
+        let was_durable = session.durable;
         session.durable = req.durable;
         session.generation += 1;
         let mut connack = req.connack;
@@ -831,19 +874,41 @@ impl Router {
             slow_dropped: 0,
         };
         self.ctx.dirty.push(key);
-        // Re-send what the client never acknowledged, with DUP set.
-        for f in session.inflight.iter() {
+        // A durable session taken over by a connection that is not durable: what it
+        // holds for publishers was not stored, so their holds complete as lost.
+        if was_durable && !session.durable {
+            for q in session
+                .inflight
+                .iter_mut()
+                .map(|f| &mut f.queued)
+                .chain(session.pending.iter_mut())
+            {
+                self.ctx.release_hold(q.hold.take(), true);
+            }
+        }
+        // Re-send what the client never acknowledged, with DUP set, if it may still
+        // read it and it has not expired (a PUBREL of a message it already has goes
+        // out regardless). Dropped ones free their packet id and window slot.
+        let mut kept = VecDeque::with_capacity(session.inflight.len());
+        for f in std::mem::take(&mut session.inflight) {
             let item = match f.state {
-                InflightState::AwaitAck => {
-                    match build_publish(&f.queued, f.pkid, true, self.ctx.now) {
-                        Some(p) => Outgoing::Publish(p),
-                        None => continue,
-                    }
-                }
                 InflightState::AwaitComp => Outgoing::Ack(Ack::Pubrel(f.pkid)),
+                InflightState::AwaitAck => {
+                    let publish = readable(&self.ctx, session, &f.queued)
+                        .then(|| build_publish(&f.queued, f.pkid, true, self.ctx.now))
+                        .flatten();
+                    let Some(publish) = publish else {
+                        session.pkids_in_use.remove(&f.pkid);
+                        self.ctx.lose(f.queued);
+                        continue;
+                    };
+                    Outgoing::Publish(publish)
+                }
             };
             link.out.push(item);
+            kept.push_back(f);
         }
+        session.inflight = kept;
         session.link = Some(link);
         self.by_conn.insert(req.conn, key);
         refill(&mut self.ctx, key, session);
@@ -969,11 +1034,19 @@ impl Router {
             self.ctx.lose(q);
             return;
         };
+        // The hold follows the message only to another durable member: a member that
+        // does not store what it acknowledges must not release the publisher's ack.
+        let hold = if session.durable {
+            q.hold
+        } else {
+            self.ctx.release_hold(q.hold, true);
+            None
+        };
         let moved = Queued {
             qos: min_qos(q.msg.qos, options.qos),
             retain: false,
             sub_ids: options.id.into_iter().collect(),
-            hold: q.hold,
+            hold,
             share: Some(share),
             msg: q.msg,
         };
@@ -1006,10 +1079,8 @@ impl Router {
     }
 
     fn publish_will(&mut self, will: WillSpec, identity: &Identity) {
-        let topic = will.message.topic_str().to_string();
-        let decision = self.ctx.authorizer.check(identity, Access::Write, &topic);
-        if !decision.is_allowed() {
-            crate::acl::audit_denied(identity, Access::Write, &topic, &decision, None);
+        let topic = will.message.topic_str();
+        if !crate::acl::authorize_write(&*self.ctx.authorizer, identity, topic, None) {
             debug!(client_id = %identity.client_id, %topic, "Will message not published.");
             return;
         }
@@ -1304,6 +1375,11 @@ impl Router {
                     session.held.remove(&pkid);
                     let Some(link) = session.link.as_mut() else {
                         // Offline: the client resends on reconnect and is acked then.
+                        // A lost QoS 2 message must be routed again then, not taken
+                        // for a duplicate of the one that was lost.
+                        if lost {
+                            session.incoming_qos2.remove(&pkid);
+                        }
                         continue;
                     };
                     // v3.1.1 has no negative acknowledgement: it is acked either way.
@@ -1450,7 +1526,12 @@ impl Router {
             return;
         };
         let mut reasons = Vec::with_capacity(filters.len());
+        let max_levels = settings(&self.ctx).max_topic_levels;
         for path in filters {
+            if !valid_unsubscribe_filter(&path, max_levels) {
+                reasons.push(v5::UnsubAckReason::TopicFilterInvalid);
+                continue;
+            }
             let (group, plain) = split_shared(&path);
             self.trie.remove(plain, group, key);
             if session.subscriptions.remove(&path).is_some() {
@@ -1577,6 +1658,27 @@ const MAX_BATCH_HINT: usize = 256;
 /// Why a held publication is refused (v5 0x97) or an in-process publish fails.
 const LOST_REASON: &str =
     "quota exceeded (0x97): a durable subscriber lost the message before storing it";
+
+/// Why a CONNECT for a session of another identity is refused (v5 0x87).
+const SESSION_OWNER_REASON: &str =
+    "not authorized (0x87): this client id holds a session of another identity";
+
+/// Answer a CONNECT with a failure CONNACK (v5 0x87, 3.1.1 return code 5) and close.
+fn refuse(req: ConnectRequest, reason: &str) {
+    let mut connack = req.connack;
+    connack.code = v5::ConnectReturnCode::NotAuthorized;
+    connack.session_present = false;
+    if let Some(p) = connack.properties.as_mut() {
+        p.assigned_client_identifier = None;
+        p.reason_string = Some(reason.to_string());
+    }
+    let batch = vec![
+        Outgoing::packet(v5::Packet::ConnAck(connack)),
+        Outgoing::Close,
+    ];
+    req.queued.fetch_add(batch.len(), Ordering::Relaxed);
+    let _ = req.tx.send(batch);
+}
 
 fn pubrec(pkid: u16) -> v5::Packet {
     v5::Packet::PubRec(v5::PubRec {

@@ -38,6 +38,8 @@ pub struct BrokerStats {
     pub dropped_oversize: u64,
     /// QoS 0 messages dropped because the client does not read fast enough.
     pub dropped_slow_consumer: u64,
+    /// CONNECTs refused because their client id holds a session of another identity.
+    pub refused_session_owner: u64,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,7 @@ pub(crate) struct StatsCounters {
     pub dropped_queue_overflow: AtomicU64,
     pub dropped_oversize: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
+    pub refused_session_owner: AtomicU64,
 }
 
 impl StatsCounters {
@@ -75,6 +78,7 @@ impl StatsCounters {
             dropped_queue_overflow: get(&self.dropped_queue_overflow),
             dropped_oversize: get(&self.dropped_oversize),
             dropped_slow_consumer: get(&self.dropped_slow_consumer),
+            refused_session_owner: get(&self.refused_session_owner),
         }
     }
 }

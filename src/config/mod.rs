@@ -67,6 +67,8 @@ pub struct BrokerConfig {
     pub max_inflight: u16,
     /// Topic aliases a v5 client may use towards the broker (0 disables them).
     pub topic_alias_maximum: u16,
+    /// Most levels in a topic name or filter; deeper ones are refused.
+    pub max_topic_levels: usize,
     /// Period of `$SYS/broker/...` statistics; 0 disables them.
     #[serde(deserialize_with = "duration::deserialize")]
     pub sys_interval: Duration,
@@ -90,6 +92,7 @@ impl Default for BrokerConfig {
             receive_maximum: core.receive_maximum,
             max_inflight: core.max_inflight,
             topic_alias_maximum: core.topic_alias_maximum,
+            max_topic_levels: core.max_topic_levels,
             sys_interval: core.sys_interval,
         }
     }
@@ -109,6 +112,7 @@ impl BrokerConfig {
             receive_maximum: self.receive_maximum,
             max_inflight: self.max_inflight,
             topic_alias_maximum: self.topic_alias_maximum,
+            max_topic_levels: self.max_topic_levels,
             sys_interval: self.sys_interval,
         }
     }

@@ -190,6 +190,14 @@ fn broker(config: &Config, r: &mut Report<'_>) {
     }
     r.range("broker.receive_maximum", b.receive_maximum, 1, u16::MAX, "");
     r.range("broker.max_inflight", b.max_inflight, 1, u16::MAX, "");
+    // 32,768 levels is what a 65,535-byte topic of empty levels can have at most.
+    r.range(
+        "broker.max_topic_levels",
+        b.max_topic_levels,
+        1,
+        32_768,
+        " levels",
+    );
     if !b.sys_interval.is_zero() {
         r.duration(
             "broker.sys_interval",
