@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::fasthash::{IntMap, IntSet};
-use super::router::{ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec};
+use super::router::{
+    refusal_properties, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
+};
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
 use super::{ConnectionInfo, SessionCredentials, Shared};
@@ -172,25 +174,7 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
     let connack = v5::ConnAck {
         session_present: false,
         code: connack_code(code),
-        properties: (version == ProtocolVersion::V5).then(|| v5::ConnAckProperties {
-            session_expiry_interval: None,
-            receive_max: None,
-            max_qos: None,
-            retain_available: None,
-            max_packet_size: None,
-            assigned_client_identifier: None,
-            topic_alias_max: None,
-            reason_string: Some(reason.to_string()),
-            user_properties: vec![],
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
-            server_keep_alive: None,
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
-        }),
+        properties: (version == ProtocolVersion::V5).then(|| refusal_properties(reason)),
     };
     let mut buf = BytesMut::new();
     if codec

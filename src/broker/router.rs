@@ -1359,7 +1359,12 @@ impl Router {
     }
 
     fn complete_targets(&mut self) {
-        while let Some((target, lost)) = self.ctx.completed.pop() {
+        if self.ctx.completed.is_empty() {
+            return;
+        }
+        // In completion order, so acknowledgements keep the order of the PUBLISHes.
+        let mut completed = std::mem::take(&mut self.ctx.completed);
+        for (target, lost) in completed.drain(..) {
             match target {
                 HoldTarget::Internal(reply) => {
                     let _ = reply.send(if lost {
@@ -1416,6 +1421,8 @@ impl Router {
                 }
             }
         }
+        // Keep the allocation (nothing completes while acknowledgements are sent).
+        self.ctx.completed = completed;
     }
 
     fn subscribe(
@@ -1663,15 +1670,36 @@ const LOST_REASON: &str =
 const SESSION_OWNER_REASON: &str =
     "not authorized (0x87): this client id holds a session of another identity";
 
+/// CONNACK properties carrying only a reason string (refusals).
+pub(crate) fn refusal_properties(reason: &str) -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: Some(reason.to_string()),
+        user_properties: vec![],
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 /// Answer a CONNECT with a failure CONNACK (v5 0x87, 3.1.1 return code 5) and close.
 fn refuse(req: ConnectRequest, reason: &str) {
-    let mut connack = req.connack;
-    connack.code = v5::ConnectReturnCode::NotAuthorized;
-    connack.session_present = false;
-    if let Some(p) = connack.properties.as_mut() {
-        p.assigned_client_identifier = None;
-        p.reason_string = Some(reason.to_string());
-    }
+    let connack = v5::ConnAck {
+        session_present: false,
+        code: v5::ConnectReturnCode::NotAuthorized,
+        properties: req.v5.then(|| refusal_properties(reason)),
+    };
     let batch = vec![
         Outgoing::packet(v5::Packet::ConnAck(connack)),
         Outgoing::Close,
