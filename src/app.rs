@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use self::core::{BoxFuture, BrokerCore, Core};
-pub use self::listener::ClientStream;
+pub use self::listener::{set_tcp_keepalive, ClientStream, TcpKeepalive};
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 pub use self::security::{
     build_security, log_security, password_settings, security_warnings, watched_certificates,
@@ -156,7 +156,14 @@ fn build_states(
         } else {
             None
         };
-        states.insert(l.name.clone(), ListenerState { context, tls });
+        states.insert(
+            l.name.clone(),
+            ListenerState {
+                context,
+                tls,
+                tcp_keepalive: l.tcp_keepalive(),
+            },
+        );
     }
     if problems.is_empty() {
         Ok((states, dev_pki))

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::app::TcpKeepalive;
 use crate::broker::BrokerSettings;
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
@@ -177,6 +178,39 @@ pub struct ListenerConfig {
     /// Certificate revocation list (PEM or DER) for client certificates.
     #[serde(default)]
     pub crl: Option<PathBuf>,
+    /// Kernel keepalive probes on every accepted socket, so a peer that vanished
+    /// without a FIN (power cut, NAT timeout) is closed even with MQTT keep alive 0.
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepaliveConfig,
+}
+
+/// `[[listener]] tcp_keepalive = { enabled, idle, interval, count }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpKeepaliveConfig {
+    /// Turn the probes off (then a half-open socket is only noticed by MQTT keep alive).
+    pub enabled: bool,
+    /// Silence on the connection before the first probe.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle: Duration,
+    /// Time between unanswered probes.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub interval: Duration,
+    /// Unanswered probes after which the kernel closes the connection.
+    pub count: u32,
+}
+
+impl Default for TcpKeepaliveConfig {
+    /// The listener's own defaults, so the two can never drift apart.
+    fn default() -> Self {
+        let d = TcpKeepalive::default();
+        TcpKeepaliveConfig {
+            enabled: true,
+            idle: d.idle,
+            interval: d.interval,
+            count: d.count,
+        }
+    }
 }
 
 /// Deserialize a unit-variant enum from its name through a plain string, so a wrong
@@ -251,6 +285,16 @@ impl ListenerConfig {
                 )),
             })
             .collect()
+    }
+
+    /// Keepalive probes for accepted sockets; `None` when turned off.
+    pub fn tcp_keepalive(&self) -> Option<TcpKeepalive> {
+        let k = &self.tcp_keepalive;
+        k.enabled.then_some(TcpKeepalive {
+            idle: k.idle,
+            interval: k.interval,
+            count: k.count,
+        })
     }
 
     /// TLS settings for `tls::build_server_config`, given the certificate and key to use.
