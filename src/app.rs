@@ -110,6 +110,7 @@ fn build_states(
             allow_anonymous: l.allow_anonymous,
             password_auth: l.password_auth,
             tls: l.transport == Transport::Tls,
+            keep_alive: l.keep_alive_policy(),
         });
         let tls = if l.transport == Transport::Tls {
             let files = match (&l.cert, &l.key, &dev_pki) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::app::TcpKeepalive;
-use crate::broker::BrokerSettings;
+use crate::broker::{BrokerSettings, KeepAlivePolicy};
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
@@ -182,6 +182,12 @@ pub struct ListenerConfig {
     /// without a FIN (power cut, NAT timeout) is closed even with MQTT keep alive 0.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepaliveConfig,
+    /// Smallest MQTT keep alive accepted on this listener, in seconds (0: no minimum).
+    #[serde(default)]
+    pub min_keepalive: u16,
+    /// Whether a CONNECT with keep alive 0 ("never check") is accepted as it is.
+    #[serde(default = "default_true")]
+    pub allow_zero_keepalive: bool,
 }
 
 /// `[[listener]] tcp_keepalive = { enabled, idle, interval, count }`.
@@ -295,6 +301,14 @@ impl ListenerConfig {
             interval: k.interval,
             count: k.count,
         })
+    }
+
+    /// What this listener demands of the MQTT keep alive in CONNECT.
+    pub fn keep_alive_policy(&self) -> KeepAlivePolicy {
+        KeepAlivePolicy {
+            allow_zero: self.allow_zero_keepalive,
+            min: self.min_keepalive,
+        }
     }
 
     /// TLS settings for `tls::build_server_config`, given the certificate and key to use.

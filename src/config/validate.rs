@@ -260,7 +260,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
             }
             binds.push((i, addr));
         }
-        keepalive(l, r);
+        keepalive(config, l, r);
         let loopback = addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
         match l.transport {
             Transport::Tcp => {
@@ -342,8 +342,8 @@ const TCP_KEEPALIVE_MAX_SECS: u64 = 32_767;
 /// Linux's upper bound for TCP_KEEPCNT.
 const TCP_KEEPALIVE_MAX_COUNT: u32 = 127;
 
-/// `tcp_keepalive` (kernel probes) of one listener.
-fn keepalive(l: &ListenerConfig, r: &mut Report<'_>) {
+/// `tcp_keepalive` (kernel probes) and the MQTT keep alive policy of one listener.
+fn keepalive(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
     let i = l.index;
     let key = |field: &str| format!("listener[{i}].{field}");
     let k = &l.tcp_keepalive;
@@ -373,6 +373,16 @@ fn keepalive(l: &ListenerConfig, r: &mut Report<'_>) {
         TCP_KEEPALIVE_MAX_COUNT,
         " probes",
     );
+    let max = config.broker.max_keepalive;
+    if l.min_keepalive > max {
+        r.error(
+            key("min_keepalive"),
+            format!(
+                "{} s is above [broker] max_keepalive ({max} s), so no keep alive could satisfy both; lower min_keepalive or raise max_keepalive",
+                l.min_keepalive
+            ),
+        );
+    }
 }
 
 fn tls_listener(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
