@@ -28,8 +28,8 @@ pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::{set_tcp_keepalive, ClientStream, TcpKeepalive};
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 pub use self::security::{
-    build_security, log_security, password_settings, security_warnings, watched_certificates,
-    Security, CERT_WATCH_IDENTITY,
+    build_security, log_security, password_file_warning, password_settings, security_warnings,
+    watched_certificates, Security, CERT_WATCH_IDENTITY,
 };
 
 use crate::acl::Authorizer;
@@ -195,6 +195,7 @@ pub fn preflight(config: &Config) -> Preflight {
         Ok(security) => report.warnings = security_warnings(&security),
         Err(problems) => report.problems.extend(problems),
     }
+    report.warnings.extend(password_file_warning(config));
     report
 }
 
