@@ -162,7 +162,7 @@ fn build_states(
             ListenerState {
                 context,
                 tls,
-                tcp_keepalive: l.tcp_keepalive(),
+                tcp_keepalive: l.tcp_keepalive_settings(),
             },
         );
     }

@@ -334,7 +334,7 @@ fn keepalive_is_on_by_default_and_follows_environment_overrides() {
         load_with_env(&ConfigSource::File(config.clone()), &HashMap::new()).expect("valid");
     let l = &loaded.config.listeners[0];
     assert_eq!(
-        l.tcp_keepalive(),
+        l.tcp_keepalive_settings(),
         Some(tollgate::app::TcpKeepalive::default())
     );
     assert_eq!(
@@ -355,7 +355,7 @@ fn keepalive_is_on_by_default_and_follows_environment_overrides() {
     let loaded = load_with_env(&ConfigSource::File(config), &env).expect("valid");
     let l = &loaded.config.listeners[0];
     assert_eq!(
-        l.tcp_keepalive().map(|k| k.idle),
+        l.tcp_keepalive_settings().map(|k| k.idle),
         Some(Duration::from_secs(30))
     );
     assert_eq!(l.keep_alive_policy().min, 15);

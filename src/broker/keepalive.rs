@@ -2,9 +2,9 @@
 //! listener's policy (`min_keepalive`, `allow_zero_keepalive`) and `[broker]
 //! max_keepalive`. It only decides; the connection task sends the CONNACK.
 //!
-//! MQTT 5 lets the server override the client (Server Keep Alive in the CONNACK,
-//! MQTT-3.2.2-21), so a v5 request outside the policy is corrected. MQTT 3.1.1 has no
-//! way to tell the client, so such a request is refused with CONNACK 0x02 "identifier
+//! MQTT 5 lets the server override the client (Server Keep Alive in the CONNACK, MQTT 5
+//! section 3.2.2.3.14), so a v5 request outside the policy is corrected. MQTT 3.1.1 has
+//! no way to tell the client, so such a request is refused with CONNACK 0x02 "identifier
 //! rejected", which is what Mosquitto sends a 3.1.1 client whose keep alive breaks its
 //! `max_keepalive` (a familiar code for operators moving from Mosquitto).
 

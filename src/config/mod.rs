@@ -294,7 +294,7 @@ impl ListenerConfig {
     }
 
     /// Keepalive probes for accepted sockets; `None` when turned off.
-    pub fn tcp_keepalive(&self) -> Option<TcpKeepalive> {
+    pub fn tcp_keepalive_settings(&self) -> Option<TcpKeepalive> {
         let k = &self.tcp_keepalive;
         k.enabled.then_some(TcpKeepalive {
             idle: k.idle,
