@@ -25,11 +25,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use self::core::{BoxFuture, BrokerCore, Core};
-pub use self::listener::ClientStream;
+pub use self::listener::{set_tcp_keepalive, ClientStream, TcpKeepalive};
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 pub use self::security::{
-    build_security, log_security, password_settings, security_warnings, watched_certificates,
-    Security, CERT_WATCH_IDENTITY,
+    build_security, log_security, password_file_warning, password_settings, security_warnings,
+    watched_certificates, Security, CERT_WATCH_IDENTITY,
 };
 
 use crate::acl::Authorizer;
@@ -110,6 +110,7 @@ fn build_states(
             allow_anonymous: l.allow_anonymous,
             password_auth: l.password_auth,
             tls: l.transport == Transport::Tls,
+            keep_alive: l.keep_alive_policy(),
         });
         let tls = if l.transport == Transport::Tls {
             let files = match (&l.cert, &l.key, &dev_pki) {
@@ -156,7 +157,14 @@ fn build_states(
         } else {
             None
         };
-        states.insert(l.name.clone(), ListenerState { context, tls });
+        states.insert(
+            l.name.clone(),
+            ListenerState {
+                context,
+                tls,
+                tcp_keepalive: l.tcp_keepalive_settings(),
+            },
+        );
     }
     if problems.is_empty() {
         Ok((states, dev_pki))
@@ -187,6 +195,7 @@ pub fn preflight(config: &Config) -> Preflight {
         Ok(security) => report.warnings = security_warnings(&security),
         Err(problems) => report.problems.extend(problems),
     }
+    report.warnings.extend(password_file_warning(config));
     report
 }
 

@@ -408,7 +408,7 @@ async fn identity_is_extracted_from_cn_san_and_subject() {
 }
 
 #[test]
-fn private_key_readable_by_others_is_refused() {
+fn private_key_readable_by_others_or_a_foreign_group_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let pki = Pki::new();
     std::fs::set_permissions(&pki.server.1, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -422,8 +422,14 @@ fn private_key_readable_by_others_is_refused() {
         text.contains("server.key") && text.contains("chmod 600"),
         "{text}"
     );
+    // Group read is fine when the group is this service's own (a file it created) ...
     std::fs::set_permissions(&pki.server.1, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    assert!(build_server_config(&pki.settings(ClientCertMode::Off)).is_err());
+    assert!(build_server_config(&pki.settings(ClientCertMode::Off)).is_ok());
+    // ... and refused for any other group (needs root to give the file away).
+    if std::os::unix::fs::chown(&pki.server.1, None, Some(12345)).is_ok() {
+        let err = build_server_config(&pki.settings(ClientCertMode::Off)).expect_err("group");
+        assert!(err.to_string().contains("group 12345"), "{err}");
+    }
     std::fs::set_permissions(&pki.server.1, std::fs::Permissions::from_mode(0o400)).expect("chmod");
     assert!(build_server_config(&pki.settings(ClientCertMode::Off)).is_ok());
 }

@@ -4,6 +4,9 @@
 //! (TLS server config, anonymous/password flags) is swapped atomically on reload:
 //! new handshakes use the new state, existing connections keep theirs (a reload then asks
 //! the broker to re-check live sessions, see [`super::revalidate`]).
+//! Every accepted socket gets TCP keepalive probes (unless the listener turns them
+//! off), so a peer that vanished without a FIN is closed by the kernel even when its
+//! MQTT keep alive is 0.
 //! It must never crash on accept errors, never block the accept loop on a client,
 //! and never look at MQTT bytes.
 
@@ -115,6 +118,43 @@ pub struct ListenerState {
     pub context: Arc<ListenerContext>,
     /// `None` for plain TCP.
     pub tls: Option<TlsState>,
+    /// Keepalive probes set on each accepted socket; `None` leaves the kernel default (off).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// Kernel TCP keepalive for an accepted socket: after `idle` without traffic the
+/// kernel sends a probe every `interval`; after `count` unanswered probes it resets
+/// the connection, and the connection task sees the error and ends (will included).
+/// A dead peer is noticed after about `idle + interval * count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Silence before the first probe (TCP_KEEPIDLE).
+    pub idle: Duration,
+    /// Time between unanswered probes (TCP_KEEPINTVL).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub count: u32,
+}
+
+impl Default for TcpKeepalive {
+    /// A vanished peer is dropped after 60 s + 5 x 10 s = 110 s (Linux's own default,
+    /// 2 h + 9 x 75 s, is far too long for devices behind NATs and on flaky links).
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 5,
+        }
+    }
+}
+
+/// Turn on SO_KEEPALIVE with the given idle time, interval and probe count.
+pub fn set_tcp_keepalive(socket: &TcpStream, keepalive: &TcpKeepalive) -> io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.count);
+    socket2::SockRef::from(socket).set_tcp_keepalive(&params)
 }
 
 /// Atomically swappable listener state (read once per accepted connection).
@@ -300,6 +340,11 @@ impl Connection {
         if let Err(e) = self.socket.set_nodelay(true) {
             debug!(%listener, %peer, reason = %e, "Could not set TCP_NODELAY.");
         }
+        if let Some(keepalive) = &self.state.tcp_keepalive {
+            if let Err(e) = set_tcp_keepalive(&self.socket, keepalive) {
+                warn!(%listener, %peer, reason = %e, "Could not turn on TCP keepalive; a vanished peer is only noticed by MQTT keep alive.");
+            }
+        }
         let mut info = ConnectionInfo {
             peer,
             listener: self.state.context.clone(),
@@ -350,5 +395,48 @@ impl Connection {
             inner: Transport::Tls(Box::new(stream)),
         };
         self.core.serve(stream, info).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair over loopback: (client side, accepted side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), accepted.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn keepalive_sets_so_keepalive_idle_interval_and_count() {
+        let (_client, accepted) = pair().await;
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(!sock.keepalive().expect("read SO_KEEPALIVE"), "off before");
+        let wanted = TcpKeepalive {
+            idle: Duration::from_secs(42),
+            interval: Duration::from_secs(7),
+            count: 3,
+        };
+        set_tcp_keepalive(&accepted, &wanted).expect("set");
+        assert!(sock.keepalive().expect("read SO_KEEPALIVE"));
+        assert_eq!(sock.tcp_keepalive_time().expect("idle"), wanted.idle);
+        assert_eq!(
+            sock.tcp_keepalive_interval().expect("interval"),
+            wanted.interval
+        );
+        assert_eq!(sock.tcp_keepalive_retries().expect("count"), wanted.count);
+    }
+
+    #[tokio::test]
+    async fn default_keepalive_drops_a_dead_peer_within_two_minutes() {
+        let (_client, accepted) = pair().await;
+        let d = TcpKeepalive::default();
+        set_tcp_keepalive(&accepted, &d).expect("set");
+        let sock = socket2::SockRef::from(&accepted);
+        assert_eq!(sock.tcp_keepalive_time().expect("idle"), d.idle);
+        assert!(d.idle + d.interval * d.count <= Duration::from_secs(120));
     }
 }

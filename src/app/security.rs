@@ -132,6 +132,21 @@ pub fn security_warnings(security: &Security) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A password file more exposed than private keys may be (the rule of
+/// [`crate::fsutil::secret_exposure`]). Only a warning: the file holds hashes, not
+/// keys, and Mosquitto's own files are often 0644; refusing would break upgrades.
+pub fn password_file_warning(config: &Config) -> Option<String> {
+    let path = config.auth.password_file.as_ref()?;
+    let meta = std::fs::metadata(path).ok()?;
+    let exposure = crate::fsutil::secret_file_exposure(&meta)?;
+    Some(format!(
+        "{}: auth.password_file: {} {} (password hashes can be attacked offline)",
+        config.source.label(),
+        path.display(),
+        exposure.describe(path)
+    ))
+}
+
 /// Log what is in force, at start and after every accepted reload.
 pub fn log_security(config: &Config, security: &Security, event: &str) {
     let users = security.authenticator.user_count();
@@ -140,6 +155,9 @@ pub fn log_security(config: &Config, security: &Security, event: &str) {
             info!(password_file = %path.display(), users, "{event}: password file loaded.")
         }
         None => debug!("{event}: no password file configured."),
+    }
+    if let Some(warning) = password_file_warning(config) {
+        warn!(warning = %warning, "Password file permissions are too open.");
     }
     match &security.acl {
         Some(acl) => {
@@ -315,6 +333,35 @@ mod tests {
             via,
             listener: Arc::from("local"),
         }
+    }
+
+    #[test]
+    fn password_file_readable_by_others_is_loaded_with_a_warning_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("passwd");
+        std::fs::write(&path, "").expect("write");
+        let file = dir.path().join("t.toml");
+        let body = format!("{LOCAL}password_auth = true\n[auth]\npassword_file = \"passwd\"\n");
+        std::fs::write(&file, body).expect("write");
+        let cfg = load_with_env(&ConfigSource::File(file), &Default::default())
+            .expect("valid config")
+            .config;
+        let chmod = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        chmod(0o644);
+        build_security(&cfg, None).expect("still loads");
+        let warning = password_file_warning(&cfg).expect("warned");
+        assert!(
+            warning.contains("auth.password_file")
+                && warning.contains(&format!("chmod 600 {}", path.display())),
+            "{warning}"
+        );
+        chmod(0o600);
+        assert_eq!(password_file_warning(&cfg), None);
+        chmod(0o640);
+        assert_eq!(password_file_warning(&cfg), None, "own group");
     }
 
     #[test]

@@ -304,16 +304,23 @@ where
     };
     let session_expiry = requested_expiry.min(settings.max_session_expiry);
 
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    // Keep alive 0 means "never", which is more than any maximum below 65535.
-    if v5mode
-        && (keep_alive > settings.max_keepalive
-            || (keep_alive == 0 && settings.max_keepalive < u16::MAX))
+    let requested_keep_alive = connect.keep_alive;
+    let super::KeepAliveGrant {
+        keep_alive,
+        server_keep_alive,
+    } = match info
+        .listener
+        .keep_alive
+        .grant(requested_keep_alive, settings.max_keepalive, v5mode)
     {
-        keep_alive = settings.max_keepalive;
-        server_keep_alive = Some(keep_alive);
-    }
+        Ok(grant) => grant,
+        Err(reason) => {
+            // Only 3.1.1 is refused (v5 is told Server Keep Alive): 0x85 is 3.1.1's 0x02.
+            warn!(%client_id, %peer, listener = %info.listener.name, keep_alive = requested_keep_alive, %reason, "Connection refused: keep alive outside the listener's policy.");
+            refuse_connect(&mut stream, &shared, version, 0x85, &reason).await;
+            return;
+        }
+    };
 
     let will = match will {
         None => None,

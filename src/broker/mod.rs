@@ -106,6 +106,9 @@ impl Default for BrokerSettings {
     }
 }
 
+mod keepalive;
+pub use keepalive::{KeepAliveGrant, KeepAlivePolicy};
+
 /// What a connection task knows about the listener it came in on.
 #[derive(Debug, Clone)]
 pub struct ListenerContext {
@@ -117,6 +120,8 @@ pub struct ListenerContext {
     pub password_auth: bool,
     /// Whether the transport is TLS (for logs and `$SYS`).
     pub tls: bool,
+    /// Minimum / zero MQTT keep alive accepted at CONNECT on this listener.
+    pub keep_alive: KeepAlivePolicy,
 }
 
 /// Per-connection facts known before the first MQTT byte is read.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::BrokerSettings;
+use crate::app::TcpKeepalive;
+use crate::broker::{BrokerSettings, KeepAlivePolicy};
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
@@ -181,6 +182,45 @@ pub struct ListenerConfig {
     /// Certificate revocation list (PEM or DER) for client certificates.
     #[serde(default)]
     pub crl: Option<PathBuf>,
+    /// Kernel keepalive probes on every accepted socket, so a peer that vanished
+    /// without a FIN (power cut, NAT timeout) is closed even with MQTT keep alive 0.
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepaliveConfig,
+    /// Smallest MQTT keep alive accepted on this listener, in seconds (0: no minimum).
+    #[serde(default)]
+    pub min_keepalive: u16,
+    /// Whether a CONNECT with keep alive 0 ("never check") is accepted as it is.
+    #[serde(default = "default_true")]
+    pub allow_zero_keepalive: bool,
+}
+
+/// `[[listener]] tcp_keepalive = { enabled, idle, interval, count }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpKeepaliveConfig {
+    /// Turn the probes off (then a half-open socket is only noticed by MQTT keep alive).
+    pub enabled: bool,
+    /// Silence on the connection before the first probe.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle: Duration,
+    /// Time between unanswered probes.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub interval: Duration,
+    /// Unanswered probes after which the kernel closes the connection.
+    pub count: u32,
+}
+
+impl Default for TcpKeepaliveConfig {
+    /// The listener's own defaults, so the two can never drift apart.
+    fn default() -> Self {
+        let d = TcpKeepalive::default();
+        TcpKeepaliveConfig {
+            enabled: true,
+            idle: d.idle,
+            interval: d.interval,
+            count: d.count,
+        }
+    }
 }
 
 /// Deserialize a unit-variant enum from its name through a plain string, so a wrong
@@ -255,6 +295,24 @@ impl ListenerConfig {
                 )),
             })
             .collect()
+    }
+
+    /// Keepalive probes for accepted sockets; `None` when turned off.
+    pub fn tcp_keepalive_settings(&self) -> Option<TcpKeepalive> {
+        let k = &self.tcp_keepalive;
+        k.enabled.then_some(TcpKeepalive {
+            idle: k.idle,
+            interval: k.interval,
+            count: k.count,
+        })
+    }
+
+    /// What this listener demands of the MQTT keep alive in CONNECT.
+    pub fn keep_alive_policy(&self) -> KeepAlivePolicy {
+        KeepAlivePolicy {
+            allow_zero: self.allow_zero_keepalive,
+            min: self.min_keepalive,
+        }
     }
 
     /// TLS settings for `tls::build_server_config`, given the certificate and key to use.

@@ -268,6 +268,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
             }
             binds.push((i, addr));
         }
+        keepalive(config, l, r);
         let loopback = addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
         match l.transport {
             Transport::Tcp => {
@@ -341,6 +342,54 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                 ),
             );
         }
+    }
+}
+
+/// Linux's upper bound for TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
+const TCP_KEEPALIVE_MAX_SECS: u64 = 32_767;
+/// Linux's upper bound for TCP_KEEPCNT.
+const TCP_KEEPALIVE_MAX_COUNT: u32 = 127;
+
+/// `tcp_keepalive` (kernel probes) and the MQTT keep alive policy of one listener.
+fn keepalive(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
+    let i = l.index;
+    let key = |field: &str| format!("listener[{i}].{field}");
+    let k = &l.tcp_keepalive;
+    for (field, value) in [("idle", k.idle), ("interval", k.interval)] {
+        let field = key(&format!("tcp_keepalive.{field}"));
+        if value.subsec_nanos() != 0 {
+            r.error(
+                field,
+                format!(
+                    "{} is not a whole number of seconds (the kernel counts keepalive time in seconds); write e.g. \"10s\"",
+                    super::duration::format(value)
+                ),
+            );
+        } else {
+            r.duration(
+                &field,
+                value,
+                Duration::from_secs(1),
+                Duration::from_secs(TCP_KEEPALIVE_MAX_SECS),
+            );
+        }
+    }
+    r.range(
+        &key("tcp_keepalive.count"),
+        k.count,
+        1,
+        TCP_KEEPALIVE_MAX_COUNT,
+        " probes",
+    );
+    let max = config.broker.max_keepalive;
+    if l.min_keepalive > max {
+        r.error(
+            key("min_keepalive"),
+            format!(
+                "{} s is above [broker] max_keepalive ({max} s), so no keep alive could satisfy both; lower min_keepalive or raise max_keepalive",
+                l.min_keepalive
+            ),
+        );
     }
 }
 

@@ -206,16 +206,19 @@ pub enum TlsError {
         /// File that failed.
         path: PathBuf,
     },
-    /// A private key file is readable by group or others.
+    /// A private key file others may access, or whose group may read it without being
+    /// root or the service's own group (the rule in [`crate::fsutil::secret_exposure`]).
     #[error(
-        "{path}: private key is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}` \
-         (tollgate, like ssh, refuses such keys)"
+        "{path}: private key with mode {mode:04o} {}; tollgate, like ssh and PostgreSQL, refuses such keys",
+        .exposure.describe(.path)
     )]
     KeyPermissions {
         /// Key file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+        /// What is too open.
+        exposure: crate::fsutil::SecretExposure,
     },
     /// The certificate and key could not be used together (mismatch, unsupported key type).
     #[error("{cert} with {key}: certificate and private key are not usable together: {source}")]
@@ -336,7 +339,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// Refuses a private key file that group or others may access (mode & 0o077 != 0).
+/// Refuses a private key file that others may access, that its group may write, or
+/// that its group may read when that group is neither root (gid 0) nor this process's
+/// effective group: `0600` always passes, `root:tollgate 0640` passes for the
+/// `tollgate` service.
 pub fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
     #[cfg(unix)]
     {
@@ -345,11 +351,11 @@ pub fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
             path: path.to_path_buf(),
             source,
         })?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        if let Some(exposure) = crate::fsutil::secret_file_exposure(&meta) {
             return Err(TlsError::KeyPermissions {
                 path: path.to_path_buf(),
-                mode,
+                mode: meta.permissions().mode() & 0o7777,
+                exposure,
             });
         }
     }
@@ -640,6 +646,86 @@ pub fn classify_rustls_error(err: &rustls::Error) -> CertRejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty key file with `mode`, in its own temporary directory.
+    fn key_file(mode: u32) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.key");
+        std::fs::write(&path, b"").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        (dir, path)
+    }
+
+    #[test]
+    fn key_0600_and_0400_are_accepted() {
+        for mode in [0o600, 0o400] {
+            let (_dir, path) = key_file(mode);
+            check_key_permissions(&path).expect("owner-only key");
+        }
+    }
+
+    #[test]
+    fn key_0640_is_accepted_when_its_group_is_root_or_the_service_group() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, path) = key_file(0o640);
+        // A new file gets this process's group: the service's own (root's when run as root).
+        let gid = std::fs::metadata(&path).expect("meta").gid();
+        assert_eq!(Some(gid), crate::fsutil::effective_gid());
+        check_key_permissions(&path).expect("group is the service's own");
+        if std::os::unix::fs::chown(&path, None, Some(0)).is_ok() {
+            check_key_permissions(&path).expect("group is root");
+        }
+    }
+
+    #[test]
+    fn key_0640_with_another_group_is_refused_and_says_how_to_fix_it() {
+        let (_dir, path) = key_file(0o640);
+        if std::os::unix::fs::chown(&path, None, Some(12345)).is_err() {
+            eprintln!("SKIPPED: cannot chgrp a file to gid 12345 (not root)");
+            return;
+        }
+        let err = check_key_permissions(&path).expect_err("foreign group");
+        assert!(
+            matches!(
+                err,
+                TlsError::KeyPermissions {
+                    mode: 0o640,
+                    exposure: crate::fsutil::SecretExposure::ForeignGroup {
+                        file_group: 12345,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        let shown = path.display().to_string();
+        assert!(
+            text.starts_with(&shown)
+                && text.contains("group 12345")
+                && text.contains("chgrp ")
+                && text.contains(&format!("chmod 600 {shown}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn key_accessible_by_others_or_writable_by_group_is_refused_with_the_chmod_hint() {
+        for mode in [0o644, 0o604, 0o660, 0o666] {
+            let (_dir, path) = key_file(mode);
+            let err = check_key_permissions(&path).expect_err("too open");
+            let text = err.to_string();
+            let shown = path.display().to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {shown}"))
+                    && text.contains(&format!("chmod 640 {shown}"))
+                    && text.contains(&format!("mode {mode:04o}")),
+                "{mode:o}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn parses_only_tls_1_2_and_1_3() {

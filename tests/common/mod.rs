@@ -70,6 +70,7 @@ pub async fn start_broker_full(
         allow_anonymous: true,
         password_auth: true,
         tls: false,
+        keep_alive: Default::default(),
     });
     let accept_broker = broker.clone();
     let stop = shutdown.clone();
