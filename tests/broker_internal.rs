@@ -63,6 +63,8 @@ async fn durable_subscriber_holds_back_puback_until_it_acks() {
     let mut durable = b.broker.connect_internal(options).await.unwrap();
     durable.subscribe("j/#", Q5::AtLeastOnce).await.unwrap();
     let mut publisher = v4(b.addr, "holdme").await;
+    // Subscribed before `j/1`, so that no SUBACK wait can swallow an early PUBACK.
+    publisher.subscribe("j-marker", QoS::AtMostOnce).await;
     publisher
         .client
         .publish("j/1", QoS::AtLeastOnce, false, "keep")
@@ -76,7 +78,6 @@ async fn durable_subscriber_holds_back_puback_until_it_acks() {
     // No PUBACK while the durable subscriber has not stored the message: the publisher
     // sends itself a QoS 0 marker after `j/1`, and a PUBACK not held back would be
     // queued to this connection before the marker's delivery.
-    publisher.subscribe("j-marker", QoS::AtMostOnce).await;
     publisher
         .client
         .publish("j-marker", QoS::AtMostOnce, false, MARKER)
