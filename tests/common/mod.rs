@@ -449,12 +449,18 @@ pub async fn internal_expect_marker(client: &mut InternalClient, marker_topic: &
 }
 
 /// Poll `condition` until it holds; fails loudly after `WAIT` naming `what`.
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, WAIT, condition).await;
+}
+
+/// [`wait_until`] with an explicit limit, for bulk work (an upper bound that only a
+/// broken broker reaches, never a performance assertion).
+pub async fn wait_until_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !condition() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {WAIT:?}"
+            "{what}: not reached within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
