@@ -579,6 +579,28 @@ pub fn skip_unless_required(reason: &str) -> bool {
     false
 }
 
+/// Run the `tollgate` binary as an operator would, in `dir` (also its HOME), without
+/// RUST_LOG.
+pub fn tollgate(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    tollgate_env(args, dir, &[])
+}
+
+/// [`tollgate`] with extra environment variables.
+pub fn tollgate_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the tollgate binary")
+}
+
 /// A TCP port that was free a moment ago (for child processes that bind it themselves).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
