@@ -17,10 +17,11 @@ use tollgate::app::{App, AppError, ReloadHandle};
 use tollgate::config::{load_with_env, ConfigSource};
 use tollgate::pki::{self, KeyAlgorithm, RevokeReason};
 
-/// Upper bound for any single wait; tests never sleep to prove something happened.
-pub const WAIT: Duration = Duration::from_secs(10);
-/// Payload of the trailing marker that proves nothing else arrived before it.
-pub const MARKER: &str = "marker";
+// One test-support module: the wait limit and the marker come from tests/common
+// (its broker and client helpers stay unused here).
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{MARKER, WAIT};
 
 /// A PKI directory made with `tollgate::pki` as an operator would with `tollgate pki`.
 pub struct TestPki {
