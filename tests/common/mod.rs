@@ -1,5 +1,8 @@
 //! Shared test support: start a broker on 127.0.0.1:0 with a plain TCP accept loop,
-//! rumqttc v3.1.1/v5 clients whose events can be awaited, and raw-socket helpers.
+//! rumqttc v3.1.1/v5 clients whose events can be awaited, raw-socket helpers, absence
+//! proven by a trailing marker (never by a quiet window), waits that fail loudly, the
+//! `tollgate` binary, and external peers that may be skipped only without
+//! `TOLLGATE_REQUIRE_PEERS=1`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
