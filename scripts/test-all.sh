@@ -32,7 +32,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-# A test whose peer (mosquitto, openssl, socat, root for namespaces) is missing fails here.
 export TOLLGATE_REQUIRE_PEERS=1
 cargo test --lib --bins --tests -- --test-threads=2
 
