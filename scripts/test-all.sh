@@ -32,6 +32,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
+export TOLLGATE_REQUIRE_PEERS=1
 cargo test --lib --bins --tests -- --test-threads=2
 
 if [ -z "${TOLLGATE_SKIP_APPLIANCE:-}" ] && [ -x scripts/ci-appliance.sh ]; then

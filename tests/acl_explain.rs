@@ -25,11 +25,28 @@ fn temp(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// `tollgate acl explain ARGS` as an operator runs it: what it printed (exit 0 asserted).
+fn explain_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["acl", "explain"])
+        .args(args)
+        .output()
+        .expect("run tollgate");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tollgate acl explain {args:?}: {:?}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
-fn explain_runs_on_an_acl_file_and_on_a_config() {
+fn explain_prints_the_verdict_and_rule_for_an_acl_file_and_a_config() {
     let acl = temp("user dashboard\ntopic read sensors/#\n");
     let path = acl.path().to_str().expect("utf-8 temp path");
-    run(cmd(&[
+    let text = explain_cli(&[
         "--acl-file",
         path,
         "--user",
@@ -38,9 +55,17 @@ fn explain_runs_on_an_acl_file_and_on_a_config() {
         "sensors/+/t",
         "--access",
         "subscribe",
-    ]))
-    .expect("explain on acl file");
-    run(cmd(&[
+    ]);
+    assert!(text.contains("identity: user `dashboard`"), "{text}");
+    assert!(text.contains("check:    Subscribe `sensors/+/t`"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "decision: ALLOW\nrule:     {path}:2: topic read sensors/# (user dashboard)\n"
+        )),
+        "{text}"
+    );
+
+    let text = explain_cli(&[
         "--acl-file",
         path,
         "--anonymous",
@@ -48,14 +73,19 @@ fn explain_runs_on_an_acl_file_and_on_a_config() {
         "sensors/1",
         "--access",
         "read",
-    ]))
-    .expect("anonymous");
+    ]);
+    assert!(text.contains("identity: anonymous client"), "{text}");
+    assert!(
+        text.contains("decision: DENY\nrule:     none matched (default deny"),
+        "{text}"
+    );
 
+    // The config's own rule (a deny) decides over the file's grant; both are listed.
     let config = temp(&format!(
         "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\n[acl]\nfile = {path:?}\n\n[[acl.rule]]\nuser = \"dashboard\"\naccess = \"deny\"\ntopic = \"sensors/secret\"\n"
     ));
     let cpath = config.path().to_str().expect("utf-8 temp path");
-    run(cmd(&[
+    let text = explain_cli(&[
         "-c",
         cpath,
         "--user",
@@ -66,21 +96,34 @@ fn explain_runs_on_an_acl_file_and_on_a_config() {
         "sensors/secret",
         "--access",
         "read",
-    ]))
-    .expect("explain on config");
+    ]);
+    assert!(
+        text.contains("identity: user `dashboard`, client id `d1`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "decision: DENY\nrule:     acl.rule[0]: topic deny sensors/secret (user dashboard)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "matching rules:\n  {path}:2: topic read sensors/# (user dashboard)\n  acl.rule[0]:"
+        )),
+        "{text}"
+    );
 
     let no_acl = temp("[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n");
-    run(cmd(&[
-        "-c",
-        no_acl.path().to_str().expect("utf-8"),
-        "--user",
-        "u",
-        "--topic",
-        "a",
-        "--access",
-        "write",
-    ]))
-    .expect("config without [acl] means ACLs off");
+    let npath = no_acl.path().to_str().expect("utf-8");
+    let text = explain_cli(&[
+        "-c", npath, "--user", "u", "--topic", "a", "--access", "write",
+    ]);
+    assert_eq!(
+        text,
+        format!("decision: ALLOW\nrule:     none: {npath} configures no [acl] file or rules, so ACLs are off and every access is allowed\n"),
+        "a config without [acl] means ACLs off"
+    );
 }
 
 #[test]

@@ -2,17 +2,15 @@
 //! user (development PKI under $HOME, mosquitto clients connect over TLS), SIGHUP with
 //! a broken file (keeps serving), SIGTERM (drains and exits 0 within the grace period).
 
+mod common;
+
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago (the gateway binds it right after).
-fn free_port() -> u16 {
-    let socket = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    socket.local_addr().expect("local addr").port()
-}
+use common::free_port;
 
 fn is_root() -> bool {
     Command::new("id")
@@ -172,13 +170,13 @@ fn mosquitto_sub_one(args: &[&str]) -> Subscriber {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if line.contains("SUBACK") => break,
             Ok(_) => {}
-            Err(_) => panic!("mosquitto_sub did not subscribe within 5 s"),
+            Err(_) => panic!("mosquitto_sub did not subscribe within 20 s"),
         }
     }
     Subscriber { child, lines }
@@ -373,7 +371,9 @@ fn sighup_with_a_broken_file_logs_every_problem_and_keeps_serving() {
 fn sigterm_disconnects_clients_and_exits_0_within_the_grace_period() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let config = config_file(dir.path(), port, "3s");
+    // A grace period far longer than the wait below: exiting in time proves the
+    // gateway drained instead of sitting out the grace period, without racing a clock.
+    let config = config_file(dir.path(), port, "120s");
     let mut gateway = Gateway::start(
         dir.path(),
         &["-c", config.to_str().expect("utf-8")],
@@ -393,22 +393,16 @@ fn sigterm_disconnects_clients_and_exits_0_within_the_grace_period() {
         "mqttv5",
     ]);
 
-    let started = Instant::now();
     gateway.signal("TERM");
-    let status = gateway.wait_exit(Duration::from_secs(10));
+    let status = gateway.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "{}", gateway.log_text());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "exited within the grace period: {:?}",
-        started.elapsed()
-    );
     assert!(
         gateway.log_text().contains("All connections closed"),
         "{}",
         gateway.log_text()
     );
     // The subscriber's connection was closed by the server.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while sub.child.try_wait().expect("try_wait").is_none() {
         assert!(
             Instant::now() < deadline,
@@ -479,14 +473,14 @@ fn tells_systemd_ready_watchdog_reloading_and_stopping_in_order() {
     systemd.expect("READY=1", Duration::from_secs(20));
     // Listeners are bound before READY.
     TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("listening at READY");
-    systemd.expect("WATCHDOG=1", Duration::from_secs(5));
+    systemd.expect("WATCHDOG=1", Duration::from_secs(20));
 
     gateway.signal("HUP");
-    systemd.expect("RELOADING=1", Duration::from_secs(5));
-    systemd.expect("READY=1", Duration::from_secs(5));
+    systemd.expect("RELOADING=1", Duration::from_secs(20));
+    systemd.expect("READY=1", Duration::from_secs(20));
 
     gateway.signal("TERM");
-    systemd.expect("STOPPING=1", Duration::from_secs(5));
+    systemd.expect("STOPPING=1", Duration::from_secs(20));
     assert!(gateway.wait_exit(Duration::from_secs(10)).success());
 }
 

@@ -122,17 +122,16 @@ async fn retained_messages_set_replace_clear_and_deliver_on_subscribe() {
         .unwrap();
     // A QoS 1 round trip on the same connection orders everything before it.
     let mut s = v4(b.addr, "rs").await;
-    let mut waited = 0;
-    while b.broker.stats().retained_messages != 1 && waited < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
+    wait_until("one retained message stored", || {
+        b.broker.stats().retained_messages == 1
+    })
+    .await;
     s.subscribe("r/#", QoS::AtLeastOnce).await;
     let got = s.publish().await;
     assert_eq!(got.topic, "r/1");
     assert_eq!(got.payload, Bytes::from("two"));
     assert!(got.retain, "retained delivery carries the retain flag");
-    s.no_publish(Duration::from_millis(200)).await;
+    s.assert_nothing_before_marker(&p.client, "r/marker").await;
     // Live messages are delivered without the retain flag.
     p.client
         .publish("r/1", QoS::AtLeastOnce, true, "three")
@@ -171,7 +170,8 @@ async fn persistent_session_queues_while_offline_and_resumes() {
     for i in 0..3 {
         assert_eq!(s.publish().await.payload, Bytes::from(format!("m{i}")));
     }
-    s.no_publish(Duration::from_millis(200)).await;
+    // The QoS 0 message was published before the marker on the same connection.
+    s.assert_nothing_before_marker(&p.client, "q/marker").await;
     b.stop().await;
 }
 
@@ -192,8 +192,10 @@ async fn clean_session_discards_subscriptions() {
         .publish("c/x", QoS::AtLeastOnce, false, "x")
         .await
         .unwrap();
-    s.no_publish(Duration::from_millis(300)).await;
     assert_eq!(b.broker.stats().subscriptions, 0);
+    // `c/x` went to the router before the marker from the same connection.
+    s.subscribe("marker", QoS::AtLeastOnce).await;
+    s.assert_nothing_before_marker(&p.client, "marker").await;
     b.stop().await;
 }
 
@@ -276,7 +278,8 @@ async fn qos2_duplicate_before_pubrel_is_delivered_once() {
         .await;
     assert!(matches!(raw.read().await, Some(p5::Packet::PubComp(c)) if c.pkid == 7));
     assert_eq!(s.publish().await.payload, Bytes::from("exactly"));
-    s.no_publish(Duration::from_millis(300)).await;
+    let me = s.client.clone();
+    s.assert_nothing_before_marker(&me, "e/marker").await;
     b.stop().await;
 }
 
@@ -338,9 +341,13 @@ async fn will_is_sent_on_abnormal_close_but_not_after_disconnect() {
     // DISCONNECT 0x04 (with will message), empty property list.
     asks.send_bytes(&[0xE0, 0x02, 0x04, 0x00]).await;
     assert_eq!(s.publish().await.topic, "will/asks");
-    s.no_publish(Duration::from_millis(200)).await;
+    let me = s.client.clone();
+    s.assert_nothing_before_marker(&me, "will/marker").await;
     b.stop().await;
 }
+
+/// Will delay (seconds) within which a client reconnects in the cancellation test.
+const RECONNECT_MARGIN: u32 = 4;
 
 #[tokio::test]
 async fn will_delay_holds_the_will_and_reconnect_cancels_it() {
@@ -358,8 +365,10 @@ async fn will_delay_holds_the_will_and_reconnect_cancels_it() {
         "will waited for its delay"
     );
 
+    // A will delay long enough that the reconnect below beats it even on a loaded machine.
     let mut w = Raw::open(b.addr).await;
-    w.send(&will_connect("back", 30, Some(1), Some(10))).await;
+    w.send(&will_connect("back", 30, Some(RECONNECT_MARGIN), Some(60)))
+        .await;
     assert!(matches!(w.read().await, Some(p5::Packet::ConnAck(_))));
     drop(w);
     let mut again = Raw::open(b.addr).await;
@@ -376,7 +385,24 @@ async fn will_delay_holds_the_will_and_reconnect_cancels_it() {
         ))
         .await;
     assert!(matches!(again.read().await, Some(p5::Packet::ConnAck(_))));
-    s.no_publish(Duration::from_millis(1500)).await;
+    // The marker is a will with the same delay dropped after the reconnect: its timer
+    // ends after the cancelled one would have, so `will/back` would arrive first.
+    let mut sentinel = Raw::open(b.addr).await;
+    sentinel
+        .send(&will_connect(
+            "sentinel",
+            30,
+            Some(RECONNECT_MARGIN),
+            Some(60),
+        ))
+        .await;
+    assert!(matches!(
+        sentinel.read().await,
+        Some(p5::Packet::ConnAck(_))
+    ));
+    drop(sentinel);
+    let next = s.publish().await;
+    assert_eq!(next.topic, "will/sentinel", "the cancelled will was sent");
     b.stop().await;
 }
 
@@ -477,8 +503,7 @@ async fn shutdown_sends_server_shutting_down_and_drains() {
 
 #[tokio::test]
 async fn mosquitto_clients_interoperate_both_protocol_versions() {
-    if !mosquitto_available() {
-        eprintln!("mosquitto clients not installed; skipping");
+    if !require_peer("mosquitto_sub") || !require_peer("mosquitto_pub") {
         return;
     }
     let b = start_broker().await;
@@ -498,18 +523,17 @@ async fn mosquitto_clients_interoperate_both_protocol_versions() {
             "-C",
             "2",
             "-W",
-            "5",
+            "30",
             "-v",
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub runs");
     // Wait until the subscription is live.
-    let mut waited = 0;
-    while b.broker.stats().subscriptions < 1 && waited < 250 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
+    wait_until("mosquitto_sub subscribed", || {
+        b.broker.stats().subscriptions >= 1
+    })
+    .await;
     for (v, msg) in [("mqttv311", "from311"), ("mqttv5", "from5")] {
         let status = tokio::process::Command::new("mosquitto_pub")
             .args([
@@ -531,7 +555,8 @@ async fn mosquitto_clients_interoperate_both_protocol_versions() {
             .expect("mosquitto_pub runs");
         assert!(status.success());
     }
-    let out = tokio::time::timeout(WAIT, sub.wait_with_output())
+    // mosquitto_sub gives up by itself after 30 s (`-W`); this limit only backs it up.
+    let out = tokio::time::timeout(Duration::from_secs(35), sub.wait_with_output())
         .await
         .expect("sub exits")
         .expect("output");
@@ -575,11 +600,10 @@ async fn retained_will_is_stored_for_later_subscribers() {
     w.send(&packet).await;
     assert!(matches!(w.read().await, Some(p5::Packet::ConnAck(_))));
     drop(w);
-    let mut waited = 0;
-    while b.broker.stats().retained_messages != 1 && waited < 250 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
+    wait_until("the retained will stored", || {
+        b.broker.stats().retained_messages == 1
+    })
+    .await;
     let mut s = v4(b.addr, "late-watcher").await;
     s.subscribe("will/#", QoS::AtLeastOnce).await;
     let got = s.publish().await;

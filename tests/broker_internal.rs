@@ -63,6 +63,8 @@ async fn durable_subscriber_holds_back_puback_until_it_acks() {
     let mut durable = b.broker.connect_internal(options).await.unwrap();
     durable.subscribe("j/#", Q5::AtLeastOnce).await.unwrap();
     let mut publisher = v4(b.addr, "holdme").await;
+    // Subscribed before `j/1`, so that no SUBACK wait can swallow an early PUBACK.
+    publisher.subscribe("j-marker", QoS::AtMostOnce).await;
     publisher
         .client
         .publish("j/1", QoS::AtLeastOnce, false, "keep")
@@ -73,16 +75,22 @@ async fn durable_subscriber_holds_back_puback_until_it_acks() {
         .unwrap()
         .unwrap();
     let ack = d.take_ack().expect("QoS 1 delivery carries an ack handle");
-    // No PUBACK while the durable subscriber has not stored the message.
-    let early = tokio::time::timeout(
-        Duration::from_millis(300),
-        publisher.wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(())),
-    )
-    .await;
-    assert!(
-        early.is_err(),
-        "PUBACK must wait for the durable subscriber"
-    );
+    // No PUBACK while the durable subscriber has not stored the message: the publisher
+    // sends itself a QoS 0 marker after `j/1`, and a PUBACK not held back would be
+    // queued to this connection before the marker's delivery.
+    publisher
+        .client
+        .publish("j-marker", QoS::AtMostOnce, false, MARKER)
+        .await
+        .unwrap();
+    let first = publisher
+        .wait_for(|p| match p {
+            rumqttc::Packet::PubAck(a) => panic!("PUBACK {} before the durable ack", a.pkid),
+            rumqttc::Packet::Publish(m) => Some(m.topic.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, "j-marker");
     ack.ack().await.unwrap();
     publisher
         .wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
@@ -108,18 +116,21 @@ async fn durable_subscriber_holds_back_in_process_publish() {
         _ = &mut publish => panic!("publish resolved before the durable ack"),
         d = durable.recv() => d.unwrap(),
     };
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut publish)
-            .await
-            .is_err()
-    );
-    d.ack().await.unwrap();
-    tokio::time::timeout(WAIT, publish).await.unwrap().unwrap();
-    // QoS 0 is never held.
+    // QoS 0 is never held, and serves as the marker: when it reaches the durable
+    // subscriber, a `k/1` acknowledgement that was not held back has resolved already.
     publisher
-        .publish("k/2", "y", Q5::AtMostOnce, false)
+        .publish("k/2", MARKER, Q5::AtMostOnce, false)
         .await
         .unwrap();
+    internal_expect_marker(&mut durable, "k/2").await;
+    tokio::select! {
+        biased;
+        _ = &mut publish => panic!("QoS 1 publish resolved before the durable ack"),
+        _ = std::future::ready(()) => {}
+    }
+    assert_eq!(b.broker.stats().durable_holds, 1);
+    d.ack().await.unwrap();
+    tokio::time::timeout(WAIT, publish).await.unwrap().unwrap();
     assert_eq!(b.broker.stats().durable_holds, 0);
     b.stop().await;
 }
@@ -189,7 +200,9 @@ async fn every_publish_subscribe_and_delivery_passes_the_authorizer() {
         .await
         .unwrap();
     assert_eq!(trusted.publish().await.topic, "hidden/1");
-    s4.no_publish(Duration::from_millis(200)).await;
+    // `hidden/1` went to the router before the marker from the same connection.
+    s4.subscribe("marker", QoS::AtLeastOnce).await;
+    s4.assert_nothing_before_marker(&p.client, "marker").await;
     // In-process clients get the same checks.
     let internal = b
         .broker
@@ -256,12 +269,16 @@ async fn held_puback_survives_publisher_reconnect_and_resend_is_not_routed_twice
     }
     publish.dup = true;
     raw.send(&p5::Packet::Publish(publish)).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), durable.recv())
-            .await
-            .is_err(),
-        "a resend of a held message is not routed again"
-    );
+    // A resend of a held message is not routed again: a QoS 0 marker sent after it on
+    // the same connection is the next delivery.
+    raw.send(&p5::Packet::Publish(p5::Publish::new(
+        "h/marker",
+        Q5::AtMostOnce,
+        MARKER,
+        None,
+    )))
+    .await;
+    internal_expect_marker(&mut durable, "h/marker").await;
     d.ack().await.unwrap();
     match raw.read().await {
         Some(p5::Packet::PubAck(a)) => assert_eq!(a.pkid, 5),
@@ -373,7 +390,8 @@ async fn v311_publisher_over_receive_maximum_is_paused_not_disconnected() {
         assert_eq!(d.topic, format!("bp/{i}"));
         acks.push(d.take_ack().unwrap());
     }
-    // Two unacknowledged: the third stays in the socket.
+    // Two unacknowledged: the third stays in the socket. A fixed window, because no
+    // marker could overtake a socket the broker has stopped reading.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), durable.recv())
             .await

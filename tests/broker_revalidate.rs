@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -14,13 +13,10 @@ use tollgate::broker::{Broker, RevalidateCheck, RevalidateVerdict, SessionCreden
 
 /// Wait until the router reports `n` connected clients.
 async fn wait_connected(broker: &Broker, n: u64) {
-    tokio::time::timeout(WAIT, async {
-        while broker.stats().clients_connected != n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    wait_until(&format!("{n} clients connected"), || {
+        broker.stats().clients_connected == n
     })
-    .await
-    .expect("connected client count reached within the limit");
+    .await;
 }
 
 /// Raw v5 CONNECT with a will on `will_topic`.

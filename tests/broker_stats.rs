@@ -11,6 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::auth::Identity;
 use tollgate::broker::{BrokerSettings, InternalOptions};
 
+/// Limit for bulk traffic to be read (an upper bound for a stuck broker on 2 shared
+/// cores, not a performance figure).
+const BULK: Duration = Duration::from_secs(120);
+
 #[tokio::test]
 async fn sys_topics_are_published_retained_with_mosquitto_names() {
     let b = start_broker_with(BrokerSettings {
@@ -125,10 +129,16 @@ async fn memory_is_bounded_by_live_state() {
             c.subscribe(&format!("tmp/{i}/#"), Q5::AtLeastOnce)
                 .await
                 .unwrap();
+            c.subscribe(&format!("$share/g{i}/shared/{i}"), Q5::AtLeastOnce)
+                .await
+                .unwrap();
         }
         let _ = &mut c;
         c.disconnect().await;
     }
+    // Live state is counted while it exists (so the zeros below are not a dead
+    // counter): subscriptions and their trie nodes, retained messages, durable holds.
+    live_state_is_counted(&b).await;
     // 100,000 distinct topics, no retain, no subscribers: one raw v3.1.1 client
     // writes them as QoS 0 PUBLISH packets in large batches.
     let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
@@ -149,22 +159,14 @@ async fn memory_is_bounded_by_live_state() {
         buf.push(b'1');
     }
     s.write_all(&buf).await.unwrap();
-    for _ in 0..500 {
-        if b.broker.stats().messages_received >= 100_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_within("100,000 flood messages received", BULK, || {
+        b.broker.stats().messages_received >= 100_000
+    })
+    .await;
     s.write_all(&[0xE0, 0]).await.unwrap();
     drop(s);
-    let mut stats = b.broker.stats();
-    for _ in 0..250 {
-        if stats.sessions == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        stats = b.broker.stats();
-    }
+    wait_until("every session gone", || b.broker.stats().sessions == 0).await;
+    let stats = b.broker.stats();
     assert_eq!(stats.sessions, 0, "{stats:?}");
     assert_eq!(stats.clients_connected, 0, "{stats:?}");
     assert_eq!(stats.subscriptions, 0, "{stats:?}");
@@ -173,6 +175,76 @@ async fn memory_is_bounded_by_live_state() {
     assert_eq!(stats.durable_holds, 0, "{stats:?}");
     assert!(stats.messages_received >= 100_000);
     b.stop().await;
+}
+
+/// Builds state that must be counted, checks the counters follow it, then releases it
+/// (the caller checks that everything is back to zero).
+async fn live_state_is_counted(b: &TestBroker) {
+    let c = b
+        .broker
+        .connect_internal(InternalOptions::new(Identity::internal("live-state")))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        c.subscribe(&format!("live/{i}/#"), Q5::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    // The router publishes its counters after each batch: wait for them, not a window.
+    // `live`, 50 levels below it and a `#` under each.
+    wait_until("50 subscriptions in at least 101 trie nodes", || {
+        let stats = b.broker.stats();
+        stats.subscriptions == 50 && stats.subscription_trie_nodes >= 101
+    })
+    .await;
+    for i in 0..50 {
+        c.unsubscribe(&format!("live/{i}/#")).await.unwrap();
+    }
+    wait_until("unsubscribing frees the trie", || {
+        let stats = b.broker.stats();
+        (stats.subscriptions, stats.subscription_trie_nodes) == (0, 0)
+    })
+    .await;
+
+    // Retained messages on 1,000 distinct topics, then cleared with empty payloads.
+    for i in 0..1000 {
+        c.publish(&format!("kept/{i}"), "v", Q5::AtLeastOnce, true)
+            .await
+            .unwrap();
+    }
+    wait_until("1,000 retained messages", || {
+        b.broker.stats().retained_messages == 1000
+    })
+    .await;
+    for i in 0..1000 {
+        c.publish(&format!("kept/{i}"), "", Q5::AtLeastOnce, true)
+            .await
+            .unwrap();
+    }
+    wait_until("retained messages cleared", || {
+        b.broker.stats().retained_messages == 0
+    })
+    .await;
+
+    // A durable subscriber holds a publisher's acknowledgement until it acks.
+    let mut options = InternalOptions::new(Identity::internal("live-durable"));
+    options.durable = true;
+    let mut durable = b.broker.connect_internal(options).await.unwrap();
+    durable.subscribe("held/#", Q5::AtLeastOnce).await.unwrap();
+    {
+        let publish = c.publish("held/1", "x", Q5::AtLeastOnce, false);
+        tokio::pin!(publish);
+        let delivery = tokio::select! {
+            _ = &mut publish => panic!("publish resolved before the durable ack"),
+            d = durable.recv() => d.expect("delivery"),
+        };
+        wait_until("one durable hold", || b.broker.stats().durable_holds == 1).await;
+        delivery.ack().await.unwrap();
+        tokio::time::timeout(WAIT, publish).await.unwrap().unwrap();
+    }
+    wait_until("hold released", || b.broker.stats().durable_holds == 0).await;
+    durable.disconnect().await;
+    c.disconnect().await;
 }
 
 #[tokio::test]
@@ -222,12 +294,10 @@ async fn a_subscriber_that_stops_reading_loses_qos0_not_broker_memory() {
     for _ in 0..3000 {
         s.write_all(&packet).await.unwrap();
     }
-    for _ in 0..250 {
-        if b.broker.stats().messages_received >= 3000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_within("3,000 messages received", BULK, || {
+        b.broker.stats().messages_received >= 3000
+    })
+    .await;
     let stats = b.broker.stats();
     assert_eq!(stats.messages_received, 3000);
     assert!(stats.dropped_slow_consumer > 0, "{stats:?}");

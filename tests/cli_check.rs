@@ -1,18 +1,9 @@
 //! The `tollgate` binary's command line: `check` exit codes and output, `run` refusing
 //! a bad configuration with 64, `--version`.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn tollgate(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the tollgate binary")
-}
+use common::tollgate;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -4,26 +4,14 @@
 //! clients), `acl explain -c` using the real config loader, and exit codes (64 for
 //! bad usage or configuration).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn tollgate(args: &[&str], dir: &Path) -> Output {
-    tollgate_env(args, dir, &[])
-}
-
-fn tollgate_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the tollgate binary")
-}
+use common::{free_port, tollgate, tollgate_env};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -38,11 +26,6 @@ fn ok(out: &Output, what: &str) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
-}
-
-fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    socket.local_addr().expect("local addr").port()
 }
 
 const SEED_ACL: &str = "user admin\ntopic readwrite #\n\nuser sensor_001\ntopic write sensors/001/#\ntopic read commands/001\n\nuser dashboard\ntopic read sensors/#\ntopic read devices/#\n";

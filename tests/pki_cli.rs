@@ -2,6 +2,8 @@
 //! by a real TLS server (`tls::build_server_config`) and, when installed, by Mosquitto's own
 //! clients and broker (OpenSSL) as independent peers.
 
+mod common;
+
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use common::{free_port, require_peer};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -270,26 +273,11 @@ async fn rsa_option_issues_rsa_ca_server_and_device() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// The generated files work unchanged with Mosquitto's broker and `mosquitto_pub`
 /// (OpenSSL on both sides), including the CRL: what `certs/README.md` promises.
 #[test]
 fn generated_files_work_with_mosquitto_and_mosquitto_pub() {
-    let have = |bin: &str| {
-        std::process::Command::new(bin)
-            .arg("--help")
-            .output()
-            .is_ok()
-    };
-    if !have("mosquitto") || !have("mosquitto_pub") {
-        eprintln!("mosquitto not installed; skipping");
+    if !require_peer("mosquitto") || !require_peer("mosquitto_pub") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -365,12 +353,7 @@ fn unused_paths_are_not_created_on_failure() {
 /// server and device certificates and CRLs that chain to it.
 #[tokio::test]
 async fn openssl_made_ca_is_usable_by_tollgate_pki() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("openssl not installed; skipping");
+    if !require_peer("openssl") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -425,12 +408,7 @@ async fn openssl_made_ca_is_usable_by_tollgate_pki() {
 /// enough MQTT (a CONNACK) for mosquitto_pub to finish its QoS 0 publish.
 #[tokio::test]
 async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
-    if std::process::Command::new("mosquitto_pub")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        eprintln!("mosquitto_pub not installed; skipping");
+    if !require_peer("mosquitto_pub") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

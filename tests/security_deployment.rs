@@ -150,7 +150,9 @@ async fn seeds_deployment_allows_and_denies_every_combination_over_v5() {
     }
 
     // Deliveries: admin (subscribed to #) sees exactly the allowed, non-$ publications.
-    let mut seen = admin.drain().await;
+    // Each reader's marker is published after every case was acknowledged.
+    admin.publish("marker", MARKER).await;
+    let mut seen = admin.messages_before_marker("marker").await;
     let mut expected: Vec<_> = routed
         .iter()
         .filter(|(t, _)| !t.starts_with('$'))
@@ -160,12 +162,19 @@ async fn seeds_deployment_allows_and_denies_every_combination_over_v5() {
     expected.sort();
     assert_eq!(seen, expected);
     // The sensor receives its command, nothing else.
+    admin.publish("commands/001", MARKER).await;
     assert_eq!(
-        sensor.drain().await,
+        sensor.messages_before_marker("commands/001").await,
         vec![("commands/001".to_string(), "admin:commands/001".to_string())]
     );
     // The dashboard sees sensor and device readings, never commands.
-    let dash_seen: Vec<String> = dash.drain().await.into_iter().map(|(t, _)| t).collect();
+    admin.publish("sensors/marker", MARKER).await;
+    let dash_seen: Vec<String> = dash
+        .messages_before_marker("sensors/marker")
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
     assert!(
         dash_seen.contains(&"sensors/001/temp".to_string()),
         "{dash_seen:?}"
@@ -207,8 +216,9 @@ async fn v311_denied_publish_is_acknowledged_and_dropped_and_denied_subscribe_ge
     // Denied: PUBACK as Mosquitto does, but nothing is routed.
     sensor.publish("sensors/002/temp", "forged").await;
     sensor.publish("sensors/001/temp", "21.5").await;
+    admin.publish("marker", MARKER).await;
     assert_eq!(
-        admin.drain().await,
+        admin.messages_before_marker("marker").await,
         vec![("sensors/001/temp".to_string(), "21.5".to_string())]
     );
     gw.stop().await;

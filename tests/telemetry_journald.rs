@@ -10,12 +10,16 @@
 //! namespaces are not permitted the journald tests print why and return early; CI runs as root.
 //! Under qemu-user (cross tests) set `CROSS_TEST_RUNNER` to the emulator command line.
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::skip_unless_required;
 use tollgate::telemetry::{self, LogFormat};
 
 const CHILD_ENV: &str = "TOLLGATE_TELEMETRY_CHILD";
@@ -158,18 +162,25 @@ fn parse_native(mut buf: &[u8]) -> Entry {
     entry
 }
 
+/// Whether the journald tests can run: the child needs a private mount namespace
+/// (`unshare --mount`: root or CAP_SYS_ADMIN). Checked once per test binary, and said
+/// once in one line when missing. CI runs as root, so TOLLGATE_REQUIRE_PEERS=1 makes a
+/// missing namespace a failure there.
 fn namespaces_permitted() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--mount", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIPPED: `unshare --mount` not permitted here (needs root); journald field mapping not checked.");
-    }
-    ok
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    *PERMITTED.get_or_init(|| {
+        let ok = Command::new("unshare")
+            .args(["--mount", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok || skip_unless_required(
+            "`unshare --mount` is not permitted here (needs root or CAP_SYS_ADMIN), so the \
+             journald tests cannot fake /run/systemd/journal/socket",
+        )
+    })
 }
 
 /// How the child's stderr relates to `JOURNAL_STREAM`.
@@ -366,8 +377,10 @@ fn auto_ignores_an_inherited_journal_stream() {
 
 #[test]
 fn explicit_journald_without_socket_is_an_error() {
-    if Path::new(telemetry::JOURNALD_SOCKET).exists() {
-        eprintln!("SKIPPED: a real journald socket exists on this machine.");
+    // CI machines run no journald; a developer machine with one cannot run this test.
+    if Path::new(telemetry::JOURNALD_SOCKET).exists()
+        && !skip_unless_required("a real journald socket exists on this machine")
+    {
         return;
     }
     let out = run_child("journald", None, &[])

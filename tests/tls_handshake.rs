@@ -1,11 +1,14 @@
 //! Real-socket TLS tests of `tollgate::tls`: a tokio-rustls server on 127.0.0.1:0 built with
 //! `build_server_config`, rustls (and OpenSSL, when installed) clients.
 
+mod common;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::require_peer;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
@@ -560,12 +563,7 @@ async fn reload_swaps_config_and_keeps_old_one_on_error() {
 /// OpenSSL as an independent client: TLS 1.2 works (control), TLS 1.1 is refused.
 #[tokio::test]
 async fn openssl_s_client_tls11_is_refused() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("openssl not installed; skipping");
+    if !require_peer("openssl") {
         return;
     }
     let pki = Pki::new();

@@ -17,10 +17,11 @@ use tollgate::app::{App, AppError, ReloadHandle};
 use tollgate::config::{load_with_env, ConfigSource};
 use tollgate::pki::{self, KeyAlgorithm, RevokeReason};
 
-/// Upper bound for any single wait; tests never sleep to prove something happened.
-pub const WAIT: Duration = Duration::from_secs(10);
-/// How long "nothing arrives" is watched for.
-pub const QUIET: Duration = Duration::from_millis(300);
+// One test-support module: the wait limit and the marker come from tests/common
+// (its broker and client helpers stay unused here).
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{MARKER, WAIT};
 
 /// A PKI directory made with `tollgate::pki` as an operator would with `tollgate pki`.
 pub struct TestPki {
@@ -440,20 +441,18 @@ impl V5 {
         )
     }
 
-    /// Messages delivered so far and within `QUIET` more, in order.
-    pub async fn drain(&mut self) -> Vec<(String, String)> {
-        let mut got = std::mem::take(&mut self.inbox);
-        let deadline = tokio::time::Instant::now() + QUIET;
+    /// Every message delivered before the marker (payload [`MARKER`]) on
+    /// `marker_topic`, in order. The test publishes the marker after the messages in
+    /// question (same connection, or after their PUBACK); a closed connection or no
+    /// marker within `WAIT` fails the test.
+    pub async fn messages_before_marker(&mut self, marker_topic: &str) -> Vec<(String, String)> {
+        let mut got = Vec::new();
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) | Ok(None) => return got,
-                Ok(Some(Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))))) => got.push((
-                    String::from_utf8_lossy(&p.topic).into_owned(),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
-                )),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) => return got,
+            let m = self.message().await;
+            if m.0 == marker_topic && m.1 == MARKER {
+                return got;
             }
+            got.push(m);
         }
     }
 
@@ -572,20 +571,30 @@ impl V4 {
             .await;
     }
 
-    /// Messages delivered so far and within `QUIET` more, in order.
-    pub async fn drain(&mut self) -> Vec<(String, String)> {
-        let mut got = std::mem::take(&mut self.inbox);
-        let deadline = tokio::time::Instant::now() + QUIET;
+    /// The next delivered message (topic, payload).
+    pub async fn message(&mut self) -> (String, String) {
+        if !self.inbox.is_empty() {
+            return self.inbox.remove(0);
+        }
+        let p = self
+            .wait_for(|p| match p {
+                rumqttc::Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+        (p.topic, String::from_utf8_lossy(&p.payload).into_owned())
+    }
+
+    /// Every message delivered before the marker on `marker_topic`; see
+    /// [`V5::messages_before_marker`].
+    pub async fn messages_before_marker(&mut self, marker_topic: &str) -> Vec<(String, String)> {
+        let mut got = Vec::new();
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) | Ok(None) => return got,
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => got.push((
-                    p.topic.clone(),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
-                )),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) => return got,
+            let m = self.message().await;
+            if m.0 == marker_topic && m.1 == MARKER {
+                return got;
             }
+            got.push(m);
         }
     }
 }
