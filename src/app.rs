@@ -111,6 +111,7 @@ fn build_states(
             password_auth: l.password_auth,
             tls: l.transport == Transport::Tls,
             keep_alive: l.keep_alive_policy(),
+            queue_overflow: l.queue_overflow,
         });
         let tls = if l.transport == Transport::Tls {
             let files = match (&l.cert, &l.key, &dev_pki) {

@@ -12,7 +12,7 @@
 //! back-pressure), and keep alive does not run out while the broker is the one
 //! waiting.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::fasthash::{IntMap, IntSet};
 use super::router::{
-    refusal_properties, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
+    refusal_properties, Backlog, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
 };
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
@@ -458,7 +458,7 @@ where
 
     let conn = shared.new_conn_id();
     let (tx, mut out_rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let backlog = Arc::new(Backlog::default());
     let request = ConnectRequest {
         conn,
         tx,
@@ -470,8 +470,9 @@ where
         max_packet_size: props.max_packet_size,
         durable: false,
         connack,
-        queued: queued.clone(),
+        backlog: backlog.clone(),
         v5: v5mode,
+        overflow: info.listener.queue_overflow,
     };
     if shared
         .router_tx
@@ -504,11 +505,14 @@ where
     let mut read_hint = READ_BUFFER;
     // Capacity of the next router batch (like the last one).
     let mut items_hint = 1;
+    // Packets that came in the same read as the CONNECT (a client may send them
+    // without waiting for the CONNACK) are parsed on the first turn.
+    let mut unparsed = !rbuf.is_empty();
     let end = loop {
         // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
         // until the router has acknowledged enough (back-pressure, not disconnection).
         let stalled = state.inbound_full() && next_is_qos_publish(&rbuf);
-        let mut parse = false;
+        let mut parse = std::mem::take(&mut unparsed);
         // Room for one read of `read_hint` bytes: a busy publisher's reads grow so one
         // read (and one router message) carries many packets.
         if rbuf.capacity() - rbuf.len() < read_hint / 2 {
@@ -525,12 +529,12 @@ where
             }
             batch = out_rx.recv() => {
                 let Some(batch) = batch else { break End::Server };
-                queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                backlog.taken(&batch);
                 let mut close = state.encode_batch(batch);
                 while !close {
                     match out_rx.try_recv() {
                         Ok(batch) => {
-                            queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                            backlog.taken(&batch);
                             close = state.encode_batch(batch);
                         }
                         Err(_) => break,

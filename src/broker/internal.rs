@@ -13,7 +13,6 @@
 //! durable subscriber the cost is one flag test per delivery.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::connection::check_filter;
-use super::router::{ConnId, ConnectRequest, Inbound, Outgoing, RouterMsg};
+use super::router::{Backlog, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg};
 use super::topics;
 use super::wire::{v5, QoS};
 use super::{BrokerError, Shared};
@@ -43,6 +42,8 @@ pub struct InternalOptions {
     pub durable: bool,
     /// QoS 1/2 deliveries in flight towards this client before the broker queues.
     pub receive_maximum: u16,
+    /// What this client's queue does when it is full.
+    pub overflow: QueueOverflow,
 }
 
 impl InternalOptions {
@@ -54,6 +55,7 @@ impl InternalOptions {
             session_expiry: 0,
             durable: false,
             receive_maximum: 1000,
+            overflow: QueueOverflow::DropOldest,
         }
     }
 }
@@ -120,7 +122,7 @@ pub struct InternalClient {
     identity: Identity,
     rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
     buffered: VecDeque<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     session_present: bool,
     closed: bool,
 }
@@ -134,7 +136,7 @@ pub(crate) async fn connect(
     }
     let conn = shared.new_conn_id();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let backlog = Arc::new(Backlog::default());
     let request = ConnectRequest {
         conn,
         tx,
@@ -152,8 +154,9 @@ pub(crate) async fn connect(
             code: v5::ConnectReturnCode::Success,
             properties: None,
         },
-        queued: queued.clone(),
+        backlog: backlog.clone(),
         v5: true,
+        overflow: options.overflow,
     };
     shared
         .router_tx
@@ -166,7 +169,7 @@ pub(crate) async fn connect(
         identity: options.identity,
         rx: mpsc::unbounded_channel().1,
         buffered: VecDeque::new(),
-        queued,
+        backlog,
         session_present: false,
         closed: false,
     };
@@ -174,10 +177,11 @@ pub(crate) async fn connect(
     for item in first {
         match item {
             Outgoing::Packet(p) if matches!(*p, v5::Packet::ConnAck(_)) => {
+                // The CONNACK: one item without message bytes.
+                client.backlog.taken(&[Outgoing::Close]);
                 let v5::Packet::ConnAck(c) = *p else {
                     continue;
                 };
-                client.queued.fetch_sub(1, Ordering::Relaxed);
                 if c.code != v5::ConnectReturnCode::Success {
                     let reason = c
                         .properties
@@ -336,7 +340,7 @@ impl InternalClient {
         loop {
             while let Some(item) = self.buffered.pop_front() {
                 // Undelivered items count against the slow-consumer guard until taken.
-                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.backlog.taken(std::slice::from_ref(&item));
                 match item {
                     Outgoing::Publish(p) => {
                         let p = p.to_publish(true);

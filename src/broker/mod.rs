@@ -58,6 +58,7 @@ use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Identity};
 
 pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
+pub use router::QueueOverflow;
 pub use stats::BrokerStats;
 
 /// Tunables of the broker core, built by `app` from `[broker]` in the config.
@@ -84,6 +85,14 @@ pub struct BrokerSettings {
     /// Most levels a topic name or filter may have (PUBLISH, will, SUBSCRIBE,
     /// UNSUBSCRIBE, in-process clients): bounds every walk over topic levels.
     pub max_topic_levels: usize,
+    /// Subscriptions one session may hold; more are refused (SUBACK 0x97 / 0x80).
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages stored; new topics beyond it are delivered, not retained.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages (topic, payload, properties) stored at most.
+    pub max_retained_bytes: usize,
+    /// Sessions with a non-zero expiry; a CONNECT creating one more is refused (0x97).
+    pub max_persistent_sessions: usize,
     /// How often `$SYS/broker/...` statistics are published; zero disables them.
     pub sys_interval: Duration,
 }
@@ -101,6 +110,10 @@ impl Default for BrokerSettings {
             max_inflight: 100,
             topic_alias_maximum: 32,
             max_topic_levels: 64,
+            max_subscriptions_per_client: 1_000,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_persistent_sessions: 10_000,
             sys_interval: Duration::from_secs(10),
         }
     }
@@ -122,6 +135,8 @@ pub struct ListenerContext {
     pub tls: bool,
     /// Minimum / zero MQTT keep alive accepted at CONNECT on this listener.
     pub keep_alive: KeepAlivePolicy,
+    /// What a full session queue of a client on this listener does.
+    pub queue_overflow: QueueOverflow,
 }
 
 /// Per-connection facts known before the first MQTT byte is read.

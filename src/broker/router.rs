@@ -166,6 +166,35 @@ impl OutPublish {
 /// practice by the inflight window (QoS 1/2) and the slow-consumer guard (QoS 0).
 pub(crate) type OutTx = mpsc::UnboundedSender<Vec<Outgoing>>;
 
+/// What the router has handed to a connection and the connection has not taken yet
+/// (the slow-consumer guard reads it): items, and bytes of their messages.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    items: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Backlog {
+    /// The router hands over `items` carrying `bytes` of messages.
+    fn handed(&self, items: usize, bytes: usize) {
+        self.items.fetch_add(items, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The connection took these items off the channel.
+    pub(crate) fn taken(&self, items: &[Outgoing]) {
+        let bytes: usize = items
+            .iter()
+            .map(|item| match item {
+                Outgoing::Publish(p) => p.msg.weight(),
+                _ => 0,
+            })
+            .sum();
+        self.items.fetch_sub(items.len(), Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// A routed application message, shared by every delivery (no payload copies).
 #[derive(Debug)]
 pub(crate) struct Message {
@@ -185,24 +214,71 @@ impl Message {
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
 
-    fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len()
+    /// Bytes this message holds: topic, payload and properties (user properties,
+    /// correlation data, response topic, content type), for the queue bounds.
+    pub(crate) fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + properties_weight(self.properties.as_ref())
     }
 
-    /// A copy that owns exactly its topic and payload bytes. Decoded messages are slices
-    /// of a connection's read buffer (up to 32 KiB); a long-lived copy (the retained
-    /// store) must not keep such a buffer alive for a few bytes of payload.
+    /// A copy that owns exactly its bytes (topic and payload in one allocation,
+    /// correlation data copied). Decoded messages are slices of a connection's read
+    /// buffer (which grows to the largest packet read): anything kept after routing
+    /// (queues, in-flight windows, the retained store) must not keep such a buffer
+    /// alive for a few bytes of payload.
     fn compacted(&self) -> Message {
+        let mut both = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
+        both.extend_from_slice(&self.topic);
+        both.extend_from_slice(&self.payload);
+        let both = both.freeze();
+        let mut properties = self.properties.clone();
+        if let Some(data) = properties
+            .as_mut()
+            .and_then(|p| p.correlation_data.as_mut())
+        {
+            *data = Bytes::copy_from_slice(data);
+        }
         Message {
-            topic: Bytes::copy_from_slice(&self.topic),
-            payload: Bytes::copy_from_slice(&self.payload),
+            topic: both.slice(..self.topic.len()),
+            payload: both.slice(self.topic.len()..),
             qos: self.qos,
             retain: self.retain,
-            properties: self.properties.clone(),
+            properties,
             expires_at: self.expires_at,
             publisher: self.publisher,
         }
     }
+}
+
+/// Bytes held by v5 PUBLISH properties (strings and binary data; fixed-size fields
+/// are counted as a few bytes each).
+fn properties_weight(properties: Option<&v5::PublishProperties>) -> usize {
+    let Some(p) = properties else { return 0 };
+    16 + p.response_topic.as_ref().map_or(0, String::len)
+        + p.correlation_data.as_ref().map_or(0, Bytes::len)
+        + p.content_type.as_ref().map_or(0, String::len)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
+        + 8 * p.subscription_identifiers.len()
+}
+
+/// What a full session queue does with the next QoS 1/2 message (per listener;
+/// in-process clients choose their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOverflow {
+    /// Drop the oldest queued messages to make room (logged once per burst, counted).
+    #[default]
+    DropOldest,
+    /// Drop the new message, keep what is queued (logged once per burst, counted).
+    DropNew,
+    /// Queue it beyond the bound and hold back the publisher's PUBACK/PUBREC until
+    /// it leaves the queue: publishers slow down to what the subscriber reads
+    /// (3.1.1 publishers are no longer read once their window is full; v5 ones must
+    /// honour Receive Maximum). The excess is bounded by the publishers' windows.
+    /// Messages with nobody to slow down (wills, QoS 0) fall back to drop-oldest.
+    BlockPublishers,
 }
 
 /// A will message and its delay, validated by the connection task.
@@ -229,10 +305,12 @@ pub(crate) struct ConnectRequest {
     pub durable: bool,
     /// Prepared CONNACK; the router fills in `session_present`.
     pub connack: v5::ConnAck,
-    /// Packets sent to the connection and not yet written (slow-consumer guard).
-    pub queued: Arc<AtomicUsize>,
+    /// Packets sent to the connection and not yet taken (slow-consumer guard).
+    pub backlog: Arc<Backlog>,
     /// MQTT v5 client (in-process clients count as v5).
     pub v5: bool,
+    /// What the session's queue does when it is full.
+    pub overflow: QueueOverflow,
 }
 
 /// Reply channel of an in-process publish.
@@ -292,6 +370,9 @@ struct Queued {
     retain: bool,
     sub_ids: Vec<usize>,
     hold: Option<u64>,
+    /// `hold` is a block-publishers hold: released (as success) when the message
+    /// leaves the queue for the client, not when the client acknowledges it.
+    release_on_send: bool,
     /// Delivered only through this shared subscription: handed to another member
     /// if this session ends before acknowledging it.
     share: Option<Arc<SharedRef>>,
@@ -317,7 +398,9 @@ struct Link {
     out: Vec<Outgoing>,
     /// Size of the last batch sent (capacity of the next one).
     out_hint: usize,
-    queued: Arc<AtomicUsize>,
+    /// Message bytes in `out`.
+    out_bytes: usize,
+    backlog: Arc<Backlog>,
     /// MQTT v5 connection (negative acknowledgements possible).
     v5: bool,
     /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
@@ -334,7 +417,11 @@ struct Session {
     will: Option<WillSpec>,
     inflight: VecDeque<Inflight>,
     pending: VecDeque<Queued>,
+    /// Weight of `pending` and of the messages in `inflight`: both count against
+    /// `max_offline_bytes`.
     pending_bytes: usize,
+    inflight_bytes: usize,
+    overflow: QueueOverflow,
     next_pkid: u16,
     /// Packet ids of `inflight` (kept in step with it).
     pkids_in_use: IntSet<u16>,
@@ -381,6 +468,10 @@ struct Ctx {
     next_hold: u64,
     /// Hold targets to acknowledge; `true` = the message was lost (refuse it).
     completed: Vec<(HoldTarget, bool)>,
+    /// While `route` delivers one message: who waits for its acknowledgement (taken
+    /// when the first hold is made) and the hold made for it, if any.
+    route_target: Option<HoldTarget>,
+    route_hold: Option<u64>,
     dirty: Vec<SessionKey>,
     now: Instant,
 }
@@ -395,6 +486,12 @@ pub(crate) struct Router {
     by_conn: IntMap<ConnId, SessionKey>,
     next_key: SessionKey,
     subscription_count: usize,
+    /// Weight of every retained message (bounded by `max_retained_bytes`).
+    retained_bytes: usize,
+    /// The retained store refused a message since it last had room (logged once).
+    retained_full: bool,
+    /// Sessions with a non-zero expiry (bounded by `max_persistent_sessions`).
+    persistent_sessions: usize,
     timers: BinaryHeap<Reverse<(Instant, SessionKey, u64, TimerKind)>>,
     scratch: Vec<(SessionKey, SubOptions)>,
 }
@@ -408,6 +505,29 @@ fn stats(ctx: &Ctx) -> &StatsCounters {
 }
 
 impl Ctx {
+    /// One more part of the message being routed that the publisher's
+    /// acknowledgement waits for; `None` when nobody waits (QoS 0, wills, `$SYS`).
+    fn hold_route(&mut self) -> Option<u64> {
+        if self.route_hold.is_none() {
+            let target = self.route_target.take()?;
+            let id = self.next_hold;
+            self.next_hold += 1;
+            self.holds.insert(
+                id,
+                Hold {
+                    remaining: 0,
+                    target,
+                    lost: false,
+                },
+            );
+            self.route_hold = Some(id);
+        }
+        let id = self.route_hold?;
+        let hold = self.holds.get_mut(&id)?;
+        hold.remaining += 1;
+        Some(id)
+    }
+
     fn release_hold(&mut self, hold: Option<u64>, lost: bool) {
         let Some(id) = hold else { return };
         if let Some(h) = self.holds.get_mut(&id) {
@@ -511,10 +631,18 @@ fn try_send(
         }
     }
     stats(ctx).messages_sent.fetch_add(1, Ordering::Relaxed);
+    link.out_bytes += q.msg.weight();
     ctx.push_item(key, link, Outgoing::Publish(publish));
+    let mut q = q;
+    if q.release_on_send {
+        // A block-publishers hold ends when the message leaves the queue.
+        q.release_on_send = false;
+        ctx.release_hold(q.hold.take(), false);
+    }
     if q.qos == QoS::AtMostOnce {
         ctx.discard(q);
     } else {
+        session.inflight_bytes += q.msg.weight();
         session.pkids_in_use.insert(pkid);
         session.inflight.push_back(Inflight {
             pkid,
@@ -525,40 +653,78 @@ fn try_send(
     Ok(())
 }
 
-fn enqueue(ctx: &mut Ctx, session: &mut Session, q: Queued) {
+fn enqueue(ctx: &mut Ctx, session: &mut Session, mut q: Queued) {
     let max_messages = settings(ctx).max_offline_messages;
     let max_bytes = settings(ctx).max_offline_bytes;
     let weight = q.msg.weight();
-    let mut dropped = 0u64;
-    while let Some(front) = session.pending.front() {
-        if session.pending.len() < max_messages && session.pending_bytes + weight <= max_bytes {
-            break;
+    let fits = |s: &Session| {
+        s.pending.len() < max_messages && s.pending_bytes + s.inflight_bytes + weight <= max_bytes
+    };
+    if fits(session) {
+        if session.dropped_burst > 0 {
+            warn!(client_id = %session.client_id, affected = session.dropped_burst, policy = ?session.overflow, "Session queue overflow ended.");
+            session.dropped_burst = 0;
         }
-        session.pending_bytes -= front.msg.weight();
-        if let Some(old) = session.pending.pop_front() {
-            ctx.lose(old);
-        }
-        dropped += 1;
-    }
-    if max_messages == 0 || weight > max_bytes {
-        ctx.lose(q);
-        dropped += 1;
-    } else {
         session.pending_bytes += weight;
         session.pending.push_back(q);
+        return;
     }
-    if dropped > 0 {
-        stats(ctx)
-            .dropped_queue_overflow
-            .fetch_add(dropped, Ordering::Relaxed);
-        if session.dropped_burst == 0 {
-            warn!(client_id = %session.client_id, queued = session.pending.len(), queued_bytes = session.pending_bytes, max_messages, max_bytes, "Session queue full: dropping the oldest queued messages until it drains.");
+    let mut policy = session.overflow;
+    if policy == QueueOverflow::BlockPublishers {
+        // Accepted beyond the bound; the publisher's ack waits until the message leaves
+        // the queue (a durable hold already waits longer: for the subscriber's ack).
+        if q.hold.is_none() {
+            q.hold = ctx.hold_route();
+            q.release_on_send = q.hold.is_some();
         }
-        session.dropped_burst += dropped;
-    } else if session.dropped_burst > 0 {
-        warn!(client_id = %session.client_id, dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
-        session.dropped_burst = 0;
+        if q.hold.is_none() {
+            policy = QueueOverflow::DropOldest;
+        }
     }
+    let mut dropped = 0u64;
+    let keep = match policy {
+        QueueOverflow::BlockPublishers => true,
+        QueueOverflow::DropNew => false,
+        QueueOverflow::DropOldest => {
+            while !fits(session) {
+                let Some(old) = session.pending.pop_front() else {
+                    break;
+                };
+                session.pending_bytes -= old.msg.weight();
+                ctx.lose(old);
+                dropped += 1;
+            }
+            // Still too large: bigger than the whole bound, or the in-flight window fills it.
+            fits(session)
+        }
+    };
+    if keep {
+        session.pending_bytes += weight;
+        session.pending.push_back(q);
+    } else {
+        ctx.lose(q);
+        dropped += 1;
+    }
+    overflow_accounted(ctx, session, dropped, policy);
+}
+
+/// Count and log (once per burst) what the overflow policy did.
+fn overflow_accounted(ctx: &Ctx, session: &mut Session, dropped: u64, policy: QueueOverflow) {
+    let s = stats(ctx);
+    let blocked = policy == QueueOverflow::BlockPublishers;
+    if dropped > 0 {
+        s.dropped_queue_overflow
+            .fetch_add(dropped, Ordering::Relaxed);
+    }
+    if blocked {
+        s.publishers_blocked.fetch_add(1, Ordering::Relaxed);
+    }
+    if session.dropped_burst == 0 {
+        let max_messages = settings(ctx).max_offline_messages;
+        let max_bytes = settings(ctx).max_offline_bytes;
+        warn!(client_id = %session.client_id, queued = session.pending.len(), queued_bytes = session.pending_bytes, inflight_bytes = session.inflight_bytes, max_messages, max_bytes, ?policy, "Session queue full: applying the overflow policy until it drains.");
+    }
+    session.dropped_burst += dropped.max(u64::from(blocked));
 }
 
 fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
@@ -569,12 +735,14 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
     }
     if q.qos == QoS::AtMostOnce {
         if let Some(link) = session.link.as_mut() {
-            // Packets handed to the connection and not yet written.
-            let backlog = link.queued.load(Ordering::Relaxed) + link.out.len();
+            // Packets handed to the connection and not yet written, in count and bytes.
+            let backlog = link.backlog.items.load(Ordering::Relaxed) + link.out.len();
+            let backlog_bytes = link.backlog.bytes.load(Ordering::Relaxed) + link.out_bytes;
             let limit = settings(ctx).max_offline_messages.max(1000);
-            if backlog > limit {
+            let limit_bytes = settings(ctx).max_offline_bytes;
+            if backlog > limit || backlog_bytes + q.msg.weight() > limit_bytes {
                 if link.slow_dropped == 0 {
-                    warn!(client_id = %session.client_id, backlog, limit, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
+                    warn!(client_id = %session.client_id, backlog, backlog_bytes, limit, limit_bytes, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
                 }
                 link.slow_dropped += 1;
                 stats(ctx)
@@ -678,6 +846,8 @@ impl Router {
                 holds: IntMap::default(),
                 next_hold: 1,
                 completed: Vec::new(),
+                route_target: None,
+                route_hold: None,
                 dirty: Vec::new(),
                 now: Instant::now(),
             },
@@ -689,6 +859,9 @@ impl Router {
             by_conn: IntMap::default(),
             next_key: 1,
             subscription_count: 0,
+            retained_bytes: 0,
+            retained_full: false,
+            persistent_sessions: 0,
             timers: BinaryHeap::new(),
             scratch: Vec::new(),
         }
@@ -761,6 +934,29 @@ impl Router {
 
     fn connect(&mut self, req: ConnectRequest) {
         let client_id = req.identity.client_id.clone();
+        let existing = self
+            .by_client
+            .get(&client_id)
+            .and_then(|key| self.sessions.get(key));
+        let creates = existing.is_none() || req.clean_start;
+        let frees = usize::from(existing.is_some_and(|s| req.clean_start && s.expiry > 0));
+        let max_persistent = settings(&self.ctx).max_persistent_sessions;
+        if creates
+            && req.session_expiry > 0
+            && self.persistent_sessions - frees >= max_persistent
+            && existing.map_or(true, |s| s.identity.same_principal(&req.identity))
+        {
+            warn!(%client_id, persistent = self.persistent_sessions, max = max_persistent, "Connection refused: the broker holds the most persistent sessions allowed (broker.max_persistent_sessions).");
+            stats(&self.ctx)
+                .refused_session_quota
+                .fetch_add(1, Ordering::Relaxed);
+            refuse(
+                req,
+                v5::ConnectReturnCode::QuotaExceeded,
+                SESSION_QUOTA_REASON,
+            );
+            return;
+        }
         let mut resumed = None;
         if let Some(&key) = self.by_client.get(&client_id) {
             if let Some(owner) = self.sessions.get(&key).map(|s| &s.identity) {
@@ -771,7 +967,11 @@ impl Router {
                     stats(&self.ctx)
                         .refused_session_owner
                         .fetch_add(1, Ordering::Relaxed);
-                    refuse(req, SESSION_OWNER_REASON);
+                    refuse(
+                        req,
+                        v5::ConnectReturnCode::NotAuthorized,
+                        SESSION_OWNER_REASON,
+                    );
                     return;
                 }
             }
@@ -794,7 +994,7 @@ impl Router {
                         }),
                     })));
                     old.out.push(Outgoing::Close);
-                    old.queued.fetch_add(old.out.len(), Ordering::Relaxed);
+                    old.backlog.handed(old.out.len(), old.out_bytes);
                     let _ = old.tx.send(std::mem::take(&mut old.out));
                     // The old connection ended abnormally: its will goes out now unless
                     // it has a delay and the session continues (then it is cancelled).
@@ -833,6 +1033,8 @@ impl Router {
                         inflight: VecDeque::new(),
                         pending: VecDeque::new(),
                         pending_bytes: 0,
+                        inflight_bytes: 0,
+                        overflow: req.overflow,
                         next_pkid: 1,
                         pkids_in_use: IntSet::default(),
                         incoming_qos2: IntSet::default(),
@@ -855,10 +1057,11 @@ impl Router {
             debug!(%client_id, delay = will.delay, "Delayed will cancelled: client reconnected.");
         }
         session.identity = req.identity;
-        session.expiry = req.session_expiry;
+        set_expiry(&mut self.persistent_sessions, session, req.session_expiry);
         session.will = req.will;
         let was_durable = session.durable;
         session.durable = req.durable;
+        session.overflow = req.overflow;
         session.generation += 1;
         let mut connack = req.connack;
         connack.session_present = resumed.is_some();
@@ -869,7 +1072,8 @@ impl Router {
             max_packet_size: req.max_packet_size,
             out: vec![Outgoing::packet(v5::Packet::ConnAck(connack))],
             out_hint: 4,
-            queued: req.queued,
+            out_bytes: 0,
+            backlog: req.backlog,
             v5: req.v5,
             slow_dropped: 0,
         };
@@ -899,9 +1103,11 @@ impl Router {
                         .flatten();
                     let Some(publish) = publish else {
                         session.pkids_in_use.remove(&f.pkid);
+                        session.inflight_bytes -= f.queued.msg.weight();
                         self.ctx.lose(f.queued);
                         continue;
                     };
+                    link.out_bytes += f.queued.msg.weight();
                     Outgoing::Publish(publish)
                 }
             };
@@ -924,7 +1130,8 @@ impl Router {
         session.link = None;
         session.generation += 1;
         if let Some(expiry) = session_expiry {
-            session.expiry = expiry.min(self.ctx.shared.settings.max_session_expiry);
+            let expiry = expiry.min(self.ctx.shared.settings.max_session_expiry);
+            set_expiry(&mut self.persistent_sessions, session, expiry);
         }
         let will = session.will.take();
         let generation = session.generation;
@@ -975,6 +1182,7 @@ impl Router {
         let Some(mut session) = self.sessions.remove(&key) else {
             return;
         };
+        set_expiry(&mut self.persistent_sessions, &mut session, 0);
         if self.by_client.get(&session.client_id) == Some(&key) {
             self.by_client.remove(&session.client_id);
         }
@@ -988,6 +1196,8 @@ impl Router {
         self.subscription_count -= session.subscriptions.len();
         let mut orphans = Vec::new();
         session.pkids_in_use.clear();
+        session.inflight_bytes = 0;
+        session.pending_bytes = 0;
         for f in session.inflight.drain(..) {
             if f.state == InflightState::AwaitAck && f.queued.share.is_some() {
                 orphans.push(f.queued);
@@ -1047,6 +1257,7 @@ impl Router {
             retain: false,
             sub_ids: options.id.into_iter().collect(),
             hold,
+            release_on_send: false,
             share: Some(share),
             msg: q.msg,
         };
@@ -1186,6 +1397,7 @@ impl Router {
         };
         if let Some(f) = session.inflight.remove(pos) {
             session.pkids_in_use.remove(&f.pkid);
+            session.inflight_bytes -= f.queued.msg.weight();
             self.ctx.discard(f.queued);
         }
         refill(&mut self.ctx, key, session);
@@ -1258,25 +1470,28 @@ impl Router {
     /// Deliver `msg` to every matching session (and update the retained store).
     /// Returns the hold id when a durable subscriber now holds the acknowledgement.
     fn route(&mut self, msg: Arc<Message>, target: Option<HoldTarget>) -> Option<u64> {
-        let topic_owner = msg.clone();
-        let topic = topic_owner.topic_str();
-        if msg.retain {
-            if msg.payload.is_empty() {
-                self.retained.remove(topic);
-            } else {
-                self.retained.insert(topic, Arc::new(msg.compacted()));
-            }
-        }
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
         {
             let sessions = &self.sessions;
-            self.trie.matches(topic, &mut matches, &|k| {
+            self.trie.matches(msg.topic_str(), &mut matches, &|k| {
                 sessions.get(&k).is_some_and(|s| s.link.is_some())
             });
         }
-        let mut target = target;
-        let mut hold_id: Option<u64> = None;
+        // Whatever outlives this call (queues, in-flight windows, channels to slow
+        // readers, the retained store) holds a compact copy, never the read buffer.
+        let keep = !matches.is_empty() || (msg.retain && !msg.payload.is_empty());
+        let msg = if keep { Arc::new(msg.compacted()) } else { msg };
+        let topic = msg.topic_str();
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retain_clear(topic);
+            } else {
+                self.retain_store(&msg);
+            }
+        }
+        self.ctx.route_target = target;
+        self.ctx.route_hold = None;
         if !matches.is_empty() {
             matches.sort_unstable_by_key(|(k, _)| *k);
             let mut i = 0;
@@ -1316,46 +1531,70 @@ impl Router {
                     continue;
                 }
                 let qos = min_qos(msg.qos, granted);
-                let mut hold = None;
-                if session.durable && qos != QoS::AtMostOnce {
-                    if hold_id.is_none() {
-                        if let Some(t) = target.take() {
-                            let id = self.ctx.next_hold;
-                            self.ctx.next_hold += 1;
-                            self.ctx.holds.insert(
-                                id,
-                                Hold {
-                                    remaining: 0,
-                                    target: t,
-                                    lost: false,
-                                },
-                            );
-                            hold_id = Some(id);
-                        }
-                    }
-                    if let Some(id) = hold_id {
-                        if let Some(h) = self.ctx.holds.get_mut(&id) {
-                            h.remaining += 1;
-                            hold = Some(id);
-                        }
-                    }
-                }
+                let hold = if session.durable && qos != QoS::AtMostOnce {
+                    self.ctx.hold_route()
+                } else {
+                    None
+                };
                 let q = Queued {
                     msg: msg.clone(),
                     qos,
                     retain: rap && msg.retain,
                     sub_ids,
                     hold,
+                    release_on_send: false,
                     share: if contributing == 1 { share } else { None },
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
         }
         self.scratch = matches;
-        if let Some(t) = target {
+        if let Some(t) = self.ctx.route_target.take() {
+            // Nobody holds it back: acknowledged now.
             self.ctx.completed.push((t, false));
         }
-        hold_id.filter(|id| self.ctx.holds.contains_key(id))
+        self.ctx
+            .route_hold
+            .take()
+            .filter(|id| self.ctx.holds.contains_key(id))
+    }
+
+    /// The retained message of a topic, if any (an exact-topic walk).
+    fn retained_at(&self, topic: &str) -> Option<Arc<Message>> {
+        let mut found = Vec::new();
+        self.retained.matching(topic, &mut found);
+        found.pop()
+    }
+
+    /// Store `msg` as its topic's retained message, within `max_retained_messages`
+    /// and `max_retained_bytes`; refused (logged once per burst, counted) beyond them.
+    fn retain_store(&mut self, msg: &Arc<Message>) {
+        let topic = msg.topic_str();
+        let old = self.retained_at(topic).map_or(0, |m| m.weight());
+        let max_messages = settings(&self.ctx).max_retained_messages;
+        let max_bytes = settings(&self.ctx).max_retained_bytes;
+        let over_count = old == 0 && self.retained.len() >= max_messages;
+        let bytes = self.retained_bytes - old + msg.weight();
+        if over_count || bytes > max_bytes {
+            stats(&self.ctx)
+                .dropped_retained_quota
+                .fetch_add(1, Ordering::Relaxed);
+            if !self.retained_full {
+                warn!(retained = self.retained.len(), retained_bytes = self.retained_bytes, max_messages, max_bytes, "Retained store full: new retained messages are delivered but not retained until it has room.");
+                self.retained_full = true;
+            }
+            return;
+        }
+        self.retained_bytes = bytes;
+        self.retained.insert(topic, msg.clone());
+    }
+
+    fn retain_clear(&mut self, topic: &str) {
+        if let Some(old) = self.retained_at(topic) {
+            self.retained_bytes -= old.weight();
+            self.retained.remove(topic);
+            self.retained_full = false;
+        }
     }
 
     fn complete_targets(&mut self) {
@@ -1438,9 +1677,20 @@ impl Router {
         };
         let mut codes = Vec::with_capacity(filters.len());
         let mut send_retained: Vec<(String, SubOptions)> = Vec::new();
+        let max_subscriptions = settings(&self.ctx).max_subscriptions_per_client;
         for (filter, refused) in filters {
             if let Some(code) = refused {
                 codes.push(code);
+                continue;
+            }
+            if session.subscriptions.len() >= max_subscriptions
+                && !session.subscriptions.contains_key(&filter.path)
+            {
+                stats(&self.ctx)
+                    .refused_subscription_quota
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(client_id = %session.client_id, subscriptions = session.subscriptions.len(), max = max_subscriptions, "Subscription refused: the client has the most subscriptions allowed (broker.max_subscriptions_per_client).");
+                codes.push(v5::SubscribeReasonCode::QuotaExceeded);
                 continue;
             }
             let (group, plain) = split_shared(&filter.path);
@@ -1492,14 +1742,14 @@ impl Router {
                 }
             }
         }
+        let mut expired = Vec::new();
         for (filter, options) in send_retained {
             let mut found: Vec<Arc<Message>> = Vec::new();
             self.retained.matching(&filter, &mut found);
             for msg in found {
                 let topic = msg.topic_str();
                 if msg.expires_at.is_some_and(|e| e <= self.ctx.now) {
-                    let t = topic.to_string();
-                    self.retained.remove(&t);
+                    expired.push(topic.to_string());
                     continue;
                 }
                 if !self
@@ -1514,11 +1764,15 @@ impl Router {
                     retain: true,
                     sub_ids: options.id.into_iter().collect(),
                     hold: None,
+                    release_on_send: false,
                     share: None,
                     msg,
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
+        }
+        for topic in expired {
+            self.retain_clear(&topic);
         }
     }
 
@@ -1582,7 +1836,8 @@ impl Router {
             }
             let out = std::mem::take(&mut link.out);
             link.out_hint = out.len().min(MAX_BATCH_HINT);
-            link.queued.fetch_add(out.len(), Ordering::Relaxed);
+            link.backlog
+                .handed(out.len(), std::mem::take(&mut link.out_bytes));
             let _ = link.tx.send(out);
         }
     }
@@ -1597,6 +1852,8 @@ impl Router {
             .store(self.subscription_count as u64, Ordering::Relaxed);
         s.retained
             .store(self.retained.len() as u64, Ordering::Relaxed);
+        s.retained_bytes
+            .store(self.retained_bytes as u64, Ordering::Relaxed);
         s.trie_nodes
             .store(self.trie.node_count() as u64, Ordering::Relaxed);
         s.holds
@@ -1693,18 +1950,34 @@ pub(crate) fn refusal_properties(reason: &str) -> v5::ConnAckProperties {
     }
 }
 
-/// Answer a CONNECT with a failure CONNACK (v5 0x87, 3.1.1 return code 5) and close.
-fn refuse(req: ConnectRequest, reason: &str) {
+/// Why a CONNECT that would create one persistent session too many is refused.
+const SESSION_QUOTA_REASON: &str =
+    "quota exceeded (0x97): the broker holds the most persistent sessions allowed";
+
+/// Set a session's expiry, keeping the count of persistent sessions in step.
+fn set_expiry(persistent: &mut usize, session: &mut Session, expiry: u32) {
+    if session.expiry > 0 {
+        *persistent -= 1;
+    }
+    if expiry > 0 {
+        *persistent += 1;
+    }
+    session.expiry = expiry;
+}
+
+/// Answer a CONNECT with a failure CONNACK (v5 `code`, the matching 3.1.1 return
+/// code) and close.
+fn refuse(req: ConnectRequest, code: v5::ConnectReturnCode, reason: &str) {
     let connack = v5::ConnAck {
         session_present: false,
-        code: v5::ConnectReturnCode::NotAuthorized,
+        code,
         properties: req.v5.then(|| refusal_properties(reason)),
     };
     let batch = vec![
         Outgoing::packet(v5::Packet::ConnAck(connack)),
         Outgoing::Close,
     ];
-    req.queued.fetch_add(batch.len(), Ordering::Relaxed);
+    req.backlog.handed(batch.len(), 0);
     let _ = req.tx.send(batch);
 }
 

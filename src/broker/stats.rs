@@ -40,6 +40,17 @@ pub struct BrokerStats {
     pub dropped_slow_consumer: u64,
     /// CONNECTs refused because their client id holds a session of another identity.
     pub refused_session_owner: u64,
+    /// QoS 1/2 messages accepted beyond a full queue whose publisher's acknowledgement
+    /// was held back (overflow policy block-publishers).
+    pub publishers_blocked: u64,
+    /// SUBSCRIBE filters refused by `max_subscriptions_per_client`.
+    pub refused_subscription_quota: u64,
+    /// Retained messages not stored because of `max_retained_messages`/`_bytes`.
+    pub dropped_retained_quota: u64,
+    /// CONNECTs refused because `max_persistent_sessions` sessions exist.
+    pub refused_session_quota: u64,
+    /// Bytes held by retained messages.
+    pub retained_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +69,11 @@ pub(crate) struct StatsCounters {
     pub dropped_oversize: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
     pub refused_session_owner: AtomicU64,
+    pub publishers_blocked: AtomicU64,
+    pub refused_subscription_quota: AtomicU64,
+    pub dropped_retained_quota: AtomicU64,
+    pub refused_session_quota: AtomicU64,
+    pub retained_bytes: AtomicU64,
 }
 
 impl StatsCounters {
@@ -79,6 +95,11 @@ impl StatsCounters {
             dropped_oversize: get(&self.dropped_oversize),
             dropped_slow_consumer: get(&self.dropped_slow_consumer),
             refused_session_owner: get(&self.refused_session_owner),
+            publishers_blocked: get(&self.publishers_blocked),
+            refused_subscription_quota: get(&self.refused_subscription_quota),
+            dropped_retained_quota: get(&self.dropped_retained_quota),
+            refused_session_quota: get(&self.refused_session_quota),
+            retained_bytes: get(&self.retained_bytes),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::app::TcpKeepalive;
-use crate::broker::{BrokerSettings, KeepAlivePolicy};
+use crate::broker::{BrokerSettings, KeepAlivePolicy, QueueOverflow};
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
@@ -70,6 +70,14 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Most levels in a topic name or filter; deeper ones are refused.
     pub max_topic_levels: usize,
+    /// Subscriptions one client session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages stored at most.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages stored at most.
+    pub max_retained_bytes: usize,
+    /// Sessions with a non-zero expiry kept at most.
+    pub max_persistent_sessions: usize,
     /// Period of `$SYS/broker/...` statistics; 0 disables them.
     #[serde(deserialize_with = "duration::deserialize")]
     pub sys_interval: Duration,
@@ -94,6 +102,10 @@ impl Default for BrokerConfig {
             max_inflight: core.max_inflight,
             topic_alias_maximum: core.topic_alias_maximum,
             max_topic_levels: core.max_topic_levels,
+            max_subscriptions_per_client: core.max_subscriptions_per_client,
+            max_retained_messages: core.max_retained_messages,
+            max_retained_bytes: core.max_retained_bytes,
+            max_persistent_sessions: core.max_persistent_sessions,
             sys_interval: core.sys_interval,
         }
     }
@@ -114,6 +126,10 @@ impl BrokerConfig {
             max_inflight: self.max_inflight,
             topic_alias_maximum: self.topic_alias_maximum,
             max_topic_levels: self.max_topic_levels,
+            max_subscriptions_per_client: self.max_subscriptions_per_client,
+            max_retained_messages: self.max_retained_messages,
+            max_retained_bytes: self.max_retained_bytes,
+            max_persistent_sessions: self.max_persistent_sessions,
             sys_interval: self.sys_interval,
         }
     }
@@ -192,6 +208,10 @@ pub struct ListenerConfig {
     /// Whether a CONNECT with keep alive 0 ("never check") is accepted as it is.
     #[serde(default = "default_true")]
     pub allow_zero_keepalive: bool,
+    /// What a full session queue of a client on this listener does with the next
+    /// QoS 1/2 message: `drop-oldest`, `drop-new` or `block-publishers`.
+    #[serde(default, deserialize_with = "by_name")]
+    pub queue_overflow: QueueOverflow,
 }
 
 /// `[[listener]] tcp_keepalive = { enabled, idle, interval, count }`.

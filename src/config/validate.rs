@@ -198,6 +198,34 @@ fn broker(config: &Config, r: &mut Report<'_>) {
         32_768,
         " levels",
     );
+    r.range(
+        "broker.max_subscriptions_per_client",
+        b.max_subscriptions_per_client,
+        1,
+        1_000_000,
+        "",
+    );
+    r.range(
+        "broker.max_retained_messages",
+        b.max_retained_messages,
+        0,
+        100_000_000,
+        "",
+    );
+    r.range(
+        "broker.max_retained_bytes",
+        b.max_retained_bytes,
+        0,
+        usize::try_from(1u64 << 36).unwrap_or(usize::MAX),
+        " bytes",
+    );
+    r.range(
+        "broker.max_persistent_sessions",
+        b.max_persistent_sessions,
+        0,
+        10_000_000,
+        "",
+    );
     if !b.sys_interval.is_zero() {
         r.duration(
             "broker.sys_interval",

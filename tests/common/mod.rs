@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -59,10 +59,31 @@ pub async fn start_broker_with(settings: BrokerSettings) -> TestBroker {
     start_broker_full(settings, Arc::new(AnonymousOnly), Arc::new(AllowAll)).await
 }
 
+/// The listener every test broker accepts on (anonymous and passwords allowed).
+pub fn test_listener() -> ListenerContext {
+    ListenerContext {
+        name: Arc::from("test"),
+        allow_anonymous: true,
+        password_auth: true,
+        tls: false,
+        keep_alive: Default::default(),
+        queue_overflow: Default::default(),
+    }
+}
+
 pub async fn start_broker_full(
     settings: BrokerSettings,
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
+) -> TestBroker {
+    start_broker_on(settings, authenticator, authorizer, test_listener()).await
+}
+
+pub async fn start_broker_on(
+    settings: BrokerSettings,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    context: ListenerContext,
 ) -> TestBroker {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -71,13 +92,7 @@ pub async fn start_broker_full(
     let shutdown = CancellationToken::new();
     let connect_timeout = settings.connect_timeout;
     let broker = Broker::start(settings, authenticator, authorizer, shutdown.clone());
-    let context = Arc::new(ListenerContext {
-        name: Arc::from("test"),
-        allow_anonymous: true,
-        password_auth: true,
-        tls: false,
-        keep_alive: Default::default(),
-    });
+    let context = Arc::new(context);
     let accept_broker = broker.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -467,6 +482,91 @@ pub async fn wait_until_within(what: &str, limit: Duration, mut condition: impl 
             "{what}: not reached within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A v5 CONNECT with the given identity, session and will.
+pub fn v5_connect_packet(
+    id: &str,
+    user: Option<&str>,
+    clean: bool,
+    expiry: u32,
+    will: Option<p5::LastWill>,
+) -> p5::Packet {
+    let connect = p5::Connect {
+        keep_alive: 30,
+        client_id: id.into(),
+        clean_start: clean,
+        properties: Some(p5::ConnectProperties {
+            session_expiry_interval: Some(expiry),
+            receive_maximum: None,
+            max_packet_size: None,
+            topic_alias_max: None,
+            request_response_info: None,
+            request_problem_info: None,
+            user_properties: vec![],
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    };
+    p5::Packet::Connect(
+        connect,
+        will,
+        user.map(|u| p5::Login {
+            username: u.into(),
+            password: "x".into(),
+        }),
+    )
+}
+
+pub async fn raw_v5(
+    addr: SocketAddr,
+    id: &str,
+    user: Option<&str>,
+    clean: bool,
+    expiry: u32,
+    will: Option<p5::LastWill>,
+) -> (Raw, p5::ConnAck) {
+    let mut raw = Raw::open(addr).await;
+    raw.send(&v5_connect_packet(id, user, clean, expiry, will))
+        .await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => (raw, c),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+pub fn v5_publish(
+    topic: &str,
+    qos: rumqttc::v5::mqttbytes::QoS,
+    pkid: u16,
+    payload: &'static str,
+) -> p5::Packet {
+    let mut p = p5::Publish::new(topic, qos, Bytes::from_static(payload.as_bytes()), None);
+    p.pkid = pkid;
+    p5::Packet::Publish(p)
+}
+
+pub fn v5_subscribe(filter: &str, pkid: u16) -> p5::Packet {
+    let mut s = p5::Subscribe::new(
+        p5::Filter::new(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    );
+    s.pkid = pkid;
+    p5::Packet::Subscribe(s)
+}
+
+/// Read packets until one matches `f`.
+pub async fn raw_wait<T>(raw: &mut Raw, mut f: impl FnMut(&p5::Packet) -> Option<T>) -> T {
+    loop {
+        match raw.read().await {
+            Some(p) => {
+                if let Some(t) = f(&p) {
+                    return t;
+                }
+            }
+            None => panic!("connection closed while waiting"),
+        }
     }
 }
 
