@@ -282,8 +282,9 @@ struct Visit<'a> {
 }
 
 /// Pending visits held without allocating: one per level where both a `+` and a
-/// literal child match, so 16 covers all but contrived subscription sets.
-const INLINE_VISITS: usize = 16;
+/// literal child match, so 8 covers all but contrived subscription sets (each
+/// inline slot costs a store per routed message).
+const INLINE_VISITS: usize = 8;
 
 /// Depth-first, in the order the recursive walk had: `#` child, the node itself,
 /// then the `+` subtree, then the literal one.

@@ -4,9 +4,12 @@
 //! proportion to it. It holds the first `N` pending frames inline, so the common
 //! walk does not allocate, and spills the rest onto the heap.
 
-/// A LIFO stack of `Copy` frames: `N` inline, then a heap `Vec`.
+/// A LIFO stack of `Copy` frames: the top one apart, `N` more inline, then a heap `Vec`.
 pub(crate) struct WalkStack<T: Copy, const N: usize> {
-    /// The first `N` frames; `None` above `len`.
+    /// The most recent frame, kept out of the array: a walk down a single path
+    /// pushes one frame and pops it right away, so it stays in registers.
+    top: Option<T>,
+    /// The next `N` frames, oldest first; `None` above `len`.
     inline: [Option<T>; N],
     /// Frames in use in `inline`.
     len: usize,
@@ -19,6 +22,7 @@ impl<T: Copy, const N: usize> WalkStack<T, N> {
     #[inline]
     pub fn new() -> Self {
         WalkStack {
+            top: None,
             inline: [None; N],
             len: 0,
             spill: Vec::new(),
@@ -35,16 +39,22 @@ impl<T: Copy, const N: usize> WalkStack<T, N> {
 
     #[inline]
     pub fn push(&mut self, frame: T) {
+        let Some(below) = self.top.replace(frame) else {
+            return;
+        };
         if self.len < N {
-            self.inline[self.len] = Some(frame);
+            self.inline[self.len] = Some(below);
             self.len += 1;
         } else {
-            self.spill.push(frame);
+            self.spill.push(below);
         }
     }
 
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
+        if let Some(frame) = self.top.take() {
+            return Some(frame);
+        }
         if let Some(frame) = self.spill.pop() {
             return Some(frame);
         }
@@ -52,7 +62,7 @@ impl<T: Copy, const N: usize> WalkStack<T, N> {
             return None;
         }
         self.len -= 1;
-        self.inline[self.len].take()
+        self.inline[self.len]
     }
 }
 
