@@ -63,17 +63,15 @@ impl RetainedStore {
     /// chain off at `keep`.
     pub fn remove(&mut self, topic: &str) -> bool {
         let mut node = &mut self.root;
-        let mut depth = 0;
         let mut keep = 0;
-        for level in topic.split('/') {
+        for (at, level) in topic.split('/').enumerate() {
             if node.children.len() > 1 || node.message.is_some() {
-                keep = depth;
+                keep = at;
             }
             let Some(child) = node.children.get_mut(level) else {
                 return false;
             };
             node = child;
-            depth += 1;
         }
         if node.message.take().is_none() {
             return false;

@@ -203,15 +203,15 @@ impl SubscriptionTrie {
         let mut node = &mut self.root;
         let mut depth = 0;
         let mut keep = 0;
-        for level in filter.split('/') {
+        for (at, level) in filter.split('/').enumerate() {
             if node.has_more_than_one_child_or_subscriptions() {
-                keep = depth;
+                keep = at;
             }
             let Some(child) = node.children.get_mut(level) else {
                 return false;
             };
             node = child;
-            depth += 1;
+            depth = at + 1;
         }
         if !node.remove_here(group, key) {
             return false;
