@@ -1,9 +1,11 @@
 //! The compiled matcher: rules in tries (one per user, one for anonymous
 //! clients, one for patterns), walked once per check. Owns the decision
 //! algorithm; it must never allocate on the check path nor let a wildcard rule
-//! match a `$` topic.
+//! match a `$` topic. Rule depth comes from the acl_file and topic depth from
+//! clients, so no walk here (insert, match, cover, drop) recurses.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -15,6 +17,7 @@ use super::rules::{
 };
 use super::{Access, AclDecision, AclError, Authorizer};
 use crate::auth::{AuthMethod, Identity};
+use crate::topic::walk::WalkStack;
 
 const NONE: u32 = u32::MAX;
 
@@ -239,7 +242,7 @@ impl Interner {
 
 /// One trie level. `here` holds rules ending at this node, `hash` rules ending
 /// in `#` right below it (which also match this node's own topic).
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Node {
     literal: Children,
     plus: Option<Box<Node>>,
@@ -254,7 +257,62 @@ impl Default for Hits {
     }
 }
 
+/// A node still to visit in a check, with the topic or filter left below it
+/// (`None` once every level is consumed).
+#[derive(Clone, Copy)]
+struct Visit<'a> {
+    node: &'a Node,
+    rem: Option<&'a str>,
+    /// At the root of a subscribe check (where `+/#` covers `#`).
+    at_root: bool,
+    /// At the root with a topic starting with `$`: wildcards and placeholders never match.
+    dollar_root: bool,
+    /// Only deny rules count below here.
+    deny_only: bool,
+}
+
+impl<'a> Visit<'a> {
+    #[inline]
+    fn below(node: &'a Node, rem: Option<&'a str>, deny_only: bool) -> Visit<'a> {
+        Visit {
+            node,
+            rem,
+            at_root: false,
+            dollar_root: false,
+            deny_only,
+        }
+    }
+}
+
+/// Pending visits held without allocating: a check only branches where a literal,
+/// `+` and placeholder rules share a level; each inline slot costs a store per check.
+const INLINE_VISITS: usize = 4;
+
 impl Node {
+    fn has_children(&self) -> bool {
+        let literal = match &self.literal {
+            Children::Few(list) => !list.is_empty(),
+            Children::Many(map) => !map.is_empty(),
+        };
+        literal || self.plus.is_some() || !self.templates.is_empty()
+    }
+
+    /// Move every child into `out`, leaving this node without children.
+    fn take_children(&mut self, out: &mut Vec<Node>) {
+        match std::mem::take(&mut self.literal) {
+            Children::Few(list) => out.extend(list.into_iter().map(|(_, node)| node)),
+            Children::Many(map) => out.extend(map.into_values()),
+        }
+        if let Some(plus) = self.plus.take() {
+            out.push(*plus);
+        }
+        out.extend(
+            std::mem::take(&mut self.templates)
+                .into_iter()
+                .map(|(_, node)| node),
+        );
+    }
+
     fn insert(
         &mut self,
         levels: &[RuleLevel],
@@ -300,30 +358,46 @@ impl Node {
         deny_only: bool,
         acc: &mut Hits,
     ) {
-        if !dollar_root {
-            acc.merge(&self.hash, deny_only);
-        }
-        let Some(rem) = rem else {
-            acc.merge(&self.here, deny_only);
-            return;
-        };
-        let (level, next) = split_level(rem);
-        if let Some(child) = self.literal.get(level) {
-            child.match_topic(next, false, subst, deny_only, acc);
-        }
-        if !dollar_root {
-            if let Some(plus) = &self.plus {
-                plus.match_topic(next, false, subst, deny_only, acc);
+        let mut stack: WalkStack<Visit<'_>, INLINE_VISITS> = WalkStack::with(Visit {
+            node: self,
+            rem,
+            at_root: true,
+            dollar_root,
+            deny_only,
+        });
+        while let Some(Visit {
+            node,
+            rem,
+            dollar_root,
+            deny_only,
+            ..
+        }) = stack.pop()
+        {
+            if !dollar_root {
+                acc.merge(&node.hash, deny_only);
             }
-        }
-        for (template, child) in &self.templates {
-            if dollar_root && !template.starts_with_dollar() {
+            let Some(rem) = rem else {
+                acc.merge(&node.here, deny_only);
                 continue;
+            };
+            let (level, next) = split_level(rem);
+            if let Some(child) = node.literal.get(level) {
+                stack.push(Visit::below(child, next, deny_only));
             }
-            match template.matches(level, subst) {
-                TemplateMatch::No => {}
-                TemplateMatch::Exact => child.match_topic(next, false, subst, deny_only, acc),
-                TemplateMatch::DenyWildcard => child.match_topic(next, false, subst, true, acc),
+            if !dollar_root {
+                if let Some(plus) = &node.plus {
+                    stack.push(Visit::below(plus, next, deny_only));
+                }
+            }
+            for (template, child) in &node.templates {
+                if dollar_root && !template.starts_with_dollar() {
+                    continue;
+                }
+                match template.matches(level, subst) {
+                    TemplateMatch::No => {}
+                    TemplateMatch::Exact => stack.push(Visit::below(child, next, deny_only)),
+                    TemplateMatch::DenyWildcard => stack.push(Visit::below(child, next, true)),
+                }
             }
         }
     }
@@ -339,64 +413,112 @@ impl Node {
         deny_only: bool,
         acc: &mut Hits,
     ) {
-        if !dollar_root {
-            acc.merge(&self.hash, deny_only);
-        }
-        let Some(rem) = rem else {
-            acc.merge(&self.here, deny_only);
-            return;
-        };
-        let (level, next) = split_level(rem);
-        match level {
-            "#" => {
-                // `#` is only covered by a `#` here, which was merged above. At the root
-                // `+/#` covers it too: no topic has zero levels.
-                if at_root {
-                    if let Some(plus) = &self.plus {
-                        acc.merge(&plus.hash, deny_only);
+        let mut stack: WalkStack<Visit<'_>, INLINE_VISITS> = WalkStack::with(Visit {
+            node: self,
+            rem,
+            at_root,
+            dollar_root,
+            deny_only,
+        });
+        while let Some(Visit {
+            node,
+            rem,
+            at_root,
+            dollar_root,
+            deny_only,
+        }) = stack.pop()
+        {
+            if !dollar_root {
+                acc.merge(&node.hash, deny_only);
+            }
+            let Some(rem) = rem else {
+                acc.merge(&node.here, deny_only);
+                continue;
+            };
+            let (level, next) = split_level(rem);
+            match level {
+                "#" => {
+                    // `#` is only covered by a `#` here, which was merged above. At the root
+                    // `+/#` covers it too: no topic has zero levels.
+                    if at_root {
+                        if let Some(plus) = &node.plus {
+                            acc.merge(&plus.hash, deny_only);
+                        }
+                        for (template, child) in &node.templates {
+                            if template.matches(level, subst) == TemplateMatch::DenyWildcard {
+                                acc.merge(&child.hash, true);
+                            }
+                        }
                     }
-                    for (template, child) in &self.templates {
+                }
+                "+" => {
+                    if let Some(plus) = &node.plus {
+                        stack.push(Visit::below(plus, next, deny_only));
+                    }
+                    for (template, child) in &node.templates {
                         if template.matches(level, subst) == TemplateMatch::DenyWildcard {
-                            acc.merge(&child.hash, true);
+                            stack.push(Visit::below(child, next, true));
                         }
                     }
                 }
-            }
-            "+" => {
-                if let Some(plus) = &self.plus {
-                    plus.cover_filter(next, false, false, subst, deny_only, acc);
-                }
-                for (template, child) in &self.templates {
-                    if template.matches(level, subst) == TemplateMatch::DenyWildcard {
-                        child.cover_filter(next, false, false, subst, true, acc);
+                _ => {
+                    if let Some(child) = node.literal.get(level) {
+                        stack.push(Visit::below(child, next, deny_only));
                     }
-                }
-            }
-            _ => {
-                if let Some(child) = self.literal.get(level) {
-                    child.cover_filter(next, false, false, subst, deny_only, acc);
-                }
-                if !dollar_root {
-                    if let Some(plus) = &self.plus {
-                        plus.cover_filter(next, false, false, subst, deny_only, acc);
-                    }
-                }
-                for (template, child) in &self.templates {
-                    if dollar_root && !template.starts_with_dollar() {
-                        continue;
-                    }
-                    match template.matches(level, subst) {
-                        TemplateMatch::No => {}
-                        TemplateMatch::Exact => {
-                            child.cover_filter(next, false, false, subst, deny_only, acc)
+                    if !dollar_root {
+                        if let Some(plus) = &node.plus {
+                            stack.push(Visit::below(plus, next, deny_only));
                         }
-                        TemplateMatch::DenyWildcard => {
-                            child.cover_filter(next, false, false, subst, true, acc)
+                    }
+                    for (template, child) in &node.templates {
+                        if dollar_root && !template.starts_with_dollar() {
+                            continue;
+                        }
+                        match template.matches(level, subst) {
+                            TemplateMatch::No => {}
+                            TemplateMatch::Exact => {
+                                stack.push(Visit::below(child, next, deny_only))
+                            }
+                            TemplateMatch::DenyWildcard => {
+                                stack.push(Visit::below(child, next, true))
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Drops the subtree node by node from an explicit stack: the derived drop would
+/// recurse once per level of the deepest rule.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !self.has_children() {
+            return;
+        }
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
+        }
+    }
+}
+
+/// Not derived: a derived `Debug` would recurse once per level.
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let literal = match &self.literal {
+            Children::Few(list) => list.len(),
+            Children::Many(map) => map.len(),
+        };
+        f.debug_struct("Node")
+            .field("literal", &literal)
+            .field("plus", &self.plus.is_some())
+            .field("templates", &self.templates.len())
+            .field("here", &self.here)
+            .field("hash", &self.hash)
+            .finish()
     }
 }
 
@@ -967,6 +1089,60 @@ mod tests {
         }
         assert!(!a.decide(&user("u"), Access::Read, "t20/x").allowed);
         assert!(!a.decide(&user("u"), Access::Read, "t1/y").allowed);
+    }
+
+    /// Runs `f` on a thread with a 64 KiB stack: a walk recursing once per level of
+    /// a 1,000-level rule overflows it (and aborts the test binary).
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(f)
+            .expect("spawn test thread")
+            .join()
+            .expect("test thread");
+    }
+
+    #[test]
+    fn deepest_rules_and_topics_match_cover_and_drop_on_a_small_stack() {
+        use super::super::rules::MAX_RULE_LEVELS;
+        on_small_stack(|| {
+            let below = MAX_RULE_LEVELS - 1;
+            let read_hash = "a/".repeat(below) + "#";
+            let deny_slashes = "/".repeat(below);
+            let write_plus = "+/".repeat(below) + "+";
+            let pattern = "+/".repeat(below - 1) + "x/%u";
+            let text = format!(
+                "user u\ntopic read {read_hash}\ntopic deny {deny_slashes}\ntopic write {write_plus}\npattern read {pattern}\n"
+            );
+            let a = acl(&text);
+            assert_eq!(a.stats().rules, 4);
+            let u = user("u");
+            let deep_topic = "a/".repeat(32_000) + "a";
+            let rule_deep_topic = "a/".repeat(below) + "a";
+            let pattern_topic = "b/".repeat(below - 1) + "x/u";
+            let checks = [
+                (Access::Read, deep_topic.clone(), true),
+                (Access::Write, deep_topic.clone(), false),
+                (Access::Subscribe, "a/".repeat(32_000) + "#", true),
+                (Access::Subscribe, "a/".repeat(32_000) + "+", true),
+                (Access::Read, deny_slashes.clone(), false),
+                (Access::Write, deny_slashes.clone(), false),
+                (Access::Subscribe, deny_slashes.clone(), false),
+                (Access::Subscribe, "/".repeat(65_000), false),
+                (Access::Write, rule_deep_topic.clone(), true),
+                (Access::Read, rule_deep_topic, true),
+                (Access::Read, pattern_topic.clone(), true),
+                (Access::Subscribe, pattern_topic, true),
+                (Access::Subscribe, "+/".repeat(below) + "+", false),
+            ];
+            for (access, topic, allowed) in &checks {
+                let verdict = a.decide(&u, *access, topic);
+                assert_eq!(verdict.allowed, *allowed, "{access:?} {}", topic.len());
+                assert_eq!(verdict, a.decide_linear(&u, *access, topic));
+            }
+            assert!(format!("{a:?}").contains("Node"), "Debug does not recurse");
+            drop(a);
+        });
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Subscription trie: one node per topic level of a live subscription filter, holding
 //! the sessions subscribed there (plain and shared). It owns nothing else and never
 //! keeps a node without a subscription below it: removal prunes empty branches, so
-//! memory follows live subscriptions only.
+//! memory follows live subscriptions only. Its depth is the client's filter depth,
+//! so no walk here (insert, remove, match, drop) recurses: they loop, with an
+//! explicit stack where a walk branches.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::fasthash::IntMap;
 use super::wire::QoS;
+use crate::topic::walk::WalkStack;
 
 /// Session table key (see `router::Router::sessions`).
 pub(crate) type SessionKey = u64;
@@ -39,10 +44,12 @@ pub(crate) struct SharedRef {
 #[derive(Debug, Default)]
 struct SharedGroup {
     members: Vec<(SessionKey, SubOptions)>,
-    next: usize,
+    /// Atomic only so that the matching walk can hold shared references to several
+    /// nodes at once; the trie is always used through `&mut` (relaxed = plain load/store).
+    next: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     /// Whether `children` has a `#` / `+` child: the per-message walk skips the two
@@ -58,43 +65,89 @@ impl Node {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
     }
 
-    fn emit(
-        &mut self,
-        out: &mut Vec<(SessionKey, SubOptions)>,
-        online: &dyn Fn(SessionKey) -> bool,
-    ) {
+    fn emit(&self, out: &mut Vec<(SessionKey, SubOptions)>, online: &dyn Fn(SessionKey) -> bool) {
         out.extend(self.subscribers.iter().map(|(k, o)| (*k, o.clone())));
-        for group in self.shared.values_mut() {
+        for group in self.shared.values() {
             if let Some(member) = group.pick(online) {
                 out.push(member);
             }
         }
+    }
+
+    /// Whether this node stays when its child on a removal path is pruned.
+    fn has_more_than_one_child_or_subscriptions(&self) -> bool {
+        self.children.len() > 1 || !self.subscribers.is_empty() || !self.shared.is_empty()
+    }
+
+    /// Remove `key` from this node's plain subscribers or from `group`.
+    fn remove_here(&mut self, group: Option<&str>, key: SessionKey) -> bool {
+        let Some(g) = group else {
+            return self.subscribers.remove(&key).is_some();
+        };
+        let Some(shared) = self.shared.get_mut(g) else {
+            return false;
+        };
+        let before = shared.members.len();
+        shared.members.retain(|(k, _)| *k != key);
+        let removed = shared.members.len() != before;
+        if shared.members.is_empty() {
+            self.shared.remove(g);
+        } else if *shared.next.get_mut() >= shared.members.len() {
+            *shared.next.get_mut() = 0;
+        }
+        removed
+    }
+}
+
+/// Drops the subtree node by node from an explicit stack: the derived drop would
+/// recurse once per level of the deepest filter.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(std::mem::take(&mut node.children).into_values());
+        }
+    }
+}
+
+/// Not derived: a derived `Debug` would recurse once per level.
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("children", &self.children.len())
+            .field("subscribers", &self.subscribers.len())
+            .field("shared", &self.shared.len())
+            .finish()
     }
 }
 
 impl SharedGroup {
     /// Round robin over online members; when none is online, over all members (a
     /// persistent member then queues the message offline).
-    fn pick(&mut self, online: &dyn Fn(SessionKey) -> bool) -> Option<(SessionKey, SubOptions)> {
+    fn pick(&self, online: &dyn Fn(SessionKey) -> bool) -> Option<(SessionKey, SubOptions)> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
+        let next = self.next.load(Ordering::Relaxed);
         for step in 0..n {
-            let i = (self.next + step) % n;
+            let i = (next + step) % n;
             if online(self.members[i].0) {
-                self.next = (i + 1) % n;
+                self.next.store((i + 1) % n, Ordering::Relaxed);
                 return Some(self.members[i].clone());
             }
         }
-        let i = self.next % n;
-        self.next = (i + 1) % n;
+        let i = next % n;
+        self.next.store((i + 1) % n, Ordering::Relaxed);
         Some(self.members[i].clone())
     }
 }
 
 /// The subscription trie.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct SubscriptionTrie {
     root: Node,
     nodes: usize,
@@ -142,12 +195,47 @@ impl SubscriptionTrie {
     }
 
     /// Remove a subscription and prune empty nodes; returns true when it existed.
+    /// Two walks down, no recursion: the first finds the subscription and the
+    /// deepest node on the path that must stay (`keep`); when the subscription's
+    /// node empties, every node below `keep` on the path held only the path, and
+    /// the second walk cuts that chain off at `keep`.
     pub fn remove(&mut self, filter: &str, group: Option<&str>, key: SessionKey) -> bool {
-        let levels: Vec<&str> = filter.split('/').collect();
-        let mut pruned = 0;
-        let removed = remove_rec(&mut self.root, &levels, group, key, &mut pruned);
-        self.nodes -= pruned;
-        removed
+        let mut node = &mut self.root;
+        let mut depth = 0;
+        let mut keep = 0;
+        for (at, level) in filter.split('/').enumerate() {
+            if node.has_more_than_one_child_or_subscriptions() {
+                keep = at;
+            }
+            let Some(child) = node.children.get_mut(level) else {
+                return false;
+            };
+            node = child;
+            depth = at + 1;
+        }
+        if !node.remove_here(group, key) {
+            return false;
+        }
+        if node.is_empty() {
+            let mut levels = filter.split('/');
+            let mut node = &mut self.root;
+            for level in levels.by_ref().take(keep) {
+                node = node
+                    .children
+                    .get_mut(level)
+                    .expect("invariant: the path was walked above");
+            }
+            let cut = levels.next().expect("invariant: keep < depth");
+            // The chain's own drop is iterative (see `impl Drop for Node`).
+            drop(node.children.remove(cut));
+            match cut {
+                "#" => node.has_hash = false,
+                "+" => node.has_plus = false,
+                _ => {}
+            }
+            self.nodes -= depth - keep;
+        }
+        true
     }
 
     /// Choose a member of one shared group (round robin, online first).
@@ -156,11 +244,11 @@ impl SubscriptionTrie {
         share: &SharedRef,
         online: &dyn Fn(SessionKey) -> bool,
     ) -> Option<(SessionKey, SubOptions)> {
-        let mut node = &mut self.root;
+        let mut node = &self.root;
         for level in share.filter.split('/') {
-            node = node.children.get_mut(level)?;
+            node = node.children.get(level)?;
         }
-        node.shared.get_mut(&*share.group)?.pick(online)
+        node.shared.get(&*share.group)?.pick(online)
     }
 
     /// Collect every subscription matching `topic` (one entry per plain subscription,
@@ -171,87 +259,81 @@ impl SubscriptionTrie {
         out: &mut Vec<(SessionKey, SubOptions)>,
         online: &dyn Fn(SessionKey) -> bool,
     ) {
-        walk(
-            &mut self.root,
-            Some(topic),
-            topic.starts_with('$'),
-            out,
-            online,
-        );
+        walk(&self.root, topic, out, online);
     }
 }
 
-fn remove_rec(
-    node: &mut Node,
-    levels: &[&str],
-    group: Option<&str>,
-    key: SessionKey,
-    pruned: &mut usize,
-) -> bool {
-    let Some((first, rest)) = levels.split_first() else {
-        return match group {
-            None => node.subscribers.remove(&key).is_some(),
-            Some(g) => {
-                let Some(shared) = node.shared.get_mut(g) else {
-                    return false;
-                };
-                let before = shared.members.len();
-                shared.members.retain(|(k, _)| *k != key);
-                let removed = shared.members.len() != before;
-                if shared.members.is_empty() {
-                    node.shared.remove(g);
-                } else if shared.next >= shared.members.len() {
-                    shared.next = 0;
-                }
-                removed
-            }
-        };
-    };
-    let Some(child) = node.children.get_mut(*first) else {
-        return false;
-    };
-    let removed = remove_rec(child, rest, group, key, pruned);
-    if child.is_empty() {
-        node.children.remove(*first);
-        match *first {
-            "#" => node.has_hash = false,
-            "+" => node.has_plus = false,
-            _ => {}
-        }
-        *pruned += 1;
+impl fmt::Debug for SubscriptionTrie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionTrie")
+            .field("nodes", &self.nodes)
+            .finish()
     }
-    removed
 }
 
-/// `rest` is the remaining topic (`None` once every level is consumed); walking
-/// it with `split_once` avoids allocating a level list per routed message.
-fn walk(
-    node: &mut Node,
-    rest: Option<&str>,
+/// A node still to visit and the topic left below it (`None` once every level is
+/// consumed). Walking the topic with `split_once` avoids allocating a level list
+/// per routed message.
+#[derive(Clone, Copy)]
+struct Visit<'a> {
+    node: &'a Node,
+    rest: Option<&'a str>,
     dollar_root: bool,
+}
+
+/// Pending visits held without allocating: one per level where both a `+` and a
+/// literal child match, so 8 covers all but contrived subscription sets (each
+/// inline slot costs a store per routed message).
+const INLINE_VISITS: usize = 8;
+
+/// Depth-first, in the order the recursive walk had: `#` child, the node itself,
+/// then the `+` subtree, then the literal one.
+fn walk(
+    root: &Node,
+    topic: &str,
     out: &mut Vec<(SessionKey, SubOptions)>,
     online: &dyn Fn(SessionKey) -> bool,
 ) {
-    if !dollar_root && node.has_hash {
-        if let Some(hash) = node.children.get_mut("#") {
-            hash.emit(out, online);
+    let mut stack: WalkStack<Visit<'_>, INLINE_VISITS> = WalkStack::with(Visit {
+        node: root,
+        rest: Some(topic),
+        dollar_root: topic.starts_with('$'),
+    });
+    while let Some(Visit {
+        node,
+        rest,
+        dollar_root,
+    }) = stack.pop()
+    {
+        if !dollar_root && node.has_hash {
+            if let Some(hash) = node.children.get("#") {
+                hash.emit(out, online);
+            }
         }
-    }
-    let Some(rest) = rest else {
-        node.emit(out, online);
-        return;
-    };
-    let (first, next) = match rest.split_once('/') {
-        Some((first, next)) => (first, Some(next)),
-        None => (rest, None),
-    };
-    if !dollar_root && node.has_plus {
-        if let Some(plus) = node.children.get_mut("+") {
-            walk(plus, next, false, out, online);
+        let Some(rest) = rest else {
+            node.emit(out, online);
+            continue;
+        };
+        let (first, next) = match rest.split_once('/') {
+            Some((first, next)) => (first, Some(next)),
+            None => (rest, None),
+        };
+        if let Some(child) = node.children.get(first) {
+            stack.push(Visit {
+                node: child,
+                rest: next,
+                dollar_root: false,
+            });
         }
-    }
-    if let Some(child) = node.children.get_mut(first) {
-        walk(child, next, false, out, online);
+        if !dollar_root && node.has_plus {
+            if let Some(plus) = node.children.get("+") {
+                stack.push(Visit {
+                    node: plus,
+                    rest: next,
+                    dollar_root: false,
+                });
+            }
+        }
     }
 }
 
@@ -327,6 +409,101 @@ mod tests {
         assert!(out.iter().all(|(k, _)| *k == 2));
     }
 
+    /// Runs `f` on a thread with a 64 KiB stack: a walk recursing once per level of
+    /// a 100,000-level filter overflows it (and aborts the test binary).
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(f)
+            .expect("spawn test thread")
+            .join()
+            .expect("test thread");
+    }
+
+    #[test]
+    fn deepest_filters_insert_match_remove_and_drop_on_a_small_stack() {
+        on_small_stack(|| {
+            let deep = "a/".repeat(100_000) + "a";
+            let slashes = "/".repeat(100_000);
+            let plus_hash = "+/".repeat(100_000) + "#";
+            let mut t = SubscriptionTrie::default();
+            t.insert(&deep, None, 1, opts());
+            t.insert(&slashes, None, 2, opts());
+            t.insert(&plus_hash, None, 3, opts());
+            t.insert(&deep, Some("g"), 4, opts());
+            assert_eq!(t.node_count(), 3 * 100_001);
+            let mut out = Vec::new();
+            t.matches(&deep, &mut out, &|_| true);
+            let mut k: Vec<SessionKey> = out.iter().map(|(k, _)| *k).collect();
+            k.sort();
+            assert_eq!(k, vec![1, 3, 4]);
+            assert_eq!(keys(&mut t, &slashes), vec![2, 3]);
+            assert_eq!(keys(&mut t, &format!("{slashes}/")), vec![3]);
+            assert_eq!(keys(&mut t, "a/a"), Vec::<SessionKey>::new());
+            let share = SharedRef {
+                group: "g".into(),
+                filter: deep.as_str().into(),
+            };
+            assert_eq!(t.pick_shared(&share, &|_| true).map(|(k, _)| k), Some(4));
+
+            assert!(t.remove(&deep, None, 1));
+            assert_eq!(
+                t.node_count(),
+                3 * 100_001,
+                "the shared group keeps the path"
+            );
+            assert!(t.remove(&deep, Some("g"), 4));
+            assert_eq!(t.node_count(), 2 * 100_001);
+            assert!(t.remove(&slashes, None, 2));
+            assert!(t.remove(&plus_hash, None, 3));
+            assert_eq!(t.node_count(), 0);
+
+            // Dropping a trie that still holds deep filters.
+            t.insert(&deep, None, 1, opts());
+            t.insert(&slashes, None, 2, opts());
+            drop(t);
+        });
+    }
+
+    #[test]
+    fn matching_keeps_pending_branches_beyond_the_inline_stack() {
+        // `+/+/.../a` at every depth: walking `a/a/.../a` defers a literal branch at
+        // each of 40 levels while it follows the `+` chain.
+        let mut filters: Vec<String> = (0..40).map(|k| "+/".repeat(k) + "a").collect();
+        filters.push("+/".repeat(40) + "+");
+        filters.push("a/".repeat(40) + "a");
+        let mut t = SubscriptionTrie::default();
+        for (i, f) in filters.iter().enumerate() {
+            t.insert(f, None, i as SessionKey, opts());
+        }
+        for topic in [
+            "a/".repeat(40) + "a",
+            "a/".repeat(10) + "a",
+            "a".to_string(),
+        ] {
+            let expected: Vec<SessionKey> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| crate::topic::matches(f, &topic))
+                .map(|(i, _)| i as SessionKey)
+                .collect();
+            assert!(!expected.is_empty());
+            assert_eq!(keys(&mut t, &topic), expected, "{topic}");
+        }
+    }
+
+    /// Nodes a trie holding exactly `filters` must have: one per distinct prefix.
+    fn distinct_prefixes<'a>(filters: impl Iterator<Item = &'a String>) -> usize {
+        let mut prefixes = std::collections::HashSet::new();
+        for f in filters {
+            for (i, _) in f.match_indices('/') {
+                prefixes.insert(&f[..i]);
+            }
+            prefixes.insert(f.as_str());
+        }
+        prefixes.len()
+    }
+
     use proptest::prelude::*;
 
     fn level() -> impl Strategy<Value = String> {
@@ -341,10 +518,10 @@ mod tests {
         #[test]
         fn trie_agrees_with_topic_matches_and_prunes_to_nothing(
             filters in prop::collection::vec(
-                (prop::collection::vec(filter_level(), 1..4), any::<bool>()),
+                (prop::collection::vec(filter_level(), 1..12), any::<bool>()),
                 1..12,
             ),
-            topics in prop::collection::vec(prop::collection::vec(level(), 1..5), 1..12),
+            topics in prop::collection::vec(prop::collection::vec(level(), 1..13), 1..12),
         ) {
             let filters: Vec<String> = filters
                 .into_iter()
@@ -370,8 +547,18 @@ mod tests {
                 expected.sort();
                 prop_assert_eq!(keys(&mut t, &topic), expected, "topic {:?}", topic);
             }
-            for (i, f) in filters.iter().enumerate() {
-                t.remove(f, None, i as SessionKey);
+            prop_assert_eq!(t.node_count(), distinct_prefixes(filters.iter()));
+            // Odd keys first, then even ones: removal must prune exactly the nodes no
+            // remaining filter uses, wherever the remaining ones branch off.
+            let order: Vec<usize> = (0..filters.len())
+                .filter(|i| i % 2 == 1)
+                .chain((0..filters.len()).filter(|i| i % 2 == 0))
+                .collect();
+            for (n, &i) in order.iter().enumerate() {
+                prop_assert!(t.remove(&filters[i], None, i as SessionKey));
+                prop_assert!(!t.remove(&filters[i], None, i as SessionKey));
+                let remaining = order[n + 1..].iter().map(|&j| &filters[j]);
+                prop_assert_eq!(t.node_count(), distinct_prefixes(remaining));
             }
             prop_assert_eq!(t.node_count(), 0);
         }

@@ -10,6 +10,8 @@
 //! code points MQTT 5 §1.5.4 says SHOULD NOT appear (C0/C1 control characters and
 //! Unicode non-characters), so a topic accepted here is accepted by every peer.
 
+pub(crate) mod walk;
+
 /// Longest topic name or filter MQTT can carry (a two-byte length prefix).
 pub const MAX_TOPIC_LEN: usize = 65_535;
 
@@ -63,6 +65,16 @@ pub enum TopicError {
     /// Share name containing `+` or `#`.
     #[error("shared subscription `{0}`: the group name must not contain `+` or `#`")]
     SharedGroupInvalid(String),
+    /// More levels than the broker accepts (each level costs a trie node).
+    #[error(
+        "topic has {levels} levels; this broker allows at most {max} (broker.max_topic_levels)"
+    )]
+    TooManyLevels {
+        /// Levels in the topic (`/` separators + 1).
+        levels: usize,
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 /// A parsed `$share/<group>/<filter>` subscription filter.
@@ -72,6 +84,22 @@ pub struct SharedFilter<'a> {
     pub group: &'a str,
     /// The topic filter the group subscribes to (validated).
     pub filter: &'a str,
+}
+
+/// Number of levels of a topic name or filter: its `/` separators + 1 (`""` and
+/// `"a"` have one level, `"/"` has two). A byte scan; allocation-free.
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+/// Refuses a topic name or filter with more than `max` levels ([`level_count`]).
+/// Pass the inner filter of a `$share/<group>/<filter>` (see [`parse_shared`]).
+pub fn check_levels(topic: &str, max: usize) -> Result<(), TopicError> {
+    let levels = level_count(topic);
+    if levels > max {
+        return Err(TopicError::TooManyLevels { levels, max });
+    }
+    Ok(())
 }
 
 /// Checks a topic name (as used in PUBLISH): non-empty, at most 65535 bytes, no
@@ -493,6 +521,64 @@ mod tests {
                 "{outer} covers {inner}"
             );
         }
+    }
+
+    #[test]
+    fn level_count_counts_separators_plus_one() {
+        assert_eq!(level_count(""), 1);
+        assert_eq!(level_count("a"), 1);
+        assert_eq!(level_count("/"), 2);
+        assert_eq!(level_count("a/b/c"), 3);
+        assert_eq!(level_count("a//"), 3);
+        assert_eq!(level_count("ü/😀/#"), 3);
+        assert_eq!(level_count(&"/".repeat(65_000)), 65_001);
+    }
+
+    #[test]
+    fn check_levels_refuses_only_above_the_limit() {
+        assert_eq!(check_levels("a/b/c", 3), Ok(()));
+        assert_eq!(check_levels("a", 1), Ok(()));
+        let err = check_levels("a/b/c/d", 3).expect_err("4 levels > 3");
+        assert_eq!(err, TopicError::TooManyLevels { levels: 4, max: 3 });
+        assert_eq!(
+            err.to_string(),
+            "topic has 4 levels; this broker allows at most 3 (broker.max_topic_levels)"
+        );
+        assert_eq!(
+            check_levels(&"/".repeat(64), 64),
+            Err(TopicError::TooManyLevels {
+                levels: 65,
+                max: 64
+            })
+        );
+    }
+
+    #[test]
+    fn matching_and_validation_handle_the_deepest_topics_on_a_small_stack() {
+        let deep_name = "a/".repeat(32_000) + "a";
+        let deep_filter = "+/".repeat(32_000) + "#";
+        let slashes = "/".repeat(65_000);
+        on_small_stack(move || {
+            assert_eq!(validate_topic_name(&deep_name), Ok(()));
+            assert_eq!(validate_topic_filter(&deep_filter), Ok(()));
+            assert_eq!(validate_topic_filter(&slashes), Ok(()));
+            assert!(matches(&deep_filter, &deep_name));
+            assert!(matches(&slashes, &slashes));
+            assert!(filter_covers(&deep_filter, &deep_name));
+            assert!(filter_covers("#", &slashes));
+            assert!(!filter_covers(&slashes, &deep_filter));
+        });
+    }
+
+    /// Runs `f` on a thread with a 64 KiB stack: recursion in proportion to the
+    /// depth of a 65,000-level topic overflows it (and aborts the test binary).
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(f)
+            .expect("spawn test thread")
+            .join()
+            .expect("test thread");
     }
 
     #[test]
