@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use tollgate::acl::{Acl, Authorizer};
+use tollgate::acl::{Acl, AllowAll, Authorizer};
 use tollgate::auth::{AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity};
 use tollgate::broker::codec::QoS;
 use tollgate::broker::{Broker, BrokerSettings, InternalOptions};
@@ -483,6 +483,94 @@ async fn too_deep_topics_and_filters_get_the_specified_reactions() {
         p5::SubscribeReasonCode::TopicFilterInvalid
     );
     b.stop().await;
+}
+
+/// The deepest structures the configuration allows (32,768 levels, the most a
+/// 65,535-byte topic can have), built and torn down by a broker whose worker
+/// threads have small stacks: any walk that recurses per level overflows them.
+#[test]
+fn deepest_allowed_topics_are_built_and_torn_down_on_small_stacks() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(256 * 1024)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let settings = BrokerSettings {
+            max_topic_levels: 32_768,
+            ..test_settings()
+        };
+        let b = start_broker_full(
+            settings,
+            Arc::new(tollgate::auth::AnonymousOnly),
+            Arc::new(AllowAll),
+        )
+        .await;
+        let only_slashes = "/".repeat(32_767);
+        let lettered = deep(32_768);
+        for (i, topic) in [only_slashes.as_str(), lettered.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("deep{i}");
+            let (mut raw, _) = raw_v5(b.addr, &id, None, true, 0, None).await;
+            // Subscription trie: the deepest filter, and `#` below it.
+            raw.send(&v5_subscribe(topic, 1)).await;
+            raw_wait(&mut raw, |p| {
+                matches!(p, p5::Packet::SubAck(_)).then_some(())
+            })
+            .await;
+            // Retained store: the deepest topic, then a `#` subscriber walks it.
+            let mut retained =
+                p5::Publish::new(topic, Q5::AtLeastOnce, Bytes::from_static(b"r"), None);
+            retained.retain = true;
+            retained.pkid = 2;
+            raw.send(&p5::Packet::Publish(retained)).await;
+            raw_wait(&mut raw, |p| {
+                matches!(p, p5::Packet::PubAck(_)).then_some(())
+            })
+            .await;
+            let mut options = v4_options(b.addr, &format!("all{i}"));
+            options.set_max_packet_size(256 * 1024, 256 * 1024);
+            let (mut all, _) = v4_connect(options).await;
+            all.subscribe("#", rumqttc::QoS::AtMostOnce).await;
+            let got = all.publish().await;
+            assert_eq!(got.topic.len(), topic.len());
+            // Clearing it prunes the branch; disconnecting removes the deep filter.
+            let mut clear = p5::Publish::new(topic, Q5::AtLeastOnce, Bytes::new(), None);
+            clear.retain = true;
+            clear.pkid = 3;
+            raw.send(&p5::Packet::Publish(clear)).await;
+            raw_wait(&mut raw, |p| {
+                matches!(p, p5::Packet::PubAck(_)).then_some(())
+            })
+            .await;
+            drop(raw);
+        }
+        // Everything is gone, and the broker still serves.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = b.broker.stats();
+            if s.subscription_trie_nodes == 0 && s.retained_messages == 0 && s.sessions == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not torn down: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut check = v4(b.addr, "after").await;
+        check.subscribe("ok", rumqttc::QoS::AtLeastOnce).await;
+        check
+            .client
+            .publish("ok", rumqttc::QoS::AtLeastOnce, false, "1")
+            .await
+            .expect("queued");
+        assert_eq!(check.publish().await.topic, "ok");
+        b.stop().await;
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -277,12 +277,6 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError
     }))
 }
 
-/// Number of levels of a topic name or filter (`a/b` has 2, `/` has 2): a byte
-/// scan, no allocation.
-pub fn level_count(topic: &str) -> usize {
-    topic.bytes().filter(|&b| b == b'/').count() + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
