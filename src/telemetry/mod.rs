@@ -9,6 +9,7 @@
 //! their own `SYSLOG_IDENTIFIER` ([`AUDIT_SYSLOG_IDENTIFIER`]) so `journalctl -t tollgate-audit`
 //! shows the audit trail alone.
 
+pub mod limit;
 pub mod notify;
 
 use std::path::Path;
