@@ -40,6 +40,9 @@ pub struct BrokerStats {
     pub dropped_slow_consumer: u64,
     /// CONNECTs refused because their client id holds a session of another identity.
     pub refused_session_owner: u64,
+    /// Audit-worthy events by kind and the log lines the rate limits suppressed
+    /// (`telemetry::limit`): complete even when the lines about them were summarised.
+    pub audit: crate::telemetry::limit::AuditStats,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,7 @@ impl StatsCounters {
             dropped_oversize: get(&self.dropped_oversize),
             dropped_slow_consumer: get(&self.dropped_slow_consumer),
             refused_session_owner: get(&self.refused_session_owner),
+            audit: Default::default(),
         }
     }
 }

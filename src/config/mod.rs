@@ -115,6 +115,7 @@ impl BrokerConfig {
             topic_alias_maximum: self.topic_alias_maximum,
             max_topic_levels: self.max_topic_levels,
             sys_interval: self.sys_interval,
+            log_limits: Default::default(),
         }
     }
 }

@@ -53,7 +53,8 @@ pub const MAX_LOGGED_BYTES: usize = 256;
 pub enum Kind {
     /// PUBLISH, SUBSCRIBE or will refused by the ACL.
     AclDenied,
-    /// CONNECT refused by the authenticator (bad credentials, throttled, not authorized).
+    /// CONNECT refused by the authenticator (bad credentials, throttled, not authorized)
+    /// or because its client id holds a session of another identity.
     AuthRefused,
     /// CONNECT that could not be decoded or is outside the broker's policy.
     InvalidConnect,
@@ -100,7 +101,8 @@ impl Default for LogLimitSettings {
 pub struct AuditStats {
     /// Accesses refused by the ACL (publish, subscribe, will).
     pub acl_denied: u64,
-    /// CONNECTs refused by authentication.
+    /// CONNECTs refused by authentication, or because their client id holds a session
+    /// of another identity.
     pub auth_refused: u64,
     /// CONNECTs refused as invalid or outside policy.
     pub invalid_connect: u64,
@@ -387,7 +389,8 @@ fn write_summary(s: &Summary, interval: Duration) {
 struct ConnectionScope {
     limits: Arc<LogLimits>,
     peer: Option<IpAddr>,
-    window: RefCell<Window>,
+    /// The connection's own window; `None` for a task that is not a connection (the router).
+    window: Option<RefCell<Window>>,
 }
 
 impl ConnectionScope {
@@ -396,17 +399,20 @@ impl ConnectionScope {
             self.limits.count(kind);
         }
         let interval = self.limits.settings.interval;
-        let rolled = {
-            let mut window = self.window.borrow_mut();
-            let rolled = window.roll(now, interval);
-            if !window.admit(kind, self.limits.settings.per_connection) {
-                drop(window);
-                self.summary(rolled);
+        if let Some(window) = &self.window {
+            let (rolled, admitted) = {
+                let mut window = window.borrow_mut();
+                let rolled = window.roll(now, interval);
+                (
+                    rolled,
+                    window.admit(kind, self.limits.settings.per_connection),
+                )
+            };
+            self.summary(rolled);
+            if !admitted {
                 return self.limits.suppress();
             }
-            rolled
-        };
-        self.summary(rolled);
+        }
         self.limits.admit_shared(kind, self.peer, now)
     }
 
@@ -425,8 +431,10 @@ impl ConnectionScope {
 impl Drop for ConnectionScope {
     /// What the last window suppressed is reported when the connection ends.
     fn drop(&mut self) {
-        let suppressed = self.window.get_mut().suppressed;
-        self.summary(Some(suppressed));
+        if let Some(window) = self.window.as_mut() {
+            let suppressed = window.get_mut().suppressed;
+            self.summary(Some(suppressed));
+        }
     }
 }
 
@@ -434,14 +442,15 @@ tokio::task_local! {
     static CONNECTION: ConnectionScope;
 }
 
-/// Runs `task` (a connection task, or the router with `peer = None`) with its own
-/// connection window under `limits`: [`event`] and [`line`] inside it are limited and counted.
+/// Runs `task` under `limits`: [`event`] and [`line`] inside it are counted and limited.
+/// With `peer`, `task` is a connection task with its own window and its peer's; without,
+/// (the router) only the broker-wide window applies.
 pub fn scope<F: Future>(
     limits: Arc<LogLimits>,
     peer: Option<IpAddr>,
     task: F,
 ) -> impl Future<Output = F::Output> {
-    let window = RefCell::new(Window::new(Instant::now()));
+    let window = peer.map(|_| RefCell::new(Window::new(Instant::now())));
     CONNECTION.scope(
         ConnectionScope {
             limits,
@@ -470,9 +479,11 @@ pub fn line(kind: Kind) -> bool {
 
 /// A client-supplied string made safe for a log line: at most [`MAX_LOGGED_BYTES`] bytes of
 /// it (cut on a character boundary, then `…(+N bytes)`), with control characters, line and
-/// paragraph separators, quotes and backslashes escaped as Rust's `escape_debug` does, so it
-/// can neither start a new line, colour a terminal nor pass for a field of another line.
-/// `client_id = %LogStr(&client_id)`.
+/// paragraph separators, invisible format characters, double quotes and backslashes escaped
+/// as Rust's `escape_debug` does, and in double quotes when it contains whitespace or `=`
+/// (logfmt style), so it can neither start a new line, colour a terminal nor pass for more
+/// fields of its line. Plain values stay unquoted, so journald fields keep their text:
+/// `client_id = %LogStr(&client_id)`. `{:?}` always quotes.
 #[derive(Clone, Copy)]
 pub struct LogStr<'a>(pub &'a str);
 
@@ -488,28 +499,56 @@ impl<'a> LogStr<'a> {
     }
 }
 
-impl fmt::Display for LogStr<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Writes `text` escaped, then the truncation marker if `omitted > 0`; quoted when `quote`
+/// is set or when the value has whitespace or `=` (so a value cannot pass for more fields).
+fn write_safe(f: &mut fmt::Formatter<'_>, text: &str, omitted: usize, quote: bool) -> fmt::Result {
+    let quote = quote
+        || text
+            .chars()
+            .any(|c| c == '=' || (c.is_whitespace() && c.escape_debug().len() == 1));
+    if quote {
+        f.write_str("\"")?;
+    }
+    for c in text.chars() {
+        match c {
+            // Readable as is, and unambiguous inside double quotes.
+            '\'' => f.write_str("'")?,
+            // Backslash, double quote, controls, line and paragraph separators, bidi
+            // overrides and other invisible characters: `\n`, `\"`, `\u{1b}`, ...
+            _ => fmt::Display::fmt(&c.escape_debug(), f)?,
+        }
+    }
+    if omitted > 0 {
+        write!(f, "…(+{omitted} bytes)")?;
+    }
+    if quote {
+        f.write_str("\"")?;
+    }
+    Ok(())
+}
+
+impl LogStr<'_> {
+    fn parts(&self) -> (&str, usize) {
         let s = self.0;
         let mut cut = s.len().min(MAX_LOGGED_BYTES);
         while !s.is_char_boundary(cut) {
             cut -= 1;
         }
-        // Escaped char by char: `str::escape_debug` leaves a leading combining mark
-        // unescaped, which is harmless, but per-char keeps the rule simple and uniform.
-        for c in s[..cut].chars() {
-            fmt::Display::fmt(&c.escape_debug(), f)?;
-        }
-        if cut < s.len() {
-            write!(f, "…(+{} bytes)", s.len() - cut)?;
-        }
-        Ok(())
+        (&s[..cut], s.len() - cut)
+    }
+}
+
+impl fmt::Display for LogStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (text, omitted) = self.parts();
+        write_safe(f, text, omitted, false)
     }
 }
 
 impl fmt::Debug for LogStr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
+        let (text, omitted) = self.parts();
+        write_safe(f, text, omitted, true)
     }
 }
 
@@ -521,13 +560,7 @@ impl fmt::Display for LogBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cut = self.0.len().min(MAX_LOGGED_BYTES);
         let text = String::from_utf8_lossy(&self.0[..cut]);
-        for c in text.chars() {
-            fmt::Display::fmt(&c.escape_debug(), f)?;
-        }
-        if cut < self.0.len() {
-            write!(f, "…(+{} bytes)", self.0.len() - cut)?;
-        }
-        Ok(())
+        write_safe(f, &text, self.0.len() - cut, false)
     }
 }
 
@@ -582,7 +615,7 @@ mod tests {
         ConnectionScope {
             limits: limits.clone(),
             peer: Some(peer.parse().expect("ip")),
-            window: RefCell::new(Window::new(now)),
+            window: Some(RefCell::new(Window::new(now))),
         }
     }
 
@@ -746,18 +779,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn outside_a_scope_lines_are_never_limited() {
+    async fn scopes_limit_and_count_and_nothing_is_limited_outside_them() {
         assert!((0..1000).all(|_| event(Kind::AclDenied)));
-        let limits = limits(3, 1000, 1000);
-        let passed = scope(limits.clone(), None, async {
+        let limits = limits(3, 1000, 5);
+        let peer = Some("192.0.2.8".parse().expect("ip"));
+        let passed = scope(limits.clone(), peer, async {
             (0..10).filter(|_| event(Kind::AclDenied)).count()
         })
         .await;
         assert_eq!(passed, 3);
         assert_eq!(limits.stats().acl_denied, 10);
         // `line` limits without counting again.
-        scope(limits.clone(), None, async { line(Kind::AclDenied) }).await;
+        scope(limits.clone(), peer, async { line(Kind::AclDenied) }).await;
         assert_eq!(limits.stats().acl_denied, 10);
+        // A task that is not a connection (the router) has only the broker-wide window.
+        let passed = scope(limits.clone(), None, async {
+            (0..10).filter(|_| event(Kind::AclDenied)).count()
+        })
+        .await;
+        assert_eq!(passed, 5 - 4);
+        assert_eq!(limits.stats().acl_denied, 20);
     }
 
     #[test]
@@ -765,18 +806,24 @@ mod tests {
         let forged = "dev\nINFO audit: Client connected. client_id=admin";
         assert_eq!(
             LogStr(forged).to_string(),
-            "dev\\nINFO audit: Client connected. client_id=admin"
+            "\"dev\\nINFO audit: Client connected. client_id=admin\""
         );
+        assert_eq!(LogStr("a\nb").to_string(), "a\\nb");
         assert_eq!(
             LogStr("\x1b[31mred\x1b[0m").to_string(),
             "\\u{1b}[31mred\\u{1b}[0m"
         );
         assert_eq!(LogStr("a\0b\r\t").to_string(), "a\\0b\\r\\t");
-        assert_eq!(LogStr("q\"uote\\").to_string(), "q\\\"uote\\\\");
+        assert_eq!(LogStr("q\"uo'te\\").to_string(), "q\\\"uo'te\\\\");
+        // A value cannot pass for more fields: whitespace or `=` means quotes.
+        assert_eq!(LogStr("x rule=allow").to_string(), "\"x rule=allow\"");
+        assert_eq!(LogStr("").to_string(), "");
+        // Bidi overrides could reorder what a reader sees.
+        assert_eq!(LogStr("a\u{202e}b").to_string(), "a\\u{202e}b");
         // Unicode line/paragraph separators and C1 controls cannot break a line either.
         assert_eq!(LogStr("a\u{2028}b\u{85}").to_string(), "a\\u{2028}b\\u{85}");
         // Printable non-ASCII text stays readable.
-        assert_eq!(LogStr("Zähler-7 温度").to_string(), "Zähler-7 温度");
+        assert_eq!(LogStr("Zähler-7/温度").to_string(), "Zähler-7/温度");
         for c in LogStr("\x07\x08\x0b\x0c\x7f\u{9b}").to_string().chars() {
             assert!(!c.is_control(), "{c:?} reached the line raw");
         }
