@@ -401,6 +401,8 @@ pub struct LogConfig {
     pub level: String,
     /// `auto`, `journald`, `json` or `text`.
     pub format: String,
+    /// `[log.rate_limit]`: how many lines clients can cause (denials, refusals, violations).
+    pub rate_limit: crate::telemetry::limit::LogLimitSettings,
 }
 
 impl Default for LogConfig {
@@ -408,6 +410,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_string(),
             format: "auto".to_string(),
+            rate_limit: Default::default(),
         }
     }
 }

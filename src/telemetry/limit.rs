@@ -15,7 +15,7 @@
 //!   [`PEER_TABLE_WAYS`] slots, allocated on first use and never grown: when the set of a new
 //!   peer is full, the oldest window is evicted, its pending suppressed counts move to the
 //!   broker scope's next summary, and [`AuditStats::log_peers_evicted`] counts it.
-//! - **Broker** ([`DEFAULT_GLOBAL`] lines per interval): many addresses at once. This is what
+//! - **Broker** ([`DEFAULT_PER_BROKER`] lines per interval): many addresses at once. This is what
 //!   bounds disk usage whatever the number of attackers (about 1,000 lines of at most a few
 //!   KiB each per minute).
 //!
@@ -38,7 +38,7 @@ pub const DEFAULT_PER_CONNECTION: u32 = 10;
 /// Lines per peer address (IPv6: per /64) per interval: five connections' worth.
 pub const DEFAULT_PER_PEER: u32 = 50;
 /// Lines per broker per interval: bounds the disk whatever the number of peers.
-pub const DEFAULT_GLOBAL: u32 = 1000;
+pub const DEFAULT_PER_BROKER: u32 = 1000;
 /// Length of one limiting window; also how often a scope may write its summary.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Sets in the per-peer table (a power of two).
@@ -72,16 +72,19 @@ impl Kind {
     }
 }
 
-/// Limits in force; [`Default`] gives the documented defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits in force (`[log.rate_limit]`); [`Default`] gives the documented defaults.
+/// A limit of 0 writes no line of that scope, only its summaries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogLimitSettings {
-    /// Lines per connection per interval (0: none).
+    /// Lines per connection per interval.
     pub per_connection: u32,
-    /// Lines per peer address per interval (0: none).
+    /// Lines per peer address (IPv6: per /64) per interval, over all its connections.
     pub per_peer: u32,
-    /// Lines per broker per interval (0: none).
-    pub global: u32,
-    /// Window length.
+    /// Lines per broker per interval, over all peers.
+    pub per_broker: u32,
+    /// Window length, and how often each scope may write a summary.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
     pub interval: Duration,
 }
 
@@ -90,7 +93,7 @@ impl Default for LogLimitSettings {
         LogLimitSettings {
             per_connection: DEFAULT_PER_CONNECTION,
             per_peer: DEFAULT_PER_PEER,
-            global: DEFAULT_GLOBAL,
+            per_broker: DEFAULT_PER_BROKER,
             interval: DEFAULT_INTERVAL,
         }
     }
@@ -301,7 +304,7 @@ impl LogLimits {
                         suppressed,
                     });
                 }
-                state.global.admit(kind, self.settings.global)
+                state.global.admit(kind, self.settings.per_broker)
             }
         };
         for s in summaries.into_iter().flatten() {
@@ -602,11 +605,11 @@ mod tests {
         (out, captured)
     }
 
-    fn limits(per_connection: u32, per_peer: u32, global: u32) -> Arc<LogLimits> {
+    fn limits(per_connection: u32, per_peer: u32, per_broker: u32) -> Arc<LogLimits> {
         Arc::new(LogLimits::new(LogLimitSettings {
             per_connection,
             per_peer,
-            global,
+            per_broker,
             interval: Duration::from_secs(60),
         }))
     }
