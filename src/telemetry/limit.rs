@@ -43,7 +43,7 @@ pub const DEFAULT_PER_BROKER: u32 = 1000;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Sets in the per-peer table (a power of two).
 pub const PEER_TABLE_SETS: usize = 512;
-/// Slots per set: 512 × 4 = 2,048 peers tracked at most (about 100 KiB).
+/// Slots per set: 512 × 4 = 2,048 peers tracked at most (about 180 KiB).
 pub const PEER_TABLE_WAYS: usize = 4;
 /// Bytes of a client-supplied string written to a log line; the rest is counted, not shown.
 pub const MAX_LOGGED_BYTES: usize = 256;
@@ -445,7 +445,7 @@ tokio::task_local! {
     static CONNECTION: ConnectionScope;
 }
 
-/// Runs `task` under `limits`: [`event`] and [`line`] inside it are counted and limited.
+/// Runs `task` under `limits`: [`event()`] and [`line()`] inside it are counted and limited.
 /// With `peer`, `task` is a connection task with its own window and its peer's; without,
 /// (the router) only the broker-wide window applies.
 pub fn scope<F: Future>(
@@ -764,6 +764,12 @@ mod tests {
             .sum();
         let tracked = limits.tracked_peers() as u64;
         assert_eq!(reported + tracked - 1, 4 * capacity as u64);
+    }
+
+    #[test]
+    fn peer_table_memory_is_as_documented() {
+        let bytes = PEER_TABLE_SETS * PEER_TABLE_WAYS * std::mem::size_of::<Option<PeerSlot>>();
+        assert!(bytes <= 180 * 1024, "{bytes} bytes");
     }
 
     #[test]
