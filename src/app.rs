@@ -325,7 +325,10 @@ impl App {
 
         let broker_shutdown = CancellationToken::new();
         let core = make_core(
-            config.broker.settings(),
+            crate::broker::BrokerSettings {
+                log_limits: config.log.rate_limit.clone(),
+                ..config.broker.settings()
+            },
             Arc::new(security.authenticator.clone()),
             security.authorizer.clone(),
             broker_shutdown.clone(),

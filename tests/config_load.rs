@@ -296,3 +296,43 @@ fn tollgate_variables_without_a_section_are_ignored_with_a_warning() {
         "{p:?}"
     );
 }
+
+#[test]
+fn log_rate_limit_is_read_checked_and_defaults_to_the_documented_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "t.toml", MINIMAL);
+    let c = load_with_env(&ConfigSource::File(file), &env(&[]))
+        .expect("valid")
+        .config;
+    let limits = &c.log.rate_limit;
+    assert_eq!(
+        (limits.per_connection, limits.per_peer, limits.per_broker),
+        (10, 50, 1000)
+    );
+    assert_eq!(limits.interval, Duration::from_secs(60));
+
+    let text = format!("{MINIMAL}[log.rate_limit]\nper_connection = 3\ninterval = \"5m\"\n");
+    let file = write(dir.path(), "set.toml", &text);
+    let c = load_with_env(&ConfigSource::File(file), &env(&[]))
+        .expect("valid")
+        .config;
+    assert_eq!(c.log.rate_limit.per_connection, 3);
+    assert_eq!(c.log.rate_limit.per_peer, 50);
+    assert_eq!(c.log.rate_limit.interval, Duration::from_secs(300));
+
+    let text =
+        format!("{MINIMAL}[log.rate_limit]\nper_peer = 2000000\ninterval = \"0s\"\nlines = 3\n");
+    let file = write(dir.path(), "bad.toml", &text);
+    let p = problems(load_with_env(&ConfigSource::File(file), &env(&[])));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("log.rate_limit.lines: unknown field")),
+        "{p:#?}"
+    );
+    let text = format!("{MINIMAL}[log.rate_limit]\nper_peer = 2000000\ninterval = \"0s\"\n");
+    let file = write(dir.path(), "range.toml", &text);
+    let p = problems(load_with_env(&ConfigSource::File(file), &env(&[])));
+    for key in ["log.rate_limit.per_peer:", "log.rate_limit.interval:"] {
+        assert!(p.iter().any(|l| l.contains(key)), "{key} in {p:#?}");
+    }
+}

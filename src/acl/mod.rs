@@ -197,7 +197,9 @@ pub fn authorize_write(
 }
 
 /// Record a refused access on the `audit` target with the rule that decided
-/// (never the payload). The broker adds the peer address if it has one.
+/// (never the payload). The broker adds the peer address if it has one. Every call is
+/// counted (`BrokerStats::audit.acl_denied`); inside a connection task the line itself is
+/// rate-limited and client strings are escaped (`telemetry::limit`).
 pub fn audit_denied(
     identity: &Identity,
     access: Access,
@@ -205,17 +207,22 @@ pub fn audit_denied(
     decision: &AclDecision,
     peer: Option<std::net::SocketAddr>,
 ) {
+    use crate::telemetry::limit::{self, Kind, LogStr};
     if let AclDecision::Deny { rule } = decision {
+        // Counted always; the line is rate-limited per connection and peer.
+        if !limit::event(Kind::AclDenied) {
+            return;
+        }
         tracing::info!(
             target: "audit",
             event = "acl_denied",
             listener = %identity.listener,
             peer = %peer.map_or_else(|| "in-process".to_string(), |p| p.to_string()),
-            username = identity.username.as_deref().unwrap_or(""),
-            client_id = %identity.client_id,
+            username = %LogStr::opt(identity.username.as_deref()),
+            client_id = %LogStr(&identity.client_id),
             via = ?identity.via,
             ?access,
-            topic,
+            topic = %LogStr(topic),
             rule = rule.as_deref().unwrap_or("none matched: default deny"),
             "Access denied by ACL."
         );

@@ -28,6 +28,7 @@ use tracing::{debug, error, warn};
 
 use super::core::Core;
 use crate::broker::{ConnectionInfo, ListenerContext};
+use crate::telemetry::limit::LogStr;
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
 /// A client byte stream: plain TCP or TLS over TCP.
@@ -387,7 +388,7 @@ impl Connection {
                 info.peer_certificates = tls::peer_chain(stream.get_ref().1).map(Arc::new);
             }
             Err(e) => {
-                warn!(target: "audit", %listener, %peer, reason = %e, "Client certificate has no usable identity; closing.");
+                warn!(target: "audit", %listener, %peer, reason = %LogStr(&e.to_string()), "Client certificate has no usable identity; closing.");
                 return;
             }
         }

@@ -393,33 +393,37 @@ fn method_name(req: &AuthRequest) -> &'static str {
 }
 
 /// One audit event per decision; never includes the password.
+/// Client strings are escaped; a refusal line is rate-limited with the broker's
+/// "Connection refused by authentication." line, which counts the event.
 fn audit(req: &AuthRequest, decision: &Decision) {
-    let username = req.username.as_deref().unwrap_or("");
-    let certificate_identity = req.certificate_identity.as_deref().unwrap_or("");
+    use crate::telemetry::limit::{self, Kind, LogStr};
+    let username = LogStr::opt(req.username.as_deref());
+    let certificate_identity = LogStr::opt(req.certificate_identity.as_deref());
     match decision {
         Ok((_, _, reason)) => tracing::info!(
             target: "audit",
             listener = %req.listener,
             peer = %req.peer,
-            client_id = %req.client_id,
-            username,
-            certificate_identity,
+            client_id = %LogStr(&req.client_id),
+            %username,
+            %certificate_identity,
             method = method_name(req),
             outcome = "success",
             reason = *reason,
             "Authentication succeeded."
         ),
+        Err(_) if !limit::line(Kind::AuthRefused) => {}
         Err((error, reason)) => tracing::warn!(
             target: "audit",
             listener = %req.listener,
             peer = %req.peer,
-            client_id = %req.client_id,
-            username,
-            certificate_identity,
+            client_id = %LogStr(&req.client_id),
+            %username,
+            %certificate_identity,
             method = method_name(req),
             outcome = "failure",
-            error = %error,
-            reason = %reason,
+            error = %LogStr(&error.to_string()),
+            reason = %LogStr(reason),
             "Authentication refused."
         ),
     }

@@ -31,6 +31,7 @@ use super::wire::{self, v5, ProtocolVersion, QoS};
 use super::{ConnectionInfo, SessionCredentials, Shared};
 use crate::acl::Access;
 use crate::auth::{AuthError, AuthRequest, Identity};
+use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
 /// Why the main loop ended; decides whether the will is published.
 enum End {
@@ -216,7 +217,9 @@ where
             Ok(Some(c)) => break c,
             Ok(None) => {}
             Err(e) => {
-                warn!(%peer, reason = %e, "Connection refused: invalid CONNECT.");
+                if log_limit::event(Kind::InvalidConnect) {
+                    warn!(%peer, reason = %LogStr(&e.to_string()), "Connection refused: invalid CONNECT.");
+                }
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
                     write_last(&mut stream, &shared, &mut buf).await;
@@ -237,7 +240,7 @@ where
             _ = shared.shutdown.cancelled() => return,
             read = tokio::time::timeout_at(info.connect_deadline, stream.read_buf(&mut rbuf)) => match read {
                 Err(_) => {
-                    info!(%peer, "Connection closed: no complete CONNECT before the connect timeout.");
+                    if log_limit::event(Kind::Timeout) { info!(%peer, "Connection closed: no complete CONNECT before the connect timeout."); }
                     return;
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
@@ -261,7 +264,9 @@ where
     let props = connect.properties.clone().unwrap_or_default();
 
     if props.authentication_method.is_some() {
-        warn!(%peer, "Connection refused: enhanced authentication is not supported.");
+        if log_limit::event(Kind::InvalidConnect) {
+            warn!(%peer, "Connection refused: enhanced authentication is not supported.");
+        }
         refuse_connect(
             &mut stream,
             &shared,
@@ -277,7 +282,9 @@ where
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !v5mode && !connect.clean_start {
-            warn!(%peer, "Connection refused: empty client id with clean session = 0.");
+            if log_limit::event(Kind::InvalidConnect) {
+                warn!(%peer, "Connection refused: empty client id with clean session = 0.");
+            }
             refuse_connect(
                 &mut stream,
                 &shared,
@@ -316,7 +323,9 @@ where
         Ok(grant) => grant,
         Err(reason) => {
             // Only 3.1.1 is refused (v5 is told Server Keep Alive): 0x85 is 3.1.1's 0x02.
-            warn!(%client_id, %peer, listener = %info.listener.name, keep_alive = requested_keep_alive, %reason, "Connection refused: keep alive outside the listener's policy.");
+            if log_limit::event(Kind::InvalidConnect) {
+                warn!(client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, keep_alive = requested_keep_alive, %reason, "Connection refused: keep alive outside the listener's policy.");
+            }
             refuse_connect(&mut stream, &shared, version, 0x85, &reason).await;
             return;
         }
@@ -336,7 +345,9 @@ where
                     _ => Ok(()),
                 });
             if let Err(reason) = valid {
-                warn!(%client_id, %peer, %reason, "Connection refused: invalid will topic.");
+                if log_limit::event(Kind::InvalidConnect) {
+                    warn!(client_id = %LogStr(&client_id), %peer, reason = %LogStr(&reason), "Connection refused: invalid will topic.");
+                }
                 refuse_connect(&mut stream, &shared, version, 0x90, "invalid will topic").await;
                 return;
             }
@@ -388,11 +399,15 @@ where
     .await
     {
         Err(_) => {
-            info!(%client_id, %peer, "Connection closed: authentication did not finish before the connect timeout.");
+            if log_limit::event(Kind::Timeout) {
+                info!(client_id = %LogStr(&client_id), %peer, "Connection closed: authentication did not finish before the connect timeout.");
+            }
             return;
         }
         Ok(Err(e)) => {
-            warn!(target: "audit", %client_id, %peer, listener = %info.listener.name, reason = %e, "Connection refused by authentication.");
+            if log_limit::event(Kind::AuthRefused) {
+                warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, reason = %LogStr(&e.to_string()), "Connection refused by authentication.");
+            }
             refuse_connect(
                 &mut stream,
                 &shared,
@@ -410,7 +425,9 @@ where
         // Mosquitto does) and again when it is sent (the rules may change meanwhile).
         let topic = will.message.topic_str();
         if !crate::acl::authorize_write(&*shared.authorizer(), &identity, topic, Some(peer)) {
-            warn!(target: "audit", %client_id, %peer, listener = %info.listener.name, username = ?identity.username, "Connection refused: not authorized to publish the will.");
+            if log_limit::line(Kind::AclDenied) {
+                warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, username = %LogStr::opt(identity.username.as_deref()), "Connection refused: not authorized to publish the will.");
+            }
             refuse_connect(
                 &mut stream,
                 &shared,
@@ -422,7 +439,7 @@ where
             return;
         }
     }
-    info!(target: "audit", %client_id, %peer, listener = %info.listener.name, via = ?identity.via, username = ?identity.username, "Client connected.");
+    info!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, via = ?identity.via, username = %LogStr::opt(identity.username.as_deref()), "Client connected.");
 
     let connack = v5::ConnAck {
         session_present: false,
@@ -554,11 +571,11 @@ where
             read = stream.read_buf(&mut rbuf), if !stalled => {
                 match read {
                     Ok(0) => {
-                        debug!(client_id = %state.identity.client_id, %peer, "Connection closed by client without DISCONNECT.");
+                        debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection closed by client without DISCONNECT.");
                         break End::Abnormal;
                     }
                     Err(e) => {
-                        debug!(client_id = %state.identity.client_id, %peer, error = %e, "Connection read failed.");
+                        debug!(client_id = %LogStr(&state.identity.client_id), %peer, error = %e, "Connection read failed.");
                         break End::Abnormal;
                     }
                     Ok(n) => {
@@ -582,7 +599,7 @@ where
                 }
                 let check = revalidate.borrow_and_update().clone();
                 if let Some(verdict) = check.and_then(|check| check(&credentials)) {
-                    warn!(target: "audit", listener = %info.listener.name, %peer, client_id = %credentials.identity.client_id, username = ?credentials.identity.username, via = ?credentials.identity.via, code = verdict.reason_code(), reason = %verdict.reason(), "Client disconnected: credentials no longer valid after reload.");
+                    warn!(target: "audit", listener = %info.listener.name, %peer, client_id = %LogStr(&credentials.identity.client_id), username = %LogStr::opt(credentials.identity.username.as_deref()), via = ?credentials.identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
                     if v5mode {
                         let max = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
                         wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), max, &mut state.wbuf);
@@ -591,7 +608,7 @@ where
                 }
             }
             _ = &mut sleep, if keepalive.is_some() && !stalled => {
-                info!(client_id = %state.identity.client_id, %peer, keep_alive, "Client disconnected: keep alive timeout.");
+                if log_limit::event(Kind::Timeout) { info!(client_id = %LogStr(&state.identity.client_id), %peer, keep_alive, "Client disconnected: keep alive timeout."); }
                 if v5mode {
                     state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
                 }
@@ -618,7 +635,9 @@ where
                 Ok(None) => {}
                 Ok(Some(end)) => break end,
                 Err(v) => {
-                    warn!(client_id = %state.identity.client_id, %peer, code = v.code, reason = %v.reason, "Client disconnected: protocol violation.");
+                    if log_limit::event(Kind::ProtocolViolation) {
+                        warn!(client_id = %LogStr(&state.identity.client_id), %peer, code = v.code, reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
+                    }
                     if v5mode {
                         state.encode(&disconnect_packet(v.code, &v.reason));
                     }
@@ -627,7 +646,7 @@ where
             }
         }
         if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
-            debug!(client_id = %state.identity.client_id, %peer, "Connection write failed or timed out.");
+            debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection write failed or timed out.");
             break End::Abnormal;
         }
         if state.wbuf.capacity() > SHRINK_ABOVE {
@@ -653,7 +672,7 @@ where
             session_expiry,
         })
         .await;
-    debug!(client_id = %state.identity.client_id, %peer, "Connection task finished.");
+    debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection task finished.");
 }
 
 struct ConnState {
@@ -790,13 +809,13 @@ impl ConnState {
         if self.v5() && self.problem_info {
             if let Some(explained) = explain_refusal(packet) {
                 if let Err(e) = self.codec.encode(&explained, &mut self.wbuf) {
-                    warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+                    warn!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
                 }
                 return;
             }
         }
         if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
-            warn!(client_id = %self.identity.client_id, peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+            warn!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
         }
     }
 
@@ -861,7 +880,7 @@ impl ConnState {
                             "session expiry set at DISCONNECT after connecting with 0",
                         ));
                     }
-                    debug!(client_id = %self.identity.client_id, peer = %self.peer, "Client sent DISCONNECT.");
+                    debug!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, "Client sent DISCONNECT.");
                     return Ok(Some(End::Disconnect {
                         send_will,
                         session_expiry: expiry,
@@ -945,7 +964,7 @@ impl ConnState {
                 // v3.1.1 has no negative acknowledgement: the connection is closed.
                 return Err(violation(0x90, reason));
             }
-            debug!(client_id = %self.identity.client_id, peer = %self.peer, levels, "PUBLISH refused: too many topic levels.");
+            debug!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, levels, "PUBLISH refused: too many topic levels.");
             self.refuse_publish(
                 &p,
                 v5::PubAckReason::TopicNameInvalid,
@@ -1063,7 +1082,7 @@ impl ConnState {
                 Ok(()) => None,
                 Err(code) => {
                     // A refusal by ACL is audited by `check_filter` itself.
-                    debug!(client_id = %self.identity.client_id, filter = %f.path, ?code, "Subscribe refused.");
+                    debug!(client_id = %LogStr(&self.identity.client_id), filter = %LogStr(&f.path), ?code, "Subscribe refused.");
                     Some(code)
                 }
             };

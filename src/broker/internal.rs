@@ -27,6 +27,7 @@ use super::topics;
 use super::wire::{v5, QoS};
 use super::{BrokerError, Shared};
 use crate::auth::Identity;
+use crate::telemetry::limit::LogStr;
 
 /// How an in-process client attaches.
 #[derive(Debug, Clone)]
@@ -305,7 +306,7 @@ impl InternalClient {
         match check_filter(&f, &self.identity, &*authorizer, None, max_levels) {
             Ok(Ok(())) => {}
             Ok(Err(code)) => {
-                debug!(client_id = %self.identity.client_id, %filter, ?code, "Subscribe refused.");
+                debug!(client_id = %LogStr(&self.identity.client_id), filter = %LogStr(&filter), ?code, "Subscribe refused.");
                 return Ok(code);
             }
             Err(v) => return Err(BrokerError::Refused(v.reason)),

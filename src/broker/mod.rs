@@ -56,6 +56,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Identity};
+use crate::telemetry::limit::{self as log_limit, LogLimitSettings, LogLimits};
 
 pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
 pub use router::QueueOverflow;
@@ -95,6 +96,8 @@ pub struct BrokerSettings {
     pub max_persistent_sessions: usize,
     /// How often `$SYS/broker/...` statistics are published; zero disables them.
     pub sys_interval: Duration,
+    /// Rate limits of the log lines clients can cause (`[log] rate_limit`).
+    pub log_limits: LogLimitSettings,
 }
 
 impl Default for BrokerSettings {
@@ -115,6 +118,7 @@ impl Default for BrokerSettings {
             max_retained_bytes: 64 * 1024 * 1024,
             max_persistent_sessions: 10_000,
             sys_interval: Duration::from_secs(10),
+            log_limits: LogLimitSettings::default(),
         }
     }
 }
@@ -240,6 +244,8 @@ pub(crate) struct Shared {
     pub(crate) started: tokio::time::Instant,
     /// The latest revalidation check; connection tasks watch it.
     pub(crate) revalidate: watch::Sender<Option<RevalidateCheck>>,
+    /// Audit event counters and the per-peer and broker-wide log rate limits.
+    pub(crate) log_limits: Arc<LogLimits>,
 }
 
 impl Shared {
@@ -279,6 +285,7 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Broker {
         let (router_tx, router_rx) = mpsc::channel(4096);
+        let log_limits = Arc::new(LogLimits::new(settings.log_limits.clone()));
         let shared = Arc::new(Shared {
             settings,
             auth: RwLock::new((authenticator, authorizer)),
@@ -289,9 +296,13 @@ impl Broker {
             next_conn: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
             revalidate: watch::channel(None).0,
+            log_limits,
         });
         let router = router::Router::new(shared.clone(), router_rx);
-        shared.tracker.spawn(router.run(shutdown.clone()));
+        let limits = shared.log_limits.clone();
+        shared
+            .tracker
+            .spawn(log_limit::scope(limits, None, router.run(shutdown.clone())));
         let tracker = shared.tracker.clone();
         // Closing the tracker at shutdown lets `drained()` resolve once tasks finish.
         shared.tracker.spawn(async move {
@@ -310,9 +321,15 @@ impl Broker {
             return;
         }
         let shared = self.shared.clone();
+        // The connection's log window lives in its task (no lock); its peer's is shared.
+        let (limits, peer) = (shared.log_limits.clone(), Some(info.peer.ip()));
         self.shared
             .tracker
-            .track_future(connection::run(shared, stream, info))
+            .track_future(log_limit::scope(
+                limits,
+                peer,
+                connection::run(shared, stream, info),
+            ))
             .await
     }
 
@@ -366,7 +383,10 @@ impl Broker {
 
     /// Current counters (the same figures the `$SYS/broker/...` topics carry).
     pub fn stats(&self) -> BrokerStats {
-        self.shared.stats.snapshot(self.shared.started)
+        BrokerStats {
+            audit: self.shared.log_limits.stats(),
+            ..self.shared.stats.snapshot(self.shared.started)
+        }
     }
 
     /// Resolves when the broker has been shut down and every connection task and the

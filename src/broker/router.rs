@@ -35,6 +35,7 @@ use super::wire::{v5, QoS};
 use super::{BrokerError, BrokerSettings, Shared};
 use crate::acl::{Access, Authorizer};
 use crate::auth::Identity;
+use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
 /// Identifies one network connection or in-process client attachment.
 pub(crate) type ConnId = u64;
@@ -625,7 +626,7 @@ fn try_send(
         let size = publish.to_publish(link.v5).size();
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
-            debug!(client_id = %session.client_id, size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
+            debug!(client_id = %LogStr(&session.client_id), size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
             ctx.lose(q);
             return Ok(());
         }
@@ -662,7 +663,7 @@ fn enqueue(ctx: &mut Ctx, session: &mut Session, mut q: Queued) {
     };
     if fits(session) {
         if session.dropped_burst > 0 {
-            warn!(client_id = %session.client_id, affected = session.dropped_burst, policy = ?session.overflow, "Session queue overflow ended.");
+            warn!(client_id = %LogStr(&session.client_id), affected = session.dropped_burst, policy = ?session.overflow, "Session queue overflow ended.");
             session.dropped_burst = 0;
         }
         session.pending_bytes += weight;
@@ -722,7 +723,7 @@ fn overflow_accounted(ctx: &Ctx, session: &mut Session, dropped: u64, policy: Qu
     if session.dropped_burst == 0 {
         let max_messages = settings(ctx).max_offline_messages;
         let max_bytes = settings(ctx).max_offline_bytes;
-        warn!(client_id = %session.client_id, queued = session.pending.len(), queued_bytes = session.pending_bytes, inflight_bytes = session.inflight_bytes, max_messages, max_bytes, ?policy, "Session queue full: applying the overflow policy until it drains.");
+        warn!(client_id = %LogStr(&session.client_id), queued = session.pending.len(), queued_bytes = session.pending_bytes, inflight_bytes = session.inflight_bytes, max_messages, max_bytes, ?policy, "Session queue full: applying the overflow policy until it drains.");
     }
     session.dropped_burst += dropped.max(u64::from(blocked));
 }
@@ -742,7 +743,7 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
             let limit_bytes = settings(ctx).max_offline_bytes;
             if backlog > limit || backlog_bytes + q.msg.weight() > limit_bytes {
                 if link.slow_dropped == 0 {
-                    warn!(client_id = %session.client_id, backlog, backlog_bytes, limit, limit_bytes, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
+                    warn!(client_id = %LogStr(&session.client_id), backlog, backlog_bytes, limit, limit_bytes, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
                 }
                 link.slow_dropped += 1;
                 stats(ctx)
@@ -752,7 +753,7 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
                 return;
             }
             if link.slow_dropped > 0 {
-                warn!(client_id = %session.client_id, dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
+                warn!(client_id = %LogStr(&session.client_id), dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
                 link.slow_dropped = 0;
             }
         }
@@ -778,7 +779,7 @@ fn readable(ctx: &Ctx, session: &Session, q: &Queued) -> bool {
     {
         return true;
     }
-    debug!(client_id = %session.client_id, %topic, "Queued message dropped: no longer readable by this identity.");
+    debug!(client_id = %LogStr(&session.client_id), topic = %LogStr(topic), "Queued message dropped: no longer readable by this identity.");
     false
 }
 
@@ -797,7 +798,7 @@ fn refill(ctx: &mut Ctx, key: SessionKey, session: &mut Session) {
         }
     }
     if session.pending.is_empty() && session.dropped_burst > 0 {
-        warn!(client_id = %session.client_id, dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
+        warn!(client_id = %LogStr(&session.client_id), dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
         session.dropped_burst = 0;
     }
 }
@@ -946,7 +947,7 @@ impl Router {
             && self.persistent_sessions - frees >= max_persistent
             && existing.map_or(true, |s| s.identity.same_principal(&req.identity))
         {
-            warn!(%client_id, persistent = self.persistent_sessions, max = max_persistent, "Connection refused: the broker holds the most persistent sessions allowed (broker.max_persistent_sessions).");
+            warn!(client_id = %LogStr(&client_id), persistent = self.persistent_sessions, max = max_persistent, "Connection refused: the broker holds the most persistent sessions allowed (broker.max_persistent_sessions).");
             stats(&self.ctx)
                 .refused_session_quota
                 .fetch_add(1, Ordering::Relaxed);
@@ -963,7 +964,9 @@ impl Router {
                 if !owner.same_principal(&req.identity) {
                     // Sessions belong to identities (design decision 11): neither its
                     // messages nor its live connection go to another one.
-                    warn!(target: "audit", event = "session_owner_mismatch", %client_id, listener = %req.identity.listener, username = req.identity.username.as_deref().unwrap_or(""), via = ?req.identity.via, owner = owner.username.as_deref().unwrap_or(""), owner_via = ?owner.via, "Connection refused: the client id holds a session of another identity.");
+                    if log_limit::event(Kind::AuthRefused) {
+                        warn!(target: "audit", event = "session_owner_mismatch", client_id = %LogStr(&client_id), listener = %req.identity.listener, username = %LogStr::opt(req.identity.username.as_deref()), via = ?req.identity.via, owner = %LogStr::opt(owner.username.as_deref()), owner_via = ?owner.via, "Connection refused: the client id holds a session of another identity.");
+                    }
                     stats(&self.ctx)
                         .refused_session_owner
                         .fetch_add(1, Ordering::Relaxed);
@@ -979,7 +982,7 @@ impl Router {
             if let Some(session) = self.sessions.get_mut(&key) {
                 if let Some(mut old) = session.link.take() {
                     self.by_conn.remove(&old.conn);
-                    info!(%client_id, "Session taken over by a new connection.");
+                    info!(client_id = %LogStr(&client_id), "Session taken over by a new connection.");
                     old.out
                         .push(Outgoing::packet(v5::Packet::Disconnect(v5::Disconnect {
                         reason_code: v5::DisconnectReasonCode::SessionTakenOver,
@@ -1054,7 +1057,7 @@ impl Router {
         let pending_will = session.will.take();
         if let Some(will) = pending_will {
             // A delayed will is cancelled by the client coming back.
-            debug!(%client_id, delay = will.delay, "Delayed will cancelled: client reconnected.");
+            debug!(client_id = %LogStr(&client_id), delay = will.delay, "Delayed will cancelled: client reconnected.");
         }
         session.identity = req.identity;
         set_expiry(&mut self.persistent_sessions, session, req.session_expiry);
@@ -1220,7 +1223,7 @@ impl Router {
                 self.publish_will(will, &session.identity);
             }
         }
-        debug!(client_id = %session.client_id, "Session ended.");
+        debug!(client_id = %LogStr(&session.client_id), "Session ended.");
     }
 
     /// Hand an unacknowledged shared-subscription message of an ended session to
@@ -1292,10 +1295,10 @@ impl Router {
     fn publish_will(&mut self, will: WillSpec, identity: &Identity) {
         let topic = will.message.topic_str();
         if !crate::acl::authorize_write(&*self.ctx.authorizer, identity, topic, None) {
-            debug!(client_id = %identity.client_id, %topic, "Will message not published.");
+            debug!(client_id = %LogStr(&identity.client_id), topic = %LogStr(topic), "Will message not published.");
             return;
         }
-        debug!(client_id = %identity.client_id, %topic, "Publishing will message.");
+        debug!(client_id = %LogStr(&identity.client_id), topic = %LogStr(topic), "Publishing will message.");
         let mut message = will.message;
         // The will's Message Expiry Interval counts from when it is published.
         message.expires_at = message
@@ -1527,7 +1530,7 @@ impl Router {
                     .authorizer
                     .allows(&session.identity, Access::Read, topic)
                 {
-                    debug!(target: "audit", client_id = %session.client_id, %topic, "Delivery denied by ACL.");
+                    debug!(target: "audit", client_id = %LogStr(&session.client_id), topic = %LogStr(topic), "Delivery denied by ACL.");
                     continue;
                 }
                 let qos = min_qos(msg.qos, granted);
@@ -1689,7 +1692,7 @@ impl Router {
                 stats(&self.ctx)
                     .refused_subscription_quota
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(client_id = %session.client_id, subscriptions = session.subscriptions.len(), max = max_subscriptions, "Subscription refused: the client has the most subscriptions allowed (broker.max_subscriptions_per_client).");
+                warn!(client_id = %LogStr(&session.client_id), subscriptions = session.subscriptions.len(), max = max_subscriptions, "Subscription refused: the client has the most subscriptions allowed (broker.max_subscriptions_per_client).");
                 codes.push(v5::SubscribeReasonCode::QuotaExceeded);
                 continue;
             }

@@ -51,6 +51,9 @@ pub struct BrokerStats {
     pub refused_session_quota: u64,
     /// Bytes held by retained messages.
     pub retained_bytes: u64,
+    /// Audit-worthy events by kind and the log lines the rate limits suppressed
+    /// (`telemetry::limit`): complete even when the lines about them were summarised.
+    pub audit: crate::telemetry::limit::AuditStats,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +103,7 @@ impl StatsCounters {
             dropped_retained_quota: get(&self.dropped_retained_quota),
             refused_session_quota: get(&self.refused_session_quota),
             retained_bytes: get(&self.retained_bytes),
+            audit: Default::default(),
         }
     }
 }

@@ -131,6 +131,7 @@ impl BrokerConfig {
             max_retained_bytes: self.max_retained_bytes,
             max_persistent_sessions: self.max_persistent_sessions,
             sys_interval: self.sys_interval,
+            log_limits: Default::default(),
         }
     }
 }
@@ -420,6 +421,8 @@ pub struct LogConfig {
     pub level: String,
     /// `auto`, `journald`, `json` or `text`.
     pub format: String,
+    /// `[log.rate_limit]`: how many lines clients can cause (denials, refusals, violations).
+    pub rate_limit: crate::telemetry::limit::LogLimitSettings,
 }
 
 impl Default for LogConfig {
@@ -427,6 +430,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_string(),
             format: "auto".to_string(),
+            rate_limit: Default::default(),
         }
     }
 }

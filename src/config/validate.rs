@@ -127,6 +127,26 @@ pub(super) fn validate(
     if let Err(e) = config.log.log_format() {
         r.error("log.format", e);
     }
+    let limits = &config.log.rate_limit;
+    for (key, lines) in [
+        ("log.rate_limit.per_connection", limits.per_connection),
+        ("log.rate_limit.per_peer", limits.per_peer),
+        ("log.rate_limit.per_broker", limits.per_broker),
+    ] {
+        r.range(key, lines, 0, 1_000_000, " lines");
+    }
+    r.duration(
+        "log.rate_limit.interval",
+        limits.interval,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    );
+    if limits.per_connection > limits.per_peer || limits.per_peer > limits.per_broker {
+        r.warn(
+            "log.rate_limit",
+            "a narrower scope allows more lines than a wider one (per_connection > per_peer or per_peer > per_broker): the smaller limit is the one that applies",
+        );
+    }
 }
 
 fn broker(config: &Config, r: &mut Report<'_>) {

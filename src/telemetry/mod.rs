@@ -8,7 +8,12 @@
 //! at `info` unless the filter names `audit` explicitly, and under journald they are written with
 //! their own `SYSLOG_IDENTIFIER` ([`AUDIT_SYSLOG_IDENTIFIER`]) so `journalctl -t tollgate-audit`
 //! shows the audit trail alone.
+//!
+//! [`limit`] counts the events clients can cause and rate-limits the lines about them, and
+//! its `LogStr` escapes and truncates client-supplied text in every line: no client can
+//! forge a log line or fill the disk.
 
+pub mod limit;
 pub mod notify;
 
 use std::path::Path;
