@@ -379,3 +379,40 @@ async fn persistent_sessions_are_capped() {
     assert_eq!(b.broker.stats().refused_session_quota, 2);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn limits_reached_are_counted_on_sys_topics() {
+    let b = start_broker_with(settings(|s| {
+        s.max_subscriptions_per_client = 1;
+        s.sys_interval = Duration::from_secs(1);
+    }))
+    .await;
+    let mut c = v4(b.addr, "counted").await;
+    c.subscribe(
+        "$SYS/tollgate/refused/subscription_quota",
+        rumqttc::QoS::AtMostOnce,
+    )
+    .await;
+    c.client
+        .subscribe("one/too/many", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("queued");
+    assert_eq!(
+        c.suback().await.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    // The retained value first, then the next tick's: wait for the one that counts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = c.publish().await;
+        assert_eq!(p.topic, "$SYS/tollgate/refused/subscription_quota");
+        if p.payload == Bytes::from("1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counter never reached 1"
+        );
+    }
+    b.stop().await;
+}

@@ -1866,7 +1866,8 @@ impl Router {
     fn publish_sys(&mut self) {
         self.update_stats();
         let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
-        let values: [(&str, String); 9] = [
+        let audit = self.ctx.shared.log_limits.stats();
+        let values: [(&str, String); 24] = [
             (
                 "$SYS/broker/version",
                 format!("tollgate {}", env!("CARGO_PKG_VERSION")),
@@ -1900,6 +1901,64 @@ impl Router {
                 "$SYS/broker/retained messages/count",
                 snapshot.retained_messages.to_string(),
             ),
+            // What the bounds did (design decision 12: a counter for every limit).
+            (
+                "$SYS/tollgate/retained/bytes",
+                snapshot.retained_bytes.to_string(),
+            ),
+            (
+                "$SYS/tollgate/sessions/count",
+                snapshot.sessions.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/queue_overflow",
+                snapshot.dropped_queue_overflow.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/slow_consumer",
+                snapshot.dropped_slow_consumer.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/oversize",
+                snapshot.dropped_oversize.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/retained_quota",
+                snapshot.dropped_retained_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/publishers_blocked",
+                snapshot.publishers_blocked.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/session_owner",
+                snapshot.refused_session_owner.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/session_quota",
+                snapshot.refused_session_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/subscription_quota",
+                snapshot.refused_subscription_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/acl_denied",
+                audit.acl_denied.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/auth_refused",
+                audit.auth_refused.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/invalid_connect",
+                audit.invalid_connect.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/protocol_violation",
+                audit.protocol_violation.to_string(),
+            ),
+            ("$SYS/tollgate/audit/timeout", audit.timeout.to_string()),
         ];
         for (topic, value) in values {
             self.route(
