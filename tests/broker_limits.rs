@@ -406,7 +406,7 @@ async fn limits_reached_are_counted_on_sys_topics() {
     loop {
         let p = c.publish().await;
         assert_eq!(p.topic, "$SYS/tollgate/refused/subscription_quota");
-        if p.payload == Bytes::from("1") {
+        if p.payload == "1" {
             break;
         }
         assert!(
