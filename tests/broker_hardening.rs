@@ -537,6 +537,8 @@ fn deepest_allowed_topics_are_built_and_torn_down_on_small_stacks() {
             all.subscribe("#", rumqttc::QoS::AtMostOnce).await;
             let got = all.publish().await;
             assert_eq!(got.topic.len(), topic.len());
+            all.client.disconnect().await.expect("disconnect queued");
+            let _ = all.closed().await;
             // Clearing it prunes the branch; disconnecting removes the deep filter.
             let mut clear = p5::Publish::new(topic, Q5::AtLeastOnce, Bytes::new(), None);
             clear.retain = true;

@@ -416,3 +416,99 @@ async fn limits_reached_are_counted_on_sys_topics() {
     }
     b.stop().await;
 }
+
+fn connect_with_alias_max(id: &str, max: u16) -> p5::Packet {
+    let p5::Packet::Connect(mut connect, will, login) = v5_connect_packet(id, None, true, 0, None)
+    else {
+        unreachable!("v5_connect_packet builds a CONNECT")
+    };
+    if let Some(props) = connect.properties.as_mut() {
+        props.topic_alias_max = Some(max);
+    }
+    p5::Packet::Connect(connect, will, login)
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_towards_a_client_that_allows_two() {
+    let b = start_broker().await;
+    let mut sub = Raw::open(b.addr).await;
+    sub.send(&connect_with_alias_max("aliased", 2)).await;
+    raw_wait(&mut sub, |p| {
+        matches!(p, p5::Packet::ConnAck(_)).then_some(())
+    })
+    .await;
+    sub.send(&v5_subscribe("a/#", 1)).await;
+    raw_wait(&mut sub, |p| {
+        matches!(p, p5::Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    let (mut publisher, _) = raw_v5(b.addr, "pub", None, true, 0, None).await;
+    let topics = ["a/1", "a/1", "a/2", "a/3", "a/1"];
+    let packets: Vec<p5::Packet> = topics
+        .iter()
+        .map(|t| v5_publish(t, Q5::AtMostOnce, 0, "x"))
+        .collect();
+    publish_then_marker(&mut publisher, &packets).await;
+    let mut seen = Vec::new();
+    while seen.len() < topics.len() {
+        let p = raw_wait(&mut sub, |p| match p {
+            p5::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        let alias = p.properties.and_then(|p| p.topic_alias);
+        seen.push((String::from_utf8(p.topic.to_vec()).expect("utf8"), alias));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("a/1".into(), Some(1)),
+            ("".into(), Some(1)),
+            ("a/2".into(), Some(2)),
+            ("a/3".into(), Some(1)),
+            ("a/1".into(), Some(2)),
+        ]
+    );
+    // A client that announced none gets full topics.
+    let (mut plain, _) = raw_v5(b.addr, "plain", None, true, 0, None).await;
+    plain.send(&v5_subscribe("a/#", 1)).await;
+    raw_wait(&mut plain, |p| {
+        matches!(p, p5::Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    publish_then_marker(&mut publisher, &[v5_publish("a/9", Q5::AtMostOnce, 0, "x")]).await;
+    let p = raw_wait(&mut plain, |p| match p {
+        p5::Packet::Publish(p) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(p.topic, Bytes::from("a/9"));
+    assert!(p.properties.and_then(|p| p.topic_alias).is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn inbound_topic_aliases_are_bounded_in_bytes() {
+    let b = start_broker().await;
+    let (mut raw, _) = raw_v5(b.addr, "aliases", None, true, 0, None).await;
+    // 32 aliases (the default maximum) of 4 KiB topics: more than 64 KiB in all.
+    let mut bytes = bytes::BytesMut::new();
+    for alias in 1..=32u16 {
+        let topic = format!("{alias:02}/{}", "t".repeat(4096));
+        let props = p5::PublishProperties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        };
+        p5::Publish::new(topic, Q5::AtMostOnce, "x", Some(props))
+            .write(&mut bytes)
+            .expect("encodable");
+    }
+    raw.send_bytes(&bytes).await;
+    let reason = raw_wait(&mut raw, |p| match p {
+        p5::Packet::Disconnect(d) => Some(d.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason.reason_code, p5::DisconnectReasonCode::QuotaExceeded);
+    b.stop().await;
+}

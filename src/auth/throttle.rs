@@ -57,16 +57,20 @@ impl ThrottlePolicy {
     }
 }
 
-/// One failure table (addresses or user names).
+/// One failure table (addresses or user names), bounded by `capacity` entries of
+/// fixed size.
 #[derive(Debug)]
 pub(crate) struct FailureTable<K> {
     entries: HashMap<K, Entry>,
+    /// The table refused a new key since it last had room (logged once).
+    full: bool,
 }
 
 impl<K: Eq + Hash + Clone> FailureTable<K> {
     pub fn new() -> Self {
         FailureTable {
             entries: HashMap::new(),
+            full: false,
         }
     }
 
@@ -84,8 +88,13 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
             if self.entries.len() >= policy.capacity {
                 // Table full of live entries (a flood from many sources): this key goes
                 // untracked rather than growing memory; the other table still applies.
+                if !self.full {
+                    tracing::warn!(capacity = policy.capacity, "Failed-login table full: further sources or user names are not throttled until entries expire.");
+                    self.full = true;
+                }
                 return Duration::ZERO;
             }
+            self.full = false;
         }
         let entry = self.entries.entry(key.clone()).or_insert(Entry {
             failures: 0,
@@ -118,12 +127,15 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
     }
 }
 
-/// Both tables together.
+/// Both tables together. User names are kept as keyed 64-bit hashes, so an entry has
+/// a fixed size whatever length a client gives its user name (the key is random per
+/// process, so nobody can aim collisions at another user's entry).
 #[derive(Debug)]
 pub(crate) struct Throttle {
     policy: ThrottlePolicy,
     addresses: FailureTable<IpAddr>,
-    users: FailureTable<String>,
+    users: FailureTable<u64>,
+    user_key: std::collections::hash_map::RandomState,
     last_prune: Instant,
 }
 
@@ -133,6 +145,7 @@ impl Throttle {
             policy,
             addresses: FailureTable::new(),
             users: FailureTable::new(),
+            user_key: std::collections::hash_map::RandomState::new(),
             last_prune: Instant::now(),
         }
     }
@@ -145,7 +158,7 @@ impl Throttle {
             self.last_prune = now;
         }
         let by_ip = self.addresses.wait(&address_key(ip), now);
-        let by_user = user.and_then(|u| self.users.wait(&u.to_string(), now));
+        let by_user = user.and_then(|u| self.users.wait(&self.user_hash(u), now));
         match (by_ip, by_user) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -156,15 +169,20 @@ impl Throttle {
     pub fn fail(&mut self, ip: IpAddr, user: Option<&str>, now: Instant) -> Duration {
         let a = self.addresses.fail(&address_key(ip), now, &self.policy);
         let b = user
-            .map(|u| self.users.fail(&u.to_string(), now, &self.policy))
+            .map(|u| self.users.fail(&self.user_hash(u), now, &self.policy))
             .unwrap_or_default();
         a.max(b)
+    }
+
+    fn user_hash(&self, user: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.user_key.hash_one(user)
     }
 
     /// Clears both keys after a success.
     pub fn succeed(&mut self, ip: IpAddr, user: &str) {
         self.addresses.reset(&address_key(ip));
-        self.users.reset(&user.to_string());
+        self.users.reset(&self.user_hash(user));
     }
 
     /// Number of tracked entries (addresses, users).
@@ -184,6 +202,21 @@ mod tests {
             forget_after: Duration::from_secs(600),
             capacity: 4,
         }
+    }
+
+    #[test]
+    fn user_names_of_any_length_take_one_fixed_size_entry() {
+        let mut t = Throttle::new(policy());
+        let now = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let long = "u".repeat(65_535);
+        let other = format!("{}v", "u".repeat(65_534));
+        assert!(t.fail(ip, Some(&long), now) > Duration::ZERO);
+        let elsewhere: IpAddr = "192.0.2.2".parse().expect("ip");
+        assert!(t.wait(elsewhere, Some(&long), now).is_some());
+        assert!(t.wait(elsewhere, Some(&other), now).is_none());
+        t.succeed(ip, &long);
+        assert!(t.wait(elsewhere, Some(&long), now).is_none());
     }
 
     #[test]

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::fasthash::{IntMap, IntSet};
+use super::aliases::{InboundAliases, OutboundAliases};
+use super::fasthash::IntSet;
 use super::router::{
     refusal_properties, Backlog, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
 };
@@ -507,7 +508,15 @@ where
         peer,
         session_expiry,
         problem_info: props.request_problem_info != Some(0),
-        aliases: IntMap::default(),
+        aliases: InboundAliases::default(),
+        out_aliases: OutboundAliases::new(if v5mode {
+            props
+                .topic_alias_max
+                .unwrap_or(0)
+                .min(settings.topic_alias_maximum)
+        } else {
+            0
+        }),
         inbound_qos: IntSet::default(),
         awaiting_ack: IntSet::default(),
         wbuf: BytesMut::new(),
@@ -683,8 +692,10 @@ struct ConnState {
     session_expiry: u32,
     /// v5 Request Problem Information: reason strings allowed on acks.
     problem_info: bool,
-    /// Inbound topic aliases (v5).
-    aliases: IntMap<u16, Bytes>,
+    /// Topic aliases the client set (v5).
+    aliases: InboundAliases,
+    /// Topic aliases the broker assigns towards a v5 client that allows them.
+    out_aliases: OutboundAliases,
     /// QoS 1/2 packet ids received and not yet completed (inbound Receive Maximum).
     inbound_qos: IntSet<u16>,
     /// v3.1.1 only: QoS 1/2 packet ids not yet answered with PUBACK/PUBREC (the
@@ -824,8 +835,9 @@ impl ConnState {
         for item in batch {
             match item {
                 Outgoing::Publish(p) => {
-                    let properties = self.v5();
-                    self.encode(&v5::Packet::Publish(p.to_publish(properties)))
+                    let mut publish = p.to_publish(self.v5());
+                    self.out_aliases.apply(&mut publish);
+                    self.encode(&v5::Packet::Publish(publish))
                 }
                 Outgoing::Ack(a) => self.encode(&a.to_packet()),
                 Outgoing::Packet(p) => self.encode(&p),
@@ -918,7 +930,7 @@ impl ConnState {
                 ));
             }
             if p.topic.is_empty() {
-                match self.aliases.get(&alias) {
+                match self.aliases.get(alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return Err(violation(
@@ -1006,8 +1018,9 @@ impl ConnState {
             return Ok(());
         }
         if let Some(alias) = new_alias {
-            // A copy: the alias must not pin the read buffer the topic was decoded from.
-            self.aliases.insert(alias, Bytes::copy_from_slice(&p.topic));
+            self.aliases
+                .set(alias, &p.topic)
+                .map_err(|reason| violation(0x97, reason))?;
         }
         if p.qos != QoS::AtMostOnce {
             self.inbound_qos.insert(p.pkid);

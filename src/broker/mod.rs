@@ -30,6 +30,7 @@
 //! `serve` starts after `revalidate` is not checked; the TLS layer hands it the
 //! configuration it was accepted with.
 
+mod aliases;
 pub mod codec;
 mod connection;
 mod fasthash;
