@@ -33,6 +33,7 @@
 pub mod codec;
 mod connection;
 mod fasthash;
+pub mod fuzz_router;
 mod internal;
 mod retained;
 mod router;
