@@ -896,3 +896,27 @@ fn deepest_retained_subscription_is_cleaned_up_to_an_empty_broker() {
         retained
     });
 }
+
+/// The committed seeds of the two broker targets pass their invariants (libFuzzer
+/// starts from them in `scripts/fuzz-ci.sh`; a failing seed would fail CI at once).
+#[test]
+fn committed_router_ops_and_topic_alias_seeds_pass() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    for (target, run) in [
+        ("router_ops", fuzz_router_ops_limited_default as fn(&[u8])),
+        ("topic_alias", fuzz_topic_alias as fn(&[u8])),
+    ] {
+        let dir = seeds.join(target);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed directory") {
+            let path = entry.expect("seed entry").path();
+            run(&std::fs::read(&path).expect("seed file"));
+            count += 1;
+        }
+        assert!(count >= 3, "{}: only {count} seeds", dir.display());
+    }
+}
+
+fn fuzz_router_ops_limited_default(data: &[u8]) {
+    fuzz_router_ops_limited(data, max_levels());
+}
