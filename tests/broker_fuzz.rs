@@ -27,9 +27,10 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -84,20 +85,41 @@ fn config() -> ProptestConfig {
 // ---------------------------------------------------------------------------
 // Panic accounting
 
-/// Panics in any thread of this process since the hook was installed.
-static PANICS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// The case whose runtime owns the current thread (0: not a case's runtime thread).
+    static CASE: Cell<u64> = const { Cell::new(0) };
+}
 
-/// Install (once) a hook that counts every panic, then prints it as usual.
-fn panic_count() -> usize {
+static NEXT_CASE: AtomicU64 = AtomicU64::new(1);
+
+/// For every panic in any thread of this process: the case of the thread (0 if none).
+static PANICS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Install (once) a hook that records every panic with its thread's case, then prints
+/// it as usual. Panics are attributed per case so a failing concurrent test (its own
+/// panics are expected) cannot fail this one.
+fn install_panic_hook() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            let case = CASE.with(Cell::get);
+            PANICS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(case);
             previous(info);
         }));
     });
-    PANICS.load(Ordering::SeqCst)
+}
+
+fn panics_in_case(case: u64) -> usize {
+    PANICS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .filter(|c| **c == case)
+        .count()
 }
 
 fn panic_text(e: JoinError) -> String {
@@ -222,10 +244,12 @@ impl FuzzBroker {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+/// A runtime whose worker and blocking threads are tagged with `case`.
+fn runtime(case: u64) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || CASE.with(|c| c.set(case)))
         .build()
         .expect("test runtime")
 }
@@ -238,8 +262,9 @@ where
     F: FnOnce(SocketAddr, Vec<String>) -> Fut,
     Fut: std::future::Future<Output = Vec<String>>,
 {
-    let panics_before = panic_count();
-    runtime().block_on(async {
+    install_panic_hook();
+    let case = NEXT_CASE.fetch_add(1, Ordering::Relaxed);
+    runtime(case).block_on(async {
         let b = start_broker().await;
         let retained = conversation(b.addr, Vec::new()).await;
         check_still_serves(b.addr).await;
@@ -251,9 +276,9 @@ where
         );
     });
     assert_eq!(
-        panic_count(),
-        panics_before,
-        "a thread panicked during this case (see the panic message above)"
+        panics_in_case(case),
+        0,
+        "a broker thread panicked during this case (see the panic message above)"
     );
 }
 
@@ -484,12 +509,44 @@ fn alias() -> impl Strategy<Value = Option<u16>> {
     ]
 }
 
+fn connect(slot: impl Strategy<Value = usize>, max_levels: usize) -> impl Strategy<Value = Step> {
+    (
+        slot,
+        any::<bool>(),
+        0..CLIENT_IDS.len(),
+        any::<bool>(),
+        prop::sample::select(vec![0u32, 0, 60, u32::MAX]),
+        prop::option::of(will(max_levels)),
+    )
+        .prop_map(|(slot, v5, id, clean, expiry, will)| Step::Connect {
+            slot,
+            v5,
+            id,
+            clean,
+            expiry,
+            will,
+        })
+}
+
+/// A conversation: every socket connects first (so most steps have a connection to
+/// act on), then steps in any order, reconnections and takeovers included.
+fn conversation(max_levels: usize) -> impl Strategy<Value = Vec<Step>> {
+    (
+        (0..SLOTS)
+            .map(|slot| connect(Just(slot), max_levels))
+            .collect::<Vec<_>>(),
+        prop::collection::vec(step(max_levels), 1..24),
+    )
+        .prop_map(|(mut connects, steps)| {
+            connects.extend(steps);
+            connects
+        })
+}
+
 fn step(max_levels: usize) -> impl Strategy<Value = Step> {
     let slot = 0..SLOTS;
     prop_oneof![
-        3 => (slot.clone(), any::<bool>(), 0..CLIENT_IDS.len(), any::<bool>(),
-              prop::sample::select(vec![0u32, 0, 60, u32::MAX]), prop::option::of(will(max_levels)))
-            .prop_map(|(slot, v5, id, clean, expiry, will)| Step::Connect { slot, v5, id, clean, expiry, will }),
+        3 => connect(slot.clone(), max_levels),
         4 => (slot.clone(), prop_oneof![
                 3 => prop::collection::vec((path(max_levels), 0u8..3), 1..4),
                 // Many filters, with duplicates from a small pool.
@@ -823,7 +880,7 @@ proptest! {
 
     #[test]
     fn generated_conversations_leave_the_broker_serving_and_empty(
-        steps in prop::collection::vec(step(max_levels()), 1..24),
+        steps in conversation(max_levels()),
     ) {
         run_case(|addr, _| converse(addr, steps));
     }
@@ -919,4 +976,46 @@ fn committed_router_ops_and_topic_alias_seeds_pass() {
 
 fn fuzz_router_ops_limited_default(data: &[u8]) {
     fuzz_router_ops_limited(data, max_levels());
+}
+
+/// MQTT lets a client send packets right after its CONNECT without waiting for the
+/// CONNACK. Found by the `topic_alias` target: the connection task does not parse
+/// bytes that arrived in the same read as the CONNECT until the next read, so this
+/// SUBSCRIBE is never answered. Un-ignore with the fix in `broker/connection.rs`.
+#[test]
+#[ignore = "known defect: bytes pipelined after CONNECT wait for the next read (connection.rs)"]
+fn packets_pipelined_with_the_connect_are_served() {
+    run_case(|addr, retained| async move {
+        let mut raw = Raw::open(addr).await;
+        let mut bytes = BytesMut::new();
+        for packet in [
+            p5::Packet::Connect(
+                p5::Connect {
+                    keep_alive: 30,
+                    client_id: "fz-0".into(),
+                    clean_start: true,
+                    properties: None,
+                },
+                None,
+                None,
+            ),
+            p5::Packet::Subscribe(p5::Subscribe::new(
+                p5::Filter::new("pipelined", Q5::AtMostOnce),
+                None,
+            )),
+        ] {
+            let mut packet = packet;
+            if let p5::Packet::Subscribe(s) = &mut packet {
+                s.pkid = 1;
+            }
+            packet.write(&mut bytes, None).expect("encodable");
+        }
+        raw.send_bytes(&bytes).await;
+        assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+        assert!(
+            matches!(raw.read().await, Some(p5::Packet::SubAck(_))),
+            "SUBACK for the SUBSCRIBE sent with the CONNECT"
+        );
+        retained
+    });
 }
