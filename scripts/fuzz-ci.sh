@@ -54,8 +54,15 @@ run_target() {
     echo "fuzz $target: ok, ${execs:-?} executions in $(( $(date +%s) - start ))s, corpus $seeds -> $corpus_now" >"$work/$target.line"
   else
     {
-      echo "fuzz $target: FAILED (exit $status) after ${execs:-?} executions; input kept in fuzz/artifacts/$target/"
-      grep -v '^#' "$log" | tail -n 40
+      if [ "$status" -gt 128 ]; then
+        # libFuzzer's handler cannot run on an overflowed stack: nothing is saved.
+        echo "fuzz $target: FAILED, killed by signal $((status - 128)) after ${execs:-?} executions (a stack overflow leaves no artifact)"
+      else
+        echo "fuzz $target: FAILED (exit $status) after ${execs:-?} executions; input kept in fuzz/artifacts/$target/"
+      fi
+      grep -A 6 'panicked at' "$log" | head -n 20 || true
+      grep -E 'ERROR|SUMMARY|overflow|Test unit written|^Base64' "$log" || true
+      tail -n 5 "$log"
     } >"$work/$target.line"
   fi
   echo "$status" >"$work/$target.status"
