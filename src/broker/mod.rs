@@ -34,6 +34,7 @@ mod aliases;
 pub mod codec;
 mod connection;
 mod fasthash;
+pub mod fuzz_router;
 mod internal;
 mod retained;
 mod router;
