@@ -34,7 +34,7 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 export TOLLGATE_REQUIRE_PEERS=1
 cargo test --lib --bins --tests -- --test-threads=2
-[ -n "${TOLLGATE_SKIP_FUZZ:-}" ] || { echo "== fuzz targets, bounded (TOLLGATE_SKIP_FUZZ=1 skips)"; scripts/fuzz-ci.sh; }
+[ -n "${TOLLGATE_SKIP_FUZZ:-}" ] || { echo "== fuzz targets, bounded (TOLLGATE_SKIP_FUZZ=1 skips)"; TOLLGATE_FUZZ_SECONDS=${TOLLGATE_FUZZ_SECONDS:-10} scripts/fuzz-ci.sh; }
 
 if [ -z "${TOLLGATE_SKIP_APPLIANCE:-}" ] && [ -x scripts/ci-appliance.sh ]; then
   echo "== appliance checks"

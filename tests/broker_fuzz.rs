@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{test_settings, v4, v5, Raw, WAIT};
+use common::{test_settings, v4, Raw, WAIT};
 use proptest::prelude::*;
 use rumqttc::mqttbytes::v4 as p4;
 use rumqttc::v5::mqttbytes::v5 as p5;
@@ -49,9 +49,9 @@ use tollgate::auth::{AnonymousOnly, Identity};
 use tollgate::broker::fuzz_router::{fuzz_router_ops_limited, fuzz_topic_alias};
 use tollgate::broker::{Broker, BrokerStats, ConnectionInfo, InternalOptions, ListenerContext};
 
-/// Deepest generated topic when `TOLLGATE_FUZZ_MAX_LEVELS` is not set. Kept below
-/// 2,000 while deep removal still recurses (issue 14); raise to 65,535 with the fix.
-const DEFAULT_MAX_LEVELS: usize = 1_999;
+/// Deepest generated topic when `TOLLGATE_FUZZ_MAX_LEVELS` is not set: MQTT's
+/// deepest (the broker under test allows 32,768, so deeper ones test the refusal).
+const DEFAULT_MAX_LEVELS: usize = 65_535;
 
 /// Cases per test when `PROPTEST_CASES` is not set (CI).
 const CI_CASES: u32 = 32;
@@ -152,7 +152,11 @@ async fn start_broker() -> FuzzBroker {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    let settings = test_settings();
+    // The deepest topics the configuration allows reach the trie and retained store.
+    let settings = tollgate::broker::BrokerSettings {
+        max_topic_levels: 32_768,
+        ..test_settings()
+    };
     let connect_timeout = settings.connect_timeout;
     let broker = Broker::start(
         settings,
@@ -164,7 +168,7 @@ async fn start_broker() -> FuzzBroker {
         name: Arc::from("fuzz"),
         allow_anonymous: true,
         password_auth: true,
-        tls: false,
+        ..Default::default()
     });
     let accept_broker = broker.clone();
     let stop = shutdown.clone();
@@ -939,8 +943,11 @@ proptest! {
 #[test]
 fn deepest_retained_subscription_is_cleaned_up_to_an_empty_broker() {
     run_case(|addr, retained| async move {
-        let mut c = v5(addr, "fz-0").await;
-        let deep = "/".repeat(max_levels() - 1);
+        let mut options = common::v5_options(addr, "fz-0");
+        options.set_max_packet_size(Some(256 * 1024));
+        let mut c = common::v5_connect(options).await;
+        // The deepest the broker under test accepts (its max_topic_levels).
+        let deep = "/".repeat(max_levels().min(32_768) - 1);
         c.subscribe(&deep, Q5::AtLeastOnce).await;
         c.client
             .publish(deep.clone(), Q5::AtLeastOnce, true, "deep")
@@ -983,7 +990,6 @@ fn fuzz_router_ops_limited_default(data: &[u8]) {
 /// bytes that arrived in the same read as the CONNECT until the next read, so this
 /// SUBSCRIBE is never answered. Un-ignore with the fix in `broker/connection.rs`.
 #[test]
-#[ignore = "known defect: bytes pipelined after CONNECT wait for the next read (connection.rs)"]
 fn packets_pipelined_with_the_connect_are_served() {
     run_case(|addr, retained| async move {
         let mut raw = Raw::open(addr).await;

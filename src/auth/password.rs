@@ -512,7 +512,7 @@ impl PasswordFile {
                 });
                 continue;
             };
-            let text = text.strip_suffix('\r').unwrap_or(text);
+            let text = text.trim_end_matches('\r');
             let trimmed = text.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 lines.push(Line::Verbatim(text.to_string()));

@@ -26,11 +26,9 @@ use super::{Broker, BrokerSettings, ConnectionInfo, InternalClient, InternalOpti
 use crate::acl::AllowAll;
 use crate::auth::{AnonymousOnly, Identity};
 
-/// Most levels one generated topic or filter may have in the `router_ops` target. The
-/// deepest topic MQTT allows is 65,535 levels ("/" repeated 65,534 times); that
-/// overflows the stack today (recursive trie/retained removal and drop), so this stays
-/// below 2,000 until the fix is merged, then becomes 65,535.
-pub const MAX_LEVELS: usize = 1_999;
+/// Most levels one generated topic or filter may have in the `router_ops` target:
+/// the most `broker.max_topic_levels` allows, which the fuzzed broker is given.
+pub const MAX_LEVELS: usize = 32_768;
 
 /// Stack of the thread the program runs on: a tokio worker's (2 MiB), where the router
 /// runs in production, so depth limits found here are the real ones.
@@ -133,6 +131,7 @@ fn fuzz_settings() -> BrokerSettings {
     BrokerSettings {
         sys_interval: Duration::ZERO,
         topic_alias_maximum: 4,
+        max_topic_levels: MAX_LEVELS,
         ..BrokerSettings::default()
     }
 }
@@ -433,7 +432,7 @@ async fn topic_alias(data: &[u8]) {
             name: Arc::from("fuzz"),
             allow_anonymous: true,
             password_auth: false,
-            tls: false,
+            ..Default::default()
         }),
         certificate_identity: None,
         peer_certificates: None,

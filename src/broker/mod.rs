@@ -128,8 +128,9 @@ impl Default for BrokerSettings {
 mod keepalive;
 pub use keepalive::{KeepAliveGrant, KeepAlivePolicy};
 
-/// What a connection task knows about the listener it came in on.
-#[derive(Debug, Clone)]
+/// What a connection task knows about the listener it came in on. `Default` is a
+/// nameless listener that admits nobody anonymously, with default policies.
+#[derive(Debug, Clone, Default)]
 pub struct ListenerContext {
     /// `[[listener]] name`, used in identities, logs and audit events.
     pub name: Arc<str>,

@@ -65,9 +65,7 @@ pub fn test_listener() -> ListenerContext {
         name: Arc::from("test"),
         allow_anonymous: true,
         password_auth: true,
-        tls: false,
-        keep_alive: Default::default(),
-        queue_overflow: Default::default(),
+        ..Default::default()
     }
 }
 
