@@ -1006,6 +1006,7 @@ impl Authorizer for Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::walk::on_small_stack;
 
     fn user(name: &str) -> Identity {
         Identity {
@@ -1089,17 +1090,6 @@ mod tests {
         }
         assert!(!a.decide(&user("u"), Access::Read, "t20/x").allowed);
         assert!(!a.decide(&user("u"), Access::Read, "t1/y").allowed);
-    }
-
-    /// Runs `f` on a thread with a 64 KiB stack: a walk recursing once per level of
-    /// a 1,000-level rule overflows it (and aborts the test binary).
-    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(f)
-            .expect("spawn test thread")
-            .join()
-            .expect("test thread");
     }
 
     #[test]

@@ -196,6 +196,7 @@ const INLINE_VISITS: usize = 16;
 mod tests {
     use super::*;
     use crate::broker::codec::QoS;
+    use crate::topic::walk::on_small_stack;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -230,17 +231,6 @@ mod tests {
         assert_eq!(topics_matching(&s, "+/b"), vec!["a/b", "b/b"]);
         assert_eq!(topics_matching(&s, "$SYS/#"), vec!["$SYS/x"]);
         assert_eq!(topics_matching(&s, "+/x"), Vec::<String>::new());
-    }
-
-    /// Runs `f` on a thread with a 64 KiB stack: a walk recursing once per level of
-    /// a 100,000-level topic overflows it (and aborts the test binary).
-    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(f)
-            .expect("spawn test thread")
-            .join()
-            .expect("test thread");
     }
 
     #[test]

@@ -340,6 +340,7 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::walk::on_small_stack;
 
     fn opts() -> SubOptions {
         SubOptions {
@@ -407,17 +408,6 @@ mod tests {
             t.matches("s", &mut out, &|k| k == 2);
         }
         assert!(out.iter().all(|(k, _)| *k == 2));
-    }
-
-    /// Runs `f` on a thread with a 64 KiB stack: a walk recursing once per level of
-    /// a 100,000-level filter overflows it (and aborts the test binary).
-    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(f)
-            .expect("spawn test thread")
-            .join()
-            .expect("test thread");
     }
 
     #[test]

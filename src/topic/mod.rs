@@ -279,6 +279,7 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError
 
 #[cfg(test)]
 mod tests {
+    use super::walk::on_small_stack;
     use super::*;
 
     #[test]
@@ -562,17 +563,6 @@ mod tests {
             assert!(filter_covers("#", &slashes));
             assert!(!filter_covers(&slashes, &deep_filter));
         });
-    }
-
-    /// Runs `f` on a thread with a 64 KiB stack: recursion in proportion to the
-    /// depth of a 65,000-level topic overflows it (and aborts the test binary).
-    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(f)
-            .expect("spawn test thread")
-            .join()
-            .expect("test thread");
     }
 
     #[test]

@@ -66,6 +66,18 @@ impl<T: Copy, const N: usize> WalkStack<T, N> {
     }
 }
 
+/// Test support: runs `f` on a thread with a 64 KiB stack, where a walk recursing once
+/// per level of a deep topic, filter or rule overflows (and aborts the test binary).
+#[cfg(test)]
+pub(crate) fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(f)
+        .expect("spawn test thread")
+        .join()
+        .expect("test thread");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
