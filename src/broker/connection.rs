@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::aliases::{InboundAliases, OutboundAliases};
 use super::fasthash::IntSet;
-use super::router::{
+use super::link::{
     refusal_properties, Backlog, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
 };
 use super::topics;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::connection::check_filter;
-use super::router::{Backlog, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg};
+use super::link::{Backlog, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg};
 use super::topics;
 use super::wire::{v5, QoS};
 use super::{BrokerError, Shared};

@@ -36,6 +36,7 @@ mod connection;
 mod fasthash;
 pub mod fuzz_router;
 mod internal;
+mod link;
 mod retained;
 mod router;
 mod stats;
@@ -61,7 +62,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::telemetry::limit::{self as log_limit, LogLimitSettings, LogLimits};
 
 pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
-pub use router::QueueOverflow;
+pub use link::QueueOverflow;
 pub use stats::BrokerStats;
 
 /// Tunables of the broker core, built by `app` from `[broker]` in the config.
@@ -234,7 +235,7 @@ pub(crate) struct Shared {
     /// Authenticator and authorizer, swapped together on reload.
     auth: RwLock<(Arc<dyn Authenticator>, Arc<dyn Authorizer>)>,
     /// Connection/in-process clients → router (bounded: back-pressure on publishers).
-    pub(crate) router_tx: mpsc::Sender<router::RouterMsg>,
+    pub(crate) router_tx: mpsc::Sender<link::RouterMsg>,
     /// Counters behind `Broker::stats()` and `$SYS`.
     pub(crate) stats: stats::StatsCounters,
     /// Cancelled when the broker shuts down.
@@ -266,7 +267,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn new_conn_id(&self) -> router::ConnId {
+    pub(crate) fn new_conn_id(&self) -> link::ConnId {
         self.next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -368,7 +369,7 @@ impl Broker {
         let (tx, rx) = oneshot::channel();
         self.shared
             .router_tx
-            .send(router::RouterMsg::Ping(tx))
+            .send(link::RouterMsg::Ping(tx))
             .await
             .map_err(|_| BrokerError::Closed)?;
         rx.await.map_err(|_| BrokerError::Closed)?;

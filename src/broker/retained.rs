@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::router::Message;
+use super::link::Message;
 use crate::topic::walk::WalkStack;
 
 #[derive(Default)]

@@ -17,7 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::fasthash::{IntMap, IntSet};
+use super::link::{
+    refusal_properties, Ack, Backlog, ConnId, ConnectRequest, Inbound, Message, OutPublish, OutTx,
+    Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
+};
 use super::retained::RetainedStore;
 use super::stats::StatsCounters;
 use super::topics;
@@ -36,334 +40,6 @@ use super::{BrokerError, BrokerSettings, Shared};
 use crate::acl::{Access, Authorizer};
 use crate::auth::Identity;
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
-
-/// Identifies one network connection or in-process client attachment.
-pub(crate) type ConnId = u64;
-
-/// What the router sends to a connection task, in batches. Kept small (the common
-/// items, PUBLISH and plain acknowledgements, are a few words; anything else is
-/// boxed), so batches move little memory and the PUBLISH is built on the
-/// connection's task, not the router's.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// An application message to send.
-    Publish(OutPublish),
-    /// A successful acknowledgement without properties.
-    Ack(Ack),
-    /// Any other packet to encode and write.
-    Packet(Box<v5::Packet>),
-    /// Write what came before, then close the connection.
-    Close,
-}
-
-impl Outgoing {
-    /// Wrap a control packet, compacting plain successful acknowledgements.
-    pub(crate) fn packet(packet: v5::Packet) -> Outgoing {
-        match &packet {
-            v5::Packet::PubAck(a)
-                if a.properties.is_none() && a.reason == v5::PubAckReason::Success =>
-            {
-                Outgoing::Ack(Ack::Puback(a.pkid))
-            }
-            v5::Packet::PubRec(r)
-                if r.properties.is_none() && r.reason == v5::PubRecReason::Success =>
-            {
-                Outgoing::Ack(Ack::Pubrec(r.pkid))
-            }
-            v5::Packet::PubRel(r)
-                if r.properties.is_none() && r.reason == v5::PubRelReason::Success =>
-            {
-                Outgoing::Ack(Ack::Pubrel(r.pkid))
-            }
-            v5::Packet::PubComp(c)
-                if c.properties.is_none() && c.reason == v5::PubCompReason::Success =>
-            {
-                Outgoing::Ack(Ack::Pubcomp(c.pkid))
-            }
-            _ => Outgoing::Packet(Box::new(packet)),
-        }
-    }
-}
-
-/// A successful acknowledgement (reason 0x00, no properties).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ack {
-    Puback(u16),
-    Pubrec(u16),
-    Pubrel(u16),
-    Pubcomp(u16),
-}
-
-impl Ack {
-    pub(crate) fn to_packet(self) -> v5::Packet {
-        match self {
-            Ack::Puback(pkid) => v5::Packet::PubAck(v5::PubAck {
-                pkid,
-                reason: v5::PubAckReason::Success,
-                properties: None,
-            }),
-            Ack::Pubrec(pkid) => v5::Packet::PubRec(v5::PubRec {
-                pkid,
-                reason: v5::PubRecReason::Success,
-                properties: None,
-            }),
-            Ack::Pubrel(pkid) => v5::Packet::PubRel(v5::PubRel {
-                pkid,
-                reason: v5::PubRelReason::Success,
-                properties: None,
-            }),
-            Ack::Pubcomp(pkid) => v5::Packet::PubComp(v5::PubComp {
-                pkid,
-                reason: v5::PubCompReason::Success,
-                properties: None,
-            }),
-        }
-    }
-}
-
-/// One delivery of a routed message, turned into a PUBLISH by the receiver.
-#[derive(Debug)]
-pub(crate) struct OutPublish {
-    pub msg: Arc<Message>,
-    pub pkid: u16,
-    pub qos: QoS,
-    pub retain: bool,
-    pub dup: bool,
-    pub sub_ids: Vec<usize>,
-    /// Remaining Message Expiry Interval in seconds, when the message has one.
-    pub expiry: Option<u32>,
-}
-
-impl OutPublish {
-    /// The PUBLISH packet; v5 properties only when `properties` (3.1.1 drops them).
-    pub(crate) fn to_publish(&self, properties: bool) -> v5::Publish {
-        let mut props = None;
-        if properties {
-            props = self.msg.properties.clone();
-            if let Some(secs) = self.expiry {
-                props
-                    .get_or_insert_with(Default::default)
-                    .message_expiry_interval = Some(secs);
-            }
-            if !self.sub_ids.is_empty() {
-                props
-                    .get_or_insert_with(Default::default)
-                    .subscription_identifiers = self.sub_ids.clone();
-            }
-        }
-        v5::Publish {
-            dup: self.dup,
-            qos: self.qos,
-            retain: self.retain,
-            topic: self.msg.topic.clone(),
-            pkid: self.pkid,
-            payload: self.msg.payload.clone(),
-            properties: props,
-        }
-    }
-}
-
-/// Router → connection channel; unbounded so the router never blocks, bounded in
-/// practice by the inflight window (QoS 1/2) and the slow-consumer guard (QoS 0).
-pub(crate) type OutTx = mpsc::UnboundedSender<Vec<Outgoing>>;
-
-/// What the router has handed to a connection and the connection has not taken yet
-/// (the slow-consumer guard reads it): items, and bytes of their messages.
-#[derive(Debug, Default)]
-pub(crate) struct Backlog {
-    items: AtomicUsize,
-    bytes: AtomicUsize,
-}
-
-impl Backlog {
-    /// The router hands over `items` carrying `bytes` of messages.
-    fn handed(&self, items: usize, bytes: usize) {
-        self.items.fetch_add(items, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// The connection took these items off the channel.
-    pub(crate) fn taken(&self, items: &[Outgoing]) {
-        let bytes: usize = items
-            .iter()
-            .map(|item| match item {
-                Outgoing::Publish(p) => p.msg.weight(),
-                _ => 0,
-            })
-            .sum();
-        self.items.fetch_sub(items.len(), Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-}
-
-/// A routed application message, shared by every delivery (no payload copies).
-#[derive(Debug)]
-pub(crate) struct Message {
-    pub topic: Bytes,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// v5 properties passed through (topic alias and subscription ids removed).
-    pub properties: Option<v5::PublishProperties>,
-    pub expires_at: Option<Instant>,
-    /// Publishing session, for No Local.
-    pub publisher: Option<SessionKey>,
-}
-
-impl Message {
-    pub fn topic_str(&self) -> &str {
-        std::str::from_utf8(&self.topic).unwrap_or("")
-    }
-
-    /// Bytes this message holds: topic, payload and properties (user properties,
-    /// correlation data, response topic, content type), for the queue bounds.
-    pub(crate) fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + properties_weight(self.properties.as_ref())
-    }
-
-    /// A copy that owns exactly its bytes (topic and payload in one allocation,
-    /// correlation data copied). Decoded messages are slices of a connection's read
-    /// buffer (which grows to the largest packet read): anything kept after routing
-    /// (queues, in-flight windows, the retained store) must not keep such a buffer
-    /// alive for a few bytes of payload.
-    fn compacted(&self) -> Message {
-        let mut both = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
-        both.extend_from_slice(&self.topic);
-        both.extend_from_slice(&self.payload);
-        let both = both.freeze();
-        let mut properties = self.properties.clone();
-        if let Some(data) = properties
-            .as_mut()
-            .and_then(|p| p.correlation_data.as_mut())
-        {
-            *data = Bytes::copy_from_slice(data);
-        }
-        Message {
-            topic: both.slice(..self.topic.len()),
-            payload: both.slice(self.topic.len()..),
-            qos: self.qos,
-            retain: self.retain,
-            properties,
-            expires_at: self.expires_at,
-            publisher: self.publisher,
-        }
-    }
-}
-
-/// Bytes held by v5 PUBLISH properties (strings and binary data; fixed-size fields
-/// are counted as a few bytes each).
-fn properties_weight(properties: Option<&v5::PublishProperties>) -> usize {
-    let Some(p) = properties else { return 0 };
-    16 + p.response_topic.as_ref().map_or(0, String::len)
-        + p.correlation_data.as_ref().map_or(0, Bytes::len)
-        + p.content_type.as_ref().map_or(0, String::len)
-        + p.user_properties
-            .iter()
-            .map(|(k, v)| 4 + k.len() + v.len())
-            .sum::<usize>()
-        + 8 * p.subscription_identifiers.len()
-}
-
-/// What a full session queue does with the next QoS 1/2 message (per listener;
-/// in-process clients choose their own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QueueOverflow {
-    /// Drop the oldest queued messages to make room (logged once per burst, counted).
-    #[default]
-    DropOldest,
-    /// Drop the new message, keep what is queued (logged once per burst, counted).
-    DropNew,
-    /// Queue it beyond the bound and hold back the publisher's PUBACK/PUBREC until
-    /// it leaves the queue: publishers slow down to what the subscriber reads
-    /// (3.1.1 publishers are no longer read once their window is full; v5 ones must
-    /// honour Receive Maximum). The excess is bounded by the publishers' windows.
-    /// Messages with nobody to slow down (wills, QoS 0) fall back to drop-oldest.
-    BlockPublishers,
-}
-
-/// A will message and its delay, validated by the connection task.
-#[derive(Debug)]
-pub(crate) struct WillSpec {
-    pub message: Message,
-    pub delay: u32,
-}
-
-/// Everything the router needs to attach a connection to a session.
-pub(crate) struct ConnectRequest {
-    pub conn: ConnId,
-    pub tx: OutTx,
-    pub identity: Identity,
-    pub clean_start: bool,
-    /// Seconds; `u32::MAX` means never.
-    pub session_expiry: u32,
-    pub will: Option<WillSpec>,
-    /// The client's Receive Maximum: QoS 1/2 messages in flight towards it.
-    pub receive_maximum: u16,
-    /// The client's Maximum Packet Size.
-    pub max_packet_size: Option<u32>,
-    /// Durable in-process subscriber: holds back publishers' acknowledgements.
-    pub durable: bool,
-    /// Prepared CONNACK; the router fills in `session_present`.
-    pub connack: v5::ConnAck,
-    /// Packets sent to the connection and not yet taken (slow-consumer guard).
-    pub backlog: Arc<Backlog>,
-    /// MQTT v5 client (in-process clients count as v5).
-    pub v5: bool,
-    /// What the session's queue does when it is full.
-    pub overflow: QueueOverflow,
-}
-
-/// Reply channel of an in-process publish.
-pub(crate) type PublishReply = oneshot::Sender<Result<(), BrokerError>>;
-
-/// One decoded, validated and authorized request from a connection.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Publish {
-        publish: v5::Publish,
-        expires_at: Option<Instant>,
-        reply: Option<PublishReply>,
-    },
-    PubAck(u16),
-    PubRec {
-        pkid: u16,
-        failed: bool,
-    },
-    PubRel(u16),
-    PubComp(u16),
-    /// In-process acknowledgement of a QoS 1 or 2 delivery.
-    InternalAck(u16),
-    Subscribe {
-        pkid: u16,
-        id: Option<usize>,
-        /// Filters with a refusal already decided by the connection (invalid, ACL).
-        filters: Vec<(v5::Filter, Option<v5::SubscribeReasonCode>)>,
-        reply: Option<oneshot::Sender<Vec<v5::SubscribeReasonCode>>>,
-    },
-    Unsubscribe {
-        pkid: u16,
-        filters: Vec<String>,
-        reply: Option<oneshot::Sender<Vec<v5::UnsubAckReason>>>,
-    },
-}
-
-/// Messages to the router.
-pub(crate) enum RouterMsg {
-    Connect(Box<ConnectRequest>),
-    Inbound {
-        conn: ConnId,
-        items: Vec<Inbound>,
-    },
-    /// The connection ended; `send_will` is false after a normal DISCONNECT.
-    Closed {
-        conn: ConnId,
-        send_will: bool,
-        session_expiry: Option<u32>,
-    },
-    /// Health probe: answered as soon as the router gets to it.
-    Ping(oneshot::Sender<()>),
-}
 
 struct Queued {
     msg: Arc<Message>,
@@ -737,8 +413,9 @@ fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
     if q.qos == QoS::AtMostOnce {
         if let Some(link) = session.link.as_mut() {
             // Packets handed to the connection and not yet written, in count and bytes.
-            let backlog = link.backlog.items.load(Ordering::Relaxed) + link.out.len();
-            let backlog_bytes = link.backlog.bytes.load(Ordering::Relaxed) + link.out_bytes;
+            let (handed, handed_bytes) = link.backlog.pending();
+            let backlog = handed + link.out.len();
+            let backlog_bytes = handed_bytes + link.out_bytes;
             let limit = settings(ctx).max_offline_messages.max(1000);
             let limit_bytes = settings(ctx).max_offline_bytes;
             if backlog > limit || backlog_bytes + q.msg.weight() > limit_bytes {
@@ -1989,29 +1666,6 @@ const LOST_REASON: &str =
 const SESSION_OWNER_REASON: &str =
     "not authorized (0x87): this client id holds a session of another identity";
 
-/// CONNACK properties carrying only a reason string (refusals).
-pub(crate) fn refusal_properties(reason: &str) -> v5::ConnAckProperties {
-    v5::ConnAckProperties {
-        session_expiry_interval: None,
-        receive_max: None,
-        max_qos: None,
-        retain_available: None,
-        max_packet_size: None,
-        assigned_client_identifier: None,
-        topic_alias_max: None,
-        reason_string: Some(reason.to_string()),
-        user_properties: vec![],
-        wildcard_subscription_available: None,
-        subscription_identifiers_available: None,
-        shared_subscription_available: None,
-        server_keep_alive: None,
-        response_information: None,
-        server_reference: None,
-        authentication_method: None,
-        authentication_data: None,
-    }
-}
-
 /// Why a CONNECT that would create one persistent session too many is refused.
 const SESSION_QUOTA_REASON: &str =
     "quota exceeded (0x97): the broker holds the most persistent sessions allowed";
@@ -2060,30 +1714,5 @@ fn fail_reply(item: Inbound) {
         }
         Inbound::Subscribe { reply: Some(r), .. } => drop(r),
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compacted_message_does_not_pin_the_read_buffer() {
-        let buffer = Bytes::from(vec![7u8; 32 * 1024]);
-        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        let message = Message {
-            topic: buffer.slice(0..4),
-            payload: buffer.slice(4..12),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: None,
-            expires_at: None,
-            publisher: None,
-        };
-        let owned = message.compacted();
-        assert_eq!(owned.payload, message.payload);
-        assert_eq!(owned.topic, message.topic);
-        assert!(!range.contains(&(owned.payload.as_ptr() as usize)));
-        assert!(!range.contains(&(owned.topic.as_ptr() as usize)));
     }
 }
