@@ -766,9 +766,6 @@ impl Session {
         // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
         write_last(stream, &shared, &mut self.state.wbuf).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        if drain && !shared.shutdown.is_cancelled() {
-            discard_until_eof(stream, &mut self.rbuf).await;
-        }
         let (send_will, session_expiry) = match end {
             End::Disconnect {
                 send_will,
@@ -785,6 +782,10 @@ impl Session {
                 session_expiry,
             })
             .await;
+        // The router is told first: a takeover or the will does not wait for the drain.
+        if drain && !shared.shutdown.is_cancelled() {
+            discard_until_eof(stream, &mut self.rbuf).await;
+        }
         debug!(client_id = %self.state.identity.client_id, %peer, "Connection task finished.");
     }
 }
