@@ -5,6 +5,7 @@
 # appliance checks (systemd unit, .deb, image stage, aarch64 build under qemu).
 # Usage: scripts/test-all.sh            (everything)
 #        TOLLGATE_SKIP_APPLIANCE=1 scripts/test-all.sh   (Rust suite only)
+#        TOLLGATE_SKIP_BENCH=1 scripts/test-all.sh       (without the bench smoke run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,14 @@ echo "== cargo test"
 export TOLLGATE_REQUIRE_PEERS=1
 cargo test --lib --bins --tests -- --test-threads=2
 [ -n "${TOLLGATE_SKIP_FUZZ:-}" ] || { echo "== fuzz targets, bounded (TOLLGATE_SKIP_FUZZ=1 skips)"; TOLLGATE_FUZZ_SECONDS=${TOLLGATE_FUZZ_SECONDS:-10} scripts/fuzz-ci.sh; }
+
+if [ -z "${TOLLGATE_SKIP_BENCH:-}" ]; then
+  # A few seconds of every bench section against Mosquitto (debug build): proves the bench
+  # still runs end to end; no figure is judged.
+  echo "== tollgate-bench smoke run"
+  cargo run --quiet --bin tollgate-bench -- --messages 2000 --connects 50 --rounds 1 \
+    --idle-conns 50 --devices 50 --load-rounds 1 --latency-secs 0.5 --settle-secs 2
+fi
 
 if [ -z "${TOLLGATE_SKIP_APPLIANCE:-}" ] && [ -x scripts/ci-appliance.sh ]; then
   echo "== appliance checks"

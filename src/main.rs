@@ -11,6 +11,12 @@ use tollgate::cli::{self, Cli, Command, ConfigArgs, EXIT_CONFIG, EXIT_FAILURE};
 use tollgate::config;
 use tollgate::telemetry::{self, LogFormat};
 
+/// mimalloc gives freed pages back to the kernel (with the unit's MIMALLOC_PURGE_DELAY=0 at
+/// once), so RSS falls back after a burst; glibc's malloc keeps them (README, "Memory and
+/// the allocator", with the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

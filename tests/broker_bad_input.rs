@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -220,6 +221,116 @@ async fn exceeding_receive_maximum_gets_0x93() {
             other => panic!("expected DISCONNECT 0x93, got {other:?}"),
         }
     }
+    b.stop().await;
+}
+
+/// The broker stops reading at the violation; bytes the client sent after it must not
+/// turn the close into a TCP reset, which discards the DISCONNECT still queued in the
+/// broker's socket. The client's small receive buffer keeps that DISCONNECT queued: the
+/// client first has 24 KB of its own messages echoed and leaves them unread.
+#[tokio::test]
+async fn disconnect_survives_unread_bytes_behind_the_violation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start_broker_with(BrokerSettings {
+        receive_maximum: 2,
+        ..test_settings()
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(b.addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    p5::Packet::Connect(
+        p5::Connect {
+            keep_alive: 30,
+            client_id: "flood-burst".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    )
+    .write(&mut out, None)
+    .unwrap();
+    stream.write_all(&out.split()).await.unwrap();
+    let mut inbox = bytes::BytesMut::new();
+    let mut subscribe = p5::Subscribe::new(p5::Filter::new("echo", Q5::AtMostOnce), None);
+    subscribe.pkid = 1;
+    for (packet, send_next) in [
+        ("CONNACK", Some(p5::Packet::Subscribe(subscribe))),
+        ("SUBACK", None),
+    ] {
+        let got = loop {
+            match p5::Packet::read(&mut inbox, None) {
+                Ok(p) => break p,
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("broker sent a malformed packet: {e}"),
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut inbox))
+                .await
+                .expect("broker answers")
+                .unwrap();
+            assert!(n > 0, "broker closed before the {packet}");
+        };
+        assert!(
+            matches!(got, p5::Packet::ConnAck(_) | p5::Packet::SubAck(_)),
+            "expected {packet}, got {got:?}"
+        );
+        if let Some(next) = send_next {
+            next.write(&mut out, None).unwrap();
+            stream.write_all(&out.split()).await.unwrap();
+        }
+    }
+    // Echoes fill the client's receive buffer; the rest waits in the broker's socket.
+    let echo = p5::Publish::new("echo", Q5::AtMostOnce, vec![0u8; 4000], None);
+    for _ in 0..6 {
+        p5::Packet::Publish(echo.clone())
+            .write(&mut out, None)
+            .unwrap();
+    }
+    stream.write_all(&out.split()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The violation (3 QoS 1 over a Receive Maximum of 2), then a burst left unread.
+    for pkid in 1..=3 {
+        publish(b"q", Q5::AtLeastOnce, pkid)
+            .write(&mut out, None)
+            .unwrap();
+    }
+    let mut burst = p5::Publish::new("q", Q5::AtMostOnce, vec![0u8; 4000], None);
+    burst.pkid = 0;
+    for _ in 0..16 {
+        p5::Packet::Publish(burst.clone())
+            .write(&mut out, None)
+            .unwrap();
+    }
+    let _ = stream.write_all(&out).await;
+    let mut disconnect = None;
+    loop {
+        match p5::Packet::read(&mut inbox, None) {
+            Ok(p5::Packet::Publish(_) | p5::Packet::PubAck(_)) => continue,
+            Ok(p5::Packet::Disconnect(d)) => {
+                disconnect = Some(d.reason_code);
+                continue;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => assert!(
+                matches!(e, rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)),
+                "{e}"
+            ),
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut inbox))
+            .await
+            .expect("broker closes within the limit");
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("connection reset before the DISCONNECT was read: {e}"),
+        }
+    }
+    assert_eq!(
+        disconnect,
+        Some(p5::DisconnectReasonCode::ReceiveMaximumExceeded)
+    );
     b.stop().await;
 }
 

@@ -611,3 +611,36 @@ async fn retained_will_is_stored_for_later_subscribers() {
     assert!(got.retain);
     b.stop().await;
 }
+
+/// A client may send its first packets right behind the CONNECT, without waiting for
+/// the CONNACK: they are served at once, not when the next bytes happen to arrive.
+#[tokio::test]
+async fn packets_pipelined_behind_connect_are_served() {
+    let b = start_broker().await;
+    let mut raw = Raw::open(b.addr).await;
+    let mut bytes = bytes::BytesMut::new();
+    p5::Packet::Connect(
+        p5::Connect {
+            keep_alive: 30,
+            client_id: "pipelined".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    )
+    .write(&mut bytes, None)
+    .unwrap();
+    let mut subscribe = p5::Subscribe::new(p5::Filter::new("pipe/#", Q5::AtLeastOnce), None);
+    subscribe.pkid = 7;
+    p5::Packet::Subscribe(subscribe)
+        .write(&mut bytes, None)
+        .unwrap();
+    raw.send_bytes(&bytes).await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+    match raw.read().await {
+        Some(p5::Packet::SubAck(s)) => assert_eq!(s.pkid, 7),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    b.stop().await;
+}

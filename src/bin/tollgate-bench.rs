@@ -109,9 +109,21 @@ struct Args {
     /// inflight bounds) instead of bounds raised like Mosquitto's.
     #[arg(long)]
     tollgate_defaults: bool,
+    /// Seconds to watch each broker's RSS after the throughput burst (RSS after a
+    /// burst / idle RSS).
+    #[arg(long, default_value_t = 30)]
+    settle_secs: u64,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Source commit of the tollgate under test, recorded in the output (default:
+    /// `git rev-parse --short HEAD` in the current directory).
+    #[arg(long)]
+    commit: Option<String>,
+    /// Render a `--json` result file as the README's Markdown tables and exit
+    /// (measures nothing).
+    #[arg(long, value_name = "FILE.json")]
+    markdown: Option<PathBuf>,
     /// Keep the scratch directory (configs, certs, broker logs).
     #[arg(long)]
     keep: bool,
@@ -212,6 +224,8 @@ struct Bench {
     cols: [Column; 2],
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// Each column's RSS in KiB before any load (the idle figure bursts are compared to).
+    idle_rss: [Option<u64>; 2],
 }
 
 impl Bench {
@@ -268,6 +282,7 @@ impl Bench {
             let res: Result<(f64, f64), String> = async {
                 let b = self.cols[i].running()?;
                 let before = b.rss_kib().map_err(|e| e.to_string())?;
+                self.idle_rss[i] = Some(before);
                 let t = self.target(b.ports.tls_rsa, true);
                 let (batch, streams) = conn::batch(
                     &t,
@@ -317,7 +332,7 @@ impl Bench {
             1,
             pa,
             pb,
-            report::Target::AtMost(15.0),
+            report::Target::AtMost(12.0),
         );
     }
 
@@ -647,6 +662,90 @@ impl Bench {
         );
     }
 
+    /// Before a burst: each column's idle RSS, unless the memory section measured it.
+    fn sample_idle_rss(&mut self) {
+        for i in 0..2 {
+            if self.idle_rss[i].is_none() {
+                self.idle_rss[i] = self.cols[i].running().ok().and_then(|b| b.rss_kib().ok());
+            }
+        }
+    }
+
+    /// After the throughput burst (its connections closed): sample both brokers' RSS every
+    /// second for `--settle-secs` and report the last sample against the idle RSS.
+    async fn settle(&mut self) {
+        let secs = self.args.settle_secs;
+        if secs == 0 {
+            return;
+        }
+        progress(
+            self.args.json,
+            &format!("both: RSS every second for {secs} s after the burst"),
+        );
+        let mut first: [Option<u64>; 2] = [None, None];
+        let mut last: [Result<u64, String>; 2] = [
+            Err("not sampled".to_string()),
+            Err("not sampled".to_string()),
+        ];
+        // The first second at which RSS was within 2x the idle figure.
+        let mut within: [Option<u64>; 2] = [None, None];
+        for second in 0..=secs {
+            if second > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for i in 0..2 {
+                let sample = self.cols[i]
+                    .running()
+                    .and_then(|b| b.rss_kib().map_err(|e| e.to_string()));
+                if let Ok(kib) = sample {
+                    first[i].get_or_insert(kib);
+                    if within[i].is_none() && self.idle_rss[i].is_some_and(|idle| kib <= 2 * idle) {
+                        within[i] = Some(second);
+                    }
+                }
+                last[i] = sample;
+            }
+        }
+        let idle = self.idle_rss;
+        let after: Vec<Measured> = (0..2)
+            .map(|i| match first[i] {
+                Some(kib) => cell(kib as f64 / 1024.0),
+                None => Err(last[i].clone().err().unwrap_or_default()),
+            })
+            .collect();
+        let ratio: Vec<Measured> = (0..2)
+            .map(|i| match (&last[i], idle[i]) {
+                (Ok(kib), Some(idle)) if idle > 0 => {
+                    let r = *kib as f64 / idle as f64;
+                    match within[i] {
+                        Some(s) => cell_note(r, format!("<= 2x after {s} s")),
+                        None => cell_note(r, "never <= 2x"),
+                    }
+                }
+                (Err(e), _) => Err(e.clone()),
+                _ => Err("idle RSS not measured".to_string()),
+            })
+            .collect();
+        let [aa, ab]: [Measured; 2] = after.try_into().expect("invariant: two columns");
+        let [ra, rb]: [Measured; 2] = ratio.try_into().expect("invariant: two columns");
+        self.push(
+            "RSS right after the throughput burst",
+            "MiB",
+            1,
+            aa,
+            ab,
+            report::Target::None,
+        );
+        self.push(
+            format!("RSS {secs} s after the burst / idle RSS"),
+            "x",
+            2,
+            ra,
+            rb,
+            report::Target::AtMost(2.0),
+        );
+    }
+
     async fn latency(&mut self) {
         let transport = if self.args.plain { "plain" } else { "TLS" };
         let mut p50 = Vec::new();
@@ -873,6 +972,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `git rev-parse --short HEAD` in the current directory, or "unknown".
+fn source_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The current time as `YYYY-MM-DD HH:MM UTC`.
+fn utc_now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
 fn default_tollgate() -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -900,6 +1023,14 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(file) = &args.markdown {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not tollgate-bench --json output", file.display()))?;
+        print!("{}", report::markdown(&value)?);
+        return Ok(());
+    }
     // Shown as the cargo command documented in README.md (Performance).
     let command_line = std::iter::once("cargo run --release --bin tollgate-bench --".to_string())
         .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
@@ -1041,6 +1172,7 @@ async fn run() -> anyhow::Result<()> {
         cols,
         rows: Vec::new(),
         notes,
+        idle_rss: [None, None],
     };
 
     if !bench.skip("memory") {
@@ -1079,9 +1211,11 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     if !bench.skip("throughput") {
+        bench.sample_idle_rss();
         for q in args.qos.clone() {
             bench.throughput(q).await;
         }
+        bench.settle().await;
     }
     if !bench.skip("latency") {
         bench.latency().await;
@@ -1142,9 +1276,12 @@ async fn run() -> anyhow::Result<()> {
         cpu_model()
     );
     let b_label = bench.cols[1].label.clone();
+    let commit = args.commit.clone().unwrap_or_else(source_commit);
     if args.json {
         let meta = json!({
             "command": command_line,
+            "commit": commit,
+            "date": utc_now(),
             "setup": setup_line,
             "machine": machine,
             "versions": { a_label: a_version, "mosquitto": m_version },
@@ -1160,7 +1297,7 @@ async fn run() -> anyhow::Result<()> {
         println!("$ {command_line}");
         println!("setup:    {setup_line}");
         println!("machine:  {machine}");
-        println!("brokers:  {a_label} = {a_version}; mosquitto = {m_version}");
+        println!("brokers:  {a_label} = {a_version} (commit {commit}); mosquitto = {m_version}");
         println!();
         print!("{}", report::table(&bench.rows, a_label, &b_label));
         println!();
@@ -1175,6 +1312,8 @@ async fn run() -> anyhow::Result<()> {
         println!(
             "  * RSS per idle connection = (VmRSS with N idle TLS clients - VmRSS before) / N."
         );
+        println!("  * RSS after the burst: the throughput runs' clients have disconnected; VmRSS is sampled");
+        println!("    every second for --settle-secs and the last sample divided by the idle RSS (before any load).");
         if a_flavor == Flavor::Tollgate {
             if args.tollgate_defaults {
                 println!("  * --tollgate-defaults: tollgate runs with its default session queue and inflight bounds,");
@@ -1214,6 +1353,18 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn tollgate_runs_with_the_allocator_policy_of_the_systemd_unit() {
+        let unit = include_str!("../../systemd/tollgate.service");
+        let line = unit
+            .lines()
+            .find(|l| l.starts_with("Environment=") && l.contains("MIMALLOC_"))
+            .expect("the unit sets the allocator policy");
+        for (key, value) in broker::TOLLGATE_UNIT_ENV {
+            assert!(line.contains(&format!("{key}={value}")), "{line}");
+        }
     }
 
     #[test]

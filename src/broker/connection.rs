@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 use super::aliases::{InboundAliases, OutboundAliases};
 use super::fasthash::IntSet;
 use super::link::{
-    refusal_properties, Backlog, ConnectRequest, Inbound, Message, Outgoing, RouterMsg, WillSpec,
+    refusal_properties, Backlog, ConnId, ConnectRequest, Inbound, Message, Outgoing, RouterMsg,
+    WillSpec,
 };
 use super::topics;
 use super::wire::{self, v5, ProtocolVersion, QoS};
@@ -197,25 +198,60 @@ fn auth_codes(e: &AuthError) -> u8 {
     }
 }
 
-/// Serve one connection until it ends.
+/// A connection with no traffic for this long gives back its read and write buffers
+/// (idle connections are the common case: memory per connection).
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// After the broker's own DISCONNECT, what the client still sends is read and discarded
+/// for at most this long: closing with unread bytes makes the kernel reset the
+/// connection, which can destroy the DISCONNECT before the client reads it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Serve one connection until it ends: read the CONNECT, admit the client, serve the
+/// session. The first two phases run in a boxed future that is freed once the session
+/// starts, so a long-lived connection holds none of the CONNECT phase's state.
 pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, info: ConnectionInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = info.peer;
+    let session = Box::pin(connect_phase(&shared, &mut stream, info)).await;
+    if let Some(session) = session {
+        session.serve(&mut stream).await;
+    }
+}
+
+/// Read the CONNECT, then admit it; `None` when the connection ends there.
+async fn connect_phase<S>(
+    shared: &Arc<Shared>,
+    stream: &mut S,
+    info: ConnectionInfo,
+) -> Option<Session>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Subscribed before authentication so a reload that swaps the authenticator
     // while this CONNECT is being checked is still applied to this session.
-    let mut revalidate = shared.revalidate.subscribe();
-    let settings = &shared.settings;
-    let max_packet = settings.max_packet_size as usize;
-    // Small to start: idle connections are the common case (memory per connection).
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let revalidate = shared.revalidate.subscribe();
+    let (connect, rbuf) = read_connect(shared, stream, &info).await?;
+    admit(shared, stream, info, connect, rbuf, revalidate).await
+}
 
-    // Phase 1: the CONNECT packet, before the deadline.
-    let connect = loop {
+/// Phase 1: the CONNECT packet, before the connect deadline. Returns it with the bytes
+/// read after it (a client may send its first packets without waiting for CONNACK).
+async fn read_connect<S>(
+    shared: &Shared,
+    stream: &mut S,
+    info: &ConnectionInfo,
+) -> Option<(wire::ConnectPacket, BytesMut)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = info.peer;
+    let max_packet = shared.settings.max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    loop {
         let level = wire::peek_connect_version(&rbuf);
         match wire::decode_connect(&mut rbuf, max_packet) {
-            Ok(Some(c)) => break c,
+            Ok(Some(c)) => return Some((c, rbuf)),
             Ok(None) => {}
             Err(e) => {
                 if log_limit::event(Kind::InvalidConnect) {
@@ -223,37 +259,57 @@ where
                 }
                 if let Some(code) = e.connack_v311_code() {
                     let mut buf = BytesMut::from(&[0x20u8, 2, 0, code][..]);
-                    write_last(&mut stream, &shared, &mut buf).await;
+                    write_last(stream, shared, &mut buf).await;
                 } else if level == Some(ProtocolVersion::V5) {
                     refuse_connect(
-                        &mut stream,
-                        &shared,
+                        stream,
+                        shared,
                         ProtocolVersion::V5,
                         e.reason_code(),
                         &e.to_string(),
                     )
                     .await;
                 }
-                return;
+                return None;
             }
         }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return None,
             read = tokio::time::timeout_at(info.connect_deadline, stream.read_buf(&mut rbuf)) => match read {
                 Err(_) => {
-                    if log_limit::event(Kind::Timeout) { info!(%peer, "Connection closed: no complete CONNECT before the connect timeout."); }
-                    return;
+                    if log_limit::event(Kind::Timeout) {
+                        info!(%peer, "Connection closed: no complete CONNECT before the connect timeout.");
+                    }
+                    return None;
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     debug!(%peer, "Connection closed before CONNECT.");
-                    return;
+                    return None;
                 }
                 Ok(Ok(n)) => {
                     shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
         }
-    };
+    }
+}
+
+/// Phase 2: validate the CONNECT, authenticate it, check the will and hand the session
+/// to the router (which sends the CONNACK). `None` when the client was refused.
+async fn admit<S>(
+    shared: &Arc<Shared>,
+    stream: &mut S,
+    info: ConnectionInfo,
+    connect: wire::ConnectPacket,
+    rbuf: BytesMut,
+    revalidate: tokio::sync::watch::Receiver<Option<super::RevalidateCheck>>,
+) -> Option<Session>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = info.peer;
+    let settings = &shared.settings;
+    let max_packet = settings.max_packet_size as usize;
     let wire::ConnectPacket {
         version,
         connect,
@@ -262,21 +318,21 @@ where
         password,
     } = connect;
     let v5mode = version == ProtocolVersion::V5;
-    let props = connect.properties.clone().unwrap_or_default();
+    let props = connect.properties.unwrap_or_default();
 
     if props.authentication_method.is_some() {
         if log_limit::event(Kind::InvalidConnect) {
             warn!(%peer, "Connection refused: enhanced authentication is not supported.");
         }
         refuse_connect(
-            &mut stream,
-            &shared,
+            stream,
+            shared,
             version,
             0x8C,
             "enhanced authentication (AUTH) is not supported",
         )
         .await;
-        return;
+        return None;
     }
 
     // Client id: assigned when empty, which 3.1.1 allows only for clean sessions.
@@ -287,20 +343,20 @@ where
                 warn!(%peer, "Connection refused: empty client id with clean session = 0.");
             }
             refuse_connect(
-                &mut stream,
-                &shared,
+                stream,
+                shared,
                 version,
                 0x85,
                 "empty client id needs a clean session",
             )
             .await;
-            return;
+            return None;
         }
         let id = format!("tollgate-{:016x}", rand::random::<u64>());
         assigned = Some(id.clone());
         id
     } else {
-        connect.client_id.clone()
+        connect.client_id
     };
 
     let requested_expiry = if v5mode {
@@ -327,8 +383,8 @@ where
             if log_limit::event(Kind::InvalidConnect) {
                 warn!(client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, keep_alive = requested_keep_alive, %reason, "Connection refused: keep alive outside the listener's policy.");
             }
-            refuse_connect(&mut stream, &shared, version, 0x85, &reason).await;
-            return;
+            refuse_connect(stream, shared, version, 0x85, &reason).await;
+            return None;
         }
     };
 
@@ -349,8 +405,8 @@ where
                 if log_limit::event(Kind::InvalidConnect) {
                     warn!(client_id = %LogStr(&client_id), %peer, reason = %LogStr(&reason), "Connection refused: invalid will topic.");
                 }
-                refuse_connect(&mut stream, &shared, version, 0x90, "invalid will topic").await;
-                return;
+                refuse_connect(stream, shared, version, 0x90, "invalid will topic").await;
+                return None;
             }
             let delay = w
                 .properties
@@ -403,21 +459,14 @@ where
             if log_limit::event(Kind::Timeout) {
                 info!(client_id = %LogStr(&client_id), %peer, "Connection closed: authentication did not finish before the connect timeout.");
             }
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             if log_limit::event(Kind::AuthRefused) {
                 warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, reason = %LogStr(&e.to_string()), "Connection refused by authentication.");
             }
-            refuse_connect(
-                &mut stream,
-                &shared,
-                version,
-                auth_codes(&e),
-                &e.to_string(),
-            )
-            .await;
-            return;
+            refuse_connect(stream, shared, version, auth_codes(&e), &e.to_string()).await;
+            return None;
         }
         Ok(Ok(identity)) => identity,
     };
@@ -430,14 +479,14 @@ where
                 warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, username = %LogStr::opt(identity.username.as_deref()), "Connection refused: not authorized to publish the will.");
             }
             refuse_connect(
-                &mut stream,
-                &shared,
+                stream,
+                shared,
                 version,
                 0x87,
                 "not authorized to publish to the will topic",
             )
             .await;
-            return;
+            return None;
         }
     }
     info!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, via = ?identity.via, username = %LogStr::opt(identity.username.as_deref()), "Client connected.");
@@ -472,10 +521,9 @@ where
         peer,
         peer_certificates: info.peer_certificates.clone(),
     };
-    let mut revalidate_open = true;
 
     let conn = shared.new_conn_id();
-    let (tx, mut out_rx) = mpsc::unbounded_channel();
+    let (tx, out_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let request = ConnectRequest {
         conn,
@@ -498,190 +546,296 @@ where
         .await
         .is_err()
     {
-        return;
+        return None;
     }
 
-    let mut state = ConnState {
-        shared: shared.clone(),
-        codec: wire::Codec::new(version, max_packet),
-        identity,
-        peer,
-        session_expiry,
-        problem_info: props.request_problem_info != Some(0),
-        aliases: InboundAliases::default(),
-        out_aliases: OutboundAliases::new(if v5mode {
-            props
-                .topic_alias_max
-                .unwrap_or(0)
-                .min(settings.topic_alias_maximum)
-        } else {
-            0
-        }),
-        inbound_qos: IntSet::default(),
-        awaiting_ack: IntSet::default(),
-        wbuf: BytesMut::new(),
-        write_decisions: WriteDecisions::default(),
-    };
+    Some(Session {
+        conn,
+        state: ConnState {
+            shared: shared.clone(),
+            codec: wire::Codec::new(version, max_packet),
+            identity,
+            peer,
+            session_expiry,
+            problem_info: props.request_problem_info != Some(0),
+            aliases: InboundAliases::default(),
+            out_aliases: OutboundAliases::new(if v5mode {
+                props
+                    .topic_alias_max
+                    .unwrap_or(0)
+                    .min(settings.topic_alias_maximum)
+            } else {
+                0
+            }),
+            inbound_qos: IntSet::default(),
+            awaiting_ack: IntSet::default(),
+            wbuf: BytesMut::new(),
+            write_decisions: WriteDecisions::default(),
+        },
+        rbuf,
+        out_rx,
+        backlog,
+        keep_alive,
+        revalidate,
+        credentials,
+        client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
+    })
+}
 
-    let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let far = Duration::from_secs(365 * 24 * 3600);
-    let sleep = tokio::time::sleep(keepalive.unwrap_or(far));
-    tokio::pin!(sleep);
+/// An admitted connection: what phase 3 needs and nothing of the CONNECT phase.
+struct Session {
+    conn: ConnId,
+    state: ConnState,
+    /// Bytes not yet decoded (at first: whatever followed the CONNECT).
+    rbuf: BytesMut,
+    /// Packets the router queued for this connection.
+    out_rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    /// Outgoing items handed over and not yet taken (the router's accounting).
+    backlog: Arc<Backlog>,
+    /// Granted keep alive in seconds (0: none).
+    keep_alive: u16,
+    /// Reload notices: a check the session's credentials must still pass.
+    revalidate: tokio::sync::watch::Receiver<Option<super::RevalidateCheck>>,
+    /// What the session was admitted with, as a revalidation check sees it.
+    credentials: SessionCredentials,
+    /// The client's Maximum Packet Size (v5), which bounds the revalidation DISCONNECT.
+    client_max_packet: usize,
+}
 
-    let mut read_hint = READ_BUFFER;
-    // Capacity of the next router batch (like the last one).
-    let mut items_hint = 1;
-    // Packets that came in the same read as the CONNECT (a client may send them
-    // without waiting for the CONNACK) are parsed on the first turn.
-    let mut unparsed = !rbuf.is_empty();
-    let end = loop {
-        // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
-        // until the router has acknowledged enough (back-pressure, not disconnection).
-        let stalled = state.inbound_full() && next_is_qos_publish(&rbuf);
-        let mut parse = std::mem::take(&mut unparsed);
-        // Room for one read of `read_hint` bytes: a busy publisher's reads grow so one
-        // read (and one router message) carries many packets.
-        if rbuf.capacity() - rbuf.len() < read_hint / 2 {
-            rbuf.reserve(read_hint);
-        }
-        let spare = rbuf.capacity() - rbuf.len();
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => {
-                if v5mode {
-                    state.encode(&disconnect_packet(0x8B, "server shutting down"));
-                }
-                break End::Server;
-            }
-            batch = out_rx.recv() => {
-                let Some(batch) = batch else { break End::Server };
-                backlog.taken(&batch);
-                let mut close = state.encode_batch(batch);
-                while !close {
-                    match out_rx.try_recv() {
-                        Ok(batch) => {
-                            backlog.taken(&batch);
-                            close = state.encode_batch(batch);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if close {
+impl Session {
+    /// Phase 3: serve the session until it ends, then close the connection and tell
+    /// the router (which fires the will when it should).
+    async fn serve<S>(mut self, stream: &mut S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Fields are used in place: moving them out of `self` would store them twice in
+        // this future.
+        let shared = self.state.shared.clone();
+        let conn = self.conn;
+        let peer = self.state.peer;
+        let v5mode = self.state.v5();
+        let keep_alive = self.keep_alive;
+        let mut revalidate_open = true;
+
+        let keepalive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let far = Duration::from_secs(365 * 24 * 3600);
+        // One timer serves two deadlines: the idle release of the buffers (first) and
+        // the keep alive timeout.
+        let mut keepalive_at = Instant::now() + keepalive.unwrap_or(far);
+        let mut buffers_held = true;
+        let sleep = tokio::time::sleep(IDLE_RELEASE.min(keepalive.unwrap_or(far)));
+        tokio::pin!(sleep);
+
+        let mut read_hint = READ_BUFFER;
+        // Capacity of the next router batch (like the last one).
+        let mut items_hint = 1;
+        // Packets sent right behind the CONNECT are already in `rbuf`.
+        let mut parse = !self.rbuf.is_empty();
+        // Whether the broker ends the connection with its own DISCONNECT while the client
+        // may still be sending: then the socket is drained before it is closed.
+        let mut drain = false;
+        let end = loop {
+            if parse {
+                parse = false;
+                let mut items = Vec::with_capacity(items_hint);
+                let outcome = self.state.process(&mut self.rbuf, &mut items);
+                items_hint = items.len().clamp(1, 256);
+                if !items.is_empty()
+                    && shared
+                        .router_tx
+                        .send(RouterMsg::Inbound { conn, items })
+                        .await
+                        .is_err()
+                {
                     break End::Server;
                 }
-                if stalled && !state.inbound_full() {
-                    // The stall was ours: the client gets a full keep alive period again.
-                    if let Some(k) = keepalive {
-                        sleep.as_mut().reset(Instant::now() + k);
+                if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * read_hint {
+                    self.rbuf = BytesMut::with_capacity(read_hint);
+                }
+                match outcome {
+                    Ok(None) => {}
+                    Ok(Some(end)) => break end,
+                    Err(v) => {
+                        if log_limit::event(Kind::ProtocolViolation) {
+                            warn!(client_id = %LogStr(&self.state.identity.client_id), %peer, code = v.code, reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
+                        }
+                        if v5mode {
+                            self.state.encode(&disconnect_packet(v.code, &v.reason));
+                        }
+                        drain = true;
+                        break End::Abnormal;
                     }
-                    parse = true;
                 }
             }
-            read = stream.read_buf(&mut rbuf), if !stalled => {
-                match read {
-                    Ok(0) => {
-                        debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection closed by client without DISCONNECT.");
-                        break End::Abnormal;
+            if !self.state.wbuf.is_empty()
+                && !write_now(stream, &shared, &mut self.state.wbuf).await
+            {
+                debug!(client_id = %LogStr(&self.state.identity.client_id), %peer, "Connection write failed or timed out.");
+                break End::Abnormal;
+            }
+            if self.state.wbuf.capacity() > SHRINK_ABOVE {
+                self.state.wbuf = BytesMut::new();
+            }
+
+            // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
+            // until the router has acknowledged enough (back-pressure, not disconnection).
+            let stalled = self.state.inbound_full() && next_is_qos_publish(&self.rbuf);
+            // Room for one read of `read_hint` bytes: a busy publisher's reads grow so one
+            // read (and one router message) carries many packets. After an idle release
+            // the buffer is empty and the first read is small (BytesMut takes 64 bytes).
+            if self.rbuf.capacity() > 0 && self.rbuf.capacity() - self.rbuf.len() < read_hint / 2 {
+                self.rbuf.reserve(read_hint);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => {
+                    if v5mode {
+                        self.state.encode(&disconnect_packet(0x8B, "server shutting down"));
                     }
-                    Err(e) => {
-                        debug!(client_id = %LogStr(&state.identity.client_id), %peer, error = %e, "Connection read failed.");
-                        break End::Abnormal;
-                    }
-                    Ok(n) => {
-                        shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                        if let Some(k) = keepalive {
-                            sleep.as_mut().reset(Instant::now() + k);
+                    break End::Server;
+                }
+                batch = self.out_rx.recv() => {
+                    let Some(batch) = batch else { break End::Server };
+                    self.backlog.taken(&batch);
+                    let mut close = self.state.encode_batch(batch);
+                    while !close {
+                        match self.out_rx.try_recv() {
+                            Ok(batch) => {
+                                self.backlog.taken(&batch);
+                                close = self.state.encode_batch(batch);
+                            }
+                            Err(_) => break,
                         }
-                        if n >= spare {
-                            read_hint = (read_hint * 2).min(MAX_READ);
-                        } else if n < read_hint / 4 {
-                            read_hint = (read_hint / 2).max(READ_BUFFER);
+                    }
+                    if close {
+                        drain = true;
+                        break End::Server;
+                    }
+                    buffers_held = true;
+                    if stalled && !self.state.inbound_full() {
+                        // The stall was ours: the client gets a full keep alive period again.
+                        if let Some(k) = keepalive {
+                            keepalive_at = Instant::now() + k;
+                            sleep.as_mut().reset(keepalive_at);
                         }
                         parse = true;
                     }
                 }
-            }
-            changed = revalidate.changed(), if revalidate_open => {
-                if changed.is_err() {
-                    revalidate_open = false;
-                    continue;
+                read = stream.read_buf(&mut self.rbuf), if !stalled => {
+                    match read {
+                        Ok(0) => {
+                            debug!(client_id = %LogStr(&self.state.identity.client_id), %peer, "Connection closed by client without DISCONNECT.");
+                            break End::Abnormal;
+                        }
+                        Err(e) => {
+                            debug!(client_id = %LogStr(&self.state.identity.client_id), %peer, error = %e, "Connection read failed.");
+                            break End::Abnormal;
+                        }
+                        Ok(n) => {
+                            shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            let now = Instant::now();
+                            if let Some(k) = keepalive {
+                                keepalive_at = now + k;
+                            }
+                            buffers_held = true;
+                            sleep.as_mut().reset((now + IDLE_RELEASE).min(keepalive_at));
+                            if n >= spare {
+                                read_hint = (read_hint * 2).min(MAX_READ);
+                            } else if n < read_hint / 4 {
+                                read_hint = (read_hint / 2).max(READ_BUFFER);
+                            }
+                            parse = true;
+                        }
+                    }
                 }
-                let check = revalidate.borrow_and_update().clone();
-                if let Some(verdict) = check.and_then(|check| check(&credentials)) {
-                    warn!(target: "audit", listener = %info.listener.name, %peer, client_id = %LogStr(&credentials.identity.client_id), username = %LogStr::opt(credentials.identity.username.as_deref()), via = ?credentials.identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
+                changed = self.revalidate.changed(), if revalidate_open => {
+                    if changed.is_err() {
+                        revalidate_open = false;
+                        continue;
+                    }
+                    let check = self.revalidate.borrow_and_update().clone();
+                    if let Some(verdict) = check.and_then(|check| check(&self.credentials)) {
+                        warn!(target: "audit", listener = %self.credentials.listener, %peer, client_id = %LogStr(&self.credentials.identity.client_id), username = %LogStr::opt(self.credentials.identity.username.as_deref()), via = ?self.credentials.identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
+                        if v5mode {
+                            wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), self.client_max_packet, &mut self.state.wbuf);
+                        }
+                        drain = true;
+                        break End::Revoked;
+                    }
+                }
+                _ = &mut sleep, if !stalled => {
+                    if Instant::now() < keepalive_at {
+                        // Quiet for IDLE_RELEASE: give the buffers back until traffic returns.
+                        if buffers_held {
+                            if self.rbuf.is_empty() {
+                                self.rbuf = BytesMut::new();
+                            }
+                            self.state.release_idle_memory();
+                            buffers_held = false;
+                            read_hint = READ_BUFFER;
+                        }
+                        sleep.as_mut().reset(keepalive_at);
+                        continue;
+                    }
+                    if keepalive.is_none() {
+                        // No keep alive: the far deadline passed; wait another one.
+                        keepalive_at = Instant::now() + far;
+                        sleep.as_mut().reset(keepalive_at);
+                        continue;
+                    }
+                    if log_limit::event(Kind::Timeout) {
+                        info!(client_id = %LogStr(&self.state.identity.client_id), %peer, keep_alive, "Client disconnected: keep alive timeout.");
+                    }
                     if v5mode {
-                        let max = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
-                        wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), max, &mut state.wbuf);
+                        self.state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
                     }
-                    break End::Revoked;
-                }
-            }
-            _ = &mut sleep, if keepalive.is_some() && !stalled => {
-                if log_limit::event(Kind::Timeout) { info!(client_id = %LogStr(&state.identity.client_id), %peer, keep_alive, "Client disconnected: keep alive timeout."); }
-                if v5mode {
-                    state.encode(&disconnect_packet(0x8D, "keep alive timeout"));
-                }
-                break End::Abnormal;
-            }
-        }
-        if parse {
-            let mut items = Vec::with_capacity(items_hint);
-            let outcome = state.process(&mut rbuf, &mut items);
-            items_hint = items.len().clamp(1, 256);
-            if !items.is_empty()
-                && shared
-                    .router_tx
-                    .send(RouterMsg::Inbound { conn, items })
-                    .await
-                    .is_err()
-            {
-                break End::Server;
-            }
-            if rbuf.is_empty() && rbuf.capacity() > 4 * read_hint {
-                rbuf = BytesMut::with_capacity(read_hint);
-            }
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(end)) => break end,
-                Err(v) => {
-                    if log_limit::event(Kind::ProtocolViolation) {
-                        warn!(client_id = %LogStr(&state.identity.client_id), %peer, code = v.code, reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
-                    }
-                    if v5mode {
-                        state.encode(&disconnect_packet(v.code, &v.reason));
-                    }
+                    drain = true;
                     break End::Abnormal;
                 }
             }
+        };
+        // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
+        write_last(stream, &shared, &mut self.state.wbuf).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        let (send_will, session_expiry) = match end {
+            End::Disconnect {
+                send_will,
+                session_expiry,
+            } => (send_will, session_expiry),
+            End::Abnormal => (true, None),
+            End::Server | End::Revoked => (false, None),
+        };
+        let _ = shared
+            .router_tx
+            .send(RouterMsg::Closed {
+                conn,
+                send_will,
+                session_expiry,
+            })
+            .await;
+        // The router is told first: a takeover or the will does not wait for the drain.
+        if drain && !shared.shutdown.is_cancelled() {
+            discard_until_eof(stream, &mut self.rbuf).await;
         }
-        if !state.wbuf.is_empty() && !write_now(&mut stream, &shared, &mut state.wbuf).await {
-            debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection write failed or timed out.");
-            break End::Abnormal;
+        debug!(client_id = %LogStr(&self.state.identity.client_id), %peer, "Connection task finished.");
+    }
+}
+
+/// Read and discard until EOF, an error or `DRAIN_LIMIT`: the client reads the broker's
+/// last packet and the FIN instead of a reset caused by its unread bytes.
+async fn discard_until_eof<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    loop {
+        buf.clear();
+        buf.reserve(READ_BUFFER);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
-        if state.wbuf.capacity() > SHRINK_ABOVE {
-            state.wbuf = BytesMut::new();
-        }
-    };
-    // The last words (DISCONNECT) get a short limit so shutdown drains promptly.
-    write_last(&mut stream, &shared, &mut state.wbuf).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    let (send_will, session_expiry) = match end {
-        End::Disconnect {
-            send_will,
-            session_expiry,
-        } => (send_will, session_expiry),
-        End::Abnormal => (true, None),
-        End::Server | End::Revoked => (false, None),
-    };
-    let _ = shared
-        .router_tx
-        .send(RouterMsg::Closed {
-            conn,
-            send_will,
-            session_expiry,
-        })
-        .await;
-    debug!(client_id = %LogStr(&state.identity.client_id), %peer, "Connection task finished.");
+    }
 }
 
 struct ConnState {
@@ -827,6 +981,20 @@ impl ConnState {
         }
         if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
             warn!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, error = %e, "Packet not sent: encoding failed.");
+        }
+    }
+
+    /// Give back the write buffer and the capacity of empty per-connection tables after
+    /// a quiet spell (an idle connection should hold no buffers).
+    fn release_idle_memory(&mut self) {
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+        if self.inbound_qos.is_empty() {
+            self.inbound_qos.shrink_to_fit();
+        }
+        if self.awaiting_ack.is_empty() {
+            self.awaiting_ack.shrink_to_fit();
         }
     }
 
@@ -1212,6 +1380,46 @@ mod tests {
 
     fn asked(a: &Arc<Counting>) -> usize {
         a.0.load(Ordering::Relaxed)
+    }
+
+    /// What an idle connection's task holds is the session future: the CONNECT phase
+    /// (decode buffers, authentication request, CONNACK) is boxed and freed before it.
+    #[tokio::test]
+    async fn session_future_holds_none_of_the_connect_phase() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let broker = super::super::Broker::start(
+            super::super::BrokerSettings::default(),
+            Arc::new(crate::auth::AnonymousOnly),
+            Arc::new(crate::acl::AllowAll),
+            shutdown.clone(),
+        );
+        let shared = broker.shared.clone();
+        let (stream, _peer) = tokio::io::duplex(64);
+        let info = ConnectionInfo {
+            peer: ([127, 0, 0, 1], 1).into(),
+            listener: Arc::new(super::super::ListenerContext {
+                name: Arc::from("test"),
+                allow_anonymous: true,
+                password_auth: true,
+                ..Default::default()
+            }),
+            certificate_identity: None,
+            peer_certificates: None,
+            connect_deadline: Instant::now(),
+        };
+        let run_size = std::mem::size_of_val(&run(shared.clone(), stream, info.clone()));
+        let (mut stream, _peer) = tokio::io::duplex(64);
+        let connect_size =
+            std::mem::size_of_val(&connect_phase(&shared, &mut stream, info.clone()));
+        eprintln!(
+            "run future {run_size} B, connect phase {connect_size} B, session {} B",
+            std::mem::size_of::<Session>()
+        );
+        assert!(
+            run_size < connect_size,
+            "the CONNECT phase is boxed, not part of the session future"
+        );
+        shutdown.cancel();
     }
 
     #[test]

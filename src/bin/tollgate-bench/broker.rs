@@ -67,6 +67,12 @@ pub struct Broker {
 }
 
 /// Clock ticks per second for /proc/PID/stat (`getconf CLK_TCK`, 100 if unknown).
+/// Environment that systemd/tollgate.service gives tollgate (the allocator policy).
+pub const TOLLGATE_UNIT_ENV: [(&str, &str); 2] = [
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ("MIMALLOC_PURGE_DELAY", "0"),
+];
+
 pub fn clk_tck() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -112,6 +118,12 @@ impl Broker {
         match flavor {
             Flavor::Tollgate => {
                 cmd.arg("run").arg("-c").arg(config);
+                // The allocator policy of systemd/tollgate.service, unless the caller set one.
+                for (key, value) in TOLLGATE_UNIT_ENV {
+                    if std::env::var_os(key).is_none() {
+                        cmd.env(key, value);
+                    }
+                }
             }
             Flavor::Mosquitto => {
                 cmd.arg("-c").arg(config);

@@ -208,6 +208,7 @@ pub fn json(rows: &[Row], a_name: &str, b_name: &str, meta: Value) -> Value {
             json!({
                 "metric": r.metric,
                 "unit": r.unit,
+                "decimals": r.decimals,
                 a_name: cell_json(&r.a),
                 b_name: cell_json(&r.b),
                 "ratio": r.ratio(),
@@ -216,6 +217,81 @@ pub fn json(rows: &[Row], a_name: &str, b_name: &str, meta: Value) -> Value {
         })
         .collect();
     json!({ "meta": meta, "columns": [a_name, b_name], "rows": rows })
+}
+
+/// Render `--json` output as Markdown for the README: the run's facts, then one table.
+pub fn markdown(result: &Value) -> anyhow::Result<String> {
+    let meta = &result["meta"];
+    let columns: Vec<&str> = result["columns"]
+        .as_array()
+        .map(|c| c.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let [a_name, b_name] = columns[..] else {
+        anyhow::bail!("the JSON has no two \"columns\"");
+    };
+    let text = |v: &Value| v.as_str().unwrap_or("unknown").to_string();
+    let mut out = String::new();
+    out.push_str(&format!("`{}`\n\n", text(&meta["command"])));
+    out.push_str(&format!(
+        "Commit {}, {}; {}; {}.\n",
+        text(&meta["commit"]),
+        text(&meta["date"]),
+        text(&meta["machine"]),
+        text(&meta["setup"]),
+    ));
+    if let Some(v) = meta["versions"].as_object() {
+        let versions: Vec<String> = v.iter().map(|(k, v)| format!("{k}: {}", text(v))).collect();
+        out.push_str(&format!("Versions: {}.\n", versions.join("; ")));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "| metric | {a_name} | {b_name} | ratio | target |\n|---|---:|---:|---:|---|\n"
+    ));
+    let rows = result["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for r in rows {
+        let decimals = r["decimals"].as_u64().unwrap_or(1) as usize;
+        let unit = text(&r["unit"]);
+        let metric = text(&r["metric"]);
+        // Sub-rows keep their indent visible in Markdown.
+        let metric = match metric.strip_prefix("  ") {
+            Some(sub) => format!("&nbsp;&nbsp;{sub}"),
+            None => metric,
+        };
+        let cell = |c: &Value| -> String {
+            if let Some(e) = c["error"].as_str() {
+                let _ = e;
+                return "n/a".into();
+            }
+            let value = c["value"]
+                .as_f64()
+                .map_or("n/a".into(), |v| fmt_value(v, decimals));
+            match c["note"].as_str() {
+                Some(n) => format!("{value} ({})", n.split(", first:").next().unwrap_or(n)),
+                None => value,
+            }
+        };
+        let ratio = r["ratio"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.2}x"));
+        let label = if unit.is_empty() {
+            metric
+        } else {
+            format!("{metric} ({unit})")
+        };
+        out.push_str(&format!(
+            "| {label} | {} | {} | {ratio} | {} |\n",
+            cell(&r[a_name]),
+            cell(&r[b_name]),
+            text(&r["target"]).replace("unknown", ""),
+        ));
+    }
+    if let Some(notes) = meta["notes"].as_array().filter(|n| !n.is_empty()) {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&format!("- {}\n", text(n)));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -250,6 +326,22 @@ mod tests {
             Target::RatioAtLeast(2.0),
         );
         assert!(lossy.target_text().ends_with("MISSED"));
+    }
+
+    #[test]
+    fn markdown_renders_the_json_rows() {
+        let rows = vec![
+            row(cell(1234.0), cell(617.0), Target::RatioAtLeast(2.0)),
+            row(Err("did not start".into()), cell(1.0), Target::None),
+        ];
+        let meta = json!({ "command": "cargo run", "commit": "abc1234" });
+        let md = markdown(&json(&rows, "tollgate", "mosquitto", meta)).unwrap();
+        assert!(
+            md.contains("| m (msg/s) | 1,234 | 617 | 2.00x | >= 2.0x met |"),
+            "{md}"
+        );
+        assert!(md.contains("| m (msg/s) | n/a | 1 | - |  |"), "{md}");
+        assert!(md.contains("Commit abc1234"), "{md}");
     }
 
     #[test]
