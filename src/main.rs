@@ -14,6 +14,7 @@ use tollgate::telemetry::{self, LogFormat};
 /// mimalloc gives freed pages back to the kernel (with the unit's MIMALLOC_PURGE_DELAY=0 at
 /// once), so RSS falls back after a burst; glibc's malloc keeps them (README, "Memory and
 /// the allocator", with the figures).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
