@@ -532,7 +532,10 @@ async fn topic_alias(data: &[u8]) {
         out.extend_from_slice(&[0xE0, 0x00]); // DISCONNECT, normal
     }
     // The broker closes after a DISCONNECT either way; a write error means it already has.
+    // Closing our side too ends the broker's drain after its own DISCONNECT at once (a
+    // real client closes when it reads the DISCONNECT; here we read to the end instead).
     let _ = client.write_all(&out).await;
+    let _ = client.shutdown().await;
     tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received))
         .await
         .expect("the broker closes the connection")
