@@ -2,9 +2,10 @@
 //! caches per-callsite interest process-wide, which races with tests that run without a
 //! subscriber.
 
-use std::io::Write;
+mod log_capture;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tollgate::auth::{
     AuthRequest, Authenticator, HashScheme, PasswordAuthSettings, PasswordAuthenticator,
@@ -40,30 +41,10 @@ fn from(mut r: AuthRequest, peer: &str) -> AuthRequest {
     r
 }
 
-/// Collects formatted log output for assertions.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn audit_events_record_decisions_and_never_the_password() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = log_capture::Captured::default();
+    let _guard = tracing::subscriber::set_default(captured.subscriber("info"));
 
     let a = auth();
     a.authenticate(request(Some("alice"), Some(ALICE_PW)))
@@ -76,7 +57,7 @@ async fn audit_events_record_decisions_and_never_the_password() {
         ))
         .await;
 
-    let out = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let out = captured.text();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].contains("audit"), "{out}");

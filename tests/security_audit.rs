@@ -4,46 +4,19 @@
 //! global subscriber: tracing caches per-callsite interest process-wide, and connection
 //! tasks run on every worker thread.
 
+mod log_capture;
 mod security_util;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use security_util::*;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Every `audit` line of this process (other targets are not captured).
-fn audit_log() -> &'static Captured {
-    static LOG: OnceLock<Captured> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_target(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("audit=debug"))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        captured
-    })
+fn audit_log() -> &'static log_capture::Captured {
+    log_capture::global("audit=debug")
 }
 
 fn lines_with(needle: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&audit_log().0.lock().expect("lock")).into_owned();
+    let text = audit_log().text();
     text.lines()
         .filter(|l| l.contains(needle))
         .map(str::to_string)
@@ -197,7 +170,7 @@ async fn authentication_certificates_acl_denials_and_reloads_are_audited_without
             || !lines_with("Configuration reload refused").is_empty()
     );
 
-    let all = String::from_utf8_lossy(&audit_log().0.lock().expect("lock")).into_owned();
+    let all = audit_log().text();
     for secret in [SECRET_PASSWORD, WRONG_PASSWORD, SECRET_PAYLOAD] {
         assert!(!all.contains(secret), "{secret} leaked into the audit log");
     }

@@ -7,9 +7,9 @@
 //! per-callsite interest process-wide, and connection tasks run on every worker thread.
 
 mod common;
+mod log_capture;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,38 +20,13 @@ use tollgate::acl::{Acl, Authorizer};
 use tollgate::auth::{HashScheme, PasswordAuthSettings, PasswordAuthenticator, PasswordFile};
 use tollgate::telemetry::limit::{LogLimitSettings, DEFAULT_PER_CONNECTION, DEFAULT_PER_PEER};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Every line of this process at `info` and above, as the text format writes it.
-fn log() -> &'static Captured {
-    static LOG: OnceLock<Captured> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_target(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        captured
-    })
+fn log() -> &'static log_capture::Captured {
+    log_capture::global("info")
 }
 
 fn text() -> String {
-    String::from_utf8_lossy(&log().0.lock().expect("lock")).into_owned()
+    log().text()
 }
 
 fn lines_with(needles: &[&str]) -> Vec<String> {
