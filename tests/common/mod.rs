@@ -693,7 +693,19 @@ pub fn tollgate_env(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    // Under qemu-user without binfmt_misc a foreign binary cannot be exec'd directly:
+    // scripts/cross-test.sh sets CROSS_TEST_RUNNER to the runner cargo uses.
+    let runner = std::env::var("CROSS_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    let mut command = match runner.next() {
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(runner).arg(env!("CARGO_BIN_EXE_tollgate"));
+            command
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")),
+    };
+    command
         .args(args)
         .current_dir(dir)
         .env("HOME", dir)
