@@ -1,6 +1,8 @@
 //! `tollgate acl explain`: argument parsing, rule sources (acl_file or config),
 //! and a report that names the deciding rule.
 
+mod common;
+
 use std::io::Write;
 
 use clap::Parser;
@@ -27,7 +29,7 @@ fn temp(text: &str) -> tempfile::NamedTempFile {
 
 /// `tollgate acl explain ARGS` as an operator runs it: what it printed (exit 0 asserted).
 fn explain_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let out = common::tollgate_command()
         .args(["acl", "explain"])
         .args(args)
         .output()

@@ -687,25 +687,29 @@ pub fn tollgate(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     tollgate_env(args, dir, &[])
 }
 
-/// [`tollgate`] with extra environment variables.
-pub fn tollgate_env(
-    args: &[&str],
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    // Under qemu-user without binfmt_misc a foreign binary cannot be exec'd directly:
-    // scripts/cross-test.sh sets CROSS_TEST_RUNNER to the runner cargo uses.
+/// The `tollgate` binary as a command; under qemu-user without binfmt_misc a foreign
+/// binary cannot be exec'd directly, so it runs through `CROSS_TEST_RUNNER`, which
+/// scripts/cross-test.sh sets to the runner cargo uses.
+pub fn tollgate_command() -> std::process::Command {
     let runner = std::env::var("CROSS_TEST_RUNNER").unwrap_or_default();
     let mut runner = runner.split_whitespace();
-    let mut command = match runner.next() {
+    match runner.next() {
         Some(program) => {
             let mut command = std::process::Command::new(program);
             command.args(runner).arg(env!("CARGO_BIN_EXE_tollgate"));
             command
         }
         None => std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")),
-    };
-    command
+    }
+}
+
+/// [`tollgate`] with extra environment variables.
+pub fn tollgate_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    tollgate_command()
         .args(args)
         .current_dir(dir)
         .env("HOME", dir)
