@@ -394,12 +394,10 @@ where
             let max_levels = settings.max_topic_levels;
             let valid = topics::topic_from_bytes(&w.topic)
                 .map_err(|e| e.to_string())
-                .and_then(|t| topics::validate_topic_name(t).map_err(|e| e.to_string()).map(|()| t))
-                .and_then(|t| match topics::level_count(t) {
-                    n if n > max_levels => Err(format!(
-                        "will topic has {n} levels; this broker allows at most {max_levels} (broker.max_topic_levels)"
-                    )),
-                    _ => Ok(()),
+                .and_then(|t| {
+                    topics::validate_topic_name(t)
+                        .and_then(|()| topics::check_levels(t, max_levels))
+                        .map_err(|e| format!("will {e}"))
                 });
             if let Err(reason) = valid {
                 if log_limit::event(Kind::InvalidConnect) {
@@ -1134,17 +1132,13 @@ impl ConnState {
                 ),
             ));
         }
-        let levels = topics::level_count(topic);
-        if levels > settings.max_topic_levels {
-            let reason = format!(
-                "topic name has {levels} levels; this broker allows at most {} (broker.max_topic_levels)",
-                settings.max_topic_levels
-            );
+        if let Err(e) = topics::check_levels(topic, settings.max_topic_levels) {
+            let reason = format!("topic name invalid: {e}");
             if !self.v5() {
                 // v3.1.1 has no negative acknowledgement: the connection is closed.
                 return Err(violation(0x90, reason));
             }
-            debug!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, levels, "PUBLISH refused: too many topic levels.");
+            debug!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, %reason, "PUBLISH refused: too many topic levels.");
             self.refuse_publish(
                 &p,
                 v5::PubAckReason::TopicNameInvalid,
@@ -1298,7 +1292,9 @@ pub(crate) fn check_filter(
         }
         Ok(None) => f.path.as_str(),
     };
-    if topics::level_count(inner) > max_levels || topics::validate_topic_filter(inner).is_err() {
+    if topics::check_levels(inner, max_levels).is_err()
+        || topics::validate_topic_filter(inner).is_err()
+    {
         return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
     }
     let decision = authorizer.check(identity, Access::Subscribe, inner);

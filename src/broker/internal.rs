@@ -235,13 +235,8 @@ impl InternalClient {
         topics::validate_topic_name(topic).map_err(|e| {
             BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
         })?;
-        let max_levels = self.shared.settings.max_topic_levels;
-        let levels = topics::level_count(topic);
-        if levels > max_levels {
-            return Err(BrokerError::Refused(format!(
-                "topic name invalid (0x90): {levels} levels; this broker allows at most {max_levels} (broker.max_topic_levels)"
-            )));
-        }
+        topics::check_levels(topic, self.shared.settings.max_topic_levels)
+            .map_err(|e| BrokerError::Refused(format!("topic name invalid (0x90): {e}")))?;
         let authorizer = self.shared.authorizer();
         if !crate::acl::authorize_write(&*authorizer, &self.identity, topic, None) {
             return Err(BrokerError::Refused(format!(

@@ -495,7 +495,7 @@ fn valid_unsubscribe_filter(filter: &str, max_levels: usize) -> bool {
         Ok(None) => filter,
         Err(_) => return false,
     };
-    topics::level_count(inner) <= max_levels && topics::validate_topic_filter(inner).is_ok()
+    topics::check_levels(inner, max_levels).is_ok() && topics::validate_topic_filter(inner).is_ok()
 }
 
 fn max_qos(a: QoS, b: QoS) -> QoS {
