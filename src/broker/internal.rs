@@ -178,8 +178,7 @@ pub(crate) async fn connect(
     for item in first {
         match item {
             Outgoing::Packet(p) if matches!(*p, v5::Packet::ConnAck(_)) => {
-                // The CONNACK: one item without message bytes.
-                client.backlog.taken(&[Outgoing::Close]);
+                client.backlog.taken_control();
                 let v5::Packet::ConnAck(c) = *p else {
                     continue;
                 };

@@ -170,6 +170,11 @@ impl Backlog {
         )
     }
 
+    /// The client took one control packet (no message bytes) off the channel.
+    pub(crate) fn taken_control(&self) {
+        self.items.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// The connection took these items off the channel.
     pub(crate) fn taken(&self, items: &[Outgoing]) {
         let bytes: usize = items
