@@ -5,6 +5,8 @@
 //! within the grace period. It must never run with a half-applied configuration and
 //! never spawn a task it does not track.
 
+mod certs;
+mod components;
 mod core;
 mod hints;
 pub mod listener;
@@ -24,17 +26,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub use self::certs::{watched_certificates, CertificateWatch, CERT_WATCH_IDENTITY};
+use self::components::Components;
+use self::core::CoreConnector;
 pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::{set_tcp_keepalive, ClientStream, TcpKeepalive};
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 pub use self::security::{
     build_security, log_security, password_file_warning, password_settings, security_warnings,
-    watched_certificates, Security, CERT_WATCH_IDENTITY,
+    Security,
 };
 
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
+use crate::component::{grant_table, Component, HealthBoard};
 use crate::config::{self, Config, LoadedConfig, Transport};
 use crate::pki::{self, DevPki};
 use crate::telemetry::notify;
@@ -192,7 +198,8 @@ pub fn preflight(config: &Config) -> Preflight {
             .problems
             .extend(e.to_string().lines().map(str::to_string));
     }
-    match build_security(config, None) {
+    let grants = grant_table(&builtin_components(config, None));
+    match build_security(config, None, grants) {
         Ok(security) => report.warnings = security_warnings(&security),
         Err(problems) => report.problems.extend(problems),
     }
@@ -235,6 +242,16 @@ impl ReloadHandle {
     }
 }
 
+/// Builds extra components from each configuration (embedding and tests; the gateway's
+/// own components come from [`builtin_components`]).
+pub type ComponentSource = Arc<dyn Fn(&Config) -> Vec<Box<dyn Component>> + Send + Sync>;
+
+/// The gateway's own components for `config`: THE place where a new kind of component
+/// (bridge, adapter) is added, in start order.
+pub fn builtin_components(config: &Config, dev_pki: Option<&DevPki>) -> Vec<Box<dyn Component>> {
+    vec![Box::new(CertificateWatch::from_config(config, dev_pki))]
+}
+
 struct BoundListener {
     name: Arc<str>,
     socket: TcpListener,
@@ -255,10 +272,16 @@ pub struct App {
     core: Arc<dyn Core>,
     /// Authenticator and ACL in force (the base of the next reload).
     security: Security,
-    /// Every task `run` spawns (accept loops, connections, health, certificate watch).
+    /// Every task `run` spawns (accept loops, connections, health, components' stops).
     tasks: TaskTracker,
-    /// Stops the current certificate expiry watch (replaced when a reload changes the files).
-    cert_watch: Option<(Vec<(String, std::path::PathBuf)>, CancellationToken)>,
+    /// Extra component sources besides [`builtin_components`], asked again on reload.
+    sources: Vec<ComponentSource>,
+    /// Built by `build`, started by `run` after the listeners.
+    unstarted: Vec<Box<dyn Component>>,
+    /// The started components.
+    components: Components,
+    /// Components' health, shown in the systemd STATUS line.
+    health: HealthBoard,
     admission: Arc<Admission>,
     /// Cancelled on shutdown: the broker disconnects clients (v5 reason 0x8B).
     broker_shutdown: CancellationToken,
@@ -269,12 +292,7 @@ pub struct App {
 impl App {
     /// Build the gateway around tollgate's broker core.
     pub async fn build(loaded: LoadedConfig) -> Result<App, AppError> {
-        App::build_with_core(loaded, |settings, authn, authz, token| {
-            Arc::new(BrokerCore::new(Broker::start(
-                settings, authn, authz, token,
-            ))) as Arc<dyn Core>
-        })
-        .await
+        App::build_with_components(loaded, Vec::new()).await
     }
 
     /// Build the gateway around any `Core` (tests use fakes that need no MQTT).
@@ -287,9 +305,45 @@ impl App {
             CancellationToken,
         ) -> Arc<dyn Core>,
     {
+        App::build_with_parts(loaded, make_core, Vec::new()).await
+    }
+
+    /// Build the gateway around tollgate's broker core with extra components (each
+    /// source is asked for its components at start and again on every reload).
+    pub async fn build_with_components(
+        loaded: LoadedConfig,
+        sources: Vec<ComponentSource>,
+    ) -> Result<App, AppError> {
+        App::build_with_parts(
+            loaded,
+            |settings, authn, authz, token| {
+                Arc::new(BrokerCore::new(Broker::start(
+                    settings, authn, authz, token,
+                ))) as Arc<dyn Core>
+            },
+            sources,
+        )
+        .await
+    }
+
+    async fn build_with_parts<F>(
+        loaded: LoadedConfig,
+        make_core: F,
+        sources: Vec<ComponentSource>,
+    ) -> Result<App, AppError>
+    where
+        F: FnOnce(
+            BrokerSettings,
+            Arc<dyn Authenticator>,
+            Arc<dyn Authorizer>,
+            CancellationToken,
+        ) -> Arc<dyn Core>,
+    {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
-        let security = build_security(&config, None).map_err(AppError::Setup)?;
+        let unstarted = all_components(&config, dev_pki.as_ref(), &sources);
+        let security =
+            build_security(&config, None, grant_table(&unstarted)).map_err(AppError::Setup)?;
         log_security(&config, &security, "Start");
 
         let mut listeners = Vec::new();
@@ -334,7 +388,13 @@ impl App {
             broker_shutdown.clone(),
         );
         let (reload_requests, reload_inbox) = mpsc::channel(4);
+        let tasks = TaskTracker::new();
+        let health = HealthBoard::default();
         Ok(App {
+            components: Components::new(Arc::new(CoreConnector(core.clone())), health.clone()),
+            health,
+            sources,
+            unstarted,
             admission: Arc::new(Admission::new(config.broker.max_connections)),
             started: config.clone(),
             current: config,
@@ -344,8 +404,7 @@ impl App {
             dev_pki,
             core,
             security,
-            tasks: TaskTracker::new(),
-            cert_watch: None,
+            tasks,
             broker_shutdown,
             reload_requests,
             reload_inbox,
@@ -360,6 +419,11 @@ impl App {
     /// The development PKI in use, if any listener relies on it.
     pub fn dev_pki(&self) -> Option<&DevPki> {
         self.dev_pki.as_ref()
+    }
+
+    /// The components' health (what the systemd STATUS line summarises).
+    pub fn component_health(&self) -> HealthBoard {
+        self.health.clone()
     }
 
     /// A handle that triggers reloads like SIGHUP does.
@@ -393,11 +457,14 @@ impl App {
                 .run(),
             );
         }
-        self.restart_certificate_watch();
+        for component in std::mem::take(&mut self.unstarted) {
+            self.components.start(component);
+        }
         self.announce_ready();
         tracker.spawn(health_loop(
             self.core.clone(),
             self.admission.clone(),
+            self.health.clone(),
             self.broker_shutdown.clone(),
             notify::watchdog_interval(),
         ));
@@ -408,37 +475,15 @@ impl App {
                 _ = &mut shutdown => break,
                 _ = hangup.recv() => {
                     info!(config = %self.current.source.label(), "SIGHUP received: reloading the configuration.");
-                    let _ = self.reload();
+                    let _ = self.reload().await;
                 }
                 Some(reply) = self.reload_inbox.recv() => {
-                    let _ = reply.send(self.reload());
+                    let _ = reply.send(self.reload().await);
                 }
             }
         }
         self.drain(tracker, stop_accepting).await;
         Ok(())
-    }
-
-    /// Start the expiry watch for the current configuration's certificates, replacing a
-    /// running one only when the set of files changed.
-    fn restart_certificate_watch(&mut self) {
-        let certs = watched_certificates(&self.current, self.dev_pki.as_ref());
-        if let Some((watched, _)) = &self.cert_watch {
-            if *watched == certs {
-                return;
-            }
-        }
-        if let Some((_, stop)) = self.cert_watch.take() {
-            stop.cancel();
-        }
-        let stop = self.broker_shutdown.child_token();
-        security::spawn_certificate_watch(
-            certs.clone(),
-            self.core.clone(),
-            &self.tasks,
-            stop.clone(),
-        );
-        self.cert_watch = Some((certs, stop));
     }
 
     fn announce_ready(&self) {
@@ -473,9 +518,9 @@ impl App {
     }
 
     /// Validate the configuration file completely, then swap; on any problem nothing changes.
-    fn reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
+    async fn reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
         notify::reloading();
-        let outcome = self.try_reload();
+        let outcome = self.try_reload().await;
         match &outcome {
             Ok(report) => {
                 for change in &report.ignored_until_restart {
@@ -499,7 +544,10 @@ impl App {
         outcome
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
+    /// Build everything from the file first (nothing changes on a problem), then drain
+    /// the components the reload removes or replaces (with their old grants), swap the
+    /// listener and security state, and start or live-reload the rest.
+    async fn try_reload(&mut self) -> Result<ReloadReport, ReloadFailed> {
         let fail = |problems: Vec<String>| ReloadFailed { problems };
         let loaded = config::load(&self.current.source).map_err(|e| fail(e.problems()))?;
         for w in &loaded.warnings {
@@ -510,8 +558,13 @@ impl App {
             AppError::Setup(problems) => fail(problems),
             other => fail(vec![other.to_string()]),
         })?;
-        let security = build_security(&new, Some(&self.security)).map_err(fail)?;
+        let components = all_components(&new, self.dev_pki.as_ref(), &self.sources);
+        let security =
+            build_security(&new, Some(&self.security), grant_table(&components)).map_err(fail)?;
         let ignored = restart_only_changes(&self.started, &new);
+        let (stopping, pending) = self.components.begin_reload(components);
+        let deadline = tokio::time::Instant::now() + new.shutdown.grace_period;
+        stopping.finished(deadline, &self.tasks).await;
 
         // Everything is built: swap. Listeners whose transport changed keep their old
         // state (a TLS port must never turn into plain text without a restart).
@@ -535,7 +588,7 @@ impl App {
         log_security(&new, &security, "Reload");
         let old = std::mem::replace(&mut self.security, security);
         self.current = new;
-        self.restart_certificate_watch();
+        self.components.finish_reload(pending);
         // New CA/CRL, passwords and listener flags in force: end the sessions whose
         // credentials no longer hold.
         self.core.revalidate(revalidate::session_check(
@@ -548,8 +601,12 @@ impl App {
         })
     }
 
-    async fn drain(self, tracker: TaskTracker, stop_accepting: CancellationToken) {
+    /// Shutdown in the stated order: stop accepting (inputs), drain the components stage
+    /// by stage (adapters, bridges, services), then the broker disconnects its clients
+    /// (v5 0x8B) and stops; all within the grace period.
+    async fn drain(mut self, tracker: TaskTracker, stop_accepting: CancellationToken) {
         let grace = self.current.shutdown.grace_period;
+        let deadline = tokio::time::Instant::now() + grace;
         notify::stopping();
         notify::status("Stopping: draining connections.");
         info!(
@@ -558,6 +615,11 @@ impl App {
             "Shutting down: no longer accepting, asking clients to disconnect."
         );
         stop_accepting.cancel();
+        self.components.drain(deadline).await;
+        // A round trip through the router: everything the components published while
+        // draining has been handed to the connections, which write it before their
+        // DISCONNECT.
+        let _ = tokio::time::timeout_at(deadline, self.core.health()).await;
         self.broker_shutdown.cancel();
         tracker.close();
         let core = self.core.clone();
@@ -565,7 +627,7 @@ impl App {
             tracker.wait().await;
             core.drained().await;
         };
-        match tokio::time::timeout(grace, drained).await {
+        match tokio::time::timeout_at(deadline, drained).await {
             Ok(()) => info!("All connections closed; exiting."),
             Err(_) => warn!(
                 open_connections = self.admission.open_connections(),
@@ -573,6 +635,19 @@ impl App {
             ),
         }
     }
+}
+
+/// The built-in components plus those of every extra source, for `config`.
+fn all_components(
+    config: &Config,
+    dev_pki: Option<&DevPki>,
+    sources: &[ComponentSource],
+) -> Vec<Box<dyn Component>> {
+    let mut all = builtin_components(config, dev_pki);
+    for source in sources {
+        all.extend(source(config));
+    }
+    all
 }
 
 fn current_is_tls(slot: &StateSlot) -> bool {
@@ -621,6 +696,7 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
 async fn health_loop(
     core: Arc<dyn Core>,
     admission: Arc<Admission>,
+    components: HealthBoard,
     shutdown: CancellationToken,
     watchdog: Option<Duration>,
 ) {
@@ -641,11 +717,16 @@ async fn health_loop(
                     notify::watchdog_ping();
                 }
                 let open = admission.open_connections();
-                notify::status(&if detail.is_empty() {
+                let mut line = if detail.is_empty() {
                     format!("Serving {open} connections.")
                 } else {
                     format!("Serving {open} connections; {detail}")
-                });
+                };
+                let problems = components.problems();
+                if !problems.is_empty() {
+                    line.push_str(&format!(" Components: {problems}."));
+                }
+                notify::status(&line);
             }
             Ok(Err(reason)) => {
                 warn!(%reason, "Health check failed: the router reported an error; withholding the watchdog ping.")

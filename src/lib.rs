@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod component;
 pub mod config;
 pub mod fsutil;
 pub mod pki;

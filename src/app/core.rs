@@ -3,18 +3,15 @@
 //! probe). `Broker` implements it; tests implement it with small fakes so listeners,
 //! limits, reload and drain are tested without MQTT. It must never hold policy.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions, RevalidateCheck};
+pub use crate::component::BoxFuture;
+use crate::component::Connector;
 
 use super::listener::ClientStream;
-
-/// A boxed, sendable future (the core is used as a trait object).
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What the application needs from a broker core.
 pub trait Core: Send + Sync + 'static {
@@ -36,6 +33,18 @@ pub trait Core: Send + Sync + 'static {
         _options: InternalOptions,
     ) -> BoxFuture<Result<InternalClient, String>> {
         Box::pin(async { Err("this core has no in-process clients".to_string()) })
+    }
+}
+
+/// Components reach the broker through the core's in-process clients.
+pub(crate) struct CoreConnector(pub(crate) Arc<dyn Core>);
+
+impl Connector for CoreConnector {
+    fn connect_internal(
+        &self,
+        options: InternalOptions,
+    ) -> BoxFuture<Result<InternalClient, String>> {
+        self.0.connect_internal(options)
     }
 }
 

@@ -1,34 +1,21 @@
 //! Where `[auth]`, `[acl]` and the certificate files become running security state:
 //! the password authenticator (throttle state carried across reloads), the compiled
-//! ACL, the gateway's own in-process publishers' narrow permission, and the
-//! certificate expiry watch that publishes on `$SYS/tollgate/certs/<label>/expiry`.
+//! ACL, and the built-in grants of the gateway's own in-process clients (the grant
+//! table the components declare, see `crate::component::Grant`).
 //! It must never half-apply a change (everything is built before anything is swapped)
 //! and never log a password.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::acl::{Access, Acl, AclDecision, AclError, AllowAll, Authorizer};
 use crate::auth::{
     AuthMethod, Identity, PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
 };
-use crate::broker::{InternalClient, InternalOptions};
-use crate::config::{Config, Transport};
-use crate::pki::DevPki;
-use crate::tls;
-
-use super::core::Core;
-
-/// Identity of the in-process client that publishes certificate expiry warnings.
-pub const CERT_WATCH_IDENTITY: &str = "tollgate:certs";
-
-/// Topic prefix the gateway's own publishers may write whatever the ACL says.
-const CERT_TOPIC_PREFIX: &str = "$SYS/tollgate/certs/";
+use crate::component::Grant;
+use crate::config::Config;
+use crate::topic;
 
 /// Authentication and authorization built from one configuration.
 #[derive(Clone)]
@@ -66,11 +53,13 @@ pub fn password_settings(config: &Config) -> PasswordAuthSettings {
 
 /// THE place where `[auth]` and `[acl]` become the authenticator and authorizer, at
 /// start (`previous = None`) and on every reload (`previous` = the running state, whose
-/// failure throttling and hashing pool carry over). Every problem is returned, one line
-/// each, with the key it concerns, so `tollgate check` lists them all at once.
+/// failure throttling and hashing pool carry over). `grants` is the components' grant
+/// table: the only permissions the ACL does not decide. Every problem is returned, one
+/// line each, with the key it concerns, so `tollgate check` lists them all at once.
 pub fn build_security(
     config: &Config,
     previous: Option<&Security>,
+    grants: Vec<Grant>,
 ) -> Result<Security, Vec<String>> {
     let label = config.source.label();
     let mut problems = Vec::new();
@@ -117,7 +106,10 @@ pub fn build_security(
     };
     Ok(Security {
         authenticator,
-        authorizer: Arc::new(GatewayAuthorizer { inner }),
+        authorizer: Arc::new(GatewayAuthorizer {
+            inner,
+            grants: grants.into(),
+        }),
         acl,
     })
 }
@@ -179,26 +171,46 @@ pub fn log_security(config: &Config, security: &Security, event: &str) {
     }
 }
 
-/// The configured authorizer, plus one narrow grant: the gateway's own in-process
-/// publisher (`tollgate:certs`, which no network client can become) may write its
-/// `$SYS/tollgate/certs/...` topics whatever the ACL says.
+/// The configured authorizer plus the grant table: an in-process client (which no
+/// network client can become) holding a component's identity may do what that
+/// component's grants say, whatever the ACL says; everything else is the ACL's call.
 struct GatewayAuthorizer {
     inner: Arc<dyn Authorizer>,
+    grants: Arc<[Grant]>,
 }
 
-fn is_gateway_publisher(identity: &Identity, access: Access, topic: &str) -> bool {
-    identity.via == AuthMethod::Internal
-        && access == Access::Write
-        && identity.username.as_deref() == Some(CERT_WATCH_IDENTITY)
-        && topic.starts_with(CERT_TOPIC_PREFIX)
+impl GatewayAuthorizer {
+    fn grant(&self, identity: &Identity, access: Access, topic: &str) -> Option<&Grant> {
+        if identity.via != AuthMethod::Internal {
+            return None;
+        }
+        let name = identity.username.as_deref()?;
+        self.grants.iter().find(|g| {
+            g.identity == name
+                && match (g.access, access) {
+                    (Access::Write, Access::Write) | (Access::Read, Access::Read) => {
+                        topic::matches(&g.filter, topic)
+                    }
+                    // A read grant covers subscribing to filters inside it.
+                    (Access::Read, Access::Subscribe) => topic::filter_covers(&g.filter, topic),
+                    _ => false,
+                }
+        })
+    }
 }
 
 impl Authorizer for GatewayAuthorizer {
     fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision {
-        if is_gateway_publisher(identity, access, topic) {
+        if let Some(g) = self.grant(identity, access, topic) {
             return AclDecision::Allow {
                 rule: Some(format!(
-                    "built-in: {CERT_WATCH_IDENTITY} writes {CERT_TOPIC_PREFIX}#"
+                    "built-in: {} {} {}",
+                    g.identity,
+                    match g.access {
+                        Access::Write => "writes",
+                        Access::Read | Access::Subscribe => "reads",
+                    },
+                    g.filter
                 )),
             };
         }
@@ -206,113 +218,15 @@ impl Authorizer for GatewayAuthorizer {
     }
 
     fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {
-        is_gateway_publisher(identity, access, topic) || self.inner.allows(identity, access, topic)
+        self.grant(identity, access, topic).is_some() || self.inner.allows(identity, access, topic)
     }
-}
-
-/// Certificates the expiry watch follows: every TLS listener's server certificate and
-/// client CA, and the development CA when one is in use. Labels become topic levels.
-pub fn watched_certificates(config: &Config, dev_pki: Option<&DevPki>) -> Vec<(String, PathBuf)> {
-    let mut certs: Vec<(String, PathBuf)> = Vec::new();
-    let mut add = |label: String, path: PathBuf| {
-        if !certs.iter().any(|(_, p)| *p == path) {
-            certs.push((label, path));
-        }
-    };
-    for l in config
-        .listeners
-        .iter()
-        .filter(|l| l.transport == Transport::Tls)
-    {
-        match (&l.cert, dev_pki) {
-            (Some(cert), _) => add(format!("{}-server", l.name), cert.clone()),
-            (None, Some(pki)) => add("dev-server".to_string(), pki.server_cert.clone()),
-            (None, None) => {}
-        }
-        if let Some(ca) = &l.client_ca {
-            add(format!("{}-client-ca", l.name), ca.clone());
-        }
-    }
-    if let Some(pki) = dev_pki {
-        add("dev-ca".to_string(), pki.ca_cert.clone());
-    }
-    certs
-}
-
-/// Start the expiry watch for `certs`: warnings are logged by the watch and published
-/// (retained) through an in-process client as `tollgate:certs`. Both tasks are tracked
-/// by `tracker` and end when `shutdown` is cancelled.
-pub fn spawn_certificate_watch(
-    certs: Vec<(String, PathBuf)>,
-    core: Arc<dyn Core>,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
-) {
-    if certs.is_empty() {
-        return;
-    }
-    let (tx, rx) = mpsc::unbounded_channel::<(String, String)>();
-    let watch = tls::spawn_expiry_watch(
-        certs,
-        move |topic, payload| {
-            // The publisher ends only at shutdown; a send error then loses nothing of value.
-            let _ = tx.send((topic, payload));
-        },
-        shutdown.clone(),
-    );
-    tracker.spawn(async move {
-        if let Err(e) = watch.await {
-            warn!(reason = %e, "Certificate expiry watch ended unexpectedly.");
-        }
-    });
-    tracker.spawn(publish_expiry(rx, core, shutdown));
-}
-
-async fn publish_expiry(
-    mut rx: mpsc::UnboundedReceiver<(String, String)>,
-    core: Arc<dyn Core>,
-    shutdown: CancellationToken,
-) {
-    let mut client: Option<InternalClient> = None;
-    loop {
-        let (topic, payload) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = rx.recv() => match next {
-                Some(item) => item,
-                None => break,
-            },
-        };
-        if client.is_none() {
-            let options = InternalOptions::new(Identity::internal(CERT_WATCH_IDENTITY));
-            match core.connect_internal(options).await {
-                Ok(c) => client = Some(c),
-                Err(reason) => {
-                    warn!(%topic, %reason, "Cannot publish a certificate expiry warning: no in-process connection to the broker.");
-                    continue;
-                }
-            }
-        }
-        let Some(c) = client.as_ref() else { continue };
-        if let Err(e) = c
-            .publish(
-                &topic,
-                payload,
-                crate::broker::codec::QoS::AtLeastOnce,
-                true,
-            )
-            .await
-        {
-            warn!(%topic, reason = %e, "Cannot publish a certificate expiry warning.");
-            client = None;
-        }
-    }
-    // Dropped, not disconnected: the router is shutting down with everything else.
-    drop(client);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::certs::{CertificateWatch, CERT_WATCH_IDENTITY};
+    use crate::component::Component;
     use crate::config::{load_with_env, ConfigSource};
 
     fn config(body: &str) -> (tempfile::TempDir, Config) {
@@ -351,7 +265,7 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod")
         };
         chmod(0o644);
-        build_security(&cfg, None).expect("still loads");
+        build_security(&cfg, None, Vec::new()).expect("still loads");
         let warning = password_file_warning(&cfg).expect("warned");
         assert!(
             warning.contains("auth.password_file")
@@ -367,7 +281,7 @@ mod tests {
     #[test]
     fn without_acl_everything_is_allowed_and_with_acl_unlisted_is_denied() {
         let (_d, open) = config(LOCAL);
-        let s = build_security(&open, None).expect("builds");
+        let s = build_security(&open, None, Vec::new()).expect("builds");
         assert!(s.acl.is_none());
         assert!(s
             .authorizer
@@ -375,7 +289,7 @@ mod tests {
         let (_d, closed) = config(&format!(
             "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
         ));
-        let s = build_security(&closed, None).expect("builds");
+        let s = build_security(&closed, None, Vec::new()).expect("builds");
         let u = user("u", AuthMethod::Password);
         assert!(s.authorizer.allows(&u, Access::Write, "a/b"));
         assert!(!s.authorizer.allows(&u, Access::Write, "b"));
@@ -387,7 +301,8 @@ mod tests {
         let (_d, closed) = config(&format!(
             "{LOCAL}[[acl.rule]]\nuser = \"u\"\naccess = \"write\"\ntopic = \"a/#\"\n"
         ));
-        let s = build_security(&closed, None).expect("builds");
+        let grants = CertificateWatch::from_config(&closed, None).grants();
+        let s = build_security(&closed, None, grants).expect("builds");
         let topic = "$SYS/tollgate/certs/devices-server/expiry";
         let watch = Identity::internal(CERT_WATCH_IDENTITY);
         assert!(s.authorizer.allows(&watch, Access::Write, topic));
@@ -420,7 +335,7 @@ mod tests {
         let cfg = load_with_env(&ConfigSource::File(path), &Default::default())
             .expect("valid config")
             .config;
-        let problems = build_security(&cfg, None).expect_err("broken files");
+        let problems = build_security(&cfg, None, Vec::new()).expect_err("broken files");
         let text = problems.join("\n");
         assert!(text.contains("auth.password_file"), "{text}");
         assert!(
@@ -428,32 +343,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("acl:1"), "{text}");
-    }
-
-    #[test]
-    fn watched_certificates_cover_server_certificates_client_cas_and_the_dev_ca_once() {
-        let (dir, _) = config(LOCAL);
-        for f in ["s.crt", "s.key", "ca.crt"] {
-            std::fs::write(dir.path().join(f), "x").expect("file");
-        }
-        let mut cfg = config(LOCAL).1;
-        cfg.listeners[0].transport = Transport::Tls;
-        cfg.listeners[0].name = "devices".into();
-        cfg.listeners[0].cert = Some(dir.path().join("s.crt"));
-        cfg.listeners[0].client_ca = Some(dir.path().join("ca.crt"));
-        let pki = DevPki {
-            ca_cert: dir.path().join("ca.crt"),
-            server_cert: dir.path().join("dev.crt"),
-            server_key: dir.path().join("dev.key"),
-            device_cert: dir.path().join("d.crt"),
-            device_key: dir.path().join("d.key"),
-            created: false,
-        };
-        let labels: Vec<String> = watched_certificates(&cfg, Some(&pki))
-            .into_iter()
-            .map(|(l, _)| l)
-            .collect();
-        // The dev CA is the same file as the client CA here: watched once.
-        assert_eq!(labels, ["devices-server", "devices-client-ca"]);
     }
 }

@@ -133,6 +133,8 @@ async fn write_now<S: AsyncWrite + Unpin>(
         stream.flush().await
     });
     let written = tokio::select! {
+        // The write first: what can be written at once is written even during shutdown.
+        biased;
         w = write => matches!(w, Ok(Ok(()))),
         _ = shared.shutdown.cancelled() => false,
     };
@@ -690,6 +692,14 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => {
+                    // What the router already handed this connection (e.g. a component's
+                    // last flush during the drain) is written before the DISCONNECT.
+                    while let Ok(batch) = self.out_rx.try_recv() {
+                        self.backlog.taken(&batch);
+                        if self.state.encode_batch(batch) {
+                            break;
+                        }
+                    }
                     if v5mode {
                         self.state.encode(&disconnect_packet(0x8B, "server shutting down"));
                     }

@@ -354,7 +354,8 @@ pub(crate) enum RouterMsg {
         send_will: bool,
         session_expiry: Option<u32>,
     },
-    /// Health probe: answered as soon as the router gets to it.
+    /// Health probe and sync point: answered once everything the router received before
+    /// it has been handed to the connections.
     Ping(oneshot::Sender<()>),
 }
 

@@ -363,6 +363,7 @@ impl Broker {
     }
 
     /// Health probe: one round trip through the router without creating a session.
+    /// When it returns, every message routed before it is in its connections' queues.
     /// Returns how long the router took to answer.
     pub async fn ping(&self) -> Result<Duration, BrokerError> {
         let started = tokio::time::Instant::now();

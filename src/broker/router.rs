@@ -171,6 +171,8 @@ pub(crate) struct Router {
     persistent_sessions: usize,
     timers: BinaryHeap<Reverse<(Instant, SessionKey, u64, TimerKind)>>,
     scratch: Vec<(SessionKey, SubOptions)>,
+    /// Pings answered after this round's flush (a ping is a sync point).
+    pings: Vec<oneshot::Sender<()>>,
 }
 
 fn settings(ctx: &Ctx) -> &BrokerSettings {
@@ -542,6 +544,7 @@ impl Router {
             persistent_sessions: 0,
             timers: BinaryHeap::new(),
             scratch: Vec::new(),
+            pings: Vec::new(),
         }
     }
 
@@ -578,6 +581,9 @@ impl Router {
                 }
             }
             self.flush();
+            for ping in self.pings.drain(..) {
+                let _ = ping.send(());
+            }
             self.update_stats();
         }
         debug!("Router stopped.");
@@ -603,9 +609,7 @@ impl Router {
                 send_will,
                 session_expiry,
             } => self.closed(conn, send_will, session_expiry),
-            RouterMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
+            RouterMsg::Ping(reply) => self.pings.push(reply),
         }
         self.complete_targets();
     }
