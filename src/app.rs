@@ -33,8 +33,7 @@ pub use self::core::{BoxFuture, BrokerCore, Core};
 pub use self::listener::{set_tcp_keepalive, ClientStream, TcpKeepalive};
 use self::listener::{AcceptLoop, Admission, ListenerState, StateSlot, TlsState};
 pub use self::security::{
-    build_security, log_security, password_file_warning, password_settings, security_warnings,
-    Security,
+    build_security, log_security, password_file_warning, security_warnings, Security,
 };
 
 use crate::acl::Authorizer;

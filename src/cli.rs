@@ -157,12 +157,25 @@ pub fn passwd(cmd: PasswdCommand) -> u8 {
     }
 }
 
+/// The `[acl]` section of a tollgate config, loaded by the same loader as `tollgate run`
+/// (environment overrides, relative paths resolved, whole file validated).
+pub fn acl_config_from(path: &std::path::Path) -> Result<Option<acl::AclConfig>, acl::AclError> {
+    let loaded = config::load(&ConfigSource::File(path.to_path_buf())).map_err(|e| {
+        acl::AclError::Config {
+            path: path.to_path_buf(),
+            reason: e.problems().join("\n"),
+        }
+    })?;
+    let section = loaded.config.acl;
+    Ok(section.is_configured().then_some(section))
+}
+
 /// `tollgate acl explain ...`: 0 after printing the decision, 64 when the rules or
 /// the configuration cannot be used (every problem is printed). With `-c FILE` the
 /// configuration is loaded exactly as `run` loads it (environment overrides, relative
 /// paths, validation), so the answer is the one the gateway would give.
 pub fn acl(command: AclCommand) -> u8 {
-    match acl::run(command) {
+    match acl::run(command, acl_config_from) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tollgate acl: {e}");

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod cli;
 pub mod component;
 pub mod config;
+pub mod duration;
 pub mod fsutil;
 pub mod pki;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use std::io::Write;
 use clap::Parser;
 use tollgate::acl::{explain, run, Access, Acl, AclCommand, AclError};
 use tollgate::auth::{AuthMethod, Identity};
+use tollgate::cli::acl_config_from;
 
 #[derive(Parser)]
 struct Cli {
@@ -131,29 +132,35 @@ fn explain_prints_the_verdict_and_rule_for_an_acl_file_and_a_config() {
 #[test]
 fn explain_reports_broken_sources() {
     let broken = temp("topic read a/#/b\n");
-    let err = run(cmd(&[
-        "--acl-file",
-        broken.path().to_str().expect("utf-8"),
-        "--user",
-        "u",
-        "--topic",
-        "a",
-        "--access",
-        "read",
-    ]))
+    let err = run(
+        cmd(&[
+            "--acl-file",
+            broken.path().to_str().expect("utf-8"),
+            "--user",
+            "u",
+            "--topic",
+            "a",
+            "--access",
+            "read",
+        ]),
+        acl_config_from,
+    )
     .expect_err("broken acl");
     assert!(matches!(err, AclError::Invalid { .. }));
     let bad_config = temp("[acl]\nfil = \"x\"\n");
-    let err = run(cmd(&[
-        "-c",
-        bad_config.path().to_str().expect("utf-8"),
-        "--user",
-        "u",
-        "--topic",
-        "a",
-        "--access",
-        "read",
-    ]))
+    let err = run(
+        cmd(&[
+            "-c",
+            bad_config.path().to_str().expect("utf-8"),
+            "--user",
+            "u",
+            "--topic",
+            "a",
+            "--access",
+            "read",
+        ]),
+        acl_config_from,
+    )
     .expect_err("unknown key");
     assert!(err.to_string().contains("fil"), "{err}");
 }

@@ -451,12 +451,17 @@ async fn toy_components_start_echo_reload_by_name_and_drain_in_stage_order() {
     assert!(stopped_adapter < stopping_bridge, "{ev:#?}");
     position(&ev, "stopped bridge:toy gen2 flush_ok=true");
     if let (Some(mut reader), Some(mut lines)) = (bye_reader.take(), bye_lines.take()) {
-        // mosquitto_sub keeps trying to reconnect: stop it, then read what it printed.
-        let _ = reader.start_kill();
+        // Read what it printed (late markers aside) until both flushes, then stop it
+        // (it keeps trying to reconnect).
         let mut printed = Vec::new();
-        while let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await {
-            printed.push(line);
+        while printed.len() < 2 {
+            match tokio::time::timeout(WAIT, lines.next_line()).await {
+                Ok(Ok(Some(line))) if line == "toy/sync/bye ready" => {}
+                Ok(Ok(Some(line))) => printed.push(line),
+                _ => break,
+            }
         }
+        let _ = reader.start_kill();
         assert_eq!(
             printed,
             ["toy/adapter/bye flushed", "toy/bridge/bye flushed"],

@@ -141,8 +141,13 @@ impl fmt::Display for Explanation {
     }
 }
 
-/// Run `tollgate acl ...`: load the rules, print the explanation.
-pub fn run(cmd: AclCommand) -> Result<(), AclError> {
+/// Run `tollgate acl ...`: load the rules, print the explanation. `acl_config_from`
+/// gives the `[acl]` section of a tollgate config file (`None`: no ACL configured); the
+/// CLI passes the gateway's own loader, so this module never depends on `config`.
+pub fn run(
+    cmd: AclCommand,
+    acl_config_from: impl FnOnce(&Path) -> Result<Option<AclConfig>, AclError>,
+) -> Result<(), AclError> {
     let AclCommand::Explain(args) = cmd;
     let acl = match (&args.acl_file, &args.config) {
         (Some(file), None) => Acl::load(Some(file), &[])?,
@@ -192,18 +197,6 @@ fn identity_from(args: &ExplainArgs) -> Result<Identity, AclError> {
             "give exactly one of --user or --anonymous".into(),
         )),
     }
-}
-
-/// The `[acl]` section of a tollgate config, loaded by the same loader as `tollgate run`
-/// (environment overrides, relative paths resolved, whole file validated).
-fn acl_config_from(path: &Path) -> Result<Option<AclConfig>, AclError> {
-    let loaded = crate::config::load(&crate::config::ConfigSource::File(path.to_path_buf()))
-        .map_err(|e| AclError::Config {
-            path: path.to_path_buf(),
-            reason: e.problems().join("\n"),
-        })?;
-    let section = loaded.config.acl;
-    Ok(section.is_configured().then_some(section))
 }
 
 #[cfg(test)]

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::acl::{Access, Acl, AclDecision, AclError, AllowAll, Authorizer};
-use crate::auth::{
-    AuthMethod, Identity, PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
-};
+use crate::auth::{AuthMethod, Identity, PasswordAuthenticator, PasswordFile};
 use crate::component::Grant;
 use crate::config::Config;
 use crate::topic;
@@ -34,20 +32,6 @@ impl std::fmt::Debug for Security {
             .field("authenticator", &self.authenticator)
             .field("acl", &self.acl.as_ref().map(|a| a.stats()))
             .finish()
-    }
-}
-
-/// The `[auth]` tunables as the authenticator's settings.
-pub fn password_settings(config: &Config) -> PasswordAuthSettings {
-    let a = &config.auth;
-    PasswordAuthSettings {
-        cache_ttl: a.cache_ttl,
-        cache_capacity: a.cache_capacity,
-        throttle_base: a.throttle_base,
-        throttle_max: a.throttle_max,
-        throttle_forget_after: a.throttle_forget_after,
-        throttle_capacity: a.throttle_capacity,
-        verify_concurrency: a.verify_concurrency,
     }
 }
 
@@ -95,7 +79,7 @@ pub fn build_security(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let settings = password_settings(config);
+    let settings = config.auth.clone();
     let authenticator = match previous {
         Some(old) => old.authenticator.reload(passwords, settings),
         None => PasswordAuthenticator::new(passwords, settings),

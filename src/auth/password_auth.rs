@@ -32,18 +32,27 @@ use super::password::{PasswordFile, Verification};
 use super::throttle::{Throttle, ThrottlePolicy};
 use super::{AuthError, AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity};
 
-/// Tuning for password authentication; the lead maps these from `[auth]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordAuthSettings {
+/// The `[auth]` section: the password file and the authenticator's tunables. One type
+/// for the file and the runtime (the authenticator reads the tunables; `app` loads
+/// `password_file` into a [`PasswordFile`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// mosquitto_passwd-format password file.
+    pub password_file: Option<std::path::PathBuf>,
     /// How long a successful verification is remembered (0 disables the cache).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub cache_ttl: Duration,
     /// Maximum remembered verifications (0 disables the cache).
     pub cache_capacity: usize,
     /// Delay imposed after the first failure; doubles with each further failure.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub throttle_base: Duration,
     /// Upper bound of the delay.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub throttle_max: Duration,
     /// A source or user name without failures for this long starts from zero again.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub throttle_forget_after: Duration,
     /// Maximum tracked sources and, separately, user names (bounds memory under floods).
     pub throttle_capacity: usize,
@@ -51,9 +60,14 @@ pub struct PasswordAuthSettings {
     pub verify_concurrency: usize,
 }
 
-impl Default for PasswordAuthSettings {
+/// The authenticator's settings are the `[auth]` section (the name the tests and the
+/// authenticator's API grew up with).
+pub type PasswordAuthSettings = AuthConfig;
+
+impl Default for AuthConfig {
     fn default() -> Self {
-        PasswordAuthSettings {
+        AuthConfig {
+            password_file: None,
             cache_ttl: Duration::from_secs(600),
             cache_capacity: 10_000,
             throttle_base: Duration::from_millis(100),

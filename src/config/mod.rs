@@ -4,7 +4,6 @@
 //! It must never start anything, bind sockets or create files: `app` does that from
 //! a `Config` this module has accepted.
 
-pub mod duration;
 mod load;
 mod validate;
 
@@ -14,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::duration;
 
 use crate::app::TcpKeepalive;
 use crate::broker::{BrokerSettings, KeepAlivePolicy, QueueOverflow};
@@ -350,48 +351,8 @@ impl ListenerConfig {
     }
 }
 
-/// `[auth]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// mosquitto_passwd-format password file.
-    pub password_file: Option<PathBuf>,
-    /// How long a successful password verification is remembered (0 disables the cache).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub cache_ttl: Duration,
-    /// Remembered verifications at most (0 disables the cache).
-    pub cache_capacity: usize,
-    /// Delay after the first failed attempt from a source or for a user; doubles per failure.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub throttle_base: Duration,
-    /// Upper bound of that delay.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub throttle_max: Duration,
-    /// A source or user without failures for this long starts from zero again.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub throttle_forget_after: Duration,
-    /// Sources and, separately, user names tracked at most (bounds memory under floods).
-    pub throttle_capacity: usize,
-    /// Password hashes computed at once; 0 means the number of CPUs.
-    pub verify_concurrency: usize,
-}
-
-impl Default for AuthConfig {
-    /// The authenticator's own defaults, so the two can never drift apart.
-    fn default() -> Self {
-        let d = crate::auth::PasswordAuthSettings::default();
-        AuthConfig {
-            password_file: None,
-            cache_ttl: d.cache_ttl,
-            cache_capacity: d.cache_capacity,
-            throttle_base: d.throttle_base,
-            throttle_max: d.throttle_max,
-            throttle_forget_after: d.throttle_forget_after,
-            throttle_capacity: d.throttle_capacity,
-            verify_concurrency: d.verify_concurrency,
-        }
-    }
-}
+/// `[auth]`: the type the authenticator owns.
+pub use crate::auth::AuthConfig;
 
 /// `[acl]`: the same type the ACL module loads (one definition of inline rules).
 pub use crate::acl::{AclConfig, InlineRule};

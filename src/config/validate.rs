@@ -60,9 +60,9 @@ impl Report<'_> {
                 key,
                 format!(
                     "{} is out of range: use {} to {}",
-                    super::duration::format(value),
-                    super::duration::format(min),
-                    super::duration::format(max)
+                    crate::duration::format(value),
+                    crate::duration::format(min),
+                    crate::duration::format(max)
                 ),
             );
         }
@@ -410,7 +410,7 @@ fn keepalive(config: &Config, l: &ListenerConfig, r: &mut Report<'_>) {
                 field,
                 format!(
                     "{} is not a whole number of seconds (the kernel counts keepalive time in seconds); write e.g. \"10s\"",
-                    super::duration::format(value)
+                    crate::duration::format(value)
                 ),
             );
         } else {

@@ -84,7 +84,7 @@ pub struct LogLimitSettings {
     /// Lines per broker per interval, over all peers.
     pub per_broker: u32,
     /// Window length, and how often each scope may write a summary.
-    #[serde(deserialize_with = "crate::config::duration::deserialize")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
 }
 
