@@ -6,13 +6,7 @@ mod support;
 
 use support::auth::{alice_and_bob, from, request, ALICE_PW};
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use tollgate::auth::{
-    AuthRequest, Authenticator, HashScheme, PasswordAuthSettings, PasswordAuthenticator,
-    PasswordFile,
-};
+use tollgate::auth::{Authenticator, PasswordAuthSettings, PasswordAuthenticator};
 
 fn auth() -> PasswordAuthenticator {
     PasswordAuthenticator::new(Some(alice_and_bob()), PasswordAuthSettings::default())

@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::auth::{alice_and_bob, from, request, ALICE_PW};
 use tollgate::auth::{
-    AnonymousOnly, AuthError, AuthMethod, AuthRequest, Authenticator, HashScheme,
-    PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
+    AnonymousOnly, AuthError, AuthMethod, Authenticator, HashScheme, PasswordAuthSettings,
+    PasswordAuthenticator, PasswordFile,
 };
 
 fn auth(settings: PasswordAuthSettings) -> PasswordAuthenticator {

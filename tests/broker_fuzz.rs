@@ -41,13 +41,12 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 use support::{start_broker_on, test_listener, test_settings, v4, Raw, TestBroker, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tollgate::acl::AllowAll;
 use tollgate::auth::{AnonymousOnly, Identity};
 use tollgate::broker::fuzz_router::{fuzz_router_ops_limited, fuzz_topic_alias};
-use tollgate::broker::{Broker, BrokerStats, ConnectionInfo, InternalOptions, ListenerContext};
+use tollgate::broker::{BrokerStats, InternalOptions, ListenerContext};
 
 /// Deepest generated topic when `TOLLGATE_FUZZ_MAX_LEVELS` is not set: MQTT's
 /// deepest (the broker under test allows 32,768, so deeper ones test the refusal).

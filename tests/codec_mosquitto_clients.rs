@@ -8,8 +8,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use bytes::{Bytes, BytesMut};
 use support::{finish_within, loopback_listener, spawn_peer, WAIT};

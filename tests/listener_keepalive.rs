@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 
 use support::gateway::Gateway;
 use support::{skip_unless_required, WAIT};
+use tollgate::config::{load_with_env, ConfigSource};
 
 /// The support configuration with `$SYS` off.
 fn write_config(dir: &Path, body: &str) -> PathBuf {

@@ -7,7 +7,7 @@
 mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
-use support::{dial::*, gateway::*, peers::*, pki::*, wait::*};
+use support::{dial::*, gateway::*, peers::*, pki::*};
 
 /// Every `audit` line of this process (other targets are not captured).
 fn audit_log() -> &'static support::logs::Captured {

@@ -7,7 +7,7 @@ mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use support::{dial::*, gateway::*, peers::*, pki::*, wait::*};
+use support::{dial::*, gateway::*, peers::*, wait::*};
 
 const ACL: &str = "user alice
 topic readwrite alice/#

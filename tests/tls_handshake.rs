@@ -4,14 +4,12 @@
 mod support;
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
+    CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, KeyIdMethod,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};

@@ -62,7 +62,7 @@ pub fn mosquitto_passwd_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     let file = path.to_str().expect("utf-8 path");
     for (i, (user, password)) in users.iter().enumerate() {
         let create: &[&str] = if i == 0 { &["-c"] } else { &[] };
-        mosquitto_passwd(&[create, &["-b", file, user, password]].concat());
+        mosquitto_passwd(&[create, &["-b", file, *user, *password]].concat());
     }
     let text = std::fs::read_to_string(&path).expect("read passwd");
     assert!(
