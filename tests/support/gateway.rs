@@ -82,7 +82,7 @@ impl Gateway {
 
     /// Start the real broker from the configuration file `config`.
     pub async fn build(config: &Path) -> Gateway {
-        Gateway::build_app(config, |loaded| App::build(loaded)).await
+        Gateway::build_app(config, App::build).await
     }
 
     /// Start the configuration file `config` with `make_core` standing in for the broker.
