@@ -1,7 +1,7 @@
 //! `tollgate acl explain`: argument parsing, rule sources (acl_file or config),
 //! and a report that names the deciding rule.
 
-mod common;
+mod support;
 
 use std::io::Write;
 
@@ -30,7 +30,7 @@ fn temp(text: &str) -> tempfile::NamedTempFile {
 
 /// `tollgate acl explain ARGS` as an operator runs it: what it printed (exit 0 asserted).
 fn explain_cli(args: &[&str]) -> String {
-    let out = common::tollgate_command()
+    let out = support::gateway::tollgate_command()
         .args(["acl", "explain"])
         .args(args)
         .output()

@@ -4,14 +4,14 @@
 //! stricter in tollgate and covered elsewhere). Needs `mosquitto`,
 //! `mosquitto_pub`, `mosquitto_sub` and `mosquitto_passwd` on PATH.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::{mosquitto_passwd_file, peer_installed, LineChild, Mosquitto};
 use tollgate::acl::{Access, Acl, Authorizer};
 use tollgate::auth::{AuthMethod, Identity};
 
@@ -78,24 +78,8 @@ const HOSTILE: &[(Option<&str>, &str)] = &[(Some("a/b"), "ab-client"), (Some("al
 
 const PASSWORD: &str = "pw-for-tests";
 
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_mosquitto() -> Mosquitto {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let passwd = dir.path().join("passwd");
-    std::fs::write(&passwd, "").expect("passwd file");
-    for user in [
+fn start_mosquitto(dir: &Path) -> Mosquitto {
+    let users = [
         "admin",
         "sensor_001",
         "dashboard",
@@ -103,49 +87,18 @@ fn start_mosquitto() -> Mosquitto {
         "a/b",
         "probe_writer",
         "probe_reader",
-    ] {
-        let status = Command::new("mosquitto_passwd")
-            .args(["-b", passwd.to_str().expect("utf-8 path"), user, PASSWORD])
-            .status()
-            .expect("mosquitto_passwd must be installed (apt install mosquitto)");
-        assert!(status.success(), "mosquitto_passwd failed for {user}");
-    }
-    std::fs::write(dir.path().join("acl"), ACL).expect("acl file");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npassword_file {}\nacl_file {}\npersistence false\n",
+    ]
+    .map(|user| (user, PASSWORD));
+    let passwd = mosquitto_passwd_file(dir, &users);
+    std::fs::write(dir.join("acl"), ACL).expect("acl file");
+    Mosquitto::start(
+        dir,
+        &format!(
+            "allow_anonymous true\npassword_file {}\nacl_file {}\npersistence false\n",
             passwd.display(),
-            dir.path().join("acl").display()
+            dir.join("acl").display()
         ),
     )
-    .expect("conf");
-    let child = Command::new("mosquitto")
-        .args(["-c", conf.to_str().expect("utf-8 path")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto must be installed (apt install mosquitto)");
-    let broker = Mosquitto {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    broker
 }
 
 fn credentials(cmd: &mut Command, user: Option<&str>) {
@@ -180,17 +133,9 @@ fn publish(port: u16, user: Option<&str>, client_id: &str, topic: &str, payload:
 }
 
 struct Subscriber {
-    child: Child,
-    lines: Receiver<String>,
+    peer: LineChild,
     /// `ready/<n>`: a topic only this subscriber listens to, for readiness and the end marker.
     marker: String,
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn subscribe(
@@ -217,23 +162,8 @@ fn subscribe(
     for t in topics.iter().copied().chain([marker.as_str()]) {
         cmd.args(["-t", t]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     Subscriber {
-        child,
-        lines,
+        peer: LineChild::spawn(cmd.stderr(Stdio::null())),
         marker,
     }
 }
@@ -260,7 +190,7 @@ fn wait_ready(port: u16, subs: &[&Subscriber]) {
         std::thread::sleep(Duration::from_millis(100));
         pending.retain(|s| {
             let marker = format!("{} ready", s.marker);
-            !s.lines.try_iter().any(|l| l == marker)
+            !s.peer.lines.try_iter().any(|l| l == marker)
         });
     }
 }
@@ -278,6 +208,7 @@ fn drain(port: u16, sub: &Subscriber) -> Vec<String> {
     let mut got = Vec::new();
     loop {
         let line = sub
+            .peer
             .lines
             .recv_timeout(Duration::from_secs(5))
             .expect("end marker must arrive");
@@ -311,11 +242,7 @@ fn mosquitto_present() -> bool {
         "mosquitto_passwd",
     ]
     .iter()
-    .all(|bin| {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(bin).is_file()))
-            .unwrap_or(false)
-    })
+    .all(|bin| peer_installed(bin))
 }
 
 /// Compare one decision: equal for ordinary identities, never more permissive for hostile ones.
@@ -337,7 +264,8 @@ fn publish_and_delivery_decisions_match_mosquitto() {
         "install mosquitto and mosquitto-clients to run this test"
     );
     let acl = Acl::parse("acl", ACL, &[]).expect("valid acl");
-    let broker = start_mosquitto();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_mosquitto(dir.path());
     let port = broker.port;
     let who: Vec<(Option<&str>, &str, bool)> = WHO
         .iter()

@@ -1,47 +1,20 @@
 //! The seeds' deployment (admin, sensor_001, dashboard, default deny) checked
 //! for every identity × access × topic combination through the public API.
 
+mod support;
+
+use support::fixtures::{seed_acl_without_trailing_deny, SEED_ACL};
 use tollgate::acl::{Access, Acl, AclDecision, Authorizer};
 use tollgate::auth::{AuthMethod, Identity};
 
-/// The seed file exactly as the tutorial prints it.
-const SEED_ACL: &str = "# Admin can access everything
-user admin
-topic readwrite #
-
-# Sensor devices can only publish to their topics
-user sensor_001
-topic write sensors/001/#
-topic read commands/001
-
-# Dashboard can read everything, write nothing
-user dashboard
-topic read sensors/#
-topic read devices/#
-
-# Default: deny everything
-topic deny #
-";
-
 /// What the seed means: the default deny moved where it applies to anonymous
 /// clients instead of the dashboard (tollgate denies anything unlisted anyway).
-const INTENDED_ACL: &str = "# Default: deny everything (anonymous clients)
-topic deny #
-
-# Admin can access everything
-user admin
-topic readwrite #
-
-# Sensor devices can only publish to their topics
-user sensor_001
-topic write sensors/001/#
-topic read commands/001
-
-# Dashboard can read everything, write nothing
-user dashboard
-topic read sensors/#
-topic read devices/#
-";
+fn intended_acl() -> String {
+    format!(
+        "# Default: deny everything (anonymous clients)\ntopic deny #\n\n{}",
+        seed_acl_without_trailing_deny()
+    )
+}
 
 fn user(name: &str) -> Identity {
     Identity {
@@ -170,7 +143,7 @@ fn assert_table(acl: &Acl, identity: &Identity, allowed: &[(Access, &str)]) {
 
 #[test]
 fn intended_seed_deployment_allows_exactly_the_listed_combinations() {
-    let acl = Acl::parse("acl", INTENDED_ACL, &[]).expect("valid acl");
+    let acl = Acl::parse("acl", &intended_acl(), &[]).expect("valid acl");
     assert!(acl.warnings().is_empty(), "{:?}", acl.warnings());
     for name in [
         "admin",
@@ -214,7 +187,7 @@ fn verbatim_seed_file_scopes_the_trailing_deny_to_dashboard_like_mosquitto_and_w
 
 #[test]
 fn decisions_name_the_rule_with_file_line_and_text() {
-    let acl = Acl::parse("/etc/tollgate/acl", INTENDED_ACL, &[]).expect("valid acl");
+    let acl = Acl::parse("/etc/tollgate/acl", &intended_acl(), &[]).expect("valid acl");
     assert_eq!(
         acl.check(&user("dashboard"), Access::Subscribe, "sensors/+/temp"),
         AclDecision::Allow {

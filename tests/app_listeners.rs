@@ -2,20 +2,21 @@
 //! broker: listeners, TLS versions, the connection limit before the handshake, the
 //! connect timeout, reload (bad file kept out, certificates swapped) and drain.
 
-use std::collections::HashMap;
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use tollgate::app::{App, BoxFuture, ClientStream, Core};
+use support::gateway::{write_config, Gateway};
+use support::pki::{server_pki, ServerPki};
+use tollgate::app::{BoxFuture, ClientStream, Core};
 use tollgate::broker::ConnectionInfo;
-use tollgate::config::{load_with_env, ConfigSource};
 
 /// Echoes bytes back, except that a lone `?` is answered with whether the listener
 /// admitted anonymous clients for this connection (`A` or `-`); ends connections when the broker
@@ -68,115 +69,20 @@ impl Core for EchoCore {
     }
 }
 
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A CA and a localhost server certificate, written to `dir/<tag>-*.pem`.
-fn make_pki(dir: &Path, tag: &str) -> Pki {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("test CA {tag}"));
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
-    let pki = Pki {
-        ca: dir.join(format!("{tag}-ca.pem")),
-        cert: dir.join(format!("{tag}-server.pem")),
-        key: dir.join(format!("{tag}-server.key")),
-    };
-    std::fs::write(&pki.ca, ca.pem()).expect("write ca");
-    std::fs::write(&pki.cert, cert.pem()).expect("write cert");
-    std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
-    // Private keys readable by others are refused (like ssh does).
-    std::fs::set_permissions(
-        &pki.key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod key");
-    pki
-}
-
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("tollgate.toml");
-    let text = format!("[broker]\ndata_dir = \"state\"\n{body}");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 const PLAIN: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
 
 fn tls_listener(extra: &str) -> String {
     format!("[[listener]]\nname = \"devices\"\nbind = \"127.0.0.1:0\"\ntransport = \"tls\"\nallow_anonymous = true\n{extra}\n")
 }
 
-struct Running {
-    app_addrs: HashMap<String, SocketAddr>,
-    reload: tollgate::app::ReloadHandle,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), tollgate::app::AppError>>,
-    dev_ca: Option<PathBuf>,
-}
-
-impl Running {
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.app_addrs[name]
-    }
-
-    async fn stop(mut self) -> Duration {
-        let started = std::time::Instant::now();
-        self.stop
-            .take()
-            .expect("stop once")
-            .send(())
-            .expect("app still running");
-        tokio::time::timeout(Duration::from_secs(10), self.done)
-            .await
-            .expect("app stops within the limit")
-            .expect("app task did not panic")
-            .expect("app run returned Ok");
-        started.elapsed()
-    }
-}
-
-async fn start(config: &Path, stubborn: bool) -> Running {
-    let loaded = load_with_env(&ConfigSource::File(config.to_path_buf()), &HashMap::new())
-        .expect("valid config");
-    let names: Vec<String> = loaded
-        .config
-        .listeners
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
-    let app = App::build_with_core(loaded, move |_, _, _, shutdown| {
-        Arc::new(EchoCore { shutdown, stubborn }) as Arc<dyn Core>
-    })
+async fn start(config: &Path, stubborn: bool) -> Gateway {
+    Gateway::build_with_core(
+        config,
+        Box::new(move |_, _, _, shutdown| {
+            Arc::new(EchoCore { shutdown, stubborn }) as Arc<dyn Core>
+        }),
+    )
     .await
-    .expect("app builds");
-    let app_addrs = names
-        .iter()
-        .map(|n| (n.clone(), app.local_addr(n).expect("bound")))
-        .collect();
-    let dev_ca = app.dev_pki().map(|p| p.ca_cert.clone());
-    let reload = app.reload_handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        app_addrs,
-        reload,
-        stop: Some(stop),
-        done,
-        dev_ca,
-    }
 }
 
 fn client_config(
@@ -281,7 +187,7 @@ async fn serves_plain_and_dev_pki_tls_listeners_on_their_bound_addresses() {
 #[tokio::test]
 async fn accepts_tls_1_2_and_1_3_and_refuses_older_versions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path(), "a");
+    let pki = server_pki(dir.path(), "a");
     let only13 = format!(
         "[[listener]]\nname = \"modern\"\nbind = \"127.0.0.1:0\"\ntransport = \"tls\"\nallow_anonymous = true\ncert = \"{}\"\nkey = \"{}\"\ntls_versions = [\"1.3\"]\n",
         pki.cert.display(),
@@ -483,9 +389,9 @@ async fn reload_with_a_broken_file_keeps_everything_running_and_lists_every_prob
 #[tokio::test]
 async fn reload_swaps_the_server_certificate_for_new_handshakes_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let old = make_pki(dir.path(), "old");
-    let new = make_pki(dir.path(), "new");
-    let files = |p: &Pki| {
+    let old = server_pki(dir.path(), "old");
+    let new = server_pki(dir.path(), "new");
+    let files = |p: &ServerPki| {
         format!(
             "cert = \"{}\"\nkey = \"{}\"",
             p.cert.display(),
@@ -592,15 +498,8 @@ async fn reload_applies_listener_flags_to_new_connections_only() {
 async fn real_broker_closes_a_silent_plain_socket_at_the_connect_deadline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &format!("connect_timeout = \"300ms\"\n{PLAIN}"));
-    let loaded = load_with_env(&ConfigSource::File(config), &HashMap::new()).expect("valid");
-    let app = App::build(loaded)
-        .await
-        .expect("app builds with the broker core");
-    let addr = app.local_addr("local").expect("bound");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = Gateway::build(&config).await;
+    let addr = gateway.addr("local");
 
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(addr).await.expect("connect");
@@ -612,10 +511,5 @@ async fn real_broker_closes_a_silent_plain_socket_at_the_connect_deadline() {
         started.elapsed()
     );
 
-    stop.send(()).expect("app running");
-    tokio::time::timeout(Duration::from_secs(10), done)
-        .await
-        .expect("app stops")
-        .expect("no panic")
-        .expect("run ok");
+    gateway.stop().await;
 }

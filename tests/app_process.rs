@@ -2,7 +2,7 @@
 //! user (development PKI under $HOME, mosquitto clients connect over TLS), SIGHUP with
 //! a broken file (keeps serving), SIGTERM (drains and exits 0 within the grace period).
 
-mod common;
+mod support;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use support::gateway::{write_config, FakeSystemd};
+use support::{
+    assert_mosquitto_pub, free_port, mosquitto_pub_output, mosquitto_tls_args, LineChild,
+};
 
 fn is_root() -> bool {
     Command::new("id")
@@ -128,62 +131,26 @@ impl Drop for Gateway {
     }
 }
 
-fn mosquitto_pub(args: &[&str]) {
-    let out = Command::new("mosquitto_pub")
-        .args(args)
-        .output()
-        .expect("run mosquitto_pub (Debian package mosquitto-clients)");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Start `mosquitto_sub ... -C 1 -d` and return it once it has subscribed (`-d` prints
+/// SUBACK); its stdout is block-buffered when not a terminal, so `stdbuf` line-buffers it.
+fn mosquitto_sub_one<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> LineChild {
+    let sub = LineChild::spawn(
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(args)
+            .args(["-C", "1", "-W", "10", "-v", "-d"])
+            .stderr(Stdio::null()),
     );
-}
-
-/// A running `mosquitto_sub ... -C 1 -d` whose output lines arrive on a channel
-/// (its stdout is block-buffered when not a terminal, so read it through a pipe).
-struct Subscriber {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-/// Start `mosquitto_sub` and return it once it has subscribed (`-d` prints SUBACK).
-fn mosquitto_sub_one(args: &[&str]) -> Subscriber {
-    use std::io::BufRead;
-    let mut child = Command::new("stdbuf")
-        .args(["-oL", "mosquitto_sub"])
-        .args(args)
-        .args(["-C", "1", "-W", "10", "-v", "-d"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run mosquitto_sub (Debian package mosquitto-clients)");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains("SUBACK") => break,
-            Ok(_) => {}
-            Err(_) => panic!("mosquitto_sub did not subscribe within 20 s"),
-        }
-    }
-    Subscriber { child, lines }
+    sub.wait_for_line(
+        "SUBACK",
+        Duration::from_secs(20),
+        "mosquitto_sub did not subscribe",
+    );
+    sub
 }
 
 /// Wait for the subscriber to exit successfully and return the message it printed.
-fn finish_sub(mut sub: Subscriber) -> String {
+fn finish_sub(mut sub: LineChild) -> String {
     let status = sub.child.wait().expect("mosquitto_sub exits");
     // The reader thread ends at EOF, which closes the channel.
     let rest: Vec<String> = sub.lines.iter().collect();
@@ -241,69 +208,25 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
         )),
         "the development device certificate is in the printed commands:\n{log}"
     );
-    let (ca_arg, tls_port, plain_port) =
-        (ca.display().to_string(), tls.to_string(), plain.to_string());
-    let (cert_arg, key_arg) = (
-        device_cert.display().to_string(),
-        device_key.display().to_string(),
-    );
-    let sub = mosquitto_sub_one(&[
-        "-h",
-        "localhost",
-        "-p",
-        &tls_port,
-        "--cafile",
-        &ca_arg,
-        "--cert",
-        &cert_arg,
-        "--key",
-        &key_arg,
-        "-t",
-        "test/#",
-    ]);
-    mosquitto_pub(&[
-        "-h",
-        "localhost",
-        "-p",
-        &tls_port,
-        "--cafile",
-        &ca_arg,
-        "--cert",
-        &cert_arg,
-        "--key",
-        &key_arg,
-        "-t",
-        "test/tls",
-        "-m",
-        "over tls",
-    ]);
+    let (tls_port, plain_port) = (tls.to_string(), plain.to_string());
+    let device = mosquitto_tls_args(&tls_port, &ca, Some(&(device_cert, device_key)));
+    let with_device = |extra: &[&str]| -> Vec<String> {
+        let mut args = device.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let sub = mosquitto_sub_one(&with_device(&["-t", "test/#"]));
+    assert_mosquitto_pub(&with_device(&["-t", "test/tls", "-m", "over tls"]));
     assert_eq!(finish_sub(sub), "test/tls over tls");
 
     let sub = mosquitto_sub_one(&["-h", "127.0.0.1", "-p", &plain_port, "-t", "test/#"]);
-    mosquitto_pub(&[
-        "-h",
-        "localhost",
-        "-p",
-        &tls_port,
-        "--cafile",
-        &ca_arg,
-        "--cert",
-        &cert_arg,
-        "--key",
-        &key_arg,
-        "-t",
-        "test/across",
-        "-m",
-        "tls to plain",
-    ]);
+    assert_mosquitto_pub(&with_device(&["-t", "test/across", "-m", "tls to plain"]));
     assert_eq!(finish_sub(sub), "test/across tls to plain");
 
     // The TLS listener of the default is mutual TLS: no certificate, no connection.
-    let refused = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &tls_port, "--cafile", &ca_arg])
-        .args(["-t", "test/nocert", "-m", "refused"])
-        .output()
-        .expect("run mosquitto_pub");
+    let mut no_cert = mosquitto_tls_args(&tls_port, &ca, None);
+    no_cert.extend(["-t", "test/nocert", "-m", "refused"].map(String::from));
+    let refused = mosquitto_pub_output(&no_cert);
     assert!(
         !refused.status.success(),
         "a client without a certificate is refused"
@@ -314,15 +237,12 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
 }
 
 fn config_file(dir: &Path, port: u16, grace: &str) -> PathBuf {
-    let path = dir.join("tollgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[broker]\ndata_dir = \"state\"\n[shutdown]\ngrace_period = \"{grace}\"\n[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nallow_anonymous = true\n"
+    write_config(
+        dir,
+        &format!(
+            "[shutdown]\ngrace_period = \"{grace}\"\n[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nallow_anonymous = true\n"
         ),
     )
-    .expect("write config");
-    path
 }
 
 #[test]
@@ -351,7 +271,7 @@ fn sighup_with_a_broken_file_logs_every_problem_and_keeps_serving() {
     assert!(log.contains("listener[0].bind"), "{log}");
 
     // The subscription made before the reload still receives, new clients still connect.
-    mosquitto_pub(&[
+    assert_mosquitto_pub(&[
         "-h",
         "127.0.0.1",
         "-p",
@@ -416,44 +336,6 @@ fn sigterm_disconnects_clients_and_exits_0_within_the_grace_period() {
     );
 }
 
-/// Collects sd_notify datagrams sent to a fake `$NOTIFY_SOCKET`.
-struct FakeSystemd {
-    socket: std::os::unix::net::UnixDatagram,
-    seen: Vec<String>,
-}
-
-impl FakeSystemd {
-    fn bind(path: &Path) -> FakeSystemd {
-        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("read timeout");
-        FakeSystemd {
-            socket,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Wait for a datagram containing `needle` (after those already consumed).
-    fn expect(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push(message.clone());
-                if message.contains(needle) {
-                    return message;
-                }
-            }
-        }
-        panic!(
-            "no {needle:?} from tollgate within {limit:?}; got {:?}",
-            self.seen
-        );
-    }
-}
-
 #[test]
 fn tells_systemd_ready_watchdog_reloading_and_stopping_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -514,19 +396,16 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let port_arg = port.to_string();
     loop {
-        let out = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port_arg,
-                "-t",
-                "test/after",
-                "-m",
-                "x",
-            ])
-            .output()
-            .expect("run mosquitto_pub");
+        let out = mosquitto_pub_output(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_arg,
+            "-t",
+            "test/after",
+            "-m",
+            "x",
+        ]);
         if out.status.success() {
             break;
         }

@@ -2,48 +2,19 @@
 //! caches per-callsite interest process-wide, which races with tests that run without a
 //! subscriber.
 
-mod log_capture;
+mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use support::auth::{alice_and_bob, from, request, ALICE_PW};
 
-use tollgate::auth::{
-    AuthRequest, Authenticator, HashScheme, PasswordAuthSettings, PasswordAuthenticator,
-    PasswordFile,
-};
-
-const ALICE_PW: &[u8] = b"alice-pw";
+use tollgate::auth::{Authenticator, PasswordAuthSettings, PasswordAuthenticator};
 
 fn auth() -> PasswordAuthenticator {
-    let mut f = PasswordFile::new();
-    f.upsert("alice", ALICE_PW, HashScheme::mosquitto_default())
-        .expect("hash");
-    f.upsert("bob", b"bob-pw", HashScheme::mosquitto_default())
-        .expect("hash");
-    PasswordAuthenticator::new(Some(f), PasswordAuthSettings::default())
-}
-
-fn request(username: Option<&str>, password: Option<&[u8]>) -> AuthRequest {
-    AuthRequest {
-        listener: Arc::from("tls"),
-        allow_anonymous: false,
-        password_auth: true,
-        peer: "192.0.2.10:50000".parse().expect("addr"),
-        client_id: "dev-1".into(),
-        username: username.map(str::to_string),
-        password: password.map(bytes::Bytes::copy_from_slice),
-        certificate_identity: None,
-    }
-}
-
-fn from(mut r: AuthRequest, peer: &str) -> AuthRequest {
-    r.peer = peer.parse::<SocketAddr>().expect("addr");
-    r
+    PasswordAuthenticator::new(Some(alice_and_bob()), PasswordAuthSettings::default())
 }
 
 #[tokio::test]
 async fn audit_events_record_decisions_and_never_the_password() {
-    let captured = log_capture::Captured::default();
+    let captured = support::logs::Captured::default();
     let _guard = tracing::subscriber::set_default(captured.subscriber("info"));
 
     let a = auth();

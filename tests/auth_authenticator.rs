@@ -2,46 +2,18 @@
 //! username rules, anonymous handling, empty passwords, unknown users, the success
 //! cache, throttling and audit events.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
+use support::auth::{alice_and_bob, from, request, ALICE_PW};
 use tollgate::auth::{
-    AnonymousOnly, AuthError, AuthMethod, AuthRequest, Authenticator, HashScheme,
-    PasswordAuthSettings, PasswordAuthenticator, PasswordFile,
+    AnonymousOnly, AuthError, AuthMethod, Authenticator, HashScheme, PasswordAuthSettings,
+    PasswordAuthenticator, PasswordFile,
 };
 
-const ALICE_PW: &[u8] = b"alice-pw";
-
-fn file() -> PasswordFile {
-    let mut f = PasswordFile::new();
-    f.upsert("alice", ALICE_PW, HashScheme::mosquitto_default())
-        .expect("hash");
-    f.upsert("bob", b"bob-pw", HashScheme::mosquitto_default())
-        .expect("hash");
-    f
-}
-
 fn auth(settings: PasswordAuthSettings) -> PasswordAuthenticator {
-    PasswordAuthenticator::new(Some(file()), settings)
-}
-
-fn request(username: Option<&str>, password: Option<&[u8]>) -> AuthRequest {
-    AuthRequest {
-        listener: Arc::from("tls"),
-        allow_anonymous: false,
-        password_auth: true,
-        peer: "192.0.2.10:50000".parse().expect("addr"),
-        client_id: "dev-1".into(),
-        username: username.map(str::to_string),
-        password: password.map(bytes::Bytes::copy_from_slice),
-        certificate_identity: None,
-    }
-}
-
-fn from(mut r: AuthRequest, peer: &str) -> AuthRequest {
-    r.peer = peer.parse::<SocketAddr>().expect("addr");
-    r
+    PasswordAuthenticator::new(Some(alice_and_bob()), settings)
 }
 
 #[tokio::test]
@@ -359,7 +331,7 @@ async fn anonymous_only_never_turns_an_unverified_username_into_an_identity() {
 
 #[tokio::test]
 async fn reload_empties_the_cache_but_keeps_throttling() {
-    let original = file();
+    let original = alice_and_bob();
     let text = original.to_text();
     let a = PasswordAuthenticator::new(
         Some(original),

@@ -2,26 +2,17 @@
 //! (and the mosquitto broker reading what `tollgate passwd --mosquitto` writes),
 //! argon2id, `$6$`, longer salts, error reporting, and parser robustness.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
 use clap::Parser;
+use support::{mosquitto_passwd, Mosquitto};
 use tollgate::auth::{
     fuzz_password_line, run_passwd, valid_username, PasswdCommand, PasswdError, PasswordFile,
     PasswordFileError, StoredHash, Verification,
 };
-
-const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
-
-fn mosquitto_passwd(args: &[&str]) {
-    let status = Command::new(MOSQUITTO_PASSWD)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("{MOSQUITTO_PASSWD} must be installed (apt install mosquitto): {e}")
-        });
-    assert!(status.success(), "mosquitto_passwd {args:?} failed");
-}
 
 #[derive(Parser)]
 struct Cli {
@@ -177,34 +168,14 @@ fn mosquitto_broker_accepts_tollgate_written_pbkdf2_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = dir.path().join("passwd");
     passwd(&["-c", "--mosquitto", "-b", path_str(&pw), "dev", "devpw"]).expect("create");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+    let broker = Mosquitto::start(
+        dir.path(),
+        &format!(
+            "user root\nallow_anonymous false\npassword_file {}\n",
             pw.display()
         ),
-    )
-    .expect("write conf");
-    let mut broker = Command::new("/usr/sbin/mosquitto")
-        .args(["-c", path_str(&conf)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto must be installed");
-    // Wait (bounded) until the broker listens.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    );
+    let port = broker.port;
     let publish = |password: &str| {
         // `timeout` bounds the run: mosquitto_pub itself has no connect timeout option.
         Command::new("timeout")
@@ -225,8 +196,7 @@ fn mosquitto_broker_accepts_tollgate_written_pbkdf2_file() {
     };
     let right = publish("devpw");
     let wrong = publish("nope");
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
     assert!(
         right,
         "mosquitto refused the right password for a tollgate-written $7$ entry"

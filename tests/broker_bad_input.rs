@@ -1,16 +1,16 @@
 //! Bad input over real sockets: each gets the spec's reaction (v5 DISCONNECT with the
 //! right reason code, or close) and the broker keeps serving everyone else.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::*;
 use tollgate::broker::BrokerSettings;
 
 /// Expect a v5 DISCONNECT with `code`, then the close.

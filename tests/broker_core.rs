@@ -2,15 +2,15 @@
 //! wildcards, retained messages, sessions, wills, keepalive, takeover, shutdown,
 //! and interoperability with Debian's mosquitto_pub/mosquitto_sub.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::*;
 
 #[tokio::test]
 async fn v311_and_v5_clients_exchange_qos0_1_2() {

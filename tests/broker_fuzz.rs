@@ -25,7 +25,7 @@
 //! The same file runs the stable counterparts of the `router_ops` and `topic_alias`
 //! cargo-fuzz targets on random inputs.
 
-mod common;
+mod support;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -34,20 +34,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{test_settings, v4, Raw, WAIT};
 use proptest::prelude::*;
 use rumqttc::mqttbytes::v4 as p4;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::{start_broker_on, test_listener, test_settings, v4, Raw, TestBroker, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tollgate::acl::AllowAll;
 use tollgate::auth::{AnonymousOnly, Identity};
 use tollgate::broker::fuzz_router::{fuzz_router_ops_limited, fuzz_topic_alias};
-use tollgate::broker::{Broker, BrokerStats, ConnectionInfo, InternalOptions, ListenerContext};
+use tollgate::broker::{BrokerStats, InternalOptions, ListenerContext};
 
 /// Deepest generated topic when `TOLLGATE_FUZZ_MAX_LEVELS` is not set: MQTT's
 /// deepest (the broker under test allows 32,768, so deeper ones test the refusal).
@@ -122,129 +121,40 @@ fn panics_in_case(case: u64) -> usize {
         .count()
 }
 
-fn panic_text(e: JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into()),
-        Err(e) => e.to_string(),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Broker with an accept loop that keeps its connection tasks
 
-struct FuzzBroker {
-    addr: SocketAddr,
-    broker: Broker,
-    shutdown: CancellationToken,
-    /// Resolves to the panics of connection tasks once the broker stops.
-    accept: JoinHandle<Vec<String>>,
-}
-
-/// `tests/common::start_broker`, except that connection tasks live in a `JoinSet` so
-/// a panic in one is reported instead of vanishing with a detached `tokio::spawn`.
-async fn start_broker() -> FuzzBroker {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    // The deepest topics the configuration allows reach the trie and retained store.
+/// The support broker (its connection tasks live in a `JoinSet`, so a panic in one is
+/// reported by `stop_and_collect_panics`), on a listener named `fuzz`, with the deepest
+/// topics the configuration allows reaching the trie and retained store.
+async fn start_broker() -> TestBroker {
     let settings = tollgate::broker::BrokerSettings {
         max_topic_levels: 32_768,
         ..test_settings()
     };
-    let connect_timeout = settings.connect_timeout;
-    let broker = Broker::start(
+    let context = ListenerContext {
+        name: Arc::from("fuzz"),
+        ..test_listener()
+    };
+    start_broker_on(
         settings,
         Arc::new(AnonymousOnly),
         Arc::new(AllowAll),
-        shutdown.clone(),
-    );
-    let context = Arc::new(ListenerContext {
-        name: Arc::from("fuzz"),
-        allow_anonymous: true,
-        password_auth: true,
-        ..Default::default()
-    });
-    let accept_broker = broker.clone();
-    let stop = shutdown.clone();
-    let accept = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        let mut panics = Vec::new();
-        let mut record = |done: Result<(), JoinError>| {
-            if let Err(e) = done {
-                if e.is_panic() {
-                    panics.push(panic_text(e));
-                }
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                Some(done) = connections.join_next(), if !connections.is_empty() => record(done),
-                accepted = listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let info = ConnectionInfo {
-                        peer,
-                        listener: context.clone(),
-                        certificate_identity: None,
-                        peer_certificates: None,
-                        connect_deadline: tokio::time::Instant::now() + connect_timeout,
-                    };
-                    let b = accept_broker.clone();
-                    connections.spawn(async move { b.serve(stream, info).await });
-                }
-            }
-        }
-        // Shutdown ends every connection; a task still running after WAIT is a hang.
-        while let Ok(Some(done)) = tokio::time::timeout(WAIT, connections.join_next()).await {
-            record(done);
-        }
-        if !connections.is_empty() {
-            panics.push(format!(
-                "{} connection tasks still running after shutdown",
-                connections.len()
-            ));
-        }
-        panics
-    });
-    FuzzBroker {
-        addr,
-        broker,
-        shutdown,
-        accept,
-    }
+        context,
+    )
+    .await
 }
 
-impl FuzzBroker {
-    /// Shut down, wait for the router and every connection; returns task panics.
-    async fn stop(self) -> Vec<String> {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.broker.drained())
-            .await
-            .expect("broker drains within the limit");
-        match self.accept.await {
-            Ok(panics) => panics,
-            Err(e) => vec![format!("accept loop: {}", panic_text(e))],
+/// Poll the stats until `done` holds or the limit passes; returns the last stats.
+async fn stats_until(b: &TestBroker, done: impl Fn(&BrokerStats) -> bool) -> BrokerStats {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = b.broker.ping().await;
+        let stats = b.broker.stats();
+        if done(&stats) || tokio::time::Instant::now() >= deadline {
+            return stats;
         }
-    }
-
-    /// Poll the stats until `done` holds or the limit passes; returns the last stats.
-    async fn stats_until(&self, done: impl Fn(&BrokerStats) -> bool) -> BrokerStats {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let _ = self.broker.ping().await;
-            let stats = self.broker.stats();
-            if done(&stats) || tokio::time::Instant::now() >= deadline {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -273,7 +183,7 @@ where
         let retained = conversation(b.addr, Vec::new()).await;
         check_still_serves(b.addr).await;
         check_empty_after_cleanup(&b, &retained).await;
-        let task_panics = b.stop().await;
+        let task_panics = b.stop_and_collect_panics().await;
         assert!(
             task_panics.is_empty(),
             "broker tasks panicked: {task_panics:?}"
@@ -301,14 +211,14 @@ async fn check_still_serves(addr: SocketAddr) {
 
 /// End every session the conversation may have left (a clean v5 CONNECT discards a
 /// persistent one), clear retained topics, then expect nothing held.
-async fn check_empty_after_cleanup(b: &FuzzBroker, retained: &[String]) {
+async fn check_empty_after_cleanup(b: &TestBroker, retained: &[String]) {
     for id in CLIENT_IDS {
         let mut raw = Raw::connect_v5(b.addr, id).await;
         raw.send_bytes(&[0xE0, 0x00]).await;
         let _ = raw.read_to_close().await;
     }
     // Wills of ended sessions are published by now; sessions must all be gone.
-    let stats = b.stats_until(|s| s.sessions == 0).await;
+    let stats = stats_until(b, |s| s.sessions == 0).await;
     assert_eq!(stats.sessions, 0, "sessions left after cleanup: {stats:?}");
 
     let mut cleaner = b
@@ -322,7 +232,7 @@ async fn check_empty_after_cleanup(b: &FuzzBroker, retained: &[String]) {
             .publish(topic, Bytes::new(), Q5::AtMostOnce, true)
             .await;
     }
-    if b.stats_until(|s| s.retained_messages == 0)
+    if stats_until(b, |s| s.retained_messages == 0)
         .await
         .retained_messages
         > 0
@@ -343,17 +253,16 @@ async fn check_empty_after_cleanup(b: &FuzzBroker, retained: &[String]) {
         }
     }
     cleaner.disconnect().await;
-    let stats = b
-        .stats_until(|s| {
-            (
-                s.sessions,
-                s.subscriptions,
-                s.retained_messages,
-                s.subscription_trie_nodes,
-                s.clients_connected,
-            ) == (0, 0, 0, 0, 0)
-        })
-        .await;
+    let stats = stats_until(b, |s| {
+        (
+            s.sessions,
+            s.subscriptions,
+            s.retained_messages,
+            s.subscription_trie_nodes,
+            s.clients_connected,
+        ) == (0, 0, 0, 0, 0)
+    })
+    .await;
     assert_eq!(
         (
             stats.sessions,
@@ -943,9 +852,9 @@ proptest! {
 #[test]
 fn deepest_retained_subscription_is_cleaned_up_to_an_empty_broker() {
     run_case(|addr, retained| async move {
-        let mut options = common::v5_options(addr, "fz-0");
+        let mut options = support::v5_options(addr, "fz-0");
         options.set_max_packet_size(Some(256 * 1024));
-        let mut c = common::v5_connect(options).await;
+        let mut c = support::v5_connect(options).await;
         // The deepest the broker under test accepts (its max_topic_levels).
         let deep = "/".repeat(max_levels().min(32_768) - 1);
         c.subscribe(&deep, Q5::AtLeastOnce).await;

@@ -4,15 +4,15 @@
 //! are torn down without recursion, and durable hold-backs are released as success
 //! only when the durable subscriber stored the message.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::*;
 use tollgate::acl::{Acl, AllowAll, Authorizer};
 use tollgate::auth::{AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity};
 use tollgate::broker::codec::QoS;

@@ -1,16 +1,16 @@
 //! The in-process client API (adapters, bridge) and the authorization seam: same
 //! semantics and ACL checks as network clients, and durable hold-back of PUBACKs.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::*;
 use tollgate::acl::{Access, AclDecision, Authorizer};
 use tollgate::auth::{AnonymousOnly, Identity};
 use tollgate::broker::{BrokerError, BrokerSettings, InternalOptions};

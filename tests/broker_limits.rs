@@ -4,14 +4,14 @@
 //! the protocol's reaction and a counter; the queue overflow policies drop the
 //! oldest, drop the new, or slow the publishers down.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::*;
 use tokio::io::AsyncWriteExt;
 use tollgate::broker::{BrokerSettings, QueueOverflow};
 

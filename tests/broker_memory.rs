@@ -2,14 +2,14 @@
 //! must not keep alive the megabyte-sized read buffer it was decoded from. Alone in
 //! its file so the process RSS it measures is this test's.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::*;
 use tollgate::acl::Acl;
 use tollgate::auth::AnonymousOnly;
 

@@ -1,14 +1,14 @@
 //! Revalidation of live sessions after a reload (`Broker::revalidate`) and the
 //! session-free health probe (`Broker::ping`), over real sockets.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::*;
 use tollgate::broker::{Broker, RevalidateCheck, RevalidateVerdict, SessionCredentials};
 
 /// Wait until the router reports `n` connected clients.
@@ -21,29 +21,14 @@ async fn wait_connected(broker: &Broker, n: u64) {
 
 /// Raw v5 CONNECT with a will on `will_topic`.
 async fn raw_with_will(addr: std::net::SocketAddr, id: &str, will_topic: &str) -> Raw {
-    let mut raw = Raw::open(addr).await;
-    raw.send(&p5::Packet::Connect(
-        p5::Connect {
-            keep_alive: 30,
-            client_id: id.to_string(),
-            clean_start: true,
-            properties: None,
-        },
-        Some(p5::LastWill {
-            topic: Bytes::copy_from_slice(will_topic.as_bytes()),
-            message: Bytes::from_static(b"gone"),
-            qos: Q5::AtLeastOnce,
-            retain: false,
-            properties: None,
-        }),
-        None,
-    ))
-    .await;
-    match raw.read().await {
-        Some(p5::Packet::ConnAck(c)) => assert_eq!(c.code, p5::ConnectReturnCode::Success),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    raw
+    let will = p5::LastWill {
+        topic: Bytes::copy_from_slice(will_topic.as_bytes()),
+        message: Bytes::from_static(b"gone"),
+        qos: Q5::AtLeastOnce,
+        retain: false,
+        properties: None,
+    };
+    Raw::connect_v5_with_will(addr, id, Some(will)).await
 }
 
 #[tokio::test]

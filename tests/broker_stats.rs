@@ -1,12 +1,12 @@
 //! `$SYS/broker/...` statistics, `Broker::stats()`, and memory bounded by live state.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::auth::Identity;
 use tollgate::broker::{BrokerSettings, InternalOptions};

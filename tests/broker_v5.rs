@@ -3,15 +3,15 @@
 //! Published, retain handling, property pass-through, Maximum Packet Size, Receive
 //! Maximum, Server Keep Alive, session expiry and the offline queue overflow policy.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::*;
 use tollgate::broker::BrokerSettings;
 
 fn sub_packet(pkid: u16, filters: Vec<p5::Filter>, id: Option<usize>) -> p5::Packet {

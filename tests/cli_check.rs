@@ -1,9 +1,9 @@
 //! The `tollgate` binary's command line: `check` exit codes and output, `run` refusing
 //! a bad configuration with 64, `--version`.
 
-mod common;
+mod support;
 
-use common::tollgate;
+use support::gateway::tollgate;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

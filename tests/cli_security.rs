@@ -4,14 +4,15 @@
 //! clients), `acl explain -c` using the real config loader, and exit codes (64 for
 //! bad usage or configuration).
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{free_port, tollgate, tollgate_env};
+use support::free_port;
+use support::gateway::{tollgate, tollgate_command, tollgate_env};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -93,7 +94,7 @@ fn operator_path_from_zero_to_a_running_mtls_and_acl_gateway() {
     let checked = ok(&tollgate(&["check", "-c", "tollgate.toml"], etc), "check");
     assert!(checked.contains("OK: 1 listener"), "{checked}");
 
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut gateway = tollgate_command()
         .args(["--log", "text", "run", "-c", "tollgate.toml"])
         .current_dir(etc)
         .env("HOME", etc)

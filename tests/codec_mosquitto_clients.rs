@@ -4,16 +4,17 @@
 //! Proves that what real clients send decodes as expected (both protocol
 //! versions) and that what the codec encodes is understood by them.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use bytes::{Bytes, BytesMut};
+use support::{finish_within, loopback_listener, spawn_peer, WAIT};
 use tollgate::broker::codec::{decode_connect, v5, Codec, ConnectPacket, ProtocolVersion, QoS};
 
 const MAX: usize = 1 << 20;
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// One accepted client connection, read and written through the codec.
 struct Conn {
@@ -25,7 +26,7 @@ struct Conn {
 impl Conn {
     fn accept(listener: &TcpListener) -> (Conn, ConnectPacket) {
         let (stream, _) = listener.accept().expect("client connects");
-        stream.set_read_timeout(Some(LIMIT)).expect("timeout set");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout set");
         let mut conn = Conn {
             stream,
             buf: BytesMut::new(),
@@ -81,42 +82,11 @@ impl Conn {
     }
 }
 
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let port = listener.local_addr().expect("bound").port();
-    (listener, port)
-}
-
-fn spawn(program: &str, args: &[&str]) -> Child {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}); install Debian's mosquitto-clients")
-        })
-}
-
-/// Waits for the client to exit, killing it after the time limit.
-fn finish(mut child: Child) -> Output {
-    let start = Instant::now();
-    while child.try_wait().expect("child state").is_none() {
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("child output")
-}
-
 #[test]
 fn mosquitto_pub_v5_qos1_with_properties_will_and_credentials() {
-    let (listener, port) = listener();
+    let (listener, port) = loopback_listener();
     let port = port.to_string();
-    let child = spawn(
+    let child = spawn_peer(
         "mosquitto_pub",
         &[
             "-h",
@@ -195,7 +165,7 @@ fn mosquitto_pub_v5_qos1_with_properties_will_and_credentials() {
     assert!(
         matches!(conn.read(), v5::Packet::Disconnect(d) if d.reason_code == v5::DisconnectReasonCode::NormalDisconnection)
     );
-    let out = finish(child);
+    let out = finish_within(child, WAIT);
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
@@ -205,9 +175,9 @@ fn mosquitto_pub_v5_qos1_with_properties_will_and_credentials() {
 
 #[test]
 fn mosquitto_pub_v311_qos2_exchange() {
-    let (listener, port) = listener();
+    let (listener, port) = loopback_listener();
     let port = port.to_string();
-    let child = spawn(
+    let child = spawn_peer(
         "mosquitto_pub",
         &[
             "-h",
@@ -242,7 +212,7 @@ fn mosquitto_pub_v311_qos2_exchange() {
     assert!(matches!(conn.read(), v5::Packet::PubRel(r) if r.pkid == p.pkid));
     conn.send(&v5::Packet::PubComp(v5::PubComp::new(p.pkid, None)));
     assert!(matches!(conn.read(), v5::Packet::Disconnect(_)));
-    let out = finish(child);
+    let out = finish_within(child, WAIT);
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
@@ -251,14 +221,14 @@ fn mosquitto_pub_v311_qos2_exchange() {
 }
 
 fn subscribe_and_deliver(version: ProtocolVersion) -> Output {
-    let (listener, port) = listener();
+    let (listener, port) = loopback_listener();
     let port = port.to_string();
     let v = if version == ProtocolVersion::V5 {
         "mqttv5"
     } else {
         "mqttv311"
     };
-    let child = spawn(
+    let child = spawn_peer(
         "mosquitto_sub",
         &[
             "-h",
@@ -316,7 +286,7 @@ fn subscribe_and_deliver(version: ProtocolVersion) -> Output {
     }));
     assert!(matches!(conn.read(), v5::Packet::PubAck(a) if a.pkid == 1));
     assert!(matches!(conn.read(), v5::Packet::Disconnect(_)));
-    finish(child)
+    finish_within(child, WAIT)
 }
 
 #[test]
@@ -348,9 +318,9 @@ fn mosquitto_sub_v311_receives_what_the_codec_encodes() {
 }
 
 fn refused(version: &str, code: v5::ConnectReturnCode) -> Output {
-    let (listener, port) = listener();
+    let (listener, port) = loopback_listener();
     let port = port.to_string();
-    let child = spawn(
+    let child = spawn_peer(
         "mosquitto_pub",
         &[
             "-h",
@@ -368,7 +338,7 @@ fn refused(version: &str, code: v5::ConnectReturnCode) -> Output {
     let (mut conn, _) = Conn::accept(&listener);
     conn.connack(code);
     drop(conn);
-    finish(child)
+    finish_within(child, WAIT)
 }
 
 #[test]
@@ -392,9 +362,9 @@ fn refusing_connacks_are_understood_by_both_client_versions() {
 
 #[test]
 fn mosquitto_sub_v5_reads_the_server_disconnect_reason_code() {
-    let (listener, port) = listener();
+    let (listener, port) = loopback_listener();
     let port = port.to_string();
-    let child = spawn(
+    let child = spawn_peer(
         "mosquitto_sub",
         &[
             "-h",
@@ -421,7 +391,7 @@ fn mosquitto_sub_v5_reads_the_server_disconnect_reason_code() {
     conn.send(&v5::Packet::Disconnect(v5::Disconnect::new(
         v5::DisconnectReasonCode::SessionTakenOver,
     )));
-    let out = finish(child);
+    let out = finish_within(child, WAIT);
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
         log.contains("Received DISCONNECT (142)"),

@@ -3,11 +3,13 @@
 //! completely once the files it names in /etc/tollgate exist (as on a provisioned
 //! gateway: a PKI from `tollgate::pki`, a password file and an ACL file).
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use support::pki::TestPki;
 use tollgate::config::{load_with_env, ConfigSource};
-use tollgate::pki::{self, KeyAlgorithm};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -44,24 +46,13 @@ fn embedded_default_validates_and_equals_the_annotated_file_on_disk() {
 
 /// Files the examples expect under /etc/tollgate, made in `dir`.
 fn provision(dir: &Path) {
-    let pki_dir = dir.join("pki");
-    pki::init_ca(&pki_dir, "example CA", 30, KeyAlgorithm::EcdsaP256, false).expect("CA");
-    let server = pki::issue_server(
-        &pki_dir,
-        "server",
-        &["localhost".to_string()],
-        &["127.0.0.1".parse().expect("ip")],
-        30,
-        KeyAlgorithm::EcdsaP256,
-        false,
-    )
-    .expect("server certificate");
-    let crl = pki::write_crl(&pki_dir, 7).expect("CRL");
+    let pki = TestPki::with_ca_name(dir, "example CA");
+    let crl = pki.crl();
     for (from, to) in [
-        (pki_dir.join(pki::CA_CERT), "ca.crt"),
+        (pki.ca, "ca.crt"),
         (crl, "ca.crl"),
-        (server.cert, "server.crt"),
-        (server.key, "server.key"),
+        (pki.server_cert, "server.crt"),
+        (pki.server_key, "server.key"),
     ] {
         std::fs::copy(&from, dir.join(to)).unwrap_or_else(|e| panic!("copy {to}: {e}"));
     }

@@ -4,6 +4,8 @@
 //! clients see it in their CONNACK. Also: every keepalive configuration mistake is
 //! reported with its key path.
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,63 +15,20 @@ use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
-use tollgate::app::App;
+use support::gateway::Gateway;
+use support::{skip_unless_required, WAIT};
 use tollgate::config::{load_with_env, ConfigSource};
 
-const WAIT: Duration = Duration::from_secs(5);
-
+/// The support configuration with `$SYS` off.
 fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("tollgate.toml");
-    let text = format!("[broker]\ndata_dir = \"state\"\nsys_interval = \"0\"\n{body}");
-    std::fs::write(&path, text).expect("write config");
-    path
+    support::gateway::write_config(dir, &format!("sys_interval = \"0\"\n{body}"))
 }
 
 fn listener(name: &str, transport: &str, extra: &str) -> String {
     format!(
         "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\ntransport = \"{transport}\"\nallow_anonymous = true\npassword_auth = false\n{extra}\n"
     )
-}
-
-/// The application with the real broker core; stopped by dropping nothing but `stop`.
-struct Running {
-    addrs: HashMap<String, SocketAddr>,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<Result<(), tollgate::app::AppError>>,
-}
-
-impl Running {
-    async fn start(config: &Path) -> Running {
-        let loaded = load_with_env(&ConfigSource::File(config.to_path_buf()), &HashMap::new())
-            .expect("valid config");
-        let names: Vec<String> = loaded
-            .config
-            .listeners
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
-        let app = App::build(loaded).await.expect("app builds");
-        let addrs = names
-            .iter()
-            .map(|n| (n.clone(), app.local_addr(n).expect("bound")))
-            .collect();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
-        Running { addrs, stop, done }
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).expect("app running");
-        tokio::time::timeout(Duration::from_secs(10), self.done)
-            .await
-            .expect("app stops")
-            .expect("no panic")
-            .expect("run ok");
-    }
 }
 
 /// `ss -tnoH state established '( sport = :PORT )'`: one line per server-side socket,
@@ -89,12 +48,7 @@ fn ss_missing() -> bool {
     if ss_server_sockets(1).is_some() {
         return false;
     }
-    assert!(
-        std::env::var("TOLLGATE_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "`ss` (iproute2) is required when TOLLGATE_REQUIRE_PEERS=1"
-    );
-    eprintln!("SKIPPED: `ss` (iproute2) is not installed; cannot observe socket timers");
-    true
+    !skip_unless_required("`ss` (iproute2) is not installed; cannot observe socket timers")
 }
 
 /// Wait until the accepted side of a connection to `port` shows up, and return its line.
@@ -136,14 +90,14 @@ async fn plain_and_tls_listeners_turn_on_tcp_keepalive_and_one_can_turn_it_off()
         ]
         .concat(),
     );
-    let running = Running::start(&config).await;
+    let running = Gateway::build(&config).await;
 
     // A socket that has just been accepted shows the full idle time left, which ss
     // prints in whole minutes at this size (4242 s = 70.7 min, 4343 s = 72.4 min):
     // the configured value, not the kernel default (7200 s) nor ours (60 s).
     for (name, shown) in [("plain", "70min"), ("secure", "72min")] {
-        let port = running.addrs[name].port();
-        let _client = TcpStream::connect(running.addrs[name])
+        let port = running.addr(name).port();
+        let _client = TcpStream::connect(running.addr(name))
             .await
             .expect("connect");
         let line = server_socket_line(port).await;
@@ -158,8 +112,8 @@ async fn plain_and_tls_listeners_turn_on_tcp_keepalive_and_one_can_turn_it_off()
         );
     }
 
-    let port = running.addrs["off"].port();
-    let mut client = TcpStream::connect(running.addrs["off"])
+    let port = running.addr("off").port();
+    let mut client = TcpStream::connect(running.addr("off"))
         .await
         .expect("connect");
     // A CONNACK proves the server side was accepted and set up before ss looks.
@@ -262,10 +216,10 @@ async fn keep_alive_zero_and_below_minimum_get_server_keep_alive_on_v5_and_are_r
         .concat(),
     );
     // [broker] max_keepalive stays at its default, 65535.
-    let running = Running::start(&config).await;
-    let strict = running.addrs["strict"];
-    let no_zero = running.addrs["no-zero"];
-    let open = running.addrs["open"];
+    let running = Gateway::build(&config).await;
+    let strict = running.addr("strict");
+    let no_zero = running.addr("no-zero");
+    let open = running.addr("open");
     use p5::ConnectReturnCode::Success;
 
     // v5: the server's keep alive overrides the client's (Server Keep Alive).

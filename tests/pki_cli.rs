@@ -2,18 +2,17 @@
 //! by a real TLS server (`tls::build_server_config`) and, when installed, by Mosquitto's own
 //! clients and broker (OpenSSL) as independent peers.
 
-mod common;
+mod support;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
-use common::{free_port, require_peer};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
+use support::{require_peer, Mosquitto, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -22,8 +21,6 @@ use tollgate::tls::{
     build_client_config, build_server_config, classify_handshake_error, peer_identity,
     CertRejection, ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion,
 };
-
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// Stand-in for the lead's CLI: `tollgate pki ...` parsed exactly as the binary will.
 #[derive(Parser)]
@@ -74,7 +71,7 @@ async fn connect_device(
         tls.write_all(b"ok").await?;
         Ok::<_, io::Error>(id)
     });
-    let client_result = tokio::time::timeout(LIMIT, async {
+    let client_result = tokio::time::timeout(WAIT, async {
         let tcp = TcpStream::connect(addr).await?;
         let mut tls = TlsConnector::from(client)
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
@@ -85,7 +82,7 @@ async fn connect_device(
     })
     .await
     .expect("client in time");
-    let served = tokio::time::timeout(LIMIT, server_task)
+    let served = tokio::time::timeout(WAIT, server_task)
         .await
         .expect("server in time")
         .expect("task");
@@ -288,13 +285,11 @@ fn generated_files_work_with_mosquitto_and_mosquitto_pub() {
     pki_run(&dir, &["device", "bad"]).expect("device");
     pki_run(&dir, &["revoke", "bad"]).expect("revoke");
 
-    let port = free_port();
-    let conf = tmp.path().join("mosquitto.conf");
     let p = |s: &str| dir.join(s).display().to_string();
-    std::fs::write(
-        &conf,
-        format!(
-            "user root\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+    let broker = Mosquitto::start(
+        tmp.path(),
+        &format!(
+            "user root\ncafile {}\ncertfile {}\nkeyfile {}\n\
              crlfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
              allow_anonymous false\n",
             p("ca.crt"),
@@ -302,24 +297,8 @@ fn generated_files_work_with_mosquitto_and_mosquitto_pub() {
             p("server.key"),
             p("ca.crl")
         ),
-    )
-    .expect("conf");
-    let mut broker = std::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    // Wait for the listener (bounded), then publish as each device.
-    let deadline = std::time::Instant::now() + LIMIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    );
+    let port = broker.port;
     let publish = |device: &str| -> bool {
         std::process::Command::new("mosquitto_pub")
             .args(["-h", "localhost", "-p", &port.to_string()])
@@ -334,8 +313,7 @@ fn generated_files_work_with_mosquitto_and_mosquitto_pub() {
     };
     let good = publish("good");
     let bad = publish("bad");
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
     assert!(good, "mosquitto_pub with a valid device certificate failed");
     assert!(!bad, "mosquitto accepted a revoked device certificate");
 }
@@ -441,7 +419,7 @@ async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
         });
         let p = |s: &str| dir.join(s).display().to_string();
         let status = tokio::time::timeout(
-            LIMIT,
+            WAIT,
             tokio::process::Command::new("mosquitto_pub")
                 .args(["-h", "localhost", "-p", &port.to_string()])
                 .args(["--cafile", &p("ca.crt")])
@@ -454,7 +432,7 @@ async fn mosquitto_pub_with_device_cert_passes_rustls_mtls() {
         .await
         .expect("mosquitto_pub finished")
         .expect("mosquitto_pub ran");
-        let served = tokio::time::timeout(LIMIT, server_task)
+        let served = tokio::time::timeout(WAIT, server_task)
             .await
             .expect("server finished")
             .expect("task")

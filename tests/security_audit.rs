@@ -4,15 +4,14 @@
 //! global subscriber: tracing caches per-callsite interest process-wide, and connection
 //! tasks run on every worker thread.
 
-mod log_capture;
-mod security_util;
+mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
-use security_util::*;
+use support::{dial::*, gateway::*, peers::*, pki::*};
 
 /// Every `audit` line of this process (other targets are not captured).
-fn audit_log() -> &'static log_capture::Captured {
-    log_capture::global("audit=debug")
+fn audit_log() -> &'static support::logs::Captured {
+    support::logs::global("audit=debug")
 }
 
 fn lines_with(needle: &str) -> Vec<String> {

@@ -3,11 +3,11 @@
 //! with `%u`/`%c` patterns, case and trailing-slash variants, and a deny inside a
 //! granted subtree (the subscription is granted, the deliveries under the deny are not).
 
-mod security_util;
+mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use security_util::*;
+use support::{dial::*, gateway::*, peers::*, wait::*};
 
 const ACL: &str = "user alice
 topic readwrite alice/#

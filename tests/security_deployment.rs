@@ -4,31 +4,13 @@
 //! everything else denied), exercised by rumqttc v5 and v3.1.1 clients and by
 //! mosquitto_pub/mosquitto_sub. Also wrong credentials and anonymous refusal.
 
-mod security_util;
+mod support;
 
 use std::path::Path;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use security_util::*;
-
-/// The seeds' acl_file. Their trailing `topic deny #` is left out: mosquitto scopes
-/// it to `user dashboard` (denying the dashboard everything), and tollgate already
-/// denies anything unlisted (`security_cli` shows `tollgate check` warning about it).
-const SEED_ACL: &str = "# Admin can access everything
-user admin
-topic readwrite #
-
-# Sensor devices can only publish to their topics
-user sensor_001
-topic write sensors/001/#
-topic read commands/001
-
-# Dashboard can read everything, write nothing
-user dashboard
-topic read sensors/#
-topic read devices/#
-";
+use support::{dial::*, gateway::*, peers::*, pki::*, wait::*};
 
 const USERS: &[(&str, &str)] = &[
     ("admin", "admin-pw"),
@@ -40,7 +22,10 @@ async fn deployment(dir: &Path) -> (Gateway, TestPki) {
     let pki = TestPki::new(dir);
     let passwd = mosquitto_passwd_file(dir, USERS);
     let acl = dir.join("acl");
-    std::fs::write(&acl, SEED_ACL).expect("write acl");
+    // The seeds' acl_file. Their trailing `topic deny #` is left out: mosquitto scopes
+    // it to `user dashboard` (denying the dashboard everything), and tollgate already
+    // denies anything unlisted (`security_cli` shows `tollgate check` warning about it).
+    std::fs::write(&acl, support::fixtures::seed_acl_without_trailing_deny()).expect("write acl");
     let body = format!(
         "{}{}[acl]\nfile = \"acl\"\n",
         tls_listener(&pki, "password_auth = true\nallow_anonymous = false\n"),
@@ -264,29 +249,15 @@ async fn mosquitto_clients_follow_the_same_rules() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, pki) = deployment(dir.path()).await;
     let port = gw.port("devices");
-    let ca = pki.ca.display().to_string();
     let tls = |user: &str, password: &str| -> Vec<String> {
-        [
-            "-h",
-            "localhost",
-            "-p",
-            &port,
-            "--cafile",
-            &ca,
-            "-u",
-            user,
-            "-P",
-            password,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = mosquitto_tls_args(&port, &pki.ca, None);
+        args.extend(["-u", user, "-P", password].map(String::from));
+        args
     };
     let run_pub = |user: &str, password: &str, extra: &[&str]| {
         let mut args = tls(user, password);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        mosquitto_pub(&refs)
+        mosquitto_pub(&args)
     };
     // Retained so the subscriber below needs no timing.
     assert!(run_pub(
@@ -308,8 +279,7 @@ async fn mosquitto_clients_follow_the_same_rules() {
     let sub = |user: &str, password: &str, filter: &str| {
         let mut args = tls(user, password);
         args.extend(["-q", "1", "-t", filter].iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        finish(mosquitto_sub(&refs, 1))
+        finish(mosquitto_sub(&args, 1))
     };
     let (ok, out, _) = sub("dashboard", "dash-pw", "sensors/#");
     assert!(ok, "{out}");

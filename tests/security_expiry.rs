@@ -3,11 +3,11 @@
 //! the in-process client `tollgate:certs`, even though the ACL grants network clients
 //! no write there), readable by a user the ACL allows; the watch stops with the gateway.
 
-mod security_util;
+mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use security_util::*;
+use support::{dial::*, gateway::*, peers::*};
 use tollgate::pki::{self, KeyAlgorithm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,13 @@
 //! `client_certs = "optional"` falling back to passwords, and mosquitto_pub with
 //! `--cafile/--cert/--key` as an independent client.
 
-mod security_util;
+mod support;
 
 use std::path::Path;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use security_util::*;
+use support::{dial::*, gateway::*, peers::*, pki::*, wait::*};
 
 const RULES: &str = r##"
 [[acl.rule]]
@@ -115,25 +115,8 @@ async fn certificate_cn_is_the_username_and_acls_apply_to_it() {
 
     // mosquitto_pub with --cafile/--cert/--key, as the seeds' ESP32/paho clients would.
     let port = gw.port("devices");
-    let (cert, key) = (
-        sensor.0.display().to_string(),
-        sensor.1.display().to_string(),
-    );
-    let ca = pki.ca.display().to_string();
-    let base = [
-        "-h",
-        "localhost",
-        "-p",
-        &port,
-        "--cafile",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ];
-    let mut args = base.to_vec();
-    args.extend(["-q", "1", "-t", "sensors/001/humidity", "-m", "40"]);
+    let mut args = mosquitto_tls_args(&port, &pki.ca, Some(&sensor));
+    args.extend(["-q", "1", "-t", "sensors/001/humidity", "-m", "40"].map(String::from));
     assert!(mosquitto_pub(&args));
     assert_eq!(
         admin.message().await,
@@ -176,19 +159,10 @@ async fn wrong_ca_expired_not_yet_valid_revoked_and_missing_certificates_fail_th
     }
     // The same with mosquitto_pub as the client.
     let port = gw.port("devices");
-    let ca = pki.ca.display().to_string();
     let publish_with = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>| {
-        let mut args: Vec<String> = ["-h", "localhost", "-p", &port, "--cafile", &ca]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        if let Some((c, k)) = cert {
-            args.extend(["--cert".into(), c.display().to_string()]);
-            args.extend(["--key".into(), k.display().to_string()]);
-        }
+        let mut args = mosquitto_tls_args(&port, &pki.ca, cert);
         args.extend(["-q", "1", "-t", "devices/x/y", "-m", "x"].map(String::from));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        mosquitto_pub(&refs)
+        mosquitto_pub(&args)
     };
     assert!(publish_with(Some(&good)));
     assert!(!publish_with(Some(&revoked)));

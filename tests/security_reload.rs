@@ -4,11 +4,11 @@
 //! whose certificate was revoked, whose password changed or whose anonymous access was
 //! switched off are ended, while everyone else keeps their session.
 
-mod security_util;
+mod support;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Sub};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use security_util::*;
+use support::{dial::*, gateway::*, peers::*, pki::*, wait::*};
 
 const ACL_V1: &str = "user alice\ntopic read news/#\n\nuser admin\ntopic readwrite #\n";
 const ACL_V2: &str =

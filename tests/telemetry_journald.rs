@@ -10,7 +10,7 @@
 //! namespaces are not permitted the journald tests print why and return early; CI runs as root.
 //! Under qemu-user (cross tests) set `CROSS_TEST_RUNNER` to the emulator command line.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::skip_unless_required;
+use support::skip_unless_required;
 use tollgate::telemetry::{self, LogFormat};
 
 const CHILD_ENV: &str = "TOLLGATE_TELEMETRY_CHILD";

@@ -6,23 +6,22 @@
 //! escaped) and is truncated. Alone in its binary with one global subscriber: tracing caches
 //! per-callsite interest process-wide, and connection tasks run on every worker thread.
 
-mod common;
-mod log_capture;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::*;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::*;
 use tollgate::acl::{Acl, Authorizer};
 use tollgate::auth::{HashScheme, PasswordAuthSettings, PasswordAuthenticator, PasswordFile};
 use tollgate::telemetry::limit::{LogLimitSettings, DEFAULT_PER_CONNECTION, DEFAULT_PER_PEER};
 
 /// Every line of this process at `info` and above, as the text format writes it.
-fn log() -> &'static log_capture::Captured {
-    log_capture::global("info")
+fn log() -> &'static support::logs::Captured {
+    support::logs::global("info")
 }
 
 fn text() -> String {

@@ -1,46 +1,16 @@
 //! The sd_notify messages tollgate sends, received on a datagram socket standing in for systemd's
 //! `$NOTIFY_SOCKET`. Environment variables are process-wide, so the tests serialise on a lock.
 
-use std::os::unix::net::UnixDatagram;
+mod support;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
+use support::gateway::FakeSystemd;
+use support::WAIT;
 use tollgate::telemetry::notify;
 
 static ENV_LOCK: Mutex<()> = Mutex::new(());
-
-struct FakeSystemd {
-    socket: UnixDatagram,
-    _dir: tempfile::TempDir,
-}
-
-impl FakeSystemd {
-    fn bind() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("notify");
-        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set timeout");
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        Self { socket, _dir: dir }
-    }
-
-    fn recv(&self) -> String {
-        let mut buf = [0_u8; 4096];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .expect("a notify datagram within 5 s");
-        String::from_utf8(buf[..n].to_vec()).expect("notify messages are UTF-8")
-    }
-}
-
-impl Drop for FakeSystemd {
-    fn drop(&mut self) {
-        std::env::remove_var("NOTIFY_SOCKET");
-    }
-}
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     ENV_LOCK
@@ -51,28 +21,31 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn sends_ready_status_watchdog_and_stopping() {
     let _guard = lock();
-    let systemd = FakeSystemd::bind();
+    let mut systemd = FakeSystemd::in_env();
 
     notify::ready();
-    assert_eq!(systemd.recv(), "READY=1\n");
+    assert_eq!(systemd.recv(WAIT), "READY=1\n");
 
     notify::status("Serving 3 listeners, 12 clients.");
-    assert_eq!(systemd.recv(), "STATUS=Serving 3 listeners, 12 clients.\n");
+    assert_eq!(
+        systemd.recv(WAIT),
+        "STATUS=Serving 3 listeners, 12 clients.\n"
+    );
 
     notify::watchdog_ping();
-    assert_eq!(systemd.recv(), "WATCHDOG=1\n");
+    assert_eq!(systemd.recv(WAIT), "WATCHDOG=1\n");
 
     notify::stopping();
-    assert_eq!(systemd.recv(), "STOPPING=1\n");
+    assert_eq!(systemd.recv(WAIT), "STOPPING=1\n");
 }
 
 #[test]
 fn reloading_carries_monotonic_timestamp() {
     let _guard = lock();
-    let systemd = FakeSystemd::bind();
+    let mut systemd = FakeSystemd::in_env();
 
     notify::reloading();
-    let msg = systemd.recv();
+    let msg = systemd.recv(WAIT);
     let mut lines = msg.lines();
     assert_eq!(lines.next(), Some("RELOADING=1"));
     let usec = lines
@@ -86,10 +59,10 @@ fn reloading_carries_monotonic_timestamp() {
 #[test]
 fn status_newlines_cannot_inject_protocol_lines() {
     let _guard = lock();
-    let systemd = FakeSystemd::bind();
+    let mut systemd = FakeSystemd::in_env();
 
     notify::status("bad\nREADY=1");
-    assert_eq!(systemd.recv(), "STATUS=bad READY=1\n");
+    assert_eq!(systemd.recv(WAIT), "STATUS=bad READY=1\n");
 }
 
 #[test]

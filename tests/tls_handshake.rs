@@ -1,21 +1,20 @@
 //! Real-socket TLS tests of `tollgate::tls`: a tokio-rustls server on 127.0.0.1:0 built with
 //! `build_server_config`, rustls (and OpenSSL, when installed) clients.
 
-mod common;
+mod support;
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::require_peer;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
+    CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, KeyIdMethod,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
+use support::pki::{client_params, issue, leaf_params, write_file, Pki};
+use support::{require_peer, WAIT};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,99 +26,8 @@ use tollgate::tls::{
     TlsVersion,
 };
 
-const LIMIT: Duration = Duration::from_secs(10);
-
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-fn write(path: &Path, contents: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, contents).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn new_ca(cn: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-sign");
-    Ca { cert, key }
-}
-
-fn leaf_params(cn: &str) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
-    params.not_after = OffsetDateTime::now_utc() + time::Duration::days(30);
-    params
-}
-
-/// Signs `params` with `ca` and writes `<name>.crt` / `<name>.key` (0600) into `dir`.
-fn issue(dir: &Path, name: &str, params: CertificateParams, ca: &Ca) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("sign");
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    write(&c, &cert.pem(), 0o644);
-    write(&k, &key.serialize_pem(), 0o600);
-    (c, k)
-}
-
-fn client_params(cn: &str) -> CertificateParams {
-    let mut p = leaf_params(cn);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p
-}
-
-/// A PKI in a temp dir: CA, server cert for localhost, a second unrelated CA.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-    other_ca: Ca,
-    ca_path: PathBuf,
-    server: (PathBuf, PathBuf),
-}
-
+/// What these tests need of the support PKI.
 impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = new_ca("test CA");
-        let other_ca = new_ca("other CA");
-        let ca_path = dir.path().join("ca.crt");
-        write(&ca_path, &ca.cert.pem(), 0o644);
-        let mut sp = leaf_params("localhost");
-        sp.subject_alt_names = vec![
-            SanType::DnsName("localhost".try_into().expect("ia5")),
-            SanType::IpAddress([127, 0, 0, 1].into()),
-        ];
-        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server = issue(dir.path(), "server", sp, &ca);
-        Pki {
-            dir,
-            ca,
-            other_ca,
-            ca_path,
-            server,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn settings(&self, mode: ClientCertMode) -> ServerTlsSettings {
         ServerTlsSettings {
             cert: self.server.0.clone(),
@@ -130,10 +38,6 @@ impl Pki {
             identity: IdentitySource::Cn,
             crl: None,
         }
-    }
-
-    fn client(&self, name: &str) -> (PathBuf, PathBuf) {
-        issue(self.path(), name, client_params(name), &self.ca)
     }
 
     fn client_config(&self, cert: Option<&(PathBuf, PathBuf)>) -> Arc<ClientConfig> {
@@ -181,10 +85,10 @@ async fn connect(
         assert_eq!(&buf, b"ok");
         Ok::<_, io::Error>(version)
     };
-    let client = tokio::time::timeout(LIMIT, client_result)
+    let client = tokio::time::timeout(WAIT, client_result)
         .await
         .expect("client finished in time");
-    let server = tokio::time::timeout(LIMIT, server_task)
+    let server = tokio::time::timeout(WAIT, server_task)
         .await
         .expect("server finished in time")
         .expect("server task");
@@ -349,7 +253,7 @@ fn write_crl(pki: &Pki, revoked_serials: &[&[u8]], der: bool) -> PathBuf {
     if der {
         std::fs::write(&path, crl.der().as_ref()).expect("write");
     } else {
-        write(&path, &crl.pem().expect("pem"), 0o644);
+        write_file(&path, &crl.pem().expect("pem"), 0o644);
     }
     path
 }
@@ -580,7 +484,7 @@ async fn openssl_s_client_tls11_is_refused() {
             Ok::<_, io::Error>(())
         });
         let status = tokio::time::timeout(
-            LIMIT,
+            WAIT,
             tokio::process::Command::new("openssl")
                 .args(["s_client", "-connect", &addr.to_string(), flag])
                 .args(["-CAfile", pki.ca_path.to_str().expect("utf8")])
@@ -593,7 +497,7 @@ async fn openssl_s_client_tls11_is_refused() {
         .await
         .expect("openssl finished")
         .expect("openssl ran");
-        let served = tokio::time::timeout(LIMIT, server_task)
+        let served = tokio::time::timeout(WAIT, server_task)
             .await
             .expect("server finished")
             .expect("task");

@@ -1,123 +1,69 @@
-//! Shared test support: start a broker on 127.0.0.1:0 with a plain TCP accept loop,
-//! rumqttc v3.1.1/v5 clients whose events can be awaited, raw-socket helpers, absence
-//! proven by a trailing marker (never by a quiet window), waits that fail loudly, the
-//! `tollgate` binary, and external peers that may be skipped only without
-//! `TOLLGATE_REQUIRE_PEERS=1`.
-#![allow(dead_code)]
+//! rumqttc v3.1.1/v5 clients of the in-process broker whose events can be awaited, and
+//! a raw socket speaking MQTT v5 packets (for bad-input tests).
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use rumqttc::v5::mqttbytes::v5 as p5;
-use tollgate::acl::{AllowAll, Authorizer};
-use tollgate::auth::{AnonymousOnly, Authenticator};
-use tollgate::broker::{
-    Broker, BrokerSettings, ConnectionInfo, Delivery, InternalClient, ListenerContext,
-};
 
-/// Generous limit for awaiting events (2 shared cores under a parallel test run);
-/// tests normally finish far sooner, and only a failing test waits this long.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::wait::{assert_is_marker, MarkerPublisher, MARKER, WAIT};
 
-/// A running broker for one test.
-pub struct TestBroker {
-    pub addr: SocketAddr,
-    pub broker: Broker,
-    pub shutdown: CancellationToken,
+/// A rumqttc event loop (v3.1.1 or v5) that can be polled in the background.
+pub trait EventLoop: Send + 'static {
+    type Event: Send + 'static;
+    type Error: std::fmt::Debug + std::fmt::Display;
+    fn poll_event(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send;
 }
 
-impl TestBroker {
-    /// Cancel and wait until every connection task and the router are done.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.broker.drained())
-            .await
-            .expect("broker drains within the limit");
+impl EventLoop for rumqttc::EventLoop {
+    type Event = rumqttc::Event;
+    type Error = rumqttc::ConnectionError;
+    fn poll_event(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send {
+        self.poll()
     }
 }
 
-/// Settings that make tests fast: short `$SYS` interval off, defaults otherwise.
-pub fn test_settings() -> BrokerSettings {
-    BrokerSettings {
-        sys_interval: Duration::ZERO,
-        ..BrokerSettings::default()
+impl EventLoop for rumqttc::v5::EventLoop {
+    type Event = rumqttc::v5::Event;
+    type Error = rumqttc::v5::ConnectionError;
+    fn poll_event(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send {
+        self.poll()
     }
 }
 
-pub async fn start_broker() -> TestBroker {
-    start_broker_with(test_settings()).await
-}
-
-pub async fn start_broker_with(settings: BrokerSettings) -> TestBroker {
-    start_broker_full(settings, Arc::new(AnonymousOnly), Arc::new(AllowAll)).await
-}
-
-/// The listener every test broker accepts on (anonymous and passwords allowed).
-pub fn test_listener() -> ListenerContext {
-    ListenerContext {
-        name: Arc::from("test"),
-        allow_anonymous: true,
-        password_auth: true,
-        ..Default::default()
-    }
-}
-
-pub async fn start_broker_full(
-    settings: BrokerSettings,
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
-) -> TestBroker {
-    start_broker_on(settings, authenticator, authorizer, test_listener()).await
-}
-
-pub async fn start_broker_on(
-    settings: BrokerSettings,
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
-    context: ListenerContext,
-) -> TestBroker {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    let connect_timeout = settings.connect_timeout;
-    let broker = Broker::start(settings, authenticator, authorizer, shutdown.clone());
-    let context = Arc::new(context);
-    let accept_broker = broker.clone();
-    let stop = shutdown.clone();
+/// Run `event_loop` in the background: every event, then the error that ended it (as
+/// `error_text` writes it), arrive on the returned channel, which closes after the error.
+pub fn spawn_events<L: EventLoop>(
+    mut event_loop: L,
+    error_text: fn(&L::Error) -> String,
+) -> mpsc::UnboundedReceiver<Result<L::Event, String>> {
+    let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let info = ConnectionInfo {
-                        peer,
-                        listener: context.clone(),
-                        certificate_identity: None,
-                        peer_certificates: None,
-                        connect_deadline: tokio::time::Instant::now() + connect_timeout,
-                    };
-                    let b = accept_broker.clone();
-                    tokio::spawn(async move { b.serve(stream, info).await });
-                }
+            let ev = event_loop.poll_event().await.map_err(|e| error_text(&e));
+            let end = ev.is_err();
+            if tx.send(ev).is_err() || end {
+                break;
             }
         }
     });
-    TestBroker {
-        addr,
-        broker,
-        shutdown,
-    }
+    events
+}
+
+/// The error's Display text.
+pub fn display_text<E: std::fmt::Display>(e: &E) -> String {
+    e.to_string()
+}
+
+/// The error's Debug text (keeps the variant, e.g. `ConnectionRefused(NotAuthorized)`).
+pub fn debug_text<E: std::fmt::Debug>(e: &E) -> String {
+    format!("{e:?}")
 }
 
 /// What a client event loop reported.
@@ -130,7 +76,7 @@ pub enum Ev<E> {
 /// A rumqttc v3.1.1 client with its event loop running in the background.
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
-    pub events: mpsc::UnboundedReceiver<Ev<rumqttc::Event>>,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
 }
 
 pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
@@ -141,23 +87,8 @@ pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
 
 /// Connect and wait for the CONNACK; returns the client and `session_present`.
 pub async fn v4_connect(options: rumqttc::MqttOptions) -> (V4, bool) {
-    let (client, mut el) = rumqttc::AsyncClient::new(options, 100);
-    let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(ev) => {
-                    if tx.send(Ev::Event(ev)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Ev::Error(e.to_string()));
-                    break;
-                }
-            }
-        }
-    });
+    let (client, el) = rumqttc::AsyncClient::new(options, 100);
+    let events = spawn_events(el, display_text);
     let mut c = V4 { client, events };
     let present = c.connack().await;
     (c, present)
@@ -182,10 +113,14 @@ impl V4 {
     }
 
     pub async fn next(&mut self) -> Ev<rumqttc::Event> {
-        tokio::time::timeout(WAIT, self.events.recv())
+        match tokio::time::timeout(WAIT, self.events.recv())
             .await
             .expect("event within the limit")
             .expect("event loop alive")
+        {
+            Ok(ev) => Ev::Event(ev),
+            Err(e) => Ev::Error(e),
+        }
     }
 
     /// Wait for the next incoming packet matching `f`.
@@ -256,19 +191,14 @@ impl V4 {
     /// The next PUBLISH must be the marker on `marker_topic` (sent by someone else).
     pub async fn expect_marker(&mut self, marker_topic: &str) {
         let p = self.publish().await;
-        assert!(
-            p.topic == marker_topic && p.payload == MARKER,
-            "unexpected publish on {} ({:?}) before the marker on {marker_topic}",
-            p.topic,
-            p.payload
-        );
+        assert_is_marker("publish", &p.topic, &p.payload, marker_topic);
     }
 }
 
 /// A rumqttc v5 client with its event loop running in the background.
 pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
-    pub events: mpsc::UnboundedReceiver<Ev<rumqttc::v5::Event>>,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
     pub connack: Option<p5::ConnAck>,
 }
 
@@ -279,23 +209,8 @@ pub fn v5_options(addr: SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
 }
 
 pub async fn v5_connect(options: rumqttc::v5::MqttOptions) -> V5 {
-    let (client, mut el) = rumqttc::v5::AsyncClient::new(options, 100);
-    let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(ev) => {
-                    if tx.send(Ev::Event(ev)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Ev::Error(format!("{e:?}")));
-                    break;
-                }
-            }
-        }
-    });
+    let (client, el) = rumqttc::v5::AsyncClient::new(options, 100);
+    let events = spawn_events(el, debug_text);
     let mut c = V5 {
         client,
         events,
@@ -318,10 +233,14 @@ pub async fn v5(addr: SocketAddr, id: &str) -> V5 {
 
 impl V5 {
     pub async fn next(&mut self) -> Ev<rumqttc::v5::Event> {
-        tokio::time::timeout(WAIT, self.events.recv())
+        match tokio::time::timeout(WAIT, self.events.recv())
             .await
             .expect("event within the limit")
             .expect("event loop alive")
+        {
+            Ok(ev) => Ev::Event(ev),
+            Err(e) => Ev::Error(e),
+        }
     }
 
     pub async fn wait_for<T>(&mut self, mut f: impl FnMut(&p5::Packet) -> Option<T>) -> T {
@@ -394,92 +313,12 @@ impl V5 {
     /// The next PUBLISH must be the marker on `marker_topic` (sent by someone else).
     pub async fn expect_marker(&mut self, marker_topic: &str) {
         let p = self.publish().await;
-        assert!(
-            p.topic == marker_topic.as_bytes() && p.payload == MARKER,
-            "unexpected publish on {:?} ({:?}) before the marker on {marker_topic}",
-            p.topic,
-            p.payload
+        assert_is_marker(
+            "publish",
+            &String::from_utf8_lossy(&p.topic),
+            &p.payload,
+            marker_topic,
         );
-    }
-}
-
-/// Payload of the trailing marker message that proves nothing arrived before it.
-pub const MARKER: &str = "marker";
-
-/// A client that can publish the trailing marker (QoS 1, not retained).
-pub trait MarkerPublisher {
-    fn publish_marker(&self, topic: &str) -> impl std::future::Future<Output = ()>;
-}
-
-impl MarkerPublisher for rumqttc::AsyncClient {
-    async fn publish_marker(&self, topic: &str) {
-        self.publish(topic, rumqttc::QoS::AtLeastOnce, false, MARKER)
-            .await
-            .expect("marker queued");
-    }
-}
-
-impl MarkerPublisher for rumqttc::v5::AsyncClient {
-    async fn publish_marker(&self, topic: &str) {
-        self.publish(
-            topic,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            MARKER,
-        )
-        .await
-        .expect("marker queued");
-    }
-}
-
-impl MarkerPublisher for InternalClient {
-    async fn publish_marker(&self, topic: &str) {
-        self.publish(
-            topic,
-            MARKER,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-        )
-        .await
-        .expect("marker published");
-    }
-}
-
-/// The next delivery to an in-process client, failing when none comes within `WAIT`
-/// or the client was detached.
-pub async fn internal_recv(client: &mut InternalClient) -> Delivery {
-    tokio::time::timeout(WAIT, client.recv())
-        .await
-        .expect("delivery within the limit")
-        .expect("in-process client still attached")
-}
-
-/// The next delivery to an in-process client must be the marker on `marker_topic`.
-pub async fn internal_expect_marker(client: &mut InternalClient, marker_topic: &str) {
-    let d = internal_recv(client).await;
-    assert!(
-        d.topic == marker_topic && d.payload == MARKER,
-        "unexpected delivery on {} ({:?}) before the marker on {marker_topic}",
-        d.topic,
-        d.payload
-    );
-}
-
-/// Poll `condition` until it holds; fails loudly after `WAIT` naming `what`.
-pub async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
-    wait_until_within(what, WAIT, condition).await;
-}
-
-/// [`wait_until`] with an explicit limit, for bulk work (an upper bound that only a
-/// broken broker reaches, never a performance assertion).
-pub async fn wait_until_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -584,6 +423,15 @@ impl Raw {
 
     /// Open and complete a v5 CONNECT with a clean start.
     pub async fn connect_v5(addr: SocketAddr, id: &str) -> Raw {
+        Raw::connect_v5_with_will(addr, id, None).await
+    }
+
+    /// [`Raw::connect_v5`] with a will.
+    pub async fn connect_v5_with_will(
+        addr: SocketAddr,
+        id: &str,
+        will: Option<p5::LastWill>,
+    ) -> Raw {
         let mut raw = Raw::open(addr).await;
         raw.send(&p5::Packet::Connect(
             p5::Connect {
@@ -592,7 +440,7 @@ impl Raw {
                 clean_start: true,
                 properties: None,
             },
-            None,
+            will,
             None,
         ))
         .await;
@@ -646,84 +494,4 @@ impl Raw {
             all.extend_from_slice(&chunk[..n]);
         }
     }
-}
-
-/// Whether a test that needs the external program `peer` (mosquitto, mosquitto_pub,
-/// openssl, socat, ...) can run: `false` means skip (after printing why), but with
-/// `TOLLGATE_REQUIRE_PEERS=1` (set by scripts/test-all.sh) a missing peer fails the test.
-pub fn require_peer(peer: &str) -> bool {
-    if peer_installed(peer) {
-        return true;
-    }
-    skip_unless_required(&format!("`{peer}` is not installed (or not in PATH)"))
-}
-
-/// Whether `program` is an executable in PATH (Debian's `mosquitto` is in /usr/sbin,
-/// which scripts/test-all.sh adds).
-pub fn peer_installed(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .any(|f| {
-            f.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Skip a test whose precondition is missing (returns `false` after printing
-/// `reason`), or fail it when `TOLLGATE_REQUIRE_PEERS=1` says CI provides everything.
-pub fn skip_unless_required(reason: &str) -> bool {
-    if std::env::var("TOLLGATE_REQUIRE_PEERS").as_deref() == Ok("1") {
-        panic!("{reason}; TOLLGATE_REQUIRE_PEERS=1 forbids skipping this test");
-    }
-    eprintln!("SKIPPED: {reason} (set TOLLGATE_REQUIRE_PEERS=1 to make this a failure)");
-    false
-}
-
-/// Run the `tollgate` binary as an operator would, in `dir` (also its HOME), without
-/// RUST_LOG.
-pub fn tollgate(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    tollgate_env(args, dir, &[])
-}
-
-/// The `tollgate` binary as a command; under qemu-user without binfmt_misc a foreign
-/// binary cannot be exec'd directly, so it runs through `CROSS_TEST_RUNNER`, which
-/// scripts/cross-test.sh sets to the runner cargo uses.
-pub fn tollgate_command() -> std::process::Command {
-    let runner = std::env::var("CROSS_TEST_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    match runner.next() {
-        Some(program) => {
-            let mut command = std::process::Command::new(program);
-            command.args(runner).arg(env!("CARGO_BIN_EXE_tollgate"));
-            command
-        }
-        None => std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")),
-    }
-}
-
-/// [`tollgate`] with extra environment variables.
-pub fn tollgate_env(
-    args: &[&str],
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    tollgate_command()
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the tollgate binary")
-}
-
-/// A TCP port that was free a moment ago (for child processes that bind it themselves).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }

@@ -1,7 +1,6 @@
-//! Test support: capture what tracing writes, as its text format writes it, for
-//! assertions on log and audit lines. One global subscriber per test binary (tracing
-//! caches per-callsite interest process-wide), installed by `global`.
-#![allow(dead_code)]
+//! Capture what tracing writes, as its text format writes it, for assertions on log and
+//! audit lines. One global subscriber per test binary (tracing caches per-callsite
+//! interest process-wide), installed by `global`.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
