@@ -21,7 +21,10 @@ use tollgate::broker::InternalOptions;
 use tollgate::component::{Component, ComponentContext, Grant, Health, Settings, Stage};
 use tollgate::config::{load_with_env, ConfigSource};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
+
+use support::peers::require_peer;
+use support::wait::WAIT;
 
 /// What happened, in order, across every toy instance.
 type Events = Arc<Mutex<Vec<String>>>;
@@ -217,26 +220,16 @@ async fn next_publish(rx: &mut mpsc::UnboundedReceiver<(String, String)>) -> (St
 
 /// Wait until `count` events start with `prefix`.
 async fn wait_event(events: &Events, prefix: &str, count: usize) {
-    let seen = || {
+    support::wait::wait_until(&format!("{count} events {prefix:?}"), || {
         events
             .lock()
             .expect("events")
             .iter()
             .filter(|e| e.starts_with(prefix))
             .count()
-    };
-    tokio::time::timeout(WAIT, async {
-        while seen() < count {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            >= count
     })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "{count} events {prefix:?}: {:#?}",
-            events.lock().expect("events")
-        )
-    });
+    .await;
 }
 
 fn position(events: &[String], prefix: &str) -> usize {
@@ -412,23 +405,16 @@ async fn toy_components_start_echo_reload_by_name_and_drain_in_stage_order() {
     // both flush while the broker still serves its clients; then the broker ends them.
     // The flushes are read by Debian's mosquitto_sub: rumqttc drops packets that arrive
     // together with the end of the connection (its `readb` returns the EOF error instead).
-    let bye_reader = Command::new("mosquitto_sub")
-        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .args(["-t", "toy/+/bye", "-q", "1", "-v", "-i", "bye-reader"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let mut bye_reader = match bye_reader {
-        Ok(child) => Some(child),
-        Err(e) if std::env::var_os("TOLLGATE_REQUIRE_PEERS").is_some() => {
-            panic!("mosquitto_sub is required (TOLLGATE_REQUIRE_PEERS): {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED the shutdown flush check: mosquitto_sub not available: {e}");
-            None
-        }
-    };
+    let mut bye_reader = require_peer("mosquitto_sub").then(|| {
+        Command::new("mosquitto_sub")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-t", "toy/+/bye", "-q", "1", "-v", "-i", "bye-reader"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto_sub starts")
+    });
     let mut bye_lines = bye_reader
         .as_mut()
         .map(|r| BufReader::new(r.stdout.take().expect("piped")).lines());

@@ -6,10 +6,10 @@ mod support;
 
 use support::auth::{alice_and_bob, from, request, ALICE_PW};
 
-use tollgate::auth::{Authenticator, PasswordAuthSettings, PasswordAuthenticator};
+use tollgate::auth::{AuthConfig, Authenticator, PasswordAuthenticator};
 
 fn auth() -> PasswordAuthenticator {
-    PasswordAuthenticator::new(Some(alice_and_bob()), PasswordAuthSettings::default())
+    PasswordAuthenticator::new(Some(alice_and_bob()), AuthConfig::default())
 }
 
 #[tokio::test]

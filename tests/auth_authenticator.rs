@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use support::auth::{alice_and_bob, from, request, ALICE_PW};
 use tollgate::auth::{
-    AnonymousOnly, AuthError, AuthMethod, Authenticator, HashScheme, PasswordAuthSettings,
+    AnonymousOnly, AuthConfig, AuthError, AuthMethod, Authenticator, HashScheme,
     PasswordAuthenticator, PasswordFile,
 };
 
-fn auth(settings: PasswordAuthSettings) -> PasswordAuthenticator {
+fn auth(settings: AuthConfig) -> PasswordAuthenticator {
     PasswordAuthenticator::new(Some(alice_and_bob()), settings)
 }
 
 #[tokio::test]
 async fn accepts_right_password_and_refuses_wrong_one() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     let id = a
         .authenticate(request(Some("alice"), Some(ALICE_PW)))
         .await
@@ -35,7 +35,7 @@ async fn accepts_right_password_and_refuses_wrong_one() {
 
 #[tokio::test]
 async fn unknown_user_still_costs_a_hash() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     assert_eq!(a.hash_evaluations(), 0);
     let r = a.authenticate(request(Some("mallory"), Some(b"x"))).await;
     assert_eq!(r, Err(AuthError::BadCredentials));
@@ -48,7 +48,7 @@ async fn unknown_user_still_costs_a_hash() {
 
 #[tokio::test]
 async fn cache_hit_avoids_a_second_hash() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     for _ in 0..5 {
         a.authenticate(request(Some("alice"), Some(ALICE_PW)))
             .await
@@ -70,7 +70,7 @@ async fn cache_hit_avoids_a_second_hash() {
 
 #[tokio::test]
 async fn reconnect_storm_with_same_credentials_costs_one_hash() {
-    let a = auth(PasswordAuthSettings {
+    let a = auth(AuthConfig {
         verify_concurrency: 1,
         ..Default::default()
     });
@@ -91,11 +91,11 @@ async fn reconnect_storm_with_same_credentials_costs_one_hash() {
 
 #[tokio::test]
 async fn new_authenticator_starts_with_an_empty_cache() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     a.authenticate(request(Some("alice"), Some(ALICE_PW)))
         .await
         .expect("accepted");
-    let reloaded = auth(PasswordAuthSettings::default());
+    let reloaded = auth(AuthConfig::default());
     reloaded
         .authenticate(request(Some("alice"), Some(ALICE_PW)))
         .await
@@ -106,7 +106,7 @@ async fn new_authenticator_starts_with_an_empty_cache() {
 
 #[tokio::test(start_paused = true)]
 async fn cache_entries_expire_after_ttl() {
-    let a = auth(PasswordAuthSettings {
+    let a = auth(AuthConfig {
         cache_ttl: Duration::from_secs(60),
         ..Default::default()
     });
@@ -123,7 +123,7 @@ async fn cache_entries_expire_after_ttl() {
 #[tokio::test(start_paused = true)]
 async fn throttling_delays_grow_and_reset_on_success() {
     let base = Duration::from_millis(100);
-    let a = auth(PasswordAuthSettings {
+    let a = auth(AuthConfig {
         throttle_base: base,
         throttle_max: Duration::from_millis(300),
         ..Default::default()
@@ -173,7 +173,7 @@ async fn throttling_delays_grow_and_reset_on_success() {
 
 #[tokio::test(start_paused = true)]
 async fn throttles_per_username_across_addresses_and_per_address_across_usernames() {
-    let a = auth(PasswordAuthSettings {
+    let a = auth(AuthConfig {
         throttle_base: Duration::from_secs(5),
         ..Default::default()
     });
@@ -201,7 +201,7 @@ async fn throttles_per_username_across_addresses_and_per_address_across_username
 
 #[tokio::test]
 async fn certificate_identity_mismatching_username_is_refused() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     let mut r = request(Some("alice"), Some(ALICE_PW));
     r.certificate_identity = Some("sensor_001".into());
     match a.authenticate(r).await {
@@ -215,7 +215,7 @@ async fn certificate_identity_mismatching_username_is_refused() {
 
 #[tokio::test]
 async fn certificate_identity_decides_when_username_absent_or_equal() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     let mut r = request(None, None);
     r.password_auth = false;
     r.certificate_identity = Some("sensor_001".into());
@@ -230,7 +230,7 @@ async fn certificate_identity_decides_when_username_absent_or_equal() {
 
 #[tokio::test]
 async fn empty_or_missing_password_is_refused_without_hashing() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     assert_eq!(
         a.authenticate(request(Some("alice"), Some(b""))).await,
         Err(AuthError::BadCredentials)
@@ -244,7 +244,7 @@ async fn empty_or_missing_password_is_refused_without_hashing() {
 
 #[tokio::test]
 async fn anonymous_is_refused_where_not_allowed_and_has_no_username_where_allowed() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     assert!(matches!(
         a.authenticate(request(None, None)).await,
         Err(AuthError::NotAuthorized(_))
@@ -261,7 +261,7 @@ async fn anonymous_is_refused_where_not_allowed_and_has_no_username_where_allowe
 
 #[tokio::test]
 async fn username_on_listener_without_password_auth_is_refused() {
-    let a = auth(PasswordAuthSettings::default());
+    let a = auth(AuthConfig::default());
     let mut r = request(Some("alice"), Some(ALICE_PW));
     r.password_auth = false;
     r.allow_anonymous = true;
@@ -273,7 +273,7 @@ async fn username_on_listener_without_password_auth_is_refused() {
 
 #[tokio::test]
 async fn without_password_file_users_are_refused() {
-    let a = PasswordAuthenticator::new(None, PasswordAuthSettings::default());
+    let a = PasswordAuthenticator::new(None, AuthConfig::default());
     assert!(matches!(
         a.authenticate(request(Some("alice"), Some(ALICE_PW))).await,
         Err(AuthError::NotAuthorized(_))
@@ -282,7 +282,7 @@ async fn without_password_file_users_are_refused() {
 
 #[tokio::test]
 async fn parallel_guesses_from_one_address_cost_one_hash() {
-    let a = auth(PasswordAuthSettings {
+    let a = auth(AuthConfig {
         verify_concurrency: 1,
         throttle_base: Duration::from_secs(5),
         ..Default::default()
@@ -335,7 +335,7 @@ async fn reload_empties_the_cache_but_keeps_throttling() {
     let text = original.to_text();
     let a = PasswordAuthenticator::new(
         Some(original),
-        PasswordAuthSettings {
+        AuthConfig {
             throttle_base: Duration::from_secs(5),
             ..Default::default()
         },
@@ -354,7 +354,7 @@ async fn reload_empties_the_cache_but_keeps_throttling() {
     changed
         .upsert("alice", b"new-pw", HashScheme::mosquitto_default())
         .expect("hash");
-    let settings = PasswordAuthSettings {
+    let settings = AuthConfig {
         throttle_base: Duration::from_secs(5),
         ..Default::default()
     };

@@ -16,7 +16,7 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use support::*;
 use tollgate::acl::{Acl, Authorizer};
-use tollgate::auth::{HashScheme, PasswordAuthSettings, PasswordAuthenticator, PasswordFile};
+use tollgate::auth::{AuthConfig, HashScheme, PasswordAuthenticator, PasswordFile};
 use tollgate::telemetry::limit::{LogLimitSettings, DEFAULT_PER_CONNECTION, DEFAULT_PER_PEER};
 
 /// Every line of this process at `info` and above, as the text format writes it.
@@ -167,8 +167,7 @@ async fn client_strings_cannot_forge_lines_and_are_truncated() {
     passwords
         .upsert("alice", b"alice-pw", HashScheme::mosquitto_default())
         .expect("hash");
-    let authenticator =
-        PasswordAuthenticator::new(Some(passwords), PasswordAuthSettings::default());
+    let authenticator = PasswordAuthenticator::new(Some(passwords), AuthConfig::default());
     let b = start_broker_full(test_settings(), Arc::new(authenticator), deny_all_writes()).await;
 
     // The codec refuses control characters (newline, ESC, NUL, C1) in client ids and user

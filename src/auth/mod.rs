@@ -21,7 +21,7 @@ pub use password::{
     fuzz_password_line, valid_username, HashScheme, LineProblem, PasswordFile, PasswordFileError,
     StoredHash, Verification, MOSQUITTO_DEFAULT_ITERATIONS, MOSQUITTO_SALT_LEN,
 };
-pub use password_auth::{AuthConfig, PasswordAuthSettings, PasswordAuthenticator};
+pub use password_auth::{AuthConfig, PasswordAuthenticator};
 
 use std::future::Future;
 use std::net::SocketAddr;

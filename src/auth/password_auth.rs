@@ -60,10 +60,6 @@ pub struct AuthConfig {
     pub verify_concurrency: usize,
 }
 
-/// The authenticator's settings are the `[auth]` section (the name the tests and the
-/// authenticator's API grew up with).
-pub type PasswordAuthSettings = AuthConfig;
-
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
@@ -89,7 +85,7 @@ pub struct PasswordAuthenticator {
 
 struct Inner {
     passwords: Option<Arc<PasswordFile>>,
-    settings: PasswordAuthSettings,
+    settings: AuthConfig,
     /// Shared across reloads (when sized the same) so a reload never doubles hashing.
     pool: Arc<Semaphore>,
     cache: Mutex<SuccessCache>,
@@ -98,7 +94,7 @@ struct Inner {
     cache_hits: AtomicU64,
 }
 
-fn concurrency(settings: &PasswordAuthSettings) -> usize {
+fn concurrency(settings: &AuthConfig) -> usize {
     if settings.verify_concurrency == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -108,7 +104,7 @@ fn concurrency(settings: &PasswordAuthSettings) -> usize {
     }
 }
 
-fn policy(settings: &PasswordAuthSettings) -> ThrottlePolicy {
+fn policy(settings: &AuthConfig) -> ThrottlePolicy {
     ThrottlePolicy {
         base: settings.throttle_base,
         max: settings.throttle_max.max(settings.throttle_base),
@@ -141,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl PasswordAuthenticator {
     /// Builds an authenticator; `passwords = None` means no password file is configured.
-    pub fn new(passwords: Option<PasswordFile>, settings: PasswordAuthSettings) -> Self {
+    pub fn new(passwords: Option<PasswordFile>, settings: AuthConfig) -> Self {
         let pool = Arc::new(Semaphore::new(concurrency(&settings)));
         let throttle = Arc::new(Mutex::new(Throttle::new(policy(&settings))));
         Self::assemble(passwords, settings, pool, throttle)
@@ -150,7 +146,7 @@ impl PasswordAuthenticator {
     /// The authenticator to swap in on reload: new password file and an empty success
     /// cache (so changed or deleted passwords stop working at once), while failure
     /// throttling and the hashing pool carry over unless their settings changed.
-    pub fn reload(&self, passwords: Option<PasswordFile>, settings: PasswordAuthSettings) -> Self {
+    pub fn reload(&self, passwords: Option<PasswordFile>, settings: AuthConfig) -> Self {
         let old = &self.inner.settings;
         let pool = if concurrency(old) == concurrency(&settings) {
             Arc::clone(&self.inner.pool)
@@ -167,7 +163,7 @@ impl PasswordAuthenticator {
 
     fn assemble(
         passwords: Option<PasswordFile>,
-        settings: PasswordAuthSettings,
+        settings: AuthConfig,
         pool: Arc<Semaphore>,
         throttle: Arc<Mutex<Throttle>>,
     ) -> Self {
