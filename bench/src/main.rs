@@ -6,15 +6,10 @@
 //! issues 2 and 3. It is a measuring tool, not a test: it must never judge
 //! pass/fail by exit code, and must never touch processes it did not start.
 
-#[path = "tollgate-bench/broker.rs"]
 mod broker;
-#[path = "tollgate-bench/conn.rs"]
 mod conn;
-#[path = "tollgate-bench/load.rs"]
 mod load;
-#[path = "tollgate-bench/report.rs"]
 mod report;
-#[path = "tollgate-bench/setup.rs"]
 mod setup;
 
 use std::net::SocketAddr;
@@ -1032,7 +1027,7 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     // Shown as the cargo command documented in README.md (Performance).
-    let command_line = std::iter::once("cargo run --release --bin tollgate-bench --".to_string())
+    let command_line = std::iter::once("cargo run --release -p tollgate-bench --".to_string())
         .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
         .collect::<Vec<_>>()
         .join(" ");
