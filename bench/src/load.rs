@@ -15,6 +15,7 @@ use rumqttc::{
 };
 use thiserror::Error;
 use tokio::sync::{watch, Barrier};
+use tokio::task::JoinHandle;
 
 /// Smallest payload that fits the stamp (time, publisher, sequence).
 pub const STAMP_LEN: usize = 14;
@@ -153,7 +154,6 @@ pub async fn run(
 ) -> Result<LoadResult, LoadError> {
     let base = Instant::now();
     let total = (spec.publishers * spec.per_publisher) as u64;
-    let words = spec.per_publisher.div_ceil(64);
 
     // Subscribers.
     let (done_tx, done_rx) = watch::channel(0usize);
@@ -165,106 +165,15 @@ pub async fn run(
         let who = format!("subscriber {s}");
         let (client, mut ev) = new_client(spec, format!("bench-sub-{}-{s}", spec.tag));
         wait_connack(&mut ev, &who).await?;
-        client
-            .subscribe("bench/#", spec.qos)
-            .await
-            .map_err(|e| LoadError::Client {
-                who: who.clone(),
-                what: "subscribe",
-                detail: e.to_string(),
-            })?;
-        let suback = async {
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Incoming::SubAck(a))) => return Ok(a),
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
+        subscribe(&client, &mut ev, spec.qos, who).await?;
+        let tally = Tally {
+            base,
+            total,
+            done_tx: done_tx.clone(),
+            stop_rx: stop_rx.clone(),
+            progress: progress.clone(),
         };
-        match tokio::time::timeout(Duration::from_secs(10), suback).await {
-            Ok(Ok(a))
-                if a.return_codes
-                    .iter()
-                    .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))) => {}
-            Ok(Ok(a)) => {
-                return Err(LoadError::Client {
-                    who,
-                    what: "subscribe to bench/#",
-                    detail: format!("SUBACK refused: {:?}", a.return_codes),
-                })
-            }
-            Ok(Err(detail)) => {
-                return Err(LoadError::Client {
-                    who,
-                    what: "subscribe to bench/#",
-                    detail,
-                })
-            }
-            Err(_) => {
-                return Err(LoadError::Client {
-                    who,
-                    what: "subscribe to bench/#",
-                    detail: "no SUBACK within 10 s".into(),
-                })
-            }
-        }
-        let done_tx = done_tx.clone();
-        let mut stop_rx = stop_rx.clone();
-        let progress = progress.clone();
-        let pubs = spec.publishers;
-        let task = tokio::spawn(async move {
-            let mut t = SubTally {
-                seen: vec![vec![0u64; words]; pubs],
-                received: 0,
-                duplicates: 0,
-                hist: Histogram::new_with_bounds(1, 120_000_000, 3)
-                    .expect("invariant: valid histogram bounds"),
-                last: Instant::now(),
-                errors: Vec::new(),
-            };
-            loop {
-                tokio::select! {
-                    ev = ev.poll() => match ev {
-                        Ok(Event::Incoming(Incoming::Publish(p))) => {
-                            let b = &p.payload;
-                            if b.len() < STAMP_LEN {
-                                continue;
-                            }
-                            let mut ts = [0u8; 8];
-                            ts.copy_from_slice(&b[0..8]);
-                            let sent = u64::from_le_bytes(ts);
-                            let pubi = usize::from(u16::from_le_bytes([b[8], b[9]]));
-                            let seq = u32::from_le_bytes([b[10], b[11], b[12], b[13]]) as usize;
-                            let now = now_ns(base);
-                            let Some(row) = t.seen.get_mut(pubi) else { continue };
-                            let Some(word) = row.get_mut(seq / 64) else { continue };
-                            let bit = 1u64 << (seq % 64);
-                            if *word & bit != 0 {
-                                t.duplicates += 1;
-                                continue;
-                            }
-                            *word |= bit;
-                            t.received += 1;
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            t.last = Instant::now();
-                            let _ = t.hist.record((now.saturating_sub(sent) / 1000).max(1));
-                            if t.received == total {
-                                done_tx.send_modify(|n| *n += 1);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            t.errors.push(format!("subscriber connection error: {e}"));
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    },
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            t
-        });
-        sub_tasks.push(task);
+        sub_tasks.push(spawn_subscriber(spec, ev, tally));
         sub_clients.push(client);
     }
 
@@ -276,59 +185,258 @@ pub async fn run(
         let who = format!("publisher {p}");
         let (client, mut ev) = new_client(spec, format!("bench-pub-{}-{p}", spec.tag));
         wait_connack(&mut ev, &who).await?;
-        let qos = spec.qos;
-        let n = spec.per_publisher;
-        let payload = spec.payload;
-        let gap = spec
-            .rate
-            .map(|r| Duration::from_secs_f64(spec.publishers as f64 / r.max(1.0)));
-        let barrier = barrier.clone();
-        let c = client.clone();
-        // Event loop: drive until every publish is acknowledged (QoS 1) or written (QoS 0).
-        let driver = tokio::spawn(async move {
-            let mut finished = 0usize;
-            while finished < n {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) if qos != QoS::AtMostOnce => {
-                        finished += 1
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == QoS::AtMostOnce => {
-                        finished += 1
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            // Flush the QoS 0 tail: keep polling briefly.
-            let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
-            Ok(())
-        });
-        let sender = tokio::spawn(async move {
-            barrier.wait().await;
-            let mut buf = vec![0xA5u8; payload];
-            let start = tokio::time::Instant::now();
-            for seq in 0..n {
-                if let Some(gap) = gap {
-                    tokio::time::sleep_until(start + gap * (seq as u32)).await;
-                }
-                buf[0..8].copy_from_slice(&now_ns(base).to_le_bytes());
-                buf[8..10].copy_from_slice(&(p as u16).to_le_bytes());
-                buf[10..14].copy_from_slice(&(seq as u32).to_le_bytes());
-                if c.publish(format!("bench/{p}"), qos, false, buf.clone())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        pub_tasks.push((driver, sender));
+        pub_tasks.push(spawn_publisher(spec, p, &client, ev, base, barrier.clone()));
         pub_clients.push(client);
     }
 
     on_start();
     let start = Instant::now();
     barrier.wait().await;
+    let (publish_errors, timed_out) = finish(spec, pub_tasks, &done_rx, &progress).await;
+    let elapsed_all = start.elapsed();
+    on_end();
+    let _ = stop_tx.send(true);
+    let mut received = 0;
+    let mut duplicates = 0;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
+        .expect("invariant: valid histogram bounds");
+    let mut last_receive = start;
+    let mut sub_errors = Vec::new();
+    for t in sub_tasks {
+        if let Ok(mut t) = t.await {
+            t.errors.truncate(3);
+            sub_errors.extend(t.errors);
+            received += t.received;
+            duplicates += t.duplicates;
+            let _ = hist.add(&t.hist);
+            if t.last > last_receive {
+                last_receive = t.last;
+            }
+        }
+    }
+    for c in pub_clients.iter().chain(sub_clients.iter()) {
+        let _ = c.try_disconnect();
+    }
+    let expected = total * spec.subscribers as u64;
+    let lost = expected.saturating_sub(received);
+    // With loss, the run ends at the last message that did arrive.
+    let elapsed = if lost == 0 {
+        elapsed_all
+    } else {
+        last_receive.saturating_duration_since(start)
+    };
+    Ok(LoadResult {
+        expected,
+        received,
+        duplicates,
+        lost,
+        elapsed,
+        latency_p50_us: hist.value_at_quantile(0.50) as f64,
+        latency_p99_us: hist.value_at_quantile(0.99) as f64,
+        latency_max_us: hist.max() as f64,
+        timed_out,
+        errors: publish_errors.into_iter().chain(sub_errors).collect(),
+    })
+}
+
+/// Subscribes `client` to `bench/#` and waits for a SUBACK granting it.
+async fn subscribe(
+    client: &AsyncClient,
+    ev: &mut EventLoop,
+    qos: QoS,
+    who: String,
+) -> Result<(), LoadError> {
+    client
+        .subscribe("bench/#", qos)
+        .await
+        .map_err(|e| LoadError::Client {
+            who: who.clone(),
+            what: "subscribe",
+            detail: e.to_string(),
+        })?;
+    let suback = async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Incoming::SubAck(a))) => return Ok(a),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), suback).await {
+        Ok(Ok(a))
+            if a.return_codes
+                .iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))) =>
+        {
+            Ok(())
+        }
+        Ok(Ok(a)) => Err(LoadError::Client {
+            who,
+            what: "subscribe to bench/#",
+            detail: format!("SUBACK refused: {:?}", a.return_codes),
+        }),
+        Ok(Err(detail)) => Err(LoadError::Client {
+            who,
+            what: "subscribe to bench/#",
+            detail,
+        }),
+        Err(_) => Err(LoadError::Client {
+            who,
+            what: "subscribe to bench/#",
+            detail: "no SUBACK within 10 s".into(),
+        }),
+    }
+}
+
+/// What a subscriber task shares with the run.
+struct Tally {
+    /// The run's time base (the stamps' zero).
+    base: Instant,
+    /// Messages each subscriber expects.
+    total: u64,
+    /// Counts the subscribers holding every message.
+    done_tx: watch::Sender<usize>,
+    /// Ends the task.
+    stop_rx: watch::Receiver<bool>,
+    /// Unique messages received by all subscribers.
+    progress: Arc<AtomicU64>,
+}
+
+/// Drives a subscribed event loop until the run stops: counts unique messages and
+/// duplicates per publisher and sequence number, and records latency.
+fn spawn_subscriber(spec: &LoadSpec, mut ev: EventLoop, tally: Tally) -> JoinHandle<SubTally> {
+    let Tally {
+        base,
+        total,
+        done_tx,
+        mut stop_rx,
+        progress,
+    } = tally;
+    let words = spec.per_publisher.div_ceil(64);
+    let pubs = spec.publishers;
+    tokio::spawn(async move {
+        let mut t = SubTally {
+            seen: vec![vec![0u64; words]; pubs],
+            received: 0,
+            duplicates: 0,
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3)
+                .expect("invariant: valid histogram bounds"),
+            last: Instant::now(),
+            errors: Vec::new(),
+        };
+        loop {
+            tokio::select! {
+                ev = ev.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let b = &p.payload;
+                        if b.len() < STAMP_LEN {
+                            continue;
+                        }
+                        let mut ts = [0u8; 8];
+                        ts.copy_from_slice(&b[0..8]);
+                        let sent = u64::from_le_bytes(ts);
+                        let pubi = usize::from(u16::from_le_bytes([b[8], b[9]]));
+                        let seq = u32::from_le_bytes([b[10], b[11], b[12], b[13]]) as usize;
+                        let now = now_ns(base);
+                        let Some(row) = t.seen.get_mut(pubi) else { continue };
+                        let Some(word) = row.get_mut(seq / 64) else { continue };
+                        let bit = 1u64 << (seq % 64);
+                        if *word & bit != 0 {
+                            t.duplicates += 1;
+                            continue;
+                        }
+                        *word |= bit;
+                        t.received += 1;
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        t.last = Instant::now();
+                        let _ = t.hist.record((now.saturating_sub(sent) / 1000).max(1));
+                        if t.received == total {
+                            done_tx.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        t.errors.push(format!("subscriber connection error: {e}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                _ = stop_rx.changed() => break,
+            }
+        }
+        t
+    })
+}
+
+/// A publisher's event-loop driver (its error, if the connection failed) and its sender.
+type PublisherTasks = (JoinHandle<Result<(), String>>, JoinHandle<()>);
+
+/// Publisher `p`: a task driving its event loop until every publish is acknowledged
+/// (QoS 1) or written (QoS 0), and one that waits at `barrier` and then sends its
+/// stamped messages, paced when the spec has a rate.
+fn spawn_publisher(
+    spec: &LoadSpec,
+    p: usize,
+    client: &AsyncClient,
+    mut ev: EventLoop,
+    base: Instant,
+    barrier: Arc<Barrier>,
+) -> PublisherTasks {
+    let qos = spec.qos;
+    let n = spec.per_publisher;
+    let payload = spec.payload;
+    let gap = spec
+        .rate
+        .map(|r| Duration::from_secs_f64(spec.publishers as f64 / r.max(1.0)));
+    let c = client.clone();
+    // Event loop: drive until every publish is acknowledged (QoS 1) or written (QoS 0).
+    let driver = tokio::spawn(async move {
+        let mut finished = 0usize;
+        while finished < n {
+            match ev.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) if qos != QoS::AtMostOnce => finished += 1,
+                Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == QoS::AtMostOnce => {
+                    finished += 1
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // Flush the QoS 0 tail: keep polling briefly.
+        let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
+        Ok(())
+    });
+    let sender = tokio::spawn(async move {
+        barrier.wait().await;
+        let mut buf = vec![0xA5u8; payload];
+        let start = tokio::time::Instant::now();
+        for seq in 0..n {
+            if let Some(gap) = gap {
+                tokio::time::sleep_until(start + gap * (seq as u32)).await;
+            }
+            buf[0..8].copy_from_slice(&now_ns(base).to_le_bytes());
+            buf[8..10].copy_from_slice(&(p as u16).to_le_bytes());
+            buf[10..14].copy_from_slice(&(seq as u32).to_le_bytes());
+            if c.publish(format!("bench/{p}"), qos, false, buf.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    (driver, sender)
+}
+
+/// Waits, within the spec's limit, until every subscriber holds every message, or the
+/// publishers are done and no message arrived for `stall`. Returns the publishers'
+/// errors and whether the limit ended the wait.
+async fn finish(
+    spec: &LoadSpec,
+    pub_tasks: Vec<PublisherTasks>,
+    done_rx: &watch::Receiver<usize>,
+    progress: &AtomicU64,
+) -> (Vec<String>, bool) {
     let mut publish_errors = Vec::new();
     let mut done_rx2 = done_rx.clone();
     let all_done = async {
@@ -375,48 +483,5 @@ pub async fn run(
     if tokio::time::timeout(spec.limit, finish).await.is_err() {
         timed_out = true;
     }
-    let elapsed_all = start.elapsed();
-    on_end();
-    let _ = stop_tx.send(true);
-    let mut received = 0;
-    let mut duplicates = 0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
-        .expect("invariant: valid histogram bounds");
-    let mut last_receive = start;
-    let mut sub_errors = Vec::new();
-    for t in sub_tasks {
-        if let Ok(mut t) = t.await {
-            t.errors.truncate(3);
-            sub_errors.extend(t.errors);
-            received += t.received;
-            duplicates += t.duplicates;
-            let _ = hist.add(&t.hist);
-            if t.last > last_receive {
-                last_receive = t.last;
-            }
-        }
-    }
-    for c in pub_clients.iter().chain(sub_clients.iter()) {
-        let _ = c.try_disconnect();
-    }
-    let expected = total * spec.subscribers as u64;
-    let lost = expected.saturating_sub(received);
-    // With loss, the run ends at the last message that did arrive.
-    let elapsed = if lost == 0 {
-        elapsed_all
-    } else {
-        last_receive.saturating_duration_since(start)
-    };
-    Ok(LoadResult {
-        expected,
-        received,
-        duplicates,
-        lost,
-        elapsed,
-        latency_p50_us: hist.value_at_quantile(0.50) as f64,
-        latency_p99_us: hist.value_at_quantile(0.99) as f64,
-        latency_max_us: hist.max() as f64,
-        timed_out,
-        errors: publish_errors.into_iter().chain(sub_errors).collect(),
-    })
+    (publish_errors, timed_out)
 }
