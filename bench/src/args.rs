@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::bail;
 use clap::Parser;
+
+use crate::load;
 
 /// Side-by-side benchmark of tollgate against Mosquitto on loopback.
 #[derive(Parser, Debug, Clone)]
@@ -97,4 +100,41 @@ pub struct Args {
     /// Keep the scratch directory (configs, certs, broker logs).
     #[arg(long)]
     pub keep: bool,
+}
+
+impl Args {
+    /// Refuses option values the bench cannot run with, and an open-files limit too low
+    /// for the idle-connection row.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.payload < load::STAMP_LEN {
+            bail!(
+                "--payload must be at least {} bytes (time and sequence stamp)",
+                load::STAMP_LEN
+            );
+        }
+        if self.publishers == 0 || self.subscribers == 0 || self.publishers > usize::from(u16::MAX)
+        {
+            bail!("--publishers and --subscribers must be at least 1 (publishers at most 65535)");
+        }
+        if let Some(q) = self.qos.iter().find(|&&q| q > 2) {
+            bail!("--qos {q}: only 0, 1 and 2 exist");
+        }
+        let need_fds = (self.idle_conns.max(self.devices) + 200) as u64;
+        if let Some(limit) = open_files_limit() {
+            if limit < need_fds && !self.skip.iter().any(|s| s == "memory") {
+                bail!(
+                    "open-files limit is {limit}, the idle-connection test needs about {need_fds}: \
+                     run `ulimit -n {}` first (hard limit: `ulimit -Hn`), or lower --idle-conns",
+                    need_fds.max(8192)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

@@ -26,7 +26,7 @@ use serde_json::json;
 use args::Args;
 use broker::{Broker, Flavor};
 use measure::{Bench, Column};
-use setup::{AuthFiles, Ports, Scratch};
+use setup::{AuthFiles, Pki, Ports, Scratch};
 
 fn progress(json: bool, msg: &str) {
     if !json {
@@ -43,12 +43,6 @@ fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
-}
-
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn tls_client(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -173,28 +167,7 @@ async fn run() -> anyhow::Result<()> {
         .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
         .collect::<Vec<_>>()
         .join(" ");
-    if args.payload < load::STAMP_LEN {
-        bail!(
-            "--payload must be at least {} bytes (time and sequence stamp)",
-            load::STAMP_LEN
-        );
-    }
-    if args.publishers == 0 || args.subscribers == 0 || args.publishers > usize::from(u16::MAX) {
-        bail!("--publishers and --subscribers must be at least 1 (publishers at most 65535)");
-    }
-    if let Some(q) = args.qos.iter().find(|&&q| q > 2) {
-        bail!("--qos {q}: only 0, 1 and 2 exist");
-    }
-    let need_fds = (args.idle_conns.max(args.devices) + 200) as u64;
-    if let Some(limit) = open_files_limit() {
-        if limit < need_fds && !args.skip.iter().any(|s| s == "memory") {
-            bail!(
-                "open-files limit is {limit}, the idle-connection test needs about {need_fds}: \
-                 run `ulimit -n {}` first (hard limit: `ulimit -Hn`), or lower --idle-conns",
-                need_fds.max(8192)
-            );
-        }
-    }
+    args.check()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let wall = Instant::now();
     let scratch = Scratch::new(args.keep)?;
@@ -206,93 +179,8 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
-    let tollgate_exe = args.tollgate.clone().unwrap_or_else(default_tollgate);
-    let a_flavor = if args.baseline_only {
-        Flavor::Mosquitto
-    } else {
-        Flavor::Tollgate
-    };
-    let a_label = if args.baseline_only {
-        "mosquitto-A"
-    } else {
-        "tollgate"
-    };
-    let a_exe = if args.baseline_only {
-        args.mosquitto.clone()
-    } else {
-        tollgate_exe.clone()
-    };
-
-    let mut cols = Vec::new();
-    let mut notes = Vec::new();
-    for (label, flavor, exe) in [
-        (a_label, a_flavor, a_exe.clone()),
-        ("mosquitto", Flavor::Mosquitto, args.mosquitto.clone()),
-    ] {
-        let ports = Ports::pick()?;
-        let (conf, fallback) = match flavor {
-            Flavor::Mosquitto => {
-                let p = dir.join(format!("{label}.conf"));
-                setup::write(&p, &setup::mosquitto_conf(&pki, ports, auth.as_ref()))?;
-                (p, None)
-            }
-            Flavor::Tollgate => {
-                let data = dir.join(format!("{label}-data"));
-                std::fs::create_dir_all(&data)
-                    .with_context(|| format!("creating {}", data.display()))?;
-                let p = dir.join(format!("{label}.toml"));
-                setup::write(
-                    &p,
-                    &setup::tollgate_conf(
-                        &data,
-                        &pki,
-                        ports,
-                        auth.as_ref(),
-                        !args.tollgate_defaults,
-                    ),
-                )?;
-                let minimal = dir.join(format!("{label}-fixed-keys.toml"));
-                setup::write(
-                    &minimal,
-                    &setup::tollgate_conf(&data, &pki, ports, auth.as_ref(), false),
-                )?;
-                (p, Some(minimal))
-            }
-        };
-        progress(
-            args.json,
-            &format!(
-                "starting {label}: {} with {}",
-                exe.display(),
-                conf.display()
-            ),
-        );
-        let mut broker = Broker::start(label, flavor, &exe, &conf, ports, &dir).await;
-        if let (Err(broker::BrokerError::Exited { tail, .. }), Some(minimal)) = (&broker, &fallback)
-        {
-            if tail.contains("max_offline") || tail.contains("max_inflight") {
-                progress(
-                    args.json,
-                    &format!(
-                        "{label} does not know the queue-bound keys; retrying with {}",
-                        minimal.display()
-                    ),
-                );
-                notes.push(format!(
-                    "{label} refused max_offline_messages/max_offline_bytes/max_inflight: ran with its default session queue bounds"
-                ));
-                broker = Broker::start(label, flavor, &exe, minimal, ports, &dir).await;
-            }
-        }
-        let broker = broker.map_err(|e| e.to_string());
-        if let Err(e) = &broker {
-            eprintln!("warning: {e}");
-        }
-        cols.push(Column {
-            label: label.to_string(),
-            broker,
-        });
-    }
+    let subject = Subject::of(&args);
+    let (cols, notes) = start_columns(&args, &subject, &dir, &pki, auth.as_ref()).await?;
     let cols: [Column; 2] = match cols.try_into() {
         Ok(c) => c,
         Err(_) => bail!("internal: expected two columns"),
@@ -311,7 +199,124 @@ async fn run() -> anyhow::Result<()> {
         notes,
         idle_rss: [None, None],
     };
+    measure_all(&mut bench, &args, subject.flavor).await;
+    print_report(&bench, &args, &subject, command_line, wall)?;
+    if let Some(c) = bench.cols.iter().find(|c| c.broker.is_err()) {
+        eprintln!("note: {} did not run: see 'Not measured' above", c.label);
+    }
+    let _ = &bench.pki;
+    drop(scratch);
+    Ok(())
+}
 
+/// The broker in the first column: tollgate, or with `--baseline-only` a second Mosquitto.
+struct Subject {
+    flavor: Flavor,
+    label: &'static str,
+    exe: PathBuf,
+}
+
+impl Subject {
+    fn of(args: &Args) -> Self {
+        let tollgate_exe = args.tollgate.clone().unwrap_or_else(default_tollgate);
+        let flavor = if args.baseline_only {
+            Flavor::Mosquitto
+        } else {
+            Flavor::Tollgate
+        };
+        let label = if args.baseline_only {
+            "mosquitto-A"
+        } else {
+            "tollgate"
+        };
+        let exe = if args.baseline_only {
+            args.mosquitto.clone()
+        } else {
+            tollgate_exe.clone()
+        };
+        Subject { flavor, label, exe }
+    }
+}
+
+/// Writes each column's configuration and starts its broker (a column that does not start
+/// says why); notes a tollgate that only ran with its fixed-schema keys.
+async fn start_columns(
+    args: &Args,
+    subject: &Subject,
+    dir: &Path,
+    pki: &Pki,
+    auth: Option<&AuthFiles>,
+) -> anyhow::Result<(Vec<Column>, Vec<String>)> {
+    let mut cols = Vec::new();
+    let mut notes = Vec::new();
+    for (label, flavor, exe) in [
+        (subject.label, subject.flavor, subject.exe.clone()),
+        ("mosquitto", Flavor::Mosquitto, args.mosquitto.clone()),
+    ] {
+        let ports = Ports::pick()?;
+        let (conf, fallback) = match flavor {
+            Flavor::Mosquitto => {
+                let p = dir.join(format!("{label}.conf"));
+                setup::write(&p, &setup::mosquitto_conf(pki, ports, auth))?;
+                (p, None)
+            }
+            Flavor::Tollgate => {
+                let data = dir.join(format!("{label}-data"));
+                std::fs::create_dir_all(&data)
+                    .with_context(|| format!("creating {}", data.display()))?;
+                let p = dir.join(format!("{label}.toml"));
+                setup::write(
+                    &p,
+                    &setup::tollgate_conf(&data, pki, ports, auth, !args.tollgate_defaults),
+                )?;
+                let minimal = dir.join(format!("{label}-fixed-keys.toml"));
+                setup::write(
+                    &minimal,
+                    &setup::tollgate_conf(&data, pki, ports, auth, false),
+                )?;
+                (p, Some(minimal))
+            }
+        };
+        progress(
+            args.json,
+            &format!(
+                "starting {label}: {} with {}",
+                exe.display(),
+                conf.display()
+            ),
+        );
+        let mut broker = Broker::start(label, flavor, &exe, &conf, ports, dir).await;
+        if let (Err(broker::BrokerError::Exited { tail, .. }), Some(minimal)) = (&broker, &fallback)
+        {
+            if tail.contains("max_offline") || tail.contains("max_inflight") {
+                progress(
+                    args.json,
+                    &format!(
+                        "{label} does not know the queue-bound keys; retrying with {}",
+                        minimal.display()
+                    ),
+                );
+                notes.push(format!(
+                    "{label} refused max_offline_messages/max_offline_bytes/max_inflight: ran with its default session queue bounds"
+                ));
+                broker = Broker::start(label, flavor, &exe, minimal, ports, dir).await;
+            }
+        }
+        let broker = broker.map_err(|e| e.to_string());
+        if let Err(e) = &broker {
+            eprintln!("warning: {e}");
+        }
+        cols.push(Column {
+            label: label.to_string(),
+            broker,
+        });
+    }
+    Ok((cols, notes))
+}
+
+/// Every section not skipped, in order; then stops both brokers and notes a tollgate
+/// build that ignored `--auth`.
+async fn measure_all(bench: &mut Bench, args: &Args, a_flavor: Flavor) {
     if !bench.skip("memory") {
         bench.memory().await;
     }
@@ -382,9 +387,30 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     }
+}
 
+/// What the report says about the run besides the rows.
+struct Header {
+    command_line: String,
+    commit: String,
+    setup_line: String,
+    machine: String,
+    a_version: String,
+    m_version: String,
+}
+
+/// Prints the result: JSON with `--json`, else the table and its notes.
+fn print_report(
+    bench: &Bench,
+    args: &Args,
+    subject: &Subject,
+    command_line: String,
+    wall: Instant,
+) -> anyhow::Result<()> {
+    let a_flavor = subject.flavor;
+    let a_label = subject.label;
     let a_version = version_of(
-        &a_exe,
+        &subject.exe,
         if a_flavor == Flavor::Tollgate {
             "--version"
         } else {
@@ -414,14 +440,22 @@ async fn run() -> anyhow::Result<()> {
     );
     let b_label = bench.cols[1].label.clone();
     let commit = args.commit.clone().unwrap_or_else(source_commit);
+    let header = Header {
+        command_line,
+        commit,
+        setup_line,
+        machine,
+        a_version,
+        m_version,
+    };
     if args.json {
         let meta = json!({
-            "command": command_line,
-            "commit": commit,
+            "command": header.command_line,
+            "commit": header.commit,
             "date": utc_now(),
-            "setup": setup_line,
-            "machine": machine,
-            "versions": { a_label: a_version, "mosquitto": m_version },
+            "setup": header.setup_line,
+            "machine": header.machine,
+            "versions": { a_label: header.a_version, "mosquitto": header.m_version },
             "clk_tck": bench.tck,
             "wall_seconds": wall.elapsed().as_secs_f64(),
             "notes": bench.notes,
@@ -431,54 +465,72 @@ async fn run() -> anyhow::Result<()> {
             serde_json::to_string_pretty(&report::json(&bench.rows, a_label, &b_label, meta))?
         );
     } else {
-        println!("$ {command_line}");
-        println!("setup:    {setup_line}");
-        println!("machine:  {machine}");
-        println!("brokers:  {a_label} = {a_version} (commit {commit}); mosquitto = {m_version}");
-        println!();
-        print!("{}", report::table(&bench.rows, a_label, &b_label));
-        println!();
-        println!("Notes:");
-        println!("  * ratio = {a_label}/mosquitto. Throughput: publishers send a fixed count as fast as the");
-        println!("    QoS 1 inflight window (100) allows; time runs from release to the subscriber holding every");
-        println!("    message. A run that lost messages is marked LOSS; QoS 0 then retries paced.");
-        println!("  * The load generator shares the machine's cores with the broker, so rates and latencies are");
-        println!("    disturbed by it; broker CPU per message (utime+stime from /proc/PID/stat, CLK_TCK {}) is", bench.tck);
-        println!("    the least disturbed figure.");
-        println!("  * Connects are full handshakes (no TLS resumption) with CONNECT/CONNACK/DISCONNECT, {} in flight.", args.connect_concurrency);
-        println!(
-            "  * RSS per idle connection = (VmRSS with N idle TLS clients - VmRSS before) / N."
-        );
-        println!("  * RSS after the burst: the throughput runs' clients have disconnected; VmRSS is sampled");
-        println!("    every second for --settle-secs and the last sample divided by the idle RSS (before any load).");
-        if a_flavor == Flavor::Tollgate {
-            if args.tollgate_defaults {
-                println!("  * --tollgate-defaults: tollgate runs with its default session queue and inflight bounds,");
-                println!("    Mosquitto with max_queued_messages 0 / max_inflight_messages 0 (not equivalent).");
-            } else {
-                println!("  * Queues: Mosquitto max_queued_messages 0, max_queued_bytes 0, max_inflight_messages 0;");
-                println!("    tollgate max_offline_messages 10000000, max_offline_bytes 4 GiB, max_inflight 65535.");
-            }
-        }
-        if args.auth {
-            println!("  * --auth: both brokers read the same mosquitto_passwd ($7$) file and acl file ({} filler rules", args.acl_rules);
-            println!("    ahead of the grant). Power cut: {} devices connect, all sockets drop, all reconnect with", args.devices);
-            println!(
-                "    {} handshakes in flight; the reconnect row is measured.",
-                args.storm_concurrency
-            );
-        }
-        for n in &bench.notes {
-            println!("  * {n}");
-        }
-        println!("  wall time {:.0} s", wall.elapsed().as_secs_f64());
+        print_text(bench, args, subject, &b_label, &header, wall);
     }
-    if let Some(c) = bench.cols.iter().find(|c| c.broker.is_err()) {
-        eprintln!("note: {} did not run: see 'Not measured' above", c.label);
-    }
-    let _ = &bench.pki;
-    drop(scratch);
     Ok(())
+}
+
+/// The table and its notes (without `--json`).
+fn print_text(
+    bench: &Bench,
+    args: &Args,
+    subject: &Subject,
+    b_label: &str,
+    header: &Header,
+    wall: Instant,
+) {
+    let a_label = subject.label;
+    let Header {
+        command_line,
+        commit,
+        setup_line,
+        machine,
+        a_version,
+        m_version,
+    } = header;
+    println!("$ {command_line}");
+    println!("setup:    {setup_line}");
+    println!("machine:  {machine}");
+    println!("brokers:  {a_label} = {a_version} (commit {commit}); mosquitto = {m_version}");
+    println!();
+    print!("{}", report::table(&bench.rows, a_label, b_label));
+    println!();
+    println!("Notes:");
+    println!(
+        "  * ratio = {a_label}/mosquitto. Throughput: publishers send a fixed count as fast as the"
+    );
+    println!("    QoS 1 inflight window (100) allows; time runs from release to the subscriber holding every");
+    println!("    message. A run that lost messages is marked LOSS; QoS 0 then retries paced.");
+    println!("  * The load generator shares the machine's cores with the broker, so rates and latencies are");
+    println!("    disturbed by it; broker CPU per message (utime+stime from /proc/PID/stat, CLK_TCK {}) is", bench.tck);
+    println!("    the least disturbed figure.");
+    println!("  * Connects are full handshakes (no TLS resumption) with CONNECT/CONNACK/DISCONNECT, {} in flight.", args.connect_concurrency);
+    println!("  * RSS per idle connection = (VmRSS with N idle TLS clients - VmRSS before) / N.");
+    println!(
+        "  * RSS after the burst: the throughput runs' clients have disconnected; VmRSS is sampled"
+    );
+    println!("    every second for --settle-secs and the last sample divided by the idle RSS (before any load).");
+    if subject.flavor == Flavor::Tollgate {
+        if args.tollgate_defaults {
+            println!("  * --tollgate-defaults: tollgate runs with its default session queue and inflight bounds,");
+            println!("    Mosquitto with max_queued_messages 0 / max_inflight_messages 0 (not equivalent).");
+        } else {
+            println!("  * Queues: Mosquitto max_queued_messages 0, max_queued_bytes 0, max_inflight_messages 0;");
+            println!("    tollgate max_offline_messages 10000000, max_offline_bytes 4 GiB, max_inflight 65535.");
+        }
+    }
+    if args.auth {
+        println!("  * --auth: both brokers read the same mosquitto_passwd ($7$) file and acl file ({} filler rules", args.acl_rules);
+        println!("    ahead of the grant). Power cut: {} devices connect, all sockets drop, all reconnect with", args.devices);
+        println!(
+            "    {} handshakes in flight; the reconnect row is measured.",
+            args.storm_concurrency
+        );
+    }
+    for n in &bench.notes {
+        println!("  * {n}");
+    }
+    println!("  wall time {:.0} s", wall.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ use crate::{median, progress};
 /// note over the rounds, or why the column has no figure.
 type ConnectAcc = Result<(Vec<f64>, Vec<f64>, Option<String>), String>;
 
+/// Per column of a throughput row: every round's result and broker CPU ticks, or why
+/// the column has none.
+type ColumnRuns = Result<Vec<(LoadResult, u64)>, String>;
+
 /// One column: a broker under test, or why it is not running.
 pub struct Column {
     pub label: String,
@@ -308,11 +312,61 @@ impl Bench {
             1 => QoS::AtLeastOnce,
             _ => QoS::ExactlyOnce,
         };
+        let (runs, ports) = self.throughput_runs(qos, qos_level).await;
+        let mut rate = Vec::new();
+        let mut cpu = Vec::new();
+        let mut lost = Vec::new();
+        let mut lat = Vec::new();
+        for (i, col_runs) in runs.into_iter().enumerate() {
+            let col_runs = col_runs.and_then(|v| {
+                if v.is_empty() {
+                    Err("no run completed".to_string())
+                } else {
+                    Ok(v)
+                }
+            });
+            let col_runs = match col_runs {
+                Ok(v) => v,
+                Err(e) => {
+                    for v in [&mut rate, &mut cpu, &mut lost, &mut lat] {
+                        v.push(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            self.throughput_notes(i, qos_level, &col_runs);
+            let per_msg = |(r, ticks): &(LoadResult, u64)| {
+                *ticks as f64 * 1e6 / self.tck as f64 / (r.received.max(1)) as f64
+            };
+            cpu.push(cell(median(col_runs.iter().map(per_msg).collect())));
+            let total_lost: u64 = col_runs.iter().map(|(r, _)| r.lost).sum();
+            lost.push(cell(total_lost as f64));
+            lat.push(cell(median(
+                col_runs
+                    .iter()
+                    .map(|(r, _)| r.latency_p50_us / 1000.0)
+                    .collect(),
+            )));
+            let unpaced = median(col_runs.iter().map(|(r, _)| r.rate()).collect());
+            if total_lost == 0 {
+                rate.push(cell(unpaced));
+                continue;
+            }
+            let paced = self
+                .paced_after_loss(i, qos, qos_level, ports[i], unpaced, total_lost)
+                .await;
+            rate.push(paced);
+        }
+        self.push_throughput_rows(qos_level, [rate, cpu, lost, lat]);
+    }
+
+    /// The `--load-rounds` interleaved throughput runs of both columns, and the port each
+    /// column was loaded on.
+    async fn throughput_runs(&mut self, qos: QoS, qos_level: u8) -> ([ColumnRuns; 2], [u16; 2]) {
         let transport = if self.args.plain { "plain" } else { "TLS" };
         let rounds = self.args.load_rounds.max(1);
         // Per column: every round's result and broker CPU ticks, or why not.
-        let mut runs: [Result<Vec<(LoadResult, u64)>, String>; 2] =
-            [Ok(Vec::new()), Ok(Vec::new())];
+        let mut runs: [ColumnRuns; 2] = [Ok(Vec::new()), Ok(Vec::new())];
         let mut ports = [0u16; 2];
         for round in 0..rounds {
             for i in 0..2 {
@@ -348,102 +402,89 @@ impl Bench {
                 }
             }
         }
-        let mut rate = Vec::new();
-        let mut cpu = Vec::new();
-        let mut lost = Vec::new();
-        let mut lat = Vec::new();
-        for (i, col_runs) in runs.into_iter().enumerate() {
-            let col_runs = col_runs.and_then(|v| {
-                if v.is_empty() {
-                    Err("no run completed".to_string())
-                } else {
-                    Ok(v)
-                }
-            });
-            let col_runs = match col_runs {
-                Ok(v) => v,
-                Err(e) => {
-                    for v in [&mut rate, &mut cpu, &mut lost, &mut lat] {
-                        v.push(Err(e.clone()));
-                    }
-                    continue;
-                }
-            };
-            let label = self.cols[i].label.clone();
-            for (r, _) in &col_runs {
-                if r.duplicates > 0 || r.timed_out {
-                    self.notes.push(format!(
-                        "{label} QoS {qos_level}: {} of {} expected received, {} duplicates{}; slowest latency {:.1} ms",
-                        r.received,
-                        r.expected,
-                        r.duplicates,
-                        if r.timed_out { ", run hit the time limit" } else { "" },
-                        r.latency_max_us / 1000.0
-                    ));
-                }
-                if !r.errors.is_empty() {
-                    self.notes.push(format!(
-                        "{label} QoS {qos_level}: client errors: {}",
-                        r.errors.join("; ")
-                    ));
-                }
+        (runs, ports)
+    }
+
+    /// Notes for column `i`'s runs that saw duplicates, hit the time limit or had client
+    /// errors.
+    fn throughput_notes(&mut self, i: usize, qos_level: u8, col_runs: &[(LoadResult, u64)]) {
+        let label = self.cols[i].label.clone();
+        for (r, _) in col_runs {
+            if r.duplicates > 0 || r.timed_out {
+                self.notes.push(format!(
+                    "{label} QoS {qos_level}: {} of {} expected received, {} duplicates{}; slowest latency {:.1} ms",
+                    r.received,
+                    r.expected,
+                    r.duplicates,
+                    if r.timed_out { ", run hit the time limit" } else { "" },
+                    r.latency_max_us / 1000.0
+                ));
             }
-            let per_msg = |(r, ticks): &(LoadResult, u64)| {
-                *ticks as f64 * 1e6 / self.tck as f64 / (r.received.max(1)) as f64
-            };
-            cpu.push(cell(median(col_runs.iter().map(per_msg).collect())));
-            let total_lost: u64 = col_runs.iter().map(|(r, _)| r.lost).sum();
-            lost.push(cell(total_lost as f64));
-            lat.push(cell(median(
-                col_runs
-                    .iter()
-                    .map(|(r, _)| r.latency_p50_us / 1000.0)
-                    .collect(),
-            )));
-            let unpaced = median(col_runs.iter().map(|(r, _)| r.rate()).collect());
-            if total_lost == 0 {
-                rate.push(cell(unpaced));
-                continue;
+            if !r.errors.is_empty() {
+                self.notes.push(format!(
+                    "{label} QoS {qos_level}: client errors: {}",
+                    r.errors.join("; ")
+                ));
             }
-            // Loss: report it; for QoS 0 look for a paced rate without loss.
-            let mut found = None;
-            if qos == QoS::AtMostOnce {
-                for factor in [0.8, 0.6, 0.4] {
-                    let mut paced = self.load_spec(
-                        ports[i],
-                        qos,
-                        format!("q{qos_level}-{i}-p{}", (factor * 10.0) as u32),
-                    );
-                    paced.rate = Some(unpaced * factor);
-                    progress(
-                        self.args.json,
-                        &format!(
-                            "{label}: loss {total_lost}; retry paced at {:.0} msg/s",
-                            unpaced * factor
-                        ),
-                    );
-                    if let Ok((pr, _)) = self.load_once(i, &paced).await {
-                        if pr.lost == 0 {
-                            found = Some(pr.rate());
-                            break;
-                        }
-                    }
-                }
-            }
-            rate.push(match found {
-                Some(x) => cell_note(
-                    x,
-                    format!("paced; unpaced LOSS {total_lost} at {unpaced:.0}/s"),
-                ),
-                None => cell_note(unpaced, format!("LOSS {total_lost}")),
-            });
         }
+    }
+
+    /// The rate cell of column `i` after its runs lost messages: reports the loss; for
+    /// QoS 0 looks for a paced rate without loss.
+    async fn paced_after_loss(
+        &mut self,
+        i: usize,
+        qos: QoS,
+        qos_level: u8,
+        port: u16,
+        unpaced: f64,
+        total_lost: u64,
+    ) -> Measured {
+        let label = self.cols[i].label.clone();
+        let mut found = None;
+        if qos == QoS::AtMostOnce {
+            for factor in [0.8, 0.6, 0.4] {
+                let mut paced = self.load_spec(
+                    port,
+                    qos,
+                    format!("q{qos_level}-{i}-p{}", (factor * 10.0) as u32),
+                );
+                paced.rate = Some(unpaced * factor);
+                progress(
+                    self.args.json,
+                    &format!(
+                        "{label}: loss {total_lost}; retry paced at {:.0} msg/s",
+                        unpaced * factor
+                    ),
+                );
+                if let Ok((pr, _)) = self.load_once(i, &paced).await {
+                    if pr.lost == 0 {
+                        found = Some(pr.rate());
+                        break;
+                    }
+                }
+            }
+        }
+        match found {
+            Some(x) => cell_note(
+                x,
+                format!("paced; unpaced LOSS {total_lost} at {unpaced:.0}/s"),
+            ),
+            None => cell_note(unpaced, format!("LOSS {total_lost}")),
+        }
+    }
+
+    /// The four throughput rows of one QoS level from the per-column cells
+    /// (rate, CPU per message, messages lost, latency p50).
+    fn push_throughput_rows(&mut self, qos_level: u8, cells: [Vec<Measured>; 4]) {
         let two =
             |v: Vec<Measured>| -> [Measured; 2] { v.try_into().expect("invariant: two columns") };
+        let [rate, cpu, lost, lat] = cells;
         let [ra, rb] = two(rate);
         let [ca, cb] = two(cpu);
         let [la, lb] = two(lost);
         let [pa, pb] = two(lat);
+        let transport = if self.args.plain { "plain" } else { "TLS" };
         let auth = if self.args.auth { ", auth+ACL" } else { "" };
         self.push(
             format!("QoS {qos_level} {transport}{auth} throughput, zero loss"),
