@@ -9,7 +9,7 @@
 # Needs an open-files limit of about 2,200 (ulimit -n 4096) for the idle-connection row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins
+cargo build --release --workspace --bins   # tollgate and tollgate-bench (bench/)
 commit=$(git rev-parse --short HEAD)
 extra=(--commit "$commit")
 args=("$@")

@@ -30,18 +30,19 @@ export PATH="$PATH:/usr/sbin"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 export TOLLGATE_REQUIRE_PEERS=1
-cargo test --lib --bins --tests -- --test-threads=2
+cargo test --workspace --lib --bins --tests -- --test-threads=2
 [ -n "${TOLLGATE_SKIP_FUZZ:-}" ] || { echo "== fuzz targets, bounded (TOLLGATE_SKIP_FUZZ=1 skips)"; TOLLGATE_FUZZ_SECONDS=${TOLLGATE_FUZZ_SECONDS:-10} scripts/fuzz-ci.sh; }
 
 if [ -z "${TOLLGATE_SKIP_BENCH:-}" ]; then
   # A few seconds of every bench section against Mosquitto (debug build): proves the bench
-  # still runs end to end; no figure is judged.
+  # still runs end to end; no figure is judged. It starts target/debug/tollgate, which the
+  # test step above has just built.
   echo "== tollgate-bench smoke run"
-  cargo run --quiet --bin tollgate-bench -- --messages 2000 --connects 50 --rounds 1 \
+  cargo run --quiet -p tollgate-bench -- --messages 2000 --connects 50 --rounds 1 \
     --idle-conns 50 --devices 50 --load-rounds 1 --latency-secs 0.5 --settle-secs 2
 fi
 
