@@ -42,6 +42,7 @@ use crate::broker::{Broker, BrokerSettings, ListenerContext};
 use crate::component::{grant_table, Component, HealthBoard};
 use crate::config::{self, Config, LoadedConfig, Transport};
 use crate::pki::{self, DevPki};
+use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::notify;
 use crate::tls::{self, ReloadableServerConfig};
 
@@ -525,14 +526,19 @@ impl App {
                 for change in &report.ignored_until_restart {
                     warn!(change = %change, "Configuration change ignored until restart.");
                 }
-                info!(target: "audit", config = %self.current.source.label(), "Configuration reloaded.");
+                Event::new(AuditKind::ConfigReloaded)
+                    .config(&self.current.source.label())
+                    .emit();
                 notify::status("Configuration reloaded; serving.");
             }
             Err(failed) => {
                 for problem in &failed.problems {
                     error!(problem = %problem, "Reload refused: configuration problem.");
                 }
-                warn!(target: "audit", config = %self.current.source.label(), problems = failed.problems.len(), "Configuration reload refused; the running configuration stays in force.");
+                Event::new(AuditKind::ConfigReloadRefused)
+                    .config(&self.current.source.label())
+                    .problems(failed.problems.len())
+                    .emit();
                 notify::status(&format!(
                     "Reload refused ({} problems, see log); running configuration unchanged.",
                     failed.problems.len()

@@ -207,25 +207,16 @@ pub fn audit_denied(
     decision: &AclDecision,
     peer: Option<std::net::SocketAddr>,
 ) {
-    use crate::telemetry::limit::{self, Kind, LogStr};
+    use crate::telemetry::audit::{Event, Kind};
     if let AclDecision::Deny { rule } = decision {
         // Counted always; the line is rate-limited per connection and peer.
-        if !limit::event(Kind::AclDenied) {
-            return;
-        }
-        tracing::info!(
-            target: "audit",
-            event = "acl_denied",
-            listener = %identity.listener,
-            peer = %peer.map_or_else(|| "in-process".to_string(), |p| p.to_string()),
-            username = %LogStr::opt(identity.username.as_deref()),
-            client_id = %LogStr(&identity.client_id),
-            via = ?identity.via,
-            ?access,
-            topic = %LogStr(topic),
-            rule = rule.as_deref().unwrap_or("none matched: default deny"),
-            "Access denied by ACL."
-        );
+        Event::new(Kind::AclDenied)
+            .identity(identity)
+            .peer(peer)
+            .access(access)
+            .topic(topic)
+            .rule(rule.as_deref().unwrap_or("none matched: default deny"))
+            .emit();
     }
 }
 

@@ -406,35 +406,25 @@ fn method_name(req: &AuthRequest) -> &'static str {
 /// Client strings are escaped; a refusal line is rate-limited with the broker's
 /// "Connection refused by authentication." line, which counts the event.
 fn audit(req: &AuthRequest, decision: &Decision) {
-    use crate::telemetry::limit::{self, Kind, LogStr};
-    let username = LogStr::opt(req.username.as_deref());
-    let certificate_identity = LogStr::opt(req.certificate_identity.as_deref());
+    use crate::telemetry::audit::{Event, Kind};
+    let event = |kind| {
+        Event::new(kind)
+            .listener(&req.listener)
+            .peer(Some(req.peer))
+            .client_id(&req.client_id)
+            .username(req.username.as_deref())
+            .certificate_identity(req.certificate_identity.as_deref())
+            .method(method_name(req))
+    };
     match decision {
-        Ok((_, _, reason)) => tracing::info!(
-            target: "audit",
-            listener = %req.listener,
-            peer = %req.peer,
-            client_id = %LogStr(&req.client_id),
-            %username,
-            %certificate_identity,
-            method = method_name(req),
-            outcome = "success",
-            reason = *reason,
-            "Authentication succeeded."
-        ),
-        Err(_) if !limit::line(Kind::AuthRefused) => {}
-        Err((error, reason)) => tracing::warn!(
-            target: "audit",
-            listener = %req.listener,
-            peer = %req.peer,
-            client_id = %LogStr(&req.client_id),
-            %username,
-            %certificate_identity,
-            method = method_name(req),
-            outcome = "failure",
-            error = %LogStr(&error.to_string()),
-            reason = %LogStr(reason),
-            "Authentication refused."
-        ),
+        Ok((_, _, reason)) => event(Kind::AuthSucceeded)
+            .outcome("success")
+            .reason(reason)
+            .emit(),
+        Err((error, reason)) => event(Kind::AuthRefused)
+            .outcome("failure")
+            .error(error)
+            .reason(reason)
+            .emit(),
     }
 }

@@ -13,6 +13,7 @@
 //! its `LogStr` escapes and truncates client-supplied text in every line: no client can
 //! forge a log line or fill the disk.
 
+pub mod audit;
 pub mod limit;
 pub mod notify;
 
