@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::duration;
 
-use crate::app::TcpKeepalive;
+use crate::app::listener::TcpKeepalive;
 use crate::broker::{BrokerSettings, KeepAlivePolicy, QueueOverflow};
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
