@@ -23,17 +23,21 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::aliases::{InboundAliases, OutboundAliases};
+use super::checks::{check_filter, publish_topic, violation, will_topic, Violation};
+use super::codec::{self, v5, ProtocolVersion, QoS};
 use super::fasthash::IntSet;
+use super::keepalive::KeepAliveGrant;
 use super::link::{
     refusal_properties, Backlog, ConnId, ConnectRequest, Inbound, Message, Outgoing, RouterMsg,
     WillSpec,
 };
-use super::topics;
-use super::wire::{self, v5, ProtocolVersion, QoS};
-use super::{ConnectionInfo, SessionCredentials, Shared};
+use super::revalidate::{RevalidateCheck, SessionCredentials};
+use super::settings::ConnectionInfo;
+use super::shared::Shared;
 use crate::acl::Access;
 use crate::auth::{AuthError, AuthRequest, Identity};
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
+use crate::topic;
 
 /// Why the main loop ended; decides whether the will is published.
 enum End {
@@ -49,19 +53,6 @@ enum End {
     /// A revalidation check rejected the session's credentials: no will (the
     /// client is no longer trusted).
     Revoked,
-}
-
-/// A protocol violation: v5 clients get DISCONNECT with this reason code.
-pub(crate) struct Violation {
-    code: u8,
-    pub(crate) reason: String,
-}
-
-fn violation(code: u8, reason: impl Into<String>) -> Violation {
-    Violation {
-        code,
-        reason: reason.into(),
-    }
 }
 
 /// Maps a v5 reason code onto the CONNACK return code type.
@@ -173,7 +164,7 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
     code: u8,
     reason: &str,
 ) {
-    let codec = wire::Codec::new(version, shared.settings.max_packet_size as usize);
+    let codec = codec::Codec::new(version, shared.settings.max_packet_size as usize);
     let connack = v5::ConnAck {
         session_present: false,
         code: connack_code(code),
@@ -241,7 +232,7 @@ async fn read_connect<S>(
     shared: &Shared,
     stream: &mut S,
     info: &ConnectionInfo,
-) -> Option<(wire::ConnectPacket, BytesMut)>
+) -> Option<(codec::ConnectPacket, BytesMut)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -249,8 +240,8 @@ where
     let max_packet = shared.settings.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
     loop {
-        let level = wire::peek_connect_version(&rbuf);
-        match wire::decode_connect(&mut rbuf, max_packet) {
+        let level = codec::peek_connect_version(&rbuf);
+        match codec::decode_connect(&mut rbuf, max_packet) {
             Ok(Some(c)) => return Some((c, rbuf)),
             Ok(None) => {}
             Err(e) => {
@@ -300,9 +291,9 @@ async fn admit<S>(
     shared: &Arc<Shared>,
     stream: &mut S,
     info: ConnectionInfo,
-    connect: wire::ConnectPacket,
+    connect: codec::ConnectPacket,
     rbuf: BytesMut,
-    revalidate: tokio::sync::watch::Receiver<Option<super::RevalidateCheck>>,
+    revalidate: tokio::sync::watch::Receiver<Option<RevalidateCheck>>,
 ) -> Option<Session>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -310,7 +301,7 @@ where
     let peer = info.peer;
     let settings = &shared.settings;
     let max_packet = settings.max_packet_size as usize;
-    let wire::ConnectPacket {
+    let codec::ConnectPacket {
         version,
         connect,
         will,
@@ -369,7 +360,7 @@ where
     let session_expiry = requested_expiry.min(settings.max_session_expiry);
 
     let requested_keep_alive = connect.keep_alive;
-    let super::KeepAliveGrant {
+    let KeepAliveGrant {
         keep_alive,
         server_keep_alive,
     } = match info
@@ -391,15 +382,7 @@ where
     let will = match will {
         None => None,
         Some(w) => {
-            let max_levels = settings.max_topic_levels;
-            let valid = topics::topic_from_bytes(&w.topic)
-                .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    topics::validate_topic_name(t)
-                        .and_then(|()| topics::check_levels(t, max_levels))
-                        .map_err(|e| format!("will {e}"))
-                });
-            if let Err(reason) = valid {
+            if let Err(reason) = will_topic(&w.topic, settings.max_topic_levels) {
                 if log_limit::event(Kind::InvalidConnect) {
                     warn!(client_id = %LogStr(&client_id), %peer, reason = %LogStr(&reason), "Connection refused: invalid will topic.");
                 }
@@ -551,7 +534,7 @@ where
         conn,
         state: ConnState {
             shared: shared.clone(),
-            codec: wire::Codec::new(version, max_packet),
+            codec: codec::Codec::new(version, max_packet),
             identity,
             peer,
             session_expiry,
@@ -593,7 +576,7 @@ struct Session {
     /// Granted keep alive in seconds (0: none).
     keep_alive: u16,
     /// Reload notices: a check the session's credentials must still pass.
-    revalidate: tokio::sync::watch::Receiver<Option<super::RevalidateCheck>>,
+    revalidate: tokio::sync::watch::Receiver<Option<RevalidateCheck>>,
     /// What the session was admitted with, as a revalidation check sees it.
     credentials: SessionCredentials,
     /// The client's Maximum Packet Size (v5), which bounds the revalidation DISCONNECT.
@@ -758,7 +741,7 @@ impl Session {
                     if let Some(verdict) = check.and_then(|check| check(&self.credentials)) {
                         warn!(target: "audit", listener = %self.credentials.listener, %peer, client_id = %LogStr(&self.credentials.identity.client_id), username = %LogStr::opt(self.credentials.identity.username.as_deref()), via = ?self.credentials.identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
                         if v5mode {
-                            wire::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), self.client_max_packet, &mut self.state.wbuf);
+                            codec::encode_v5_disconnect(verdict.reason_code(), verdict.reason(), self.client_max_packet, &mut self.state.wbuf);
                         }
                         drain = true;
                         break End::Revoked;
@@ -838,7 +821,7 @@ async fn discard_until_eof<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Bytes
 
 struct ConnState {
     shared: Arc<Shared>,
-    codec: wire::Codec,
+    codec: codec::Codec,
     identity: Identity,
     peer: std::net::SocketAddr,
     session_expiry: u32,
@@ -905,26 +888,6 @@ impl WriteDecisions {
             .insert(0, (Bytes::copy_from_slice(topic.as_bytes()), allowed));
         allowed
     }
-}
-
-/// The topic name of an incoming PUBLISH (after alias resolution), validated.
-fn publish_topic(raw: &[u8]) -> Result<&str, Violation> {
-    // Printable ASCII without wildcards is valid as it is: one pass for the common case.
-    let plain = !raw.is_empty()
-        && raw.len() <= topics::MAX_TOPIC_LEN
-        && raw
-            .iter()
-            .all(|&b| (0x20..0x7f).contains(&b) && b != b'+' && b != b'#');
-    if plain {
-        if let Ok(topic) = std::str::from_utf8(raw) {
-            return Ok(topic);
-        }
-    }
-    let topic = topics::topic_from_bytes(raw)
-        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-    topics::validate_topic_name(topic)
-        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-    Ok(topic)
 }
 
 /// Whether the next packet in `rbuf` is a QoS 1/2 PUBLISH (counts against the
@@ -1132,7 +1095,7 @@ impl ConnState {
                 ),
             ));
         }
-        if let Err(e) = topics::check_levels(topic, settings.max_topic_levels) {
+        if let Err(e) = topic::check_levels(topic, settings.max_topic_levels) {
             let reason = format!("topic name invalid: {e}");
             if !self.v5() {
                 // v3.1.1 has no negative acknowledgement: the connection is closed.
@@ -1273,38 +1236,6 @@ impl ConnState {
     }
 }
 
-/// Validate and authorize one SUBSCRIBE filter. The outer error is a protocol
-/// violation; the inner one a per-filter refusal code.
-pub(crate) fn check_filter(
-    f: &v5::Filter,
-    identity: &Identity,
-    authorizer: &dyn crate::acl::Authorizer,
-    peer: Option<std::net::SocketAddr>,
-    max_levels: usize,
-) -> Result<Result<(), v5::SubscribeReasonCode>, Violation> {
-    let inner = match topics::parse_shared(&f.path) {
-        Err(_) => return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid)),
-        Ok(Some(shared)) => {
-            if f.nolocal {
-                return Err(violation(0x82, "No Local set on a shared subscription"));
-            }
-            shared.filter
-        }
-        Ok(None) => f.path.as_str(),
-    };
-    if topics::check_levels(inner, max_levels).is_err()
-        || topics::validate_topic_filter(inner).is_err()
-    {
-        return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid));
-    }
-    let decision = authorizer.check(identity, Access::Subscribe, inner);
-    if !decision.is_allowed() {
-        crate::acl::audit_denied(identity, Access::Subscribe, inner, &decision, peer);
-        return Ok(Err(v5::SubscribeReasonCode::NotAuthorized));
-    }
-    Ok(Ok(()))
-}
-
 /// A copy of a refusing v5 ack with a reason string added, or `None` when `packet`
 /// is not a refusal (or already explains itself).
 fn explain_refusal(packet: &v5::Packet) -> Option<v5::Packet> {
@@ -1357,6 +1288,7 @@ fn explain_refusal(packet: &v5::Packet) -> Option<v5::Packet> {
 mod tests {
     use super::*;
     use crate::acl::{AclDecision, Authorizer};
+    use crate::broker::settings::{BrokerSettings, ListenerContext};
     use std::sync::atomic::AtomicUsize;
 
     /// Allows topics under `ok/` and counts how often it was asked.
@@ -1383,17 +1315,17 @@ mod tests {
     #[tokio::test]
     async fn session_future_holds_none_of_the_connect_phase() {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let broker = super::super::Broker::start(
-            super::super::BrokerSettings::default(),
+        // No router runs: only the sizes of the futures are looked at.
+        let (shared, _router_rx) = Shared::new(
+            BrokerSettings::default(),
             Arc::new(crate::auth::AnonymousOnly),
             Arc::new(crate::acl::AllowAll),
             shutdown.clone(),
         );
-        let shared = broker.shared.clone();
         let (stream, _peer) = tokio::io::duplex(64);
         let info = ConnectionInfo {
             peer: ([127, 0, 0, 1], 1).into(),
-            listener: Arc::new(super::super::ListenerContext {
+            listener: Arc::new(ListenerContext {
                 name: Arc::from("test"),
                 allow_anonymous: true,
                 password_auth: true,

@@ -20,9 +20,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{v5, QoS};
-use super::ListenerContext;
-use super::{Broker, BrokerSettings, ConnectionInfo, InternalClient, InternalOptions};
+use super::codec::{v5, QoS};
+use super::{
+    Broker, BrokerSettings, ConnectionInfo, InternalClient, InternalOptions, ListenerContext,
+};
 use crate::acl::AllowAll;
 use crate::auth::{AnonymousOnly, Identity};
 

@@ -21,13 +21,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::connection::check_filter;
-use super::link::{Backlog, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg};
-use super::topics;
-use super::wire::{v5, QoS};
-use super::{BrokerError, Shared};
+use super::checks::check_filter;
+use super::codec::{v5, QoS};
+use super::link::{
+    Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg,
+};
+use super::shared::Shared;
 use crate::auth::Identity;
 use crate::telemetry::limit::LogStr;
+use crate::topic;
 
 /// How an in-process client attaches.
 #[derive(Debug, Clone)]
@@ -231,10 +233,10 @@ impl InternalClient {
         retain: bool,
         properties: Option<v5::PublishProperties>,
     ) -> Result<(), BrokerError> {
-        topics::validate_topic_name(topic).map_err(|e| {
+        topic::validate_topic_name(topic).map_err(|e| {
             BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
         })?;
-        topics::check_levels(topic, self.shared.settings.max_topic_levels)
+        topic::check_levels(topic, self.shared.settings.max_topic_levels)
             .map_err(|e| BrokerError::Refused(format!("topic name invalid (0x90): {e}")))?;
         let authorizer = self.shared.authorizer();
         if !crate::acl::authorize_write(&*authorizer, &self.identity, topic, None) {

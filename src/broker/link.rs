@@ -12,9 +12,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::codec::{v5, QoS};
 use super::trie::SessionKey;
-use super::wire::{v5, QoS};
-use super::BrokerError;
 use crate::auth::Identity;
 
 /// Identifies one network connection or in-process client attachment.
@@ -305,6 +304,17 @@ pub(crate) struct ConnectRequest {
     pub v5: bool,
     /// What the session's queue does when it is full.
     pub overflow: QueueOverflow,
+}
+
+/// Errors of the in-process client API.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The router has stopped (shutdown).
+    #[error("broker is shutting down")]
+    Closed,
+    /// The request was refused; the string says why (reason code name and context).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Reply channel of an in-process publish.

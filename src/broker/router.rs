@@ -26,20 +26,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::checks::valid_unsubscribe_filter;
+use super::codec::{v5, QoS};
 use super::fasthash::{IntMap, IntSet};
 use super::link::{
-    refusal_properties, Ack, Backlog, ConnId, ConnectRequest, Inbound, Message, OutPublish, OutTx,
-    Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
+    refusal_properties, Ack, Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Message,
+    OutPublish, OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
 };
 use super::retained::RetainedStore;
+use super::settings::BrokerSettings;
+use super::shared::Shared;
 use super::stats::StatsCounters;
-use super::topics;
 use super::trie::{SessionKey, SharedRef, SubOptions, SubscriptionTrie};
-use super::wire::{v5, QoS};
-use super::{BrokerError, BrokerSettings, Shared};
 use crate::acl::{Access, Authorizer};
 use crate::auth::Identity;
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
+use crate::topic;
 
 struct Queued {
     msg: Arc<Message>,
@@ -481,21 +483,10 @@ fn refill(ctx: &mut Ctx, key: SessionKey, session: &mut Session) {
 }
 
 fn split_shared(path: &str) -> (Option<&str>, &str) {
-    match topics::parse_shared(path) {
+    match topic::parse_shared(path) {
         Ok(Some(s)) => (Some(s.group), s.filter),
         _ => (None, path),
     }
-}
-
-/// Whether an UNSUBSCRIBE filter is well formed and within `max_levels`: one that
-/// could never have been subscribed is answered 0x8F, not looked up.
-fn valid_unsubscribe_filter(filter: &str, max_levels: usize) -> bool {
-    let inner = match topics::parse_shared(filter) {
-        Ok(Some(shared)) => shared.filter,
-        Ok(None) => filter,
-        Err(_) => return false,
-    };
-    topics::check_levels(inner, max_levels).is_ok() && topics::validate_topic_filter(inner).is_ok()
 }
 
 fn max_qos(a: QoS, b: QoS) -> QoS {
