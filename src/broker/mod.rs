@@ -33,10 +33,8 @@
 mod aliases;
 mod checks;
 pub mod codec;
-mod connection;
 mod fasthash;
 pub mod fuzz_router;
-mod internal;
 mod keepalive;
 mod link;
 mod retained;
@@ -59,8 +57,8 @@ use crate::auth::Authenticator;
 use crate::telemetry::limit as log_limit;
 use shared::Shared;
 
-pub use internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
 pub use keepalive::{KeepAliveGrant, KeepAlivePolicy};
+pub use link::internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
 pub use link::{BrokerError, QueueOverflow};
 pub use revalidate::{RevalidateCheck, RevalidateVerdict, SessionCredentials};
 pub use settings::{BrokerSettings, ConnectionInfo, ListenerContext};
@@ -113,7 +111,7 @@ impl Broker {
             .track_future(log_limit::scope(
                 limits,
                 peer,
-                connection::run(shared, stream, info),
+                link::network::run(shared, stream, info),
             ))
             .await
     }
@@ -159,7 +157,7 @@ impl Broker {
         &self,
         options: InternalOptions,
     ) -> Result<InternalClient, BrokerError> {
-        internal::connect(self.shared.clone(), options).await
+        link::internal::connect(self.shared.clone(), options).await
     }
 
     /// Current counters (the same figures the `$SYS/broker/...` topics carry).
