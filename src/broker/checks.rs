@@ -7,17 +7,18 @@
 //! ACL is audited here, once, like every ACL denial).
 
 use super::codec::v5;
+use super::reason::ReasonCode;
 use crate::acl::Access;
 use crate::auth::Identity;
 use crate::topic;
 
 /// A protocol violation: v5 clients get DISCONNECT with this reason code.
 pub(crate) struct Violation {
-    pub(crate) code: u8,
+    pub(crate) code: ReasonCode,
     pub(crate) reason: String,
 }
 
-pub(crate) fn violation(code: u8, reason: impl Into<String>) -> Violation {
+pub(crate) fn violation(code: ReasonCode, reason: impl Into<String>) -> Violation {
     Violation {
         code,
         reason: reason.into(),
@@ -37,10 +38,18 @@ pub(crate) fn publish_topic(raw: &[u8]) -> Result<&str, Violation> {
             return Ok(topic);
         }
     }
-    let topic = topic::topic_from_bytes(raw)
-        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
-    topic::validate_topic_name(topic)
-        .map_err(|e| violation(0x90, format!("invalid topic name: {e}")))?;
+    let topic = topic::topic_from_bytes(raw).map_err(|e| {
+        violation(
+            ReasonCode::TopicNameInvalid,
+            format!("invalid topic name: {e}"),
+        )
+    })?;
+    topic::validate_topic_name(topic).map_err(|e| {
+        violation(
+            ReasonCode::TopicNameInvalid,
+            format!("invalid topic name: {e}"),
+        )
+    })?;
     Ok(topic)
 }
 
@@ -69,7 +78,10 @@ pub(crate) fn check_filter(
         Err(_) => return Ok(Err(v5::SubscribeReasonCode::TopicFilterInvalid)),
         Ok(Some(shared)) => {
             if f.nolocal {
-                return Err(violation(0x82, "No Local set on a shared subscription"));
+                return Err(violation(
+                    ReasonCode::ProtocolError,
+                    "No Local set on a shared subscription",
+                ));
             }
             shared.filter
         }

@@ -75,6 +75,7 @@ use rumqttc::mqttbytes as m4;
 pub use rumqttc::v5::mqttbytes::v5;
 pub use rumqttc::v5::mqttbytes::QoS;
 
+use super::reason::ReasonCode;
 use crate::topic::TopicError;
 
 pub use decode::{decode_connect, peek_connect_version};
@@ -211,33 +212,47 @@ pub enum CodecError {
 }
 
 impl CodecError {
-    /// The v5 CONNACK/DISCONNECT reason code for this error: 0x81 malformed packet,
-    /// 0x82 protocol error, 0x83 implementation specific error, 0x84 unsupported
-    /// protocol version, 0x85 client identifier not valid, 0x8F topic filter invalid,
-    /// 0x90 topic name invalid, 0x95 packet too large.
-    pub fn reason_code(&self) -> u8 {
+    /// The v5 CONNACK/DISCONNECT reason code for this error: malformed packet,
+    /// protocol error, implementation specific error, unsupported protocol version,
+    /// client identifier not valid, topic filter invalid, topic name invalid or
+    /// packet too large.
+    pub fn reason(&self) -> ReasonCode {
         match self {
-            CodecError::PacketTooLarge { .. } => 0x95,
-            CodecError::Malformed { .. } | CodecError::DecoderPanic { .. } => 0x81,
-            CodecError::Protocol { .. } | CodecError::NotConnect { .. } => 0x82,
-            CodecError::UnsupportedProtocol { .. } => 0x84,
-            CodecError::ClientIdRejected { .. } => 0x85,
+            CodecError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            CodecError::Malformed { .. } | CodecError::DecoderPanic { .. } => {
+                ReasonCode::MalformedPacket
+            }
+            CodecError::Protocol { .. } | CodecError::NotConnect { .. } => {
+                ReasonCode::ProtocolError
+            }
+            CodecError::UnsupportedProtocol { .. } => ReasonCode::UnsupportedProtocolVersion,
+            CodecError::ClientIdRejected { .. } => ReasonCode::ClientIdentifierNotValid,
             CodecError::TopicName { source, .. } => {
                 if is_encoding_error(source) {
-                    0x81
+                    ReasonCode::MalformedPacket
                 } else {
-                    0x90
+                    ReasonCode::TopicNameInvalid
                 }
             }
             CodecError::TopicFilter { source, .. } => {
                 if is_encoding_error(source) {
-                    0x81
+                    ReasonCode::MalformedPacket
                 } else {
-                    0x8F
+                    ReasonCode::TopicFilterInvalid
                 }
             }
-            CodecError::Encode { .. } | CodecError::EncoderPanic { .. } => 0x83,
+            CodecError::Encode { .. } | CodecError::EncoderPanic { .. } => {
+                ReasonCode::ImplementationSpecificError
+            }
         }
+    }
+
+    /// [`CodecError::reason`] as its byte (0x81 malformed packet, 0x82 protocol
+    /// error, 0x83 implementation specific error, 0x84 unsupported protocol version,
+    /// 0x85 client identifier not valid, 0x8F topic filter invalid, 0x90 topic name
+    /// invalid, 0x95 packet too large).
+    pub fn reason_code(&self) -> u8 {
+        self.reason().as_u8()
     }
 
     /// For errors in a CONNECT: the MQTT 3.1.1 CONNACK return code to send before
@@ -246,9 +261,9 @@ impl CodecError {
     pub fn connack_v311_code(&self) -> Option<u8> {
         match self {
             CodecError::UnsupportedProtocol { name, .. } if name == "MQTT" || name == "MQIsdp" => {
-                Some(1)
+                Some(self.reason().connack_v311())
             }
-            CodecError::ClientIdRejected { .. } => Some(2),
+            CodecError::ClientIdRejected { .. } => Some(self.reason().connack_v311()),
             _ => None,
         }
     }

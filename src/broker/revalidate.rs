@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
+use super::reason::ReasonCode;
 use crate::auth::Identity;
 
 /// What a live network session was admitted with, as shown to a revalidation check.
@@ -27,7 +28,7 @@ pub struct SessionCredentials {
 /// Why a revalidation check ends a session; carries the v5 DISCONNECT reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevalidateVerdict {
-    code: u8,
+    code: ReasonCode,
     reason: String,
 }
 
@@ -36,7 +37,7 @@ impl RevalidateVerdict {
     /// longer allowed on the listener): v5 reason 0x87 Not authorized.
     pub fn credentials_revoked(reason: impl Into<String>) -> Self {
         RevalidateVerdict {
-            code: 0x87,
+            code: ReasonCode::NotAuthorized,
             reason: reason.into(),
         }
     }
@@ -45,14 +46,14 @@ impl RevalidateVerdict {
     /// trusted): v5 reason 0x8C Bad authentication method.
     pub fn certificate_rejected(reason: impl Into<String>) -> Self {
         RevalidateVerdict {
-            code: 0x8C,
+            code: ReasonCode::BadAuthenticationMethod,
             reason: reason.into(),
         }
     }
 
     /// The v5 DISCONNECT reason code (0x87 or 0x8C).
     pub fn reason_code(&self) -> u8 {
-        self.code
+        self.code.as_u8()
     }
 
     /// The reason string sent to v5 clients and logged.

@@ -12,6 +12,7 @@ use rumqttc::v5::mqttbytes::Error as V5Error;
 
 use super::{qos_to_v4, MAX_REMAINING_LENGTH};
 use super::{v5, v5_packet_name, Codec, CodecError, ConnectPacket, ProtocolVersion, QoS};
+use crate::broker::reason::ReasonCode;
 use crate::topic;
 
 /// Encodes a CONNECT (as a client would send it) for `connect.version`. The broker
@@ -268,19 +269,8 @@ fn encode_v5(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> 
             }
         }
         v5::Packet::ConnAck(ack) => {
-            let code = match ack.code {
-                // mqttbytes panics on the 3.1.1-only codes; use their v5 equivalents.
-                v5::ConnectReturnCode::RefusedProtocolVersion => {
-                    v5::ConnectReturnCode::UnsupportedProtocolVersion
-                }
-                v5::ConnectReturnCode::BadClientId => {
-                    v5::ConnectReturnCode::ClientIdentifierNotValid
-                }
-                v5::ConnectReturnCode::ServiceUnavailable => {
-                    v5::ConnectReturnCode::ServerUnavailable
-                }
-                other => other,
-            };
+            // mqttbytes panics on the 3.1.1-only codes; use their v5 equivalents.
+            let code = ReasonCode::from_connect_return_code(ack.code).connect_return_code();
             // Session Present must be 0 on a refusal (MQTT 5 §3.2.2.1.1).
             let session_present = ack.session_present && code == v5::ConnectReturnCode::Success;
             if code == ack.code && session_present == ack.session_present {
@@ -308,15 +298,7 @@ fn encode_v5(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> 
 
 /// v5 CONNACK code → 3.1.1 return code.
 pub fn connack_code_v311(code: v5::ConnectReturnCode) -> u8 {
-    use v5::ConnectReturnCode as C;
-    match code {
-        C::Success => 0,
-        C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => 1,
-        C::BadClientId | C::ClientIdentifierNotValid => 2,
-        C::BadUserNamePassword | C::BadAuthenticationMethod => 4,
-        C::NotAuthorized | C::ConnectionRateExceeded => 5,
-        _ => 3,
-    }
+    ReasonCode::from_connect_return_code(code).connack_v311()
 }
 
 fn encode_v311(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> {
@@ -367,6 +349,7 @@ fn encode_v311(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError
                     v5::SubscribeReasonCode::Success(q) => {
                         m4::v4::SubscribeReasonCode::Success(qos_to_v4(*q))
                     }
+                    // Every refusal (ReasonCode::suback_v311): mqttbytes writes 0x80.
                     _ => m4::v4::SubscribeReasonCode::Failure,
                 })
                 .collect();

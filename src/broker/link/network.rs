@@ -34,49 +34,23 @@ use crate::broker::checks::will_topic;
 use crate::broker::codec::{self, v5, ProtocolVersion};
 use crate::broker::fasthash::IntSet;
 use crate::broker::keepalive::KeepAliveGrant;
+use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::settings::{BrokerSettings, ConnectionInfo};
 use crate::broker::shared::Shared;
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
-/// Maps a v5 reason code onto the CONNACK return code type.
-pub(crate) fn connack_code(code: u8) -> v5::ConnectReturnCode {
-    use v5::ConnectReturnCode as C;
-    match code {
-        0x00 => C::Success,
-        0x81 => C::MalformedPacket,
-        0x82 => C::ProtocolError,
-        0x83 => C::ImplementationSpecificError,
-        0x84 => C::UnsupportedProtocolVersion,
-        0x85 => C::ClientIdentifierNotValid,
-        0x86 => C::BadUserNamePassword,
-        0x87 => C::NotAuthorized,
-        0x88 => C::ServerUnavailable,
-        0x89 => C::ServerBusy,
-        0x8A => C::Banned,
-        0x8C => C::BadAuthenticationMethod,
-        0x90 => C::TopicNameInvalid,
-        0x95 => C::PacketTooLarge,
-        0x97 => C::QuotaExceeded,
-        0x99 => C::PayloadFormatInvalid,
-        0x9A => C::RetainNotSupported,
-        0x9B => C::QoSNotSupported,
-        0x9F => C::ConnectionRateExceeded,
-        _ => C::UnspecifiedError,
-    }
-}
-
 async fn refuse_connect<S: AsyncWrite + Unpin>(
     stream: &mut S,
     shared: &Shared,
     version: ProtocolVersion,
-    code: u8,
+    code: ReasonCode,
     reason: &str,
 ) {
     let codec = codec::Codec::new(version, shared.settings.max_packet_size as usize);
     let connack = v5::ConnAck {
         session_present: false,
-        code: connack_code(code),
+        code: code.connect_return_code(),
         properties: (version == ProtocolVersion::V5).then(|| refusal_properties(reason)),
     };
     let mut buf = BytesMut::new();
@@ -89,12 +63,13 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
-fn auth_codes(e: &AuthError) -> u8 {
+/// The CONNACK code of an authentication failure.
+fn auth_reason(e: &AuthError) -> ReasonCode {
     match e {
-        AuthError::BadCredentials => 0x86,
-        AuthError::NotAuthorized(_) => 0x87,
-        AuthError::Throttled => 0x9F,
-        AuthError::Unavailable(_) => 0x80,
+        AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
+        AuthError::NotAuthorized(_) => ReasonCode::NotAuthorized,
+        AuthError::Throttled => ReasonCode::ConnectionRateExceeded,
+        AuthError::Unavailable(_) => ReasonCode::UnspecifiedError,
     }
 }
 
@@ -157,7 +132,7 @@ where
                         stream,
                         shared,
                         ProtocolVersion::V5,
-                        e.reason_code(),
+                        e.reason(),
                         &e.to_string(),
                     )
                     .await;
@@ -189,12 +164,12 @@ where
 /// Why admission stopped: a refusing CONNACK (v5 reason code and reason string, the
 /// 3.1.1 return code follows from the code), or a plain close.
 enum Refusal {
-    Connack(u8, String),
+    Connack(ReasonCode, String),
     /// Authentication did not finish before the connect deadline, or the router is gone.
     Close,
 }
 
-fn refusal(code: u8, reason: impl Into<String>) -> Refusal {
+fn refusal(code: ReasonCode, reason: impl Into<String>) -> Refusal {
     Refusal::Connack(code, reason.into())
 }
 
@@ -247,7 +222,7 @@ async fn admit_steps(
             warn!(%peer, "Connection refused: enhanced authentication is not supported.");
         }
         return Err(refusal(
-            0x8C,
+            ReasonCode::BadAuthenticationMethod,
             "enhanced authentication (AUTH) is not supported",
         ));
     }
@@ -359,7 +334,10 @@ fn client_id(
         if log_limit::event(Kind::InvalidConnect) {
             warn!(peer = %info.peer, "Connection refused: empty client id with clean session = 0.");
         }
-        return Err(refusal(0x85, "empty client id needs a clean session"));
+        return Err(refusal(
+            ReasonCode::ClientIdentifierNotValid,
+            "empty client id needs a clean session",
+        ));
     }
     let id = format!("tollgate-{:016x}", rand::random::<u64>());
     Ok((id.clone(), Some(id)))
@@ -381,7 +359,7 @@ fn keep_alive(
             if log_limit::event(Kind::InvalidConnect) {
                 warn!(client_id = %LogStr(client_id), peer = %info.peer, listener = %info.listener.name, keep_alive = requested, %reason, "Connection refused: keep alive outside the listener's policy.");
             }
-            refusal(0x85, reason)
+            refusal(ReasonCode::ClientIdentifierNotValid, reason)
         })
 }
 
@@ -396,7 +374,7 @@ fn will_spec(
         if log_limit::event(Kind::InvalidConnect) {
             warn!(client_id = %LogStr(client_id), peer = %info.peer, reason = %LogStr(&reason), "Connection refused: invalid will topic.");
         }
-        return Err(refusal(0x90, "invalid will topic"));
+        return Err(refusal(ReasonCode::TopicNameInvalid, "invalid will topic"));
     }
     let delay = w
         .properties
@@ -459,7 +437,7 @@ async fn authenticate(
             if log_limit::event(Kind::AuthRefused) {
                 warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, reason = %LogStr(&e.to_string()), "Connection refused by authentication.");
             }
-            Err(refusal(auth_codes(&e), e.to_string()))
+            Err(refusal(auth_reason(&e), e.to_string()))
         }
         Ok(Ok(identity)) => Ok(identity),
     }
@@ -482,7 +460,10 @@ fn authorize_will(
     if log_limit::line(Kind::AclDenied) {
         warn!(target: "audit", client_id = %LogStr(&identity.client_id), peer = %info.peer, listener = %info.listener.name, username = %LogStr::opt(identity.username.as_deref()), "Connection refused: not authorized to publish the will.");
     }
-    Err(refusal(0x87, "not authorized to publish to the will topic"))
+    Err(refusal(
+        ReasonCode::NotAuthorized,
+        "not authorized to publish to the will topic",
+    ))
 }
 
 /// The v5 CONNACK properties of an accepted client: the broker's limits and what it

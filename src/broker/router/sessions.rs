@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::deliver::{build_publish, deliver, readable, refill};
 use super::*;
+use crate::broker::reason::ReasonCode;
 
 impl Router {
     /// Attach a connection to its session: refused by the persistent-session quota or
@@ -19,21 +20,13 @@ impl Router {
     /// created, and the connection attached to it.
     pub(super) fn connect(&mut self, req: ConnectRequest) {
         if self.over_session_quota(&req) {
-            refuse(
-                req,
-                v5::ConnectReturnCode::QuotaExceeded,
-                SESSION_QUOTA_REASON,
-            );
+            refuse(req, ReasonCode::QuotaExceeded, SESSION_QUOTA_REASON);
             return;
         }
         let mut resumed = None;
         if let Some(&key) = self.by_client.get(&req.identity.client_id) {
             if self.owned_by_another(key, &req) {
-                refuse(
-                    req,
-                    v5::ConnectReturnCode::NotAuthorized,
-                    SESSION_OWNER_REASON,
-                );
+                refuse(req, ReasonCode::NotAuthorized, SESSION_OWNER_REASON);
                 return;
             }
             self.take_over(key, req.clean_start);
@@ -426,10 +419,10 @@ pub(super) fn set_expiry(persistent: &mut usize, session: &mut Session, expiry: 
 
 /// Answer a CONNECT with a failure CONNACK (v5 `code`, the matching 3.1.1 return
 /// code) and close.
-pub(super) fn refuse(req: ConnectRequest, code: v5::ConnectReturnCode, reason: &str) {
+pub(super) fn refuse(req: ConnectRequest, code: ReasonCode, reason: &str) {
     let connack = v5::ConnAck {
         session_present: false,
-        code,
+        code: code.connect_return_code(),
         properties: req.v5.then(|| refusal_properties(reason)),
     };
     let batch = vec![

@@ -18,6 +18,7 @@ use crate::broker::checks::{check_filter, publish_topic, violation, Violation};
 use crate::broker::codec::{self, v5, ProtocolVersion, QoS};
 use crate::broker::fasthash::IntSet;
 use crate::broker::link::{Inbound, Outgoing};
+use crate::broker::reason::ReasonCode;
 use crate::broker::shared::Shared;
 use crate::telemetry::limit::LogStr;
 use crate::topic;
@@ -209,7 +210,7 @@ impl ConnState {
             let packet = match self.codec.decode(rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(violation(e.reason_code(), e.to_string())),
+                Err(e) => return Err(violation(e.reason(), e.to_string())),
             };
             match packet {
                 v5::Packet::Publish(p) => self.publish(p, &authorizer, items)?,
@@ -236,7 +237,7 @@ impl ConnState {
                     let expiry = d.properties.and_then(|p| p.session_expiry_interval);
                     if self.session_expiry == 0 && expiry.is_some_and(|e| e > 0) {
                         return Err(violation(
-                            0x82,
+                            ReasonCode::ProtocolError,
                             "session expiry set at DISCONNECT after connecting with 0",
                         ));
                     }
@@ -247,12 +248,23 @@ impl ConnState {
                     }));
                 }
                 v5::Packet::Connect(..) => {
-                    return Err(violation(0x82, "second CONNECT on one connection"))
+                    return Err(violation(
+                        ReasonCode::ProtocolError,
+                        "second CONNECT on one connection",
+                    ))
                 }
                 v5::Packet::Auth(_) => {
-                    return Err(violation(0x82, "AUTH without an authentication method"))
+                    return Err(violation(
+                        ReasonCode::ProtocolError,
+                        "AUTH without an authentication method",
+                    ))
                 }
-                _ => return Err(violation(0x82, "packet type not allowed from a client")),
+                _ => {
+                    return Err(violation(
+                        ReasonCode::ProtocolError,
+                        "packet type not allowed from a client",
+                    ))
+                }
             }
         }
     }
@@ -270,7 +282,7 @@ impl ConnState {
         if let Some(alias) = alias {
             if alias == 0 || alias > settings.topic_alias_maximum {
                 return Err(violation(
-                    0x94,
+                    ReasonCode::TopicAliasInvalid,
                     format!(
                         "topic alias {alias} outside 1..={}",
                         settings.topic_alias_maximum
@@ -282,7 +294,7 @@ impl ConnState {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return Err(violation(
-                            0x82,
+                            ReasonCode::ProtocolError,
                             format!("topic alias {alias} used before it was set"),
                         ))
                     }
@@ -293,7 +305,7 @@ impl ConnState {
         }
         if p.topic.is_empty() {
             return Err(violation(
-                0x82,
+                ReasonCode::ProtocolError,
                 "zero-length topic name without topic alias",
             ));
         }
@@ -307,7 +319,7 @@ impl ConnState {
             && self.inbound_qos.len() >= usize::from(settings.receive_maximum)
         {
             return Err(violation(
-                0x93,
+                ReasonCode::ReceiveMaximumExceeded,
                 format!(
                     "more than {} unacknowledged QoS 1/2 publications",
                     settings.receive_maximum
@@ -318,7 +330,7 @@ impl ConnState {
             let reason = format!("topic name invalid: {e}");
             if !self.v5() {
                 // v3.1.1 has no negative acknowledgement: the connection is closed.
-                return Err(violation(0x90, reason));
+                return Err(violation(ReasonCode::TopicNameInvalid, reason));
             }
             debug!(client_id = %LogStr(&self.identity.client_id), peer = %self.peer, %reason, "PUBLISH refused: too many topic levels.");
             self.refuse_publish(
@@ -364,7 +376,7 @@ impl ConnState {
         if let Some(alias) = new_alias {
             self.aliases
                 .set(alias, &p.topic)
-                .map_err(|reason| violation(0x97, reason))?;
+                .map_err(|reason| violation(ReasonCode::QuotaExceeded, reason))?;
         }
         if p.qos != QoS::AtMostOnce {
             self.inbound_qos.insert(p.pkid);
@@ -425,7 +437,10 @@ impl ConnState {
     ) -> Result<(), Violation> {
         let id = s.properties.and_then(|p| p.id);
         if id == Some(0) {
-            return Err(violation(0x82, "subscription identifier 0"));
+            return Err(violation(
+                ReasonCode::ProtocolError,
+                "subscription identifier 0",
+            ));
         }
         let mut filters = Vec::with_capacity(s.filters.len());
         for f in s.filters {

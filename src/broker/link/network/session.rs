@@ -22,13 +22,13 @@ use super::io::{
 use super::protocol::{next_is_qos_publish, ConnState, End};
 use crate::broker::codec::{self, v5};
 use crate::broker::link::{Backlog, ConnId, Outgoing, RouterMsg};
+use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
-fn disconnect_packet(code: u8, reason: &str) -> v5::Packet {
-    let reason_code = v5::DisconnectReasonCode::try_from(code)
-        .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
+fn disconnect_packet(code: ReasonCode, reason: &str) -> v5::Packet {
+    let reason_code = code.disconnect_reason_code();
     v5::Packet::Disconnect(v5::Disconnect {
         reason_code,
         properties: Some(v5::DisconnectProperties {
@@ -182,7 +182,7 @@ impl Session {
             Ok(end) => end,
             Err(v) => {
                 if log_limit::event(Kind::ProtocolViolation) {
-                    warn!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, code = v.code, reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
+                    warn!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, code = v.code.as_u8(), reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
                 }
                 if self.state.v5() {
                     self.state.encode(&disconnect_packet(v.code, &v.reason));
@@ -196,8 +196,10 @@ impl Session {
     /// The broker is shutting down: v5 clients are told so.
     fn shutting_down(&mut self) -> End {
         if self.state.v5() {
-            self.state
-                .encode(&disconnect_packet(0x8B, "server shutting down"));
+            self.state.encode(&disconnect_packet(
+                ReasonCode::ServerShuttingDown,
+                "server shutting down",
+            ));
         }
         End::Server
     }
@@ -331,8 +333,10 @@ impl Session {
             info!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, keep_alive = self.keep_alive, "Client disconnected: keep alive timeout.");
         }
         if self.state.v5() {
-            self.state
-                .encode(&disconnect_packet(0x8D, "keep alive timeout"));
+            self.state.encode(&disconnect_packet(
+                ReasonCode::KeepAliveTimeout,
+                "keep alive timeout",
+            ));
         }
         pace.drain = true;
         Some(End::Abnormal)
