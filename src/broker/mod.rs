@@ -3,19 +3,27 @@
 //! adapters and the bridge. It must never panic on client input and must hold
 //! nothing for clients or topics that are no longer live.
 //!
-//! Layout:
-//! - `codec`: panic-free MQTT 3.1.1/5 codec; 3.1.1 is mapped onto the v5 packet model.
-//! - `connection`: one task per socket: CONNECT + authentication within the connect
-//!   deadline, then batched decode → validate → authorize → one router message per
-//!   read, and one write + flush per batch of outgoing packets. Keepalive, inbound
-//!   topic aliases and inbound Receive Maximum live here.
+//! Layout (no module imports this one: it only holds the `Broker` handle and the
+//! public re-exports; `scripts/check-imports.py` keeps the files free of cycles):
+//! - `codec`: panic-free MQTT 3.1.1/5 codec (`decode`, `encode`); 3.1.1 is mapped
+//!   onto the v5 packet model.
+//! - `link`: the messages endpoints and the router exchange, with the endpoints side
+//!   by side: `link/network` (one task per socket: read CONNECT → admit → session
+//!   loop; keepalive, inbound topic aliases and Receive Maximum live there) and
+//!   `link/internal` (in-process clients: `Broker::connect_internal`, used by the
+//!   bridge and adapters).
+//! - `checks`: what both endpoints check before the router (topics, filters, ACL on
+//!   SUBSCRIBE, the `Violation` that ends a connection).
 //! - `router`: the single owner of routing state (trie, retained store, sessions,
-//!   offline queues, inflight windows, wills, timers, durable hold-backs).
+//!   offline queues, inflight windows, wills, timers, durable hold-backs), split by
+//!   role into `router/{sessions,requests,deliver,sys}`.
 //! - `trie`: subscription trie with shared-subscription groups, pruned on removal.
 //! - `retained`: retained messages in a topic tree, matched against filters.
-//! - `internal`: in-process clients (`Broker::connect_internal`).
-//! - `fasthash`: cheap hasher for integer-keyed tables on the per-message path.
-//! - `stats`: counters behind `Broker::stats()` and `$SYS/broker/...`.
+//! - `reason`: `ReasonCode`, the v5 reason codes and their 3.1.1 mappings.
+//! - `shared`, `settings`, `revalidate`, `keepalive`: shared state, configuration,
+//!   revalidation types and the keep alive policy.
+//! - `aliases`, `fasthash`, `stats`: topic aliases, cheap integer hashing on the
+//!   per-message path, and the counters behind `Broker::stats()` and `$SYS`.
 //!
 //! Revalidation after a reload (`Broker::revalidate`): the caller hands over a check
 //! that every live network connection runs once against its own `SessionCredentials`
