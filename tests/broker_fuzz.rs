@@ -895,9 +895,9 @@ fn fuzz_router_ops_limited_default(data: &[u8]) {
 }
 
 /// MQTT lets a client send packets right after its CONNECT without waiting for the
-/// CONNACK. Found by the `topic_alias` target: the connection task does not parse
+/// CONNACK. Found by the `topic_alias` target: the connection task did not parse
 /// bytes that arrived in the same read as the CONNECT until the next read, so this
-/// SUBSCRIBE is never answered. Un-ignore with the fix in `broker/connection.rs`.
+/// SUBSCRIBE was never answered (the session loop now parses them first).
 #[test]
 fn packets_pipelined_with_the_connect_are_served() {
     run_case(|addr, retained| async move {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::codec::v5;
 use super::fasthash::IntMap;
-use super::wire::v5;
 
 /// Bytes of topic names a client's inbound aliases may hold together: room for the
 /// default 32 aliases of 2 KiB each; a client needing more gets 0x97.

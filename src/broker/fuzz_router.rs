@@ -20,9 +20,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{v5, QoS};
-use super::ListenerContext;
-use super::{Broker, BrokerSettings, ConnectionInfo, InternalClient, InternalOptions};
+use super::codec::{v5, QoS};
+use super::{
+    Broker, BrokerSettings, ConnectionInfo, InternalClient, InternalOptions, ListenerContext,
+};
 use crate::acl::AllowAll;
 use crate::auth::{AnonymousOnly, Identity};
 
@@ -171,15 +172,34 @@ pub fn fuzz_router_ops_limited(data: &[u8], max_levels: usize) {
     }
 }
 
+/// The program's side of `router_ops`: the broker under test, up to [`CLIENTS`]
+/// attached clients, and the model of what the broker should hold.
+struct RouterOps {
+    broker: Broker,
+    max_levels: usize,
+    clients: Vec<Option<InternalClient>>,
+    sessions: HashMap<usize, SessionModel>,
+    /// Every filter each client was granted, for checking deliveries.
+    ever_subscribed: Vec<Vec<String>>,
+    /// Topics holding a retained message.
+    retained: BTreeSet<String>,
+}
+
+fn fuzz_identity(c: usize) -> Identity {
+    Identity::internal(&format!("fuzz:{c}"))
+}
+
 async fn router_ops(data: &[u8], max_levels: usize) {
     let (broker, shutdown) = start_broker(fuzz_settings());
     let mut input = Input { data };
-    let mut clients: Vec<Option<InternalClient>> = (0..CLIENTS).map(|_| None).collect();
-    let mut sessions: HashMap<usize, SessionModel> = HashMap::new();
-    let mut ever_subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
-    let mut retained: BTreeSet<String> = BTreeSet::new();
-    let id = |c: usize| Identity::internal(&format!("fuzz:{c}"));
-
+    let mut ops = RouterOps {
+        broker,
+        max_levels,
+        clients: (0..CLIENTS).map(|_| None).collect(),
+        sessions: HashMap::new(),
+        ever_subscribed: vec![Vec::new(); CLIENTS],
+        retained: BTreeSet::new(),
+    };
     for _ in 0..MAX_OPS {
         if input.is_empty() {
             break;
@@ -187,172 +207,22 @@ async fn router_ops(data: &[u8], max_levels: usize) {
         let op = input.byte();
         let c = usize::from(input.byte()) % CLIENTS;
         match op % 8 {
-            // Connect (a takeover when already attached), clean or persistent.
-            0 => {
-                let clean = op & 0x10 != 0;
-                let expiry = if op & 0x20 != 0 { 3600 } else { 0 };
-                let mut options = InternalOptions::new(id(c));
-                options.clean_start = clean;
-                options.session_expiry = expiry;
-                let client = broker
-                    .connect_internal(options)
-                    .await
-                    .expect("router accepts an in-process client");
-                let existed = sessions.contains_key(&c);
-                assert_eq!(
-                    client.session_present(),
-                    !clean && existed,
-                    "session present flag of client {c} (model {:?})",
-                    sessions.get(&c)
-                );
-                let session = sessions.entry(c).or_default();
-                if clean {
-                    session.subscriptions.clear();
-                }
-                session.expiry = expiry;
-                // The old handle (if any) is dropped only now, after the takeover.
-                clients[c] = Some(client);
-            }
-            // Disconnect: the session ends unless it asked for an expiry.
-            1 => {
-                if let Some(client) = clients[c].take() {
-                    client.disconnect().await;
-                    if sessions.get(&c).is_some_and(|s| s.expiry == 0) {
-                        sessions.remove(&c);
-                    }
-                }
-            }
-            // Subscribe, plain or shared.
-            2 | 3 => {
-                let qos = input.qos();
-                let share = input.byte();
-                let mut filter = input.path(max_levels);
-                if share % 4 == 1 {
-                    filter = format!("$share/g{}/{filter}", share % 3);
-                }
-                if let Some(client) = &clients[c] {
-                    let code = client
-                        .subscribe(&filter, qos)
-                        .await
-                        .expect("subscribe answered");
-                    if matches!(code, v5::SubscribeReasonCode::Success(_)) {
-                        sessions
-                            .entry(c)
-                            .or_default()
-                            .subscriptions
-                            .insert(filter.clone());
-                        ever_subscribed[c].push(filter);
-                    }
-                }
-            }
-            // Unsubscribe one of the client's filters or a generated one.
-            4 => {
-                let pick = usize::from(input.byte());
-                let filter = match sessions.get(&c) {
-                    Some(s) if pick % 4 != 0 && !s.subscriptions.is_empty() => s
-                        .subscriptions
-                        .iter()
-                        .nth(pick % s.subscriptions.len())
-                        .cloned()
-                        .expect("index in range"),
-                    _ => input.path(max_levels),
-                };
-                if let Some(client) = &clients[c] {
-                    let reason = client
-                        .unsubscribe(&filter)
-                        .await
-                        .expect("unsubscribe answered");
-                    let existed = sessions
-                        .get_mut(&c)
-                        .is_some_and(|s| s.subscriptions.remove(&filter));
-                    assert_eq!(
-                        reason == v5::UnsubAckReason::Success,
-                        existed,
-                        "UNSUBACK {reason:?} for {} ({} bytes)",
-                        preview(&filter),
-                        filter.len()
-                    );
-                }
-            }
-            // Publish, retained or not; an empty retained payload clears.
-            5 | 6 => {
-                let qos = input.qos();
-                let flags = input.byte();
-                let topic = input.path(max_levels);
-                let retain = flags & 1 != 0;
-                let payload = if flags & 2 != 0 {
-                    Bytes::new()
-                } else {
-                    Bytes::from(vec![flags; usize::from(flags % 16)])
-                };
-                if let Some(client) = &clients[c] {
-                    let published = client
-                        .publish(&topic, payload.clone(), qos, retain)
-                        .await
-                        .is_ok();
-                    if published && retain {
-                        if payload.is_empty() {
-                            retained.remove(&topic);
-                        } else {
-                            retained.insert(topic);
-                        }
-                    }
-                }
-            }
+            0 => ops.connect(c, op).await,
+            1 => ops.disconnect(c).await,
+            2 | 3 => ops.subscribe(c, &mut input).await,
+            4 => ops.unsubscribe(c, &mut input).await,
+            5 | 6 => ops.publish(c, &mut input).await,
             // Drain and check what the client received so far.
             _ => {
-                if let Some(client) = clients[c].as_mut() {
-                    drain(client, &ever_subscribed[c]).await;
+                if let Some(client) = ops.clients[c].as_mut() {
+                    drain(client, &ops.ever_subscribed[c]).await;
                 }
             }
         }
-        broker.ping().await.expect("router alive");
-        let stats = broker.stats();
-        let subscriptions: usize = sessions.values().map(|s| s.subscriptions.len()).sum();
-        assert_eq!(
-            stats.sessions as usize,
-            sessions.len(),
-            "sessions: {stats:?}"
-        );
-        assert_eq!(
-            stats.subscriptions as usize, subscriptions,
-            "subscriptions: {stats:?}"
-        );
-        assert_eq!(
-            stats.retained_messages as usize,
-            retained.len(),
-            "retained: {stats:?}"
-        );
+        ops.check_counts().await;
     }
-
-    // End every session: detach, then a clean connect with no expiry discards what a
-    // persistent session kept.
-    for (c, slot) in clients.iter_mut().enumerate() {
-        if let Some(client) = slot.as_mut() {
-            drain(client, &ever_subscribed[c]).await;
-        }
-        if let Some(client) = slot.take() {
-            client.disconnect().await;
-        }
-        if sessions.remove(&c).is_some() {
-            let client = broker
-                .connect_internal(InternalOptions::new(id(c)))
-                .await
-                .expect("router accepts an in-process client");
-            client.disconnect().await;
-        }
-    }
-    let cleaner = broker
-        .connect_internal(InternalOptions::new(Identity::internal("fuzz:cleaner")))
-        .await
-        .expect("router accepts an in-process client");
-    for topic in &retained {
-        cleaner
-            .publish(topic, Bytes::new(), QoS::AtMostOnce, true)
-            .await
-            .expect("clearing a retained topic");
-    }
-    cleaner.disconnect().await;
+    ops.end_everything().await;
+    let broker = ops.broker;
     broker.ping().await.expect("router alive");
     let stats = broker.stats();
     assert_eq!(
@@ -368,6 +238,181 @@ async fn router_ops(data: &[u8], max_levels: usize) {
     );
     shutdown.cancel();
     broker.drained().await;
+}
+
+impl RouterOps {
+    /// Connect (a takeover when already attached), clean or persistent.
+    async fn connect(&mut self, c: usize, op: u8) {
+        let clean = op & 0x10 != 0;
+        let expiry = if op & 0x20 != 0 { 3600 } else { 0 };
+        let mut options = InternalOptions::new(fuzz_identity(c));
+        options.clean_start = clean;
+        options.session_expiry = expiry;
+        let client = self
+            .broker
+            .connect_internal(options)
+            .await
+            .expect("router accepts an in-process client");
+        let existed = self.sessions.contains_key(&c);
+        assert_eq!(
+            client.session_present(),
+            !clean && existed,
+            "session present flag of client {c} (model {:?})",
+            self.sessions.get(&c)
+        );
+        let session = self.sessions.entry(c).or_default();
+        if clean {
+            session.subscriptions.clear();
+        }
+        session.expiry = expiry;
+        // The old handle (if any) is dropped only now, after the takeover.
+        self.clients[c] = Some(client);
+    }
+
+    /// Disconnect: the session ends unless it asked for an expiry.
+    async fn disconnect(&mut self, c: usize) {
+        if let Some(client) = self.clients[c].take() {
+            client.disconnect().await;
+            if self.sessions.get(&c).is_some_and(|s| s.expiry == 0) {
+                self.sessions.remove(&c);
+            }
+        }
+    }
+
+    /// Subscribe, plain or shared.
+    async fn subscribe(&mut self, c: usize, input: &mut Input<'_>) {
+        let qos = input.qos();
+        let share = input.byte();
+        let mut filter = input.path(self.max_levels);
+        if share % 4 == 1 {
+            filter = format!("$share/g{}/{filter}", share % 3);
+        }
+        if let Some(client) = &self.clients[c] {
+            let code = client
+                .subscribe(&filter, qos)
+                .await
+                .expect("subscribe answered");
+            if matches!(code, v5::SubscribeReasonCode::Success(_)) {
+                self.sessions
+                    .entry(c)
+                    .or_default()
+                    .subscriptions
+                    .insert(filter.clone());
+                self.ever_subscribed[c].push(filter);
+            }
+        }
+    }
+
+    /// Unsubscribe one of the client's filters or a generated one.
+    async fn unsubscribe(&mut self, c: usize, input: &mut Input<'_>) {
+        let pick = usize::from(input.byte());
+        let filter = match self.sessions.get(&c) {
+            Some(s) if pick % 4 != 0 && !s.subscriptions.is_empty() => s
+                .subscriptions
+                .iter()
+                .nth(pick % s.subscriptions.len())
+                .cloned()
+                .expect("index in range"),
+            _ => input.path(self.max_levels),
+        };
+        if let Some(client) = &self.clients[c] {
+            let reason = client
+                .unsubscribe(&filter)
+                .await
+                .expect("unsubscribe answered");
+            let existed = self
+                .sessions
+                .get_mut(&c)
+                .is_some_and(|s| s.subscriptions.remove(&filter));
+            assert_eq!(
+                reason == v5::UnsubAckReason::Success,
+                existed,
+                "UNSUBACK {reason:?} for {} ({} bytes)",
+                preview(&filter),
+                filter.len()
+            );
+        }
+    }
+
+    /// Publish, retained or not; an empty retained payload clears.
+    async fn publish(&mut self, c: usize, input: &mut Input<'_>) {
+        let qos = input.qos();
+        let flags = input.byte();
+        let topic = input.path(self.max_levels);
+        let retain = flags & 1 != 0;
+        let payload = if flags & 2 != 0 {
+            Bytes::new()
+        } else {
+            Bytes::from(vec![flags; usize::from(flags % 16)])
+        };
+        if let Some(client) = &self.clients[c] {
+            let published = client
+                .publish(&topic, payload.clone(), qos, retain)
+                .await
+                .is_ok();
+            if published && retain {
+                if payload.is_empty() {
+                    self.retained.remove(&topic);
+                } else {
+                    self.retained.insert(topic);
+                }
+            }
+        }
+    }
+
+    /// The broker's session, subscription and retained counts equal the model's.
+    async fn check_counts(&self) {
+        self.broker.ping().await.expect("router alive");
+        let stats = self.broker.stats();
+        let subscriptions: usize = self.sessions.values().map(|s| s.subscriptions.len()).sum();
+        assert_eq!(
+            stats.sessions as usize,
+            self.sessions.len(),
+            "sessions: {stats:?}"
+        );
+        assert_eq!(
+            stats.subscriptions as usize, subscriptions,
+            "subscriptions: {stats:?}"
+        );
+        assert_eq!(
+            stats.retained_messages as usize,
+            self.retained.len(),
+            "retained: {stats:?}"
+        );
+    }
+
+    /// End every session: detach, then a clean connect with no expiry discards what a
+    /// persistent session kept; then clear every retained topic.
+    async fn end_everything(&mut self) {
+        for (c, slot) in self.clients.iter_mut().enumerate() {
+            if let Some(client) = slot.as_mut() {
+                drain(client, &self.ever_subscribed[c]).await;
+            }
+            if let Some(client) = slot.take() {
+                client.disconnect().await;
+            }
+            if self.sessions.remove(&c).is_some() {
+                let client = self
+                    .broker
+                    .connect_internal(InternalOptions::new(fuzz_identity(c)))
+                    .await
+                    .expect("router accepts an in-process client");
+                client.disconnect().await;
+            }
+        }
+        let cleaner = self
+            .broker
+            .connect_internal(InternalOptions::new(Identity::internal("fuzz:cleaner")))
+            .await
+            .expect("router accepts an in-process client");
+        for topic in &self.retained {
+            cleaner
+                .publish(topic, Bytes::new(), QoS::AtMostOnce, true)
+                .await
+                .expect("clearing a retained topic");
+        }
+        cleaner.disconnect().await;
+    }
 }
 
 /// Take every delivery already queued for `client` and check it matches a filter

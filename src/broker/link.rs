@@ -1,9 +1,13 @@
 //! The messages every endpoint exchanges with the router: what a connection or an
 //! in-process client sends (`RouterMsg`, `ConnectRequest`, `Inbound`), what the router
 //! hands back (`Outgoing` batches, `OutPublish`), and the routed `Message` itself.
-//! Network connections (`connection`), in-process clients (`internal`, used by the
-//! bridge and adapters) and the router all speak these types and nothing else; this
-//! module holds no state and does no I/O.
+//! The endpoints sit side by side under `link/`: `network` (one task per socket) and
+//! `internal` (in-process clients: the bridge and the adapters are further users of
+//! it). Endpoints and the router speak these types and nothing else; this module
+//! holds no state and does no I/O.
+
+pub(super) mod internal;
+pub(super) mod network;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,9 +16,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::codec::{v5, QoS};
 use super::trie::SessionKey;
-use super::wire::{v5, QoS};
-use super::BrokerError;
 use crate::auth::Identity;
 
 /// Identifies one network connection or in-process client attachment.
@@ -305,6 +308,51 @@ pub(crate) struct ConnectRequest {
     pub v5: bool,
     /// What the session's queue does when it is full.
     pub overflow: QueueOverflow,
+}
+
+/// Errors of the in-process client API.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The router has stopped (shutdown).
+    #[error("broker is shutting down")]
+    Closed,
+    /// The request was refused; the string says why (reason code name and context).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Router → connection receiving end.
+pub(crate) type OutRx = mpsc::UnboundedReceiver<Vec<Outgoing>>;
+
+impl ConnectRequest {
+    /// The one way an endpoint builds its request: connection `conn` of `identity`,
+    /// answered with `connack` on a new channel (returned with the request). The
+    /// session terms start as a clean, non-durable v5 session without expiry, will or
+    /// packet size limit; the endpoint sets what its client asked for.
+    pub(crate) fn new(
+        conn: ConnId,
+        identity: Identity,
+        receive_maximum: u16,
+        connack: v5::ConnAck,
+    ) -> (ConnectRequest, OutRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let request = ConnectRequest {
+            conn,
+            tx,
+            identity,
+            clean_start: true,
+            session_expiry: 0,
+            will: None,
+            receive_maximum,
+            max_packet_size: None,
+            durable: false,
+            connack,
+            backlog: Arc::new(Backlog::default()),
+            v5: true,
+            overflow: QueueOverflow::default(),
+        };
+        (request, rx)
+    }
 }
 
 /// Reply channel of an in-process publish.

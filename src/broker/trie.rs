@@ -10,8 +10,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::codec::QoS;
 use super::fasthash::IntMap;
-use super::wire::QoS;
 use crate::topic::walk::WalkStack;
 
 /// Session table key (see `router::Router::sessions`).

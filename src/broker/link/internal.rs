@@ -21,13 +21,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::connection::check_filter;
-use super::link::{Backlog, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg};
-use super::topics;
-use super::wire::{v5, QoS};
-use super::{BrokerError, Shared};
+use super::{
+    Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg,
+};
 use crate::auth::Identity;
+use crate::broker::checks::check_filter;
+use crate::broker::codec::{v5, QoS};
+use crate::broker::shared::Shared;
 use crate::telemetry::limit::LogStr;
+use crate::topic;
 
 /// How an in-process client attaches.
 #[derive(Debug, Clone)]
@@ -135,30 +137,27 @@ pub(crate) async fn connect(
     if shared.shutdown.is_cancelled() {
         return Err(BrokerError::Closed);
     }
-    let conn = shared.new_conn_id();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let backlog = Arc::new(Backlog::default());
+    let connack = v5::ConnAck {
+        session_present: false,
+        code: v5::ConnectReturnCode::Success,
+        properties: None,
+    };
+    let (request, mut rx) = ConnectRequest::new(
+        shared.new_conn_id(),
+        options.identity.clone(),
+        options.receive_maximum.max(1),
+        connack,
+    );
     let request = ConnectRequest {
-        conn,
-        tx,
-        identity: options.identity.clone(),
         clean_start: options.clean_start,
         session_expiry: options
             .session_expiry
             .min(shared.settings.max_session_expiry),
-        will: None,
-        receive_maximum: options.receive_maximum.max(1),
-        max_packet_size: None,
         durable: options.durable,
-        connack: v5::ConnAck {
-            session_present: false,
-            code: v5::ConnectReturnCode::Success,
-            properties: None,
-        },
-        backlog: backlog.clone(),
-        v5: true,
         overflow: options.overflow,
+        ..request
     };
+    let (conn, backlog) = (request.conn, request.backlog.clone());
     shared
         .router_tx
         .send(RouterMsg::Connect(Box::new(request)))
@@ -231,10 +230,10 @@ impl InternalClient {
         retain: bool,
         properties: Option<v5::PublishProperties>,
     ) -> Result<(), BrokerError> {
-        topics::validate_topic_name(topic).map_err(|e| {
+        topic::validate_topic_name(topic).map_err(|e| {
             BrokerError::Refused(format!("topic name invalid (0x90): {topic:?}: {e}"))
         })?;
-        topics::check_levels(topic, self.shared.settings.max_topic_levels)
+        topic::check_levels(topic, self.shared.settings.max_topic_levels)
             .map_err(|e| BrokerError::Refused(format!("topic name invalid (0x90): {e}")))?;
         let authorizer = self.shared.authorizer();
         if !crate::acl::authorize_write(&*authorizer, &self.identity, topic, None) {

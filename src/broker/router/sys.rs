@@ -1,0 +1,123 @@
+//! The broker's own statistics: counters refreshed after every router turn and the
+//! retained `$SYS/...` topics published every `sys_interval`. Only the broker writes
+//! under `$SYS/`; this module must never take client input.
+
+use std::sync::Arc;
+
+use super::*;
+
+impl Router {
+    pub(super) fn publish_sys(&mut self) {
+        self.update_stats();
+        let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
+        let audit = self.ctx.shared.log_limits.stats();
+        let values: [(&str, String); 24] = [
+            (
+                "$SYS/broker/version",
+                format!("tollgate {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", snapshot.uptime.as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                snapshot.clients_connected.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                snapshot.messages_received.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                snapshot.messages_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                snapshot.bytes_received.to_string(),
+            ),
+            ("$SYS/broker/bytes/sent", snapshot.bytes_sent.to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                snapshot.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                snapshot.retained_messages.to_string(),
+            ),
+            // What the bounds did (design decision 12: a counter for every limit).
+            (
+                "$SYS/tollgate/retained/bytes",
+                snapshot.retained_bytes.to_string(),
+            ),
+            (
+                "$SYS/tollgate/sessions/count",
+                snapshot.sessions.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/queue_overflow",
+                snapshot.dropped_queue_overflow.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/slow_consumer",
+                snapshot.dropped_slow_consumer.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/oversize",
+                snapshot.dropped_oversize.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/retained_quota",
+                snapshot.dropped_retained_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/publishers_blocked",
+                snapshot.publishers_blocked.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/session_owner",
+                snapshot.refused_session_owner.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/session_quota",
+                snapshot.refused_session_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/refused/subscription_quota",
+                snapshot.refused_subscription_quota.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/acl_denied",
+                audit.acl_denied.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/auth_refused",
+                audit.auth_refused.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/invalid_connect",
+                audit.invalid_connect.to_string(),
+            ),
+            (
+                "$SYS/tollgate/audit/protocol_violation",
+                audit.protocol_violation.to_string(),
+            ),
+            ("$SYS/tollgate/audit/timeout", audit.timeout.to_string()),
+        ];
+        for (topic, value) in values {
+            self.route(
+                Arc::new(Message {
+                    topic: Bytes::from_static(topic.as_bytes()),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: None,
+                    expires_at: None,
+                    publisher: None,
+                }),
+                None,
+            );
+        }
+        self.complete_targets();
+    }
+}
