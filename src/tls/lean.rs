@@ -218,7 +218,8 @@ fn step(
     }
 }
 
-/// After an error, rustls hands out the alert it queued before looking at any input.
+/// After an error, rustls hands out the alert it queued (`wants_write`) before looking at
+/// any input; it must not look at the input again (the same bad record would fail again).
 fn drain_alert(conn: &mut UnbufferedServerConnection, buf: &mut [u8], outgoing: &mut Vec<u8>) {
     let mut ignored = Vec::new();
     let mut sink = Sink {
@@ -226,21 +227,15 @@ fn drain_alert(conn: &mut UnbufferedServerConnection, buf: &mut [u8], outgoing: 
         rest: &mut ignored,
     };
     let mut peer_closed = false;
-    // One alert (or none) is queued; the bound only guards against a surprise.
-    for _ in 0..8 {
+    while conn.wants_write() {
         let UnbufferedStatus { mut discard, state } = conn.process_tls_records(buf);
         match state {
-            Ok(
-                state @ (ConnectionState::EncodeTlsData(_) | ConnectionState::TransmitTlsData(_)),
-            ) => {
+            Ok(state @ ConnectionState::EncodeTlsData(_)) => {
                 if step(state, &mut discard, &mut sink, outgoing, &mut peer_closed).is_some() {
                     return;
                 }
             }
             _ => return,
-        }
-        if discard > 0 {
-            return;
         }
     }
 }
@@ -628,3 +623,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LeanTlsStream<IO> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+#[path = "lean_tests.rs"]
+mod tests;
