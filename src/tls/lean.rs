@@ -94,8 +94,9 @@ pub struct LeanTlsStream<IO> {
     eof: bool,
     /// close_notify queued by `poll_shutdown`.
     close_sent: bool,
-    /// A TLS error ends the connection: every later read or write returns it.
-    error: Option<rustls::Error>,
+    /// A TLS error ends the connection: every later read or write returns it. Boxed: the
+    /// stream then fits mimalloc's 1,280-byte size class (1,536 with the error inline).
+    error: Option<Box<rustls::Error>>,
 }
 
 impl<IO> std::fmt::Debug for LeanTlsStream<IO> {
@@ -302,7 +303,7 @@ impl<IO> LeanTlsStream<IO> {
     }
 
     fn fail(&self) -> Option<io::Error> {
-        self.error.clone().map(tls_error)
+        self.error.as_deref().cloned().map(tls_error)
     }
 
     /// Feeds `data` (just read from the socket) to rustls after the partial record kept
@@ -354,7 +355,7 @@ impl<IO> LeanTlsStream<IO> {
             Ok(Stop::Closed) => self.peer_closed = true,
             Err(e) => {
                 self.incoming = Vec::new();
-                self.error = Some(e);
+                self.error = Some(Box::new(e));
             }
         }
     }
@@ -412,7 +413,7 @@ impl<IO> LeanTlsStream<IO> {
         }
         self.plaintext = rest;
         if let Err(e) = &result {
-            self.error = Some(e.clone());
+            self.error = Some(Box::new(e.clone()));
         }
         result
     }
@@ -500,7 +501,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                 }
                 Ok(Some(Err(e))) => {
                     let e = rustls::Error::General(format!("TLS encrypt: {e}"));
-                    self.error = Some(e.clone());
+                    self.error = Some(Box::new(e.clone()));
                     return Err(tls_error(e));
                 }
                 Ok(Some(Ok(cipher))) => cipher,

@@ -392,3 +392,11 @@ async fn handshake_eof_and_non_tls_bytes_fail_cleanly() {
     let err = LeanTlsStream::accept(server, s).await.expect_err("EOF");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
 }
+
+#[test]
+fn the_stream_fits_a_1280_byte_allocation() {
+    // Its box is most of an idle TLS connection's own memory; mimalloc's next size class
+    // up is 1,536 bytes.
+    let size = std::mem::size_of::<LeanTlsStream<tokio::net::TcpStream>>();
+    assert!(size <= 1280, "LeanTlsStream<TcpStream> is {size} bytes");
+}
