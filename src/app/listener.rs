@@ -38,7 +38,7 @@ pub struct ClientStream {
 
 enum Transport {
     Tcp(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tls::LeanTlsStream<TcpStream>>),
 }
 
 impl AsyncRead for ClientStream {
@@ -360,12 +360,12 @@ impl Connection {
             self.core.serve(stream, info).await;
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.current());
         // Boxed so the handshake state is freed once it completes: an idle connection's
-        // task then holds only this small future and the broker's.
+        // task then holds only this small future and the broker's. `LeanTlsStream` holds
+        // no TLS buffer while the connection is quiet (see `tls::lean`).
         let handshake = Box::pin(tokio::time::timeout_at(
             self.deadline,
-            acceptor.accept(self.socket),
+            tls::LeanTlsStream::accept(tls.server.current(), self.socket),
         ));
         let handshake = tokio::select! {
             _ = self.shutdown.cancelled() => return,
@@ -382,10 +382,10 @@ impl Connection {
             }
             Ok(Ok(stream)) => stream,
         };
-        match tls::peer_identity(stream.get_ref().1, tls.identity) {
+        match tls::peer_identity(stream.connection(), tls.identity) {
             Ok(identity) => {
                 info.certificate_identity = identity;
-                info.peer_certificates = tls::peer_chain(stream.get_ref().1).map(Arc::new);
+                info.peer_certificates = tls::peer_chain(stream.connection()).map(Arc::new);
             }
             Err(e) => {
                 warn!(target: "audit", %listener, %peer, reason = %LogStr(&e.to_string()), "Client certificate has no usable identity; closing.");

@@ -9,12 +9,13 @@ use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 use super::{IdentitySource, TlsError};
 
-/// Identity of the verified client certificate on `conn`; `None` when the client sent none.
+/// Identity of the verified client certificate on `conn` (a `ServerConnection` or an
+/// `UnbufferedServerConnection`, both deref to `CommonState`); `None` when the client sent none.
 ///
 /// Call this after the handshake completed: rustls has then verified the chain (CA, dates,
 /// key usage, CRL), so only the extraction can fail here.
 pub fn peer_identity(
-    conn: &rustls::ServerConnection,
+    conn: &rustls::CommonState,
     source: IdentitySource,
 ) -> Result<Option<String>, TlsError> {
     match conn.peer_certificates().and_then(|c| c.first()) {

@@ -12,6 +12,7 @@
 mod crl;
 mod expiry;
 mod identity;
+mod lean;
 mod reload;
 
 pub use crl::{certificate_revoked, load_crl, load_crl_serials, RevocationList};
@@ -19,6 +20,7 @@ pub use expiry::{
     expiry_level, expiry_payload, spawn_expiry_watch, ExpiryLevel, EXPIRY_CHECK_INTERVAL,
 };
 pub use identity::{certificate_identity, peer_identity, rfc2253_subject};
+pub use lean::LeanTlsStream;
 pub use reload::ReloadableServerConfig;
 
 use std::fmt;
@@ -528,7 +530,8 @@ pub fn check_server_settings(s: &ServerTlsSettings) -> Vec<TlsError> {
 
 /// The verified client certificate chain of a connection (leaf first), to keep with the
 /// session so it can be re-checked after a reload; `None` when the client sent none.
-pub fn peer_chain(conn: &rustls::ServerConnection) -> Option<Vec<CertificateDer<'static>>> {
+/// `conn` is a `ServerConnection` or an `UnbufferedServerConnection` (via deref).
+pub fn peer_chain(conn: &rustls::CommonState) -> Option<Vec<CertificateDer<'static>>> {
     conn.peer_certificates().map(<[_]>::to_vec)
 }
 
