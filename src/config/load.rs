@@ -20,7 +20,9 @@ use super::{
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tollgate.toml");
 
 /// Top-level keys the file may contain.
-const SECTIONS: &[&str] = &["broker", "listener", "auth", "acl", "shutdown", "log"];
+const SECTIONS: &[&str] = &[
+    "broker", "listener", "auth", "acl", "shutdown", "log", "bridge",
+];
 
 /// Where a configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +187,26 @@ pub fn load_with_env(
         }
     }
 
+    let mut bridges = Vec::new();
+    match table.get("bridge").cloned().map(Value::into_array) {
+        None => {}
+        Some(Err(_)) => report(
+            "bridge",
+            "must be an array of tables: write each bridge as [[bridge]]".to_string(),
+        ),
+        Some(Ok(values)) => {
+            for (index, value) in values.into_iter().enumerate() {
+                if let Some(bridge) = deserialize_all::<crate::bridge::BridgeConfig>(
+                    value,
+                    &format!("bridge[{index}]"),
+                    &mut report,
+                ) {
+                    bridges.push(bridge);
+                }
+            }
+        }
+    }
+
     let mut config = Config {
         broker,
         listeners,
@@ -192,6 +214,7 @@ pub fn load_with_env(
         acl,
         shutdown,
         log,
+        bridges,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());
@@ -450,6 +473,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(p) = &mut config.acl.file {
         resolve(p);
+    }
+    for b in &mut config.bridges {
+        b.resolve_paths(base);
     }
 }
 
