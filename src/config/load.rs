@@ -344,7 +344,7 @@ fn deserialize_all<T: DeserializeOwned>(
             Err(e) => e,
         };
         let (key, message) = describe(&e);
-        let mut path = key.unwrap_or_default();
+        let mut path = dotted(&key.unwrap_or_default());
         if let Some(field) = unknown_field(&message) {
             path = join_key(&path, field);
         }
@@ -359,6 +359,21 @@ fn deserialize_all<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// The `config` crate writes a key below an array element as `topic[1]direction`;
+/// the key paths tollgate prints (and removes) are `topic[1].direction`.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 2);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 /// The field name in serde's "unknown field `x`, expected ..." message.
@@ -586,6 +601,14 @@ mod tests {
         ]));
         let keys: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["broker.max_connections", "listener[1].bind"]);
+    }
+
+    #[test]
+    fn keys_below_array_elements_are_dotted() {
+        assert_eq!(dotted("topic[1]direction"), "topic[1].direction");
+        assert_eq!(dotted("topic[1].direction"), "topic[1].direction");
+        assert_eq!(dotted("a[0][1]b"), "a[0][1].b");
+        assert_eq!(dotted("name"), "name");
     }
 
     #[test]
