@@ -249,7 +249,10 @@ pub type ComponentSource = Arc<dyn Fn(&Config) -> Vec<Box<dyn Component>> + Send
 /// The gateway's own components for `config`: THE place where a new kind of component
 /// (bridge, adapter) is added, in start order.
 pub fn builtin_components(config: &Config, dev_pki: Option<&DevPki>) -> Vec<Box<dyn Component>> {
-    vec![Box::new(CertificateWatch::from_config(config, dev_pki))]
+    let mut components: Vec<Box<dyn Component>> =
+        vec![Box::new(CertificateWatch::from_config(config, dev_pki))];
+    components.extend(crate::bridge::Bridge::all(&config.bridges));
+    components
 }
 
 struct BoundListener {

@@ -20,7 +20,9 @@ use super::{
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tollgate.toml");
 
 /// Top-level keys the file may contain.
-const SECTIONS: &[&str] = &["broker", "listener", "auth", "acl", "shutdown", "log"];
+const SECTIONS: &[&str] = &[
+    "broker", "listener", "auth", "acl", "shutdown", "log", "bridge",
+];
 
 /// Where a configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +187,26 @@ pub fn load_with_env(
         }
     }
 
+    let mut bridges = Vec::new();
+    match table.get("bridge").cloned().map(Value::into_array) {
+        None => {}
+        Some(Err(_)) => report(
+            "bridge",
+            "must be an array of tables: write each bridge as [[bridge]]".to_string(),
+        ),
+        Some(Ok(values)) => {
+            for (index, value) in values.into_iter().enumerate() {
+                if let Some(bridge) = deserialize_all::<crate::bridge::BridgeConfig>(
+                    value,
+                    &format!("bridge[{index}]"),
+                    &mut report,
+                ) {
+                    bridges.push(bridge);
+                }
+            }
+        }
+    }
+
     let mut config = Config {
         broker,
         listeners,
@@ -192,6 +214,7 @@ pub fn load_with_env(
         acl,
         shutdown,
         log,
+        bridges,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());
@@ -321,7 +344,7 @@ fn deserialize_all<T: DeserializeOwned>(
             Err(e) => e,
         };
         let (key, message) = describe(&e);
-        let mut path = key.unwrap_or_default();
+        let mut path = dotted(&key.unwrap_or_default());
         if let Some(field) = unknown_field(&message) {
             path = join_key(&path, field);
         }
@@ -336,6 +359,21 @@ fn deserialize_all<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// The `config` crate writes a key below an array element as `topic[1]direction`;
+/// the key paths tollgate prints (and removes) are `topic[1].direction`.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 2);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 /// The field name in serde's "unknown field `x`, expected ..." message.
@@ -451,6 +489,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(p) = &mut config.acl.file {
         resolve(p);
     }
+    for b in &mut config.bridges {
+        b.resolve_paths(base);
+    }
 }
 
 /// State directory for the embedded default: `/var/lib/tollgate` when writable, else
@@ -560,6 +601,14 @@ mod tests {
         ]));
         let keys: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["broker.max_connections", "listener[1].bind"]);
+    }
+
+    #[test]
+    fn keys_below_array_elements_are_dotted() {
+        assert_eq!(dotted("topic[1]direction"), "topic[1].direction");
+        assert_eq!(dotted("topic[1].direction"), "topic[1].direction");
+        assert_eq!(dotted("a[0][1]b"), "a[0][1].b");
+        assert_eq!(dotted("name"), "name");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[log]`: log level and format.
     pub log: LogConfig,
+    /// `[[bridge]]`: upstream brokers, in file order (`crate::bridge` owns the type).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

@@ -109,6 +109,13 @@ pub(super) fn validate(
     listeners(config, &mut r);
     auth(config, &mut r);
     acl(config, &mut r);
+    let bridges = crate::bridge::config::validate(&config.bridges);
+    for p in bridges.problems {
+        r.error(p.key, p.message);
+    }
+    for w in bridges.warnings {
+        r.warn(w.key, w.message);
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,

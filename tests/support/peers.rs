@@ -82,7 +82,11 @@ impl Mosquitto {
     /// Write `dir/mosquitto.conf` (a listener on a free loopback port, then `settings`),
     /// start mosquitto with it and wait (up to `WAIT`) until it listens.
     pub fn start(dir: &Path, settings: &str) -> Mosquitto {
-        let port = free_port();
+        Mosquitto::start_on(dir, free_port(), settings)
+    }
+
+    /// [`Mosquitto::start`] on a given port (a broker restarted where clients expect it).
+    pub fn start_on(dir: &Path, port: u16, settings: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{settings}"))
             .expect("write mosquitto.conf");
@@ -112,6 +116,24 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         broker
+    }
+}
+
+impl Mosquitto {
+    /// Stop it with SIGTERM (it saves its persistence file, sends no wills for clients
+    /// that disconnected cleanly) and wait until it exited.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mosquitto did not stop within {WAIT:?} after SIGTERM");
     }
 }
 

@@ -1,0 +1,317 @@
+//! The outbox: where a bridge keeps outgoing QoS 1/2 messages between the local
+//! acknowledgement and the cloud's. [`Outbox`] is the seam: `append` resolves once the
+//! record is stored as durably as the implementation can (the local publisher's
+//! PUBACK is released only then), `ack` forgets a record after the cloud's PUBACK or
+//! PUBCOMP, `pending` replays what is left in order. [`MemoryOutbox`] keeps records in
+//! memory (they survive an outage of the cloud, not a restart of tollgate); the
+//! on-disk journal engine (`src/journal`) implements the same trait. An outbox never
+//! holds more than `max_bytes` and applies the configured overflow policy, counted.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::config::Overflow;
+use crate::broker::codec::QoS;
+use crate::component::BoxFuture;
+
+/// Position of a record, increasing in append order.
+pub type Seq = u64;
+
+/// One outgoing message as it will be published upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    /// Remote topic (prefixes already mapped).
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS upstream (1 or 2).
+    pub qos: QoS,
+    /// RETAIN upstream.
+    pub retain: bool,
+}
+
+impl OutboxRecord {
+    /// Bytes it counts against `max_bytes` (topic, payload, and a fixed overhead).
+    pub fn size(&self) -> u64 {
+        (self.topic.len() + self.payload.len() + 16) as u64
+    }
+}
+
+/// A stored record with its sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// Its position.
+    pub seq: Seq,
+    /// The message.
+    pub record: OutboxRecord,
+}
+
+/// Why `append` did not store a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    /// Full, with the `refuse-new` policy.
+    #[error("the bridge journal is full (journal.max_bytes reached, overflow = refuse-new)")]
+    Full,
+    /// Larger than the whole outbox.
+    #[error("the message ({0} bytes) is larger than journal.max_bytes")]
+    TooLarge(u64),
+    /// The storage failed (disk error); nothing was stored.
+    #[error("the bridge journal cannot store: {0}")]
+    Storage(String),
+}
+
+/// What an outbox holds and has done, for `$SYS` and health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounters {
+    /// Records stored and not yet acknowledged upstream.
+    pub queued_messages: u64,
+    /// Their bytes ([`OutboxRecord::size`]).
+    pub queued_bytes: u64,
+    /// Age of the oldest stored record.
+    pub oldest_age: Option<Duration>,
+    /// Records appended since start.
+    pub appended: u64,
+    /// Records acknowledged upstream since start.
+    pub acked: u64,
+    /// Records discarded by the `drop-oldest` policy.
+    pub dropped_overflow: u64,
+    /// Appends that had to wait for room (`block-publishers`).
+    pub blocked: u64,
+}
+
+/// The store-and-forward seam of a bridge.
+pub trait Outbox: Send + Sync + 'static {
+    /// Store `record`; resolves to its sequence number once stored (durably, for an
+    /// on-disk implementation). With `block-publishers` a full outbox resolves only
+    /// when room is made by `ack`; the caller stops waiting by dropping the future.
+    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>>;
+
+    /// The cloud acknowledged record `seq`: forget it (unknown numbers are ignored).
+    fn ack(&self, seq: Seq);
+
+    /// Up to `limit` stored records after `after` (from the first when `None`), in order.
+    fn pending(&self, after: Option<Seq>, limit: usize) -> Vec<StoredRecord>;
+
+    /// Current counters.
+    fn counters(&self) -> OutboxCounters;
+}
+
+/// An [`Outbox`] in memory, bounded by bytes.
+#[derive(Debug, Clone)]
+pub struct MemoryOutbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    max_bytes: u64,
+    overflow: Overflow,
+    state: Mutex<State>,
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: VecDeque<(StoredRecord, Instant)>,
+    bytes: u64,
+    next_seq: Seq,
+    counters: OutboxCounters,
+}
+
+impl MemoryOutbox {
+    /// An empty outbox of at most `max_bytes` with policy `overflow`.
+    pub fn new(max_bytes: u64, overflow: Overflow) -> Self {
+        MemoryOutbox {
+            inner: Arc::new(Inner {
+                max_bytes,
+                overflow,
+                state: Mutex::new(State {
+                    next_seq: 1,
+                    ..State::default()
+                }),
+                room: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent (single pushes and pops).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Store now if the policy allows; `None`: wait for room.
+    fn try_append(&self, record: &OutboxRecord) -> Option<Result<Seq, OutboxError>> {
+        let size = record.size();
+        if size > self.max_bytes {
+            return Some(Err(OutboxError::TooLarge(size)));
+        }
+        let mut s = self.lock();
+        while s.bytes + size > self.max_bytes {
+            match self.overflow {
+                Overflow::DropOldest => {
+                    let Some((old, _)) = s.records.pop_front() else {
+                        break;
+                    };
+                    s.bytes -= old.record.size();
+                    s.counters.dropped_overflow += 1;
+                }
+                // refuse-new cannot refuse yet (see config: no negative ack in the router).
+                Overflow::BlockPublishers | Overflow::RefuseNew => return None,
+            }
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.bytes += size;
+        s.counters.appended += 1;
+        s.records.push_back((
+            StoredRecord {
+                seq,
+                record: record.clone(),
+            },
+            Instant::now(),
+        ));
+        Some(Ok(seq))
+    }
+}
+
+impl Outbox for MemoryOutbox {
+    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut counted = false;
+            loop {
+                let room = inner.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if let Some(result) = inner.try_append(&record) {
+                    return result;
+                }
+                if !counted {
+                    counted = true;
+                    inner.lock().counters.blocked += 1;
+                }
+                room.await;
+            }
+        })
+    }
+
+    fn ack(&self, seq: Seq) {
+        let mut s = self.inner.lock();
+        if let Ok(i) = s.records.binary_search_by_key(&seq, |(r, _)| r.seq) {
+            if let Some((r, _)) = s.records.remove(i) {
+                s.bytes -= r.record.size();
+                s.counters.acked += 1;
+            }
+            drop(s);
+            self.inner.room.notify_waiters();
+        }
+    }
+
+    fn pending(&self, after: Option<Seq>, limit: usize) -> Vec<StoredRecord> {
+        let s = self.inner.lock();
+        let start = match after {
+            None => 0,
+            Some(after) => s.records.partition_point(|(r, _)| r.seq <= after),
+        };
+        s.records
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    fn counters(&self) -> OutboxCounters {
+        let s = self.inner.lock();
+        OutboxCounters {
+            queued_messages: s.records.len() as u64,
+            queued_bytes: s.bytes,
+            oldest_age: s.records.front().map(|(_, at)| at.elapsed()),
+            ..s.counters.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, payload: &'static str) -> OutboxRecord {
+        OutboxRecord {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    fn topics(records: &[StoredRecord]) -> Vec<&str> {
+        records.iter().map(|r| r.record.topic.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn records_replay_in_order_until_acked() {
+        let o = MemoryOutbox::new(1 << 20, Overflow::BlockPublishers);
+        let a = o.append(record("a", "1")).await.expect("stored");
+        let b = o.append(record("b", "2")).await.expect("stored");
+        let c = o.append(record("c", "3")).await.expect("stored");
+        assert!(a < b && b < c);
+        assert_eq!(topics(&o.pending(None, 10)), ["a", "b", "c"]);
+        assert_eq!(topics(&o.pending(Some(a), 1)), ["b"]);
+        o.ack(b);
+        o.ack(b);
+        assert_eq!(topics(&o.pending(None, 10)), ["a", "c"]);
+        assert_eq!(topics(&o.pending(Some(a), 10)), ["c"]);
+        let n = o.counters();
+        assert_eq!((n.queued_messages, n.appended, n.acked), (2, 3, 1));
+        assert_eq!(n.queued_bytes, 2 * record("a", "1").size());
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_makes_room_and_counts() {
+        let size = record("a", "1").size();
+        let o = MemoryOutbox::new(size * 2, Overflow::DropOldest);
+        for t in ["a", "b", "c"] {
+            o.append(record(t, "1")).await.expect("stored");
+        }
+        assert_eq!(topics(&o.pending(None, 10)), ["b", "c"]);
+        assert_eq!(o.counters().dropped_overflow, 1);
+    }
+
+    #[tokio::test]
+    async fn block_publishers_waits_for_an_ack() {
+        let size = record("a", "1").size();
+        let o = MemoryOutbox::new(size, Overflow::BlockPublishers);
+        let first = o.append(record("a", "1")).await.expect("stored");
+        let waiting = tokio::spawn({
+            let o = o.clone();
+            async move { o.append(record("b", "1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a full outbox holds the append back"
+        );
+        assert_eq!(o.counters().blocked, 1);
+        o.ack(first);
+        let second = waiting.await.expect("task").expect("stored after the ack");
+        assert!(second > first);
+        assert_eq!(topics(&o.pending(None, 10)), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_record_larger_than_the_outbox_is_refused() {
+        let o = MemoryOutbox::new(10, Overflow::BlockPublishers);
+        assert!(matches!(
+            o.append(record("topic", "payload")).await,
+            Err(OutboxError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,571 @@
+//! The running bridge: two tasks joined by channels.
+//!
+//! - **intake** owns the in-process client `bridge:<name>` (durable: the local
+//!   publisher's PUBACK waits for it). It receives what the out rules subscribe to,
+//!   stores QoS 1/2 messages in the outbox and acknowledges the delivery only once the
+//!   outbox resolved the append; QoS 0 goes to the uplink best effort. It also
+//!   publishes what the cloud sends in, as `bridge:<name>`, so the local ACL decides,
+//!   and its local subscriptions use No Local, so nothing it brought in goes back out.
+//! - **uplink** owns the rumqttc connection: failover over the addresses, jittered
+//!   backoff, birth/will on `status_topic`, a window of at most `max_inflight` records
+//!   taken from the outbox in order (rumqttc lowers it to the cloud's Receive
+//!   Maximum), outbox acks on PUBACK/PUBCOMP, remote subscriptions of the in rules.
+//!
+//! Neither task blocks the other: the uplink never awaits the intake (a full journal
+//! with `block-publishers` waits for acks that only the uplink can bring).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rustls::ClientConfig;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::config::BridgeConfig;
+use super::outbox::{Outbox, OutboxError, OutboxRecord, Seq};
+use super::rules::{route_in, route_out, Rule};
+use super::state::{Counters, LinkState, StatusBoard};
+use super::uplink::{Incoming, Uplink, UplinkEvent, OFFLINE, ONLINE};
+use crate::auth::Identity;
+use crate::broker::codec::{v5, QoS};
+use crate::broker::{Delivery, InternalClient, InternalOptions};
+use crate::component::{BoxFuture, Connector};
+
+/// QoS 0 messages waiting for the uplink at most (best effort beyond that).
+const QOS0_QUEUE: usize = 1000;
+/// Messages from the cloud waiting for the intake at most.
+const INGRESS_QUEUE: u64 = 10_000;
+/// How long shutdown waits for the cloud to acknowledge what is in flight.
+const FLUSH_TIME: Duration = Duration::from_secs(2);
+
+/// A message from the cloud on its way into the local broker.
+struct Ingress {
+    id: u64,
+    topic: String,
+    payload: bytes::Bytes,
+    qos: u8,
+    retain: bool,
+}
+
+/// Everything both tasks share.
+pub(super) struct Shared {
+    pub config: Arc<BridgeConfig>,
+    pub rules: Arc<[Rule]>,
+    pub outbox: Arc<dyn Outbox>,
+    pub board: Arc<StatusBoard>,
+    pub shutdown: CancellationToken,
+    /// Signalled after every append (the uplink fills its window).
+    pub appended: Notify,
+}
+
+/// Attach the intake client and subscribe the out rules locally.
+pub(super) async fn attach(
+    shared: &Shared,
+    broker: &Arc<dyn Connector>,
+) -> Result<InternalClient, String> {
+    let identity = shared.config.identity();
+    let mut options = InternalOptions::new(Identity::internal(&identity));
+    options.durable = true;
+    let client = broker.connect_internal(options).await?;
+    for rule in shared.rules.iter().filter(|r| r.is_out()) {
+        let filter = rule.local_filter();
+        let code = client
+            .subscribe_filter(v5::Filter {
+                path: filter.clone(),
+                qos: qos(rule.qos),
+                // What this bridge publishes locally (in rules) never goes back out.
+                nolocal: true,
+                preserve_retain: true,
+                retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+            })
+            .await
+            .map_err(|e| format!("cannot subscribe {filter:?}: {e}"))?;
+        if !matches!(code, v5::SubscribeReasonCode::Success(_)) {
+            warn!(bridge = %shared.config.name, %filter, ?code, "Out rule not subscribed: the ACL does not let {identity} read it; add `user {identity}` with `topic read {filter}` to the ACL.");
+            shared.board.set(
+                LinkState::Connecting,
+                None,
+                Some(format!("the ACL does not let {identity} read {filter}")),
+            );
+        }
+    }
+    Ok(client)
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_level(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+/// Channels between the intake and the uplink.
+pub(super) struct Links {
+    qos0_tx: mpsc::Sender<OutboxRecord>,
+    qos0_rx: mpsc::Receiver<OutboxRecord>,
+    ingress_tx: mpsc::UnboundedSender<Ingress>,
+    ingress_rx: mpsc::UnboundedReceiver<Ingress>,
+    done_tx: mpsc::UnboundedSender<u64>,
+    done_rx: mpsc::UnboundedReceiver<u64>,
+    ingress_queued: Arc<AtomicU64>,
+}
+
+impl Links {
+    pub fn new() -> Self {
+        let (qos0_tx, qos0_rx) = mpsc::channel(QOS0_QUEUE);
+        let (ingress_tx, ingress_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Links {
+            qos0_tx,
+            qos0_rx,
+            ingress_tx,
+            ingress_rx,
+            done_tx,
+            done_rx,
+            ingress_queued: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Run both halves until shutdown.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    client: InternalClient,
+    tls: Arc<ClientConfig>,
+    tracker: TaskTracker,
+) {
+    let links = Links::new();
+    let intake = tracker.spawn(intake(
+        shared.clone(),
+        client,
+        links.qos0_tx,
+        links.ingress_rx,
+        links.done_tx,
+        links.ingress_queued.clone(),
+    ));
+    uplink(
+        shared.clone(),
+        tls,
+        links.qos0_rx,
+        links.ingress_tx,
+        links.done_rx,
+        links.ingress_queued,
+    )
+    .await;
+    let _ = intake.await;
+}
+
+/// The intake half (see the module comment).
+async fn intake(
+    shared: Arc<Shared>,
+    mut client: InternalClient,
+    qos0_tx: mpsc::Sender<OutboxRecord>,
+    mut ingress_rx: mpsc::UnboundedReceiver<Ingress>,
+    done_tx: mpsc::UnboundedSender<u64>,
+    ingress_queued: Arc<AtomicU64>,
+) {
+    let name = shared.config.name.clone();
+    let counters = &shared.board.counters;
+    // A delivery being stored: local deliveries wait while it is (block-publishers).
+    let mut storing: Option<BoxFuture<()>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => break,
+            _ = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
+                storing = None;
+            }
+            Some(m) = ingress_rx.recv() => {
+                ingress_queued.fetch_sub(1, Ordering::Relaxed);
+                match client.publish(&m.topic, m.payload, qos(m.qos), m.retain).await {
+                    Ok(()) => Counters::bump(&counters.received),
+                    Err(e) => {
+                        // The refusal itself is on the audit target (authorize_write).
+                        Counters::bump(&counters.dropped_ingress_denied);
+                        info!(bridge = %name, topic = %m.topic, reason = %e, "Message from the cloud not published locally.");
+                    }
+                }
+                let _ = done_tx.send(m.id);
+            }
+            delivery = client.recv(), if storing.is_none() => {
+                let Some(d) = delivery else {
+                    if !shared.shutdown.is_cancelled() {
+                        warn!(bridge = %name, "The bridge's in-process session ended; nothing more is forwarded.");
+                    }
+                    break;
+                };
+                storing = take_delivery(&shared, d, &qos0_tx);
+            }
+        }
+    }
+    // Stop intake: what is not stored yet stays unacknowledged (redelivered or 0x97).
+    drop(storing);
+    client.disconnect().await;
+}
+
+/// Route one local delivery; returns the store-then-ack future for QoS 1/2.
+fn take_delivery(
+    shared: &Arc<Shared>,
+    mut d: Delivery,
+    qos0_tx: &mpsc::Sender<OutboxRecord>,
+) -> Option<BoxFuture<()>> {
+    let ack = d.take_ack();
+    let Some((rule, remote)) = route_out(&shared.rules, &d.topic) else {
+        // Covered by a subscription but by no rule's mapping: cannot happen with valid rules.
+        return ack.map(|a| -> BoxFuture<()> {
+            Box::pin(async move {
+                let _ = a.ack().await;
+            })
+        });
+    };
+    let level = qos_level(d.qos).min(rule.qos);
+    let record = OutboxRecord {
+        topic: remote,
+        payload: d.payload,
+        qos: qos(level),
+        retain: rule.retain && d.retain,
+    };
+    if level == 0 {
+        if qos0_tx.try_send(record).is_err() {
+            Counters::bump(&shared.board.counters.dropped_qos0);
+        }
+        return ack.map(|a| -> BoxFuture<()> {
+            Box::pin(async move {
+                let _ = a.ack().await;
+            })
+        });
+    }
+    let shared = shared.clone();
+    Some(Box::pin(async move {
+        match shared.outbox.append(record).await {
+            Ok(_) => {
+                shared.appended.notify_one();
+                if let Some(a) = ack {
+                    let _ = a.ack().await;
+                }
+            }
+            Err(OutboxError::TooLarge(size)) => {
+                Counters::bump(&shared.board.counters.dropped_too_large);
+                warn!(bridge = %shared.config.name, size, "Message larger than journal.max_bytes not forwarded.");
+                if let Some(a) = ack {
+                    let _ = a.ack().await;
+                }
+            }
+            Err(e) => {
+                // Not stored: not acknowledged (the publisher is not told it is safe).
+                warn!(bridge = %shared.config.name, reason = %e, "Message not stored for the cloud.");
+            }
+        }
+    }))
+}
+
+/// What went out on the current connection, in request order (rumqttc reports each
+/// PUBLISH it writes in that order, which is how packet ids map back to records).
+enum Queued {
+    Record(Seq),
+    Control,
+}
+
+/// Per-connection state of the uplink.
+struct Session {
+    queued: VecDeque<Queued>,
+    queued_records: usize,
+    inflight: HashMap<u16, Seq>,
+    cursor: Option<Seq>,
+    connected_at: Option<Instant>,
+    waiting_acks: HashMap<u64, Box<Incoming>>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Session {
+            queued: VecDeque::new(),
+            queued_records: 0,
+            inflight: HashMap::new(),
+            cursor: None,
+            connected_at: None,
+            waiting_acks: HashMap::new(),
+        }
+    }
+
+    fn in_window(&self) -> usize {
+        self.queued_records + self.inflight.len()
+    }
+
+    /// Take records from the outbox until the window is full.
+    fn fill(&mut self, up: &Uplink, shared: &Shared) {
+        let window = usize::from(shared.config.max_inflight);
+        while self.in_window() < window {
+            let batch = shared
+                .outbox
+                .pending(self.cursor, window - self.in_window());
+            if batch.is_empty() {
+                return;
+            }
+            for r in batch {
+                let rec = r.record;
+                if !up.publish(&rec.topic, rec.payload, qos_level(rec.qos), rec.retain) {
+                    return;
+                }
+                self.queued.push_back(Queued::Record(r.seq));
+                self.queued_records += 1;
+                self.cursor = Some(r.seq);
+            }
+        }
+    }
+
+    fn control(&mut self, up: &Uplink, topic: &str, payload: &'static str) {
+        if up.publish(
+            topic,
+            bytes::Bytes::from_static(payload.as_bytes()),
+            1,
+            true,
+        ) {
+            self.queued.push_back(Queued::Control);
+        }
+    }
+
+    /// Account for an event; returns a message that must go to the intake.
+    fn on_event(
+        &mut self,
+        event: UplinkEvent,
+        up: &Uplink,
+        shared: &Shared,
+    ) -> Option<Box<Incoming>> {
+        let counters = &shared.board.counters;
+        match event {
+            UplinkEvent::Connected { session_present } => {
+                self.connected_at = Some(Instant::now());
+                debug!(bridge = %shared.config.name, session_present, "Connected upstream.");
+                if let Some(status) = &shared.config.status_topic {
+                    self.control(up, status, ONLINE);
+                }
+                self.fill(up, shared);
+            }
+            UplinkEvent::Sent { pkid } => {
+                Counters::bump(&counters.sent);
+                if let Some(Queued::Record(seq)) = self.queued.pop_front() {
+                    self.queued_records -= 1;
+                    self.inflight.insert(pkid, seq);
+                }
+            }
+            UplinkEvent::Acked { pkid, refused } => {
+                if let Some(seq) = self.inflight.remove(&pkid) {
+                    shared.outbox.ack(seq);
+                    match refused {
+                        None => Counters::bump(&counters.acked),
+                        Some(reason) => {
+                            Counters::bump(&counters.dropped_refused);
+                            warn!(bridge = %shared.config.name, %reason, "The cloud refused a message; it is not retried.");
+                        }
+                    }
+                }
+                self.fill(up, shared);
+            }
+            UplinkEvent::Message(m) => return Some(m),
+            UplinkEvent::Other => {}
+        }
+        None
+    }
+}
+
+enum Ended {
+    Shutdown,
+    Lost {
+        connected_for: Option<Duration>,
+        error: String,
+    },
+}
+
+/// The uplink half (see the module comment).
+async fn uplink(
+    shared: Arc<Shared>,
+    tls: Arc<ClientConfig>,
+    mut qos0_rx: mpsc::Receiver<OutboxRecord>,
+    ingress_tx: mpsc::UnboundedSender<Ingress>,
+    mut done_rx: mpsc::UnboundedReceiver<u64>,
+    ingress_queued: Arc<AtomicU64>,
+) {
+    let config = shared.config.clone();
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut index = 0usize;
+    let mut next_id = 0u64;
+    loop {
+        let address = config.address[index % config.address.len()].clone();
+        shared
+            .board
+            .set(LinkState::Connecting, Some(&address), None);
+        let ended = match Uplink::new(&config, &address, tls.clone(), &shared.rules) {
+            Err(error) => Ended::Lost {
+                connected_for: None,
+                error,
+            },
+            Ok(mut up) => {
+                let mut session = Session::new();
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = shared.shutdown.cancelled() => {
+                            flush(&mut up, &mut session, &shared).await;
+                            break Ended::Shutdown;
+                        }
+                        event = up.poll() => match event {
+                            Err(error) => break Ended::Lost {
+                                connected_for: session.connected_at.map(|t| t.elapsed()),
+                                error,
+                            },
+                            Ok(UplinkEvent::Connected { session_present }) => {
+                                info!(bridge = %config.name, %address, session_present, "Bridge connected to the cloud.");
+                                session.on_event(UplinkEvent::Connected { session_present }, &up, &shared);
+                                shared.board.set(LinkState::Connected, Some(&address), None);
+                            }
+                            Ok(event) => {
+                                if let Some(m) = session.on_event(event, &up, &shared) {
+                                    next_id += 1;
+                                    ingress(&shared, &up, &mut session, m, next_id, &ingress_tx, &ingress_queued);
+                                }
+                            }
+                        },
+                        _ = shared.appended.notified(), if session.connected_at.is_some() => {
+                            session.fill(&up, &shared);
+                        }
+                        Some(r) = qos0_rx.recv(), if session.connected_at.is_some() => {
+                            if up.publish(&r.topic, r.payload, 0, r.retain) {
+                                session.queued.push_back(Queued::Control);
+                            } else {
+                                Counters::bump(&shared.board.counters.dropped_qos0);
+                            }
+                        }
+                        Some(id) = done_rx.recv() => {
+                            if let Some(m) = session.waiting_acks.remove(&id) {
+                                up.ack(&m);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match ended {
+            Ended::Shutdown => return,
+            Ended::Lost {
+                connected_for,
+                error,
+            } => {
+                let delay = match connected_for {
+                    Some(uptime) => {
+                        Counters::bump(&shared.board.counters.reconnects);
+                        warn!(bridge = %config.name, %address, reason = %error, "Bridge lost its cloud connection.");
+                        backoff.disconnected_after(uptime);
+                        index = 0;
+                        Some(backoff.failed(&mut rng))
+                    }
+                    None => {
+                        warn!(bridge = %config.name, %address, reason = %error, "Bridge cannot connect to the cloud.");
+                        index += 1;
+                        // Next address at once; after the last one, back off.
+                        if index % config.address.len() == 0 {
+                            index = 0;
+                            Some(backoff.failed(&mut rng))
+                        } else {
+                            None
+                        }
+                    }
+                };
+                if let Some(delay) = delay {
+                    shared.board.set(LinkState::Backoff, None, Some(error));
+                    debug!(bridge = %config.name, delay_ms = delay.as_millis() as u64, "Bridge backing off.");
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                } else {
+                    shared.board.set(LinkState::Connecting, None, Some(error));
+                }
+            }
+        }
+    }
+}
+
+/// Hand a message from the cloud to the intake (or drop it when no rule maps it).
+fn ingress(
+    shared: &Shared,
+    up: &Uplink,
+    session: &mut Session,
+    m: Box<Incoming>,
+    id: u64,
+    ingress_tx: &mpsc::UnboundedSender<Ingress>,
+    ingress_queued: &AtomicU64,
+) {
+    let Some((rule, local)) = route_in(&shared.rules, &m.topic) else {
+        debug!(bridge = %shared.config.name, topic = %m.topic, "Message from the cloud matches no in rule; dropped.");
+        up.ack(&m);
+        return;
+    };
+    if ingress_queued.load(Ordering::Relaxed) >= INGRESS_QUEUE {
+        // Not acknowledged: the cloud resends it after the next reconnect.
+        warn!(bridge = %shared.config.name, "Messages from the cloud arrive faster than they can be published locally; one was dropped.");
+        return;
+    }
+    ingress_queued.fetch_add(1, Ordering::Relaxed);
+    let item = Ingress {
+        id,
+        topic: local,
+        payload: m.payload.clone(),
+        qos: m.qos.min(rule.qos),
+        retain: rule.retain && m.retain,
+    };
+    if m.qos > 0 {
+        session.waiting_acks.insert(id, m);
+    }
+    let _ = ingress_tx.send(item);
+}
+
+/// Shutdown: say offline, send what is in the outbox for up to [`FLUSH_TIME`], then
+/// DISCONNECT (normal disconnection: the cloud discards the will).
+async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
+    if session.connected_at.is_none() {
+        return;
+    }
+    session.fill(up, shared);
+    if let Some(status) = &shared.config.status_topic {
+        session.control(up, status, OFFLINE);
+    }
+    let deadline = Instant::now() + FLUSH_TIME;
+    while !(session.queued.is_empty() && session.inflight.is_empty()) {
+        match tokio::time::timeout_at(deadline, up.poll()).await {
+            Ok(Ok(event)) => {
+                if let Some(m) = session.on_event(event, up, shared) {
+                    // Intake has stopped: not acknowledged, the cloud keeps it.
+                    drop(m);
+                }
+            }
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let left = shared.outbox.counters().queued_messages;
+    if left > 0 {
+        warn!(bridge = %shared.config.name, left, "Bridge stopped with messages not yet acknowledged by the cloud (kept in memory only: lost).");
+    }
+    up.disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while up.poll().await.is_ok() {}
+    })
+    .await;
+}

@@ -1,0 +1,230 @@
+//! What a bridge shows: its link state (connected, connecting, backoff, disabled) with
+//! the last error, its counters, and the outbox's, kept on a [`StatusBoard`] that the
+//! running tasks write and one task publishes, retained, on
+//! `$SYS/tollgate/bridge/<name>/state` as JSON. Only `tollgate:*` identities may write
+//! `$SYS` (design decision 11), so that task uses its own in-process client
+//! `tollgate:bridge:<name>`, whose single built-in grant is that subtree; the bridge's
+//! own identity `bridge:<name>` never writes there.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::outbox::Outbox;
+use crate::auth::Identity;
+use crate::broker::codec::QoS;
+use crate::broker::InternalOptions;
+use crate::component::{Connector, Health, HealthReporter};
+
+/// How often the counters are republished while nothing else changes.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// The link's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Trying an address.
+    Connecting,
+    /// Connected; forwarding.
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Configured off, or stopped.
+    Disabled,
+}
+
+impl LinkState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Backoff => "backoff",
+            LinkState::Disabled => "disabled",
+        }
+    }
+}
+
+/// Counters of one bridge (the outbox keeps its own).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// PUBLISH packets sent upstream (QoS 0 included, resends included).
+    pub sent: AtomicU64,
+    /// QoS 1/2 messages the cloud acknowledged.
+    pub acked: AtomicU64,
+    /// QoS 0 messages dropped while the cloud was unreachable (queue full).
+    pub dropped_qos0: AtomicU64,
+    /// Messages the cloud refused (v5 reason code ≥ 0x80); not retried.
+    pub dropped_refused: AtomicU64,
+    /// Messages from the cloud the local ACL refused to `bridge:<name>`.
+    pub dropped_ingress_denied: AtomicU64,
+    /// Messages larger than the outbox.
+    pub dropped_too_large: AtomicU64,
+    /// Messages from the cloud published locally.
+    pub received: AtomicU64,
+    /// Connections lost after a CONNACK.
+    pub reconnects: AtomicU64,
+}
+
+impl Counters {
+    /// Add one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    state: LinkState,
+    address: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Shared between the bridge's tasks and its state publisher.
+pub struct StatusBoard {
+    name: String,
+    status: Mutex<Status>,
+    changed: Notify,
+    health: HealthReporter,
+    /// The bridge's counters.
+    pub counters: Counters,
+    outbox: Arc<dyn Outbox>,
+}
+
+impl StatusBoard {
+    /// A board for bridge `name` starting in `Connecting`.
+    pub fn new(name: &str, health: HealthReporter, outbox: Arc<dyn Outbox>) -> Self {
+        StatusBoard {
+            name: name.to_string(),
+            status: Mutex::new(Status {
+                state: LinkState::Connecting,
+                address: None,
+                last_error: None,
+            }),
+            changed: Notify::new(),
+            health,
+            counters: Counters::default(),
+            outbox,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enter `state` (at `address`, with `error` as the latest problem if any).
+    pub fn set(&self, state: LinkState, address: Option<&str>, error: Option<String>) {
+        {
+            let mut s = self.lock();
+            s.state = state;
+            if address.is_some() {
+                s.address = address.map(str::to_string);
+            }
+            if error.is_some() {
+                s.last_error = error;
+            }
+            let queued = self.outbox.counters().queued_messages;
+            let at = s.address.clone().unwrap_or_default();
+            self.health.set(match state {
+                LinkState::Connected => Health::Ok(format!("connected to {at}, {queued} queued")),
+                LinkState::Disabled => Health::Ok("disabled".into()),
+                LinkState::Connecting | LinkState::Backoff => Health::Degraded(format!(
+                    "cloud not connected ({}), {queued} queued: {}",
+                    state.as_str(),
+                    s.last_error.as_deref().unwrap_or("connecting")
+                )),
+            });
+        }
+        self.changed.notify_one();
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.lock().state
+    }
+
+    /// The JSON published on the state topic.
+    pub fn payload(&self) -> String {
+        let s = self.lock().clone();
+        let o = self.outbox.counters();
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "state": s.state.as_str(),
+            "address": s.address,
+            "last_error": s.last_error,
+            "queued_messages": o.queued_messages,
+            "queued_bytes": o.queued_bytes,
+            "oldest_age_ms": o.oldest_age.map(|d| d.as_millis() as u64),
+            "stored": o.appended,
+            "sent": get(&c.sent),
+            "acked": get(&c.acked),
+            "received": get(&c.received),
+            "reconnects": get(&c.reconnects),
+            "dropped": {
+                "overflow": o.dropped_overflow,
+                "qos0": get(&c.dropped_qos0),
+                "refused_upstream": get(&c.dropped_refused),
+                "ingress_denied": get(&c.dropped_ingress_denied),
+                "too_large": get(&c.dropped_too_large),
+            },
+        })
+        .to_string()
+    }
+
+    /// The state topic of bridge `name`.
+    pub fn topic(name: &str) -> String {
+        format!("$SYS/tollgate/bridge/{name}/state")
+    }
+
+    /// Publish the state on every change and every [`REFRESH`], until `shutdown`; the
+    /// last message says `disabled` (the bridge stopped).
+    pub async fn publish_loop(
+        self: Arc<Self>,
+        broker: Arc<dyn Connector>,
+        shutdown: CancellationToken,
+    ) {
+        let identity = state_identity(&self.name);
+        let client = match broker
+            .connect_internal(InternalOptions::new(Identity::internal(&identity)))
+            .await
+        {
+            Ok(c) => c,
+            Err(reason) => {
+                warn!(bridge = %self.name, %reason, "Bridge state cannot be published: no in-process connection.");
+                return;
+            }
+        };
+        let topic = Self::topic(&self.name);
+        let mut last = String::new();
+        loop {
+            let payload = self.payload();
+            if payload != last {
+                if let Err(e) = client
+                    .publish(&topic, payload.clone(), QoS::AtMostOnce, true)
+                    .await
+                {
+                    warn!(bridge = %self.name, reason = %e, "Bridge state not published.");
+                }
+                last = payload;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(REFRESH) => {}
+            }
+        }
+        self.set(LinkState::Disabled, None, Some("stopped".into()));
+        let _ = client
+            .publish(&topic, self.payload(), QoS::AtMostOnce, true)
+            .await;
+        client.disconnect().await;
+    }
+}
+
+/// Identity of the client publishing bridge `name`'s state.
+pub fn state_identity(name: &str) -> String {
+    format!("tollgate:bridge:{name}")
+}

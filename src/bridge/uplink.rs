@@ -1,0 +1,397 @@
+//! The uplink: rumqttc towards the cloud, MQTT 3.1.1 or 5 behind one type, over TLS
+//! with a rustls `ClientConfig` built by tollgate (the listeners' ring provider and
+//! cipher suites, TLS 1.2/1.3, the CA from `ca`, the client certificate from
+//! `cert`/`key` under the same key-permission rule as server keys). One [`Uplink`] is
+//! one connection attempt to one address: a fresh rumqttc client and event loop, so
+//! rumqttc never replays a queue of its own (the outbox is the only queue). Its events
+//! are reduced to what the bridge needs ([`UplinkEvent`]). The password is read from
+//! its file here and never logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::TlsConfiguration;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use super::config::{parse_address, BridgeConfig, Protocol};
+use super::rules::Rule;
+
+/// Reply to the birth and will: the status payloads on `status_topic`.
+pub const ONLINE: &str = "online";
+/// Will payload (and the last message of a clean shutdown).
+pub const OFFLINE: &str = "offline";
+
+/// What the bridge learns from one poll of the uplink.
+#[derive(Debug)]
+pub enum UplinkEvent {
+    /// CONNACK accepted.
+    Connected {
+        /// The cloud kept our session.
+        session_present: bool,
+    },
+    /// A PUBLISH went out; `pkid` is 0 for QoS 0.
+    Sent {
+        /// Packet id given by rumqttc.
+        pkid: u16,
+    },
+    /// The cloud finished a QoS 1/2 publish (PUBACK, PUBCOMP, or a refusing PUBREC).
+    Acked {
+        /// Packet id.
+        pkid: u16,
+        /// `Some(reason)` when the cloud refused the message (v5 reason code ≥ 0x80).
+        refused: Option<String>,
+    },
+    /// A message from the cloud (manual ack: [`Uplink::ack`] after it was handled).
+    Message(Box<Incoming>),
+    /// Anything else (pings, SUBACKs, our own acks).
+    Other,
+}
+
+/// A message received from the cloud.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Remote topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it arrived with (0..=2).
+    pub qos: u8,
+    /// RETAIN flag.
+    pub retain: bool,
+    raw: RawPublish,
+}
+
+#[derive(Debug)]
+enum RawPublish {
+    V4(rumqttc::Publish),
+    V5(p5::Publish),
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+enum EventLoop {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// One connection (attempt) to one upstream address.
+pub struct Uplink {
+    client: Client,
+    events: EventLoop,
+}
+
+/// Build the TLS client configuration of bridge `b` (also used by `check`).
+pub fn tls_config(b: &BridgeConfig) -> Result<Arc<ClientConfig>, String> {
+    let pair = b.cert.as_deref().zip(b.key.as_deref());
+    let base = crate::tls::build_client_config(&b.ca, pair).map_err(|e| e.to_string())?;
+    let mut config = (*base).clone();
+    config.alpn_protocols = b.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if let Some(name) = &b.server_name {
+        let name =
+            ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name:?}: {e}"))?;
+        let roots = crate::tls::load_root_store(&b.ca).map_err(|e| e.to_string())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::tls::crypto_provider(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(FixedName { inner, name }));
+    }
+    Ok(Arc::new(config))
+}
+
+/// The upstream password: the first line of `password_file`.
+fn read_password(b: &BridgeConfig) -> Result<Option<String>, String> {
+    let Some(path) = &b.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    Ok(Some(text.lines().next().unwrap_or("").to_string()))
+}
+
+impl Uplink {
+    /// A client for `address` (not yet connected: the first `poll` connects).
+    pub fn new(
+        b: &BridgeConfig,
+        address: &str,
+        tls: Arc<ClientConfig>,
+        rules: &[Rule],
+    ) -> Result<Uplink, String> {
+        let (host, port) = parse_address(address)?;
+        let password = read_password(b)?;
+        let transport = rumqttc::Transport::tls_with_config(TlsConfiguration::Rustls(tls));
+        let capacity = usize::from(b.max_inflight) + 64;
+        let keepalive = Duration::from_secs(b.keepalive.as_secs().max(5));
+        let uplink = match b.protocol {
+            Protocol::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(&b.client_id, host, port);
+                o.set_transport(transport)
+                    .set_keep_alive(keepalive)
+                    .set_clean_start(b.clean_start)
+                    .set_session_expiry_interval(Some(
+                        u32::try_from(b.session_expiry.as_secs()).unwrap_or(u32::MAX),
+                    ))
+                    .set_max_packet_size(Some(b.max_packet_size))
+                    .set_outgoing_inflight_upper_limit(b.max_inflight)
+                    .set_manual_acks(true)
+                    .set_connection_timeout(10);
+                if let Some(status) = &b.status_topic {
+                    o.set_last_will(p5::LastWill::new(
+                        status,
+                        OFFLINE,
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        true,
+                        None,
+                    ));
+                }
+                if let Some(user) = &b.username {
+                    o.set_credentials(user, password.unwrap_or_default());
+                }
+                let (client, events) = rumqttc::v5::AsyncClient::new(o, capacity);
+                Uplink {
+                    client: Client::V5(client),
+                    events: EventLoop::V5(Box::new(events)),
+                }
+            }
+            Protocol::V311 => {
+                let mut o = rumqttc::MqttOptions::new(&b.client_id, host, port);
+                o.set_transport(transport)
+                    .set_keep_alive(keepalive)
+                    .set_clean_session(b.clean_start)
+                    .set_max_packet_size(b.max_packet_size as usize, b.max_packet_size as usize)
+                    .set_inflight(b.max_inflight)
+                    .set_manual_acks(true);
+                if let Some(status) = &b.status_topic {
+                    o.set_last_will(rumqttc::LastWill::new(
+                        status,
+                        OFFLINE,
+                        rumqttc::QoS::AtLeastOnce,
+                        true,
+                    ));
+                }
+                if let Some(user) = &b.username {
+                    o.set_credentials(user, password.unwrap_or_default());
+                }
+                let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
+                events.network_options.set_connection_timeout(10);
+                Uplink {
+                    client: Client::V4(client),
+                    events: EventLoop::V4(Box::new(events)),
+                }
+            }
+        };
+        // Subscriptions are queued now and sent right after the CONNACK.
+        uplink.subscribe_in_rules(rules)?;
+        Ok(uplink)
+    }
+
+    fn subscribe_in_rules(&self, rules: &[Rule]) -> Result<(), String> {
+        let filters: Vec<(String, u8)> = rules
+            .iter()
+            .filter(|r| r.is_in())
+            .map(|r| (r.remote_filter(), r.qos))
+            .collect();
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let result = match &self.client {
+            Client::V5(c) => c
+                .try_subscribe_many(filters.into_iter().map(|(path, qos)| p5::Filter {
+                    path,
+                    qos: qos5(qos),
+                    // Never receive back what this bridge sent (no loop through the cloud).
+                    nolocal: true,
+                    preserve_retain: true,
+                    retain_forward_rule: p5::RetainForwardRule::OnNewSubscribe,
+                }))
+                .map_err(|e| e.to_string()),
+            Client::V4(c) => c
+                .try_subscribe_many(
+                    filters
+                        .into_iter()
+                        .map(|(path, qos)| rumqttc::SubscribeFilter::new(path, qos4(qos))),
+                )
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|e| format!("cannot queue the remote subscriptions: {e}"))
+    }
+
+    /// Queue a PUBLISH; `false` when rumqttc's request queue is full (try later).
+    pub fn publish(&self, topic: &str, payload: Bytes, qos: u8, retain: bool) -> bool {
+        match &self.client {
+            Client::V5(c) => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+            Client::V4(c) => c.try_publish(topic, qos4(qos), retain, payload).is_ok(),
+        }
+    }
+
+    /// Acknowledge a message from the cloud (after it was published locally).
+    pub fn ack(&self, message: &Incoming) {
+        // A full request queue here means the connection is stuck; the cloud redelivers.
+        match (&self.client, &message.raw) {
+            (Client::V5(c), RawPublish::V5(p)) => {
+                let _ = c.try_ack(p);
+            }
+            (Client::V4(c), RawPublish::V4(p)) => {
+                let _ = c.try_ack(p);
+            }
+            _ => {}
+        }
+    }
+
+    /// Queue a DISCONNECT (normal: the cloud discards the will).
+    pub fn disconnect(&self) {
+        match &self.client {
+            Client::V5(c) => {
+                let _ = c.try_disconnect();
+            }
+            Client::V4(c) => {
+                let _ = c.try_disconnect();
+            }
+        }
+    }
+
+    /// Drive the connection; an error ends this uplink.
+    pub async fn poll(&mut self) -> Result<UplinkEvent, String> {
+        match &mut self.events {
+            EventLoop::V5(e) => {
+                use rumqttc::v5::{Event, Incoming as In};
+                let event = e.poll().await.map_err(|e| e.to_string())?;
+                Ok(match event {
+                    Event::Incoming(In::ConnAck(c)) => UplinkEvent::Connected {
+                        session_present: c.session_present,
+                    },
+                    Event::Incoming(In::PubAck(a)) => UplinkEvent::Acked {
+                        pkid: a.pkid,
+                        refused: (!matches!(
+                            a.reason,
+                            p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers
+                        ))
+                        .then(|| format!("{:?}", a.reason)),
+                    },
+                    Event::Incoming(In::PubRec(r))
+                        if !matches!(
+                            r.reason,
+                            p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers
+                        ) =>
+                    {
+                        UplinkEvent::Acked {
+                            pkid: r.pkid,
+                            refused: Some(format!("{:?}", r.reason)),
+                        }
+                    }
+                    Event::Incoming(In::PubComp(c)) => UplinkEvent::Acked {
+                        pkid: c.pkid,
+                        refused: None,
+                    },
+                    Event::Incoming(In::Publish(p)) => UplinkEvent::Message(Box::new(Incoming {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.clone(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                        raw: RawPublish::V5(p),
+                    })),
+                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
+                    _ => UplinkEvent::Other,
+                })
+            }
+            EventLoop::V4(e) => {
+                use rumqttc::{Event, Packet};
+                let event = e.poll().await.map_err(|e| e.to_string())?;
+                Ok(match event {
+                    Event::Incoming(Packet::ConnAck(c)) => UplinkEvent::Connected {
+                        session_present: c.session_present,
+                    },
+                    Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
+                        pkid: a.pkid,
+                        refused: None,
+                    },
+                    Event::Incoming(Packet::PubComp(c)) => UplinkEvent::Acked {
+                        pkid: c.pkid,
+                        refused: None,
+                    },
+                    Event::Incoming(Packet::Publish(p)) => {
+                        UplinkEvent::Message(Box::new(Incoming {
+                            topic: p.topic.clone(),
+                            payload: p.payload.clone(),
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            raw: RawPublish::V4(p),
+                        }))
+                    }
+                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
+                    _ => UplinkEvent::Other,
+                })
+            }
+        }
+    }
+}
+
+fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn qos4(qos: u8) -> rumqttc::QoS {
+    match qos {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+/// Verifies the cloud's certificate against `server_name` instead of the address host.
+#[derive(Debug)]
+struct FixedName {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for FixedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
