@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pair in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl \
+for pair in python3:python3 mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl \
             shellcheck:shellcheck systemd-analyze:systemd dpkg-deb:dpkg \
             qemu-aarch64:qemu-user aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
             arm-linux-gnueabihf-gcc:gcc-arm-linux-gnueabihf; do
@@ -32,6 +32,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== architecture rules: no import cycles (broker, app), file and function sizes"
+python3 scripts/check-imports.py broker app
+python3 scripts/check-sizes.py
 echo "== cargo test"
 export TOLLGATE_REQUIRE_PEERS=1
 cargo test --workspace --lib --bins --tests -- --test-threads=2

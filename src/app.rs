@@ -12,6 +12,7 @@ mod hints;
 pub mod listener;
 mod revalidate;
 mod security;
+mod stream;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,7 +11,7 @@ use crate::broker::{Broker, ConnectionInfo, InternalClient, InternalOptions, Rev
 pub use crate::component::BoxFuture;
 use crate::component::Connector;
 
-use super::listener::ClientStream;
+use super::stream::ClientStream;
 
 /// What the application needs from a broker core.
 pub trait Core: Send + Sync + 'static {

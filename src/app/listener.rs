@@ -12,13 +12,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -27,81 +25,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::core::Core;
+pub use super::stream::ClientStream;
 use crate::broker::{ConnectionInfo, ListenerContext};
-use crate::telemetry::limit::LogStr;
+use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
-
-/// A client byte stream: plain TCP or TLS over TCP.
-pub struct ClientStream {
-    inner: Transport,
-}
-
-enum Transport {
-    Tcp(TcpStream),
-    Tls(Box<tls::LeanTlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match &mut this.inner {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match &mut this.inner {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match &mut this.inner {
-            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            Transport::Tcp(s) => s.is_write_vectored(),
-            Transport::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match &mut this.inner {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
 
 /// TLS part of a listener's state.
 #[derive(Clone)]
@@ -354,9 +281,7 @@ impl Connection {
             connect_deadline: self.deadline,
         };
         let Some(tls) = &self.state.tls else {
-            let stream = ClientStream {
-                inner: Transport::Tcp(self.socket),
-            };
+            let stream = ClientStream::tcp(self.socket);
             self.core.serve(stream, info).await;
             return;
         };
@@ -388,13 +313,15 @@ impl Connection {
                 info.peer_certificates = tls::peer_chain(stream.connection()).map(Arc::new);
             }
             Err(e) => {
-                warn!(target: "audit", %listener, %peer, reason = %LogStr(&e.to_string()), "Client certificate has no usable identity; closing.");
+                Event::new(AuditKind::CertificateNoIdentity)
+                    .listener(&listener)
+                    .peer(Some(peer))
+                    .reason(&e.to_string())
+                    .emit();
                 return;
             }
         }
-        let stream = ClientStream {
-            inner: Transport::Tls(Box::new(stream)),
-        };
+        let stream = ClientStream::tls(stream);
         self.core.serve(stream, info).await;
     }
 }

@@ -868,32 +868,4 @@ mod tests {
         assert!(parse_address("h:99999").is_err());
         assert!(parse_address(":1").is_err());
     }
-
-    #[test]
-    fn the_loader_reports_bridge_keys_with_their_paths() {
-        use crate::config::{load_with_env, ConfigSource};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.toml");
-        std::fs::write(
-            &path,
-            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
-             [[bridge]]\nname = \"cloud\"\naddress = [\"h:1\"]\nclient_id = \"gw\"\nca = \"missing.crt\"\ncolour = \"red\"\nprotocol = \"4\"\n\
-             [[bridge.topic]]\npattern = \"a/#\"\n[[bridge.topic]]\npattern = \"a/#/b\"\ndirection = \"sideways\"\n",
-        )
-        .expect("write");
-        let problems = load_with_env(&ConfigSource::File(path), &Default::default())
-            .expect_err("invalid")
-            .problems()
-            .join("\n");
-        for key in [
-            "bridge[0].colour",
-            "bridge[0].protocol",
-            "bridge[0].topic[1].direction",
-        ] {
-            assert!(
-                problems.contains(&format!("{key}: ")),
-                "{key} in:\n{problems}"
-            );
-        }
-    }
 }

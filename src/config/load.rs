@@ -82,35 +82,13 @@ pub fn load_with_env(
     env: &HashMap<String, String>,
 ) -> Result<LoadedConfig, ConfigError> {
     let label = source.label();
-    let text = match source {
-        ConfigSource::File(path) => {
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?
-        }
-        ConfigSource::Embedded => DEFAULT_CONFIG_TOML.to_string(),
-    };
+    let text = read_source(source)?;
     let problem = |key: &str, message: String| ConfigProblem {
         file: label.clone(),
         key: key.to_string(),
         message,
     };
-
-    if let Err(e) = toml::from_str::<toml::Table>(&text) {
-        let location = e
-            .span()
-            .map(|span| line_column(&text, span.start))
-            .map(|(line, column)| format!("line {line}, column {column}: "))
-            .unwrap_or_default();
-        return Err(ConfigError::Invalid(vec![problem(
-            "",
-            format!(
-                "TOML syntax error at {location}{}",
-                e.message().trim().replace('\n', "; ")
-            ),
-        )]));
-    }
+    check_syntax(&text).map_err(|message| ConfigError::Invalid(vec![problem("", message)]))?;
 
     let overrides = env_overrides(env);
     let mut builder =
@@ -166,46 +144,17 @@ pub fn load_with_env(
     let acl: AclConfig = section(&table, "acl", &mut report);
     let shutdown: ShutdownConfig = section(&table, "shutdown", &mut report);
     let log: LogConfig = section(&table, "log", &mut report);
-    let mut listeners = Vec::new();
-    match table.get("listener").cloned().map(Value::into_array) {
-        None => {}
-        Some(Err(_)) => report(
-            "listener",
-            "must be an array of tables: write each listener as [[listener]]".to_string(),
-        ),
-        Some(Ok(values)) => {
-            for (index, value) in values.into_iter().enumerate() {
-                if let Some(mut listener) = deserialize_all::<ListenerConfig>(
-                    value,
-                    &format!("listener[{index}]"),
-                    &mut report,
-                ) {
-                    listener.index = index;
-                    listeners.push(listener);
-                }
-            }
-        }
-    }
-
-    let mut bridges = Vec::new();
-    match table.get("bridge").cloned().map(Value::into_array) {
-        None => {}
-        Some(Err(_)) => report(
-            "bridge",
-            "must be an array of tables: write each bridge as [[bridge]]".to_string(),
-        ),
-        Some(Ok(values)) => {
-            for (index, value) in values.into_iter().enumerate() {
-                if let Some(bridge) = deserialize_all::<crate::bridge::BridgeConfig>(
-                    value,
-                    &format!("bridge[{index}]"),
-                    &mut report,
-                ) {
-                    bridges.push(bridge);
-                }
-            }
-        }
-    }
+    let listeners = array_section::<ListenerConfig>(&table, "listener", &mut report)
+        .into_iter()
+        .map(|(index, mut listener)| {
+            listener.index = index;
+            listener
+        })
+        .collect();
+    let bridges = array_section::<crate::bridge::BridgeConfig>(&table, "bridge", &mut report)
+        .into_iter()
+        .map(|(_, bridge)| bridge)
+        .collect();
 
     let mut config = Config {
         broker,
@@ -230,17 +179,7 @@ pub fn load_with_env(
         notices.push(why);
     }
 
-    let mut warnings = Vec::new();
-    let mut stray: Vec<&String> = env
-        .keys()
-        .filter(|k| k.starts_with("TOLLGATE_") && !k.contains("__"))
-        .collect();
-    stray.sort();
-    for var in stray {
-        warnings.push(format!(
-            "environment variable {var} is not a configuration override (those look like TOLLGATE_SECTION__KEY, e.g. TOLLGATE_BROKER__MAX_CONNECTIONS); ignored"
-        ));
-    }
+    let mut warnings = stray_environment(env);
     validate(&config, &mut problems, &mut warnings);
     for p in &mut problems {
         if !p.message.contains("environment variable") {
@@ -258,6 +197,77 @@ pub fn load_with_env(
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// The configuration text of `source`.
+fn read_source(source: &ConfigSource) -> Result<String, ConfigError> {
+    match source {
+        ConfigSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })
+        }
+        ConfigSource::Embedded => Ok(DEFAULT_CONFIG_TOML.to_string()),
+    }
+}
+
+/// A TOML syntax error, with its line and column.
+fn check_syntax(text: &str) -> Result<(), String> {
+    let Err(e) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let location = e
+        .span()
+        .map(|span| line_column(text, span.start))
+        .map(|(line, column)| format!("line {line}, column {column}: "))
+        .unwrap_or_default();
+    Err(format!(
+        "TOML syntax error at {location}{}",
+        e.message().trim().replace('\n', "; ")
+    ))
+}
+
+/// An array of tables (`[[listener]]`, `[[bridge]]`): each entry that deserializes,
+/// with its index; every problem of every entry is reported with its key path.
+fn array_section<T: DeserializeOwned>(
+    table: &Map<String, Value>,
+    key: &str,
+    report: &mut impl FnMut(&str, String),
+) -> Vec<(usize, T)> {
+    match table.get(key).cloned().map(Value::into_array) {
+        None => Vec::new(),
+        Some(Err(_)) => {
+            report(
+                key,
+                format!("must be an array of tables: write each {key} as [[{key}]]"),
+            );
+            Vec::new()
+        }
+        Some(Ok(values)) => values
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, value)| {
+                deserialize_all::<T>(value, &format!("{key}[{index}]"), report)
+                    .map(|entry| (index, entry))
+            })
+            .collect(),
+    }
+}
+
+/// `TOLLGATE_*` variables that are not overrides (no `__`): a warning each.
+fn stray_environment(env: &HashMap<String, String>) -> Vec<String> {
+    let mut stray: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("TOLLGATE_") && !k.contains("__"))
+        .collect();
+    stray.sort();
+    stray
+        .into_iter()
+        .map(|var| format!(
+            "environment variable {var} is not a configuration override (those look like TOLLGATE_SECTION__KEY, e.g. TOLLGATE_BROKER__MAX_CONNECTIONS); ignored"
+        ))
+        .collect()
 }
 
 /// Sort key placing a problem where its key sits in a documented file.
