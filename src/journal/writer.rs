@@ -281,6 +281,7 @@ impl Writer {
         let pressure = self.shared.used.load(Ordering::Acquire) + self.config.segment_bytes
             > self.config.max_bytes;
         self.reclaim(pressure);
+        self.publish();
         for (from_seq, max_records, max_bytes, reply) in round.reads {
             let _ = reply.send(self.read(from_seq, max_records, max_bytes));
         }
@@ -406,17 +407,23 @@ impl Writer {
                 }
                 let segment = self.segments.back_mut().expect("invariant: active segment");
                 segment.len += bytes;
-                for s in staged.drain(..) {
+                for s in staged.iter() {
                     segment.records.push(s.meta);
                     segment.pending += 1;
                     segment.charged += s.cost;
                     self.pending_records += 1;
                     self.pending_bytes += u64::from(s.meta.len);
                     self.last_seq = s.meta.seq;
-                    self.shared.appended.fetch_add(1, Ordering::Relaxed);
-                    let _ = s.reply.send(Ok(s.meta.seq));
                 }
                 self.shared.disk_bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.shared
+                    .appended
+                    .fetch_add(staged.len() as u64, Ordering::Relaxed);
+                // Counters first, so a caller woken by its reply sees its record counted.
+                self.publish();
+                for s in staged.drain(..) {
+                    let _ = s.reply.send(Ok(s.meta.seq));
+                }
                 Ok(())
             }
             Err((action, source)) => {
