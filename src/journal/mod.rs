@@ -565,6 +565,15 @@ impl Journal {
         }
     }
 
+    /// The sequence number the next append will get.
+    pub fn next_seq(&self) -> u64 {
+        self.inner
+            .append
+            .lock()
+            .expect("invariant: no panic under lock")
+            .next_seq
+    }
+
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.inner.shared.dir
