@@ -269,7 +269,7 @@ async fn damaged_tail_is_cut_at_open_reported_and_appends_follow_the_intact_pref
     let segment = dir.path().join(&files(dir.path(), ".seg")[0]);
     let mut bytes = std::fs::read(&segment).expect("read");
     let intact = bytes.len() as u64;
-    bytes.extend_from_slice(&bytes[..30].to_vec()); // a torn copy of a record
+    bytes.extend_from_within(..30); // a torn copy of a record
     std::fs::write(&segment, &bytes).expect("write");
 
     let (journal, recovery) = open(dir.path(), small(SyncMode::Batch));

@@ -211,9 +211,11 @@ impl Writer {
             };
             let mut round = Round::default();
             self.take(first, &mut round);
+            // Always mode: one append per round, so each gets its own fsync.
+            let one_append_per_round = self.config.sync == SyncMode::Always;
             while round.close.is_none()
                 && round.append_bytes < self.config.max_batch_bytes
-                && !(self.config.sync == SyncMode::Always && !round.appends.is_empty())
+                && (!one_append_per_round || round.appends.is_empty())
             {
                 match rx.try_recv() {
                     Ok(command) => self.take(command, &mut round),
@@ -725,10 +727,7 @@ impl Writer {
                 let file = match (&self.active, index == last) {
                     (Some(active), true) => active,
                     _ => {
-                        if self
-                            .read_cache
-                            .as_ref()
-                            .is_none_or(|(seq, _)| *seq != segment.first_seq)
+                        if !matches!(&self.read_cache, Some((seq, _)) if *seq == segment.first_seq)
                         {
                             let file =
                                 File::open(&path).map_err(|e| self.io("open", path.clone(), e))?;
