@@ -14,6 +14,7 @@ pub mod component;
 pub mod config;
 pub mod duration;
 pub mod fsutil;
+pub mod journal;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;
