@@ -38,24 +38,7 @@ pub(super) fn recover(
     std::fs::create_dir_all(dir).map_err(|e| io("create the directory", dir, e))?;
     let dir_file = File::open(dir).map_err(|e| io("open the directory", dir, e))?;
 
-    let mut segment_ids = Vec::new();
-    let mut ack_ids = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io("list", dir, e))? {
-        let entry = entry.map_err(|e| io("list", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let parsed = |suffix: &str| {
-            name.strip_suffix(suffix)
-                .filter(|stem| stem.len() == 20)
-                .and_then(|stem| stem.parse::<u64>().ok())
-        };
-        if let Some(id) = parsed(".seg") {
-            segment_ids.push(id);
-        } else if let Some(id) = parsed(".ack") {
-            ack_ids.push(id);
-        }
-    }
-    segment_ids.sort_unstable();
+    let (segment_ids, ack_ids) = list_files(dir).map_err(|e| io("list", dir, e))?;
 
     let mut lost = LossReport::default();
     let mut segments = VecDeque::new();
@@ -177,6 +160,28 @@ pub(super) fn recover(
     writer.reclaim(false);
     writer.publish();
     Ok((writer, Recovery { pending, lost }, next_seq))
+}
+
+/// The first sequence numbers of the segment files (sorted) and of the ack files in `dir`.
+fn list_files(dir: &Path) -> std::io::Result<(Vec<u64>, Vec<u64>)> {
+    let mut segment_ids = Vec::new();
+    let mut ack_ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let parsed = |suffix: &str| {
+            name.strip_suffix(suffix)
+                .filter(|stem| stem.len() == 20)
+                .and_then(|stem| stem.parse::<u64>().ok())
+        };
+        if let Some(id) = parsed(".seg") {
+            segment_ids.push(id);
+        } else if let Some(id) = parsed(".ack") {
+            ack_ids.push(id);
+        }
+    }
+    segment_ids.sort_unstable();
+    Ok((segment_ids, ack_ids))
 }
 
 /// Apply a segment's ack file; returns the length of its intact part (a torn entry at
