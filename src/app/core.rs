@@ -26,6 +26,11 @@ pub trait Core: Send + Sync + 'static {
     /// Re-check every live session against `check` (after a reload) and end those it
     /// rejects with the verdict's v5 reason code. Cores without sessions ignore it.
     fn revalidate(&self, _check: RevalidateCheck) {}
+    /// The core's log rate limits, so the listener's lines about a client (a refused
+    /// TLS handshake) are limited with the broker's. Cores without limits: `None`.
+    fn log_limits(&self) -> Option<Arc<crate::telemetry::limit::LogLimits>> {
+        None
+    }
     /// Attach an in-process client (the gateway's own publishers, e.g. certificate
     /// expiry warnings). Cores without a router refuse.
     fn connect_internal(
@@ -79,6 +84,10 @@ impl Core for BrokerCore {
 
     fn revalidate(&self, check: RevalidateCheck) {
         self.broker.revalidate(check);
+    }
+
+    fn log_limits(&self) -> Option<Arc<crate::telemetry::limit::LogLimits>> {
+        Some(self.broker.log_limits())
     }
 
     fn connect_internal(

@@ -302,7 +302,10 @@ impl Connection {
                 return;
             }
             Ok(Err(e)) => {
-                tls::log_handshake_failure(&listener, peer, &e);
+                limited(&self.core, peer, || {
+                    tls::log_handshake_failure(&listener, peer, &e);
+                })
+                .await;
                 return;
             }
             Ok(Ok(stream)) => stream,
@@ -313,16 +316,30 @@ impl Connection {
                 info.peer_certificates = tls::peer_chain(stream.connection()).map(Arc::new);
             }
             Err(e) => {
-                Event::new(AuditKind::CertificateNoIdentity)
-                    .listener(&listener)
-                    .peer(Some(peer))
-                    .reason(&e.to_string())
-                    .emit();
+                limited(&self.core, peer, || {
+                    Event::new(AuditKind::CertificateNoIdentity)
+                        .listener(&listener)
+                        .peer(Some(peer))
+                        .reason(&e.to_string())
+                        .emit();
+                })
+                .await;
                 return;
             }
         }
         let stream = ClientStream::tls(stream);
         self.core.serve(stream, info).await;
+    }
+}
+
+/// Write a line about `peer` under the core's log rate limits (its peer's window and the
+/// broker-wide one), so a flood of bad handshakes cannot flood the log.
+async fn limited(core: &Arc<dyn Core>, peer: SocketAddr, write: impl FnOnce()) {
+    match core.log_limits() {
+        Some(limits) => {
+            crate::telemetry::limit::scope(limits, Some(peer.ip()), async { write() }).await
+        }
+        None => write(),
     }
 }
 

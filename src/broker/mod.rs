@@ -171,6 +171,12 @@ impl Broker {
         link::internal::connect(self.shared.clone(), options).await
     }
 
+    /// The log rate limits in force, so lines written outside the broker about its
+    /// clients (a TLS handshake refused by a listener) share their windows.
+    pub fn log_limits(&self) -> std::sync::Arc<crate::telemetry::limit::LogLimits> {
+        self.shared.log_limits.clone()
+    }
+
     /// Current counters (the same figures the `$SYS/broker/...` topics carry).
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {

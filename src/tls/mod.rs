@@ -618,7 +618,11 @@ pub fn log_handshake_failure(
 ) -> CertRejection {
     let reason = classify_handshake_error(e);
     if is_certificate_rejection(e) {
-        tracing::warn!(target: "audit", %listener, %peer, ?reason, "Client certificate rejected.");
+        crate::telemetry::audit::Event::new(crate::telemetry::audit::Kind::CertificateRejected)
+            .listener(listener)
+            .peer(Some(peer))
+            .reason(&format!("{reason:?}"))
+            .emit();
     } else {
         tracing::debug!(%listener, %peer, error = %e, "TLS handshake failed.");
     }
