@@ -51,7 +51,8 @@ use super::stats::StatsCounters;
 use super::trie::{SessionKey, SharedRef, SubOptions, SubscriptionTrie};
 use crate::acl::{Access, Authorizer};
 use crate::auth::Identity;
-use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
+use crate::telemetry::audit::{Event, Kind as AuditKind};
+use crate::telemetry::limit::LogStr;
 use crate::topic;
 
 struct Queued {

@@ -19,8 +19,11 @@ pub enum Kind {
     AuthSucceeded,
     /// A CONNECT's credentials were refused (bad password, throttled, not authorized).
     AuthRefused,
-    /// A connection was refused before authentication (invalid CONNECT, policy).
+    /// A CONNECT refused by authentication, as the connection saw it (counted here; the
+    /// authenticator's own line says why).
     ConnectRefused,
+    /// A CONNECT refused because its will may not be published.
+    WillDenied,
     /// A client is connected and its session attached.
     ClientConnected,
     /// A CONNECT asked for a session that belongs to another identity.
@@ -41,7 +44,7 @@ pub enum Kind {
     ConfigReloadRefused,
 }
 
-const KINDS: usize = 12;
+const KINDS: usize = 13;
 
 static COUNTS: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
@@ -69,6 +72,7 @@ impl Kind {
         Kind::AuthSucceeded,
         Kind::AuthRefused,
         Kind::ConnectRefused,
+        Kind::WillDenied,
         Kind::ClientConnected,
         Kind::SessionOwnerMismatch,
         Kind::SessionRevoked,
@@ -104,7 +108,13 @@ impl Kind {
                 "connect_refused",
                 Level::Warn,
                 Limit::Event(L::AuthRefused),
-                "Connection refused.",
+                "Connection refused by authentication.",
+            ),
+            Kind::WillDenied => (
+                "will_denied",
+                Level::Warn,
+                Limit::Line(L::AclDenied),
+                "Connection refused: not authorized to publish the will.",
             ),
             Kind::ClientConnected => (
                 "client_connected",
@@ -122,7 +132,7 @@ impl Kind {
                 "session_revoked",
                 Level::Warn,
                 Limit::None,
-                "Session ended: its credentials no longer hold after the reload.",
+                "Client disconnected: credentials no longer valid after reload.",
             ),
             Kind::AclDenied => (
                 "acl_denied",
@@ -193,6 +203,8 @@ pub struct Event<'a> {
     error: Option<String>,
     config: Option<&'a str>,
     problems: Option<usize>,
+    owner: Option<&'a Identity>,
+    code: Option<u8>,
 }
 
 /// A peer: a socket address, or a word such as `in-process`.
@@ -230,6 +242,8 @@ impl<'a> Event<'a> {
             error: None,
             config: None,
             problems: None,
+            owner: None,
+            code: None,
         }
     }
 
@@ -326,6 +340,18 @@ impl<'a> Event<'a> {
         self
     }
 
+    /// The identity that owns what was asked for (a session held by someone else).
+    pub fn owner(mut self, owner: &'a Identity) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// The MQTT reason code sent to the client.
+    pub fn code(mut self, code: u8) -> Self {
+        self.code = Some(code);
+        self
+    }
+
     /// Count the event and write its line (unless its rate limit says no).
     pub fn emit(self) {
         COUNTS[self.kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -359,6 +385,9 @@ impl<'a> Event<'a> {
                     error = e.error.as_deref().map(|r| display(LogStr(r))),
                     config = e.config,
                     problems = e.problems,
+                    owner = e.owner.and_then(|o| o.username.as_deref()).map(|u| display(LogStr(u))),
+                    owner_via = e.owner.map(|o| debug(o.via)),
+                    code = e.code,
                     "{message}"
                 )
             };

@@ -38,6 +38,7 @@ use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::settings::{BrokerSettings, ConnectionInfo};
 use crate::broker::shared::Shared;
+use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
 async fn refuse_connect<S: AsyncWrite + Unpin>(
@@ -242,7 +243,10 @@ async fn admit_steps(
     };
     let identity = authenticate(shared, &info, client_id, username, password).await?;
     authorize_will(shared, &info, &identity, will.as_ref())?;
-    info!(target: "audit", client_id = %LogStr(&identity.client_id), %peer, listener = %info.listener.name, via = ?identity.via, username = %LogStr::opt(identity.username.as_deref()), "Client connected.");
+    Event::new(AuditKind::ClientConnected)
+        .identity(&identity)
+        .peer(Some(peer))
+        .emit();
 
     let connack = v5::ConnAck {
         session_present: false,
@@ -434,9 +438,12 @@ async fn authenticate(
             Err(Refusal::Close)
         }
         Ok(Err(e)) => {
-            if log_limit::event(Kind::AuthRefused) {
-                warn!(target: "audit", client_id = %LogStr(&client_id), %peer, listener = %info.listener.name, reason = %LogStr(&e.to_string()), "Connection refused by authentication.");
-            }
+            Event::new(AuditKind::ConnectRefused)
+                .listener(&info.listener.name)
+                .peer(Some(peer))
+                .client_id(&client_id)
+                .reason(&e.to_string())
+                .emit();
             Err(refusal(auth_reason(&e), e.to_string()))
         }
         Ok(Ok(identity)) => Ok(identity),
@@ -457,9 +464,10 @@ fn authorize_will(
     if crate::acl::authorize_write(&*shared.authorizer(), identity, topic, Some(info.peer)) {
         return Ok(());
     }
-    if log_limit::line(Kind::AclDenied) {
-        warn!(target: "audit", client_id = %LogStr(&identity.client_id), peer = %info.peer, listener = %info.listener.name, username = %LogStr::opt(identity.username.as_deref()), "Connection refused: not authorized to publish the will.");
-    }
+    Event::new(AuditKind::WillDenied)
+        .identity(identity)
+        .peer(Some(info.peer))
+        .emit();
     Err(refusal(
         ReasonCode::NotAuthorized,
         "not authorized to publish to the will topic",

@@ -378,7 +378,10 @@ impl Router {
                     .authorizer
                     .allows(&session.identity, Access::Read, topic)
                 {
-                    debug!(target: "audit", client_id = %LogStr(&session.client_id), topic = %LogStr(topic), "Delivery denied by ACL.");
+                    Event::new(AuditKind::DeliveryDenied)
+                        .client_id(&session.client_id)
+                        .topic(topic)
+                        .emit();
                     continue;
                 }
                 let qos = min_qos(msg.qos, granted);

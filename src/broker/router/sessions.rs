@@ -77,9 +77,10 @@ impl Router {
         if owner.same_principal(&req.identity) {
             return false;
         }
-        if log_limit::event(Kind::AuthRefused) {
-            warn!(target: "audit", event = "session_owner_mismatch", client_id = %LogStr(&req.identity.client_id), listener = %req.identity.listener, username = %LogStr::opt(req.identity.username.as_deref()), via = ?req.identity.via, owner = %LogStr::opt(owner.username.as_deref()), owner_via = ?owner.via, "Connection refused: the client id holds a session of another identity.");
-        }
+        Event::new(AuditKind::SessionOwnerMismatch)
+            .identity(&req.identity)
+            .owner(owner)
+            .emit();
         stats(&self.ctx)
             .refused_session_owner
             .fetch_add(1, Ordering::Relaxed);

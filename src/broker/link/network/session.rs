@@ -25,6 +25,7 @@ use crate::broker::link::{Backlog, ConnId, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
+use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
 fn disconnect_packet(code: ReasonCode, reason: &str) -> v5::Packet {
@@ -302,7 +303,13 @@ impl Session {
         let check = self.revalidate.borrow_and_update().clone();
         let verdict = check.and_then(|check| check(&self.credentials))?;
         let identity = &self.credentials.identity;
-        warn!(target: "audit", listener = %self.credentials.listener, peer = %self.state.peer, client_id = %LogStr(&identity.client_id), username = %LogStr::opt(identity.username.as_deref()), via = ?identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
+        Event::new(AuditKind::SessionRevoked)
+            .identity(identity)
+            .listener(&self.credentials.listener)
+            .peer(Some(self.state.peer))
+            .code(verdict.reason_code())
+            .reason(verdict.reason())
+            .emit();
         if self.state.v5() {
             codec::encode_v5_disconnect(
                 verdict.reason_code(),
