@@ -512,3 +512,35 @@ async fn inbound_topic_aliases_are_bounded_in_bytes() {
     assert_eq!(reason.reason_code, p5::DisconnectReasonCode::QuotaExceeded);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn audit_event_counts_and_untracked_login_failures_are_on_sys_topics() {
+    let b = start_broker_with(settings(|s| s.sys_interval = Duration::from_secs(1))).await;
+    let mut c = v4(b.addr, "audit-counted").await;
+    c.subscribe(
+        "$SYS/tollgate/audit/events/client_connected",
+        rumqttc::QoS::AtMostOnce,
+    )
+    .await;
+    c.subscribe(
+        "$SYS/tollgate/auth/untracked_failures",
+        rumqttc::QoS::AtMostOnce,
+    )
+    .await;
+    let (mut connected, mut untracked) = (None, None);
+    while connected.is_none() || untracked.is_none() {
+        let p = c.publish().await;
+        let value: u64 = std::str::from_utf8(&p.payload)
+            .expect("utf-8")
+            .parse()
+            .expect("a count");
+        match p.topic.as_str() {
+            "$SYS/tollgate/audit/events/client_connected" => connected = Some(value),
+            "$SYS/tollgate/auth/untracked_failures" => untracked = Some(value),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // This client's own CONNECT is one of the events counted (process-wide counters).
+    assert!(connected.expect("seen") >= 1);
+    b.stop().await;
+}

@@ -14,6 +14,7 @@ mod passwd;
 mod password;
 mod password_auth;
 mod throttle;
+pub use throttle::untracked_failures;
 
 pub use identity::{AuthMethod, Identity};
 pub use passwd::{run_passwd, PasswdCommand, PasswdError};

@@ -57,6 +57,15 @@ impl ThrottlePolicy {
     }
 }
 
+/// Failures that went untracked because a failed-login table was full of live entries
+/// (process-wide, for `$SYS/tollgate/auth/untracked_failures`).
+static UNTRACKED_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many failed logins went untracked because a failed-login table was full.
+pub fn untracked_failures() -> u64 {
+    UNTRACKED_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One failure table (addresses or user names), bounded by `capacity` entries of
 /// fixed size.
 #[derive(Debug)]
@@ -88,6 +97,7 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
             if self.entries.len() >= policy.capacity {
                 // Table full of live entries (a flood from many sources): this key goes
                 // untracked rather than growing memory; the other table still applies.
+                UNTRACKED_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !self.full {
                     tracing::warn!(capacity = policy.capacity, "Failed-login table full: further sources or user names are not throttled until entries expire.");
                     self.full = true;
@@ -217,6 +227,20 @@ mod tests {
         assert!(t.wait(elsewhere, Some(&other), now).is_none());
         t.succeed(ip, &long);
         assert!(t.wait(elsewhere, Some(&long), now).is_none());
+    }
+
+    #[test]
+    fn failures_beyond_a_full_table_are_counted_as_untracked() {
+        let mut t = Throttle::new(policy());
+        let now = Instant::now();
+        let before = untracked_failures();
+        for i in 0..6u8 {
+            let ip: IpAddr = format!("192.0.2.{}", 10 + i).parse().expect("ip");
+            t.fail(ip, None, now);
+        }
+        // Capacity 4: the 5th and 6th sources go untracked (counted, not stored).
+        assert!(untracked_failures() >= before + 2);
+        assert_eq!(t.tracked().0, 4);
     }
 
     #[test]

@@ -104,10 +104,25 @@ impl Router {
             ),
             ("$SYS/tollgate/audit/timeout", audit.timeout.to_string()),
         ];
+        let events = crate::telemetry::audit::Kind::ALL.iter().map(|k| {
+            (
+                Bytes::from(format!("$SYS/tollgate/audit/events/{}", k.name())),
+                crate::telemetry::audit::count(*k).to_string(),
+            )
+        });
+        let untracked = (
+            Bytes::from_static(b"$SYS/tollgate/auth/untracked_failures"),
+            crate::auth::untracked_failures().to_string(),
+        );
+        let values = values
+            .into_iter()
+            .map(|(topic, value)| (Bytes::from_static(topic.as_bytes()), value))
+            .chain(events)
+            .chain(std::iter::once(untracked));
         for (topic, value) in values {
             self.route(
                 Arc::new(Message {
-                    topic: Bytes::from_static(topic.as_bytes()),
+                    topic,
                     payload: Bytes::from(value),
                     qos: QoS::AtMostOnce,
                     retain: true,
