@@ -385,7 +385,7 @@ impl App {
         let core = make_core(
             crate::broker::BrokerSettings {
                 log_limits: config.log.rate_limit.clone(),
-                ..config.broker.settings()
+                ..config.broker.clone()
             },
             Arc::new(security.authenticator.clone()),
             security.authorizer.clone(),

@@ -55,6 +55,19 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
     deserializer.deserialize_any(DurationVisitor)
 }
 
+/// A duration in whole seconds that fits a `u32` (MQTT intervals such as the session
+/// expiry), written like every other duration.
+pub fn deserialize_secs_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let d = deserialize(deserializer)?;
+    u32::try_from(d.as_secs()).map_err(|_| {
+        de::Error::custom(format!(
+            "{} is out of range (at most {} seconds, about 136 years)",
+            format(d),
+            u32::MAX
+        ))
+    })
+}
+
 struct DurationVisitor;
 
 impl Visitor<'_> for DurationVisitor {

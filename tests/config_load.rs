@@ -363,3 +363,24 @@ fn the_loader_reports_bridge_keys_with_their_paths() {
         );
     }
 }
+
+#[test]
+fn broker_section_is_the_broker_settings_type_with_durations_checked_when_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text =
+        format!("{MINIMAL}[broker]\nmax_session_expiry = \"50000d\"\nsys_interval = \"2s\"\n");
+    let path = write(dir.path(), "t.toml", &text);
+    let found = problems(load_with_env(&ConfigSource::File(path), &HashMap::new()));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("broker.max_session_expiry") && p.contains("out of range")),
+        "{found:?}"
+    );
+    let text = format!("{MINIMAL}[broker]\nmax_session_expiry = \"1d\"\n");
+    let path = write(dir.path(), "ok.toml", &text);
+    let c = load_with_env(&ConfigSource::File(path), &HashMap::new())
+        .expect("valid")
+        .config;
+    assert_eq!(c.broker.max_session_expiry, 86_400);
+}

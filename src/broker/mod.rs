@@ -71,7 +71,7 @@ pub use link::internal::{Delivery, DeliveryAck, InternalClient, InternalOptions}
 pub use link::{BrokerError, QueueOverflow};
 pub use reason::ReasonCode;
 pub use revalidate::{RevalidateCheck, RevalidateVerdict, SessionCredentials};
-pub use settings::{BrokerSettings, ConnectionInfo, ListenerContext};
+pub use settings::{BrokerSettings, ConnectionInfo, ListenerContext, DEFAULT_DATA_DIR};
 pub use stats::BrokerStats;
 
 /// Cloneable handle to a running broker core.

@@ -4,6 +4,7 @@
 //! (`ConnectionInfo`). Plain data: it must never hold state or do I/O.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +14,28 @@ use super::keepalive::KeepAlivePolicy;
 use super::link::QueueOverflow;
 use crate::telemetry::limit::LogLimitSettings;
 
-/// Tunables of the broker core, built by `app` from `[broker]` in the config.
-#[derive(Debug, Clone)]
+/// Default state directory, also the signal for the unprivileged fallback.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tollgate";
+
+/// The `[broker]` section: the broker core's tunables, deserialized as they are used (one
+/// type for the file and the runtime; `config` validates the ranges).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
+    /// State directory (development PKI, bridge journals, later sessions).
+    pub data_dir: PathBuf,
+    /// Connections accepted at once over all listeners; more are closed before TLS.
+    pub max_connections: u32,
     /// Largest packet accepted from or sent to a client, in bytes.
     pub max_packet_size: u32,
     /// Time allowed between accepting a socket and a complete CONNECT (TLS handshake included).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub connect_timeout: Duration,
     /// Largest keep alive a client may ask for; v5 clients asking more get Server Keep Alive.
     pub max_keepalive: u16,
-    /// Largest session expiry interval granted to v5 clients, in seconds.
+    /// Largest session expiry interval granted to v5 clients, in seconds (a duration in
+    /// the file: `"7d"`).
+    #[serde(deserialize_with = "crate::duration::deserialize_secs_u32")]
     pub max_session_expiry: u32,
     /// Messages queued for an offline persistent session before the overflow policy applies.
     pub max_offline_messages: usize,
@@ -46,14 +59,18 @@ pub struct BrokerSettings {
     /// Sessions with a non-zero expiry; a CONNECT creating one more is refused (0x97).
     pub max_persistent_sessions: usize,
     /// How often `$SYS/broker/...` statistics are published; zero disables them.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub sys_interval: Duration,
-    /// Rate limits of the log lines clients can cause (`[log] rate_limit`).
+    /// Rate limits of the log lines clients can cause (from `[log] rate_limit`, not `[broker]`).
+    #[serde(skip)]
     pub log_limits: LogLimitSettings,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_connections: 10_000,
             max_packet_size: 1_048_576,
             connect_timeout: Duration::from_secs(10),
             max_keepalive: 65_535,

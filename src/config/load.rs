@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::validate::validate;
 use super::{
-    AclConfig, AuthConfig, BrokerConfig, Config, ConfigError, ConfigProblem, ListenerConfig,
+    AclConfig, AuthConfig, BrokerSettings, Config, ConfigError, ConfigProblem, ListenerConfig,
     LogConfig, ShutdownConfig, DEFAULT_DATA_DIR,
 };
 
@@ -139,7 +139,7 @@ pub fn load_with_env(
         problems.push(problem(key, format!("{message}{note}")));
     };
 
-    let broker: BrokerConfig = section(&table, "broker", &mut report);
+    let broker: BrokerSettings = section(&table, "broker", &mut report);
     let auth: AuthConfig = section(&table, "auth", &mut report);
     let acl: AclConfig = section(&table, "acl", &mut report);
     let shutdown: ShutdownConfig = section(&table, "shutdown", &mut report);

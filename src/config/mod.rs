@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::duration;
 
 use crate::app::listener::TcpKeepalive;
-use crate::broker::{BrokerSettings, KeepAlivePolicy, QueueOverflow};
+use crate::broker::{KeepAlivePolicy, QueueOverflow};
 use crate::tls::{ClientCertMode, IdentitySource, ServerTlsSettings, TlsVersion};
 
 pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_TOML};
@@ -26,7 +26,7 @@ pub use load::{load, load_with_env, ConfigSource, LoadedConfig, DEFAULT_CONFIG_T
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `[broker]`: limits and tunables of the broker core.
-    pub broker: BrokerConfig,
+    pub broker: BrokerSettings,
     /// `[[listener]]`: sockets tollgate accepts clients on, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// `[auth]`: password authentication.
@@ -43,101 +43,10 @@ pub struct Config {
     pub source: ConfigSource,
 }
 
-/// `[broker]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    /// State directory (development PKI, later journal and sessions).
-    pub data_dir: PathBuf,
-    /// Largest MQTT packet accepted from or sent to a client, in bytes.
-    pub max_packet_size: u32,
-    /// Connections accepted at once over all listeners; more are closed before TLS.
-    pub max_connections: u32,
-    /// Time from accept to a complete CONNECT, TLS handshake included.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub connect_timeout: Duration,
-    /// Largest keep alive granted to a client, in seconds.
-    pub max_keepalive: u16,
-    /// Largest session expiry interval granted to v5 clients.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub max_session_expiry: Duration,
-    /// Messages queued per offline persistent session.
-    pub max_offline_messages: usize,
-    /// Bytes queued per offline persistent session.
-    pub max_offline_bytes: usize,
-    /// Unacknowledged QoS 1/2 messages accepted from one client (v5 Receive Maximum).
-    pub receive_maximum: u16,
-    /// QoS 1/2 messages in flight towards a client that sets no Receive Maximum.
-    pub max_inflight: u16,
-    /// Topic aliases a v5 client may use towards the broker (0 disables them).
-    pub topic_alias_maximum: u16,
-    /// Most levels in a topic name or filter; deeper ones are refused.
-    pub max_topic_levels: usize,
-    /// Subscriptions one client session may hold.
-    pub max_subscriptions_per_client: usize,
-    /// Retained messages stored at most.
-    pub max_retained_messages: usize,
-    /// Bytes of retained messages stored at most.
-    pub max_retained_bytes: usize,
-    /// Sessions with a non-zero expiry kept at most.
-    pub max_persistent_sessions: usize,
-    /// Period of `$SYS/broker/...` statistics; 0 disables them.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub sys_interval: Duration,
-}
-
+/// `[broker]`: the type the broker core owns.
+pub use crate::broker::BrokerSettings;
 /// Default state directory, also the signal for the unprivileged fallback.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/tollgate";
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        let core = BrokerSettings::default();
-        BrokerConfig {
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            max_packet_size: core.max_packet_size,
-            max_connections: 10_000,
-            connect_timeout: core.connect_timeout,
-            max_keepalive: core.max_keepalive,
-            max_session_expiry: Duration::from_secs(u64::from(core.max_session_expiry)),
-            max_offline_messages: core.max_offline_messages,
-            max_offline_bytes: core.max_offline_bytes,
-            receive_maximum: core.receive_maximum,
-            max_inflight: core.max_inflight,
-            topic_alias_maximum: core.topic_alias_maximum,
-            max_topic_levels: core.max_topic_levels,
-            max_subscriptions_per_client: core.max_subscriptions_per_client,
-            max_retained_messages: core.max_retained_messages,
-            max_retained_bytes: core.max_retained_bytes,
-            max_persistent_sessions: core.max_persistent_sessions,
-            sys_interval: core.sys_interval,
-        }
-    }
-}
-
-impl BrokerConfig {
-    /// The broker core's settings (validation guarantees every value fits).
-    pub fn settings(&self) -> BrokerSettings {
-        BrokerSettings {
-            max_packet_size: self.max_packet_size,
-            connect_timeout: self.connect_timeout,
-            max_keepalive: self.max_keepalive,
-            max_session_expiry: u32::try_from(self.max_session_expiry.as_secs())
-                .unwrap_or(u32::MAX),
-            max_offline_messages: self.max_offline_messages,
-            max_offline_bytes: self.max_offline_bytes,
-            receive_maximum: self.receive_maximum,
-            max_inflight: self.max_inflight,
-            topic_alias_maximum: self.topic_alias_maximum,
-            max_topic_levels: self.max_topic_levels,
-            max_subscriptions_per_client: self.max_subscriptions_per_client,
-            max_retained_messages: self.max_retained_messages,
-            max_retained_bytes: self.max_retained_bytes,
-            max_persistent_sessions: self.max_persistent_sessions,
-            sys_interval: self.sys_interval,
-            log_limits: Default::default(),
-        }
-    }
-}
+pub use crate::broker::DEFAULT_DATA_DIR;
 
 /// Transport of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
