@@ -8,12 +8,15 @@
 
 pub(super) mod internal;
 pub(super) mod network;
+mod outbox;
+
+pub(crate) use outbox::{out_queue, OutRx, OutTx};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::codec::{v5, QoS};
@@ -145,10 +148,6 @@ impl OutPublish {
         }
     }
 }
-
-/// Router → connection channel; unbounded so the router never blocks, bounded in
-/// practice by the inflight window (QoS 1/2) and the slow-consumer guard (QoS 0).
-pub(crate) type OutTx = mpsc::UnboundedSender<Vec<Outgoing>>;
 
 /// What the router has handed to a connection and the connection has not taken yet
 /// (the slow-consumer guard reads it): items, and bytes of their messages.
@@ -321,9 +320,6 @@ pub enum BrokerError {
     Refused(String),
 }
 
-/// Router → connection receiving end.
-pub(crate) type OutRx = mpsc::UnboundedReceiver<Vec<Outgoing>>;
-
 impl ConnectRequest {
     /// The one way an endpoint builds its request: connection `conn` of `identity`,
     /// answered with `connack` on a new channel (returned with the request). The
@@ -335,7 +331,7 @@ impl ConnectRequest {
         receive_maximum: u16,
         connack: v5::ConnAck,
     ) -> (ConnectRequest, OutRx) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = out_queue();
         let request = ConnectRequest {
             conn,
             tx,

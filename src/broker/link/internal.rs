@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg,
+    out_queue, Backlog, BrokerError, ConnId, ConnectRequest, Inbound, OutRx, Outgoing,
+    QueueOverflow, RouterMsg,
 };
 use crate::auth::Identity;
 use crate::broker::checks::check_filter;
@@ -123,7 +124,7 @@ pub struct InternalClient {
     shared: Arc<Shared>,
     conn: ConnId,
     identity: Identity,
-    rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    rx: OutRx,
     buffered: VecDeque<Outgoing>,
     backlog: Arc<Backlog>,
     session_present: bool,
@@ -167,7 +168,7 @@ pub(crate) async fn connect(
         shared,
         conn,
         identity: options.identity,
-        rx: mpsc::unbounded_channel().1,
+        rx: out_queue().1,
         buffered: VecDeque::new(),
         backlog,
         session_present: false,

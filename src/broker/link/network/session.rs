@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
@@ -21,7 +20,7 @@ use super::io::{
 };
 use super::protocol::{next_is_qos_publish, ConnState, End};
 use crate::broker::codec::{self, v5};
-use crate::broker::link::{Backlog, ConnId, Outgoing, RouterMsg};
+use crate::broker::link::{Backlog, ConnId, OutRx, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
@@ -47,7 +46,7 @@ pub(super) struct Session {
     /// Bytes not yet decoded (at first: whatever followed the CONNECT).
     pub(super) rbuf: BytesMut,
     /// Packets the router queued for this connection.
-    pub(super) out_rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    pub(super) out_rx: OutRx,
     /// Outgoing items handed over and not yet taken (the router's accounting).
     pub(super) backlog: Arc<Backlog>,
     /// Granted keep alive in seconds (0: none).
