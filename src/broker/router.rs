@@ -98,13 +98,14 @@ struct Link {
 }
 
 struct Session {
-    client_id: String,
+    /// Its client id is the session's (`by_client` maps it here).
     identity: Identity,
     /// Full filter (including `$share/g/`) → options.
     subscriptions: HashMap<String, SubOptions>,
     link: Option<Link>,
     expiry: u32,
-    will: Option<WillSpec>,
+    /// Boxed: most sessions have none, and a will is a few hundred bytes.
+    will: Option<Box<WillSpec>>,
     inflight: VecDeque<Inflight>,
     pending: VecDeque<Queued>,
     /// Weight of `pending` and of the messages in `inflight`: both count against
@@ -171,7 +172,9 @@ pub(crate) struct Router {
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
-    sessions: IntMap<SessionKey, Session>,
+    /// Boxed: the table's spare slots (up to half of it after it grows) then cost a
+    /// pointer each, not a whole session.
+    sessions: IntMap<SessionKey, Box<Session>>,
     by_client: HashMap<String, SessionKey>,
     by_conn: IntMap<ConnId, SessionKey>,
     next_key: SessionKey,
@@ -368,5 +371,22 @@ fn fail_reply(item: Inbound) {
         }
         Inbound::Subscribe { reply: Some(r), .. } => drop(r),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every session (offline ones too) costs its `Session` box, and the table a
+    /// pointer per slot: keep the rarely used parts (the will) boxed.
+    #[test]
+    fn a_session_stays_small() {
+        let session = std::mem::size_of::<Session>();
+        eprintln!(
+            "Session {session} B, Link {} B",
+            std::mem::size_of::<Link>()
+        );
+        assert!(session <= 448, "Session is {session} B");
     }
 }
