@@ -351,7 +351,7 @@ impl Session {
 
     /// Write the last words, close, tell the router how the connection ended, then
     /// drain what the client still sends when the broker spoke last.
-    async fn finish<S>(mut self, stream: &mut S, shared: &Shared, end: End, drain: bool)
+    async fn finish<S>(&mut self, stream: &mut S, shared: &Shared, end: End, drain: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
