@@ -35,7 +35,7 @@ use crate::broker::codec::{self, v5, ProtocolVersion};
 use crate::broker::fasthash::IntSet;
 use crate::broker::keepalive::KeepAliveGrant;
 use crate::broker::reason::ReasonCode;
-use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
+use crate::broker::revalidate::RevalidateCheck;
 use crate::broker::settings::{BrokerSettings, ConnectionInfo};
 use crate::broker::shared::Shared;
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
@@ -293,7 +293,7 @@ async fn admit_steps(
         state: ConnState {
             shared: shared.clone(),
             codec: codec::Codec::new(version, settings.max_packet_size as usize),
-            identity: identity.clone(),
+            identity,
             peer,
             session_expiry,
             problem_info: props.request_problem_info != Some(0),
@@ -309,12 +309,8 @@ async fn admit_steps(
         backlog,
         keep_alive: grant.keep_alive,
         revalidate,
-        credentials: SessionCredentials {
-            identity,
-            listener: info.listener.name.clone(),
-            peer,
-            peer_certificates: info.peer_certificates.clone(),
-        },
+        listener: info.listener.name.clone(),
+        peer_certificates: info.peer_certificates.clone(),
         client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
     })
 }

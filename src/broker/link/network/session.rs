@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
@@ -53,8 +54,12 @@ pub(super) struct Session {
     pub(super) keep_alive: u16,
     /// Reload notices: a check the session's credentials must still pass.
     pub(super) revalidate: tokio::sync::watch::Receiver<Option<RevalidateCheck>>,
-    /// What the session was admitted with, as a revalidation check sees it.
-    pub(super) credentials: SessionCredentials,
+    /// Listener the connection came in on (for the revalidation checks, which see the
+    /// session's credentials built from this, `state` and `peer_certificates` when a
+    /// check comes: not kept per connection as a second copy of the identity).
+    pub(super) listener: Arc<str>,
+    /// Verified client certificate chain, leaf first, if the client presented one.
+    pub(super) peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The client's Maximum Packet Size (v5), which bounds the revalidation DISCONNECT.
     pub(super) client_max_packet: usize,
 }
@@ -298,10 +303,16 @@ impl Session {
             pace.revalidate_open = false;
             return None;
         }
-        let check = self.revalidate.borrow_and_update().clone();
-        let verdict = check.and_then(|check| check(&self.credentials))?;
-        let identity = &self.credentials.identity;
-        warn!(target: "audit", listener = %self.credentials.listener, peer = %self.state.peer, client_id = %LogStr(&identity.client_id), username = %LogStr::opt(identity.username.as_deref()), via = ?identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
+        let check = self.revalidate.borrow_and_update().clone()?;
+        let credentials = SessionCredentials {
+            identity: self.state.identity.clone(),
+            listener: self.listener.clone(),
+            peer: self.state.peer,
+            peer_certificates: self.peer_certificates.clone(),
+        };
+        let verdict = check(&credentials)?;
+        let identity = &self.state.identity;
+        warn!(target: "audit", listener = %self.listener, peer = %self.state.peer, client_id = %LogStr(&identity.client_id), username = %LogStr::opt(identity.username.as_deref()), via = ?identity.via, code = verdict.reason_code(), reason = %LogStr(verdict.reason()), "Client disconnected: credentials no longer valid after reload.");
         if self.state.v5() {
             codec::encode_v5_disconnect(
                 verdict.reason_code(),
