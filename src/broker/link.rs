@@ -301,8 +301,6 @@ pub(crate) struct ConnectRequest {
     pub durable: bool,
     /// Prepared CONNACK; the router fills in `session_present`.
     pub connack: v5::ConnAck,
-    /// Packets sent to the connection and not yet taken (slow-consumer guard).
-    pub backlog: Arc<Backlog>,
     /// MQTT v5 client (in-process clients count as v5).
     pub v5: bool,
     /// What the session's queue does when it is full.
@@ -343,7 +341,6 @@ impl ConnectRequest {
             max_packet_size: None,
             durable: false,
             connack,
-            backlog: Arc::new(Backlog::default()),
             v5: true,
             overflow: QueueOverflow::default(),
         };

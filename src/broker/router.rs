@@ -41,8 +41,8 @@ use super::checks::valid_unsubscribe_filter;
 use super::codec::{v5, QoS};
 use super::fasthash::{IntMap, IntSet};
 use super::link::{
-    refusal_properties, Ack, Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Message,
-    OutPublish, OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
+    refusal_properties, Ack, BrokerError, ConnId, ConnectRequest, Inbound, Message, OutPublish,
+    OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
 };
 use super::retained::RetainedStore;
 use super::settings::BrokerSettings;
@@ -90,7 +90,6 @@ struct Link {
     out_hint: usize,
     /// Message bytes in `out`.
     out_bytes: usize,
-    backlog: Arc<Backlog>,
     /// MQTT v5 connection (negative acknowledgements possible).
     v5: bool,
     /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
@@ -334,7 +333,8 @@ impl Router {
             }
             let out = std::mem::take(&mut link.out);
             link.out_hint = out.len().min(MAX_BATCH_HINT);
-            link.backlog
+            link.tx
+                .backlog()
                 .handed(out.len(), std::mem::take(&mut link.out_bytes));
             let _ = link.tx.send(out);
         }

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    out_queue, Backlog, BrokerError, ConnId, ConnectRequest, Inbound, OutRx, Outgoing,
-    QueueOverflow, RouterMsg,
+    out_queue, BrokerError, ConnId, ConnectRequest, Inbound, OutRx, Outgoing, QueueOverflow,
+    RouterMsg,
 };
 use crate::auth::Identity;
 use crate::broker::checks::check_filter;
@@ -126,7 +126,6 @@ pub struct InternalClient {
     identity: Identity,
     rx: OutRx,
     buffered: VecDeque<Outgoing>,
-    backlog: Arc<Backlog>,
     session_present: bool,
     closed: bool,
 }
@@ -158,7 +157,7 @@ pub(crate) async fn connect(
         overflow: options.overflow,
         ..request
     };
-    let (conn, backlog) = (request.conn, request.backlog.clone());
+    let conn = request.conn;
     shared
         .router_tx
         .send(RouterMsg::Connect(Box::new(request)))
@@ -170,7 +169,6 @@ pub(crate) async fn connect(
         identity: options.identity,
         rx: out_queue().1,
         buffered: VecDeque::new(),
-        backlog,
         session_present: false,
         closed: false,
     };
@@ -178,7 +176,7 @@ pub(crate) async fn connect(
     for item in first {
         match item {
             Outgoing::Packet(p) if matches!(*p, v5::Packet::ConnAck(_)) => {
-                client.backlog.taken_control();
+                rx.backlog().taken_control();
                 let v5::Packet::ConnAck(c) = *p else {
                     continue;
                 };
@@ -335,7 +333,7 @@ impl InternalClient {
         loop {
             while let Some(item) = self.buffered.pop_front() {
                 // Undelivered items count against the slow-consumer guard until taken.
-                self.backlog.taken(std::slice::from_ref(&item));
+                self.rx.backlog().taken(std::slice::from_ref(&item));
                 match item {
                     Outgoing::Publish(p) => {
                         let p = p.to_publish(true);

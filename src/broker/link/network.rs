@@ -271,7 +271,7 @@ async fn admit_steps(
         overflow: info.listener.queue_overflow,
         ..request
     };
-    let (conn, backlog) = (request.conn, request.backlog.clone());
+    let conn = request.conn;
     if shared
         .router_tx
         .send(RouterMsg::Connect(Box::new(request)))
@@ -306,7 +306,6 @@ async fn admit_steps(
         },
         rbuf,
         out_rx,
-        backlog,
         keep_alive: grant.keep_alive,
         revalidate,
         listener: info.listener.name.clone(),

@@ -17,7 +17,7 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use super::Outgoing;
+use super::{Backlog, Outgoing};
 
 struct Inner {
     /// Items handed over and not taken yet, oldest first.
@@ -30,11 +30,19 @@ struct Inner {
     receiver_gone: bool,
 }
 
-type Shared = Arc<Mutex<Inner>>;
+/// The queue and its accounting, shared by both ends (one allocation).
+struct Queue {
+    inner: Mutex<Inner>,
+    /// Items handed over and not taken yet (the router's slow-consumer guard).
+    backlog: Backlog,
+}
+
+type Shared = Arc<Queue>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
     // Nothing panics while holding the lock; a poisoned lock still holds valid data.
     shared
+        .inner
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -51,12 +59,15 @@ pub(crate) struct OutRx {
 
 /// A new, empty queue (nothing allocated besides the shared state).
 pub(crate) fn out_queue() -> (OutTx, OutRx) {
-    let shared = Arc::new(Mutex::new(Inner {
-        queue: Vec::new(),
-        waker: None,
-        sender_gone: false,
-        receiver_gone: false,
-    }));
+    let shared = Arc::new(Queue {
+        inner: Mutex::new(Inner {
+            queue: Vec::new(),
+            waker: None,
+            sender_gone: false,
+            receiver_gone: false,
+        }),
+        backlog: Backlog::default(),
+    });
     (
         OutTx {
             shared: shared.clone(),
@@ -66,6 +77,11 @@ pub(crate) fn out_queue() -> (OutTx, OutRx) {
 }
 
 impl OutTx {
+    /// What was handed over and not taken yet.
+    pub(crate) fn backlog(&self) -> &Backlog {
+        &self.shared.backlog
+    }
+
     /// Queue `batch` behind what is queued and wake the receiver; `Err` (with the
     /// batch) when the receiver is gone.
     pub(crate) fn send(&self, batch: Vec<Outgoing>) -> Result<(), Vec<Outgoing>> {
@@ -117,6 +133,11 @@ pub(crate) enum TryRecvError {
 }
 
 impl OutRx {
+    /// What was handed over and not taken yet.
+    pub(crate) fn backlog(&self) -> &Backlog {
+        &self.shared.backlog
+    }
+
     /// Everything queued (in order), waiting for it if nothing is; `None` once the
     /// sender is gone and the queue is empty. Cancel safe: a dropped `recv` loses
     /// nothing.

@@ -250,7 +250,7 @@ pub(super) fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: 
     if q.qos == QoS::AtMostOnce {
         if let Some(link) = session.link.as_mut() {
             // Packets handed to the connection and not yet written, in count and bytes.
-            let (handed, handed_bytes) = link.backlog.pending();
+            let (handed, handed_bytes) = link.tx.backlog().pending();
             let backlog = handed + link.out.len();
             let backlog_bytes = handed_bytes + link.out_bytes;
             let limit = settings(ctx).max_offline_messages.max(1000);

@@ -109,7 +109,7 @@ impl Router {
                         }),
                     })));
                 old.out.push(Outgoing::Close);
-                old.backlog.handed(old.out.len(), old.out_bytes);
+                old.tx.backlog().handed(old.out.len(), old.out_bytes);
                 let _ = old.tx.send(std::mem::take(&mut old.out));
                 // The old connection ended abnormally: its will goes out now unless
                 // it has a delay and the session continues (then it is cancelled).
@@ -186,7 +186,6 @@ impl Router {
             out: vec![Outgoing::packet(v5::Packet::ConnAck(connack))],
             out_hint: 4,
             out_bytes: 0,
-            backlog: req.backlog,
             v5: req.v5,
             slow_dropped: 0,
         };
@@ -427,7 +426,7 @@ pub(super) fn refuse(req: ConnectRequest, code: ReasonCode, reason: &str) {
         Outgoing::packet(v5::Packet::ConnAck(connack)),
         Outgoing::Close,
     ];
-    req.backlog.handed(batch.len(), 0);
+    req.tx.backlog().handed(batch.len(), 0);
     let _ = req.tx.send(batch);
 }
 

@@ -21,7 +21,7 @@ use super::io::{
 };
 use super::protocol::{next_is_qos_publish, ConnState, End};
 use crate::broker::codec::{self, v5};
-use crate::broker::link::{Backlog, ConnId, OutRx, Outgoing, RouterMsg};
+use crate::broker::link::{ConnId, OutRx, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
@@ -48,8 +48,6 @@ pub(super) struct Session {
     pub(super) rbuf: BytesMut,
     /// Packets the router queued for this connection.
     pub(super) out_rx: OutRx,
-    /// Outgoing items handed over and not yet taken (the router's accounting).
-    pub(super) backlog: Arc<Backlog>,
     /// Granted keep alive in seconds (0: none).
     pub(super) keep_alive: u16,
     /// Reload notices: a check the session's credentials must still pass.
@@ -202,7 +200,7 @@ impl Session {
         // What the router already handed this connection (e.g. a component's last flush
         // during the drain) is written before the DISCONNECT.
         while let Ok(batch) = self.out_rx.try_recv() {
-            self.backlog.taken(&batch);
+            self.out_rx.backlog().taken(&batch);
             if self.state.encode_batch(batch) {
                 break;
             }
@@ -228,12 +226,12 @@ impl Session {
         let Some(batch) = batch else {
             return Some(End::Server);
         };
-        self.backlog.taken(&batch);
+        self.out_rx.backlog().taken(&batch);
         let mut close = self.state.encode_batch(batch);
         while !close {
             match self.out_rx.try_recv() {
                 Ok(batch) => {
-                    self.backlog.taken(&batch);
+                    self.out_rx.backlog().taken(&batch);
                     close = self.state.encode_batch(batch);
                 }
                 Err(_) => break,
