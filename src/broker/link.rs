@@ -288,7 +288,8 @@ pub(crate) struct WillSpec {
 pub(crate) struct ConnectRequest {
     pub conn: ConnId,
     pub tx: OutTx,
-    pub identity: Identity,
+    /// Shared by the router's session and the connection (one copy per connection).
+    pub identity: Arc<Identity>,
     pub clean_start: bool,
     /// Seconds; `u32::MAX` means never.
     pub session_expiry: u32,
@@ -333,7 +334,7 @@ impl ConnectRequest {
         let request = ConnectRequest {
             conn,
             tx,
-            identity,
+            identity: Arc::new(identity),
             clean_start: true,
             session_expiry: 0,
             will: None,

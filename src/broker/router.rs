@@ -98,7 +98,7 @@ struct Link {
 
 struct Session {
     /// Its client id is the session's (`by_client` maps it here).
-    identity: Identity,
+    identity: Arc<Identity>,
     /// Full filter (including `$share/g/`) → options.
     subscriptions: HashMap<String, SubOptions>,
     link: Option<Link>,
@@ -387,6 +387,6 @@ mod size_tests {
             "Session {session} B, Link {} B",
             std::mem::size_of::<Link>()
         );
-        assert!(session <= 448, "Session is {session} B");
+        assert!(session <= 384, "Session is {session} B");
     }
 }

@@ -258,7 +258,7 @@ async fn admit_steps(
     };
     let (request, out_rx) = ConnectRequest::new(
         shared.new_conn_id(),
-        identity.clone(),
+        identity,
         props.receive_maximum.unwrap_or(settings.max_inflight),
         connack,
     );
@@ -271,7 +271,7 @@ async fn admit_steps(
         overflow: info.listener.queue_overflow,
         ..request
     };
-    let conn = request.conn;
+    let (conn, identity) = (request.conn, request.identity.clone());
     if shared
         .router_tx
         .send(RouterMsg::Connect(Box::new(request)))

@@ -20,6 +20,7 @@ use super::io::{
     discard_until_eof, write_last, write_now, IDLE_RELEASE, MAX_READ, READ_BUFFER, SHRINK_ABOVE,
 };
 use super::protocol::{next_is_qos_publish, ConnState, End};
+use crate::auth::Identity;
 use crate::broker::codec::{self, v5};
 use crate::broker::link::{ConnId, OutRx, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
@@ -303,7 +304,7 @@ impl Session {
         }
         let check = self.revalidate.borrow_and_update().clone()?;
         let credentials = SessionCredentials {
-            identity: self.state.identity.clone(),
+            identity: Identity::clone(&self.state.identity),
             listener: self.listener.clone(),
             peer: self.state.peer,
             peer_certificates: self.peer_certificates.clone(),
