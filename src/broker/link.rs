@@ -172,12 +172,12 @@ impl Backlog {
         )
     }
 
-    /// The client took one control packet (no message bytes) off the channel.
+    /// The client took one control packet (no message bytes) off the outbox.
     pub(crate) fn taken_control(&self) {
         self.items.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The connection took these items off the channel.
+    /// The connection took these items off the outbox.
     pub(crate) fn taken(&self, items: &[Outgoing]) {
         let bytes: usize = items
             .iter()
@@ -321,7 +321,7 @@ pub enum BrokerError {
 
 impl ConnectRequest {
     /// The one way an endpoint builds its request: connection `conn` of `identity`,
-    /// answered with `connack` on a new channel (returned with the request). The
+    /// answered with `connack` through a new outbox (returned with the request). The
     /// session terms start as a clean, non-durable v5 session without expiry, will or
     /// packet size limit; the endpoint sets what its client asked for.
     pub(crate) fn new(
