@@ -8,12 +8,15 @@
 
 pub(super) mod internal;
 pub(super) mod network;
+mod outbox;
+
+pub(crate) use outbox::{out_queue, OutRx, OutTx};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::codec::{v5, QoS};
@@ -146,10 +149,6 @@ impl OutPublish {
     }
 }
 
-/// Router → connection channel; unbounded so the router never blocks, bounded in
-/// practice by the inflight window (QoS 1/2) and the slow-consumer guard (QoS 0).
-pub(crate) type OutTx = mpsc::UnboundedSender<Vec<Outgoing>>;
-
 /// What the router has handed to a connection and the connection has not taken yet
 /// (the slow-consumer guard reads it): items, and bytes of their messages.
 #[derive(Debug, Default)]
@@ -173,12 +172,12 @@ impl Backlog {
         )
     }
 
-    /// The client took one control packet (no message bytes) off the channel.
+    /// The client took one control packet (no message bytes) off the outbox.
     pub(crate) fn taken_control(&self) {
         self.items.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The connection took these items off the channel.
+    /// The connection took these items off the outbox.
     pub(crate) fn taken(&self, items: &[Outgoing]) {
         let bytes: usize = items
             .iter()
@@ -289,7 +288,8 @@ pub(crate) struct WillSpec {
 pub(crate) struct ConnectRequest {
     pub conn: ConnId,
     pub tx: OutTx,
-    pub identity: Identity,
+    /// Shared by the router's session and the connection (one copy per connection).
+    pub identity: Arc<Identity>,
     pub clean_start: bool,
     /// Seconds; `u32::MAX` means never.
     pub session_expiry: u32,
@@ -302,8 +302,6 @@ pub(crate) struct ConnectRequest {
     pub durable: bool,
     /// Prepared CONNACK; the router fills in `session_present`.
     pub connack: v5::ConnAck,
-    /// Packets sent to the connection and not yet taken (slow-consumer guard).
-    pub backlog: Arc<Backlog>,
     /// MQTT v5 client (in-process clients count as v5).
     pub v5: bool,
     /// What the session's queue does when it is full.
@@ -321,12 +319,9 @@ pub enum BrokerError {
     Refused(String),
 }
 
-/// Router → connection receiving end.
-pub(crate) type OutRx = mpsc::UnboundedReceiver<Vec<Outgoing>>;
-
 impl ConnectRequest {
     /// The one way an endpoint builds its request: connection `conn` of `identity`,
-    /// answered with `connack` on a new channel (returned with the request). The
+    /// answered with `connack` through a new outbox (returned with the request). The
     /// session terms start as a clean, non-durable v5 session without expiry, will or
     /// packet size limit; the endpoint sets what its client asked for.
     pub(crate) fn new(
@@ -335,11 +330,11 @@ impl ConnectRequest {
         receive_maximum: u16,
         connack: v5::ConnAck,
     ) -> (ConnectRequest, OutRx) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = out_queue();
         let request = ConnectRequest {
             conn,
             tx,
-            identity,
+            identity: Arc::new(identity),
             clean_start: true,
             session_expiry: 0,
             will: None,
@@ -347,7 +342,6 @@ impl ConnectRequest {
             max_packet_size: None,
             durable: false,
             connack,
-            backlog: Arc::new(Backlog::default()),
             v5: true,
             overflow: QueueOverflow::default(),
         };

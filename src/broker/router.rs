@@ -41,8 +41,8 @@ use super::checks::valid_unsubscribe_filter;
 use super::codec::{v5, QoS};
 use super::fasthash::{IntMap, IntSet};
 use super::link::{
-    refusal_properties, Ack, Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Message,
-    OutPublish, OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
+    refusal_properties, Ack, BrokerError, ConnId, ConnectRequest, Inbound, Message, OutPublish,
+    OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
 };
 use super::retained::RetainedStore;
 use super::settings::BrokerSettings;
@@ -91,7 +91,6 @@ struct Link {
     out_hint: usize,
     /// Message bytes in `out`.
     out_bytes: usize,
-    backlog: Arc<Backlog>,
     /// MQTT v5 connection (negative acknowledgements possible).
     v5: bool,
     /// QoS 0 messages dropped in the current slow-consumer burst (logged once per burst).
@@ -99,13 +98,14 @@ struct Link {
 }
 
 struct Session {
-    client_id: String,
-    identity: Identity,
+    /// Its client id is the session's (`by_client` maps it here).
+    identity: Arc<Identity>,
     /// Full filter (including `$share/g/`) → options.
     subscriptions: HashMap<String, SubOptions>,
     link: Option<Link>,
     expiry: u32,
-    will: Option<WillSpec>,
+    /// Boxed: most sessions have none, and a will is a few hundred bytes.
+    will: Option<Box<WillSpec>>,
     inflight: VecDeque<Inflight>,
     pending: VecDeque<Queued>,
     /// Weight of `pending` and of the messages in `inflight`: both count against
@@ -172,7 +172,9 @@ pub(crate) struct Router {
     rx: mpsc::Receiver<RouterMsg>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
-    sessions: IntMap<SessionKey, Session>,
+    /// Boxed: the table's spare slots (up to half of it after it grows) then cost a
+    /// pointer each, not a whole session.
+    sessions: IntMap<SessionKey, Box<Session>>,
     by_client: HashMap<String, SessionKey>,
     by_conn: IntMap<ConnId, SessionKey>,
     next_key: SessionKey,
@@ -332,7 +334,8 @@ impl Router {
             }
             let out = std::mem::take(&mut link.out);
             link.out_hint = out.len().min(MAX_BATCH_HINT);
-            link.backlog
+            link.tx
+                .backlog()
                 .handed(out.len(), std::mem::take(&mut link.out_bytes));
             let _ = link.tx.send(out);
         }
@@ -369,5 +372,22 @@ fn fail_reply(item: Inbound) {
         }
         Inbound::Subscribe { reply: Some(r), .. } => drop(r),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every session (offline ones too) costs its `Session` box, and the table a
+    /// pointer per slot: keep the rarely used parts (the will) boxed.
+    #[test]
+    fn a_session_stays_small() {
+        let session = std::mem::size_of::<Session>();
+        eprintln!(
+            "Session {session} B, Link {} B",
+            std::mem::size_of::<Link>()
+        );
+        assert!(session <= 384, "Session is {session} B");
     }
 }

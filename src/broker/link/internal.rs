@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    Backlog, BrokerError, ConnId, ConnectRequest, Inbound, Outgoing, QueueOverflow, RouterMsg,
+    out_queue, BrokerError, ConnId, ConnectRequest, Inbound, OutRx, Outgoing, QueueOverflow,
+    RouterMsg,
 };
 use crate::auth::Identity;
 use crate::broker::checks::check_filter;
@@ -123,9 +124,8 @@ pub struct InternalClient {
     shared: Arc<Shared>,
     conn: ConnId,
     identity: Identity,
-    rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    rx: OutRx,
     buffered: VecDeque<Outgoing>,
-    backlog: Arc<Backlog>,
     session_present: bool,
     closed: bool,
 }
@@ -157,7 +157,7 @@ pub(crate) async fn connect(
         overflow: options.overflow,
         ..request
     };
-    let (conn, backlog) = (request.conn, request.backlog.clone());
+    let conn = request.conn;
     shared
         .router_tx
         .send(RouterMsg::Connect(Box::new(request)))
@@ -167,9 +167,8 @@ pub(crate) async fn connect(
         shared,
         conn,
         identity: options.identity,
-        rx: mpsc::unbounded_channel().1,
+        rx: out_queue().1,
         buffered: VecDeque::new(),
-        backlog,
         session_present: false,
         closed: false,
     };
@@ -177,7 +176,7 @@ pub(crate) async fn connect(
     for item in first {
         match item {
             Outgoing::Packet(p) if matches!(*p, v5::Packet::ConnAck(_)) => {
-                client.backlog.taken_control();
+                rx.backlog().taken_control();
                 let v5::Packet::ConnAck(c) = *p else {
                     continue;
                 };
@@ -334,7 +333,7 @@ impl InternalClient {
         loop {
             while let Some(item) = self.buffered.pop_front() {
                 // Undelivered items count against the slow-consumer guard until taken.
-                self.backlog.taken(std::slice::from_ref(&item));
+                self.rx.backlog().taken(std::slice::from_ref(&item));
                 match item {
                     Outgoing::Publish(p) => {
                         let p = p.to_publish(true);

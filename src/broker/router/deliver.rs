@@ -134,7 +134,7 @@ pub(super) fn try_send(
         let size = publish.to_publish(link.v5).size();
         if size > max as usize {
             stats(ctx).dropped_oversize.fetch_add(1, Ordering::Relaxed);
-            debug!(client_id = %LogStr(&session.client_id), size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
+            debug!(client_id = %LogStr(&session.identity.client_id), size, max, "Message not delivered: larger than the client's Maximum Packet Size.");
             ctx.lose(q);
             return Ok(());
         }
@@ -171,7 +171,7 @@ pub(super) fn enqueue(ctx: &mut Ctx, session: &mut Session, mut q: Queued) {
     };
     if fits(session) {
         if session.dropped_burst > 0 {
-            warn!(client_id = %LogStr(&session.client_id), affected = session.dropped_burst, policy = ?session.overflow, "Session queue overflow ended.");
+            warn!(client_id = %LogStr(&session.identity.client_id), affected = session.dropped_burst, policy = ?session.overflow, "Session queue overflow ended.");
             session.dropped_burst = 0;
         }
         session.pending_bytes += weight;
@@ -236,7 +236,7 @@ pub(super) fn overflow_accounted(
     if session.dropped_burst == 0 {
         let max_messages = settings(ctx).max_offline_messages;
         let max_bytes = settings(ctx).max_offline_bytes;
-        warn!(client_id = %LogStr(&session.client_id), queued = session.pending.len(), queued_bytes = session.pending_bytes, inflight_bytes = session.inflight_bytes, max_messages, max_bytes, ?policy, "Session queue full: applying the overflow policy until it drains.");
+        warn!(client_id = %LogStr(&session.identity.client_id), queued = session.pending.len(), queued_bytes = session.pending_bytes, inflight_bytes = session.inflight_bytes, max_messages, max_bytes, ?policy, "Session queue full: applying the overflow policy until it drains.");
     }
     session.dropped_burst += dropped.max(u64::from(blocked));
 }
@@ -250,14 +250,14 @@ pub(super) fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: 
     if q.qos == QoS::AtMostOnce {
         if let Some(link) = session.link.as_mut() {
             // Packets handed to the connection and not yet written, in count and bytes.
-            let (handed, handed_bytes) = link.backlog.pending();
+            let (handed, handed_bytes) = link.tx.backlog().pending();
             let backlog = handed + link.out.len();
             let backlog_bytes = handed_bytes + link.out_bytes;
             let limit = settings(ctx).max_offline_messages.max(1000);
             let limit_bytes = settings(ctx).max_offline_bytes;
             if backlog > limit || backlog_bytes + q.msg.weight() > limit_bytes {
                 if link.slow_dropped == 0 {
-                    warn!(client_id = %LogStr(&session.client_id), backlog, backlog_bytes, limit, limit_bytes, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
+                    warn!(client_id = %LogStr(&session.identity.client_id), backlog, backlog_bytes, limit, limit_bytes, "Client reads too slowly: dropping QoS 0 messages until it catches up.");
                 }
                 link.slow_dropped += 1;
                 stats(ctx)
@@ -267,7 +267,7 @@ pub(super) fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: 
                 return;
             }
             if link.slow_dropped > 0 {
-                warn!(client_id = %LogStr(&session.client_id), dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
+                warn!(client_id = %LogStr(&session.identity.client_id), dropped = link.slow_dropped, "Client caught up; QoS 0 messages were dropped meanwhile.");
                 link.slow_dropped = 0;
             }
         }
@@ -293,7 +293,7 @@ pub(super) fn readable(ctx: &Ctx, session: &Session, q: &Queued) -> bool {
     {
         return true;
     }
-    debug!(client_id = %LogStr(&session.client_id), topic = %LogStr(topic), "Queued message dropped: no longer readable by this identity.");
+    debug!(client_id = %LogStr(&session.identity.client_id), topic = %LogStr(topic), "Queued message dropped: no longer readable by this identity.");
     false
 }
 
@@ -312,7 +312,7 @@ pub(super) fn refill(ctx: &mut Ctx, key: SessionKey, session: &mut Session) {
         }
     }
     if session.pending.is_empty() && session.dropped_burst > 0 {
-        warn!(client_id = %LogStr(&session.client_id), dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
+        warn!(client_id = %LogStr(&session.identity.client_id), dropped = session.dropped_burst, "Session queue overflow ended; messages were dropped.");
         session.dropped_burst = 0;
     }
 }
@@ -379,7 +379,7 @@ impl Router {
                     .allows(&session.identity, Access::Read, topic)
                 {
                     Event::new(AuditKind::DeliveryDenied)
-                        .client_id(&session.client_id)
+                        .client_id(&session.identity.client_id)
                         .topic(topic)
                         .emit();
                     continue;

@@ -180,7 +180,7 @@ impl Router {
                 stats(&self.ctx)
                     .refused_subscription_quota
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(client_id = %LogStr(&session.client_id), subscriptions = session.subscriptions.len(), max = max_subscriptions, "Subscription refused: the client has the most subscriptions allowed (broker.max_subscriptions_per_client).");
+                warn!(client_id = %LogStr(&session.identity.client_id), subscriptions = session.subscriptions.len(), max = max_subscriptions, "Subscription refused: the client has the most subscriptions allowed (broker.max_subscriptions_per_client).");
                 codes.push(v5::SubscribeReasonCode::QuotaExceeded);
                 continue;
             }

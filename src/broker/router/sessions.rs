@@ -95,7 +95,7 @@ impl Router {
         if let Some(session) = self.sessions.get_mut(&key) {
             if let Some(mut old) = session.link.take() {
                 self.by_conn.remove(&old.conn);
-                info!(client_id = %LogStr(&session.client_id), "Session taken over by a new connection.");
+                info!(client_id = %LogStr(&session.identity.client_id), "Session taken over by a new connection.");
                 old.out
                     .push(Outgoing::packet(v5::Packet::Disconnect(v5::Disconnect {
                         reason_code: v5::DisconnectReasonCode::SessionTakenOver,
@@ -110,7 +110,7 @@ impl Router {
                         }),
                     })));
                 old.out.push(Outgoing::Close);
-                old.backlog.handed(old.out.len(), old.out_bytes);
+                old.tx.backlog().handed(old.out.len(), old.out_bytes);
                 let _ = old.tx.send(std::mem::take(&mut old.out));
                 // The old connection ended abnormally: its will goes out now unless
                 // it has a delay and the session continues (then it is cancelled).
@@ -131,12 +131,10 @@ impl Router {
     fn create_session(&mut self, req: &ConnectRequest) -> SessionKey {
         let key = self.next_key;
         self.next_key += 1;
-        let client_id = req.identity.client_id.clone();
-        self.by_client.insert(client_id.clone(), key);
+        self.by_client.insert(req.identity.client_id.clone(), key);
         self.sessions.insert(
             key,
-            Session {
-                client_id,
+            Box::new(Session {
                 identity: req.identity.clone(),
                 subscriptions: HashMap::new(),
                 link: None,
@@ -154,7 +152,7 @@ impl Router {
                 generation: 0,
                 durable: false,
                 dropped_burst: 0,
-            },
+            }),
         );
         key
     }
@@ -170,11 +168,11 @@ impl Router {
         let pending_will = session.will.take();
         if let Some(will) = pending_will {
             // A delayed will is cancelled by the client coming back.
-            debug!(client_id = %LogStr(&session.client_id), delay = will.delay, "Delayed will cancelled: client reconnected.");
+            debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, "Delayed will cancelled: client reconnected.");
         }
         session.identity = req.identity;
         set_expiry(&mut self.persistent_sessions, session, req.session_expiry);
-        session.will = req.will;
+        session.will = req.will.map(Box::new);
         let was_durable = session.durable;
         session.durable = req.durable;
         session.overflow = req.overflow;
@@ -189,7 +187,6 @@ impl Router {
             out: vec![Outgoing::packet(v5::Packet::ConnAck(connack))],
             out_hint: 4,
             out_bytes: 0,
-            backlog: req.backlog,
             v5: req.v5,
             slow_dropped: 0,
         };
@@ -275,8 +272,8 @@ impl Router {
             return;
         };
         set_expiry(&mut self.persistent_sessions, &mut session, 0);
-        if self.by_client.get(&session.client_id) == Some(&key) {
-            self.by_client.remove(&session.client_id);
+        if self.by_client.get(&session.identity.client_id) == Some(&key) {
+            self.by_client.remove(&session.identity.client_id);
         }
         if let Some(link) = &session.link {
             self.by_conn.remove(&link.conn);
@@ -312,7 +309,7 @@ impl Router {
                 self.publish_will(will, &session.identity);
             }
         }
-        debug!(client_id = %LogStr(&session.client_id), "Session ended.");
+        debug!(client_id = %LogStr(&session.identity.client_id), "Session ended.");
     }
 
     /// Hand an unacknowledged shared-subscription message of an ended session to
@@ -381,7 +378,7 @@ impl Router {
         self.complete_targets();
     }
 
-    pub(super) fn publish_will(&mut self, will: WillSpec, identity: &Identity) {
+    pub(super) fn publish_will(&mut self, will: Box<WillSpec>, identity: &Identity) {
         let topic = will.message.topic_str();
         if !crate::acl::authorize_write(&*self.ctx.authorizer, identity, topic, None) {
             debug!(client_id = %LogStr(&identity.client_id), topic = %LogStr(topic), "Will message not published.");
@@ -430,7 +427,7 @@ pub(super) fn refuse(req: ConnectRequest, code: ReasonCode, reason: &str) {
         Outgoing::packet(v5::Packet::ConnAck(connack)),
         Outgoing::Close,
     ];
-    req.backlog.handed(batch.len(), 0);
+    req.tx.backlog().handed(batch.len(), 0);
     let _ = req.tx.send(batch);
 }
 

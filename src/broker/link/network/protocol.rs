@@ -42,7 +42,8 @@ pub(super) enum End {
 pub(super) struct ConnState {
     pub(super) shared: Arc<Shared>,
     pub(super) codec: codec::Codec,
-    pub(super) identity: Identity,
+    /// The same as the router's session (shared).
+    pub(super) identity: Arc<Identity>,
     pub(super) peer: std::net::SocketAddr,
     pub(super) session_expiry: u32,
     /// v5 Request Problem Information: reason strings allowed on acks.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
@@ -20,8 +20,9 @@ use super::io::{
     discard_until_eof, write_last, write_now, IDLE_RELEASE, MAX_READ, READ_BUFFER, SHRINK_ABOVE,
 };
 use super::protocol::{next_is_qos_publish, ConnState, End};
+use crate::auth::Identity;
 use crate::broker::codec::{self, v5};
-use crate::broker::link::{Backlog, ConnId, Outgoing, RouterMsg};
+use crate::broker::link::{ConnId, OutRx, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
@@ -48,15 +49,17 @@ pub(super) struct Session {
     /// Bytes not yet decoded (at first: whatever followed the CONNECT).
     pub(super) rbuf: BytesMut,
     /// Packets the router queued for this connection.
-    pub(super) out_rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
-    /// Outgoing items handed over and not yet taken (the router's accounting).
-    pub(super) backlog: Arc<Backlog>,
+    pub(super) out_rx: OutRx,
     /// Granted keep alive in seconds (0: none).
     pub(super) keep_alive: u16,
     /// Reload notices: a check the session's credentials must still pass.
     pub(super) revalidate: tokio::sync::watch::Receiver<Option<RevalidateCheck>>,
-    /// What the session was admitted with, as a revalidation check sees it.
-    pub(super) credentials: SessionCredentials,
+    /// Listener the connection came in on (for the revalidation checks, which see the
+    /// session's credentials built from this, `state` and `peer_certificates` when a
+    /// check comes: not kept per connection as a second copy of the identity).
+    pub(super) listener: Arc<str>,
+    /// Verified client certificate chain, leaf first, if the client presented one.
+    pub(super) peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The client's Maximum Packet Size (v5), which bounds the revalidation DISCONNECT.
     pub(super) client_max_packet: usize,
 }
@@ -199,7 +202,7 @@ impl Session {
         // What the router already handed this connection (e.g. a component's last flush
         // during the drain) is written before the DISCONNECT.
         while let Ok(batch) = self.out_rx.try_recv() {
-            self.backlog.taken(&batch);
+            self.out_rx.backlog().taken(&batch);
             if self.state.encode_batch(batch) {
                 break;
             }
@@ -225,12 +228,12 @@ impl Session {
         let Some(batch) = batch else {
             return Some(End::Server);
         };
-        self.backlog.taken(&batch);
+        self.out_rx.backlog().taken(&batch);
         let mut close = self.state.encode_batch(batch);
         while !close {
             match self.out_rx.try_recv() {
                 Ok(batch) => {
-                    self.backlog.taken(&batch);
+                    self.out_rx.backlog().taken(&batch);
                     close = self.state.encode_batch(batch);
                 }
                 Err(_) => break,
@@ -300,12 +303,18 @@ impl Session {
             pace.revalidate_open = false;
             return None;
         }
-        let check = self.revalidate.borrow_and_update().clone();
-        let verdict = check.and_then(|check| check(&self.credentials))?;
-        let identity = &self.credentials.identity;
+        let check = self.revalidate.borrow_and_update().clone()?;
+        let credentials = SessionCredentials {
+            identity: Identity::clone(&self.state.identity),
+            listener: self.listener.clone(),
+            peer: self.state.peer,
+            peer_certificates: self.peer_certificates.clone(),
+        };
+        let verdict = check(&credentials)?;
+        let identity = &self.state.identity;
         Event::new(AuditKind::SessionRevoked)
             .identity(identity)
-            .listener(&self.credentials.listener)
+            .listener(&self.listener)
             .peer(Some(self.state.peer))
             .code(verdict.reason_code())
             .reason(verdict.reason())
@@ -359,7 +368,7 @@ impl Session {
 
     /// Write the last words, close, tell the router how the connection ended, then
     /// drain what the client still sends when the broker spoke last.
-    async fn finish<S>(mut self, stream: &mut S, shared: &Shared, end: End, drain: bool)
+    async fn finish<S>(&mut self, stream: &mut S, shared: &Shared, end: End, drain: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
