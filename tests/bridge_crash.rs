@@ -108,6 +108,8 @@ impl GatewayProcess {
             .current_dir(dir)
             .env("HOME", dir)
             .env_remove("RUST_LOG")
+            .env_remove("TOLLGATE_BRIDGE_CRASH_MESSAGES")
+            .env_remove("TOLLGATE_BRIDGE_CRASH_RUNS")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -299,20 +301,35 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
             Ok(Some(payload)) => *seen.entry(payload).or_default() += 1,
             _ => {
                 let log = gateway.lines();
+                let mut lost: Vec<&usize> = acked
+                    .iter()
+                    .filter(|i| !seen.contains_key(&format!("m-{i}")))
+                    .collect();
+                lost.sort();
+                lost.truncate(20);
                 panic!(
-                    "{} of {} acknowledged messages never reached the cloud (first run log: {first_log:#?}, restart log: {log:#?})",
+                    "{} of {} acknowledged messages never reached the cloud (first: {lost:?}; {} distinct seen; first run log: {first_log:#?}, restart log: {log:#?})",
                     missing(&seen),
-                    acked.len()
+                    acked.len(),
+                    seen.len()
                 );
             }
         }
     }
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    let log = gateway.lines();
-    assert!(
-        log.iter().any(|l| l.contains("Bridge journal opened")),
-        "the restart logs what it recovered: {log:#?}"
-    );
+    let opened = Instant::now() + Duration::from_secs(10);
+    while !gateway
+        .lines()
+        .iter()
+        .any(|l| l.contains("Bridge journal opened"))
+    {
+        assert!(
+            Instant::now() < opened,
+            "the restart logs what it recovered: {:#?}",
+            gateway.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (acked.len(), seen.len(), duplicates)
 }
 

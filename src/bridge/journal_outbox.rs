@@ -75,7 +75,9 @@ pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, String> {
     let topic_len = usize::from(u16::from_le_bytes([bytes[3], bytes[4]]));
     let rest = &bytes[HEADER..];
     if rest.len() < topic_len {
-        return Err(format!("topic length {topic_len} past the end of the record"));
+        return Err(format!(
+            "topic length {topic_len} past the end of the record"
+        ));
     }
     let topic = std::str::from_utf8(&rest[..topic_len])
         .map_err(|_| "topic is not UTF-8".to_string())?
@@ -290,7 +292,10 @@ mod tests {
         }
         assert!(decode(&[]).is_err());
         assert!(decode(&[2, 1, 0, 0, 0]).is_err(), "unknown version");
-        assert!(decode(&[1, 1, 0, 9, 0, b'a']).is_err(), "topic past the end");
+        assert!(
+            decode(&[1, 1, 0, 9, 0, b'a']).is_err(),
+            "topic past the end"
+        );
         assert!(decode(&[1, 3, 0, 0, 0]).is_err(), "bad qos");
     }
 
@@ -376,9 +381,6 @@ mod tests {
         for s in seqs {
             o.ack(s);
         }
-        waiting
-            .await
-            .expect("task")
-            .expect("stored after the acks");
+        waiting.await.expect("task").expect("stored after the acks");
     }
 }
