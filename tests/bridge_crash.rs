@@ -101,7 +101,9 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Start it and wait until it says it is ready.
+    /// Start it and wait until it says it is ready and its bridge has opened its journal
+    /// (the bridge subscribes locally just before; "ready" comes earlier, and a message
+    /// published before the bridge subscribed is not forwarded).
     fn start(dir: &Path) -> GatewayProcess {
         let mut child = tollgate_command()
             .args(["--log", "text", "run", "-c", "tollgate.toml"])
@@ -126,11 +128,17 @@ impl GatewayProcess {
         });
         let mut gateway = GatewayProcess { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut ready, mut opened) = (false, false);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("tollgate is ready") => return gateway,
-                Ok(_) => {}
+                Ok(line) => {
+                    ready |= line.contains("tollgate is ready");
+                    opened |= line.contains("Bridge journal opened");
+                    if ready && opened {
+                        return gateway;
+                    }
+                }
                 Err(e) => {
                     gateway.kill();
                     panic!("gateway not ready: {e}; log: {:#?}", gateway.lines());
@@ -317,19 +325,13 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
         }
     }
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    let opened = Instant::now() + Duration::from_secs(10);
-    while !gateway
-        .lines()
-        .iter()
-        .any(|l| l.contains("Bridge journal opened"))
-    {
-        assert!(
-            Instant::now() < opened,
-            "the restart logs what it recovered: {:#?}",
-            gateway.lines()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = gateway.lines();
+    let recovered = format!("pending={}", acked.len());
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Bridge journal opened") && l.contains("pending=")),
+        "the restart logs what it recovered (at least {recovered}): {log:#?}"
+    );
     (acked.len(), seen.len(), duplicates)
 }
 

@@ -165,19 +165,35 @@ impl Component for Bridge {
         let tracker = ctx.tracker.clone();
         let data_dir = self.data_dir.clone();
         ctx.tracker.spawn(async move {
+            // Subscribe first: from then on local deliveries wait in the bridge's durable
+            // session (their PUBACKs held back) while the journal recovers.
+            let rules: Arc<[rules::Rule]> = config.rules().into();
+            let client = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                c = run::attach(&config, &rules, &board, &ctx.broker) => c,
+            };
+            let client = match client {
+                Ok(client) => client,
+                Err(reason) => {
+                    warn!(bridge = %config.name, %reason, "Bridge cannot attach to the broker; it does not run.");
+                    ctx.health.set(Health::Failed(reason));
+                    return;
+                }
+            };
             let journal = match open_journal(&config, &data_dir, &board).await {
                 Ok(j) => j,
                 Err(reason) => {
                     warn!(bridge = %config.name, %reason, "Bridge journal cannot be opened; the bridge does not run.");
                     ctx.health.set(Health::Failed(reason.clone()));
                     board.set(LinkState::Disabled, None, Some(reason));
+                    client.disconnect().await;
                     return;
                 }
             };
             let outbox: Arc<dyn Outbox> = Arc::new(journal.clone());
             board.set_outbox(outbox.clone());
             let shared = Arc::new(run::Shared {
-                rules: config.rules().into(),
+                rules,
                 config,
                 outbox,
                 board,
@@ -185,32 +201,11 @@ impl Component for Bridge {
                 appended: Notify::new(),
                 durable: true,
             });
-            run_bridge(shared, ctx.broker, ctx.health, tls, tracker).await;
+            run::run(shared, client, tls, tracker).await;
             if let Err(e) = journal.close().await {
                 warn!(reason = %e, "Bridge journal not closed cleanly (acknowledgements may come back as duplicates).");
             }
         });
         Ok(())
-    }
-}
-
-/// Attach to the broker and run both halves until shutdown.
-async fn run_bridge(
-    shared: Arc<run::Shared>,
-    broker: Arc<dyn crate::component::Connector>,
-    health: crate::component::HealthReporter,
-    tls: Arc<rustls::ClientConfig>,
-    tracker: tokio_util::task::TaskTracker,
-) {
-    let client = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        c = run::attach(&shared, &broker) => c,
-    };
-    match client {
-        Ok(client) => run::run(shared, client, tls, tracker).await,
-        Err(reason) => {
-            warn!(bridge = %shared.config.name, %reason, "Bridge cannot attach to the broker; it does not run.");
-            health.set(Health::Failed(reason));
-        }
     }
 }

@@ -69,14 +69,16 @@ pub(super) struct Shared {
 
 /// Attach the intake client and subscribe the out rules locally.
 pub(super) async fn attach(
-    shared: &Shared,
+    config: &BridgeConfig,
+    rules: &[Rule],
+    board: &StatusBoard,
     broker: &Arc<dyn Connector>,
 ) -> Result<InternalClient, String> {
-    let identity = shared.config.identity();
+    let identity = config.identity();
     let mut options = InternalOptions::new(Identity::internal(&identity));
     options.durable = true;
     let client = broker.connect_internal(options).await?;
-    for rule in shared.rules.iter().filter(|r| r.is_out()) {
+    for rule in rules.iter().filter(|r| r.is_out()) {
         let filter = rule.local_filter();
         let code = client
             .subscribe_filter(v5::Filter {
@@ -90,8 +92,8 @@ pub(super) async fn attach(
             .await
             .map_err(|e| format!("cannot subscribe {filter:?}: {e}"))?;
         if !matches!(code, v5::SubscribeReasonCode::Success(_)) {
-            warn!(bridge = %shared.config.name, %filter, ?code, "Out rule not subscribed: the ACL does not let {identity} read it; add `user {identity}` with `topic read {filter}` to the ACL.");
-            shared.board.set(
+            warn!(bridge = %config.name, %filter, ?code, "Out rule not subscribed: the ACL does not let {identity} read it; add `user {identity}` with `topic read {filter}` to the ACL.");
+            board.set(
                 LinkState::Connecting,
                 None,
                 Some(format!("the ACL does not let {identity} read {filter}")),
