@@ -252,7 +252,10 @@ pub type ComponentSource = Arc<dyn Fn(&Config) -> Vec<Box<dyn Component>> + Send
 pub fn builtin_components(config: &Config, dev_pki: Option<&DevPki>) -> Vec<Box<dyn Component>> {
     let mut components: Vec<Box<dyn Component>> =
         vec![Box::new(CertificateWatch::from_config(config, dev_pki))];
-    components.extend(crate::bridge::Bridge::all(&config.bridges));
+    components.extend(crate::bridge::Bridge::all(
+        &config.bridges,
+        &config.broker.data_dir,
+    ));
     components
 }
 

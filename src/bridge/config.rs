@@ -506,7 +506,7 @@ fn validate_one(b: &BridgeConfig, key: &str, f: &mut Findings) {
     if j.overflow == Overflow::RefuseNew {
         f.warn(
             format!("{key}.journal.overflow"),
-            "refuse-new needs a negative acknowledgement from the router, which it does not have yet: until then a full journal holds the publishers back as block-publishers does (v5 publishers get 0x97 once the bridge's queue in the broker overflows)",
+            "refuse-new needs a negative acknowledgement from the router, which it does not have yet: until then a message refused by a full journal is dropped (counted, logged) and the bridge does not acknowledge it, so its publisher is not told it is safe (v5 publishers get 0x97 once the bridge's queue in the broker overflows)",
         );
     }
     rules(b, key, f);

@@ -4,7 +4,9 @@
 //!
 //! - `config`: the `[[bridge]]` schema and its validation (key paths, warnings).
 //! - `rules`: mosquitto's `topic pattern dir qos local-prefix remote-prefix` mapping.
-//! - `outbox`: the store-and-forward seam (`Outbox`), in memory for now.
+//! - `outbox`: the store-and-forward seam (`Outbox`) and its in-memory implementation.
+//! - `journal_outbox`: the outbox on the disk journal, in
+//!   `<broker.data_dir>/bridge/<name>/` (the default: survives restarts and power cuts).
 //! - `backoff`: jittered reconnect delays.
 //! - `uplink`: rumqttc (3.1.1 or 5) over tollgate's rustls client configuration.
 //! - `state`: `$SYS/tollgate/bridge/<name>/state`, counters, health.
@@ -22,18 +24,22 @@
 
 pub mod backoff;
 pub mod config;
+pub mod journal_outbox;
 pub mod outbox;
 pub mod rules;
 mod run;
 pub mod state;
 pub mod uplink;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use config::BridgeConfig;
+use journal_outbox::JournalOutbox;
 use outbox::{MemoryOutbox, Outbox};
 use state::{LinkState, StatusBoard};
 
@@ -45,24 +51,64 @@ use crate::component::{Component, ComponentContext, Grant, Health, Settings, Sta
 pub struct Bridge {
     component_name: String,
     config: Arc<BridgeConfig>,
+    data_dir: PathBuf,
 }
 
 impl Bridge {
-    /// The component for `config` (nothing happens before `start`).
-    pub fn new(config: BridgeConfig) -> Self {
+    /// The component for `config`, journaling in `<data_dir>/bridge/<name>/` (nothing
+    /// happens before `start`).
+    pub fn new(config: BridgeConfig, data_dir: &Path) -> Self {
         Bridge {
             component_name: config.identity(),
             config: Arc::new(config),
+            data_dir: data_dir.to_path_buf(),
         }
     }
 
-    /// The components of every `[[bridge]]`, in file order.
-    pub fn all(bridges: &[BridgeConfig]) -> Vec<Box<dyn Component>> {
+    /// The components of every `[[bridge]]`, in file order (`data_dir`: `[broker]`'s).
+    pub fn all(bridges: &[BridgeConfig], data_dir: &Path) -> Vec<Box<dyn Component>> {
         bridges
             .iter()
-            .map(|b| Box::new(Bridge::new(b.clone())) as Box<dyn Component>)
+            .map(|b| Box::new(Bridge::new(b.clone(), data_dir)) as Box<dyn Component>)
             .collect()
     }
+}
+
+/// Open the bridge's journal and log what it recovered and what was lost.
+async fn open_journal(
+    config: &BridgeConfig,
+    data_dir: &Path,
+    board: &StatusBoard,
+) -> Result<JournalOutbox, String> {
+    let dir = journal_outbox::journal_dir(data_dir, &config.name);
+    let (outbox, recovery) = JournalOutbox::open(
+        &dir,
+        &config.name,
+        config.journal.max_bytes,
+        config.journal.overflow,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let pending = recovery.pending.len();
+    let bytes: u64 = recovery.pending.iter().map(|p| u64::from(p.len)).sum();
+    let oldest_age_s = recovery
+        .pending
+        .first()
+        .and_then(|p| SystemTime::now().duration_since(p.appended_at).ok())
+        .map_or(0, |d| d.as_secs());
+    info!(bridge = %config.name, dir = %dir.display(), pending, bytes, oldest_age_s, "Bridge journal opened; pending messages are sent upstream first, in order.");
+    let lost = &recovery.lost;
+    board
+        .counters
+        .lost_at_open
+        .store(lost.records, std::sync::atomic::Ordering::Relaxed);
+    if lost.records > 0 || lost.bytes > 0 {
+        for s in &lost.segments {
+            warn!(bridge = %config.name, segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "Bridge journal: damaged segment; its tail was dropped.");
+        }
+        warn!(bridge = %config.name, records = lost.records, bytes = lost.bytes, "Bridge journal: records lost to damage at open (counted as lost_at_open).");
+    }
+    Ok(outbox)
 }
 
 impl Component for Bridge {
@@ -89,14 +135,15 @@ impl Component for Bridge {
 
     fn start(&mut self, ctx: ComponentContext) -> Result<(), String> {
         let config = self.config.clone();
-        let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(
+        // Shown until the journal is open (and for a disabled bridge): empty.
+        let placeholder: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(
             config.journal.max_bytes,
             config.journal.overflow,
         ));
         let board = Arc::new(StatusBoard::new(
             &config.name,
             ctx.health.clone(),
-            outbox.clone(),
+            placeholder,
         ));
         ctx.tracker.spawn(
             board
@@ -115,26 +162,48 @@ impl Component for Bridge {
                 return Err(format!("bridge {}: {e}", config.name));
             }
         };
-        let shared = Arc::new(run::Shared {
-            rules: config.rules().into(),
-            config,
-            outbox,
-            board,
-            shutdown: ctx.shutdown.clone(),
-            appended: Notify::new(),
-        });
         let tracker = ctx.tracker.clone();
+        let data_dir = self.data_dir.clone();
         ctx.tracker.spawn(async move {
+            // Subscribe first: from then on local deliveries wait in the bridge's durable
+            // session (their PUBACKs held back) while the journal recovers.
+            let rules: Arc<[rules::Rule]> = config.rules().into();
             let client = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                c = run::attach(&shared, &ctx.broker) => c,
+                _ = ctx.shutdown.cancelled() => return,
+                c = run::attach(&config, &rules, &board, &ctx.broker) => c,
             };
-            match client {
-                Ok(client) => run::run(shared, client, tls, tracker).await,
+            let client = match client {
+                Ok(client) => client,
                 Err(reason) => {
-                    warn!(bridge = %shared.config.name, %reason, "Bridge cannot attach to the broker; it does not run.");
+                    warn!(bridge = %config.name, %reason, "Bridge cannot attach to the broker; it does not run.");
                     ctx.health.set(Health::Failed(reason));
+                    return;
                 }
+            };
+            let journal = match open_journal(&config, &data_dir, &board).await {
+                Ok(j) => j,
+                Err(reason) => {
+                    warn!(bridge = %config.name, %reason, "Bridge journal cannot be opened; the bridge does not run.");
+                    ctx.health.set(Health::Failed(reason.clone()));
+                    board.set(LinkState::Disabled, None, Some(reason));
+                    client.disconnect().await;
+                    return;
+                }
+            };
+            let outbox: Arc<dyn Outbox> = Arc::new(journal.clone());
+            board.set_outbox(outbox.clone());
+            let shared = Arc::new(run::Shared {
+                rules,
+                config,
+                outbox,
+                board,
+                shutdown: ctx.shutdown.clone(),
+                appended: Notify::new(),
+                durable: true,
+            });
+            run::run(shared, client, tls, tracker).await;
+            if let Err(e) = journal.close().await {
+                warn!(reason = %e, "Bridge journal not closed cleanly (acknowledgements may come back as duplicates).");
             }
         });
         Ok(())

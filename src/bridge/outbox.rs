@@ -3,8 +3,9 @@
 //! record is stored as durably as the implementation can (the local publisher's
 //! PUBACK is released only then), `ack` forgets a record after the cloud's PUBACK or
 //! PUBCOMP, `pending` replays what is left in order. [`MemoryOutbox`] keeps records in
-//! memory (they survive an outage of the cloud, not a restart of tollgate); the
-//! on-disk journal engine (`src/journal`) implements the same trait. An outbox never
+//! memory (they survive an outage of the cloud, not a restart of tollgate; used by unit
+//! tests and by disabled bridges); [`super::journal_outbox::JournalOutbox`]
+//! implements the same trait on the on-disk journal (`src/journal`), the default. An outbox never
 //! holds more than `max_bytes` and applies the configured overflow policy, counted.
 
 use std::collections::VecDeque;
@@ -94,8 +95,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// The cloud acknowledged record `seq`: forget it (unknown numbers are ignored).
     fn ack(&self, seq: Seq);
 
-    /// Up to `limit` stored records after `after` (from the first when `None`), in order.
-    fn pending(&self, after: Option<Seq>, limit: usize) -> Vec<StoredRecord>;
+    /// Up to `limit` stored records after `after` (from the first when `None`), in order
+    /// (async: the journal reads them on its writer thread).
+    fn pending(&self, after: Option<Seq>, limit: usize) -> BoxFuture<Vec<StoredRecord>>;
 
     /// Current counters.
     fn counters(&self) -> OutboxCounters;
@@ -214,18 +216,20 @@ impl Outbox for MemoryOutbox {
         }
     }
 
-    fn pending(&self, after: Option<Seq>, limit: usize) -> Vec<StoredRecord> {
+    fn pending(&self, after: Option<Seq>, limit: usize) -> BoxFuture<Vec<StoredRecord>> {
         let s = self.inner.lock();
         let start = match after {
             None => 0,
             Some(after) => s.records.partition_point(|(r, _)| r.seq <= after),
         };
-        s.records
+        let records: Vec<StoredRecord> = s
+            .records
             .iter()
             .skip(start)
             .take(limit)
             .map(|(r, _)| r.clone())
-            .collect()
+            .collect();
+        Box::pin(std::future::ready(records))
     }
 
     fn counters(&self) -> OutboxCounters {
@@ -263,12 +267,12 @@ mod tests {
         let b = o.append(record("b", "2")).await.expect("stored");
         let c = o.append(record("c", "3")).await.expect("stored");
         assert!(a < b && b < c);
-        assert_eq!(topics(&o.pending(None, 10)), ["a", "b", "c"]);
-        assert_eq!(topics(&o.pending(Some(a), 1)), ["b"]);
+        assert_eq!(topics(&o.pending(None, 10).await), ["a", "b", "c"]);
+        assert_eq!(topics(&o.pending(Some(a), 1).await), ["b"]);
         o.ack(b);
         o.ack(b);
-        assert_eq!(topics(&o.pending(None, 10)), ["a", "c"]);
-        assert_eq!(topics(&o.pending(Some(a), 10)), ["c"]);
+        assert_eq!(topics(&o.pending(None, 10).await), ["a", "c"]);
+        assert_eq!(topics(&o.pending(Some(a), 10).await), ["c"]);
         let n = o.counters();
         assert_eq!((n.queued_messages, n.appended, n.acked), (2, 3, 1));
         assert_eq!(n.queued_bytes, 2 * record("a", "1").size());
@@ -281,7 +285,7 @@ mod tests {
         for t in ["a", "b", "c"] {
             o.append(record(t, "1")).await.expect("stored");
         }
-        assert_eq!(topics(&o.pending(None, 10)), ["b", "c"]);
+        assert_eq!(topics(&o.pending(None, 10).await), ["b", "c"]);
         assert_eq!(o.counters().dropped_overflow, 1);
     }
 
@@ -303,7 +307,7 @@ mod tests {
         o.ack(first);
         let second = waiting.await.expect("task").expect("stored after the ack");
         assert!(second > first);
-        assert_eq!(topics(&o.pending(None, 10)), ["b"]);
+        assert_eq!(topics(&o.pending(None, 10).await), ["b"]);
     }
 
     #[tokio::test]

@@ -63,18 +63,22 @@ pub(super) struct Shared {
     pub shutdown: CancellationToken,
     /// Signalled after every append (the uplink fills its window).
     pub appended: Notify,
+    /// Whether the outbox survives a restart (the journal).
+    pub durable: bool,
 }
 
 /// Attach the intake client and subscribe the out rules locally.
 pub(super) async fn attach(
-    shared: &Shared,
+    config: &BridgeConfig,
+    rules: &[Rule],
+    board: &StatusBoard,
     broker: &Arc<dyn Connector>,
 ) -> Result<InternalClient, String> {
-    let identity = shared.config.identity();
+    let identity = config.identity();
     let mut options = InternalOptions::new(Identity::internal(&identity));
     options.durable = true;
     let client = broker.connect_internal(options).await?;
-    for rule in shared.rules.iter().filter(|r| r.is_out()) {
+    for rule in rules.iter().filter(|r| r.is_out()) {
         let filter = rule.local_filter();
         let code = client
             .subscribe_filter(v5::Filter {
@@ -88,8 +92,8 @@ pub(super) async fn attach(
             .await
             .map_err(|e| format!("cannot subscribe {filter:?}: {e}"))?;
         if !matches!(code, v5::SubscribeReasonCode::Success(_)) {
-            warn!(bridge = %shared.config.name, %filter, ?code, "Out rule not subscribed: the ACL does not let {identity} read it; add `user {identity}` with `topic read {filter}` to the ACL.");
-            shared.board.set(
+            warn!(bridge = %config.name, %filter, ?code, "Out rule not subscribed: the ACL does not let {identity} read it; add `user {identity}` with `topic read {filter}` to the ACL.");
+            board.set(
                 LinkState::Connecting,
                 None,
                 Some(format!("the ACL does not let {identity} read {filter}")),
@@ -267,6 +271,11 @@ fn take_delivery(
                     let _ = a.ack().await;
                 }
             }
+            Err(OutboxError::Full) => {
+                // refuse-new: not stored, not acknowledged (the publisher is not told it is safe).
+                Counters::bump(&shared.board.counters.dropped_full);
+                warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message not forwarded.");
+            }
             Err(e) => {
                 // Not stored: not acknowledged (the publisher is not told it is safe).
                 warn!(bridge = %shared.config.name, reason = %e, "Message not stored for the cloud.");
@@ -309,12 +318,13 @@ impl Session {
     }
 
     /// Take records from the outbox until the window is full.
-    fn fill(&mut self, up: &Uplink, shared: &Shared) {
+    async fn fill(&mut self, up: &mut Uplink, shared: &Shared) {
         let window = usize::from(shared.config.max_inflight);
         while self.in_window() < window {
             let batch = shared
                 .outbox
-                .pending(self.cursor, window - self.in_window());
+                .pending(self.cursor, window - self.in_window())
+                .await;
             if batch.is_empty() {
                 return;
             }
@@ -342,10 +352,10 @@ impl Session {
     }
 
     /// Account for an event; returns a message that must go to the intake.
-    fn on_event(
+    async fn on_event(
         &mut self,
         event: UplinkEvent,
-        up: &Uplink,
+        up: &mut Uplink,
         shared: &Shared,
     ) -> Option<Box<Incoming>> {
         let counters = &shared.board.counters;
@@ -356,7 +366,7 @@ impl Session {
                 if let Some(status) = &shared.config.status_topic {
                     self.control(up, status, ONLINE);
                 }
-                self.fill(up, shared);
+                self.fill(up, shared).await;
             }
             UplinkEvent::Sent { pkid } => {
                 Counters::bump(&counters.sent);
@@ -376,7 +386,7 @@ impl Session {
                         }
                     }
                 }
-                self.fill(up, shared);
+                self.fill(up, shared).await;
             }
             UplinkEvent::Message(m) => return Some(m),
             UplinkEvent::Other => {}
@@ -433,18 +443,18 @@ async fn uplink(
                             },
                             Ok(UplinkEvent::Connected { session_present }) => {
                                 info!(bridge = %config.name, %address, session_present, "Bridge connected to the cloud.");
-                                session.on_event(UplinkEvent::Connected { session_present }, &up, &shared);
+                                session.on_event(UplinkEvent::Connected { session_present }, &mut up, &shared).await;
                                 shared.board.set(LinkState::Connected, Some(&address), None);
                             }
                             Ok(event) => {
-                                if let Some(m) = session.on_event(event, &up, &shared) {
+                                if let Some(m) = session.on_event(event, &mut up, &shared).await {
                                     next_id += 1;
                                     ingress(&shared, &up, &mut session, m, next_id, &ingress_tx, &ingress_queued);
                                 }
                             }
                         },
                         _ = shared.appended.notified(), if session.connected_at.is_some() => {
-                            session.fill(&up, &shared);
+                            session.fill(&mut up, &shared).await;
                         }
                         Some(r) = qos0_rx.recv(), if session.connected_at.is_some() => {
                             if up.publish(&r.topic, r.payload, 0, r.retain) {
@@ -543,7 +553,7 @@ async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
     if session.connected_at.is_none() {
         return;
     }
-    session.fill(up, shared);
+    session.fill(up, shared).await;
     if let Some(status) = &shared.config.status_topic {
         session.control(up, status, OFFLINE);
     }
@@ -551,7 +561,7 @@ async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
     while !(session.queued.is_empty() && session.inflight.is_empty()) {
         match tokio::time::timeout_at(deadline, up.poll()).await {
             Ok(Ok(event)) => {
-                if let Some(m) = session.on_event(event, up, shared) {
+                if let Some(m) = session.on_event(event, up, shared).await {
                     // Intake has stopped: not acknowledged, the cloud keeps it.
                     drop(m);
                 }
@@ -561,7 +571,11 @@ async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
     }
     let left = shared.outbox.counters().queued_messages;
     if left > 0 {
-        warn!(bridge = %shared.config.name, left, "Bridge stopped with messages not yet acknowledged by the cloud (kept in memory only: lost).");
+        if shared.durable {
+            info!(bridge = %shared.config.name, left, "Bridge stopped with messages not yet acknowledged by the cloud; they stay in its journal and are sent after the restart.");
+        } else {
+            warn!(bridge = %shared.config.name, left, "Bridge stopped with messages not yet acknowledged by the cloud (kept in memory only: lost).");
+        }
     }
     up.disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -7,7 +7,7 @@
 //! own identity `bridge:<name>` never writes there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -66,6 +66,10 @@ pub struct Counters {
     pub received: AtomicU64,
     /// Connections lost after a CONNACK.
     pub reconnects: AtomicU64,
+    /// Messages refused by a full journal (`overflow = refuse-new`).
+    pub dropped_full: AtomicU64,
+    /// Journal records found damaged and dropped when the bridge started.
+    pub lost_at_open: AtomicU64,
 }
 
 impl Counters {
@@ -90,7 +94,7 @@ pub struct StatusBoard {
     health: HealthReporter,
     /// The bridge's counters.
     pub counters: Counters,
-    outbox: Arc<dyn Outbox>,
+    outbox: RwLock<Arc<dyn Outbox>>,
 }
 
 impl StatusBoard {
@@ -106,8 +110,21 @@ impl StatusBoard {
             changed: Notify::new(),
             health,
             counters: Counters::default(),
-            outbox,
+            outbox: RwLock::new(outbox),
         }
+    }
+
+    /// Show the counters of `outbox` from now on (the journal, once it is open).
+    pub fn set_outbox(&self, outbox: Arc<dyn Outbox>) {
+        *self.outbox.write().unwrap_or_else(|e| e.into_inner()) = outbox;
+        self.changed.notify_one();
+    }
+
+    fn outbox_counters(&self) -> super::outbox::OutboxCounters {
+        self.outbox
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .counters()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -125,7 +142,7 @@ impl StatusBoard {
             if error.is_some() {
                 s.last_error = error;
             }
-            let queued = self.outbox.counters().queued_messages;
+            let queued = self.outbox_counters().queued_messages;
             let at = s.address.clone().unwrap_or_default();
             self.health.set(match state {
                 LinkState::Connected => Health::Ok(format!("connected to {at}, {queued} queued")),
@@ -148,7 +165,7 @@ impl StatusBoard {
     /// The JSON published on the state topic.
     pub fn payload(&self) -> String {
         let s = self.lock().clone();
-        let o = self.outbox.counters();
+        let o = self.outbox_counters();
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
@@ -163,12 +180,14 @@ impl StatusBoard {
             "acked": get(&c.acked),
             "received": get(&c.received),
             "reconnects": get(&c.reconnects),
+            "lost_at_open": get(&c.lost_at_open),
             "dropped": {
                 "overflow": o.dropped_overflow,
                 "qos0": get(&c.dropped_qos0),
                 "refused_upstream": get(&c.dropped_refused),
                 "ingress_denied": get(&c.dropped_ingress_denied),
                 "too_large": get(&c.dropped_too_large),
+                "full": get(&c.dropped_full),
             },
         })
         .to_string()
