@@ -6,9 +6,8 @@
 //! the status topic (birth "online", "offline" at shutdown), failover to the second
 //! address, and QoS 1 delivery in order after a cloud outage.
 //!
-//! The outbox is in memory for now: what it holds survives an outage of the cloud, not
-//! a restart of tollgate. Restart and power-cut durability come with the on-disk
-//! journal (`src/journal`), which implements the same `Outbox` trait.
+//! The outbox is the on-disk journal (`src/bridge/journal_outbox.rs`); its survival of a
+//! `kill -9` of tollgate is tested in `tests/bridge_crash.rs`.
 
 mod support;
 
