@@ -243,6 +243,27 @@ impl ReloadHandle {
     }
 }
 
+/// Builds the core from the broker settings, the security state and the shutdown token.
+pub trait MakeCore:
+    FnOnce(
+    BrokerSettings,
+    Arc<dyn Authenticator>,
+    Arc<dyn Authorizer>,
+    CancellationToken,
+) -> Arc<dyn Core>
+{
+}
+
+impl<F> MakeCore for F where
+    F: FnOnce(
+        BrokerSettings,
+        Arc<dyn Authenticator>,
+        Arc<dyn Authorizer>,
+        CancellationToken,
+    ) -> Arc<dyn Core>
+{
+}
+
 /// Builds extra components from each configuration (embedding and tests; the gateway's
 /// own components come from [`builtin_components`]).
 pub type ComponentSource = Arc<dyn Fn(&Config) -> Vec<Box<dyn Component>> + Send + Sync>;
@@ -303,15 +324,10 @@ impl App {
     }
 
     /// Build the gateway around any `Core` (tests use fakes that need no MQTT).
-    pub async fn build_with_core<F>(loaded: LoadedConfig, make_core: F) -> Result<App, AppError>
-    where
-        F: FnOnce(
-            BrokerSettings,
-            Arc<dyn Authenticator>,
-            Arc<dyn Authorizer>,
-            CancellationToken,
-        ) -> Arc<dyn Core>,
-    {
+    pub async fn build_with_core<F: MakeCore>(
+        loaded: LoadedConfig,
+        make_core: F,
+    ) -> Result<App, AppError> {
         App::build_with_parts(loaded, make_core, Vec::new()).await
     }
 
@@ -333,19 +349,11 @@ impl App {
         .await
     }
 
-    async fn build_with_parts<F>(
+    async fn build_with_parts<F: MakeCore>(
         loaded: LoadedConfig,
         make_core: F,
         sources: Vec<ComponentSource>,
-    ) -> Result<App, AppError>
-    where
-        F: FnOnce(
-            BrokerSettings,
-            Arc<dyn Authenticator>,
-            Arc<dyn Authorizer>,
-            CancellationToken,
-        ) -> Arc<dyn Core>,
-    {
+    ) -> Result<App, AppError> {
         let config = loaded.config;
         let (mut states, dev_pki) = build_states(&config, true)?;
         let unstarted = all_components(&config, dev_pki.as_ref(), &sources);
@@ -769,6 +777,26 @@ pub async fn shutdown_signal() {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = which, "Shutdown requested.");
+}
+
+/// Configurations for the unit tests of `app`'s modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::config::{load_with_env, Config, ConfigSource};
+
+    /// One anonymous plain TCP listener on loopback.
+    pub(crate) const LOCAL: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
+
+    /// `body` written to a file in a fresh directory and loaded (the directory lives as
+    /// long as the returned guard).
+    pub(crate) fn config(body: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, body).expect("write");
+        let loaded =
+            load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
+        (dir, loaded.config)
+    }
 }
 
 #[cfg(test)]

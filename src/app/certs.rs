@@ -167,18 +167,8 @@ async fn publish_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_with_env, ConfigSource};
 
-    const LOCAL: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
-
-    fn config(body: &str) -> (tempfile::TempDir, Config) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.toml");
-        std::fs::write(&path, body).expect("write");
-        let loaded =
-            load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
-        (dir, loaded.config)
-    }
+    use crate::app::testing::{config, LOCAL};
 
     #[test]
     fn its_only_grant_is_writing_the_certificate_topics() {

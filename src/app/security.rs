@@ -213,16 +213,7 @@ mod tests {
     use crate::component::Component;
     use crate::config::{load_with_env, ConfigSource};
 
-    fn config(body: &str) -> (tempfile::TempDir, Config) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.toml");
-        std::fs::write(&path, body).expect("write");
-        let loaded =
-            load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
-        (dir, loaded.config)
-    }
-
-    const LOCAL: &str = "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n";
+    use crate::app::testing::{config, LOCAL};
 
     fn user(name: &str, via: AuthMethod) -> Identity {
         Identity {
