@@ -216,12 +216,12 @@ mod tests {
     async fn items_arrive_in_order_and_none_after_the_sender_is_gone() {
         let (tx, mut rx) = out_queue();
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
-        tx.send(acks(&[1, 2])).unwrap();
-        tx.send(acks(&[3])).unwrap();
-        assert_eq!(ids(&rx.recv().await.unwrap()), [1, 2, 3]);
-        tx.send(acks(&[4])).unwrap();
+        tx.send(acks(&[1, 2])).expect("receiver alive");
+        tx.send(acks(&[3])).expect("receiver alive");
+        assert_eq!(ids(&rx.recv().await.expect("a batch")), [1, 2, 3]);
+        tx.send(acks(&[4])).expect("receiver alive");
         drop(tx);
-        assert_eq!(ids(&rx.try_recv().unwrap()), [4]);
+        assert_eq!(ids(&rx.try_recv().expect("a batch")), [4]);
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
         assert!(rx.recv().await.is_none());
     }
@@ -230,15 +230,15 @@ mod tests {
     async fn a_waiting_receiver_is_woken() {
         let (tx, mut rx) = out_queue();
         let waiter = tokio::spawn(async move {
-            let first = rx.recv().await.unwrap();
+            let first = rx.recv().await.expect("a batch");
             let rest = rx.recv().await;
             (ids(&first), rest.is_none())
         });
         tokio::task::yield_now().await;
-        tx.send(acks(&[7])).unwrap();
+        tx.send(acks(&[7])).expect("receiver alive");
         tokio::task::yield_now().await;
         drop(tx);
-        let (first, closed) = waiter.await.unwrap();
+        let (first, closed) = waiter.await.expect("waiter task");
         assert_eq!(first, [7]);
         assert!(closed);
     }
@@ -251,8 +251,8 @@ mod tests {
             _ = rx.recv() => unreachable!(),
             _ = tokio::task::yield_now() => {}
         }
-        tx.send(acks(&[9])).unwrap();
-        assert_eq!(ids(&rx.recv().await.unwrap()), [9]);
+        tx.send(acks(&[9])).expect("receiver alive");
+        assert_eq!(ids(&rx.recv().await.expect("a batch")), [9]);
     }
 
     #[test]
@@ -265,8 +265,8 @@ mod tests {
     #[test]
     fn the_queue_holds_no_allocation_when_drained() {
         let (tx, mut rx) = out_queue();
-        tx.send(acks(&[1, 2, 3])).unwrap();
-        let _ = rx.try_recv().unwrap();
+        tx.send(acks(&[1, 2, 3])).expect("receiver alive");
+        let _ = rx.try_recv().expect("a batch");
         assert_eq!(lock(&rx.shared).queue.capacity(), 0);
     }
 }
