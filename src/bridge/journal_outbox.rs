@@ -261,14 +261,7 @@ impl Outbox for JournalOutbox {
 mod tests {
     use super::*;
 
-    fn record(topic: &str, payload: &'static str) -> OutboxRecord {
-        OutboxRecord {
-            topic: topic.into(),
-            payload: Bytes::from_static(payload.as_bytes()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        }
-    }
+    use crate::bridge::outbox::tests::record;
 
     fn topics(records: &[StoredRecord]) -> Vec<String> {
         records.iter().map(|r| r.record.topic.clone()).collect()

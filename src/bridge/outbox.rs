@@ -244,10 +244,11 @@ impl Outbox for MemoryOutbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record(topic: &str, payload: &'static str) -> OutboxRecord {
+    /// A QoS 1 record (shared with the journal outbox's tests).
+    pub(in crate::bridge) fn record(topic: &str, payload: &'static str) -> OutboxRecord {
         OutboxRecord {
             topic: topic.into(),
             payload: Bytes::from_static(payload.as_bytes()),
