@@ -213,7 +213,7 @@ pub fn audit_denied(
         Event::new(Kind::AclDenied)
             .identity(identity)
             .peer(peer)
-            .access(access)
+            .access(&access)
             .topic(topic)
             .rule(rule.as_deref().unwrap_or("none matched: default deny"))
             .emit();

@@ -196,11 +196,11 @@ pub struct Event<'a> {
     via: Option<AuthMethod>,
     method: Option<&'static str>,
     outcome: Option<&'static str>,
-    access: Option<String>,
+    access: Option<&'a dyn fmt::Debug>,
     topic: Option<&'a str>,
     rule: Option<&'a str>,
     reason: Option<&'a str>,
-    error: Option<String>,
+    error: Option<&'a dyn fmt::Display>,
     config: Option<&'a str>,
     problems: Option<usize>,
     owner: Option<&'a Identity>,
@@ -299,8 +299,8 @@ impl<'a> Event<'a> {
     }
 
     /// The access checked (`Read`, `Write`, `Subscribe`).
-    pub fn access(mut self, access: impl fmt::Debug) -> Self {
-        self.access = Some(format!("{access:?}"));
+    pub fn access(mut self, access: &'a dyn fmt::Debug) -> Self {
+        self.access = Some(access);
         self
     }
 
@@ -323,8 +323,8 @@ impl<'a> Event<'a> {
     }
 
     /// The error that decided (escaped).
-    pub fn error(mut self, error: impl fmt::Display) -> Self {
-        self.error = Some(error.to_string());
+    pub fn error(mut self, error: &'a dyn fmt::Display) -> Self {
+        self.error = Some(error);
         self
     }
 
@@ -365,6 +365,8 @@ impl<'a> Event<'a> {
             return;
         }
         let e = &self;
+        // Formatted only for a line that is written (the limit said yes).
+        let error = e.error.map(ToString::to_string);
         macro_rules! write_line {
             ($macro:ident) => {
                 tracing::$macro!(
@@ -378,11 +380,11 @@ impl<'a> Event<'a> {
                     via = e.via.map(debug),
                     method = e.method,
                     outcome = e.outcome,
-                    access = e.access.as_deref(),
+                    access = e.access.map(debug),
                     topic = e.topic.map(|t| display(LogStr(t))),
                     rule = e.rule,
                     reason = e.reason.map(|r| display(LogStr(r))),
-                    error = e.error.as_deref().map(|r| display(LogStr(r))),
+                    error = error.as_deref().map(|r| display(LogStr(r))),
                     config = e.config,
                     problems = e.problems,
                     owner = e.owner.and_then(|o| o.username.as_deref()).map(|u| display(LogStr(u))),
