@@ -9,6 +9,7 @@
 //! - [`clients`]: rumqttc v3.1.1/v5 clients whose events can be awaited, and a raw v5 socket.
 //! - [`dial`]: rumqttc clients of a whole gateway over TCP or TLS, with credentials, whose
 //!   refusals are results (for the security tests).
+//! - [`cloud`]: the bridge's cloud (mosquitto over mTLS), its clients and the bridge config.
 //! - [`gateway`]: the gateway in-process (`App`) from a written configuration, the
 //!   `tollgate` binary as an operator runs it, and a fake systemd notify socket.
 //! - [`pki`]: certificates: a `tollgate::pki` directory and rcgen CAs and leaves.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod broker;
 pub mod clients;
+pub mod cloud;
 pub mod dial;
 pub mod fixtures;
 pub mod gateway;
