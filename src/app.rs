@@ -40,7 +40,7 @@ pub use self::security::{
 use crate::acl::Authorizer;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
-use crate::component::{grant_table, Component, HealthBoard};
+use crate::component::{grant_table, Component, HealthBoard, READY_WAIT};
 use crate::config::{self, Config, LoadedConfig, Transport};
 use crate::pki::{self, DevPki};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
@@ -304,7 +304,7 @@ pub struct App {
     tasks: TaskTracker,
     /// Extra component sources besides [`builtin_components`], asked again on reload.
     sources: Vec<ComponentSource>,
-    /// Built by `build`, started by `run` after the listeners.
+    /// Built by `build`, started by `run` before the listeners accept.
     unstarted: Vec<Box<dyn Component>>,
     /// The started components.
     components: Components,
@@ -455,6 +455,13 @@ impl App {
             .map_err(AppError::Signal)?;
         let tracker = self.tasks.clone();
         let stop_accepting = CancellationToken::new();
+        // Components attach before the listeners accept: a bridge's subscriptions are in
+        // place before the first device can publish (nothing published is missed).
+        let waits: Vec<_> = std::mem::take(&mut self.unstarted)
+            .into_iter()
+            .map(|c| self.components.start(c))
+            .collect();
+        Components::ready(waits, tokio::time::Instant::now() + READY_WAIT).await;
         for l in std::mem::take(&mut self.listeners) {
             info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
             tracker.spawn(
@@ -471,9 +478,6 @@ impl App {
                 }
                 .run(),
             );
-        }
-        for component in std::mem::take(&mut self.unstarted) {
-            self.components.start(component);
         }
         self.announce_ready();
         tracker.spawn(health_loop(

@@ -1,9 +1,10 @@
 //! The component seam: long-running parts of the gateway beside the broker core (the
 //! certificate expiry watch today; the cloud bridge and the field adapters next). A
 //! component is built from the configuration without side effects, declares the
-//! built-in grants its in-process clients need, is started by `app` after the
-//! listeners with a [`ComponentContext`] (in-process clients, its own shutdown token
-//! and task tracker, a health slot), is compared by name and settings on SIGHUP
+//! built-in grants its in-process clients need, is started by `app` before the
+//! listeners accept, with a [`ComponentContext`] (in-process clients, its own shutdown
+//! token and task tracker, a health slot, a [`Readiness`] to hold READY while it
+//! attaches), is compared by name and settings on SIGHUP
 //! (unchanged ones keep running) and is drained in [`Stage`] order on shutdown.
 //! A component must never spawn a task outside its tracker, never block the router
 //! (it talks to the broker through in-process clients only) and never hold policy of
@@ -149,6 +150,41 @@ pub trait Connector: Send + Sync + 'static {
     ) -> BoxFuture<Result<InternalClient, String>>;
 }
 
+/// Lets a component hold back the gateway's readiness while it attaches (a bridge
+/// subscribing its `out` rules, an adapter opening its bus): the listeners start
+/// accepting and systemd hears READY=1 only when every hold taken during
+/// [`Component::start`] is dropped, or after [`READY_WAIT`]. A hold can only be taken
+/// while `start` runs; one dropped by a failing task releases readiness as well, so
+/// a component can delay the gateway but never stop it from starting.
+#[derive(Debug, Clone)]
+pub struct Readiness(tokio::sync::mpsc::WeakSender<()>);
+
+/// How long the gateway waits for components' readiness holds before it serves anyway.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Held while a component attaches (see [`Readiness`]); drop it when attached.
+#[derive(Debug)]
+pub struct ReadyHold(#[allow(dead_code)] Option<tokio::sync::mpsc::Sender<()>>);
+
+impl Readiness {
+    /// A new readiness with the runner's side: `start` may take holds until the runner
+    /// drops its sender; the receiver ends when the last hold is dropped.
+    pub fn new() -> (
+        Readiness,
+        tokio::sync::mpsc::Sender<()>,
+        tokio::sync::mpsc::Receiver<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (Readiness(tx.downgrade()), tx, rx)
+    }
+
+    /// Hold the gateway's readiness until the returned value is dropped (a no-op hold
+    /// once `start` has returned).
+    pub fn hold(&self) -> ReadyHold {
+        ReadyHold(self.0.upgrade())
+    }
+}
+
 /// What a started component gets from the application.
 pub struct ComponentContext {
     /// In-process clients for this component (identity `bridge:<name>`, `adapter:<name>`, ...).
@@ -159,6 +195,8 @@ pub struct ComponentContext {
     pub tracker: TaskTracker,
     /// Where the component reports its health.
     pub health: HealthReporter,
+    /// Hold the gateway's READY until attached (see [`Readiness`]).
+    pub readiness: Readiness,
 }
 
 /// Settings of a component, compared on reload (equal settings: the running instance is

@@ -1,5 +1,6 @@
 //! The component seam of `App` with toy components (one per drain stage): they start
-//! after the listeners, talk to the broker only through in-process clients authorized by
+//! before the listeners accept (a component's readiness hold keeps the first client
+//! waiting until it has attached), talk to the broker only through in-process clients authorized by
 //! their built-in grants (the ACL grants them nothing), are reloaded live or replaced by
 //! name when their settings change, are stopped when a reload drops them, and drain in
 //! the stated order on shutdown (adapters, then bridges, then services, then the broker,
@@ -475,4 +476,122 @@ async fn wait_subscribed(client: &AsyncClient, lines: &mut Lines<BufReader<Child
     })
     .await
     .expect("mosquitto_sub subscribed");
+}
+
+/// A component that takes a while to attach and holds the gateway's readiness meanwhile.
+struct Late {
+    seen: mpsc::UnboundedSender<String>,
+}
+
+impl Component for Late {
+    fn name(&self) -> &str {
+        "adapter:late"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Adapter
+    }
+
+    fn settings(&self) -> &dyn Settings {
+        &()
+    }
+
+    fn grants(&self) -> Vec<Grant> {
+        vec![Grant {
+            identity: "adapter:late".into(),
+            access: Access::Read,
+            filter: "late/in".into(),
+        }]
+    }
+
+    fn start(&mut self, ctx: ComponentContext) -> Result<(), String> {
+        let hold = ctx.readiness.hold();
+        let seen = self.seen.clone();
+        ctx.tracker.spawn(async move {
+            // Slow to attach (a bus to open, a journal to recover).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut client = ctx
+                .broker
+                .connect_internal(InternalOptions::new(Identity::internal("adapter:late")))
+                .await
+                .expect("in-process client");
+            client
+                .subscribe("late/in", BrokerQoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            drop(hold);
+            loop {
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    delivery = client.recv() => {
+                        let Some(d) = delivery else { break };
+                        let _ = seen.send(String::from_utf8_lossy(&d.payload).into_owned());
+                        let _ = d.ack().await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_client_is_accepted_only_after_components_attached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tollgate.toml");
+    let body = format!(
+        "[broker]\ndata_dir = {:?}\nsys_interval = \"0s\"\n\
+         [[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n",
+        dir.path().display()
+    );
+    std::fs::write(&path, body).expect("config");
+    let loaded =
+        load_with_env(&ConfigSource::File(path), &Default::default()).expect("valid config");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let source: ComponentSource = Arc::new(move |_config| {
+        vec![Box::new(Late {
+            seen: seen_tx.clone(),
+        }) as Box<dyn Component>]
+    });
+    let app = App::build_with_components(loaded, vec![source])
+        .await
+        .expect("app builds");
+    let addr = app.local_addr("local").expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+
+    // The device connects and publishes at once: its connection waits in the listen
+    // backlog until the component has subscribed, so the first message is not missed.
+    let mut options = MqttOptions::new("early-device", addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .publish("late/in", QoS::AtLeastOnce, false, "first")
+        .await
+        .expect("publish queued");
+    let (acked_tx, acked) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut acked_tx = Some(acked_tx);
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                if let Some(t) = acked_tx.take() {
+                    let _ = t.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("PUBACK in time")
+        .expect("client alive");
+    let first = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the component saw the first message")
+        .expect("component running");
+    assert_eq!(first, "first");
+
+    let _ = stop.send(());
+    running.await.expect("join").expect("app ran");
 }

@@ -1,5 +1,5 @@
 //! The running components of the application (see `crate::component`): starts them
-//! after the listeners, reconciles them by name on reload (unchanged ones keep running,
+//! before the listeners accept (waiting up to `READY_WAIT` for their readiness holds), reconciles them by name on reload (unchanged ones keep running,
 //! changed ones are reloaded or replaced, removed ones drained, new ones started) and
 //! drains them stage by stage on shutdown, before the broker stops. It must never leave
 //! a stopped component's tasks untracked or start two instances under one name.
@@ -11,7 +11,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::component::{Component, ComponentContext, Connector, HealthBoard, Stage};
+use crate::component::{
+    Component, ComponentContext, Connector, HealthBoard, Readiness, Stage, READY_WAIT,
+};
+
+/// A started component's readiness (see [`Readiness`]).
+pub(crate) struct ReadyWait {
+    name: String,
+    ready: tokio::sync::mpsc::Receiver<()>,
+}
 
 /// A started component with what stops it.
 struct Running {
@@ -66,19 +74,28 @@ impl Components {
         }
     }
 
-    /// Start `component`; on failure it is logged, marked failed, and not kept.
-    pub(crate) fn start(&mut self, mut component: Box<dyn Component>) {
+    /// Start `component`; on failure it is logged, marked failed, and not kept. Returns
+    /// its name and what resolves once the readiness holds it took are dropped.
+    pub(crate) fn start(&mut self, mut component: Box<dyn Component>) -> ReadyWait {
         let name = component.name().to_string();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let health = self.board.reporter(&name);
+        let (readiness, runner_side, ready) = Readiness::new();
         let ctx = ComponentContext {
             broker: self.broker.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             health: health.clone(),
+            readiness,
         };
-        match component.start(ctx) {
+        let started = component.start(ctx);
+        drop(runner_side);
+        let wait = ReadyWait {
+            name: name.clone(),
+            ready,
+        };
+        match started {
             Ok(()) => {
                 info!(component = %name, stage = %component.stage(), "Component started.");
                 self.running.push(Running {
@@ -92,6 +109,21 @@ impl Components {
                 tracker.close();
                 warn!(component = %name, %reason, "Component failed to start; the gateway runs without it.");
                 health.set(crate::component::Health::Failed(reason));
+            }
+        }
+        wait
+    }
+
+    /// Wait until every component in `waits` is ready (its readiness holds dropped), or
+    /// `deadline`: the ones still attaching are named in a warning and the gateway goes
+    /// on (they keep attaching in the background).
+    pub(crate) async fn ready(waits: Vec<ReadyWait>, deadline: Instant) {
+        for mut w in waits {
+            if tokio::time::timeout_at(deadline, w.ready.recv())
+                .await
+                .is_err()
+            {
+                warn!(component = %w.name, wait_s = READY_WAIT.as_secs(), "Component not ready in time; the gateway serves without waiting for it (messages published before it is attached are not seen by it).");
             }
         }
     }
@@ -151,7 +183,8 @@ impl Components {
             }
         }
         for component in pending.start {
-            self.start(component);
+            // A reload does not wait: the gateway is already serving.
+            let _ = self.start(component);
         }
     }
 

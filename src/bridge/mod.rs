@@ -164,6 +164,8 @@ impl Component for Bridge {
         };
         let tracker = ctx.tracker.clone();
         let data_dir = self.data_dir.clone();
+        // The listeners accept once the out rules are subscribed (nothing is missed).
+        let attaching = ctx.readiness.hold();
         ctx.tracker.spawn(async move {
             // Subscribe first: from then on local deliveries wait in the bridge's durable
             // session (their PUBACKs held back) while the journal recovers.
@@ -172,6 +174,7 @@ impl Component for Bridge {
                 _ = ctx.shutdown.cancelled() => return,
                 c = run::attach(&config, &rules, &board, &ctx.broker) => c,
             };
+            drop(attaching);
             let client = match client {
                 Ok(client) => client,
                 Err(reason) => {
