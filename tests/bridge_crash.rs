@@ -13,9 +13,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,10 +24,11 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 
-use support::gateway::{tollgate_command, write_config};
+use support::gateway::write_config;
 use support::net::free_port;
 use support::peers::{require_peer, Mosquitto};
 use support::pki::Pki;
+use support::process::GatewayProcess;
 
 /// How long the cloud may take to receive everything after the restart.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(120);
@@ -92,76 +91,6 @@ remote_prefix = "site/gw1/"
             key = gw_cert.1.display().to_string(),
         ),
     );
-}
-
-/// The `tollgate` binary running `dir/tollgate.toml`; SIGKILLed when dropped.
-struct GatewayProcess {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl GatewayProcess {
-    /// Start it and wait until it says it is ready and its bridge has opened its journal
-    /// (the bridge subscribes locally just before; "ready" comes earlier, and a message
-    /// published before the bridge subscribed is not forwarded).
-    fn start(dir: &Path) -> GatewayProcess {
-        let mut child = tollgate_command()
-            .args(["--log", "text", "run", "-c", "tollgate.toml"])
-            .current_dir(dir)
-            .env("HOME", dir)
-            .env_remove("RUST_LOG")
-            .env_remove("TOLLGATE_BRIDGE_CRASH_MESSAGES")
-            .env_remove("TOLLGATE_BRIDGE_CRASH_RUNS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tollgate");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().expect("log").push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut gateway = GatewayProcess { child, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut ready, mut opened) = (false, false);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    ready |= line.contains("tollgate is ready");
-                    opened |= line.contains("Bridge journal opened");
-                    if ready && opened {
-                        return gateway;
-                    }
-                }
-                Err(e) => {
-                    gateway.kill();
-                    panic!("gateway not ready: {e}; log: {:#?}", gateway.lines());
-                }
-            }
-        }
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("log").clone()
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Publish `n` QoS 1 messages `m-<i>` on `sensors/crash` to the gateway at `port`;
@@ -268,7 +197,8 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
     let (port, cloud_port) = (free_port(), free_port());
     gateway_config(dir.path(), &pki, &gw_cert, port, cloud_port);
 
-    let mut gateway = GatewayProcess::start(dir.path());
+    let mut gateway =
+        GatewayProcess::start(dir.path(), &["tollgate is ready", "Bridge journal opened"]);
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let publisher = tokio::spawn(publish(port, n, acked.clone()));
     match kill_after {
@@ -294,7 +224,8 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
 
     let _cloud = Mosquitto::start_on(&cloud_dir, cloud_port, &cloud_settings(&pki, &cloud_dir));
     let mut rx = cloud_subscriber(&pki, cloud_port).await;
-    let gateway = GatewayProcess::start(dir.path());
+    let gateway =
+        GatewayProcess::start(dir.path(), &["tollgate is ready", "Bridge journal opened"]);
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     let deadline = tokio::time::Instant::now() + DELIVERY_LIMIT;

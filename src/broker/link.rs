@@ -399,6 +399,12 @@ pub(crate) enum RouterMsg {
     /// Health probe and sync point: answered once everything the router received before
     /// it has been handed to the connections.
     Ping(oneshot::Sender<()>),
+    /// A retained change the publisher's acknowledgement waits for is durable (`ok`) or
+    /// failed (router/state.rs).
+    StateStored {
+        hold: u64,
+        ok: bool,
+    },
 }
 
 /// CONNACK properties carrying only a reason string (refusals).

@@ -24,6 +24,7 @@
 mod deliver;
 mod requests;
 mod sessions;
+mod state;
 mod sys;
 
 use std::cmp::Reverse;
@@ -189,6 +190,8 @@ pub(crate) struct Router {
     scratch: Vec<(SessionKey, SubOptions)>,
     /// Pings answered after this round's flush (a ping is a sync point).
     pings: Vec<oneshot::Sender<()>>,
+    /// The durable state (`[persistence]`), once opened.
+    state: Option<super::persist::RetainedLog>,
 }
 
 fn settings(ctx: &Ctx) -> &BrokerSettings {
@@ -251,6 +254,7 @@ impl Router {
             timers: BinaryHeap::new(),
             scratch: Vec::new(),
             pings: Vec::new(),
+            state: None,
         }
     }
 
@@ -261,6 +265,13 @@ impl Router {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        // Loaded before the first request: clients wait in the channel meanwhile.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = self.open_state() => {}
+        }
+        let mut upkeep = tokio::time::interval(std::time::Duration::from_secs(1));
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse(t)| t.0);
             tokio::select! {
@@ -285,6 +296,10 @@ impl Router {
                     self.ctx.now = Instant::now();
                     self.publish_sys();
                 }
+                _ = upkeep.tick(), if self.state.is_some() => {
+                    self.ctx.now = Instant::now();
+                    self.state_upkeep();
+                }
             }
             self.flush();
             for ping in self.pings.drain(..) {
@@ -292,6 +307,7 @@ impl Router {
             }
             self.update_stats();
         }
+        self.close_state().await;
         debug!("Router stopped.");
     }
 
@@ -316,6 +332,7 @@ impl Router {
                 session_expiry,
             } => self.closed(conn, send_will, session_expiry),
             RouterMsg::Ping(reply) => self.pings.push(reply),
+            RouterMsg::StateStored { hold, ok } => self.state_stored(hold, ok),
         }
         self.complete_targets();
     }

@@ -22,8 +22,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tollgate";
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
-    /// State directory (development PKI, bridge journals, later sessions).
+    /// State directory (development PKI, bridge journals, the durable state).
     pub data_dir: PathBuf,
+    /// `[persistence]` (a section of its own in the file, copied here by the loader);
+    /// off in the programmatic default (tests, embedding).
+    #[serde(skip)]
+    pub persistence: super::persist::PersistenceSettings,
     /// Connections accepted at once over all listeners; more are closed before TLS.
     pub max_connections: u32,
     /// Largest packet accepted from or sent to a client, in bytes.
@@ -70,6 +74,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            persistence: super::persist::PersistenceSettings::off(),
             max_connections: 10_000,
             max_packet_size: 1_048_576,
             connect_timeout: Duration::from_secs(10),

@@ -51,6 +51,15 @@ pub struct BrokerStats {
     pub refused_session_quota: u64,
     /// Bytes held by retained messages.
     pub retained_bytes: u64,
+    /// Retained messages in the durable state log (`[persistence]`).
+    pub state_retained: u64,
+    /// Disk bytes of the live records of the durable state log.
+    pub state_bytes: u64,
+    /// Changes of the durable state that could not be stored (full, disk errors, a
+    /// state directory that could not be opened).
+    pub state_failures: u64,
+    /// Records of the durable state lost to damage at the last start.
+    pub state_lost_at_open: u64,
     /// Audit-worthy events by kind and the log lines the rate limits suppressed
     /// (`telemetry::limit`): complete even when the lines about them were summarised.
     pub audit: crate::telemetry::limit::AuditStats,
@@ -77,6 +86,10 @@ pub(crate) struct StatsCounters {
     pub dropped_retained_quota: AtomicU64,
     pub refused_session_quota: AtomicU64,
     pub retained_bytes: AtomicU64,
+    pub state_retained: AtomicU64,
+    pub state_bytes: AtomicU64,
+    pub state_failures: AtomicU64,
+    pub state_lost_at_open: AtomicU64,
 }
 
 impl StatsCounters {
@@ -103,6 +116,10 @@ impl StatsCounters {
             dropped_retained_quota: get(&self.dropped_retained_quota),
             refused_session_quota: get(&self.refused_session_quota),
             retained_bytes: get(&self.retained_bytes),
+            state_retained: get(&self.state_retained),
+            state_bytes: get(&self.state_bytes),
+            state_failures: get(&self.state_failures),
+            state_lost_at_open: get(&self.state_lost_at_open),
             audit: Default::default(),
         }
     }

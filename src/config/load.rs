@@ -21,7 +21,14 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tollgate.toml")
 
 /// Top-level keys the file may contain.
 const SECTIONS: &[&str] = &[
-    "broker", "listener", "auth", "acl", "shutdown", "log", "bridge",
+    "broker",
+    "persistence",
+    "listener",
+    "auth",
+    "acl",
+    "shutdown",
+    "log",
+    "bridge",
 ];
 
 /// Where a configuration comes from.
@@ -139,7 +146,8 @@ pub fn load_with_env(
         problems.push(problem(key, format!("{message}{note}")));
     };
 
-    let broker: BrokerSettings = section(&table, "broker", &mut report);
+    let mut broker: BrokerSettings = section(&table, "broker", &mut report);
+    broker.persistence = section(&table, "persistence", &mut report);
     let auth: AuthConfig = section(&table, "auth", &mut report);
     let acl: AclConfig = section(&table, "acl", &mut report);
     let shutdown: ShutdownConfig = section(&table, "shutdown", &mut report);

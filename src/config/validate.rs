@@ -116,6 +116,22 @@ pub(super) fn validate(
     for w in bridges.warnings {
         r.warn(w.key, w.message);
     }
+    let p = &config.broker.persistence;
+    r.range(
+        "persistence.max_bytes",
+        p.max_bytes,
+        1024 * 1024,
+        u64::MAX,
+        " bytes",
+    );
+    if p.sync == crate::broker::SyncSetting::Interval {
+        r.duration(
+            "persistence.interval",
+            p.interval,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,

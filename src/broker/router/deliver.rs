@@ -334,15 +334,15 @@ impl Router {
         let keep = !matches.is_empty() || (msg.retain && !msg.payload.is_empty());
         let msg = if keep { Arc::new(msg.compacted()) } else { msg };
         let topic = msg.topic_str();
+        self.ctx.route_target = target;
+        self.ctx.route_hold = None;
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retain_clear(topic);
-            } else {
-                self.retain_store(&msg);
+            } else if self.retain_store(&msg) {
+                self.persist_retained(&msg, true);
             }
         }
-        self.ctx.route_target = target;
-        self.ctx.route_hold = None;
         if !matches.is_empty() {
             matches.sort_unstable_by_key(|(k, _)| *k);
             let mut i = 0;
@@ -422,7 +422,8 @@ impl Router {
 
     /// Store `msg` as its topic's retained message, within `max_retained_messages`
     /// and `max_retained_bytes`; refused (logged once per burst, counted) beyond them.
-    pub(super) fn retain_store(&mut self, msg: &Arc<Message>) {
+    /// Returns whether it was stored.
+    pub(super) fn retain_store(&mut self, msg: &Arc<Message>) -> bool {
         let topic = msg.topic_str();
         let old = self.retained_at(topic).map_or(0, |m| m.weight());
         let max_messages = settings(&self.ctx).max_retained_messages;
@@ -437,17 +438,20 @@ impl Router {
                 warn!(retained = self.retained.len(), retained_bytes = self.retained_bytes, max_messages, max_bytes, "Retained store full: new retained messages are delivered but not retained until it has room.");
                 self.retained_full = true;
             }
-            return;
+            return false;
         }
         self.retained_bytes = bytes;
         self.retained.insert(topic, msg.clone());
+        true
     }
 
+    /// Clear the retained message of `topic` (and its stored copy).
     pub(super) fn retain_clear(&mut self, topic: &str) {
         if let Some(old) = self.retained_at(topic) {
             self.retained_bytes -= old.weight();
             self.retained.remove(topic);
             self.retained_full = false;
+            self.persist_retained(&old, false);
         }
     }
 

@@ -11,7 +11,7 @@ impl Router {
         self.update_stats();
         let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
         let audit = self.ctx.shared.log_limits.stats();
-        let values: [(&str, String); 24] = [
+        let values: [(&str, String); 28] = [
             (
                 "$SYS/broker/version",
                 format!("tollgate {}", env!("CARGO_PKG_VERSION")),
@@ -49,6 +49,22 @@ impl Router {
             (
                 "$SYS/tollgate/retained/bytes",
                 snapshot.retained_bytes.to_string(),
+            ),
+            (
+                "$SYS/tollgate/state/retained",
+                snapshot.state_retained.to_string(),
+            ),
+            (
+                "$SYS/tollgate/state/bytes",
+                snapshot.state_bytes.to_string(),
+            ),
+            (
+                "$SYS/tollgate/state/failures",
+                snapshot.state_failures.to_string(),
+            ),
+            (
+                "$SYS/tollgate/state/lost_at_open",
+                snapshot.state_lost_at_open.to_string(),
             ),
             (
                 "$SYS/tollgate/sessions/count",

@@ -1,0 +1,640 @@
+//! Durable broker state (issue 11), on the journal engine of `crate::journal` (the
+//! bridge's: one engine, chosen once; see docs/journal.md), in
+//! `<broker.data_dir>/state/retained/`. Today it holds the retained messages; persistent
+//! sessions are not stored yet (README, "Durable state").
+//!
+//! The log is a sequence of `set` and `clear` records. The router owns a
+//! [`RetainedLog`] and calls it as it changes its retained store: a `set` is appended
+//! (and the publisher's PUBACK/PUBREC held until it is durable), the record it replaces
+//! is acknowledged (removed). A `clear` is kept until the acknowledgement of the record
+//! it removes is itself on disk (acks are fsynced at most every second): acknowledging
+//! both at once could bring the old message back after a crash. Old segments are kept
+//! small by copying their still-live records forward (compaction), from the router's
+//! in-memory copy, so the disk use stays within about twice the live retained bytes.
+//!
+//! Crash consistency is the journal's: after `kill -9` or a power cut what loads is a
+//! prefix of what was appended, checksummed; a damaged tail is logged and skipped.
+//! It must never report a retained message durable before the journal did, and never
+//! load a record that failed its checksum.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::codec::{v5, QoS};
+use super::link::Message;
+use crate::journal::{self, Durable, Journal, JournalConfig, JournalError, SyncMode};
+
+/// Record format version (first byte of every record).
+const VERSION: u8 = 1;
+const KIND_SET: u8 = 1;
+const KIND_CLEAR: u8 = 2;
+
+/// `[persistence]`: durable broker state.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceSettings {
+    /// Keep the broker's state (retained messages) in `<data_dir>/state/`.
+    pub enabled: bool,
+    /// When a change is reported durable (and a held PUBACK released).
+    pub sync: SyncSetting,
+    /// fsync period of `sync = "interval"`.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub interval: Duration,
+    /// Disk budget of the state log, in bytes.
+    pub max_bytes: u64,
+}
+
+/// `[persistence] sync`: the guarantee of each mode is in the README ("Durable state").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSetting {
+    /// One fsync per change, before its acknowledgement.
+    Always,
+    /// Group commit: changes arriving together share one fsync, each acknowledged after
+    /// the fsync that covers it (survives power cuts, like `always`).
+    Batch,
+    /// Acknowledged once written to the kernel, fsync every `interval`: survives
+    /// `kill -9`; a power cut may lose the last `interval` of changes.
+    Interval,
+}
+
+impl Default for PersistenceSettings {
+    fn default() -> Self {
+        PersistenceSettings {
+            enabled: true,
+            sync: SyncSetting::Batch,
+            interval: Duration::from_millis(100),
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl PersistenceSettings {
+    /// No persistence: the programmatic default of [`super::BrokerSettings`] (tests,
+    /// embedding). The configuration file's `[persistence]` is on by default.
+    pub fn off() -> Self {
+        PersistenceSettings {
+            enabled: false,
+            ..PersistenceSettings::default()
+        }
+    }
+
+    /// The journal settings of the state log.
+    fn journal_config(&self) -> JournalConfig {
+        JournalConfig {
+            sync: match self.sync {
+                SyncSetting::Always => SyncMode::Always,
+                SyncSetting::Batch => SyncMode::Batch,
+                SyncSetting::Interval => SyncMode::Interval(self.interval),
+            },
+            max_bytes: self.max_bytes,
+            ..JournalConfig::default()
+        }
+    }
+}
+
+/// Directory of the retained-message log under `data_dir`.
+pub fn retained_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join("retained")
+}
+
+/// One decoded record.
+#[derive(Debug, PartialEq)]
+enum Record {
+    Set {
+        topic: Bytes,
+        payload: Bytes,
+        qos: QoS,
+        properties: Option<v5::PublishProperties>,
+        /// Wall-clock expiry, ms since the epoch (message expiry keeps counting).
+        expires_ms: Option<u64>,
+    },
+    Clear {
+        topic: Bytes,
+    },
+}
+
+fn qos_byte(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `[version][kind][topic len u16][topic]` then, for a set: `[qos][expires ms u64, 0 =
+/// none][properties, v5 encoding with its length][payload]`.
+fn encode_set(msg: &Message, now: Instant) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(msg.weight() + 32);
+    out.put_u8(VERSION);
+    out.put_u8(KIND_SET);
+    out.put_u16(msg.topic.len() as u16);
+    out.put_slice(&msg.topic);
+    out.put_u8(qos_byte(msg.qos));
+    let expires_ms = msg.expires_at.map_or(0, |at| {
+        now_ms()
+            .saturating_add(at.saturating_duration_since(now).as_millis() as u64)
+            .max(1)
+    });
+    out.put_u64(expires_ms);
+    match &msg.properties {
+        // Cannot fail: writing into a growable buffer.
+        Some(p) => {
+            let _ = p.write(&mut out);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_slice(&msg.payload);
+    out.to_vec()
+}
+
+fn encode_clear(topic: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(topic.len() + 4);
+    out.push(VERSION);
+    out.push(KIND_CLEAR);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic);
+    out
+}
+
+fn decode(bytes: Bytes) -> Result<Record, String> {
+    let mut b = bytes;
+    if b.remaining() < 4 {
+        return Err("record shorter than its header".into());
+    }
+    let version = b.get_u8();
+    if version != VERSION {
+        return Err(format!("unknown record version {version}"));
+    }
+    let kind = b.get_u8();
+    let topic_len = usize::from(b.get_u16());
+    if b.remaining() < topic_len {
+        return Err("topic longer than the record".into());
+    }
+    let topic = b.split_to(topic_len);
+    match kind {
+        KIND_CLEAR => Ok(Record::Clear { topic }),
+        KIND_SET => {
+            if b.remaining() < 9 {
+                return Err("set record shorter than its fields".into());
+            }
+            let qos = match b.get_u8() {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                2 => QoS::ExactlyOnce,
+                q => return Err(format!("invalid QoS {q}")),
+            };
+            let expires_ms = Some(b.get_u64()).filter(|&ms| ms != 0);
+            let properties = v5::PublishProperties::read(&mut b)
+                .map_err(|e| format!("invalid properties: {e:?}"))?;
+            Ok(Record::Set {
+                topic,
+                payload: b,
+                qos,
+                properties,
+                expires_ms,
+            })
+        }
+        k => Err(format!("unknown record kind {k}")),
+    }
+}
+
+/// What [`RetainedLog::open`] found on disk.
+pub(crate) struct Loaded {
+    /// The retained messages, in the order they were set (expired ones left out).
+    pub messages: Vec<Message>,
+    /// Records lost to damage (logged at open).
+    pub lost_records: u64,
+}
+
+/// The retained-message log, owned by the router.
+pub(crate) struct RetainedLog {
+    journal: Journal,
+    /// Topic → sequence number of its live `set` record.
+    live: HashMap<Bytes, u64>,
+    /// Live records by age (for compaction): sequence number → (topic, disk cost).
+    by_seq: BTreeMap<u64, (Bytes, u64)>,
+    /// Disk cost of the live records.
+    live_bytes: u64,
+    /// `clear` records waiting for the next sync of acknowledgements.
+    clears: Vec<u64>,
+    /// When `clears` were last handed to a sync.
+    last_sync: Instant,
+    /// Appends refused (full, too large, closed) since open.
+    pub failed: u64,
+}
+
+impl RetainedLog {
+    /// Open (or create) the log under `data_dir` and load it: called once, by the
+    /// router task before it handles anything (clients wait in its channel).
+    pub async fn open(
+        data_dir: &Path,
+        settings: &PersistenceSettings,
+    ) -> Result<(RetainedLog, Loaded), JournalError> {
+        let dir = retained_dir(data_dir);
+        let started = std::time::Instant::now();
+        let (journal, recovery) = Journal::open(&dir, settings.journal_config()).await?;
+        let lost = &recovery.lost;
+        if lost.records > 0 || lost.bytes > 0 {
+            for s in &lost.segments {
+                warn!(segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "Broker state: damaged segment; its tail was dropped.");
+            }
+            warn!(records = lost.records, bytes = lost.bytes, "Broker state: retained-message records lost to damage; the intact ones are loaded.");
+        }
+        let mut log = RetainedLog {
+            journal,
+            live: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            live_bytes: 0,
+            clears: Vec::new(),
+            last_sync: Instant::now(),
+            failed: 0,
+        };
+        let mut messages: HashMap<Bytes, (u64, Message)> = HashMap::new();
+        let mut stale = Vec::new();
+        let mut from = 0;
+        loop {
+            let batch = log.journal.read(from, 4096, 16 * 1024 * 1024).await?;
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for record in batch {
+                let cost = journal::record_cost(record.payload.len());
+                match decode(Bytes::from(record.payload)) {
+                    Err(reason) => {
+                        warn!(seq = record.seq, %reason, "Broker state: a record cannot be read; it is dropped.");
+                        stale.push(record.seq);
+                    }
+                    Ok(Record::Clear { topic }) => {
+                        if let Some((old, _)) = messages.remove(&topic) {
+                            stale.push(old);
+                            log.forget(old);
+                        }
+                        stale.push(record.seq);
+                    }
+                    Ok(Record::Set {
+                        topic,
+                        payload,
+                        qos,
+                        properties,
+                        expires_ms,
+                    }) => {
+                        let message = Message {
+                            topic: topic.clone(),
+                            payload,
+                            qos,
+                            retain: true,
+                            properties,
+                            expires_at: expires_ms.map(|ms| {
+                                Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
+                            }),
+                            publisher: None,
+                        };
+                        if let Some((old, _)) =
+                            messages.insert(topic.clone(), (record.seq, message))
+                        {
+                            stale.push(old);
+                            log.forget(old);
+                        }
+                        log.remember(topic, record.seq, cost);
+                    }
+                }
+            }
+        }
+        // Expired while the broker was down: not loaded, removed.
+        let now = now_ms();
+        let mut loaded: Vec<(u64, Message)> = Vec::with_capacity(messages.len());
+        for (_, (seq, m)) in messages {
+            if m.expires_at.is_some_and(|at| at <= Instant::now()) && now > 0 {
+                stale.push(seq);
+                log.forget(seq);
+            } else {
+                loaded.push((seq, m));
+            }
+        }
+        loaded.sort_unstable_by_key(|(seq, _)| *seq);
+        // Superseded records and clears are acknowledged once the load is final.
+        if !stale.is_empty() {
+            log.journal.ack_many(stale)?;
+        }
+        let count = loaded.len();
+        info!(dir = %dir.display(), retained = count, live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Broker state loaded.");
+        Ok((
+            log,
+            Loaded {
+                messages: loaded.into_iter().map(|(_, m)| m).collect(),
+                lost_records: lost.records,
+            },
+        ))
+    }
+
+    fn remember(&mut self, topic: Bytes, seq: u64, cost: u64) {
+        self.live.insert(topic.clone(), seq);
+        self.by_seq.insert(seq, (topic, cost));
+        self.live_bytes += cost;
+    }
+
+    /// Forget live record `seq` (it was superseded or cleared).
+    fn forget(&mut self, seq: u64) {
+        if let Some((topic, cost)) = self.by_seq.remove(&seq) {
+            self.live_bytes -= cost;
+            if self.live.get(&topic) == Some(&seq) {
+                self.live.remove(&topic);
+            }
+        }
+    }
+
+    /// `msg` is now its topic's retained message. Returns what resolves when that is
+    /// durable, or `None` when it could not be stored (counted, logged by the caller).
+    pub fn set(&mut self, msg: &Message, now: Instant) -> Result<Durable, JournalError> {
+        let record = encode_set(msg, now);
+        let cost = journal::record_cost(record.len());
+        let durable = self.append(&record)?;
+        if let Some(old) = self.live.get(&msg.topic).copied() {
+            self.forget(old);
+            let _ = self.journal.ack(old);
+        }
+        self.remember(msg.topic.clone(), durable.seq(), cost);
+        Ok(durable)
+    }
+
+    /// The retained message of `topic` was cleared (empty payload, expiry, or the store
+    /// refused its replacement). Returns the durability of the clear, if one was written.
+    pub fn clear(&mut self, topic: &[u8]) -> Result<Option<Durable>, JournalError> {
+        let Some(old) = self.live.get(topic).copied() else {
+            return Ok(None);
+        };
+        let durable = self.append(&encode_clear(topic))?;
+        self.forget(old);
+        let _ = self.journal.ack(old);
+        self.clears.push(durable.seq());
+        Ok(Some(durable))
+    }
+
+    fn append(&mut self, record: &[u8]) -> Result<Durable, JournalError> {
+        self.journal
+            .append(record)
+            .inspect_err(|_| self.failed += 1)
+    }
+
+    /// Periodic upkeep (the router calls it on its `$SYS` tick and after bursts): hand
+    /// the waiting clears to a sync, and copy the oldest live records forward when the
+    /// log holds more than twice the live bytes. `current` gives the router's message
+    /// for a topic (the copy written forward).
+    pub fn upkeep(&mut self, now: Instant, current: impl Fn(&[u8]) -> Option<Arc<Message>>) {
+        if !self.clears.is_empty() && now.duration_since(self.last_sync) >= Duration::from_secs(1) {
+            self.last_sync = now;
+            let clears = std::mem::take(&mut self.clears);
+            let journal = self.journal.clone();
+            // The clears go only after the acks of what they removed are on disk.
+            tokio::spawn(async move {
+                if journal.sync().await.is_ok() {
+                    let _ = journal.ack_many(clears);
+                }
+            });
+        }
+        let used = self.journal.counters().used_bytes;
+        let slack = journal::DEFAULT_SEGMENT_BYTES;
+        if used <= 2 * self.live_bytes + 2 * slack {
+            return;
+        }
+        // Copy forward the oldest live records, about one segment's worth per call.
+        let mut moved = 0u64;
+        let oldest: Vec<(u64, Bytes)> = self
+            .by_seq
+            .iter()
+            .take_while(|(_, (_, cost))| {
+                moved += cost;
+                moved <= slack
+            })
+            .map(|(seq, (topic, _))| (*seq, topic.clone()))
+            .collect();
+        for (seq, topic) in oldest {
+            let Some(msg) = current(&topic) else {
+                // Not in the router's store (refused by its limits): drop the record.
+                self.forget(seq);
+                let _ = self.journal.ack(seq);
+                continue;
+            };
+            if self.set(&msg, now).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Live records and their disk cost (for `$SYS` and tests).
+    pub fn live(&self) -> (usize, u64) {
+        (self.live.len(), self.live_bytes)
+    }
+
+    /// Flush everything and close (clean shutdown).
+    pub async fn close(self) {
+        let clears = self.clears;
+        if self.journal.sync().await.is_ok() && !clears.is_empty() {
+            let _ = self.journal.ack_many(clears);
+        }
+        if let Err(e) = self.journal.close().await {
+            warn!(reason = %e, "Broker state not closed cleanly; it is recovered at the next start.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, payload: &str, expires_in: Option<Duration>) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            expires_at: expires_in.map(|d| Instant::now() + d),
+            publisher: None,
+        }
+    }
+
+    fn settings() -> PersistenceSettings {
+        PersistenceSettings::default()
+    }
+
+    async fn reopen(dir: &Path) -> Vec<(String, String)> {
+        let (log, loaded) = RetainedLog::open(dir, &settings()).await.expect("open");
+        log.close().await;
+        let mut all: Vec<(String, String)> = loaded
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.topic_str().to_string(),
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn records_round_trip_with_properties_and_expiry() {
+        let mut m = message("a/b", "payload", Some(Duration::from_secs(3600)));
+        m.qos = QoS::ExactlyOnce;
+        m.properties = Some(v5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(3600),
+            topic_alias: None,
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            subscription_identifiers: vec![],
+            content_type: Some("text/plain".into()),
+        });
+        let Record::Set {
+            topic,
+            payload,
+            qos,
+            properties,
+            expires_ms,
+        } = decode(Bytes::from(encode_set(&m, Instant::now()))).expect("decodes")
+        else {
+            panic!("a set record");
+        };
+        assert_eq!(topic, m.topic);
+        assert_eq!(payload, m.payload);
+        assert_eq!(qos, QoS::ExactlyOnce);
+        assert_eq!(properties, m.properties);
+        let left = expires_ms.expect("expiry kept") - now_ms();
+        assert!((3_590_000..=3_600_000).contains(&left), "{left}");
+        assert_eq!(
+            decode(Bytes::from(encode_clear(b"a/b"))).expect("decodes"),
+            Record::Clear {
+                topic: Bytes::from_static(b"a/b")
+            }
+        );
+        // Truncated or unknown records are refused, never misread.
+        let full = encode_set(&m, Instant::now());
+        for len in 0..full.len().min(40) {
+            let _ = decode(Bytes::copy_from_slice(&full[..len]));
+        }
+        assert!(decode(Bytes::from_static(&[9, 1, 0, 0])).is_err());
+        assert!(decode(Bytes::from_static(&[VERSION, 7, 0, 0])).is_err());
+    }
+
+    #[tokio::test]
+    async fn sets_replacements_and_clears_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, loaded) = RetainedLog::open(dir.path(), &settings())
+            .await
+            .expect("open");
+        assert!(loaded.messages.is_empty());
+        let now = Instant::now();
+        log.set(&message("a", "1", None), now)
+            .expect("set")
+            .await
+            .expect("durable");
+        log.set(&message("b", "1", None), now)
+            .expect("set")
+            .await
+            .expect("durable");
+        log.set(&message("a", "2", None), now)
+            .expect("set")
+            .await
+            .expect("durable");
+        log.clear(b"b")
+            .expect("clear")
+            .expect("written")
+            .await
+            .expect("durable");
+        assert!(log.clear(b"never-set").expect("nothing to clear").is_none());
+        log.set(&message("gone", "x", Some(Duration::from_millis(50))), now)
+            .expect("set")
+            .await
+            .expect("durable");
+        assert_eq!(log.live().0, 2);
+        log.close().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The expired one is not loaded; a clear and a replacement hold across restarts.
+        assert_eq!(reopen(dir.path()).await, vec![("a".into(), "2".into())]);
+        assert_eq!(reopen(dir.path()).await, vec![("a".into(), "2".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_clear_without_a_synced_ack_does_not_resurrect_the_old_message() {
+        // Dropped without close: the acks of the last second may not be on disk, and the
+        // clear record is still pending, so the old value stays cleared.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RetainedLog::open(dir.path(), &settings())
+            .await
+            .expect("open");
+        let now = Instant::now();
+        log.set(&message("t", "old", None), now)
+            .expect("set")
+            .await
+            .expect("durable");
+        log.clear(b"t")
+            .expect("clear")
+            .expect("written")
+            .await
+            .expect("durable");
+        log.journal.sync().await.expect("sync");
+        drop(log);
+        assert!(reopen(dir.path()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_live_message_and_bounds_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RetainedLog::open(dir.path(), &settings())
+            .await
+            .expect("open");
+        let now = Instant::now();
+        let payload = "x".repeat(1000);
+        // Many updates of one hot topic, with a long-lived topic set now and then: without
+        // compaction each 8 MiB segment would stay for its one live cold record.
+        let mut current: HashMap<Bytes, Arc<Message>> = HashMap::new();
+        let mut last = None;
+        for i in 0..60_000 {
+            if i % 6000 == 0 {
+                let m = message(&format!("cold/{}", i / 6000), &payload, None);
+                drop(log.set(&m, now).expect("set"));
+                current.insert(m.topic.clone(), Arc::new(m));
+            }
+            let m = message("hot", &format!("{i}{payload}"), None);
+            last = Some(log.set(&m, now).expect("set"));
+            current.insert(m.topic.clone(), Arc::new(m));
+            if i % 5000 == 0 {
+                log.upkeep(now, |t| current.get(t).cloned());
+            }
+        }
+        last.expect("appended").await.expect("durable");
+        for _ in 0..20 {
+            log.upkeep(now, |t| current.get(t).cloned());
+            log.journal.sync().await.expect("sync");
+        }
+        let used = log.journal.counters().disk_bytes;
+        let live = log.live().1;
+        assert_eq!(log.live().0, 11);
+        assert!(
+            used <= 2 * live + 3 * journal::DEFAULT_SEGMENT_BYTES,
+            "disk {used} bytes for {live} live bytes"
+        );
+        log.close().await;
+        let loaded = reopen(dir.path()).await;
+        assert_eq!(loaded.len(), 11);
+        assert!(loaded
+            .iter()
+            .any(|(t, p)| t == "hot" && p.starts_with("59999")));
+    }
+}

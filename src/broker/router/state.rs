@@ -1,0 +1,137 @@
+//! The router's side of durable state (`super::super::persist`): loading the retained
+//! messages before the first request, writing every change of the retained store,
+//! holding a QoS 1/2 publisher's acknowledgement until its retained message is durable,
+//! upkeep (clears, compaction) and the final flush.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use super::super::persist::RetainedLog;
+use super::*;
+
+/// `$SYS` retained topics are rebuilt by the broker itself: never stored.
+fn stored_topic(topic: &[u8]) -> bool {
+    !topic.starts_with(b"$SYS/")
+}
+
+impl Router {
+    /// Open and load the state, if `[persistence]` is enabled. A state that cannot be
+    /// opened is logged; the broker then serves with its retained store in memory only.
+    pub(super) async fn open_state(&mut self) {
+        let settings = &self.ctx.shared.settings;
+        if !settings.persistence.enabled {
+            return;
+        }
+        let data_dir = settings.data_dir.clone();
+        match RetainedLog::open(&data_dir, &settings.persistence).await {
+            Ok((log, loaded)) => {
+                let now = Instant::now();
+                for message in loaded.messages {
+                    let message = Arc::new(message);
+                    if !self.retain_store(&message) {
+                        warn!(topic = %LogStr(message.topic_str()), "Stored retained message not loaded: over max_retained_messages or max_retained_bytes.");
+                    }
+                }
+                self.ctx.now = now;
+                stats(&self.ctx)
+                    .state_lost_at_open
+                    .store(loaded.lost_records, Ordering::Relaxed);
+                self.state = Some(log);
+                self.update_state_stats();
+            }
+            Err(e) => {
+                error!(reason = %e, "Broker state cannot be opened: retained messages are kept in memory only and are lost at the next restart. Fix the directory (owner, permissions, disk) and restart, or set [persistence] enabled = false.");
+                stats(&self.ctx)
+                    .state_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Write a change of the retained store (`stored`: `msg` is now retained; otherwise
+    /// its topic was cleared). A QoS 1/2 publisher's acknowledgement, if one waits for
+    /// this route, is held until the change is durable; one that cannot be stored
+    /// releases it as lost (v5 0x97: the publisher is not told it is safe).
+    pub(super) fn persist_retained(&mut self, msg: &Message, stored: bool) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if !stored_topic(&msg.topic) {
+            return;
+        }
+        let written = if stored {
+            state.set(msg, self.ctx.now).map(Some)
+        } else {
+            state.clear(&msg.topic)
+        };
+        let durable = match written {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                stats(&self.ctx)
+                    .state_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(topic = %LogStr(msg.topic_str()), reason = %e, "Retained message change not stored: it is lost at the next restart.");
+                if let Some(hold) = self.ctx.hold_route() {
+                    self.ctx.release_hold(Some(hold), true);
+                }
+                return;
+            }
+        };
+        let Some(hold) = self.ctx.hold_route() else {
+            return;
+        };
+        let router = self.ctx.shared.router_tx.clone();
+        tokio::spawn(async move {
+            let ok = durable.await.is_ok();
+            let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
+        });
+    }
+
+    /// A held acknowledgement's retained change is durable (or failed).
+    pub(super) fn state_stored(&mut self, hold: u64, ok: bool) {
+        if !ok {
+            stats(&self.ctx)
+                .state_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!("A retained message could not be made durable; its publisher is told it was not stored.");
+        }
+        self.ctx.release_hold(Some(hold), !ok);
+    }
+
+    /// Periodic upkeep of the state log (once a second).
+    pub(super) fn state_upkeep(&mut self) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        state.upkeep(self.ctx.now, |topic| {
+            std::str::from_utf8(topic)
+                .ok()
+                .and_then(|t| self.retained_at(t))
+        });
+        self.state = Some(state);
+        self.update_state_stats();
+    }
+
+    fn update_state_stats(&self) {
+        if let Some(state) = &self.state {
+            let (records, bytes) = state.live();
+            let s = stats(&self.ctx);
+            s.state_retained.store(records as u64, Ordering::Relaxed);
+            s.state_bytes.store(bytes, Ordering::Relaxed);
+            s.state_failures.store(
+                s.state_failures.load(Ordering::Relaxed).max(state.failed),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Clean shutdown: everything written is made durable.
+    pub(super) async fn close_state(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.close().await;
+        }
+    }
+}
