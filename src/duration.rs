@@ -43,7 +43,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Render a duration the way the config file accepts it.
 pub fn format(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         format!("{millis}ms")
     } else {
         format!("{}s", duration.as_secs())

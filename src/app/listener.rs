@@ -148,7 +148,7 @@ impl Admission {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if last.map_or(true, |t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+        if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
             *last = Some(now);
             warn!(
                 listener,

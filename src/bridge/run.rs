@@ -490,7 +490,7 @@ async fn uplink(
                         warn!(bridge = %config.name, %address, reason = %error, "Bridge cannot connect to the cloud.");
                         index += 1;
                         // Next address at once; after the last one, back off.
-                        if index % config.address.len() == 0 {
+                        if index.is_multiple_of(config.address.len()) {
                             index = 0;
                             Some(backoff.failed(&mut rng))
                         } else {

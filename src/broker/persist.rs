@@ -85,9 +85,11 @@ impl PersistenceSettings {
         }
     }
 
-    /// The journal settings of the state log.
+    /// The journal settings of the state log: segments of 8 MiB, smaller when the
+    /// budget is small (a quarter of it), so compaction has whole segments to free.
     fn journal_config(&self) -> JournalConfig {
         JournalConfig {
+            segment_bytes: journal::DEFAULT_SEGMENT_BYTES.min(self.max_bytes / 4),
             sync: match self.sync {
                 SyncSetting::Always => SyncMode::Always,
                 SyncSetting::Batch => SyncMode::Batch,
@@ -234,6 +236,8 @@ pub(crate) struct RetainedLog {
     last_sync: Instant,
     /// Appends refused (full, too large, closed) since open.
     pub failed: u64,
+    /// Segment size (the unit compaction frees).
+    segment_bytes: u64,
 }
 
 impl RetainedLog {
@@ -261,6 +265,7 @@ impl RetainedLog {
             clears: Vec::new(),
             last_sync: Instant::now(),
             failed: 0,
+            segment_bytes: settings.journal_config().segment_bytes,
         };
         let mut messages: HashMap<Bytes, (u64, Message)> = HashMap::new();
         let mut stale = Vec::new();
@@ -405,7 +410,7 @@ impl RetainedLog {
             });
         }
         let used = self.journal.counters().used_bytes;
-        let slack = journal::DEFAULT_SEGMENT_BYTES;
+        let slack = self.segment_bytes;
         if used <= 2 * self.live_bytes + 2 * slack {
             return;
         }

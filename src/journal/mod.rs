@@ -291,6 +291,8 @@ struct Inner {
     /// Acks, reads and control commands; ordered after any append the caller saw.
     control: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while the journal is open: one process per directory (`lock_dir`).
+    _lock: Arc<std::fs::File>,
 }
 
 /// Handle to an open journal; clones share it. Dropping the last clone lets the writer
@@ -376,6 +378,7 @@ impl Journal {
     ) -> Result<(Journal, Recovery), JournalError> {
         let dir = dir.as_ref().to_path_buf();
         validate(&dir, &config)?;
+        let lock = lock_dir(&dir)?;
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             max_bytes: config.max_bytes,
@@ -401,6 +404,7 @@ impl Journal {
                 }),
                 control: tx,
                 writer: Mutex::new(Some(thread)),
+                _lock: lock,
             }),
         };
         Ok((journal, recovery))
@@ -584,6 +588,55 @@ impl Journal {
             .control
             .send(command)
             .map_err(|_| self.inner.shared.closed())
+    }
+}
+
+/// Directories this process holds the lock of (see [`lock_dir`]).
+static LOCKED: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<std::fs::File>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Take the directory's `lock` file (an exclusive advisory lock, released by the kernel
+/// when the process dies): a second process opening the same journal, such as a
+/// `tollgate run` by hand beside the service, is refused instead of interleaving its
+/// writes with the first one's. Within one process the lock is shared: reopening a
+/// directory whose old handle is still alive is how the tests play a crash, and the
+/// gateway never opens one directory twice (bridge names and the state are distinct).
+fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, JournalError> {
+    let path = dir.join("lock");
+    let io = |action: &'static str, e: std::io::Error| JournalError::Io {
+        dir: dir.to_path_buf(),
+        action,
+        path: path.clone(),
+        source: Arc::new(e),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let key = std::fs::canonicalize(dir).map_err(|e| io("resolve the directory of", e))?;
+    let mut locked = LOCKED.lock().unwrap_or_else(|e| e.into_inner());
+    locked.retain(|_, held| held.strong_count() > 0);
+    if let Some(held) = locked.get(&key).and_then(std::sync::Weak::upgrade) {
+        return Ok(held);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io("open", e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let file = Arc::new(file);
+            locked.insert(key, Arc::downgrade(&file));
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Config {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "{} is locked by another process: is another tollgate running with the same data_dir? Stop it, or give this one its own data_dir",
+                path.display()
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io("lock", e)),
     }
 }
 

@@ -433,3 +433,39 @@ async fn oversized_record_gets_a_segment_of_its_own() {
     let read = journal.read(seq, 1, usize::MAX).await.expect("read");
     assert_eq!(read[0].payload, big);
 }
+
+#[test]
+fn a_second_process_cannot_open_a_journal_in_use() {
+    // The test binary re-executed as the second process.
+    if let Ok(dir) = std::env::var("TOLLGATE_JOURNAL_LOCK_CHILD") {
+        match Journal::open_blocking(&dir, small(SyncMode::Batch)) {
+            Ok(_) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(3)
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = |dir: &Path| {
+        std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "journal::tests::a_second_process_cannot_open_a_journal_in_use",
+                "--nocapture",
+            ])
+            .env("TOLLGATE_JOURNAL_LOCK_CHILD", dir)
+            .output()
+            .expect("run the child")
+    };
+    let (first, _) = open(dir.path(), small(SyncMode::Batch));
+    let refused = child(dir.path());
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("locked by another process"),
+        "{refused:?}"
+    );
+    drop(first);
+    let allowed = child(dir.path());
+    assert_eq!(allowed.status.code(), Some(0), "{allowed:?}");
+}

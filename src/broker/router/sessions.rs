@@ -57,7 +57,7 @@ impl Router {
         let over = creates
             && req.session_expiry > 0
             && self.persistent_sessions - frees >= max_persistent
-            && existing.map_or(true, |s| s.identity.same_principal(&req.identity));
+            && existing.is_none_or(|s| s.identity.same_principal(&req.identity));
         if over {
             warn!(client_id = %LogStr(client_id), persistent = self.persistent_sessions, max = max_persistent, "Connection refused: the broker holds the most persistent sessions allowed (broker.max_persistent_sessions).");
             stats(&self.ctx)
