@@ -74,21 +74,40 @@ impl Bridge {
     }
 }
 
-/// Open the bridge's journal and log what it recovered and what was lost.
+/// Open the bridge's journal and log what it recovered and what was lost. A journal
+/// still held (by the previous instance of this bridge draining after a reload, or by
+/// another process) is retried every half second until `shutdown`, logged once.
 async fn open_journal(
     config: &BridgeConfig,
     data_dir: &Path,
     board: &StatusBoard,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<JournalOutbox, String> {
     let dir = journal_outbox::journal_dir(data_dir, &config.name);
-    let (outbox, recovery) = JournalOutbox::open(
-        &dir,
-        &config.name,
-        config.journal.max_bytes,
-        config.journal.overflow,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut logged = false;
+    let (outbox, recovery) = loop {
+        match JournalOutbox::open(
+            &dir,
+            &config.name,
+            config.journal.max_bytes,
+            config.journal.overflow,
+        )
+        .await
+        {
+            Ok(opened) => break opened,
+            Err(e @ crate::journal::JournalError::Locked { .. }) => {
+                if !logged {
+                    warn!(bridge = %config.name, reason = %e, "Bridge journal in use; retrying until it is free.");
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e.to_string()),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     let pending = recovery.pending.len();
     let bytes: u64 = recovery.pending.iter().map(|p| u64::from(p.len)).sum();
     let oldest_age_s = recovery
@@ -183,7 +202,7 @@ impl Component for Bridge {
                     return;
                 }
             };
-            let journal = match open_journal(&config, &data_dir, &board).await {
+            let journal = match open_journal(&config, &data_dir, &board, &ctx.shutdown).await {
                 Ok(j) => j,
                 Err(reason) => {
                     warn!(bridge = %config.name, %reason, "Bridge journal cannot be opened; the bridge does not run.");

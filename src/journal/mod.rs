@@ -129,6 +129,14 @@ pub enum JournalError {
         /// What is wrong and what to set instead.
         reason: String,
     },
+    /// Another process, or a previous handle in this process, has the journal open.
+    #[error("journal {}: {reason}", dir.display())]
+    Locked {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Who holds it and what to do.
+        reason: String,
+    },
     /// The writer thread is gone (closed, or stopped after a panic).
     #[error("journal {}: closed; the writer thread has stopped, so nothing more can be stored (reopen the journal)", dir.display())]
     Closed {
@@ -599,9 +607,10 @@ static LOCKED: std::sync::LazyLock<
 /// Take the directory's `lock` file (an exclusive advisory lock, released by the kernel
 /// when the process dies): a second process opening the same journal, such as a
 /// `tollgate run` by hand beside the service, is refused instead of interleaving its
-/// writes with the first one's. Within one process the lock is shared: reopening a
-/// directory whose old handle is still alive is how the tests play a crash, and the
-/// gateway never opens one directory twice (bridge names and the state are distinct).
+/// writes with the first one's. Within the process, a directory whose previous handle
+/// is still alive (a bridge replaced by a reload while its old instance still drains)
+/// is refused the same way, so the caller retries; the crate's unit tests share the
+/// lock instead, since reopening with the old handle alive is how they play a crash.
 fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, JournalError> {
     let path = dir.join("lock");
     let io = |action: &'static str, e: std::io::Error| JournalError::Io {
@@ -615,7 +624,13 @@ fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, JournalError> {
     let mut locked = LOCKED.lock().unwrap_or_else(|e| e.into_inner());
     locked.retain(|_, held| held.strong_count() > 0);
     if let Some(held) = locked.get(&key).and_then(std::sync::Weak::upgrade) {
-        return Ok(held);
+        if cfg!(test) {
+            return Ok(held);
+        }
+        return Err(JournalError::Locked {
+            dir: dir.to_path_buf(),
+            reason: "is still open in this process (a previous instance, e.g. of a bridge replaced by a reload, has not finished closing it); retry once it has".into(),
+        });
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -629,7 +644,7 @@ fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, JournalError> {
             locked.insert(key, Arc::downgrade(&file));
             Ok(file)
         }
-        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Config {
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
             dir: dir.to_path_buf(),
             reason: format!(
                 "{} is locked by another process: is another tollgate running with the same data_dir? Stop it, or give this one its own data_dir",
