@@ -437,10 +437,17 @@ async fn uplink(
                             break Ended::Shutdown;
                         }
                         event = up.poll() => match event {
-                            Err(error) => break Ended::Lost {
-                                connected_for: session.connected_at.map(|t| t.elapsed()),
-                                error,
-                            },
+                            Err(error) => {
+                                // Acknowledgements read with the end of the connection
+                                // still count: without them the message is sent twice.
+                                for ack in up.acks_read_before_the_end() {
+                                    session.on_event(ack, &mut up, &shared).await;
+                                }
+                                break Ended::Lost {
+                                    connected_for: session.connected_at.map(|t| t.elapsed()),
+                                    error,
+                                };
+                            }
                             Ok(UplinkEvent::Connected { session_present }) => {
                                 info!(bridge = %config.name, %address, session_present, "Bridge connected to the cloud.");
                                 session.on_event(UplinkEvent::Connected { session_present }, &mut up, &shared).await;

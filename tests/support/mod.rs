@@ -12,6 +12,7 @@
 //! - [`cloud`]: the bridge's cloud (mosquitto over mTLS), its clients and the bridge config.
 //! - [`gateway`]: the gateway in-process (`App`) from a written configuration, the
 //!   `tollgate` binary as an operator runs it, and a fake systemd notify socket.
+//! - [`process`]: the `tollgate` binary as a child process (SIGKILL, SIGTERM, its log).
 //! - [`pki`]: certificates: a `tollgate::pki` directory and rcgen CAs and leaves.
 //! - [`peers`]: external programs (Debian's mosquitto, mosquitto_pub/sub/passwd, openssl,
 //!   socat, ...) that may be skipped only without `TOLLGATE_REQUIRE_PEERS=1`.
@@ -31,6 +32,7 @@ pub mod logs;
 pub mod net;
 pub mod peers;
 pub mod pki;
+pub mod process;
 pub mod wait;
 
 // The helpers most tests use, at `support::` directly. `dial` is left out: its `V4`/`V5`
