@@ -1,5 +1,6 @@
 //! Command line: `tollgate run`, `tollgate check`, `tollgate pki ...`,
-//! `tollgate passwd ...`, `tollgate acl explain ...`, `tollgate --version`. Adding a
+//! `tollgate passwd ...`, `tollgate acl explain ...`, `tollgate bridge test ...`,
+//! `tollgate --version`. Adding a
 //! subcommand is one `Command` variant plus one match arm in `main.rs`. It parses
 //! arguments, runs the offline tools and maps their errors to exit codes (64 for a
 //! bad configuration or bad usage, 1 for failures at run time); it must never start
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::acl::{self, AclCommand};
 use crate::auth::{self, PasswdCommand, PasswdError, PasswordFileError};
+use crate::bridge::explain::BridgeCommand;
 use crate::config::{self, ConfigSource};
 use crate::pki::{self, PkiCommand, PkiError};
 use crate::telemetry::LogFormat;
@@ -50,6 +52,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: AclCommand,
+    },
+    /// Bridge tools: `tollgate bridge test` shows which bridge and rule would forward a
+    /// topic, where to, and the ACL decision, without connecting.
+    Bridge {
+        /// What to do.
+        #[command(subcommand)]
+        command: BridgeCommand,
     },
 }
 
@@ -181,5 +190,56 @@ pub fn acl(command: AclCommand) -> u8 {
             eprintln!("tollgate acl: {e}");
             EXIT_CONFIG
         }
+    }
+}
+
+/// `tollgate bridge test` exit code: not forwarded (no rule, disabled, ACL denies).
+pub const EXIT_NOT_FORWARDED: u8 = 1;
+/// `tollgate bridge test` exit code: the configuration cannot be used (grep's 2, so a
+/// script can tell "not forwarded" from "broken file"; every problem is printed).
+pub const EXIT_BRIDGE_CONFIG: u8 = 2;
+
+/// `tollgate bridge test -c FILE [--direction out|in] [--qos N] TOPIC`: prints the
+/// answer; 0 when at least one bridge forwards the topic, 1 when none does, 2 when the
+/// configuration (or its ACL) cannot be loaded. The file is loaded exactly as `run`
+/// loads it (environment overrides, relative paths, validation).
+pub fn bridge(command: BridgeCommand) -> u8 {
+    let BridgeCommand::Test(args) = command;
+    let loaded = match config::load(&ConfigSource::File(args.config.clone())) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            for problem in e.problems() {
+                eprintln!("{problem}");
+            }
+            return EXIT_BRIDGE_CONFIG;
+        }
+    };
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let section = &loaded.config.acl;
+    let acl = if section.is_configured() {
+        match acl::Acl::load(section.file.as_deref(), &section.rule) {
+            Ok(acl) => Some(acl),
+            Err(e) => {
+                eprintln!("tollgate bridge test: {e}");
+                return EXIT_BRIDGE_CONFIG;
+            }
+        }
+    } else {
+        None
+    };
+    let report = crate::bridge::explain::test(
+        &loaded.config.bridges,
+        acl.as_ref(),
+        args.direction,
+        args.qos,
+        &args.topic,
+    );
+    print!("{report}");
+    if report.forwarded() {
+        0
+    } else {
+        EXIT_NOT_FORWARDED
     }
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => cli::pki(cmd.clone()),
         Command::Passwd(cmd) => cli::passwd(cmd.clone()),
         Command::Acl { command } => cli::acl(command.clone()),
+        Command::Bridge { command } => cli::bridge(command.clone()),
     };
     ExitCode::from(code)
 }

@@ -197,8 +197,7 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
     let (port, cloud_port) = (free_port(), free_port());
     gateway_config(dir.path(), &pki, &gw_cert, port, cloud_port);
 
-    let mut gateway =
-        GatewayProcess::start(dir.path(), &["tollgate is ready", "Bridge journal opened"]);
+    let mut gateway = GatewayProcess::start(dir.path(), None, 1);
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let publisher = tokio::spawn(publish(port, n, acked.clone()));
     match kill_after {
@@ -224,8 +223,7 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
 
     let _cloud = Mosquitto::start_on(&cloud_dir, cloud_port, &cloud_settings(&pki, &cloud_dir));
     let mut rx = cloud_subscriber(&pki, cloud_port).await;
-    let gateway =
-        GatewayProcess::start(dir.path(), &["tollgate is ready", "Bridge journal opened"]);
+    let gateway = GatewayProcess::start(dir.path(), None, 1);
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     let deadline = tokio::time::Instant::now() + DELIVERY_LIMIT;

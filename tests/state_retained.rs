@@ -100,7 +100,7 @@ async fn retained_messages_survive_sigterm_and_sigkill_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     config(dir.path(), port, "batch");
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+    let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
     let mut c = v5(addr(port), "setter").await;
     publish_retained(&c, "r/kept", "1", None).await;
     publish_retained(&c, "r/replaced", "old", None).await;
@@ -123,14 +123,15 @@ async fn retained_messages_survive_sigterm_and_sigkill_restarts() {
     assert_eq!(retained(port).await, want);
 
     // Clean stop and start.
-    gw.terminate();
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready", "Broker state loaded"]);
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    let mut gw =
+        GatewayProcess::start_until(dir.path(), &["tollgate is ready", "Broker state loaded"]);
     assert_eq!(retained(port).await, want, "after SIGTERM");
 
     // Message expiry kept counting while the broker was down.
     gw.kill();
     std::thread::sleep(Duration::from_millis(2100));
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+    let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
     let mut after_kill = want.clone();
     after_kill.remove("r/expires");
     assert_eq!(retained(port).await, after_kill, "after kill -9 and expiry");
@@ -148,7 +149,7 @@ async fn retained_messages_survive_sigterm_and_sigkill_restarts() {
         assert_eq!(parts.next(), Some("r/lasting"));
         assert_eq!(parts.next(), Some("hour"));
     }
-    gw.terminate();
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +165,7 @@ async fn acknowledged_retained_values_survive_sigkill_at_random_moments() {
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     let mut total_acked = 0usize;
     for run in 0..=runs {
-        let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+        let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
         // Every acknowledged value is still there, or a later one (sent, not yet acked).
         let now = retained(port).await;
         for (topic, value) in &acked {
@@ -259,7 +260,7 @@ async fn a_damaged_state_file_is_logged_and_the_intact_records_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     config(dir.path(), port, "always");
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+    let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
     let mut c = v5(addr(port), "setter").await;
     for i in 0..10 {
         publish_retained(&c, &format!("r/{i}"), &format!("v{i}"), None).await;
@@ -279,7 +280,7 @@ async fn a_damaged_state_file_is_logged_and_the_intact_records_load() {
     bytes.truncate(len - 3);
     std::fs::write(&seg, &bytes).expect("truncate");
 
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+    let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
     let loaded = retained(port).await;
     let want: BTreeMap<String, String> = (0..9)
         .map(|i| (format!("r/{i}"), format!("v{i}")))
@@ -295,11 +296,11 @@ async fn a_damaged_state_file_is_logged_and_the_intact_records_load() {
     let mut c = v5(addr(port), "setter2").await;
     publish_retained(&c, "r/after", "ok", None).await;
     pubacks(&mut c, 1).await;
-    gw.terminate();
-    let mut gw = GatewayProcess::start(dir.path(), &["tollgate is ready"]);
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    let mut gw = GatewayProcess::start_until(dir.path(), &["tollgate is ready"]);
     assert_eq!(
         retained(port).await.get("r/after").map(String::as_str),
         Some("ok")
     );
-    gw.terminate();
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
 }

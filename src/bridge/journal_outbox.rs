@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::config::Overflow;
 use super::outbox::{Outbox, OutboxCounters, OutboxError, OutboxRecord, Seq, StoredRecord};
@@ -108,6 +108,9 @@ struct Inner {
     overflow: Overflow,
     room: Notify,
     blocked: AtomicU64,
+    /// Set while appends wait for room (`block-publishers`), so that a full journal is
+    /// logged once when it fills and once when it has room again, not per message.
+    full: std::sync::atomic::AtomicBool,
     name: String,
 }
 
@@ -143,6 +146,7 @@ impl JournalOutbox {
                     overflow,
                     room: Notify::new(),
                     blocked: AtomicU64::new(0),
+                    full: std::sync::atomic::AtomicBool::new(false),
                     name: name.to_string(),
                 }),
             },
@@ -172,9 +176,12 @@ impl Outbox for JournalOutbox {
                 room.as_mut().enable();
                 match inner.journal.append(&bytes) {
                     Ok(durable) => {
+                        if counted && inner.full.swap(false, Ordering::Relaxed) {
+                            info!(bridge = %inner.name, "Bridge journal has room again; held local acknowledgements are being released.");
+                        }
                         return durable
                             .await
-                            .map_err(|e| OutboxError::Storage(e.to_string()))
+                            .map_err(|e| OutboxError::Storage(e.to_string()));
                     }
                     Err(JournalError::Full { .. }) => {}
                     Err(JournalError::TooLarge { .. }) => return Err(OutboxError::TooLarge(cost)),
@@ -197,6 +204,10 @@ impl Outbox for JournalOutbox {
                         if !counted {
                             counted = true;
                             inner.blocked.fetch_add(1, Ordering::Relaxed);
+                            // A full journal was silent before: logged once per episode.
+                            if !inner.full.swap(true, Ordering::Relaxed) {
+                                warn!(bridge = %inner.name, max_bytes = inner.max_bytes, "Bridge journal full (overflow = block-publishers): local publishers' acknowledgements are held until the cloud acknowledges stored messages.");
+                            }
                         }
                     }
                 }

@@ -11,6 +11,8 @@
 //! - `uplink`: rumqttc (3.1.1 or 5) over tollgate's rustls client configuration.
 //! - `state`: `$SYS/tollgate/bridge/<name>/state`, counters, health.
 //! - `run`: the intake and uplink tasks.
+//! - `explain`: `tollgate bridge test`, the offline answer to "would this topic be
+//!   forwarded, where to, and which ACL line decides".
 //!
 //! Authorization both ways (design decision 11, issue 9): the bridge has no built-in
 //! read or write grant. A message leaves only if the ACL lets `bridge:<name>` read it
@@ -24,6 +26,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod explain;
 pub mod journal_outbox;
 pub mod outbox;
 pub mod rules;

@@ -42,6 +42,8 @@ use crate::component::{BoxFuture, Connector};
 const QOS0_QUEUE: usize = 1000;
 /// Messages from the cloud waiting for the intake at most.
 const INGRESS_QUEUE: u64 = 10_000;
+/// Pause before storing a message again after a storage error (a full disk).
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the cloud to acknowledge what is in flight.
 const FLUSH_TIME: Duration = Duration::from_secs(2);
 
@@ -257,29 +259,44 @@ fn take_delivery(
     }
     let shared = shared.clone();
     Some(Box::pin(async move {
-        match shared.outbox.append(record).await {
-            Ok(_) => {
-                shared.appended.notify_one();
-                if let Some(a) = ack {
-                    let _ = a.ack().await;
+        let mut failures = 0u32;
+        loop {
+            match shared.outbox.append(record.clone()).await {
+                Ok(_) => {
+                    if failures > 0 {
+                        info!(bridge = %shared.config.name, failures, "Message stored for the cloud after storage errors; intake resumes.");
+                    }
+                    shared.appended.notify_one();
+                    if let Some(a) = ack {
+                        let _ = a.ack().await;
+                    }
+                }
+                Err(OutboxError::TooLarge(size)) => {
+                    Counters::bump(&shared.board.counters.dropped_too_large);
+                    warn!(bridge = %shared.config.name, size, "Message larger than journal.max_bytes not forwarded.");
+                    if let Some(a) = ack {
+                        let _ = a.ack().await;
+                    }
+                }
+                Err(OutboxError::Full) => {
+                    // refuse-new: not stored, not acknowledged (the publisher is not told it is safe).
+                    Counters::bump(&shared.board.counters.dropped_full);
+                    warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message not forwarded.");
+                }
+                Err(e) => {
+                    // Not stored (a full disk, an I/O error): retried until it is, the
+                    // local PUBACK held meanwhile, so publishers are back-pressured.
+                    // Giving up left the delivery unacknowledged for ever and its
+                    // publisher stuck once its window filled (tests/bridge_faults.rs).
+                    if failures == 0 {
+                        warn!(bridge = %shared.config.name, reason = %e, retry_s = STORE_RETRY.as_secs(), "Message not stored for the cloud; retrying, its publisher's acknowledgement is held until it is stored.");
+                    }
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(STORE_RETRY).await;
+                    continue;
                 }
             }
-            Err(OutboxError::TooLarge(size)) => {
-                Counters::bump(&shared.board.counters.dropped_too_large);
-                warn!(bridge = %shared.config.name, size, "Message larger than journal.max_bytes not forwarded.");
-                if let Some(a) = ack {
-                    let _ = a.ack().await;
-                }
-            }
-            Err(OutboxError::Full) => {
-                // refuse-new: not stored, not acknowledged (the publisher is not told it is safe).
-                Counters::bump(&shared.board.counters.dropped_full);
-                warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message not forwarded.");
-            }
-            Err(e) => {
-                // Not stored: not acknowledged (the publisher is not told it is safe).
-                warn!(bridge = %shared.config.name, reason = %e, "Message not stored for the cloud.");
-            }
+            return;
         }
     }))
 }
@@ -437,10 +454,17 @@ async fn uplink(
                             break Ended::Shutdown;
                         }
                         event = up.poll() => match event {
-                            Err(error) => break Ended::Lost {
-                                connected_for: session.connected_at.map(|t| t.elapsed()),
-                                error,
-                            },
+                            Err(error) => {
+                                // Acknowledgements read with the end of the connection
+                                // still count: without them the message is sent twice.
+                                for ack in up.acks_read_before_the_end() {
+                                    session.on_event(ack, &mut up, &shared).await;
+                                }
+                                break Ended::Lost {
+                                    connected_for: session.connected_at.map(|t| t.elapsed()),
+                                    error,
+                                };
+                            }
                             Ok(UplinkEvent::Connected { session_present }) => {
                                 info!(bridge = %config.name, %address, session_present, "Bridge connected to the cloud.");
                                 session.on_event(UplinkEvent::Connected { session_present }, &mut up, &shared).await;

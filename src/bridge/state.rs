@@ -176,6 +176,7 @@ impl StatusBoard {
             "queued_bytes": o.queued_bytes,
             "oldest_age_ms": o.oldest_age.map(|d| d.as_millis() as u64),
             "stored": o.appended,
+            "blocked": o.blocked,
             "sent": get(&c.sent),
             "acked": get(&c.acked),
             "received": get(&c.received),

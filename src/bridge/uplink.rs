@@ -261,6 +261,49 @@ impl Uplink {
         }
     }
 
+    /// The PUBACKs/PUBCOMPs rumqttc decoded in the same read as the end of the
+    /// connection: it queues them and reports the error first, so without this the
+    /// bridge would resend messages the cloud already acknowledged (a duplicate on every
+    /// cloud shutdown with messages in flight; found by tests/bridge_ops.rs's outage
+    /// test). Call after `poll` failed.
+    pub fn acks_read_before_the_end(&mut self) -> Vec<UplinkEvent> {
+        match &mut self.events {
+            EventLoop::V5(e) => {
+                use rumqttc::v5::{Event, Incoming as In};
+                e.state
+                    .events
+                    .drain(..)
+                    .filter_map(|event| match event {
+                        Event::Incoming(In::PubAck(a)) => Some(v5_acked(&a)),
+                        Event::Incoming(In::PubComp(c)) => Some(UplinkEvent::Acked {
+                            pkid: c.pkid,
+                            refused: None,
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            EventLoop::V4(e) => {
+                use rumqttc::{Event, Packet};
+                e.state
+                    .events
+                    .drain(..)
+                    .filter_map(|event| match event {
+                        Event::Incoming(Packet::PubAck(a)) => Some(UplinkEvent::Acked {
+                            pkid: a.pkid,
+                            refused: None,
+                        }),
+                        Event::Incoming(Packet::PubComp(c)) => Some(UplinkEvent::Acked {
+                            pkid: c.pkid,
+                            refused: None,
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Drive the connection; an error ends this uplink.
     pub async fn poll(&mut self) -> Result<UplinkEvent, String> {
         match &mut self.events {
@@ -271,14 +314,7 @@ impl Uplink {
                     Event::Incoming(In::ConnAck(c)) => UplinkEvent::Connected {
                         session_present: c.session_present,
                     },
-                    Event::Incoming(In::PubAck(a)) => UplinkEvent::Acked {
-                        pkid: a.pkid,
-                        refused: (!matches!(
-                            a.reason,
-                            p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers
-                        ))
-                        .then(|| format!("{:?}", a.reason)),
-                    },
+                    Event::Incoming(In::PubAck(a)) => v5_acked(&a),
                     Event::Incoming(In::PubRec(r))
                         if !matches!(
                             r.reason,
@@ -334,6 +370,18 @@ impl Uplink {
                 })
             }
         }
+    }
+}
+
+/// A v5 PUBACK as the bridge sees it (a reason code ≥ 0x80 is a refusal).
+fn v5_acked(a: &p5::PubAck) -> UplinkEvent {
+    UplinkEvent::Acked {
+        pkid: a.pkid,
+        refused: (!matches!(
+            a.reason,
+            p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers
+        ))
+        .then(|| format!("{:?}", a.reason)),
     }
 }
 

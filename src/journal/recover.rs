@@ -151,6 +151,7 @@ pub(super) fn recover(
         pending_records: pending.len() as u64,
         pending_bytes,
         dirty: false,
+        append_failed: false,
         next_interval_sync: None,
         next_ack_sync: None,
         buf: Vec::with_capacity(64 * 1024),

@@ -176,6 +176,11 @@ pub(super) struct Writer {
     pub pending_bytes: u64,
     /// Written but not fsynced (interval mode).
     pub dirty: bool,
+    /// The last append failed (a full disk, typically): reclaim as under budget
+    /// pressure, so a fully acknowledged active segment gives its space back. Without
+    /// it a disk smaller than `max_bytes` stayed full for ever, since only sealed
+    /// segments are deleted (found by tests/bridge_faults.rs's disk-full test).
+    pub append_failed: bool,
     pub next_interval_sync: Option<Instant>,
     pub next_ack_sync: Option<Instant>,
     pub buf: Vec<u8>,
@@ -280,8 +285,9 @@ impl Writer {
         }
         let syncing = !round.syncs.is_empty() || round.close.is_some();
         self.flush_acks(syncing);
-        let pressure = self.shared.used.load(Ordering::Acquire) + self.config.segment_bytes
-            > self.config.max_bytes;
+        let pressure = self.append_failed
+            || self.shared.used.load(Ordering::Acquire) + self.config.segment_bytes
+                > self.config.max_bytes;
         self.reclaim(pressure);
         self.publish();
         for (from_seq, max_records, max_bytes, reply) in round.reads {
@@ -407,6 +413,7 @@ impl Writer {
                             .get_or_insert_with(|| Instant::now() + every);
                     }
                 }
+                self.append_failed = false;
                 let segment = self.segments.back_mut().expect("invariant: active segment");
                 segment.len += bytes;
                 for s in staged.iter() {
@@ -429,6 +436,7 @@ impl Writer {
                 Ok(())
             }
             Err((action, source)) => {
+                self.append_failed = true;
                 let error = self.io(action, path, source);
                 tracing::warn!(error = %error, records = staged.len(), "Journal append failed; the records are not stored.");
                 for s in staged.drain(..) {
