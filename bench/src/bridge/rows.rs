@@ -37,8 +37,14 @@ pub fn push_throughput_rows(bench: &mut Bench, runs: [Result<Vec<Sample>, String
 fn column_cells(v: &[Sample], tck: f64) -> [Measured; 6] {
     let expected: u64 = v.iter().map(|s| s.result.expected).sum();
     let lost: u64 = v.iter().map(|s| s.result.lost).sum();
+    let timed_out = v.iter().filter(|s| s.result.timed_out).count();
     let rate = if lost == 0 {
         cell(median(v.iter().map(|s| s.result.rate()).collect()))
+    } else if timed_out > 0 {
+        Err(format!(
+            "FAILED: {timed_out} of {} run(s) hit the time limit, {lost} of {expected} messages not delivered",
+            v.len()
+        ))
     } else {
         Err(format!(
             "FAILED: {lost} of {expected} messages lost over {} run(s)",
@@ -219,5 +225,62 @@ pub fn push_latency_cells(
     for (metric, v) in rows {
         let [a, b] = two(v);
         bench.push(metric, "ms", 2, a, b, report::Target::None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample(expected: u64, received: u64, syncs: Result<u64, String>) -> Sample {
+        Sample {
+            result: LoadResult {
+                expected,
+                received,
+                duplicates: 0,
+                lost: expected - received,
+                elapsed: Duration::from_secs(2),
+                latency_p50_us: 1000.0,
+                latency_p99_us: 2000.0,
+                latency_max_us: 3000.0,
+                timed_out: false,
+                errors: Vec::new(),
+            },
+            gateway_ticks: 100,
+            cloud_ticks: 50,
+            syncs,
+        }
+    }
+
+    #[test]
+    fn a_lossless_column_gives_its_rate_cpu_and_syncs() {
+        let [rate, lost, gw, cloud, sync_rate, per_sync] =
+            column_cells(&[sample(1000, 1000, Ok(100))], 100.0);
+        assert_eq!(rate.expect("a rate").value, 500.0);
+        assert_eq!(lost.expect("a count").value, 0.0);
+        // 100 ticks at 100/s = 1 s of CPU over 1000 messages.
+        assert_eq!(gw.expect("gateway CPU").value, 1000.0);
+        assert_eq!(cloud.expect("cloud CPU").value, 500.0);
+        assert_eq!(sync_rate.expect("syncs/s").value, 50.0);
+        assert_eq!(per_sync.expect("per sync").value, 10.0);
+    }
+
+    #[test]
+    fn a_loss_is_a_failure_not_a_rate() {
+        let runs = [sample(1000, 1000, Ok(0)), sample(1000, 998, Ok(0))];
+        let [rate, lost, ..] = column_cells(&runs, 100.0);
+        let e = rate.expect_err("no rate for a lossy column");
+        assert!(e.starts_with("FAILED: 2 of 2000"), "{e}");
+        assert_eq!(lost.expect("a count").value, 2.0);
+    }
+
+    #[test]
+    fn no_fsync_at_all_says_in_memory_and_a_perf_failure_says_why() {
+        let [.., rate, per] = column_cells(&[sample(10, 10, Ok(0))], 100.0);
+        assert_eq!(rate.expect("zero is a figure").value, 0.0);
+        assert!(per.expect_err("no ratio").contains("in memory"));
+        let [.., rate, _] = column_cells(&[sample(10, 10, Err("perf not started".into()))], 100.0);
+        assert!(rate.expect_err("no figure").contains("perf"));
     }
 }
