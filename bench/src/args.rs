@@ -85,6 +85,10 @@ pub struct Args {
     /// Messages per bridge throughput run (all publishers together).
     #[arg(long, default_value_t = 100_000)]
     pub bridge_messages: usize,
+    /// Paced QoS 1 rate (msg/s, all publishers) of the bridge latency runs; below what
+    /// both bridges sustain, or the figure is queueing (runs last --latency-secs).
+    #[arg(long, default_value_t = 500.0)]
+    pub bridge_latency_rate: f64,
     /// Skip sections: memory, connect, throughput, latency, storm, bridge.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,

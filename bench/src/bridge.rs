@@ -104,7 +104,7 @@ fn describe(bench: &Bench) -> String {
         a.payload,
         a.bridge_messages,
         a.load_rounds.max(1),
-        a.latency_rate,
+        a.bridge_latency_rate,
         a.latency_secs,
     )
 }
@@ -476,7 +476,7 @@ type LatencyRuns = [Result<(LoadResult, LoadResult), String>; 2];
 
 async fn latency(bench: &mut Bench, rig: &Rig) -> LatencyRuns {
     let a = bench.args.clone();
-    let total = (a.latency_rate * a.latency_secs) as usize;
+    let total = (a.bridge_latency_rate * a.latency_secs) as usize;
     let mut out: LatencyRuns = [Err(String::new()), Err(String::new())];
     for (i, slot) in out.iter_mut().enumerate() {
         let label = rig.gateways[i].label.clone();
@@ -484,14 +484,14 @@ async fn latency(bench: &mut Bench, rig: &Rig) -> LatencyRuns {
             a.json,
             &format!(
                 "bridge: {label} gateway, QoS 1 latency at {:.0} msg/s for {} s, and direct to the cloud",
-                a.latency_rate, a.latency_secs
+                a.bridge_latency_rate, a.latency_secs
             ),
         );
         *slot = async {
             let gateway = rig.gateways[i].running()?;
             let mut through = spec_through(bench, rig, gateway, format!("brlat-{i}"));
             through.per_publisher = (total / a.publishers.max(1)).max(1);
-            through.rate = Some(a.latency_rate);
+            through.rate = Some(a.bridge_latency_rate);
             let mut direct = through.clone();
             direct.tag = format!("brdirect-{i}");
             direct.publish_to = rig.cloud_at.clone();

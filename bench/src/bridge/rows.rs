@@ -200,7 +200,7 @@ pub fn push_latency_cells(
     direct_p50: Vec<Measured>,
     direct_p99: Vec<Measured>,
 ) {
-    let r = bench.args.latency_rate;
+    let r = bench.args.bridge_latency_rate;
     let [p50, p99, add50, add99] = through;
     let rows = [
         (
