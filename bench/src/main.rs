@@ -440,7 +440,7 @@ fn print_report(
     } else {
         "TLS (RSA-2048, TLS 1.3)"
     };
-    let setup_line = format!(
+    let mut setup_line = format!(
         "{transport}, {} B payload, {} publishers -> {} subscribers, {} messages per run, auth+ACL {}",
         args.payload,
         args.publishers,
@@ -448,6 +448,12 @@ fn print_report(
         args.messages,
         if args.auth { "on" } else { "off" }
     );
+    if args.bridge && !bench.skip("bridge") {
+        setup_line.push_str(&format!(
+            "; bridge: {} messages per run, 1 subscriber at the cloud",
+            args.bridge_messages
+        ));
+    }
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism()

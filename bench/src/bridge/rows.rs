@@ -5,7 +5,7 @@ use super::{LatencyRuns, Sample};
 use crate::load::LoadResult;
 use crate::measure::Bench;
 use crate::median;
-use crate::report::{self, cell, cell_note, Measured};
+use crate::report::{self, cell, Measured};
 
 /// Throughput cells per column: rate, lost, gateway CPU, cloud CPU, fsyncs per second,
 /// messages per fsync.
@@ -176,7 +176,7 @@ pub fn push_latency_rows(bench: &mut Bench, runs: LatencyRuns) {
                 direct_p99.push(ms(&d, d.latency_p99_us));
                 let added = |tv: f64, dv: f64| -> Measured {
                     match (ms(&t, tv), ms(&d, dv)) {
-                        (Ok(x), Ok(y)) => cell_note(x.value - y.value, "bridged - direct"),
+                        (Ok(x), Ok(y)) => cell(x.value - y.value),
                         (Err(e), _) | (_, Err(e)) => Err(e),
                     }
                 };
