@@ -50,6 +50,8 @@ struct Rig {
 struct Sample {
     result: LoadResult,
     gateway_ticks: u64,
+    /// Of `gateway_ticks`, those in the kernel (stime: system calls, fsync among them).
+    gateway_system_ticks: u64,
     cloud_ticks: u64,
     /// fsync + fdatasync calls of the gateway during the run, or why not counted.
     syncs: Result<u64, String>,
@@ -369,18 +371,21 @@ async fn bridged_once(rig: &Rig, i: usize, spec: &LoadSpec, dir: &Path) -> Resul
         // perf needs a moment to attach; nothing is synced before the publishers start.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let ticks = Arc::new(Mutex::new([0u64; 4]));
+    // gateway user, gateway system, cloud (user + system); at start, then at the end.
+    let ticks = Arc::new(Mutex::new([0u64; 6]));
     let (t1, t2) = (ticks.clone(), ticks.clone());
-    let sample = |t: &Mutex<[u64; 4]>, at: usize| {
+    let sample = |t: &Mutex<[u64; 6]>, at: usize| {
         let mut t = t.lock().expect("invariant: lock not poisoned");
-        t[at] = gateway.cpu_ticks().unwrap_or(0);
-        t[at + 1] = cloud.cpu_ticks().unwrap_or(0);
+        let (user, system) = gateway.cpu_ticks_split().unwrap_or((0, 0));
+        t[at] = user;
+        t[at + 1] = system;
+        t[at + 2] = cloud.cpu_ticks().unwrap_or(0);
     };
     let result = load::run(
         spec,
         || sample(&t1, 0),
         || {
-            sample(&t2, 2);
+            sample(&t2, 3);
             if let Ok(c) = &counter {
                 c.stop();
             }
@@ -390,12 +395,13 @@ async fn bridged_once(rig: &Rig, i: usize, spec: &LoadSpec, dir: &Path) -> Resul
     .map_err(|e| e.to_string());
     let syncs = counter.and_then(SyncCount::finish);
     let result = result?;
-    let [g0, c0, g1, c1] = *ticks.lock().expect("invariant: lock not poisoned");
+    let [u0, s0, c0, u1, s1, c1] = *ticks.lock().expect("invariant: lock not poisoned");
     // Let the gateway drain acks and disconnects before the next run.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(Sample {
         result,
-        gateway_ticks: g1.saturating_sub(g0),
+        gateway_ticks: (u1 + s1).saturating_sub(u0 + s0),
+        gateway_system_ticks: s1.saturating_sub(s0),
         cloud_ticks: c1.saturating_sub(c0),
         syncs,
     })

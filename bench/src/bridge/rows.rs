@@ -7,9 +7,9 @@ use crate::measure::Bench;
 use crate::median;
 use crate::report::{self, cell, Measured};
 
-/// Throughput cells per column: rate, lost, gateway CPU, cloud CPU, fsyncs per second,
-/// messages per fsync.
-type ThroughputCells = [Vec<Measured>; 6];
+/// Throughput cells per column: rate, lost, gateway CPU, of which in the kernel, cloud
+/// CPU, fsyncs per second, messages per fsync.
+type ThroughputCells = [Vec<Measured>; 7];
 
 pub fn push_throughput_rows(bench: &mut Bench, runs: [Result<Vec<Sample>, String>; 2]) {
     let tck = bench.tck as f64;
@@ -34,7 +34,7 @@ pub fn push_throughput_rows(bench: &mut Bench, runs: [Result<Vec<Sample>, String
 }
 
 /// One column's throughput cells (order of [`ThroughputCells`]) from its runs.
-fn column_cells(v: &[Sample], tck: f64) -> [Measured; 6] {
+fn column_cells(v: &[Sample], tck: f64) -> [Measured; 7] {
     let expected: u64 = v.iter().map(|s| s.result.expected).sum();
     let lost: u64 = v.iter().map(|s| s.result.lost).sum();
     let timed_out = v.iter().filter(|s| s.result.timed_out).count();
@@ -55,6 +55,11 @@ fn column_cells(v: &[Sample], tck: f64) -> [Measured; 6] {
         |ticks: u64, s: &Sample| ticks as f64 * 1e6 / tck / s.result.received.max(1) as f64;
     let gw_cpu = cell(median(
         v.iter().map(|s| per_msg(s.gateway_ticks, s)).collect(),
+    ));
+    let gw_system = cell(median(
+        v.iter()
+            .map(|s| per_msg(s.gateway_system_ticks, s))
+            .collect(),
     ));
     let cloud_cpu = cell(median(
         v.iter().map(|s| per_msg(s.cloud_ticks, s)).collect(),
@@ -84,6 +89,7 @@ fn column_cells(v: &[Sample], tck: f64) -> [Measured; 6] {
         rate,
         cell(lost as f64),
         gw_cpu,
+        gw_system,
         cloud_cpu,
         sync_rate,
         per_sync,
@@ -102,8 +108,8 @@ fn two(v: Vec<Measured>) -> [Measured; 2] {
 /// The throughput rows from per-column cells.
 pub fn push_throughput_cells(bench: &mut Bench, cells: ThroughputCells) {
     let transport = if bench.args.plain { "plain" } else { "TLS" };
-    let [rate, lost, gw_cpu, cloud_cpu, sync_rate, per_sync] = cells;
-    let rows: [(String, &'static str, usize, Vec<Measured>, report::Target); 6] = [
+    let [rate, lost, gw_cpu, gw_system, cloud_cpu, sync_rate, per_sync] = cells;
+    let rows: [(String, &'static str, usize, Vec<Measured>, report::Target); 7] = [
         (
             format!("bridge QoS 1 {transport} -> gateway -> mTLS cloud, zero loss"),
             "msg/s",
@@ -123,6 +129,13 @@ pub fn push_throughput_cells(bench: &mut Bench, cells: ThroughputCells) {
             "µs",
             1,
             gw_cpu,
+            report::Target::None,
+        ),
+        (
+            "  of which in the kernel (stime)".into(),
+            "µs",
+            1,
+            gw_system,
             report::Target::None,
         ),
         (
@@ -248,6 +261,7 @@ mod tests {
                 errors: Vec::new(),
             },
             gateway_ticks: 100,
+            gateway_system_ticks: 60,
             cloud_ticks: 50,
             syncs,
         }
@@ -255,12 +269,13 @@ mod tests {
 
     #[test]
     fn a_lossless_column_gives_its_rate_cpu_and_syncs() {
-        let [rate, lost, gw, cloud, sync_rate, per_sync] =
+        let [rate, lost, gw, gw_system, cloud, sync_rate, per_sync] =
             column_cells(&[sample(1000, 1000, Ok(100))], 100.0);
         assert_eq!(rate.expect("a rate").value, 500.0);
         assert_eq!(lost.expect("a count").value, 0.0);
         // 100 ticks at 100/s = 1 s of CPU over 1000 messages.
         assert_eq!(gw.expect("gateway CPU").value, 1000.0);
+        assert_eq!(gw_system.expect("kernel CPU").value, 600.0);
         assert_eq!(cloud.expect("cloud CPU").value, 500.0);
         assert_eq!(sync_rate.expect("syncs/s").value, 50.0);
         assert_eq!(per_sync.expect("per sync").value, 10.0);
