@@ -75,7 +75,22 @@ pub struct Args {
     /// Extra non-matching ACL rules for the bench user, ahead of its grant (--auth).
     #[arg(long, default_value_t = 10)]
     pub acl_rules: usize,
-    /// Skip sections: memory, connect, throughput, latency, storm.
+    /// Also measure the cloud bridge (after every other section; 3-5 min at the bridge's
+    /// current rate, a minute once it batches its fsyncs):
+    /// 4 publishers -> gateway -> bridge over mTLS -> a Mosquitto "cloud" (client
+    /// certificates required, the gateway confined to site/gw1/#) -> 1 subscriber there,
+    /// QoS 1, through tollgate (journal on disk) and through a Mosquitto bridge (in
+    /// memory). Bridge only: `--bridge --skip memory,connect,throughput,latency`.
+    #[arg(long)]
+    pub bridge: bool,
+    /// Messages per bridge throughput run (all publishers together).
+    #[arg(long, default_value_t = 100_000)]
+    pub bridge_messages: usize,
+    /// Paced QoS 1 rate (msg/s, all publishers) of the bridge latency runs; below what
+    /// both bridges sustain, or the figure is queueing (runs last --latency-secs).
+    #[arg(long, default_value_t = 500.0)]
+    pub bridge_latency_rate: f64,
+    /// Skip sections: memory, connect, throughput, latency, storm, bridge.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Give tollgate only the fixed-schema keys (its default session queue and
@@ -115,6 +130,9 @@ impl Args {
         if self.publishers == 0 || self.subscribers == 0 || self.publishers > usize::from(u16::MAX)
         {
             bail!("--publishers and --subscribers must be at least 1 (publishers at most 65535)");
+        }
+        if self.bridge && self.bridge_messages < self.publishers {
+            bail!("--bridge-messages must be at least --publishers (one message each)");
         }
         if let Some(q) = self.qos.iter().find(|&&q| q > 2) {
             bail!("--qos {q}: only 0, 1 and 2 exist");

@@ -193,6 +193,12 @@ impl Broker {
 
     /// utime + stime of the whole process (all threads) in clock ticks.
     pub fn cpu_ticks(&self) -> Result<u64, BrokerError> {
+        self.cpu_ticks_split().map(|(user, system)| user + system)
+    }
+
+    /// (utime, stime) of the whole process (all threads) in clock ticks: user space and
+    /// the kernel working for it (system calls such as fsync).
+    pub fn cpu_ticks_split(&self) -> Result<(u64, u64), BrokerError> {
         let pid = self.pid();
         let proc_err = |detail: String| BrokerError::Proc {
             name: self.name.clone(),
@@ -215,7 +221,7 @@ impl Broker {
                 .and_then(|f| f.parse().ok())
                 .ok_or_else(|| proc_err(format!("field {i} missing")))
         };
-        Ok(get(14)? + get(15)?)
+        Ok((get(14)?, get(15)?))
     }
 
     /// Resident set size in KiB (VmRSS).

@@ -1,5 +1,6 @@
 //! The message load generator: N rumqttc publishers to M rumqttc subscribers
-//! on `bench/<publisher>`, every payload stamped with its send time,
+//! on `bench/<publisher>` (or any prefix; the subscribers may sit on another broker,
+//! behind a bridge), every payload stamped with its send time,
 //! publisher and sequence number, so the subscribers count loss and
 //! duplicates exactly and record end-to-end latency. It must never report a
 //! rate for a run that lost messages without saying so.
@@ -32,12 +33,27 @@ pub enum LoadError {
     },
 }
 
+/// Where a client of the run connects (always 127.0.0.1).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub port: u16,
+    /// TLS (with a client certificate for mTLS, if the config has one); `None` = plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub login: Option<(String, String)>,
+}
+
 /// Parameters of a run.
 #[derive(Clone)]
 pub struct LoadSpec {
-    pub port: u16,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub login: Option<(String, String)>,
+    /// Where the publishers connect.
+    pub publish_to: Endpoint,
+    /// Where the subscribers connect (the same broker, or the cloud behind a bridge).
+    pub subscribe_at: Endpoint,
+    /// Publisher `p` sends on `<publish_prefix><p>`.
+    pub publish_prefix: String,
+    /// What the subscribers subscribe to (it must cover every publisher's topic as
+    /// delivered to them).
+    pub subscribe_filter: String,
     pub publishers: usize,
     pub subscribers: usize,
     pub qos: QoS,
@@ -79,26 +95,28 @@ impl LoadResult {
     }
 }
 
-fn options(spec: &LoadSpec, id: String) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", spec.port);
+fn options(at: &Endpoint, payload: usize, id: String) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", at.port);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_clean_session(true);
-    o.set_max_packet_size(spec.payload + 1024, spec.payload + 1024);
+    o.set_max_packet_size(payload + 1024, payload + 1024);
     o.set_inflight(100);
     o.set_request_channel_capacity(1000);
-    if let Some(tls) = &spec.tls {
+    if let Some(tls) = &at.tls {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.clone(),
         )));
     }
-    if let Some((u, p)) = &spec.login {
+    if let Some((u, p)) = &at.login {
         o.set_credentials(u.clone(), p.clone());
     }
     o
 }
 
-fn new_client(spec: &LoadSpec, id: String) -> (AsyncClient, EventLoop) {
-    let (client, mut ev) = AsyncClient::new(options(spec, id), 1000);
+/// A rumqttc client of `at` (clean session, inflight 100, Nagle off) for payloads up to
+/// `payload` bytes; nothing is sent until its event loop is polled.
+pub fn new_client(at: &Endpoint, payload: usize, id: String) -> (AsyncClient, EventLoop) {
+    let (client, mut ev) = AsyncClient::new(options(at, payload, id), 1000);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(10);
@@ -106,7 +124,8 @@ fn new_client(spec: &LoadSpec, id: String) -> (AsyncClient, EventLoop) {
     (client, ev)
 }
 
-async fn wait_connack(ev: &mut EventLoop, who: &str) -> Result<(), LoadError> {
+/// Polls `ev` until its CONNACK (10 s at most).
+pub async fn wait_connack(ev: &mut EventLoop, who: &str) -> Result<(), LoadError> {
     let fut = async {
         loop {
             match ev.poll().await {
@@ -163,9 +182,13 @@ pub async fn run(
     let mut sub_clients = Vec::new();
     for s in 0..spec.subscribers {
         let who = format!("subscriber {s}");
-        let (client, mut ev) = new_client(spec, format!("bench-sub-{}-{s}", spec.tag));
+        let (client, mut ev) = new_client(
+            &spec.subscribe_at,
+            spec.payload,
+            format!("bench-sub-{}-{s}", spec.tag),
+        );
         wait_connack(&mut ev, &who).await?;
-        subscribe(&client, &mut ev, spec.qos, who).await?;
+        subscribe(&client, &mut ev, &spec.subscribe_filter, spec.qos, who).await?;
         let tally = Tally {
             base,
             total,
@@ -183,7 +206,11 @@ pub async fn run(
     let mut pub_clients = Vec::new();
     for p in 0..spec.publishers {
         let who = format!("publisher {p}");
-        let (client, mut ev) = new_client(spec, format!("bench-pub-{}-{p}", spec.tag));
+        let (client, mut ev) = new_client(
+            &spec.publish_to,
+            spec.payload,
+            format!("bench-pub-{}-{p}", spec.tag),
+        );
         wait_connack(&mut ev, &who).await?;
         pub_tasks.push(spawn_publisher(spec, p, &client, ev, base, barrier.clone()));
         pub_clients.push(client);
@@ -239,15 +266,16 @@ pub async fn run(
     })
 }
 
-/// Subscribes `client` to `bench/#` and waits for a SUBACK granting it.
-async fn subscribe(
+/// Subscribes `client` to `filter` and waits for a SUBACK granting it.
+pub async fn subscribe(
     client: &AsyncClient,
     ev: &mut EventLoop,
+    filter: &str,
     qos: QoS,
     who: String,
 ) -> Result<(), LoadError> {
     client
-        .subscribe("bench/#", qos)
+        .subscribe(filter, qos)
         .await
         .map_err(|e| LoadError::Client {
             who: who.clone(),
@@ -273,17 +301,17 @@ async fn subscribe(
         }
         Ok(Ok(a)) => Err(LoadError::Client {
             who,
-            what: "subscribe to bench/#",
-            detail: format!("SUBACK refused: {:?}", a.return_codes),
+            what: "subscribe",
+            detail: format!("SUBACK refused {filter}: {:?}", a.return_codes),
         }),
         Ok(Err(detail)) => Err(LoadError::Client {
             who,
-            what: "subscribe to bench/#",
+            what: "subscribe",
             detail,
         }),
         Err(_) => Err(LoadError::Client {
             who,
-            what: "subscribe to bench/#",
+            what: "subscribe",
             detail: "no SUBACK within 10 s".into(),
         }),
     }
@@ -385,6 +413,7 @@ fn spawn_publisher(
     let qos = spec.qos;
     let n = spec.per_publisher;
     let payload = spec.payload;
+    let topic = format!("{}{p}", spec.publish_prefix);
     let gap = spec
         .rate
         .map(|r| Duration::from_secs_f64(spec.publishers as f64 / r.max(1.0)));
@@ -417,7 +446,7 @@ fn spawn_publisher(
             buf[0..8].copy_from_slice(&now_ns(base).to_le_bytes());
             buf[8..10].copy_from_slice(&(p as u16).to_le_bytes());
             buf[10..14].copy_from_slice(&(seq as u32).to_le_bytes());
-            if c.publish(format!("bench/{p}"), qos, false, buf.clone())
+            if c.publish(topic.clone(), qos, false, buf.clone())
                 .await
                 .is_err()
             {

@@ -7,6 +7,7 @@
 //! pass/fail by exit code, and must never touch processes it did not start.
 
 mod args;
+mod bridge;
 mod broker;
 mod conn;
 mod load;
@@ -199,7 +200,7 @@ async fn run() -> anyhow::Result<()> {
         notes,
         idle_rss: [None, None],
     };
-    measure_all(&mut bench, &args, subject.flavor).await;
+    measure_all(&mut bench, &args, &subject, &dir).await;
     print_report(&bench, &args, &subject, command_line, wall)?;
     if let Some(c) = bench.cols.iter().find(|c| c.broker.is_err()) {
         eprintln!("note: {} did not run: see 'Not measured' above", c.label);
@@ -314,9 +315,10 @@ async fn start_columns(
     Ok((cols, notes))
 }
 
-/// Every section not skipped, in order; then stops both brokers and notes a tollgate
-/// build that ignored `--auth`.
-async fn measure_all(bench: &mut Bench, args: &Args, a_flavor: Flavor) {
+/// Every section not skipped, in order; then stops both brokers, notes a tollgate
+/// build that ignored `--auth`, and runs the bridge section (its own processes).
+async fn measure_all(bench: &mut Bench, args: &Args, subject: &Subject, dir: &Path) {
+    let a_flavor = subject.flavor;
     if !bench.skip("memory") {
         bench.memory().await;
     }
@@ -387,6 +389,21 @@ async fn measure_all(bench: &mut Bench, args: &Args, a_flavor: Flavor) {
             }
         }
     }
+    if args.bridge && !bench.skip("bridge") {
+        let gateways = [
+            bridge::GatewaySpec {
+                label: subject.label.to_string(),
+                flavor: subject.flavor,
+                exe: subject.exe.clone(),
+            },
+            bridge::GatewaySpec {
+                label: "mosquitto".into(),
+                flavor: Flavor::Mosquitto,
+                exe: args.mosquitto.clone(),
+            },
+        ];
+        bridge::run(bench, gateways, dir).await;
+    }
 }
 
 /// What the report says about the run besides the rows.
@@ -423,7 +440,7 @@ fn print_report(
     } else {
         "TLS (RSA-2048, TLS 1.3)"
     };
-    let setup_line = format!(
+    let mut setup_line = format!(
         "{transport}, {} B payload, {} publishers -> {} subscribers, {} messages per run, auth+ACL {}",
         args.payload,
         args.publishers,
@@ -431,6 +448,12 @@ fn print_report(
         args.messages,
         if args.auth { "on" } else { "off" }
     );
+    if args.bridge && !bench.skip("bridge") {
+        setup_line.push_str(&format!(
+            "; bridge: {} messages per run, 1 subscriber at the cloud",
+            args.bridge_messages
+        ));
+    }
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism()

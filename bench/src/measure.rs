@@ -11,7 +11,7 @@ use rumqttc::QoS;
 use crate::args::Args;
 use crate::broker::Broker;
 use crate::conn::{self, Login, Target};
-use crate::load::{self, LoadResult, LoadSpec};
+use crate::load::{self, Endpoint, LoadResult, LoadSpec};
 use crate::report::{self, cell, cell_note, Measured, Row};
 use crate::setup::{self, Pki, Ports};
 use crate::{median, progress};
@@ -72,7 +72,7 @@ impl Bench {
         }
     }
 
-    fn push(
+    pub fn push(
         &mut self,
         metric: impl Into<String>,
         unit: &'static str,
@@ -260,13 +260,19 @@ impl Bench {
     }
 
     fn load_spec(&self, port: u16, qos: QoS, tag: String) -> LoadSpec {
-        LoadSpec {
+        let at = Endpoint {
             port,
             tls: (!self.args.plain).then(|| self.tls.clone()),
             login: self
                 .args
                 .auth
                 .then(|| (setup::BENCH_USER.to_string(), setup::BENCH_PASS.to_string())),
+        };
+        LoadSpec {
+            publish_to: at.clone(),
+            subscribe_at: at,
+            publish_prefix: "bench/".into(),
+            subscribe_filter: "bench/#".into(),
             publishers: self.args.publishers,
             subscribers: self.args.subscribers,
             qos,

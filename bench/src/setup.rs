@@ -108,6 +108,8 @@ pub struct CertSet {
 #[derive(Clone, Debug)]
 pub struct Pki {
     pub ca: PathBuf,
+    /// The CA's private key (client certificates for the bridge section are signed later).
+    pub ca_key: PathBuf,
     pub rsa: CertSet,
     pub ec: CertSet,
 }
@@ -171,7 +173,51 @@ pub fn make_pki(dir: &Path) -> Result<Pki, SetupError> {
         "server-ec",
         &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
     )?;
-    Ok(Pki { ca, rsa, ec })
+    Ok(Pki {
+        ca,
+        ca_key,
+        rsa,
+        ec,
+    })
+}
+
+/// A client certificate (ECDSA P-256, `CN=<cn>`, clientAuth) signed by the bench CA, for
+/// mutual TLS: its CN is the identity a broker with `use_identity_as_username` sees.
+pub fn make_client_cert(dir: &Path, pki: &Pki, cn: &str) -> Result<CertSet, SetupError> {
+    let ext = dir.join("client.ext");
+    write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )?;
+    let key = dir.join(format!("client-{cn}.key"));
+    let csr = dir.join(format!("client-{cn}.csr"));
+    let cert = dir.join(format!("client-{cn}.crt"));
+    run(
+        Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-subj", &format!("/CN={cn}")])
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        "openssl",
+    )?;
+    run(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&pki.ca)
+            .arg("-CAkey")
+            .arg(&pki.ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+        "openssl",
+    )?;
+    Ok(CertSet { cert, key })
 }
 
 /// Credentials used by the throughput clients when `--auth` is on.
@@ -248,6 +294,16 @@ impl Ports {
             tls_ec: free_port()?,
         })
     }
+
+    /// A broker with one listener (the bridge section's cloud): every field is `port`, so
+    /// the start-up wait probes that listener.
+    pub fn single(port: u16) -> Self {
+        Self {
+            plain: port,
+            tls_rsa: port,
+            tls_ec: port,
+        }
+    }
 }
 
 /// Mosquitto configuration equivalent to [`tollgate_conf`]: nothing dropped,
@@ -293,7 +349,7 @@ pub fn mosquitto_conf(pki: &Pki, ports: Ports, auth: Option<&AuthFiles>) -> Stri
     c
 }
 
-fn toml_str(p: &Path) -> String {
+pub fn toml_str(p: &Path) -> String {
     // TOML basic string: escape backslash and quote.
     let s = p.display().to_string();
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -361,6 +417,7 @@ mod tests {
         };
         let pki = Pki {
             ca: file("ca.crt"),
+            ca_key: file("ca.key"),
             rsa: CertSet {
                 cert: file("rsa.crt"),
                 key: file("rsa.key"),
