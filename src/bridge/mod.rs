@@ -26,8 +26,10 @@ pub mod backoff;
 pub mod config;
 pub mod journal_outbox;
 pub mod outbox;
+mod pacer;
 pub mod rules;
 mod run;
+mod session;
 pub mod state;
 pub mod uplink;
 
@@ -74,12 +76,13 @@ impl Bridge {
     }
 }
 
-/// Open the bridge's journal and log what it recovered and what was lost.
+/// Open the bridge's journal and log what it recovered and what was lost; also returns
+/// the last recovered record (those up to it may have been sent before the restart).
 async fn open_journal(
     config: &BridgeConfig,
     data_dir: &Path,
     board: &StatusBoard,
-) -> Result<JournalOutbox, String> {
+) -> Result<(JournalOutbox, Option<outbox::Seq>), String> {
     let dir = journal_outbox::journal_dir(data_dir, &config.name);
     let (outbox, recovery) = JournalOutbox::open(
         &dir,
@@ -108,7 +111,7 @@ async fn open_journal(
         }
         warn!(bridge = %config.name, records = lost.records, bytes = lost.bytes, "Bridge journal: records lost to damage at open (counted as lost_at_open).");
     }
-    Ok(outbox)
+    Ok((outbox, recovery.pending.last().map(|p| p.seq)))
 }
 
 impl Component for Bridge {
@@ -180,7 +183,7 @@ impl Component for Bridge {
                     return;
                 }
             };
-            let journal = match open_journal(&config, &data_dir, &board).await {
+            let (journal, recovered_up_to) = match open_journal(&config, &data_dir, &board).await {
                 Ok(j) => j,
                 Err(reason) => {
                     warn!(bridge = %config.name, %reason, "Bridge journal cannot be opened; the bridge does not run.");
@@ -200,6 +203,7 @@ impl Component for Bridge {
                 shutdown: ctx.shutdown.clone(),
                 appended: Notify::new(),
                 durable: true,
+                recovered_up_to,
             });
             run::run(shared, client, tls, tracker).await;
             if let Err(e) = journal.close().await {

@@ -20,8 +20,9 @@ use crate::broker::codec::QoS;
 use crate::broker::InternalOptions;
 use crate::component::{Connector, Health, HealthReporter};
 
-/// How often the counters are republished while nothing else changes.
-const REFRESH: Duration = Duration::from_secs(10);
+/// How often the counters are looked at between state changes (published only when
+/// they changed: counters are bumped on the message path without a notification).
+const REFRESH: Duration = Duration::from_secs(1);
 
 /// The link's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,251 @@
+//! One upstream connection's send state: the window of QoS 1/2 PUBLISHes in flight
+//! (at most the cloud's Receive Maximum), the packet ids the bridge gives them (chosen
+//! among the free ones, so rumqttc never meets a collision), the DUP flag of what may
+//! have gone out before, the acknowledgement deadline of the oldest in-flight
+//! message (`ack_timeout`), and the `replay_rate` pacing of a backlog.
+//!
+//! What counts as a backlog (pacing): everything taken from the outbox after a CONNACK
+//! until the uplink first finds the outbox empty beyond what it has sent. Live traffic
+//! after that is not paced (it is limited by the cloud's Receive Maximum only), so a
+//! gateway that keeps up is never slowed to `replay_rate`, and a reconnect after an
+//! outage drains the backlog at `replay_rate` at most, live messages queued behind it
+//! included (they keep their order).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::outbox::Seq;
+use super::pacer::Pacer;
+use super::run::{qos_level, Shared};
+use super::state::Counters;
+use super::uplink::{Incoming, Uplink, UplinkEvent, ONLINE};
+
+/// A QoS 1/2 PUBLISH handed to the connection and not acknowledged yet.
+#[derive(Debug)]
+struct InFlight {
+    /// The outbox record; `None` for the status message.
+    seq: Option<Seq>,
+    /// Unique per send: tells an entry of `order` from a later use of the same id.
+    send: u64,
+}
+
+/// Per-connection state of the uplink.
+pub(super) struct Session {
+    /// By packet id.
+    inflight: HashMap<u16, InFlight>,
+    /// Sends in order with their time (entries acknowledged since are skipped lazily).
+    order: VecDeque<(u16, u64, Instant)>,
+    sends: u64,
+    last_pkid: u16,
+    /// In-flight limit of this connection (0 until the CONNACK).
+    window: u16,
+    /// The last record handed to this connection.
+    pub cursor: Option<Seq>,
+    /// Records up to this one may have gone out before (an earlier connection, or
+    /// before a restart): they are sent with DUP=1.
+    maybe_sent: Option<Seq>,
+    /// `Some` while a backlog is drained (see the module comment).
+    pacer: Option<Pacer>,
+    /// When the pacer allows the next record (the uplink calls `fill` then).
+    pub paced_until: Option<Instant>,
+    /// No more records are taken (shutdown flush).
+    stop_filling: bool,
+    pub connected_at: Option<Instant>,
+    pub waiting_acks: HashMap<u64, Box<Incoming>>,
+}
+
+impl Session {
+    /// A session whose records up to `maybe_sent` may have been sent before.
+    pub fn new(maybe_sent: Option<Seq>) -> Self {
+        Session {
+            inflight: HashMap::new(),
+            order: VecDeque::new(),
+            sends: 0,
+            last_pkid: 0,
+            window: 0,
+            cursor: None,
+            maybe_sent,
+            pacer: None,
+            paced_until: None,
+            stop_filling: false,
+            connected_at: None,
+            waiting_acks: HashMap::new(),
+        }
+    }
+
+    /// QoS 1/2 PUBLISHes in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.inflight.len() < usize::from(self.window)
+    }
+
+    /// A free packet id in `1..=window` (call only with room in the window).
+    fn free_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = if self.last_pkid >= self.window {
+                1
+            } else {
+                self.last_pkid + 1
+            };
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    fn track(&mut self, seq: Option<Seq>) -> u16 {
+        let pkid = self.free_pkid();
+        self.sends += 1;
+        self.inflight.insert(
+            pkid,
+            InFlight {
+                seq,
+                send: self.sends,
+            },
+        );
+        self.order.push_back((pkid, self.sends, Instant::now()));
+        // Acknowledged entries behind a slow one stay until it is: keep them bounded.
+        if self.order.len() > 4 * usize::from(self.window) + 16 {
+            let inflight = &self.inflight;
+            self.order
+                .retain(|(p, send, _)| inflight.get(p).is_some_and(|f| f.send == *send));
+        }
+        pkid
+    }
+
+    /// When the oldest in-flight message has waited `ack_timeout`; `None` when
+    /// nothing is in flight. Also reports which record that is (seq, pkid).
+    pub fn ack_deadline(&mut self, ack_timeout: Duration) -> Option<(Instant, u16)> {
+        while let Some(&(pkid, send, at)) = self.order.front() {
+            if self.inflight.get(&pkid).is_some_and(|f| f.send == send) {
+                return Some((at + ack_timeout, pkid));
+            }
+            self.order.pop_front();
+        }
+        None
+    }
+
+    /// The record in flight under `pkid`, if any (for logs).
+    pub fn seq_of(&self, pkid: u16) -> Option<Seq> {
+        self.inflight.get(&pkid).and_then(|f| f.seq)
+    }
+
+    /// Take records from the outbox until the window is full (or the pacer says wait).
+    pub async fn fill(&mut self, up: &mut Uplink, shared: &Shared) {
+        if self.stop_filling || self.paced_until.is_some() {
+            return;
+        }
+        while self.has_room() {
+            let mut limit = usize::from(self.window) - self.inflight.len();
+            if let Some(p) = &mut self.pacer {
+                limit = limit.min(p.available_msgs(Instant::now()).max(1));
+            }
+            let batch = shared.outbox.pending(self.cursor, limit).await;
+            if batch.is_empty() {
+                if self.pacer.take().is_some() {
+                    debug!(bridge = %shared.config.name, "Backlog drained; live messages are no longer paced.");
+                }
+                return;
+            }
+            for r in batch {
+                if let Some(p) = &mut self.pacer {
+                    if let Err(wait) = p.take(r.record.payload.len(), Instant::now()) {
+                        self.paced_until = Some(Instant::now() + wait);
+                        return;
+                    }
+                }
+                let rec = r.record;
+                let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
+                let pkid = self.track(Some(r.seq));
+                up.send(
+                    pkid,
+                    &rec.topic,
+                    rec.payload,
+                    qos_level(rec.qos),
+                    rec.retain,
+                    dup,
+                );
+                self.cursor = Some(r.seq);
+            }
+        }
+    }
+
+    /// The pacer's wait is over: take more records.
+    pub async fn paced(&mut self, up: &mut Uplink, shared: &Shared) {
+        self.paced_until = None;
+        self.fill(up, shared).await;
+    }
+
+    /// Send a retained QoS 1 status message; `false` when the window is full.
+    pub fn control(&mut self, up: &mut Uplink, topic: &str, payload: &'static str) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        let pkid = self.track(None);
+        up.send(
+            pkid,
+            topic,
+            bytes::Bytes::from_static(payload.as_bytes()),
+            1,
+            true,
+            false,
+        );
+        true
+    }
+
+    /// Take no more records (what is in flight may still be acknowledged).
+    pub fn stop_filling(&mut self) {
+        self.stop_filling = true;
+    }
+
+    /// Account for an event; returns a message that must go to the intake.
+    pub async fn on_event(
+        &mut self,
+        event: UplinkEvent,
+        up: &mut Uplink,
+        shared: &Shared,
+    ) -> Option<Box<Incoming>> {
+        let counters = &shared.board.counters;
+        match event {
+            UplinkEvent::Connected {
+                session_present,
+                window,
+            } => {
+                self.connected_at = Some(Instant::now());
+                self.window = window;
+                self.pacer = Some(Pacer::new(
+                    &shared.config.journal.replay_rate,
+                    Instant::now(),
+                ));
+                debug!(bridge = %shared.config.name, session_present, window, "Connected upstream.");
+                if let Some(status) = &shared.config.status_topic {
+                    self.control(up, status, ONLINE);
+                }
+                self.fill(up, shared).await;
+            }
+            UplinkEvent::Sent { .. } => Counters::bump(&counters.sent),
+            UplinkEvent::Acked { pkid, refused } => {
+                if let Some(InFlight { seq: Some(seq), .. }) = self.inflight.remove(&pkid) {
+                    shared.outbox.ack(seq);
+                    match refused {
+                        None => Counters::bump(&counters.acked),
+                        Some(reason) => {
+                            Counters::bump(&counters.dropped_refused);
+                            warn!(bridge = %shared.config.name, %reason, "The cloud refused a message; it is not retried.");
+                        }
+                    }
+                }
+                self.fill(up, shared).await;
+            }
+            UplinkEvent::Message(m) => return Some(m),
+            UplinkEvent::Other => {}
+        }
+        None
+    }
+}

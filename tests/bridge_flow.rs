@@ -1,0 +1,333 @@
+//! The bridge's upstream flow control (issue 9, item 3): a stuck PUBACK ends the
+//! connection after `ack_timeout` and the message is resent with DUP=1 on the next
+//! one; a backlog is drained at `journal.replay_rate`.
+//!
+//! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
+//! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
+//! packets decoded with rumqttc's codec) that reports every packet it sees with its
+//! connection number and time. The pacing test uses Debian's mosquitto as the cloud.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::{self as p5, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use support::cloud::*;
+use support::gateway::Gateway;
+use support::pki::Pki;
+use support::wait::WAIT;
+
+/// What the fake cloud saw: connection number (1, 2, ...), when, and the packet.
+#[derive(Debug)]
+struct Seen {
+    conn: usize,
+    at: Instant,
+    packet: Packet,
+}
+
+/// How the fake cloud answers a PUBLISH on connection `conn` (1-based): acknowledge it?
+type AckPolicy = fn(conn: usize, publish: &p5::Publish) -> bool;
+
+/// A TLS MQTT 5 server on 127.0.0.1: CONNACKs every CONNECT, SUBACKs, answers pings,
+/// and acknowledges PUBLISHes as `policy` says. Every packet goes to the channel.
+async fn fake_cloud(pki: &Pki, policy: AckPolicy) -> (u16, mpsc::UnboundedReceiver<Seen>) {
+    let certs = tollgate::tls::load_certs(&pki.server.0).expect("server cert");
+    let key = tollgate::tls::load_private_key(&pki.server.1).expect("server key");
+    let config = rustls::ServerConfig::builder_with_provider(tollgate::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut conn = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            conn += 1;
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            tokio::spawn(serve_fake(tls, conn, policy, tx.clone()));
+        }
+    });
+    (port, rx)
+}
+
+async fn serve_fake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    conn: usize,
+    policy: AckPolicy,
+    tx: mpsc::UnboundedSender<Seen>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let packet = loop {
+            match Packet::read(&mut buf, None) {
+                Ok(p) => break p,
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                    if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                Err(e) => panic!("fake cloud cannot decode: {e:?}"),
+            }
+        };
+        let reply = match &packet {
+            Packet::Connect(..) => Some(Packet::ConnAck(p5::ConnAck {
+                session_present: false,
+                code: p5::ConnectReturnCode::Success,
+                properties: None,
+            })),
+            Packet::Subscribe(s) => Some(Packet::SubAck(p5::SubAck {
+                pkid: s.pkid,
+                return_codes: s
+                    .filters
+                    .iter()
+                    .map(|_| p5::SubscribeReasonCode::Success(QoS::AtLeastOnce))
+                    .collect(),
+                properties: None,
+            })),
+            Packet::PingReq(_) => Some(Packet::PingResp(p5::PingResp)),
+            Packet::Publish(p) if p.qos == QoS::AtLeastOnce && policy(conn, p) => {
+                Some(Packet::PubAck(p5::PubAck::new(p.pkid, None)))
+            }
+            _ => None,
+        };
+        let _ = tx.send(Seen {
+            conn,
+            at: Instant::now(),
+            packet,
+        });
+        if let Some(reply) = reply {
+            let mut out = BytesMut::new();
+            reply.write(&mut out, None).expect("encode reply");
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The next PUBLISH the fake cloud saw (skipping other packets).
+async fn next_publish(rx: &mut mpsc::UnboundedReceiver<Seen>) -> (usize, Instant, p5::Publish) {
+    loop {
+        let seen = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a PUBLISH within the limit")
+            .expect("fake cloud alive");
+        if let Packet::Publish(p) = seen.packet {
+            return (seen.conn, seen.at, p);
+        }
+    }
+}
+
+/// A gateway with a local TCP listener, no ACL, and bridge `cloud` to `port` forwarding
+/// `sensors/#` to `site/gw1/sensors/#` at QoS 1; `extra` adds `[[bridge]]` keys.
+fn flow_config(
+    pki: &Pki,
+    gw_cert: &(std::path::PathBuf, std::path::PathBuf),
+    port: u16,
+    extra: &str,
+    journal: &str,
+) -> String {
+    format!(
+        r##"[[listener]]
+name = "local"
+bind = "127.0.0.1:0"
+transport = "tcp"
+allow_anonymous = true
+
+[[bridge]]
+name = "cloud"
+address = ["127.0.0.1:{port}"]
+protocol = "5"
+client_id = "gw1"
+ca = {ca:?}
+cert = {cert:?}
+key = {key:?}
+backoff = {{ min = "200ms", max = "1s", stable = "5s" }}
+{extra}
+
+[bridge.journal]
+{journal}
+
+[[bridge.topic]]
+pattern = "sensors/#"
+direction = "out"
+qos = 1
+remote_prefix = "site/gw1/"
+"##,
+        ca = pki.ca_path.display().to_string(),
+        cert = gw_cert.0.display().to_string(),
+        key = gw_cert.1.display().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first connection swallows every PUBLISH; later ones acknowledge.
+    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1).await;
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"1s\"", ""),
+    )
+    .await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+
+    let (local, _rx) = local_client(&gw, "device").await;
+    local
+        .publish("sensors/t", QoS::AtLeastOnce, false, "first")
+        .await
+        .expect("queued");
+    let (conn, sent_at, p) = next_publish(&mut seen).await;
+    assert_eq!(
+        (conn, &p.topic[..], &p.payload[..]),
+        (1, &b"site/gw1/sensors/t"[..], &b"first"[..])
+    );
+    assert!(!p.dup, "a first transmission carries DUP=0");
+
+    // No PUBACK: after ack_timeout the bridge drops the connection and sends it again.
+    let (conn, resent_at, p) = next_publish(&mut seen).await;
+    assert_eq!(conn, 2, "resent on a new connection");
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        (&b"site/gw1/sensors/t"[..], &b"first"[..])
+    );
+    assert!(p.dup, "a resend of what went out before carries DUP=1");
+    let waited = resent_at - sent_at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "resent after {waited:?}: before ack_timeout (1s)"
+    );
+    assert!(
+        waited < Duration::from_secs(1) + WAIT,
+        "resent after {waited:?}"
+    );
+
+    // Acknowledged once: counted once; the next message is new (DUP=0) and nothing
+    // else came between (the marker proves no third copy).
+    local
+        .publish("sensors/t", QoS::AtLeastOnce, false, "marker")
+        .await
+        .expect("queued");
+    let (conn, _, p) = next_publish(&mut seen).await;
+    assert_eq!((conn, &p.payload[..], p.dup), (2, &b"marker"[..], false));
+    let state = wait_state(&gw, "watch-2", |v| v["acked"] == 2).await;
+    assert_eq!(state["reconnects"], 1);
+    assert_eq!(state["queued_messages"], 0);
+    assert_eq!(state["dropped"]["refused_upstream"], 0);
+    gw.stop().await;
+}
+
+/// A TCP relay on 127.0.0.1 in front of `target`: while `up` is false it closes every
+/// connection at once (the cloud is unreachable), then it forwards bytes both ways.
+async fn relay(target: u16, up: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_replayed_in_order_at_replay_rate() {
+    if !support::require_peer("mosquitto") {
+        return;
+    }
+    const N: usize = 300;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = support::Mosquitto::start(dir.path(), &cloud_settings(&pki, dir.path(), false));
+    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
+    subscribe(&operator, "site/gw1/sensors/#").await;
+    // The subscription is in place once the operator's own marker comes back.
+    operator
+        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
+        .await
+        .expect("queued");
+    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+
+    let link_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = relay(cloud.port, link_up.clone()).await;
+    let gw_cert = pki.client("gw1");
+    let rate = N / 3;
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(
+            &pki,
+            &gw_cert,
+            port,
+            "",
+            &format!("replay_rate = {{ msgs = {rate}, bytes = 1048576 }}"),
+        ),
+    )
+    .await;
+    // Every PUBACK means stored in the journal.
+    let mut local = support::v5(gw.addr("local"), "device").await;
+    for i in 0..N {
+        local
+            .client
+            .publish("sensors/seq", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("queued");
+    }
+    for _ in 0..N {
+        local
+            .wait_for(|p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await;
+    }
+
+    // The cloud comes back: a burst of one second's worth, then `rate` per second.
+    link_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut first = None;
+    let mut last = Instant::now();
+    for i in 0..N {
+        let (topic, payload, _) = next(&mut up_rx).await;
+        assert_eq!(
+            (topic.as_str(), payload.as_str()),
+            ("site/gw1/sensors/seq", i.to_string().as_str()),
+            "in order, each once"
+        );
+        last = Instant::now();
+        first.get_or_insert(last);
+    }
+    let span = last - first.expect("received");
+    println!("{N} messages replayed at {rate}/s over {span:?}");
+    // (N - rate) messages after the burst at `rate` per second: 2 s.
+    assert!(
+        span >= Duration::from_millis(1800),
+        "{N} messages at replay_rate {rate}/s arrived within {span:?}"
+    );
+    let state = wait_state(&gw, "watch-done", |v| v["queued_messages"] == 0).await;
+    assert_eq!(state["acked"], N);
+    gw.stop().await;
+    drop(cloud);
+}
