@@ -1,6 +1,8 @@
 //! The bridge's upstream flow control (issue 9, item 3): a stuck PUBACK ends the
 //! connection after `ack_timeout` and the message is resent with DUP=1 on the next
-//! one; a backlog is drained at `journal.replay_rate`.
+//! one; a backlog is drained at `journal.replay_rate`; a full journal with
+//! `overflow = "refuse-new"` answers v5 publishers PUBACK/PUBREC 0x97 (and 3.1.1 ones a
+//! PUBACK), counted as `dropped.full`.
 //!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
@@ -230,6 +232,96 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
     assert_eq!(state["reconnects"], 1);
     assert_eq!(state["queued_messages"], 0);
     assert_eq!(state["dropped"]["refused_upstream"], 0);
+    gw.stop().await;
+}
+
+/// A QoS `qos` PUBLISH of `size` bytes on `topic` with packet id `pkid`.
+fn big_publish(topic: &str, qos: QoS, pkid: u16, size: usize) -> Packet {
+    let mut p = p5::Publish::new(topic, qos, vec![b'x'; size], None);
+    p.pkid = pkid;
+    Packet::Publish(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_new_answers_0x97_to_v5_publishers_and_acks_v311_ones_when_the_journal_is_full() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The cloud is down for the whole test: nothing leaves the journal.
+    let dead = support::net::free_port();
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(
+            &pki,
+            &gw_cert,
+            dead,
+            "",
+            "max_bytes = 65536\noverflow = \"refuse-new\"",
+        ),
+    )
+    .await;
+    let addr = gw.addr("local");
+    let mut raw = support::Raw::connect_v5(addr, "device").await;
+
+    // QoS 1 until the journal is full: every PUBACK is a success until one is 0x97.
+    let mut stored = 0;
+    let refused = loop {
+        assert!(
+            stored < 64,
+            "a 64 KiB journal took {stored} messages of 4 KB"
+        );
+        let pkid = stored + 1;
+        raw.send(&big_publish("sensors/t", QoS::AtLeastOnce, pkid, 4000))
+            .await;
+        let ack = support::raw_wait(&mut raw, |p| match p {
+            Packet::PubAck(a) => Some(a.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(ack.pkid, pkid);
+        match ack.reason {
+            p5::PubAckReason::Success => stored += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(refused, p5::PubAckReason::QuotaExceeded);
+    assert!(stored > 0, "the journal stored messages before it was full");
+
+    // QoS 2: PUBREC 0x97, and the packet id is free at once: the same id again is a new
+    // message (routed, refused again), not taken for a duplicate of the refused one.
+    for _ in 0..2 {
+        raw.send(&big_publish("sensors/t", QoS::ExactlyOnce, 500, 4000))
+            .await;
+        let rec = support::raw_wait(&mut raw, |p| match p {
+            Packet::PubRec(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (rec.pkid, rec.reason),
+            (500, p5::PubRecReason::QuotaExceeded)
+        );
+    }
+
+    // 3.1.1 has no negative acknowledgement: a PUBACK, the drop counted all the same.
+    let mut v4 = support::v4(addr, "device-311").await;
+    v4.client
+        .publish(
+            "sensors/t",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            vec![b'x'; 4000],
+        )
+        .await
+        .expect("queued");
+    v4.wait_for(|p| match p {
+        rumqttc::Packet::PubAck(a) => Some(a.pkid),
+        _ => None,
+    })
+    .await;
+
+    let state = wait_state(&gw, "watch", |v| v["dropped"]["full"] == 4).await;
+    assert_eq!(state["queued_messages"], stored);
     gw.stop().await;
 }
 

@@ -173,7 +173,9 @@ pub enum Overflow {
     BlockPublishers,
     /// Discard the oldest stored messages (counted as dropped `overflow`).
     DropOldest,
-    /// Refuse new messages (v5 publishers get PUBACK 0x97).
+    /// Refuse new messages: v5 publishers get PUBACK/PUBREC 0x97 (Quota exceeded);
+    /// 3.1.1 publishers, which have no negative acknowledgement, get a PUBACK and the
+    /// message is dropped (counted as `dropped.full`, logged).
     RefuseNew,
 }
 
@@ -514,12 +516,6 @@ fn validate_one(b: &BridgeConfig, key: &str, f: &mut Findings) {
         f.error(
             format!("{key}.journal.replay_rate.bytes"),
             "use at least 1024 bytes per second",
-        );
-    }
-    if j.overflow == Overflow::RefuseNew {
-        f.warn(
-            format!("{key}.journal.overflow"),
-            "refuse-new needs a negative acknowledgement from the router, which it does not have yet: until then a message refused by a full journal is dropped (counted, logged) and the bridge does not acknowledge it, so its publisher is not told it is safe (v5 publishers get 0x97 once the bridge's queue in the broker overflows)",
         );
     }
     rules(b, key, f);

@@ -164,8 +164,8 @@ impl Inner {
                     s.bytes -= old.record.size();
                     s.counters.dropped_overflow += 1;
                 }
-                // refuse-new cannot refuse yet (see config: no negative ack in the router).
-                Overflow::BlockPublishers | Overflow::RefuseNew => return None,
+                Overflow::RefuseNew => return Some(Err(OutboxError::Full)),
+                Overflow::BlockPublishers => return None,
             }
         }
         let seq = s.next_seq;
@@ -309,6 +309,17 @@ pub(super) mod tests {
         let second = waiting.await.expect("task").expect("stored after the ack");
         assert!(second > first);
         assert_eq!(topics(&o.pending(None, 10).await), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn refuse_new_refuses_when_full_and_stores_again_after_an_ack() {
+        let size = record("a", "1").size();
+        let o = MemoryOutbox::new(size, Overflow::RefuseNew);
+        let first = o.append(record("a", "1")).await.expect("stored");
+        assert_eq!(o.append(record("b", "1")).await, Err(OutboxError::Full));
+        o.ack(first);
+        o.append(record("c", "1")).await.expect("room again");
+        assert_eq!(topics(&o.pending(None, 10).await), ["c"]);
     }
 
     #[tokio::test]

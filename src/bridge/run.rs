@@ -279,9 +279,13 @@ fn take_delivery(
                 }
             }
             Err(OutboxError::Full) => {
-                // refuse-new: not stored, not acknowledged (the publisher is not told it is safe).
+                // refuse-new: not stored, and the publisher is told so (v5: 0x97; 3.1.1,
+                // which has no negative acknowledgement: a PUBACK, the drop is counted).
                 Counters::bump(&shared.board.counters.dropped_full);
-                warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message not forwarded.");
+                warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message refused (v5 publishers get 0x97 Quota exceeded).");
+                if let Some(a) = ack {
+                    let _ = a.refuse().await;
+                }
             }
             Err(e) => {
                 // Not stored: not acknowledged (the publisher is not told it is safe).
