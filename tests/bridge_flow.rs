@@ -2,7 +2,8 @@
 //! connection after `ack_timeout` and the message is resent with DUP=1 on the next
 //! one; a backlog is drained at `journal.replay_rate`; a full journal with
 //! `overflow = "refuse-new"` answers v5 publishers PUBACK/PUBREC 0x97 (and 3.1.1 ones a
-//! PUBACK), counted as `dropped.full`.
+//! PUBACK), counted as `dropped.full`; a message over the cloud's Maximum Packet Size is
+//! dropped and counted without breaking the connection.
 //!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
@@ -420,6 +421,63 @@ async fn a_backlog_is_replayed_in_order_at_replay_rate() {
     );
     let state = wait_state(&gw, "watch-done", |v| v["queued_messages"] == 0).await;
     assert_eq!(state["acked"], N);
+    gw.stop().await;
+    drop(cloud);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_clouds_maximum_packet_size_is_dropped_and_counted() {
+    if !support::require_peer("mosquitto") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // mosquitto announces Maximum Packet Size 300 in its CONNACK.
+    let settings = format!(
+        "{}max_packet_size 300\n",
+        cloud_settings(&pki, dir.path(), false)
+    );
+    let cloud = support::Mosquitto::start(dir.path(), &settings);
+    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
+    subscribe(&operator, "site/gw1/sensors/#").await;
+    operator
+        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
+        .await
+        .expect("queued");
+    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(dir.path(), &flow_config(&pki, &gw_cert, cloud.port, "", "")).await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let local = support::v5(gw.addr("local"), "device").await;
+    // QoS 1 and QoS 0 over the limit, then a small one: only the small one arrives.
+    for (topic, qos) in [
+        ("sensors/big1", QoS::AtLeastOnce),
+        ("sensors/big0", QoS::AtMostOnce),
+    ] {
+        local
+            .client
+            .publish(topic, qos, false, vec![b'x'; 1000])
+            .await
+            .expect("queued");
+    }
+    local
+        .client
+        .publish("sensors/small", QoS::AtLeastOnce, false, "ok")
+        .await
+        .expect("queued");
+    let (topic, payload, _) = next(&mut up_rx).await;
+    assert_eq!(
+        (topic.as_str(), payload.as_str()),
+        ("site/gw1/sensors/small", "ok"),
+        "the large messages were not sent, the small one went through"
+    );
+    let state = wait_state(&gw, "watch-2", |v| {
+        v["dropped"]["remote_max_packet"] == 2 && v["queued_messages"] == 0
+    })
+    .await;
+    assert_eq!(state["reconnects"], 0, "the connection was never broken");
+    assert_eq!(state["acked"], 1);
     gw.stop().await;
     drop(cloud);
 }

@@ -433,9 +433,9 @@ async fn serve(
                     connected_for: session.connected_at.map(|t| t.elapsed()),
                     error,
                 },
-                Ok(UplinkEvent::Connected { session_present, window }) => {
-                    info!(bridge = %config.name, %address, session_present, window, "Bridge connected to the cloud.");
-                    session.on_event(UplinkEvent::Connected { session_present, window }, up, shared).await;
+                Ok(UplinkEvent::Connected { session_present, window, max_packet_size }) => {
+                    info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, "Bridge connected to the cloud.");
+                    session.on_event(UplinkEvent::Connected { session_present, window, max_packet_size }, up, shared).await;
                     shared.board.set(LinkState::Connected, Some(address), None);
                 }
                 Ok(event) => {
@@ -461,7 +461,9 @@ async fn serve(
                 session.fill(up, shared).await;
             }
             Some(r) = links.qos0_rx.recv(), if connected => {
-                if !up.publish(&r.topic, r.payload, 0, r.retain) {
+                if session.fits(shared, &r.topic, r.payload.len(), 0)
+                    && !up.publish(&r.topic, r.payload, 0, r.retain)
+                {
                     Counters::bump(&shared.board.counters.dropped_qos0);
                 }
             }

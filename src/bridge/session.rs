@@ -22,6 +22,7 @@ use super::pacer::Pacer;
 use super::run::{qos_level, Shared};
 use super::state::Counters;
 use super::uplink::{Incoming, Uplink, UplinkEvent, ONLINE};
+use crate::telemetry::limit::LogStr;
 
 /// A QoS 1/2 PUBLISH handed to the connection and not acknowledged yet.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ pub(super) struct Session {
     last_pkid: u16,
     /// In-flight limit of this connection (0 until the CONNACK).
     window: u16,
+    /// The cloud's Maximum Packet Size, if it set one.
+    max_packet_size: Option<u32>,
     /// The last record handed to this connection.
     pub cursor: Option<Seq>,
     /// Records up to this one may have gone out before (an earlier connection, or
@@ -66,6 +69,7 @@ impl Session {
             sends: 0,
             last_pkid: 0,
             window: 0,
+            max_packet_size: None,
             cursor: None,
             maybe_sent,
             pacer: None,
@@ -161,6 +165,12 @@ impl Session {
                     }
                 }
                 let rec = r.record;
+                if !self.fits(shared, &rec.topic, rec.payload.len(), qos_level(rec.qos)) {
+                    // Never sendable on this connection: forgotten, not retried.
+                    shared.outbox.ack(r.seq);
+                    self.cursor = Some(r.seq);
+                    continue;
+                }
                 let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
                 let pkid = self.track(Some(r.seq));
                 up.send(
@@ -174,6 +184,21 @@ impl Session {
                 self.cursor = Some(r.seq);
             }
         }
+    }
+
+    /// Whether a PUBLISH of `topic` and `payload_len` bytes at `qos` fits the cloud's
+    /// Maximum Packet Size; if not, it is counted and logged (the caller drops it).
+    pub fn fits(&self, shared: &Shared, topic: &str, payload_len: usize, qos: u8) -> bool {
+        let Some(max) = self.max_packet_size else {
+            return true;
+        };
+        let size = publish_size(topic.len(), payload_len, qos);
+        if size <= max as usize {
+            return true;
+        }
+        Counters::bump(&shared.board.counters.dropped_remote_max_packet);
+        warn!(bridge = %shared.config.name, topic = %LogStr(topic), size, max, "Message larger than the cloud's Maximum Packet Size not sent (dropped; counted as remote_max_packet).");
+        false
     }
 
     /// The pacer's wait is over: take more records.
@@ -216,9 +241,11 @@ impl Session {
             UplinkEvent::Connected {
                 session_present,
                 window,
+                max_packet_size,
             } => {
                 self.connected_at = Some(Instant::now());
                 self.window = window;
+                self.max_packet_size = max_packet_size;
                 self.pacer = Some(Pacer::new(
                     &shared.config.journal.replay_rate,
                     Instant::now(),
@@ -247,5 +274,51 @@ impl Session {
             UplinkEvent::Other => {}
         }
         None
+    }
+}
+
+/// Bytes of an MQTT 5 PUBLISH without properties, fixed header included (what the
+/// cloud's Maximum Packet Size limits).
+pub(super) fn publish_size(topic_len: usize, payload_len: usize, qos: u8) -> usize {
+    // Topic length prefix, topic, packet id (QoS > 0), property length (0), payload.
+    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + 1 + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5 as p5;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    #[test]
+    fn publish_size_is_what_the_codec_writes() {
+        for (topic, payload, qos) in [
+            ("a", 0, QoS::AtMostOnce),
+            ("site/gw1/sensors/t", 100, QoS::AtLeastOnce),
+            ("t", 122, QoS::AtLeastOnce),
+            ("t", 123, QoS::ExactlyOnce),
+            ("x/y", 20_000, QoS::AtLeastOnce),
+            ("x/y", 3_000_000, QoS::AtMostOnce),
+        ] {
+            let mut p = p5::Publish::new(topic, qos, vec![0u8; payload], None);
+            p.pkid = u16::from(qos != QoS::AtMostOnce);
+            let mut out = bytes::BytesMut::new();
+            let written = p5::Packet::Publish(p)
+                .write(&mut out, None)
+                .expect("encodes");
+            assert_eq!(written, out.len());
+            assert_eq!(
+                publish_size(topic.len(), payload, qos as u8),
+                out.len(),
+                "{topic} {payload} {qos:?}"
+            );
+        }
     }
 }

@@ -69,6 +69,8 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Messages refused by a full journal (`overflow = refuse-new`).
     pub dropped_full: AtomicU64,
+    /// Messages larger than the cloud's Maximum Packet Size (v5 CONNACK): not sent.
+    pub dropped_remote_max_packet: AtomicU64,
     /// Journal records found damaged and dropped when the bridge started.
     pub lost_at_open: AtomicU64,
 }
@@ -189,6 +191,7 @@ impl StatusBoard {
                 "ingress_denied": get(&c.dropped_ingress_denied),
                 "too_large": get(&c.dropped_too_large),
                 "full": get(&c.dropped_full),
+                "remote_max_packet": get(&c.dropped_remote_max_packet),
             },
         })
         .to_string()

@@ -35,6 +35,9 @@ pub enum UplinkEvent {
         /// QoS 1/2 PUBLISHes the bridge may have in flight on this connection: the
         /// cloud's Receive Maximum (v5) lowering `max_inflight`.
         window: u16,
+        /// The cloud's Maximum Packet Size (v5): larger PUBLISHes must not be sent
+        /// (rumqttc would fail the connection on them).
+        max_packet_size: Option<u32>,
     },
     /// A PUBLISH went out; `pkid` is 0 for QoS 0.
     Sent {
@@ -318,6 +321,7 @@ impl Uplink {
                             .as_ref()
                             .and_then(|p| p.receive_max)
                             .map_or(self.max_inflight, |r| r.clamp(1, self.max_inflight)),
+                        max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
                     },
                     Event::Incoming(In::PubAck(a)) => UplinkEvent::Acked {
                         pkid: a.pkid,
@@ -360,6 +364,7 @@ impl Uplink {
                     Event::Incoming(Packet::ConnAck(c)) => UplinkEvent::Connected {
                         session_present: c.session_present,
                         window: self.max_inflight,
+                        max_packet_size: None,
                     },
                     Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
                         pkid: a.pkid,
