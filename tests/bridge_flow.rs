@@ -3,7 +3,8 @@
 //! one; a backlog is drained at `journal.replay_rate`; a full journal with
 //! `overflow = "refuse-new"` answers v5 publishers PUBACK/PUBREC 0x97 (and 3.1.1 ones a
 //! PUBACK), counted as `dropped.full`; a message over the cloud's Maximum Packet Size is
-//! dropped and counted without breaking the connection.
+//! dropped and counted without breaking the connection; MQTT 5 properties cross the
+//! bridge both ways, the response topic mapped through the rules.
 //!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
@@ -478,6 +479,124 @@ async fn a_message_over_the_clouds_maximum_packet_size_is_dropped_and_counted() 
     .await;
     assert_eq!(state["reconnects"], 0, "the connection was never broken");
     assert_eq!(state["acked"], 1);
+    gw.stop().await;
+    drop(cloud);
+}
+
+/// A v5 client of the cloud (certificate CN `operator`) whose packets can be awaited.
+async fn cloud_v5(pki: &Pki, port: u16, id: &str) -> support::V5 {
+    let (cert, key) = pki.client("operator");
+    let tls = tollgate::tls::build_client_config(&pki.ca_path, Some((&cert, &key)))
+        .expect("client TLS config");
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ))
+    .set_keep_alive(Duration::from_secs(30));
+    support::v5_connect(o).await
+}
+
+/// The next PUBLISH on `topic` a v5 client receives.
+async fn publish_on(c: &mut support::V5, topic: &str) -> p5::Publish {
+    c.wait_for(|p| match p {
+        Packet::Publish(p) if p.topic == topic.as_bytes() => Some(p.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_properties_cross_the_bridge_both_ways_with_the_response_topic_mapped() {
+    if !support::require_peer("mosquitto") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = support::Mosquitto::start(dir.path(), &cloud_settings(&pki, dir.path(), false));
+    let mut operator = cloud_v5(&pki, cloud.port, "operator").await;
+    operator
+        .subscribe("site/gw1/sensors/#", QoS::AtLeastOnce)
+        .await;
+    let gw_cert = pki.client("gw1");
+    // The standard bridge: sensors/# out, cmd/# in, state/# both, prefix site/gw1/.
+    let gw = Gateway::start(
+        dir.path(),
+        &gateway_config(&pki, &gw_cert, &[format!("127.0.0.1:{}", cloud.port)]),
+    )
+    .await;
+    wait_state(&gw, "watch", |v| v["state"] == "connected").await;
+    let mut local = support::v5(gw.addr("local"), "device").await;
+    local.subscribe("cmd/#", QoS::AtLeastOnce).await;
+
+    // Out: a request whose reply is to come back in on cmd/replies/dev1.
+    let request = p5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(3600),
+        content_type: Some("application/json".into()),
+        response_topic: Some("cmd/replies/dev1".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
+        user_properties: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+        ..Default::default()
+    };
+    local
+        .client
+        .publish_with_properties("sensors/req", QoS::AtLeastOnce, false, "{}", request)
+        .await
+        .expect("queued");
+    let p = publish_on(&mut operator, "site/gw1/sensors/req").await;
+    let got = p.properties.expect("properties crossed the bridge");
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert_eq!(got.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        got.response_topic.as_deref(),
+        Some("site/gw1/cmd/replies/dev1"),
+        "mapped through the cmd/# in rule"
+    );
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(
+        got.user_properties,
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string())
+        ]
+    );
+    let expiry = got.message_expiry_interval.expect("expiry kept");
+    assert!((3500..=3600).contains(&expiry), "remaining expiry {expiry}");
+
+    // In: the reply, with its own response topic on the cloud's side of an out rule.
+    let reply = p5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(600),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("site/gw1/sensors/more".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
+        user_properties: vec![("x".into(), "y".into())],
+        ..Default::default()
+    };
+    operator
+        .client
+        .publish_with_properties(
+            "site/gw1/cmd/replies/dev1",
+            QoS::AtLeastOnce,
+            false,
+            "ok",
+            reply,
+        )
+        .await
+        .expect("queued");
+    let p = publish_on(&mut local, "cmd/replies/dev1").await;
+    let got = p.properties.expect("properties came in");
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        got.response_topic.as_deref(),
+        Some("sensors/more"),
+        "mapped through the sensors/# out rule"
+    );
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(got.user_properties, [("x".to_string(), "y".to_string())]);
+    let expiry = got.message_expiry_interval.expect("expiry kept");
+    assert!((500..=600).contains(&expiry), "remaining expiry {expiry}");
     gw.stop().await;
     drop(cloud);
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod journal_outbox;
 pub mod outbox;
 mod pacer;
+mod props;
 pub mod rules;
 mod run;
 mod session;

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::config::BridgeConfig;
 use super::outbox::{Outbox, OutboxError, OutboxRecord, Seq};
+use super::props;
 use super::rules::{route_in, route_out, Rule};
 use super::session::Session;
 use super::state::{Counters, LinkState, StatusBoard};
@@ -56,6 +57,7 @@ struct Ingress {
     payload: bytes::Bytes,
     qos: u8,
     retain: bool,
+    properties: Option<v5::PublishProperties>,
 }
 
 /// Everything both tasks share.
@@ -204,7 +206,7 @@ async fn intake(
             }
             Some(m) = ingress_rx.recv() => {
                 ingress_queued.fetch_sub(1, Ordering::Relaxed);
-                match client.publish(&m.topic, m.payload, qos(m.qos), m.retain).await {
+                match client.publish_with(&m.topic, m.payload, qos(m.qos), m.retain, m.properties).await {
                     Ok(()) => Counters::bump(&counters.received),
                     Err(e) => {
                         // The refusal itself is on the audit target (authorize_write).
@@ -251,6 +253,7 @@ fn take_delivery(
         payload: d.payload,
         qos: qos(level),
         retain: rule.retain && d.retain,
+        properties: props::outgoing(d.properties, &shared.rules, props::now_ms),
     };
     if level == 0 {
         if qos0_tx.try_send(record).is_err() {
@@ -461,10 +464,10 @@ async fn serve(
                 session.fill(up, shared).await;
             }
             Some(r) = links.qos0_rx.recv(), if connected => {
-                if session.fits(shared, &r.topic, r.payload.len(), 0)
-                    && !up.publish(&r.topic, r.payload, 0, r.retain)
-                {
-                    Counters::bump(&shared.board.counters.dropped_qos0);
+                if let Ok(properties) = session.prepare(shared, &r) {
+                    if !up.publish(&r.topic, r.payload, 0, r.retain, properties) {
+                        Counters::bump(&shared.board.counters.dropped_qos0);
+                    }
                 }
             }
             Some(id) = links.done_rx.recv() => {
@@ -503,6 +506,7 @@ fn ingress(
         payload: m.payload.clone(),
         qos: m.qos.min(rule.qos),
         retain: rule.retain && m.retain,
+        properties: props::incoming(m.properties.clone(), &shared.rules),
     };
     if m.qos > 0 {
         session.waiting_acks.insert(id, m);

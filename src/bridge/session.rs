@@ -17,12 +17,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::outbox::Seq;
+use super::outbox::{OutboxRecord, Seq};
 use super::pacer::Pacer;
+use super::props;
 use super::run::{qos_level, Shared};
 use super::state::Counters;
 use super::uplink::{Incoming, Uplink, UplinkEvent, ONLINE};
+use crate::broker::codec::v5;
 use crate::telemetry::limit::LogStr;
+
+/// A record that is not sent (expired, too large for the cloud): already counted.
+#[derive(Debug)]
+pub(super) struct Dropped;
 
 /// A QoS 1/2 PUBLISH handed to the connection and not acknowledged yet.
 #[derive(Debug)]
@@ -165,12 +171,12 @@ impl Session {
                     }
                 }
                 let rec = r.record;
-                if !self.fits(shared, &rec.topic, rec.payload.len(), qos_level(rec.qos)) {
+                let Ok(properties) = self.prepare(shared, &rec) else {
                     // Never sendable on this connection: forgotten, not retried.
                     shared.outbox.ack(r.seq);
                     self.cursor = Some(r.seq);
                     continue;
-                }
+                };
                 let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
                 let pkid = self.track(Some(r.seq));
                 up.send(
@@ -180,25 +186,48 @@ impl Session {
                     qos_level(rec.qos),
                     rec.retain,
                     dup,
+                    properties,
                 );
                 self.cursor = Some(r.seq);
             }
         }
     }
 
-    /// Whether a PUBLISH of `topic` and `payload_len` bytes at `qos` fits the cloud's
-    /// Maximum Packet Size; if not, it is counted and logged (the caller drops it).
-    pub fn fits(&self, shared: &Shared, topic: &str, payload_len: usize, qos: u8) -> bool {
-        let Some(max) = self.max_packet_size else {
-            return true;
+    /// What goes out for `rec`: its upstream properties; `Err` when it must not be
+    /// sent (expired in the outbox, or over the cloud's Maximum Packet Size), counted
+    /// and logged once.
+    pub fn prepare(
+        &self,
+        shared: &Shared,
+        rec: &OutboxRecord,
+    ) -> Result<Option<v5::PublishProperties>, Dropped> {
+        let properties = match &rec.properties {
+            None => None,
+            Some(p) => match props::upstream(p, props::now_ms()) {
+                Ok(p) => Some(p),
+                Err(props::Expired) => {
+                    Counters::bump(&shared.board.counters.dropped_expired);
+                    debug!(bridge = %shared.config.name, topic = %LogStr(&rec.topic), "Message expired before it could be sent upstream (dropped; counted as expired).");
+                    return Err(Dropped);
+                }
+            },
         };
-        let size = publish_size(topic.len(), payload_len, qos);
+        let Some(max) = self.max_packet_size else {
+            return Ok(properties);
+        };
+        let props_len = properties.as_ref().map_or(0, props::encoded_len);
+        let size = publish_size(
+            rec.topic.len(),
+            rec.payload.len(),
+            qos_level(rec.qos),
+            props_len,
+        );
         if size <= max as usize {
-            return true;
+            return Ok(properties);
         }
         Counters::bump(&shared.board.counters.dropped_remote_max_packet);
-        warn!(bridge = %shared.config.name, topic = %LogStr(topic), size, max, "Message larger than the cloud's Maximum Packet Size not sent (dropped; counted as remote_max_packet).");
-        false
+        warn!(bridge = %shared.config.name, topic = %LogStr(&rec.topic), size, max, "Message larger than the cloud's Maximum Packet Size not sent (dropped; counted as remote_max_packet).");
+        Err(Dropped)
     }
 
     /// The pacer's wait is over: take more records.
@@ -220,6 +249,7 @@ impl Session {
             1,
             true,
             false,
+            None,
         );
         true
     }
@@ -277,18 +307,31 @@ impl Session {
     }
 }
 
-/// Bytes of an MQTT 5 PUBLISH without properties, fixed header included (what the
-/// cloud's Maximum Packet Size limits).
-pub(super) fn publish_size(topic_len: usize, payload_len: usize, qos: u8) -> usize {
-    // Topic length prefix, topic, packet id (QoS > 0), property length (0), payload.
-    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + 1 + payload_len;
-    let length_bytes = match remaining {
+/// Bytes of an MQTT 5 PUBLISH whose properties take `props_len` bytes, fixed header
+/// included (what the cloud's Maximum Packet Size limits).
+pub(super) fn publish_size(
+    topic_len: usize,
+    payload_len: usize,
+    qos: u8,
+    props_len: usize,
+) -> usize {
+    // Topic length prefix, topic, packet id (QoS > 0), property length, properties, payload.
+    let remaining = 2
+        + topic_len
+        + if qos > 0 { 2 } else { 0 }
+        + varint_len(props_len)
+        + props_len
+        + payload_len;
+    1 + varint_len(remaining) + remaining
+}
+
+fn varint_len(n: usize) -> usize {
+    match n {
         0..=127 => 1,
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
-    };
-    1 + length_bytes + remaining
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +342,15 @@ mod tests {
 
     #[test]
     fn publish_size_is_what_the_codec_writes() {
+        let with = p5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            content_type: Some("application/json".into()),
+            response_topic: Some("site/gw1/cmd/replies".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"1234")),
+            user_properties: vec![("k".into(), "v".repeat(200))],
+            ..Default::default()
+        };
         for (topic, payload, qos) in [
             ("a", 0, QoS::AtMostOnce),
             ("site/gw1/sensors/t", 100, QoS::AtLeastOnce),
@@ -307,18 +359,21 @@ mod tests {
             ("x/y", 20_000, QoS::AtLeastOnce),
             ("x/y", 3_000_000, QoS::AtMostOnce),
         ] {
-            let mut p = p5::Publish::new(topic, qos, vec![0u8; payload], None);
-            p.pkid = u16::from(qos != QoS::AtMostOnce);
-            let mut out = bytes::BytesMut::new();
-            let written = p5::Packet::Publish(p)
-                .write(&mut out, None)
-                .expect("encodes");
-            assert_eq!(written, out.len());
-            assert_eq!(
-                publish_size(topic.len(), payload, qos as u8),
-                out.len(),
-                "{topic} {payload} {qos:?}"
-            );
+            for properties in [None, Some(with.clone())] {
+                let props_len = properties.as_ref().map_or(0, props::encoded_len);
+                let mut p = p5::Publish::new(topic, qos, vec![0u8; payload], properties);
+                p.pkid = u16::from(qos != QoS::AtMostOnce);
+                let mut out = bytes::BytesMut::new();
+                let written = p5::Packet::Publish(p)
+                    .write(&mut out, None)
+                    .expect("encodes");
+                assert_eq!(written, out.len());
+                assert_eq!(
+                    publish_size(topic.len(), payload, qos as u8, props_len),
+                    out.len(),
+                    "{topic} {payload} {qos:?} properties: {props_len}"
+                );
+            }
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Counters {
     pub dropped_full: AtomicU64,
     /// Messages larger than the cloud's Maximum Packet Size (v5 CONNACK): not sent.
     pub dropped_remote_max_packet: AtomicU64,
+    /// Messages whose Message Expiry Interval ran out in the outbox: not sent.
+    pub dropped_expired: AtomicU64,
     /// Journal records found damaged and dropped when the bridge started.
     pub lost_at_open: AtomicU64,
 }
@@ -192,6 +194,7 @@ impl StatusBoard {
                 "too_large": get(&c.dropped_too_large),
                 "full": get(&c.dropped_full),
                 "remote_max_packet": get(&c.dropped_remote_max_packet),
+                "expired": get(&c.dropped_expired),
             },
         })
         .to_string()

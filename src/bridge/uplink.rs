@@ -68,6 +68,8 @@ pub struct Incoming {
     pub qos: u8,
     /// RETAIN flag.
     pub retain: bool,
+    /// MQTT 5 properties (`None` over 3.1.1).
+    pub properties: Option<p5::PublishProperties>,
     raw: RawPublish,
 }
 
@@ -246,6 +248,8 @@ impl Uplink {
     /// session's resends and does not limit it by its in-flight count: the caller's
     /// window does). With packet ids chosen among the free ones, rumqttc never meets a
     /// packet-id collision (which would stall its request channel).
+    /// `properties` go out over MQTT 5 only.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         pkid: u16,
@@ -254,10 +258,11 @@ impl Uplink {
         qos: u8,
         retain: bool,
         dup: bool,
+        properties: Option<p5::PublishProperties>,
     ) {
         match &mut self.events {
             EventLoop::V5(e) => {
-                let mut p = p5::Publish::new(topic, qos5(qos), payload, None);
+                let mut p = p5::Publish::new(topic, qos5(qos), payload, properties);
                 p.pkid = pkid;
                 p.retain = retain;
                 p.dup = dup;
@@ -273,10 +278,23 @@ impl Uplink {
         }
     }
 
-    /// Queue a QoS 0 PUBLISH; `false` when rumqttc's request queue is full (try later).
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: u8, retain: bool) -> bool {
+    /// Queue a QoS 0 PUBLISH (`properties` over MQTT 5 only); `false` when rumqttc's
+    /// request queue is full (try later).
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        properties: Option<p5::PublishProperties>,
+    ) -> bool {
         match &self.client {
-            Client::V5(c) => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+            Client::V5(c) => match properties {
+                Some(p) => c
+                    .try_publish_with_properties(topic, qos5(qos), retain, payload, p)
+                    .is_ok(),
+                None => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+            },
             Client::V4(c) => c.try_publish(topic, qos4(qos), retain, payload).is_ok(),
         }
     }
@@ -351,6 +369,7 @@ impl Uplink {
                         payload: p.payload.clone(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        properties: p.properties.clone(),
                         raw: RawPublish::V5(p),
                     })),
                     Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
@@ -380,6 +399,7 @@ impl Uplink {
                             payload: p.payload.clone(),
                             qos: p.qos as u8,
                             retain: p.retain,
+                            properties: None,
                             raw: RawPublish::V4(p),
                         }))
                     }
