@@ -4,7 +4,8 @@
 //! `overflow = "refuse-new"` answers v5 publishers PUBACK/PUBREC 0x97 (and 3.1.1 ones a
 //! PUBACK), counted as `dropped.full`; a message over the cloud's Maximum Packet Size is
 //! dropped and counted without breaking the connection; MQTT 5 properties cross the
-//! bridge both ways, the response topic mapped through the rules.
+//! bridge both ways, the response topic mapped through the rules; outbound topic
+//! aliases up to the cloud's Topic Alias Maximum, reset on reconnect.
 //!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
@@ -38,9 +39,14 @@ struct Seen {
 /// How the fake cloud answers a PUBLISH on connection `conn` (1-based): acknowledge it?
 type AckPolicy = fn(conn: usize, publish: &p5::Publish) -> bool;
 
-/// A TLS MQTT 5 server on 127.0.0.1: CONNACKs every CONNECT, SUBACKs, answers pings,
-/// and acknowledges PUBLISHes as `policy` says. Every packet goes to the channel.
-async fn fake_cloud(pki: &Pki, policy: AckPolicy) -> (u16, mpsc::UnboundedReceiver<Seen>) {
+/// A TLS MQTT 5 server on 127.0.0.1: CONNACKs every CONNECT (announcing
+/// `topic_alias_max` if any), SUBACKs, answers pings, and acknowledges PUBLISHes as
+/// `policy` says. Every packet goes to the channel.
+async fn fake_cloud(
+    pki: &Pki,
+    policy: AckPolicy,
+    topic_alias_max: Option<u16>,
+) -> (u16, mpsc::UnboundedReceiver<Seen>) {
     let certs = tollgate::tls::load_certs(&pki.server.0).expect("server cert");
     let key = tollgate::tls::load_private_key(&pki.server.1).expect("server key");
     let config = rustls::ServerConfig::builder_with_provider(tollgate::tls::crypto_provider())
@@ -62,7 +68,7 @@ async fn fake_cloud(pki: &Pki, policy: AckPolicy) -> (u16, mpsc::UnboundedReceiv
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            tokio::spawn(serve_fake(tls, conn, policy, tx.clone()));
+            tokio::spawn(serve_fake(tls, conn, policy, topic_alias_max, tx.clone()));
         }
     });
     (port, rx)
@@ -72,6 +78,7 @@ async fn serve_fake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     conn: usize,
     policy: AckPolicy,
+    topic_alias_max: Option<u16>,
     tx: mpsc::UnboundedSender<Seen>,
 ) {
     let mut buf = BytesMut::new();
@@ -91,7 +98,25 @@ async fn serve_fake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Packet::Connect(..) => Some(Packet::ConnAck(p5::ConnAck {
                 session_present: false,
                 code: p5::ConnectReturnCode::Success,
-                properties: None,
+                properties: topic_alias_max.map(|max| p5::ConnAckProperties {
+                    session_expiry_interval: None,
+                    receive_max: None,
+                    max_qos: None,
+                    retain_available: None,
+                    max_packet_size: None,
+                    assigned_client_identifier: None,
+                    topic_alias_max: Some(max),
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: None,
+                    subscription_identifiers_available: None,
+                    shared_subscription_available: None,
+                    server_keep_alive: None,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                }),
             })),
             Packet::Subscribe(s) => Some(Packet::SubAck(p5::SubAck {
                 pkid: s.pkid,
@@ -183,7 +208,7 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     // The first connection swallows every PUBLISH; later ones acknowledge.
-    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1).await;
+    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, None).await;
     let gw_cert = pki.client("gw1");
     let gw = Gateway::start(
         dir.path(),
@@ -597,6 +622,123 @@ async fn v5_properties_cross_the_bridge_both_ways_with_the_response_topic_mapped
     assert_eq!(got.user_properties, [("x".to_string(), "y".to_string())]);
     let expiry = got.message_expiry_interval.expect("expiry kept");
     assert!((500..=600).contains(&expiry), "remaining expiry {expiry}");
+    gw.stop().await;
+    drop(cloud);
+}
+
+/// The topic alias of a PUBLISH, if any.
+fn alias_of(p: &p5::Publish) -> Option<u16> {
+    p.properties.as_ref().and_then(|p| p.topic_alias)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_aliases_go_to_the_first_distinct_topics_and_reset_on_reconnect() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Topic Alias Maximum 2; the first connection never acknowledges message "4".
+    let (port, mut seen) = fake_cloud(
+        &pki,
+        |conn, p| !(conn == 1 && &p.payload[..] == b"4"),
+        Some(2),
+    )
+    .await;
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"1s\"", ""),
+    )
+    .await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    for (i, t) in ["a", "b", "c", "a", "b", "c"].iter().enumerate() {
+        local
+            .publish(
+                format!("sensors/{t}"),
+                QoS::AtLeastOnce,
+                false,
+                (i + 1).to_string(),
+            )
+            .await
+            .expect("queued");
+    }
+    // (payload, topic on the wire, alias): aliases 1 and 2 for the first two topics,
+    // then the empty topic with the alias; the third topic always in full.
+    let want: [(&str, &str, Option<u16>); 6] = [
+        ("1", "site/gw1/sensors/a", Some(1)),
+        ("2", "site/gw1/sensors/b", Some(2)),
+        ("3", "site/gw1/sensors/c", None),
+        ("4", "", Some(1)),
+        ("5", "", Some(2)),
+        ("6", "site/gw1/sensors/c", None),
+    ];
+    for (payload, topic, alias) in want {
+        let (conn, _, p) = next_publish(&mut seen).await;
+        assert_eq!(conn, 1);
+        assert_eq!(
+            (
+                std::str::from_utf8(&p.payload).expect("utf-8"),
+                std::str::from_utf8(&p.topic).expect("utf-8"),
+                alias_of(&p)
+            ),
+            (payload, topic, alias)
+        );
+    }
+    // "4" was not acknowledged: resent on the next connection, whose aliases start
+    // afresh, so it sets alias 1 again with its full topic.
+    let (conn, _, p) = next_publish(&mut seen).await;
+    assert_eq!((conn, &p.payload[..], p.dup), (2, &b"4"[..], true));
+    assert_eq!(
+        (&p.topic[..], alias_of(&p)),
+        (&b"site/gw1/sensors/a"[..], Some(1))
+    );
+    let state = wait_state(&gw, "watch-2", |v| v["acked"] == 6).await;
+    assert_eq!(state["queued_messages"], 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_topic_aliases_mosquitto_delivers_every_message_on_its_topic() {
+    if !support::require_peer("mosquitto") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = format!(
+        "{}max_topic_alias 2\n",
+        cloud_settings(&pki, dir.path(), false)
+    );
+    let cloud = support::Mosquitto::start(dir.path(), &settings);
+    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
+    subscribe(&operator, "site/gw1/sensors/#").await;
+    operator
+        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
+        .await
+        .expect("queued");
+    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(dir.path(), &flow_config(&pki, &gw_cert, cloud.port, "", "")).await;
+    wait_state(&gw, "watch", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    let topics = ["a", "b", "c", "a", "b", "c", "a"];
+    for (i, t) in topics.iter().enumerate() {
+        local
+            .publish(
+                format!("sensors/{t}"),
+                QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await
+            .expect("queued");
+    }
+    for (i, t) in topics.iter().enumerate() {
+        let (topic, payload, _) = next(&mut up_rx).await;
+        assert_eq!(
+            (topic, payload),
+            (format!("site/gw1/sensors/{t}"), i.to_string()),
+            "message {i}"
+        );
+    }
     gw.stop().await;
     drop(cloud);
 }

@@ -436,9 +436,9 @@ async fn serve(
                     connected_for: session.connected_at.map(|t| t.elapsed()),
                     error,
                 },
-                Ok(UplinkEvent::Connected { session_present, window, max_packet_size }) => {
-                    info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, "Bridge connected to the cloud.");
-                    session.on_event(UplinkEvent::Connected { session_present, window, max_packet_size }, up, shared).await;
+                Ok(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }) => {
+                    info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, topic_alias_max, "Bridge connected to the cloud.");
+                    session.on_event(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }, up, shared).await;
                     shared.board.set(LinkState::Connected, Some(address), None);
                 }
                 Ok(event) => {

@@ -4,6 +4,16 @@
 //! have gone out before, the acknowledgement deadline of the oldest in-flight
 //! message (`ack_timeout`), and the `replay_rate` pacing of a backlog.
 //!
+//! Outbound topic aliases (v5): the first `Topic Alias Maximum` distinct topics of a
+//! connection get an alias for its whole life (reset with every new connection). A
+//! gateway's topics are a mostly fixed set of points published over and over, so a
+//! fixed assignment costs one hash lookup per message and never sends a full topic
+//! again for an aliased one; an LRU would only help when more distinct topics than
+//! aliases take turns, and then it re-sends a full topic on every reassignment. QoS 0
+//! messages go through rumqttc's request channel, which it writes only after its
+//! pending queue (where the records are), so a QoS 0 message could overtake the record
+//! that sets an alias, or be overtaken: they always carry their full topic and no alias.
+//!
 //! What counts as a backlog (pacing): everything taken from the outbox after a CONNACK
 //! until the uplink first finds the outbox empty beyond what it has sent. Live traffic
 //! after that is not paced (it is limited by the cloud's Receive Maximum only), so a
@@ -51,6 +61,11 @@ pub(super) struct Session {
     window: u16,
     /// The cloud's Maximum Packet Size, if it set one.
     max_packet_size: Option<u32>,
+    /// Outbound topic aliases of this connection: the first `topic_alias_max` distinct
+    /// topics of QoS 1/2 records, fixed for the connection (see the module comment).
+    aliases: HashMap<String, u16>,
+    /// The cloud's Topic Alias Maximum (0: none).
+    topic_alias_max: u16,
     /// The last record handed to this connection.
     pub cursor: Option<Seq>,
     /// Records up to this one may have gone out before (an earlier connection, or
@@ -76,6 +91,8 @@ impl Session {
             last_pkid: 0,
             window: 0,
             max_packet_size: None,
+            aliases: HashMap::new(),
+            topic_alias_max: 0,
             cursor: None,
             maybe_sent,
             pacer: None,
@@ -179,9 +196,10 @@ impl Session {
                 };
                 let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
                 let pkid = self.track(Some(r.seq));
+                let (topic, properties) = self.alias(&rec.topic, properties);
                 up.send(
                     pkid,
-                    &rec.topic,
+                    topic,
                     rec.payload,
                     qos_level(rec.qos),
                     rec.retain,
@@ -191,6 +209,31 @@ impl Session {
                 self.cursor = Some(r.seq);
             }
         }
+    }
+
+    /// The topic to send and the properties with the topic alias for `topic`: an
+    /// alias already set on this connection (empty topic), a new one while fewer than
+    /// the cloud's Topic Alias Maximum are set (topic and alias), or none.
+    fn alias<'t>(
+        &mut self,
+        topic: &'t str,
+        properties: Option<v5::PublishProperties>,
+    ) -> (&'t str, Option<v5::PublishProperties>) {
+        if self.topic_alias_max == 0 {
+            return (topic, properties);
+        }
+        let (sent, alias) = match self.aliases.get(topic) {
+            Some(&alias) => ("", alias),
+            None if self.aliases.len() < usize::from(self.topic_alias_max) => {
+                let alias = self.aliases.len() as u16 + 1;
+                self.aliases.insert(topic.to_string(), alias);
+                (topic, alias)
+            }
+            None => return (topic, properties),
+        };
+        let mut properties = properties.unwrap_or_default();
+        properties.topic_alias = Some(alias);
+        (sent, Some(properties))
     }
 
     /// What goes out for `rec`: its upstream properties; `Err` when it must not be
@@ -215,7 +258,9 @@ impl Session {
         let Some(max) = self.max_packet_size else {
             return Ok(properties);
         };
-        let props_len = properties.as_ref().map_or(0, props::encoded_len);
+        // A topic alias (set by `alias` after this check) adds up to 4 bytes.
+        let alias_len = if self.topic_alias_max > 0 { 4 } else { 0 };
+        let props_len = properties.as_ref().map_or(0, props::encoded_len) + alias_len;
         let size = publish_size(
             rec.topic.len(),
             rec.payload.len(),
@@ -272,10 +317,12 @@ impl Session {
                 session_present,
                 window,
                 max_packet_size,
+                topic_alias_max,
             } => {
                 self.connected_at = Some(Instant::now());
                 self.window = window;
                 self.max_packet_size = max_packet_size;
+                self.topic_alias_max = topic_alias_max;
                 self.pacer = Some(Pacer::new(
                     &shared.config.journal.replay_rate,
                     Instant::now(),

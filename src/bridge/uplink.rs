@@ -38,6 +38,8 @@ pub enum UplinkEvent {
         /// The cloud's Maximum Packet Size (v5): larger PUBLISHes must not be sent
         /// (rumqttc would fail the connection on them).
         max_packet_size: Option<u32>,
+        /// The cloud's Topic Alias Maximum (v5; 0: no aliases).
+        topic_alias_max: u16,
     },
     /// A PUBLISH went out; `pkid` is 0 for QoS 0.
     Sent {
@@ -340,6 +342,11 @@ impl Uplink {
                             .and_then(|p| p.receive_max)
                             .map_or(self.max_inflight, |r| r.clamp(1, self.max_inflight)),
                         max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
+                        topic_alias_max: c
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.topic_alias_max)
+                            .unwrap_or(0),
                     },
                     Event::Incoming(In::PubAck(a)) => UplinkEvent::Acked {
                         pkid: a.pkid,
@@ -384,6 +391,7 @@ impl Uplink {
                         session_present: c.session_present,
                         window: self.max_inflight,
                         max_packet_size: None,
+                        topic_alias_max: 0,
                     },
                     Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
                         pkid: a.pkid,
