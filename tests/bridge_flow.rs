@@ -5,7 +5,8 @@
 //! PUBACK), counted as `dropped.full`; a message over the cloud's Maximum Packet Size is
 //! dropped and counted without breaking the connection; MQTT 5 properties cross the
 //! bridge both ways, the response topic mapped through the rules; outbound topic
-//! aliases up to the cloud's Topic Alias Maximum, reset on reconnect.
+//! aliases up to the cloud's Topic Alias Maximum, reset on reconnect; the counters
+//! survive a restart of the gateway.
 //!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
@@ -741,4 +742,37 @@ async fn with_topic_aliases_mosquitto_delivers_every_message_on_its_topic() {
     }
     gw.stop().await;
     drop(cloud);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counters_survive_a_restart_of_the_gateway() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, _seen) = fake_cloud(&pki, |_, _| true, None).await;
+    let gw_cert = pki.client("gw1");
+    let config = flow_config(&pki, &gw_cert, port, "", "");
+    let gw = Gateway::start(dir.path(), &config).await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    for i in 0..3 {
+        local
+            .publish("sensors/t", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("queued");
+    }
+    wait_state(&gw, "watch-2", |v| v["acked"] == 3).await;
+    gw.stop().await;
+
+    // Same data directory: the counters go on from where they were.
+    let gw = Gateway::start(dir.path(), &config).await;
+    let state = wait_state(&gw, "watch-3", |v| v["state"] == "connected").await;
+    assert_eq!(
+        (
+            state["acked"].clone(),
+            state["sent"].clone(),
+            state["stored"].clone()
+        ),
+        (3.into(), 3.into(), 3.into())
+    );
+    gw.stop().await;
 }

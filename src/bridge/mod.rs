@@ -27,6 +27,7 @@ pub mod config;
 pub mod journal_outbox;
 pub mod outbox;
 mod pacer;
+mod persist;
 mod props;
 pub mod rules;
 mod run;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::BridgeConfig;
@@ -196,17 +198,36 @@ impl Component for Bridge {
             };
             let outbox: Arc<dyn Outbox> = Arc::new(journal.clone());
             board.set_outbox(outbox.clone());
+            // Counters of earlier runs, then saved periodically and at the end.
+            let dir = journal_outbox::journal_dir(&data_dir, &config.name);
+            let loaded = {
+                let (dir, name) = (dir.clone(), config.name.clone());
+                tokio::task::spawn_blocking(move || persist::load(&dir, &name)).await
+            };
+            if let Ok(Some(saved)) = loaded {
+                board.counters.restore(&saved);
+            }
+            let stop_saving = CancellationToken::new();
+            let saver = tracker.spawn(persist::save_loop(
+                board.clone(),
+                dir.clone(),
+                config.name.clone(),
+                stop_saving.clone(),
+            ));
             let shared = Arc::new(run::Shared {
                 rules,
-                config,
+                config: config.clone(),
                 outbox,
-                board,
+                board: board.clone(),
                 shutdown: ctx.shutdown.clone(),
                 appended: Notify::new(),
                 durable: true,
                 recovered_up_to,
             });
             run::run(shared, client, tls, tracker).await;
+            stop_saving.cancel();
+            let _ = saver.await;
+            persist::save_now(&board, &dir, &config.name).await;
             if let Err(e) = journal.close().await {
                 warn!(reason = %e, "Bridge journal not closed cleanly (acknowledgements may come back as duplicates).");
             }

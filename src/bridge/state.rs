@@ -75,6 +75,10 @@ pub struct Counters {
     pub dropped_expired: AtomicU64,
     /// Journal records found damaged and dropped when the bridge started.
     pub lost_at_open: AtomicU64,
+    /// Records stored by earlier runs (the journal counts since its own open).
+    pub stored_before: AtomicU64,
+    /// Records dropped by `drop-oldest` in earlier runs.
+    pub overflow_before: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +86,49 @@ impl Counters {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The counters kept across restarts, by name (`lost_at_open` is per start).
+    fn persistent(&self) -> [(&'static str, &AtomicU64); 11] {
+        [
+            ("sent", &self.sent),
+            ("acked", &self.acked),
+            ("received", &self.received),
+            ("reconnects", &self.reconnects),
+            ("dropped_qos0", &self.dropped_qos0),
+            ("dropped_refused", &self.dropped_refused),
+            ("dropped_ingress_denied", &self.dropped_ingress_denied),
+            ("dropped_too_large", &self.dropped_too_large),
+            ("dropped_full", &self.dropped_full),
+            ("dropped_remote_max_packet", &self.dropped_remote_max_packet),
+            ("dropped_expired", &self.dropped_expired),
+        ]
+    }
+
+    /// Add the values of a snapshot written by an earlier run (unknown names ignored).
+    pub fn restore(&self, saved: &CounterSnapshot) {
+        for (name, counter) in self.persistent() {
+            if let Some(v) = saved.values.get(name) {
+                counter.fetch_add(*v, Ordering::Relaxed);
+            }
+        }
+        self.stored_before
+            .fetch_add(saved.stored, Ordering::Relaxed);
+        self.overflow_before
+            .fetch_add(saved.dropped_overflow, Ordering::Relaxed);
+    }
+}
+
+/// What survives a restart: the bridge's counters and the outbox's totals, as written
+/// to `counters.json` in the journal directory (see `persist`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CounterSnapshot {
+    /// Bridge counters by name.
+    pub values: std::collections::BTreeMap<String, u64>,
+    /// Records stored, all runs.
+    pub stored: u64,
+    /// Records dropped by `drop-oldest`, all runs.
+    pub dropped_overflow: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +209,21 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
+    /// The counters to persist now (the bridge's and the outbox's totals, all runs).
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let o = self.outbox_counters();
+        let c = &self.counters;
+        CounterSnapshot {
+            values: c
+                .persistent()
+                .iter()
+                .map(|(name, v)| (name.to_string(), v.load(Ordering::Relaxed)))
+                .collect(),
+            stored: c.stored_before.load(Ordering::Relaxed) + o.appended,
+            dropped_overflow: c.overflow_before.load(Ordering::Relaxed) + o.dropped_overflow,
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> LinkState {
         self.lock().state
@@ -180,14 +242,14 @@ impl StatusBoard {
             "queued_messages": o.queued_messages,
             "queued_bytes": o.queued_bytes,
             "oldest_age_ms": o.oldest_age.map(|d| d.as_millis() as u64),
-            "stored": o.appended,
+            "stored": get(&c.stored_before) + o.appended,
             "sent": get(&c.sent),
             "acked": get(&c.acked),
             "received": get(&c.received),
             "reconnects": get(&c.reconnects),
             "lost_at_open": get(&c.lost_at_open),
             "dropped": {
-                "overflow": o.dropped_overflow,
+                "overflow": get(&c.overflow_before) + o.dropped_overflow,
                 "qos0": get(&c.dropped_qos0),
                 "refused_upstream": get(&c.dropped_refused),
                 "ingress_denied": get(&c.dropped_ingress_denied),
