@@ -776,3 +776,52 @@ async fn the_counters_survive_a_restart_of_the_gateway() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_311_records_go_out_in_order_with_the_bridges_packet_ids() {
+    if !support::require_peer("mosquitto") {
+        return;
+    }
+    const N: usize = 250;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = support::Mosquitto::start(dir.path(), &cloud_settings(&pki, dir.path(), false));
+    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
+    subscribe(&operator, "site/gw1/sensors/#").await;
+    operator
+        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
+        .await
+        .expect("queued");
+    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let gw_cert = pki.client("gw1");
+    // 3.1.1 upstream, a window of 10 (packet ids 1..=10 reused many times over).
+    let config = flow_config(&pki, &gw_cert, cloud.port, "", "").replace(
+        "protocol = \"5\"",
+        "protocol = \"3.1.1\"\nmax_inflight = 10",
+    );
+    let gw = Gateway::start(dir.path(), &config).await;
+    wait_state(&gw, "watch", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    for i in 0..N {
+        local
+            .publish(
+                format!("sensors/{}", i % 7),
+                QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await
+            .expect("queued");
+    }
+    for i in 0..N {
+        let (topic, payload, _) = next(&mut up_rx).await;
+        assert_eq!(
+            (topic, payload),
+            (format!("site/gw1/sensors/{}", i % 7), i.to_string())
+        );
+    }
+    let state = wait_state(&gw, "watch-2", |v| v["acked"] == N).await;
+    assert_eq!(state["reconnects"], 0);
+    gw.stop().await;
+    drop(cloud);
+}
