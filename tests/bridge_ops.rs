@@ -152,11 +152,15 @@ async fn a_changed_bridge_restarts_on_its_journal_and_delivers_what_was_queued()
 
     write_config(s.dir.path(), &body(&format!("{config}{NEW_RULE}")));
     gw.reload.reload().await.expect("reload accepted");
-    // A new instance: its journal counters start at 0 appended, and it recovered N.
+    // A new instance: it recovered the N messages from the journal at its start, and
+    // the counters carried over (stored once, not twice).
     let state = wait_state(&gw, "w4", |v| {
-        v["stored"] == 0 && v["queued_messages"] == N as u64 && v["state"] != "disabled"
+        v["recovered_at_open"] == N as u64
+            && v["queued_messages"] == N as u64
+            && v["state"] != "disabled"
     })
     .await;
+    assert_eq!(state["stored"], N as u64, "{state}");
     assert_eq!(state["lost_at_open"], 0, "{state}");
 
     let _cloud = Mosquitto::start_on(s.dir.path(), port, &s.settings);

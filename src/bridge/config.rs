@@ -72,6 +72,10 @@ pub struct BridgeConfig {
     /// QoS 1/2 messages in flight upstream at most; the cloud's Receive Maximum lowers it.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// How long the oldest in-flight QoS 1/2 message may wait for the cloud's PUBACK
+    /// (PUBREC/PUBCOMP) before the connection is dropped and the window resent.
+    #[serde(default = "thirty_seconds", deserialize_with = "duration::deserialize")]
+    pub ack_timeout: Duration,
     /// Largest packet sent to or accepted from the cloud, in bytes.
     #[serde(default = "default_packet")]
     pub max_packet_size: u32,
@@ -91,6 +95,9 @@ fn one_day() -> Duration {
 }
 fn sixty_seconds() -> Duration {
     Duration::from_secs(60)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_inflight() -> u16 {
     100
@@ -166,7 +173,9 @@ pub enum Overflow {
     BlockPublishers,
     /// Discard the oldest stored messages (counted as dropped `overflow`).
     DropOldest,
-    /// Refuse new messages (v5 publishers get PUBACK 0x97).
+    /// Refuse new messages: v5 publishers get PUBACK/PUBREC 0x97 (Quota exceeded);
+    /// 3.1.1 publishers, which have no negative acknowledgement, get a PUBACK and the
+    /// message is dropped (counted as `dropped.full`, logged).
     RefuseNew,
 }
 
@@ -466,6 +475,12 @@ fn validate_one(b: &BridgeConfig, key: &str, f: &mut Findings) {
             "0 is out of range: use 1 to 65535",
         );
     }
+    f.duration(
+        &format!("{key}.ack_timeout"),
+        b.ack_timeout,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    );
     if b.max_packet_size < 64 || b.max_packet_size > MQTT_MAX_PACKET {
         f.error(
             format!("{key}.max_packet_size"),
@@ -501,12 +516,6 @@ fn validate_one(b: &BridgeConfig, key: &str, f: &mut Findings) {
         f.error(
             format!("{key}.journal.replay_rate.bytes"),
             "use at least 1024 bytes per second",
-        );
-    }
-    if j.overflow == Overflow::RefuseNew {
-        f.warn(
-            format!("{key}.journal.overflow"),
-            "refuse-new needs a negative acknowledgement from the router, which it does not have yet: until then a message refused by a full journal is dropped (counted, logged) and the bridge does not acknowledge it, so its publisher is not told it is safe (v5 publishers get 0x97 once the bridge's queue in the broker overflows)",
         );
     }
     rules(b, key, f);
@@ -733,6 +742,7 @@ mod tests {
             backoff: BackoffConfig::default(),
             status_topic: Some("site/gw1/status".into()),
             max_inflight: 100,
+            ack_timeout: thirty_seconds(),
             max_packet_size: 1 << 20,
             journal: JournalConfig::default(),
             topic: vec![rule("sensors/#", Direction::Out, "", "site/gw1/")],
@@ -764,6 +774,7 @@ mod tests {
         b.keepalive = Duration::from_secs(1);
         b.backoff.min = Duration::from_secs(10);
         b.backoff.max = Duration::from_secs(5);
+        b.ack_timeout = Duration::from_millis(500);
         b.cert = Some(dir.path().join("missing.crt"));
         b.status_topic = Some("a/+".into());
         b.journal.max_bytes = 10;
@@ -787,6 +798,7 @@ mod tests {
                 "bridge[0].client_id",
                 "bridge[0].keepalive",
                 "bridge[0].backoff",
+                "bridge[0].ack_timeout",
                 "bridge[0].key",
                 "bridge[0].status_topic",
                 "bridge[0].journal.max_bytes",

@@ -4,9 +4,17 @@
 //! outage, a `kill -9` and a power cut; acknowledgements are fsynced lazily, so a crash
 //! can bring back acknowledged records (duplicates, which QoS 1 allows).
 //!
-//! Record encoding (version 1): `u8 version (1) | u8 qos | u8 retain (0/1) |
-//! u16 topic length (LE) | topic (UTF-8) | payload`. A record that does not decode (a
-//! later version, damage the checksums missed) is logged, acknowledged and skipped.
+//! Record encoding, version 1 (a message without MQTT 5 properties, and every record
+//! written before properties were carried): `u8 version (1) | u8 qos | u8 retain (0/1) |
+//! u16 topic length (LE) | topic (UTF-8) | payload`. Version 2 (a message with
+//! properties): the same header with version 2, then after the topic `u32 properties
+//! length (LE) | properties | payload`, the properties being `u8 flags` (bit 0 payload
+//! format indicator, 1 expiry, 2 content type, 3 response topic, 4 correlation data,
+//! 5 user properties) followed by the present fields in that order: `u8`, `u64 expiry
+//! deadline in ms since the Unix epoch (LE)`, then `u16 length (LE) | bytes` for each
+//! string or binary field, and `u32 count (LE)` followed by that many key, value pairs
+//! of such strings. Both versions are read; a record that does not decode (a later
+//! version, damage the checksums missed) is logged, acknowledged and skipped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +26,19 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::config::Overflow;
-use super::outbox::{Outbox, OutboxCounters, OutboxError, OutboxRecord, Seq, StoredRecord};
+use super::outbox::{
+    MessageProperties, Outbox, OutboxCounters, OutboxError, OutboxRecord, Seq, StoredRecord,
+};
 use crate::broker::codec::QoS;
 use crate::component::BoxFuture;
 use crate::journal::{
     record_cost, Journal, JournalConfig, JournalError, Recovery, DEFAULT_SEGMENT_BYTES,
 };
 
-/// Current record format version.
+/// Record format without properties.
 const VERSION: u8 = 1;
+/// Record format with properties.
+const VERSION_PROPERTIES: u8 = 2;
 /// Bytes before the topic.
 const HEADER: usize = 5;
 /// Payload bytes one `pending` call reads at most (at least one record is returned).
@@ -40,7 +52,10 @@ pub fn encode(record: &OutboxRecord) -> Vec<u8> {
     let topic = record.topic.as_bytes();
     let topic_len = u16::try_from(topic.len()).unwrap_or(u16::MAX);
     let mut out = Vec::with_capacity(HEADER + topic.len() + record.payload.len());
-    out.push(VERSION);
+    out.push(match record.properties {
+        None => VERSION,
+        Some(_) => VERSION_PROPERTIES,
+    });
     out.push(match record.qos {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce => 1,
@@ -49,17 +64,142 @@ pub fn encode(record: &OutboxRecord) -> Vec<u8> {
     out.push(u8::from(record.retain));
     out.extend_from_slice(&topic_len.to_le_bytes());
     out.extend_from_slice(&topic[..usize::from(topic_len)]);
+    if let Some(p) = &record.properties {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode_properties(p, &mut out);
+        let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
     out.extend_from_slice(&record.payload);
     out
 }
 
-/// Decode a record written by [`encode`].
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // MQTT strings and binary data are at most 65,535 bytes.
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&bytes[..usize::from(len)]);
+}
+
+fn encode_properties(p: &MessageProperties, out: &mut Vec<u8>) {
+    let flags = u8::from(p.payload_format_indicator.is_some())
+        | u8::from(p.expires_at_ms.is_some()) << 1
+        | u8::from(p.content_type.is_some()) << 2
+        | u8::from(p.response_topic.is_some()) << 3
+        | u8::from(p.correlation_data.is_some()) << 4
+        | u8::from(!p.user_properties.is_empty()) << 5;
+    out.push(flags);
+    if let Some(f) = p.payload_format_indicator {
+        out.push(f);
+    }
+    if let Some(at) = p.expires_at_ms {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    for text in [&p.content_type, &p.response_topic].into_iter().flatten() {
+        put_bytes(out, text.as_bytes());
+    }
+    if let Some(data) = &p.correlation_data {
+        put_bytes(out, data);
+    }
+    if !p.user_properties.is_empty() {
+        let count = u32::try_from(p.user_properties.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for (k, v) in p.user_properties.iter().take(count as usize) {
+            put_bytes(out, k.as_bytes());
+            put_bytes(out, v.as_bytes());
+        }
+    }
+}
+
+/// Reads the fields of a record, refusing any length past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err(format!("{what} past the end of the record"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u16(&mut self, what: &str) -> Result<usize, String> {
+        let b = self.take(2, what)?;
+        Ok(usize::from(u16::from_le_bytes([b[0], b[1]])))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<usize, String> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        let len = self.u16(what)?;
+        let bytes = self.take(len, what)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| format!("{what} is not UTF-8"))
+    }
+}
+
+fn decode_properties(bytes: &[u8]) -> Result<MessageProperties, String> {
+    let mut r = Reader { bytes };
+    let flags = r.take(1, "property flags")?[0];
+    if flags >> 6 != 0 {
+        return Err(format!("unknown property flags {flags:#04x}"));
+    }
+    let mut p = MessageProperties::default();
+    if flags & 1 != 0 {
+        p.payload_format_indicator = Some(r.take(1, "payload format indicator")?[0]);
+    }
+    if flags & 2 != 0 {
+        let b = r.take(8, "expiry")?;
+        let mut at = [0; 8];
+        at.copy_from_slice(b);
+        p.expires_at_ms = Some(u64::from_le_bytes(at));
+    }
+    if flags & 4 != 0 {
+        p.content_type = Some(r.string("content type")?);
+    }
+    if flags & 8 != 0 {
+        p.response_topic = Some(r.string("response topic")?);
+    }
+    if flags & 16 != 0 {
+        let len = r.u16("correlation data")?;
+        p.correlation_data = Some(Bytes::copy_from_slice(r.take(len, "correlation data")?));
+    }
+    if flags & 32 != 0 {
+        let count = r.u32("user property count")?;
+        // Each pair takes at least 4 bytes: a count past that is damage, not a size.
+        if count > r.bytes.len() / 4 {
+            return Err(format!(
+                "{count} user properties past the end of the record"
+            ));
+        }
+        for _ in 0..count {
+            let k = r.string("user property name")?;
+            let v = r.string("user property value")?;
+            p.user_properties.push((k, v));
+        }
+    }
+    if !r.bytes.is_empty() {
+        return Err(format!("{} bytes after the properties", r.bytes.len()));
+    }
+    Ok(p)
+}
+
+/// Decode a record written by [`encode`] (either version).
 pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, String> {
     if bytes.len() < HEADER {
         return Err(format!("record of {} bytes is too short", bytes.len()));
     }
-    if bytes[0] != VERSION {
-        return Err(format!("unknown record version {}", bytes[0]));
+    let version = bytes[0];
+    if version != VERSION && version != VERSION_PROPERTIES {
+        return Err(format!("unknown record version {version}"));
     }
     let qos = match bytes[1] {
         0 => QoS::AtMostOnce,
@@ -72,21 +212,25 @@ pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, String> {
         1 => true,
         r => return Err(format!("bad retain flag {r}")),
     };
-    let topic_len = usize::from(u16::from_le_bytes([bytes[3], bytes[4]]));
-    let rest = &bytes[HEADER..];
-    if rest.len() < topic_len {
-        return Err(format!(
-            "topic length {topic_len} past the end of the record"
-        ));
-    }
-    let topic = std::str::from_utf8(&rest[..topic_len])
+    let mut r = Reader {
+        bytes: &bytes[HEADER - 2..],
+    };
+    let topic_len = r.u16("topic length")?;
+    let topic = std::str::from_utf8(r.take(topic_len, "topic")?)
         .map_err(|_| "topic is not UTF-8".to_string())?
         .to_string();
+    let properties = if version == VERSION_PROPERTIES {
+        let len = r.u32("properties length")?;
+        Some(Box::new(decode_properties(r.take(len, "properties")?)?))
+    } else {
+        None
+    };
     Ok(OutboxRecord {
         topic,
-        payload: Bytes::copy_from_slice(&rest[topic_len..]),
+        payload: Bytes::copy_from_slice(r.bytes),
         qos,
         retain,
+        properties,
     })
 }
 
@@ -287,15 +431,54 @@ mod tests {
                 payload: Bytes::new(),
                 qos: QoS::ExactlyOnce,
                 retain: true,
+                properties: None,
+            },
+            OutboxRecord {
+                properties: Some(Box::new(MessageProperties {
+                    payload_format_indicator: Some(1),
+                    expires_at_ms: Some(1_800_000_000_123),
+                    content_type: Some("application/json".into()),
+                    response_topic: Some("site/gw1/cmd/replies/ü".into()),
+                    correlation_data: Some(Bytes::from_static(&[0, 1, 255])),
+                    user_properties: vec![("a".into(), "1".into()), ("a".into(), "".into())],
+                })),
+                ..record("a/b", "with properties")
+            },
+            OutboxRecord {
+                properties: Some(Box::new(MessageProperties::default())),
+                ..record("e", "")
             },
             record("", "x"),
         ] {
             let bytes = encode(&r);
-            assert_eq!(bytes[0], VERSION);
+            let version = if r.properties.is_some() {
+                VERSION_PROPERTIES
+            } else {
+                VERSION
+            };
+            assert_eq!(bytes[0], version);
             assert_eq!(decode(&bytes).expect("decodes"), r);
+            // Every truncation is refused or decodes to a shorter payload, never panics.
+            for cut in 0..bytes.len() {
+                if let Ok(d) = decode(&bytes[..cut]) {
+                    assert_eq!(d.topic, r.topic);
+                    assert_eq!(d.properties, r.properties);
+                }
+            }
         }
+        // A version 1 record as written before properties were carried still opens.
+        let v1 = [1, 1, 0, 3, 0, b'a', b'/', b'b', b'h', b'i'];
+        let d = decode(&v1).expect("version 1 decodes");
+        assert_eq!(
+            (d.topic.as_str(), &d.payload[..], d.properties),
+            ("a/b", &b"hi"[..], None)
+        );
         assert!(decode(&[]).is_err());
-        assert!(decode(&[2, 1, 0, 0, 0]).is_err(), "unknown version");
+        assert!(decode(&[3, 1, 0, 0, 0]).is_err(), "unknown version");
+        assert!(
+            decode(&[2, 1, 0, 0, 0, 1, 0, 0, 0, 0x40]).is_err(),
+            "unknown property flag"
+        );
         assert!(
             decode(&[1, 1, 0, 9, 0, b'a']).is_err(),
             "topic past the end"

@@ -29,8 +29,12 @@ pub mod config;
 pub mod explain;
 pub mod journal_outbox;
 pub mod outbox;
+mod pacer;
+mod persist;
+mod props;
 pub mod rules;
 mod run;
+mod session;
 pub mod state;
 pub mod uplink;
 
@@ -39,6 +43,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::BridgeConfig;
@@ -77,15 +82,16 @@ impl Bridge {
     }
 }
 
-/// Open the bridge's journal and log what it recovered and what was lost. A journal
-/// still held (by the previous instance of this bridge draining after a reload, or by
-/// another process) is retried every half second until `shutdown`, logged once.
+/// Open the bridge's journal and log what it recovered and what was lost; also returns
+/// the last recovered record (those up to it may have been sent before the restart). A
+/// journal still held (by the previous instance of this bridge draining after a reload,
+/// or by another process) is retried every half second until `shutdown`, logged once.
 async fn open_journal(
     config: &BridgeConfig,
     data_dir: &Path,
     board: &StatusBoard,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<JournalOutbox, String> {
+) -> Result<(JournalOutbox, Option<outbox::Seq>), String> {
     let dir = journal_outbox::journal_dir(data_dir, &config.name);
     let mut logged = false;
     let (outbox, recovery) = loop {
@@ -122,6 +128,10 @@ async fn open_journal(
     let lost = &recovery.lost;
     board
         .counters
+        .recovered_at_open
+        .store(pending as u64, std::sync::atomic::Ordering::Relaxed);
+    board
+        .counters
         .lost_at_open
         .store(lost.records, std::sync::atomic::Ordering::Relaxed);
     if lost.records > 0 || lost.bytes > 0 {
@@ -130,7 +140,7 @@ async fn open_journal(
         }
         warn!(bridge = %config.name, records = lost.records, bytes = lost.bytes, "Bridge journal: records lost to damage at open (counted as lost_at_open).");
     }
-    Ok(outbox)
+    Ok((outbox, recovery.pending.last().map(|p| p.seq)))
 }
 
 impl Component for Bridge {
@@ -205,7 +215,7 @@ impl Component for Bridge {
                     return;
                 }
             };
-            let journal = match open_journal(&config, &data_dir, &board, &ctx.shutdown).await {
+            let (journal, recovered_up_to) = match open_journal(&config, &data_dir, &board, &ctx.shutdown).await {
                 Ok(j) => j,
                 Err(reason) => {
                     warn!(bridge = %config.name, %reason, "Bridge journal cannot be opened; the bridge does not run.");
@@ -217,16 +227,36 @@ impl Component for Bridge {
             };
             let outbox: Arc<dyn Outbox> = Arc::new(journal.clone());
             board.set_outbox(outbox.clone());
+            // Counters of earlier runs, then saved periodically and at the end.
+            let dir = journal_outbox::journal_dir(&data_dir, &config.name);
+            let loaded = {
+                let (dir, name) = (dir.clone(), config.name.clone());
+                tokio::task::spawn_blocking(move || persist::load(&dir, &name)).await
+            };
+            if let Ok(Some(saved)) = loaded {
+                board.counters.restore(&saved);
+            }
+            let stop_saving = CancellationToken::new();
+            let saver = tracker.spawn(persist::save_loop(
+                board.clone(),
+                dir.clone(),
+                config.name.clone(),
+                stop_saving.clone(),
+            ));
             let shared = Arc::new(run::Shared {
                 rules,
-                config,
+                config: config.clone(),
                 outbox,
-                board,
+                board: board.clone(),
                 shutdown: ctx.shutdown.clone(),
                 appended: Notify::new(),
                 durable: true,
+                recovered_up_to,
             });
             run::run(shared, client, tls, tracker).await;
+            stop_saving.cancel();
+            let _ = saver.await;
+            persist::save_now(&board, &dir, &config.name).await;
             if let Err(e) = journal.close().await {
                 warn!(reason = %e, "Bridge journal not closed cleanly (acknowledgements may come back as duplicates).");
             }

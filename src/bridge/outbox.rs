@@ -34,12 +34,50 @@ pub struct OutboxRecord {
     pub qos: QoS,
     /// RETAIN upstream.
     pub retain: bool,
+    /// MQTT 5 properties carried across the bridge (`None` for most messages).
+    pub properties: Option<Box<MessageProperties>>,
+}
+
+/// The MQTT 5 PUBLISH properties a bridge carries (topic aliases and subscription
+/// identifiers belong to one connection and are not carried).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    /// Payload Format Indicator (1: UTF-8).
+    pub payload_format_indicator: Option<u8>,
+    /// When the message expires, in milliseconds since the Unix epoch (from the Message
+    /// Expiry Interval at intake; the remaining interval is sent).
+    pub expires_at_ms: Option<u64>,
+    /// Content Type.
+    pub content_type: Option<String>,
+    /// Response Topic, already mapped to the far side.
+    pub response_topic: Option<String>,
+    /// Correlation Data.
+    pub correlation_data: Option<Bytes>,
+    /// User Properties, in order.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl MessageProperties {
+    /// Bytes of the variable-length fields (for the outbox's accounting).
+    pub fn size(&self) -> usize {
+        self.content_type.as_ref().map_or(0, String::len)
+            + self.response_topic.as_ref().map_or(0, String::len)
+            + self.correlation_data.as_ref().map_or(0, Bytes::len)
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+            + 16
+    }
 }
 
 impl OutboxRecord {
-    /// Bytes it counts against `max_bytes` (topic, payload, and a fixed overhead).
+    /// Bytes it counts against `max_bytes` (topic, payload, properties, and a fixed
+    /// overhead).
     pub fn size(&self) -> u64 {
-        (self.topic.len() + self.payload.len() + 16) as u64
+        let properties = self.properties.as_ref().map_or(0, |p| p.size());
+        (self.topic.len() + self.payload.len() + properties + 16) as u64
     }
 }
 
@@ -164,8 +202,8 @@ impl Inner {
                     s.bytes -= old.record.size();
                     s.counters.dropped_overflow += 1;
                 }
-                // refuse-new cannot refuse yet (see config: no negative ack in the router).
-                Overflow::BlockPublishers | Overflow::RefuseNew => return None,
+                Overflow::RefuseNew => return Some(Err(OutboxError::Full)),
+                Overflow::BlockPublishers => return None,
             }
         }
         let seq = s.next_seq;
@@ -254,6 +292,7 @@ pub(super) mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: None,
         }
     }
 
@@ -309,6 +348,17 @@ pub(super) mod tests {
         let second = waiting.await.expect("task").expect("stored after the ack");
         assert!(second > first);
         assert_eq!(topics(&o.pending(None, 10).await), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn refuse_new_refuses_when_full_and_stores_again_after_an_ack() {
+        let size = record("a", "1").size();
+        let o = MemoryOutbox::new(size, Overflow::RefuseNew);
+        let first = o.append(record("a", "1")).await.expect("stored");
+        assert_eq!(o.append(record("b", "1")).await, Err(OutboxError::Full));
+        o.ack(first);
+        o.append(record("c", "1")).await.expect("room again");
+        assert_eq!(topics(&o.pending(None, 10).await), ["c"]);
     }
 
     #[tokio::test]

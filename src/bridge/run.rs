@@ -7,14 +7,17 @@
 //!   publishes what the cloud sends in, as `bridge:<name>`, so the local ACL decides,
 //!   and its local subscriptions use No Local, so nothing it brought in goes back out.
 //! - **uplink** owns the rumqttc connection: failover over the addresses, jittered
-//!   backoff, birth/will on `status_topic`, a window of at most `max_inflight` records
-//!   taken from the outbox in order (rumqttc lowers it to the cloud's Receive
-//!   Maximum), outbox acks on PUBACK/PUBCOMP, remote subscriptions of the in rules.
+//!   backoff, birth/will on `status_topic`, remote subscriptions of the in rules, and
+//!   per connection a `session::Session`: a window of at most `max_inflight` records
+//!   (lowered to the cloud's Receive Maximum) taken from the outbox in order, with
+//!   packet ids and DUP chosen by the bridge, outbox acks on PUBACK/PUBCOMP, a
+//!   reconnect when the oldest in-flight message waits longer than `ack_timeout`
+//!   (its records are resent on the next connection with DUP=1), and a backlog paced
+//!   by `journal.replay_rate`.
 //!
 //! Neither task blocks the other: the uplink never awaits the intake (a full journal
 //! with `block-publishers` waits for acks that only the uplink can bring).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +33,11 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::config::BridgeConfig;
 use super::outbox::{Outbox, OutboxError, OutboxRecord, Seq};
+use super::props;
 use super::rules::{route_in, route_out, Rule};
+use super::session::Session;
 use super::state::{Counters, LinkState, StatusBoard};
-use super::uplink::{Incoming, Uplink, UplinkEvent, OFFLINE, ONLINE};
+use super::uplink::{Incoming, Uplink, UplinkEvent, OFFLINE};
 use crate::auth::Identity;
 use crate::broker::codec::{v5, QoS};
 use crate::broker::{Delivery, InternalClient, InternalOptions};
@@ -54,6 +59,7 @@ struct Ingress {
     payload: bytes::Bytes,
     qos: u8,
     retain: bool,
+    properties: Option<v5::PublishProperties>,
 }
 
 /// Everything both tasks share.
@@ -67,6 +73,9 @@ pub(super) struct Shared {
     pub appended: Notify,
     /// Whether the outbox survives a restart (the journal).
     pub durable: bool,
+    /// The last record recovered from the journal at start: records up to it may have
+    /// been sent before the restart (resent with DUP=1).
+    pub recovered_up_to: Option<Seq>,
 }
 
 /// Attach the intake client and subscribe the out rules locally.
@@ -113,7 +122,7 @@ fn qos(q: u8) -> QoS {
     }
 }
 
-fn qos_level(q: QoS) -> u8 {
+pub(super) fn qos_level(q: QoS) -> u8 {
     match q {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce => 1,
@@ -199,7 +208,7 @@ async fn intake(
             }
             Some(m) = ingress_rx.recv() => {
                 ingress_queued.fetch_sub(1, Ordering::Relaxed);
-                match client.publish(&m.topic, m.payload, qos(m.qos), m.retain).await {
+                match client.publish_with(&m.topic, m.payload, qos(m.qos), m.retain, m.properties).await {
                     Ok(()) => Counters::bump(&counters.received),
                     Err(e) => {
                         // The refusal itself is on the audit target (authorize_write).
@@ -246,6 +255,7 @@ fn take_delivery(
         payload: d.payload,
         qos: qos(level),
         retain: rule.retain && d.retain,
+        properties: props::outgoing(d.properties, &shared.rules, props::now_ms),
     };
     if level == 0 {
         if qos0_tx.try_send(record).is_err() {
@@ -279,9 +289,13 @@ fn take_delivery(
                     }
                 }
                 Err(OutboxError::Full) => {
-                    // refuse-new: not stored, not acknowledged (the publisher is not told it is safe).
+                    // refuse-new: not stored, and the publisher is told so (v5: 0x97; 3.1.1,
+                    // which has no negative acknowledgement: a PUBACK, the drop is counted).
                     Counters::bump(&shared.board.counters.dropped_full);
-                    warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message not forwarded.");
+                    warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message refused (v5 publishers get 0x97 Quota exceeded).");
+                    if let Some(a) = ack {
+                        let _ = a.refuse().await;
+                    }
                 }
                 Err(e) => {
                     // Not stored (a full disk, an I/O error): retried until it is, the
@@ -301,117 +315,6 @@ fn take_delivery(
     }))
 }
 
-/// What went out on the current connection, in request order (rumqttc reports each
-/// PUBLISH it writes in that order, which is how packet ids map back to records).
-enum Queued {
-    Record(Seq),
-    Control,
-}
-
-/// Per-connection state of the uplink.
-struct Session {
-    queued: VecDeque<Queued>,
-    queued_records: usize,
-    inflight: HashMap<u16, Seq>,
-    cursor: Option<Seq>,
-    connected_at: Option<Instant>,
-    waiting_acks: HashMap<u64, Box<Incoming>>,
-}
-
-impl Session {
-    fn new() -> Self {
-        Session {
-            queued: VecDeque::new(),
-            queued_records: 0,
-            inflight: HashMap::new(),
-            cursor: None,
-            connected_at: None,
-            waiting_acks: HashMap::new(),
-        }
-    }
-
-    fn in_window(&self) -> usize {
-        self.queued_records + self.inflight.len()
-    }
-
-    /// Take records from the outbox until the window is full.
-    async fn fill(&mut self, up: &mut Uplink, shared: &Shared) {
-        let window = usize::from(shared.config.max_inflight);
-        while self.in_window() < window {
-            let batch = shared
-                .outbox
-                .pending(self.cursor, window - self.in_window())
-                .await;
-            if batch.is_empty() {
-                return;
-            }
-            for r in batch {
-                let rec = r.record;
-                if !up.publish(&rec.topic, rec.payload, qos_level(rec.qos), rec.retain) {
-                    return;
-                }
-                self.queued.push_back(Queued::Record(r.seq));
-                self.queued_records += 1;
-                self.cursor = Some(r.seq);
-            }
-        }
-    }
-
-    fn control(&mut self, up: &Uplink, topic: &str, payload: &'static str) {
-        if up.publish(
-            topic,
-            bytes::Bytes::from_static(payload.as_bytes()),
-            1,
-            true,
-        ) {
-            self.queued.push_back(Queued::Control);
-        }
-    }
-
-    /// Account for an event; returns a message that must go to the intake.
-    async fn on_event(
-        &mut self,
-        event: UplinkEvent,
-        up: &mut Uplink,
-        shared: &Shared,
-    ) -> Option<Box<Incoming>> {
-        let counters = &shared.board.counters;
-        match event {
-            UplinkEvent::Connected { session_present } => {
-                self.connected_at = Some(Instant::now());
-                debug!(bridge = %shared.config.name, session_present, "Connected upstream.");
-                if let Some(status) = &shared.config.status_topic {
-                    self.control(up, status, ONLINE);
-                }
-                self.fill(up, shared).await;
-            }
-            UplinkEvent::Sent { pkid } => {
-                Counters::bump(&counters.sent);
-                if let Some(Queued::Record(seq)) = self.queued.pop_front() {
-                    self.queued_records -= 1;
-                    self.inflight.insert(pkid, seq);
-                }
-            }
-            UplinkEvent::Acked { pkid, refused } => {
-                if let Some(seq) = self.inflight.remove(&pkid) {
-                    shared.outbox.ack(seq);
-                    match refused {
-                        None => Counters::bump(&counters.acked),
-                        Some(reason) => {
-                            Counters::bump(&counters.dropped_refused);
-                            warn!(bridge = %shared.config.name, %reason, "The cloud refused a message; it is not retried.");
-                        }
-                    }
-                }
-                self.fill(up, shared).await;
-            }
-            UplinkEvent::Message(m) => return Some(m),
-            UplinkEvent::Other => {}
-        }
-        None
-    }
-}
-
 enum Ended {
     Shutdown,
     Lost {
@@ -420,20 +323,37 @@ enum Ended {
     },
 }
 
+/// The channels the uplink half owns.
+struct UplinkLinks {
+    qos0_rx: mpsc::Receiver<OutboxRecord>,
+    ingress_tx: mpsc::UnboundedSender<Ingress>,
+    done_rx: mpsc::UnboundedReceiver<u64>,
+    ingress_queued: Arc<AtomicU64>,
+    next_id: u64,
+}
+
 /// The uplink half (see the module comment).
 async fn uplink(
     shared: Arc<Shared>,
     tls: Arc<ClientConfig>,
-    mut qos0_rx: mpsc::Receiver<OutboxRecord>,
+    qos0_rx: mpsc::Receiver<OutboxRecord>,
     ingress_tx: mpsc::UnboundedSender<Ingress>,
-    mut done_rx: mpsc::UnboundedReceiver<u64>,
+    done_rx: mpsc::UnboundedReceiver<u64>,
     ingress_queued: Arc<AtomicU64>,
 ) {
     let config = shared.config.clone();
+    let mut links = UplinkLinks {
+        qos0_rx,
+        ingress_tx,
+        done_rx,
+        ingress_queued,
+        next_id: 0,
+    };
     let mut backoff = Backoff::new(config.backoff.clone());
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut index = 0usize;
-    let mut next_id = 0u64;
+    // Records up to here may have gone out already: resent with DUP=1.
+    let mut maybe_sent = shared.recovered_up_to;
     loop {
         let address = config.address[index % config.address.len()].clone();
         shared
@@ -445,92 +365,138 @@ async fn uplink(
                 error,
             },
             Ok(mut up) => {
-                let mut session = Session::new();
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = shared.shutdown.cancelled() => {
-                            flush(&mut up, &mut session, &shared).await;
-                            break Ended::Shutdown;
-                        }
-                        event = up.poll() => match event {
-                            Err(error) => {
-                                // Acknowledgements read with the end of the connection
-                                // still count: without them the message is sent twice.
-                                for ack in up.acks_read_before_the_end() {
-                                    session.on_event(ack, &mut up, &shared).await;
-                                }
-                                break Ended::Lost {
-                                    connected_for: session.connected_at.map(|t| t.elapsed()),
-                                    error,
-                                };
-                            }
-                            Ok(UplinkEvent::Connected { session_present }) => {
-                                info!(bridge = %config.name, %address, session_present, "Bridge connected to the cloud.");
-                                session.on_event(UplinkEvent::Connected { session_present }, &mut up, &shared).await;
-                                shared.board.set(LinkState::Connected, Some(&address), None);
-                            }
-                            Ok(event) => {
-                                if let Some(m) = session.on_event(event, &mut up, &shared).await {
-                                    next_id += 1;
-                                    ingress(&shared, &up, &mut session, m, next_id, &ingress_tx, &ingress_queued);
-                                }
-                            }
-                        },
-                        _ = shared.appended.notified(), if session.connected_at.is_some() => {
-                            session.fill(&mut up, &shared).await;
-                        }
-                        Some(r) = qos0_rx.recv(), if session.connected_at.is_some() => {
-                            if up.publish(&r.topic, r.payload, 0, r.retain) {
-                                session.queued.push_back(Queued::Control);
-                            } else {
-                                Counters::bump(&shared.board.counters.dropped_qos0);
-                            }
-                        }
-                        Some(id) = done_rx.recv() => {
-                            if let Some(m) = session.waiting_acks.remove(&id) {
-                                up.ack(&m);
-                            }
-                        }
-                    }
-                }
+                let mut session = Session::new(maybe_sent);
+                let ended = serve(&shared, &mut up, &mut session, &mut links, &address).await;
+                maybe_sent = maybe_sent.max(session.cursor);
+                ended
             }
         };
-        match ended {
+        let (connected_for, error) = match ended {
             Ended::Shutdown => return,
             Ended::Lost {
                 connected_for,
                 error,
-            } => {
-                let delay = match connected_for {
-                    Some(uptime) => {
-                        Counters::bump(&shared.board.counters.reconnects);
-                        warn!(bridge = %config.name, %address, reason = %error, "Bridge lost its cloud connection.");
-                        backoff.disconnected_after(uptime);
-                        index = 0;
-                        Some(backoff.failed(&mut rng))
-                    }
-                    None => {
-                        warn!(bridge = %config.name, %address, reason = %error, "Bridge cannot connect to the cloud.");
-                        index += 1;
-                        // Next address at once; after the last one, back off.
-                        if index.is_multiple_of(config.address.len()) {
-                            index = 0;
-                            Some(backoff.failed(&mut rng))
-                        } else {
-                            None
-                        }
-                    }
-                };
-                if let Some(delay) = delay {
-                    shared.board.set(LinkState::Backoff, None, Some(error));
-                    debug!(bridge = %config.name, delay_ms = delay.as_millis() as u64, "Bridge backing off.");
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+            } => (connected_for, error),
+        };
+        let delay = match connected_for {
+            Some(uptime) => {
+                Counters::bump(&shared.board.counters.reconnects);
+                warn!(bridge = %config.name, %address, reason = %error, "Bridge lost its cloud connection.");
+                backoff.disconnected_after(uptime);
+                index = 0;
+                Some(backoff.failed(&mut rng))
+            }
+            None => {
+                warn!(bridge = %config.name, %address, reason = %error, "Bridge cannot connect to the cloud.");
+                index += 1;
+                // Next address at once; after the last one, back off.
+                if index.is_multiple_of(config.address.len()) {
+                    index = 0;
+                    Some(backoff.failed(&mut rng))
                 } else {
-                    shared.board.set(LinkState::Connecting, None, Some(error));
+                    None
+                }
+            }
+        };
+        if let Some(delay) = delay {
+            shared.board.set(LinkState::Backoff, None, Some(error));
+            debug!(bridge = %config.name, delay_ms = delay.as_millis() as u64, "Bridge backing off.");
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            shared.board.set(LinkState::Connecting, None, Some(error));
+        }
+    }
+}
+
+/// Drive one connection until it ends: events, the outbox, QoS 0, ingress acks, the
+/// ack timeout and the replay pacing.
+async fn serve(
+    shared: &Shared,
+    up: &mut Uplink,
+    session: &mut Session,
+    links: &mut UplinkLinks,
+    address: &str,
+) -> Ended {
+    let config = &shared.config;
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let ack_timer = tokio::time::sleep_until(far);
+    let pace_timer = tokio::time::sleep_until(far);
+    tokio::pin!(ack_timer, pace_timer);
+    let mut ack_armed: Option<Instant> = None;
+    let mut pace_armed: Option<Instant> = None;
+    loop {
+        // Re-arm the timers only when their deadline moved (not once per event).
+        let deadline = session.ack_deadline(config.ack_timeout);
+        let ack_at = deadline.map(|(at, _)| at);
+        if ack_at != ack_armed {
+            ack_timer.as_mut().reset(ack_at.unwrap_or(far));
+            ack_armed = ack_at;
+        }
+        if session.paced_until != pace_armed {
+            pace_timer
+                .as_mut()
+                .reset(session.paced_until.unwrap_or(far));
+            pace_armed = session.paced_until;
+        }
+        let connected = session.connected_at.is_some();
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                flush(up, session, shared).await;
+                return Ended::Shutdown;
+            }
+            event = up.poll() => match event {
+                Err(error) => {
+                    // Acknowledgements read with the end of the connection still
+                    // count: without them the message is sent twice.
+                    for ack in up.acks_read_before_the_end() {
+                        session.on_event(ack, up, shared).await;
+                    }
+                    return Ended::Lost {
+                        connected_for: session.connected_at.map(|t| t.elapsed()),
+                        error,
+                    };
+                }
+                Ok(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }) => {
+                    info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, topic_alias_max, "Bridge connected to the cloud.");
+                    session.on_event(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }, up, shared).await;
+                    shared.board.set(LinkState::Connected, Some(address), None);
+                }
+                Ok(event) => {
+                    if let Some(m) = session.on_event(event, up, shared).await {
+                        links.next_id += 1;
+                        ingress(shared, up, session, m, links.next_id, &links.ingress_tx, &links.ingress_queued);
+                    }
+                }
+            },
+            _ = &mut ack_timer, if ack_armed.is_some() => {
+                let pkid = deadline.map(|(_, p)| p).unwrap_or_default();
+                let waited = config.ack_timeout;
+                warn!(bridge = %config.name, %address, pkid, seq = ?session.seq_of(pkid), waited_ms = waited.as_millis() as u64, in_flight = session.in_flight(), "No acknowledgement from the cloud within ack_timeout; dropping the connection to resend.");
+                return Ended::Lost {
+                    connected_for: session.connected_at.map(|t| t.elapsed()),
+                    error: format!("no acknowledgement from the cloud within ack_timeout ({})", crate::duration::format(waited)),
+                };
+            }
+            _ = &mut pace_timer, if pace_armed.is_some() => {
+                session.paced(up, shared).await;
+            }
+            _ = shared.appended.notified(), if connected => {
+                session.fill(up, shared).await;
+            }
+            Some(r) = links.qos0_rx.recv(), if connected => {
+                if let Ok(properties) = session.prepare(shared, &r) {
+                    if !up.publish(&r.topic, r.payload, 0, r.retain, properties) {
+                        Counters::bump(&shared.board.counters.dropped_qos0);
+                    }
+                }
+            }
+            Some(id) = links.done_rx.recv() => {
+                if let Some(m) = session.waiting_acks.remove(&id) {
+                    up.ack(&m);
                 }
             }
         }
@@ -564,6 +530,7 @@ fn ingress(
         payload: m.payload.clone(),
         qos: m.qos.min(rule.qos),
         retain: rule.retain && m.retain,
+        properties: props::incoming(m.properties.clone(), &shared.rules),
     };
     if m.qos > 0 {
         session.waiting_acks.insert(id, m);
@@ -571,18 +538,26 @@ fn ingress(
     let _ = ingress_tx.send(item);
 }
 
-/// Shutdown: say offline, send what is in the outbox for up to [`FLUSH_TIME`], then
-/// DISCONNECT (normal disconnection: the cloud discards the will).
+/// Shutdown: say offline, let what is in flight be acknowledged for up to
+/// [`FLUSH_TIME`] (the rest stays in the outbox), then DISCONNECT (normal
+/// disconnection: the cloud discards the will).
 async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
     if session.connected_at.is_none() {
         return;
     }
     session.fill(up, shared).await;
-    if let Some(status) = &shared.config.status_topic {
-        session.control(up, status, OFFLINE);
-    }
+    session.stop_filling();
+    let mut offline = shared.config.status_topic.clone();
     let deadline = Instant::now() + FLUSH_TIME;
-    while !(session.queued.is_empty() && session.inflight.is_empty()) {
+    loop {
+        if let Some(status) = &offline {
+            if session.control(up, status, OFFLINE) {
+                offline = None;
+            }
+        }
+        if offline.is_none() && session.in_flight() == 0 {
+            break;
+        }
         match tokio::time::timeout_at(deadline, up.poll()).await {
             Ok(Ok(event)) => {
                 if let Some(m) = session.on_event(event, up, shared).await {

@@ -20,8 +20,9 @@ use crate::broker::codec::QoS;
 use crate::broker::InternalOptions;
 use crate::component::{Connector, Health, HealthReporter};
 
-/// How often the counters are republished while nothing else changes.
-const REFRESH: Duration = Duration::from_secs(10);
+/// How often the counters are looked at between state changes (published only when
+/// they changed: counters are bumped on the message path without a notification).
+const REFRESH: Duration = Duration::from_secs(1);
 
 /// The link's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +69,18 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Messages refused by a full journal (`overflow = refuse-new`).
     pub dropped_full: AtomicU64,
+    /// Messages larger than the cloud's Maximum Packet Size (v5 CONNACK): not sent.
+    pub dropped_remote_max_packet: AtomicU64,
+    /// Messages whose Message Expiry Interval ran out in the outbox: not sent.
+    pub dropped_expired: AtomicU64,
     /// Journal records found damaged and dropped when the bridge started.
     pub lost_at_open: AtomicU64,
+    /// Journal records waiting for the cloud when the bridge started (per start).
+    pub recovered_at_open: AtomicU64,
+    /// Records stored by earlier runs (the journal counts since its own open).
+    pub stored_before: AtomicU64,
+    /// Records dropped by `drop-oldest` in earlier runs.
+    pub overflow_before: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +88,49 @@ impl Counters {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The counters kept across restarts, by name (`lost_at_open` is per start).
+    fn persistent(&self) -> [(&'static str, &AtomicU64); 11] {
+        [
+            ("sent", &self.sent),
+            ("acked", &self.acked),
+            ("received", &self.received),
+            ("reconnects", &self.reconnects),
+            ("dropped_qos0", &self.dropped_qos0),
+            ("dropped_refused", &self.dropped_refused),
+            ("dropped_ingress_denied", &self.dropped_ingress_denied),
+            ("dropped_too_large", &self.dropped_too_large),
+            ("dropped_full", &self.dropped_full),
+            ("dropped_remote_max_packet", &self.dropped_remote_max_packet),
+            ("dropped_expired", &self.dropped_expired),
+        ]
+    }
+
+    /// Add the values of a snapshot written by an earlier run (unknown names ignored).
+    pub fn restore(&self, saved: &CounterSnapshot) {
+        for (name, counter) in self.persistent() {
+            if let Some(v) = saved.values.get(name) {
+                counter.fetch_add(*v, Ordering::Relaxed);
+            }
+        }
+        self.stored_before
+            .fetch_add(saved.stored, Ordering::Relaxed);
+        self.overflow_before
+            .fetch_add(saved.dropped_overflow, Ordering::Relaxed);
+    }
+}
+
+/// What survives a restart: the bridge's counters and the outbox's totals, as written
+/// to `counters.json` in the journal directory (see `persist`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CounterSnapshot {
+    /// Bridge counters by name.
+    pub values: std::collections::BTreeMap<String, u64>,
+    /// Records stored, all runs.
+    pub stored: u64,
+    /// Records dropped by `drop-oldest`, all runs.
+    pub dropped_overflow: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +211,21 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
+    /// The counters to persist now (the bridge's and the outbox's totals, all runs).
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let o = self.outbox_counters();
+        let c = &self.counters;
+        CounterSnapshot {
+            values: c
+                .persistent()
+                .iter()
+                .map(|(name, v)| (name.to_string(), v.load(Ordering::Relaxed)))
+                .collect(),
+            stored: c.stored_before.load(Ordering::Relaxed) + o.appended,
+            dropped_overflow: c.overflow_before.load(Ordering::Relaxed) + o.dropped_overflow,
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> LinkState {
         self.lock().state
@@ -175,20 +244,23 @@ impl StatusBoard {
             "queued_messages": o.queued_messages,
             "queued_bytes": o.queued_bytes,
             "oldest_age_ms": o.oldest_age.map(|d| d.as_millis() as u64),
-            "stored": o.appended,
+            "stored": get(&c.stored_before) + o.appended,
             "blocked": o.blocked,
             "sent": get(&c.sent),
             "acked": get(&c.acked),
             "received": get(&c.received),
             "reconnects": get(&c.reconnects),
             "lost_at_open": get(&c.lost_at_open),
+            "recovered_at_open": get(&c.recovered_at_open),
             "dropped": {
-                "overflow": o.dropped_overflow,
+                "overflow": get(&c.overflow_before) + o.dropped_overflow,
                 "qos0": get(&c.dropped_qos0),
                 "refused_upstream": get(&c.dropped_refused),
                 "ingress_denied": get(&c.dropped_ingress_denied),
                 "too_large": get(&c.dropped_too_large),
                 "full": get(&c.dropped_full),
+                "remote_max_packet": get(&c.dropped_remote_max_packet),
+                "expired": get(&c.dropped_expired),
             },
         })
         .to_string()

@@ -32,6 +32,14 @@ pub enum UplinkEvent {
     Connected {
         /// The cloud kept our session.
         session_present: bool,
+        /// QoS 1/2 PUBLISHes the bridge may have in flight on this connection: the
+        /// cloud's Receive Maximum (v5) lowering `max_inflight`.
+        window: u16,
+        /// The cloud's Maximum Packet Size (v5): larger PUBLISHes must not be sent
+        /// (rumqttc would fail the connection on them).
+        max_packet_size: Option<u32>,
+        /// The cloud's Topic Alias Maximum (v5; 0: no aliases).
+        topic_alias_max: u16,
     },
     /// A PUBLISH went out; `pkid` is 0 for QoS 0.
     Sent {
@@ -62,6 +70,8 @@ pub struct Incoming {
     pub qos: u8,
     /// RETAIN flag.
     pub retain: bool,
+    /// MQTT 5 properties (`None` over 3.1.1).
+    pub properties: Option<p5::PublishProperties>,
     raw: RawPublish,
 }
 
@@ -85,6 +95,8 @@ enum EventLoop {
 pub struct Uplink {
     client: Client,
     events: EventLoop,
+    /// `max_inflight`: the window before the cloud's Receive Maximum lowers it.
+    max_inflight: u16,
 }
 
 /// Build the TLS client configuration of bridge `b` (also used by `check`).
@@ -162,6 +174,7 @@ impl Uplink {
                 Uplink {
                     client: Client::V5(client),
                     events: EventLoop::V5(Box::new(events)),
+                    max_inflight: b.max_inflight,
                 }
             }
             Protocol::V311 => {
@@ -188,6 +201,7 @@ impl Uplink {
                 Uplink {
                     client: Client::V4(client),
                     events: EventLoop::V4(Box::new(events)),
+                    max_inflight: b.max_inflight,
                 }
             }
         };
@@ -227,10 +241,62 @@ impl Uplink {
         result.map_err(|e| format!("cannot queue the remote subscriptions: {e}"))
     }
 
-    /// Queue a PUBLISH; `false` when rumqttc's request queue is full (try later).
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: u8, retain: bool) -> bool {
+    /// Queue a QoS 1/2 PUBLISH with packet id `pkid` (chosen by the caller, free, and at
+    /// most the window of [`UplinkEvent::Connected`]) and the DUP flag `dup`.
+    ///
+    /// rumqttc's `AsyncClient::publish` always sends DUP=0 and picks the packet id
+    /// itself; a prebuilt `Publish` placed in the event loop's `pending` queue is
+    /// written as it is, before the request channel (rumqttc keeps that queue for the
+    /// session's resends and does not limit it by its in-flight count: the caller's
+    /// window does). With packet ids chosen among the free ones, rumqttc never meets a
+    /// packet-id collision (which would stall its request channel).
+    /// `properties` go out over MQTT 5 only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &mut self,
+        pkid: u16,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        properties: Option<p5::PublishProperties>,
+    ) {
+        match &mut self.events {
+            EventLoop::V5(e) => {
+                let mut p = p5::Publish::new(topic, qos5(qos), payload, properties);
+                p.pkid = pkid;
+                p.retain = retain;
+                p.dup = dup;
+                e.pending.push_back(rumqttc::v5::Request::Publish(p));
+            }
+            EventLoop::V4(e) => {
+                let mut p = rumqttc::Publish::new(topic, qos4(qos), payload);
+                p.pkid = pkid;
+                p.retain = retain;
+                p.dup = dup;
+                e.pending.push_back(rumqttc::Request::Publish(p));
+            }
+        }
+    }
+
+    /// Queue a QoS 0 PUBLISH (`properties` over MQTT 5 only); `false` when rumqttc's
+    /// request queue is full (try later).
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        properties: Option<p5::PublishProperties>,
+    ) -> bool {
         match &self.client {
-            Client::V5(c) => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+            Client::V5(c) => match properties {
+                Some(p) => c
+                    .try_publish_with_properties(topic, qos5(qos), retain, payload, p)
+                    .is_ok(),
+                None => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+            },
             Client::V4(c) => c.try_publish(topic, qos4(qos), retain, payload).is_ok(),
         }
     }
@@ -313,6 +379,17 @@ impl Uplink {
                 Ok(match event {
                     Event::Incoming(In::ConnAck(c)) => UplinkEvent::Connected {
                         session_present: c.session_present,
+                        window: c
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.receive_max)
+                            .map_or(self.max_inflight, |r| r.clamp(1, self.max_inflight)),
+                        max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
+                        topic_alias_max: c
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.topic_alias_max)
+                            .unwrap_or(0),
                     },
                     Event::Incoming(In::PubAck(a)) => v5_acked(&a),
                     Event::Incoming(In::PubRec(r))
@@ -335,6 +412,7 @@ impl Uplink {
                         payload: p.payload.clone(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        properties: p.properties.clone(),
                         raw: RawPublish::V5(p),
                     })),
                     Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
@@ -347,6 +425,9 @@ impl Uplink {
                 Ok(match event {
                     Event::Incoming(Packet::ConnAck(c)) => UplinkEvent::Connected {
                         session_present: c.session_present,
+                        window: self.max_inflight,
+                        max_packet_size: None,
+                        topic_alias_max: 0,
                     },
                     Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
                         pkid: a.pkid,
@@ -362,6 +443,7 @@ impl Uplink {
                             payload: p.payload.clone(),
                             qos: p.qos as u8,
                             retain: p.retain,
+                            properties: None,
                             raw: RawPublish::V4(p),
                         }))
                     }

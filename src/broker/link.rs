@@ -369,6 +369,9 @@ pub(crate) enum Inbound {
     PubComp(u16),
     /// In-process acknowledgement of a QoS 1 or 2 delivery.
     InternalAck(u16),
+    /// In-process refusal of a QoS 1 or 2 delivery: the durable subscriber could not
+    /// keep it, so a hold on the publisher's acknowledgement completes as a failure.
+    InternalRefuse(u16),
     Subscribe {
         pkid: u16,
         id: Option<usize>,

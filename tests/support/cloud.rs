@@ -220,8 +220,17 @@ pub async fn wait_state(
 ) -> serde_json::Value {
     let (c, mut rx) = local_client(gw, id).await;
     subscribe(&c, "$SYS/tollgate/bridge/cloud/state").await;
+    // The state changes every second while messages wait (their age): bound the whole
+    // wait, not only each message.
+    let deadline = tokio::time::Instant::now() + 6 * WAIT;
+    let mut last = String::new();
     loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge state never satisfied the condition; last: {last}"
+        );
         let (_, payload, _) = next(&mut rx).await;
+        last.clone_from(&payload);
         let v: serde_json::Value = serde_json::from_str(&payload).expect("state is JSON");
         if want(&v) {
             let _ = c.disconnect().await;

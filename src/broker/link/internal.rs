@@ -109,10 +109,25 @@ pub struct DeliveryAck {
 impl DeliveryAck {
     /// Tell the router this delivery is done (for a durable client: safely stored).
     pub async fn ack(self) -> Result<(), BrokerError> {
+        self.send(Inbound::InternalAck(self.pkid)).await
+    }
+
+    /// Tell the router this delivery is done but was not kept (a durable client that
+    /// cannot store it, e.g. a full bridge journal with `overflow = "refuse-new"`): the
+    /// publisher's held acknowledgement is released as a refusal, like a message the
+    /// durable subscriber lost: v5 PUBACK/PUBREC 0x97 (Quota exceeded, and the QoS 2
+    /// packet id is freed: no PUBREL follows), `BrokerError::Refused` for an in-process
+    /// publisher, and for a v3.1.1 publisher, which has no negative acknowledgement, a
+    /// plain PUBACK/PUBREC (the message is dropped; the refusing client counts it).
+    pub async fn refuse(self) -> Result<(), BrokerError> {
+        self.send(Inbound::InternalRefuse(self.pkid)).await
+    }
+
+    async fn send(&self, item: Inbound) -> Result<(), BrokerError> {
         self.router_tx
             .send(RouterMsg::Inbound {
                 conn: self.conn,
-                items: vec![Inbound::InternalAck(self.pkid)],
+                items: vec![item],
             })
             .await
             .map_err(|_| BrokerError::Closed)

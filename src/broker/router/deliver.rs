@@ -523,6 +523,18 @@ impl Router {
     }
 
     pub(super) fn ack(&mut self, key: SessionKey, pkid: u16, state: InflightState) {
+        self.settle(key, pkid, state, false);
+    }
+
+    /// The delivery `pkid` in `state` is done: acknowledged, or (`refused`) refused by
+    /// an in-process subscriber, which completes a hold on it as a failure (v5 0x97).
+    pub(super) fn settle(
+        &mut self,
+        key: SessionKey,
+        pkid: u16,
+        state: InflightState,
+        refused: bool,
+    ) {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
@@ -536,7 +548,11 @@ impl Router {
         if let Some(f) = session.inflight.remove(pos) {
             session.pkids_in_use.remove(&f.pkid);
             session.inflight_bytes -= f.queued.msg.weight();
-            self.ctx.discard(f.queued);
+            if refused {
+                self.ctx.lose(f.queued);
+            } else {
+                self.ctx.discard(f.queued);
+            }
         }
         refill(&mut self.ctx, key, session);
     }
@@ -544,7 +560,7 @@ impl Router {
 
 /// Why a held publication is refused (v5 0x97) or an in-process publish fails.
 pub(super) const LOST_REASON: &str =
-    "quota exceeded (0x97): a durable subscriber lost the message before storing it";
+    "quota exceeded (0x97): a durable subscriber lost or refused the message before storing it";
 
 pub(super) fn pubrec(pkid: u16) -> v5::Packet {
     v5::Packet::PubRec(v5::PubRec {

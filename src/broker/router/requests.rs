@@ -55,6 +55,10 @@ impl Router {
                 self.ack(key, pkid, InflightState::AwaitAck);
                 self.ack(key, pkid, InflightState::AwaitComp);
             }
+            Inbound::InternalRefuse(pkid) => {
+                self.settle(key, pkid, InflightState::AwaitAck, true);
+                self.settle(key, pkid, InflightState::AwaitComp, true);
+            }
             Inbound::PubRel(pkid) => {
                 let Some(session) = self.sessions.get_mut(&key) else {
                     return;

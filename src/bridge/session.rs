@@ -1,0 +1,426 @@
+//! One upstream connection's send state: the window of QoS 1/2 PUBLISHes in flight
+//! (at most the cloud's Receive Maximum), the packet ids the bridge gives them (chosen
+//! among the free ones, so rumqttc never meets a collision), the DUP flag of what may
+//! have gone out before, the acknowledgement deadline of the oldest in-flight
+//! message (`ack_timeout`), and the `replay_rate` pacing of a backlog.
+//!
+//! Outbound topic aliases (v5): the first `Topic Alias Maximum` distinct topics of a
+//! connection get an alias for its whole life (reset with every new connection). A
+//! gateway's topics are a mostly fixed set of points published over and over, so a
+//! fixed assignment costs one hash lookup per message and never sends a full topic
+//! again for an aliased one; an LRU would only help when more distinct topics than
+//! aliases take turns, and then it re-sends a full topic on every reassignment. QoS 0
+//! messages go through rumqttc's request channel, which it writes only after its
+//! pending queue (where the records are), so a QoS 0 message could overtake the record
+//! that sets an alias, or be overtaken: they always carry their full topic and no alias.
+//!
+//! What counts as a backlog (pacing): everything taken from the outbox after a CONNACK
+//! until the uplink first finds the outbox empty beyond what it has sent. Live traffic
+//! after that is not paced (it is limited by the cloud's Receive Maximum only), so a
+//! gateway that keeps up is never slowed to `replay_rate`, and a reconnect after an
+//! outage drains the backlog at `replay_rate` at most, live messages queued behind it
+//! included (they keep their order).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::outbox::{OutboxRecord, Seq};
+use super::pacer::Pacer;
+use super::props;
+use super::run::{qos_level, Shared};
+use super::state::Counters;
+use super::uplink::{Incoming, Uplink, UplinkEvent, ONLINE};
+use crate::broker::codec::v5;
+use crate::telemetry::limit::LogStr;
+
+/// A record that is not sent (expired, too large for the cloud): already counted.
+#[derive(Debug)]
+pub(super) struct Dropped;
+
+/// A QoS 1/2 PUBLISH handed to the connection and not acknowledged yet.
+#[derive(Debug)]
+struct InFlight {
+    /// The outbox record; `None` for the status message.
+    seq: Option<Seq>,
+    /// Unique per send: tells an entry of `order` from a later use of the same id.
+    send: u64,
+}
+
+/// Per-connection state of the uplink.
+pub(super) struct Session {
+    /// By packet id.
+    inflight: HashMap<u16, InFlight>,
+    /// Sends in order with their time (entries acknowledged since are skipped lazily).
+    order: VecDeque<(u16, u64, Instant)>,
+    sends: u64,
+    last_pkid: u16,
+    /// In-flight limit of this connection (0 until the CONNACK).
+    window: u16,
+    /// The cloud's Maximum Packet Size, if it set one.
+    max_packet_size: Option<u32>,
+    /// Outbound topic aliases of this connection: the first `topic_alias_max` distinct
+    /// topics of QoS 1/2 records, fixed for the connection (see the module comment).
+    aliases: HashMap<String, u16>,
+    /// The cloud's Topic Alias Maximum (0: none).
+    topic_alias_max: u16,
+    /// The last record handed to this connection.
+    pub cursor: Option<Seq>,
+    /// Records up to this one may have gone out before (an earlier connection, or
+    /// before a restart): they are sent with DUP=1.
+    maybe_sent: Option<Seq>,
+    /// `Some` while a backlog is drained (see the module comment).
+    pacer: Option<Pacer>,
+    /// When the pacer allows the next record (the uplink calls `fill` then).
+    pub paced_until: Option<Instant>,
+    /// No more records are taken (shutdown flush).
+    stop_filling: bool,
+    pub connected_at: Option<Instant>,
+    pub waiting_acks: HashMap<u64, Box<Incoming>>,
+}
+
+impl Session {
+    /// A session whose records up to `maybe_sent` may have been sent before.
+    pub fn new(maybe_sent: Option<Seq>) -> Self {
+        Session {
+            inflight: HashMap::new(),
+            order: VecDeque::new(),
+            sends: 0,
+            last_pkid: 0,
+            window: 0,
+            max_packet_size: None,
+            aliases: HashMap::new(),
+            topic_alias_max: 0,
+            cursor: None,
+            maybe_sent,
+            pacer: None,
+            paced_until: None,
+            stop_filling: false,
+            connected_at: None,
+            waiting_acks: HashMap::new(),
+        }
+    }
+
+    /// QoS 1/2 PUBLISHes in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.inflight.len() < usize::from(self.window)
+    }
+
+    /// A free packet id in `1..=window` (call only with room in the window).
+    fn free_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = if self.last_pkid >= self.window {
+                1
+            } else {
+                self.last_pkid + 1
+            };
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    fn track(&mut self, seq: Option<Seq>) -> u16 {
+        let pkid = self.free_pkid();
+        self.sends += 1;
+        self.inflight.insert(
+            pkid,
+            InFlight {
+                seq,
+                send: self.sends,
+            },
+        );
+        self.order.push_back((pkid, self.sends, Instant::now()));
+        // Acknowledged entries behind a slow one stay until it is: keep them bounded.
+        if self.order.len() > 4 * usize::from(self.window) + 16 {
+            let inflight = &self.inflight;
+            self.order
+                .retain(|(p, send, _)| inflight.get(p).is_some_and(|f| f.send == *send));
+        }
+        pkid
+    }
+
+    /// When the oldest in-flight message has waited `ack_timeout`; `None` when
+    /// nothing is in flight. Also reports which record that is (seq, pkid).
+    pub fn ack_deadline(&mut self, ack_timeout: Duration) -> Option<(Instant, u16)> {
+        while let Some(&(pkid, send, at)) = self.order.front() {
+            if self.inflight.get(&pkid).is_some_and(|f| f.send == send) {
+                return Some((at + ack_timeout, pkid));
+            }
+            self.order.pop_front();
+        }
+        None
+    }
+
+    /// The record in flight under `pkid`, if any (for logs).
+    pub fn seq_of(&self, pkid: u16) -> Option<Seq> {
+        self.inflight.get(&pkid).and_then(|f| f.seq)
+    }
+
+    /// Take records from the outbox until the window is full (or the pacer says wait).
+    pub async fn fill(&mut self, up: &mut Uplink, shared: &Shared) {
+        if self.stop_filling || self.paced_until.is_some() {
+            return;
+        }
+        while self.has_room() {
+            let mut limit = usize::from(self.window) - self.inflight.len();
+            if let Some(p) = &mut self.pacer {
+                limit = limit.min(p.available_msgs(Instant::now()).max(1));
+            }
+            let batch = shared.outbox.pending(self.cursor, limit).await;
+            if batch.is_empty() {
+                if self.pacer.take().is_some() {
+                    debug!(bridge = %shared.config.name, "Backlog drained; live messages are no longer paced.");
+                }
+                return;
+            }
+            for r in batch {
+                if let Some(p) = &mut self.pacer {
+                    if let Err(wait) = p.take(r.record.payload.len(), Instant::now()) {
+                        self.paced_until = Some(Instant::now() + wait);
+                        return;
+                    }
+                }
+                let rec = r.record;
+                let Ok(properties) = self.prepare(shared, &rec) else {
+                    // Never sendable on this connection: forgotten, not retried.
+                    shared.outbox.ack(r.seq);
+                    self.cursor = Some(r.seq);
+                    continue;
+                };
+                let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
+                let pkid = self.track(Some(r.seq));
+                let (topic, properties) = self.alias(&rec.topic, properties);
+                up.send(
+                    pkid,
+                    topic,
+                    rec.payload,
+                    qos_level(rec.qos),
+                    rec.retain,
+                    dup,
+                    properties,
+                );
+                self.cursor = Some(r.seq);
+            }
+        }
+    }
+
+    /// The topic to send and the properties with the topic alias for `topic`: an
+    /// alias already set on this connection (empty topic), a new one while fewer than
+    /// the cloud's Topic Alias Maximum are set (topic and alias), or none.
+    fn alias<'t>(
+        &mut self,
+        topic: &'t str,
+        properties: Option<v5::PublishProperties>,
+    ) -> (&'t str, Option<v5::PublishProperties>) {
+        if self.topic_alias_max == 0 {
+            return (topic, properties);
+        }
+        let (sent, alias) = match self.aliases.get(topic) {
+            Some(&alias) => ("", alias),
+            None if self.aliases.len() < usize::from(self.topic_alias_max) => {
+                let alias = self.aliases.len() as u16 + 1;
+                self.aliases.insert(topic.to_string(), alias);
+                (topic, alias)
+            }
+            None => return (topic, properties),
+        };
+        let mut properties = properties.unwrap_or_default();
+        properties.topic_alias = Some(alias);
+        (sent, Some(properties))
+    }
+
+    /// What goes out for `rec`: its upstream properties; `Err` when it must not be
+    /// sent (expired in the outbox, or over the cloud's Maximum Packet Size), counted
+    /// and logged once.
+    pub fn prepare(
+        &self,
+        shared: &Shared,
+        rec: &OutboxRecord,
+    ) -> Result<Option<v5::PublishProperties>, Dropped> {
+        let properties = match &rec.properties {
+            None => None,
+            Some(p) => match props::upstream(p, props::now_ms()) {
+                Ok(p) => Some(p),
+                Err(props::Expired) => {
+                    Counters::bump(&shared.board.counters.dropped_expired);
+                    debug!(bridge = %shared.config.name, topic = %LogStr(&rec.topic), "Message expired before it could be sent upstream (dropped; counted as expired).");
+                    return Err(Dropped);
+                }
+            },
+        };
+        let Some(max) = self.max_packet_size else {
+            return Ok(properties);
+        };
+        // A topic alias (set by `alias` after this check) adds up to 4 bytes.
+        let alias_len = if self.topic_alias_max > 0 { 4 } else { 0 };
+        let props_len = properties.as_ref().map_or(0, props::encoded_len) + alias_len;
+        let size = publish_size(
+            rec.topic.len(),
+            rec.payload.len(),
+            qos_level(rec.qos),
+            props_len,
+        );
+        if size <= max as usize {
+            return Ok(properties);
+        }
+        Counters::bump(&shared.board.counters.dropped_remote_max_packet);
+        warn!(bridge = %shared.config.name, topic = %LogStr(&rec.topic), size, max, "Message larger than the cloud's Maximum Packet Size not sent (dropped; counted as remote_max_packet).");
+        Err(Dropped)
+    }
+
+    /// The pacer's wait is over: take more records.
+    pub async fn paced(&mut self, up: &mut Uplink, shared: &Shared) {
+        self.paced_until = None;
+        self.fill(up, shared).await;
+    }
+
+    /// Send a retained QoS 1 status message; `false` when the window is full.
+    pub fn control(&mut self, up: &mut Uplink, topic: &str, payload: &'static str) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        let pkid = self.track(None);
+        up.send(
+            pkid,
+            topic,
+            bytes::Bytes::from_static(payload.as_bytes()),
+            1,
+            true,
+            false,
+            None,
+        );
+        true
+    }
+
+    /// Take no more records (what is in flight may still be acknowledged).
+    pub fn stop_filling(&mut self) {
+        self.stop_filling = true;
+    }
+
+    /// Account for an event; returns a message that must go to the intake.
+    pub async fn on_event(
+        &mut self,
+        event: UplinkEvent,
+        up: &mut Uplink,
+        shared: &Shared,
+    ) -> Option<Box<Incoming>> {
+        let counters = &shared.board.counters;
+        match event {
+            UplinkEvent::Connected {
+                session_present,
+                window,
+                max_packet_size,
+                topic_alias_max,
+            } => {
+                self.connected_at = Some(Instant::now());
+                self.window = window;
+                self.max_packet_size = max_packet_size;
+                self.topic_alias_max = topic_alias_max;
+                self.pacer = Some(Pacer::new(
+                    &shared.config.journal.replay_rate,
+                    Instant::now(),
+                ));
+                debug!(bridge = %shared.config.name, session_present, window, "Connected upstream.");
+                if let Some(status) = &shared.config.status_topic {
+                    self.control(up, status, ONLINE);
+                }
+                self.fill(up, shared).await;
+            }
+            UplinkEvent::Sent { .. } => Counters::bump(&counters.sent),
+            UplinkEvent::Acked { pkid, refused } => {
+                if let Some(InFlight { seq: Some(seq), .. }) = self.inflight.remove(&pkid) {
+                    shared.outbox.ack(seq);
+                    match refused {
+                        None => Counters::bump(&counters.acked),
+                        Some(reason) => {
+                            Counters::bump(&counters.dropped_refused);
+                            warn!(bridge = %shared.config.name, %reason, "The cloud refused a message; it is not retried.");
+                        }
+                    }
+                }
+                self.fill(up, shared).await;
+            }
+            UplinkEvent::Message(m) => return Some(m),
+            UplinkEvent::Other => {}
+        }
+        None
+    }
+}
+
+/// Bytes of an MQTT 5 PUBLISH whose properties take `props_len` bytes, fixed header
+/// included (what the cloud's Maximum Packet Size limits).
+pub(super) fn publish_size(
+    topic_len: usize,
+    payload_len: usize,
+    qos: u8,
+    props_len: usize,
+) -> usize {
+    // Topic length prefix, topic, packet id (QoS > 0), property length, properties, payload.
+    let remaining = 2
+        + topic_len
+        + if qos > 0 { 2 } else { 0 }
+        + varint_len(props_len)
+        + props_len
+        + payload_len;
+    1 + varint_len(remaining) + remaining
+}
+
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5 as p5;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    #[test]
+    fn publish_size_is_what_the_codec_writes() {
+        let with = p5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            content_type: Some("application/json".into()),
+            response_topic: Some("site/gw1/cmd/replies".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"1234")),
+            user_properties: vec![("k".into(), "v".repeat(200))],
+            ..Default::default()
+        };
+        for (topic, payload, qos) in [
+            ("a", 0, QoS::AtMostOnce),
+            ("site/gw1/sensors/t", 100, QoS::AtLeastOnce),
+            ("t", 122, QoS::AtLeastOnce),
+            ("t", 123, QoS::ExactlyOnce),
+            ("x/y", 20_000, QoS::AtLeastOnce),
+            ("x/y", 3_000_000, QoS::AtMostOnce),
+        ] {
+            for properties in [None, Some(with.clone())] {
+                let props_len = properties.as_ref().map_or(0, props::encoded_len);
+                let mut p = p5::Publish::new(topic, qos, vec![0u8; payload], properties);
+                p.pkid = u16::from(qos != QoS::AtMostOnce);
+                let mut out = bytes::BytesMut::new();
+                let written = p5::Packet::Publish(p)
+                    .write(&mut out, None)
+                    .expect("encodes");
+                assert_eq!(written, out.len());
+                assert_eq!(
+                    publish_size(topic.len(), payload, qos as u8, props_len),
+                    out.len(),
+                    "{topic} {payload} {qos:?} properties: {props_len}"
+                );
+            }
+        }
+    }
+}
