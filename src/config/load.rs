@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tollgate.toml")
 
 /// Top-level keys the file may contain.
 const SECTIONS: &[&str] = &[
-    "broker", "listener", "auth", "acl", "shutdown", "log", "bridge",
+    "broker", "listener", "auth", "acl", "shutdown", "log", "bridge", "modbus",
 ];
 
 /// Where a configuration comes from.
@@ -155,6 +155,10 @@ pub fn load_with_env(
         .into_iter()
         .map(|(_, bridge)| bridge)
         .collect();
+    let modbus = array_section::<crate::modbus::ModbusConfig>(&table, "modbus", &mut report)
+        .into_iter()
+        .map(|(_, bus)| bus)
+        .collect();
 
     let mut config = Config {
         broker,
@@ -164,6 +168,7 @@ pub fn load_with_env(
         shutdown,
         log,
         bridges,
+        modbus,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

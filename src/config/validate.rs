@@ -116,6 +116,9 @@ pub(super) fn validate(
     for w in bridges.warnings {
         r.warn(w.key, w.message);
     }
+    for p in crate::modbus::config::validate(&config.modbus) {
+        r.error(p.key, p.message);
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,
