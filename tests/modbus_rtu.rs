@@ -2,7 +2,8 @@
 //! USB RS-485 adapter): a slave that never answers on the same bus as a healthy one
 //! (the healthy one keeps its poll rate within 10%, the dead one costs at most one
 //! timeout per backoff period, goes `offline` and comes back `online` when it answers),
-//! damaged replies counted as CRC errors and retried, and the serial device removed and
+//! damaged replies counted as CRC errors and retried, late replies never decoded as the
+//! answer of another unit (skipped and counted as stray frames), and the serial device removed and
 //! re-created (the bus reopens by path, values go `stale` and then `good` again).
 //!
 //! `TOLLGATE_MODBUS_WINDOW_SECS` sets the measuring window of the poll-rate test
@@ -205,5 +206,69 @@ async fn an_unplugged_port_is_reopened_when_it_reappears() {
     })
     .await;
     until(&mut client, "line/good/status", |p| p == b"online").await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_are_never_taken_for_another_request() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "bus") else {
+        return;
+    };
+    let sim = Sim::rtu(&python, dir.path(), "rtu", &spec(), &pty.line);
+    let gateway = Gateway::start(dir.path(), &bus(&pty.device, "")).await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("line/status", QoS::AtLeastOnce).await;
+    client.subscribe("line/flaky/v", QoS::AtLeastOnce).await;
+    client.subscribe("line/good/a", QoS::AtLeastOnce).await;
+    until(&mut client, "line/flaky/v", |p| {
+        json_of(p)["quality"] == "good"
+    })
+    .await;
+    // Five replies 350 ms late against a 200 ms timeout: each arrives while the bus
+    // waits for a later request (unit 1's retry, unit 2's poll). Unit 2 holds 42 at the
+    // address where unit 1 holds 1234: a late reply of unit 1 taken for unit 2 would show.
+    sim.delay(350, 5);
+    // Every value published meanwhile is checked, until the counters show five timeouts.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let doc = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "five timeouts not reported"
+        );
+        let p = client.publish().await;
+        let doc = json_of(&p.payload);
+        match p.topic.as_ref() {
+            b"line/flaky/v" => {
+                assert_ne!(doc["value"], json!(1234), "unit 1's reply taken for unit 2")
+            }
+            b"line/good/a" => {
+                assert_ne!(doc["value"], json!(42), "unit 2's reply taken for unit 1")
+            }
+            _ => {
+                let t = |n: &str| doc["devices"][n]["timeouts"].as_u64().unwrap_or(0);
+                if t("good") + t("flaky") >= 5 {
+                    break doc;
+                }
+            }
+        }
+    };
+    let stray = |n: &str| doc["devices"][n]["stray_frames"].as_u64().unwrap_or(0);
+    println!(
+        "late replies: {} skipped as strays",
+        stray("good") + stray("flaky")
+    );
+    // Both devices answer again with their own values.
+    let mut values = v5(gateway.addr("local"), "values").await;
+    values.subscribe("line/flaky/v", QoS::AtLeastOnce).await;
+    let v = until(&mut values, "line/flaky/v", |p| {
+        json_of(p)["quality"] == "good"
+    })
+    .await;
+    assert_eq!(json_of(&v)["value"], json!(42));
+    drop(client);
     gateway.stop().await;
 }

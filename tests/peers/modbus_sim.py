@@ -12,6 +12,8 @@ LOGFILE gets one JSON line per request received: {"unit", "fc", "address", "coun
 CONTROL_DIR holds files the test writes to steer the device while it runs:
   mute     unit ids (one per line) that do not answer (a dead slave on the bus)
   corrupt  a number N: the next N replies get a damaged last byte (CRC error on RTU)
+  delay    "MS N": the next N replies are sent MS milliseconds late (the whole device
+           stalls meanwhile, as a busy slave does)
 Prints "ready" on stdout once serving.
 """
 
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -48,6 +51,20 @@ def take_corrupt():
     with open(path, "w") as f:
         f.write(str(n - 1))
     return True
+
+
+def take_delay():
+    path = os.path.join(control, "delay")
+    try:
+        with open(path) as f:
+            ms, n = (int(x) for x in f.read().split())
+    except (FileNotFoundError, ValueError):
+        return 0
+    if n <= 0:
+        return 0
+    with open(path, "w") as f:
+        f.write(f"{ms} {n - 1}")
+    return ms
 
 
 def blocks(table, kind):
@@ -84,6 +101,9 @@ def trace_packet(sending, data):
     unit = data[0] if mode == "rtu" else data[6]
     if unit in muted():
         return b""
+    late = take_delay()
+    if late:
+        time.sleep(late / 1000)
     if take_corrupt():
         return data[:-1] + bytes([data[-1] ^ 0xFF])
     return data

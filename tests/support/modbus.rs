@@ -125,6 +125,11 @@ impl Sim {
         std::fs::write(self.control.join("mute"), text.join("\n")).expect("write mute");
     }
 
+    /// Send the next `n` replies `ms` milliseconds late.
+    pub fn delay(&self, ms: u64, n: u32) {
+        std::fs::write(self.control.join("delay"), format!("{ms} {n}")).expect("write delay");
+    }
+
     /// Damage the last byte of the next `n` replies.
     pub fn corrupt(&self, n: u32) {
         std::fs::write(self.control.join("corrupt"), n.to_string()).expect("write corrupt");
