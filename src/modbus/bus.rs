@@ -333,6 +333,11 @@ impl Bus {
                         self.report(i, p, quality, value).await;
                     }
                 }
+                // A Modbus TCP gateway saying the device behind it is unreachable.
+                Err(e @ ExchangeError::Frame(FrameError::Exception(10 | 11))) => {
+                    end = PollEnd::Failed(e.to_string());
+                    break;
+                }
                 Err(ExchangeError::Frame(FrameError::Exception(2))) if q.points.len() > 1 => {
                     let d = &mut self.devices[i];
                     plan::split(&mut d.requests, r, &d.spans);

@@ -198,9 +198,14 @@ impl Link {
                 loop {
                     let mut header = [0u8; 7];
                     read_exact_by(stream, &mut header, deadline).await?;
-                    let (tid, from, len) = frame::mbap(&header).map_err(ExchangeError::Frame)?;
+                    // From here on a failure leaves the stream mid-frame: only a new
+                    // connection is in sync again, so it is reported as an I/O error.
+                    let (tid, from, len) =
+                        frame::mbap(&header).map_err(|e| desync(&e.to_string()))?;
                     let mut pdu = vec![0u8; len];
-                    read_exact_by(stream, &mut pdu, deadline).await?;
+                    read_exact_by(stream, &mut pdu, deadline)
+                        .await
+                        .map_err(|e| desync(&format!("reply cut short: {e}")))?;
                     if tid != transaction || from != unit {
                         *stray += 1;
                         continue;
@@ -234,6 +239,13 @@ impl Link {
             }
         }
     }
+}
+
+fn desync(why: &str) -> ExchangeError {
+    ExchangeError::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("Modbus TCP stream out of sync ({why}); reconnecting"),
+    ))
 }
 
 async fn read_exact_by<R: AsyncReadExt + Unpin>(
