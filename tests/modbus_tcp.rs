@@ -248,6 +248,13 @@ async fn every_type_and_order_decodes_and_reads_are_coalesced() {
         doc["devices"]["m1"]["latency_ms_p50"].as_f64().is_some(),
         "{doc}"
     );
+    // The same document under $SYS, written by the bus's broker-side identity.
+    let mut sys = v5(gateway.addr("local"), "sys").await;
+    sys.subscribe("$SYS/tollgate/modbus/plant/state", QoS::AtLeastOnce)
+        .await;
+    let state = json_of(&String::from_utf8_lossy(&sys.publish().await.payload));
+    assert_eq!(state["bus"], "plant", "{state}");
+    assert_eq!(state["connected"], json!(true), "{state}");
     gateway.stop().await;
 }
 
