@@ -7,7 +7,6 @@
 //! healthy devices keep their rate. The port or connection is reopened when it fails
 //! (a serial adapter unplugged and plugged back, a TCP peer restarted).
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,12 +18,11 @@ use super::codec::Value;
 use super::config::ModbusConfig;
 use super::frame::{FrameError, Request, Response};
 use super::health::BusHealth;
+use super::outputs::Outputs;
 use super::plan::{self, Limits, ReadRequest, Span};
 use super::points::{PointState, Quality};
 use super::transport::{Endpoint, ExchangeError, Link};
 use super::write::{WriteJob, WriteOutcome};
-use crate::broker::codec::QoS;
-use crate::broker::InternalClient;
 use crate::component::{Health, HealthReporter};
 
 /// A device at run time.
@@ -48,28 +46,6 @@ pub(super) struct Device {
 impl Device {
     fn due(&self) -> Instant {
         self.retry_at.unwrap_or(self.next_poll)
-    }
-}
-
-/// Where publishes go: the adapter's client, and the `$SYS` publisher.
-pub(super) struct Outputs {
-    pub data: InternalClient,
-    pub sys: Option<InternalClient>,
-    /// Topics whose publish the ACL refused (warned once each).
-    pub denied: HashSet<String>,
-}
-
-impl Outputs {
-    pub async fn publish(&mut self, topic: &str, payload: String, retain: bool) {
-        if let Err(e) = self
-            .data
-            .publish(topic, payload, QoS::AtMostOnce, retain)
-            .await
-        {
-            if self.denied.insert(topic.to_string()) {
-                warn!(%topic, reason = %e, "Modbus value not published (check the ACL grants of the adapter identity).");
-            }
-        }
     }
 }
 
@@ -466,19 +442,14 @@ impl Bus {
         let doc = self.health.to_json(&self.config.name);
         let topic = format!("{}/status", self.config.topic_prefix);
         self.out.publish(&topic, doc.clone(), true).await;
-        if let Some(sys) = &self.out.sys {
-            let topic = super::sys_topic(&self.config.name);
-            if let Err(e) = sys.publish(&topic, doc, QoS::AtMostOnce, true).await {
-                debug!(bus = %self.config.name, reason = %e, "Modbus $SYS state not published.");
-            }
-        }
+        self.out.sys(super::sys_topic(&self.config.name), doc).await;
     }
 
     /// Run one write job: refuse if expired, write once (a write is not retried: a
     /// timed-out write may have happened), read the point back, answer.
     async fn write(&mut self, job: WriteJob) {
         let outcome = self.execute(&job).await;
-        super::write::finish(&mut self.out, &job, &outcome).await;
+        self.out.answer(job.reply, outcome).await;
     }
 
     async fn execute(&mut self, job: &WriteJob) -> WriteOutcome {

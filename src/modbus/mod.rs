@@ -8,19 +8,19 @@
 //! Files by role: `config` (the `[[modbus]]` section and its checks), `codec` (types,
 //! orders, scale), `plan` (requests), `frame` (the wire format), `transport` (port or
 //! socket, one exchange), `bus` (the scheduler), `points` (what is published when),
-//! `health` (counters and the status document), `write` (guarded writes).
+//! `health` (counters and the status document), `outputs` (the publisher task), `write`
+//! (guarded writes).
 
 mod bus;
 pub mod codec;
 pub mod config;
 pub mod frame;
 mod health;
+mod outputs;
 pub mod plan;
 pub mod points;
 pub mod transport;
 pub mod write;
-
-use std::collections::HashSet;
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -119,7 +119,8 @@ impl Component for Modbus {
                 }
                 Err(reason) => warn!(bus = %config.name, %reason, "Modbus writes disabled: no in-process connection."),
             }
-            let out = bus::Outputs { data, sys, denied: HashSet::new() };
+            let (out, publisher) = outputs::Outputs::new(config.name.clone(), data, sys);
+            tracker.spawn(publisher);
             bus::Bus::new(config, ctx.health.clone(), out)
                 .run(rx, ctx.shutdown.clone())
                 .await;

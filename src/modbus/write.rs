@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::bus::Outputs;
 use super::codec::{self, Value, ValueType};
 use super::config::{ModbusConfig, PointConfig};
 use super::frame::Request;
@@ -72,11 +71,7 @@ pub enum WriteOutcome {
 }
 
 /// Publish the answer of a command and audit it.
-pub(super) async fn finish(out: &mut Outputs, job: &WriteJob, outcome: &WriteOutcome) {
-    answer(&out.data, &job.reply, outcome).await;
-}
-
-async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &WriteOutcome) {
+pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &WriteOutcome) {
     let (ok, value, error) = match outcome {
         WriteOutcome::Done(v) => (
             true,
