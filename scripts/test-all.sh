@@ -17,6 +17,8 @@ for pair in python3:python3 mosquitto:mosquitto mosquitto_pub:mosquitto-clients 
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_pkgs+=("$pkg")
 done
+# The Modbus tests' device simulator (pymodbus) lives in a venv under target/: venv and pip.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 [ -d /usr/aarch64-linux-gnu/lib ] || need_pkgs+=(libc6-dev-arm64-cross)
 [ -d /usr/arm-linux-gnueabihf/lib ] || need_pkgs+=(libc6-dev-armhf-cross)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -27,6 +29,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 # mosquitto's Debian package may start a system broker on 1883; tests never use fixed ports.
 export PATH="$PATH:/usr/sbin"
+
+# pymodbus 3.x (with pyserial for RTU) from PyPI into target/modbus-venv, which
+# tests/support/modbus.rs uses (TOLLGATE_MODBUS_PYTHON overrides it). No system pip changes.
+modbus_python=target/modbus-venv/bin/python
+if ! "$modbus_python" -c 'from pymodbus.simulator import SimDevice; import serial' >/dev/null 2>&1; then
+  echo "== installing pymodbus into target/modbus-venv"
+  rm -rf target/modbus-venv
+  python3 -m venv target/modbus-venv
+  "$modbus_python" -m pip install --quiet --disable-pip-version-check 'pymodbus[serial]>=3.10,<4'
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -277,6 +277,7 @@ pub fn builtin_components(config: &Config, dev_pki: Option<&DevPki>) -> Vec<Box<
         &config.bridges,
         &config.broker.data_dir,
     ));
+    components.extend(crate::modbus::Modbus::all(&config.modbus));
     components
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod fsutil;
 pub mod journal;
+pub mod modbus;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;

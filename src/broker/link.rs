@@ -203,6 +203,9 @@ pub(crate) struct Message {
     pub expires_at: Option<Instant>,
     /// Publishing session, for No Local.
     pub publisher: Option<SessionKey>,
+    /// Who published it (sessions' PUBLISHes only; `None` for wills, retained replays
+    /// and `$SYS`): in-process receivers audit commands with it (adapters' writes).
+    pub origin: Option<Arc<Identity>>,
 }
 
 impl Message {
@@ -241,6 +244,7 @@ impl Message {
             properties,
             expires_at: self.expires_at,
             publisher: self.publisher,
+            origin: self.origin.clone(),
         }
     }
 }
@@ -449,6 +453,7 @@ mod tests {
             properties: None,
             expires_at: None,
             publisher: None,
+            origin: None,
         };
         let owned = message.compacted();
         assert_eq!(owned.payload, message.payload);

@@ -305,6 +305,7 @@ impl RetainedLog {
                                 Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
                             }),
                             publisher: None,
+                            origin: None,
                         };
                         if let Some((old, _)) =
                             messages.insert(topic.clone(), (record.seq, message))
@@ -468,6 +469,7 @@ mod tests {
             properties: None,
             expires_at: expires_in.map(|d| Instant::now() + d),
             publisher: None,
+            origin: None,
         }
     }
 

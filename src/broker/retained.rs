@@ -209,6 +209,7 @@ mod tests {
             properties: None,
             expires_at: None,
             publisher: None,
+            origin: None,
         })
     }
 

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "shutdown",
     "log",
     "bridge",
+    "modbus",
 ];
 
 /// Where a configuration comes from.
@@ -163,6 +164,10 @@ pub fn load_with_env(
         .into_iter()
         .map(|(_, bridge)| bridge)
         .collect();
+    let modbus = array_section::<crate::modbus::ModbusConfig>(&table, "modbus", &mut report)
+        .into_iter()
+        .map(|(_, bus)| bus)
+        .collect();
 
     let mut config = Config {
         broker,
@@ -172,6 +177,7 @@ pub fn load_with_env(
         shutdown,
         log,
         bridges,
+        modbus,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

@@ -39,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[bridge]]`: upstream brokers, in file order (`crate::bridge` owns the type).
     pub bridges: Vec<crate::bridge::BridgeConfig>,
+    /// `[[modbus]]`: Modbus buses, in file order (`crate::modbus` owns the type).
+    pub modbus: Vec<crate::modbus::ModbusConfig>,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

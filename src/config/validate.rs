@@ -132,6 +132,9 @@ pub(super) fn validate(
             Duration::from_secs(60),
         );
     }
+    for p in crate::modbus::config::validate(&config.modbus) {
+        r.error(p.key, p.message);
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,

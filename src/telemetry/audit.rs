@@ -42,9 +42,14 @@ pub enum Kind {
     ConfigReloaded,
     /// A configuration reload was refused; the running configuration stays.
     ConfigReloadRefused,
+    /// A write to a field device (Modbus `.../set`) was executed, with its outcome.
+    FieldWrite,
+    /// A write to a field device was refused before reaching it (not writable, out of
+    /// bounds, rate limit, expired, malformed).
+    FieldWriteRefused,
 }
 
-const KINDS: usize = 13;
+const KINDS: usize = 15;
 
 static COUNTS: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
@@ -82,6 +87,8 @@ impl Kind {
         Kind::CertificateNoIdentity,
         Kind::ConfigReloaded,
         Kind::ConfigReloadRefused,
+        Kind::FieldWrite,
+        Kind::FieldWriteRefused,
     ];
 
     /// The `event` field of its line.
@@ -169,6 +176,18 @@ impl Kind {
                 Level::Warn,
                 Limit::None,
                 "Configuration reload refused; the running configuration stays in force.",
+            ),
+            Kind::FieldWrite => (
+                "field_write",
+                Level::Info,
+                Limit::None,
+                "Field device write executed.",
+            ),
+            Kind::FieldWriteRefused => (
+                "field_write_refused",
+                Level::Warn,
+                Limit::Event(L::AclDenied),
+                "Field device write refused.",
             ),
         }
     }

@@ -29,6 +29,7 @@ pub mod dial;
 pub mod fixtures;
 pub mod gateway;
 pub mod logs;
+pub mod modbus;
 pub mod net;
 pub mod peers;
 pub mod pki;

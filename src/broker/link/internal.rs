@@ -79,6 +79,8 @@ pub struct Delivery {
     pub dup: bool,
     /// v5 properties (user properties, content type, response topic, ...).
     pub properties: Option<v5::PublishProperties>,
+    /// Who published it, when a session did (not for wills, retained replays, `$SYS`).
+    pub publisher: Option<Arc<Identity>>,
     ack: Option<DeliveryAck>,
 }
 
@@ -351,6 +353,7 @@ impl InternalClient {
                 self.rx.backlog().taken(std::slice::from_ref(&item));
                 match item {
                     Outgoing::Publish(p) => {
+                        let publisher = p.msg.origin.clone();
                         let p = p.to_publish(true);
                         let ack = (p.qos != QoS::AtMostOnce).then(|| DeliveryAck {
                             router_tx: self.shared.router_tx.clone(),
@@ -364,6 +367,7 @@ impl InternalClient {
                             retain: p.retain,
                             dup: p.dup,
                             properties: p.properties,
+                            publisher,
                             ack,
                         });
                     }

@@ -399,6 +399,7 @@ fn will_spec(
             properties,
             expires_at: None,
             publisher: None,
+            origin: None,
         },
         delay,
     })

@@ -132,6 +132,7 @@ impl Router {
                 return;
             }
         }
+        let origin = self.sessions.get(&key).map(|s| s.identity.clone());
         let message = Arc::new(Message {
             topic: publish.topic,
             payload: publish.payload,
@@ -140,6 +141,7 @@ impl Router {
             properties: publish.properties,
             expires_at,
             publisher: Some(key),
+            origin,
         });
         let target = match (qos, reply) {
             (QoS::AtMostOnce, Some(reply)) => {

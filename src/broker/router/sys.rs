@@ -145,6 +145,7 @@ impl Router {
                     properties: None,
                     expires_at: None,
                     publisher: None,
+                    origin: None,
                 }),
                 None,
             );

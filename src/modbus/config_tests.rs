@@ -1,0 +1,237 @@
+use super::*;
+
+fn bus(text: &str) -> ModbusConfig {
+    toml::from_str(text).expect("test config parses")
+}
+
+const GOOD: &str = r#"
+name = "plant"
+transport = "rtu"
+port = "/dev/ttyUSB0"
+topic_prefix = "plant"
+[[device]]
+name = "meter1"
+unit = 1
+poll = "1s"
+[[device.point]]
+name = "voltage"
+kind = "input"
+address = 0
+type = "f32"
+order = "CDAB"
+scale = 0.1
+unit_label = "V"
+deadband = 0.5
+[[device.point]]
+name = "setpoint"
+kind = "holding"
+address = 100
+type = "i16"
+writable = true
+min = 0
+max = 500
+[[device.point]]
+name = "alarm"
+kind = "holding"
+address = 101
+type = "bit(0)"
+[[device.point]]
+name = "fault"
+kind = "holding"
+address = 101
+type = "bit(1)"
+[[device.point]]
+name = "pump"
+kind = "coil"
+address = 0
+type = "bool"
+writable = true
+"#;
+
+fn keys(findings: &[Finding]) -> Vec<&str> {
+    findings.iter().map(|f| f.key.as_str()).collect()
+}
+
+#[test]
+fn a_good_bus_has_no_problems() {
+    let findings = validate(&[bus(GOOD)]);
+    assert_eq!(findings, vec![]);
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_path() {
+    let text = r#"
+name = "plant"
+transport = "rtu"
+address = "127.0.0.1:502"
+topic_prefix = "plant/+"
+baud = 10
+[[device]]
+name = "meter1"
+unit = 0
+poll = "1s"
+[[device.point]]
+name = "a"
+kind = "input"
+address = 0
+type = "f32"
+[[device.point]]
+name = "b"
+kind = "input"
+address = 1
+type = "u16"
+[[device.point]]
+name = "c"
+kind = "input"
+address = 70000
+[[device.point]]
+name = "d"
+kind = "input"
+address = 10
+writable = true
+[[device.point]]
+name = "e"
+kind = "holding"
+address = 20
+type = "float"
+[[device.point]]
+name = "f"
+kind = "holding"
+address = 30
+type = "string(300)"
+[[device.point]]
+name = "g"
+kind = "holding"
+address = 40
+type = "bit(16)"
+[[device.point]]
+name = "h"
+kind = "holding"
+address = 50
+type = "u16"
+order = "CDAB"
+[[device.point]]
+name = "a"
+kind = "holding"
+address = 60
+[[device.point]]
+name = "i"
+kind = "coil"
+address = 0
+type = "u16"
+[[device.point]]
+name = "j"
+kind = "holding"
+address = 65535
+type = "u32"
+[[device.point]]
+name = "k"
+kind = "holding"
+address = 70
+type = "string(4)"
+order = "CDAB"
+[[device.point]]
+name = "l"
+kind = "holding"
+address = 80
+min = 1
+[[device.point]]
+name = "status"
+kind = "holding"
+address = 90
+"#;
+    let findings = validate(&[bus(text)]);
+    let p = "modbus[0].device[0]";
+    let expected = vec![
+        "modbus[0].port".to_string(),
+        "modbus[0].address".into(),
+        "modbus[0].baud".into(),
+        "modbus[0].topic_prefix".into(),
+        format!("{p}.unit"),
+        format!("{p}.point[1].address"),
+        format!("{p}.point[2].address"),
+        format!("{p}.point[3].writable"),
+        format!("{p}.point[4].type"),
+        format!("{p}.point[5].type"),
+        format!("{p}.point[6].type"),
+        format!("{p}.point[7].order"),
+        format!("{p}.point[8].name"),
+        format!("{p}.point[9].type"),
+        format!("{p}.point[10].address"),
+        format!("{p}.point[11].order"),
+        format!("{p}.point[12].min"),
+        format!("{p}.point[13].name"),
+    ];
+    assert_eq!(keys(&findings), expected, "{findings:#?}");
+    let text_of = |key: &str| {
+        findings
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(text_of(&format!("{p}.point[1].address")).contains("overlaps point[0]"));
+    assert!(text_of(&format!("{p}.point[3].writable")).contains("read-only"));
+    assert!(text_of(&format!("{p}.point[4].type")).contains("is not a type"));
+    assert!(text_of(&format!("{p}.point[5].type")).contains("1 to 250"));
+    assert!(text_of(&format!("{p}.point[6].type")).contains("0 (least significant) to 15"));
+    assert!(text_of(&format!("{p}.point[7].order")).contains("multi-register"));
+    assert!(text_of(&format!("{p}.point[8].name")).contains("already the name of point[0]"));
+    assert!(text_of(&format!("{p}.point[10].address")).contains("runs past 65535"));
+}
+
+#[test]
+fn duplicate_buses_devices_and_units_are_refused() {
+    let mut second = bus(GOOD);
+    second.device.push(second.device[0].clone());
+    let findings = validate(&[bus(GOOD), second]);
+    assert_eq!(
+        keys(&findings),
+        vec![
+            "modbus[1].name",
+            "modbus[1].device[1].name",
+            "modbus[1].device[1].unit"
+        ]
+    );
+}
+
+#[test]
+fn tcp_buses_need_an_address_and_allow_unit_zero() {
+    let text = r#"
+name = "line"
+transport = "tcp"
+topic_prefix = "line"
+[[device]]
+name = "plc"
+unit = 0
+poll = "5ms"
+[[device.point]]
+name = "x"
+kind = "discrete"
+address = 3
+type = "bool"
+writable = true
+"#;
+    let findings = validate(&[bus(text)]);
+    assert_eq!(
+        keys(&findings),
+        vec![
+            "modbus[0].address",
+            "modbus[0].device[0].poll",
+            "modbus[0].device[0].point[0].writable"
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_and_kinds_are_refused_by_the_loader() {
+    let bad_key = toml::from_str::<ModbusConfig>(
+        &GOOD
+            .replace("baud", "baudrate")
+            .replace("port =", "porte ="),
+    );
+    assert!(bad_key.is_err());
+    let bad_kind = toml::from_str::<ModbusConfig>(&GOOD.replace("\"input\"", "\"register\""));
+    let e = bad_kind.expect_err("unknown kind").to_string();
+    assert!(e.contains("register"), "{e}");
+}

@@ -1,0 +1,403 @@
+//! Guarded writes: commands on `<prefix>/<device>/<point>/set` (the ACL decides who may
+//! publish there and whether the adapter may subscribe) become Modbus writes only for
+//! points configured `writable`, within `min`/`max`, at most once per `write_interval`,
+//! and not after their message expiry. The answer (`ok` with the value read back, or
+//! the refusal or Modbus error) goes to `<...>/set/result` and to the MQTT 5 response
+//! topic with the correlation data; every write and refusal is audited with the
+//! writer's identity. Retained commands are never executed (a replay is not a command).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::codec::{self, Value, ValueType};
+use super::config::{ModbusConfig, PointConfig};
+use super::frame::Request;
+use crate::auth::Identity;
+use crate::broker::codec::{v5, QoS};
+use crate::broker::{Delivery, InternalClient};
+use crate::telemetry::audit::{Event, Kind};
+
+/// Largest command payload read.
+const MAX_COMMAND: usize = 256;
+
+/// Where a command's answer goes and who asked.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    /// `<prefix>/<device>/<point>/set`.
+    pub topic: String,
+    /// `<...>/set/result`.
+    pub result_topic: String,
+    /// MQTT 5 response topic.
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data.
+    pub correlation: Option<Bytes>,
+    /// The publisher of the command.
+    pub writer: Option<Arc<Identity>>,
+    /// The value asked for, as text (audit).
+    pub asked: String,
+}
+
+/// An accepted command on its way to the bus.
+#[derive(Debug)]
+pub struct WriteJob {
+    /// Device index.
+    pub device: usize,
+    /// Point index.
+    pub point: usize,
+    /// The write request.
+    pub request: Request,
+    /// Not executed after this instant (message expiry).
+    pub deadline: Option<Instant>,
+    /// Answer.
+    pub reply: ReplyTo,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Written and read back.
+    Done(Option<Value>),
+    /// Refused before reaching the device.
+    Refused(String),
+    /// The device did not take it (exception, timeout, bus down).
+    Failed(String),
+}
+
+/// Publish the answer of a command and audit it.
+pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &WriteOutcome) {
+    let (ok, value, error) = match outcome {
+        WriteOutcome::Done(v) => (
+            true,
+            v.as_ref().map_or(serde_json::Value::Null, Value::to_json),
+            None,
+        ),
+        WriteOutcome::Refused(e) | WriteOutcome::Failed(e) => {
+            (false, serde_json::Value::Null, Some(e.as_str()))
+        }
+    };
+    let mut doc = serde_json::json!({ "ok": ok, "value": value });
+    if let Some(e) = error {
+        doc["error"] = e.into();
+    }
+    let payload = doc.to_string();
+    let writer = reply.writer.as_deref();
+    let (kind, outcome_word) = match outcome {
+        WriteOutcome::Refused(_) => (Kind::FieldWriteRefused, "refused"),
+        WriteOutcome::Done(_) => (Kind::FieldWrite, "success"),
+        WriteOutcome::Failed(_) => (Kind::FieldWrite, "failure"),
+    };
+    let reason = match outcome {
+        WriteOutcome::Done(v) => format!(
+            "value {} written, read back {}",
+            reply.asked,
+            v.as_ref()
+                .map_or("nothing".into(), |v| v.to_json().to_string())
+        ),
+        WriteOutcome::Refused(e) | WriteOutcome::Failed(e) => format!("value {}: {e}", reply.asked),
+    };
+    let mut event = Event::new(kind)
+        .topic(&reply.topic)
+        .outcome(outcome_word)
+        .reason(&reason);
+    event = match writer {
+        Some(id) => event.identity(id),
+        None => event.client_id("<unknown publisher>"),
+    };
+    event.emit();
+    if let Err(e) = client
+        .publish(&reply.result_topic, payload.clone(), QoS::AtMostOnce, false)
+        .await
+    {
+        warn!(topic = %reply.result_topic, reason = %e, "Modbus write result not published.");
+    }
+    if let Some(response) = &reply.response_topic {
+        let properties = v5::PublishProperties {
+            correlation_data: reply.correlation.clone(),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        if let Err(e) = client
+            .publish_with(response, payload, QoS::AtMostOnce, false, Some(properties))
+            .await
+        {
+            warn!(topic = %response, reason = %e, "Modbus write response not published.");
+        }
+    }
+}
+
+/// The writable points by topic, and their last accepted write.
+struct Targets {
+    by_topic: HashMap<String, (usize, usize)>,
+    points: Vec<Vec<PointConfig>>,
+    last: HashMap<(usize, usize), Instant>,
+}
+
+impl Targets {
+    fn new(config: &ModbusConfig) -> Self {
+        let mut by_topic = HashMap::new();
+        for (d, device) in config.device.iter().enumerate() {
+            for (p, point) in device.point.iter().enumerate() {
+                by_topic.insert(
+                    format!("{}/{}/{}/set", config.topic_prefix, device.name, point.name),
+                    (d, p),
+                );
+            }
+        }
+        Targets {
+            by_topic,
+            points: config.device.iter().map(|d| d.point.clone()).collect(),
+            last: HashMap::new(),
+        }
+    }
+
+    /// The write request for a command, or why it is refused.
+    fn check(
+        &mut self,
+        d: usize,
+        p: usize,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Request, String> {
+        let point = &self.points[d][p];
+        if !point.writable {
+            return Err(format!("point {:?} is not writable", point.name));
+        }
+        let value_type = point.parsed_type();
+        let asked = parse_command(payload, value_type)?;
+        let request = match (value_type, asked) {
+            (ValueType::Bool, Command::Bool(b)) => Request::WriteCoil {
+                address: point.address as u16,
+                value: b,
+            },
+            (ValueType::Bool, Command::Number(_)) => {
+                return Err("a coil takes true or false".into())
+            }
+            (_, Command::Bool(_)) => return Err(format!("a {value_type} point takes a number")),
+            (_, Command::Number(v)) => {
+                if let Some(min) = point.min.filter(|min| v < *min) {
+                    return Err(format!("out of bounds: {v} is below min {min}"));
+                }
+                if let Some(max) = point.max.filter(|max| v > *max) {
+                    return Err(format!("out of bounds: {v} is above max {max}"));
+                }
+                let regs = codec::encode(
+                    value_type,
+                    point.parsed_order(),
+                    point.scale,
+                    point.offset,
+                    v,
+                )
+                .map_err(|e| e.0)?;
+                if regs.len() == 1 {
+                    Request::WriteRegister {
+                        address: point.address as u16,
+                        value: regs[0],
+                    }
+                } else {
+                    Request::WriteRegisters {
+                        address: point.address as u16,
+                        values: regs,
+                    }
+                }
+            }
+        };
+        if let Some(last) = self.last.get(&(d, p)) {
+            let next = *last + point.write_interval;
+            if now < next {
+                return Err(format!(
+                    "rate limited: one write per {:?}; next in {} ms",
+                    point.write_interval,
+                    (next - now).as_millis()
+                ));
+            }
+        }
+        self.last.insert((d, p), now);
+        Ok(request)
+    }
+}
+
+enum Command {
+    Bool(bool),
+    Number(f64),
+}
+
+/// `42`, `-1.5`, `true`, `"on"`, `{"value": 42}`: JSON or plain text.
+fn parse_command(payload: &[u8], t: ValueType) -> Result<Command, String> {
+    if payload.len() > MAX_COMMAND {
+        return Err(format!(
+            "command of {} bytes: at most {MAX_COMMAND}",
+            payload.len()
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "command is not UTF-8".to_string())?
+        .trim();
+    let json = serde_json::from_str::<serde_json::Value>(text).ok();
+    let value = match json {
+        Some(serde_json::Value::Object(mut m)) => {
+            m.remove("value").ok_or("JSON command without \"value\"")?
+        }
+        Some(v) => v,
+        None => serde_json::Value::String(text.to_string()),
+    };
+    match value {
+        serde_json::Value::Bool(b) => Ok(Command::Bool(b)),
+        serde_json::Value::Number(n) if t == ValueType::Bool => match n.as_f64() {
+            Some(0.0) => Ok(Command::Bool(false)),
+            Some(1.0) => Ok(Command::Bool(true)),
+            _ => Err(format!(
+                "{n} is not a coil value: use true/false, 1/0, on/off"
+            )),
+        },
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .map(Command::Number)
+            .ok_or_else(|| format!("{n} is not a number")),
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "on" => Ok(Command::Bool(true)),
+            "false" | "off" => Ok(Command::Bool(false)),
+            other => other.parse::<f64>().map(Command::Number).map_err(|_| {
+                format!(
+                    "{:?} is not a value: send a number, true/false, or {{\"value\": ..}}",
+                    crate::telemetry::limit::LogStr(other).to_string()
+                )
+            }),
+        },
+        other => Err(format!("{other} is not a value")),
+    }
+}
+
+/// Receive commands until `shutdown`: check each, hand accepted ones to the bus,
+/// answer refusals here.
+pub(super) async fn receive(
+    mut client: InternalClient,
+    config: ModbusConfig,
+    bus: mpsc::Sender<WriteJob>,
+    shutdown: CancellationToken,
+) {
+    let filter = format!("{}/+/+/set", config.topic_prefix);
+    match client.subscribe(&filter, QoS::AtLeastOnce).await {
+        Ok(v5::SubscribeReasonCode::Success(_)) => {
+            info!(bus = %config.name, %filter, "Modbus writes accepted on this filter.");
+        }
+        Ok(code) => {
+            info!(bus = %config.name, %filter, ?code, "Modbus writes disabled: the ACL does not let the adapter subscribe to its set topics.");
+            return;
+        }
+        Err(e) => {
+            warn!(bus = %config.name, reason = %e, "Modbus writes disabled: subscription failed.");
+            return;
+        }
+    }
+    let mut targets = Targets::new(&config);
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            d = client.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        let now = Instant::now();
+        let (job, delivery) = admit(&mut targets, delivery, now);
+        match job {
+            Ok(job) => {
+                let reply = job.reply.clone();
+                if let Err(e) = bus.try_send(job) {
+                    let why = match e {
+                        mpsc::error::TrySendError::Full(_) => {
+                            "busy: too many writes queued for this bus"
+                        }
+                        mpsc::error::TrySendError::Closed(_) => "the bus is stopping",
+                    };
+                    answer(&client, &reply, &WriteOutcome::Refused(why.into())).await;
+                }
+            }
+            Err((reply, why)) => answer(&client, &reply, &WriteOutcome::Refused(why)).await,
+        }
+        let _ = delivery.ack().await;
+    }
+    client.disconnect().await;
+}
+
+/// The job for one delivery, or its reply address and the refusal.
+fn admit(
+    targets: &mut Targets,
+    mut delivery: Delivery,
+    now: Instant,
+) -> (Result<WriteJob, (ReplyTo, String)>, Delivery) {
+    let props = delivery.properties.take();
+    let deadline = props
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .map(|s| now + Duration::from_secs(u64::from(s)));
+    let reply = ReplyTo {
+        topic: delivery.topic.clone(),
+        result_topic: format!("{}/result", delivery.topic),
+        response_topic: props.as_ref().and_then(|p| p.response_topic.clone()),
+        correlation: props.as_ref().and_then(|p| p.correlation_data.clone()),
+        writer: delivery.publisher.clone(),
+        asked: crate::telemetry::limit::LogStr(&String::from_utf8_lossy(
+            &delivery.payload[..delivery.payload.len().min(64)],
+        ))
+        .to_string(),
+    };
+    if delivery.retain {
+        return (
+            Err((
+                reply,
+                "retained command not executed: publish commands without the retain flag".into(),
+            )),
+            delivery,
+        );
+    }
+    let Some(&(d, p)) = targets.by_topic.get(&delivery.topic) else {
+        return (Err((reply, "no such point on this bus".into())), delivery);
+    };
+    let result = match targets.check(d, p, &delivery.payload, now) {
+        Ok(request) => Ok(WriteJob {
+            device: d,
+            point: p,
+            request,
+            deadline,
+            reply,
+        }),
+        Err(why) => Err((reply, why)),
+    };
+    (result, delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_as_json_or_plain_text() {
+        let num = |s: &str| match parse_command(s.as_bytes(), ValueType::I16) {
+            Ok(Command::Number(v)) => Some(v),
+            _ => None,
+        };
+        assert_eq!(num("42"), Some(42.0));
+        assert_eq!(num(" -1.5 "), Some(-1.5));
+        assert_eq!(num(r#"{"value": 7}"#), Some(7.0));
+        assert_eq!(num(r#""12""#), Some(12.0));
+        assert_eq!(num("abc"), None);
+        assert_eq!(num(r#"{"v": 7}"#), None);
+        let coil = |s: &str| match parse_command(s.as_bytes(), ValueType::Bool) {
+            Ok(Command::Bool(b)) => Some(b),
+            _ => None,
+        };
+        assert_eq!(coil("true"), Some(true));
+        assert_eq!(coil("off"), Some(false));
+        assert_eq!(coil("1"), Some(true));
+        assert_eq!(coil("2"), None);
+        assert!(parse_command(&[b'1'; 300], ValueType::U16).is_err());
+    }
+}

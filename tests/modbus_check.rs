@@ -1,0 +1,66 @@
+//! `tollgate check` on `[[modbus]]` sections: every problem of every bus, device and
+//! point is printed with its key path (including serde's own, such as an unknown kind),
+//! and a valid bus passes.
+
+mod support;
+
+use support::gateway::tollgate;
+
+#[test]
+fn check_lists_every_modbus_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        concat!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n",
+            "[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\ntopic_prefix = \"plant\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"a\"\nkind = \"input\"\naddress = 0\ntype = \"f32\"\n",
+            "[[modbus.device.point]]\nname = \"b\"\nkind = \"input\"\naddress = 1\nwritable = true\n",
+            "[[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 5\ntype = \"float\"\n",
+            "[[modbus]]\nname = \"line\"\ntransport = \"rtu\"\ntopic_prefix = \"line\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"x\"\nkind = \"register\"\naddress = 0\n",
+        ),
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = tollgate(&["check", "-c", path], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        format!("{path}: modbus[0].device[0].point[1].address: input 1..1 overlaps point[0]"),
+        format!("{path}: modbus[0].device[0].point[1].writable: input points are read-only"),
+        format!("{path}: modbus[0].device[0].point[2].type: \"float\" is not a type"),
+        format!("{path}: modbus[1].device[0].point[0].kind"),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_modbus_bus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("good.toml");
+    std::fs::write(
+        &file,
+        concat!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n",
+            "[[modbus]]\nname = \"plant\"\ntransport = \"rtu\"\nport = \"/dev/ttyUSB0\"\ntopic_prefix = \"plant\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"v\"\nkind = \"input\"\naddress = 0\ntype = \"f32\"\norder = \"CDAB\"\n",
+        ),
+    )
+    .expect("write");
+    let out = tollgate(&["check", "-c", file.to_str().expect("utf-8")], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,189 @@
+//! Modbus peers: the pymodbus 3.x device simulator (`tests/peers/modbus_sim.py`) over
+//! TCP or RTU, and socat pty pairs standing in for an RS-485 adapter. The simulator
+//! logs every request it receives (to count requests on the wire) and is steered
+//! through files (`mute` units, `corrupt` replies). Python is the venv that
+//! scripts/test-all.sh makes under target/ (or `TOLLGATE_MODBUS_PYTHON`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::net::free_port;
+use super::peers::{require_peer, skip_unless_required, LineChild};
+use super::wait::WAIT;
+
+/// The Python that has pymodbus ≥ 3.10 (SimDevice), or `None` (after the skip notice).
+pub fn require_pymodbus() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/modbus-venv/bin/python");
+    let python = std::env::var_os("TOLLGATE_MODBUS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or(if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        });
+    let ok = Command::new(&python)
+        .args([
+            "-c",
+            "from pymodbus.simulator import SimDevice, SimData; import serial",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Some(python)
+    } else {
+        skip_unless_required(&format!(
+            "pymodbus >= 3.10 with pyserial is not importable by {} (scripts/test-all.sh installs it)",
+            python.display()
+        ));
+        None
+    }
+}
+
+/// One request the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimRequest {
+    pub unit: u8,
+    pub function: u8,
+    pub address: u16,
+    pub count: u16,
+}
+
+/// A running simulator; killed when dropped.
+pub struct Sim {
+    _child: LineChild,
+    pub log: PathBuf,
+    pub control: PathBuf,
+    /// TCP port (tcp mode).
+    pub port: u16,
+}
+
+impl Sim {
+    fn start(
+        python: &Path,
+        dir: &Path,
+        name: &str,
+        spec: &serde_json::Value,
+        mode: &str,
+        target: &str,
+    ) -> Sim {
+        let spec_path = dir.join(format!("{name}-spec.json"));
+        std::fs::write(&spec_path, spec.to_string()).expect("write spec");
+        let log = dir.join(format!("{name}-requests.log"));
+        let control = dir.join(format!("{name}-control"));
+        std::fs::create_dir_all(&control).expect("control dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/modbus_sim.py");
+        let child = LineChild::spawn(
+            Command::new(python)
+                .arg(script)
+                .arg(&spec_path)
+                .arg(mode)
+                .arg(target)
+                .arg(&log)
+                .arg(&control)
+                .stderr(Stdio::null()),
+        );
+        child.wait_for_line("ready", WAIT, "the Modbus simulator reports ready");
+        Sim {
+            _child: child,
+            log,
+            control,
+            port: target.parse().unwrap_or(0),
+        }
+    }
+
+    /// A Modbus TCP simulator on a free loopback port.
+    pub fn tcp(python: &Path, dir: &Path, spec: &serde_json::Value) -> Sim {
+        let port = free_port();
+        Sim::start(python, dir, "tcp", spec, "tcp", &port.to_string())
+    }
+
+    /// A Modbus RTU simulator on serial device `pty` (19200 8N1: a pty refuses parity).
+    pub fn rtu(python: &Path, dir: &Path, name: &str, spec: &serde_json::Value, pty: &Path) -> Sim {
+        Sim::start(python, dir, name, spec, "rtu", &pty.display().to_string())
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<SimRequest> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| SimRequest {
+                unit: v["unit"].as_u64().unwrap_or(0) as u8,
+                function: v["fc"].as_u64().unwrap_or(0) as u8,
+                address: v["address"].as_u64().unwrap_or(0) as u16,
+                count: v["count"].as_u64().unwrap_or(0) as u16,
+            })
+            .collect()
+    }
+
+    /// Units that stop answering (empty: all answer).
+    pub fn mute(&self, units: &[u8]) {
+        let text: Vec<String> = units.iter().map(u8::to_string).collect();
+        std::fs::write(self.control.join("mute"), text.join("\n")).expect("write mute");
+    }
+
+    /// Send the next `n` replies `ms` milliseconds late.
+    pub fn delay(&self, ms: u64, n: u32) {
+        std::fs::write(self.control.join("delay"), format!("{ms} {n}")).expect("write delay");
+    }
+
+    /// Damage the last byte of the next `n` replies.
+    pub fn corrupt(&self, n: u32) {
+        std::fs::write(self.control.join("corrupt"), n.to_string()).expect("write corrupt");
+    }
+}
+
+/// A socat pty pair: `device` for the gateway, `line` for the simulator; killed when dropped
+/// (the link paths disappear like an unplugged USB adapter's).
+pub struct PtyPair {
+    child: std::process::Child,
+    pub device: PathBuf,
+    pub line: PathBuf,
+}
+
+impl PtyPair {
+    /// `None` when socat is missing (after the skip notice).
+    pub fn start(dir: &Path, name: &str) -> Option<PtyPair> {
+        if !require_peer("socat") {
+            return None;
+        }
+        let device = dir.join(format!("{name}-dev"));
+        let line = dir.join(format!("{name}-line"));
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+            .arg(format!("pty,raw,echo=0,link={}", line.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat runs");
+        let deadline = std::time::Instant::now() + WAIT;
+        while !(device.exists() && line.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socat made no pty pair"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(PtyPair {
+            child,
+            device,
+            line,
+        })
+    }
+
+    /// Unplug: end socat (only this child, by its id).
+    pub fn unplug(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
