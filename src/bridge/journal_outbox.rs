@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::config::Overflow;
 use super::outbox::{
-    MessageProperties, Outbox, OutboxCounters, OutboxError, OutboxRecord, Seq, StoredRecord,
+    MessageProperties, Outbox, OutboxCounters, OutboxError, OutboxRecord, Seq, Stored, StoredRecord,
 };
 use crate::broker::codec::QoS;
 use crate::component::BoxFuture;
@@ -305,7 +305,7 @@ impl JournalOutbox {
 }
 
 impl Outbox for JournalOutbox {
-    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>> {
+    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             let bytes = encode(&record);
@@ -323,9 +323,11 @@ impl Outbox for JournalOutbox {
                         if counted && inner.full.swap(false, Ordering::Relaxed) {
                             info!(bridge = %inner.name, "Bridge journal has room again; held local acknowledgements are being released.");
                         }
-                        return durable
-                            .await
-                            .map_err(|e| OutboxError::Storage(e.to_string()));
+                        return Ok(Box::pin(async move {
+                            durable
+                                .await
+                                .map_err(|e| OutboxError::Storage(e.to_string()))
+                        }) as Stored);
                     }
                     Err(JournalError::Full { .. }) => {}
                     Err(JournalError::TooLarge { .. }) => return Err(OutboxError::TooLarge(cost)),

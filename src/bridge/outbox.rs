@@ -123,12 +123,24 @@ pub struct OutboxCounters {
     pub blocked: u64,
 }
 
+/// What resolves once an accepted record is stored durably (see [`Outbox::enqueue`]).
+pub type Stored = BoxFuture<Result<Seq, OutboxError>>;
+
 /// The store-and-forward seam of a bridge.
 pub trait Outbox: Send + Sync + 'static {
-    /// Store `record`; resolves to its sequence number once stored (durably, for an
-    /// on-disk implementation). With `block-publishers` a full outbox resolves only
-    /// when room is made by `ack`; the caller stops waiting by dropping the future.
-    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>>;
+    /// Store `record`, in two steps: resolves once the outbox has accepted it (its place
+    /// in the order fixed) to what resolves to its sequence number once it is stored
+    /// (durably, for an on-disk implementation). With `block-publishers` a full outbox
+    /// accepts only when room is made by `ack`; the caller stops waiting by dropping
+    /// the future. Accepting the next record while earlier ones are still being
+    /// written is how many records share one fsync (group commit).
+    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>>;
+
+    /// [`Outbox::enqueue`] and wait until stored.
+    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>> {
+        let accepted = self.enqueue(record);
+        Box::pin(async move { accepted.await?.await })
+    }
 
     /// The cloud acknowledged record `seq`: forget it (unknown numbers are ignored).
     fn ack(&self, seq: Seq);
@@ -222,7 +234,7 @@ impl Inner {
 }
 
 impl Outbox for MemoryOutbox {
-    fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>> {
+    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut counted = false;
@@ -231,7 +243,8 @@ impl Outbox for MemoryOutbox {
                 tokio::pin!(room);
                 room.as_mut().enable();
                 if let Some(result) = inner.try_append(&record) {
-                    return result;
+                    // In memory: stored as soon as accepted.
+                    return result.map(|seq| -> Stored { Box::pin(std::future::ready(Ok(seq))) });
                 }
                 if !counted {
                     counted = true;

@@ -47,6 +47,8 @@ use crate::component::{BoxFuture, Connector};
 const QOS0_QUEUE: usize = 1000;
 /// Messages from the cloud waiting for the intake at most.
 const INGRESS_QUEUE: u64 = 10_000;
+/// Deliveries being written to the outbox at once (their fsyncs shared).
+pub(super) const INTAKE_WINDOW: usize = 512;
 /// Pause before storing a message again after a storage error (a full disk).
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the cloud to acknowledge what is in flight.
@@ -76,6 +78,12 @@ pub(super) struct Shared {
     /// The last record recovered from the journal at start: records up to it may have
     /// been sent before the restart (resent with DUP=1).
     pub recovered_up_to: Option<Seq>,
+    /// Permits for deliveries being written ([`INTAKE_WINDOW`]).
+    pub window: Arc<tokio::sync::Semaphore>,
+    /// Deliveries whose storage failed and is being retried (intake pauses).
+    pub stalled: AtomicU64,
+    /// Where the writes in flight run (the component's tracker: drained at shutdown).
+    pub tracker: TaskTracker,
 }
 
 /// Attach the intake client and subscribe the out rules locally.
@@ -218,6 +226,8 @@ async fn intake(
                 }
                 let _ = done_tx.send(m.id);
             }
+            // One delivery at a time waits for its place (a write permit, no storage
+            // error being retried, room in the journal): `storing` (take_delivery).
             delivery = client.recv(), if storing.is_none() => {
                 let Some(d) = delivery else {
                     if !shared.shutdown.is_cancelled() {
@@ -269,50 +279,108 @@ fn take_delivery(
     }
     let shared = shared.clone();
     Some(Box::pin(async move {
-        let mut failures = 0u32;
-        loop {
-            match shared.outbox.append(record.clone()).await {
-                Ok(_) => {
-                    if failures > 0 {
-                        info!(bridge = %shared.config.name, failures, "Message stored for the cloud after storage errors; intake resumes.");
-                    }
-                    shared.appended.notify_one();
-                    if let Some(a) = ack {
-                        let _ = a.ack().await;
-                    }
-                }
-                Err(OutboxError::TooLarge(size)) => {
-                    Counters::bump(&shared.board.counters.dropped_too_large);
-                    warn!(bridge = %shared.config.name, size, "Message larger than journal.max_bytes not forwarded.");
-                    if let Some(a) = ack {
-                        let _ = a.ack().await;
-                    }
-                }
-                Err(OutboxError::Full) => {
-                    // refuse-new: not stored, and the publisher is told so (v5: 0x97; 3.1.1,
-                    // which has no negative acknowledgement: a PUBACK, the drop is counted).
-                    Counters::bump(&shared.board.counters.dropped_full);
-                    warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message refused (v5 publishers get 0x97 Quota exceeded).");
-                    if let Some(a) = ack {
-                        let _ = a.refuse().await;
-                    }
-                }
-                Err(e) => {
-                    // Not stored (a full disk, an I/O error): retried until it is, the
-                    // local PUBACK held meanwhile, so publishers are back-pressured.
-                    // Giving up left the delivery unacknowledged for ever and its
-                    // publisher stuck once its window filled (tests/bridge_faults.rs).
-                    if failures == 0 {
-                        warn!(bridge = %shared.config.name, reason = %e, retry_s = STORE_RETRY.as_secs(), "Message not stored for the cloud; retrying, its publisher's acknowledgement is held until it is stored.");
-                    }
-                    failures = failures.saturating_add(1);
-                    tokio::time::sleep(STORE_RETRY).await;
-                    continue;
-                }
-            }
+        // At most INTAKE_WINDOW deliveries being written, none while a storage error is
+        // retried (so the retried ones keep their order as far as possible).
+        let Ok(permit) = shared.window.clone().acquire_owned().await else {
             return;
+        };
+        while shared.stalled.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Accepted: its place in the journal is fixed, the next delivery may follow while
+        // this one is written (one fsync for many). Waiting for room (block-publishers)
+        // happens here, so intake stops while the journal is full.
+        let stored = match shared.outbox.enqueue(record.clone()).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                refused(&shared, e, ack).await;
+                return;
+            }
+        };
+        let tracker = shared.tracker.clone();
+        tracker.spawn(async move {
+            let result = stored.await;
+            stored_then_ack(&shared, record, result, ack).await;
+            drop(permit);
+        });
     }))
+}
+
+/// After the write of an accepted delivery: acknowledge it locally once stored. A
+/// storage error (a full disk, an I/O error) is retried every [`STORE_RETRY`] until it
+/// is stored, its local PUBACK held meanwhile (publishers back-pressured) and intake
+/// paused; the messages being written when the error came may then reach the cloud
+/// after later ones.
+async fn stored_then_ack(
+    shared: &Arc<Shared>,
+    record: OutboxRecord,
+    mut result: Result<Seq, OutboxError>,
+    ack: Option<crate::broker::DeliveryAck>,
+) {
+    let mut failures = 0u32;
+    loop {
+        match result {
+            Ok(_) => {
+                if failures > 0 {
+                    shared.stalled.fetch_sub(1, Ordering::Relaxed);
+                    info!(bridge = %shared.config.name, failures, "Message stored for the cloud after storage errors; intake resumes.");
+                }
+                shared.appended.notify_one();
+                if let Some(a) = ack {
+                    let _ = a.ack().await;
+                }
+                return;
+            }
+            Err(OutboxError::Storage(e)) => {
+                if failures == 0 {
+                    shared.stalled.fetch_add(1, Ordering::Relaxed);
+                    warn!(bridge = %shared.config.name, reason = %e, retry_s = STORE_RETRY.as_secs(), "Message not stored for the cloud; retrying, its publisher's acknowledgement is held until it is stored.");
+                }
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => {
+                        shared.stalled.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                    _ = tokio::time::sleep(STORE_RETRY) => {}
+                }
+                result = shared.outbox.append(record.clone()).await;
+            }
+            Err(e) => {
+                if failures > 0 {
+                    shared.stalled.fetch_sub(1, Ordering::Relaxed);
+                }
+                refused(shared, e, ack).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A delivery the outbox did not take.
+async fn refused(shared: &Shared, error: OutboxError, ack: Option<crate::broker::DeliveryAck>) {
+    match error {
+        OutboxError::TooLarge(size) => {
+            Counters::bump(&shared.board.counters.dropped_too_large);
+            warn!(bridge = %shared.config.name, size, "Message larger than journal.max_bytes not forwarded.");
+            if let Some(a) = ack {
+                let _ = a.ack().await;
+            }
+        }
+        OutboxError::Full => {
+            // refuse-new: not stored, and the publisher is told so (v5: 0x97; 3.1.1,
+            // which has no negative acknowledgement: a PUBACK, the drop is counted).
+            Counters::bump(&shared.board.counters.dropped_full);
+            warn!(bridge = %shared.config.name, "Bridge journal full (overflow = refuse-new): message refused (v5 publishers get 0x97 Quota exceeded).");
+            if let Some(a) = ack {
+                let _ = a.refuse().await;
+            }
+        }
+        OutboxError::Storage(e) => {
+            // Not accepted at all (the journal is closed): not acknowledged.
+            warn!(bridge = %shared.config.name, reason = %e, "Message not stored for the cloud.");
+        }
+    }
 }
 
 enum Ended {
