@@ -208,6 +208,9 @@ pub fn preflight(config: &Config) -> Preflight {
     report
 }
 
+/// How long start waits for the broker to load its durable state before serving.
+const STATE_WAIT: Duration = Duration::from_secs(120);
+
 /// Outcome of an accepted reload.
 #[derive(Debug, Clone, Default)]
 pub struct ReloadReport {
@@ -456,6 +459,14 @@ impl App {
             .map_err(AppError::Signal)?;
         let tracker = self.tasks.clone();
         let stop_accepting = CancellationToken::new();
+        // The router answers once its durable state (retained messages) is loaded, so
+        // READY means the last known state is served.
+        if tokio::time::timeout(STATE_WAIT, self.core.health())
+            .await
+            .is_err()
+        {
+            warn!(wait_s = STATE_WAIT.as_secs(), "The broker did not answer in time (loading its state?); serving anyway: clients wait until it is loaded.");
+        }
         // Components attach before the listeners accept: a bridge's subscriptions are in
         // place before the first device can publish (nothing published is missed).
         let waits: Vec<_> = std::mem::take(&mut self.unstarted)
