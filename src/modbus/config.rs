@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use super::codec::{Order, ValueType};
 use crate::duration;
+pub use crate::findings::Finding;
+use crate::findings::Findings;
 
 /// `[[modbus]]`: one bus.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -304,56 +306,22 @@ impl PointConfig {
     }
 }
 
-/// One validation problem, with its key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Key path such as `modbus[0].device[1].point[2].address`.
-    pub key: String,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-#[derive(Default)]
-struct Findings(Vec<Finding>);
-
-impl Findings {
-    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
-        if value < min || value > max {
-            self.error(
-                key,
-                format!(
-                    "{} is out of range: use {} to {}",
-                    duration::format(value),
-                    duration::format(min),
-                    duration::format(max)
-                ),
-            );
-        }
-    }
-
-    fn name(&mut self, key: &str, name: &str) {
-        if name.is_empty()
-            || name.starts_with('$')
-            || name.contains(['/', '+', '#', '\0'])
-            || name.len() > 64
-        {
-            self.error(
-                key,
-                format!("{name:?} is not a usable topic level: use 1 to 64 characters without /, +, #, and not starting with $"),
-            );
-        } else if name == "status" {
-            self.error(
-                key,
-                "\"status\" is reserved (the status topics): choose another name",
-            );
-        }
+/// Checks a name used as a topic level (bus, device, point).
+fn name(f: &mut Findings, key: &str, name: &str) {
+    if name.is_empty()
+        || name.starts_with('$')
+        || name.contains(['/', '+', '#', '\0'])
+        || name.len() > 64
+    {
+        f.error(
+            key,
+            format!("{name:?} is not a usable topic level: use 1 to 64 characters without /, +, #, and not starting with $"),
+        );
+    } else if name == "status" {
+        f.error(
+            key,
+            "\"status\" is reserved (the status topics): choose another name",
+        );
     }
 }
 
@@ -371,11 +339,11 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
         }
         validate_bus(bus, &key, &mut f);
     }
-    f.0
+    f.problems
 }
 
 fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
-    f.name(&format!("{key}.name"), &bus.name);
+    name(f, &format!("{key}.name"), &bus.name);
     match bus.transport {
         TransportKind::Rtu => {
             if bus.port.is_none() {
@@ -521,7 +489,7 @@ fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
 }
 
 fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut Findings) {
-    f.name(&format!("{key}.name"), &device.name);
+    name(f, &format!("{key}.name"), &device.name);
     let units = match bus.transport {
         TransportKind::Rtu => 1..=247,
         TransportKind::Tcp => 0..=255,
@@ -585,7 +553,7 @@ fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut
 
 /// Checks one point; its address span `(first, last, bit)` when address and type are valid.
 fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, i64, Option<u8>)> {
-    f.name(&format!("{key}.name"), &p.name);
+    name(f, &format!("{key}.name"), &p.name);
     let value_type = match ValueType::parse(&p.value_type) {
         Ok(t) => Some(t),
         Err(e) => {
