@@ -477,16 +477,18 @@ async fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
         return;
     }
     const N: usize = 300;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
     // A persistent session on the cloud, made before the outage, receives everything.
-    let settings = cloud_settings(&pki, dir.path(), true);
-    let cloud = Mosquitto::start(dir.path(), &settings);
-    let port = cloud.port;
-    let (operator, mut up) = cloud_client(&pki, port, "operator", false).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
+    let PersistentCloud {
+        pki,
+        dir,
+        settings,
+        cloud,
+        port,
+        gw_cert,
+        operator: _operator,
+        mut up,
+    } = persistent_cloud("site/gw1/sensors/#").await;
     cloud.terminate();
-    let gw_cert = pki.client("gw1");
     let gw = Gateway::start(
         dir.path(),
         &small_journal(&pki, &gw_cert, port, "drop-oldest"),
@@ -537,14 +539,16 @@ async fn block_publishers_withholds_pubacks_until_the_cloud_drains_and_loses_not
         return;
     }
     const N: usize = 200;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = cloud_settings(&pki, dir.path(), true);
-    let cloud = Mosquitto::start(dir.path(), &settings);
-    let port = cloud.port;
-    let gw_cert = pki.client("gw1");
-    let (operator, mut up) = cloud_client(&pki, port, "operator", false).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
+    let PersistentCloud {
+        pki,
+        dir,
+        settings,
+        cloud,
+        port,
+        gw_cert,
+        operator: _operator,
+        mut up,
+    } = persistent_cloud("site/gw1/sensors/#").await;
     cloud.terminate();
     let gw = Gateway::start(
         dir.path(),

@@ -116,15 +116,17 @@ async fn qos1_messages_published_during_a_cloud_outage_arrive_in_order_after_rec
         return;
     }
     const N: usize = 300;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = cloud_settings(&pki, dir.path(), true);
-    let cloud = Mosquitto::start(dir.path(), &settings);
-    let port = cloud.port;
-    let gw_cert = pki.client("gw1");
     // A persistent cloud session: what arrives while this subscriber reconnects is kept.
-    let (operator, mut up) = cloud_client(&pki, port, "operator", false).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
+    let PersistentCloud {
+        pki,
+        dir,
+        settings,
+        cloud,
+        port,
+        gw_cert,
+        operator: _operator,
+        mut up,
+    } = persistent_cloud("site/gw1/sensors/#").await;
     let gw = Gateway::start(
         dir.path(),
         &gateway_config(&pki, &gw_cert, &[format!("127.0.0.1:{port}")]),

@@ -238,3 +238,39 @@ pub async fn wait_state(
         }
     }
 }
+
+/// A cloud with persistence and an operator holding a persistent session subscribed to
+/// `filter` (so what arrives while the cloud is down and back is kept for it), the
+/// gateway's certificate, and what restarting the cloud on the same port needs.
+pub struct PersistentCloud {
+    pub pki: Pki,
+    pub dir: tempfile::TempDir,
+    pub settings: String,
+    pub cloud: super::peers::Mosquitto,
+    pub port: u16,
+    pub gw_cert: (PathBuf, PathBuf),
+    pub operator: AsyncClient,
+    pub up: mpsc::UnboundedReceiver<Msg>,
+}
+
+/// Start a [`PersistentCloud`] whose operator subscribes to `filter`.
+pub async fn persistent_cloud(filter: &str) -> PersistentCloud {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = cloud_settings(&pki, dir.path(), true);
+    let cloud = super::peers::Mosquitto::start(dir.path(), &settings);
+    let port = cloud.port;
+    let gw_cert = pki.client("gw1");
+    let (operator, up) = cloud_client(&pki, port, "operator", false).await;
+    subscribe(&operator, filter).await;
+    PersistentCloud {
+        pki,
+        dir,
+        settings,
+        cloud,
+        port,
+        gw_cert,
+        operator,
+        up,
+    }
+}
