@@ -204,6 +204,29 @@ remote_prefix = "site/gw1/"
     )
 }
 
+/// A mosquitto cloud (`extra` appended to its settings) and an operator subscribed to
+/// `site/gw1/sensors/#`, proven in place by its own marker coming back.
+async fn cloud_with_operator(
+    pki: &Pki,
+    dir: &std::path::Path,
+    extra: &str,
+) -> (
+    support::Mosquitto,
+    rumqttc::v5::AsyncClient,
+    mpsc::UnboundedReceiver<Msg>,
+) {
+    let settings = format!("{}{extra}", cloud_settings(pki, dir, false));
+    let cloud = support::Mosquitto::start(dir, &settings);
+    let (operator, mut up_rx) = cloud_client(pki, cloud.port, "operator", true).await;
+    subscribe(&operator, "site/gw1/sensors/#").await;
+    operator
+        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
+        .await
+        .expect("queued");
+    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    (cloud, operator, up_rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
     let pki = Pki::new();
@@ -385,15 +408,7 @@ async fn a_backlog_is_replayed_in_order_at_replay_rate() {
     const N: usize = 300;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = support::Mosquitto::start(dir.path(), &cloud_settings(&pki, dir.path(), false));
-    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
-    // The subscription is in place once the operator's own marker comes back.
-    operator
-        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
-        .await
-        .expect("queued");
-    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let (cloud, _operator, mut up_rx) = cloud_with_operator(&pki, dir.path(), "").await;
 
     let link_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let port = relay(cloud.port, link_up.clone()).await;
@@ -460,18 +475,8 @@ async fn a_message_over_the_clouds_maximum_packet_size_is_dropped_and_counted() 
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     // mosquitto announces Maximum Packet Size 300 in its CONNACK.
-    let settings = format!(
-        "{}max_packet_size 300\n",
-        cloud_settings(&pki, dir.path(), false)
-    );
-    let cloud = support::Mosquitto::start(dir.path(), &settings);
-    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
-    operator
-        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
-        .await
-        .expect("queued");
-    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let (cloud, _operator, mut up_rx) =
+        cloud_with_operator(&pki, dir.path(), "max_packet_size 300\n").await;
 
     let gw_cert = pki.client("gw1");
     let gw = Gateway::start(dir.path(), &flow_config(&pki, &gw_cert, cloud.port, "", "")).await;
@@ -704,18 +709,8 @@ async fn with_topic_aliases_mosquitto_delivers_every_message_on_its_topic() {
     }
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = format!(
-        "{}max_topic_alias 2\n",
-        cloud_settings(&pki, dir.path(), false)
-    );
-    let cloud = support::Mosquitto::start(dir.path(), &settings);
-    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
-    operator
-        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
-        .await
-        .expect("queued");
-    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let (cloud, _operator, mut up_rx) =
+        cloud_with_operator(&pki, dir.path(), "max_topic_alias 2\n").await;
     let gw_cert = pki.client("gw1");
     let gw = Gateway::start(dir.path(), &flow_config(&pki, &gw_cert, cloud.port, "", "")).await;
     wait_state(&gw, "watch", |v| v["state"] == "connected").await;
@@ -785,14 +780,7 @@ async fn over_mqtt_311_records_go_out_in_order_with_the_bridges_packet_ids() {
     const N: usize = 250;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = support::Mosquitto::start(dir.path(), &cloud_settings(&pki, dir.path(), false));
-    let (operator, mut up_rx) = cloud_client(&pki, cloud.port, "operator", true).await;
-    subscribe(&operator, "site/gw1/sensors/#").await;
-    operator
-        .publish("site/gw1/sensors/ready", QoS::AtLeastOnce, false, "ready")
-        .await
-        .expect("queued");
-    next_on(&mut up_rx, "site/gw1/sensors/ready").await;
+    let (cloud, _operator, mut up_rx) = cloud_with_operator(&pki, dir.path(), "").await;
     let gw_cert = pki.client("gw1");
     // 3.1.1 upstream, a window of 10 (packet ids 1..=10 reused many times over).
     let config = flow_config(&pki, &gw_cert, cloud.port, "", "").replace(
