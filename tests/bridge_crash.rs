@@ -24,6 +24,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 
+use support::cloud::cloud_settings;
 use support::gateway::write_config;
 use support::net::free_port;
 use support::peers::{require_peer, Mosquitto};
@@ -38,23 +39,6 @@ fn env_number(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The cloud: mosquitto over mTLS, identities from certificate CNs, `gw1` confined.
-fn cloud_settings(pki: &Pki, dir: &Path) -> String {
-    let acl = dir.join("cloud.acl");
-    std::fs::write(
-        &acl,
-        "user gw1\ntopic readwrite site/gw1/#\n\nuser operator\ntopic readwrite #\n",
-    )
-    .expect("write cloud acl");
-    format!(
-        "user root\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nacl_file {}\n",
-        pki.ca_path.display(),
-        pki.server.0.display(),
-        pki.server.1.display(),
-        acl.display()
-    )
 }
 
 /// The gateway's configuration: a local TCP listener on `port`, a bridge to the cloud.
@@ -221,7 +205,11 @@ async fn crash_run(n: usize, kill_after: Option<Duration>) -> (usize, usize, usi
     drop(gateway);
     let acked: HashSet<usize> = acked.lock().expect("acked").clone();
 
-    let _cloud = Mosquitto::start_on(&cloud_dir, cloud_port, &cloud_settings(&pki, &cloud_dir));
+    let _cloud = Mosquitto::start_on(
+        &cloud_dir,
+        cloud_port,
+        &cloud_settings(&pki, &cloud_dir, false),
+    );
     let mut rx = cloud_subscriber(&pki, cloud_port).await;
     let gateway = GatewayProcess::start(dir.path(), None, 1);
 
