@@ -249,7 +249,9 @@ impl RetainedLog {
     ) -> Result<(RetainedLog, Loaded), JournalError> {
         let dir = retained_dir(data_dir);
         let started = std::time::Instant::now();
-        let (journal, recovery) = Journal::open(&dir, settings.journal_config()).await?;
+        let config = settings.journal_config();
+        let segment_bytes = config.segment_bytes;
+        let (journal, recovery) = Journal::open(&dir, config).await?;
         let lost = &recovery.lost;
         if lost.records > 0 || lost.bytes > 0 {
             for s in &lost.segments {
@@ -265,7 +267,7 @@ impl RetainedLog {
             clears: Vec::new(),
             last_sync: Instant::now(),
             failed: 0,
-            segment_bytes: settings.journal_config().segment_bytes,
+            segment_bytes,
         };
         let mut messages: HashMap<Bytes, (u64, Message)> = HashMap::new();
         let mut stale = Vec::new();
@@ -319,10 +321,10 @@ impl RetainedLog {
             }
         }
         // Expired while the broker was down: not loaded, removed.
-        let now = now_ms();
+        let now = Instant::now();
         let mut loaded: Vec<(u64, Message)> = Vec::with_capacity(messages.len());
         for (_, (seq, m)) in messages {
-            if m.expires_at.is_some_and(|at| at <= Instant::now()) && now > 0 {
+            if m.expires_at.is_some_and(|at| at <= now) {
                 stale.push(seq);
                 log.forget(seq);
             } else {
