@@ -448,7 +448,20 @@ fn a_second_process_cannot_open_a_journal_in_use() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let child = |dir: &Path| {
-        std::process::Command::new(std::env::current_exe().expect("test binary"))
+        // Under qemu-user a foreign binary cannot be exec'd directly: scripts/cross-test.sh
+        // sets CROSS_TEST_RUNNER to the emulator command line cargo uses.
+        let exe = std::env::current_exe().expect("test binary");
+        let runner = std::env::var("CROSS_TEST_RUNNER").unwrap_or_default();
+        let mut runner = runner.split_whitespace();
+        let mut command = match runner.next() {
+            Some(program) => {
+                let mut command = std::process::Command::new(program);
+                command.args(runner).arg(exe);
+                command
+            }
+            None => std::process::Command::new(exe),
+        };
+        command
             .args([
                 "--exact",
                 "journal::tests::a_second_process_cannot_open_a_journal_in_use",
