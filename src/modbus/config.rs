@@ -1,132 +1,65 @@
-//! `[[modbus]]`: the serde types of one Modbus bus (an RTU serial line or a TCP
+//! `[[modbus]]`: the types of one Modbus bus (an RTU serial line or a TCP
 //! connection), its devices and their points, and their validation. Validation collects
 //! every problem with its key path (`modbus[0].device[1].point[2].type`); it never opens
 //! a port or a socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::codec::{Order, ValueType};
-use crate::duration;
 pub use crate::findings::Finding;
 use crate::findings::Findings;
 
-/// `[[modbus]]`: one bus.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[modbus]]`: one bus. Read leniently (`config_parse`): every key on its own, so one
+/// bad value does not hide the other problems of the entry.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusConfig {
     /// Name; the in-process identity is `adapter:<name>`.
     pub name: String,
     /// `rtu` (serial line) or `tcp`.
     pub transport: TransportKind,
     /// RTU: the serial device (a `/dev/serial/by-id/...` path survives re-plugging).
-    #[serde(default)]
     pub port: Option<PathBuf>,
     /// RTU: bits per second.
-    #[serde(default = "default_baud")]
     pub baud: u32,
     /// RTU: parity.
-    #[serde(default)]
     pub parity: Parity,
     /// RTU: data bits (7 or 8).
-    #[serde(default = "default_data_bits")]
     pub data_bits: u8,
     /// RTU: stop bits (1 or 2).
-    #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
     /// TCP: `host:port` of the device or gateway.
-    #[serde(default)]
     pub address: Option<String>,
     /// How long a reply may take.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
     pub timeout: Duration,
     /// Further attempts after a timeout or a damaged reply, before the poll fails.
-    #[serde(default = "default_retries")]
     pub retries: u32,
     /// Pause after each reply before the next request (devices that need turnaround time).
-    #[serde(default, deserialize_with = "duration::deserialize")]
     pub inter_request_delay: Duration,
     /// Topics are `<topic_prefix>/<device>/<point>`.
     pub topic_prefix: String,
     /// Unused registers (or bits) one request may span to join two points.
-    #[serde(default = "default_max_gap")]
     pub max_gap: u16,
     /// Registers per read request at most (the protocol's limit is 125).
-    #[serde(default = "default_max_registers")]
     pub max_registers: u16,
     /// Coils or discrete inputs per read request at most (the protocol's limit is 2000).
-    #[serde(default = "default_max_bits")]
     pub max_bits: u16,
     /// Payload of point topics: JSON with unit, timestamp and quality, or the bare value.
-    #[serde(default)]
     pub payload: PayloadFormat,
     /// A device that failed is retried after this delay, doubling up to `backoff_max`.
-    #[serde(
-        default = "default_backoff_min",
-        deserialize_with = "duration::deserialize"
-    )]
     pub backoff_min: Duration,
     /// Longest delay between attempts on a device that does not answer.
-    #[serde(
-        default = "default_backoff_max",
-        deserialize_with = "duration::deserialize"
-    )]
     pub backoff_max: Duration,
     /// How often the bus health is published.
-    #[serde(
-        default = "default_status_interval",
-        deserialize_with = "duration::deserialize"
-    )]
     pub status_interval: Duration,
     /// `[[modbus.device]]`.
-    #[serde(default)]
     pub device: Vec<DeviceConfig>,
-}
-
-fn default_baud() -> u32 {
-    9600
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
-fn default_timeout() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_max_gap() -> u16 {
-    8
-}
-fn default_max_registers() -> u16 {
-    125
-}
-fn default_max_bits() -> u16 {
-    2000
-}
-fn default_backoff_min() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_status_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_write_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn one() -> f64 {
-    1.0
+    /// What could not be read (missing, unknown or mistyped keys), with key paths
+    /// relative to this entry; reported by [`validate`].
+    pub problems: Vec<Finding>,
 }
 
 /// How the bus is reached.
@@ -164,18 +97,15 @@ pub enum PayloadFormat {
 }
 
 /// `[[modbus.device]]`: one slave (unit) on the bus.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     /// Topic level of the device.
     pub name: String,
     /// Unit identifier (RTU slave address 1..247; TCP 0..255).
     pub unit: i64,
     /// Poll period.
-    #[serde(deserialize_with = "duration::deserialize")]
     pub poll: Duration,
     /// `[[modbus.device.point]]`.
-    #[serde(default)]
     pub point: Vec<PointConfig>,
 }
 
@@ -229,8 +159,7 @@ pub enum Report {
 }
 
 /// `[[modbus.device.point]]`: one value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PointConfig {
     /// Topic level of the point.
     pub name: String,
@@ -239,49 +168,30 @@ pub struct PointConfig {
     /// 0-based protocol address (holding register 40001 is address 0).
     pub address: i64,
     /// `bool`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `string(N)`, `bit(n)`.
-    #[serde(rename = "type", default = "default_type")]
     pub value_type: String,
     /// Byte and word order of multi-register values: `ABCD`, `CDAB`, `BADC`, `DCBA`.
-    #[serde(default)]
     pub order: Option<String>,
     /// Published value = raw × scale + offset.
-    #[serde(default = "one")]
     pub scale: f64,
     /// See `scale`.
-    #[serde(default)]
     pub offset: f64,
     /// Unit in the payload (`"V"`).
-    #[serde(default)]
     pub unit_label: Option<String>,
     /// `interval`, `on-change` or `both`.
-    #[serde(default)]
     pub report: Report,
     /// On change: smallest change (in published units) that is reported.
-    #[serde(default)]
     pub deadband: f64,
     /// `report = "both"`: republish an unchanged value this often (0, the default: every
     /// 10 polls).
-    #[serde(default, deserialize_with = "duration::deserialize")]
     pub interval: Duration,
     /// Accept writes on `<prefix>/<device>/<point>/set`.
-    #[serde(default)]
     pub writable: bool,
     /// Smallest value a write may set (published units).
-    #[serde(default)]
     pub min: Option<f64>,
     /// Largest value a write may set (published units).
-    #[serde(default)]
     pub max: Option<f64>,
     /// Writes to this point at most once per this period.
-    #[serde(
-        default = "default_write_interval",
-        deserialize_with = "duration::deserialize"
-    )]
     pub write_interval: Duration,
-}
-
-fn default_type() -> String {
-    "u16".into()
 }
 
 impl ModbusConfig {
@@ -337,15 +247,30 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
                 format!("{:?} is already the name of modbus[{first}]", bus.name),
             );
         }
-        validate_bus(bus, &key, &mut f);
+        for p in &bus.problems {
+            f.error(format!("{key}.{}", p.key), p.message.clone());
+        }
+        // A key that could not be read holds a placeholder: checks of it would only
+        // repeat the problem, and checks that depend on it are skipped.
+        let reported = super::config_parse::reported(bus, &key);
+        let mut checks = Findings::default();
+        validate_bus(bus, &key, &reported, &mut checks);
+        f.problems.extend(
+            checks
+                .problems
+                .into_iter()
+                .filter(|p| !reported.contains(&p.key)),
+        );
     }
     f.problems
 }
 
-fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
+fn validate_bus(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
     name(f, &format!("{key}.name"), &bus.name);
-    match bus.transport {
-        TransportKind::Rtu => {
+    let transport = (!reported.contains(&format!("{key}.transport"))).then_some(bus.transport);
+    match transport {
+        None => {}
+        Some(TransportKind::Rtu) => {
             if bus.port.is_none() {
                 f.error(
                     format!("{key}.port"),
@@ -377,7 +302,7 @@ fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
                 );
             }
         }
-        TransportKind::Tcp => {
+        Some(TransportKind::Tcp) => {
             match &bus.address {
                 None => f.error(
                     format!("{key}.address"),
@@ -484,11 +409,17 @@ fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
                 format!("unit {} is already device[{first}]'s", device.unit),
             );
         }
-        validate_device(bus, device, &dkey, f);
+        validate_device(bus, device, &dkey, reported, f);
     }
 }
 
-fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut Findings) {
+fn validate_device(
+    bus: &ModbusConfig,
+    device: &DeviceConfig,
+    key: &str,
+    reported: &HashSet<String>,
+    f: &mut Findings,
+) {
     name(f, &format!("{key}.name"), &device.name);
     let units = match bus.transport {
         TransportKind::Rtu => 1..=247,
@@ -528,7 +459,7 @@ fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut
                 format!("{:?} is already the name of point[{first}]", point.name),
             );
         }
-        if let Some(span) = validate_point(point, &pkey, f) {
+        if let Some(span) = validate_point(point, &pkey, reported, f) {
             let (first, last, bit) = span;
             for &(kind, a, b, other_bit, q) in &spans {
                 let both_bits = matches!((bit, other_bit), (Some(x), Some(y)) if x != y);
@@ -552,8 +483,15 @@ fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut
 }
 
 /// Checks one point; its address span `(first, last, bit)` when address and type are valid.
-fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, i64, Option<u8>)> {
+fn validate_point(
+    p: &PointConfig,
+    key: &str,
+    reported: &HashSet<String>,
+    f: &mut Findings,
+) -> Option<(i64, i64, Option<u8>)> {
     name(f, &format!("{key}.name"), &p.name);
+    let kind_known = !reported.contains(&format!("{key}.kind"));
+    let address_known = !reported.contains(&format!("{key}.address"));
     let value_type = match ValueType::parse(&p.value_type) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -573,9 +511,13 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
             }
         }
     }
+    let address_in_range = (0..=65_535).contains(&p.address);
+    if !address_in_range {
+        f.error(format!("{key}.address"), format!("{} is out of range: use 0 to 65535 (the 0-based protocol address: 40001 is holding 0)", p.address));
+    }
     let mut span = None;
     if let Some(t) = value_type {
-        if p.kind.is_bits() != matches!(t, ValueType::Bool) {
+        if kind_known && p.kind.is_bits() != matches!(t, ValueType::Bool) {
             let what = if p.kind.is_bits() {
                 format!("{} points are bits: use type = \"bool\"", p.kind.name())
             } else {
@@ -587,21 +529,19 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
             f.error(format!("{key}.type"), what);
         }
         let count = i64::from(t.registers());
-        if !(0..=65_535).contains(&p.address) {
-            f.error(format!("{key}.address"), format!("{} is out of range: use 0 to 65535 (the 0-based protocol address: 40001 is holding 0)", p.address));
-        } else if p.address + count - 1 > 65_535 {
+        if address_in_range && p.address + count - 1 > 65_535 {
             f.error(
                 format!("{key}.address"),
                 format!("{} + {count} registers runs past 65535", p.address),
             );
-        } else {
+        } else if address_in_range && kind_known && address_known {
             let bit = match t {
                 ValueType::Bit(n) => Some(n),
                 _ => None,
             };
             span = Some((p.address, p.address + count - 1, bit));
         }
-        if p.writable {
+        if p.writable && kind_known {
             if !p.kind.is_writable() {
                 f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));
             } else if matches!(t, ValueType::Bit(_) | ValueType::Str(_)) {
@@ -641,7 +581,8 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
         Duration::ZERO,
         Duration::from_secs(86_400),
     );
-    if (p.min.is_some() || p.max.is_some()) && !p.writable {
+    let writable_known = !reported.contains(&format!("{key}.writable"));
+    if (p.min.is_some() || p.max.is_some()) && !p.writable && writable_known {
         f.error(
             format!("{key}.min"),
             "min and max bound writes: set writable = true or remove them",

@@ -14,6 +14,7 @@
 mod bus;
 pub mod codec;
 pub mod config;
+mod config_parse;
 pub mod frame;
 mod health;
 mod outputs;
