@@ -3,7 +3,9 @@
 //! counted on the simulator's side, a joined read refused with exception 0x02 split and
 //! remembered, a single refused point reported with quality `error`, and guarded writes
 //! (allowed, out of bounds, not writable, rate limited, ACL-denied, expired), each
-//! answered and audited with the writer's identity.
+//! answered and audited with the writer's identity; `bit(n)` writes (read-modify-write,
+//! other bits kept), `string(N)` writes (function 16) and `write_multiple` devices
+//! (functions 15 and 16), checked by reading the simulator back as a second master.
 
 mod support;
 
@@ -499,4 +501,116 @@ async fn guarded_writes_are_answered_and_audited() {
         text.contains("event=\"acl_denied\""),
         "the ACL refusal is audited by the broker"
     );
+}
+
+/// Read `count` registers (function 3) or coils (function 1) from the simulator
+/// directly, as a second master would: what the device holds after a write.
+fn read_raw(port: u16, unit: u8, function: u8, address: u16, count: u16) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("simulator");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut adu = vec![0, 1, 0, 0, 0, 6, unit, function];
+    adu.extend_from_slice(&address.to_be_bytes());
+    adu.extend_from_slice(&count.to_be_bytes());
+    stream.write_all(&adu).expect("request");
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).expect("reply header");
+    assert_eq!(header[7], function, "no exception: {header:?}");
+    let mut data = vec![0u8; usize::from(header[8])];
+    stream.read_exact(&mut data).expect("reply data");
+    if function == 1 {
+        (0..usize::from(count))
+            .map(|i| u16::from(data[i / 8] >> (i % 8) & 1))
+            .collect()
+    } else {
+        data.chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bits_strings_and_multiple_writes_reach_the_device() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {
+        "1": {"hr": {"0": [0b1000, 0x4142, 0x4300, 0]}},
+        "2": {"hr": {"0": [0]}, "co": {"0": [false, false]}},
+    }});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{}\"\ntopic_prefix = \"plant\"\ntimeout = \"2s\"\n\
+         [[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"200ms\"\n\
+         [[modbus.device.point]]\nname = \"flag\"\nkind = \"holding\"\naddress = 0\ntype = \"bit(0)\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device.point]]\nname = \"other\"\nkind = \"holding\"\naddress = 0\ntype = \"bit(3)\"\n\
+         [[modbus.device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 1\ntype = \"string(4)\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device]]\nname = \"m2\"\nunit = 2\npoll = \"200ms\"\nwrite_multiple = true\n\
+         [[modbus.device.point]]\nname = \"pump\"\nkind = \"coil\"\naddress = 1\ntype = \"bool\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device.point]]\nname = \"speed\"\nkind = \"holding\"\naddress = 0\nwritable = true\nwrite_interval = \"0\"\n",
+        sim.port
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let addr = gateway.addr("local");
+    let mut writer = v5(addr, "operator").await;
+    writer.subscribe("reply/op", QoS::AtLeastOnce).await;
+    let mut values = v5(addr, "values").await;
+    values.subscribe("plant/m1/label", QoS::AtLeastOnce).await;
+    let first = values.publish().await;
+    assert_eq!(
+        json_of(&String::from_utf8_lossy(&first.payload))["value"],
+        "ABC"
+    );
+    let writes = |sim: &Sim, function: u8, unit: u8| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.function == function && r.unit == unit)
+            .count()
+    };
+
+    // bit(0): read (function 3), set the bit, write (function 6); bit 3 is kept.
+    let reads_before = writes(&sim, 3, 1);
+    let ok = command(&mut writer, "plant/m1/flag/set", "true", "b1").await;
+    assert_eq!(ok, json!({"ok": true, "value": true}));
+    assert_eq!(read_raw(sim.port, 1, 3, 0, 1), vec![0b1001]);
+    assert_eq!(writes(&sim, 6, 1), 1);
+    assert!(writes(&sim, 3, 1) > reads_before);
+    let ok = command(&mut writer, "plant/m1/flag/set", "0", "b2").await;
+    assert_eq!(ok, json!({"ok": true, "value": false}));
+    assert_eq!(read_raw(sim.port, 1, 3, 0, 1), vec![0b1000]);
+    let refused = command(&mut writer, "plant/m1/flag/set", "2", "b3").await;
+    assert_eq!(refused["ok"], json!(false), "{refused}");
+
+    // string(4): function 16, NUL-padded, read back.
+    let ok = command(&mut writer, "plant/m1/label/set", "XYZ", "s1").await;
+    assert_eq!(ok, json!({"ok": true, "value": "XYZ"}));
+    assert_eq!(read_raw(sim.port, 1, 3, 1, 2), vec![0x5859, 0x5A00]);
+    assert_eq!(writes(&sim, 16, 1), 1);
+    let refused = command(&mut writer, "plant/m1/label/set", "TOOLONG", "s2").await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("do not fit string(4)")),
+        "{refused}"
+    );
+    assert_eq!(writes(&sim, 16, 1), 1, "a refused string is not written");
+
+    // write_multiple: a coil with function 15, a register with function 16.
+    let ok = command(&mut writer, "plant/m2/pump/set", "on", "m1").await;
+    assert_eq!(ok, json!({"ok": true, "value": true}));
+    assert_eq!(read_raw(sim.port, 2, 1, 0, 2), vec![0, 1]);
+    let ok = command(&mut writer, "plant/m2/speed/set", "300", "m2").await;
+    assert_eq!(ok, json!({"ok": true, "value": 300}));
+    assert_eq!(read_raw(sim.port, 2, 3, 0, 1), vec![300]);
+    assert_eq!((writes(&sim, 15, 2), writes(&sim, 16, 2)), (1, 1));
+    assert_eq!(
+        (writes(&sim, 5, 2), writes(&sim, 6, 2)),
+        (0, 0),
+        "no single-write functions on a write_multiple device"
+    );
+    gateway.stop().await;
 }

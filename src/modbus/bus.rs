@@ -14,15 +14,15 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::Value;
-use super::config::ModbusConfig;
+use super::codec::{self, Value};
+use super::config::{ModbusConfig, RegisterKind};
 use super::frame::{FrameError, Request, Response};
 use super::health::BusHealth;
 use super::outputs::Outputs;
 use super::plan::{self, Limits, ReadRequest, Span};
 use super::points::{PointState, Quality};
 use super::transport::{Endpoint, ExchangeError, Link};
-use super::write::{WriteJob, WriteOutcome};
+use super::write::{WriteAction, WriteJob, WriteOutcome};
 use crate::component::{Health, HealthReporter};
 
 /// A device at run time.
@@ -462,7 +462,39 @@ impl Bus {
             return WriteOutcome::Failed("bus not open".into());
         }
         let (i, p) = (job.device, job.point);
-        let request = job.request.clone();
+        let request = match job.action.clone() {
+            WriteAction::Send(request) => request,
+            WriteAction::SetBit {
+                address,
+                bit,
+                value,
+                multiple,
+            } => {
+                let read = Request::Read {
+                    kind: RegisterKind::Holding,
+                    start: address,
+                    count: 1,
+                };
+                let current = match self.exchange(i, &read, 1 + self.config.retries).await {
+                    Ok(Response::Registers(regs)) if regs.len() == 1 => regs[0],
+                    Ok(_) => return WriteOutcome::Failed("unexpected reply to the read".into()),
+                    Err(e) => {
+                        return WriteOutcome::Failed(format!(
+                            "not written: reading the register first failed: {e}"
+                        ))
+                    }
+                };
+                let value = codec::with_bit(current, bit, value);
+                if multiple {
+                    Request::WriteRegisters {
+                        address,
+                        values: vec![value],
+                    }
+                } else {
+                    Request::WriteRegister { address, value }
+                }
+            }
+        };
         if let Err(e) = self.exchange(i, &request, 1).await {
             return WriteOutcome::Failed(e.to_string());
         }

@@ -105,6 +105,9 @@ pub struct DeviceConfig {
     pub unit: i64,
     /// Poll period.
     pub poll: Duration,
+    /// Write with functions 15 and 16 even for one coil or register (devices that do
+    /// not implement functions 5 and 6).
+    pub write_multiple: bool,
     /// `[[modbus.device.point]]`.
     pub point: Vec<PointConfig>,
 }
@@ -541,18 +544,14 @@ fn validate_point(
             };
             span = Some((p.address, p.address + count - 1, bit));
         }
-        if p.writable && kind_known {
-            if !p.kind.is_writable() {
-                f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));
-            } else if matches!(t, ValueType::Bit(_) | ValueType::Str(_)) {
-                f.error(
-                    format!("{key}.writable"),
-                    format!(
-                        "{} points cannot be written: write the register as u16 instead",
-                        p.value_type
-                    ),
-                );
-            }
+        if p.writable && kind_known && !p.kind.is_writable() {
+            f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));
+        }
+        if !t.is_number() && (p.min.is_some() || p.max.is_some()) {
+            f.error(
+                format!("{key}.min"),
+                format!("min and max bound numbers, not {}", p.value_type),
+            );
         }
         if !t.is_number() && (p.scale != 1.0 || p.offset != 0.0) {
             f.error(

@@ -181,7 +181,7 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 const BUS_KEYS: &str = "name, transport, port, baud, parity, data_bits, stop_bits, address, timeout, retries, inter_request_delay, topic_prefix, max_gap, max_registers, max_bits, payload, backoff_min, backoff_max, status_interval, device";
-const DEVICE_KEYS: &str = "name, unit, poll, point";
+const DEVICE_KEYS: &str = "name, unit, poll, write_multiple, point";
 const POINT_KEYS: &str = "name, kind, address, type, order, scale, offset, unit_label, report, deadband, interval, writable, min, max, write_interval";
 
 /// One bus, every problem recorded with its key path relative to the entry.
@@ -232,6 +232,7 @@ fn device(mut t: Table<'_>) -> DeviceConfig {
             }
             t.duration("poll", Duration::from_secs(1))
         },
+        write_multiple: t.or("write_multiple", false),
         point: Vec::new(),
     };
     for (key, map) in t.tables("point") {

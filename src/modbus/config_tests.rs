@@ -277,3 +277,14 @@ fn numbers_in_strings_are_read_as_numbers() {
     assert_eq!((config.baud, config.retries), (19200, 3));
     assert_eq!(validate(&[config]), vec![]);
 }
+
+#[test]
+fn bits_and_strings_are_writable_without_bounds() {
+    let text = GOOD.replace(
+        "address = 101\ntype = \"bit(0)\"",
+        "address = 101\ntype = \"bit(0)\"\nwritable = true",
+    ) + "[[device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 200\ntype = \"string(8)\"\nwritable = true\nmax = 3\n";
+    let findings = validate(&[bus(&text)]);
+    assert_eq!(keys(&findings), vec!["modbus[0].device[0].point[5].min"]);
+    assert!(findings[0].message.contains("bound numbers, not string(8)"));
+}
