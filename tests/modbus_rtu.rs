@@ -4,7 +4,9 @@
 //! timeout per backoff period, goes `offline` and comes back `online` when it answers),
 //! damaged replies counted as CRC errors and retried, late replies never decoded as the
 //! answer of another unit (skipped and counted as stray frames), and the serial device removed and
-//! re-created (the bus reopens by path, values go `stale` and then `good` again).
+//! re-created (the bus reopens by path, values go `stale` and then `good` again), and
+//! RS-485 RTS direction control on a port without modem lines (a pty): said once, the
+//! bus keeps working.
 //!
 //! `TOLLGATE_MODBUS_WINDOW_SECS` sets the measuring window of the poll-rate test
 //! (default 5 s; a long run: 60).
@@ -275,4 +277,35 @@ async fn late_replies_are_never_taken_for_another_request() {
     assert_eq!(json_of(&v)["value"], json!(42));
     drop(client);
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rts_refused_by_the_port_is_said_once_and_the_bus_keeps_working() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let log = support::logs::global("tollgate=info");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "rts") else {
+        return;
+    };
+    let _sim = Sim::rtu(&python, dir.path(), "rtu", &spec(), &pty.line);
+    let rs485 = "[modbus.rs485]\nrts = \"high-while-sending\"\ndelay_before = \"1ms\"\ndelay_after = \"1ms\"\n";
+    let gateway = Gateway::start(dir.path(), &bus(&pty.device, rs485)).await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("line/status", QoS::AtLeastOnce).await;
+    // A pty has no modem lines (TIOCMBIS fails): the polls go on without RTS.
+    let doc = until(&mut client, "line/status", |p| {
+        json_of(p)["devices"]["good"]["polls"].as_u64().unwrap_or(0) >= 10
+    })
+    .await;
+    assert_eq!(json_of(&doc)["devices"]["good"]["online"], json!(true));
+    gateway.stop().await;
+    let device = pty.device.display().to_string();
+    let refusals = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("refuses to set RTS") && l.contains(&device))
+        .count();
+    assert_eq!(refusals, 1, "said once for {device}:\n{}", log.text());
 }

@@ -31,6 +31,8 @@ pub struct ModbusConfig {
     pub data_bits: u8,
     /// RTU: stop bits (1 or 2).
     pub stop_bits: u8,
+    /// RTU: `[modbus.rs485]`, direction control of the transceiver through RTS.
+    pub rs485: Rs485Config,
     /// TCP: `host:port` of the device or gateway.
     pub address: Option<String>,
     /// How long a reply may take.
@@ -70,6 +72,30 @@ pub enum TransportKind {
     Rtu,
     /// Modbus TCP (MBAP header).
     Tcp,
+}
+
+/// `[modbus.rs485]`: how an RS-485 transceiver's driver is switched on for sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rs485Config {
+    /// Which RTS level enables the driver, or `none` (the adapter switches itself).
+    pub rts: RtsMode,
+    /// After enabling the driver, before the first byte.
+    pub delay_before: Duration,
+    /// After the last byte is on the wire, before releasing the driver.
+    pub delay_after: Duration,
+}
+
+/// RTS while a frame is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RtsMode {
+    /// RTS untouched: adapters with automatic direction control, RS-232, RS-422.
+    #[default]
+    None,
+    /// RTS asserted while sending, released to receive.
+    HighWhileSending,
+    /// RTS released while sending, asserted to receive.
+    LowWhileSending,
 }
 
 /// Serial parity.
@@ -270,61 +296,7 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
 
 fn validate_bus(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
     name(f, &format!("{key}.name"), &bus.name);
-    let transport = (!reported.contains(&format!("{key}.transport"))).then_some(bus.transport);
-    match transport {
-        None => {}
-        Some(TransportKind::Rtu) => {
-            if bus.port.is_none() {
-                f.error(
-                    format!("{key}.port"),
-                    "transport \"rtu\" needs a serial port path (e.g. /dev/serial/by-id/...)",
-                );
-            }
-            if bus.address.is_some() {
-                f.error(
-                    format!("{key}.address"),
-                    "address is for transport \"tcp\"; an RTU bus uses port",
-                );
-            }
-            if !(300..=4_000_000).contains(&bus.baud) {
-                f.error(
-                    format!("{key}.baud"),
-                    format!("{} is out of range: use 300 to 4000000", bus.baud),
-                );
-            }
-            if !(7..=8).contains(&bus.data_bits) {
-                f.error(
-                    format!("{key}.data_bits"),
-                    format!("{} is not supported: use 7 or 8", bus.data_bits),
-                );
-            }
-            if !(1..=2).contains(&bus.stop_bits) {
-                f.error(
-                    format!("{key}.stop_bits"),
-                    format!("{} is not supported: use 1 or 2", bus.stop_bits),
-                );
-            }
-        }
-        Some(TransportKind::Tcp) => {
-            match &bus.address {
-                None => f.error(
-                    format!("{key}.address"),
-                    "transport \"tcp\" needs address = \"host:port\"",
-                ),
-                Some(a) => {
-                    if crate::bridge::config::parse_address(a).is_err() {
-                        f.error(format!("{key}.address"), format!("{a:?} is not host:port"));
-                    }
-                }
-            }
-            if bus.port.is_some() {
-                f.error(
-                    format!("{key}.port"),
-                    "port is for transport \"rtu\"; a TCP bus uses address",
-                );
-            }
-        }
-    }
+    validate_line(bus, key, reported, f);
     f.duration(
         &format!("{key}.timeout"),
         bus.timeout,
@@ -413,6 +385,89 @@ fn validate_bus(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &m
             );
         }
         validate_device(bus, device, &dkey, reported, f);
+    }
+}
+
+/// The transport's own keys: the serial line or the TCP address.
+fn validate_line(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
+    let transport = (!reported.contains(&format!("{key}.transport"))).then_some(bus.transport);
+    match transport {
+        None => {}
+        Some(TransportKind::Rtu) => {
+            if bus.port.is_none() {
+                f.error(
+                    format!("{key}.port"),
+                    "transport \"rtu\" needs a serial port path (e.g. /dev/serial/by-id/...)",
+                );
+            }
+            if bus.address.is_some() {
+                f.error(
+                    format!("{key}.address"),
+                    "address is for transport \"tcp\"; an RTU bus uses port",
+                );
+            }
+            if !(300..=4_000_000).contains(&bus.baud) {
+                f.error(
+                    format!("{key}.baud"),
+                    format!("{} is out of range: use 300 to 4000000", bus.baud),
+                );
+            }
+            if !(7..=8).contains(&bus.data_bits) {
+                f.error(
+                    format!("{key}.data_bits"),
+                    format!("{} is not supported: use 7 or 8", bus.data_bits),
+                );
+            }
+            if !(1..=2).contains(&bus.stop_bits) {
+                f.error(
+                    format!("{key}.stop_bits"),
+                    format!("{} is not supported: use 1 or 2", bus.stop_bits),
+                );
+            }
+            let rts_known = !reported.contains(&format!("{key}.rs485.rts"));
+            for (name, delay) in [
+                ("delay_before", bus.rs485.delay_before),
+                ("delay_after", bus.rs485.delay_after),
+            ] {
+                if rts_known && bus.rs485.rts == RtsMode::None && !delay.is_zero() {
+                    f.error(
+                        format!("{key}.rs485.{name}"),
+                        "applies when rts switches the driver: set rts = \"high-while-sending\" or \"low-while-sending\"",
+                    );
+                }
+                f.duration(
+                    &format!("{key}.rs485.{name}"),
+                    delay,
+                    Duration::ZERO,
+                    Duration::from_secs(1),
+                );
+            }
+        }
+        Some(TransportKind::Tcp) => {
+            match &bus.address {
+                None => f.error(
+                    format!("{key}.address"),
+                    "transport \"tcp\" needs address = \"host:port\"",
+                ),
+                Some(a) => {
+                    if crate::bridge::config::parse_address(a).is_err() {
+                        f.error(format!("{key}.address"), format!("{a:?} is not host:port"));
+                    }
+                }
+            }
+            if bus.port.is_some() {
+                f.error(
+                    format!("{key}.port"),
+                    "port is for transport \"rtu\"; a TCP bus uses address",
+                );
+            }
+            if bus.rs485 != Rs485Config::default() {
+                f.error(
+                    format!("{key}.rs485"),
+                    "RS-485 direction control is for transport \"rtu\"",
+                );
+            }
+        }
     }
 }
 

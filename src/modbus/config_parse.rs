@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::config::{
     DeviceConfig, ModbusConfig, Parity, PayloadFormat, PointConfig, RegisterKind, Report,
-    TransportKind,
+    Rs485Config, RtsMode, TransportKind,
 };
 use crate::duration;
 use crate::findings::Finding;
@@ -180,7 +180,8 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-const BUS_KEYS: &str = "name, transport, port, baud, parity, data_bits, stop_bits, address, timeout, retries, inter_request_delay, topic_prefix, max_gap, max_registers, max_bits, payload, backoff_min, backoff_max, status_interval, device";
+const BUS_KEYS: &str = "name, transport, port, baud, parity, data_bits, stop_bits, rs485, address, timeout, retries, inter_request_delay, topic_prefix, max_gap, max_registers, max_bits, payload, backoff_min, backoff_max, status_interval, device";
+const RS485_KEYS: &str = "rts, delay_before, delay_after";
 const DEVICE_KEYS: &str = "name, unit, poll, write_multiple, point";
 const POINT_KEYS: &str = "name, kind, address, type, order, scale, offset, unit_label, report, deadband, interval, writable, min, max, write_interval";
 
@@ -190,6 +191,28 @@ fn bus(map: Map<String, Value>) -> ModbusConfig {
     let mut t = Table::new(map, String::new(), &mut problems);
     let name = t.req("name", String::new());
     let transport = t.req("transport", TransportKind::Tcp);
+    let rs485 = match t.map.remove("rs485") {
+        None => Rs485Config::default(),
+        Some(Value::Object(map)) => {
+            let key = t.path("rs485");
+            let mut r = Table::new(map, key, t.problems);
+            let rs485 = Rs485Config {
+                rts: r.or("rts", RtsMode::None),
+                delay_before: r.duration("delay_before", Duration::ZERO),
+                delay_after: r.duration("delay_after", Duration::ZERO),
+            };
+            r.finish(RS485_KEYS);
+            rs485
+        }
+        Some(other) => {
+            let what = kind_of(&other);
+            t.problem(
+                "rs485",
+                format!("must be a table ([modbus.rs485]), not {what}"),
+            );
+            Rs485Config::default()
+        }
+    };
     let mut config = ModbusConfig {
         name,
         transport,
@@ -198,6 +221,7 @@ fn bus(map: Map<String, Value>) -> ModbusConfig {
         parity: t.or("parity", Parity::default()),
         data_bits: t.or("data_bits", 8),
         stop_bits: t.or("stop_bits", 1),
+        rs485,
         address: t.opt("address"),
         timeout: t.duration("timeout", Duration::from_millis(500)),
         retries: t.or("retries", 2),

@@ -288,3 +288,33 @@ fn bits_and_strings_are_writable_without_bounds() {
     assert_eq!(keys(&findings), vec!["modbus[0].device[0].point[5].min"]);
     assert!(findings[0].message.contains("bound numbers, not string(8)"));
 }
+
+#[test]
+fn rs485_direction_control_is_checked() {
+    let with = |table: &str| bus(&GOOD.replace("[[device]]", &format!("{table}\n[[device]]")));
+    let good = with("[rs485]\nrts = \"low-while-sending\"\ndelay_before = \"2ms\"");
+    assert_eq!(good.rs485.rts, RtsMode::LowWhileSending);
+    assert_eq!(good.rs485.delay_before, Duration::from_millis(2));
+    assert_eq!(validate(&[good]), vec![]);
+    let bad = with("[rs485]\nrts = \"sideways\"\ndelay_after = \"5s\"\ncts = true");
+    assert_eq!(
+        keys(&validate(&[bad])),
+        vec![
+            "modbus[0].rs485.rts",
+            "modbus[0].rs485.cts",
+            "modbus[0].rs485.delay_after"
+        ]
+    );
+    let unused = with("[rs485]\ndelay_after = \"5ms\"");
+    let findings = validate(&[unused]);
+    assert_eq!(keys(&findings), vec!["modbus[0].rs485.delay_after"]);
+    assert!(findings[0].message.contains("applies when rts"));
+    let tcp = bus(&GOOD
+        .replace("transport = \"rtu\"", "transport = \"tcp\"")
+        .replace("port = \"/dev/ttyUSB0\"", "address = \"127.0.0.1:502\"")
+        .replace(
+            "[[device]]",
+            "[rs485]\nrts = \"high-while-sending\"\n[[device]]",
+        ));
+    assert_eq!(keys(&validate(&[tcp])), vec!["modbus[0].rs485"]);
+}

@@ -15,6 +15,7 @@ mod bus;
 pub mod codec;
 pub mod config;
 mod config_parse;
+mod direction;
 pub mod frame;
 mod health;
 mod outputs;
