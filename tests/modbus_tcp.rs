@@ -5,7 +5,8 @@
 //! (allowed, out of bounds, not writable, rate limited, ACL-denied, expired), each
 //! answered and audited with the writer's identity; `bit(n)` writes (read-modify-write,
 //! other bits kept), `string(N)` writes (function 16) and `write_multiple` devices
-//! (functions 15 and 16), checked by reading the simulator back as a second master.
+//! (functions 15 and 16), checked by reading the simulator back as a second master; and
+//! `payload = "raw"`, where each topic carries the bare value the device holds.
 
 mod support;
 
@@ -612,5 +613,48 @@ async fn bits_strings_and_multiple_writes_reach_the_device() {
         (0, 0),
         "no single-write functions on a write_multiple device"
     );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_payloads_are_the_bare_values_the_device_holds() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {
+        "1": {"hr": {"0": [1234, 0xFFFF, 0x4142, 0x4344, 0x4100, 2]}, "co": {"0": [true]}},
+    }});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{}\"\ntopic_prefix = \"plant\"\npayload = \"raw\"\n\
+         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"200ms\"\n\
+         [[modbus.device.point]]\nname = \"count\"\nkind = \"holding\"\naddress = 0\n\
+         [[modbus.device.point]]\nname = \"delta\"\nkind = \"holding\"\naddress = 1\ntype = \"i16\"\n\
+         [[modbus.device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 2\ntype = \"string(4)\"\n\
+         [[modbus.device.point]]\nname = \"short\"\nkind = \"holding\"\naddress = 4\ntype = \"string(2)\"\n\
+         [[modbus.device.point]]\nname = \"pump\"\nkind = \"coil\"\naddress = 0\ntype = \"bool\"\n\
+         [[modbus.device.point]]\nname = \"half\"\nkind = \"holding\"\naddress = 5\ntype = \"bit(1)\"\n",
+        sim.port
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let mut client = v5(gateway.addr("local"), "raw").await;
+    client.subscribe("plant/m/#", QoS::AtLeastOnce).await;
+    let seen = collect(&mut client, |s| s.len() >= 7).await;
+    let expected: HashMap<String, String> = [
+        ("plant/m/count", "1234"),
+        ("plant/m/delta", "-1"),
+        // The device's bytes as they are: "ABCD", and "A" with its NUL padding trimmed.
+        ("plant/m/label", "ABCD"),
+        ("plant/m/short", "A"),
+        ("plant/m/pump", "true"),
+        ("plant/m/half", "true"),
+        ("plant/m/status", "online"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
     gateway.stop().await;
 }
