@@ -6,7 +6,9 @@
 //! answered and audited with the writer's identity; `bit(n)` writes (read-modify-write,
 //! other bits kept), `string(N)` writes (function 16) and `write_multiple` devices
 //! (functions 15 and 16), checked by reading the simulator back as a second master; and
-//! `payload = "raw"`, where each topic carries the bare value the device holds.
+//! `payload = "raw"`, where each topic carries the bare value the device holds; a reload
+//! with the same wire applied in place (no reconnect, counters kept, new points polled,
+//! removed ones cleared) and one with a changed address restarting the bus.
 
 mod support;
 
@@ -61,6 +63,9 @@ async fn collect(
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"))
 }
+
+/// One capture per test binary: the audit lines and the adapter's own.
+const LOG_FILTER: &str = "audit=info,tollgate::modbus=info";
 
 const ORDERS: [&str; 4] = ["ABCD", "CDAB", "BADC", "DCBA"];
 
@@ -315,7 +320,7 @@ async fn guarded_writes_are_answered_and_audited() {
     let Some(python) = require_pymodbus() else {
         return;
     };
-    let log = support::logs::global("audit=info");
+    let log = support::logs::global(LOG_FILTER);
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = json!({"devices": {
         "1": {"hr": {"0": [10, 20, 30, 0, 0]}, "co": {"0": [false]}, "ir": {"0": [5]}},
@@ -656,5 +661,128 @@ async fn raw_payloads_are_the_bare_values_the_device_holds() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     assert_eq!(seen, expected);
+    gateway.stop().await;
+}
+
+/// Rewrite the running gateway's file as `Gateway::start` wrote it.
+fn rewrite(dir: &std::path::Path, port: u16, devices: &str) {
+    support::gateway::write_config(
+        dir,
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            bus_body(port, devices)
+        ),
+    );
+}
+
+/// The listener and a bus on simulator port `port` with `devices` (TOML of
+/// `[[modbus.device]]` tables), as `Gateway::start` takes it.
+fn bus_body(port: u16, devices: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntopic_prefix = \"plant\"\nstatus_interval = \"1s\"\n{devices}"
+    )
+}
+
+/// The next bus status document satisfying `pred`.
+async fn status_until(client: &mut V5, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no such status");
+        let p = client.publish().await;
+        if p.topic.as_ref() == b"plant/status" {
+            let doc = json_of(&String::from_utf8_lossy(&p.payload));
+            if pred(&doc) {
+                return doc;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_the_same_wire_keeps_the_bus_open_and_applies_new_points() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let log = support::logs::global(LOG_FILTER);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {"1": {"hr": {"0": [1, 2]}}, "2": {"hr": {"0": [7]}}}});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let m1 = "[[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"100ms\"\n\
+              [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n";
+    let gateway = Gateway::start(dir.path(), &bus_body(sim.port, m1)).await;
+    let mut watch = v5(gateway.addr("local"), "watch").await;
+    watch.subscribe("plant/#", QoS::AtLeastOnce).await;
+    let before = status_until(&mut watch, |d| {
+        d["devices"]["m1"]["polls"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    assert_eq!(before["opens"], json!(1), "{before}");
+    let polls_before = before["devices"]["m1"]["polls"].as_u64().expect("polls");
+
+    // Same address and prefix: point `a` replaced by `b`, device m2 added, m1 faster.
+    let next = "[[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"50ms\"\n\
+                [[modbus.device.point]]\nname = \"b\"\nkind = \"holding\"\naddress = 1\n\
+                [[modbus.device]]\nname = \"m2\"\nunit = 2\npoll = \"100ms\"\n\
+                [[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 0\n";
+    rewrite(dir.path(), sim.port, next);
+    gateway.reload.reload().await.expect("reload accepted");
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let after = loop {
+        let p = watch.publish().await;
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+        if topic == "plant/status" {
+            let doc = json_of(&payload);
+            let done = ["plant/m1/a", "plant/m1/b", "plant/m2/c"]
+                .iter()
+                .all(|t| seen.contains_key(*t));
+            if done && doc["devices"]["m2"]["polls"].as_u64().unwrap_or(0) > 0 {
+                break doc;
+            }
+        } else {
+            seen.insert(topic, payload);
+        }
+    };
+    // The removed point's retained value is cleared; the new points are polled.
+    assert_eq!(seen["plant/m1/a"], "", "{seen:#?}");
+    assert_eq!(json_of(&seen["plant/m1/b"])["value"], json!(2));
+    assert_eq!(json_of(&seen["plant/m2/c"])["value"], json!(7));
+    // No reconnect, and m1's counters went on from where they were.
+    let opened = |port: u16| {
+        log.text()
+            .lines()
+            .filter(|l| l.contains("Modbus bus opened") && l.contains(&format!("127.0.0.1:{port}")))
+            .count()
+    };
+    assert_eq!(opened(sim.port), 1, "opened once:\n{}", log.text());
+    assert!(log.text().contains("Modbus bus reloaded in place"));
+    assert_eq!(after["opens"], json!(1), "{after}");
+    assert!(
+        after["devices"]["m1"]["polls"].as_u64().unwrap_or(0) > polls_before,
+        "{after}"
+    );
+
+    // A changed wire (another device address) restarts the bus on the new one.
+    let spec2 = json!({"devices": {"1": {"hr": {"0": [100, 200]}}}});
+    std::fs::create_dir_all(dir.path().join("two")).expect("dir");
+    let sim2 = Sim::tcp(&python, &dir.path().join("two"), &spec2);
+    rewrite(dir.path(), sim2.port, next);
+    gateway.reload.reload().await.expect("reload accepted");
+    let mut values = v5(gateway.addr("local"), "values").await;
+    values.subscribe("plant/m1/b", QoS::AtLeastOnce).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no value from the new device"
+        );
+        let p = values.publish().await;
+        if json_of(&String::from_utf8_lossy(&p.payload))["value"] == json!(200) {
+            break;
+        }
+    }
+    assert!(!sim2.requests().is_empty());
+    assert_eq!(opened(sim2.port), 1);
     gateway.stop().await;
 }

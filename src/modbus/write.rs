@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -75,6 +75,8 @@ pub struct WriteJob {
     pub action: WriteAction,
     /// Not executed after this instant (message expiry).
     pub deadline: Option<Instant>,
+    /// The configuration generation (reloads seen) the indices refer to.
+    pub generation: u64,
     /// Answer.
     pub reply: ReplyTo,
 }
@@ -158,6 +160,8 @@ struct Targets {
     points: Vec<Vec<PointConfig>>,
     /// Per device: functions 15/16 only.
     multiple: Vec<bool>,
+    /// Reloads seen.
+    generation: u64,
     last: HashMap<(usize, usize), Instant>,
 }
 
@@ -176,6 +180,7 @@ impl Targets {
             by_topic,
             points: config.device.iter().map(|d| d.point.clone()).collect(),
             multiple: config.device.iter().map(|d| d.write_multiple).collect(),
+            generation: 0,
             last: HashMap::new(),
         }
     }
@@ -334,6 +339,7 @@ pub(super) async fn receive(
     mut client: InternalClient,
     config: ModbusConfig,
     bus: mpsc::Sender<WriteJob>,
+    mut updates: watch::Receiver<(u64, ModbusConfig)>,
     shutdown: CancellationToken,
 ) {
     let filter = format!("{}/+/+/set", config.topic_prefix);
@@ -354,6 +360,13 @@ pub(super) async fn receive(
     loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Ok(()) = updates.changed() => {
+                // Same topic prefix (a changed prefix restarts the bus): new points only.
+                let (generation, config) = updates.borrow_and_update().clone();
+                targets = Targets::new(&config);
+                targets.generation = generation;
+                continue;
+            }
             d = client.recv() => match d {
                 Some(d) => d,
                 None => break,
@@ -420,6 +433,7 @@ fn admit(
             device: d,
             point: p,
             action,
+            generation: targets.generation,
             deadline,
             reply,
         }),
