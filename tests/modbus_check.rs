@@ -21,7 +21,11 @@ fn check_lists_every_modbus_problem_with_its_key_path() {
             "[[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 5\ntype = \"float\"\n",
             "[[modbus]]\nname = \"line\"\ntransport = \"rtu\"\ntopic_prefix = \"line\"\n",
             "[[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"1s\"\n",
-            "[[modbus.device.point]]\nname = \"x\"\nkind = \"register\"\naddress = 0\n",
+            "[[modbus.device.point]]\nname = \"x\"\nkind = \"register\"\naddress = -1\ntype = \"float\"\n",
+            "[[modbus.device.point]]\nname = \"y\"\nkind = \"holding\"\naddress = 3\nscale = \"big\"\nwritable = \"yes\"\nmin = 5\nmax = 1\n",
+            "[[modbus]]\nname = \"p/q\"\ntransport = \"serial\"\ntopic_prefix = \"pq\"\ntimeout = 0\ncolour = \"red\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 300\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"z\"\nkind = \"coil\"\naddress = 0\ntype = \"u16\"\n",
         ),
     )
     .expect("write");
@@ -33,7 +37,21 @@ fn check_lists_every_modbus_problem_with_its_key_path() {
         format!("{path}: modbus[0].device[0].point[1].address: input 1..1 overlaps point[0]"),
         format!("{path}: modbus[0].device[0].point[1].writable: input points are read-only"),
         format!("{path}: modbus[0].device[0].point[2].type: \"float\" is not a type"),
-        format!("{path}: modbus[1].device[0].point[0].kind"),
+        // A serde error in an entry hides neither the other checks of that entry and
+        // point nor the other entries.
+        format!("{path}: modbus[1].port: transport \"rtu\" needs a serial port path"),
+        format!("{path}: modbus[1].device[0].point[0].kind: unknown variant `register`"),
+        format!("{path}: modbus[1].device[0].point[0].address: -1 is out of range"),
+        format!("{path}: modbus[1].device[0].point[0].type: \"float\" is not a type"),
+        format!("{path}: modbus[1].device[0].point[1].scale: invalid type: string \"big\""),
+        format!("{path}: modbus[1].device[0].point[1].writable: invalid type: string \"yes\""),
+        format!("{path}: modbus[1].device[0].point[1].max: max 1 is below min 5"),
+        format!("{path}: modbus[2].name: \"p/q\" is not a usable topic level"),
+        format!("{path}: modbus[2].transport: unknown variant `serial`"),
+        format!("{path}: modbus[2].colour: unknown key"),
+        format!("{path}: modbus[2].timeout: 0s is out of range"),
+        format!("{path}: modbus[2].device[0].unit: 300 is out of range"),
+        format!("{path}: modbus[2].device[0].point[0].type: coil points are bits"),
     ] {
         assert!(
             stderr.lines().any(|l| l.starts_with(&expected)),

@@ -4,10 +4,14 @@
 //! timeout per backoff period, goes `offline` and comes back `online` when it answers),
 //! damaged replies counted as CRC errors and retried, late replies never decoded as the
 //! answer of another unit (skipped and counted as stray frames), and the serial device removed and
-//! re-created (the bus reopens by path, values go `stale` and then `good` again).
+//! re-created (the bus reopens by path, values go `stale` and then `good` again), and
+//! RS-485 RTS direction control on a port without modem lines (a pty): said once, the
+//! bus keeps working; and the 3.5-character silence before every request, measured by a
+//! bare responder that timestamps the bytes as they arrive.
 //!
 //! `TOLLGATE_MODBUS_WINDOW_SECS` sets the measuring window of the poll-rate test
-//! (default 5 s; a long run: 60).
+//! (default 5 s; a long run: 60); `TOLLGATE_MODBUS_FRAMES` the requests the silence test
+//! measures (default 60; a long run: 2000).
 
 mod support;
 
@@ -275,4 +279,105 @@ async fn late_replies_are_never_taken_for_another_request() {
     assert_eq!(json_of(&v)["value"], json!(42));
     drop(client);
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rts_refused_by_the_port_is_said_once_and_the_bus_keeps_working() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let log = support::logs::global("tollgate=info");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "rts") else {
+        return;
+    };
+    let _sim = Sim::rtu(&python, dir.path(), "rtu", &spec(), &pty.line);
+    let rs485 = "[modbus.rs485]\nrts = \"high-while-sending\"\ndelay_before = \"1ms\"\ndelay_after = \"1ms\"\n";
+    let gateway = Gateway::start(dir.path(), &bus(&pty.device, rs485)).await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("line/status", QoS::AtLeastOnce).await;
+    // A pty has no modem lines (TIOCMBIS fails): the polls go on without RTS.
+    let doc = until(&mut client, "line/status", |p| {
+        json_of(p)["devices"]["good"]["polls"].as_u64().unwrap_or(0) >= 10
+    })
+    .await;
+    assert_eq!(json_of(&doc)["devices"]["good"]["online"], json!(true));
+    gateway.stop().await;
+    let device = pty.device.display().to_string();
+    let refusals = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("refuses to set RTS") && l.contains(&device))
+        .count();
+    assert_eq!(refusals, 1, "said once for {device}:\n{}", log.text());
+}
+
+/// Requests the silence test waits for (`TOLLGATE_MODBUS_FRAMES`, default 60).
+fn frames() -> usize {
+    std::env::var("TOLLGATE_MODBUS_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_separated_by_three_and_a_half_characters_of_silence() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "quiet") else {
+        return;
+    };
+    let spec = json!({"devices": {
+        "1": {"hr": {"0": [1], "200": [2]}},
+        "2": {"hr": {"0": [3]}},
+    }});
+    let sim = Sim::rtu_timing(&python, dir.path(), &spec, &pty.line);
+    // 9600 baud 8N1: 10 bits a character, 3.5 characters = 3.646 ms. Unit 1's two points
+    // are too far apart to join: each of its polls is two requests back to back.
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"line\"\ntransport = \"rtu\"\nport = {:?}\nbaud = 9600\nparity = \"none\"\n\
+         topic_prefix = \"line\"\ntimeout = \"200ms\"\n\
+         [[modbus.device]]\nname = \"one\"\nunit = 1\npoll = \"50ms\"\n\
+         [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n\
+         [[modbus.device.point]]\nname = \"b\"\nkind = \"holding\"\naddress = 200\n\
+         [[modbus.device]]\nname = \"two\"\nunit = 2\npoll = \"50ms\"\n\
+         [[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 0\n",
+        pty.device.display().to_string()
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let wanted = frames();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let timings = loop {
+        let t = sim.timings();
+        if t.len() >= wanted {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {wanted} requests",
+            t.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    gateway.stop().await;
+    let silence = 3.5 * 10.0 / 9600.0;
+    // From the end of each reply to the first byte of the next request.
+    let mut gaps: Vec<f64> = timings.windows(2).map(|w| w[1].0 - w[0].1).collect();
+    gaps.sort_by(f64::total_cmp);
+    println!(
+        "{} gaps: min {:.3} ms, median {:.3} ms (3.5 characters: {:.3} ms)",
+        gaps.len(),
+        gaps[0] * 1e3,
+        gaps[gaps.len() / 2] * 1e3,
+        silence * 1e3
+    );
+    assert!(
+        gaps[0] >= silence,
+        "a request {:.3} ms after the previous reply, under 3.5 characters ({:.3} ms)",
+        gaps[0] * 1e3,
+        silence * 1e3
+    );
 }

@@ -3,7 +3,12 @@
 //! counted on the simulator's side, a joined read refused with exception 0x02 split and
 //! remembered, a single refused point reported with quality `error`, and guarded writes
 //! (allowed, out of bounds, not writable, rate limited, ACL-denied, expired), each
-//! answered and audited with the writer's identity.
+//! answered and audited with the writer's identity; `bit(n)` writes (read-modify-write,
+//! other bits kept), `string(N)` writes (function 16) and `write_multiple` devices
+//! (functions 15 and 16), checked by reading the simulator back as a second master; and
+//! `payload = "raw"`, where each topic carries the bare value the device holds; a reload
+//! with the same wire applied in place (no reconnect, counters kept, new points polled,
+//! removed ones cleared) and one with a changed address restarting the bus.
 
 mod support;
 
@@ -58,6 +63,9 @@ async fn collect(
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"))
 }
+
+/// One capture per test binary: the audit lines and the adapter's own.
+const LOG_FILTER: &str = "audit=info,tollgate::modbus=info";
 
 const ORDERS: [&str; 4] = ["ABCD", "CDAB", "BADC", "DCBA"];
 
@@ -312,7 +320,7 @@ async fn guarded_writes_are_answered_and_audited() {
     let Some(python) = require_pymodbus() else {
         return;
     };
-    let log = support::logs::global("audit=info");
+    let log = support::logs::global(LOG_FILTER);
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = json!({"devices": {
         "1": {"hr": {"0": [10, 20, 30, 0, 0]}, "co": {"0": [false]}, "ir": {"0": [5]}},
@@ -499,4 +507,282 @@ async fn guarded_writes_are_answered_and_audited() {
         text.contains("event=\"acl_denied\""),
         "the ACL refusal is audited by the broker"
     );
+}
+
+/// Read `count` registers (function 3) or coils (function 1) from the simulator
+/// directly, as a second master would: what the device holds after a write.
+fn read_raw(port: u16, unit: u8, function: u8, address: u16, count: u16) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("simulator");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut adu = vec![0, 1, 0, 0, 0, 6, unit, function];
+    adu.extend_from_slice(&address.to_be_bytes());
+    adu.extend_from_slice(&count.to_be_bytes());
+    stream.write_all(&adu).expect("request");
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).expect("reply header");
+    assert_eq!(header[7], function, "no exception: {header:?}");
+    let mut data = vec![0u8; usize::from(header[8])];
+    stream.read_exact(&mut data).expect("reply data");
+    if function == 1 {
+        (0..usize::from(count))
+            .map(|i| u16::from(data[i / 8] >> (i % 8) & 1))
+            .collect()
+    } else {
+        data.chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bits_strings_and_multiple_writes_reach_the_device() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {
+        "1": {"hr": {"0": [0b1000, 0x4142, 0x4300, 0]}},
+        "2": {"hr": {"0": [0]}, "co": {"0": [false, false]}},
+    }});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{}\"\ntopic_prefix = \"plant\"\ntimeout = \"2s\"\n\
+         [[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"200ms\"\n\
+         [[modbus.device.point]]\nname = \"flag\"\nkind = \"holding\"\naddress = 0\ntype = \"bit(0)\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device.point]]\nname = \"other\"\nkind = \"holding\"\naddress = 0\ntype = \"bit(3)\"\n\
+         [[modbus.device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 1\ntype = \"string(4)\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device]]\nname = \"m2\"\nunit = 2\npoll = \"200ms\"\nwrite_multiple = true\n\
+         [[modbus.device.point]]\nname = \"pump\"\nkind = \"coil\"\naddress = 1\ntype = \"bool\"\nwritable = true\nwrite_interval = \"0\"\n\
+         [[modbus.device.point]]\nname = \"speed\"\nkind = \"holding\"\naddress = 0\nwritable = true\nwrite_interval = \"0\"\n",
+        sim.port
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let addr = gateway.addr("local");
+    let mut writer = v5(addr, "operator").await;
+    writer.subscribe("reply/op", QoS::AtLeastOnce).await;
+    let mut values = v5(addr, "values").await;
+    values.subscribe("plant/m1/label", QoS::AtLeastOnce).await;
+    let first = values.publish().await;
+    assert_eq!(
+        json_of(&String::from_utf8_lossy(&first.payload))["value"],
+        "ABC"
+    );
+    let writes = |sim: &Sim, function: u8, unit: u8| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.function == function && r.unit == unit)
+            .count()
+    };
+
+    // bit(0): read (function 3), set the bit, write (function 6); bit 3 is kept.
+    let reads_before = writes(&sim, 3, 1);
+    let ok = command(&mut writer, "plant/m1/flag/set", "true", "b1").await;
+    assert_eq!(ok, json!({"ok": true, "value": true}));
+    assert_eq!(read_raw(sim.port, 1, 3, 0, 1), vec![0b1001]);
+    assert_eq!(writes(&sim, 6, 1), 1);
+    assert!(writes(&sim, 3, 1) > reads_before);
+    let ok = command(&mut writer, "plant/m1/flag/set", "0", "b2").await;
+    assert_eq!(ok, json!({"ok": true, "value": false}));
+    assert_eq!(read_raw(sim.port, 1, 3, 0, 1), vec![0b1000]);
+    let refused = command(&mut writer, "plant/m1/flag/set", "2", "b3").await;
+    assert_eq!(refused["ok"], json!(false), "{refused}");
+
+    // string(4): function 16, NUL-padded, read back.
+    let ok = command(&mut writer, "plant/m1/label/set", "XYZ", "s1").await;
+    assert_eq!(ok, json!({"ok": true, "value": "XYZ"}));
+    assert_eq!(read_raw(sim.port, 1, 3, 1, 2), vec![0x5859, 0x5A00]);
+    assert_eq!(writes(&sim, 16, 1), 1);
+    let refused = command(&mut writer, "plant/m1/label/set", "TOOLONG", "s2").await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("do not fit string(4)")),
+        "{refused}"
+    );
+    assert_eq!(writes(&sim, 16, 1), 1, "a refused string is not written");
+
+    // write_multiple: a coil with function 15, a register with function 16.
+    let ok = command(&mut writer, "plant/m2/pump/set", "on", "m1").await;
+    assert_eq!(ok, json!({"ok": true, "value": true}));
+    assert_eq!(read_raw(sim.port, 2, 1, 0, 2), vec![0, 1]);
+    let ok = command(&mut writer, "plant/m2/speed/set", "300", "m2").await;
+    assert_eq!(ok, json!({"ok": true, "value": 300}));
+    assert_eq!(read_raw(sim.port, 2, 3, 0, 1), vec![300]);
+    assert_eq!((writes(&sim, 15, 2), writes(&sim, 16, 2)), (1, 1));
+    assert_eq!(
+        (writes(&sim, 5, 2), writes(&sim, 6, 2)),
+        (0, 0),
+        "no single-write functions on a write_multiple device"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_payloads_are_the_bare_values_the_device_holds() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {
+        "1": {"hr": {"0": [1234, 0xFFFF, 0x4142, 0x4344, 0x4100, 2]}, "co": {"0": [true]}},
+    }});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{}\"\ntopic_prefix = \"plant\"\npayload = \"raw\"\n\
+         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"200ms\"\n\
+         [[modbus.device.point]]\nname = \"count\"\nkind = \"holding\"\naddress = 0\n\
+         [[modbus.device.point]]\nname = \"delta\"\nkind = \"holding\"\naddress = 1\ntype = \"i16\"\n\
+         [[modbus.device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 2\ntype = \"string(4)\"\n\
+         [[modbus.device.point]]\nname = \"short\"\nkind = \"holding\"\naddress = 4\ntype = \"string(2)\"\n\
+         [[modbus.device.point]]\nname = \"pump\"\nkind = \"coil\"\naddress = 0\ntype = \"bool\"\n\
+         [[modbus.device.point]]\nname = \"half\"\nkind = \"holding\"\naddress = 5\ntype = \"bit(1)\"\n",
+        sim.port
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let mut client = v5(gateway.addr("local"), "raw").await;
+    client.subscribe("plant/m/#", QoS::AtLeastOnce).await;
+    let seen = collect(&mut client, |s| s.len() >= 7).await;
+    let expected: HashMap<String, String> = [
+        ("plant/m/count", "1234"),
+        ("plant/m/delta", "-1"),
+        // The device's bytes as they are: "ABCD", and "A" with its NUL padding trimmed.
+        ("plant/m/label", "ABCD"),
+        ("plant/m/short", "A"),
+        ("plant/m/pump", "true"),
+        ("plant/m/half", "true"),
+        ("plant/m/status", "online"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    gateway.stop().await;
+}
+
+/// Rewrite the running gateway's file as `Gateway::start` wrote it.
+fn rewrite(dir: &std::path::Path, port: u16, devices: &str) {
+    support::gateway::write_config(
+        dir,
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            bus_body(port, devices)
+        ),
+    );
+}
+
+/// The listener and a bus on simulator port `port` with `devices` (TOML of
+/// `[[modbus.device]]` tables), as `Gateway::start` takes it.
+fn bus_body(port: u16, devices: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntopic_prefix = \"plant\"\nstatus_interval = \"1s\"\n{devices}"
+    )
+}
+
+/// The next bus status document satisfying `pred`.
+async fn status_until(client: &mut V5, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no such status");
+        let p = client.publish().await;
+        if p.topic.as_ref() == b"plant/status" {
+            let doc = json_of(&String::from_utf8_lossy(&p.payload));
+            if pred(&doc) {
+                return doc;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_the_same_wire_keeps_the_bus_open_and_applies_new_points() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let log = support::logs::global(LOG_FILTER);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {"1": {"hr": {"0": [1, 2]}}, "2": {"hr": {"0": [7]}}}});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let m1 = "[[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"100ms\"\n\
+              [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n";
+    let gateway = Gateway::start(dir.path(), &bus_body(sim.port, m1)).await;
+    let mut watch = v5(gateway.addr("local"), "watch").await;
+    watch.subscribe("plant/#", QoS::AtLeastOnce).await;
+    let before = status_until(&mut watch, |d| {
+        d["devices"]["m1"]["polls"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    assert_eq!(before["opens"], json!(1), "{before}");
+    let polls_before = before["devices"]["m1"]["polls"].as_u64().expect("polls");
+
+    // Same address and prefix: point `a` replaced by `b`, device m2 added, m1 faster.
+    let next = "[[modbus.device]]\nname = \"m1\"\nunit = 1\npoll = \"50ms\"\n\
+                [[modbus.device.point]]\nname = \"b\"\nkind = \"holding\"\naddress = 1\n\
+                [[modbus.device]]\nname = \"m2\"\nunit = 2\npoll = \"100ms\"\n\
+                [[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 0\n";
+    rewrite(dir.path(), sim.port, next);
+    gateway.reload.reload().await.expect("reload accepted");
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let after = loop {
+        let p = watch.publish().await;
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+        if topic == "plant/status" {
+            let doc = json_of(&payload);
+            let done = ["plant/m1/a", "plant/m1/b", "plant/m2/c"]
+                .iter()
+                .all(|t| seen.contains_key(*t));
+            if done && doc["devices"]["m2"]["polls"].as_u64().unwrap_or(0) > 0 {
+                break doc;
+            }
+        } else {
+            seen.insert(topic, payload);
+        }
+    };
+    // The removed point's retained value is cleared; the new points are polled.
+    assert_eq!(seen["plant/m1/a"], "", "{seen:#?}");
+    assert_eq!(json_of(&seen["plant/m1/b"])["value"], json!(2));
+    assert_eq!(json_of(&seen["plant/m2/c"])["value"], json!(7));
+    // No reconnect, and m1's counters went on from where they were.
+    let opened = |port: u16| {
+        log.text()
+            .lines()
+            .filter(|l| l.contains("Modbus bus opened") && l.contains(&format!("127.0.0.1:{port}")))
+            .count()
+    };
+    assert_eq!(opened(sim.port), 1, "opened once:\n{}", log.text());
+    assert!(log.text().contains("Modbus bus reloaded in place"));
+    assert_eq!(after["opens"], json!(1), "{after}");
+    assert!(
+        after["devices"]["m1"]["polls"].as_u64().unwrap_or(0) > polls_before,
+        "{after}"
+    );
+
+    // A changed wire (another device address) restarts the bus on the new one.
+    let spec2 = json!({"devices": {"1": {"hr": {"0": [100, 200]}}}});
+    std::fs::create_dir_all(dir.path().join("two")).expect("dir");
+    let sim2 = Sim::tcp(&python, &dir.path().join("two"), &spec2);
+    rewrite(dir.path(), sim2.port, next);
+    gateway.reload.reload().await.expect("reload accepted");
+    let mut values = v5(gateway.addr("local"), "values").await;
+    values.subscribe("plant/m1/b", QoS::AtLeastOnce).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no value from the new device"
+        );
+        let p = values.publish().await;
+        if json_of(&String::from_utf8_lossy(&p.payload))["value"] == json!(200) {
+            break;
+        }
+    }
+    assert!(!sim2.requests().is_empty());
+    assert_eq!(opened(sim2.port), 1);
+    gateway.stop().await;
 }

@@ -9,20 +9,20 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::Value;
-use super::config::ModbusConfig;
+use super::codec::{self, Value};
+use super::config::{ModbusConfig, RegisterKind};
 use super::frame::{FrameError, Request, Response};
 use super::health::BusHealth;
 use super::outputs::Outputs;
 use super::plan::{self, Limits, ReadRequest, Span};
 use super::points::{PointState, Quality};
 use super::transport::{Endpoint, ExchangeError, Link};
-use super::write::{WriteJob, WriteOutcome};
+use super::write::{WriteAction, WriteJob, WriteOutcome};
 use crate::component::{Health, HealthReporter};
 
 /// A device at run time.
@@ -61,6 +61,8 @@ pub(super) struct Bus {
     next_status: Instant,
     reporter: HealthReporter,
     pub out: Outputs,
+    /// Reloads applied; write jobs made for another generation are refused.
+    generation: u64,
 }
 
 /// How a read of a device went.
@@ -74,37 +76,7 @@ enum PollEnd {
 impl Bus {
     pub fn new(config: ModbusConfig, reporter: HealthReporter, out: Outputs) -> Self {
         let now = Instant::now();
-        let limits = Limits {
-            max_gap: config.max_gap,
-            max_registers: config.max_registers,
-            max_bits: config.max_bits,
-        };
-        let devices: Vec<Device> = config
-            .device
-            .iter()
-            .map(|d| {
-                let topic = format!("{}/{}", config.topic_prefix, d.name);
-                let points: Vec<PointState> = d
-                    .point
-                    .iter()
-                    .map(|p| PointState::new(p.clone(), &topic, d.poll))
-                    .collect();
-                let spans: Vec<Span> = points.iter().map(PointState::span).collect();
-                Device {
-                    name: d.name.clone(),
-                    unit: d.unit as u8,
-                    poll: d.poll,
-                    topic,
-                    requests: plan::plan(&spans, limits),
-                    spans,
-                    points,
-                    next_poll: now,
-                    backoff: Duration::ZERO,
-                    retry_at: None,
-                    online: None,
-                }
-            })
-            .collect();
+        let devices = devices(&config, now);
         let health = BusHealth::new(devices.iter().map(|d| d.name.as_str()));
         Bus {
             endpoint: Endpoint::of(&config),
@@ -117,11 +89,64 @@ impl Bus {
             reporter,
             out,
             config,
+            generation: 0,
         }
     }
 
+    /// A reload with the same wire: new devices, points and timings, while the port or
+    /// connection stays open and the counters of devices that stay are kept. Topics of
+    /// points and devices that are gone are cleared (empty retained message).
+    async fn apply(&mut self, generation: u64, config: ModbusConfig) {
+        self.generation = generation;
+        let mut next = devices(&config, Instant::now());
+        for d in &mut next {
+            if let Some(old) = self
+                .devices
+                .iter()
+                .find(|o| o.name == d.name && o.unit == d.unit)
+            {
+                d.online = old.online;
+                d.backoff = old.backoff;
+                d.retry_at = old.retry_at;
+            }
+        }
+        let kept: std::collections::HashSet<String> = next
+            .iter()
+            .flat_map(|d| {
+                d.points
+                    .iter()
+                    .map(|p| p.topic.clone())
+                    .chain([format!("{}/status", d.topic)])
+            })
+            .collect();
+        let gone: Vec<String> = self
+            .devices
+            .iter()
+            .flat_map(|d| {
+                d.points
+                    .iter()
+                    .map(|p| p.topic.clone())
+                    .chain([format!("{}/status", d.topic)])
+            })
+            .filter(|t| !kept.contains(t))
+            .collect();
+        for topic in &gone {
+            self.out.publish(topic, String::new(), true).await;
+        }
+        self.health
+            .retain_devices(next.iter().map(|d| d.name.as_str()));
+        info!(bus = %self.config.name, devices = next.len(), cleared_topics = gone.len(), "Modbus bus reloaded in place; the port stays open.");
+        self.devices = next;
+        self.config = config;
+    }
+
     /// Poll, write and report until `shutdown`; then mark every device offline.
-    pub async fn run(mut self, mut writes: mpsc::Receiver<WriteJob>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut writes: mpsc::Receiver<WriteJob>,
+        mut updates: watch::Receiver<(u64, ModbusConfig)>,
+        shutdown: CancellationToken,
+    ) {
         info!(bus = %self.config.name, endpoint = %self.endpoint.label(), devices = self.devices.len(), "Modbus bus started.");
         loop {
             if self.link.is_none() && Instant::now() >= self.next_open {
@@ -136,6 +161,10 @@ impl Bus {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                Ok(()) = updates.changed() => {
+                    let (generation, config) = updates.borrow_and_update().clone();
+                    self.apply(generation, config).await;
+                }
                 job = writes.recv() => match job {
                     Some(job) => self.write(job).await,
                     None => break,
@@ -453,6 +482,11 @@ impl Bus {
     }
 
     async fn execute(&mut self, job: &WriteJob) -> WriteOutcome {
+        if job.generation != self.generation {
+            return WriteOutcome::Refused(
+                "the configuration was reloaded while the command waited: send it again".into(),
+            );
+        }
         if job.deadline.is_some_and(|d| Instant::now() > d) {
             return WriteOutcome::Refused(
                 "expired: the command's message expiry passed before it could run".into(),
@@ -462,7 +496,39 @@ impl Bus {
             return WriteOutcome::Failed("bus not open".into());
         }
         let (i, p) = (job.device, job.point);
-        let request = job.request.clone();
+        let request = match job.action.clone() {
+            WriteAction::Send(request) => request,
+            WriteAction::SetBit {
+                address,
+                bit,
+                value,
+                multiple,
+            } => {
+                let read = Request::Read {
+                    kind: RegisterKind::Holding,
+                    start: address,
+                    count: 1,
+                };
+                let current = match self.exchange(i, &read, 1 + self.config.retries).await {
+                    Ok(Response::Registers(regs)) if regs.len() == 1 => regs[0],
+                    Ok(_) => return WriteOutcome::Failed("unexpected reply to the read".into()),
+                    Err(e) => {
+                        return WriteOutcome::Failed(format!(
+                            "not written: reading the register first failed: {e}"
+                        ))
+                    }
+                };
+                let value = codec::with_bit(current, bit, value);
+                if multiple {
+                    Request::WriteRegisters {
+                        address,
+                        values: vec![value],
+                    }
+                } else {
+                    Request::WriteRegister { address, value }
+                }
+            }
+        };
         if let Err(e) = self.exchange(i, &request, 1).await {
             return WriteOutcome::Failed(e.to_string());
         }
@@ -488,6 +554,41 @@ impl Bus {
             Err(e) => WriteOutcome::Failed(format!("written, but the read-back failed: {e}")),
         }
     }
+}
+
+/// The run-time devices of `config`, all due at `now`.
+fn devices(config: &ModbusConfig, now: Instant) -> Vec<Device> {
+    let limits = Limits {
+        max_gap: config.max_gap,
+        max_registers: config.max_registers,
+        max_bits: config.max_bits,
+    };
+    config
+        .device
+        .iter()
+        .map(|d| {
+            let topic = format!("{}/{}", config.topic_prefix, d.name);
+            let points: Vec<PointState> = d
+                .point
+                .iter()
+                .map(|p| PointState::new(p.clone(), &topic, d.poll))
+                .collect();
+            let spans: Vec<Span> = points.iter().map(PointState::span).collect();
+            Device {
+                name: d.name.clone(),
+                unit: d.unit as u8,
+                poll: d.poll,
+                topic,
+                requests: plan::plan(&spans, limits),
+                spans,
+                points,
+                next_poll: now,
+                backoff: Duration::ZERO,
+                retry_at: None,
+                online: None,
+            }
+        })
+        .collect()
 }
 
 fn read_start(r: &Request) -> u16 {

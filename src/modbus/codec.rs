@@ -357,6 +357,33 @@ pub fn encode(
     Ok(bytes_to_wire(&bytes, order))
 }
 
+/// Registers for writing `text` to a `string(n)` point in `order`: its UTF-8 bytes (at
+/// most `n`), padded with NUL, which the decoder strips again.
+pub fn encode_text(n: u16, order: Order, text: &str) -> Result<Vec<u16>, EncodeError> {
+    let bytes = text.as_bytes();
+    if bytes.len() > usize::from(n) {
+        return Err(EncodeError(format!(
+            "{} bytes do not fit string({n})",
+            bytes.len()
+        )));
+    }
+    if bytes.contains(&0) {
+        return Err(EncodeError("text with a NUL character".into()));
+    }
+    let mut padded = bytes.to_vec();
+    padded.resize(usize::from(n.div_ceil(2)) * 2, 0);
+    Ok(bytes_to_wire(&padded, order))
+}
+
+/// `register` with bit `n` (0: least significant) set to `on`.
+pub fn with_bit(register: u16, n: u8, on: bool) -> u16 {
+    if on {
+        register | (1 << n)
+    } else {
+        register & !(1 << n)
+    }
+}
+
 /// Registers holding the raw integer bits of `raw` for `t` (tests and the simulator side).
 pub fn raw_registers(t: ValueType, order: Order, raw: u64) -> Vec<u16> {
     let n = usize::from(t.registers()) * 2;
@@ -370,6 +397,25 @@ mod tests {
     use proptest::prelude::*;
 
     const ORDERS: [Order; 4] = [Order::Abcd, Order::Cdab, Order::Badc, Order::Dcba];
+
+    #[test]
+    fn text_and_bits_encode_for_writing() {
+        for order in [Order::Abcd, Order::Badc] {
+            let regs = encode_text(5, order, "abc").expect("fits");
+            assert_eq!(regs.len(), 3);
+            assert_eq!(
+                decode(ValueType::Str(5), order, &regs),
+                Value::Text("abc".into())
+            );
+        }
+        assert_eq!(encode_text(4, Order::Abcd, "AB"), Ok(vec![0x4142, 0]));
+        assert_eq!(encode_text(4, Order::Badc, "AB"), Ok(vec![0x4241, 0]));
+        assert!(encode_text(2, Order::Abcd, "abc").is_err());
+        assert!(encode_text(4, Order::Abcd, "a\0").is_err());
+        assert_eq!(with_bit(0b1000, 0, true), 0b1001);
+        assert_eq!(with_bit(0b1001, 3, false), 0b0001);
+        assert_eq!(with_bit(0, 15, true), 0x8000);
+    }
 
     #[test]
     fn types_parse_with_bounds() {

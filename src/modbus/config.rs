@@ -1,132 +1,67 @@
-//! `[[modbus]]`: the serde types of one Modbus bus (an RTU serial line or a TCP
+//! `[[modbus]]`: the types of one Modbus bus (an RTU serial line or a TCP
 //! connection), its devices and their points, and their validation. Validation collects
 //! every problem with its key path (`modbus[0].device[1].point[2].type`); it never opens
 //! a port or a socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::codec::{Order, ValueType};
-use crate::duration;
 pub use crate::findings::Finding;
 use crate::findings::Findings;
 
-/// `[[modbus]]`: one bus.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[modbus]]`: one bus. Read leniently (`config_parse`): every key on its own, so one
+/// bad value does not hide the other problems of the entry.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusConfig {
     /// Name; the in-process identity is `adapter:<name>`.
     pub name: String,
     /// `rtu` (serial line) or `tcp`.
     pub transport: TransportKind,
     /// RTU: the serial device (a `/dev/serial/by-id/...` path survives re-plugging).
-    #[serde(default)]
     pub port: Option<PathBuf>,
     /// RTU: bits per second.
-    #[serde(default = "default_baud")]
     pub baud: u32,
     /// RTU: parity.
-    #[serde(default)]
     pub parity: Parity,
     /// RTU: data bits (7 or 8).
-    #[serde(default = "default_data_bits")]
     pub data_bits: u8,
     /// RTU: stop bits (1 or 2).
-    #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
+    /// RTU: `[modbus.rs485]`, direction control of the transceiver through RTS.
+    pub rs485: Rs485Config,
     /// TCP: `host:port` of the device or gateway.
-    #[serde(default)]
     pub address: Option<String>,
     /// How long a reply may take.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
     pub timeout: Duration,
     /// Further attempts after a timeout or a damaged reply, before the poll fails.
-    #[serde(default = "default_retries")]
     pub retries: u32,
     /// Pause after each reply before the next request (devices that need turnaround time).
-    #[serde(default, deserialize_with = "duration::deserialize")]
     pub inter_request_delay: Duration,
     /// Topics are `<topic_prefix>/<device>/<point>`.
     pub topic_prefix: String,
     /// Unused registers (or bits) one request may span to join two points.
-    #[serde(default = "default_max_gap")]
     pub max_gap: u16,
     /// Registers per read request at most (the protocol's limit is 125).
-    #[serde(default = "default_max_registers")]
     pub max_registers: u16,
     /// Coils or discrete inputs per read request at most (the protocol's limit is 2000).
-    #[serde(default = "default_max_bits")]
     pub max_bits: u16,
     /// Payload of point topics: JSON with unit, timestamp and quality, or the bare value.
-    #[serde(default)]
     pub payload: PayloadFormat,
     /// A device that failed is retried after this delay, doubling up to `backoff_max`.
-    #[serde(
-        default = "default_backoff_min",
-        deserialize_with = "duration::deserialize"
-    )]
     pub backoff_min: Duration,
     /// Longest delay between attempts on a device that does not answer.
-    #[serde(
-        default = "default_backoff_max",
-        deserialize_with = "duration::deserialize"
-    )]
     pub backoff_max: Duration,
     /// How often the bus health is published.
-    #[serde(
-        default = "default_status_interval",
-        deserialize_with = "duration::deserialize"
-    )]
     pub status_interval: Duration,
     /// `[[modbus.device]]`.
-    #[serde(default)]
     pub device: Vec<DeviceConfig>,
-}
-
-fn default_baud() -> u32 {
-    9600
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
-fn default_timeout() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_max_gap() -> u16 {
-    8
-}
-fn default_max_registers() -> u16 {
-    125
-}
-fn default_max_bits() -> u16 {
-    2000
-}
-fn default_backoff_min() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_status_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_write_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn one() -> f64 {
-    1.0
+    /// What could not be read (missing, unknown or mistyped keys), with key paths
+    /// relative to this entry; reported by [`validate`].
+    pub problems: Vec<Finding>,
 }
 
 /// How the bus is reached.
@@ -137,6 +72,30 @@ pub enum TransportKind {
     Rtu,
     /// Modbus TCP (MBAP header).
     Tcp,
+}
+
+/// `[modbus.rs485]`: how an RS-485 transceiver's driver is switched on for sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rs485Config {
+    /// Which RTS level enables the driver, or `none` (the adapter switches itself).
+    pub rts: RtsMode,
+    /// After enabling the driver, before the first byte.
+    pub delay_before: Duration,
+    /// After the last byte is on the wire, before releasing the driver.
+    pub delay_after: Duration,
+}
+
+/// RTS while a frame is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RtsMode {
+    /// RTS untouched: adapters with automatic direction control, RS-232, RS-422.
+    #[default]
+    None,
+    /// RTS asserted while sending, released to receive.
+    HighWhileSending,
+    /// RTS released while sending, asserted to receive.
+    LowWhileSending,
 }
 
 /// Serial parity.
@@ -164,18 +123,18 @@ pub enum PayloadFormat {
 }
 
 /// `[[modbus.device]]`: one slave (unit) on the bus.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     /// Topic level of the device.
     pub name: String,
     /// Unit identifier (RTU slave address 1..247; TCP 0..255).
     pub unit: i64,
     /// Poll period.
-    #[serde(deserialize_with = "duration::deserialize")]
     pub poll: Duration,
+    /// Write with functions 15 and 16 even for one coil or register (devices that do
+    /// not implement functions 5 and 6).
+    pub write_multiple: bool,
     /// `[[modbus.device.point]]`.
-    #[serde(default)]
     pub point: Vec<PointConfig>,
 }
 
@@ -229,8 +188,7 @@ pub enum Report {
 }
 
 /// `[[modbus.device.point]]`: one value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PointConfig {
     /// Topic level of the point.
     pub name: String,
@@ -239,49 +197,30 @@ pub struct PointConfig {
     /// 0-based protocol address (holding register 40001 is address 0).
     pub address: i64,
     /// `bool`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `string(N)`, `bit(n)`.
-    #[serde(rename = "type", default = "default_type")]
     pub value_type: String,
     /// Byte and word order of multi-register values: `ABCD`, `CDAB`, `BADC`, `DCBA`.
-    #[serde(default)]
     pub order: Option<String>,
     /// Published value = raw × scale + offset.
-    #[serde(default = "one")]
     pub scale: f64,
     /// See `scale`.
-    #[serde(default)]
     pub offset: f64,
     /// Unit in the payload (`"V"`).
-    #[serde(default)]
     pub unit_label: Option<String>,
     /// `interval`, `on-change` or `both`.
-    #[serde(default)]
     pub report: Report,
     /// On change: smallest change (in published units) that is reported.
-    #[serde(default)]
     pub deadband: f64,
     /// `report = "both"`: republish an unchanged value this often (0, the default: every
     /// 10 polls).
-    #[serde(default, deserialize_with = "duration::deserialize")]
     pub interval: Duration,
     /// Accept writes on `<prefix>/<device>/<point>/set`.
-    #[serde(default)]
     pub writable: bool,
     /// Smallest value a write may set (published units).
-    #[serde(default)]
     pub min: Option<f64>,
     /// Largest value a write may set (published units).
-    #[serde(default)]
     pub max: Option<f64>,
     /// Writes to this point at most once per this period.
-    #[serde(
-        default = "default_write_interval",
-        deserialize_with = "duration::deserialize"
-    )]
     pub write_interval: Duration,
-}
-
-fn default_type() -> String {
-    "u16".into()
 }
 
 impl ModbusConfig {
@@ -337,66 +276,27 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
                 format!("{:?} is already the name of modbus[{first}]", bus.name),
             );
         }
-        validate_bus(bus, &key, &mut f);
+        for p in &bus.problems {
+            f.error(format!("{key}.{}", p.key), p.message.clone());
+        }
+        // A key that could not be read holds a placeholder: checks of it would only
+        // repeat the problem, and checks that depend on it are skipped.
+        let reported = super::config_parse::reported(bus, &key);
+        let mut checks = Findings::default();
+        validate_bus(bus, &key, &reported, &mut checks);
+        f.problems.extend(
+            checks
+                .problems
+                .into_iter()
+                .filter(|p| !reported.contains(&p.key)),
+        );
     }
     f.problems
 }
 
-fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
+fn validate_bus(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
     name(f, &format!("{key}.name"), &bus.name);
-    match bus.transport {
-        TransportKind::Rtu => {
-            if bus.port.is_none() {
-                f.error(
-                    format!("{key}.port"),
-                    "transport \"rtu\" needs a serial port path (e.g. /dev/serial/by-id/...)",
-                );
-            }
-            if bus.address.is_some() {
-                f.error(
-                    format!("{key}.address"),
-                    "address is for transport \"tcp\"; an RTU bus uses port",
-                );
-            }
-            if !(300..=4_000_000).contains(&bus.baud) {
-                f.error(
-                    format!("{key}.baud"),
-                    format!("{} is out of range: use 300 to 4000000", bus.baud),
-                );
-            }
-            if !(7..=8).contains(&bus.data_bits) {
-                f.error(
-                    format!("{key}.data_bits"),
-                    format!("{} is not supported: use 7 or 8", bus.data_bits),
-                );
-            }
-            if !(1..=2).contains(&bus.stop_bits) {
-                f.error(
-                    format!("{key}.stop_bits"),
-                    format!("{} is not supported: use 1 or 2", bus.stop_bits),
-                );
-            }
-        }
-        TransportKind::Tcp => {
-            match &bus.address {
-                None => f.error(
-                    format!("{key}.address"),
-                    "transport \"tcp\" needs address = \"host:port\"",
-                ),
-                Some(a) => {
-                    if crate::bridge::config::parse_address(a).is_err() {
-                        f.error(format!("{key}.address"), format!("{a:?} is not host:port"));
-                    }
-                }
-            }
-            if bus.port.is_some() {
-                f.error(
-                    format!("{key}.port"),
-                    "port is for transport \"rtu\"; a TCP bus uses address",
-                );
-            }
-        }
-    }
+    validate_line(bus, key, reported, f);
     f.duration(
         &format!("{key}.timeout"),
         bus.timeout,
@@ -484,11 +384,100 @@ fn validate_bus(bus: &ModbusConfig, key: &str, f: &mut Findings) {
                 format!("unit {} is already device[{first}]'s", device.unit),
             );
         }
-        validate_device(bus, device, &dkey, f);
+        validate_device(bus, device, &dkey, reported, f);
     }
 }
 
-fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut Findings) {
+/// The transport's own keys: the serial line or the TCP address.
+fn validate_line(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
+    let transport = (!reported.contains(&format!("{key}.transport"))).then_some(bus.transport);
+    match transport {
+        None => {}
+        Some(TransportKind::Rtu) => {
+            if bus.port.is_none() {
+                f.error(
+                    format!("{key}.port"),
+                    "transport \"rtu\" needs a serial port path (e.g. /dev/serial/by-id/...)",
+                );
+            }
+            if bus.address.is_some() {
+                f.error(
+                    format!("{key}.address"),
+                    "address is for transport \"tcp\"; an RTU bus uses port",
+                );
+            }
+            if !(300..=4_000_000).contains(&bus.baud) {
+                f.error(
+                    format!("{key}.baud"),
+                    format!("{} is out of range: use 300 to 4000000", bus.baud),
+                );
+            }
+            if !(7..=8).contains(&bus.data_bits) {
+                f.error(
+                    format!("{key}.data_bits"),
+                    format!("{} is not supported: use 7 or 8", bus.data_bits),
+                );
+            }
+            if !(1..=2).contains(&bus.stop_bits) {
+                f.error(
+                    format!("{key}.stop_bits"),
+                    format!("{} is not supported: use 1 or 2", bus.stop_bits),
+                );
+            }
+            let rts_known = !reported.contains(&format!("{key}.rs485.rts"));
+            for (name, delay) in [
+                ("delay_before", bus.rs485.delay_before),
+                ("delay_after", bus.rs485.delay_after),
+            ] {
+                if rts_known && bus.rs485.rts == RtsMode::None && !delay.is_zero() {
+                    f.error(
+                        format!("{key}.rs485.{name}"),
+                        "applies when rts switches the driver: set rts = \"high-while-sending\" or \"low-while-sending\"",
+                    );
+                }
+                f.duration(
+                    &format!("{key}.rs485.{name}"),
+                    delay,
+                    Duration::ZERO,
+                    Duration::from_secs(1),
+                );
+            }
+        }
+        Some(TransportKind::Tcp) => {
+            match &bus.address {
+                None => f.error(
+                    format!("{key}.address"),
+                    "transport \"tcp\" needs address = \"host:port\"",
+                ),
+                Some(a) => {
+                    if crate::bridge::config::parse_address(a).is_err() {
+                        f.error(format!("{key}.address"), format!("{a:?} is not host:port"));
+                    }
+                }
+            }
+            if bus.port.is_some() {
+                f.error(
+                    format!("{key}.port"),
+                    "port is for transport \"rtu\"; a TCP bus uses address",
+                );
+            }
+            if bus.rs485 != Rs485Config::default() {
+                f.error(
+                    format!("{key}.rs485"),
+                    "RS-485 direction control is for transport \"rtu\"",
+                );
+            }
+        }
+    }
+}
+
+fn validate_device(
+    bus: &ModbusConfig,
+    device: &DeviceConfig,
+    key: &str,
+    reported: &HashSet<String>,
+    f: &mut Findings,
+) {
     name(f, &format!("{key}.name"), &device.name);
     let units = match bus.transport {
         TransportKind::Rtu => 1..=247,
@@ -528,7 +517,7 @@ fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut
                 format!("{:?} is already the name of point[{first}]", point.name),
             );
         }
-        if let Some(span) = validate_point(point, &pkey, f) {
+        if let Some(span) = validate_point(point, &pkey, reported, f) {
             let (first, last, bit) = span;
             for &(kind, a, b, other_bit, q) in &spans {
                 let both_bits = matches!((bit, other_bit), (Some(x), Some(y)) if x != y);
@@ -552,8 +541,15 @@ fn validate_device(bus: &ModbusConfig, device: &DeviceConfig, key: &str, f: &mut
 }
 
 /// Checks one point; its address span `(first, last, bit)` when address and type are valid.
-fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, i64, Option<u8>)> {
+fn validate_point(
+    p: &PointConfig,
+    key: &str,
+    reported: &HashSet<String>,
+    f: &mut Findings,
+) -> Option<(i64, i64, Option<u8>)> {
     name(f, &format!("{key}.name"), &p.name);
+    let kind_known = !reported.contains(&format!("{key}.kind"));
+    let address_known = !reported.contains(&format!("{key}.address"));
     let value_type = match ValueType::parse(&p.value_type) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -573,9 +569,13 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
             }
         }
     }
+    let address_in_range = (0..=65_535).contains(&p.address);
+    if !address_in_range {
+        f.error(format!("{key}.address"), format!("{} is out of range: use 0 to 65535 (the 0-based protocol address: 40001 is holding 0)", p.address));
+    }
     let mut span = None;
     if let Some(t) = value_type {
-        if p.kind.is_bits() != matches!(t, ValueType::Bool) {
+        if kind_known && p.kind.is_bits() != matches!(t, ValueType::Bool) {
             let what = if p.kind.is_bits() {
                 format!("{} points are bits: use type = \"bool\"", p.kind.name())
             } else {
@@ -587,32 +587,26 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
             f.error(format!("{key}.type"), what);
         }
         let count = i64::from(t.registers());
-        if !(0..=65_535).contains(&p.address) {
-            f.error(format!("{key}.address"), format!("{} is out of range: use 0 to 65535 (the 0-based protocol address: 40001 is holding 0)", p.address));
-        } else if p.address + count - 1 > 65_535 {
+        if address_in_range && p.address + count - 1 > 65_535 {
             f.error(
                 format!("{key}.address"),
                 format!("{} + {count} registers runs past 65535", p.address),
             );
-        } else {
+        } else if address_in_range && kind_known && address_known {
             let bit = match t {
                 ValueType::Bit(n) => Some(n),
                 _ => None,
             };
             span = Some((p.address, p.address + count - 1, bit));
         }
-        if p.writable {
-            if !p.kind.is_writable() {
-                f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));
-            } else if matches!(t, ValueType::Bit(_) | ValueType::Str(_)) {
-                f.error(
-                    format!("{key}.writable"),
-                    format!(
-                        "{} points cannot be written: write the register as u16 instead",
-                        p.value_type
-                    ),
-                );
-            }
+        if p.writable && kind_known && !p.kind.is_writable() {
+            f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));
+        }
+        if !t.is_number() && (p.min.is_some() || p.max.is_some()) {
+            f.error(
+                format!("{key}.min"),
+                format!("min and max bound numbers, not {}", p.value_type),
+            );
         }
         if !t.is_number() && (p.scale != 1.0 || p.offset != 0.0) {
             f.error(
@@ -641,7 +635,8 @@ fn validate_point(p: &PointConfig, key: &str, f: &mut Findings) -> Option<(i64, 
         Duration::ZERO,
         Duration::from_secs(86_400),
     );
-    if (p.min.is_some() || p.max.is_some()) && !p.writable {
+    let writable_known = !reported.contains(&format!("{key}.writable"));
+    if (p.min.is_some() || p.max.is_some()) && !p.writable && writable_known {
         f.error(
             format!("{key}.min"),
             "min and max bound writes: set writable = true or remove them",

@@ -224,14 +224,97 @@ writable = true
 }
 
 #[test]
-fn unknown_keys_and_kinds_are_refused_by_the_loader() {
-    let bad_key = toml::from_str::<ModbusConfig>(
-        &GOOD
-            .replace("baud", "baudrate")
-            .replace("port =", "porte ="),
+fn unreadable_keys_are_reported_with_every_other_problem_of_the_entry() {
+    let text = GOOD
+        .replace("\nport =", "\nbaudrate = 9600\nport =")
+        .replace("\"input\"", "\"register\"")
+        .replace("type = \"i16\"", "type = 16")
+        .replace(
+            "address = 101\ntype = \"bit(0)\"",
+            "address = \"x\"\ntype = \"bit(0)\"",
+        )
+        .replace("poll = \"1s\"", "poll = \"1 fortnight\"")
+        .replace("order = \"CDAB\"", "order = \"XYZW\"")
+        + "[[device.point]]\nkind = \"coil\"\naddress = 0\ntype = \"u16\"\n";
+    let findings = validate(&[bus(&text)]);
+    let p = "modbus[0].device[0]";
+    let mut got: Vec<&str> = keys(&findings);
+    got.sort();
+    let mut expected = vec![
+        "modbus[0].baudrate".to_string(),
+        format!("{p}.poll"),
+        format!("{p}.point[0].kind"),
+        // The order is checked although the kind could not be read.
+        format!("{p}.point[0].order"),
+        format!("{p}.point[1].type"),
+        format!("{p}.point[2].address"),
+        // Missing name, a u16 coil, and an overlap with the coil at 0.
+        format!("{p}.point[5].name"),
+        format!("{p}.point[5].type"),
+        format!("{p}.point[5].address"),
+    ];
+    expected.sort();
+    assert_eq!(got, expected, "{findings:#?}");
+    let text_of = |key: &str| {
+        findings
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(text_of("modbus[0].baudrate").contains("unknown key"));
+    assert!(text_of(&format!("{p}.point[0].kind")).contains("register"));
+    assert!(text_of(&format!("{p}.point[1].type")).contains("expected a string"));
+    assert!(text_of(&format!("{p}.point[2].address")).contains("invalid type"));
+    assert!(text_of(&format!("{p}.point[5].name")).contains("missing"));
+    assert!(text_of(&format!("{p}.poll")).contains("fortnight"));
+}
+
+#[test]
+fn numbers_in_strings_are_read_as_numbers() {
+    // Environment overrides arrive as strings.
+    let config = bus(&GOOD.replace("\nport =", "\nbaud = \"19200\"\nretries = \"3\"\nport ="));
+    assert_eq!((config.baud, config.retries), (19200, 3));
+    assert_eq!(validate(&[config]), vec![]);
+}
+
+#[test]
+fn bits_and_strings_are_writable_without_bounds() {
+    let text = GOOD.replace(
+        "address = 101\ntype = \"bit(0)\"",
+        "address = 101\ntype = \"bit(0)\"\nwritable = true",
+    ) + "[[device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 200\ntype = \"string(8)\"\nwritable = true\nmax = 3\n";
+    let findings = validate(&[bus(&text)]);
+    assert_eq!(keys(&findings), vec!["modbus[0].device[0].point[5].min"]);
+    assert!(findings[0].message.contains("bound numbers, not string(8)"));
+}
+
+#[test]
+fn rs485_direction_control_is_checked() {
+    let with = |table: &str| bus(&GOOD.replace("[[device]]", &format!("{table}\n[[device]]")));
+    let good = with("[rs485]\nrts = \"low-while-sending\"\ndelay_before = \"2ms\"");
+    assert_eq!(good.rs485.rts, RtsMode::LowWhileSending);
+    assert_eq!(good.rs485.delay_before, Duration::from_millis(2));
+    assert_eq!(validate(&[good]), vec![]);
+    let bad = with("[rs485]\nrts = \"sideways\"\ndelay_after = \"5s\"\ncts = true");
+    assert_eq!(
+        keys(&validate(&[bad])),
+        vec![
+            "modbus[0].rs485.rts",
+            "modbus[0].rs485.cts",
+            "modbus[0].rs485.delay_after"
+        ]
     );
-    assert!(bad_key.is_err());
-    let bad_kind = toml::from_str::<ModbusConfig>(&GOOD.replace("\"input\"", "\"register\""));
-    let e = bad_kind.expect_err("unknown kind").to_string();
-    assert!(e.contains("register"), "{e}");
+    let unused = with("[rs485]\ndelay_after = \"5ms\"");
+    let findings = validate(&[unused]);
+    assert_eq!(keys(&findings), vec!["modbus[0].rs485.delay_after"]);
+    assert!(findings[0].message.contains("applies when rts"));
+    let tcp = bus(&GOOD
+        .replace("transport = \"rtu\"", "transport = \"tcp\"")
+        .replace("port = \"/dev/ttyUSB0\"", "address = \"127.0.0.1:502\"")
+        .replace(
+            "[[device]]",
+            "[rs485]\nrts = \"high-while-sending\"\n[[device]]",
+        ));
+    assert_eq!(keys(&validate(&[tcp])), vec!["modbus[0].rs485"]);
 }

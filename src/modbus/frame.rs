@@ -34,6 +34,13 @@ pub enum Request {
         /// Value.
         value: u16,
     },
+    /// Function 15.
+    WriteCoils {
+        /// First address.
+        address: u16,
+        /// Values (1..=1968).
+        values: Vec<bool>,
+    },
     /// Function 16.
     WriteRegisters {
         /// First address.
@@ -104,6 +111,7 @@ impl Request {
             },
             Request::WriteCoil { .. } => 5,
             Request::WriteRegister { .. } => 6,
+            Request::WriteCoils { .. } => 15,
             Request::WriteRegisters { .. } => 16,
         }
     }
@@ -123,6 +131,20 @@ impl Request {
             Request::WriteRegister { address, value } => {
                 out.extend_from_slice(&address.to_be_bytes());
                 out.extend_from_slice(&value.to_be_bytes());
+            }
+            Request::WriteCoils { address, values } => {
+                out.extend_from_slice(&address.to_be_bytes());
+                out.extend_from_slice(&(values.len() as u16).to_be_bytes());
+                out.push(values.len().div_ceil(8) as u8);
+                // Packed least significant bit first, the first coil in the first byte.
+                for chunk in values.chunks(8) {
+                    out.push(
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .fold(0u8, |byte, (i, on)| byte | (u8::from(*on) << i)),
+                    );
+                }
             }
             Request::WriteRegisters { address, values } => {
                 out.extend_from_slice(&address.to_be_bytes());
@@ -351,6 +373,19 @@ mod tests {
             Ok(Response::Written)
         );
         assert!(write.parse_response(&[16, 0, 101, 0, 2]).is_err());
+        let coils = Request::WriteCoils {
+            address: 19,
+            values: vec![
+                true, false, true, true, false, false, true, true, true, false,
+            ],
+        };
+        // The specification's example: coils 20..29 (address 19) set to CD 01.
+        assert_eq!(coils.pdu(), vec![15, 0, 19, 0, 10, 2, 0xCD, 0x01]);
+        assert_eq!(
+            coils.parse_response(&[15, 0, 19, 0, 10]),
+            Ok(Response::Written)
+        );
+        assert!(coils.parse_response(&[15, 0, 19, 0, 9]).is_err());
         let coil = Request::WriteCoil {
             address: 3,
             value: true,

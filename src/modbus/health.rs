@@ -104,6 +104,14 @@ impl BusHealth {
         }
     }
 
+    /// A reload's device list: counters of devices that stay are kept, others dropped.
+    pub fn retain_devices<'a>(&mut self, devices: impl Iterator<Item = &'a str>) {
+        let mut old = std::mem::take(&mut self.devices);
+        self.devices = devices
+            .map(|d| (d.to_string(), old.remove(d).unwrap_or_default()))
+            .collect();
+    }
+
     /// The wire was busy for `d` (an exchange, including waiting for its reply).
     pub fn busy(&mut self, d: Duration) {
         self.busy += d;

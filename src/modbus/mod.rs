@@ -14,6 +14,8 @@
 mod bus;
 pub mod codec;
 pub mod config;
+mod config_parse;
+mod direction;
 pub mod frame;
 mod health;
 mod outputs;
@@ -22,7 +24,7 @@ pub mod points;
 pub mod transport;
 pub mod write;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 pub use config::ModbusConfig;
@@ -49,6 +51,9 @@ pub fn sys_identity(name: &str) -> String {
 pub struct Modbus {
     name: String,
     config: ModbusConfig,
+    /// New settings for the running bus (reload in place), numbered: write commands
+    /// checked against one generation are not run against another.
+    updates: Option<watch::Sender<(u64, ModbusConfig)>>,
 }
 
 impl Modbus {
@@ -57,6 +62,7 @@ impl Modbus {
         Modbus {
             name: config.identity(),
             config,
+            updates: None,
         }
     }
 
@@ -91,8 +97,45 @@ impl Component for Modbus {
         }]
     }
 
+    /// The same wire (transport, port and line, address) and topic prefix: devices,
+    /// points and timings change in place, with the port open and counters kept.
+    fn can_reload(&self, next: &dyn Settings) -> bool {
+        let Some(next) = next.as_any().downcast_ref::<ModbusConfig>() else {
+            return false;
+        };
+        let wire = |c: &ModbusConfig| {
+            (
+                c.transport,
+                c.port.clone(),
+                c.baud,
+                c.parity,
+                c.data_bits,
+                c.stop_bits,
+                c.rs485,
+                c.address.clone(),
+                c.topic_prefix.clone(),
+            )
+        };
+        self.updates.is_some() && wire(&self.config) == wire(next)
+    }
+
+    fn reload(&mut self, next: Box<dyn Component>) {
+        let Some(config) = next.settings().as_any().downcast_ref::<ModbusConfig>() else {
+            return;
+        };
+        self.config = config.clone();
+        if let Some(updates) = &self.updates {
+            updates.send_modify(|(generation, current)| {
+                *generation += 1;
+                *current = config.clone();
+            });
+        }
+    }
+
     fn start(&mut self, ctx: ComponentContext) -> Result<(), String> {
         let config = self.config.clone();
+        let (updates, updated) = watch::channel((0, config.clone()));
+        self.updates = Some(updates);
         let tracker = ctx.tracker.clone();
         ctx.tracker.spawn(async move {
             let identity = Identity::internal(&config.identity());
@@ -115,14 +158,20 @@ impl Component for Modbus {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             match ctx.broker.connect_internal(InternalOptions::new(commands)).await {
                 Ok(client) => {
-                    tracker.spawn(write::receive(client, config.clone(), tx, ctx.shutdown.clone()));
+                    tracker.spawn(write::receive(
+                        client,
+                        config.clone(),
+                        tx,
+                        updated.clone(),
+                        ctx.shutdown.clone(),
+                    ));
                 }
                 Err(reason) => warn!(bus = %config.name, %reason, "Modbus writes disabled: no in-process connection."),
             }
             let (out, publisher) = outputs::Outputs::new(config.name.clone(), data, sys);
             tracker.spawn(publisher);
             bus::Bus::new(config, ctx.health.clone(), out)
-                .run(rx, ctx.shutdown.clone())
+                .run(rx, updated, ctx.shutdown.clone())
                 .await;
         });
         Ok(())

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
 
-use super::config::{ModbusConfig, Parity, TransportKind};
+use super::config::{ModbusConfig, Parity, Rs485Config, TransportKind};
+use super::direction::Direction;
 use super::frame::{self, FrameError, Request, Response};
 
 /// Why an exchange failed.
@@ -55,6 +56,8 @@ pub enum Endpoint {
         data_bits: u8,
         /// 1 or 2.
         stop_bits: u8,
+        /// RS-485 direction control.
+        rs485: Rs485Config,
     },
 }
 
@@ -69,6 +72,7 @@ impl Endpoint {
                 parity: bus.parity,
                 data_bits: bus.data_bits,
                 stop_bits: bus.stop_bits,
+                rs485: bus.rs485,
             },
         }
     }
@@ -129,6 +133,8 @@ pub enum Link {
         char_time: Duration,
         /// End of the last frame on the wire.
         quiet_since: Instant,
+        /// RTS switching of an RS-485 transceiver.
+        direction: Direction,
     },
 }
 
@@ -149,6 +155,7 @@ impl Link {
                 parity,
                 data_bits,
                 stop_bits,
+                rs485,
             } => {
                 let port = tokio_serial::new(path.to_string_lossy(), *baud)
                     .parity(match parity {
@@ -174,6 +181,7 @@ impl Link {
                     silence: endpoint.silence(),
                     char_time: endpoint.char_time(),
                     quiet_since: Instant::now(),
+                    direction: Direction::new(*rs485, path.display().to_string()),
                 })
             }
         }
@@ -218,14 +226,18 @@ impl Link {
                 silence,
                 char_time,
                 quiet_since,
+                direction,
             } => {
                 tokio::time::sleep_until(*quiet_since + *silence).await;
                 port.clear(ClearBuffer::Input)
                     .map_err(|e| ExchangeError::Io(e.into()))?;
                 let adu = frame::rtu_frame(unit, &request.pdu());
+                direction.before_send(port).await;
+                let written = Instant::now();
                 port.write_all(&adu).await.map_err(ExchangeError::Io)?;
                 let on_wire = *char_time * adu.len() as u32;
-                let deadline = Instant::now() + on_wire + timeout;
+                direction.after_send(port, written, on_wire).await;
+                let deadline = Instant::now().max(written + on_wire) + timeout;
                 let result = rtu_reply(port, unit, request, deadline, stray).await;
                 if matches!(
                     result,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -44,6 +44,26 @@ pub struct ReplyTo {
     pub asked: String,
 }
 
+/// What the bus does for an accepted command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteAction {
+    /// Send this write request.
+    Send(Request),
+    /// Set one bit of a holding register: read it (function 3), change the bit, write it
+    /// back (function 6, or 16 with `multiple`). Not atomic against another master
+    /// writing the same register in between; the bus itself runs nothing in between.
+    SetBit {
+        /// Register address.
+        address: u16,
+        /// Bit (0: least significant).
+        bit: u8,
+        /// On or off.
+        value: bool,
+        /// Write with function 16 instead of 6.
+        multiple: bool,
+    },
+}
+
 /// An accepted command on its way to the bus.
 #[derive(Debug)]
 pub struct WriteJob {
@@ -51,10 +71,12 @@ pub struct WriteJob {
     pub device: usize,
     /// Point index.
     pub point: usize,
-    /// The write request.
-    pub request: Request,
+    /// What to write.
+    pub action: WriteAction,
     /// Not executed after this instant (message expiry).
     pub deadline: Option<Instant>,
+    /// The configuration generation (reloads seen) the indices refer to.
+    pub generation: u64,
     /// Answer.
     pub reply: ReplyTo,
 }
@@ -136,6 +158,10 @@ pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &W
 struct Targets {
     by_topic: HashMap<String, (usize, usize)>,
     points: Vec<Vec<PointConfig>>,
+    /// Per device: functions 15/16 only.
+    multiple: Vec<bool>,
+    /// Reloads seen.
+    generation: u64,
     last: HashMap<(usize, usize), Instant>,
 }
 
@@ -153,33 +179,54 @@ impl Targets {
         Targets {
             by_topic,
             points: config.device.iter().map(|d| d.point.clone()).collect(),
+            multiple: config.device.iter().map(|d| d.write_multiple).collect(),
+            generation: 0,
             last: HashMap::new(),
         }
     }
 
-    /// The write request for a command, or why it is refused.
+    /// The write for a command, or why it is refused.
     fn check(
         &mut self,
         d: usize,
         p: usize,
         payload: &[u8],
         now: Instant,
-    ) -> Result<Request, String> {
+    ) -> Result<WriteAction, String> {
         let point = &self.points[d][p];
         if !point.writable {
             return Err(format!("point {:?} is not writable", point.name));
         }
+        let multiple = self.multiple[d];
         let value_type = point.parsed_type();
+        let address = point.address as u16;
         let asked = parse_command(payload, value_type)?;
-        let request = match (value_type, asked) {
-            (ValueType::Bool, Command::Bool(b)) => Request::WriteCoil {
-                address: point.address as u16,
-                value: b,
-            },
-            (ValueType::Bool, Command::Number(_)) => {
-                return Err("a coil takes true or false".into())
+        let action = match (value_type, asked) {
+            (ValueType::Bool, Command::Bool(value)) if multiple => {
+                WriteAction::Send(Request::WriteCoils {
+                    address,
+                    values: vec![value],
+                })
             }
-            (_, Command::Bool(_)) => return Err(format!("a {value_type} point takes a number")),
+            (ValueType::Bool, Command::Bool(value)) => {
+                WriteAction::Send(Request::WriteCoil { address, value })
+            }
+            (ValueType::Bit(bit), Command::Bool(value)) => WriteAction::SetBit {
+                address,
+                bit,
+                value,
+                multiple,
+            },
+            (ValueType::Str(n), Command::Text(text)) => {
+                WriteAction::Send(Request::WriteRegisters {
+                    address,
+                    values: codec::encode_text(n, point.parsed_order(), &text).map_err(|e| e.0)?,
+                })
+            }
+            (ValueType::Bool | ValueType::Bit(_), _) => {
+                return Err(format!("a {value_type} point takes true or false"))
+            }
+            (ValueType::Str(_), _) => return Err(format!("a {value_type} point takes text")),
             (_, Command::Number(v)) => {
                 if let Some(min) = point.min.filter(|min| v < *min) {
                     return Err(format!("out of bounds: {v} is below min {min}"));
@@ -195,18 +242,19 @@ impl Targets {
                     v,
                 )
                 .map_err(|e| e.0)?;
-                if regs.len() == 1 {
-                    Request::WriteRegister {
-                        address: point.address as u16,
+                if regs.len() == 1 && !multiple {
+                    WriteAction::Send(Request::WriteRegister {
+                        address,
                         value: regs[0],
-                    }
+                    })
                 } else {
-                    Request::WriteRegisters {
-                        address: point.address as u16,
+                    WriteAction::Send(Request::WriteRegisters {
+                        address,
                         values: regs,
-                    }
+                    })
                 }
             }
+            (_, _) => return Err(format!("a {value_type} point takes a number")),
         };
         if let Some(last) = self.last.get(&(d, p)) {
             let next = *last + point.write_interval;
@@ -219,16 +267,18 @@ impl Targets {
             }
         }
         self.last.insert((d, p), now);
-        Ok(request)
+        Ok(action)
     }
 }
 
 enum Command {
     Bool(bool),
     Number(f64),
+    Text(String),
 }
 
-/// `42`, `-1.5`, `true`, `"on"`, `{"value": 42}`: JSON or plain text.
+/// `42`, `-1.5`, `true`, `"on"`, `{"value": 42}`: JSON or plain text. A `string(N)`
+/// point takes a JSON string, `{"value": "..."}` or the plain text as it is.
 fn parse_command(payload: &[u8], t: ValueType) -> Result<Command, String> {
     if payload.len() > MAX_COMMAND {
         return Err(format!(
@@ -244,18 +294,27 @@ fn parse_command(payload: &[u8], t: ValueType) -> Result<Command, String> {
         Some(serde_json::Value::Object(mut m)) => {
             m.remove("value").ok_or("JSON command without \"value\"")?
         }
+        Some(serde_json::Value::String(s)) if matches!(t, ValueType::Str(_)) => {
+            return Ok(Command::Text(s))
+        }
+        Some(_) | None if matches!(t, ValueType::Str(_)) => {
+            serde_json::Value::String(text.to_string())
+        }
         Some(v) => v,
         None => serde_json::Value::String(text.to_string()),
     };
     match value {
+        serde_json::Value::String(s) if matches!(t, ValueType::Str(_)) => Ok(Command::Text(s)),
         serde_json::Value::Bool(b) => Ok(Command::Bool(b)),
-        serde_json::Value::Number(n) if t == ValueType::Bool => match n.as_f64() {
-            Some(0.0) => Ok(Command::Bool(false)),
-            Some(1.0) => Ok(Command::Bool(true)),
-            _ => Err(format!(
-                "{n} is not a coil value: use true/false, 1/0, on/off"
-            )),
-        },
+        serde_json::Value::Number(n) if matches!(t, ValueType::Bool | ValueType::Bit(_)) => {
+            match n.as_f64() {
+                Some(0.0) => Ok(Command::Bool(false)),
+                Some(1.0) => Ok(Command::Bool(true)),
+                _ => Err(format!(
+                    "{n} is not a coil value: use true/false, 1/0, on/off"
+                )),
+            }
+        }
         serde_json::Value::Number(n) => n
             .as_f64()
             .map(Command::Number)
@@ -280,6 +339,7 @@ pub(super) async fn receive(
     mut client: InternalClient,
     config: ModbusConfig,
     bus: mpsc::Sender<WriteJob>,
+    mut updates: watch::Receiver<(u64, ModbusConfig)>,
     shutdown: CancellationToken,
 ) {
     let filter = format!("{}/+/+/set", config.topic_prefix);
@@ -300,6 +360,13 @@ pub(super) async fn receive(
     loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Ok(()) = updates.changed() => {
+                // Same topic prefix (a changed prefix restarts the bus): new points only.
+                let (generation, config) = updates.borrow_and_update().clone();
+                targets = Targets::new(&config);
+                targets.generation = generation;
+                continue;
+            }
             d = client.recv() => match d {
                 Some(d) => d,
                 None => break,
@@ -362,10 +429,11 @@ fn admit(
         return (Err((reply, "no such point on this bus".into())), delivery);
     };
     let result = match targets.check(d, p, &delivery.payload, now) {
-        Ok(request) => Ok(WriteJob {
+        Ok(action) => Ok(WriteJob {
             device: d,
             point: p,
-            request,
+            action,
+            generation: targets.generation,
             deadline,
             reply,
         }),
@@ -399,5 +467,18 @@ mod tests {
         assert_eq!(coil("1"), Some(true));
         assert_eq!(coil("2"), None);
         assert!(parse_command(&[b'1'; 300], ValueType::U16).is_err());
+        let text = |s: &str| match parse_command(s.as_bytes(), ValueType::Str(8)) {
+            Ok(Command::Text(t)) => Some(t),
+            _ => None,
+        };
+        assert_eq!(text("pump 2"), Some("pump 2".into()));
+        assert_eq!(text(r#""42""#), Some("42".into()));
+        assert_eq!(text("42"), Some("42".into()));
+        assert_eq!(text(r#"{"value": "on"}"#), Some("on".into()));
+        assert_eq!(text(r#"{"value": 1}"#), None);
+        assert!(matches!(
+            parse_command(b"1", ValueType::Bit(3)),
+            Ok(Command::Bool(true))
+        ));
     }
 }

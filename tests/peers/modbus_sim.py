@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Modbus device simulator for tollgate's tests, on pymodbus 3.x (the independent peer).
 
-Usage: modbus_sim.py SPEC.json (tcp PORT | rtu DEVICE) LOGFILE CONTROL_DIR
+Usage: modbus_sim.py SPEC.json (tcp PORT | rtu DEVICE | rtu-timing DEVICE) LOGFILE CONTROL_DIR
 
 SPEC: {"devices": {"<unit>": {"co": {"<address>": [bools]}, "di": {...},
                              "hr": {"<address>": [u16 values]}, "ir": {...}}}}
@@ -15,6 +15,13 @@ CONTROL_DIR holds files the test writes to steer the device while it runs:
   delay    "MS N": the next N replies are sent MS milliseconds late (the whole device
            stalls meanwhile, as a busy slave does)
 Prints "ready" on stdout once serving.
+
+rtu-timing: not pymodbus but a bare RTU responder (read functions 1-4, holding and input
+registers from "hr"/"ir", bits from "co"/"di") that timestamps bytes as they arrive, for
+the inter-frame silence: each log line also has "rx" (monotonic seconds when the read
+that brought the request's first byte returned) and "tx" (when its reply was written).
+pymodbus's own framer waits for the end of a frame before tracing, so its times would
+hide how soon the master sent.
 """
 
 import asyncio
@@ -109,6 +116,61 @@ def trace_packet(sending, data):
     return data
 
 
+def crc16(data):
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def table_values(unit, fc, address, count):
+    kind = {1: "co", 2: "di", 3: "hr", 4: "ir"}[fc]
+    values = {}
+    for start, block in spec["devices"].get(str(unit), {}).get(kind, {}).items():
+        for i, v in enumerate(block):
+            values[int(start) + i] = int(v)
+    return [values.get(address + i, 0) for i in range(count)]
+
+
+def serve_rtu_timing():
+    fd = os.open(where, os.O_RDWR | os.O_NOCTTY)
+    print("ready", flush=True)
+    buf, first = b"", None
+    while True:
+        data = os.read(fd, 256)
+        now = time.monotonic()
+        if not data:
+            return
+        if not buf:
+            first = now
+        buf += data
+        while len(buf) >= 8:
+            frame, buf = buf[:8], buf[8:]
+            unit, fc = frame[0], frame[1]
+            address, count = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
+            entry = {"unit": unit, "fc": fc, "address": address, "count": count, "rx": first}
+            first = now if buf else None
+            if crc16(frame[:6]) != int.from_bytes(frame[6:8], "little") or fc not in (1, 2, 3, 4):
+                entry["bad"] = True
+                log.write(json.dumps(entry) + "\n")
+                buf = b""
+                continue
+            values = table_values(unit, fc, address, count)
+            if fc in (1, 2):
+                data = bytearray((count + 7) // 8)
+                for i, v in enumerate(values):
+                    if v:
+                        data[i // 8] |= 1 << (i % 8)
+                body = bytes([unit, fc, len(data)]) + bytes(data)
+            else:
+                body = bytes([unit, fc, 2 * count]) + b"".join(v.to_bytes(2, "big") for v in values)
+            os.write(fd, body + crc16(body).to_bytes(2, "little"))
+            entry["tx"] = time.monotonic()
+            log.write(json.dumps(entry) + "\n")
+
+
 async def main():
     if mode == "tcp":
         server = ModbusTcpServer(devices, address=("127.0.0.1", int(where)),
@@ -123,4 +185,7 @@ async def main():
     await task
 
 
-asyncio.run(main())
+if mode == "rtu-timing":
+    serve_rtu_timing()
+else:
+    asyncio.run(main())

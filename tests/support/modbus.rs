@@ -105,6 +105,29 @@ impl Sim {
         Sim::start(python, dir, name, spec, "rtu", &pty.display().to_string())
     }
 
+    /// A bare RTU responder on `pty` that timestamps each request's arrival and its reply
+    /// (`rtu-timing` in the script): see [`Sim::timings`].
+    pub fn rtu_timing(python: &Path, dir: &Path, spec: &serde_json::Value, pty: &Path) -> Sim {
+        Sim::start(
+            python,
+            dir,
+            "timing",
+            spec,
+            "rtu-timing",
+            &pty.display().to_string(),
+        )
+    }
+
+    /// `rtu-timing` only: per request, (monotonic seconds its first byte arrived, seconds
+    /// its reply was written), in arrival order.
+    pub fn timings(&self) -> Vec<(f64, f64)> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["rx"].as_f64()?, v["tx"].as_f64()?)))
+            .collect()
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<SimRequest> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
