@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod journal;
 pub mod modbus;
 pub mod pki;
+pub mod serial;
 pub mod telemetry;
 pub mod tls;
 pub mod topic;

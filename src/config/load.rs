@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "bridge",
     "modbus",
+    "serial",
 ];
 
 /// Where a configuration comes from.
@@ -169,6 +170,11 @@ pub fn load_with_env(
         .map(|(_, bus)| bus)
         .collect();
 
+    let serial = array_section::<crate::serial::SerialConfig>(&table, "serial", &mut report)
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect();
+
     let mut config = Config {
         broker,
         listeners,
@@ -178,6 +184,7 @@ pub fn load_with_env(
         log,
         bridges,
         modbus,
+        serial,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

@@ -41,6 +41,8 @@ pub struct Config {
     pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// `[[modbus]]`: Modbus buses, in file order (`crate::modbus` owns the type).
     pub modbus: Vec<crate::modbus::ModbusConfig>,
+    /// `[[serial]]`: serial line devices, in file order (`crate::serial` owns the type).
+    pub serial: Vec<crate::serial::SerialConfig>,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

@@ -135,6 +135,9 @@ pub(super) fn validate(
     for p in crate::modbus::config::validate(&config.modbus) {
         r.error(p.key, p.message);
     }
+    for p in crate::serial::config::validate(&config.serial, &config.modbus) {
+        r.error(p.key, p.message);
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,
