@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod findings;
 pub mod fsutil;
+pub mod gpio;
 pub mod journal;
 pub mod modbus;
 pub mod pki;

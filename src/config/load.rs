@@ -31,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "bridge",
     "modbus",
     "serial",
+    "gpio",
 ];
 
 /// Where a configuration comes from.
@@ -175,6 +176,8 @@ pub fn load_with_env(
         .map(|(_, line)| line)
         .collect();
 
+    let gpio: crate::gpio::GpioConfig = section(&table, "gpio", &mut report);
+
     let mut config = Config {
         broker,
         listeners,
@@ -185,6 +188,7 @@ pub fn load_with_env(
         bridges,
         modbus,
         serial,
+        gpio,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

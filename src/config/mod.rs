@@ -43,6 +43,8 @@ pub struct Config {
     pub modbus: Vec<crate::modbus::ModbusConfig>,
     /// `[[serial]]`: serial line devices, in file order (`crate::serial` owns the type).
     pub serial: Vec<crate::serial::SerialConfig>,
+    /// `[gpio]`: Raspberry Pi pins (`crate::gpio` owns the type).
+    pub gpio: crate::gpio::GpioConfig,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

@@ -287,7 +287,15 @@ pub fn validate(lines: &[SerialConfig], modbus: &[crate::modbus::ModbusConfig]) 
     }
     for (i, line) in lines.iter().enumerate() {
         let key = format!("serial[{i}]");
-        if let Some(first) = names.insert(&line.name, i) {
+        if modbus.iter().any(|b| b.name == line.name) {
+            f.error(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is already the name of a [[modbus]] bus (identity adapter:{})",
+                    line.name, line.name
+                ),
+            );
+        } else if let Some(first) = names.insert(&line.name, i) {
             f.error(
                 format!("{key}.name"),
                 format!("{:?} is already the name of serial[{first}]", line.name),

@@ -1,7 +1,8 @@
-//! `tollgate check` on `[[serial]]` sections: a bad regex, an unknown framing, a port
-//! used twice (across `[[serial]]` and `[[modbus]]`) and template placeholders are
-//! printed with their key paths (serde's own too, such as an unknown parity), and a
-//! valid line passes.
+//! `tollgate check` on the `[[serial]]` and `[gpio]` sections: a bad regex, an unknown
+//! framing, a port used twice (across `[[serial]]` and `[[modbus]]`) and template
+//! placeholders; pins out of the BCM range, used twice or reserved by the OS, names
+//! shared with another adapter: each printed with its key path (serde's own too, such as
+//! an unknown parity or pull), and valid sections pass.
 
 mod support;
 
@@ -54,6 +55,62 @@ fn check_accepts_a_valid_serial_line() {
             "[[serial]]\nname = \"gps\"\nport = \"/dev/serial/by-id/usb-u-blox_GNSS-if00\"\nbaud = 9600\n",
             "framing = \"regex\"\npattern = '^\\$(?P<sentence>GP[A-Z]{3}),(?P<fields>.*)\\*[0-9A-F]{2}$'\n",
             "topic = \"{prefix}/{name}/{sentence}\"\nsend_allow = '\\$PUBX,[0-9A-Z,.]{1,60}\\*[0-9A-F]{2}'\nsend_suffix = \"\\r\\n\"\n",
+        ),
+    )
+    .expect("write");
+    let out = tollgate(&["check", "-c", file.to_str().expect("utf-8")], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_lists_every_gpio_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        concat!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n",
+            "[[serial]]\nname = \"scale\"\nport = \"/dev/ttyUSB0\"\n",
+            "[[gpio.input]]\nname = \"door\"\npin = 17\npull = \"sideways\"\n",
+            "[[gpio.input]]\nname = \"scale\"\npin = 40\n",
+            "[[gpio.output]]\nname = \"relay\"\npin = 17\n",
+            "[[gpio.output]]\nname = \"fan\"\npin = 3\n",
+        ),
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = tollgate(&["check", "-c", path], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        format!("{path}: gpio.input[0].pull"),
+        format!("{path}: gpio.input[1].name: \"scale\" is already the name of a [[modbus]] or [[serial]] adapter"),
+        format!("{path}: gpio.input[1].pin: 40 is not a BCM GPIO number"),
+        format!("{path}: gpio.output[1].pin: GPIO 3 is reserved"),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_the_readme_pi_wiring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("good.toml");
+    std::fs::write(
+        &file,
+        concat!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n",
+            "[gpio]\ntopic_prefix = \"site/gpio\"\n",
+            "[[gpio.input]]\nname = \"door\"\npin = 17\npull = \"up\"\ninverted = true\ndebounce = \"50ms\"\ninterval = \"60s\"\n",
+            "[[gpio.output]]\nname = \"relay\"\npin = 27\ninverted = true\ninitial = \"off\"\nsafe = \"off\"\nmax_for = \"10m\"\n",
         ),
     )
     .expect("write");
