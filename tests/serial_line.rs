@@ -347,3 +347,51 @@ async fn an_unplugged_port_goes_offline_and_frames_resume_when_it_returns() {
     gateway.stop().await;
     drop(pty);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reopens_only_the_changed_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(a) = PtyPair::start(dir.path(), "a") else {
+        return;
+    };
+    let b = PtyPair::start(dir.path(), "b").expect("socat");
+    let lines = |b_extra: &str| {
+        format!(
+            "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+             [[serial]]\nname = \"a\"\nport = {:?}\nstatus_interval = \"1s\"\n\
+             [[serial]]\nname = \"b\"\nport = {:?}\nstatus_interval = \"1s\"\n{b_extra}",
+            a.device.display().to_string(),
+            b.device.display().to_string()
+        )
+    };
+    let gateway = Gateway::start(dir.path(), &lines("")).await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("serial/#", QoS::AtLeastOnce).await;
+    let (peer_a, peer_b) = (Peer::open(&a.line), Peer::open(&b.line));
+    peer_a.write(b"a1\n").await;
+    peer_b.write(b"b1\n").await;
+    until(&mut client, "serial/a/status", |d| d["frames"] == 1).await;
+    until(&mut client, "serial/b/status", |d| d["frames"] == 1).await;
+
+    // Only b's settings change: b is reopened (its counters start again), a keeps
+    // running (its counters go on).
+    support::gateway::write_config(
+        dir.path(),
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            lines("max_length = 64\n")
+        ),
+    );
+    gateway.reload.reload().await.expect("reload accepted");
+    until(&mut client, "serial/b/status", |d| {
+        d["online"] == true && d["frames"] == 0
+    })
+    .await;
+    peer_a.write(b"a2\n").await;
+    peer_b.write(b"b2\n").await;
+    let a_status = until(&mut client, "serial/a/status", |d| d["frames"] == 2).await;
+    assert_eq!(a_status["opens"], 1, "a was never reopened: {a_status}");
+    let b_status = until(&mut client, "serial/b/status", |d| d["frames"] == 1).await;
+    assert_eq!(b_status["opens"], 1, "{b_status}");
+    gateway.stop().await;
+}
