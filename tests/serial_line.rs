@@ -91,9 +91,13 @@ impl Peer {
     }
 }
 
+/// The gateway's configuration: a local listener whose slow subscribers hold back the
+/// publisher (the adapter) instead of losing messages, so that every frame the adapter
+/// queued reaches the test's client and every frame it could not queue is an overrun.
 fn body(device: &Path, extra: &str) -> String {
     format!(
         "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         queue_overflow = \"block-publishers\"\n\
          [[serial]]\nname = \"dev\"\nport = {:?}\nbaud = 115200\nstatus_interval = \"1s\"\n\
          backoff_min = \"200ms\"\nbackoff_max = \"1s\"\n{extra}",
         device.display().to_string()
