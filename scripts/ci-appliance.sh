@@ -106,7 +106,7 @@ if [ "${APPLIANCE_SKIP_CROSS:-0}" != 1 ]; then
         armv7_check() {
             rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf \
                 || rustup target add armv7-unknown-linux-gnueabihf
-            cargo check --locked --workspace --target armv7-unknown-linux-gnueabihf --lib --bins
+            cargo check --locked --workspace --features tollgate/gpio --target armv7-unknown-linux-gnueabihf --lib --bins
         }
         step "armv7 cargo check (32-bit)" armv7_check
     fi

@@ -35,7 +35,8 @@ report=""
 for target in "$@"; do
     ensure_target "$target"
     start=$(date +%s)
-    cargo build --release --locked --bin tollgate --target "$target" --manifest-path "$ROOT/Cargo.toml" >&2
+    # The Pi builds carry GPIO support (rppal, feature "gpio"): the arm64/armhf .deb too.
+    cargo build --release --locked --features gpio --bin tollgate --target "$target" --manifest-path "$ROOT/Cargo.toml" >&2
     bin="${CARGO_TARGET_DIR:-$ROOT/target}/$target/release/tollgate"
     # The release profile strips already (strip = true); verify rather than assume.
     if readelf -S --wide "$bin" | grep -q '\.debug_info'; then

@@ -5,9 +5,10 @@
 # Usage: scripts/cross-test.sh [TRIPLE]     (default aarch64-unknown-linux-gnu)
 #
 # The subset: the library's unit tests (--lib) plus every integration test file matching
-# QEMU_TEST_GLOBS (default: telemetry_* tls_* acl_* pki_* auth_* config_* codec_*): TLS
+# QEMU_TEST_GLOBS (default: telemetry_* tls_* acl_* pki_* auth_* config_* codec_* gpio_*): TLS
 # handshakes, ACL semantics, PKI, passwords, configuration and telemetry, i.e. the code
-# whose behaviour depends on the CPU (crypto in ring, byte order, word size).
+# whose behaviour depends on the CPU (crypto in ring, byte order, word size), and the GPIO
+# adapter built as on a Pi (feature gpio) on its fake pin backend.
 # Left out: tests that start the tollgate binary itself (cli_*, app_*): without binfmt_misc
 # (not available in containers) the kernel cannot exec a foreign binary, and the broker
 # stress tests (broker_*), whose time under emulation exceeds the CI budget.
@@ -16,7 +17,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 target=${1:-aarch64-unknown-linux-gnu}
-QEMU_TEST_GLOBS=${QEMU_TEST_GLOBS:-"telemetry_* tls_* acl_* pki_* auth_* config_* codec_*"}
+QEMU_TEST_GLOBS=${QEMU_TEST_GLOBS:-"telemetry_* tls_* acl_* pki_* auth_* config_* codec_* gpio_*"}
 
 case "$target" in
     aarch64-unknown-linux-gnu) runner="qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
@@ -26,7 +27,9 @@ esac
 command -v "${runner%% *}" >/dev/null || { echo "cross-test: ${runner%% *} missing (apt-get install qemu-user)" >&2; exit 1; }
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 
-args=(--lib)
+# --features gpio: the Pi builds' feature set (the rppal backend compiles in; the GPIO
+# logic's tests, in --lib and gpio_pins, use the fake pin backend and run anywhere).
+args=(--features gpio --lib)
 selected=()
 read -r -a globs <<<"$QEMU_TEST_GLOBS"
 shopt -s nullglob

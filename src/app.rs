@@ -281,6 +281,8 @@ pub fn builtin_components(config: &Config, dev_pki: Option<&DevPki>) -> Vec<Box<
         &config.broker.data_dir,
     ));
     components.extend(crate::modbus::Modbus::all(&config.modbus));
+    components.extend(crate::serial::Serial::all(&config.serial));
+    components.extend(crate::gpio::Gpio::builtin(&config.gpio));
     components
 }
 

@@ -30,6 +30,8 @@ const SECTIONS: &[&str] = &[
     "log",
     "bridge",
     "modbus",
+    "serial",
+    "gpio",
 ];
 
 /// Where a configuration comes from.
@@ -169,6 +171,13 @@ pub fn load_with_env(
         .map(|(_, bus)| bus)
         .collect();
 
+    let serial = array_section::<crate::serial::SerialConfig>(&table, "serial", &mut report)
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect();
+
+    let gpio: crate::gpio::GpioConfig = section(&table, "gpio", &mut report);
+
     let mut config = Config {
         broker,
         listeners,
@@ -178,6 +187,8 @@ pub fn load_with_env(
         log,
         bridges,
         modbus,
+        serial,
+        gpio,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

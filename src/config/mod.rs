@@ -41,6 +41,10 @@ pub struct Config {
     pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// `[[modbus]]`: Modbus buses, in file order (`crate::modbus` owns the type).
     pub modbus: Vec<crate::modbus::ModbusConfig>,
+    /// `[[serial]]`: serial line devices, in file order (`crate::serial` owns the type).
+    pub serial: Vec<crate::serial::SerialConfig>,
+    /// `[gpio]`: Raspberry Pi pins (`crate::gpio` owns the type).
+    pub gpio: crate::gpio::GpioConfig,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

@@ -135,6 +135,18 @@ pub(super) fn validate(
     for p in crate::modbus::config::validate(&config.modbus) {
         r.error(p.key, p.message);
     }
+    for p in crate::serial::config::validate(&config.serial, &config.modbus) {
+        r.error(p.key, p.message);
+    }
+    let adapters: Vec<&str> = config
+        .modbus
+        .iter()
+        .map(|b| b.name.as_str())
+        .chain(config.serial.iter().map(|l| l.name.as_str()))
+        .collect();
+    for p in crate::gpio::config::validate(&config.gpio, &adapters) {
+        r.error(p.key, p.message);
+    }
     r.duration(
         "shutdown.grace_period",
         config.shutdown.grace_period,

@@ -42,7 +42,8 @@ pub enum Kind {
     ConfigReloaded,
     /// A configuration reload was refused; the running configuration stays.
     ConfigReloadRefused,
-    /// A write to a field device (Modbus `.../set`) was executed, with its outcome.
+    /// A write to a field device (Modbus or GPIO `.../set`, serial `.../send`) was
+    /// executed, with its outcome.
     FieldWrite,
     /// A write to a field device was refused before reaching it (not writable, out of
     /// bounds, rate limit, expired, malformed).

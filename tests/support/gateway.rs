@@ -85,6 +85,23 @@ impl Gateway {
         Gateway::build_app(config, App::build).await
     }
 
+    /// Like [`Gateway::start`], with extra component sources (an embedder's components,
+    /// such as GPIO pins on a fake backend), asked again on every reload.
+    pub async fn start_with_components(
+        dir: &Path,
+        body: &str,
+        sources: Vec<tollgate::app::ComponentSource>,
+    ) -> Gateway {
+        let config = write_config(
+            dir,
+            &format!("sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{body}"),
+        );
+        Gateway::build_app(&config, |loaded| {
+            App::build_with_components(loaded, sources)
+        })
+        .await
+    }
+
     /// Start the configuration file `config` with `make_core` standing in for the broker.
     pub async fn build_with_core(config: &Path, make_core: MakeCore) -> Gateway {
         Gateway::build_app(config, |loaded| App::build_with_core(loaded, make_core)).await
