@@ -23,16 +23,21 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS;
 
 use support::clients::{v5, v5_connect, v5_connect_packet, v5_options, Raw, V5};
-use support::gateway::write_config;
+use support::gateway::{auth_section, write_config};
 use support::net::free_port;
-use support::peers::require_peer;
+use support::peers::{mosquitto_passwd_file, require_peer};
 use support::process::GatewayProcess;
 
 fn config(dir: &Path, port: u16, sync: &str) {
+    config_with(dir, port, &format!("[persistence]\nsync = {sync:?}\n"));
+}
+
+/// The gateway's configuration with `sections` (after `[broker]`).
+fn config_with(dir: &Path, port: u16, sections: &str) {
     write_config(
         dir,
         &format!(
-            "sys_interval = \"0s\"\nmax_offline_messages = 1000000\nmax_offline_bytes = 1000000000\n[persistence]\nsync = {sync:?}\n\
+            "sys_interval = \"0s\"\nmax_offline_messages = 1000000\nmax_offline_bytes = 1000000000\n{sections}\
              [[listener]]\nname = \"local\"\nbind = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nallow_anonymous = true\n"
         ),
     );
@@ -562,4 +567,112 @@ async fn load_until_killed(port: u16, first: u64, gw: &mut GatewayProcess) -> BT
         .await
         .expect("the client noticed the kill")
         .expect("reader task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_still_belongs_to_its_identity() {
+    if !require_peer("mosquitto_passwd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let passwd = mosquitto_passwd_file(dir.path(), &[("alice", "secret")]);
+    config_with(dir.path(), port, &auth_section(&passwd));
+    let alice = |clean: bool| {
+        let mut o = v5_options(addr(port), "owned");
+        o.set_clean_start(clean);
+        o.set_session_expiry_interval(Some(3600));
+        o.set_credentials("alice", "secret");
+        o
+    };
+    let mut gw = start(dir.path());
+    let mut c = v5_connect(alice(true)).await;
+    c.subscribe("o/#", QoS::AtLeastOnce).await;
+    c.client.disconnect().await.expect("disconnect queued");
+    publish_acked(port, "o/x", &["for alice".to_string()]).await;
+    gw.kill();
+    let mut gw = start(dir.path());
+    // An anonymous client with the same client id is refused (0x87) and takes nothing.
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("owned", None, false, 3600, None))
+        .await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => {
+            assert_eq!(c.code, p5::ConnectReturnCode::NotAuthorized);
+            assert!(!c.session_present);
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(gw.lines().iter().any(|l| l.contains("owned")), "audited");
+    let mut c = v5_connect(alice(false)).await;
+    assert!(c.connack.as_ref().expect("connack").session_present);
+    assert_eq!(c.publish().await.payload, "for alice");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// One persistent subscriber reads a stream of messages while an offline one gets one
+/// now and then: each segment of the session log keeps one live record among acknowledged
+/// ones. Compaction copies those forward, so the log stays within `max_bytes` (1 MiB:
+/// 512 KiB for sessions) while about three times that passes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_is_compacted_within_its_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config_with(dir.path(), port, "[persistence]\nmax_bytes = 1048576\n");
+    let mut gw = start(dir.path());
+    let mut cold = persistent(port, "cold", 3600).await;
+    cold.subscribe("cold/#", QoS::AtLeastOnce).await;
+    cold.client.disconnect().await.expect("disconnect queued");
+    let mut hot = persistent(port, "hot", 3600).await;
+    hot.subscribe("hot/#", QoS::AtLeastOnce).await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 3000 {
+            hot.publish().await;
+            n += 1;
+        }
+        hot
+    });
+    let mut publisher = v5(addr(port), "publisher").await;
+    let payload = "x".repeat(400);
+    let mut cold_sent = 0;
+    for batch in 0..120 {
+        for i in 0..25 {
+            publisher
+                .client
+                .publish("hot/x", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .expect("publish queued");
+            if i == 0 && batch % 2 == 0 {
+                publisher
+                    .client
+                    .publish("cold/x", QoS::AtLeastOnce, false, format!("c{cold_sent}"))
+                    .await
+                    .expect("publish queued");
+                cold_sent += 1;
+            }
+        }
+        let acks = 25 + usize::from(batch % 2 == 0);
+        for _ in 0..acks {
+            let reason = publisher
+                .wait_for(|p| match p {
+                    p5::Packet::PubAck(a) => Some(a.reason),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(reason, p5::PubAckReason::Success, "batch {batch}: stored");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let _hot = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("hot subscriber got everything")
+        .expect("reader");
+    gw.kill();
+    let mut gw = start(dir.path());
+    let mut cold = persistent(port, "cold", 3600).await;
+    for i in 0..cold_sent {
+        assert_eq!(cold.publish().await.payload, format!("c{i}"));
+    }
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
 }
