@@ -215,6 +215,7 @@ pub async fn run(b: StateBench, scratch: &Path) -> anyhow::Result<()> {
     let (gw, _) = spawn(&b.tollgate, &dir)?;
     gw.wait_for("tollgate is ready")?;
     fill(&b, port).await?;
+    let rss_filled = gw.rss_kib();
     gw.terminate()?;
     let disk = dir_bytes(&dir.join("data/state"));
 
@@ -233,9 +234,10 @@ pub async fn run(b: StateBench, scratch: &Path) -> anyhow::Result<()> {
     println!("  spawn -> \"tollgate is ready\":   {:.0} ms", ms(ready_at));
     println!("  loader's log line: {}", loaded.trim());
     println!(
-        "  RSS when ready: {:.1} MiB; 2 s later: {:.1} MiB",
+        "  RSS when ready: {:.1} MiB; 2 s later: {:.1} MiB (before the restart, with the same state built live: {:.1} MiB)",
         rss as f64 / 1024.0,
-        rss_later as f64 / 1024.0
+        rss_later as f64 / 1024.0,
+        rss_filled as f64 / 1024.0
     );
     gw.terminate()?;
     Ok(())
