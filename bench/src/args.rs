@@ -112,6 +112,19 @@ pub struct Args {
     /// (measures nothing).
     #[arg(long, value_name = "FILE.json")]
     pub markdown: Option<PathBuf>,
+    /// Only measure tollgate's startup with a large durable state (fills it over MQTT,
+    /// restarts, prints the time to "Broker state loaded" and the RSS; no Mosquitto).
+    #[arg(long)]
+    pub state_startup: bool,
+    /// Retained messages of the --state-startup state.
+    #[arg(long, default_value_t = 100_000)]
+    pub state_retained: usize,
+    /// Persistent sessions of the --state-startup state.
+    #[arg(long, default_value_t = 1_000)]
+    pub state_sessions: usize,
+    /// Queued QoS 1 messages per session of the --state-startup state.
+    #[arg(long, default_value_t = 10)]
+    pub state_queued: usize,
     /// Keep the scratch directory (configs, certs, broker logs).
     #[arg(long)]
     pub keep: bool,

@@ -14,6 +14,7 @@ mod load;
 mod measure;
 mod report;
 mod setup;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -162,6 +163,16 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("{} is not tollgate-bench --json output", file.display()))?;
         print!("{}", report::markdown(&value)?);
         return Ok(());
+    }
+    if args.state_startup {
+        let scratch = Scratch::new(args.keep)?;
+        let bench = state::StateBench {
+            tollgate: args.tollgate.clone().unwrap_or_else(default_tollgate),
+            retained: args.state_retained,
+            sessions: args.state_sessions,
+            queued_per_session: args.state_queued,
+        };
+        return state::run(bench, &scratch.dir).await;
     }
     // Shown as the cargo command documented in README.md (Performance).
     let command_line = std::iter::once("cargo run --release -p tollgate-bench --".to_string())

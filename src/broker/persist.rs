@@ -1,9 +1,13 @@
 //! Durable broker state (issue 11), on the journal engine of `crate::journal` (the
-//! bridge's: one engine, chosen once; see docs/journal.md), in
-//! `<broker.data_dir>/state/retained/`. Today it holds the retained messages; persistent
-//! sessions are not stored yet (README, "Durable state").
+//! bridge's: one engine, chosen once; see docs/journal.md), in two logs under
+//! `<broker.data_dir>/state/`: `retained/` (this file) and `sessions/` (persistent
+//! sessions, their queued and in-flight messages: `persist/sessions.rs`). Two logs, not
+//! one with more record kinds, because their records live different lives (a retained
+//! message for months, a queued message for milliseconds while its subscriber is
+//! online), so each compacts on its own terms and a damaged tail of one costs nothing
+//! of the other. `[persistence] max_bytes` is the budget of both: half each.
 //!
-//! The log is a sequence of `set` and `clear` records. The router owns a
+//! The retained log is a sequence of `set` and `clear` records. The router owns a
 //! [`RetainedLog`] and calls it as it changes its retained store: a `set` is appended
 //! (and the publisher's PUBACK/PUBREC held until it is durable), the record it replaces
 //! is acknowledged (removed). A `clear` is kept until the acknowledgement of the record
@@ -30,6 +34,10 @@ use super::codec::{v5, QoS};
 use super::link::Message;
 use crate::journal::{self, Durable, Journal, JournalConfig, JournalError, SyncMode};
 
+mod sessions;
+
+pub(crate) use sessions::{Live, SessionLog, SessionRecord, StoredSession, StoredSubscription};
+
 /// Record format version (first byte of every record).
 const VERSION: u8 = 1;
 const KIND_SET: u8 = 1;
@@ -39,14 +47,16 @@ const KIND_CLEAR: u8 = 2;
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PersistenceSettings {
-    /// Keep the broker's state (retained messages) in `<data_dir>/state/`.
+    /// Keep the broker's state (retained messages, persistent sessions) in
+    /// `<data_dir>/state/`.
     pub enabled: bool,
     /// When a change is reported durable (and a held PUBACK released).
     pub sync: SyncSetting,
     /// fsync period of `sync = "interval"`.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
-    /// Disk budget of the state log, in bytes.
+    /// Disk budget of the state logs, in bytes (half for retained messages, half for
+    /// sessions).
     pub max_bytes: u64,
 }
 
@@ -85,17 +95,19 @@ impl PersistenceSettings {
         }
     }
 
-    /// The journal settings of the state log: segments of 8 MiB, smaller when the
-    /// budget is small (a quarter of it), so compaction has whole segments to free.
+    /// The journal settings of each state log (retained, sessions): half the budget,
+    /// segments of 8 MiB, smaller when that half is small (a quarter of it), so
+    /// compaction has whole segments to free.
     fn journal_config(&self) -> JournalConfig {
+        let max_bytes = self.max_bytes / 2;
         JournalConfig {
-            segment_bytes: journal::DEFAULT_SEGMENT_BYTES.min(self.max_bytes / 4),
+            segment_bytes: journal::DEFAULT_SEGMENT_BYTES.min(max_bytes / 4),
             sync: match self.sync {
                 SyncSetting::Always => SyncMode::Always,
                 SyncSetting::Batch => SyncMode::Batch,
                 SyncSetting::Interval => SyncMode::Interval(self.interval),
             },
-            max_bytes: self.max_bytes,
+            max_bytes,
             ..JournalConfig::default()
         }
     }
@@ -127,6 +139,15 @@ fn qos_byte(q: QoS) -> u8 {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce => 1,
         QoS::ExactlyOnce => 2,
+    }
+}
+
+fn qos_from(byte: u8) -> Result<QoS, String> {
+    match byte {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        2 => Ok(QoS::ExactlyOnce),
+        q => Err(format!("invalid QoS {q}")),
     }
 }
 
@@ -192,12 +213,7 @@ fn decode(bytes: Bytes) -> Result<Record, String> {
             if b.remaining() < 9 {
                 return Err("set record shorter than its fields".into());
             }
-            let qos = match b.get_u8() {
-                0 => QoS::AtMostOnce,
-                1 => QoS::AtLeastOnce,
-                2 => QoS::ExactlyOnce,
-                q => return Err(format!("invalid QoS {q}")),
-            };
+            let qos = qos_from(b.get_u8())?;
             let expires_ms = Some(b.get_u64()).filter(|&ms| ms != 0);
             let properties = v5::PublishProperties::read(&mut b)
                 .map_err(|e| format!("invalid properties: {e:?}"))?;
@@ -337,7 +353,7 @@ impl RetainedLog {
             log.journal.ack_many(stale)?;
         }
         let count = loaded.len();
-        info!(dir = %dir.display(), retained = count, live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Broker state loaded.");
+        info!(dir = %dir.display(), retained = count, live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Retained state loaded.");
         Ok((
             log,
             Loaded {

@@ -25,6 +25,7 @@ mod deliver;
 mod requests;
 mod sessions;
 mod state;
+mod stored;
 mod sys;
 
 use std::cmp::Reverse;
@@ -68,6 +69,10 @@ struct Queued {
     /// Delivered only through this shared subscription: handed to another member
     /// if this session ends before acknowledging it.
     share: Option<Arc<SharedRef>>,
+    /// Its record in the session log (0: not stored), acknowledged when it is done.
+    record: u64,
+    /// The record of its packet id while in flight (0: none).
+    pkid_record: u64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -124,6 +129,20 @@ struct Session {
     generation: u64,
     durable: bool,
     dropped_burst: u64,
+    /// Where the session log keeps it (`[persistence]`, sessions with an expiry).
+    stored: Option<Box<StoredRef>>,
+}
+
+/// A session's place in the session log.
+struct StoredRef {
+    /// Its id in the log (one per incarnation).
+    id: u64,
+    /// Its live `session` record.
+    record: u64,
+    /// Wall-clock deadline once offline (ms since the epoch; `u64::MAX`: never).
+    offline_until_ms: Option<u64>,
+    /// MQTT v5 client.
+    v5: bool,
 }
 
 /// Who is waiting for a durable subscriber's acknowledgement.
@@ -166,6 +185,11 @@ struct Ctx {
     route_hold: Option<u64>,
     dirty: Vec<SessionKey>,
     now: Instant,
+    /// The persistent sessions' log (`[persistence]`), once opened.
+    sessions_log: Option<super::persist::SessionLog>,
+    /// The last delivery stored while routing one message: the publisher's
+    /// acknowledgement waits for it (durability follows append order).
+    session_durable: Option<crate::journal::Durable>,
 }
 
 pub(crate) struct Router {
@@ -239,6 +263,8 @@ impl Router {
                 route_hold: None,
                 dirty: Vec::new(),
                 now: Instant::now(),
+                sessions_log: None,
+                session_durable: None,
             },
             rx,
             trie: SubscriptionTrie::default(),
@@ -296,7 +322,7 @@ impl Router {
                     self.ctx.now = Instant::now();
                     self.publish_sys();
                 }
-                _ = upkeep.tick(), if self.state.is_some() => {
+                _ = upkeep.tick(), if self.state.is_some() || self.ctx.sessions_log.is_some() => {
                     self.ctx.now = Instant::now();
                     self.state_upkeep();
                 }

@@ -53,8 +53,14 @@ pub struct BrokerStats {
     pub retained_bytes: u64,
     /// Retained messages in the durable state log (`[persistence]`).
     pub state_retained: u64,
-    /// Disk bytes of the live records of the durable state log.
+    /// Persistent sessions in the durable session log.
+    pub state_sessions: u64,
+    /// Live records of the session log (sessions, queued messages, packet ids).
+    pub state_session_records: u64,
+    /// Disk bytes of the live records of the durable state logs (both).
     pub state_bytes: u64,
+    /// Queued QoS 1/2 messages dropped because their Message Expiry passed first.
+    pub dropped_expired: u64,
     /// Changes of the durable state that could not be stored (full, disk errors, a
     /// state directory that could not be opened).
     pub state_failures: u64,
@@ -87,7 +93,10 @@ pub(crate) struct StatsCounters {
     pub refused_session_quota: AtomicU64,
     pub retained_bytes: AtomicU64,
     pub state_retained: AtomicU64,
+    pub state_sessions: AtomicU64,
+    pub state_session_records: AtomicU64,
     pub state_bytes: AtomicU64,
+    pub dropped_expired: AtomicU64,
     pub state_failures: AtomicU64,
     pub state_lost_at_open: AtomicU64,
 }
@@ -117,7 +126,10 @@ impl StatsCounters {
             refused_session_quota: get(&self.refused_session_quota),
             retained_bytes: get(&self.retained_bytes),
             state_retained: get(&self.state_retained),
+            state_sessions: get(&self.state_sessions),
+            state_session_records: get(&self.state_session_records),
             state_bytes: get(&self.state_bytes),
+            dropped_expired: get(&self.dropped_expired),
             state_failures: get(&self.state_failures),
             state_lost_at_open: get(&self.state_lost_at_open),
             audit: Default::default(),

@@ -52,12 +52,14 @@ impl Ctx {
 
     /// Done with a delivery (acknowledged, expired, or QoS 0).
     pub(super) fn discard(&mut self, queued: Queued) {
+        self.forget_delivery(&queued);
         self.release_hold(queued.hold, false);
     }
 
     /// A delivery dropped before the subscriber had it (overflow, session end, too
     /// large): a durable hold on it completes as a failure (v5 0x97 to the publisher).
     pub(super) fn lose(&mut self, queued: Queued) {
+        self.forget_delivery(&queued);
         self.release_hold(queued.hold, true);
     }
 
@@ -127,6 +129,7 @@ pub(super) fn try_send(
     };
     let Some(publish) = build_publish(&q, pkid, false, ctx.now) else {
         // Expired while queued: the subscriber never had it (a durable hold fails).
+        stats(ctx).dropped_expired.fetch_add(1, Ordering::Relaxed);
         ctx.lose(q);
         return Ok(());
     };
@@ -153,6 +156,7 @@ pub(super) fn try_send(
     } else {
         session.inflight_bytes += q.msg.weight();
         session.pkids_in_use.insert(pkid);
+        ctx.store_pkid(session, &mut q, pkid, false);
         session.inflight.push_back(Inflight {
             pkid,
             queued: q,
@@ -241,11 +245,14 @@ pub(super) fn overflow_accounted(
     session.dropped_burst += dropped.max(u64::from(blocked));
 }
 
-pub(super) fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, q: Queued) {
+pub(super) fn deliver(ctx: &mut Ctx, key: SessionKey, session: &mut Session, mut q: Queued) {
     if session.link.is_none() && q.qos == QoS::AtMostOnce {
         // QoS 0 is never queued for an offline session.
         ctx.discard(q);
         return;
+    }
+    if q.qos != QoS::AtMostOnce && q.record == 0 {
+        ctx.store_delivery(session, &mut q);
     }
     if q.qos == QoS::AtMostOnce {
         if let Some(link) = session.link.as_mut() {
@@ -336,6 +343,7 @@ impl Router {
         let topic = msg.topic_str();
         self.ctx.route_target = target;
         self.ctx.route_hold = None;
+        self.ctx.session_durable = None;
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retain_clear(topic);
@@ -398,11 +406,14 @@ impl Router {
                     hold,
                     release_on_send: false,
                     share: if contributing == 1 { share } else { None },
+                    record: 0,
+                    pkid_record: 0,
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
         }
         self.scratch = matches;
+        self.hold_for_stored_deliveries();
         if let Some(t) = self.ctx.route_target.take() {
             // Nobody holds it back: acknowledged now.
             self.ctx.completed.push((t, false));

@@ -30,7 +30,11 @@ impl Router {
                     return;
                 };
                 if let Some(f) = session.inflight.iter_mut().find(|f| f.pkid == pkid) {
-                    f.state = InflightState::AwaitComp;
+                    if f.state != InflightState::AwaitComp {
+                        f.state = InflightState::AwaitComp;
+                        let id = session.stored.as_ref().map_or(0, |s| s.id);
+                        self.ctx.store_released(id, &mut f.queued, pkid);
+                    }
                 }
                 let found = session.inflight.iter().any(|f| f.pkid == pkid);
                 if let Some(link) = session.link.as_mut() {
@@ -264,6 +268,8 @@ impl Router {
                     release_on_send: false,
                     share: None,
                     msg,
+                    record: 0,
+                    pkid_record: 0,
                 };
                 deliver(&mut self.ctx, key, session, q);
             }
@@ -271,6 +277,7 @@ impl Router {
         for topic in expired {
             self.retain_clear(&topic);
         }
+        self.store_session(key);
     }
 
     pub(super) fn unsubscribe(
@@ -317,5 +324,6 @@ impl Router {
                 }
             }
         }
+        self.store_session(key);
     }
 }

@@ -152,6 +152,7 @@ impl Router {
                 generation: 0,
                 durable: false,
                 dropped_burst: 0,
+                stored: None,
             }),
         );
         key
@@ -171,6 +172,7 @@ impl Router {
             debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, "Delayed will cancelled: client reconnected.");
         }
         session.identity = req.identity;
+        let v5 = req.v5;
         set_expiry(&mut self.persistent_sessions, session, req.session_expiry);
         session.will = req.will.map(Box::new);
         let was_durable = session.durable;
@@ -206,7 +208,11 @@ impl Router {
         resend_inflight(&mut self.ctx, session, &mut link);
         session.link = Some(link);
         self.by_conn.insert(req.conn, key);
-        refill(&mut self.ctx, key, session);
+        // Stored before the queue moves: its deliveries are written for the session.
+        self.store_attached(key, v5);
+        if let Some(session) = self.sessions.get_mut(&key) {
+            refill(&mut self.ctx, key, session);
+        }
     }
 
     pub(super) fn closed(&mut self, conn: ConnId, send_will: bool, session_expiry: Option<u32>) {
@@ -243,6 +249,9 @@ impl Router {
         if let Some(will) = fire {
             self.publish_will(will, &identity);
         }
+        if expiry != 0 {
+            self.store_offline(key);
+        }
         if expiry == 0 {
             self.end_session(key);
         } else if expiry != u32::MAX {
@@ -272,6 +281,7 @@ impl Router {
             return;
         };
         set_expiry(&mut self.persistent_sessions, &mut session, 0);
+        self.ctx.end_stored(&mut session);
         if self.by_client.get(&session.identity.client_id) == Some(&key) {
             self.by_client.remove(&session.identity.client_id);
         }
@@ -319,6 +329,8 @@ impl Router {
             self.ctx.lose(q);
             return;
         };
+        // Its record named the ended session: the new member stores it anew.
+        self.ctx.forget_delivery(&q);
         let picked = {
             let sessions = &self.sessions;
             self.trie.pick_shared(&share, &|k| {
@@ -349,6 +361,8 @@ impl Router {
             release_on_send: false,
             share: Some(share),
             msg: q.msg,
+            record: 0,
+            pkid_record: 0,
         };
         deliver(&mut self.ctx, key, session, moved);
     }

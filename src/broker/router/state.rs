@@ -1,14 +1,15 @@
 //! The router's side of durable state (`super::super::persist`): loading the retained
-//! messages before the first request, writing every change of the retained store,
-//! holding a QoS 1/2 publisher's acknowledgement until its retained message is durable,
-//! upkeep (clears, compaction) and the final flush.
+//! messages and the persistent sessions (`stored.rs`) before the first request,
+//! writing every change of the retained store, holding a QoS 1/2 publisher's
+//! acknowledgement until its retained message is durable, upkeep (clears, ends,
+//! compaction) and the final flush.
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use super::super::persist::RetainedLog;
+use super::super::persist::{RetainedLog, SessionLog};
 use super::*;
 
 /// `$SYS` retained topics are rebuilt by the broker itself: never stored.
@@ -25,6 +26,9 @@ impl Router {
             return;
         }
         let data_dir = settings.data_dir.clone();
+        let settings = settings.clone();
+        let started = std::time::Instant::now();
+        let mut expired = 0;
         match RetainedLog::open(&data_dir, &settings.persistence).await {
             Ok((log, loaded)) => {
                 let now = Instant::now();
@@ -48,6 +52,31 @@ impl Router {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        match SessionLog::open(&data_dir, &settings.persistence).await {
+            Ok((log, loaded)) => {
+                self.ctx.now = Instant::now();
+                stats(&self.ctx)
+                    .state_lost_at_open
+                    .fetch_add(loaded.lost_records, Ordering::Relaxed);
+                expired = loaded.expired;
+                self.restore_sessions(loaded.sessions);
+                self.ctx.sessions_log = Some(log);
+                self.update_state_stats();
+            }
+            Err(e) => {
+                error!(reason = %e, "Session state cannot be opened: persistent sessions are kept in memory only and are lost at the next restart. Fix the directory (owner, permissions, disk) and restart, or set [persistence] enabled = false.");
+                stats(&self.ctx)
+                    .state_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        info!(
+            retained = self.retained.len(),
+            sessions = self.sessions.len(),
+            sessions_expired_while_down = expired,
+            ms = started.elapsed().as_millis() as u64,
+            "Broker state loaded."
+        );
     }
 
     /// Write a change of the retained store (`stored`: `msg` is now retained; otherwise
@@ -96,14 +125,19 @@ impl Router {
             stats(&self.ctx)
                 .state_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!("A retained message could not be made durable; its publisher is told it was not stored.");
+            warn!("A retained or queued message could not be made durable; its publisher is told it was not stored.");
         }
         self.ctx.release_hold(Some(hold), !ok);
     }
 
     /// Periodic upkeep of the state log (once a second).
     pub(super) fn state_upkeep(&mut self) {
+        if let Some(log) = self.ctx.sessions_log.as_mut() {
+            log.upkeep(self.ctx.now);
+        }
+        self.compact_sessions();
         let Some(mut state) = self.state.take() else {
+            self.update_state_stats();
             return;
         };
         state.upkeep(self.ctx.now, |topic| {
@@ -116,22 +150,35 @@ impl Router {
     }
 
     fn update_state_stats(&self) {
+        let s = stats(&self.ctx);
+        let mut bytes = 0;
         if let Some(state) = &self.state {
-            let (records, bytes) = state.live();
-            let s = stats(&self.ctx);
+            let (records, retained_bytes) = state.live();
             s.state_retained.store(records as u64, Ordering::Relaxed);
-            s.state_bytes.store(bytes, Ordering::Relaxed);
+            bytes += retained_bytes;
             s.state_failures.store(
                 s.state_failures.load(Ordering::Relaxed).max(state.failed),
                 Ordering::Relaxed,
             );
         }
+        if let Some(log) = &self.ctx.sessions_log {
+            let (sessions, records, session_bytes) = log.live();
+            s.state_sessions.store(sessions as u64, Ordering::Relaxed);
+            s.state_session_records
+                .store(records as u64, Ordering::Relaxed);
+            bytes += session_bytes;
+        }
+        s.state_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Clean shutdown: everything written is made durable.
     pub(super) async fn close_state(&mut self) {
         if let Some(state) = self.state.take() {
             state.close().await;
+        }
+        self.store_all_offline();
+        if let Some(log) = self.ctx.sessions_log.take() {
+            log.close().await;
         }
     }
 }

@@ -11,7 +11,7 @@ impl Router {
         self.update_stats();
         let snapshot = self.ctx.shared.stats.snapshot(self.ctx.shared.started);
         let audit = self.ctx.shared.log_limits.stats();
-        let values: [(&str, String); 28] = [
+        let values: [(&str, String); 25] = [
             (
                 "$SYS/broker/version",
                 format!("tollgate {}", env!("CARGO_PKG_VERSION")),
@@ -51,22 +51,6 @@ impl Router {
                 snapshot.retained_bytes.to_string(),
             ),
             (
-                "$SYS/tollgate/state/retained",
-                snapshot.state_retained.to_string(),
-            ),
-            (
-                "$SYS/tollgate/state/bytes",
-                snapshot.state_bytes.to_string(),
-            ),
-            (
-                "$SYS/tollgate/state/failures",
-                snapshot.state_failures.to_string(),
-            ),
-            (
-                "$SYS/tollgate/state/lost_at_open",
-                snapshot.state_lost_at_open.to_string(),
-            ),
-            (
                 "$SYS/tollgate/sessions/count",
                 snapshot.sessions.to_string(),
             ),
@@ -77,6 +61,10 @@ impl Router {
             (
                 "$SYS/tollgate/dropped/slow_consumer",
                 snapshot.dropped_slow_consumer.to_string(),
+            ),
+            (
+                "$SYS/tollgate/dropped/expired",
+                snapshot.dropped_expired.to_string(),
             ),
             (
                 "$SYS/tollgate/dropped/oversize",
@@ -132,6 +120,7 @@ impl Router {
         );
         let values = values
             .into_iter()
+            .chain(state_values(&snapshot))
             .map(|(topic, value)| (Bytes::from_static(topic.as_bytes()), value))
             .chain(events)
             .chain(std::iter::once(untracked));
@@ -152,4 +141,34 @@ impl Router {
         }
         self.complete_targets();
     }
+}
+
+/// `$SYS/tollgate/state/...`: the durable state (`[persistence]`).
+fn state_values(snapshot: &crate::broker::stats::BrokerStats) -> [(&'static str, String); 6] {
+    [
+        (
+            "$SYS/tollgate/state/retained",
+            snapshot.state_retained.to_string(),
+        ),
+        (
+            "$SYS/tollgate/state/sessions",
+            snapshot.state_sessions.to_string(),
+        ),
+        (
+            "$SYS/tollgate/state/session_records",
+            snapshot.state_session_records.to_string(),
+        ),
+        (
+            "$SYS/tollgate/state/bytes",
+            snapshot.state_bytes.to_string(),
+        ),
+        (
+            "$SYS/tollgate/state/failures",
+            snapshot.state_failures.to_string(),
+        ),
+        (
+            "$SYS/tollgate/state/lost_at_open",
+            snapshot.state_lost_at_open.to_string(),
+        ),
+    ]
 }

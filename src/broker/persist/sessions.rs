@@ -1,0 +1,768 @@
+//! Persistent sessions on the journal engine, in `<data_dir>/state/sessions/`: a log
+//! of its own beside the retained one, because its records live a different life
+//! (queued messages are acknowledged within milliseconds when their subscriber is
+//! online, session records for days) and a damaged tail of one must not cost the
+//! other. The router owns a [`SessionLog`] in its delivery context and writes:
+//!
+//! - a `session` record when a session with an expiry (v3.1.1: clean session off)
+//!   attaches, detaches, subscribes or unsubscribes: its id (one per incarnation),
+//!   owning identity, protocol version, expiry and, once offline, the wall-clock
+//!   moment it expires, overflow policy and subscriptions with their options. Each
+//!   one supersedes (acknowledges) the previous record of its session;
+//! - an `end` record when it ends, kept until the acknowledgement of what it ended
+//!   is synced (the retained log's `clear` rule: an ended session never comes back);
+//! - a `message` record for every QoS 1/2 delivery queued or put in flight for it,
+//!   before the publisher's PUBACK/PUBREC (held until the record is durable);
+//!   acknowledged when the subscriber acknowledges it or it is dropped (overflow,
+//!   message expiry, session end);
+//! - a `packet id` record when a message goes in flight (its id and whether the
+//!   subscriber already sent PUBREC), so a restart re-sends it with DUP and that id.
+//!
+//! Durability follows append order (one writer, fsyncs cover everything before
+//! them): a message record that is durable has its session record durable too.
+//! Retain Handling is not stored: it applies only at the moment of a SUBSCRIBE.
+//! It must never load a message for a session that ended or expired, nor a record
+//! that failed its checksum.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{now_ms, qos_byte, qos_from, PersistenceSettings, VERSION};
+use crate::auth::{AuthMethod, Identity};
+use crate::broker::codec::{v5, QoS};
+use crate::broker::link::{Message, QueueOverflow};
+use crate::journal::{self, Durable, Journal, JournalError};
+
+const KIND_SESSION: u8 = 1;
+const KIND_END: u8 = 2;
+const KIND_MESSAGE: u8 = 3;
+const KIND_PKID: u8 = 4;
+
+/// Session deadline: online when written (its expiry starts at the next load).
+const ONLINE: u64 = 0;
+/// Session deadline: never expires.
+const NEVER: u64 = u64::MAX;
+
+/// Directory of the session log under `data_dir`.
+pub fn sessions_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join("sessions")
+}
+
+/// One subscription as stored (the filter with its `$share/<group>/` prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSubscription {
+    pub path: String,
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub id: Option<usize>,
+}
+
+/// What a `session` record says.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SessionRecord {
+    /// One per incarnation of a client id's session (messages name it).
+    pub id: u64,
+    pub identity: Identity,
+    pub v5: bool,
+    /// Session expiry in seconds (`u32::MAX`: never).
+    pub expiry: u32,
+    /// Wall-clock deadline once offline: `None` while online (the expiry then counts
+    /// from the next start).
+    pub offline_until_ms: Option<u64>,
+    pub overflow: QueueOverflow,
+    pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// A delivery as stored: the message and what this subscriber was granted.
+#[derive(Debug)]
+pub(crate) struct StoredMessage {
+    /// Its record (acknowledged when the delivery is done).
+    pub record: u64,
+    pub msg: Message,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<usize>,
+    /// In flight when stored: packet id, PUBREC received, and the id's record.
+    pub pkid: Option<(u16, bool, u64)>,
+}
+
+/// A session as loaded, with its deliveries in the order they were queued.
+#[derive(Debug)]
+pub(crate) struct StoredSession {
+    /// Its live `session` record.
+    pub record: u64,
+    pub session: SessionRecord,
+    /// When it expires (offline from the load on); `None`: never.
+    pub expires_at: Option<Instant>,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// What a live record is (for compaction: the router writes it again from memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Live {
+    Session { id: u64 },
+    Message { id: u64 },
+    Pkid { id: u64, message: u64 },
+}
+
+enum Record {
+    Session(SessionRecord),
+    End {
+        id: u64,
+    },
+    Message {
+        id: u64,
+        msg: Message,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<usize>,
+        expires_ms: Option<u64>,
+    },
+    Pkid {
+        message: u64,
+        pkid: u16,
+        released: bool,
+    },
+}
+
+fn header(out: &mut BytesMut, kind: u8, id: u64) {
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u64(id);
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
+    out.put_u16(s.len() as u16);
+    out.put_slice(s);
+}
+
+fn via_byte(via: AuthMethod) -> u8 {
+    match via {
+        AuthMethod::Password => 0,
+        AuthMethod::Certificate => 1,
+        AuthMethod::Anonymous => 2,
+        AuthMethod::Internal => 3,
+    }
+}
+
+fn overflow_byte(o: QueueOverflow) -> u8 {
+    match o {
+        QueueOverflow::DropOldest => 0,
+        QueueOverflow::DropNew => 1,
+        QueueOverflow::BlockPublishers => 2,
+    }
+}
+
+/// `[v][1][id u64][deadline ms u64][expiry u32][v5][overflow][via][username present +
+/// str][listener str][client id str][count u32] then per subscription `[path str][qos]
+/// [flags: 1 no-local, 2 retain-as-published][id u32, 0 = none]`.
+pub(crate) fn encode_session(s: &SessionRecord) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(64 + s.subscriptions.len() * 32);
+    header(&mut out, KIND_SESSION, s.id);
+    out.put_u64(match s.offline_until_ms {
+        None => ONLINE,
+        Some(ms) => ms.max(1),
+    });
+    out.put_u32(s.expiry);
+    out.put_u8(u8::from(s.v5));
+    out.put_u8(overflow_byte(s.overflow));
+    out.put_u8(via_byte(s.identity.via));
+    match &s.identity.username {
+        Some(u) => {
+            out.put_u8(1);
+            put_str(&mut out, u);
+        }
+        None => out.put_u8(0),
+    }
+    put_str(&mut out, &s.identity.listener);
+    put_str(&mut out, &s.identity.client_id);
+    out.put_u32(s.subscriptions.len() as u32);
+    for sub in &s.subscriptions {
+        put_str(&mut out, &sub.path);
+        out.put_u8(qos_byte(sub.qos));
+        out.put_u8(u8::from(sub.no_local) | (u8::from(sub.retain_as_published) << 1));
+        out.put_u32(sub.id.map_or(0, |id| id.min(u32::MAX as usize) as u32));
+    }
+    out.to_vec()
+}
+
+fn encode_end(id: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(10);
+    header(&mut out, KIND_END, id);
+    out.to_vec()
+}
+
+/// `[v][3][id u64][qos granted][retain][sub id count u16][ids u32...][message qos]
+/// [expires ms u64, 0 = none][topic str][properties][payload]`.
+pub(crate) fn encode_message(
+    id: u64,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[usize],
+    now: Instant,
+) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(msg.weight() + 48);
+    header(&mut out, KIND_MESSAGE, id);
+    out.put_u8(qos_byte(qos));
+    out.put_u8(u8::from(retain));
+    let ids = &sub_ids[..sub_ids.len().min(usize::from(u16::MAX))];
+    out.put_u16(ids.len() as u16);
+    for sid in ids {
+        out.put_u32((*sid).min(u32::MAX as usize) as u32);
+    }
+    out.put_u8(qos_byte(msg.qos));
+    out.put_u64(msg.expires_at.map_or(0, |at| {
+        now_ms()
+            .saturating_add(at.saturating_duration_since(now).as_millis() as u64)
+            .max(1)
+    }));
+    out.put_u16(msg.topic.len().min(usize::from(u16::MAX)) as u16);
+    out.put_slice(&msg.topic[..msg.topic.len().min(usize::from(u16::MAX))]);
+    match &msg.properties {
+        // Cannot fail: writing into a growable buffer.
+        Some(p) => {
+            let _ = p.write(&mut out);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_slice(&msg.payload);
+    out.to_vec()
+}
+
+fn encode_pkid(id: u64, message: u64, pkid: u16, released: bool) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(24);
+    header(&mut out, KIND_PKID, id);
+    out.put_u64(message);
+    out.put_u16(pkid);
+    out.put_u8(u8::from(released));
+    out.to_vec()
+}
+
+fn need(b: &Bytes, n: usize, what: &str) -> Result<(), String> {
+    if b.remaining() < n {
+        return Err(format!("{what} longer than the record"));
+    }
+    Ok(())
+}
+
+fn get_bytes(b: &mut Bytes, what: &str) -> Result<Bytes, String> {
+    need(b, 2, what)?;
+    let len = usize::from(b.get_u16());
+    need(b, len, what)?;
+    Ok(b.split_to(len))
+}
+
+fn get_str(b: &mut Bytes, what: &str) -> Result<String, String> {
+    let raw = get_bytes(b, what)?;
+    String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
+    need(b, 8 + 4 + 4, "session fields")?;
+    let deadline = b.get_u64();
+    let expiry = b.get_u32();
+    let v5 = b.get_u8() != 0;
+    let overflow = match b.get_u8() {
+        0 => QueueOverflow::DropOldest,
+        1 => QueueOverflow::DropNew,
+        2 => QueueOverflow::BlockPublishers,
+        o => return Err(format!("invalid overflow policy {o}")),
+    };
+    let via = match b.get_u8() {
+        0 => AuthMethod::Password,
+        1 => AuthMethod::Certificate,
+        2 => AuthMethod::Anonymous,
+        3 => AuthMethod::Internal,
+        v => return Err(format!("invalid identity kind {v}")),
+    };
+    need(b, 1, "user name flag")?;
+    let username = match b.get_u8() {
+        0 => None,
+        _ => Some(get_str(b, "user name")?),
+    };
+    let listener = get_str(b, "listener")?;
+    let client_id = get_str(b, "client id")?;
+    need(b, 4, "subscription count")?;
+    let count = b.get_u32() as usize;
+    // Each subscription takes at least 8 bytes: a count beyond that is damage.
+    need(b, count.saturating_mul(8), "subscriptions")?;
+    let mut subscriptions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let path = get_str(b, "filter")?;
+        need(b, 6, "subscription options")?;
+        let qos = qos_from(b.get_u8())?;
+        let flags = b.get_u8();
+        let sid = b.get_u32();
+        subscriptions.push(StoredSubscription {
+            path,
+            qos,
+            no_local: flags & 1 != 0,
+            retain_as_published: flags & 2 != 0,
+            id: (sid != 0).then_some(sid as usize),
+        });
+    }
+    Ok(SessionRecord {
+        id,
+        identity: Identity {
+            username,
+            client_id,
+            via,
+            listener: Arc::from(listener.as_str()),
+        },
+        v5,
+        expiry,
+        offline_until_ms: (deadline != ONLINE).then_some(deadline),
+        overflow,
+        subscriptions,
+    })
+}
+
+fn decode_message(b: &mut Bytes, id: u64) -> Result<Record, String> {
+    need(b, 4, "message fields")?;
+    let qos = qos_from(b.get_u8())?;
+    let retain = b.get_u8() != 0;
+    let count = usize::from(b.get_u16());
+    need(b, count * 4, "subscription identifiers")?;
+    let sub_ids = (0..count).map(|_| b.get_u32() as usize).collect();
+    need(b, 9, "message fields")?;
+    let msg_qos = qos_from(b.get_u8())?;
+    let expires_ms = Some(b.get_u64()).filter(|&ms| ms != 0);
+    let topic = get_bytes(b, "topic")?;
+    if std::str::from_utf8(&topic).is_err() {
+        return Err("topic is not UTF-8".into());
+    }
+    let properties =
+        v5::PublishProperties::read(b).map_err(|e| format!("invalid properties: {e:?}"))?;
+    let payload = std::mem::take(b);
+    Ok(Record::Message {
+        id,
+        msg: Message {
+            topic,
+            payload,
+            qos: msg_qos,
+            retain: false,
+            properties,
+            expires_at: None,
+            publisher: None,
+            origin: None,
+        },
+        qos,
+        retain,
+        sub_ids,
+        expires_ms,
+    })
+}
+
+fn decode(bytes: Bytes) -> Result<Record, String> {
+    let mut b = bytes;
+    need(&b, 10, "header")?;
+    let version = b.get_u8();
+    if version != VERSION {
+        return Err(format!("unknown record version {version}"));
+    }
+    let kind = b.get_u8();
+    let id = b.get_u64();
+    match kind {
+        KIND_SESSION => decode_session(&mut b, id).map(Record::Session),
+        KIND_END => Ok(Record::End { id }),
+        KIND_MESSAGE => decode_message(&mut b, id),
+        KIND_PKID => {
+            need(&b, 11, "packet id fields")?;
+            Ok(Record::Pkid {
+                message: b.get_u64(),
+                pkid: b.get_u16(),
+                released: b.get_u8() != 0,
+            })
+        }
+        k => Err(format!("unknown record kind {k}")),
+    }
+}
+
+/// What [`SessionLog::open`] found.
+pub(crate) struct LoadedSessions {
+    pub sessions: Vec<StoredSession>,
+    /// Records lost to damage (logged at open).
+    pub lost_records: u64,
+    /// Sessions that expired while the broker was down (not loaded).
+    pub expired: usize,
+}
+
+/// The session log, owned by the router's delivery context.
+pub(crate) struct SessionLog {
+    journal: Journal,
+    /// Live records by age: sequence number → (what it is, disk cost).
+    by_seq: BTreeMap<u64, (Live, u64)>,
+    live_bytes: u64,
+    /// Live `session` records.
+    sessions: usize,
+    /// `end` records waiting for the next sync of acknowledgements.
+    ends: Vec<u64>,
+    last_sync: Instant,
+    /// Next session id (ids are never reused: above every id loaded).
+    next_id: u64,
+    /// Appends refused (full, too large, closed) since open.
+    pub failed: u64,
+    segment_bytes: u64,
+}
+
+/// Everything decoded, before the sessions are assembled.
+#[derive(Default)]
+struct Scan {
+    sessions: HashMap<u64, (u64, SessionRecord)>,
+    ended: HashSet<u64>,
+    messages: BTreeMap<u64, (u64, StoredMessage, Option<u64>)>,
+    /// Message record → (packet id, released, its record).
+    pkids: HashMap<u64, (u16, bool, u64)>,
+    stale: Vec<u64>,
+    max_id: u64,
+    costs: HashMap<u64, u64>,
+}
+
+impl Scan {
+    fn add(&mut self, seq: u64, record: Record) {
+        match record {
+            Record::Session(s) => {
+                self.max_id = self.max_id.max(s.id);
+                if self.ended.contains(&s.id) {
+                    self.stale.push(seq);
+                } else if let Some((old, _)) = self.sessions.insert(s.id, (seq, s)) {
+                    self.stale.push(old);
+                }
+            }
+            Record::End { id } => {
+                self.max_id = self.max_id.max(id);
+                self.ended.insert(id);
+                if let Some((old, _)) = self.sessions.remove(&id) {
+                    self.stale.push(old);
+                }
+                self.stale.push(seq);
+            }
+            Record::Message {
+                id,
+                mut msg,
+                qos,
+                retain,
+                sub_ids,
+                expires_ms,
+            } => {
+                msg.expires_at = expires_ms
+                    .map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms())));
+                let stored = StoredMessage {
+                    record: seq,
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids,
+                    pkid: None,
+                };
+                self.messages.insert(seq, (id, stored, expires_ms));
+            }
+            Record::Pkid {
+                message,
+                pkid,
+                released,
+            } => {
+                if let Some((_, _, old)) = self.pkids.insert(message, (pkid, released, seq)) {
+                    self.stale.push(old);
+                }
+            }
+        }
+    }
+}
+
+impl SessionLog {
+    /// Open (or create) the log under `data_dir` and load it: called once, by the
+    /// router task before it handles anything.
+    pub async fn open(
+        data_dir: &Path,
+        settings: &PersistenceSettings,
+    ) -> Result<(SessionLog, LoadedSessions), JournalError> {
+        let dir = sessions_dir(data_dir);
+        let started = std::time::Instant::now();
+        let config = settings.journal_config();
+        let segment_bytes = config.segment_bytes;
+        let (journal, recovery) = Journal::open(&dir, config).await?;
+        let lost = &recovery.lost;
+        if lost.records > 0 || lost.bytes > 0 {
+            for s in &lost.segments {
+                warn!(segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "Session state: damaged segment; its tail was dropped.");
+            }
+            warn!(records = lost.records, bytes = lost.bytes, "Session state: records lost to damage (sessions, queued messages or packet ids); the intact ones are loaded.");
+        }
+        let mut scan = Scan::default();
+        let mut from = 0;
+        loop {
+            let batch = journal.read(from, 4096, 16 * 1024 * 1024).await?;
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for record in batch {
+                scan.costs
+                    .insert(record.seq, journal::record_cost(record.payload.len()));
+                match decode(Bytes::from(record.payload)) {
+                    Err(reason) => {
+                        warn!(seq = record.seq, %reason, "Session state: a record cannot be read; it is dropped.");
+                        scan.stale.push(record.seq);
+                    }
+                    Ok(r) => scan.add(record.seq, r),
+                }
+            }
+        }
+        let mut log = SessionLog {
+            journal,
+            by_seq: BTreeMap::new(),
+            live_bytes: 0,
+            sessions: 0,
+            ends: Vec::new(),
+            last_sync: Instant::now(),
+            next_id: scan.max_id + 1,
+            failed: 0,
+            segment_bytes,
+        };
+        let (sessions, expired) = log.assemble(&mut scan);
+        if !scan.stale.is_empty() {
+            log.journal.ack_many(std::mem::take(&mut scan.stale))?;
+        }
+        let messages: usize = sessions.iter().map(|s| s.messages.len()).sum();
+        info!(dir = %dir.display(), sessions = sessions.len(), messages, expired, live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Session state loaded.");
+        Ok((
+            log,
+            LoadedSessions {
+                sessions,
+                lost_records: lost.records,
+                expired,
+            },
+        ))
+    }
+
+    /// Sessions with their messages; stale records (ended, expired, orphaned, one
+    /// client id twice) go to `scan.stale`.
+    fn assemble(&mut self, scan: &mut Scan) -> (Vec<StoredSession>, usize) {
+        let now_wall = now_ms();
+        let now = Instant::now();
+        let mut expired = 0;
+        let mut kept: HashMap<u64, StoredSession> = HashMap::new();
+        let mut by_client: HashMap<String, u64> = HashMap::new();
+        let mut all: Vec<(u64, SessionRecord)> = scan.sessions.drain().map(|(_, v)| v).collect();
+        all.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, s) in all {
+            let expires_at = match s.offline_until_ms {
+                _ if s.expiry == u32::MAX => None,
+                None => Some(now + Duration::from_secs(u64::from(s.expiry))),
+                Some(NEVER) => None,
+                Some(ms) if ms <= now_wall => {
+                    expired += 1;
+                    scan.stale.push(seq);
+                    continue;
+                }
+                Some(ms) => Some(now + Duration::from_millis(ms - now_wall)),
+            };
+            // One session per client id: the later one wins.
+            if let Some(old) = by_client.insert(s.identity.client_id.clone(), s.id) {
+                if let Some(o) = kept.remove(&old) {
+                    scan.stale.push(o.record);
+                }
+            }
+            kept.insert(
+                s.id,
+                StoredSession {
+                    record: seq,
+                    session: s,
+                    expires_at,
+                    messages: Vec::new(),
+                },
+            );
+        }
+        for (seq, (id, mut m, _)) in std::mem::take(&mut scan.messages) {
+            let pkid = scan.pkids.remove(&seq);
+            let expired_msg = m.msg.expires_at.is_some_and(|at| at <= now);
+            match kept.get_mut(&id) {
+                Some(s) if !expired_msg => {
+                    if let Some((pkid, released, record)) = pkid {
+                        m.pkid = Some((pkid, released, record));
+                        self.remember(record, Live::Pkid { id, message: seq }, scan);
+                    }
+                    self.remember(seq, Live::Message { id }, scan);
+                    s.messages.push(m);
+                }
+                _ => {
+                    scan.stale.push(seq);
+                    scan.stale.extend(pkid.map(|(_, _, r)| r));
+                }
+            }
+        }
+        // Packet ids of messages that are gone.
+        scan.stale
+            .extend(scan.pkids.drain().map(|(_, (_, _, r))| r));
+        let mut sessions: Vec<StoredSession> = kept.into_values().collect();
+        sessions.sort_unstable_by_key(|s| s.record);
+        for s in &sessions {
+            self.remember(s.record, Live::Session { id: s.session.id }, scan);
+        }
+        (sessions, expired)
+    }
+
+    fn remember(&mut self, seq: u64, live: Live, scan: &Scan) {
+        let cost = scan.costs.get(&seq).copied().unwrap_or(0);
+        self.track(seq, live, cost);
+    }
+
+    fn track(&mut self, seq: u64, live: Live, cost: u64) {
+        if matches!(live, Live::Session { .. }) {
+            self.sessions += 1;
+        }
+        self.live_bytes += cost;
+        self.by_seq.insert(seq, (live, cost));
+    }
+
+    /// A new session id (never one used before).
+    pub fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn append(&mut self, record: &[u8], live: Live) -> Result<Durable, JournalError> {
+        let durable = self
+            .journal
+            .append(record)
+            .inspect_err(|_| self.failed += 1)?;
+        self.track(durable.seq(), live, journal::record_cost(record.len()));
+        Ok(durable)
+    }
+
+    /// Acknowledge live record `seq` (0 and records not live are ignored).
+    pub fn ack(&mut self, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if let Some((live, cost)) = self.by_seq.remove(&seq) {
+            self.live_bytes -= cost;
+            if matches!(live, Live::Session { .. }) {
+                self.sessions -= 1;
+            }
+            let _ = self.journal.ack(seq);
+        }
+    }
+
+    /// Write `session` (superseding record `old`, 0 = none); its new record.
+    pub fn write_session(
+        &mut self,
+        old: u64,
+        session: &SessionRecord,
+    ) -> Result<u64, JournalError> {
+        let durable = self.append(&encode_session(session), Live::Session { id: session.id })?;
+        self.ack(old);
+        Ok(durable.seq())
+    }
+
+    /// Session `id` (live record `old`) ended: it is not loaded again.
+    pub fn end_session(&mut self, old: u64, id: u64) {
+        match self.journal.append(&encode_end(id)) {
+            Ok(durable) => self.ends.push(durable.seq()),
+            Err(e) => {
+                self.failed += 1;
+                warn!(reason = %e, "Session end not stored: the session may come back after a restart.");
+            }
+        }
+        self.ack(old);
+    }
+
+    /// Store a delivery for session `id`; resolves when it is durable.
+    pub fn append_message(
+        &mut self,
+        id: u64,
+        msg: &Message,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[usize],
+        now: Instant,
+    ) -> Result<Durable, JournalError> {
+        let record = encode_message(id, msg, qos, retain, sub_ids, now);
+        self.append(&record, Live::Message { id })
+    }
+
+    /// Message record `message` of session `id` went in flight as `pkid` (or its
+    /// PUBREC came: `released`); supersedes packet id record `old`.
+    pub fn set_pkid(
+        &mut self,
+        id: u64,
+        message: u64,
+        pkid: u16,
+        released: bool,
+        old: u64,
+    ) -> Result<u64, JournalError> {
+        let durable = self.append(
+            &encode_pkid(id, message, pkid, released),
+            Live::Pkid { id, message },
+        )?;
+        self.ack(old);
+        Ok(durable.seq())
+    }
+
+    /// Periodic upkeep: hand the waiting `end` records to a sync (they go only after
+    /// the acks of what they ended are on disk).
+    pub fn upkeep(&mut self, now: Instant) {
+        if !self.ends.is_empty() && now.duration_since(self.last_sync) >= Duration::from_secs(1) {
+            self.last_sync = now;
+            let ends = std::mem::take(&mut self.ends);
+            let journal = self.journal.clone();
+            tokio::spawn(async move {
+                if journal.sync().await.is_ok() {
+                    let _ = journal.ack_many(ends);
+                }
+            });
+        }
+    }
+
+    /// The oldest live records to write again when the log holds more than twice the
+    /// live bytes (about one segment's worth per call); empty when none is due.
+    pub fn compaction_due(&self) -> Vec<(u64, Live)> {
+        let used = self.journal.counters().used_bytes;
+        let slack = self.segment_bytes;
+        if used <= 2 * self.live_bytes + 2 * slack {
+            return Vec::new();
+        }
+        let mut moved = 0u64;
+        self.by_seq
+            .iter()
+            .take_while(|(_, (_, cost))| {
+                moved += cost;
+                moved <= slack
+            })
+            .map(|(seq, (live, _))| (*seq, *live))
+            .collect()
+    }
+
+    /// Live sessions, live records and their disk cost (for `$SYS` and tests).
+    pub fn live(&self) -> (usize, usize, u64) {
+        (self.sessions, self.by_seq.len(), self.live_bytes)
+    }
+
+    /// Flush everything and close (clean shutdown).
+    pub async fn close(self) {
+        let ends = self.ends;
+        if self.journal.sync().await.is_ok() && !ends.is_empty() {
+            let _ = self.journal.ack_many(ends);
+        }
+        if let Err(e) = self.journal.close().await {
+            warn!(reason = %e, "Session state not closed cleanly; it is recovered at the next start.");
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn sync(&self) {
+        self.journal.sync().await.expect("sync");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+use super::*;
+
+fn settings() -> PersistenceSettings {
+    PersistenceSettings::default()
+}
+
+fn record(id: u64, client: &str, offline_until_ms: Option<u64>) -> SessionRecord {
+    SessionRecord {
+        id,
+        identity: Identity {
+            username: Some("alice".into()),
+            client_id: client.into(),
+            via: AuthMethod::Certificate,
+            listener: Arc::from("tls"),
+        },
+        v5: true,
+        expiry: 3600,
+        offline_until_ms,
+        overflow: QueueOverflow::DropNew,
+        subscriptions: vec![
+            StoredSubscription {
+                path: "a/#".into(),
+                qos: QoS::ExactlyOnce,
+                no_local: true,
+                retain_as_published: false,
+                id: Some(7),
+            },
+            StoredSubscription {
+                path: "$share/g/b/+".into(),
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: true,
+                id: None,
+            },
+        ],
+    }
+}
+
+fn message(topic: &str, payload: &str) -> Message {
+    Message {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Some(v5::PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        }),
+        expires_at: None,
+        publisher: None,
+        origin: None,
+    }
+}
+
+async fn reopen(dir: &Path) -> (SessionLog, LoadedSessions) {
+    SessionLog::open(dir, &settings()).await.expect("open")
+}
+
+#[test]
+fn session_records_round_trip_and_damage_is_refused() {
+    let s = record(5, "dev-1", Some(1234));
+    let bytes = encode_session(&s);
+    let Record::Session(back) = decode(Bytes::from(bytes.clone())).expect("decodes") else {
+        panic!("a session record");
+    };
+    assert_eq!(back, s);
+    for len in 0..bytes.len() {
+        assert!(
+            decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
+            "{len}"
+        );
+    }
+    let m = message("a/b", "hello");
+    let bytes = encode_message(9, &m, QoS::AtLeastOnce, true, &[3, 4], Instant::now());
+    let Record::Message {
+        id,
+        msg,
+        qos,
+        retain,
+        sub_ids,
+        expires_ms,
+    } = decode(Bytes::from(bytes.clone())).expect("decodes")
+    else {
+        panic!("a message record");
+    };
+    assert_eq!(
+        (id, qos, retain, sub_ids, expires_ms),
+        (9, QoS::AtLeastOnce, true, vec![3, 4], None)
+    );
+    assert_eq!(
+        (msg.topic, msg.payload, msg.qos),
+        (m.topic, m.payload, QoS::ExactlyOnce)
+    );
+    assert_eq!(msg.properties, m.properties);
+    // A huge subscription count in a short record is damage, not an allocation.
+    let mut empty = record(1, "x", None);
+    empty.subscriptions.clear();
+    let mut bad = encode_session(&empty);
+    let at = bad.len() - 4;
+    bad[at..].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(decode(Bytes::from(bad)).is_err());
+}
+
+#[tokio::test]
+async fn sessions_messages_and_packet_ids_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, loaded) = reopen(dir.path()).await;
+    assert!(loaded.sessions.is_empty());
+    let now = Instant::now();
+    let id = log.new_id();
+    let first = log
+        .write_session(0, &record(id, "dev-1", None))
+        .expect("write");
+    let rec = log.write_session(first, &record(id, "dev-1", Some(now_ms() + 3_600_000)));
+    let rec = rec.expect("write");
+    let mut seqs = Vec::new();
+    for i in 0..4 {
+        let m = message("a/b", &format!("m{i}"));
+        let d = log
+            .append_message(id, &m, QoS::AtLeastOnce, false, &[7], now)
+            .expect("append");
+        seqs.push(d.seq());
+        d.await.expect("durable");
+    }
+    // m0 was acknowledged; m1 is in flight as packet id 42, PUBREC'd.
+    log.ack(seqs[0]);
+    let p = log.set_pkid(id, seqs[1], 42, false, 0).expect("pkid");
+    log.set_pkid(id, seqs[1], 42, true, p).expect("pkid");
+    // An ended session and one that expired while down are not loaded.
+    let gone = log.new_id();
+    let g = log
+        .write_session(0, &record(gone, "dev-2", None))
+        .expect("write");
+    log.append_message(
+        gone,
+        &message("a/c", "x"),
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        now,
+    )
+    .expect("append");
+    log.end_session(g, gone);
+    let old = log.new_id();
+    log.write_session(0, &record(old, "dev-3", Some(now_ms() - 1)))
+        .expect("write");
+    assert_eq!(log.live().0, 2);
+    log.close().await;
+
+    let (mut log, loaded) = reopen(dir.path()).await;
+    assert_eq!(loaded.expired, 1);
+    assert_eq!(loaded.sessions.len(), 1);
+    let s = &loaded.sessions[0];
+    assert_eq!(s.record, rec);
+    assert_eq!(s.session, record(id, "dev-1", s.session.offline_until_ms));
+    let left = s.expires_at.expect("expires") - Instant::now();
+    assert!(left > Duration::from_secs(3500), "{left:?}");
+    let payloads: Vec<_> = s
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.msg.payload).into_owned(),
+                m.pkid.map(|p| (p.0, p.1)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![
+            ("m1".into(), Some((42, true))),
+            ("m2".into(), None),
+            ("m3".into(), None)
+        ]
+    );
+    assert_eq!(s.messages[0].sub_ids, vec![7]);
+    assert!(log.new_id() > old, "ids are never reused");
+    log.close().await;
+    // A reopen without changes loads the same.
+    let (log, loaded) = reopen(dir.path()).await;
+    assert_eq!(loaded.sessions[0].messages.len(), 3);
+    assert_eq!(loaded.expired, 0);
+    log.close().await;
+}
+
+#[tokio::test]
+async fn an_online_session_counts_its_expiry_from_the_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = reopen(dir.path()).await;
+    let id = log.new_id();
+    let mut short = record(id, "dev", None);
+    short.expiry = 2;
+    log.write_session(0, &short).expect("write");
+    log.sync().await;
+    drop(log);
+    let (log, loaded) = reopen(dir.path()).await;
+    let s = &loaded.sessions[0];
+    let left = s.expires_at.expect("expires") - Instant::now();
+    assert!(
+        left <= Duration::from_secs(2) && left > Duration::from_secs(1),
+        "{left:?}"
+    );
+    log.close().await;
+}

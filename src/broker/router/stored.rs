@@ -1,0 +1,416 @@
+//! The router's side of the session log (`super::super::persist::SessionLog`): which
+//! sessions are stored (network sessions with an expiry), writing their records as
+//! they attach, detach, subscribe and end, storing each QoS 1/2 delivery for them
+//! and holding the publisher's acknowledgement until it is durable, their packet ids
+//! in flight, restoring them at start, and copying old records forward (compaction).
+//! Like the rest of the router it never waits: durability is awaited on a task that
+//! reports back with `RouterMsg::StateStored`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
+
+use super::super::persist::{Live, SessionRecord, StoredSession, StoredSubscription};
+use super::sessions::set_expiry;
+use super::*;
+use crate::auth::AuthMethod;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The record of `session` as it is now.
+fn session_record(session: &Session, stored: &StoredRef) -> SessionRecord {
+    let mut subscriptions: Vec<StoredSubscription> = session
+        .subscriptions
+        .iter()
+        .map(|(path, o)| StoredSubscription {
+            path: path.clone(),
+            qos: o.qos,
+            no_local: o.no_local,
+            retain_as_published: o.retain_as_published,
+            id: o.id,
+        })
+        .collect();
+    subscriptions.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    SessionRecord {
+        id: stored.id,
+        identity: (*session.identity).clone(),
+        v5: stored.v5,
+        expiry: session.expiry,
+        offline_until_ms: stored.offline_until_ms,
+        overflow: session.overflow,
+        subscriptions,
+    }
+}
+
+impl Ctx {
+    /// Count a failed write of the session log (logged by the caller).
+    fn session_log_failed(&self) {
+        stats(self).state_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Store a QoS 1/2 delivery for a stored session; the message being routed (if
+    /// any) waits for it. One that cannot be stored stays in memory only, and its
+    /// publisher is told it was not stored (v5 0x97; 3.1.1 has no negative ack).
+    pub(super) fn store_delivery(&mut self, session: &Session, q: &mut Queued) {
+        let Some(stored) = session.stored.as_deref() else {
+            return;
+        };
+        let Some(log) = self.sessions_log.as_mut() else {
+            return;
+        };
+        match log.append_message(stored.id, &q.msg, q.qos, q.retain, &q.sub_ids, self.now) {
+            Ok(durable) => {
+                q.record = durable.seq();
+                self.session_durable = Some(durable);
+            }
+            Err(e) => {
+                let failed = log.failed;
+                self.session_log_failed();
+                // Logged at the 1st, 2nd, 4th, 8th ... failure: a full disk is not a flood.
+                if failed.is_power_of_two() {
+                    warn!(client_id = %LogStr(&session.identity.client_id), reason = %e, failed, "Queued message not stored: it is kept in memory only and lost at a restart (counted in $SYS/tollgate/state/failures).");
+                }
+                if let Some(hold) = self.hold_route() {
+                    self.release_hold(Some(hold), true);
+                }
+            }
+        }
+    }
+
+    /// A delivery is done (acknowledged, dropped, expired): its records go.
+    pub(super) fn forget_delivery(&mut self, q: &Queued) {
+        if q.record == 0 && q.pkid_record == 0 {
+            return;
+        }
+        if let Some(log) = self.sessions_log.as_mut() {
+            log.ack(q.record);
+            log.ack(q.pkid_record);
+        }
+    }
+
+    /// A stored delivery went in flight as `pkid`.
+    pub(super) fn store_pkid(
+        &mut self,
+        session: &Session,
+        q: &mut Queued,
+        pkid: u16,
+        released: bool,
+    ) {
+        let id = session.stored.as_ref().map_or(0, |s| s.id);
+        self.write_pkid(id, q, pkid, released);
+    }
+
+    /// The subscriber sent PUBREC for stored delivery `q` (`pkid`): after a restart
+    /// the PUBREL is sent, not the message again.
+    pub(super) fn store_released(&mut self, id: u64, q: &mut Queued, pkid: u16) {
+        self.write_pkid(id, q, pkid, true);
+    }
+
+    fn write_pkid(&mut self, id: u64, q: &mut Queued, pkid: u16, released: bool) {
+        if q.record == 0 || id == 0 {
+            return;
+        }
+        let Some(log) = self.sessions_log.as_mut() else {
+            return;
+        };
+        match log.set_pkid(id, q.record, pkid, released, q.pkid_record) {
+            Ok(seq) => q.pkid_record = seq,
+            // Without it the message is re-sent under a new packet id: QoS 1 allows it.
+            Err(_) => self.session_log_failed(),
+        }
+    }
+
+    /// Session ended: its log record goes (an `end` record keeps it from coming back).
+    pub(super) fn end_stored(&mut self, session: &mut Session) {
+        if let (Some(stored), Some(log)) = (session.stored.take(), self.sessions_log.as_mut()) {
+            log.end_session(stored.record, stored.id);
+        }
+    }
+}
+
+impl Router {
+    /// After a route: the publisher's acknowledgement waits for the last delivery it
+    /// stored (the log is durable in append order, so that covers all of them).
+    pub(super) fn hold_for_stored_deliveries(&mut self) {
+        let Some(durable) = self.ctx.session_durable.take() else {
+            return;
+        };
+        let Some(hold) = self.ctx.hold_route() else {
+            return;
+        };
+        let router = self.ctx.shared.router_tx.clone();
+        tokio::spawn(async move {
+            let ok = durable.await.is_ok();
+            let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
+        });
+    }
+
+    /// A connection attached to session `key`: a network session with an expiry is
+    /// stored (online); one whose expiry became 0 leaves the log.
+    pub(super) fn store_attached(&mut self, key: SessionKey, v5: bool) {
+        let Some(log) = self.ctx.sessions_log.as_mut() else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let wanted =
+            session.expiry > 0 && !session.durable && session.identity.via != AuthMethod::Internal;
+        if !wanted {
+            self.ctx.end_stored(session);
+            return;
+        }
+        let stored = session.stored.get_or_insert_with(|| {
+            Box::new(StoredRef {
+                id: log.new_id(),
+                record: 0,
+                offline_until_ms: None,
+                v5,
+            })
+        });
+        stored.v5 = v5;
+        stored.offline_until_ms = None;
+        self.store_session(key);
+    }
+
+    /// Session `key` went offline: its expiry counts from now, in wall time.
+    pub(super) fn store_offline(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let expiry = session.expiry;
+        let Some(stored) = session.stored.as_mut() else {
+            return;
+        };
+        stored.offline_until_ms = Some(if expiry == u32::MAX {
+            u64::MAX
+        } else {
+            now_ms() + u64::from(expiry) * 1000
+        });
+        self.store_session(key);
+    }
+
+    /// Write session `key`'s record as it is now (if it is stored).
+    pub(super) fn store_session(&mut self, key: SessionKey) {
+        let Some(log) = self.ctx.sessions_log.as_mut() else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(stored) = session.stored.as_deref() else {
+            return;
+        };
+        let record = session_record(session, stored);
+        match log.write_session(stored.record, &record) {
+            Ok(seq) => {
+                if let Some(stored) = session.stored.as_mut() {
+                    stored.record = seq;
+                }
+            }
+            Err(e) => {
+                stats(&self.ctx)
+                    .state_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(client_id = %LogStr(&session.identity.client_id), reason = %e, "Session change not stored: a restart restores its previous state.");
+            }
+        }
+    }
+
+    /// Clean shutdown: online sessions are written offline from now, so their expiry
+    /// counts from the stop rather than from the next start.
+    pub(super) fn store_all_offline(&mut self) {
+        let online: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.link.is_some() && s.stored.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in online {
+            self.store_offline(key);
+        }
+    }
+
+    /// Put the loaded sessions back: offline, with their subscriptions, queue, in-flight
+    /// messages (re-sent with DUP and their packet id when the client returns) and
+    /// expiry timer.
+    pub(super) fn restore_sessions(&mut self, loaded: Vec<StoredSession>) {
+        for s in loaded {
+            let key = self.next_key;
+            self.next_key += 1;
+            let record = s.session;
+            let mut session = Box::new(Session {
+                identity: Arc::new(record.identity),
+                subscriptions: HashMap::new(),
+                link: None,
+                expiry: 0,
+                will: None,
+                inflight: VecDeque::new(),
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                inflight_bytes: 0,
+                overflow: record.overflow,
+                next_pkid: 1,
+                pkids_in_use: IntSet::default(),
+                incoming_qos2: IntSet::default(),
+                held: IntMap::default(),
+                generation: 0,
+                durable: false,
+                dropped_burst: 0,
+                stored: Some(Box::new(StoredRef {
+                    id: record.id,
+                    record: s.record,
+                    offline_until_ms: record.offline_until_ms,
+                    v5: record.v5,
+                })),
+            });
+            set_expiry(&mut self.persistent_sessions, &mut session, record.expiry);
+            for sub in record.subscriptions {
+                let (group, plain) = split_shared(&sub.path);
+                let options = SubOptions {
+                    qos: sub.qos,
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    id: sub.id,
+                    share: group.map(|g| {
+                        Arc::new(SharedRef {
+                            group: g.into(),
+                            filter: plain.into(),
+                        })
+                    }),
+                };
+                self.trie.insert(plain, group, key, options.clone());
+                if session
+                    .subscriptions
+                    .insert(sub.path.clone(), options)
+                    .is_none()
+                {
+                    self.subscription_count += 1;
+                }
+            }
+            for m in s.messages {
+                let weight = m.msg.weight();
+                let queued = Queued {
+                    msg: Arc::new(m.msg),
+                    qos: m.qos,
+                    retain: m.retain,
+                    sub_ids: m.sub_ids,
+                    hold: None,
+                    release_on_send: false,
+                    share: None,
+                    record: m.record,
+                    pkid_record: m.pkid.map_or(0, |p| p.2),
+                };
+                match m.pkid {
+                    Some((pkid, released, _)) if session.pkids_in_use.insert(pkid) => {
+                        session.inflight_bytes += weight;
+                        session.next_pkid = pkid.wrapping_add(1).max(1);
+                        session.inflight.push_back(Inflight {
+                            pkid,
+                            queued,
+                            state: if released {
+                                InflightState::AwaitComp
+                            } else {
+                                InflightState::AwaitAck
+                            },
+                        });
+                    }
+                    _ => {
+                        session.pending_bytes += weight;
+                        session.pending.push_back(queued);
+                    }
+                }
+            }
+            if let Some(at) = s.expires_at {
+                self.timers
+                    .push(Reverse((at, key, session.generation, TimerKind::Expiry)));
+            }
+            self.by_client
+                .insert(session.identity.client_id.clone(), key);
+            self.sessions.insert(key, session);
+        }
+    }
+
+    /// Copy the oldest live records of the session log forward from memory when the
+    /// log holds more than twice its live bytes (about one segment per call).
+    pub(super) fn compact_sessions(&mut self) {
+        let due = match self.ctx.sessions_log.as_ref() {
+            Some(log) => log.compaction_due(),
+            None => return,
+        };
+        if due.is_empty() {
+            return;
+        }
+        let by_id: HashMap<u64, SessionKey> = self
+            .sessions
+            .iter()
+            .filter_map(|(k, s)| s.stored.as_ref().map(|st| (st.id, *k)))
+            .collect();
+        for (seq, live) in due {
+            let id = match live {
+                Live::Session { id } | Live::Message { id } | Live::Pkid { id, .. } => id,
+            };
+            let Some(&key) = by_id.get(&id) else {
+                if let Some(log) = self.ctx.sessions_log.as_mut() {
+                    log.ack(seq);
+                }
+                continue;
+            };
+            match live {
+                Live::Session { .. } => self.store_session(key),
+                Live::Message { .. } | Live::Pkid { .. } => self.move_delivery(key, id, seq, live),
+            }
+        }
+    }
+
+    /// Write a stored delivery of session `key` again (its message record `seq`, or
+    /// the packet id record `seq`), acknowledging the old record.
+    fn move_delivery(&mut self, key: SessionKey, id: u64, seq: u64, live: Live) {
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        let now = self.ctx.now;
+        let found = session
+            .inflight
+            .iter_mut()
+            .map(|f| {
+                (
+                    &mut f.queued,
+                    Some((f.pkid, f.state == InflightState::AwaitComp)),
+                )
+            })
+            .chain(session.pending.iter_mut().map(|q| (q, None)))
+            .find(|(q, _)| match live {
+                Live::Pkid { message, .. } => q.record == message && q.pkid_record == seq,
+                _ => q.record == seq,
+            });
+        let Some((q, pkid)) = found else {
+            // Not in memory any more (done meanwhile): nothing to keep.
+            log.ack(seq);
+            return;
+        };
+        if matches!(live, Live::Message { .. }) {
+            match log.append_message(id, &q.msg, q.qos, q.retain, &q.sub_ids, now) {
+                Ok(durable) => {
+                    log.ack(q.record);
+                    q.record = durable.seq();
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some((pkid, released)) = pkid {
+            if let Ok(new) = log.set_pkid(id, q.record, pkid, released, q.pkid_record) {
+                q.pkid_record = new;
+            }
+        }
+    }
+}

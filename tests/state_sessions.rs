@@ -1,0 +1,678 @@
+//! Durable broker state (issue 11), persistent sessions: subscriptions, queued QoS 1/2
+//! messages and in-flight messages survive a restart with SIGTERM and with `kill -9`,
+//! over real sockets (rumqttc publishers and subscribers, a raw v5 socket that leaves
+//! messages unacknowledged on purpose, and Debian's mosquitto_sub `-c` as an independent
+//! persistent subscriber); a session whose expiry passed while the broker was down is
+//! gone; a truncated sessions file is logged and the intact records load. The gateway
+//! is the `tollgate` binary, a separate process.
+//!
+//! `TOLLGATE_STATE_SESSION_RUNS` (default 3) sets the runs of the random-moment `kill -9`
+//! test; the long setting is `TOLLGATE_STATE_SESSION_RUNS=20 cargo test --release --test
+//! state_sessions acknowledged`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::QoS;
+
+use support::clients::{v5, v5_connect, v5_connect_packet, v5_options, Raw, V5};
+use support::gateway::{auth_section, write_config};
+use support::net::free_port;
+use support::peers::{mosquitto_passwd_file, require_peer};
+use support::process::GatewayProcess;
+
+fn config(dir: &Path, port: u16, sync: &str) {
+    config_with(dir, port, &format!("[persistence]\nsync = {sync:?}\n"));
+}
+
+/// The gateway's configuration with `sections` (after `[broker]`).
+fn config_with(dir: &Path, port: u16, sections: &str) {
+    write_config(
+        dir,
+        &format!(
+            "sys_interval = \"0s\"\nmax_offline_messages = 1000000\nmax_offline_bytes = 1000000000\n{sections}\
+             [[listener]]\nname = \"local\"\nbind = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nallow_anonymous = true\n"
+        ),
+    );
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start(dir: &Path) -> GatewayProcess {
+    GatewayProcess::start_until(dir, &["tollgate is ready"])
+}
+
+/// Publish QoS 1 `payloads` on `topic` and wait for every PUBACK.
+async fn publish_acked(port: u16, topic: &str, payloads: &[String]) {
+    let mut c = v5(addr(port), "publisher").await;
+    for p in payloads {
+        c.client
+            .publish(topic, QoS::AtLeastOnce, false, p.clone())
+            .await
+            .expect("publish queued");
+    }
+    for _ in payloads {
+        c.wait_for(|p| matches!(p, p5::Packet::PubAck(_)).then_some(()))
+            .await;
+    }
+    let _ = c.client.disconnect().await;
+}
+
+/// A rumqttc v5 client resuming (or creating) a persistent session.
+async fn persistent(port: u16, id: &str, expiry: u32) -> V5 {
+    let mut o = v5_options(addr(port), id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(expiry));
+    v5_connect(o).await
+}
+
+/// mosquitto_sub resuming session `id` (clean session off, QoS 1), subscribed only to
+/// `marker/<id>` (its queued `q/#` messages come from the restored session), until it
+/// has read `count` messages; its `topic payload` lines.
+fn mosquitto_sub_persistent(port: u16, id: &str, count: usize) -> Vec<String> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-c", "-i", id, "-q", "1", "-t", &format!("marker/{id}")])
+        .args(["-C", &count.to_string(), "-W", "20", "-F", "%t %p"])
+        .output()
+        .expect("mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_queued_messages_survive_sigterm_and_sigkill_restarts() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let mut gw = start(dir.path());
+    // mosquitto_sub creates its persistent session (clean session off) and leaves.
+    let status = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-c", "-i", "msub", "-q", "1", "-t", "q/#", "-E"])
+        .status()
+        .expect("mosquitto_sub");
+    assert!(status.success());
+    // A rumqttc v5 session too, with a subscription identifier.
+    let mut r = persistent(port, "rsub", 3600).await;
+    r.client
+        .subscribe_with_properties(
+            "q/#",
+            QoS::AtLeastOnce,
+            p5::SubscribeProperties {
+                id: Some(42),
+                user_properties: vec![],
+            },
+        )
+        .await
+        .expect("subscribe queued");
+    r.suback().await;
+    r.client.disconnect().await.expect("disconnect queued");
+    drop(r);
+
+    let batch = |from: usize| {
+        (from..from + 10)
+            .map(|i| format!("m{i}"))
+            .collect::<Vec<_>>()
+    };
+    publish_acked(port, "q/a", &batch(0)).await;
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    let mut gw =
+        GatewayProcess::start_until(dir.path(), &["tollgate is ready", "Broker state loaded"]);
+    let loaded = gw
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("Broker state loaded"))
+        .expect("logged");
+    assert!(loaded.contains("sessions=2"), "{loaded}");
+    publish_acked(port, "q/a", &batch(10)).await;
+    gw.kill();
+    let mut gw = start(dir.path());
+    // The last one, published after the kill, proves completeness (queues keep order).
+    publish_acked(port, "q/end", &["end".to_string()]).await;
+
+    let lines = mosquitto_sub_persistent(port, "msub", 21);
+    let mut want: Vec<String> = batch(0)
+        .into_iter()
+        .chain(batch(10))
+        .map(|p| format!("q/a {p}"))
+        .collect();
+    want.push("q/end end".into());
+    assert_eq!(
+        lines, want,
+        "mosquitto_sub got every queued message once, in order"
+    );
+
+    let mut r = persistent(port, "rsub", 3600).await;
+    assert!(r.connack.as_ref().expect("connack").session_present);
+    let mut got = Vec::new();
+    loop {
+        let p = r.publish().await;
+        let ids = p
+            .properties
+            .as_ref()
+            .map(|pr| pr.subscription_identifiers.clone());
+        assert_eq!(ids, Some(vec![42]), "subscription identifier kept");
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if p.topic == "q/end" {
+            break;
+        }
+    }
+    let want: Vec<String> = batch(0)
+        .into_iter()
+        .chain(batch(10))
+        .chain(["end".to_string()])
+        .collect();
+    assert_eq!(got, want, "rumqttc got every queued message once, in order");
+    let _ = r.client.disconnect().await;
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// Read PUBLISH packets until `n` arrived (anything else is skipped).
+async fn publishes(raw: &mut Raw, n: usize) -> Vec<p5::Publish> {
+    let mut all = Vec::new();
+    while all.len() < n {
+        match raw.read().await {
+            Some(p5::Packet::Publish(p)) => all.push(p),
+            Some(_) => {}
+            None => panic!("closed after {} of {n} PUBLISHes", all.len()),
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_messages_are_resent_with_dup_and_their_packet_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let mut gw = start(dir.path());
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("inflight", None, true, 3600, None))
+        .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+    raw.send(&p5::Packet::Subscribe(p5::Subscribe {
+        pkid: 1,
+        filters: vec![p5::Filter::new("f/#", QoS::ExactlyOnce)],
+        properties: None,
+    }))
+    .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::SubAck(_))));
+    // Three QoS 2 messages reach it; it sends PUBREC for the first only, and never
+    // PUBCOMP.
+    let mut publisher = v5(addr(port), "publisher").await;
+    for i in 0..3 {
+        publisher
+            .client
+            .publish("f/x", QoS::ExactlyOnce, false, format!("p{i}"))
+            .await
+            .expect("publish queued");
+    }
+    let first = publishes(&mut raw, 3).await;
+    assert!(first.iter().all(|p| !p.dup && p.qos == QoS::ExactlyOnce));
+    raw.send(&p5::Packet::PubRec(p5::PubRec {
+        pkid: first[0].pkid,
+        reason: p5::PubRecReason::Success,
+        properties: None,
+    }))
+    .await;
+    loop {
+        match raw.read().await {
+            Some(p5::Packet::PubRel(r)) => {
+                assert_eq!(r.pkid, first[0].pkid);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed before PUBREL"),
+        }
+    }
+    for _ in 0..3 {
+        publisher
+            .wait_for(|p| matches!(p, p5::Packet::PubComp(_)).then_some(()))
+            .await;
+    }
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+
+    let mut gw = start(dir.path());
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("inflight", None, false, 3600, None))
+        .await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => assert!(c.session_present, "session restored"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // First the PUBREL of the released one, then the other two again, DUP set, same ids.
+    match raw.read().await {
+        Some(p5::Packet::PubRel(r)) => assert_eq!(r.pkid, first[0].pkid),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    let again = publishes(&mut raw, 2).await;
+    for (a, b) in again.iter().zip(&first[1..]) {
+        assert!(a.dup, "re-sent with DUP");
+        assert_eq!(
+            (a.pkid, &a.payload, &a.topic),
+            (b.pkid, &b.payload, &b.topic)
+        );
+    }
+    // Completing them leaves nothing to re-send at the next restart.
+    raw.send(&p5::Packet::PubComp(p5::PubComp {
+        pkid: first[0].pkid,
+        reason: p5::PubCompReason::Success,
+        properties: None,
+    }))
+    .await;
+    for p in &again {
+        raw.send(&p5::Packet::PubRec(p5::PubRec {
+            pkid: p.pkid,
+            reason: p5::PubRecReason::Success,
+            properties: None,
+        }))
+        .await;
+        match raw.read().await {
+            Some(p5::Packet::PubRel(r)) => assert_eq!(r.pkid, p.pkid),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+        raw.send(&p5::Packet::PubComp(p5::PubComp {
+            pkid: p.pkid,
+            reason: p5::PubCompReason::Success,
+            properties: None,
+        }))
+        .await;
+    }
+    // The marker proves the completions were handled before the stop.
+    let publisher = v5(addr(port), "publisher").await;
+    publisher
+        .client
+        .publish("f/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .expect("publish queued");
+    let marker = publishes(&mut raw, 1).await;
+    assert_eq!(marker[0].topic, "f/marker");
+    raw.send(&p5::Packet::PubAck(p5::PubAck {
+        pkid: marker[0].pkid,
+        reason: p5::PubAckReason::Success,
+        properties: None,
+    }))
+    .await;
+    raw.send(&p5::Packet::Disconnect(p5::Disconnect {
+        reason_code: p5::DisconnectReasonCode::NormalDisconnection,
+        properties: None,
+    }))
+    .await;
+    let _ = raw.read_to_close().await;
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    let mut gw = start(dir.path());
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("inflight", None, false, 3600, None))
+        .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(c)) if c.session_present));
+    let publisher = v5(addr(port), "publisher").await;
+    publisher
+        .client
+        .publish("f/marker", QoS::AtLeastOnce, false, "after")
+        .await
+        .expect("publish queued");
+    let next = publishes(&mut raw, 1).await;
+    assert_eq!(
+        next[0].payload, "after",
+        "nothing re-sent before the new message"
+    );
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_expiry_passed_during_downtime_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let mut gw = start(dir.path());
+    for (id, expiry) in [("short", 2), ("long", 3600)] {
+        let mut c = persistent(port, id, expiry).await;
+        c.subscribe("e/#", QoS::AtLeastOnce).await;
+        c.client.disconnect().await.expect("disconnect queued");
+    }
+    publish_acked(port, "e/x", &["queued".to_string()]).await;
+    // Killed: the long session's expiry counts from its disconnect, in wall time.
+    gw.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut gw =
+        GatewayProcess::start_until(dir.path(), &["tollgate is ready", "Broker state loaded"]);
+    let loaded = gw
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("Broker state loaded"))
+        .expect("logged");
+    assert!(
+        loaded.contains("sessions=1") && loaded.contains("sessions_expired_while_down=1"),
+        "{loaded}"
+    );
+    let short = persistent(port, "short", 2).await;
+    assert!(
+        !short.connack.as_ref().expect("connack").session_present,
+        "expired session gone"
+    );
+    let mut long = persistent(port, "long", 3600).await;
+    assert!(long.connack.as_ref().expect("connack").session_present);
+    assert_eq!(long.publish().await.payload, "queued");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_sessions_file_is_logged_and_the_intact_records_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "always");
+    let mut gw = start(dir.path());
+    let mut c = persistent(port, "torn", 3600).await;
+    c.subscribe("t/#", QoS::AtLeastOnce).await;
+    c.client.disconnect().await.expect("disconnect queued");
+    drop(c);
+    let payloads: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+    publish_acked(port, "t/x", &payloads).await;
+    gw.kill();
+    // Tear the last record (a power cut mid-write): the tenth queued message.
+    let seg_dir = dir.path().join("state/state/sessions");
+    let seg = std::fs::read_dir(&seg_dir)
+        .expect("state dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let len = bytes.len();
+    bytes.truncate(len - 3);
+    std::fs::write(&seg, &bytes).expect("truncate");
+
+    let mut gw = start(dir.path());
+    let log = gw.lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Session state: records lost to damage") && l.contains("records=1")),
+        "the loss is logged: {log:#?}"
+    );
+    // Still serving and storing: a new message queues behind the nine intact ones.
+    publish_acked(port, "t/x", &["after".to_string()]).await;
+    let mut c = persistent(port, "torn", 3600).await;
+    let mut got = Vec::new();
+    loop {
+        let p = c.publish().await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if p.payload == "after" {
+            break;
+        }
+    }
+    let mut want: Vec<String> = payloads[..9].to_vec();
+    want.push("after".into());
+    assert_eq!(got, want);
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_reach_a_persistent_subscriber_across_sigkill_at_random_moments() {
+    let runs: usize = std::env::var("TOLLGATE_STATE_SESSION_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let received: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    for run in 0..runs {
+        let mut gw = start(dir.path());
+        if run == 0 {
+            // A second persistent subscriber stays offline during every run: all it
+            // gets comes from its stored queue.
+            let mut c = persistent(port, "offline-sub", 3600).await;
+            c.subscribe("load/#", QoS::AtLeastOnce).await;
+            c.client.disconnect().await.expect("disconnect queued");
+        }
+        let subscriber = subscribe_persistent(port, received.clone(), run == 0).await;
+        let run_acked = load_until_killed(port, run as u64 * 1_000_000, &mut gw).await;
+        subscriber.abort();
+        acked.extend(run_acked);
+    }
+    // Last start: each subscriber drains its session up to a marker published now.
+    let mut gw = start(dir.path());
+    let mut online = persistent(port, "durable-sub", 3600).await;
+    let mut offline = persistent(port, "offline-sub", 3600).await;
+    publish_acked(port, "load/end", &["end".to_string()]).await;
+    let offline_received: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    for (c, received) in [(&mut online, &received), (&mut offline, &offline_received)] {
+        loop {
+            let p = c.publish().await;
+            if p.topic == "load/end" {
+                break;
+            }
+            let v: u64 = String::from_utf8_lossy(&p.payload)
+                .parse()
+                .expect("a number");
+            *received.lock().expect("received").entry(v).or_insert(0) += 1;
+        }
+    }
+    assert!(!acked.is_empty(), "the load was acknowledged at all");
+    for (name, received) in [("online", &received), ("offline", &offline_received)] {
+        let received = received.lock().expect("received");
+        let lost: Vec<&u64> = acked.iter().filter(|v| !received.contains_key(v)).collect();
+        let duplicates: usize = received.values().map(|n| n - 1).sum();
+        eprintln!(
+            "{runs} kill -9 runs, {name} subscriber: {} QoS 1 PUBLISHes acknowledged, {} received, {} lost, {duplicates} duplicates",
+            acked.len(),
+            received.len(),
+            lost.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{name}: acknowledged but never delivered: {lost:?}"
+        );
+    }
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// The persistent subscriber (`durable-sub`, QoS 1 on `load/#`), counting what it
+/// receives until its connection ends.
+async fn subscribe_persistent(
+    port: u16,
+    received: Arc<Mutex<HashMap<u64, usize>>>,
+    first: bool,
+) -> tokio::task::JoinHandle<()> {
+    let mut c = persistent(port, "durable-sub", 3600).await;
+    if first {
+        c.subscribe("load/#", QoS::AtLeastOnce).await;
+    } else {
+        assert!(
+            c.connack.as_ref().expect("connack").session_present,
+            "session restored"
+        );
+    }
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = c.events.recv().await {
+            if let rumqttc::v5::Event::Incoming(p5::Packet::Publish(p)) = event {
+                if let Ok(v) = String::from_utf8_lossy(&p.payload).parse::<u64>() {
+                    *received.lock().expect("received").entry(v).or_insert(0) += 1;
+                }
+            }
+        }
+    })
+}
+
+/// Publish QoS 1 values `first..` on `load/<n>` until the gateway is killed at a random
+/// moment; the values acknowledged.
+async fn load_until_killed(port: u16, first: u64, gw: &mut GatewayProcess) -> BTreeSet<u64> {
+    let mut options = v5_options(addr(port), "load");
+    options.set_outgoing_inflight_upper_limit(32);
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 64);
+    // What rumqttc will write, in request order: its Outgoing::Publish events come in
+    // the same order and carry the packet id the PUBACK will name.
+    let queued: Arc<Mutex<VecDeque<u64>>> = Arc::default();
+    let reader = {
+        let queued = queued.clone();
+        tokio::spawn(async move {
+            let mut inflight = BTreeMap::new();
+            let mut acked = BTreeSet::new();
+            while let Ok(event) = events.poll().await {
+                match event {
+                    rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                        if let Some(v) = queued.lock().expect("queued").pop_front() {
+                            inflight.insert(pkid, v);
+                        }
+                    }
+                    rumqttc::v5::Event::Incoming(p5::Packet::PubAck(a)) => {
+                        if let Some(v) = inflight.remove(&a.pkid) {
+                            assert_eq!(a.reason, p5::PubAckReason::Success, "{v} not stored");
+                            acked.insert(v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            acked
+        })
+    };
+    let publisher = tokio::spawn(async move {
+        for v in first.. {
+            queued.lock().expect("queued").push_back(v);
+            if client
+                .publish(
+                    format!("load/{}", v % 10),
+                    QoS::AtLeastOnce,
+                    false,
+                    v.to_string(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let wait = rand::thread_rng().gen_range(300..1500);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    gw.kill();
+    publisher.abort();
+    tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the client noticed the kill")
+        .expect("reader task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_still_belongs_to_its_identity() {
+    if !require_peer("mosquitto_passwd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let passwd = mosquitto_passwd_file(dir.path(), &[("alice", "secret")]);
+    config_with(dir.path(), port, &auth_section(&passwd));
+    let alice = |clean: bool| {
+        let mut o = v5_options(addr(port), "owned");
+        o.set_clean_start(clean);
+        o.set_session_expiry_interval(Some(3600));
+        o.set_credentials("alice", "secret");
+        o
+    };
+    let mut gw = start(dir.path());
+    let mut c = v5_connect(alice(true)).await;
+    c.subscribe("o/#", QoS::AtLeastOnce).await;
+    c.client.disconnect().await.expect("disconnect queued");
+    publish_acked(port, "o/x", &["for alice".to_string()]).await;
+    gw.kill();
+    let mut gw = start(dir.path());
+    // An anonymous client with the same client id is refused (0x87) and takes nothing.
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("owned", None, false, 3600, None))
+        .await;
+    match raw.read().await {
+        Some(p5::Packet::ConnAck(c)) => {
+            assert_eq!(c.code, p5::ConnectReturnCode::NotAuthorized);
+            assert!(!c.session_present);
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(gw.lines().iter().any(|l| l.contains("owned")), "audited");
+    let mut c = v5_connect(alice(false)).await;
+    assert!(c.connack.as_ref().expect("connack").session_present);
+    assert_eq!(c.publish().await.payload, "for alice");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// One persistent subscriber reads a stream of messages while an offline one gets one
+/// now and then: each segment of the session log keeps one live record among acknowledged
+/// ones. Compaction copies those forward, so the log stays within `max_bytes` (1 MiB:
+/// 512 KiB for sessions) while about three times that passes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_is_compacted_within_its_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config_with(dir.path(), port, "[persistence]\nmax_bytes = 1048576\n");
+    let mut gw = start(dir.path());
+    let mut cold = persistent(port, "cold", 3600).await;
+    cold.subscribe("cold/#", QoS::AtLeastOnce).await;
+    cold.client.disconnect().await.expect("disconnect queued");
+    let mut hot = persistent(port, "hot", 3600).await;
+    hot.subscribe("hot/#", QoS::AtLeastOnce).await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 3000 {
+            hot.publish().await;
+            n += 1;
+        }
+        hot
+    });
+    let mut publisher = v5(addr(port), "publisher").await;
+    let payload = "x".repeat(400);
+    let mut cold_sent = 0;
+    for batch in 0..120 {
+        for i in 0..25 {
+            publisher
+                .client
+                .publish("hot/x", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .expect("publish queued");
+            if i == 0 && batch % 2 == 0 {
+                publisher
+                    .client
+                    .publish("cold/x", QoS::AtLeastOnce, false, format!("c{cold_sent}"))
+                    .await
+                    .expect("publish queued");
+                cold_sent += 1;
+            }
+        }
+        let acks = 25 + usize::from(batch % 2 == 0);
+        for _ in 0..acks {
+            let reason = publisher
+                .wait_for(|p| match p {
+                    p5::Packet::PubAck(a) => Some(a.reason),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(reason, p5::PubAckReason::Success, "batch {batch}: stored");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let _hot = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("hot subscriber got everything")
+        .expect("reader");
+    gw.kill();
+    let mut gw = start(dir.path());
+    let mut cold = persistent(port, "cold", 3600).await;
+    for i in 0..cold_sent {
+        assert_eq!(cold.publish().await.payload, format!("c{i}"));
+    }
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
