@@ -122,6 +122,15 @@ pub fn tls_config(b: &BridgeConfig) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// Socket options of the uplink: no Nagle delay (the event loop writes several
+/// PUBLISHes per flush itself; waiting for the cloud's ACK before the next small
+/// segment would make every flush wait a round trip).
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// The upstream password: the first line of `password_file`.
 fn read_password(b: &BridgeConfig) -> Result<Option<String>, String> {
     let Some(path) = &b.password_file else {
@@ -157,7 +166,8 @@ impl Uplink {
                     .set_max_packet_size(Some(b.max_packet_size))
                     .set_outgoing_inflight_upper_limit(b.max_inflight)
                     .set_manual_acks(true)
-                    .set_connection_timeout(10);
+                    .set_connection_timeout(10)
+                    .set_network_options(network_options());
                 if let Some(status) = &b.status_topic {
                     o.set_last_will(p5::LastWill::new(
                         status,
@@ -197,6 +207,7 @@ impl Uplink {
                     o.set_credentials(user, password.unwrap_or_default());
                 }
                 let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
+                events.network_options = network_options();
                 events.network_options.set_connection_timeout(10);
                 Uplink {
                     client: Client::V4(client),

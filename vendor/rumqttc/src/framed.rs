@@ -76,6 +76,12 @@ impl Network {
         Ok(())
     }
 
+    /// tollgate patch: the write buffer is under its flush boundary (a `write` now
+    /// only encodes, it does not wait for the socket).
+    pub fn buffer_has_room(&self) -> bool {
+        self.framed.write_buffer().len() < self.framed.backpressure_boundary()
+    }
+
     /// Serializes packet into write buffer
     pub async fn write(&mut self, packet: Packet) -> Result<(), StateError> {
         self.framed

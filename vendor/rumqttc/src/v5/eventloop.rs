@@ -227,6 +227,18 @@ impl EventLoop {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
                     }
+                    // tollgate patch: without a throttle, write what else is pending now,
+                    // before the one flush below, while the write buffer is under its flush
+                    // boundary: those writes never wait, so a poll cancelled here cannot
+                    // lose a request taken from `pending`.
+                    if self.options.pending_throttle.is_zero() {
+                        while network.buffer_has_room() {
+                            let Some(request) = self.pending.pop_front() else { break };
+                            if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                                network.write(outgoing).await?;
+                            }
+                        }
+                    }
                     network.flush().await?;
                     Ok(self.state.events.pop_front().unwrap())
                 }
@@ -260,7 +272,10 @@ impl EventLoop {
         pending_throttle: Duration,
     ) -> Result<Request, ConnectionError> {
         if !pending.is_empty() {
-            time::sleep(pending_throttle).await;
+            // tollgate patch: a zero sleep still waits for tokio's next millisecond tick.
+            if !pending_throttle.is_zero() {
+                time::sleep(pending_throttle).await;
+            }
             // We must call .next() AFTER sleep() otherwise .next() would
             // advance the iterator but the future might be canceled before return
             Ok(pending.pop_front().unwrap())
