@@ -385,6 +385,9 @@ async fn network_connect(
     options: &MqttOptions,
     network_options: NetworkOptions,
 ) -> Result<Network, ConnectionError> {
+    // tollgate patch: kept before `network_options` moves into the socket connect.
+    #[allow(unused_variables)]
+    let tls_server_name = network_options.tls_server_name.clone();
     // Process Unix files early, as proxy is not supported for them.
     #[cfg(unix)]
     if matches!(options.transport(), Transport::Unix) {
@@ -434,8 +437,14 @@ async fn network_connect(
         #[cfg(any(feature = "use-rustls-no-provider", feature = "use-native-tls"))]
         Transport::Tls(tls_config) => {
             let socket =
-                tls::tls_connect(&options.broker_addr, options.port, &tls_config, tcp_stream)
-                    .await?;
+                // tollgate patch: the configured TLS server name, else the address host.
+                tls::tls_connect(
+                    tls_server_name.as_deref().unwrap_or(&options.broker_addr),
+                    options.port,
+                    &tls_config,
+                    tcp_stream,
+                )
+                .await?;
             Network::new(
                 socket,
                 options.max_incoming_packet_size,

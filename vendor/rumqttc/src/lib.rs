@@ -400,6 +400,9 @@ pub struct NetworkOptions {
     conn_timeout: u64,
     #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     bind_device: Option<String>,
+    /// tollgate patch: the TLS server name (SNI and verification) instead of the host of
+    /// the broker address.
+    tls_server_name: Option<String>,
 }
 
 impl NetworkOptions {
@@ -411,7 +414,15 @@ impl NetworkOptions {
             conn_timeout: 5,
             #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
             bind_device: None,
+            tls_server_name: None,
         }
+    }
+
+    /// tollgate patch: connect to the broker address, but name `server_name` in the TLS
+    /// handshake (SNI and the name the certificate is verified against).
+    pub fn set_tls_server_name(&mut self, server_name: Option<String>) -> &mut Self {
+        self.tls_server_name = server_name;
+        self
     }
 
     pub fn set_tcp_nodelay(&mut self, nodelay: bool) {

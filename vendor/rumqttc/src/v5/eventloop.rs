@@ -358,8 +358,18 @@ async fn network_connect(options: &MqttOptions) -> Result<Network, ConnectionErr
         #[cfg(any(feature = "use-native-tls", feature = "use-rustls-no-provider"))]
         Transport::Tls(tls_config) => {
             let socket =
-                tls::tls_connect(&options.broker_addr, options.port, &tls_config, tcp_stream)
-                    .await?;
+                // tollgate patch: the configured TLS server name, else the address host.
+                tls::tls_connect(
+                    options
+                        .network_options
+                        .tls_server_name
+                        .as_deref()
+                        .unwrap_or(&options.broker_addr),
+                    options.port,
+                    &tls_config,
+                    tcp_stream,
+                )
+                .await?;
             Network::new(socket, max_incoming_pkt_size)
         }
         #[cfg(unix)]
