@@ -8,7 +8,9 @@
 //! - **MQTT 3.1.1 uplink** forwarding both ways.
 //! - **server_name**: a cloud certificate whose only name is `cloud.test`, reached at
 //!   127.0.0.1, is refused (with the reason in the bridge state) until `server_name`
-//!   says so; **alpn**: the configured protocols are offered in the ClientHello.
+//!   says so; the ClientHello carries `server_name` as SNI whether the address is an IP
+//!   address or another host name (without it: the host name, none for an IP address);
+//!   **alpn**: the configured protocols are offered in the ClientHello.
 //! - **journal damage** through the binary: a last segment truncated mid-record loses
 //!   only that record, which the log reports; the rest arrives.
 //! - **journal full**: `drop-oldest` keeps the newest (the dropped ones counted on
@@ -336,7 +338,7 @@ async fn cloud_client_named(
 ) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<Msg>) {
     let (cert, key) = pki.client("operator");
     // rumqttc verifies the certificate against the host it connects to (127.0.0.1); this
-    // observer uses the bridge's own TLS configuration with server_name instead.
+    // observer names cloud.test in its handshake instead, as the bridge does.
     let bridge: tollgate::bridge::BridgeConfig = toml::from_str(&format!(
         "name = \"observer\"\naddress = [\"127.0.0.1:{port}\"]\nclient_id = \"operator\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"cloud.test\"\n",
         pki.ca_path.display().to_string(),
@@ -345,11 +347,14 @@ async fn cloud_client_named(
     ))
     .expect("observer config");
     let tls = tollgate::bridge::uplink::tls_config(&bridge).expect("observer TLS");
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tls_server_name(Some("cloud.test".into()));
     let mut o = MqttOptions::new("operator", "127.0.0.1", port);
     o.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(tls),
     ))
-    .set_keep_alive(Duration::from_secs(30));
+    .set_keep_alive(Duration::from_secs(30))
+    .set_network_options(network);
     spawn_client(o).await
 }
 
@@ -388,6 +393,66 @@ async fn configured_alpn_protocols_are_offered_to_the_cloud() {
     );
     drop(start);
     gw.stop().await;
+}
+
+/// The server name indication of the first ClientHello the bridge of a gateway sends
+/// to `address` (the host part; the port is a listener of this test) with `server_name`.
+async fn sni_sent(host: &str, server_name: Option<&str>) -> Option<String> {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let gw_cert = pki.client("gw1");
+    let mut config = gateway_config(&pki, &gw_cert, &[format!("{host}:{port}")]);
+    if let Some(name) = server_name {
+        config = config.replace(
+            "status_topic = \"site/gw1/status\"",
+            &format!("status_topic = \"site/gw1/status\"\nserver_name = {name:?}"),
+        );
+    }
+    let gw = Gateway::start(dir.path(), &config).await;
+    let (socket, _) = tokio::time::timeout(support::WAIT, listener.accept())
+        .await
+        .expect("the bridge connects")
+        .expect("accept");
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), socket)
+        .await
+        .expect("a TLS ClientHello");
+    let sni = start.client_hello().server_name().map(str::to_string);
+    drop(start);
+    gw.stop().await;
+    sni
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_is_sent_as_sni_whatever_the_address() {
+    // An IP address carries no SNI of its own (RFC 6066): server_name is the only one.
+    assert_eq!(
+        sni_sent("127.0.0.1", Some("cloud.test")).await.as_deref(),
+        Some("cloud.test"),
+        "address 127.0.0.1 with server_name"
+    );
+    // A host name address is replaced by server_name.
+    assert_eq!(
+        sni_sent("localhost", Some("mqtt.cloud.test"))
+            .await
+            .as_deref(),
+        Some("mqtt.cloud.test"),
+        "address localhost with server_name"
+    );
+    // Without server_name: the address's host name, and none for an IP address.
+    assert_eq!(
+        sni_sent("localhost", None).await.as_deref(),
+        Some("localhost"),
+        "address localhost without server_name"
+    );
+    assert_eq!(
+        sni_sent("127.0.0.1", None).await,
+        None,
+        "address 127.0.0.1 without server_name"
+    );
 }
 
 /// The journal segments of bridge `cloud` under `dir` (the binary's data_dir "state").

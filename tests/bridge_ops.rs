@@ -9,12 +9,16 @@
 //!   cloud is back, in order, and the new rule forwards.
 //! - **outage**: the cloud is stopped while several local publishers send QoS 1
 //!   messages on several topics; after recovery every message arrives, in order per
-//!   topic. Duplicates are counted and printed, not asserted absent: stopping the cloud
-//!   makes mosquitto redeliver to its own subscriber what that subscriber had not
-//!   acknowledged yet (after a persistence restore mosquitto 2.0.11 sends some of them
-//!   without DUP), which a subscriber cannot tell from a message the bridge sent twice.
-//!   The bridge's own resends (PUBLISH packets beyond one per message) are printed too;
-//!   they are the messages in flight when the cloud went away.
+//!   topic. That tollgate duplicates nothing is asserted on what the cloud *received
+//!   from the bridge* (its debug log: every PUBLISH from `gw1` with its DUP flag, per
+//!   cloud instance): the first connection sends nothing twice (no DUP=1), the second
+//!   resends first (its DUP=1 PUBLISHes come before any new one, per topic), no message
+//!   arrives twice with DUP=0 (at most one DUP=0 PUBLISH per message and topic), and the
+//!   resends are at most the in-flight window. Duplicates at the cloud's *subscriber*
+//!   are only printed: stopping the cloud makes mosquitto redeliver to its own
+//!   subscriber what that subscriber had not acknowledged yet (after a persistence
+//!   restore mosquitto 2.0.11 sends some of them without DUP), which a subscriber cannot
+//!   tell from a message the bridge sent twice.
 //!
 //! The outage's length and volume come from the environment: the figures are
 //! `TOLLGATE_BRIDGE_OUTAGE_SECS=60 TOLLGATE_BRIDGE_OUTAGE_MESSAGES=10000` (about 75 s);
@@ -197,7 +201,13 @@ async fn a_cloud_outage_under_load_loses_and_reorders_nothing() {
     let total = env_number("TOLLGATE_BRIDGE_OUTAGE_MESSAGES", 2000);
     let per_publisher = total / PUBLISHERS;
     let total = per_publisher * PUBLISHERS;
-    let s = setup();
+    let mut s = setup();
+    // Both cloud instances append what they receive (with the DUP flag) to one log.
+    let cloud_log = s.dir.path().join("cloud.log");
+    s.settings.push_str(&format!(
+        "log_dest file {}\nlog_type all\n",
+        cloud_log.display()
+    ));
     let cloud = Mosquitto::start(s.dir.path(), &s.settings);
     let port = cloud.port;
     let config = gateway_config(&s.pki, &s.gw_cert, &[format!("127.0.0.1:{port}")]);
@@ -322,7 +332,82 @@ async fn a_cloud_outage_under_load_loses_and_reorders_nothing() {
         state["acked"],
     );
     assert!(queued_at_recovery > 0, "the outage queued nothing: {state}");
+
+    // What the cloud received from the bridge (the marker, last, says the log is complete).
+    let received = received_from_gateway(&cloud_log, "site/gw1/sensors/marker").await;
+    let mut resends = 0;
+    for (topic, seqs) in &seen {
+        let got = received.get(topic).map_or(&[][..], Vec::as_slice);
+        let (first, second): (Vec<_>, Vec<_>) =
+            got.iter().partition(|(instance, _)| *instance == 0);
+        assert!(
+            first.iter().all(|(_, dup)| !dup),
+            "{topic}: the first connection sent something twice: {got:?}"
+        );
+        let resent = second.iter().take_while(|(_, dup)| *dup).count();
+        assert!(
+            second[resent..].iter().all(|(_, dup)| !dup),
+            "{topic}: a resend (DUP=1) after a new message on the second connection: {got:?}"
+        );
+        let fresh = got.iter().filter(|(_, dup)| !dup).count();
+        assert!(
+            fresh <= seqs.len(),
+            "{topic}: {fresh} PUBLISHes without DUP for {} messages: one went out twice as new",
+            seqs.len()
+        );
+        assert!(
+            fresh + resent >= seqs.len(),
+            "{topic}: the log misses messages: {got:?}"
+        );
+        resends += resent;
+    }
+    let window = 100; // the bridge's default max_inflight (the cloud sets no Receive Maximum)
+    assert!(
+        resends <= window,
+        "{resends} resends: more than the in-flight window when the cloud went down"
+    );
+    eprintln!(
+        "bridge outage: the cloud received {resends} resends (DUP=1), no message twice without DUP"
+    );
     gw.stop().await;
+}
+
+/// What the cloud received from the gateway (client id `gw1`), read from its debug log
+/// once it shows a PUBLISH on `last`: per topic, (cloud instance, DUP flag) in arrival
+/// order, the instance counted from 0 by mosquitto's start lines.
+async fn received_from_gateway(log: &Path, last: &str) -> HashMap<String, Vec<(usize, bool)>> {
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let mut instance = None;
+        let mut received: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
+        for line in text.lines() {
+            if line.contains(" starting") && line.contains("mosquitto version") {
+                instance = Some(instance.map_or(0, |i| i + 1));
+            }
+            // "Received PUBLISH from gw1 (d0, q1, r0, m5, 'site/gw1/x', ... (1 bytes))"
+            let Some(rest) = line
+                .split_once("Received PUBLISH from gw1 (d")
+                .map(|(_, r)| r)
+            else {
+                continue;
+            };
+            let dup = rest.starts_with('1');
+            let topic = rest.split('\'').nth(1).expect("topic in quotes");
+            received
+                .entry(topic.to_string())
+                .or_default()
+                .push((instance.expect("a start line first"), dup));
+        }
+        if received.contains_key(last) {
+            return received;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cloud's log never showed {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn counts(seen: &HashMap<String, Vec<u64>>) -> Vec<(String, usize)> {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::outbox::{OutboxRecord, Seq};
+use super::outbox::{OutboxRecord, Seq, StoredRecord};
 use super::pacer::Pacer;
 use super::props;
 use super::run::{qos_level, Shared};
@@ -35,6 +35,10 @@ use super::state::Counters;
 use super::uplink::{Incoming, Uplink, UplinkEvent, ONLINE};
 use crate::broker::codec::v5;
 use crate::telemetry::limit::LogStr;
+
+/// Records read from the outbox at once, in windows (`max_inflight` or the cloud's
+/// Receive Maximum); the outbox also caps a read in bytes.
+const READ_AHEAD: usize = 4;
 
 /// A record that is not sent (expired, too large for the cloud): already counted.
 #[derive(Debug)]
@@ -68,6 +72,11 @@ pub(super) struct Session {
     topic_alias_max: u16,
     /// The last record handed to this connection.
     pub cursor: Option<Seq>,
+    /// Records read from the outbox and not handed to the connection yet (one journal
+    /// read serves many sends: a read waits for the writer's current fsync).
+    ahead: VecDeque<StoredRecord>,
+    /// The last record read from the outbox (`ahead`'s last, or `cursor`).
+    read_cursor: Option<Seq>,
     /// Records up to this one may have gone out before (an earlier connection, or
     /// before a restart): they are sent with DUP=1.
     maybe_sent: Option<Seq>,
@@ -94,6 +103,8 @@ impl Session {
             aliases: HashMap::new(),
             topic_alias_max: 0,
             cursor: None,
+            ahead: VecDeque::new(),
+            read_cursor: None,
             maybe_sent,
             pacer: None,
             paced_until: None,
@@ -169,46 +180,55 @@ impl Session {
             return;
         }
         while self.has_room() {
-            let mut limit = usize::from(self.window) - self.inflight.len();
-            if let Some(p) = &mut self.pacer {
-                limit = limit.min(p.available_msgs(Instant::now()).max(1));
-            }
-            let batch = shared.outbox.pending(self.cursor, limit).await;
-            if batch.is_empty() {
+            let Some(r) = self.next_record(shared).await else {
                 if self.pacer.take().is_some() {
                     debug!(bridge = %shared.config.name, "Backlog drained; live messages are no longer paced.");
                 }
                 return;
-            }
-            for r in batch {
-                if let Some(p) = &mut self.pacer {
-                    if let Err(wait) = p.take(r.record.payload.len(), Instant::now()) {
-                        self.paced_until = Some(Instant::now() + wait);
-                        return;
-                    }
+            };
+            if let Some(p) = &mut self.pacer {
+                if let Err(wait) = p.take(r.record.payload.len(), Instant::now()) {
+                    self.paced_until = Some(Instant::now() + wait);
+                    self.ahead.push_front(r);
+                    return;
                 }
-                let rec = r.record;
-                let Ok(properties) = self.prepare(shared, &rec) else {
-                    // Never sendable on this connection: forgotten, not retried.
-                    shared.outbox.ack(r.seq);
-                    self.cursor = Some(r.seq);
-                    continue;
-                };
-                let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
-                let pkid = self.track(Some(r.seq));
-                let (topic, properties) = self.alias(&rec.topic, properties);
-                up.send(
-                    pkid,
-                    topic,
-                    rec.payload,
-                    qos_level(rec.qos),
-                    rec.retain,
-                    dup,
-                    properties,
-                );
-                self.cursor = Some(r.seq);
             }
+            let rec = r.record;
+            let Ok(properties) = self.prepare(shared, &rec) else {
+                // Never sendable on this connection: forgotten, not retried.
+                shared.outbox.ack(r.seq);
+                self.cursor = Some(r.seq);
+                continue;
+            };
+            let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
+            let pkid = self.track(Some(r.seq));
+            let (topic, properties) = self.alias(&rec.topic, properties);
+            up.send(
+                pkid,
+                topic,
+                rec.payload,
+                qos_level(rec.qos),
+                rec.retain,
+                dup,
+                properties,
+            );
+            self.cursor = Some(r.seq);
         }
+    }
+
+    /// The next record to send: read ahead of the window (up to `READ_AHEAD` windows,
+    /// fewer while paced), `None` when the outbox has nothing beyond what was read.
+    async fn next_record(&mut self, shared: &Shared) -> Option<StoredRecord> {
+        if self.ahead.is_empty() {
+            let mut limit = READ_AHEAD * usize::from(self.window);
+            if let Some(p) = &mut self.pacer {
+                limit = limit.min(p.available_msgs(Instant::now()).max(1));
+            }
+            let after = self.read_cursor.max(self.cursor);
+            self.ahead = shared.outbox.pending(after, limit).await.into();
+            self.read_cursor = self.ahead.back().map(|r| r.seq).or(after);
+        }
+        self.ahead.pop_front()
     }
 
     /// The topic to send and the properties with the topic alias for `topic`: an

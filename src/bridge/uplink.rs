@@ -13,9 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::TlsConfiguration;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 use super::config::{parse_address, BridgeConfig, Protocol};
 use super::rules::Rule;
@@ -106,20 +105,22 @@ pub fn tls_config(b: &BridgeConfig) -> Result<Arc<ClientConfig>, String> {
     let mut config = (*base).clone();
     config.alpn_protocols = b.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     if let Some(name) = &b.server_name {
-        let name =
-            ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name:?}: {e}"))?;
-        let roots = crate::tls::load_root_store(&b.ca).map_err(|e| e.to_string())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            crate::tls::crypto_provider(),
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
-        config
-            .dangerous()
-            .set_certificate_verifier(Arc::new(FixedName { inner, name }));
+        // rumqttc names it in the handshake (network_options): SNI and verification.
+        ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name:?}: {e}"))?;
     }
     Ok(Arc::new(config))
+}
+
+/// Connection options of the uplink: no Nagle delay (the event loop writes several
+/// PUBLISHes per flush itself; waiting for the cloud's ACK before the next small
+/// segment would make every flush wait a round trip), and `server_name` as the TLS
+/// name (SNI and certificate verification) instead of the address host (vendored
+/// rumqttc's `set_tls_server_name`, vendor/rumqttc/PATCH.md).
+fn network_options(b: &BridgeConfig) -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_tls_server_name(b.server_name.clone());
+    n
 }
 
 /// The upstream password: the first line of `password_file`.
@@ -157,7 +158,8 @@ impl Uplink {
                     .set_max_packet_size(Some(b.max_packet_size))
                     .set_outgoing_inflight_upper_limit(b.max_inflight)
                     .set_manual_acks(true)
-                    .set_connection_timeout(10);
+                    .set_connection_timeout(10)
+                    .set_network_options(network_options(b));
                 if let Some(status) = &b.status_topic {
                     o.set_last_will(p5::LastWill::new(
                         status,
@@ -197,6 +199,7 @@ impl Uplink {
                     o.set_credentials(user, password.unwrap_or_default());
                 }
                 let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
+                events.network_options = network_options(b);
                 events.network_options.set_connection_timeout(10);
                 Uplink {
                     client: Client::V4(client),
@@ -480,48 +483,5 @@ fn qos4(qos: u8) -> rumqttc::QoS {
         0 => rumqttc::QoS::AtMostOnce,
         1 => rumqttc::QoS::AtLeastOnce,
         _ => rumqttc::QoS::ExactlyOnce,
-    }
-}
-
-/// Verifies the cloud's certificate against `server_name` instead of the address host.
-#[derive(Debug)]
-struct FixedName {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for FixedName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
