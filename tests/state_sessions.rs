@@ -15,6 +15,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -625,11 +626,17 @@ async fn the_session_log_is_compacted_within_its_budget() {
     cold.client.disconnect().await.expect("disconnect queued");
     let mut hot = persistent(port, "hot", 3600).await;
     hot.subscribe("hot/#", QoS::AtLeastOnce).await;
+    // The publisher waits for the hot subscriber after each batch, so what is live in
+    // the log is the cold messages and one batch: the log stays within its budget only
+    // by compaction, however slowly a busy machine runs the reader.
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < 3000 {
             hot.publish().await;
             n += 1;
+            seen.store(n, Ordering::SeqCst);
         }
         hot
     });
@@ -662,7 +669,20 @@ async fn the_session_log_is_compacted_within_its_budget() {
                 .await;
             assert_eq!(reason, p5::PubAckReason::Success, "batch {batch}: stored");
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        let caught_up = (batch + 1) * 25;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while received.load(Ordering::SeqCst) < caught_up {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "batch {batch}: the hot subscriber did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Compaction runs once a second and the log's segment acks are synced about as
+        // often: with this 512 KiB log, ~130 KB/s of records leaves it room for two
+        // rounds (at 40 ms per batch, ~260 KB/s, it missed sometimes on a busy machine;
+        // with the 128 MiB default the same cadence absorbs ~60 MB/s).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _hot = tokio::time::timeout(Duration::from_secs(30), reader)
         .await
