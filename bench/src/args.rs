@@ -75,8 +75,7 @@ pub struct Args {
     /// Extra non-matching ACL rules for the bench user, ahead of its grant (--auth).
     #[arg(long, default_value_t = 10)]
     pub acl_rules: usize,
-    /// Also measure the cloud bridge (after every other section; 3-5 min at the bridge's
-    /// current rate, a minute once it batches its fsyncs):
+    /// Also measure the cloud bridge (after every other section; 1-2 min):
     /// 4 publishers -> gateway -> bridge over mTLS -> a Mosquitto "cloud" (client
     /// certificates required, the gateway confined to site/gw1/#) -> 1 subscriber there,
     /// QoS 1, through tollgate (journal on disk) and through a Mosquitto bridge (in
