@@ -256,6 +256,34 @@ pub(crate) struct RetainedLog {
     segment_bytes: u64,
 }
 
+/// Records and bytes per read while a state log is loaded: bounded batches, whatever
+/// the log holds.
+pub(super) const LOAD_RECORDS: usize = 4096;
+pub(super) const LOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Open the journal of one state log in `dir` and log what damage cost it: a line per
+/// damaged segment (`what` names the log) and `lost` once. Returns the journal, its
+/// segment size (the unit compaction frees) and the count of records lost.
+pub(super) async fn open_journal(
+    dir: &Path,
+    settings: &PersistenceSettings,
+    what: &str,
+    lost: &str,
+) -> Result<(Journal, u64, u64), JournalError> {
+    let config = settings.journal_config();
+    let segment_bytes = config.segment_bytes;
+    let (journal, recovery) = Journal::open(dir, config).await?;
+    let damage = &recovery.lost;
+    if damage.records > 0 || damage.bytes > 0 {
+        for s in &damage.segments {
+            warn!(segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "{what}: damaged segment; its tail was dropped.");
+        }
+        warn!(records = damage.records, bytes = damage.bytes, "{lost}");
+    }
+    let lost_records = damage.records;
+    Ok((journal, segment_bytes, lost_records))
+}
+
 impl RetainedLog {
     /// Open (or create) the log under `data_dir` and load it: called once, by the
     /// router task before it handles anything (clients wait in its channel).
@@ -265,16 +293,13 @@ impl RetainedLog {
     ) -> Result<(RetainedLog, Loaded), JournalError> {
         let dir = retained_dir(data_dir);
         let started = std::time::Instant::now();
-        let config = settings.journal_config();
-        let segment_bytes = config.segment_bytes;
-        let (journal, recovery) = Journal::open(&dir, config).await?;
-        let lost = &recovery.lost;
-        if lost.records > 0 || lost.bytes > 0 {
-            for s in &lost.segments {
-                warn!(segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "Broker state: damaged segment; its tail was dropped.");
-            }
-            warn!(records = lost.records, bytes = lost.bytes, "Broker state: retained-message records lost to damage; the intact ones are loaded.");
-        }
+        let (journal, segment_bytes, lost_records) = open_journal(
+            &dir,
+            settings,
+            "Broker state",
+            "Broker state: retained-message records lost to damage; the intact ones are loaded.",
+        )
+        .await?;
         let mut log = RetainedLog {
             journal,
             live: HashMap::new(),
@@ -289,7 +314,7 @@ impl RetainedLog {
         let mut stale = Vec::new();
         let mut from = 0;
         loop {
-            let batch = log.journal.read(from, 4096, 16 * 1024 * 1024).await?;
+            let batch = log.journal.read(from, LOAD_RECORDS, LOAD_BYTES).await?;
             let Some(last) = batch.last() else { break };
             from = last.seq + 1;
             for record in batch {
@@ -358,7 +383,7 @@ impl RetainedLog {
             log,
             Loaded {
                 messages: loaded.into_iter().map(|(_, m)| m).collect(),
-                lost_records: lost.records,
+                lost_records,
             },
         ))
     }

@@ -33,7 +33,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{now_ms, qos_byte, qos_from, PersistenceSettings, VERSION};
+use super::{
+    now_ms, open_journal, qos_byte, qos_from, PersistenceSettings, LOAD_BYTES, LOAD_RECORDS,
+    VERSION,
+};
 use crate::auth::{AuthMethod, Identity};
 use crate::broker::codec::{v5, QoS};
 use crate::broker::link::{Message, QueueOverflow};
@@ -488,20 +491,17 @@ impl SessionLog {
     ) -> Result<(SessionLog, LoadedSessions), JournalError> {
         let dir = sessions_dir(data_dir);
         let started = std::time::Instant::now();
-        let config = settings.journal_config();
-        let segment_bytes = config.segment_bytes;
-        let (journal, recovery) = Journal::open(&dir, config).await?;
-        let lost = &recovery.lost;
-        if lost.records > 0 || lost.bytes > 0 {
-            for s in &lost.segments {
-                warn!(segment = %s.path.display(), valid_len = s.valid_len, bytes = s.bytes, records = s.records, damage = s.damage, "Session state: damaged segment; its tail was dropped.");
-            }
-            warn!(records = lost.records, bytes = lost.bytes, "Session state: records lost to damage (sessions, queued messages or packet ids); the intact ones are loaded.");
-        }
+        let (journal, segment_bytes, lost_records) = open_journal(
+            &dir,
+            settings,
+            "Session state",
+            "Session state: records lost to damage (sessions, queued messages or packet ids); the intact ones are loaded.",
+        )
+        .await?;
         let mut scan = Scan::default();
         let mut from = 0;
         loop {
-            let batch = journal.read(from, 4096, 16 * 1024 * 1024).await?;
+            let batch = journal.read(from, LOAD_RECORDS, LOAD_BYTES).await?;
             let Some(last) = batch.last() else { break };
             from = last.seq + 1;
             for record in batch {
@@ -537,7 +537,7 @@ impl SessionLog {
             log,
             LoadedSessions {
                 sessions,
-                lost_records: lost.records,
+                lost_records,
                 expired,
             },
         ))
