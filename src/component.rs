@@ -69,6 +69,23 @@ pub struct Grant {
     pub filter: String,
 }
 
+impl Grant {
+    /// [`sys_identity`]`(kind, name)` may write under `$SYS/tollgate/<kind>/<name>/`.
+    pub fn sys_state(kind: &str, name: &str) -> Grant {
+        Grant {
+            identity: sys_identity(kind, name),
+            access: Access::Write,
+            filter: format!("$SYS/tollgate/{kind}/{name}/#"),
+        }
+    }
+}
+
+/// Identity of the in-process client that publishes the `$SYS` state of component
+/// `name` of `kind` (`bridge`, `modbus`, `serial`, `gpio`): `tollgate:<kind>:<name>`.
+pub fn sys_identity(kind: &str, name: &str) -> String {
+    format!("tollgate:{kind}:{name}")
+}
+
 /// How a component is doing, as shown in the systemd STATUS line and on `$SYS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {

@@ -51,7 +51,6 @@ use journal_outbox::JournalOutbox;
 use outbox::{MemoryOutbox, Outbox};
 use state::{LinkState, StatusBoard};
 
-use crate::acl::Access;
 use crate::component::{Component, ComponentContext, Grant, Health, Settings, Stage};
 
 /// One `[[bridge]]` as a component named `bridge:<name>`.
@@ -158,11 +157,7 @@ impl Component for Bridge {
 
     fn grants(&self) -> Vec<Grant> {
         // Only the state publisher; reading and writing data is the ACL's decision.
-        vec![Grant {
-            identity: state::state_identity(&self.config.name),
-            access: Access::Write,
-            filter: format!("$SYS/tollgate/bridge/{}/#", self.config.name),
-        }]
+        vec![Grant::sys_state("bridge", &self.config.name)]
     }
 
     fn start(&mut self, ctx: ComponentContext) -> Result<(), String> {

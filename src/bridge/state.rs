@@ -278,7 +278,7 @@ impl StatusBoard {
         broker: Arc<dyn Connector>,
         shutdown: CancellationToken,
     ) {
-        let identity = state_identity(&self.name);
+        let identity = crate::component::sys_identity("bridge", &self.name);
         let client = match broker
             .connect_internal(InternalOptions::new(Identity::internal(&identity)))
             .await
@@ -314,9 +314,4 @@ impl StatusBoard {
             .await;
         client.disconnect().await;
     }
-}
-
-/// Identity of the client publishing bridge `name`'s state.
-pub fn state_identity(name: &str) -> String {
-    format!("tollgate:bridge:{name}")
 }

@@ -31,16 +31,11 @@ use crate::acl::Access;
 use crate::auth::Identity;
 use crate::broker::codec::QoS;
 use crate::broker::{InternalClient, InternalOptions};
-use crate::component::{Component, ComponentContext, Grant, Settings, Stage};
+use crate::component::{self, Component, ComponentContext, Grant, Settings, Stage};
 
 /// The `$SYS` topic of pin `name`'s state.
 pub fn sys_topic(name: &str) -> String {
     format!("$SYS/tollgate/gpio/{name}/state")
-}
-
-/// Identity of the client publishing pin `name`'s `$SYS` state.
-pub fn sys_identity(name: &str) -> String {
-    format!("tollgate:gpio:{name}")
 }
 
 /// A pin task's way out: the adapter's client and the `$SYS` one (a pin's messages are
@@ -168,7 +163,7 @@ impl Component for Gpio {
     fn grants(&self) -> Vec<Grant> {
         // Only the $SYS state; state topics and set commands are the ACL's decision.
         vec![Grant {
-            identity: sys_identity(self.settings.name()),
+            identity: component::sys_identity("gpio", self.settings.name()),
             access: Access::Write,
             filter: sys_topic(self.settings.name()),
         }]
@@ -187,7 +182,7 @@ impl Component for Gpio {
                     return;
                 }
             };
-            let sys = ctx.broker.connect_internal(InternalOptions::new(Identity::internal(&sys_identity(&name)))).await.ok();
+            let sys = ctx.broker.connect_internal(InternalOptions::new(Identity::internal(&component::sys_identity("gpio", &name)))).await.ok();
             let out = Outlet { name: name.clone(), data, sys };
             let topic = settings.topic();
             match settings {

@@ -29,10 +29,9 @@ use tracing::warn;
 
 pub use config::ModbusConfig;
 
-use crate::acl::Access;
 use crate::auth::Identity;
 use crate::broker::InternalOptions;
-use crate::component::{Component, ComponentContext, Grant, Settings, Stage};
+use crate::component::{self, Component, ComponentContext, Grant, Settings, Stage};
 
 /// Writes queued per bus at most (more are refused as busy).
 const WRITE_QUEUE: usize = 16;
@@ -40,11 +39,6 @@ const WRITE_QUEUE: usize = 16;
 /// The `$SYS` topic of bus `name`'s health.
 pub fn sys_topic(name: &str) -> String {
     format!("$SYS/tollgate/modbus/{name}/state")
-}
-
-/// Identity of the client publishing bus `name`'s `$SYS` state.
-pub fn sys_identity(name: &str) -> String {
-    format!("tollgate:modbus:{name}")
 }
 
 /// One bus as a component.
@@ -90,11 +84,7 @@ impl Component for Modbus {
 
     fn grants(&self) -> Vec<Grant> {
         // Only the $SYS state; data topics and set commands are the ACL's decision.
-        vec![Grant {
-            identity: sys_identity(&self.config.name),
-            access: Access::Write,
-            filter: format!("$SYS/tollgate/modbus/{}/#", self.config.name),
-        }]
+        vec![Grant::sys_state("modbus", &self.config.name)]
     }
 
     /// The same wire (transport, port and line, address) and topic prefix: devices,
@@ -148,7 +138,7 @@ impl Component for Modbus {
             };
             let sys = ctx
                 .broker
-                .connect_internal(InternalOptions::new(Identity::internal(&sys_identity(&config.name))))
+                .connect_internal(InternalOptions::new(Identity::internal(&component::sys_identity("modbus", &config.name))))
                 .await
                 .ok();
             let commands = Identity {

@@ -29,11 +29,10 @@ use tracing::warn;
 pub use config::SerialConfig;
 pub use line::hex;
 
-use crate::acl::Access;
 use crate::auth::Identity;
 use crate::broker::codec::QoS;
 use crate::broker::InternalOptions;
-use crate::component::{Component, ComponentContext, Grant, Settings, Stage};
+use crate::component::{self, Component, ComponentContext, Grant, Settings, Stage};
 
 /// Sends queued per line at most (more are refused as busy).
 const SEND_QUEUE: usize = 16;
@@ -41,11 +40,6 @@ const SEND_QUEUE: usize = 16;
 /// The `$SYS` topic of line `name`'s state.
 pub fn sys_topic(name: &str) -> String {
     format!("$SYS/tollgate/serial/{name}/state")
-}
-
-/// Identity of the client publishing line `name`'s `$SYS` state.
-pub fn sys_identity(name: &str) -> String {
-    format!("tollgate:serial:{name}")
 }
 
 /// One serial line as a component.
@@ -87,11 +81,7 @@ impl Component for Serial {
 
     fn grants(&self) -> Vec<Grant> {
         // Only the $SYS state; frame, status and send topics are the ACL's decision.
-        vec![Grant {
-            identity: sys_identity(&self.config.name),
-            access: Access::Write,
-            filter: format!("$SYS/tollgate/serial/{}/#", self.config.name),
-        }]
+        vec![Grant::sys_state("serial", &self.config.name)]
     }
 
     fn start(&mut self, ctx: ComponentContext) -> Result<(), String> {
@@ -108,7 +98,7 @@ impl Component for Serial {
             };
             let sys = ctx
                 .broker
-                .connect_internal(InternalOptions::new(Identity::internal(&sys_identity(&config.name))))
+                .connect_internal(InternalOptions::new(Identity::internal(&component::sys_identity("serial", &config.name))))
                 .await
                 .ok();
             let refused = Arc::new(AtomicU64::new(0));
