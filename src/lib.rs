@@ -21,5 +21,6 @@ pub mod modbus;
 pub mod pki;
 pub mod serial;
 pub mod telemetry;
+pub mod timestamp;
 pub mod tls;
 pub mod topic;

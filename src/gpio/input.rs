@@ -151,7 +151,7 @@ fn doc(config: &InputConfig, state: bool, c: &Counters) -> String {
         "changes": c.changes,
         "glitches": c.glitches,
         "count": c.count,
-        "ts": crate::modbus::points::rfc3339(std::time::SystemTime::now()),
+        "ts": crate::timestamp::rfc3339(std::time::SystemTime::now()),
     })
     .to_string()
 }

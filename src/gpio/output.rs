@@ -190,7 +190,7 @@ impl Output {
             "commands": self.commands,
             "refused": self.refused,
             "timed": self.revert.is_some(),
-            "ts": crate::modbus::points::rfc3339(std::time::SystemTime::now()),
+            "ts": crate::timestamp::rfc3339(std::time::SystemTime::now()),
         })
         .to_string()
     }

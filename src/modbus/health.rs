@@ -136,7 +136,7 @@ impl BusHealth {
             "open_error": self.open_error,
             "utilisation": (self.utilisation * 10_000.0).round() / 10_000.0,
             "devices": self.devices.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
-            "ts": super::points::rfc3339(std::time::SystemTime::now()),
+            "ts": crate::timestamp::rfc3339(std::time::SystemTime::now()),
         })
         .to_string()
     }

@@ -140,7 +140,10 @@ impl PointState {
                 if let Some(unit) = &self.config.unit_label {
                     m.insert("unit".into(), unit.clone().into());
                 }
-                m.insert("ts".into(), rfc3339(SystemTime::now()).into());
+                m.insert(
+                    "ts".into(),
+                    crate::timestamp::rfc3339(SystemTime::now()).into(),
+                );
                 m.insert("quality".into(), quality.as_str().into());
                 serde_json::Value::Object(m).to_string()
             }
@@ -157,21 +160,6 @@ fn changed(last: Option<&Value>, new: Option<&Value>, deadband: f64) -> bool {
         (None, None) => false,
         _ => true,
     }
-}
-
-/// `2026-11-30T14:07:22.123Z` (UTC, milliseconds).
-pub fn rfc3339(at: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(at);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
 }
 
 #[cfg(test)]
@@ -266,11 +254,5 @@ mod tests {
             p.payload(PayloadFormat::Raw, Quality::Good, Some(&Value::Float(1.5))),
             "1.5"
         );
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(at), "2023-11-14T22:13:20.123Z");
     }
 }

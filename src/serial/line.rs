@@ -24,7 +24,7 @@ use super::framer::{Frame, FrameError, Framer};
 use super::publish::Outputs;
 use super::send::{SendJob, SendOutcome};
 use crate::component::{Health, HealthReporter};
-use crate::modbus::points::rfc3339;
+use crate::timestamp::rfc3339;
 
 /// Bytes read from the port at once.
 const CHUNK: usize = 4096;
