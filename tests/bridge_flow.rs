@@ -697,7 +697,11 @@ async fn topic_aliases_go_to_the_first_distinct_topics_and_reset_on_reconnect() 
         (&p.topic[..], alias_of(&p)),
         (&b"site/gw1/sensors/a"[..], Some(1))
     );
-    let state = wait_state(&gw, "watch-2", |v| v["acked"] == 6).await;
+    // The counters are published together but not atomically: wait for both.
+    let state = wait_state(&gw, "watch-2", |v| {
+        v["acked"] == 6 && v["queued_messages"] == 0
+    })
+    .await;
     assert_eq!(state["queued_messages"], 0);
     gw.stop().await;
 }
