@@ -218,34 +218,37 @@ impl Message {
     pub(crate) fn weight(&self) -> usize {
         self.topic.len() + self.payload.len() + properties_weight(self.properties.as_ref())
     }
+}
 
-    /// A copy that owns exactly its bytes (topic and payload in one allocation,
-    /// correlation data copied). Decoded messages are slices of a connection's read
-    /// buffer (which grows to the largest packet read): anything kept after routing
-    /// (queues, in-flight windows, the retained store) must not keep such a buffer
-    /// alive for a few bytes of payload.
-    pub(crate) fn compacted(&self) -> Message {
-        let mut both = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
-        both.extend_from_slice(&self.topic);
-        both.extend_from_slice(&self.payload);
-        let both = both.freeze();
-        let mut properties = self.properties.clone();
-        if let Some(data) = properties
-            .as_mut()
-            .and_then(|p| p.correlation_data.as_mut())
-        {
-            *data = Bytes::copy_from_slice(data);
-        }
-        Message {
-            topic: both.slice(..self.topic.len()),
-            payload: both.slice(self.topic.len()..),
-            qos: self.qos,
-            retain: self.retain,
-            properties,
-            expires_at: self.expires_at,
-            publisher: self.publisher,
-            origin: self.origin.clone(),
-        }
+/// Makes a decoded PUBLISH own exactly its bytes: topic and payload in one allocation,
+/// correlation data copied. Decoded packets are slices of the connection's read buffer
+/// (which grows to the largest packet read); a message that outlives its packet
+/// (queues, in-flight windows, channels to slow readers, the retained store) must not
+/// pin that buffer for a few bytes. Done once where a message enters the broker, on
+/// the publisher's own task: the read buffer is then free again for the next read
+/// (no new buffer per read), and the router copies nothing.
+pub(crate) fn own_publish_bytes(publish: &mut v5::Publish) {
+    let (topic, payload) = own_bytes(&publish.topic, &publish.payload);
+    publish.topic = topic;
+    publish.payload = payload;
+    own_correlation_data(&mut publish.properties);
+}
+
+/// `topic` and `payload` copied into one allocation of exactly their size.
+pub(crate) fn own_bytes(topic: &[u8], payload: &[u8]) -> (Bytes, Bytes) {
+    let mut both = bytes::BytesMut::with_capacity(topic.len() + payload.len());
+    both.extend_from_slice(topic);
+    both.extend_from_slice(payload);
+    let both = both.freeze();
+    (both.slice(..topic.len()), both.slice(topic.len()..))
+}
+
+pub(crate) fn own_correlation_data(properties: &mut Option<v5::PublishProperties>) {
+    if let Some(data) = properties
+        .as_mut()
+        .and_then(|p| p.correlation_data.as_mut())
+    {
+        *data = Bytes::copy_from_slice(data);
     }
 }
 
@@ -442,23 +445,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compacted_message_does_not_pin_the_read_buffer() {
+    fn an_owned_publish_does_not_pin_the_read_buffer() {
         let buffer = Bytes::from(vec![7u8; 32 * 1024]);
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        let message = Message {
-            topic: buffer.slice(0..4),
-            payload: buffer.slice(4..12),
+        let mut publish = v5::Publish {
+            dup: false,
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: None,
-            expires_at: None,
-            publisher: None,
-            origin: None,
+            topic: buffer.slice(0..4),
+            pkid: 1,
+            payload: buffer.slice(4..12),
+            properties: Some(v5::PublishProperties {
+                correlation_data: Some(buffer.slice(12..20)),
+                ..Default::default()
+            }),
         };
-        let owned = message.compacted();
-        assert_eq!(owned.payload, message.payload);
-        assert_eq!(owned.topic, message.topic);
-        assert!(!range.contains(&(owned.payload.as_ptr() as usize)));
-        assert!(!range.contains(&(owned.topic.as_ptr() as usize)));
+        own_publish_bytes(&mut publish);
+        assert_eq!(publish.topic, buffer.slice(0..4));
+        assert_eq!(publish.payload, buffer.slice(4..12));
+        let correlation = publish.properties.and_then(|p| p.correlation_data);
+        assert_eq!(correlation, Some(buffer.slice(12..20)));
+        for owned in [&publish.topic, &publish.payload, &correlation.unwrap()] {
+            assert!(!range.contains(&(owned.as_ptr() as usize)));
+        }
     }
 }

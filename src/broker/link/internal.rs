@@ -268,13 +268,19 @@ impl InternalClient {
             .and_then(|p| p.message_expiry_interval)
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
         let (tx, rx) = oneshot::channel();
+        // The caller's payload may be a slice of a larger buffer (an uplink's read
+        // buffer, say): the message owns exactly its bytes from here on.
+        let payload: Bytes = payload.into();
+        let (topic, payload) = super::own_bytes(topic.as_bytes(), &payload);
+        let mut properties = properties;
+        super::own_correlation_data(&mut properties);
         let publish = v5::Publish {
             dup: false,
             qos,
             retain,
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            topic,
             pkid: 0,
-            payload: payload.into(),
+            payload,
             properties,
         };
         self.send(vec![Inbound::Publish {

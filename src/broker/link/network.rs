@@ -390,10 +390,15 @@ fn will_spec(
         subscription_identifiers: vec![],
         content_type: p.content_type,
     });
+    // The will lives as long as the session: it owns its bytes, not the CONNECT's
+    // read buffer.
+    let (topic, payload) = super::own_bytes(&w.topic, &w.message);
+    let mut properties = properties;
+    super::own_correlation_data(&mut properties);
     Ok(WillSpec {
         message: Message {
-            topic: w.topic,
-            payload: w.message,
+            topic,
+            payload,
             qos: w.qos,
             retain: w.retain,
             properties,

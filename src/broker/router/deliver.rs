@@ -336,10 +336,10 @@ impl Router {
                 sessions.get(&k).is_some_and(|s| s.link.is_some())
             });
         }
-        // Whatever outlives this call (queues, in-flight windows, channels to slow
-        // readers, the retained store) holds a compact copy, never the read buffer.
-        let keep = !matches.is_empty() || (msg.retain && !msg.payload.is_empty());
-        let msg = if keep { Arc::new(msg.compacted()) } else { msg };
+        // `msg` owns exactly its bytes (never a connection's read buffer): every
+        // entry point compacts it (`own_publish_bytes`), so what outlives this call
+        // (queues, in-flight windows, channels to slow readers, the retained store)
+        // shares it as it is.
         let topic = msg.topic_str();
         self.ctx.route_target = target;
         self.ctx.route_hold = None;

@@ -374,6 +374,7 @@ impl ConnState {
             }
             return Ok(());
         }
+        crate::broker::link::own_publish_bytes(&mut p);
         if let Some(alias) = new_alias {
             self.aliases
                 .set(alias, &p.topic)
