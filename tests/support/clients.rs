@@ -200,6 +200,9 @@ pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
     pub events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
     pub connack: Option<p5::ConnAck>,
+    /// PUBLISHes that arrived while waiting for something else (a SUBACK, say): the
+    /// next `publish`/`wait_for` sees them first, in arrival order.
+    held: std::collections::VecDeque<p5::Publish>,
 }
 
 pub fn v5_options(addr: SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
@@ -215,6 +218,7 @@ pub async fn v5_connect(options: rumqttc::v5::MqttOptions) -> V5 {
         client,
         events,
         connack: None,
+        held: Default::default(),
     };
     let ack = c
         .wait_for(|p| match p {
@@ -243,12 +247,24 @@ impl V5 {
         }
     }
 
+    /// The first incoming packet for which `f` answers `Some`. PUBLISHes it passes
+    /// over are held for later waits (they are never lost); other packets are.
     pub async fn wait_for<T>(&mut self, mut f: impl FnMut(&p5::Packet) -> Option<T>) -> T {
+        for i in 0..self.held.len() {
+            let packet = p5::Packet::Publish(self.held[i].clone());
+            if let Some(t) = f(&packet) {
+                self.held.remove(i);
+                return t;
+            }
+        }
         loop {
             match self.next().await {
                 Ev::Event(rumqttc::v5::Event::Incoming(p)) => {
                     if let Some(t) = f(&p) {
                         return t;
+                    }
+                    if let p5::Packet::Publish(publish) = p {
+                        self.held.push_back(publish);
                     }
                 }
                 Ev::Event(_) => {}
