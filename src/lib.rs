@@ -24,3 +24,4 @@ pub mod telemetry;
 pub mod timestamp;
 pub mod tls;
 pub mod topic;
+pub mod uart;

@@ -15,16 +15,17 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::config::{FlowControl, Parity, SerialConfig};
+use super::config::{FlowControl, SerialConfig};
 use super::framer::{Frame, FrameError, Framer};
 use super::publish::Outputs;
 use super::send::{SendJob, SendOutcome};
 use crate::component::{Health, HealthReporter};
 use crate::timestamp::rfc3339;
+use crate::uart;
 
 /// Bytes read from the port at once.
 const CHUNK: usize = 4096;
@@ -63,31 +64,7 @@ impl Counters {
 
 /// Open `config`'s port with its line settings.
 pub fn open(config: &SerialConfig) -> io::Result<SerialStream> {
-    let port = tokio_serial::new(config.port.to_string_lossy(), config.baud)
-        .parity(match config.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .data_bits(match config.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        })
-        .stop_bits(if config.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        })
-        .flow_control(match config.flow_control {
-            FlowControl::None => tokio_serial::FlowControl::None,
-            FlowControl::Software => tokio_serial::FlowControl::Software,
-            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-        })
-        .open_native_async()
-        .map_err(io::Error::from)?;
-    Ok(port)
+    uart::open(&config.line_settings())
 }
 
 /// One line at run time.
