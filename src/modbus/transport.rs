@@ -182,6 +182,14 @@ impl Link {
         }
     }
 
+    /// The serial port of an RTU bus (its kernel counters are read from it).
+    pub fn serial_port(&self) -> Option<&SerialStream> {
+        match self {
+            Link::Rtu { port, .. } => Some(port),
+            Link::Tcp { .. } => None,
+        }
+    }
+
     /// Send `request` to `unit` and wait up to `timeout` for its reply. Replies to
     /// other units or earlier transactions are skipped and counted in `stray`.
     pub async fn exchange(

@@ -80,6 +80,8 @@ pub(super) struct Line {
     refused: Arc<AtomicU64>,
     /// Whether the command task still sends (reads of a closed channel are skipped).
     sends_open: bool,
+    /// The kernel's UART error counters of the port (framing, overrun, parity, break).
+    kernel: uart::KernelCounters,
     /// The template with `{prefix}` and `{name}` filled in.
     topic: String,
     status_topic: String,
@@ -113,6 +115,7 @@ impl Line {
             sends_open: true,
             topic,
             status_topic: format!("{}/status", config.base_topic()),
+            kernel: uart::KernelCounters::new(&config.port),
             config,
         }
     }
@@ -128,11 +131,13 @@ impl Line {
                     self.counters.opens += 1;
                     self.last_error = None;
                     self.framer.reset();
+                    self.kernel.opened(&port);
                     self.set_online(true, "port opened").await;
                     info!(line = %self.config.name, port = %self.config.port.display(), "Serial port opened.");
                     match self.serve(port, &mut sends, &shutdown).await {
                         End::Shutdown => break,
                         End::Lost(why) => {
+                            self.kernel.closed();
                             warn!(line = %self.config.name, port = %self.config.port.display(), error = %why, "Serial port lost; reopening.");
                             self.last_error = Some(why.clone());
                             self.set_online(false, &why).await;
@@ -203,7 +208,10 @@ impl Line {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Shutdown,
+                _ = shutdown.cancelled() => {
+                    self.kernel.update(&port);
+                    return End::Shutdown;
+                }
                 read = port.read(&mut chunk) => match read {
                     Ok(0) => return End::Lost("end of file on the port".into()),
                     Ok(n) => {
@@ -240,6 +248,7 @@ impl Line {
                     None => self.sends_open = false,
                 },
                 _ = sleep_until(next_status) => {
+                    self.kernel.update(&port);
                     self.publish_status().await;
                     next_status = Instant::now() + self.config.status_interval;
                 }
@@ -344,6 +353,7 @@ impl Line {
             "sends": c.sends,
             "sends_refused": c.sends_refused + self.refused.load(Ordering::Relaxed),
             "opens": c.opens,
+            "uart": self.kernel.to_json(),
             "last_error": self.last_error,
             "ts": rfc3339(SystemTime::now()),
         })
