@@ -19,6 +19,7 @@ pub mod gpio;
 pub mod journal;
 pub mod modbus;
 pub mod pki;
+pub mod reply;
 pub mod serial;
 pub mod telemetry;
 pub mod timestamp;
