@@ -1,6 +1,8 @@
-//! Answers to field commands (a serial line's `.../send`, a GPIO output's `.../set`):
-//! where the answer goes, taken from the command as it arrived, and its publication: a
-//! JSON document on `<command topic>/result`, and on the MQTT 5 response topic with the
+//! Field commands (a serial line's `.../send`, a GPIO output's `.../set`): the
+//! subscription that receives them with their retain flag as published (a retained
+//! command is a replay, and refused, whether it arrives live or at subscribe time), where
+//! the answer goes, taken from the command as it arrived, and its publication: a JSON
+//! document on `<command topic>/result`, and on the MQTT 5 response topic with the
 //! command's correlation data when it carried one. It must never publish an answer as
 //! anyone but the adapter that received the command (the ACL decides where it may go).
 
@@ -8,7 +10,25 @@ use bytes::Bytes;
 use tracing::warn;
 
 use crate::broker::codec::{v5, QoS};
-use crate::broker::InternalClient;
+use crate::broker::{BrokerError, InternalClient};
+
+/// Subscribe `client` to the command topic `topic` (QoS 1) with Retain As Published:
+/// without it the broker clears the retain flag of a command forwarded live, and a
+/// retained command would run once live, then be refused only when replayed.
+pub async fn subscribe_commands(
+    client: &InternalClient,
+    topic: &str,
+) -> Result<v5::SubscribeReasonCode, BrokerError> {
+    client
+        .subscribe_filter(v5::Filter {
+            path: topic.to_string(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: true,
+            retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+        })
+        .await
+}
 
 /// Where one command's answer goes.
 #[derive(Debug, Clone)]

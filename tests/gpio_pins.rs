@@ -307,6 +307,27 @@ async fn every_set_is_answered_with_the_state_or_the_precise_refusal() {
         );
     }
 
+    // A retained command is a replay, refused also when it arrives live; clearing it
+    // (an empty retained message) is refused too, as not a state.
+    operator
+        .client
+        .publish("gpio/relay/set", QoS::AtLeastOnce, true, "off")
+        .await
+        .expect("publish");
+    let a = answer(&mut operator, result).await;
+    assert!(
+        a["error"].as_str().is_some_and(|e| e.contains("retained")),
+        "{a}"
+    );
+    assert_eq!(a["state"], "on", "{a}");
+    operator
+        .client
+        .publish("gpio/relay/set", QoS::AtLeastOnce, true, "")
+        .await
+        .expect("publish");
+    let a = answer(&mut operator, result).await;
+    assert_eq!(a["ok"], false, "{a}");
+
     // The pin itself refuses (taken by another process, a driver error).
     pins.fault(27, Some("GPIO 27 is busy"));
     set(&operator, "gpio/relay/set", "toggle").await;

@@ -304,6 +304,20 @@ async fn sends_reach_the_peer_and_a_send_outside_the_allowlist_is_refused_and_au
             "{payload}: {answer}"
         );
     }
+    // Retained, the allowed payload is a replay: refused live, not only at subscribe.
+    operator
+        .client
+        .publish("serial/dev/send", QoS::AtLeastOnce, true, "ZERO")
+        .await
+        .expect("publish");
+    let answer = next_on(&mut operator, "serial/dev/send/result").await;
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retained")),
+        "{answer}"
+    );
     wait_until("both allowed sends reach the peer", || {
         peer.received().contains("PRINT 12\r\n")
     })
@@ -313,8 +327,11 @@ async fn sends_reach_the_peer_and_a_send_outside_the_allowlist_is_refused_and_au
         "TARE\r\nPRINT 12\r\n",
         "the refused send was never written"
     );
-    let status = until(&mut client, "serial/dev/status", |d| d["sends"] == 2).await;
-    assert_eq!(status["sends_refused"], 1, "{status}");
+    // Two written, two refused (the allowlist, the retained replay).
+    until(&mut client, "serial/dev/status", |d| {
+        d["sends"] == 2 && d["sends_refused"] == 2
+    })
+    .await;
     let text = log.text();
     let audit = |event: &str, needle: &str| {
         text.lines().any(|l| {

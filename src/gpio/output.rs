@@ -22,7 +22,7 @@ use super::backend::PinBackend;
 use super::config::OutputConfig;
 use super::input::word;
 use super::Outlet;
-use crate::broker::codec::{v5, QoS};
+use crate::broker::codec::v5;
 use crate::broker::{Delivery, InternalClient};
 use crate::component::{Health, HealthReporter};
 use crate::reply;
@@ -251,7 +251,7 @@ pub(super) async fn run(
     health.set(Health::Ok(format!("GPIO {pin} {}", word(initial))));
     let set = format!("{}/set", o.topic);
     if let Some(client) = &commands {
-        match client.subscribe(&set, QoS::AtLeastOnce).await {
+        match reply::subscribe_commands(client, &set).await {
             Ok(v5::SubscribeReasonCode::Success(_)) => {
                 info!(output = %o.config.name, pin, topic = %set, "GPIO output accepts commands.")
             }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::config::{SerialConfig, MAX_SEND};
 use crate::auth::Identity;
-use crate::broker::codec::{v5, QoS};
+use crate::broker::codec::v5;
 use crate::broker::{Delivery, InternalClient};
 use crate::reply;
 use crate::telemetry::audit::{Event, Kind};
@@ -175,7 +175,7 @@ pub(super) async fn receive(
     shutdown: CancellationToken,
 ) {
     let topic = format!("{}/send", config.base_topic());
-    match client.subscribe(&topic, QoS::AtLeastOnce).await {
+    match reply::subscribe_commands(&client, &topic).await {
         Ok(v5::SubscribeReasonCode::Success(_)) => {
             info!(line = %config.name, %topic, "Serial sends accepted on this topic.");
         }
