@@ -165,6 +165,13 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         options: InternalOptions,
     ) -> BoxFuture<Result<InternalClient, String>>;
+
+    /// A barrier: resolves once everything the router did before the call is in its
+    /// clients' queues (e.g. the retained messages of a subscription just acknowledged,
+    /// so that "none arrived" means "there are none"). Without a router: at once.
+    fn settled(&self) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 /// Lets a component hold back the gateway's readiness while it attaches (a bridge

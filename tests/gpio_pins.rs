@@ -2,8 +2,10 @@
 //! gateway, rumqttc clients): a bouncing contact publishes one debounced change and a
 //! glitch none; edge selection and pulse counting; outputs switched, toggled and
 //! pulsed with `for` (reverting by themselves), driven to their safe state on shutdown;
-//! a `.../set` the ACL denies never reaches the pin; a SIGHUP reload restarts only the
-//! changed pin. The same logic runs on a Pi with rppal (feature `gpio`), where only
+//! a `.../set` the ACL denies never reaches the pin; every `.../set` answered on
+//! `.../set/result` and on the MQTT 5 response topic (the state, or the precise
+//! refusal); pulse counts going on from their retained value after a restart; a SIGHUP
+//! reload restarts only the changed pin. The same logic runs on a Pi with rppal (feature `gpio`), where only
 //! the backend differs.
 
 mod support;
@@ -258,5 +260,197 @@ async fn a_reload_restarts_only_the_changed_pin() {
         [true, false],
         "the relay kept running: no restart, no safe state"
     );
+    gateway.stop().await;
+}
+
+/// The next `.../set/result` answer on `topic`, as JSON.
+async fn answer(client: &mut V5, topic: &str) -> Value {
+    serde_json::from_str(&next_on(client, topic).await).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_set_is_answered_with_the_state_or_the_precise_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gateway, pins) = start(dir.path(), "").await;
+    let mut operator = v5(gateway.addr("local"), "operator").await;
+    operator.subscribe("gpio/relay/#", QoS::AtLeastOnce).await;
+    assert_eq!(next_on(&mut operator, "gpio/relay").await, "off");
+    let result = "gpio/relay/set/result";
+
+    set(&operator, "gpio/relay/set", "on").await;
+    let a = answer(&mut operator, result).await;
+    assert_eq!(
+        (a["ok"].clone(), a["state"].clone()),
+        (true.into(), "on".into()),
+        "{a}"
+    );
+    assert!(a.get("error").is_none(), "{a}");
+
+    let refusals = [
+        ("open", "\"open\" is not a state"),
+        (r#"{"state": "on", "for": "2h"}"#, "out of range"),
+        (r#"{"state": "on", "after": "1s"}"#, "unknown field"),
+        (r#"{"for": "1s"}"#, "without \"state\""),
+    ];
+    for (payload, why) in refusals {
+        set(&operator, "gpio/relay/set", payload).await;
+        let a = answer(&mut operator, result).await;
+        assert_eq!(a["ok"], false, "{payload}: {a}");
+        let error = a["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(why),
+            "{payload}: {error:?} should say {why:?}"
+        );
+        assert_eq!(
+            a["state"], "on",
+            "{payload}: the output kept its state: {a}"
+        );
+    }
+
+    // A retained command is a replay, refused also when it arrives live; clearing it
+    // (an empty retained message) is refused too, as not a state.
+    operator
+        .client
+        .publish("gpio/relay/set", QoS::AtLeastOnce, true, "off")
+        .await
+        .expect("publish");
+    let a = answer(&mut operator, result).await;
+    assert!(
+        a["error"].as_str().is_some_and(|e| e.contains("retained")),
+        "{a}"
+    );
+    assert_eq!(a["state"], "on", "{a}");
+    operator
+        .client
+        .publish("gpio/relay/set", QoS::AtLeastOnce, true, "")
+        .await
+        .expect("publish");
+    let a = answer(&mut operator, result).await;
+    assert_eq!(a["ok"], false, "{a}");
+
+    // The pin itself refuses (taken by another process, a driver error).
+    pins.fault(27, Some("GPIO 27 is busy"));
+    set(&operator, "gpio/relay/set", "toggle").await;
+    let a = answer(&mut operator, result).await;
+    assert_eq!(a["ok"], false, "{a}");
+    assert!(
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("GPIO 27 is busy")),
+        "{a}"
+    );
+    assert_eq!(a["state"], "on", "{a}");
+    pins.fault(27, None);
+
+    // A timed pulse says how long and what follows.
+    set(
+        &operator,
+        "gpio/relay/set",
+        r#"{"state": "off", "for": "5s"}"#,
+    )
+    .await;
+    let a = answer(&mut operator, result).await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(
+        (a["state"].as_str(), a["for"].as_str(), a["then"].as_str()),
+        (Some("off"), Some("5s"), Some("on")),
+        "{a}"
+    );
+
+    // MQTT 5 request/response: the answer also goes to the response topic, with the
+    // command's correlation data.
+    let mut requester = v5(gateway.addr("local"), "requester").await;
+    requester
+        .subscribe("replies/requester", QoS::AtLeastOnce)
+        .await;
+    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        response_topic: Some("replies/requester".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"req-42")),
+        ..Default::default()
+    };
+    requester
+        .client
+        .publish_with_properties("gpio/relay/set", QoS::AtLeastOnce, false, "on", properties)
+        .await
+        .expect("publish");
+    let p = loop {
+        let p = requester.publish().await;
+        if p.topic.as_ref() == b"replies/requester" {
+            break p;
+        }
+    };
+    let a: Value = serde_json::from_slice(&p.payload).expect("JSON");
+    assert_eq!(
+        (a["ok"].clone(), a["state"].clone()),
+        (true.into(), "on".into()),
+        "{a}"
+    );
+    let correlation = p.properties.and_then(|p| p.correlation_data);
+    assert_eq!(correlation.as_deref(), Some(&b"req-42"[..]));
+    // The refused and failed commands never reached the pin: off (high), on, off
+    // (timed), on.
+    assert_eq!(pins.writes(27), [true, false, true, false]);
+    gateway.stop().await;
+}
+
+/// `n` rising edges on the meter input (`count = true`), 40 ms apart.
+async fn pulses(pins: &FakePins, n: usize) {
+    for _ in 0..n {
+        pins.set(23, true);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        pins.set(23, false);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulse_count_goes_on_from_its_retained_value_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gateway, pins) = start(dir.path(), "").await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("gpio/meter/count", QoS::AtLeastOnce).await;
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "0");
+    pulses(&pins, 3).await;
+    for n in ["1", "2", "3"] {
+        assert_eq!(next_on(&mut client, "gpio/meter/count").await, n);
+    }
+    drop(client);
+    gateway.stop().await;
+
+    // The restarted gateway loads the retained count from its data_dir; the input
+    // counts on from it.
+    let (gateway, pins) = start(dir.path(), "").await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("gpio/meter/count", QoS::AtLeastOnce).await;
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "3");
+    pulses(&pins, 2).await;
+    // The restored "3" may come twice: loaded from disk, then republished by the input.
+    let mut next = next_on(&mut client, "gpio/meter/count").await;
+    if next == "3" {
+        next = next_on(&mut client, "gpio/meter/count").await;
+    }
+    assert_eq!(next, "4");
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "5");
+
+    // A count someone else wrote is not taken: a reload that restarts the meter (its
+    // debounce changes) starts it at 0, not at the forged value.
+    client
+        .client
+        .publish("gpio/meter/count", QoS::AtLeastOnce, true, "1000")
+        .await
+        .expect("publish");
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "1000");
+    let body = format!(
+        "{LISTENER}{}",
+        PINS.replace("debounce = \"5ms\"", "debounce = \"6ms\"")
+    );
+    support::gateway::write_config(
+        dir.path(),
+        &format!("sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{body}"),
+    );
+    gateway.reload.reload().await.expect("reload accepted");
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "0");
+    pulses(&pins, 1).await;
+    assert_eq!(next_on(&mut client, "gpio/meter/count").await, "1");
     gateway.stop().await;
 }

@@ -150,6 +150,8 @@ async fn crc_errors_are_counted_and_retried() {
     .await;
     let doc = json_of(&doc);
     assert_eq!(doc["connected"], json!(true), "{doc}");
+    // A pty's driver keeps no UART counters (TIOCGICOUNT): said so, not left out.
+    assert_eq!(doc["uart"], json!("unsupported"), "{doc}");
     assert!(
         doc["utilisation"]
             .as_f64()
@@ -310,6 +312,12 @@ async fn rts_refused_by_the_port_is_said_once_and_the_bus_keeps_working() {
         .filter(|l| l.contains("refuses to set RTS") && l.contains(&device))
         .count();
     assert_eq!(refusals, 1, "said once for {device}:\n{}", log.text());
+    let no_counters = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("keeps no UART error counters") && l.contains(&device))
+        .count();
+    assert_eq!(no_counters, 1, "said once for {device}:\n{}", log.text());
 }
 
 /// Requests the silence test waits for (`TOLLGATE_MODBUS_FRAMES`, default 60).

@@ -5,7 +5,8 @@
 //! publish queue counted as overruns, never reordered; allowlisted sends reaching
 //! the peer, a send outside the allowlist refused, answered and audited (and never
 //! written); the pty removed and re-created while running (status offline → online,
-//! frames resume).
+//! frames resume); a pty's missing kernel UART counters reported as unsupported, and
+//! said once across reopens.
 //!
 //! `TOLLGATE_SERIAL_BURSTS` sets the number of 1,000-line bursts of the burst test
 //! (default 1; a long run: 100).
@@ -90,6 +91,10 @@ impl Peer {
         String::from_utf8_lossy(&self.got.lock().expect("lock")).into_owned()
     }
 }
+
+/// The one log capture of this binary (the first test to ask installs it): audit lines
+/// and the UART counter notices.
+const LOG_FILTER: &str = "audit=info,tollgate::uart=info";
 
 /// The gateway's configuration: a local listener whose slow subscribers hold back the
 /// publisher (the adapter) instead of losing messages, so that every frame the adapter
@@ -276,7 +281,7 @@ async fn regex_captures_become_fields_and_topic_levels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_reach_the_peer_and_a_send_outside_the_allowlist_is_refused_and_audited() {
-    let log = support::logs::global("audit=info");
+    let log = support::logs::global(LOG_FILTER);
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = "send_allow = 'TARE|ZERO|PRINT [0-9]{1,3}'\nsend_suffix = \"\\r\\n\"\nsend_interval = \"0s\"\n";
     let Some((_pty, gateway, mut client, peer)) = setup(dir.path(), extra).await else {
@@ -299,6 +304,20 @@ async fn sends_reach_the_peer_and_a_send_outside_the_allowlist_is_refused_and_au
             "{payload}: {answer}"
         );
     }
+    // Retained, the allowed payload is a replay: refused live, not only at subscribe.
+    operator
+        .client
+        .publish("serial/dev/send", QoS::AtLeastOnce, true, "ZERO")
+        .await
+        .expect("publish");
+    let answer = next_on(&mut operator, "serial/dev/send/result").await;
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retained")),
+        "{answer}"
+    );
     wait_until("both allowed sends reach the peer", || {
         peer.received().contains("PRINT 12\r\n")
     })
@@ -308,8 +327,11 @@ async fn sends_reach_the_peer_and_a_send_outside_the_allowlist_is_refused_and_au
         "TARE\r\nPRINT 12\r\n",
         "the refused send was never written"
     );
-    let status = until(&mut client, "serial/dev/status", |d| d["sends"] == 2).await;
-    assert_eq!(status["sends_refused"], 1, "{status}");
+    // Two written, two refused (the allowlist, the retained replay).
+    until(&mut client, "serial/dev/status", |d| {
+        d["sends"] == 2 && d["sends_refused"] == 2
+    })
+    .await;
     let text = log.text();
     let audit = |event: &str, needle: &str| {
         text.lines().any(|l| {
@@ -349,6 +371,48 @@ async fn an_unplugged_port_goes_offline_and_frames_resume_when_it_returns() {
     peer.write(b"after\n").await;
     assert_eq!(next_on(&mut client, "serial/dev/rx").await["line"], "after");
     gateway.stop().await;
+    drop(pty);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_has_no_uart_counters_which_is_said_once_across_reopens() {
+    let log = support::logs::global(LOG_FILTER);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((pty, gateway, mut client, peer)) = setup(dir.path(), "").await else {
+        return;
+    };
+    let device = pty.device.display().to_string();
+    // The kernel's counters (TIOCGICOUNT): a pty's driver keeps none; the status and
+    // $SYS say "unsupported" instead of leaving them out or showing zeros.
+    let status = until(&mut client, "serial/dev/status", |d| d["online"] == true).await;
+    assert_eq!(status["uart"], "unsupported", "{status}");
+    let mut sys = v5(gateway.addr("local"), "sys").await;
+    sys.subscribe("$SYS/tollgate/serial/dev/state", QoS::AtLeastOnce)
+        .await;
+    let state = next_on(&mut sys, "$SYS/tollgate/serial/dev/state").await;
+    assert_eq!(state["uart"], "unsupported", "{state}");
+    // Unplugged and back: reopened, still unsupported, and not said again.
+    drop(peer);
+    pty.unplug();
+    until(&mut client, "serial/dev/status", |d| d["online"] == false).await;
+    let pty = PtyPair::start(dir.path(), "tty").expect("socat still there");
+    let online = until(&mut client, "serial/dev/status", |d| {
+        d["online"] == true && d["opens"] == 2
+    })
+    .await;
+    assert_eq!(online["uart"], "unsupported", "{online}");
+    // Several status intervals (1 s) pass: each reads the counters again, or would.
+    until(&mut client, "serial/dev/status", |d| {
+        d["ts"] != online["ts"] && d["opens"] == 2
+    })
+    .await;
+    gateway.stop().await;
+    let said = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("keeps no UART error counters") && l.contains(&device))
+        .count();
+    assert_eq!(said, 1, "said once for {device}:\n{}", log.text());
     drop(pty);
 }
 

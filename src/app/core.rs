@@ -39,6 +39,11 @@ pub trait Core: Send + Sync + 'static {
     ) -> BoxFuture<Result<InternalClient, String>> {
         Box::pin(async { Err("this core has no in-process clients".to_string()) })
     }
+    /// Resolves once every message routed before the call is in its clients' queues
+    /// (see [`Connector::settled`]). Cores without a router: at once.
+    fn settled(&self) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 /// Components reach the broker through the core's in-process clients.
@@ -50,6 +55,10 @@ impl Connector for CoreConnector {
         options: InternalOptions,
     ) -> BoxFuture<Result<InternalClient, String>> {
         self.0.connect_internal(options)
+    }
+
+    fn settled(&self) -> BoxFuture<()> {
+        self.0.settled()
     }
 }
 
@@ -100,6 +109,14 @@ impl Core for BrokerCore {
                 .connect_internal(options)
                 .await
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn settled(&self) -> BoxFuture<()> {
+        let broker = self.broker.clone();
+        // The router answers a ping after handing out what it routed before it.
+        Box::pin(async move {
+            let _ = broker.ping().await;
         })
     }
 

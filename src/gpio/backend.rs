@@ -137,6 +137,8 @@ struct FakePin {
     edges: Option<mpsc::Sender<EdgeEvent>>,
     /// Every level an output was driven to, in order.
     writes: Vec<bool>,
+    /// Set by a test: writes to the pin fail with this error.
+    fault: Option<String>,
 }
 
 /// Pins in memory, driven by a test: [`FakePins::set`] changes an input's level (an
@@ -184,6 +186,12 @@ impl FakePins {
             .get(&pin)
             .map(|p| p.writes.clone())
             .unwrap_or_default()
+    }
+
+    /// Make writes to output `pin` fail with `error` (a driver error, a pin taken by
+    /// another process), or succeed again with `None`.
+    pub fn fault(&self, pin: u8, error: Option<&str>) {
+        self.lock().entry(pin).or_default().fault = error.map(str::to_string);
     }
 
     /// The current level of `pin`.
@@ -235,6 +243,9 @@ impl PinBackend for FakePins {
             .get_mut(&pin)
             .filter(|p| p.mode == Some(Err(())))
             .ok_or(format!("GPIO {pin} is not an output"))?;
+        if let Some(e) = &p.fault {
+            return Err(e.clone());
+        }
         p.level = level;
         p.writes.push(level);
         Ok(())

@@ -4,6 +4,11 @@
 //! counted as a glitch). The selected changes (`edge`) are published retained on
 //! `<prefix>/<name>` as `on`/`off` and counted on `<prefix>/<name>/count`; the state is
 //! also published every `interval` when set. The `$SYS` document has the counters.
+//!
+//! A pulse count goes on from where it was: at start the input reads its own retained
+//! count (the broker's retained store outlives restarts when `data_dir` persists it)
+//! and counts on from it. A count published by anyone but the adapter is not taken,
+//! nor one that is not a number; then, or with no retained count, it starts at 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,11 @@ use tracing::{info, warn};
 use super::backend::PinBackend;
 use super::config::{Edge, InputConfig};
 use super::Outlet;
-use crate::component::{Health, HealthReporter};
+use crate::auth::Identity;
+use crate::broker::codec::{v5, QoS};
+use crate::broker::InternalOptions;
+use crate::component::{Connector, Health, HealthReporter};
+use crate::telemetry::limit::LogStr;
 
 /// Edges buffered between the backend and the task (more are dropped: the level is
 /// read again when it settles, so only pulse counts can miss them).
@@ -56,10 +65,77 @@ pub fn selected(edge: Edge, on: bool) -> bool {
     }
 }
 
-/// Run input `config` until `shutdown`.
+/// The count to go on from: the retained message on `count_topic`, read under the
+/// adapter's `identity` (so the ACL must let it read its count topic), if the adapter
+/// published it (or the broker restored it from disk, where publishers are not kept).
+pub(super) async fn restored_count(
+    broker: &dyn Connector,
+    identity: &Identity,
+    count_topic: &str,
+    input: &str,
+) -> u64 {
+    let reader = Identity {
+        client_id: format!("{}:restore", identity.client_id),
+        ..identity.clone()
+    };
+    let mut client = match broker.connect_internal(InternalOptions::new(reader)).await {
+        Ok(c) => c,
+        Err(reason) => {
+            warn!(%input, %reason, "GPIO pulse count starts at 0: no in-process connection to read the retained count.");
+            return 0;
+        }
+    };
+    let found = match client.subscribe(count_topic, QoS::AtMostOnce).await {
+        Ok(v5::SubscribeReasonCode::Success(_)) => {
+            broker.settled().await;
+            // Settled: a retained count is in the client's queue now, or there is none.
+            tokio::task::unconstrained(async {
+                tokio::select! {
+                    biased;
+                    d = client.recv() => d,
+                    _ = std::future::ready(()) => None,
+                }
+            })
+            .await
+        }
+        other => {
+            warn!(%input, topic = %count_topic, result = ?other, "GPIO pulse count starts at 0: the ACL does not let the adapter read its count topic.");
+            None
+        }
+    };
+    client.disconnect().await;
+    let Some(d) = found else {
+        info!(%input, topic = %count_topic, "GPIO pulse count starts at 0: no retained count.");
+        return 0;
+    };
+    let own = d
+        .publisher
+        .as_deref()
+        .is_none_or(|p| p.username == identity.username);
+    let value = std::str::from_utf8(&d.payload)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    match (own, value) {
+        (true, Some(n)) => {
+            info!(%input, count = n, "GPIO pulse count restored from its retained topic.");
+            n
+        }
+        (false, _) => {
+            warn!(%input, topic = %count_topic, publisher = ?d.publisher.as_deref().map(|p| &p.client_id), "GPIO pulse count starts at 0: the retained count was not published by the adapter (grant write on the count topic to the adapter only).");
+            0
+        }
+        (true, None) => {
+            warn!(%input, topic = %count_topic, payload = %LogStr(&String::from_utf8_lossy(&d.payload[..d.payload.len().min(64)])), "GPIO pulse count starts at 0: the retained count is not a number.");
+            0
+        }
+    }
+}
+
+/// Run input `config` until `shutdown`, counting pulses on from `count`.
 pub(super) async fn run(
     config: InputConfig,
     topic: String,
+    count: u64,
     backend: Arc<dyn PinBackend>,
     out: Outlet,
     health: HealthReporter,
@@ -85,10 +161,13 @@ pub(super) async fn run(
     info!(input = %config.name, pin, state = word(state), "GPIO input started.");
     health.set(Health::Ok(format!("GPIO {pin} {}", word(state))));
     let count_topic = format!("{topic}/count");
-    let mut c = Counters::default();
+    let mut c = Counters {
+        count,
+        ..Counters::default()
+    };
     out.data(&topic, word(state), true).await;
     if config.count {
-        out.data(&count_topic, "0", true).await;
+        out.data(&count_topic, &c.count.to_string(), true).await;
     }
     let mut settle: Option<Instant> = None;
     let mut next_interval = (!config.interval.is_zero()).then(|| Instant::now() + config.interval);

@@ -187,7 +187,12 @@ impl Component for Gpio {
             let topic = settings.topic();
             match settings {
                 PinSettings::Input { config, .. } => {
-                    input::run(config, topic, backend, out, ctx.health.clone(), ctx.shutdown.clone()).await;
+                    let count = if config.count {
+                        input::restored_count(&*ctx.broker, &identity, &format!("{topic}/count"), &name).await
+                    } else {
+                        0
+                    };
+                    input::run(config, topic, count, backend, out, ctx.health.clone(), ctx.shutdown.clone()).await;
                 }
                 PinSettings::Output { config, .. } => {
                     let commands = Identity { client_id: format!("adapter:{name}:set"), ..identity };

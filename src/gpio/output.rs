@@ -4,8 +4,11 @@
 //! `for` (at most `max_for`) reverts to the state before the command when it ends,
 //! unless another command came first. Every state is echoed retained on
 //! `<prefix>/<name>`, every command audited with its writer's identity, retained
-//! commands are refused (a replay is not a command). On shutdown the output is driven
-//! to its `safe` state, whatever happened before.
+//! commands are refused (a replay is not a command). Every command is answered on
+//! `<prefix>/<name>/set/result` (and the MQTT 5 response topic, with its correlation
+//! data): `{"ok": true, "state": ..}` with the resulting state, or `{"ok": false,
+//! "error": ..}` with the precise refusal and the state the output kept. On shutdown the
+//! output is driven to its `safe` state, whatever happened before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +22,10 @@ use super::backend::PinBackend;
 use super::config::OutputConfig;
 use super::input::word;
 use super::Outlet;
-use crate::broker::codec::{v5, QoS};
+use crate::broker::codec::v5;
 use crate::broker::{Delivery, InternalClient};
 use crate::component::{Health, HealthReporter};
+use crate::reply;
 use crate::telemetry::audit::{Event, Kind};
 use crate::telemetry::limit::LogStr;
 
@@ -108,6 +112,8 @@ struct Output {
     revert: Option<(Instant, bool)>,
     commands: u64,
     refused: u64,
+    /// Commands the backend did not carry out (the pin refused the write).
+    failed: u64,
 }
 
 impl Output {
@@ -118,7 +124,7 @@ impl Output {
         Ok(())
     }
 
-    /// Apply one delivered command; audit it.
+    /// Apply one delivered command; audit and answer it.
     async fn command(&mut self, delivery: &Delivery) {
         let asked = LogStr(&String::from_utf8_lossy(
             &delivery.payload[..delivery.payload.len().min(64)],
@@ -139,9 +145,11 @@ impl Output {
                 _ => Ok((c, d)),
             })
         };
+        let mut answer = json!({ "ok": false });
         let (kind, outcome, reason) = match result {
             Err(why) => {
                 self.refused += 1;
+                answer["error"] = why.as_str().into();
                 (
                     Kind::FieldWriteRefused,
                     "refused",
@@ -161,13 +169,22 @@ impl Output {
                         let timed = duration.map_or(String::new(), |d| {
                             format!(" for {}", crate::duration::format(d))
                         });
+                        answer["ok"] = true.into();
+                        if let Some(d) = duration {
+                            answer["for"] = crate::duration::format(d).into();
+                            answer["then"] = word(before).into();
+                        }
                         (
                             Kind::FieldWrite,
                             "success",
                             format!("command {asked}: {}{timed}", word(on)),
                         )
                     }
-                    Err(e) => (Kind::FieldWrite, "failure", format!("command {asked}: {e}")),
+                    Err(e) => {
+                        self.failed += 1;
+                        answer["error"] = format!("the pin refused: {e}").into();
+                        (Kind::FieldWrite, "failure", format!("command {asked}: {e}"))
+                    }
                 }
             }
         };
@@ -180,6 +197,10 @@ impl Output {
             None => event.client_id("<unknown publisher>"),
         }
         .emit();
+        answer["state"] = word(self.state).into();
+        answer["ts"] = crate::timestamp::rfc3339(std::time::SystemTime::now()).into();
+        let to = reply::Address::of(&delivery.topic, delivery.properties.as_ref());
+        reply::publish(&self.out.data, &to, answer.to_string(), "GPIO set").await;
     }
 
     fn doc(&self) -> String {
@@ -189,6 +210,7 @@ impl Output {
             "state": word(self.state),
             "commands": self.commands,
             "refused": self.refused,
+            "failed": self.failed,
             "timed": self.revert.is_some(),
             "ts": crate::timestamp::rfc3339(std::time::SystemTime::now()),
         })
@@ -222,13 +244,14 @@ pub(super) async fn run(
         revert: None,
         commands: 0,
         refused: 0,
+        failed: 0,
         config,
     };
     o.out.data(&o.topic, word(initial), true).await;
     health.set(Health::Ok(format!("GPIO {pin} {}", word(initial))));
     let set = format!("{}/set", o.topic);
     if let Some(client) = &commands {
-        match client.subscribe(&set, QoS::AtLeastOnce).await {
+        match reply::subscribe_commands(client, &set).await {
             Ok(v5::SubscribeReasonCode::Success(_)) => {
                 info!(output = %o.config.name, pin, topic = %set, "GPIO output accepts commands.")
             }

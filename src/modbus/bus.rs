@@ -76,10 +76,14 @@ enum PollEnd {
 impl Bus {
     pub fn new(config: ModbusConfig, reporter: HealthReporter, out: Outputs) -> Self {
         let now = Instant::now();
+        let endpoint = Endpoint::of(&config);
         let devices = devices(&config, now);
-        let health = BusHealth::new(devices.iter().map(|d| d.name.as_str()));
+        let mut health = BusHealth::new(devices.iter().map(|d| d.name.as_str()));
+        if let Endpoint::Rtu { path, .. } = &endpoint {
+            health.uart = Some(crate::uart::KernelCounters::new(path));
+        }
         Bus {
-            endpoint: Endpoint::of(&config),
+            endpoint,
             devices,
             health,
             link: None,
@@ -204,6 +208,10 @@ impl Bus {
         .await
         {
             Ok(link) => {
+                if let (Some(kernel), Some(port)) = (self.health.uart.as_mut(), link.serial_port())
+                {
+                    kernel.opened(port);
+                }
                 self.link = Some(link);
                 let now = Instant::now();
                 for d in &mut self.devices {
@@ -231,6 +239,9 @@ impl Bus {
     }
 
     fn close(&mut self, why: &str) {
+        if let Some(kernel) = self.health.uart.as_mut() {
+            kernel.closed();
+        }
         if self.link.take().is_some() {
             warn!(bus = %self.config.name, endpoint = %self.endpoint.label(), error = %why, "Modbus bus lost; reopening.");
         }
@@ -468,6 +479,12 @@ impl Bus {
 
     async fn publish_status(&mut self) {
         self.health.roll(Instant::now());
+        if let (Some(kernel), Some(port)) = (
+            self.health.uart.as_mut(),
+            self.link.as_ref().and_then(Link::serial_port),
+        ) {
+            kernel.update(port);
+        }
         let doc = self.health.to_json(&self.config.name);
         let topic = format!("{}/status", self.config.topic_prefix);
         self.out.publish(&topic, doc.clone(), true).await;

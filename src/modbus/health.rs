@@ -2,7 +2,9 @@
 //! exchange and a JSON document it publishes (`<prefix>/status` and
 //! `$SYS/tollgate/modbus/<name>/state`): per device online/offline, latency p50/p99
 //! over the last exchanges, requests, timeouts, CRC errors, exceptions by code, stray
-//! frames and the last error; per bus the share of time the wire was busy.
+//! frames and the last error; per bus the share of time the wire was busy and, for RTU,
+//! the kernel's UART error counts (framing, overrun, parity, break: `uart`, "unsupported"
+//! on a pty).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -83,6 +85,8 @@ pub struct BusHealth {
     pub opens: u64,
     /// Last open error.
     pub open_error: Option<String>,
+    /// RTU: the kernel's UART error counters of the port (None for TCP).
+    pub uart: Option<crate::uart::KernelCounters>,
     busy: Duration,
     window_start: Instant,
     utilisation: f64,
@@ -98,6 +102,7 @@ impl BusHealth {
             connected: false,
             opens: 0,
             open_error: None,
+            uart: None,
             busy: Duration::ZERO,
             window_start: Instant::now(),
             utilisation: 0.0,
@@ -129,7 +134,7 @@ impl BusHealth {
 
     /// The status document.
     pub fn to_json(&self, bus: &str) -> String {
-        json!({
+        let mut doc = json!({
             "bus": bus,
             "connected": self.connected,
             "opens": self.opens,
@@ -137,8 +142,11 @@ impl BusHealth {
             "utilisation": (self.utilisation * 10_000.0).round() / 10_000.0,
             "devices": self.devices.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
             "ts": crate::timestamp::rfc3339(std::time::SystemTime::now()),
-        })
-        .to_string()
+        });
+        if let Some(uart) = &self.uart {
+            doc["uart"] = uart.to_json();
+        }
+        doc.to_string()
     }
 }
 
@@ -168,5 +176,15 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&b.to_json("plant")).expect("JSON");
         assert_eq!(doc["utilisation"], 0.25);
         assert_eq!(doc["devices"]["a"]["timeouts"], 0);
+        assert!(doc.get("uart").is_none(), "a TCP bus has no UART: {doc}");
+        b.uart = Some(crate::uart::KernelCounters::new(std::path::Path::new(
+            "/dev/ttyUSB0",
+        )));
+        let doc: serde_json::Value = serde_json::from_str(&b.to_json("plant")).expect("JSON");
+        assert_eq!(
+            doc["uart"],
+            serde_json::Value::Null,
+            "not opened yet: {doc}"
+        );
     }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
-use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 
 use super::config::{ModbusConfig, Parity, Rs485Config, TransportKind};
 use super::direction::Direction;
 use super::frame::{self, FrameError, Request, Response};
+use crate::uart;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -157,24 +158,18 @@ impl Link {
                 stop_bits,
                 rs485,
             } => {
-                let port = tokio_serial::new(path.to_string_lossy(), *baud)
-                    .parity(match parity {
-                        Parity::None => tokio_serial::Parity::None,
-                        Parity::Even => tokio_serial::Parity::Even,
-                        Parity::Odd => tokio_serial::Parity::Odd,
-                    })
-                    .data_bits(if *data_bits == 7 {
-                        tokio_serial::DataBits::Seven
-                    } else {
-                        tokio_serial::DataBits::Eight
-                    })
-                    .stop_bits(if *stop_bits == 2 {
-                        tokio_serial::StopBits::Two
-                    } else {
-                        tokio_serial::StopBits::One
-                    })
-                    .open_native_async()
-                    .map_err(io::Error::from)?;
+                let port = uart::open(&uart::LineSettings {
+                    path,
+                    baud: *baud,
+                    parity: match parity {
+                        Parity::None => uart::Parity::None,
+                        Parity::Even => uart::Parity::Even,
+                        Parity::Odd => uart::Parity::Odd,
+                    },
+                    data_bits: *data_bits,
+                    stop_bits: *stop_bits,
+                    flow_control: uart::FlowControl::None,
+                })?;
                 port.clear(ClearBuffer::All).map_err(io::Error::from)?;
                 Ok(Link::Rtu {
                     port,
@@ -184,6 +179,14 @@ impl Link {
                     direction: Direction::new(*rs485, path.display().to_string()),
                 })
             }
+        }
+    }
+
+    /// The serial port of an RTU bus (its kernel counters are read from it).
+    pub fn serial_port(&self) -> Option<&SerialStream> {
+        match self {
+            Link::Rtu { port, .. } => Some(port),
+            Link::Tcp { .. } => None,
         }
     }
 

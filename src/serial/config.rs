@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::duration;
 pub use crate::findings::Finding;
 use crate::findings::Findings;
+use crate::uart;
 
 /// Largest `max_length` (bytes of one line) and `frame_length` accepted.
 pub const MAX_FRAME: usize = 65_536;
@@ -223,6 +224,26 @@ impl SerialConfig {
                 _ => Framing::Line,
             },
             _ => Framing::Line,
+        }
+    }
+
+    /// The port's path and line settings, to open it.
+    pub fn line_settings(&self) -> uart::LineSettings<'_> {
+        uart::LineSettings {
+            path: &self.port,
+            baud: self.baud,
+            parity: match self.parity {
+                Parity::None => uart::Parity::None,
+                Parity::Even => uart::Parity::Even,
+                Parity::Odd => uart::Parity::Odd,
+            },
+            data_bits: self.data_bits,
+            stop_bits: self.stop_bits,
+            flow_control: match self.flow_control {
+                FlowControl::None => uart::FlowControl::None,
+                FlowControl::Software => uart::FlowControl::Software,
+                FlowControl::Hardware => uart::FlowControl::Hardware,
+            },
         }
     }
 

@@ -15,16 +15,17 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::config::{FlowControl, Parity, SerialConfig};
+use super::config::{FlowControl, SerialConfig};
 use super::framer::{Frame, FrameError, Framer};
 use super::publish::Outputs;
 use super::send::{SendJob, SendOutcome};
 use crate::component::{Health, HealthReporter};
 use crate::timestamp::rfc3339;
+use crate::uart;
 
 /// Bytes read from the port at once.
 const CHUNK: usize = 4096;
@@ -63,31 +64,7 @@ impl Counters {
 
 /// Open `config`'s port with its line settings.
 pub fn open(config: &SerialConfig) -> io::Result<SerialStream> {
-    let port = tokio_serial::new(config.port.to_string_lossy(), config.baud)
-        .parity(match config.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .data_bits(match config.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        })
-        .stop_bits(if config.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        })
-        .flow_control(match config.flow_control {
-            FlowControl::None => tokio_serial::FlowControl::None,
-            FlowControl::Software => tokio_serial::FlowControl::Software,
-            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-        })
-        .open_native_async()
-        .map_err(io::Error::from)?;
-    Ok(port)
+    uart::open(&config.line_settings())
 }
 
 /// One line at run time.
@@ -103,6 +80,8 @@ pub(super) struct Line {
     refused: Arc<AtomicU64>,
     /// Whether the command task still sends (reads of a closed channel are skipped).
     sends_open: bool,
+    /// The kernel's UART error counters of the port (framing, overrun, parity, break).
+    kernel: uart::KernelCounters,
     /// The template with `{prefix}` and `{name}` filled in.
     topic: String,
     status_topic: String,
@@ -136,6 +115,7 @@ impl Line {
             sends_open: true,
             topic,
             status_topic: format!("{}/status", config.base_topic()),
+            kernel: uart::KernelCounters::new(&config.port),
             config,
         }
     }
@@ -151,11 +131,13 @@ impl Line {
                     self.counters.opens += 1;
                     self.last_error = None;
                     self.framer.reset();
+                    self.kernel.opened(&port);
                     self.set_online(true, "port opened").await;
                     info!(line = %self.config.name, port = %self.config.port.display(), "Serial port opened.");
                     match self.serve(port, &mut sends, &shutdown).await {
                         End::Shutdown => break,
                         End::Lost(why) => {
+                            self.kernel.closed();
                             warn!(line = %self.config.name, port = %self.config.port.display(), error = %why, "Serial port lost; reopening.");
                             self.last_error = Some(why.clone());
                             self.set_online(false, &why).await;
@@ -226,7 +208,10 @@ impl Line {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Shutdown,
+                _ = shutdown.cancelled() => {
+                    self.kernel.update(&port);
+                    return End::Shutdown;
+                }
                 read = port.read(&mut chunk) => match read {
                     Ok(0) => return End::Lost("end of file on the port".into()),
                     Ok(n) => {
@@ -263,6 +248,7 @@ impl Line {
                     None => self.sends_open = false,
                 },
                 _ = sleep_until(next_status) => {
+                    self.kernel.update(&port);
                     self.publish_status().await;
                     next_status = Instant::now() + self.config.status_interval;
                 }
@@ -367,6 +353,7 @@ impl Line {
             "sends": c.sends,
             "sends_refused": c.sends_refused + self.refused.load(Ordering::Relaxed),
             "opens": c.opens,
+            "uart": self.kernel.to_json(),
             "last_error": self.last_error,
             "ts": rfc3339(SystemTime::now()),
         })

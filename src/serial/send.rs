@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +16,9 @@ use tracing::{info, warn};
 
 use super::config::{SerialConfig, MAX_SEND};
 use crate::auth::Identity;
-use crate::broker::codec::{v5, QoS};
+use crate::broker::codec::v5;
 use crate::broker::{Delivery, InternalClient};
+use crate::reply;
 use crate::telemetry::audit::{Event, Kind};
 use crate::telemetry::limit::LogStr;
 
@@ -27,10 +27,8 @@ use crate::telemetry::limit::LogStr;
 pub struct ReplyTo {
     /// `<prefix>/<name>/send`.
     pub topic: String,
-    /// MQTT 5 response topic.
-    pub response_topic: Option<String>,
-    /// MQTT 5 correlation data.
-    pub correlation: Option<Bytes>,
+    /// Where the answer goes: `<...>/send/result` and the MQTT 5 response topic.
+    pub to: reply::Address,
     /// The publisher of the command.
     pub writer: Option<Arc<Identity>>,
     /// The payload, escaped and cut for the audit line.
@@ -95,27 +93,7 @@ pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &S
         None => event.client_id("<unknown publisher>"),
     }
     .emit();
-    let payload = doc.to_string();
-    let result_topic = format!("{}/result", reply.topic);
-    if let Err(e) = client
-        .publish(&result_topic, payload.clone(), QoS::AtMostOnce, false)
-        .await
-    {
-        warn!(topic = %result_topic, reason = %e, "Serial send result not published.");
-    }
-    if let Some(response) = &reply.response_topic {
-        let properties = v5::PublishProperties {
-            correlation_data: reply.correlation.clone(),
-            content_type: Some("application/json".into()),
-            ..Default::default()
-        };
-        if let Err(e) = client
-            .publish_with(response, payload, QoS::AtMostOnce, false, Some(properties))
-            .await
-        {
-            warn!(topic = %response, reason = %e, "Serial send response not published.");
-        }
-    }
+    reply::publish(client, &reply.to, doc.to_string(), "Serial send").await;
 }
 
 /// The checks of one line's sends.
@@ -177,8 +155,7 @@ fn reply_of(delivery: &mut Delivery) -> ReplyTo {
     let props = delivery.properties.take();
     ReplyTo {
         topic: delivery.topic.clone(),
-        response_topic: props.as_ref().and_then(|p| p.response_topic.clone()),
-        correlation: props.as_ref().and_then(|p| p.correlation_data.clone()),
+        to: reply::Address::of(&delivery.topic, props.as_ref()),
         writer: delivery.publisher.clone(),
         asked: LogStr(&String::from_utf8_lossy(
             &delivery.payload[..delivery.payload.len().min(64)],
@@ -198,7 +175,7 @@ pub(super) async fn receive(
     shutdown: CancellationToken,
 ) {
     let topic = format!("{}/send", config.base_topic());
-    match client.subscribe(&topic, QoS::AtLeastOnce).await {
+    match reply::subscribe_commands(&client, &topic).await {
         Ok(v5::SubscribeReasonCode::Success(_)) => {
             info!(line = %config.name, %topic, "Serial sends accepted on this topic.");
         }
