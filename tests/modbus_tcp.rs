@@ -409,6 +409,48 @@ async fn guarded_writes_are_answered_and_audited() {
             .is_some_and(|e| e.contains("not a value")),
         "{refused}"
     );
+    // A retained command published live is refused like one replayed at subscribe time.
+    writer
+        .client
+        .publish_with_properties(
+            "plant/m1/setpoint/set",
+            QoS::AtLeastOnce,
+            true,
+            "42",
+            PublishProperties {
+                response_topic: Some("reply/op".into()),
+                correlation_data: Some("c6".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("publish queued");
+    let (got, refused) = answer(&mut writer).await;
+    assert_eq!(got, "c6");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retained command not executed")),
+        "{refused}"
+    );
+    // Its clearing (an empty retained PUBLISH) is a retained command too: refused.
+    writer
+        .client
+        .publish_with_properties(
+            "plant/m1/setpoint/set",
+            QoS::AtLeastOnce,
+            true,
+            "",
+            PublishProperties {
+                response_topic: Some("reply/op".into()),
+                correlation_data: Some("c7".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("publish queued");
+    let (got, refused) = answer(&mut writer).await;
+    assert_eq!((got.as_str(), refused["ok"].clone()), ("c7", json!(false)));
     // ACL-denied: the broker refuses the PUBLISH (v5 PUBACK 0x87); the adapter never sees it.
     writer
         .client

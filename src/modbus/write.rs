@@ -343,7 +343,9 @@ pub(super) async fn receive(
     shutdown: CancellationToken,
 ) {
     let filter = format!("{}/+/+/set", config.topic_prefix);
-    match client.subscribe(&filter, QoS::AtLeastOnce).await {
+    // Retain As Published: a retained command is refused whether it arrives live or at
+    // subscribe time (the broker clears the flag of live deliveries otherwise).
+    match crate::reply::subscribe_commands(&client, &filter).await {
         Ok(v5::SubscribeReasonCode::Success(_)) => {
             info!(bus = %config.name, %filter, "Modbus writes accepted on this filter.");
         }
