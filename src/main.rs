@@ -18,6 +18,28 @@ use tollgate::telemetry::{self, LogFormat};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A worker thread going idle gives back what its allocator heap holds without using it
+/// (pages freed by other threads stay with the thread that allocated them until it
+/// allocates again or collects), at most once a second per thread so that a busy
+/// broker, whose workers park and wake all the time, does not pay for it.
+#[cfg(feature = "mimalloc")]
+fn collect_when_idle() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+    {
+        return;
+    }
+    LAST.set(Some(now));
+    tollgate_sys::allocator::collect();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -75,10 +97,11 @@ fn run(log: Option<LogFormat>, args: &ConfigArgs) -> u8 {
         warn!(warning = %warning, "Configuration warning.");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(feature = "mimalloc")]
+    builder.on_thread_park(collect_when_idle);
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             error!(reason = %e, "Cannot start the async runtime.");

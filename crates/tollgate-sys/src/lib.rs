@@ -10,6 +10,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 

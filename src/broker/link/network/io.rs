@@ -17,6 +17,13 @@ pub(super) const READ_BUFFER: usize = 1024;
 /// Write buffers above this capacity are released when empty, so a burst does not pin memory.
 pub(super) const SHRINK_ABOVE: usize = 64 * 1024;
 
+/// Encoded bytes gathered from the outbox before they are written: a busy connection
+/// writes in steps of about this size, so its write buffer stays under `SHRINK_ABOVE`
+/// and is reused from write to write (until the connection goes quiet) instead of
+/// growing from nothing and being released after every write; a slow reader's backlog
+/// stays in the outbox until the socket takes it.
+pub(super) const WRITE_STEP: usize = 32 * 1024;
+
 /// Largest single read; the read size adapts between `READ_BUFFER` and this, and an
 /// empty read buffer more than four times the current read size is released.
 pub(super) const MAX_READ: usize = 32 * 1024;

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::io::{
     discard_until_eof, write_last, write_now, IDLE_RELEASE, MAX_READ, READ_BUFFER, SHRINK_ABOVE,
+    WRITE_STEP,
 };
 use super::protocol::{next_is_qos_publish, ConnState, End};
 use crate::auth::Identity;
@@ -230,7 +231,7 @@ impl Session {
         };
         self.out_rx.backlog().taken(&batch);
         let mut close = self.state.encode_batch(batch);
-        while !close {
+        while !close && self.state.wbuf.len() < WRITE_STEP {
             match self.out_rx.try_recv() {
                 Ok(batch) => {
                     self.out_rx.backlog().taken(&batch);
