@@ -41,7 +41,8 @@ use crate::acl::Authorizer;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
 use crate::component::{grant_table, Component, HealthBoard, READY_WAIT};
-use crate::config::{self, Config, LoadedConfig, Transport};
+use crate::config::{self, Config, LoadedConfig};
+use crate::edge::ws::WebSocketSettings;
 use crate::pki::{self, DevPki};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::notify;
@@ -116,11 +117,11 @@ fn build_states(
             name: Arc::from(l.name.as_str()),
             allow_anonymous: l.allow_anonymous,
             password_auth: l.password_auth,
-            tls: l.transport == Transport::Tls,
+            tls: l.transport.is_tls(),
             keep_alive: l.keep_alive_policy(),
             queue_overflow: l.queue_overflow,
         });
-        let tls = if l.transport == Transport::Tls {
+        let tls = if l.transport.is_tls() {
             let files = match (&l.cert, &l.key, &dev_pki) {
                 (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
                 (None, None, Some(pki)) => Some((pki.server_cert.clone(), pki.server_key.clone())),
@@ -170,6 +171,13 @@ fn build_states(
             ListenerState {
                 context,
                 tls,
+                websocket: l.transport.is_websocket().then(|| {
+                    Arc::new(WebSocketSettings::new(
+                        l.websocket_path(),
+                        &l.allowed_origins,
+                        config.broker.max_packet_size,
+                    ))
+                }),
                 tcp_keepalive: l.tcp_keepalive_settings(),
             },
         );
@@ -477,7 +485,7 @@ impl App {
             .collect();
         Components::ready(waits, tokio::time::Instant::now() + READY_WAIT).await;
         for l in std::mem::take(&mut self.listeners) {
-            info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
+            info!(listener = %l.name, addr = %l.addr, transport = current_transport(&l.slot), "Listening.");
             tracker.spawn(
                 AcceptLoop {
                     name: l.name,
@@ -688,8 +696,14 @@ fn all_components(
     all
 }
 
-fn current_is_tls(slot: &StateSlot) -> bool {
-    listener::current(slot).tls.is_some()
+fn current_transport(slot: &StateSlot) -> &'static str {
+    let state = listener::current(slot);
+    match (state.tls.is_some(), state.websocket.is_some()) {
+        (false, false) => "tcp",
+        (true, false) => "tls",
+        (false, true) => "ws",
+        (true, true) => "wss",
+    }
 }
 
 /// Differences between the configuration the process started with and a reloaded one
@@ -820,7 +834,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_with_env, ConfigSource};
+    use crate::config::{load_with_env, ConfigSource, Transport};
 
     fn embedded() -> Config {
         let env = [("HOME".to_string(), "/nonexistent".to_string())].into();

@@ -1,6 +1,6 @@
-//! The byte stream a listener hands to the broker core: plain TCP or TLS over TCP
-//! (the lean TLS stream of `crate::tls`). It only forwards reads and writes and must
-//! never look at MQTT bytes.
+//! The byte stream a listener hands to the broker core: plain TCP, TLS over TCP
+//! (the lean TLS stream of `crate::tls`), or WebSocket over either (`crate::edge::ws`).
+//! It only forwards reads and writes and must never look at MQTT bytes.
 
 use std::io;
 use std::pin::Pin;
@@ -9,9 +9,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::edge::ws::WsStream;
 use crate::tls;
 
-/// A client byte stream: plain TCP or TLS over TCP.
+/// A client byte stream: plain TCP, TLS over TCP, or WebSocket over one of them.
 pub struct ClientStream {
     inner: Transport,
 }
@@ -30,11 +31,19 @@ impl ClientStream {
             inner: Transport::Tls(Box::new(stream)),
         }
     }
+
+    /// A WebSocket stream after its upgrade, over a TCP or TLS stream.
+    pub(crate) fn ws(stream: WsStream<ClientStream>) -> Self {
+        ClientStream {
+            inner: Transport::Ws(Box::new(stream)),
+        }
+    }
 }
 
 enum Transport {
     Tcp(TcpStream),
     Tls(Box<tls::LeanTlsStream<TcpStream>>),
+    Ws(Box<WsStream<ClientStream>>),
 }
 
 impl AsyncRead for ClientStream {
@@ -47,6 +56,7 @@ impl AsyncRead for ClientStream {
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -61,6 +71,7 @@ impl AsyncWrite for ClientStream {
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -73,6 +84,7 @@ impl AsyncWrite for ClientStream {
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Ws(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -80,6 +92,7 @@ impl AsyncWrite for ClientStream {
         match &self.inner {
             Transport::Tcp(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Ws(s) => s.is_write_vectored(),
         }
     }
 
@@ -88,6 +101,7 @@ impl AsyncWrite for ClientStream {
         match &mut this.inner {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -95,6 +109,7 @@ impl AsyncWrite for ClientStream {
         match &mut self.get_mut().inner {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
