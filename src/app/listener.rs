@@ -28,7 +28,8 @@ use tracing::{debug, error, warn};
 use super::core::Core;
 pub use super::stream::ClientStream;
 use crate::broker::{ConnectionInfo, ListenerContext};
-use crate::edge::ws::{self, WebSocketSettings};
+use crate::edge::metrics::{ListenerCounters, OpenConnection};
+use crate::edge::ws::{self, UpgradeError, WebSocketSettings};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
@@ -175,6 +176,8 @@ pub struct AcceptLoop {
     pub state: StateSlot,
     /// Global connection limit.
     pub admission: Arc<Admission>,
+    /// This listener's counters (kept across reloads; shown by the metrics endpoint).
+    pub counters: Arc<ListenerCounters>,
     /// Broker core that serves connections.
     pub core: Arc<dyn Core>,
     /// TLS handshake + CONNECT budget.
@@ -235,6 +238,7 @@ impl AcceptLoop {
             };
             let Some(permit) = self.admission.try_admit() else {
                 self.admission.refuse(&self.name, peer);
+                self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
                 drop(socket);
                 continue;
             };
@@ -245,6 +249,7 @@ impl AcceptLoop {
                 core: self.core.clone(),
                 deadline: Instant::now() + self.connect_timeout,
                 shutdown: self.shutdown.clone(),
+                open: OpenConnection::new(self.counters.clone()),
                 _permit: permit,
             };
             self.tracker.spawn(connection.serve());
@@ -261,6 +266,8 @@ struct Connection {
     core: Arc<dyn Core>,
     deadline: Instant,
     shutdown: CancellationToken,
+    /// Counted open for the connection's lifetime.
+    open: OpenConnection,
     /// Held for the connection's lifetime: this is the connection limit.
     _permit: OwnedSemaphorePermit,
 }
@@ -294,6 +301,7 @@ impl Connection {
                     &self.core,
                     self.deadline,
                     &self.shutdown,
+                    self.open.counters(),
                 );
                 match handshake.await {
                     Some(stream) => stream,
@@ -311,6 +319,7 @@ impl Connection {
                     &self.core,
                     self.deadline,
                     &self.shutdown,
+                    self.open.counters(),
                 );
                 match upgrade.await {
                     Some(stream) => stream,
@@ -318,6 +327,7 @@ impl Connection {
                 }
             }
         };
+        let stream = stream.counted(self.open.counters().clone());
         self.core.serve(stream, info).await;
     }
 }
@@ -331,6 +341,7 @@ async fn tls_handshake(
     core: &Arc<dyn Core>,
     deadline: Instant,
     shutdown: &CancellationToken,
+    counters: &ListenerCounters,
 ) -> Option<ClientStream> {
     let peer = info.peer;
     let listener = info.listener.name.clone();
@@ -347,14 +358,16 @@ async fn tls_handshake(
     };
     let stream = match handshake {
         Err(_) => {
+            counters.tls_failure("timeout");
             debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
             return None;
         }
         Ok(Err(e)) => {
-            limited(core, peer, || {
-                tls::log_handshake_failure(&listener, peer, &e);
+            let reason = limited(core, peer, || {
+                tls::log_handshake_failure(&listener, peer, &e)
             })
             .await;
+            counters.tls_failure(tls_failure_label(&reason));
             return None;
         }
         Ok(Ok(stream)) => stream,
@@ -388,6 +401,7 @@ async fn websocket_upgrade(
     core: &Arc<dyn Core>,
     deadline: Instant,
     shutdown: &CancellationToken,
+    counters: &ListenerCounters,
 ) -> Option<ClientStream> {
     let peer = info.peer;
     let listener = &info.listener.name;
@@ -401,6 +415,7 @@ async fn websocket_upgrade(
     };
     match upgrade {
         Err(_) => {
+            counters.ws_refusal("timeout");
             limited(core, peer, || {
                 warn!(%listener, %peer, "WebSocket upgrade not completed within connect_timeout; closing.");
             })
@@ -408,6 +423,12 @@ async fn websocket_upgrade(
             None
         }
         Ok(Err(e)) => {
+            counters.ws_refusal(match &e {
+                UpgradeError::Refused { status: 404, .. } => "path",
+                UpgradeError::Refused { status: 403, .. } => "origin",
+                UpgradeError::Refused { status: 400, .. } => "subprotocol",
+                _ => "invalid",
+            });
             limited(core, peer, || {
                 warn!(%listener, %peer, reason = %e, "WebSocket upgrade refused; closing.");
             })
@@ -418,9 +439,22 @@ async fn websocket_upgrade(
     }
 }
 
+/// The metrics label of a TLS handshake failure.
+fn tls_failure_label(reason: &tls::CertRejection) -> &'static str {
+    match reason {
+        tls::CertRejection::NoCertificate => "no_certificate",
+        tls::CertRejection::UnknownCa => "unknown_ca",
+        tls::CertRejection::Expired => "expired",
+        tls::CertRejection::NotYetValid => "not_yet_valid",
+        tls::CertRejection::Revoked => "revoked",
+        tls::CertRejection::BadKeyUsage => "bad_key_usage",
+        tls::CertRejection::Other(_) => "other",
+    }
+}
+
 /// Write a line about `peer` under the core's log rate limits (its peer's window and the
 /// broker-wide one), so a flood of bad handshakes cannot flood the log.
-async fn limited(core: &Arc<dyn Core>, peer: SocketAddr, write: impl FnOnce()) {
+async fn limited<T>(core: &Arc<dyn Core>, peer: SocketAddr, write: impl FnOnce() -> T) -> T {
     match core.log_limits() {
         Some(limits) => {
             crate::telemetry::limit::scope(limits, Some(peer.ip()), async { write() }).await

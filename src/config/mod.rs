@@ -45,6 +45,8 @@ pub struct Config {
     pub serial: Vec<crate::serial::SerialConfig>,
     /// `[gpio]`: Raspberry Pi pins (`crate::gpio` owns the type).
     pub gpio: crate::gpio::GpioConfig,
+    /// `[metrics]`: the Prometheus endpoint (`crate::edge::metrics` owns the type).
+    pub metrics: crate::edge::metrics::MetricsConfig,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }

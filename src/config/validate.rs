@@ -107,6 +107,7 @@ pub(super) fn validate(
     };
     broker(config, &mut r);
     listeners(config, &mut r);
+    metrics(config, &mut r);
     auth(config, &mut r);
     acl(config, &mut r);
     let bridges = crate::bridge::config::validate(&config.bridges);
@@ -425,6 +426,36 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                 ),
             );
         }
+    }
+}
+
+/// `[metrics] bind`: an address, not a listener's, and loopback unless meant otherwise.
+fn metrics(config: &Config, r: &mut Report<'_>) {
+    let Some(addr) = config.metrics.bind_addr() else {
+        return;
+    };
+    let addr = match addr {
+        Ok(addr) => addr,
+        Err(e) => return r.error("metrics.bind", e),
+    };
+    for l in &config.listeners {
+        if let Ok(other) = l.bind_addr() {
+            if overlaps(addr, other) {
+                r.error(
+                    "metrics.bind",
+                    format!(
+                        "{addr} collides with listener[{}].bind {other}; use another port",
+                        l.index
+                    ),
+                );
+            }
+        }
+    }
+    if !addr.ip().is_loopback() {
+        r.warn(
+            "metrics.bind",
+            format!("the metrics endpoint on the non-loopback address {addr} shows client, listener and certificate figures to anyone who can reach it, unauthenticated; bind 127.0.0.1 unless a firewall keeps the network out"),
+        );
     }
 }
 

@@ -3,4 +3,5 @@
 //! (`metrics.rs`, the `[metrics]` section). Both are front doors only: they must never
 //! hold broker state or decide who may do what (auth and ACL stay in the broker core).
 
+pub mod metrics;
 pub mod ws;
