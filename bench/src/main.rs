@@ -353,6 +353,16 @@ async fn measure_all(bench: &mut Bench, args: &Args, subject: &Subject, dir: &Pa
                 true,
             )
             .await;
+        bench
+            .connect_row_over(
+                &format!("connect WSS RSA-2048{auth}"),
+                |p| p.wss,
+                true,
+                true,
+                report::Target::None,
+                true,
+            )
+            .await;
         if args.ecdsa {
             bench
                 .connect_row(

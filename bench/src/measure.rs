@@ -69,6 +69,7 @@ impl Bench {
         Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: tls.then(|| tokio_rustls::TlsConnector::from(self.tls.clone())),
+            ws: false,
         }
     }
 
@@ -171,6 +172,20 @@ impl Bench {
         target: report::Target,
         cpu_row: bool,
     ) {
+        self.connect_row_over(label, which, tls, false, target, cpu_row)
+            .await
+    }
+
+    /// [`Bench::connect_row`], over WebSocket (on TLS) when `ws`.
+    pub async fn connect_row_over(
+        &mut self,
+        label: &str,
+        which: fn(&Ports) -> u16,
+        tls: bool,
+        ws: bool,
+        target: report::Target,
+        cpu_row: bool,
+    ) {
         let rounds = self.args.rounds.max(1);
         let mut failures = Vec::new();
         // Per column: Ok(rates, cpu µs per connect, failure note) or the error.
@@ -192,7 +207,10 @@ impl Bench {
                 let login = self.login();
                 let res: Result<(conn::Batch, u64), String> = async {
                     let b = self.cols[i].running()?;
-                    let t = self.target(which(&b.ports), tls);
+                    let t = Target {
+                        ws,
+                        ..self.target(which(&b.ports), tls)
+                    };
                     let before = b.cpu_ticks().map_err(|e| e.to_string())?;
                     let (batch, _) = conn::batch(
                         &t,
