@@ -458,6 +458,8 @@ fn print_report(
     let m_version = version_of(&args.mosquitto, "-h");
     let transport = if args.plain {
         "plain TCP"
+    } else if args.wss {
+        "MQTT over WebSocket over TLS (RSA-2048, TLS 1.3)"
     } else {
         "TLS (RSA-2048, TLS 1.3)"
     };

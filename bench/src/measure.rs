@@ -281,6 +281,7 @@ impl Bench {
         let at = Endpoint {
             port,
             tls: (!self.args.plain).then(|| self.tls.clone()),
+            ws: self.args.wss,
             login: self
                 .args
                 .auth
@@ -387,7 +388,13 @@ impl Bench {
     /// The `--load-rounds` interleaved throughput runs of both columns, and the port each
     /// column was loaded on.
     async fn throughput_runs(&mut self, qos: QoS, qos_level: u8) -> ([ColumnRuns; 2], [u16; 2]) {
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let rounds = self.args.load_rounds.max(1);
         // Per column: every round's result and broker CPU ticks, or why not.
         let mut runs: [ColumnRuns; 2] = [Ok(Vec::new()), Ok(Vec::new())];
@@ -408,6 +415,7 @@ impl Bench {
                 );
                 let port = match self.cols[i].running() {
                     Ok(b) if self.args.plain => b.ports.plain,
+                    Ok(b) if self.args.wss => b.ports.wss,
                     Ok(b) => b.ports.tls_rsa,
                     Err(e) => {
                         runs[i] = Err(e);
@@ -508,7 +516,13 @@ impl Bench {
         let [ca, cb] = two(cpu);
         let [la, lb] = two(lost);
         let [pa, pb] = two(lat);
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let auth = if self.args.auth { ", auth+ACL" } else { "" };
         self.push(
             format!("QoS {qos_level} {transport}{auth} throughput, zero loss"),
@@ -633,7 +647,13 @@ impl Bench {
     }
 
     pub async fn latency(&mut self) {
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let total = (self.args.latency_rate * self.args.latency_secs) as usize;
@@ -649,6 +669,8 @@ impl Bench {
                 let b = self.cols[i].running()?;
                 let port = if self.args.plain {
                     b.ports.plain
+                } else if self.args.wss {
+                    b.ports.wss
                 } else {
                     b.ports.tls_rsa
                 };
