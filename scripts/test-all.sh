@@ -40,6 +40,15 @@ if ! "$modbus_python" -c 'from pymodbus.simulator import SimDevice; import seria
   "$modbus_python" -m pip install --quiet --disable-pip-version-check 'pymodbus[serial]>=3.10,<4'
 fi
 
+# MQTT.js (the browser MQTT client, run under node) from npm into target/node-mqtt, which
+# tests/edge_ws.rs uses as an independent WebSocket client (TOLLGATE_NODE_MQTT overrides it).
+command -v node >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+if [ ! -f target/node-mqtt/node_modules/mqtt/package.json ]; then
+  echo "== installing MQTT.js into target/node-mqtt"
+  mkdir -p target/node-mqtt
+  npm install --prefix target/node-mqtt --no-audit --no-fund --silent 'mqtt@^5'
+fi
+
 # CI builds once: incremental caches would only take disk (they were 15 GB of a run).
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # Disk use at every stage, so that a full disk is seen where it happens.

@@ -10,6 +10,7 @@ mod components;
 mod core;
 mod hints;
 pub mod listener;
+mod metrics;
 mod revalidate;
 mod security;
 mod stream;
@@ -41,7 +42,9 @@ use crate::acl::Authorizer;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerSettings, ListenerContext};
 use crate::component::{grant_table, Component, HealthBoard, READY_WAIT};
-use crate::config::{self, Config, LoadedConfig, Transport};
+use crate::config::{self, Config, LoadedConfig};
+use crate::edge::metrics::{ListenerCounters, ListenerView};
+use crate::edge::ws::WebSocketSettings;
 use crate::pki::{self, DevPki};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::notify;
@@ -116,11 +119,11 @@ fn build_states(
             name: Arc::from(l.name.as_str()),
             allow_anonymous: l.allow_anonymous,
             password_auth: l.password_auth,
-            tls: l.transport == Transport::Tls,
+            tls: l.transport.is_tls(),
             keep_alive: l.keep_alive_policy(),
             queue_overflow: l.queue_overflow,
         });
-        let tls = if l.transport == Transport::Tls {
+        let tls = if l.transport.is_tls() {
             let files = match (&l.cert, &l.key, &dev_pki) {
                 (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
                 (None, None, Some(pki)) => Some((pki.server_cert.clone(), pki.server_key.clone())),
@@ -170,6 +173,13 @@ fn build_states(
             ListenerState {
                 context,
                 tls,
+                websocket: l.transport.is_websocket().then(|| {
+                    Arc::new(WebSocketSettings::new(
+                        l.websocket_path(),
+                        &l.allowed_origins,
+                        config.broker.max_packet_size,
+                    ))
+                }),
                 tcp_keepalive: l.tcp_keepalive_settings(),
             },
         );
@@ -291,6 +301,7 @@ struct BoundListener {
     socket: TcpListener,
     addr: SocketAddr,
     slot: StateSlot,
+    counters: Arc<ListenerCounters>,
 }
 
 /// A built gateway: listeners bound, broker core started, not yet accepting.
@@ -300,6 +311,8 @@ pub struct App {
     /// Configuration currently applied (listener state, security, grace period).
     current: Config,
     listeners: Vec<BoundListener>,
+    /// The Prometheus endpoint's socket (`[metrics] bind`), served by `run`.
+    metrics: Option<TcpListener>,
     slots: HashMap<String, StateSlot>,
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
@@ -395,8 +408,10 @@ impl App {
                 socket,
                 addr: local,
                 slot,
+                counters: Arc::default(),
             });
         }
+        let metrics = bind_metrics(&config)?;
 
         let broker_shutdown = CancellationToken::new();
         let core = make_core(
@@ -420,6 +435,7 @@ impl App {
             started: config.clone(),
             current: config,
             listeners,
+            metrics,
             slots,
             addrs,
             dev_pki,
@@ -476,14 +492,16 @@ impl App {
             .map(|c| self.components.start(c))
             .collect();
         Components::ready(waits, tokio::time::Instant::now() + READY_WAIT).await;
+        self.serve_metrics(&tracker, &stop_accepting);
         for l in std::mem::take(&mut self.listeners) {
-            info!(listener = %l.name, addr = %l.addr, transport = %if current_is_tls(&l.slot) { "tls" } else { "tcp" }, "Listening.");
+            info!(listener = %l.name, addr = %l.addr, transport = current_transport(&l.slot), "Listening.");
             tracker.spawn(
                 AcceptLoop {
                     name: l.name,
                     socket: l.socket,
                     state: l.slot,
                     admission: self.admission.clone(),
+                    counters: l.counters,
                     core: self.core.clone(),
                     connect_timeout: self.started.broker.connect_timeout,
                     stop_accepting: stop_accepting.clone(),
@@ -517,6 +535,36 @@ impl App {
         }
         self.drain(tracker, stop_accepting).await;
         Ok(())
+    }
+
+    /// Start the Prometheus endpoint, if configured, with every listener's counters.
+    fn serve_metrics(&mut self, tracker: &TaskTracker, stop: &CancellationToken) {
+        let Some(socket) = self.metrics.take() else {
+            return;
+        };
+        let views = self
+            .listeners
+            .iter()
+            .zip(&self.started.listeners)
+            .map(|(bound, l)| ListenerView {
+                name: bound.name.clone(),
+                transport: match l.transport {
+                    config::Transport::Tcp => "tcp",
+                    config::Transport::Tls => "tls",
+                    config::Transport::Ws => "ws",
+                    config::Transport::Wss => "wss",
+                },
+                counters: bound.counters.clone(),
+            })
+            .collect();
+        let certificates = watched_certificates(&self.started, self.dev_pki.as_ref());
+        let snapshot = metrics::snapshot_source(self.core.clone(), views, certificates);
+        tracker.spawn(crate::edge::metrics::serve(
+            socket,
+            snapshot,
+            stop.clone(),
+            tracker.clone(),
+        ));
     }
 
     fn announce_ready(&self) {
@@ -688,14 +736,41 @@ fn all_components(
     all
 }
 
-fn current_is_tls(slot: &StateSlot) -> bool {
-    listener::current(slot).tls.is_some()
+/// The endpoint's socket, when `[metrics] bind` is set.
+fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, AppError> {
+    let Some(addr) = config.metrics.bind_addr() else {
+        return Ok(None);
+    };
+    let addr = addr.map_err(|e| AppError::Setup(vec![format!("metrics.bind: {e}")]))?;
+    listener::bind(addr)
+        .map(Some)
+        .map_err(|source| AppError::Bind {
+            listener: "metrics".to_string(),
+            addr,
+            source,
+        })
+}
+
+fn current_transport(slot: &StateSlot) -> &'static str {
+    let state = listener::current(slot);
+    match (state.tls.is_some(), state.websocket.is_some()) {
+        (false, false) => "tcp",
+        (true, false) => "tls",
+        (false, true) => "ws",
+        (true, true) => "wss",
+    }
 }
 
 /// Differences between the configuration the process started with and a reloaded one
 /// that only a restart applies.
 fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
+    if started.metrics != new.metrics {
+        changes.push(format!(
+            "[metrics] bind {:?} -> {:?}",
+            started.metrics.bind, new.metrics.bind
+        ));
+    }
     for old in &started.listeners {
         match new.listeners.iter().find(|l| l.name == old.name) {
             None => changes.push(format!("listener {:?} was removed", old.name)),
@@ -820,7 +895,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_with_env, ConfigSource};
+    use crate::config::{load_with_env, ConfigSource, Transport};
 
     fn embedded() -> Config {
         let env = [("HOME".to_string(), "/nonexistent".to_string())].into();

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod duration;
+pub mod edge;
 pub mod findings;
 pub mod fsutil;
 pub mod gpio;

@@ -177,6 +177,10 @@ fn run_without_config_as_unprivileged_user_uses_home_for_dev_pki_and_serves_mosq
             ("HOME", home.path().display().to_string()),
             ("TOLLGATE_LISTENER__0__BIND", format!("127.0.0.1:{plain}")),
             ("TOLLGATE_LISTENER__1__BIND", format!("127.0.0.1:{tls}")),
+            (
+                "TOLLGATE_METRICS__BIND",
+                format!("127.0.0.1:{}", free_port()),
+            ),
         ],
         true,
     );

@@ -23,6 +23,10 @@ pub struct Args {
     /// Plain TCP for the message load instead of TLS.
     #[arg(long)]
     pub plain: bool,
+    /// MQTT over WebSocket over TLS (RSA-2048, `/mqtt`) for the message load instead of
+    /// TLS: QoS 1 fan-in over WSS with `--wss --qos 1 --skip memory,connect,storm`.
+    #[arg(long, conflicts_with = "plain")]
+    pub wss: bool,
     /// Publisher connections.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,

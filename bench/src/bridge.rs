@@ -143,6 +143,7 @@ impl Rig {
         let cloud_at = Endpoint {
             port: setup::free_port()?,
             tls: Some(mtls_client(&pki.ca, &operator)?),
+            ws: false,
             login: None,
         };
         let acl = dir.join("cloud.acl");
@@ -247,6 +248,7 @@ async fn start_gateway(
     let local = Endpoint {
         port: ports.plain,
         tls: None,
+        ws: false,
         login: None,
     };
     let waited = wait_forwarding(&local, cloud_at, &g.label)
@@ -342,6 +344,7 @@ fn spec_through(bench: &Bench, rig: &Rig, gateway: &Broker, tag: String) -> Load
                 gateway.ports.tls_rsa
             },
             tls: (!a.plain).then(|| bench.tls.clone()),
+            ws: false,
             login: None,
         },
         subscribe_at: rig.cloud_at.clone(),

@@ -142,7 +142,7 @@ impl Broker {
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        for port in [ports.plain, ports.tls_rsa, ports.tls_ec] {
+        for port in [ports.plain, ports.tls_rsa, ports.tls_ec, ports.wss] {
             loop {
                 if let Ok(Some(status)) = broker.child.try_wait() {
                     return Err(BrokerError::Exited {

@@ -1,4 +1,5 @@
-//! Lightweight raw MQTT 3.1.1 connections (plain TCP or tokio-rustls) for the
+//! Lightweight raw MQTT 3.1.1 connections (plain TCP, tokio-rustls, or WebSocket over
+//! tokio-rustls with subprotocol `mqtt` on `/mqtt`) for the
 //! connect-rate, idle-memory and power-cut measurements: a hand-written
 //! CONNECT, a 4-byte CONNACK read, optionally DISCONNECT. Thousands of these
 //! cost far less in the load generator than rumqttc event loops. It must
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Errors of one raw connection attempt.
 #[derive(Debug, Error)]
@@ -44,6 +48,7 @@ pub enum ConnError {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
 }
 
 /// How to reach a listener.
@@ -51,6 +56,8 @@ pub enum Stream {
 pub struct Target {
     pub addr: SocketAddr,
     pub tls: Option<TlsConnector>,
+    /// MQTT over WebSocket (on top of `tls`).
+    pub ws: bool,
 }
 
 /// Credentials for CONNECT.
@@ -154,10 +161,64 @@ pub async fn open(
                     addr,
                     source,
                 })?;
+            if target.ws {
+                return ws_handshake(s, addr, connect).await;
+            }
             handshake(&mut s, addr, &connect).await?;
             Ok(Stream::Tls(Box::new(s)))
         }
     }
+}
+
+/// The WebSocket upgrade, then CONNECT and CONNACK in binary messages.
+async fn ws_handshake(
+    tls: TlsStream<TcpStream>,
+    addr: SocketAddr,
+    connect: Vec<u8>,
+) -> Result<Stream, ConnError> {
+    use futures_util::{SinkExt, StreamExt};
+    let io = |stage: &'static str| {
+        move |e: tokio_tungstenite::tungstenite::Error| ConnError::Io {
+            stage,
+            addr,
+            source: io::Error::other(e.to_string()),
+        }
+    };
+    let mut request = format!("wss://{addr}/mqtt")
+        .into_client_request()
+        .map_err(io("WebSocket request"))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("mqtt"),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .map_err(io("WebSocket upgrade"))?;
+    ws.send(Message::binary(connect))
+        .await
+        .map_err(io("CONNECT write"))?;
+    let mut ack = Vec::new();
+    while ack.len() < 4 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => ack.extend_from_slice(&b),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(io("CONNACK read")(e)),
+            None => {
+                return Err(ConnError::Io {
+                    stage: "CONNACK read",
+                    addr,
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                })
+            }
+        }
+    }
+    if ack[..4] != [0x20, 0x02, 0x00, 0x00] {
+        return Err(ConnError::Refused {
+            addr,
+            bytes: [ack[0], ack[1], ack[2], ack[3]],
+        });
+    }
+    Ok(Stream::Wss(Box::new(ws)))
 }
 
 /// Send DISCONNECT and close.
@@ -170,6 +231,11 @@ pub async fn close(stream: Stream) {
         Stream::Tls(mut s) => {
             let _ = s.write_all(&[0xE0, 0x00]).await;
             let _ = s.shutdown().await;
+        }
+        Stream::Wss(mut s) => {
+            use futures_util::SinkExt;
+            let _ = s.send(Message::binary(vec![0xE0, 0x00])).await;
+            let _ = SinkExt::close(&mut *s).await;
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Endpoint {
     /// TLS (with a client certificate for mTLS, if the config has one); `None` = plain TCP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub login: Option<(String, String)>,
+    /// MQTT over WebSocket (over `tls`), path `/mqtt`.
+    pub ws: bool,
 }
 
 /// Parameters of a run.
@@ -96,13 +98,23 @@ impl LoadResult {
 }
 
 fn options(at: &Endpoint, payload: usize, id: String) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", at.port);
+    let mut o = match (&at.tls, at.ws) {
+        // rumqttc takes a WebSocket broker as a URL.
+        (Some(tls), true) => {
+            let mut o = MqttOptions::new(id, format!("wss://127.0.0.1:{}/mqtt", at.port), at.port);
+            o.set_transport(Transport::wss_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+            o
+        }
+        _ => MqttOptions::new(id, "127.0.0.1", at.port),
+    };
     o.set_keep_alive(Duration::from_secs(60));
     o.set_clean_session(true);
     o.set_max_packet_size(payload + 1024, payload + 1024);
     o.set_inflight(100);
     o.set_request_channel_capacity(1000);
-    if let Some(tls) = &at.tls {
+    if let (Some(tls), false) = (&at.tls, at.ws) {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.clone(),
         )));

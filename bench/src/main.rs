@@ -353,6 +353,16 @@ async fn measure_all(bench: &mut Bench, args: &Args, subject: &Subject, dir: &Pa
                 true,
             )
             .await;
+        bench
+            .connect_row_over(
+                &format!("connect WSS RSA-2048{auth}"),
+                |p| p.wss,
+                true,
+                true,
+                report::Target::None,
+                true,
+            )
+            .await;
         if args.ecdsa {
             bench
                 .connect_row(
@@ -448,6 +458,8 @@ fn print_report(
     let m_version = version_of(&args.mosquitto, "-h");
     let transport = if args.plain {
         "plain TCP"
+    } else if args.wss {
+        "MQTT over WebSocket over TLS (RSA-2048, TLS 1.3)"
     } else {
         "TLS (RSA-2048, TLS 1.3)"
     };

@@ -69,6 +69,7 @@ impl Bench {
         Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: tls.then(|| tokio_rustls::TlsConnector::from(self.tls.clone())),
+            ws: false,
         }
     }
 
@@ -171,6 +172,20 @@ impl Bench {
         target: report::Target,
         cpu_row: bool,
     ) {
+        self.connect_row_over(label, which, tls, false, target, cpu_row)
+            .await
+    }
+
+    /// [`Bench::connect_row`], over WebSocket (on TLS) when `ws`.
+    pub async fn connect_row_over(
+        &mut self,
+        label: &str,
+        which: fn(&Ports) -> u16,
+        tls: bool,
+        ws: bool,
+        target: report::Target,
+        cpu_row: bool,
+    ) {
         let rounds = self.args.rounds.max(1);
         let mut failures = Vec::new();
         // Per column: Ok(rates, cpu µs per connect, failure note) or the error.
@@ -192,7 +207,10 @@ impl Bench {
                 let login = self.login();
                 let res: Result<(conn::Batch, u64), String> = async {
                     let b = self.cols[i].running()?;
-                    let t = self.target(which(&b.ports), tls);
+                    let t = Target {
+                        ws,
+                        ..self.target(which(&b.ports), tls)
+                    };
                     let before = b.cpu_ticks().map_err(|e| e.to_string())?;
                     let (batch, _) = conn::batch(
                         &t,
@@ -263,6 +281,7 @@ impl Bench {
         let at = Endpoint {
             port,
             tls: (!self.args.plain).then(|| self.tls.clone()),
+            ws: self.args.wss,
             login: self
                 .args
                 .auth
@@ -369,7 +388,13 @@ impl Bench {
     /// The `--load-rounds` interleaved throughput runs of both columns, and the port each
     /// column was loaded on.
     async fn throughput_runs(&mut self, qos: QoS, qos_level: u8) -> ([ColumnRuns; 2], [u16; 2]) {
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let rounds = self.args.load_rounds.max(1);
         // Per column: every round's result and broker CPU ticks, or why not.
         let mut runs: [ColumnRuns; 2] = [Ok(Vec::new()), Ok(Vec::new())];
@@ -390,6 +415,7 @@ impl Bench {
                 );
                 let port = match self.cols[i].running() {
                     Ok(b) if self.args.plain => b.ports.plain,
+                    Ok(b) if self.args.wss => b.ports.wss,
                     Ok(b) => b.ports.tls_rsa,
                     Err(e) => {
                         runs[i] = Err(e);
@@ -490,7 +516,13 @@ impl Bench {
         let [ca, cb] = two(cpu);
         let [la, lb] = two(lost);
         let [pa, pb] = two(lat);
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let auth = if self.args.auth { ", auth+ACL" } else { "" };
         self.push(
             format!("QoS {qos_level} {transport}{auth} throughput, zero loss"),
@@ -615,7 +647,13 @@ impl Bench {
     }
 
     pub async fn latency(&mut self) {
-        let transport = if self.args.plain { "plain" } else { "TLS" };
+        let transport = if self.args.plain {
+            "plain"
+        } else if self.args.wss {
+            "WSS"
+        } else {
+            "TLS"
+        };
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let total = (self.args.latency_rate * self.args.latency_secs) as usize;
@@ -631,6 +669,8 @@ impl Bench {
                 let b = self.cols[i].running()?;
                 let port = if self.args.plain {
                     b.ports.plain
+                } else if self.args.wss {
+                    b.ports.wss
                 } else {
                     b.ports.tls_rsa
                 };

@@ -283,6 +283,8 @@ pub struct Ports {
     pub plain: u16,
     pub tls_rsa: u16,
     pub tls_ec: u16,
+    /// MQTT over WebSocket over TLS (RSA-2048 certificate), path `/mqtt`.
+    pub wss: u16,
 }
 
 impl Ports {
@@ -292,6 +294,7 @@ impl Ports {
             plain: free_port()?,
             tls_rsa: free_port()?,
             tls_ec: free_port()?,
+            wss: free_port()?,
         })
     }
 
@@ -302,6 +305,7 @@ impl Ports {
             plain: port,
             tls_rsa: port,
             tls_ec: port,
+            wss: port,
         }
     }
 }
@@ -344,6 +348,16 @@ pub fn mosquitto_conf(pki: &Pki, ports: Ports, auth: Option<&AuthFiles>) -> Stri
             pki.ca.display(),
             set.cert.display(),
             set.key.display()
+        );
+    }
+    if ports.wss != ports.plain {
+        let _ = writeln!(
+            c,
+            "\nlistener {} 127.0.0.1\nprotocol websockets\nmax_connections -1\ncafile {}\ncertfile {}\nkeyfile {}",
+            ports.wss,
+            pki.ca.display(),
+            pki.rsa.cert.display(),
+            pki.rsa.key.display()
         );
     }
     c
@@ -394,6 +408,16 @@ pub fn tollgate_conf(
             toml_str(&set.key)
         );
     }
+    if ports.wss != ports.plain {
+        let _ = writeln!(
+            c,
+            "\n[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:{}\"\ntransport = \"wss\"\n\
+             allow_anonymous = {anon}\ncert = {}\nkey = {}",
+            ports.wss,
+            toml_str(&pki.rsa.cert),
+            toml_str(&pki.rsa.key)
+        );
+    }
     if let Some(a) = auth {
         let _ = writeln!(c, "\n[auth]\npassword_file = {}", toml_str(&a.passwd));
         let _ = writeln!(c, "\n[acl]\nfile = {}", toml_str(&a.acl));
@@ -439,6 +463,7 @@ mod tests {
             plain: 18831,
             tls_rsa: 18832,
             tls_ec: 18833,
+            wss: 18834,
         }
     }
 
@@ -475,12 +500,13 @@ mod tests {
             "persistence false",
             "allow_anonymous false",
             "listener 18832 127.0.0.1",
+            "listener 18834 127.0.0.1\nprotocol websockets",
         ] {
             assert!(c.contains(line), "missing `{line}` in:\n{c}");
         }
         assert!(c.contains(&format!("password_file {}", auth.passwd.display())));
         assert!(c.contains(&format!("certfile {}", pki.rsa.cert.display())));
-        assert_eq!(c.matches("max_connections -1").count(), 3);
+        assert_eq!(c.matches("max_connections -1").count(), 4);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -20,7 +20,7 @@ use crate::broker::{InternalClient, InternalOptions};
 use crate::component::{
     Component, ComponentContext, Connector, Grant, Health, HealthReporter, Settings, Stage,
 };
-use crate::config::{Config, Transport};
+use crate::config::Config;
 use crate::pki::DevPki;
 use crate::tls;
 
@@ -105,11 +105,7 @@ pub fn watched_certificates(config: &Config, dev_pki: Option<&DevPki>) -> Vec<(S
             certs.push((label, path));
         }
     };
-    for l in config
-        .listeners
-        .iter()
-        .filter(|l| l.transport == Transport::Tls)
-    {
+    for l in config.listeners.iter().filter(|l| l.transport.is_tls()) {
         match (&l.cert, dev_pki) {
             (Some(cert), _) => add(format!("{}-server", l.name), cert.clone()),
             (None, Some(pki)) => add("dev-server".to_string(), pki.server_cert.clone()),
@@ -169,6 +165,7 @@ mod tests {
     use super::*;
 
     use crate::app::testing::{config, LOCAL};
+    use crate::config::Transport;
 
     #[test]
     fn its_only_grant_is_writing_the_certificate_topics() {

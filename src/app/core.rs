@@ -31,6 +31,10 @@ pub trait Core: Send + Sync + 'static {
     fn log_limits(&self) -> Option<Arc<crate::telemetry::limit::LogLimits>> {
         None
     }
+    /// The broker's counters for the metrics endpoint. Cores without them: `None`.
+    fn stats(&self) -> Option<crate::broker::BrokerStats> {
+        None
+    }
     /// Attach an in-process client (the gateway's own publishers, e.g. certificate
     /// expiry warnings). Cores without a router refuse.
     fn connect_internal(
@@ -97,6 +101,10 @@ impl Core for BrokerCore {
 
     fn log_limits(&self) -> Option<Arc<crate::telemetry::limit::LogLimits>> {
         Some(self.broker.log_limits())
+    }
+
+    fn stats(&self) -> Option<crate::broker::BrokerStats> {
+        Some(self.broker.stats())
     }
 
     fn connect_internal(

@@ -15,6 +15,9 @@ pub fn client_commands(
     addr: SocketAddr,
     dev_pki: Option<&DevPki>,
 ) -> Vec<String> {
+    if listener.transport.is_websocket() {
+        return websocket_hint(listener, addr);
+    }
     let tls = listener.transport == Transport::Tls;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
         // The development certificate names localhost; mosquitto checks the host name.
@@ -59,6 +62,27 @@ pub fn client_commands(
             listener.name
         ),
     ]
+}
+
+/// mosquitto_pub/sub speak no WebSocket: name the URL a WebSocket client (MQTT.js) uses.
+fn websocket_hint(listener: &ListenerConfig, addr: SocketAddr) -> Vec<String> {
+    let scheme = if listener.transport.is_tls() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        "localhost".to_string()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    vec![format!(
+        "MQTT over WebSocket (subprotocol mqtt): {scheme}://{host}:{}{}",
+        addr.port(),
+        listener.websocket_path()
+    )]
 }
 
 #[cfg(test)]

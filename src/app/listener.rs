@@ -6,7 +6,8 @@
 //! the broker to re-check live sessions, see [`super::revalidate`]).
 //! Every accepted socket gets TCP keepalive probes (unless the listener turns them
 //! off), so a peer that vanished without a FIN is closed by the kernel even when its
-//! MQTT keep alive is 0.
+//! MQTT keep alive is 0. On `ws`/`wss` listeners the WebSocket upgrade (after TLS, if
+//! any) runs under the same connect deadline.
 //! It must never crash on accept errors, never block the accept loop on a client,
 //! and never look at MQTT bytes.
 
@@ -27,6 +28,8 @@ use tracing::{debug, error, warn};
 use super::core::Core;
 pub use super::stream::ClientStream;
 use crate::broker::{ConnectionInfo, ListenerContext};
+use crate::edge::metrics::{ListenerCounters, OpenConnection};
+use crate::edge::ws::{self, UpgradeError, WebSocketSettings};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
 
@@ -46,6 +49,8 @@ pub struct ListenerState {
     pub context: Arc<ListenerContext>,
     /// `None` for plain TCP.
     pub tls: Option<TlsState>,
+    /// The WebSocket upgrade's checks; `None` for MQTT straight on the socket.
+    pub websocket: Option<Arc<WebSocketSettings>>,
     /// Keepalive probes set on each accepted socket; `None` leaves the kernel default (off).
     pub tcp_keepalive: Option<TcpKeepalive>,
 }
@@ -171,6 +176,8 @@ pub struct AcceptLoop {
     pub state: StateSlot,
     /// Global connection limit.
     pub admission: Arc<Admission>,
+    /// This listener's counters (kept across reloads; shown by the metrics endpoint).
+    pub counters: Arc<ListenerCounters>,
     /// Broker core that serves connections.
     pub core: Arc<dyn Core>,
     /// TLS handshake + CONNECT budget.
@@ -231,6 +238,7 @@ impl AcceptLoop {
             };
             let Some(permit) = self.admission.try_admit() else {
                 self.admission.refuse(&self.name, peer);
+                self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
                 drop(socket);
                 continue;
             };
@@ -241,6 +249,7 @@ impl AcceptLoop {
                 core: self.core.clone(),
                 deadline: Instant::now() + self.connect_timeout,
                 shutdown: self.shutdown.clone(),
+                open: OpenConnection::new(self.counters.clone()),
                 _permit: permit,
             };
             self.tracker.spawn(connection.serve());
@@ -257,6 +266,8 @@ struct Connection {
     core: Arc<dyn Core>,
     deadline: Instant,
     shutdown: CancellationToken,
+    /// Counted open for the connection's lifetime.
+    open: OpenConnection,
     /// Held for the connection's lifetime: this is the connection limit.
     _permit: OwnedSemaphorePermit,
 }
@@ -280,61 +291,170 @@ impl Connection {
             peer_certificates: None,
             connect_deadline: self.deadline,
         };
-        let Some(tls) = &self.state.tls else {
-            let stream = ClientStream::tcp(self.socket);
-            self.core.serve(stream, info).await;
-            return;
+        let stream = match &self.state.tls {
+            None => ClientStream::tcp(self.socket),
+            Some(tls) => {
+                let handshake = tls_handshake(
+                    tls,
+                    self.socket,
+                    &mut info,
+                    &self.core,
+                    self.deadline,
+                    &self.shutdown,
+                    self.open.counters(),
+                );
+                match handshake.await {
+                    Some(stream) => stream,
+                    None => return,
+                }
+            }
         };
-        // Boxed so the handshake state is freed once it completes: an idle connection's
-        // task then holds only this small future and the broker's. `LeanTlsStream` holds
-        // no TLS buffer while the connection is quiet (see `tls::lean`).
-        let handshake = Box::pin(tokio::time::timeout_at(
-            self.deadline,
-            tls::LeanTlsStream::accept(tls.server.current(), self.socket),
-        ));
-        let handshake = tokio::select! {
-            _ = self.shutdown.cancelled() => return,
-            result = handshake => result,
+        let stream = match &self.state.websocket {
+            None => stream,
+            Some(settings) => {
+                let upgrade = websocket_upgrade(
+                    settings,
+                    stream,
+                    &info,
+                    &self.core,
+                    self.deadline,
+                    &self.shutdown,
+                    self.open.counters(),
+                );
+                match upgrade.await {
+                    Some(stream) => stream,
+                    None => return,
+                }
+            }
         };
-        let stream = match handshake {
-            Err(_) => {
-                debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
-                return;
-            }
-            Ok(Err(e)) => {
-                limited(&self.core, peer, || {
-                    tls::log_handshake_failure(&listener, peer, &e);
-                })
-                .await;
-                return;
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        match tls::peer_identity(stream.connection(), tls.identity) {
-            Ok(identity) => {
-                info.certificate_identity = identity;
-                info.peer_certificates = tls::peer_chain(stream.connection()).map(Arc::new);
-            }
-            Err(e) => {
-                limited(&self.core, peer, || {
-                    Event::new(AuditKind::CertificateNoIdentity)
-                        .listener(&listener)
-                        .peer(Some(peer))
-                        .reason(&e.to_string())
-                        .emit();
-                })
-                .await;
-                return;
-            }
-        }
-        let stream = ClientStream::tls(stream);
+        let stream = stream.counted(self.open.counters().clone());
         self.core.serve(stream, info).await;
+    }
+}
+
+/// The TLS handshake under the connect deadline; fills in the certificate identity.
+/// `None` (logged) when the connection is to be closed.
+async fn tls_handshake(
+    tls: &TlsState,
+    socket: TcpStream,
+    info: &mut ConnectionInfo,
+    core: &Arc<dyn Core>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+    counters: &ListenerCounters,
+) -> Option<ClientStream> {
+    let peer = info.peer;
+    let listener = info.listener.name.clone();
+    // Boxed so the handshake state is freed once it completes: an idle connection's
+    // task then holds only this small future and the broker's. `LeanTlsStream` holds
+    // no TLS buffer while the connection is quiet (see `tls::lean`).
+    let handshake = Box::pin(tokio::time::timeout_at(
+        deadline,
+        tls::LeanTlsStream::accept(tls.server.current(), socket),
+    ));
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        result = handshake => result,
+    };
+    let stream = match handshake {
+        Err(_) => {
+            counters.tls_failure("timeout");
+            debug!(%listener, %peer, "TLS handshake not completed within connect_timeout; closing.");
+            return None;
+        }
+        Ok(Err(e)) => {
+            let reason = limited(core, peer, || {
+                tls::log_handshake_failure(&listener, peer, &e)
+            })
+            .await;
+            counters.tls_failure(tls_failure_label(&reason));
+            return None;
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    match tls::peer_identity(stream.connection(), tls.identity) {
+        Ok(identity) => {
+            info.certificate_identity = identity;
+            info.peer_certificates = tls::peer_chain(stream.connection()).map(Arc::new);
+        }
+        Err(e) => {
+            limited(core, peer, || {
+                Event::new(AuditKind::CertificateNoIdentity)
+                    .listener(&listener)
+                    .peer(Some(peer))
+                    .reason(&e.to_string())
+                    .emit();
+            })
+            .await;
+            return None;
+        }
+    }
+    Some(ClientStream::tls(stream))
+}
+
+/// The WebSocket upgrade under the (remaining) connect deadline. `None` (logged) when
+/// the connection is to be closed.
+async fn websocket_upgrade(
+    settings: &WebSocketSettings,
+    stream: ClientStream,
+    info: &ConnectionInfo,
+    core: &Arc<dyn Core>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+    counters: &ListenerCounters,
+) -> Option<ClientStream> {
+    let peer = info.peer;
+    let listener = &info.listener.name;
+    let upgrade = Box::pin(tokio::time::timeout_at(
+        deadline,
+        ws::accept(stream, settings),
+    ));
+    let upgrade = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        result = upgrade => result,
+    };
+    match upgrade {
+        Err(_) => {
+            counters.ws_refusal("timeout");
+            limited(core, peer, || {
+                warn!(%listener, %peer, "WebSocket upgrade not completed within connect_timeout; closing.");
+            })
+            .await;
+            None
+        }
+        Ok(Err(e)) => {
+            counters.ws_refusal(match &e {
+                UpgradeError::Refused { status: 404, .. } => "path",
+                UpgradeError::Refused { status: 403, .. } => "origin",
+                UpgradeError::Refused { status: 400, .. } => "subprotocol",
+                _ => "invalid",
+            });
+            limited(core, peer, || {
+                warn!(%listener, %peer, reason = %e, "WebSocket upgrade refused; closing.");
+            })
+            .await;
+            None
+        }
+        Ok(Ok(stream)) => Some(ClientStream::ws(stream)),
+    }
+}
+
+/// The metrics label of a TLS handshake failure.
+fn tls_failure_label(reason: &tls::CertRejection) -> &'static str {
+    match reason {
+        tls::CertRejection::NoCertificate => "no_certificate",
+        tls::CertRejection::UnknownCa => "unknown_ca",
+        tls::CertRejection::Expired => "expired",
+        tls::CertRejection::NotYetValid => "not_yet_valid",
+        tls::CertRejection::Revoked => "revoked",
+        tls::CertRejection::BadKeyUsage => "bad_key_usage",
+        tls::CertRejection::Other(_) => "other",
     }
 }
 
 /// Write a line about `peer` under the core's log rate limits (its peer's window and the
 /// broker-wide one), so a flood of bad handshakes cannot flood the log.
-async fn limited(core: &Arc<dyn Core>, peer: SocketAddr, write: impl FnOnce()) {
+async fn limited<T>(core: &Arc<dyn Core>, peer: SocketAddr, write: impl FnOnce() -> T) -> T {
     match core.log_limits() {
         Some(limits) => {
             crate::telemetry::limit::scope(limits, Some(peer.ip()), async { write() }).await

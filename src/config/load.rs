@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "modbus",
     "serial",
     "gpio",
+    "metrics",
 ];
 
 /// Where a configuration comes from.
@@ -177,6 +178,7 @@ pub fn load_with_env(
         .collect();
 
     let gpio: crate::gpio::GpioConfig = section(&table, "gpio", &mut report);
+    let metrics: crate::edge::metrics::MetricsConfig = section(&table, "metrics", &mut report);
 
     let mut config = Config {
         broker,
@@ -189,6 +191,7 @@ pub fn load_with_env(
         modbus,
         serial,
         gpio,
+        metrics,
         source: source.clone(),
     };
     resolve_paths(&mut config, &source.base_dir());

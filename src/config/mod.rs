@@ -45,6 +45,8 @@ pub struct Config {
     pub serial: Vec<crate::serial::SerialConfig>,
     /// `[gpio]`: Raspberry Pi pins (`crate::gpio` owns the type).
     pub gpio: crate::gpio::GpioConfig,
+    /// `[metrics]`: the Prometheus endpoint (`crate::edge::metrics` owns the type).
+    pub metrics: crate::edge::metrics::MetricsConfig,
     /// Where the configuration came from (file path or the embedded default).
     pub source: ConfigSource,
 }
@@ -62,6 +64,22 @@ pub enum Transport {
     Tcp,
     /// MQTT over TLS 1.2/1.3.
     Tls,
+    /// MQTT over WebSocket (plain; loopback unless `allow_non_loopback = true`).
+    Ws,
+    /// MQTT over WebSocket over TLS 1.2/1.3.
+    Wss,
+}
+
+impl Transport {
+    /// Whether the socket carries TLS (`tls`, `wss`): certificates, client certificates.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether MQTT travels in WebSocket frames (`ws`, `wss`): path, origins, subprotocol.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
 }
 
 impl fmt::Display for Transport {
@@ -69,6 +87,8 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         })
     }
 }
@@ -84,13 +104,20 @@ pub struct ListenerConfig {
     pub name: String,
     /// Socket address to bind, e.g. `"0.0.0.0:8883"`.
     pub bind: String,
-    /// `tcp` or `tls`.
+    /// `tcp`, `tls`, `ws` (MQTT over WebSocket) or `wss` (over WebSocket over TLS).
     #[serde(deserialize_with = "by_name")]
     pub transport: Transport,
+    /// `ws`/`wss` only: the HTTP path of the WebSocket upgrade (default `/mqtt`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `ws`/`wss` only: browser origins admitted (exact `scheme://host[:port]`); empty =
+    /// only clients that send no `Origin` header (non-browser clients).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Admit clients without credentials (with the anonymous ACL rules only).
     #[serde(default)]
     pub allow_anonymous: bool,
-    /// Permit a plain `tcp` listener on a non-loopback address.
+    /// Permit a plain `tcp` or `ws` listener on a non-loopback address.
     #[serde(default)]
     pub allow_non_loopback: bool,
     /// Accept CONNECT username/password on this listener.
@@ -185,6 +212,9 @@ where
     by_name(deserializer).map(Some)
 }
 
+/// The WebSocket path MQTT clients use by default (MQTT.js, Paho, mosquitto).
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+
 fn default_true() -> bool {
     true
 }
@@ -219,7 +249,7 @@ impl ListenerConfig {
 
     /// Whether this TLS listener has no `cert`/`key` and so uses the development PKI.
     pub fn uses_dev_pki(&self) -> bool {
-        self.transport == Transport::Tls && self.cert.is_none() && self.key.is_none()
+        self.transport.is_tls() && self.cert.is_none() && self.key.is_none()
     }
 
     /// Parsed `tls_versions`.
@@ -234,6 +264,11 @@ impl ListenerConfig {
                 )),
             })
             .collect()
+    }
+
+    /// The WebSocket upgrade path (`path`, default `/mqtt`).
+    pub fn websocket_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_WEBSOCKET_PATH)
     }
 
     /// Keepalive probes for accepted sockets; `None` when turned off.

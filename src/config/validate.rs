@@ -107,6 +107,7 @@ pub(super) fn validate(
     };
     broker(config, &mut r);
     listeners(config, &mut r);
+    metrics(config, &mut r);
     auth(config, &mut r);
     acl(config, &mut r);
     let bridges = crate::bridge::config::validate(&config.bridges);
@@ -351,8 +352,9 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
         }
         keepalive(config, l, r);
         let loopback = addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
+        websocket(l, r);
         match l.transport {
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Ws => {
                 for (field, set) in [
                     ("cert", l.cert.is_some()),
                     ("key", l.key.is_some()),
@@ -367,7 +369,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     if set {
                         r.error(
                             key(field),
-                            "only applies to transport = \"tls\"; remove it or make this a tls listener",
+                            "only applies to transport = \"tls\" or \"wss\"; remove it or make this a TLS listener",
                         );
                     }
                 }
@@ -375,17 +377,19 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     r.error(
                         key("bind"),
                         format!(
-                            "plain tcp on the non-loopback address {} would expose unencrypted MQTT; use transport = \"tls\", bind 127.0.0.1, or set allow_non_loopback = true if this network is trusted",
-                            l.bind
+                            "plain {} on the non-loopback address {} would expose unencrypted MQTT; use transport = \"{}\", bind 127.0.0.1, or set allow_non_loopback = true if this network is trusted",
+                            l.transport,
+                            l.bind,
+                            if l.transport == Transport::Ws { "wss" } else { "tls" }
                         ),
                     );
                 }
             }
-            Transport::Tls => {
+            Transport::Tls | Transport::Wss => {
                 if l.allow_non_loopback {
                     r.warn(
                         key("allow_non_loopback"),
-                        "only concerns plain tcp listeners; TLS listeners may bind any address",
+                        "only concerns plain tcp and ws listeners; TLS listeners may bind any address",
                     );
                 }
                 tls_listener(config, l, r)
@@ -400,8 +404,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                 ),
             );
         }
-        let cert_auth =
-            l.transport == Transport::Tls && l.client_cert_mode() != ClientCertMode::Off;
+        let cert_auth = l.transport.is_tls() && l.client_cert_mode() != ClientCertMode::Off;
         let password = l.password_auth && config.auth.password_file.is_some();
         if !l.allow_anonymous && !cert_auth && !password {
             r.warn(
@@ -421,6 +424,81 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
                     "listener {:?} accepts username/password but [auth] password_file is not set: every CONNECT with a username (and no client certificate) is refused; set password_file, or password_auth = false",
                     l.name
                 ),
+            );
+        }
+    }
+}
+
+/// `[metrics] bind`: an address, not a listener's, and loopback unless meant otherwise.
+fn metrics(config: &Config, r: &mut Report<'_>) {
+    let Some(addr) = config.metrics.bind_addr() else {
+        return;
+    };
+    let addr = match addr {
+        Ok(addr) => addr,
+        Err(e) => return r.error("metrics.bind", e),
+    };
+    for l in &config.listeners {
+        if let Ok(other) = l.bind_addr() {
+            if overlaps(addr, other) {
+                r.error(
+                    "metrics.bind",
+                    format!(
+                        "{addr} collides with listener[{}].bind {other}; use another port",
+                        l.index
+                    ),
+                );
+            }
+        }
+    }
+    if !addr.ip().is_loopback() {
+        r.warn(
+            "metrics.bind",
+            format!("the metrics endpoint on the non-loopback address {addr} shows client, listener and certificate figures to anyone who can reach it, unauthenticated; bind 127.0.0.1 unless a firewall keeps the network out"),
+        );
+    }
+}
+
+/// Most `allowed_origins` entries of one listener.
+const ALLOWED_ORIGINS_MAX: usize = 64;
+
+/// `path` and `allowed_origins`: only on ws/wss listeners, and well formed.
+fn websocket(l: &ListenerConfig, r: &mut Report<'_>) {
+    let i = l.index;
+    let key = |field: &str| format!("listener[{i}].{field}");
+    if !l.transport.is_websocket() {
+        for (field, set) in [
+            ("path", l.path.is_some()),
+            ("allowed_origins", !l.allowed_origins.is_empty()),
+        ] {
+            if set {
+                r.error(
+                    key(field),
+                    "only applies to transport = \"ws\" or \"wss\"; remove it or make this a WebSocket listener",
+                );
+            }
+        }
+        return;
+    }
+    if let Some(path) = &l.path {
+        if let Err(e) = crate::edge::ws::check_path(path) {
+            r.error(key("path"), format!("{path:?} {e}"));
+        }
+    }
+    if l.allowed_origins.len() > ALLOWED_ORIGINS_MAX {
+        r.error(
+            key("allowed_origins"),
+            format!(
+                "has {} entries; at most {ALLOWED_ORIGINS_MAX} are allowed",
+                l.allowed_origins.len()
+            ),
+        );
+    }
+    for (j, origin) in l.allowed_origins.iter().enumerate() {
+        if let Err(e) = crate::edge::ws::check_origin(origin) {
+            r.error(
+                key(&format!("allowed_origins[{j}]")),
+                format!("{origin:?} {e}"),
             );
         }
     }

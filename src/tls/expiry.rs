@@ -80,6 +80,11 @@ pub fn expiry_payload(label: &str, path: &Path, subject: &str, not_after: i64, n
     .to_string()
 }
 
+/// The `notAfter` (Unix seconds) of the first certificate in the PEM file `path`.
+pub fn not_after(path: &Path) -> Result<i64, String> {
+    read_status(path).map(|s| s.not_after)
+}
+
 struct CertStatus {
     subject: String,
     not_after: i64,

@@ -17,7 +17,7 @@ mod reload;
 
 pub use crl::{certificate_revoked, load_crl, load_crl_serials, RevocationList};
 pub use expiry::{
-    expiry_level, expiry_payload, spawn_expiry_watch, ExpiryLevel, EXPIRY_CHECK_INTERVAL,
+    expiry_level, expiry_payload, not_after, spawn_expiry_watch, ExpiryLevel, EXPIRY_CHECK_INTERVAL,
 };
 pub use identity::{certificate_identity, peer_identity, rfc2253_subject};
 pub use lean::LeanTlsStream;

@@ -146,6 +146,7 @@ mod tests {
             plain: 18840,
             tls_rsa: 18841,
             tls_ec: 18842,
+            wss: 18843,
         };
         let base = setup::tollgate_conf(&dir, &pki, ports, None, true);
         let text = tollgate_gateway_conf(&base, &pki, &gw, 18850);
