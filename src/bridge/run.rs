@@ -519,9 +519,12 @@ async fn serve(
             event = up.poll() => match event {
                 Err(error) => {
                     // Acknowledgements read with the end of the connection still
-                    // count: without them the message is sent twice.
-                    for ack in up.acks_read_before_the_end() {
-                        session.on_event(ack, up, shared).await;
+                    // count (without them the message is sent twice), and so do
+                    // PUBLISHes written before it (`sent`). Nothing more is handed to
+                    // the dead connection.
+                    session.stop_filling();
+                    for event in up.events_before_the_end() {
+                        session.on_event(event, up, shared).await;
                     }
                     return Ended::Lost {
                         connected_for: session.connected_at.map(|t| t.elapsed()),
