@@ -507,8 +507,17 @@ async fn a_torn_journal_tail_loses_only_the_damaged_record_and_says_so() {
     );
     let (operator, mut up) = cloud_client(&pki, cloud_port, "operator", true).await;
     subscribe(&operator, "site/gw1/sensors/#").await;
-    let gw = GatewayProcess::start(dir.path(), None, 1);
-    let lost = gw.wait_for_line("records lost to damage at open", support::WAIT);
+    // The loss is logged right after the journal opens, which may be before or after
+    // "tollgate is ready": wait for both, then find it in the whole log.
+    let gw = GatewayProcess::start_until(
+        dir.path(),
+        &["tollgate is ready", "records lost to damage at open"],
+    );
+    let lost = gw
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("records lost to damage at open"))
+        .expect("seen by start_until");
     assert!(lost.contains("records=1"), "{lost}");
 
     for i in 0..N - 1 {

@@ -8,6 +8,10 @@
 //! aliases up to the cloud's Topic Alias Maximum, reset on reconnect; the counters
 //! survive a restart of the gateway.
 //!
+//! A cloud that stops reading for a moment (its socket full) delays messages by that
+//! moment only, never by `ack_timeout`: the bridge must not lose a PUBLISH that its
+//! event loop had taken when a turn of its `select!` was cancelled.
+//!
 //! The stuck PUBACK needs a cloud that misbehaves on purpose, so it is a small MQTT 5
 //! server written here (rustls over TCP on 127.0.0.1, certificates made at test time,
 //! packets decoded with rumqttc's codec) that reports every packet it sees with its
@@ -816,4 +820,126 @@ async fn over_mqtt_311_records_go_out_in_order_with_the_bridges_packet_ids() {
     assert_eq!(state["reconnects"], 0);
     gw.stop().await;
     drop(cloud);
+}
+
+/// A TCP relay on 127.0.0.1 in front of `target` that stops reading what the gateway
+/// sends for `pause`, once, after the first `after` bytes of a connection (a cloud that
+/// stops reading for a moment). Its receive buffer is small, so the gateway's socket
+/// fills soon after.
+async fn pausing_relay(target: u16, after: usize, pause: Duration) -> u16 {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // Set before listen(): accepted sockets inherit it (and their TCP window with it).
+    socket
+        .set_recv_buffer_size(16 * 1024)
+        .expect("small receive buffer");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(16).expect("listen");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let listener =
+        tokio::net::TcpListener::from_std(std::net::TcpListener::from(socket)).expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (mut from_gw, mut to_gw) = inbound.into_split();
+            let (mut from_cloud, mut to_cloud) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_cloud, &mut to_gw).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut relayed = 0usize;
+                let mut paused = false;
+                loop {
+                    let n = match from_gw.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if to_cloud.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    relayed += n;
+                    if !paused && relayed >= after {
+                        paused = true;
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_that_stops_reading_for_a_moment_delays_but_stalls_nothing() {
+    const N: usize = 200;
+    const SIZE: usize = 100 * 1024;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cloud_port, mut seen) = fake_cloud(&pki, |_, _| true, None).await;
+    // 2 s without reading after the first MiB; the window (100 messages of 100 KiB) is
+    // more than the sockets hold, so the bridge's writes wait on a full socket while
+    // new messages keep arriving (each one a turn of the bridge's select!).
+    let port = pausing_relay(cloud_port, 1 << 20, Duration::from_secs(2)).await;
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"20s\"", ""),
+    )
+    .await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    let publisher = tokio::spawn(async move {
+        let padding = "x".repeat(SIZE - 6);
+        for i in 0..N {
+            local
+                .publish(
+                    "sensors/big",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{i:06}{padding}"),
+                )
+                .await
+                .expect("queued");
+            // Spread over the pause: stores (and bridge turns) go on while it lasts.
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        local
+    });
+    let started = Instant::now();
+    let mut next_seq = 0;
+    while next_seq < N {
+        let (conn, _, p) = next_publish(&mut seen).await;
+        let seq: usize = std::str::from_utf8(&p.payload[..6])
+            .expect("ascii")
+            .parse()
+            .expect("number");
+        assert_eq!(
+            conn, 1,
+            "message {seq} went out on a new connection after {:?}: a PUBLISH was lost on a full socket and waited for ack_timeout (next expected {next_seq})",
+            started.elapsed()
+        );
+        assert_eq!(seq, next_seq, "in order, each once");
+        next_seq += 1;
+    }
+    let local = publisher.await.expect("publisher");
+    // Trailing marker: nothing else (no resend) was on its way.
+    local
+        .publish("sensors/big", QoS::AtLeastOnce, false, "marker")
+        .await
+        .expect("queued");
+    let (conn, _, p) = next_publish(&mut seen).await;
+    assert_eq!((conn, &p.payload[..], p.dup), (1, &b"marker"[..], false));
+    let state = wait_state(&gw, "watch-2", |v| v["acked"] == N + 1).await;
+    assert_eq!(state["reconnects"], 0);
+    println!(
+        "{N} messages of {SIZE} B through a 2 s read pause in {:?}",
+        started.elapsed()
+    );
+    gw.stop().await;
 }

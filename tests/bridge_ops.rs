@@ -369,6 +369,17 @@ async fn a_cloud_outage_under_load_loses_and_reorders_nothing() {
     eprintln!(
         "bridge outage: the cloud received {resends} resends (DUP=1), no message twice without DUP"
     );
+    // `sent` counts every PUBLISH written to a connection, also those written just
+    // before the cloud went down: never fewer than the cloud logged receiving.
+    let logged: u64 = received.values().map(|v| v.len() as u64).sum();
+    let state = wait_state(&gw, "w4", |v| {
+        v["sent"].as_u64().is_some_and(|s| s >= logged)
+    })
+    .await;
+    eprintln!(
+        "bridge outage: sent {} for {logged} PUBLISHes the cloud logged",
+        state["sent"]
+    );
     gw.stop().await;
 }
 

@@ -43,6 +43,10 @@ const VERSION_PROPERTIES: u8 = 2;
 const HEADER: usize = 5;
 /// Payload bytes one `pending` call reads at most (at least one record is returned).
 const READ_BYTES: usize = 1024 * 1024;
+/// Newest records the journal keeps in memory for the uplink (`JournalConfig::tail_bytes`):
+/// live traffic is sent without reading the disk or waiting for the writer thread (a
+/// read there waits for the fsync in progress); a backlog beyond it is read from disk.
+const TAIL_BYTES: u64 = 4 * 1024 * 1024;
 /// How often a blocked append retries when no acknowledgement woke it (space comes
 /// back a whole segment at a time, after the writer deleted it).
 const RETRY: Duration = Duration::from_millis(100);
@@ -271,6 +275,7 @@ impl JournalOutbox {
         let config = JournalConfig {
             segment_bytes: (max_bytes / 4).clamp(min_segment, DEFAULT_SEGMENT_BYTES),
             max_bytes,
+            tail_bytes: TAIL_BYTES.min(max_bytes / 4) as usize,
             ..JournalConfig::default()
         };
         if let Err(e) = tokio::fs::create_dir_all(dir).await {
@@ -505,6 +510,8 @@ mod tests {
         o.ack(b);
         o.ack(b);
         assert_eq!(topics(&o.pending(Some(a), 10).await), ["c"]);
+        // The writer thread counts acks; a sync is served after them.
+        o.inner.journal.sync().await.expect("sync");
         let n = o.counters();
         assert_eq!((n.queued_messages, n.appended, n.acked), (2, 3, 1));
         o.close().await.expect("close");

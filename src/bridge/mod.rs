@@ -249,7 +249,6 @@ impl Component for Bridge {
                 recovered_up_to,
                 window: Arc::new(tokio::sync::Semaphore::new(run::INTAKE_WINDOW)),
                 stalled: Default::default(),
-                tracker: tracker.clone(),
             });
             run::run(shared, client, tls, tracker).await;
             stop_saving.cancel();

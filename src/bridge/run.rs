@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::config::BridgeConfig;
-use super::outbox::{Outbox, OutboxError, OutboxRecord, Seq};
+use super::outbox::{Outbox, OutboxError, OutboxRecord, Seq, Stored};
 use super::props;
 use super::rules::{route_in, route_out, Rule};
 use super::session::Session;
@@ -82,8 +82,6 @@ pub(super) struct Shared {
     pub window: Arc<tokio::sync::Semaphore>,
     /// Deliveries whose storage failed and is being retried (intake pauses).
     pub stalled: AtomicU64,
-    /// Where the writes in flight run (the component's tracker: drained at shutdown).
-    pub tracker: TaskTracker,
 }
 
 /// Attach the intake client and subscribe the out rules locally.
@@ -174,10 +172,13 @@ pub(super) async fn run(
     tracker: TaskTracker,
 ) {
     let links = Links::new();
+    let (written_tx, written_rx) = mpsc::unbounded_channel();
+    let acker = tracker.spawn(acknowledge(shared.clone(), written_rx, tracker.clone()));
     let intake = tracker.spawn(intake(
         shared.clone(),
         client,
         links.qos0_tx,
+        written_tx,
         links.ingress_rx,
         links.done_tx,
         links.ingress_queued.clone(),
@@ -192,6 +193,44 @@ pub(super) async fn run(
     )
     .await;
     let _ = intake.await;
+    // The intake is gone with its sender: the acker finishes what was accepted.
+    let _ = acker.await;
+}
+
+/// A delivery whose record the outbox accepted, to acknowledge locally once stored.
+struct Written {
+    stored: Stored,
+    record: OutboxRecord,
+    ack: Option<crate::broker::DeliveryAck>,
+    /// Its place in [`INTAKE_WINDOW`], given back after the local acknowledgement.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Acknowledges accepted deliveries locally once stored, in the order they were
+/// accepted. One task for all: the journal stores records in order and reports a group
+/// commit at once, so this task wakes about once per fsync (a task per message cost a
+/// spawn and a wake-up each). A delivery whose storage failed is retried in a task of
+/// its own on `tracker`, as before, so that the others are not held behind its retries
+/// (a failed group commit fails hundreds at once). The channel holds at most
+/// [`INTAKE_WINDOW`] entries (the permits).
+async fn acknowledge(
+    shared: Arc<Shared>,
+    mut written: mpsc::UnboundedReceiver<Written>,
+    tracker: TaskTracker,
+) {
+    while let Some(w) = written.recv().await {
+        let result = w.stored.await;
+        if matches!(result, Err(OutboxError::Storage(_))) {
+            let shared = shared.clone();
+            tracker.spawn(async move {
+                stored_then_ack(&shared, w.record, result, w.ack).await;
+                drop(w.permit);
+            });
+            continue;
+        }
+        stored_then_ack(&shared, w.record, result, w.ack).await;
+        drop(w.permit);
+    }
 }
 
 /// The intake half (see the module comment).
@@ -199,6 +238,7 @@ async fn intake(
     shared: Arc<Shared>,
     mut client: InternalClient,
     qos0_tx: mpsc::Sender<OutboxRecord>,
+    written_tx: mpsc::UnboundedSender<Written>,
     mut ingress_rx: mpsc::UnboundedReceiver<Ingress>,
     done_tx: mpsc::UnboundedSender<u64>,
     ingress_queued: Arc<AtomicU64>,
@@ -235,7 +275,7 @@ async fn intake(
                     }
                     break;
                 };
-                storing = take_delivery(&shared, d, &qos0_tx);
+                storing = take_delivery(&shared, d, &qos0_tx, &written_tx);
             }
         }
     }
@@ -249,6 +289,7 @@ fn take_delivery(
     shared: &Arc<Shared>,
     mut d: Delivery,
     qos0_tx: &mpsc::Sender<OutboxRecord>,
+    written_tx: &mpsc::UnboundedSender<Written>,
 ) -> Option<BoxFuture<()>> {
     let ack = d.take_ack();
     let Some((rule, remote)) = route_out(&shared.rules, &d.topic) else {
@@ -278,6 +319,7 @@ fn take_delivery(
         });
     }
     let shared = shared.clone();
+    let written_tx = written_tx.clone();
     Some(Box::pin(async move {
         // At most INTAKE_WINDOW deliveries being written, none while a storage error is
         // retried (so the retried ones keep their order as far as possible).
@@ -297,11 +339,12 @@ fn take_delivery(
                 return;
             }
         };
-        let tracker = shared.tracker.clone();
-        tracker.spawn(async move {
-            let result = stored.await;
-            stored_then_ack(&shared, record, result, ack).await;
-            drop(permit);
+        // The acker outlives the intake (it ends when every sender is gone).
+        let _ = written_tx.send(Written {
+            stored,
+            record,
+            ack,
+            permit,
         });
     }))
 }
@@ -519,9 +562,12 @@ async fn serve(
             event = up.poll() => match event {
                 Err(error) => {
                     // Acknowledgements read with the end of the connection still
-                    // count: without them the message is sent twice.
-                    for ack in up.acks_read_before_the_end() {
-                        session.on_event(ack, up, shared).await;
+                    // count (without them the message is sent twice), and so do
+                    // PUBLISHes written before it (`sent`). Nothing more is handed to
+                    // the dead connection.
+                    session.stop_filling();
+                    for event in up.events_before_the_end() {
+                        session.on_event(event, up, shared).await;
                     }
                     return Ended::Lost {
                         connected_for: session.connected_at.map(|t| t.elapsed()),

@@ -51,7 +51,9 @@ impl LinkState {
 /// Counters of one bridge (the outbox keeps its own).
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// PUBLISH packets sent upstream (QoS 0 included, resends included).
+    /// PUBLISH packets written to a cloud connection (QoS 0, status messages and resends
+    /// included), counted when rumqttc encodes them for the socket: one written just
+    /// before a connection broke counts, though the cloud may not have read it.
     pub sent: AtomicU64,
     /// QoS 1/2 messages the cloud acknowledged.
     pub acked: AtomicU64,

@@ -330,12 +330,14 @@ impl Uplink {
         }
     }
 
-    /// The PUBACKs/PUBCOMPs rumqttc decoded in the same read as the end of the
-    /// connection: it queues them and reports the error first, so without this the
-    /// bridge would resend messages the cloud already acknowledged (a duplicate on every
-    /// cloud shutdown with messages in flight; found by tests/bridge_ops.rs's outage
-    /// test). Call after `poll` failed.
-    pub fn acks_read_before_the_end(&mut self) -> Vec<UplinkEvent> {
+    /// What rumqttc had queued for the bridge when the connection ended: it queues
+    /// events (several PUBLISHes written in one turn, the PUBACKs/PUBCOMPs decoded in
+    /// one read) and reports the error first. Without the acknowledgements the bridge
+    /// would resend messages the cloud already acknowledged (a duplicate on every cloud
+    /// shutdown with messages in flight; found by tests/bridge_ops.rs's outage test);
+    /// without the `Sent` events the `sent` counter missed PUBLISHes written just
+    /// before the end. Call after `poll` failed; the events come in their order.
+    pub fn events_before_the_end(&mut self) -> Vec<UplinkEvent> {
         match &mut self.events {
             EventLoop::V5(e) => {
                 use rumqttc::v5::{Event, Incoming as In};
@@ -348,6 +350,9 @@ impl Uplink {
                             pkid: c.pkid,
                             refused: None,
                         }),
+                        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                            Some(UplinkEvent::Sent { pkid })
+                        }
                         _ => None,
                     })
                     .collect()
@@ -366,6 +371,9 @@ impl Uplink {
                             pkid: c.pkid,
                             refused: None,
                         }),
+                        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                            Some(UplinkEvent::Sent { pkid })
+                        }
                         _ => None,
                     })
                     .collect()
@@ -483,5 +491,71 @@ fn qos4(qos: u8) -> rumqttc::QoS {
         0 => rumqttc::QoS::AtMostOnce,
         1 => rumqttc::QoS::AtLeastOnce,
         _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events the bridge takes from a drained queue, reduced for comparison.
+    fn reduced(events: Vec<UplinkEvent>) -> Vec<(&'static str, u16)> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                UplinkEvent::Sent { pkid } => ("sent", pkid),
+                UplinkEvent::Acked {
+                    pkid,
+                    refused: None,
+                } => ("acked", pkid),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn publishes_and_acks_queued_when_the_connection_ended_are_all_reported() {
+        use rumqttc::v5::{Event, Incoming as In};
+        // Never polled, so never connected: only its queue of events matters here.
+        let o = rumqttc::v5::MqttOptions::new("gw", "127.0.0.1", 1);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(o, 10);
+        for event in [
+            Event::Outgoing(rumqttc::Outgoing::Publish(1)),
+            Event::Incoming(In::PubAck(p5::PubAck::new(7, None))),
+            Event::Outgoing(rumqttc::Outgoing::PingReq),
+            Event::Outgoing(rumqttc::Outgoing::Publish(2)),
+            Event::Outgoing(rumqttc::Outgoing::Publish(0)),
+        ] {
+            events.state.events.push_back(event);
+        }
+        let mut up = Uplink {
+            client: Client::V5(client),
+            events: EventLoop::V5(Box::new(events)),
+            max_inflight: 10,
+        };
+        assert_eq!(
+            reduced(up.events_before_the_end()),
+            [("sent", 1), ("acked", 7), ("sent", 2), ("sent", 0)]
+        );
+        assert!(up.events_before_the_end().is_empty(), "drained");
+
+        let o = rumqttc::MqttOptions::new("gw", "127.0.0.1", 1);
+        let (client, mut events) = rumqttc::AsyncClient::new(o, 10);
+        for event in [
+            rumqttc::Event::Incoming(rumqttc::Packet::PubAck(rumqttc::PubAck::new(3))),
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(4)),
+            rumqttc::Event::Incoming(rumqttc::Packet::PubComp(rumqttc::PubComp::new(5))),
+        ] {
+            events.state.events.push_back(event);
+        }
+        let mut up = Uplink {
+            client: Client::V4(client),
+            events: EventLoop::V4(Box::new(events)),
+            max_inflight: 10,
+        };
+        assert_eq!(
+            reduced(up.events_before_the_end()),
+            [("acked", 3), ("sent", 4), ("acked", 5)]
+        );
     }
 }

@@ -69,6 +69,11 @@ pub struct JournalConfig {
     pub ack_sync_interval: Duration,
     /// Most bytes one group commit writes before its fsync, bounding its latency.
     pub max_batch_bytes: usize,
+    /// Bytes of the newest pending records kept in memory (0: none), so that a reader
+    /// following the writer (the bridge's uplink) gets them from [`Journal::read`]
+    /// without a disk read and without waiting for the writer thread; older records
+    /// are read from disk.
+    pub tail_bytes: usize,
 }
 
 impl Default for JournalConfig {
@@ -79,6 +84,7 @@ impl Default for JournalConfig {
             max_bytes: DEFAULT_MAX_BYTES,
             ack_sync_interval: Duration::from_secs(1),
             max_batch_bytes: 4 * 1024 * 1024,
+            tail_bytes: 0,
         }
     }
 }
@@ -272,6 +278,88 @@ struct Shared {
     syncs: AtomicU64,
     disk_bytes: AtomicU64,
     segments: AtomicU64,
+    /// The newest pending records ([`JournalConfig::tail_bytes`]), kept by the writer.
+    tail: Mutex<Tail>,
+    /// Acknowledgements not yet taken by the writer: one command wakes it for all
+    /// those queued before it runs (an ack per cloud PUBACK would be a wake-up each).
+    queued_acks: Mutex<Vec<u64>>,
+}
+
+/// The newest durable pending records, in memory: every durable pending record with
+/// `seq >= start` is in `records`, in order, and nothing else.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Budget in payload bytes (0: disabled; `start` then never moves).
+    cap: usize,
+    /// Reads from here on are answered from memory.
+    start: u64,
+    records: std::collections::VecDeque<TailRecord>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct TailRecord {
+    seq: u64,
+    appended_ms: u64,
+    /// The record's frame (header and payload), as written.
+    frame: Vec<u8>,
+}
+
+impl Tail {
+    /// A record just made durable (in sequence order): kept, evicting the oldest to
+    /// stay within the budget (reads before the evicted ones go to disk).
+    fn push(&mut self, seq: u64, appended_ms: u64, frame: Vec<u8>) {
+        let len = frame.len() - RECORD_HEADER_BYTES;
+        if len > self.cap {
+            self.records.clear();
+            self.bytes = 0;
+            self.start = seq + 1;
+            return;
+        }
+        while self.bytes + len > self.cap {
+            let old = self.records.pop_front().expect("invariant: bytes > 0");
+            self.bytes -= old.frame.len() - RECORD_HEADER_BYTES;
+            self.start = old.seq + 1;
+        }
+        self.bytes += len;
+        self.records.push_back(TailRecord {
+            seq,
+            appended_ms,
+            frame,
+        });
+    }
+
+    /// A record acknowledged or dropped: no longer pending.
+    fn remove(&mut self, seq: u64) {
+        if let Ok(i) = self.records.binary_search_by_key(&seq, |r| r.seq) {
+            let r = self.records.remove(i).expect("invariant: index found");
+            self.bytes -= r.frame.len() - RECORD_HEADER_BYTES;
+        }
+    }
+
+    /// [`Journal::read`] from memory; `None` when records before `from_seq` may have
+    /// been evicted (read from disk).
+    fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Option<Vec<Record>> {
+        if self.cap == 0 || from_seq < self.start {
+            return None;
+        }
+        let from = self.records.partition_point(|r| r.seq < from_seq);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in self.records.range(from..) {
+            let len = r.frame.len() - RECORD_HEADER_BYTES;
+            if out.len() >= max_records || (!out.is_empty() && bytes + len > max_bytes) {
+                break;
+            }
+            bytes += len;
+            out.push(Record {
+                seq: r.seq,
+                appended_at: time_from_ms(r.appended_ms),
+                payload: r.frame[RECORD_HEADER_BYTES..].to_vec(),
+            });
+        }
+        Some(out)
+    }
 }
 
 impl Shared {
@@ -283,6 +371,15 @@ impl Shared {
 
     fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // Every critical section leaves the tail consistent (single pushes and removes).
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued_acks(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.queued_acks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -392,7 +489,14 @@ impl Journal {
             max_bytes: config.max_bytes,
             ..Shared::default()
         });
+        let tail_bytes = config.tail_bytes;
         let (writer, recovery, next_seq) = recover::recover(&dir, config, shared.clone())?;
+        // Recovered records are read from disk; the tail starts with the next append.
+        *shared.tail() = Tail {
+            cap: tail_bytes,
+            start: next_seq,
+            ..Tail::default()
+        };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -483,11 +587,25 @@ impl Journal {
     /// written at once but fsynced lazily (`ack_sync_interval`): after a power cut a
     /// record can come back, a duplicate that QoS 1 allows.
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
-        self.send(Command::Ack(vec![seq]))
+        // Out of the tail at once: a read after this call does not return it.
+        self.inner.shared.tail().remove(seq);
+        let mut queued = self.inner.shared.queued_acks();
+        queued.push(seq);
+        if queued.len() > 1 {
+            // A wake-up is on its way and the writer takes every queued ack with it.
+            return Ok(());
+        }
+        self.send(Command::Ack(Vec::new()))
+            .inspect_err(|_| queued.clear())
     }
 
     /// Acknowledge several records at once.
     pub fn ack_many(&self, seqs: Vec<u64>) -> Result<(), JournalError> {
+        let mut tail = self.inner.shared.tail();
+        for &seq in &seqs {
+            tail.remove(seq);
+        }
+        drop(tail);
         self.send(Command::Ack(seqs))
     }
 
@@ -514,6 +632,14 @@ impl Journal {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, JournalError> {
+        if let Some(records) = self
+            .inner
+            .shared
+            .tail()
+            .read(from_seq, max_records, max_bytes)
+        {
+            return Ok(records);
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Read {
             from_seq,

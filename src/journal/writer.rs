@@ -145,6 +145,8 @@ struct Staged {
     meta: Meta,
     cost: u64,
     reply: Reply<u64>,
+    /// The frame again, for the in-memory tail (when it is enabled).
+    frame: Option<Vec<u8>>,
 }
 
 /// The commands of one round.
@@ -253,7 +255,11 @@ impl Writer {
                     reply,
                 });
             }
-            Command::Ack(seqs) => round.acks.extend(seqs),
+            Command::Ack(seqs) => {
+                round.acks.extend(seqs);
+                // Those queued by `Journal::ack` (this command may be their wake-up).
+                round.acks.append(&mut self.shared.queued_acks());
+            }
             Command::DropOldest {
                 bytes_needed,
                 reply,
@@ -354,7 +360,9 @@ impl Writer {
             let appended_ms =
                 u64::from_le_bytes(frame[16..24].try_into().expect("invariant: 8 bytes"));
             self.buf.extend_from_slice(&frame);
+            let keep = self.config.tail_bytes > 0;
             staged.push(Staged {
+                frame: keep.then_some(frame),
                 meta: Meta {
                     seq: append.seq,
                     offset,
@@ -423,6 +431,15 @@ impl Writer {
                     self.pending_records += 1;
                     self.pending_bytes += u64::from(s.meta.len);
                     self.last_seq = s.meta.seq;
+                }
+                if self.config.tail_bytes > 0 {
+                    // Durable now: readers may have them from memory.
+                    let mut tail = self.shared.tail();
+                    for s in staged.iter_mut() {
+                        if let Some(frame) = s.frame.take() {
+                            tail.push(s.meta.seq, s.meta.appended_ms, frame);
+                        }
+                    }
                 }
                 self.shared.disk_bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.shared
@@ -533,6 +550,9 @@ impl Writer {
             Some(len) => {
                 self.pending_records -= 1;
                 self.pending_bytes -= u64::from(len);
+                if self.config.tail_bytes > 0 {
+                    self.shared.tail().remove(seq);
+                }
                 true
             }
             None => false,

@@ -83,10 +83,17 @@ impl Network {
     }
 
     /// Serializes packet into write buffer
+    ///
+    /// tollgate patch: only encodes, never waits for the socket (`feed` flushed first
+    /// when the buffer was over its boundary, and a caller's `select!` cancelling the
+    /// poll there lost a packet already taken from `pending` and recorded in flight: it
+    /// went out only after the ack timeout). The callers flush after writing, which
+    /// is where waiting (and cancelling) is safe: the buffer keeps what it holds.
     pub async fn write(&mut self, packet: Packet) -> Result<(), StateError> {
-        self.framed
-            .feed(packet)
-            .await
+        let max_outgoing_size = self.framed.codec().max_outgoing_size;
+        packet
+            .write(self.framed.write_buffer_mut(), max_outgoing_size)
+            .map(drop)
             .map_err(StateError::Deserialization)
     }
 
