@@ -18,11 +18,9 @@ use tollgate::telemetry::{self, LogFormat};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A worker thread going idle gives back what its allocator heap holds without using it
-/// (pages freed by other threads stay with the thread that allocated them until it
-/// allocates again or collects), at most once a second per thread so that a busy
-/// broker, whose workers park and wake all the time, does not pay for it.
-#[cfg(feature = "mimalloc")]
+/// A worker thread going idle gives back what the allocator holds without using it
+/// (`tollgate_sys::allocator::collect`), at most once a second per thread so that a busy
+/// broker, whose workers park and wake all the time, hardly pays for it.
 fn collect_when_idle() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};
@@ -99,7 +97,6 @@ fn run(log: Option<LogFormat>, args: &ConfigArgs) -> u8 {
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    #[cfg(feature = "mimalloc")]
     builder.on_thread_park(collect_when_idle);
     let runtime = match builder.build() {
         Ok(runtime) => runtime,

@@ -1,20 +1,36 @@
-//! mimalloc's `mi_collect`, for a thread that has gone idle.
+//! Giving an idle thread's free heap memory back to the kernel.
 //!
-//! A block freed by another thread than the one that allocated it goes onto its page's
-//! cross-thread free list; the owning thread takes those back only when it next
-//! allocates from that page, or collects. A tokio worker that served a burst and then
-//! idles therefore keeps the burst's pages, however free they are, and RSS stays up (it
-//! did: 1.4x to 2.8x the idle RSS 30 s after a burst, depending on which thread happened
-//! to allocate what). Collecting when a worker parks, at most once a second per thread,
-//! gives those pages back (immediately with the unit's `MIMALLOC_PURGE_DELAY=0`).
+//! With mimalloc (feature `mimalloc`): a block freed by another thread than the one that
+//! allocated it goes onto its page's cross-thread free list; the owning thread takes those
+//! back only when it next allocates from that page, or collects. A tokio worker that
+//! served a burst and then idles therefore keeps the burst's pages, however free they
+//! are, and RSS stays up (it did: 1.4x to 2.8x the idle RSS 30 s after a burst,
+//! depending on which thread happened to allocate what). `mi_collect` gives them back
+//! (immediately with the unit's `MIMALLOC_PURGE_DELAY=0`).
+//!
+//! With glibc's malloc: freed chunks stay in its arenas; `malloc_trim(0)` returns the
+//! free pages of every arena to the kernel.
+//!
+//! Either is meant for a thread going idle, at most about once a second.
 
-/// Frees what this thread's mimalloc heap holds without using it: the cross-thread
-/// frees of its pages, its empty pages, and (purge delay permitting) their memory.
+/// Frees what the allocator holds without using it: with mimalloc, this thread's heap
+/// (the cross-thread frees of its pages, its empty pages and their memory); with glibc,
+/// the free pages of all arenas; elsewhere nothing.
 pub fn collect() {
+    #[cfg(feature = "mimalloc")]
     // SAFETY: `mi_collect` takes no pointer and has no precondition; mimalloc documents
     // it as callable from any thread at any time, and it touches only the calling
     // thread's heap (and, with `force`, which is not used here, abandoned segments).
-    unsafe { libmimalloc_sys::mi_collect(false) }
+    unsafe {
+        libmimalloc_sys::mi_collect(false)
+    }
+    #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes a size and no pointer, locks each arena itself and is
+    // callable from any thread at any time (glibc's manual); its result (whether memory
+    // was released) is not needed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[cfg(feature = "mimalloc")]
 pub mod allocator;
 
 use std::io;
