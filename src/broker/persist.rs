@@ -36,7 +36,9 @@ use crate::journal::{self, Durable, Journal, JournalConfig, JournalError, SyncMo
 
 mod sessions;
 
-pub(crate) use sessions::{Live, SessionLog, SessionRecord, StoredSession, StoredSubscription};
+pub(crate) use sessions::{
+    Live, SessionLog, SessionRecord, StoredSession, StoredSubscription, StoredWill,
+};
 
 /// Record format version (first byte of every record).
 const VERSION: u8 = 1;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::super::persist::{RetainedLog, SessionLog};
+use super::super::persist::{RetainedLog, SessionLog, StoredWill};
 use super::*;
 
 /// `$SYS` retained topics are rebuilt by the broker itself: never stored.
@@ -59,8 +59,9 @@ impl Router {
                     .state_lost_at_open
                     .fetch_add(loaded.lost_records, Ordering::Relaxed);
                 expired = loaded.expired;
-                self.restore_sessions(loaded.sessions);
+                let due = self.restore_sessions(loaded.sessions);
                 self.ctx.sessions_log = Some(log);
+                self.publish_due_wills(due, loaded.wills_due);
                 self.update_state_stats();
             }
             Err(e) => {
@@ -77,6 +78,33 @@ impl Router {
             ms = started.elapsed().as_millis() as u64,
             "Broker state loaded."
         );
+    }
+
+    /// Publish the delayed wills that came due while the broker was down: of restored
+    /// sessions (`due`) and of sessions that expired meanwhile (`ended`), once every
+    /// session is back so their subscribers get them.
+    fn publish_due_wills(&mut self, due: Vec<SessionKey>, ended: Vec<(Identity, StoredWill)>) {
+        let count = due.len() + ended.len();
+        for key in due {
+            self.fire_will(key);
+        }
+        for (identity, will) in ended {
+            let record = will.record;
+            let spec = WillSpec {
+                message: will.msg,
+                delay: will.delay,
+            };
+            self.publish_will(Box::new(spec), &identity);
+            if let Some(log) = self.ctx.sessions_log.as_mut() {
+                log.ack(record);
+            }
+        }
+        if count > 0 {
+            info!(
+                wills = count,
+                "Delayed wills due while the broker was down published."
+            );
+        }
     }
 
     /// Write a change of the retained store (`stored`: `msg` is now retained; otherwise
