@@ -256,6 +256,8 @@ pub(crate) struct RetainedLog {
     pub failed: u64,
     /// Segment size (the unit compaction frees).
     segment_bytes: u64,
+    /// Disk cost appended since the budget was last looked at (`pressure_due`).
+    appended_since_check: u64,
 }
 
 /// Records and bytes per read while a state log is loaded: bounded batches, whatever
@@ -311,6 +313,7 @@ impl RetainedLog {
             last_sync: Instant::now(),
             failed: 0,
             segment_bytes,
+            appended_since_check: 0,
         };
         let mut messages: HashMap<Bytes, (u64, Message)> = HashMap::new();
         let mut stale = Vec::new();
@@ -434,9 +437,22 @@ impl RetainedLog {
     }
 
     fn append(&mut self, record: &[u8]) -> Result<Durable, JournalError> {
-        self.journal
+        let durable = self
+            .journal
             .append(record)
-            .inspect_err(|_| self.failed += 1)
+            .inspect_err(|_| self.failed += 1)?;
+        self.appended_since_check += journal::record_cost(record.len());
+        Ok(durable)
+    }
+
+    /// Whether a quarter segment was appended since the last call (see
+    /// `SessionLog::pressure_due`): then upkeep runs at once.
+    pub fn pressure_due(&mut self) -> bool {
+        if self.appended_since_check < self.segment_bytes / 4 {
+            return false;
+        }
+        self.appended_since_check = 0;
+        true
     }
 
     /// Periodic upkeep (the router calls it on its `$SYS` tick and after bursts): hand

@@ -337,6 +337,7 @@ impl Router {
                     self.state_upkeep();
                 }
             }
+            self.state_pressure();
             self.flush();
             for ping in self.pings.drain(..) {
                 let _ = ping.send(());

@@ -507,6 +507,8 @@ pub(crate) struct SessionLog {
     /// Appends refused (full, too large, closed) since open.
     pub failed: u64,
     segment_bytes: u64,
+    /// Disk cost appended since the budget was last looked at (`pressure_due`).
+    appended_since_check: u64,
 }
 
 /// Everything decoded, before the sessions are assembled.
@@ -643,6 +645,7 @@ impl SessionLog {
             next_id: scan.max_id + 1,
             failed: 0,
             segment_bytes,
+            appended_since_check: 0,
         };
         let (sessions, expired, wills_due) = log.assemble(&mut scan);
         if !scan.stale.is_empty() {
@@ -784,8 +787,21 @@ impl SessionLog {
             .journal
             .append(record)
             .inspect_err(|_| self.failed += 1)?;
-        self.track(durable.seq(), live, journal::record_cost(record.len()));
+        let cost = journal::record_cost(record.len());
+        self.appended_since_check += cost;
+        self.track(durable.seq(), live, cost);
         Ok(durable)
+    }
+
+    /// Whether a quarter segment was appended since the last call: then compaction is
+    /// looked at again at once, not only on the once-a-second upkeep, so a small log
+    /// under a fast stream makes room before it is full.
+    pub fn pressure_due(&mut self) -> bool {
+        if self.appended_since_check < self.segment_bytes / 4 {
+            return false;
+        }
+        self.appended_since_check = 0;
+        true
     }
 
     /// Acknowledge live record `seq` (0 and records not live are ignored).

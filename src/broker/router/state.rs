@@ -158,6 +158,23 @@ impl Router {
         self.ctx.release_hold(Some(hold), !ok);
     }
 
+    /// Compaction driven by pressure: after a router turn that appended a quarter
+    /// segment to a state log, its budget is looked at again at once (the 1 s upkeep
+    /// alone let a minimum-size log under a fast stream fill up and refuse messages).
+    pub(super) fn state_pressure(&mut self) {
+        if self
+            .ctx
+            .sessions_log
+            .as_mut()
+            .is_some_and(|log| log.pressure_due())
+        {
+            self.compact_sessions();
+        }
+        if self.state.as_mut().is_some_and(|log| log.pressure_due()) {
+            self.state_upkeep();
+        }
+    }
+
     /// Periodic upkeep of the state log (once a second).
     pub(super) fn state_upkeep(&mut self) {
         if let Some(log) = self.ctx.sessions_log.as_mut() {
