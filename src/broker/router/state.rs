@@ -4,12 +4,10 @@
 //! acknowledgement until its retained message is durable, upkeep (clears, ends,
 //! compaction) and the final flush.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::super::persist::{RetainedLog, SessionLog, StoredWill};
+use super::super::persist::{Replay, RetainedLog, SessionLog, StoredWill};
 use super::*;
 
 /// `$SYS` retained topics are rebuilt by the broker itself: never stored.
@@ -29,16 +27,13 @@ impl Router {
         let settings = settings.clone();
         let started = std::time::Instant::now();
         let mut expired = 0;
-        match RetainedLog::open(&data_dir, &settings.persistence).await {
+        let replayed = RetainedLog::open(&data_dir, &settings.persistence, |change| {
+            self.replay_retained(change)
+        })
+        .await;
+        match replayed {
             Ok((log, loaded)) => {
-                let now = Instant::now();
-                for message in loaded.messages {
-                    let message = Arc::new(message);
-                    if !self.retain_store(&message) {
-                        warn!(topic = %LogStr(message.topic_str()), "Stored retained message not loaded: over max_retained_messages or max_retained_bytes.");
-                    }
-                }
-                self.ctx.now = now;
+                self.ctx.now = Instant::now();
                 stats(&self.ctx)
                     .state_lost_at_open
                     .store(loaded.lost_records, Ordering::Relaxed);
@@ -78,6 +73,23 @@ impl Router {
             ms = started.elapsed().as_millis() as u64,
             "Broker state loaded."
         );
+    }
+
+    /// Apply one retained change read from the log (the log is not open yet, so
+    /// nothing is written back).
+    fn replay_retained(&mut self, change: Replay) {
+        match change {
+            Replay::Set(message) => {
+                if !self.retain_store(&message) {
+                    warn!(topic = %LogStr(message.topic_str()), "Stored retained message not loaded: over max_retained_messages or max_retained_bytes.");
+                }
+            }
+            Replay::Clear(topic) => {
+                if let Ok(topic) = std::str::from_utf8(&topic) {
+                    self.retain_clear(topic);
+                }
+            }
+        }
     }
 
     /// Publish the delayed wills that came due while the broker was down: of restored
