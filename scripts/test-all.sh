@@ -83,7 +83,8 @@ if [ -z "${TOLLGATE_SKIP_BENCH:-}" ]; then
   # test step above has just built.
   echo "== tollgate-bench smoke run"
   cargo run --quiet -p tollgate-bench -- --messages 2000 --connects 50 --rounds 1 \
-    --idle-conns 50 --devices 50 --load-rounds 1 --latency-secs 0.5 --settle-secs 2 --bridge --bridge-messages 2000
+    --idle-conns 50 --devices 50 --load-rounds 1 --latency-secs 0.5 --settle-secs 2 --bridge --bridge-messages 2000 \
+    --persistence
 fi
 
 if [ -z "${TOLLGATE_SKIP_APPLIANCE:-}" ] && [ -x scripts/ci-appliance.sh ]; then

@@ -93,7 +93,12 @@ pub struct Args {
     /// both bridges sustain, or the figure is queueing (runs last --latency-secs).
     #[arg(long, default_value_t = 500.0)]
     pub bridge_latency_rate: f64,
-    /// Skip sections: memory, connect, throughput, latency, storm, bridge.
+    /// Also measure QoS 1 fan-in to persistent subscribers (clean session off) through
+    /// tollgate with [persistence] on and off and Mosquitto with `persistence true`
+    /// (three brokers of its own, after the other sections; --messages per run).
+    #[arg(long)]
+    pub persistence: bool,
+    /// Skip sections: memory, connect, throughput, latency, storm, bridge, persistence.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Give tollgate only the fixed-schema keys (its default session queue and

@@ -361,6 +361,7 @@ fn spec_through(bench: &Bench, rig: &Rig, gateway: &Broker, tag: String) -> Load
         stall: Duration::from_secs(5),
         limit: Duration::from_secs(600),
         tag,
+        persistent: false,
     }
 }
 

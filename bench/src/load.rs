@@ -70,6 +70,8 @@ pub struct LoadSpec {
     pub limit: Duration,
     /// Tag making client ids unique across runs.
     pub tag: String,
+    /// Subscribers keep a session (clean session off); it is ended after the run.
+    pub persistent: bool,
 }
 
 /// What a run measured.
@@ -97,7 +99,7 @@ impl LoadResult {
     }
 }
 
-fn options(at: &Endpoint, payload: usize, id: String) -> MqttOptions {
+fn options(at: &Endpoint, payload: usize, id: String, clean: bool) -> MqttOptions {
     let mut o = match (&at.tls, at.ws) {
         // rumqttc takes a WebSocket broker as a URL.
         (Some(tls), true) => {
@@ -110,7 +112,7 @@ fn options(at: &Endpoint, payload: usize, id: String) -> MqttOptions {
         _ => MqttOptions::new(id, "127.0.0.1", at.port),
     };
     o.set_keep_alive(Duration::from_secs(60));
-    o.set_clean_session(true);
+    o.set_clean_session(clean);
     o.set_max_packet_size(payload + 1024, payload + 1024);
     o.set_inflight(100);
     o.set_request_channel_capacity(1000);
@@ -128,7 +130,17 @@ fn options(at: &Endpoint, payload: usize, id: String) -> MqttOptions {
 /// A rumqttc client of `at` (clean session, inflight 100, Nagle off) for payloads up to
 /// `payload` bytes; nothing is sent until its event loop is polled.
 pub fn new_client(at: &Endpoint, payload: usize, id: String) -> (AsyncClient, EventLoop) {
-    let (client, mut ev) = AsyncClient::new(options(at, payload, id), 1000);
+    new_session_client(at, payload, id, true)
+}
+
+/// [`new_client`] with clean session off unless `clean` (a persistent session).
+pub fn new_session_client(
+    at: &Endpoint,
+    payload: usize,
+    id: String,
+    clean: bool,
+) -> (AsyncClient, EventLoop) {
+    let (client, mut ev) = AsyncClient::new(options(at, payload, id, clean), 1000);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(10);
@@ -194,10 +206,11 @@ pub async fn run(
     let mut sub_clients = Vec::new();
     for s in 0..spec.subscribers {
         let who = format!("subscriber {s}");
-        let (client, mut ev) = new_client(
+        let (client, mut ev) = new_session_client(
             &spec.subscribe_at,
             spec.payload,
             format!("bench-sub-{}-{s}", spec.tag),
+            !spec.persistent,
         );
         wait_connack(&mut ev, &who).await?;
         subscribe(&client, &mut ev, &spec.subscribe_filter, spec.qos, who).await?;
@@ -256,6 +269,9 @@ pub async fn run(
     for c in pub_clients.iter().chain(sub_clients.iter()) {
         let _ = c.try_disconnect();
     }
+    if spec.persistent {
+        end_sessions(spec).await;
+    }
     let expected = total * spec.subscribers as u64;
     let lost = expected.saturating_sub(received);
     // With loss, the run ends at the last message that did arrive.
@@ -276,6 +292,24 @@ pub async fn run(
         timed_out,
         errors: publish_errors.into_iter().chain(sub_errors).collect(),
     })
+}
+
+/// Ends the run's persistent subscriber sessions (a clean-session connect of each id),
+/// so the next run's messages do not queue for them.
+async fn end_sessions(spec: &LoadSpec) {
+    // Their DISCONNECTs first: a connect before it would take the session over.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for s in 0..spec.subscribers {
+        let id = format!("bench-sub-{}-{s}", spec.tag);
+        let (client, mut ev) = new_client(&spec.subscribe_at, spec.payload, id);
+        if wait_connack(&mut ev, "session end").await.is_ok() {
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while ev.poll().await.is_ok() {}
+            })
+            .await;
+        }
+    }
 }
 
 /// Subscribes `client` to `filter` and waits for a SUBACK granting it.

@@ -10,6 +10,7 @@ mod args;
 mod bridge;
 mod broker;
 mod conn;
+mod durable;
 mod load;
 mod measure;
 mod report;
@@ -409,6 +410,9 @@ async fn measure_all(bench: &mut Bench, args: &Args, subject: &Subject, dir: &Pa
                 ));
             }
         }
+    }
+    if args.persistence && !bench.skip("persistence") && a_flavor == Flavor::Tollgate {
+        durable::run(bench, &subject.exe, dir).await;
     }
     if args.bridge && !bench.skip("bridge") {
         let gateways = [

@@ -301,6 +301,7 @@ impl Bench {
             stall: Duration::from_secs(3),
             limit: Duration::from_secs(90),
             tag,
+            persistent: false,
         }
     }
 

@@ -38,7 +38,15 @@ impl Drop for Running {
 
 fn spawn(exe: &Path, dir: &Path) -> anyhow::Result<(Running, Instant)> {
     let started = Instant::now();
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // The allocator policy of systemd/tollgate.service (as the other sections use),
+    // unless the caller set one: the RSS figures are those of the deployed service.
+    for (key, value) in crate::broker::TOLLGATE_UNIT_ENV {
+        if std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
+    let mut child = command
         .args(["--log", "text", "run", "-c", "tollgate.toml"])
         .current_dir(dir)
         .env_remove("RUST_LOG")

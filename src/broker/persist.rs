@@ -36,7 +36,9 @@ use crate::journal::{self, Durable, Journal, JournalConfig, JournalError, SyncMo
 
 mod sessions;
 
-pub(crate) use sessions::{Live, SessionLog, SessionRecord, StoredSession, StoredSubscription};
+pub(crate) use sessions::{
+    Live, SessionLog, SessionRecord, StoredSession, StoredSubscription, StoredWill,
+};
 
 /// Record format version (first byte of every record).
 const VERSION: u8 = 1;
@@ -231,10 +233,18 @@ fn decode(bytes: Bytes) -> Result<Record, String> {
 
 /// What [`RetainedLog::open`] found on disk.
 pub(crate) struct Loaded {
-    /// The retained messages, in the order they were set (expired ones left out).
-    pub messages: Vec<Message>,
     /// Records lost to damage (logged at open).
     pub lost_records: u64,
+}
+
+/// One change of the retained store replayed at open, in log order: the router applies
+/// them as they are read, so loading holds no second copy of the store (a map and a
+/// list of 100,000 messages cost tens of MiB that the allocator kept afterwards).
+pub(crate) enum Replay {
+    /// `msg` is its topic's retained message (a later `Set` or `Clear` may follow).
+    Set(Arc<Message>),
+    /// The topic has no retained message (cleared, or its last message expired).
+    Clear(Bytes),
 }
 
 /// The retained-message log, owned by the router.
@@ -254,6 +264,8 @@ pub(crate) struct RetainedLog {
     pub failed: u64,
     /// Segment size (the unit compaction frees).
     segment_bytes: u64,
+    /// Disk cost appended since the budget was last looked at (`pressure_due`).
+    appended_since_check: u64,
 }
 
 /// Records and bytes per read while a state log is loaded: bounded batches, whatever
@@ -290,6 +302,7 @@ impl RetainedLog {
     pub async fn open(
         data_dir: &Path,
         settings: &PersistenceSettings,
+        mut apply: impl FnMut(Replay),
     ) -> Result<(RetainedLog, Loaded), JournalError> {
         let dir = retained_dir(data_dir);
         let started = std::time::Instant::now();
@@ -309,28 +322,24 @@ impl RetainedLog {
             last_sync: Instant::now(),
             failed: 0,
             segment_bytes,
+            appended_since_check: 0,
         };
-        let mut messages: HashMap<Bytes, (u64, Message)> = HashMap::new();
         let mut stale = Vec::new();
         let mut from = 0;
         loop {
             let batch = log.journal.read(from, LOAD_RECORDS, LOAD_BYTES).await?;
             let Some(last) = batch.last() else { break };
             from = last.seq + 1;
+            let now = Instant::now();
             for record in batch {
                 let cost = journal::record_cost(record.payload.len());
-                match decode(Bytes::from(record.payload)) {
+                let (topic, message) = match decode(Bytes::from(record.payload)) {
                     Err(reason) => {
                         warn!(seq = record.seq, %reason, "Broker state: a record cannot be read; it is dropped.");
                         stale.push(record.seq);
+                        continue;
                     }
-                    Ok(Record::Clear { topic }) => {
-                        if let Some((old, _)) = messages.remove(&topic) {
-                            stale.push(old);
-                            log.forget(old);
-                        }
-                        stale.push(record.seq);
-                    }
+                    Ok(Record::Clear { topic }) => (topic, None),
                     Ok(Record::Set {
                         topic,
                         payload,
@@ -344,48 +353,38 @@ impl RetainedLog {
                             qos,
                             retain: true,
                             properties,
-                            expires_at: expires_ms.map(|ms| {
-                                Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
-                            }),
+                            expires_at: expires_ms
+                                .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms()))),
                             publisher: None,
                             origin: None,
                         };
-                        if let Some((old, _)) =
-                            messages.insert(topic.clone(), (record.seq, message))
-                        {
-                            stale.push(old);
-                            log.forget(old);
-                        }
+                        (topic, Some(message))
+                    }
+                };
+                // What it replaces is superseded.
+                if let Some(old) = log.live.get(&topic).copied() {
+                    stale.push(old);
+                    log.forget(old);
+                }
+                match message {
+                    // Expired while the broker was down: not loaded, removed.
+                    Some(m) if m.expires_at.is_none_or(|at| at > now) => {
                         log.remember(topic, record.seq, cost);
+                        apply(Replay::Set(Arc::new(m)));
+                    }
+                    _ => {
+                        stale.push(record.seq);
+                        apply(Replay::Clear(topic));
                     }
                 }
             }
         }
-        // Expired while the broker was down: not loaded, removed.
-        let now = Instant::now();
-        let mut loaded: Vec<(u64, Message)> = Vec::with_capacity(messages.len());
-        for (_, (seq, m)) in messages {
-            if m.expires_at.is_some_and(|at| at <= now) {
-                stale.push(seq);
-                log.forget(seq);
-            } else {
-                loaded.push((seq, m));
-            }
-        }
-        loaded.sort_unstable_by_key(|(seq, _)| *seq);
         // Superseded records and clears are acknowledged once the load is final.
         if !stale.is_empty() {
             log.journal.ack_many(stale)?;
         }
-        let count = loaded.len();
-        info!(dir = %dir.display(), retained = count, live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Retained state loaded.");
-        Ok((
-            log,
-            Loaded {
-                messages: loaded.into_iter().map(|(_, m)| m).collect(),
-                lost_records,
-            },
-        ))
+        info!(dir = %dir.display(), retained = log.live.len(), live_bytes = log.live_bytes, ms = started.elapsed().as_millis() as u64, "Retained state loaded.");
+        Ok((log, Loaded { lost_records }))
     }
 
     fn remember(&mut self, topic: Bytes, seq: u64, cost: u64) {
@@ -432,9 +431,22 @@ impl RetainedLog {
     }
 
     fn append(&mut self, record: &[u8]) -> Result<Durable, JournalError> {
-        self.journal
+        let durable = self
+            .journal
             .append(record)
-            .inspect_err(|_| self.failed += 1)
+            .inspect_err(|_| self.failed += 1)?;
+        self.appended_since_check += journal::record_cost(record.len());
+        Ok(durable)
+    }
+
+    /// Whether a quarter segment was appended since the last call (see
+    /// `SessionLog::pressure_due`): then upkeep runs at once.
+    pub fn pressure_due(&mut self) -> bool {
+        if self.appended_since_check < self.segment_bytes / 4 {
+            return false;
+        }
+        self.appended_since_check = 0;
+        true
     }
 
     /// Periodic upkeep (the router calls it on its `$SYS` tick and after bursts): hand
@@ -521,20 +533,22 @@ mod tests {
     }
 
     async fn reopen(dir: &Path) -> Vec<(String, String)> {
-        let (log, loaded) = RetainedLog::open(dir, &settings()).await.expect("open");
-        log.close().await;
-        let mut all: Vec<(String, String)> = loaded
-            .messages
-            .iter()
-            .map(|m| {
-                (
+        let mut store: BTreeMap<String, String> = BTreeMap::new();
+        let (log, _) = RetainedLog::open(dir, &settings(), |r| match r {
+            Replay::Set(m) => {
+                store.insert(
                     m.topic_str().to_string(),
                     String::from_utf8_lossy(&m.payload).into_owned(),
-                )
-            })
-            .collect();
-        all.sort();
-        all
+                );
+            }
+            Replay::Clear(topic) => {
+                store.remove(std::str::from_utf8(&topic).expect("UTF-8"));
+            }
+        })
+        .await
+        .expect("open");
+        log.close().await;
+        store.into_iter().collect()
     }
 
     #[test]
@@ -585,10 +599,11 @@ mod tests {
     #[tokio::test]
     async fn sets_replacements_and_clears_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, loaded) = RetainedLog::open(dir.path(), &settings())
+        let mut replayed = 0;
+        let (mut log, _) = RetainedLog::open(dir.path(), &settings(), |_| replayed += 1)
             .await
             .expect("open");
-        assert!(loaded.messages.is_empty());
+        assert_eq!(replayed, 0);
         let now = Instant::now();
         log.set(&message("a", "1", None), now)
             .expect("set")
@@ -625,7 +640,7 @@ mod tests {
         // Dropped without close: the acks of the last second may not be on disk, and the
         // clear record is still pending, so the old value stays cleared.
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = RetainedLog::open(dir.path(), &settings())
+        let (mut log, _) = RetainedLog::open(dir.path(), &settings(), |_| {})
             .await
             .expect("open");
         let now = Instant::now();
@@ -646,7 +661,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_keeps_every_live_message_and_bounds_the_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = RetainedLog::open(dir.path(), &settings())
+        let (mut log, _) = RetainedLog::open(dir.path(), &settings(), |_| {})
             .await
             .expect("open");
         let now = Instant::now();

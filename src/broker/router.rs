@@ -122,7 +122,9 @@ struct Session {
     next_pkid: u16,
     /// Packet ids of `inflight` (kept in step with it).
     pkids_in_use: IntSet<u16>,
-    incoming_qos2: IntSet<u16>,
+    /// Inbound QoS 2 packet ids PUBRECed (or about to be) and not yet released → their
+    /// `received` record in the session log (0: not stored).
+    incoming_qos2: IntMap<u16, u64>,
     /// Inbound QoS 1/2 packet ids whose acknowledgement a durable subscriber holds
     /// (pkid → hold id): a resend of one is neither routed again nor acked early.
     held: IntMap<u16, u64>,
@@ -143,6 +145,14 @@ struct StoredRef {
     offline_until_ms: Option<u64>,
     /// MQTT v5 client.
     v5: bool,
+    /// Inbound QoS 2 packet ids restored from the log: a PUBLISH under one of them
+    /// without DUP is a new message (the acknowledgement of the old one's PUBREL may
+    /// not have reached the disk before the stop), one with DUP a resend.
+    restored_qos2: IntSet<u16>,
+    /// The record of its delayed will while offline (0: none) and when it is due
+    /// (wall clock, ms since the epoch; kept when compaction writes it again).
+    will_record: u64,
+    will_due_ms: u64,
 }
 
 /// Who is waiting for a durable subscriber's acknowledgement.
@@ -327,6 +337,7 @@ impl Router {
                     self.state_upkeep();
                 }
             }
+            self.state_pressure();
             self.flush();
             for ping in self.pings.drain(..) {
                 let _ = ping.send(());

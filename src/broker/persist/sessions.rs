@@ -16,7 +16,14 @@
 //!   acknowledged when the subscriber acknowledges it or it is dropped (overflow,
 //!   message expiry, session end);
 //! - a `packet id` record when a message goes in flight (its id and whether the
-//!   subscriber already sent PUBREC), so a restart re-sends it with DUP and that id.
+//!   subscriber already sent PUBREC), so a restart re-sends it with DUP and that id;
+//! - a `received` record when the session's client publishes a QoS 2 message (the
+//!   packet id it was PUBRECed under), appended after that message's deliveries and
+//!   before the PUBREC goes out, acknowledged at its PUBREL: a resend after a restart
+//!   is acknowledged again, not delivered twice, and its PUBREL gets PUBCOMP;
+//! - a `will` record when the session goes offline with a delayed will (its message
+//!   and wall-clock deadline), acknowledged when the will is published or cancelled:
+//!   a restart publishes it when the deadline comes, or at once if it passed.
 //!
 //! Durability follows append order (one writer, fsyncs cover everything before
 //! them): a message record that is durable has its session record durable too.
@@ -46,6 +53,8 @@ const KIND_SESSION: u8 = 1;
 const KIND_END: u8 = 2;
 const KIND_MESSAGE: u8 = 3;
 const KIND_PKID: u8 = 4;
+const KIND_RECEIVED: u8 = 5;
+const KIND_WILL: u8 = 6;
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -96,6 +105,18 @@ pub(crate) struct StoredMessage {
     pub pkid: Option<(u16, bool, u64)>,
 }
 
+/// A delayed will as stored.
+#[derive(Debug)]
+pub(crate) struct StoredWill {
+    /// Its record (acknowledged when the will is published or cancelled).
+    pub record: u64,
+    pub msg: Message,
+    /// Will Delay Interval, seconds (as the client set it).
+    pub delay: u32,
+    /// Wall-clock moment it is due, ms since the epoch.
+    pub due_ms: u64,
+}
+
 /// A session as loaded, with its deliveries in the order they were queued.
 #[derive(Debug)]
 pub(crate) struct StoredSession {
@@ -105,6 +126,10 @@ pub(crate) struct StoredSession {
     /// When it expires (offline from the load on); `None`: never.
     pub expires_at: Option<Instant>,
     pub messages: Vec<StoredMessage>,
+    /// QoS 2 packet ids its client published and has not released: (id, record).
+    pub received: Vec<(u16, u64)>,
+    /// Its delayed will, if it was offline with one.
+    pub will: Option<StoredWill>,
 }
 
 /// What a live record is (for compaction: the router writes it again from memory).
@@ -113,6 +138,8 @@ pub(crate) enum Live {
     Session { id: u64 },
     Message { id: u64 },
     Pkid { id: u64, message: u64 },
+    Received { id: u64, pkid: u16 },
+    Will { id: u64 },
 }
 
 enum Record {
@@ -132,6 +159,16 @@ enum Record {
         message: u64,
         pkid: u16,
         released: bool,
+    },
+    Received {
+        id: u64,
+        pkid: u16,
+    },
+    Will {
+        id: u64,
+        msg: Message,
+        delay: u32,
+        due_ms: u64,
     },
 }
 
@@ -228,16 +265,7 @@ pub(crate) fn encode_message(
             .saturating_add(at.saturating_duration_since(now).as_millis() as u64)
             .max(1)
     }));
-    out.put_u16(msg.topic.len().min(usize::from(u16::MAX)) as u16);
-    out.put_slice(&msg.topic[..msg.topic.len().min(usize::from(u16::MAX))]);
-    match &msg.properties {
-        // Cannot fail: writing into a growable buffer.
-        Some(p) => {
-            let _ = p.write(&mut out);
-        }
-        None => out.put_u8(0),
-    }
-    out.put_slice(&msg.payload);
+    put_topic_properties_payload(&mut out, msg);
     out.to_vec()
 }
 
@@ -248,6 +276,74 @@ fn encode_pkid(id: u64, message: u64, pkid: u16, released: bool) -> Vec<u8> {
     out.put_u16(pkid);
     out.put_u8(u8::from(released));
     out.to_vec()
+}
+
+fn encode_received(id: u64, pkid: u16) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(12);
+    header(&mut out, KIND_RECEIVED, id);
+    out.put_u16(pkid);
+    out.to_vec()
+}
+
+/// `[v][6][id u64][due ms u64][delay u32][qos][retain][topic str][properties][payload]`.
+pub(crate) fn encode_will(id: u64, msg: &Message, delay: u32, due_ms: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(msg.weight() + 40);
+    header(&mut out, KIND_WILL, id);
+    out.put_u64(due_ms);
+    out.put_u32(delay);
+    out.put_u8(qos_byte(msg.qos));
+    out.put_u8(u8::from(msg.retain));
+    put_topic_properties_payload(&mut out, msg);
+    out.to_vec()
+}
+
+/// `[topic str][properties, v5 encoding with its length][payload]`.
+fn put_topic_properties_payload(out: &mut BytesMut, msg: &Message) {
+    out.put_u16(msg.topic.len().min(usize::from(u16::MAX)) as u16);
+    out.put_slice(&msg.topic[..msg.topic.len().min(usize::from(u16::MAX))]);
+    match &msg.properties {
+        // Cannot fail: writing into a growable buffer.
+        Some(p) => {
+            let _ = p.write(out);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_slice(&msg.payload);
+}
+
+/// The message of a `message` or `will` record from its topic on.
+fn get_topic_properties_payload(b: &mut Bytes, qos: QoS, retain: bool) -> Result<Message, String> {
+    let topic = get_bytes(b, "topic")?;
+    if std::str::from_utf8(&topic).is_err() {
+        return Err("topic is not UTF-8".into());
+    }
+    let properties =
+        v5::PublishProperties::read(b).map_err(|e| format!("invalid properties: {e:?}"))?;
+    Ok(Message {
+        topic,
+        payload: std::mem::take(b),
+        qos,
+        retain,
+        properties,
+        expires_at: None,
+        publisher: None,
+        origin: None,
+    })
+}
+
+fn decode_will(b: &mut Bytes, id: u64) -> Result<Record, String> {
+    need(b, 14, "will fields")?;
+    let due_ms = b.get_u64();
+    let delay = b.get_u32();
+    let qos = qos_from(b.get_u8())?;
+    let retain = b.get_u8() != 0;
+    let msg = get_topic_properties_payload(b, qos, retain)?;
+    Ok(Record::Will {
+        id,
+        msg,
+        delay,
+        due_ms,
+    })
 }
 
 fn need(b: &Bytes, n: usize, what: &str) -> Result<(), String> {
@@ -339,25 +435,10 @@ fn decode_message(b: &mut Bytes, id: u64) -> Result<Record, String> {
     need(b, 9, "message fields")?;
     let msg_qos = qos_from(b.get_u8())?;
     let expires_ms = Some(b.get_u64()).filter(|&ms| ms != 0);
-    let topic = get_bytes(b, "topic")?;
-    if std::str::from_utf8(&topic).is_err() {
-        return Err("topic is not UTF-8".into());
-    }
-    let properties =
-        v5::PublishProperties::read(b).map_err(|e| format!("invalid properties: {e:?}"))?;
-    let payload = std::mem::take(b);
+    let msg = get_topic_properties_payload(b, msg_qos, false)?;
     Ok(Record::Message {
         id,
-        msg: Message {
-            topic,
-            payload,
-            qos: msg_qos,
-            retain: false,
-            properties,
-            expires_at: None,
-            publisher: None,
-            origin: None,
-        },
+        msg,
         qos,
         retain,
         sub_ids,
@@ -386,6 +467,14 @@ fn decode(bytes: Bytes) -> Result<Record, String> {
                 released: b.get_u8() != 0,
             })
         }
+        KIND_RECEIVED => {
+            need(&b, 2, "packet id")?;
+            Ok(Record::Received {
+                id,
+                pkid: b.get_u16(),
+            })
+        }
+        KIND_WILL => decode_will(&mut b, id),
         k => Err(format!("unknown record kind {k}")),
     }
 }
@@ -397,6 +486,9 @@ pub(crate) struct LoadedSessions {
     pub lost_records: u64,
     /// Sessions that expired while the broker was down (not loaded).
     pub expired: usize,
+    /// The delayed wills of those sessions, due now (their records stay live until the
+    /// router published them and acknowledges them).
+    pub wills_due: Vec<(Identity, StoredWill)>,
 }
 
 /// The session log, owned by the router's delivery context.
@@ -415,6 +507,8 @@ pub(crate) struct SessionLog {
     /// Appends refused (full, too large, closed) since open.
     pub failed: u64,
     segment_bytes: u64,
+    /// Disk cost appended since the budget was last looked at (`pressure_due`).
+    appended_since_check: u64,
 }
 
 /// Everything decoded, before the sessions are assembled.
@@ -425,6 +519,10 @@ struct Scan {
     messages: BTreeMap<u64, (u64, StoredMessage, Option<u64>)>,
     /// Message record → (packet id, released, its record).
     pkids: HashMap<u64, (u16, bool, u64)>,
+    /// (session id, QoS 2 packet id received) → its record.
+    received: HashMap<(u64, u16), u64>,
+    /// Session id → its delayed will.
+    wills: HashMap<u64, StoredWill>,
     stale: Vec<u64>,
     max_id: u64,
     costs: HashMap<u64, u64>,
@@ -478,6 +576,27 @@ impl Scan {
                     self.stale.push(old);
                 }
             }
+            Record::Received { id, pkid } => {
+                if let Some(old) = self.received.insert((id, pkid), seq) {
+                    self.stale.push(old);
+                }
+            }
+            Record::Will {
+                id,
+                msg,
+                delay,
+                due_ms,
+            } => {
+                let will = StoredWill {
+                    record: seq,
+                    msg,
+                    delay,
+                    due_ms,
+                };
+                if let Some(old) = self.wills.insert(id, will) {
+                    self.stale.push(old.record);
+                }
+            }
         }
     }
 }
@@ -526,8 +645,9 @@ impl SessionLog {
             next_id: scan.max_id + 1,
             failed: 0,
             segment_bytes,
+            appended_since_check: 0,
         };
-        let (sessions, expired) = log.assemble(&mut scan);
+        let (sessions, expired, wills_due) = log.assemble(&mut scan);
         if !scan.stale.is_empty() {
             log.journal.ack_many(std::mem::take(&mut scan.stale))?;
         }
@@ -539,16 +659,21 @@ impl SessionLog {
                 sessions,
                 lost_records,
                 expired,
+                wills_due,
             },
         ))
     }
 
     /// Sessions with their messages; stale records (ended, expired, orphaned, one
     /// client id twice) go to `scan.stale`.
-    fn assemble(&mut self, scan: &mut Scan) -> (Vec<StoredSession>, usize) {
+    fn assemble(
+        &mut self,
+        scan: &mut Scan,
+    ) -> (Vec<StoredSession>, usize, Vec<(Identity, StoredWill)>) {
         let now_wall = now_ms();
         let now = Instant::now();
         let mut expired = 0;
+        let mut wills_due = Vec::new();
         let mut kept: HashMap<u64, StoredSession> = HashMap::new();
         let mut by_client: HashMap<String, u64> = HashMap::new();
         let mut all: Vec<(u64, SessionRecord)> = scan.sessions.drain().map(|(_, v)| v).collect();
@@ -561,6 +686,11 @@ impl SessionLog {
                 Some(ms) if ms <= now_wall => {
                     expired += 1;
                     scan.stale.push(seq);
+                    // Its will is due at the latest when the session ends.
+                    if let Some(will) = scan.wills.remove(&s.id) {
+                        self.remember(will.record, Live::Will { id: s.id }, scan);
+                        wills_due.push((s.identity, will));
+                    }
                     continue;
                 }
                 Some(ms) => Some(now + Duration::from_millis(ms - now_wall)),
@@ -578,6 +708,8 @@ impl SessionLog {
                     session: s,
                     expires_at,
                     messages: Vec::new(),
+                    received: Vec::new(),
+                    will: None,
                 },
             );
         }
@@ -602,12 +734,32 @@ impl SessionLog {
         // Packet ids of messages that are gone.
         scan.stale
             .extend(scan.pkids.drain().map(|(_, (_, _, r))| r));
+        let mut received: Vec<((u64, u16), u64)> = scan.received.drain().collect();
+        received.sort_unstable_by_key(|(_, seq)| *seq);
+        for ((id, pkid), seq) in received {
+            match kept.get_mut(&id) {
+                Some(s) => {
+                    self.remember(seq, Live::Received { id, pkid }, scan);
+                    s.received.push((pkid, seq));
+                }
+                None => scan.stale.push(seq),
+            }
+        }
+        for (id, will) in std::mem::take(&mut scan.wills) {
+            match kept.get_mut(&id) {
+                Some(s) => {
+                    self.remember(will.record, Live::Will { id }, scan);
+                    s.will = Some(will);
+                }
+                None => scan.stale.push(will.record),
+            }
+        }
         let mut sessions: Vec<StoredSession> = kept.into_values().collect();
         sessions.sort_unstable_by_key(|s| s.record);
         for s in &sessions {
             self.remember(s.record, Live::Session { id: s.session.id }, scan);
         }
-        (sessions, expired)
+        (sessions, expired, wills_due)
     }
 
     fn remember(&mut self, seq: u64, live: Live, scan: &Scan) {
@@ -635,8 +787,21 @@ impl SessionLog {
             .journal
             .append(record)
             .inspect_err(|_| self.failed += 1)?;
-        self.track(durable.seq(), live, journal::record_cost(record.len()));
+        let cost = journal::record_cost(record.len());
+        self.appended_since_check += cost;
+        self.track(durable.seq(), live, cost);
         Ok(durable)
+    }
+
+    /// Whether a quarter segment was appended since the last call: then compaction is
+    /// looked at again at once, not only on the once-a-second upkeep, so a small log
+    /// under a fast stream makes room before it is full.
+    pub fn pressure_due(&mut self) -> bool {
+        if self.appended_since_check < self.segment_bytes / 4 {
+            return false;
+        }
+        self.appended_since_check = 0;
+        true
     }
 
     /// Acknowledge live record `seq` (0 and records not live are ignored).
@@ -705,6 +870,25 @@ impl SessionLog {
             Live::Pkid { id, message },
         )?;
         self.ack(old);
+        Ok(durable.seq())
+    }
+
+    /// Session `id`'s client published QoS 2 packet id `pkid`: stored until its PUBREL
+    /// (the PUBREC waits for the returned durability).
+    pub fn set_received(&mut self, id: u64, pkid: u16) -> Result<Durable, JournalError> {
+        self.append(&encode_received(id, pkid), Live::Received { id, pkid })
+    }
+
+    /// Session `id` went offline with a delayed will, due at `due_ms` (wall clock);
+    /// its record (acknowledged when the will is published or cancelled).
+    pub fn set_will(
+        &mut self,
+        id: u64,
+        msg: &Message,
+        delay: u32,
+        due_ms: u64,
+    ) -> Result<u64, JournalError> {
+        let durable = self.append(&encode_will(id, msg, delay, due_ms), Live::Will { id })?;
         Ok(durable.seq())
     }
 

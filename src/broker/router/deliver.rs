@@ -491,7 +491,7 @@ impl Router {
                         // A lost QoS 2 message must be routed again then, not taken
                         // for a duplicate of the one that was lost.
                         if lost {
-                            session.incoming_qos2.remove(&pkid);
+                            self.ctx.qos2_done(&mut session.incoming_qos2, pkid);
                         }
                         continue;
                     };
@@ -502,7 +502,7 @@ impl Router {
                         (QoS::ExactlyOnce, false) => pubrec(pkid),
                         (QoS::ExactlyOnce, true) => {
                             // The flow ends here; no PUBREL will come for this id.
-                            session.incoming_qos2.remove(&pkid);
+                            self.ctx.qos2_done(&mut session.incoming_qos2, pkid);
                             v5::Packet::PubRec(v5::PubRec {
                                 pkid,
                                 reason: v5::PubRecReason::QuotaExceeded,

@@ -67,7 +67,7 @@ impl Router {
                 let Some(session) = self.sessions.get_mut(&key) else {
                     return;
                 };
-                let known = session.incoming_qos2.remove(&pkid);
+                let known = self.ctx.qos2_done(&mut session.incoming_qos2, pkid);
                 if let Some(link) = session.link.as_mut() {
                     let reason = if known {
                         v5::PubCompReason::Success
@@ -128,12 +128,21 @@ impl Router {
             let Some(session) = self.sessions.get_mut(&key) else {
                 return;
             };
-            if !session.incoming_qos2.insert(pkid) {
+            if session.stale_restored_qos2(pkid, publish.dup) {
+                // Not a resend: the id was released before the stop (see StoredRef).
+                self.ctx.qos2_done(&mut session.incoming_qos2, pkid);
+            }
+            if session.incoming_qos2.contains_key(&pkid) {
                 // Duplicate before PUBREL: acknowledge again, deliver nothing.
                 if let Some(link) = session.link.as_mut() {
                     self.ctx.push_out(key, link, pubrec(pkid));
                 }
                 return;
+            }
+            // Its `received` record is written after the deliveries (stored.rs).
+            session.incoming_qos2.insert(pkid, 0);
+            if let Some(stored) = session.stored.as_mut() {
+                stored.restored_qos2.remove(&pkid);
             }
         }
         let origin = self.sessions.get(&key).map(|s| s.identity.clone());

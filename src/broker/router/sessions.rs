@@ -147,7 +147,7 @@ impl Router {
                 overflow: req.overflow,
                 next_pkid: 1,
                 pkids_in_use: IntSet::default(),
-                incoming_qos2: IntSet::default(),
+                incoming_qos2: IntMap::default(),
                 held: IntMap::default(),
                 generation: 0,
                 durable: false,
@@ -170,6 +170,7 @@ impl Router {
         if let Some(will) = pending_will {
             // A delayed will is cancelled by the client coming back.
             debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, "Delayed will cancelled: client reconnected.");
+            self.ctx.will_done(session);
         }
         session.identity = req.identity;
         let v5 = req.v5;
@@ -251,6 +252,7 @@ impl Router {
         }
         if expiry != 0 {
             self.store_offline(key);
+            self.store_will(key);
         }
         if expiry == 0 {
             self.end_session(key);
@@ -380,16 +382,27 @@ impl Router {
                 continue;
             }
             match kind {
-                TimerKind::Will => {
-                    if let Some(will) = session.will.take() {
-                        let identity = session.identity.clone();
-                        self.publish_will(will, &identity);
-                    }
-                }
+                TimerKind::Will => self.fire_will(key),
                 TimerKind::Expiry => self.end_session(key),
             }
         }
         self.complete_targets();
+    }
+
+    /// Publish the delayed will of offline session `key` now (its delay passed).
+    pub(super) fn fire_will(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(will) = session.will.take() else {
+            return;
+        };
+        let identity = session.identity.clone();
+        self.publish_will(will, &identity);
+        // Its stored copy goes once it was routed (a crash between: published twice).
+        if let Some(session) = self.sessions.get_mut(&key) {
+            self.ctx.will_done(session);
+        }
     }
 
     pub(super) fn publish_will(&mut self, will: Box<WillSpec>, identity: &Identity) {

@@ -4,12 +4,10 @@
 //! acknowledgement until its retained message is durable, upkeep (clears, ends,
 //! compaction) and the final flush.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::super::persist::{RetainedLog, SessionLog};
+use super::super::persist::{Replay, RetainedLog, SessionLog, StoredWill};
 use super::*;
 
 /// `$SYS` retained topics are rebuilt by the broker itself: never stored.
@@ -29,16 +27,13 @@ impl Router {
         let settings = settings.clone();
         let started = std::time::Instant::now();
         let mut expired = 0;
-        match RetainedLog::open(&data_dir, &settings.persistence).await {
+        let replayed = RetainedLog::open(&data_dir, &settings.persistence, |change| {
+            self.replay_retained(change)
+        })
+        .await;
+        match replayed {
             Ok((log, loaded)) => {
-                let now = Instant::now();
-                for message in loaded.messages {
-                    let message = Arc::new(message);
-                    if !self.retain_store(&message) {
-                        warn!(topic = %LogStr(message.topic_str()), "Stored retained message not loaded: over max_retained_messages or max_retained_bytes.");
-                    }
-                }
-                self.ctx.now = now;
+                self.ctx.now = Instant::now();
                 stats(&self.ctx)
                     .state_lost_at_open
                     .store(loaded.lost_records, Ordering::Relaxed);
@@ -59,8 +54,9 @@ impl Router {
                     .state_lost_at_open
                     .fetch_add(loaded.lost_records, Ordering::Relaxed);
                 expired = loaded.expired;
-                self.restore_sessions(loaded.sessions);
+                let due = self.restore_sessions(loaded.sessions);
                 self.ctx.sessions_log = Some(log);
+                self.publish_due_wills(due, loaded.wills_due);
                 self.update_state_stats();
             }
             Err(e) => {
@@ -77,6 +73,50 @@ impl Router {
             ms = started.elapsed().as_millis() as u64,
             "Broker state loaded."
         );
+    }
+
+    /// Apply one retained change read from the log (the log is not open yet, so
+    /// nothing is written back).
+    fn replay_retained(&mut self, change: Replay) {
+        match change {
+            Replay::Set(message) => {
+                if !self.retain_store(&message) {
+                    warn!(topic = %LogStr(message.topic_str()), "Stored retained message not loaded: over max_retained_messages or max_retained_bytes.");
+                }
+            }
+            Replay::Clear(topic) => {
+                if let Ok(topic) = std::str::from_utf8(&topic) {
+                    self.retain_clear(topic);
+                }
+            }
+        }
+    }
+
+    /// Publish the delayed wills that came due while the broker was down: of restored
+    /// sessions (`due`) and of sessions that expired meanwhile (`ended`), once every
+    /// session is back so their subscribers get them.
+    fn publish_due_wills(&mut self, due: Vec<SessionKey>, ended: Vec<(Identity, StoredWill)>) {
+        let count = due.len() + ended.len();
+        for key in due {
+            self.fire_will(key);
+        }
+        for (identity, will) in ended {
+            let record = will.record;
+            let spec = WillSpec {
+                message: will.msg,
+                delay: will.delay,
+            };
+            self.publish_will(Box::new(spec), &identity);
+            if let Some(log) = self.ctx.sessions_log.as_mut() {
+                log.ack(record);
+            }
+        }
+        if count > 0 {
+            info!(
+                wills = count,
+                "Delayed wills due while the broker was down published."
+            );
+        }
     }
 
     /// Write a change of the retained store (`stored`: `msg` is now retained; otherwise
@@ -128,6 +168,23 @@ impl Router {
             warn!("A retained or queued message could not be made durable; its publisher is told it was not stored.");
         }
         self.ctx.release_hold(Some(hold), !ok);
+    }
+
+    /// Compaction driven by pressure: after a router turn that appended a quarter
+    /// segment to a state log, its budget is looked at again at once (the 1 s upkeep
+    /// alone let a minimum-size log under a fast stream fill up and refuse messages).
+    pub(super) fn state_pressure(&mut self) {
+        if self
+            .ctx
+            .sessions_log
+            .as_mut()
+            .is_some_and(|log| log.pressure_due())
+        {
+            self.compact_sessions();
+        }
+        if self.state.as_mut().is_some_and(|log| log.pressure_due()) {
+            self.state_upkeep();
+        }
     }
 
     /// Periodic upkeep of the state log (once a second).

@@ -2,17 +2,20 @@
 //! sessions are stored (network sessions with an expiry), writing their records as
 //! they attach, detach, subscribe and end, storing each QoS 1/2 delivery for them
 //! and holding the publisher's acknowledgement until it is durable, their packet ids
-//! in flight, restoring them at start, and copying old records forward (compaction).
+//! in flight, the QoS 2 packet ids their clients published and have not released
+//! (the PUBREC waits for it), their delayed wills while offline, restoring them at
+//! start, and copying old records forward (compaction).
 //! Like the rest of the router it never waits: durability is awaited on a task that
 //! reports back with `RouterMsg::StateStored`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::super::link::WillSpec;
 use super::super::persist::{Live, SessionRecord, StoredSession, StoredSubscription};
 use super::sessions::set_expiry;
 use super::*;
@@ -49,7 +52,42 @@ fn session_record(session: &Session, stored: &StoredRef) -> SessionRecord {
     }
 }
 
+impl Session {
+    /// Whether inbound QoS 2 packet id `pkid` is one restored from the log that a new
+    /// PUBLISH (`dup` unset: not a resend, MQTT-3.3.1-1) shows was released already.
+    pub(super) fn stale_restored_qos2(&self, pkid: u16, dup: bool) -> bool {
+        !dup && self
+            .stored
+            .as_ref()
+            .is_some_and(|s| s.restored_qos2.contains(&pkid))
+            && self.incoming_qos2.contains_key(&pkid)
+    }
+}
+
 impl Ctx {
+    /// Inbound QoS 2 packet id `pkid` is done (PUBREL, or its flow refused): it leaves
+    /// `incoming` and its stored record goes. Returns whether it was known.
+    pub(super) fn qos2_done(&mut self, incoming: &mut IntMap<u16, u64>, pkid: u16) -> bool {
+        let Some(record) = incoming.remove(&pkid) else {
+            return false;
+        };
+        if let Some(log) = self.sessions_log.as_mut() {
+            log.ack(record);
+        }
+        true
+    }
+
+    /// The delayed will of `session` was published or cancelled: its record goes.
+    pub(super) fn will_done(&mut self, session: &mut Session) {
+        let Some(stored) = session.stored.as_mut() else {
+            return;
+        };
+        let record = std::mem::take(&mut stored.will_record);
+        if let Some(log) = self.sessions_log.as_mut() {
+            log.ack(record);
+        }
+    }
+
     /// Count a failed write of the session log (logged by the caller).
     fn session_log_failed(&self) {
         stats(self).state_failures.fetch_add(1, Ordering::Relaxed);
@@ -127,9 +165,14 @@ impl Ctx {
         }
     }
 
-    /// Session ended: its log record goes (an `end` record keeps it from coming back).
+    /// Session ended: its log record goes (an `end` record keeps it from coming back),
+    /// with its QoS 2 packet ids and delayed will.
     pub(super) fn end_stored(&mut self, session: &mut Session) {
         if let (Some(stored), Some(log)) = (session.stored.take(), self.sessions_log.as_mut()) {
+            for (_, record) in session.incoming_qos2.drain() {
+                log.ack(record);
+            }
+            log.ack(stored.will_record);
             log.end_session(stored.record, stored.id);
         }
     }
@@ -139,6 +182,7 @@ impl Router {
     /// After a route: the publisher's acknowledgement waits for the last delivery it
     /// stored (the log is durable in append order, so that covers all of them).
     pub(super) fn hold_for_stored_deliveries(&mut self) {
+        self.store_received();
         let Some(durable) = self.ctx.session_durable.take() else {
             return;
         };
@@ -150,6 +194,90 @@ impl Router {
             let ok = durable.await.is_ok();
             let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
         });
+    }
+
+    /// The message being routed is a QoS 2 PUBLISH of a stored session: its packet id
+    /// is stored after its deliveries (so a crash never keeps the id without them) and
+    /// its PUBREC waits for that record.
+    fn store_received(&mut self) {
+        let target = match (&self.ctx.route_target, self.ctx.route_hold) {
+            (Some(t), _) => Some(t),
+            (None, Some(id)) => self.ctx.holds.get(&id).map(|h| &h.target),
+            (None, None) => None,
+        };
+        let Some(&HoldTarget::Network {
+            key,
+            pkid,
+            qos: QoS::ExactlyOnce,
+        }) = target
+        else {
+            return;
+        };
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        let (Some(stored), Some(record)) = (
+            session.stored.as_ref(),
+            session.incoming_qos2.get_mut(&pkid),
+        ) else {
+            return;
+        };
+        if *record != 0 {
+            return;
+        }
+        match log.set_received(stored.id, pkid) {
+            Ok(durable) => {
+                *record = durable.seq();
+                self.ctx.session_durable = Some(durable);
+            }
+            Err(e) => {
+                let failed = log.failed;
+                self.ctx.session_log_failed();
+                if failed.is_power_of_two() {
+                    warn!(client_id = %LogStr(&session.identity.client_id), pkid, reason = %e, failed, "QoS 2 packet id not stored: a resend after a restart would be delivered again (counted in $SYS/tollgate/state/failures).");
+                }
+            }
+        }
+    }
+
+    /// Session `key` went offline keeping a delayed will: it is stored with the wall
+    /// time it is due (its delay, or the session's end if that comes first).
+    pub(super) fn store_will(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get(&key) else {
+            return;
+        };
+        let Some(will) = session.will.as_ref() else {
+            return;
+        };
+        let wait = will.delay.min(session.expiry);
+        self.write_will(key, now_ms().saturating_add(u64::from(wait) * 1000));
+    }
+
+    /// Write the delayed will of session `key`, due at `due_ms`, superseding its record.
+    fn write_will(&mut self, key: SessionKey, due_ms: u64) {
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        let (Some(stored), Some(will)) = (session.stored.as_mut(), session.will.as_ref()) else {
+            return;
+        };
+        match log.set_will(stored.id, &will.message, will.delay, due_ms) {
+            Ok(seq) => {
+                log.ack(std::mem::replace(&mut stored.will_record, seq));
+                stored.will_due_ms = due_ms;
+                debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, due_ms, "Delayed will stored.");
+            }
+            Err(e) => {
+                stats(&self.ctx)
+                    .state_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(client_id = %LogStr(&session.identity.client_id), reason = %e, "Delayed will not stored: it is lost if the broker stops before it is due.");
+            }
+        }
     }
 
     /// A connection attached to session `key`: a network session with an expiry is
@@ -173,6 +301,9 @@ impl Router {
                 record: 0,
                 offline_until_ms: None,
                 v5,
+                restored_qos2: IntSet::default(),
+                will_record: 0,
+                will_due_ms: 0,
             })
         });
         stored.v5 = v5;
@@ -239,9 +370,12 @@ impl Router {
     }
 
     /// Put the loaded sessions back: offline, with their subscriptions, queue, in-flight
-    /// messages (re-sent with DUP and their packet id when the client returns) and
-    /// expiry timer.
-    pub(super) fn restore_sessions(&mut self, loaded: Vec<StoredSession>) {
+    /// messages (re-sent with DUP and their packet id when the client returns), QoS 2
+    /// packet ids received, expiry timer and delayed will (its timer in wall time).
+    /// Returns the sessions whose will came due while the broker was down.
+    pub(super) fn restore_sessions(&mut self, loaded: Vec<StoredSession>) -> Vec<SessionKey> {
+        let mut wills_due = Vec::new();
+        let now_wall = now_ms();
         for s in loaded {
             let key = self.next_key;
             self.next_key += 1;
@@ -259,7 +393,7 @@ impl Router {
                 overflow: record.overflow,
                 next_pkid: 1,
                 pkids_in_use: IntSet::default(),
-                incoming_qos2: IntSet::default(),
+                incoming_qos2: s.received.iter().copied().collect(),
                 held: IntMap::default(),
                 generation: 0,
                 durable: false,
@@ -269,8 +403,24 @@ impl Router {
                     record: s.record,
                     offline_until_ms: record.offline_until_ms,
                     v5: record.v5,
+                    restored_qos2: s.received.iter().map(|(pkid, _)| *pkid).collect(),
+                    will_record: s.will.as_ref().map_or(0, |w| w.record),
+                    will_due_ms: s.will.as_ref().map_or(0, |w| w.due_ms),
                 })),
             });
+            if let Some(will) = s.will {
+                if will.due_ms <= now_wall {
+                    wills_due.push(key);
+                } else {
+                    let at = self.ctx.now + Duration::from_millis(will.due_ms - now_wall);
+                    self.timers
+                        .push(Reverse((at, key, session.generation, TimerKind::Will)));
+                }
+                session.will = Some(Box::new(WillSpec {
+                    message: will.msg,
+                    delay: will.delay,
+                }));
+            }
             set_expiry(&mut self.persistent_sessions, &mut session, record.expiry);
             for sub in record.subscriptions {
                 let (group, plain) = split_shared(&sub.path);
@@ -336,6 +486,7 @@ impl Router {
                 .insert(session.identity.client_id.clone(), key);
             self.sessions.insert(key, session);
         }
+        wills_due
     }
 
     /// Copy the oldest live records of the session log forward from memory when the
@@ -355,7 +506,11 @@ impl Router {
             .collect();
         for (seq, live) in due {
             let id = match live {
-                Live::Session { id } | Live::Message { id } | Live::Pkid { id, .. } => id,
+                Live::Session { id }
+                | Live::Message { id }
+                | Live::Pkid { id, .. }
+                | Live::Received { id, .. }
+                | Live::Will { id } => id,
             };
             let Some(&key) = by_id.get(&id) else {
                 if let Some(log) = self.ctx.sessions_log.as_mut() {
@@ -366,7 +521,45 @@ impl Router {
             match live {
                 Live::Session { .. } => self.store_session(key),
                 Live::Message { .. } | Live::Pkid { .. } => self.move_delivery(key, id, seq, live),
+                Live::Received { pkid, .. } => self.move_received(key, id, seq, pkid),
+                Live::Will { .. } => self.move_will(key, seq),
             }
+        }
+    }
+
+    /// Write the will record `seq` of session `key` again, due when it was.
+    fn move_will(&mut self, key: SessionKey, seq: u64) {
+        let current = self
+            .sessions
+            .get(&key)
+            .and_then(|s| s.stored.as_ref())
+            .filter(|st| st.will_record == seq)
+            .map(|st| st.will_due_ms);
+        match current {
+            Some(due_ms) => self.write_will(key, due_ms),
+            None => {
+                if let Some(log) = self.ctx.sessions_log.as_mut() {
+                    log.ack(seq);
+                }
+            }
+        }
+    }
+
+    /// Write the `received` record `seq` (QoS 2 packet id `pkid`) of session `key` again.
+    fn move_received(&mut self, key: SessionKey, id: u64, seq: u64, pkid: u16) {
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        match session.incoming_qos2.get_mut(&pkid) {
+            Some(record) if *record == seq => {
+                if let Ok(durable) = log.set_received(id, pkid) {
+                    *record = durable.seq();
+                    log.ack(seq);
+                }
+            }
+            _ => log.ack(seq),
         }
     }
 

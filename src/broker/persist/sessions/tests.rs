@@ -203,3 +203,60 @@ async fn an_online_session_counts_its_expiry_from_the_load() {
     );
     log.close().await;
 }
+
+#[tokio::test]
+async fn received_packet_ids_and_delayed_wills_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = reopen(dir.path()).await;
+    let id = log.new_id();
+    log.write_session(0, &record(id, "dev-1", Some(now_ms() + 3_600_000)))
+        .expect("write");
+    // 7 and 9 PUBRECed; 9 released since (its record acknowledged).
+    log.set_received(id, 7).expect("received");
+    let nine = log.set_received(id, 9).expect("received").seq();
+    log.ack(nine);
+    let mut will = message("will/dev-1", "gone");
+    will.retain = true;
+    let first = log
+        .set_will(id, &will, 30, now_ms() + 30_000)
+        .expect("will");
+    let second = log
+        .set_will(id, &will, 30, now_ms() + 20_000)
+        .expect("will");
+    log.ack(first);
+    // A session that expired while down: its will is due now.
+    let old = log.new_id();
+    log.write_session(0, &record(old, "dev-2", Some(now_ms() - 1)))
+        .expect("write");
+    log.set_will(old, &message("will/dev-2", "late"), 60, now_ms() + 60_000)
+        .expect("will");
+    log.close().await;
+
+    let (log, loaded) = reopen(dir.path()).await;
+    assert_eq!(loaded.sessions.len(), 1);
+    let s = &loaded.sessions[0];
+    assert_eq!(s.received.iter().map(|r| r.0).collect::<Vec<_>>(), vec![7]);
+    let w = s.will.as_ref().expect("will loaded");
+    assert_eq!(w.record, second);
+    assert_eq!((w.delay, w.msg.retain), (30, true));
+    assert_eq!(
+        (&w.msg.topic[..], &w.msg.payload[..]),
+        (&b"will/dev-1"[..], &b"gone"[..])
+    );
+    assert_eq!(w.msg.properties, will.properties);
+    let left = w.due_ms - now_ms();
+    assert!((15_000..=20_000).contains(&left), "{left}");
+    assert_eq!(loaded.expired, 1);
+    assert_eq!(loaded.wills_due.len(), 1);
+    assert_eq!(loaded.wills_due[0].0.client_id, "dev-2");
+    assert_eq!(&loaded.wills_due[0].1.msg.payload[..], b"late");
+    // Truncated will records are refused, never misread.
+    let bytes = encode_will(3, &will, 5, 99);
+    for len in 0..bytes.len() - 4 {
+        assert!(
+            decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
+            "{len}"
+        );
+    }
+    log.close().await;
+}
