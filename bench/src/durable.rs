@@ -83,6 +83,7 @@ async fn run_once(
         port,
         tls: (!bench.args.plain).then(|| bench.tls.clone()),
         login: None,
+        ws: false,
     };
     let spec = LoadSpec {
         publish_to: at.clone(),
