@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rand::SeedableRng;
 use rustls::ClientConfig;
 use tokio::sync::{mpsc, Notify};
@@ -209,27 +210,92 @@ struct Written {
 /// Acknowledges accepted deliveries locally once stored, in the order they were
 /// accepted. One task for all: the journal stores records in order and reports a group
 /// commit at once, so this task wakes about once per fsync (a task per message cost a
-/// spawn and a wake-up each). A delivery whose storage failed is retried in a task of
-/// its own on `tracker`, as before, so that the others are not held behind its retries
-/// (a failed group commit fails hundreds at once). The channel holds at most
-/// [`INTAKE_WINDOW`] entries (the permits).
+/// spawn and a wake-up each), and every delivery of a group commit that is already
+/// stored is acknowledged in one message to the router ([`DeliveryAck::ack_all`]; one
+/// per delivery was the next cost in the profile). A delivery whose storage failed is
+/// retried in a task of its own on `tracker`, as before, so that the others are not held
+/// behind its retries (a failed group commit fails hundreds at once); the ones stored
+/// before it are acknowledged first. The channel holds at most [`INTAKE_WINDOW`]
+/// entries (the permits).
+///
+/// [`DeliveryAck::ack_all`]: crate::broker::DeliveryAck::ack_all
 async fn acknowledge(
     shared: Arc<Shared>,
     mut written: mpsc::UnboundedReceiver<Written>,
     tracker: TaskTracker,
 ) {
-    while let Some(w) = written.recv().await {
-        let result = w.stored.await;
-        if matches!(result, Err(OutboxError::Storage(_))) {
-            let shared = shared.clone();
-            tracker.spawn(async move {
+    let mut stored = Acks::default();
+    let mut next = None;
+    loop {
+        let mut w = match next.take() {
+            Some(w) => w,
+            None => match written.recv().await {
+                Some(w) => w,
+                None => break,
+            },
+        };
+        let result = (&mut w.stored).await;
+        match result {
+            Ok(_) => {
+                shared.appended.notify_one();
+                stored.push(w);
+            }
+            Err(OutboxError::Storage(_)) => {
+                stored.flush().await;
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    stored_then_ack(&shared, w.record, result, w.ack).await;
+                    drop(w.permit);
+                });
+            }
+            Err(_) => {
+                stored.flush().await;
                 stored_then_ack(&shared, w.record, result, w.ack).await;
                 drop(w.permit);
-            });
-            continue;
+            }
         }
-        stored_then_ack(&shared, w.record, result, w.ack).await;
-        drop(w.permit);
+        // The rest of the same group commit is stored already: take it without waiting.
+        while let Ok(mut w) = written.try_recv() {
+            match (&mut w.stored).now_or_never() {
+                Some(Ok(_)) => {
+                    shared.appended.notify_one();
+                    stored.push(w);
+                }
+                Some(result) => {
+                    w.stored = Box::pin(std::future::ready(result));
+                    next = Some(w);
+                    break;
+                }
+                None => {
+                    next = Some(w);
+                    break;
+                }
+            }
+        }
+        stored.flush().await;
+    }
+    stored.flush().await;
+}
+
+/// Deliveries stored and not yet acknowledged locally, in order.
+#[derive(Default)]
+struct Acks {
+    acks: Vec<crate::broker::DeliveryAck>,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Acks {
+    fn push(&mut self, w: Written) {
+        self.acks.extend(w.ack);
+        self.permits.push(w.permit);
+    }
+
+    /// Acknowledge them in one message to the router, then give their window places back.
+    async fn flush(&mut self) {
+        if !self.acks.is_empty() {
+            let _ = crate::broker::DeliveryAck::ack_all(std::mem::take(&mut self.acks)).await;
+        }
+        self.permits.clear();
     }
 }
 

@@ -125,6 +125,28 @@ impl DeliveryAck {
         self.send(Inbound::InternalRefuse(self.pkid)).await
     }
 
+    /// [`ack`](Self::ack) for many deliveries at once, in their order: one message to
+    /// the router per client instead of one per delivery (a durable client acknowledges
+    /// a whole group commit together).
+    pub async fn ack_all(acks: Vec<DeliveryAck>) -> Result<(), BrokerError> {
+        let mut acks = acks.into_iter().peekable();
+        while let Some(first) = acks.next() {
+            let mut items = vec![Inbound::InternalAck(first.pkid)];
+            while let Some(next) = acks.next_if(|a| a.conn == first.conn) {
+                items.push(Inbound::InternalAck(next.pkid));
+            }
+            first
+                .router_tx
+                .send(RouterMsg::Inbound {
+                    conn: first.conn,
+                    items,
+                })
+                .await
+                .map_err(|_| BrokerError::Closed)?;
+        }
+        Ok(())
+    }
+
     async fn send(&self, item: Inbound) -> Result<(), BrokerError> {
         self.router_tx
             .send(RouterMsg::Inbound {
