@@ -409,12 +409,13 @@ async fn guarded_writes_are_answered_and_audited() {
             .is_some_and(|e| e.contains("not a value")),
         "{refused}"
     );
-    // A retained command published live is refused like one replayed at subscribe time.
+    // A retained command published live is refused like one replayed at subscribe time
+    // (QoS 0: no PUBACK of ours to mistake for the ACL refusal's below).
     writer
         .client
         .publish_with_properties(
             "plant/m1/setpoint/set",
-            QoS::AtLeastOnce,
+            QoS::AtMostOnce,
             true,
             "42",
             PublishProperties {
@@ -438,7 +439,7 @@ async fn guarded_writes_are_answered_and_audited() {
         .client
         .publish_with_properties(
             "plant/m1/setpoint/set",
-            QoS::AtLeastOnce,
+            QoS::AtMostOnce,
             true,
             "",
             PublishProperties {
