@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,7 @@ use super::codec::{self, Value, ValueType};
 use super::config::{ModbusConfig, PointConfig};
 use super::frame::Request;
 use crate::auth::Identity;
-use crate::broker::codec::{v5, QoS};
+use crate::broker::codec::v5;
 use crate::broker::{Delivery, InternalClient};
 use crate::telemetry::audit::{Event, Kind};
 
@@ -32,12 +31,8 @@ const MAX_COMMAND: usize = 256;
 pub struct ReplyTo {
     /// `<prefix>/<device>/<point>/set`.
     pub topic: String,
-    /// `<...>/set/result`.
-    pub result_topic: String,
-    /// MQTT 5 response topic.
-    pub response_topic: Option<String>,
-    /// MQTT 5 correlation data.
-    pub correlation: Option<Bytes>,
+    /// Where the answer goes: `<...>/set/result` and the MQTT 5 response topic.
+    pub to: crate::reply::Address,
     /// The publisher of the command.
     pub writer: Option<Arc<Identity>>,
     /// The value asked for, as text (audit).
@@ -133,25 +128,7 @@ pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &W
         None => event.client_id("<unknown publisher>"),
     };
     event.emit();
-    if let Err(e) = client
-        .publish(&reply.result_topic, payload.clone(), QoS::AtMostOnce, false)
-        .await
-    {
-        warn!(topic = %reply.result_topic, reason = %e, "Modbus write result not published.");
-    }
-    if let Some(response) = &reply.response_topic {
-        let properties = v5::PublishProperties {
-            correlation_data: reply.correlation.clone(),
-            content_type: Some("application/json".into()),
-            ..Default::default()
-        };
-        if let Err(e) = client
-            .publish_with(response, payload, QoS::AtMostOnce, false, Some(properties))
-            .await
-        {
-            warn!(topic = %response, reason = %e, "Modbus write response not published.");
-        }
-    }
+    crate::reply::publish(client, &reply.to, payload, "Modbus write").await;
 }
 
 /// The writable points by topic, and their last accepted write.
@@ -409,9 +386,7 @@ fn admit(
         .map(|s| now + Duration::from_secs(u64::from(s)));
     let reply = ReplyTo {
         topic: delivery.topic.clone(),
-        result_topic: format!("{}/result", delivery.topic),
-        response_topic: props.as_ref().and_then(|p| p.response_topic.clone()),
-        correlation: props.as_ref().and_then(|p| p.correlation_data.clone()),
+        to: crate::reply::Address::of(&delivery.topic, props.as_ref()),
         writer: delivery.publisher.clone(),
         asked: crate::telemetry::limit::LogStr(&String::from_utf8_lossy(
             &delivery.payload[..delivery.payload.len().min(64)],
