@@ -264,8 +264,8 @@ pub(crate) struct RetainedLog {
     pub failed: u64,
     /// Segment size (the unit compaction frees).
     segment_bytes: u64,
-    /// Disk cost appended since the budget was last looked at (`pressure_due`).
-    appended_since_check: u64,
+    /// Appended since compaction was last looked at (`pressure_due`).
+    pressure: Pressure,
 }
 
 /// Records and bytes per read while a state log is loaded: bounded batches, whatever
@@ -322,7 +322,7 @@ impl RetainedLog {
             last_sync: Instant::now(),
             failed: 0,
             segment_bytes,
-            appended_since_check: 0,
+            pressure: Pressure::default(),
         };
         let mut stale = Vec::new();
         let mut from = 0;
@@ -435,18 +435,14 @@ impl RetainedLog {
             .journal
             .append(record)
             .inspect_err(|_| self.failed += 1)?;
-        self.appended_since_check += journal::record_cost(record.len());
+        self.pressure.appended(journal::record_cost(record.len()));
         Ok(durable)
     }
 
     /// Whether a quarter segment was appended since the last call (see
     /// `SessionLog::pressure_due`): then upkeep runs at once.
     pub fn pressure_due(&mut self) -> bool {
-        if self.appended_since_check < self.segment_bytes / 4 {
-            return false;
-        }
-        self.appended_since_check = 0;
-        true
+        self.pressure.due(self.segment_bytes)
     }
 
     /// Periodic upkeep (the router calls it on its `$SYS` tick and after bursts): hand
@@ -508,6 +504,29 @@ impl RetainedLog {
         if let Err(e) = self.journal.close().await {
             warn!(reason = %e, "Broker state not closed cleanly; it is recovered at the next start.");
         }
+    }
+}
+
+/// Disk cost a state log appended since compaction was last looked at: once a quarter
+/// segment has come, compaction is looked at again at once, not only on the
+/// once-a-second upkeep, so a small log under a fast stream makes room before it is full.
+#[derive(Debug, Default)]
+struct Pressure {
+    since_check: u64,
+}
+
+impl Pressure {
+    fn appended(&mut self, cost: u64) {
+        self.since_check += cost;
+    }
+
+    /// Whether a quarter of `segment_bytes` was appended since the last `true`.
+    fn due(&mut self, segment_bytes: u64) -> bool {
+        if self.since_check < segment_bytes / 4 {
+            return false;
+        }
+        self.since_check = 0;
+        true
     }
 }
 

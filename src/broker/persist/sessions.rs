@@ -41,8 +41,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    now_ms, open_journal, qos_byte, qos_from, PersistenceSettings, LOAD_BYTES, LOAD_RECORDS,
-    VERSION,
+    now_ms, open_journal, qos_byte, qos_from, PersistenceSettings, Pressure, LOAD_BYTES,
+    LOAD_RECORDS, VERSION,
 };
 use crate::auth::{AuthMethod, Identity};
 use crate::broker::codec::{v5, QoS};
@@ -507,8 +507,8 @@ pub(crate) struct SessionLog {
     /// Appends refused (full, too large, closed) since open.
     pub failed: u64,
     segment_bytes: u64,
-    /// Disk cost appended since the budget was last looked at (`pressure_due`).
-    appended_since_check: u64,
+    /// Appended since compaction was last looked at (`pressure_due`).
+    pressure: Pressure,
 }
 
 /// Everything decoded, before the sessions are assembled.
@@ -645,7 +645,7 @@ impl SessionLog {
             next_id: scan.max_id + 1,
             failed: 0,
             segment_bytes,
-            appended_since_check: 0,
+            pressure: Pressure::default(),
         };
         let (sessions, expired, wills_due) = log.assemble(&mut scan);
         if !scan.stale.is_empty() {
@@ -788,20 +788,14 @@ impl SessionLog {
             .append(record)
             .inspect_err(|_| self.failed += 1)?;
         let cost = journal::record_cost(record.len());
-        self.appended_since_check += cost;
+        self.pressure.appended(cost);
         self.track(durable.seq(), live, cost);
         Ok(durable)
     }
 
-    /// Whether a quarter segment was appended since the last call: then compaction is
-    /// looked at again at once, not only on the once-a-second upkeep, so a small log
-    /// under a fast stream makes room before it is full.
+    /// Whether a quarter segment was appended since the last call (see `Pressure`).
     pub fn pressure_due(&mut self) -> bool {
-        if self.appended_since_check < self.segment_bytes / 4 {
-            return false;
-        }
-        self.appended_since_check = 0;
-        true
+        self.pressure.due(self.segment_bytes)
     }
 
     /// Acknowledge live record `seq` (0 and records not live are ignored).
