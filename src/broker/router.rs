@@ -71,6 +71,9 @@ struct Queued {
     share: Option<Arc<SharedRef>>,
     /// Its record in the session log (0: not stored), acknowledged when it is done.
     record: u64,
+    /// Its place in the session log's queue order: its first record's sequence number
+    /// (kept when compaction writes it again).
+    order: u64,
     /// The record of its packet id while in flight (0: none).
     pkid_record: u64,
 }

@@ -15,6 +15,9 @@
 //!   before the publisher's PUBACK/PUBREC (held until the record is durable);
 //!   acknowledged when the subscriber acknowledges it or it is dropped (overflow,
 //!   message expiry, session end);
+//!   Compaction writes a live message again as a `moved` record that keeps the
+//!   sequence number of its first record: a load orders a session's deliveries by
+//!   that, so a message copied forward does not overtake the ones queued after it;
 //! - a `packet id` record when a message goes in flight (its id and whether the
 //!   subscriber already sent PUBREC), so a restart re-sends it with DUP and that id;
 //! - a `received` record when the session's client publishes a QoS 2 message (the
@@ -55,6 +58,9 @@ const KIND_MESSAGE: u8 = 3;
 const KIND_PKID: u8 = 4;
 const KIND_RECEIVED: u8 = 5;
 const KIND_WILL: u8 = 6;
+/// A `message` record written again by compaction: it carries the sequence number of
+/// the delivery's first record, its place in its session's queue.
+const KIND_MOVED: u8 = 7;
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -97,6 +103,8 @@ pub(crate) struct SessionRecord {
 pub(crate) struct StoredMessage {
     /// Its record (acknowledged when the delivery is done).
     pub record: u64,
+    /// Its place in the session's queue: the sequence number of its first record.
+    pub order: u64,
     pub msg: Message,
     pub qos: QoS,
     pub retain: bool,
@@ -149,6 +157,8 @@ enum Record {
     },
     Message {
         id: u64,
+        /// `moved` records: the sequence number of the first record.
+        order: Option<u64>,
         msg: Message,
         qos: QoS,
         retain: bool,
@@ -241,17 +251,27 @@ fn encode_end(id: u64) -> Vec<u8> {
 }
 
 /// `[v][3][id u64][qos granted][retain][sub id count u16][ids u32...][message qos]
-/// [expires ms u64, 0 = none][topic str][properties][payload]`.
+/// [expires ms u64, 0 = none][topic str][properties][payload]`; a `moved` record
+/// (`order`: the first record's sequence number) is `[v][7][id u64][order u64]` and
+/// the same fields.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_message(
     id: u64,
+    order: Option<u64>,
     msg: &Message,
     qos: QoS,
     retain: bool,
     sub_ids: &[usize],
     now: Instant,
 ) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(msg.weight() + 48);
-    header(&mut out, KIND_MESSAGE, id);
+    let mut out = BytesMut::with_capacity(msg.weight() + 56);
+    match order {
+        None => header(&mut out, KIND_MESSAGE, id),
+        Some(order) => {
+            header(&mut out, KIND_MOVED, id);
+            out.put_u64(order);
+        }
+    }
     out.put_u8(qos_byte(qos));
     out.put_u8(u8::from(retain));
     let ids = &sub_ids[..sub_ids.len().min(usize::from(u16::MAX))];
@@ -425,7 +445,13 @@ fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
     })
 }
 
-fn decode_message(b: &mut Bytes, id: u64) -> Result<Record, String> {
+fn decode_message(b: &mut Bytes, id: u64, moved: bool) -> Result<Record, String> {
+    let order = if moved {
+        need(b, 8, "queue position")?;
+        Some(b.get_u64())
+    } else {
+        None
+    };
     need(b, 4, "message fields")?;
     let qos = qos_from(b.get_u8())?;
     let retain = b.get_u8() != 0;
@@ -438,6 +464,7 @@ fn decode_message(b: &mut Bytes, id: u64) -> Result<Record, String> {
     let msg = get_topic_properties_payload(b, msg_qos, false)?;
     Ok(Record::Message {
         id,
+        order,
         msg,
         qos,
         retain,
@@ -458,7 +485,8 @@ fn decode(bytes: Bytes) -> Result<Record, String> {
     match kind {
         KIND_SESSION => decode_session(&mut b, id).map(Record::Session),
         KIND_END => Ok(Record::End { id }),
-        KIND_MESSAGE => decode_message(&mut b, id),
+        KIND_MESSAGE => decode_message(&mut b, id, false),
+        KIND_MOVED => decode_message(&mut b, id, true),
         KIND_PKID => {
             need(&b, 11, "packet id fields")?;
             Ok(Record::Pkid {
@@ -549,6 +577,7 @@ impl Scan {
             }
             Record::Message {
                 id,
+                order,
                 mut msg,
                 qos,
                 retain,
@@ -559,6 +588,7 @@ impl Scan {
                     .map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms())));
                 let stored = StoredMessage {
                     record: seq,
+                    order: order.unwrap_or(seq),
                     msg,
                     qos,
                     retain,
@@ -756,6 +786,10 @@ impl SessionLog {
         }
         let mut sessions: Vec<StoredSession> = kept.into_values().collect();
         sessions.sort_unstable_by_key(|s| s.record);
+        for s in &mut sessions {
+            // Queue order, not log order: compaction moves messages forward.
+            s.messages.sort_by_key(|m| m.order);
+        }
         for s in &sessions {
             self.remember(s.record, Live::Session { id: s.session.id }, scan);
         }
@@ -835,17 +869,20 @@ impl SessionLog {
         self.ack(old);
     }
 
-    /// Store a delivery for session `id`; resolves when it is durable.
+    /// Store a delivery for session `id` (`order`: when compaction writes it again,
+    /// the sequence number of its first record); resolves when it is durable.
+    #[allow(clippy::too_many_arguments)]
     pub fn append_message(
         &mut self,
         id: u64,
+        order: Option<u64>,
         msg: &Message,
         qos: QoS,
         retain: bool,
         sub_ids: &[usize],
         now: Instant,
     ) -> Result<Durable, JournalError> {
-        let record = encode_message(id, msg, qos, retain, sub_ids, now);
+        let record = encode_message(id, order, msg, qos, retain, sub_ids, now);
         self.append(&record, Live::Message { id })
     }
 

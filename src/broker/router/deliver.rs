@@ -407,6 +407,7 @@ impl Router {
                     release_on_send: false,
                     share: if contributing == 1 { share } else { None },
                     record: 0,
+                    order: 0,
                     pkid_record: 0,
                 };
                 deliver(&mut self.ctx, key, session, q);

@@ -278,6 +278,7 @@ impl Router {
                     share: None,
                     msg,
                     record: 0,
+                    order: 0,
                     pkid_record: 0,
                 };
                 deliver(&mut self.ctx, key, session, q);

@@ -364,6 +364,7 @@ impl Router {
             share: Some(share),
             msg: q.msg,
             record: 0,
+            order: 0,
             pkid_record: 0,
         };
         deliver(&mut self.ctx, key, session, moved);

@@ -103,9 +103,12 @@ impl Ctx {
         let Some(log) = self.sessions_log.as_mut() else {
             return;
         };
-        match log.append_message(stored.id, &q.msg, q.qos, q.retain, &q.sub_ids, self.now) {
+        match log.append_message(
+            stored.id, None, &q.msg, q.qos, q.retain, &q.sub_ids, self.now,
+        ) {
             Ok(durable) => {
                 q.record = durable.seq();
+                q.order = q.record;
                 self.session_durable = Some(durable);
             }
             Err(e) => {
@@ -456,6 +459,7 @@ impl Router {
                     release_on_send: false,
                     share: None,
                     record: m.record,
+                    order: m.order,
                     pkid_record: m.pkid.map_or(0, |p| p.2),
                 };
                 match m.pkid {
@@ -592,7 +596,8 @@ impl Router {
             return;
         };
         if matches!(live, Live::Message { .. }) {
-            match log.append_message(id, &q.msg, q.qos, q.retain, &q.sub_ids, now) {
+            let order = if q.order == 0 { q.record } else { q.order };
+            match log.append_message(id, Some(order), &q.msg, q.qos, q.retain, &q.sub_ids, now) {
                 Ok(durable) => {
                     log.ack(q.record);
                     q.record = durable.seq();

@@ -72,9 +72,32 @@ fn session_records_round_trip_and_damage_is_refused() {
         );
     }
     let m = message("a/b", "hello");
-    let bytes = encode_message(9, &m, QoS::AtLeastOnce, true, &[3, 4], Instant::now());
+    let bytes = encode_message(9, None, &m, QoS::AtLeastOnce, true, &[3, 4], Instant::now());
+    let moved = encode_message(
+        9,
+        Some(77),
+        &m,
+        QoS::AtLeastOnce,
+        true,
+        &[3, 4],
+        Instant::now(),
+    );
+    // Cut inside its fixed fields: refused (the payload runs to the record's end).
+    for len in 0..20 {
+        assert!(
+            decode(Bytes::copy_from_slice(&moved[..len])).is_err(),
+            "{len}"
+        );
+    }
+    let Record::Message {
+        order: Some(77), ..
+    } = decode(Bytes::from(moved)).expect("decodes")
+    else {
+        panic!("a moved message record keeps its order");
+    };
     let Record::Message {
         id,
+        order: None,
         msg,
         qos,
         retain,
@@ -118,13 +141,27 @@ async fn sessions_messages_and_packet_ids_survive_reopen() {
     for i in 0..4 {
         let m = message("a/b", &format!("m{i}"));
         let d = log
-            .append_message(id, &m, QoS::AtLeastOnce, false, &[7], now)
+            .append_message(id, None, &m, QoS::AtLeastOnce, false, &[7], now)
             .expect("append");
         seqs.push(d.seq());
         d.await.expect("durable");
     }
-    // m0 was acknowledged; m1 is in flight as packet id 42, PUBREC'd.
+    // m0 was acknowledged; m1 is in flight as packet id 42, PUBREC'd; compaction wrote
+    // m2 again after m3 (it keeps its place in the queue).
     log.ack(seqs[0]);
+    let moved = log
+        .append_message(
+            id,
+            Some(seqs[2]),
+            &message("a/b", "m2"),
+            QoS::AtLeastOnce,
+            false,
+            &[7],
+            now,
+        )
+        .expect("append");
+    log.ack(seqs[2]);
+    moved.await.expect("durable");
     let p = log.set_pkid(id, seqs[1], 42, false, 0).expect("pkid");
     log.set_pkid(id, seqs[1], 42, true, p).expect("pkid");
     // An ended session and one that expired while down are not loaded.
@@ -134,6 +171,7 @@ async fn sessions_messages_and_packet_ids_survive_reopen() {
         .expect("write");
     log.append_message(
         gone,
+        None,
         &message("a/c", "x"),
         QoS::AtLeastOnce,
         false,
