@@ -35,6 +35,7 @@ fn collect_when_idle() {
         return;
     }
     LAST.set(Some(now));
+    tollgate::broker::release_spare_batches();
     tollgate_sys::allocator::collect();
 }
 

@@ -9,6 +9,7 @@
 pub(super) mod internal;
 pub(super) mod network;
 mod outbox;
+pub(crate) mod pool;
 
 pub(crate) use outbox::{out_queue, OutRx, OutTx};
 
@@ -220,21 +221,12 @@ impl Message {
     }
 }
 
-/// Makes a decoded PUBLISH own exactly its bytes: topic and payload in one allocation,
-/// correlation data copied. Decoded packets are slices of the connection's read buffer
-/// (which grows to the largest packet read); a message that outlives its packet
-/// (queues, in-flight windows, channels to slow readers, the retained store) must not
-/// pin that buffer for a few bytes. Done once where a message enters the broker, on
-/// the publisher's own task: the read buffer is then free again for the next read
-/// (no new buffer per read), and the router copies nothing.
-pub(crate) fn own_publish_bytes(publish: &mut v5::Publish) {
-    let (topic, payload) = own_bytes(&publish.topic, &publish.payload);
-    publish.topic = topic;
-    publish.payload = payload;
-    own_correlation_data(&mut publish.properties);
-}
-
 /// `topic` and `payload` copied into one allocation of exactly their size.
+///
+/// A message that outlives where it came from (queues, in-flight windows, channels to
+/// slow readers, the retained store) must not pin a larger buffer for a few bytes:
+/// wills and in-process publishes copy theirs with this, network PUBLISHes are copied
+/// out of the read buffer by the codec (exactly their packet).
 pub(crate) fn own_bytes(topic: &[u8], payload: &[u8]) -> (Bytes, Bytes) {
     let mut both = bytes::BytesMut::with_capacity(topic.len() + payload.len());
     both.extend_from_slice(topic);
@@ -243,6 +235,7 @@ pub(crate) fn own_bytes(topic: &[u8], payload: &[u8]) -> (Bytes, Bytes) {
     (both.slice(..topic.len()), both.slice(topic.len()..))
 }
 
+/// Correlation data copied out of whatever it was a view of (see [`own_bytes`]).
 pub(crate) fn own_correlation_data(properties: &mut Option<v5::PublishProperties>) {
     if let Some(data) = properties
         .as_mut()
@@ -437,36 +430,5 @@ pub(crate) fn refusal_properties(reason: &str) -> v5::ConnAckProperties {
         server_reference: None,
         authentication_method: None,
         authentication_data: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_owned_publish_does_not_pin_the_read_buffer() {
-        let buffer = Bytes::from(vec![7u8; 32 * 1024]);
-        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        let mut publish = v5::Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            topic: buffer.slice(0..4),
-            pkid: 1,
-            payload: buffer.slice(4..12),
-            properties: Some(v5::PublishProperties {
-                correlation_data: Some(buffer.slice(12..20)),
-                ..Default::default()
-            }),
-        };
-        own_publish_bytes(&mut publish);
-        assert_eq!(publish.topic, buffer.slice(0..4));
-        assert_eq!(publish.payload, buffer.slice(4..12));
-        let correlation = publish.properties.and_then(|p| p.correlation_data);
-        assert_eq!(correlation, Some(buffer.slice(12..20)));
-        for owned in [&publish.topic, &publish.payload, &correlation.unwrap()] {
-            assert!(!range.contains(&(owned.as_ptr() as usize)));
-        }
     }
 }

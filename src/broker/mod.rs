@@ -69,6 +69,7 @@ use shared::Shared;
 
 pub use keepalive::{KeepAliveGrant, KeepAlivePolicy};
 pub use link::internal::{Delivery, DeliveryAck, InternalClient, InternalOptions};
+pub use link::pool::release as release_spare_batches;
 pub use link::{BrokerError, QueueOverflow};
 pub use persist::{PersistenceSettings, SyncSetting};
 pub use reason::ReasonCode;

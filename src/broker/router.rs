@@ -43,8 +43,8 @@ use super::checks::valid_unsubscribe_filter;
 use super::codec::{v5, QoS};
 use super::fasthash::{IntMap, IntSet};
 use super::link::{
-    refusal_properties, Ack, BrokerError, ConnId, ConnectRequest, Inbound, Message, OutPublish,
-    OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
+    pool, refusal_properties, Ack, BrokerError, ConnId, ConnectRequest, Inbound, Message,
+    OutPublish, OutTx, Outgoing, PublishReply, QueueOverflow, RouterMsg, WillSpec,
 };
 use super::retained::RetainedStore;
 use super::settings::BrokerSettings;
@@ -354,17 +354,17 @@ impl Router {
     fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Connect(req) => self.connect(*req),
-            RouterMsg::Inbound { conn, items } => {
-                let Some(&key) = self.by_conn.get(&conn) else {
-                    // Connection already detached (taken over); answer internal waiters.
-                    for item in items {
-                        fail_reply(item);
+            RouterMsg::Inbound { conn, mut items } => {
+                match self.by_conn.get(&conn) {
+                    Some(&key) => {
+                        for item in items.drain(..) {
+                            self.inbound(key, item);
+                        }
                     }
-                    return;
-                };
-                for item in items {
-                    self.inbound(key, item);
+                    // Connection already detached (taken over); answer internal waiters.
+                    None => items.drain(..).for_each(fail_reply),
                 }
+                pool::INBOUND.give(items);
             }
             RouterMsg::Closed {
                 conn,

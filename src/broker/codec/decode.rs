@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rumqttc::mqttbytes as m4;
 use rumqttc::v5::mqttbytes::Error as V5Error;
 
@@ -87,6 +87,15 @@ fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(Header, Bytes)>,
     }
     if buf.len() < header.total() {
         return Ok(None);
+    }
+    if header.packet_type() == 3 {
+        // A PUBLISH outlives the read (queues, in-flight windows, the retained store):
+        // it gets one copy of exactly its packet, so it never pins the read buffer and
+        // the buffer stays unshared, reused in place by the next read. Other packets are
+        // consumed before the next read and stay views of it.
+        let frame = Bytes::copy_from_slice(&buf[..header.total()]);
+        buf.advance(header.total());
+        return Ok(Some((header, frame)));
     }
     Ok(Some((header, buf.split_to(header.total()).freeze())))
 }

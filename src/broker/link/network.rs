@@ -315,6 +315,8 @@ async fn admit_steps(
         listener: info.listener.name.clone(),
         peer_certificates: info.peer_certificates.clone(),
         client_max_packet: props.max_packet_size.map_or(usize::MAX, |m| m as usize),
+        carry: Vec::new(),
+        carry_at: 0,
     })
 }
 

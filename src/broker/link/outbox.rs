@@ -84,19 +84,23 @@ impl OutTx {
 
     /// Queue `batch` behind what is queued and wake the receiver; `Err` (with the
     /// batch) when the receiver is gone.
-    pub(crate) fn send(&self, batch: Vec<Outgoing>) -> Result<(), Vec<Outgoing>> {
-        let waker = {
+    pub(crate) fn send(&self, mut batch: Vec<Outgoing>) -> Result<(), Vec<Outgoing>> {
+        let (waker, emptied) = {
             let mut inner = lock(&self.shared);
             if inner.receiver_gone {
                 return Err(batch);
             }
             if inner.queue.is_empty() {
                 inner.queue = batch;
+                (inner.waker.take(), None)
             } else {
-                inner.queue.extend(batch);
+                inner.queue.append(&mut batch);
+                (inner.waker.take(), Some(batch))
             }
-            inner.waker.take()
         };
+        if let Some(emptied) = emptied {
+            super::pool::OUTGOING.give(emptied);
+        }
         if let Some(waker) = waker {
             waker.wake();
         }

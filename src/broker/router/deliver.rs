@@ -71,8 +71,13 @@ impl Ctx {
         if link.out.is_empty() {
             self.dirty.push(key);
             // Sized like the last batch, so a busy link's batch does not regrow
-            // (and copy its large packets) from empty every time.
-            link.out.reserve(link.out_hint);
+            // (and copy its large packets) from empty every time; a spare one when
+            // there is one.
+            if link.out.capacity() == 0 {
+                link.out = pool::OUTGOING.take(link.out_hint);
+            } else {
+                link.out.reserve(link.out_hint);
+            }
         }
         link.out.push(item);
     }
@@ -336,8 +341,9 @@ impl Router {
                 sessions.get(&k).is_some_and(|s| s.link.is_some())
             });
         }
-        // `msg` owns exactly its bytes (never a connection's read buffer): every
-        // entry point compacts it (`own_publish_bytes`), so what outlives this call
+        // `msg` owns its bytes (never a connection's read buffer): the codec copies a
+        // network PUBLISH out of it, wills and in-process publishes are compacted
+        // (`own_bytes`) where they enter, so what outlives this call
         // (queues, in-flight windows, channels to slow readers, the retained store)
         // shares it as it is.
         let topic = msg.topic_str();

@@ -41,22 +41,31 @@ fn decodes_publish_v5_with_properties() {
     assert_eq!(&p.payload[..], b"x");
 }
 
+/// A decoded PUBLISH owns a copy of exactly its packet: it never pins the read buffer
+/// (which grows to the largest read), and the buffer stays unshared, so the next read
+/// reuses it in place.
 #[test]
-fn publish_payload_is_not_copied() {
-    let bytes = publish_v5(0, b"t", &[], &[7u8; 1000]);
-    let mut buf = BytesMut::from(&bytes[..]);
-    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
-    let Some(v5::Packet::Publish(p)) = v5c().decode(&mut buf).expect("valid") else {
-        panic!("expected PUBLISH");
-    };
-    assert!(
-        range.contains(&(p.payload.as_ptr() as usize)),
-        "payload must point into the read buffer"
-    );
-    assert!(
-        range.contains(&(p.topic.as_ptr() as usize)),
-        "topic must point into the read buffer"
-    );
+fn a_publish_owns_its_packet_and_leaves_the_read_buffer_unshared() {
+    let one = publish_v5(1, b"t/x", &[0x09, 0, 2, 1, 2], &[7u8; 1000]);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.extend_from_slice(&one);
+    buf.extend_from_slice(&one);
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+    for _ in 0..2 {
+        let Some(v5::Packet::Publish(p)) = v5c().decode(&mut buf).expect("valid") else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!((&p.topic[..], p.payload.len()), (&b"t/x"[..], 1000));
+        let correlation = p.properties.and_then(|p| p.correlation_data).expect("set");
+        assert_eq!(&correlation[..], &[1, 2]);
+        for owned in [&p.topic, &p.payload, &correlation] {
+            assert!(!range.contains(&(owned.as_ptr() as usize)), "a copy");
+        }
+    }
+    assert!(buf.is_empty());
+    // Unshared: the space the two packets took is reclaimed without a new allocation.
+    assert!(buf.try_reclaim(64 * 1024), "the read buffer is not shared");
+    assert_eq!(buf.as_ptr() as usize, range.start);
 }
 
 #[test]

@@ -181,8 +181,25 @@ impl ConnState {
     }
 
     /// Encode a router batch; returns true when the router asked to close.
-    pub(super) fn encode_batch(&mut self, batch: Vec<Outgoing>) -> bool {
-        for item in batch {
+    pub(super) fn encode_batch(&mut self, mut batch: Vec<Outgoing>) -> bool {
+        let mut at = 0;
+        let close = self.encode_from(&mut batch, &mut at, usize::MAX);
+        crate::broker::link::pool::OUTGOING.give(batch);
+        close
+    }
+
+    /// Encode the items of `batch` from `*at` on (each taken out of it) until the
+    /// write buffer holds `limit` bytes or the batch ends; true when the router's
+    /// `Close` comes (the items after it are not encoded).
+    pub(super) fn encode_from(
+        &mut self,
+        batch: &mut [Outgoing],
+        at: &mut usize,
+        limit: usize,
+    ) -> bool {
+        while *at < batch.len() && self.wbuf.len() < limit {
+            let item = std::mem::replace(&mut batch[*at], Outgoing::Close);
+            *at += 1;
             match item {
                 Outgoing::Publish(p) => {
                     let mut publish = p.to_publish(self.v5());
@@ -374,7 +391,6 @@ impl ConnState {
             }
             return Ok(());
         }
-        crate::broker::link::own_publish_bytes(&mut p);
         if let Some(alias) = new_alias {
             self.aliases
                 .set(alias, &p.topic)

@@ -23,7 +23,7 @@ use super::io::{
 use super::protocol::{next_is_qos_publish, ConnState, End};
 use crate::auth::Identity;
 use crate::broker::codec::{self, v5};
-use crate::broker::link::{ConnId, OutRx, Outgoing, RouterMsg};
+use crate::broker::link::{pool, ConnId, OutRx, Outgoing, RouterMsg};
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::{RevalidateCheck, SessionCredentials};
 use crate::broker::shared::Shared;
@@ -63,6 +63,11 @@ pub(super) struct Session {
     pub(super) peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The client's Maximum Packet Size (v5), which bounds the revalidation DISCONNECT.
     pub(super) client_max_packet: usize,
+    /// What the router handed and is not encoded yet: items from `carry_at` on. A
+    /// batch is encoded in steps of `WRITE_STEP` bytes, each written before the next,
+    /// so the write buffer stays small however large the batch.
+    pub(super) carry: Vec<Outgoing>,
+    pub(super) carry_at: usize,
 }
 
 /// A deadline that never comes in practice: the timer's target without keep alive.
@@ -130,6 +135,14 @@ impl Session {
             if self.state.wbuf.capacity() > SHRINK_ABOVE {
                 self.state.wbuf = BytesMut::new();
             }
+            if self.carry_at < self.carry.len() {
+                // The rest of a large batch, one step per write.
+                if self.encode_carry() {
+                    pace.drain = true;
+                    break End::Server;
+                }
+                continue;
+            }
 
             // v3.1.1 has no Receive Maximum: at the limit, the socket is simply not read
             // until the router has acknowledged enough (back-pressure, not disconnection).
@@ -165,18 +178,19 @@ impl Session {
     /// the connection ends (DISCONNECT, protocol violation, router gone).
     async fn parse(&mut self, shared: &Shared, pace: &mut Pace) -> Option<End> {
         pace.parse = false;
-        let mut items = Vec::with_capacity(pace.items_hint);
+        let mut items = pool::INBOUND.take(pace.items_hint);
         let outcome = self.state.process(&mut self.rbuf, &mut items);
         pace.items_hint = items.len().clamp(1, 256);
-        if !items.is_empty()
-            && shared
-                .router_tx
-                .send(RouterMsg::Inbound {
-                    conn: self.conn,
-                    items,
-                })
-                .await
-                .is_err()
+        if items.is_empty() {
+            pool::INBOUND.give(items);
+        } else if shared
+            .router_tx
+            .send(RouterMsg::Inbound {
+                conn: self.conn,
+                items,
+            })
+            .await
+            .is_err()
         {
             return Some(End::Server);
         }
@@ -202,11 +216,15 @@ impl Session {
     fn shutting_down(&mut self) -> End {
         // What the router already handed this connection (e.g. a component's last flush
         // during the drain) is written before the DISCONNECT.
-        while let Ok(batch) = self.out_rx.try_recv() {
-            self.out_rx.backlog().taken(&batch);
-            if self.state.encode_batch(batch) {
+        let mut close = self
+            .state
+            .encode_from(&mut self.carry, &mut self.carry_at, usize::MAX);
+        while !close {
+            let Ok(batch) = self.out_rx.try_recv() else {
                 break;
-            }
+            };
+            self.out_rx.backlog().taken(&batch);
+            close = self.state.encode_batch(batch);
         }
         if self.state.v5() {
             self.state.encode(&disconnect_packet(
@@ -230,17 +248,10 @@ impl Session {
             return Some(End::Server);
         };
         self.out_rx.backlog().taken(&batch);
-        let mut close = self.state.encode_batch(batch);
-        while !close && self.state.wbuf.len() < WRITE_STEP {
-            match self.out_rx.try_recv() {
-                Ok(batch) => {
-                    self.out_rx.backlog().taken(&batch);
-                    close = self.state.encode_batch(batch);
-                }
-                Err(_) => break,
-            }
-        }
-        if close {
+        // The carry is empty here: the loop encodes it to the end before it waits.
+        pool::OUTGOING.give(std::mem::replace(&mut self.carry, batch));
+        self.carry_at = 0;
+        if self.encode_carry() {
             pace.drain = true;
             return Some(End::Server);
         }
@@ -254,6 +265,34 @@ impl Session {
             pace.parse = true;
         }
         None
+    }
+
+    /// Encode the carry, then what the router queued behind it, up to `WRITE_STEP`
+    /// bytes; true when the router closes the connection.
+    fn encode_carry(&mut self) -> bool {
+        loop {
+            if self
+                .state
+                .encode_from(&mut self.carry, &mut self.carry_at, WRITE_STEP)
+            {
+                return true;
+            }
+            if self.carry_at < self.carry.len() || self.state.wbuf.len() >= WRITE_STEP {
+                return false;
+            }
+            match self.out_rx.try_recv() {
+                Ok(batch) => {
+                    self.out_rx.backlog().taken(&batch);
+                    pool::OUTGOING.give(std::mem::replace(&mut self.carry, batch));
+                    self.carry_at = 0;
+                }
+                Err(_) => {
+                    pool::OUTGOING.give(std::mem::take(&mut self.carry));
+                    self.carry_at = 0;
+                    return false;
+                }
+            }
+        }
     }
 
     /// A socket read finished: count it, restart the timers, size the next read.
