@@ -1076,3 +1076,56 @@ async fn wills_of_clients_connected_at_sigkill_are_published_after_restart() {
     assert_eq!(watcher.publish().await.payload, "m2");
     assert_eq!(gw.terminate(), Some(0), "clean exit");
 }
+
+/// The configuration with `[persistence]` and anonymous ACL rules (`(access, topic)`).
+fn config_with_acl(dir: &Path, port: u16, rules: &[(&str, &str)]) {
+    let mut sections = String::from("[persistence]\nsync = \"batch\"\n[acl]\n");
+    for (access, topic) in rules {
+        sections.push_str(&format!(
+            "[[acl.rule]]\naccess = {access:?}\ntopic = {topic:?}\n"
+        ));
+    }
+    config_with(dir, port, &sections);
+}
+
+/// A will stored for a client connected at `kill -9` goes through the one write
+/// authorization when it is published after the restart: one whose topic the
+/// restarted gateway's ACL denies is not published, the other one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_will_is_authorized_again_when_published_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config_with_acl(dir.path(), port, &[("readwrite", "#")]);
+    let gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    watcher.subscribe("w/#", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .disconnect()
+        .await
+        .expect("disconnect queued");
+    drop(watcher);
+    let denied = connect_with_will(&gw, port, "denied-g", 0, 0).await;
+    let allowed = connect_with_will(&gw, port, "allowed-h", 0, 0).await;
+    publish_acked(port, "w/sync", &["sync".to_string()]).await;
+    let mut gw = gw;
+    gw.kill();
+    drop((denied, allowed));
+
+    config_with_acl(
+        dir.path(),
+        port,
+        &[("readwrite", "#"), ("deny", "w/denied-g")],
+    );
+    let mut gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    assert_eq!(watcher.publish().await.payload, "sync");
+    assert_eq!(watcher.publish().await.payload, "allowed-h gone");
+    publish_acked(port, "w/marker", &["m1".to_string()]).await;
+    assert_eq!(
+        watcher.publish().await.payload,
+        "m1",
+        "the denied will was not published"
+    );
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
