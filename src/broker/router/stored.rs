@@ -295,20 +295,25 @@ impl Router {
         else {
             return;
         };
-        log.ack(std::mem::take(&mut session.online_will));
+        // The old record goes only once the new one is written (compaction rewrites).
+        let old = std::mem::take(&mut session.online_will);
         let Some(will) = session.will.as_ref() else {
+            log.ack(old);
             return;
         };
         if session.identity.via == AuthMethod::Internal {
+            log.ack(old);
             return;
         }
         let id = session.stored.as_ref().map_or(0, |s| s.id);
         match log.set_online_will(id, &session.identity, &will.message, will.delay) {
             Ok(seq) => {
+                log.ack(old);
                 session.online_will = seq;
                 debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, "Will of a connected client stored.");
             }
             Err(e) => {
+                session.online_will = old;
                 let failed = log.failed;
                 self.ctx.session_log_failed();
                 if failed.is_power_of_two() {
