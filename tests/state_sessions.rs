@@ -6,7 +6,8 @@
 //! gone; a truncated sessions file is logged and the intact records load; a QoS 2
 //! message PUBRECed before a `kill -9` is delivered once however often it is resent;
 //! delayed wills of offline sessions are published after a restart when due (or at
-//! start when due during the downtime) unless the client came back. The gateway is
+//! start when due during the downtime) unless the client came back; wills of clients
+//! connected at a `kill -9` are published after the restart. The gateway is
 //! the `tollgate` binary, a separate process.
 //!
 //! `TOLLGATE_STATE_SESSION_RUNS` (default 3) sets the runs of the random-moment `kill -9`
@@ -910,5 +911,221 @@ async fn delayed_wills_survive_sigkill_and_sigterm_restarts() {
     // Nothing else was pending: the next message is the marker.
     publish_acked(port, "w/marker", &["m2".to_string()]).await;
     assert_eq!(watcher.publish().await.payload, "m2");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// A v5 will on `w/<id>` saying "<id> gone", delayed `delay` s (none when 0).
+fn will_of(id: &str, delay: u32) -> p5::LastWill {
+    p5::LastWill {
+        topic: format!("w/{id}").into(),
+        message: format!("{id} gone").into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: (delay > 0).then(|| p5::LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    }
+}
+
+/// Connect raw v5 client `id` (`expiry` s; clean start when 0) with `will`, and wait
+/// until tollgate logged its will stored.
+async fn connect_with_will(
+    gw: &GatewayProcess,
+    port: u16,
+    id: &str,
+    expiry: u32,
+    delay: u32,
+) -> Raw {
+    let (raw, connack) = raw_v5(
+        addr(port),
+        id,
+        None,
+        expiry == 0,
+        expiry,
+        Some(will_of(id, delay)),
+    )
+    .await;
+    assert_eq!(connack.code, p5::ConnectReturnCode::Success);
+    wait_will_stored(gw, id);
+    raw
+}
+
+fn wait_will_stored(gw: &GatewayProcess, id: &str) {
+    let line = tokio::task::block_in_place(|| {
+        gw.wait_for_line("Will of a connected client stored", Duration::from_secs(10))
+    });
+    assert!(line.contains(id), "{line}");
+}
+
+/// Debian's mosquitto_sub as a connected MQTT 3.1.1 client with a will on `w/<id>`.
+fn mosquitto_sub_with_will(port: u16, id: &str) -> std::process::Child {
+    std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-i", id, "-t", &format!("idle/{id}")])
+        .args(["--will-topic", &format!("w/{id}"), "--will-payload"])
+        .arg(format!("{id} gone"))
+        .args(["--will-qos", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub")
+}
+
+/// The next `n` payloads the watcher gets, sorted.
+async fn payloads(watcher: &mut V5, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(String::from_utf8_lossy(&watcher.publish().await.payload).into_owned());
+    }
+    got.sort();
+    got
+}
+
+/// Wills of clients connected when tollgate gets `kill -9` count as their connection
+/// dropping at the restart: a will without delay (v5 clean start, and Debian's
+/// mosquitto_sub over 3.1.1) is published once the state is loaded; a delayed will of
+/// a persistent session `min(delay, expiry)` after the restart, unless its client
+/// comes back first; a will cleanly disconnected before the crash is not published.
+/// After SIGTERM a connected client's will is not published (a server stop closes
+/// connections without their wills, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_of_clients_connected_at_sigkill_are_published_after_restart() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    watcher.subscribe("w/#", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .disconnect()
+        .await
+        .expect("disconnect queued");
+    drop(watcher);
+    let delay = 3;
+    let now_a = connect_with_will(&gw, port, "now-a", 0, 0).await;
+    let mut sub = mosquitto_sub_with_will(port, "now-b");
+    wait_will_stored(&gw, "now-b");
+    let delayed_c = connect_with_will(&gw, port, "delayed-c", 3600, delay).await;
+    let back_d = connect_with_will(&gw, port, "back-d", 3600, delay).await;
+    let mut clean_e = connect_with_will(&gw, port, "clean-e", 0, 0).await;
+    clean_e
+        .send(&p5::Packet::Disconnect(p5::Disconnect {
+            reason_code: p5::DisconnectReasonCode::NormalDisconnection,
+            properties: None,
+        }))
+        .await;
+    assert!(clean_e.read().await.is_none(), "closed after DISCONNECT");
+    // Its PUBACK waits for its record, appended after the wills: they are on disk too.
+    publish_acked(port, "w/sync", &["sync".to_string()]).await;
+    let mut gw = gw;
+    gw.kill();
+    let _ = sub.kill();
+    let _ = sub.wait();
+    drop((now_a, delayed_c, back_d));
+
+    let restarted = std::time::Instant::now();
+    let gw = start_logging_wills(dir.path());
+    // back-d comes back before its will is due: cancelled.
+    let (back_d, connack) = raw_v5(addr(port), "back-d", None, false, 3600, None).await;
+    assert!(connack.session_present);
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    assert_eq!(watcher.publish().await.payload, "sync");
+    assert_eq!(
+        payloads(&mut watcher, 2).await,
+        ["now-a gone", "now-b gone"]
+    );
+    assert_eq!(watcher.publish().await.payload, "delayed-c gone");
+    assert!(
+        restarted.elapsed() >= Duration::from_secs(delay.into()),
+        "published after its delay from the restart: {:?}",
+        restarted.elapsed()
+    );
+    // Past back-d's due time, a marker: its will or clean-e's would come before it.
+    tokio::time::sleep(
+        (restarted + Duration::from_secs(delay.into()) + Duration::from_millis(500))
+            .saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
+    publish_acked(port, "w/marker", &["m1".to_string()]).await;
+    assert_eq!(watcher.publish().await.payload, "m1");
+    watcher
+        .client
+        .disconnect()
+        .await
+        .expect("disconnect queued");
+    drop(watcher);
+
+    // SIGTERM with a client connected: its will is not published, now or at start.
+    let now_f = connect_with_will(&gw, port, "now-f", 0, 0).await;
+    let mut gw = gw;
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    drop((now_f, back_d));
+    let mut gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    publish_acked(port, "w/marker", &["m2".to_string()]).await;
+    assert_eq!(watcher.publish().await.payload, "m2");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
+/// The configuration with `[persistence]` and anonymous ACL rules (`(access, topic)`).
+fn config_with_acl(dir: &Path, port: u16, rules: &[(&str, &str)]) {
+    let mut sections = String::from("[persistence]\nsync = \"batch\"\n[acl]\n");
+    for (access, topic) in rules {
+        sections.push_str(&format!(
+            "[[acl.rule]]\naccess = {access:?}\ntopic = {topic:?}\n"
+        ));
+    }
+    config_with(dir, port, &sections);
+}
+
+/// A will stored for a client connected at `kill -9` goes through the one write
+/// authorization when it is published after the restart: one whose topic the
+/// restarted gateway's ACL denies is not published, the other one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_will_is_authorized_again_when_published_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config_with_acl(dir.path(), port, &[("readwrite", "#")]);
+    let gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    watcher.subscribe("w/#", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .disconnect()
+        .await
+        .expect("disconnect queued");
+    drop(watcher);
+    let denied = connect_with_will(&gw, port, "denied-g", 0, 0).await;
+    let allowed = connect_with_will(&gw, port, "allowed-h", 0, 0).await;
+    publish_acked(port, "w/sync", &["sync".to_string()]).await;
+    let mut gw = gw;
+    gw.kill();
+    drop((denied, allowed));
+
+    config_with_acl(
+        dir.path(),
+        port,
+        &[("readwrite", "#"), ("deny", "w/denied-g")],
+    );
+    let mut gw = start_logging_wills(dir.path());
+    let mut watcher = persistent(port, "will-watcher", 3600).await;
+    assert_eq!(watcher.publish().await.payload, "sync");
+    assert_eq!(watcher.publish().await.payload, "allowed-h gone");
+    publish_acked(port, "w/marker", &["m1".to_string()]).await;
+    assert_eq!(
+        watcher.publish().await.payload,
+        "m1",
+        "the denied will was not published"
+    );
     assert_eq!(gw.terminate(), Some(0), "clean exit");
 }

@@ -136,6 +136,8 @@ struct Session {
     dropped_burst: u64,
     /// Where the session log keeps it (`[persistence]`, sessions with an expiry).
     stored: Option<Box<StoredRef>>,
+    /// The session log's record of the will of its open connection (0: none).
+    online_will: u64,
 }
 
 /// A session's place in the session log.

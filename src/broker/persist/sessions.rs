@@ -26,7 +26,10 @@
 //!   is acknowledged again, not delivered twice, and its PUBREL gets PUBCOMP;
 //! - a `will` record when the session goes offline with a delayed will (its message
 //!   and wall-clock deadline), acknowledged when the will is published or cancelled:
-//!   a restart publishes it when the deadline comes, or at once if it passed.
+//!   a restart publishes it when the deadline comes, or at once if it passed;
+//! - an `online will` record for every network client that connects with a will
+//!   (stored session or not: it carries the identity), acknowledged when its
+//!   connection ends; one live at a load was open at a crash (`wills.rs`).
 //!
 //! Durability follows append order (one writer, fsyncs cover everything before
 //! them): a message record that is durable has its session record durable too.
@@ -61,6 +64,10 @@ const KIND_WILL: u8 = 6;
 /// A `message` record written again by compaction: it carries the sequence number of
 /// the delivery's first record, its place in its session's queue.
 const KIND_MOVED: u8 = 7;
+/// The will of a client connected when written (`wills.rs`).
+const KIND_ONLINE_WILL: u8 = 8;
+
+mod wills;
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -143,11 +150,37 @@ pub(crate) struct StoredSession {
 /// What a live record is (for compaction: the router writes it again from memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Live {
-    Session { id: u64 },
-    Message { id: u64 },
-    Pkid { id: u64, message: u64 },
-    Received { id: u64, pkid: u16 },
-    Will { id: u64 },
+    Session {
+        id: u64,
+    },
+    Message {
+        id: u64,
+    },
+    Pkid {
+        id: u64,
+        message: u64,
+    },
+    Received {
+        id: u64,
+        pkid: u16,
+    },
+    Will {
+        id: u64,
+    },
+    /// The will of a connected client (`id`: its stored session, 0 for none).
+    OnlineWill {
+        id: u64,
+    },
+}
+
+/// What an `online will` record says.
+#[derive(Debug)]
+struct OnlineWill {
+    /// Its stored session's id, 0 for a client whose session is not stored.
+    id: u64,
+    identity: Identity,
+    delay: u32,
+    msg: Message,
 }
 
 enum Record {
@@ -180,6 +213,7 @@ enum Record {
         delay: u32,
         due_ms: u64,
     },
+    OnlineWill(OnlineWill),
 }
 
 fn header(out: &mut BytesMut, kind: u8, id: u64) {
@@ -201,6 +235,16 @@ fn via_byte(via: AuthMethod) -> u8 {
         AuthMethod::Anonymous => 2,
         AuthMethod::Internal => 3,
     }
+}
+
+fn via_from(b: u8) -> Result<AuthMethod, String> {
+    Ok(match b {
+        0 => AuthMethod::Password,
+        1 => AuthMethod::Certificate,
+        2 => AuthMethod::Anonymous,
+        3 => AuthMethod::Internal,
+        v => return Err(format!("invalid identity kind {v}")),
+    })
 }
 
 fn overflow_byte(o: QueueOverflow) -> u8 {
@@ -305,18 +349,6 @@ fn encode_received(id: u64, pkid: u16) -> Vec<u8> {
     out.to_vec()
 }
 
-/// `[v][6][id u64][due ms u64][delay u32][qos][retain][topic str][properties][payload]`.
-pub(crate) fn encode_will(id: u64, msg: &Message, delay: u32, due_ms: u64) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(msg.weight() + 40);
-    header(&mut out, KIND_WILL, id);
-    out.put_u64(due_ms);
-    out.put_u32(delay);
-    out.put_u8(qos_byte(msg.qos));
-    out.put_u8(u8::from(msg.retain));
-    put_topic_properties_payload(&mut out, msg);
-    out.to_vec()
-}
-
 /// `[topic str][properties, v5 encoding with its length][payload]`.
 fn put_topic_properties_payload(out: &mut BytesMut, msg: &Message) {
     out.put_u16(msg.topic.len().min(usize::from(u16::MAX)) as u16);
@@ -348,21 +380,6 @@ fn get_topic_properties_payload(b: &mut Bytes, qos: QoS, retain: bool) -> Result
         expires_at: None,
         publisher: None,
         origin: None,
-    })
-}
-
-fn decode_will(b: &mut Bytes, id: u64) -> Result<Record, String> {
-    need(b, 14, "will fields")?;
-    let due_ms = b.get_u64();
-    let delay = b.get_u32();
-    let qos = qos_from(b.get_u8())?;
-    let retain = b.get_u8() != 0;
-    let msg = get_topic_properties_payload(b, qos, retain)?;
-    Ok(Record::Will {
-        id,
-        msg,
-        delay,
-        due_ms,
     })
 }
 
@@ -502,7 +519,8 @@ fn decode(bytes: Bytes) -> Result<Record, String> {
                 pkid: b.get_u16(),
             })
         }
-        KIND_WILL => decode_will(&mut b, id),
+        KIND_WILL => Record::decode_will(&mut b, id),
+        KIND_ONLINE_WILL => Record::decode_online_will(&mut b, id),
         k => Err(format!("unknown record kind {k}")),
     }
 }
@@ -551,6 +569,8 @@ struct Scan {
     received: HashMap<(u64, u16), u64>,
     /// Session id → its delayed will.
     wills: HashMap<u64, StoredWill>,
+    /// Wills of connected clients: (record, will).
+    online_wills: Vec<(u64, OnlineWill)>,
     stale: Vec<u64>,
     max_id: u64,
     costs: HashMap<u64, u64>,
@@ -627,6 +647,7 @@ impl Scan {
                     self.stale.push(old.record);
                 }
             }
+            Record::OnlineWill(will) => self.online_wills.push((seq, will)),
         }
     }
 }
@@ -784,6 +805,7 @@ impl SessionLog {
                 None => scan.stale.push(will.record),
             }
         }
+        self.assemble_online_wills(scan, &mut kept, &mut wills_due);
         let mut sessions: Vec<StoredSession> = kept.into_values().collect();
         sessions.sort_unstable_by_key(|s| s.record);
         for s in &mut sessions {
@@ -908,19 +930,6 @@ impl SessionLog {
     /// (the PUBREC waits for the returned durability).
     pub fn set_received(&mut self, id: u64, pkid: u16) -> Result<Durable, JournalError> {
         self.append(&encode_received(id, pkid), Live::Received { id, pkid })
-    }
-
-    /// Session `id` went offline with a delayed will, due at `due_ms` (wall clock);
-    /// its record (acknowledged when the will is published or cancelled).
-    pub fn set_will(
-        &mut self,
-        id: u64,
-        msg: &Message,
-        delay: u32,
-        due_ms: u64,
-    ) -> Result<u64, JournalError> {
-        let durable = self.append(&encode_will(id, msg, delay, due_ms), Live::Will { id })?;
-        Ok(durable.seq())
     }
 
     /// Periodic upkeep: hand the waiting `end` records to a sync (they go only after

@@ -125,6 +125,7 @@ impl Router {
         if let Some((will, identity)) = fire_will {
             self.publish_will(will, &identity);
         }
+        self.online_will_done(key);
     }
 
     /// A new, empty session for `req`'s client id.
@@ -153,6 +154,7 @@ impl Router {
                 durable: false,
                 dropped_burst: 0,
                 stored: None,
+                online_will: 0,
             }),
         );
         key
@@ -211,6 +213,7 @@ impl Router {
         self.by_conn.insert(req.conn, key);
         // Stored before the queue moves: its deliveries are written for the session.
         self.store_attached(key, v5);
+        self.store_online_will(key);
         if let Some(session) = self.sessions.get_mut(&key) {
             refill(&mut self.ctx, key, session);
         }
@@ -254,6 +257,8 @@ impl Router {
             self.store_offline(key);
             self.store_will(key);
         }
+        // After the will went out or was stored offline: a crash between keeps it.
+        self.online_will_done(key);
         if expiry == 0 {
             self.end_session(key);
         } else if expiry != u32::MAX {

@@ -171,6 +171,9 @@ impl Ctx {
     /// Session ended: its log record goes (an `end` record keeps it from coming back),
     /// with its QoS 2 packet ids and delayed will.
     pub(super) fn end_stored(&mut self, session: &mut Session) {
+        if let Some(log) = self.sessions_log.as_mut() {
+            log.ack(std::mem::take(&mut session.online_will));
+        }
         if let (Some(stored), Some(log)) = (session.stored.take(), self.sessions_log.as_mut()) {
             for (_, record) in session.incoming_qos2.drain() {
                 log.ack(record);
@@ -283,6 +286,54 @@ impl Router {
         }
     }
 
+    /// Session `key`'s new connection has a will: it is stored until the connection
+    /// ends, so a crash meanwhile counts as the connection dropping (published after
+    /// the restart). The CONNACK does not wait for it (the next group commit).
+    pub(super) fn store_online_will(&mut self, key: SessionKey) {
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        // The old record goes only once the new one is written (compaction rewrites).
+        let old = std::mem::take(&mut session.online_will);
+        let Some(will) = session.will.as_ref() else {
+            log.ack(old);
+            return;
+        };
+        if session.identity.via == AuthMethod::Internal {
+            log.ack(old);
+            return;
+        }
+        let id = session.stored.as_ref().map_or(0, |s| s.id);
+        match log.set_online_will(id, &session.identity, &will.message, will.delay) {
+            Ok(seq) => {
+                log.ack(old);
+                session.online_will = seq;
+                debug!(client_id = %LogStr(&session.identity.client_id), delay = will.delay, "Will of a connected client stored.");
+            }
+            Err(e) => {
+                session.online_will = old;
+                let failed = log.failed;
+                self.ctx.session_log_failed();
+                if failed.is_power_of_two() {
+                    warn!(client_id = %LogStr(&session.identity.client_id), reason = %e, failed, "Will not stored: it is lost if the broker crashes while the client is connected (counted in $SYS/tollgate/state/failures).");
+                }
+            }
+        }
+    }
+
+    /// Session `key`'s connection ended (its will published, stored offline or
+    /// dropped): the record of its will goes.
+    pub(super) fn online_will_done(&mut self, key: SessionKey) {
+        let (Some(log), Some(session)) =
+            (self.ctx.sessions_log.as_mut(), self.sessions.get_mut(&key))
+        else {
+            return;
+        };
+        log.ack(std::mem::take(&mut session.online_will));
+    }
+
     /// A connection attached to session `key`: a network session with an expiry is
     /// stored (online); one whose expiry became 0 leaves the log.
     pub(super) fn store_attached(&mut self, key: SessionKey, v5: bool) {
@@ -370,6 +421,19 @@ impl Router {
         for key in online {
             self.store_offline(key);
         }
+        // A clean stop closes connections without their wills (as a server close
+        // always did): their records go.
+        let online_wills: Vec<u64> = self
+            .sessions
+            .values_mut()
+            .map(|s| std::mem::take(&mut s.online_will))
+            .filter(|&seq| seq != 0)
+            .collect();
+        if let Some(log) = self.ctx.sessions_log.as_mut() {
+            for seq in online_wills {
+                log.ack(seq);
+            }
+        }
     }
 
     /// Put the loaded sessions back: offline, with their subscriptions, queue, in-flight
@@ -410,6 +474,7 @@ impl Router {
                     will_record: s.will.as_ref().map_or(0, |w| w.record),
                     will_due_ms: s.will.as_ref().map_or(0, |w| w.due_ms),
                 })),
+                online_will: 0,
             });
             if let Some(will) = s.will {
                 if will.due_ms <= now_wall {
@@ -508,13 +573,34 @@ impl Router {
             .iter()
             .filter_map(|(k, s)| s.stored.as_ref().map(|st| (st.id, *k)))
             .collect();
+        let mut online_wills: Option<HashMap<u64, SessionKey>> = None;
         for (seq, live) in due {
+            if let Live::OnlineWill { .. } = live {
+                let by_record = online_wills.get_or_insert_with(|| {
+                    self.sessions
+                        .iter()
+                        .filter(|(_, s)| s.online_will != 0)
+                        .map(|(k, s)| (s.online_will, *k))
+                        .collect()
+                });
+                match by_record.get(&seq) {
+                    // Written again from memory; the old record is acknowledged.
+                    Some(&key) => self.store_online_will(key),
+                    None => {
+                        if let Some(log) = self.ctx.sessions_log.as_mut() {
+                            log.ack(seq);
+                        }
+                    }
+                }
+                continue;
+            }
             let id = match live {
                 Live::Session { id }
                 | Live::Message { id }
                 | Live::Pkid { id, .. }
                 | Live::Received { id, .. }
                 | Live::Will { id } => id,
+                Live::OnlineWill { .. } => continue,
             };
             let Some(&key) = by_id.get(&id) else {
                 if let Some(log) = self.ctx.sessions_log.as_mut() {
@@ -527,6 +613,7 @@ impl Router {
                 Live::Message { .. } | Live::Pkid { .. } => self.move_delivery(key, id, seq, live),
                 Live::Received { pkid, .. } => self.move_received(key, id, seq, pkid),
                 Live::Will { .. } => self.move_will(key, seq),
+                Live::OnlineWill { .. } => {}
             }
         }
     }

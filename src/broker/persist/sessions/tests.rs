@@ -1,3 +1,4 @@
+use super::wills::{encode_online_will, encode_will};
 use super::*;
 
 fn settings() -> PersistenceSettings {
@@ -290,6 +291,77 @@ async fn received_packet_ids_and_delayed_wills_survive_reopen() {
     assert_eq!(&loaded.wills_due[0].1.msg.payload[..], b"late");
     // Truncated will records are refused, never misread.
     let bytes = encode_will(3, &will, 5, 99);
+    for len in 0..bytes.len() - 4 {
+        assert!(
+            decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
+            "{len}"
+        );
+    }
+    log.close().await;
+}
+
+/// Wills of clients connected at a crash: the latest per client id loads, as the
+/// delayed will of its restored session (due `min(delay, expiry)` from the load) or as
+/// due now without one; an older connection's and one superseded by a later session
+/// record do not.
+#[tokio::test]
+async fn online_wills_load_as_if_their_connection_dropped_at_the_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = reopen(dir.path()).await;
+    let ident = |client: &str| Identity {
+        username: None,
+        client_id: client.into(),
+        via: AuthMethod::Password,
+        listener: Arc::from("local"),
+    };
+    // A stored session online with a will delayed 20 s (expiry 3600 s).
+    let id = log.new_id();
+    log.write_session(0, &record(id, "dev-1", None))
+        .expect("write");
+    let mut will = message("will/dev-1", "gone");
+    will.retain = true;
+    let stored = log
+        .set_online_will(id, &ident("dev-1"), &will, 20)
+        .expect("will");
+    // A client without a stored session: its first connection's will is superseded.
+    log.set_online_will(0, &ident("dev-2"), &message("will/dev-2", "old"), 0)
+        .expect("will");
+    let latest = log
+        .set_online_will(0, &ident("dev-2"), &message("will/dev-2", "new"), 5)
+        .expect("will");
+    // A will whose client has connected since with a stored session that has none.
+    log.set_online_will(0, &ident("dev-3"), &message("will/dev-3", "x"), 0)
+        .expect("will");
+    let later = log.new_id();
+    log.write_session(0, &record(later, "dev-3", None))
+        .expect("write");
+    // A will acknowledged (its connection ended cleanly) does not come back.
+    let done = log
+        .set_online_will(0, &ident("dev-4"), &message("will/dev-4", "x"), 0)
+        .expect("will");
+    log.ack(done);
+    log.close().await;
+
+    let (log, loaded) = reopen(dir.path()).await;
+    let s = loaded
+        .sessions
+        .iter()
+        .find(|s| s.session.id == id)
+        .expect("dev-1 restored");
+    let w = s.will.as_ref().expect("its will is a delayed will now");
+    assert_eq!((w.record, w.delay, w.msg.retain), (stored, 20, true));
+    assert_eq!(&w.msg.payload[..], b"gone");
+    let left = w.due_ms - now_ms();
+    assert!((15_000..=20_000).contains(&left), "{left}");
+    let due: Vec<(&str, &[u8], u64)> = loaded
+        .wills_due
+        .iter()
+        .map(|(i, w)| (i.client_id.as_str(), &w.msg.payload[..], w.record))
+        .collect();
+    assert_eq!(due, vec![("dev-2", &b"new"[..], latest)]);
+    assert_eq!(loaded.wills_due[0].0, ident("dev-2"));
+    // Truncated online will records are refused, never misread.
+    let bytes = encode_online_will(0, &ident("dev-5"), &will, 5);
     for len in 0..bytes.len() - 4 {
         assert!(
             decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
