@@ -1025,7 +1025,17 @@ async fn wills_of_clients_connected_at_sigkill_are_published_after_restart() {
         }))
         .await;
     assert!(clean_e.read().await.is_none(), "closed after DISCONNECT");
-    // Its PUBACK waits for its record, appended after the wills: they are on disk too.
+    // The socket closes before the router hears of it: the removal is waited for, so
+    // the record below is appended after it.
+    let line = tokio::task::block_in_place(|| {
+        gw.wait_for_line(
+            "Will record of an ended connection removed",
+            Duration::from_secs(10),
+        )
+    });
+    assert!(line.contains("clean-e"), "{line}");
+    // Its PUBACK waits for its record, appended after the wills and the removal: they
+    // are on disk too.
     publish_acked(port, "w/sync", &["sync".to_string()]).await;
     let mut gw = gw;
     gw.kill();

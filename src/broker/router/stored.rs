@@ -331,7 +331,11 @@ impl Router {
         else {
             return;
         };
-        log.ack(std::mem::take(&mut session.online_will));
+        let seq = std::mem::take(&mut session.online_will);
+        if seq != 0 {
+            log.ack(seq);
+            debug!(client_id = %LogStr(&session.identity.client_id), "Will record of an ended connection removed.");
+        }
     }
 
     /// A connection attached to session `key`: a network session with an expiry is
