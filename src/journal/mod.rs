@@ -282,7 +282,22 @@ struct Shared {
     tail: Mutex<Tail>,
     /// Acknowledgements not yet taken by the writer: one command wakes it for all
     /// those queued before it runs (an ack per cloud PUBACK would be a wake-up each).
-    queued_acks: Mutex<Vec<u64>>,
+    queued_acks: Mutex<QueuedAcks>,
+    /// Every append with a lower sequence number was sent to the writer.
+    assigned: AtomicU64,
+}
+
+/// Acknowledgements queued outside the command channel. They may reach the writer
+/// before appends sent earlier (a wake-up already in the channel takes them all), so
+/// they carry `barrier`: the writer applies them only once it took every append below
+/// it. A caller that writes a record again and then acknowledges the old one (the
+/// broker's compaction) must never find the old one gone, its segment deleted, before
+/// the new one is on disk.
+#[derive(Debug, Default)]
+struct QueuedAcks {
+    seqs: Vec<u64>,
+    /// `assigned` when the last of them was queued.
+    barrier: u64,
 }
 
 /// The newest durable pending records, in memory: every durable pending record with
@@ -378,7 +393,7 @@ impl Shared {
         self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn queued_acks(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    fn queued_acks(&self) -> std::sync::MutexGuard<'_, QueuedAcks> {
         self.queued_acks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -491,6 +506,7 @@ impl Journal {
         });
         let tail_bytes = config.tail_bytes;
         let (writer, recovery, next_seq) = recover::recover(&dir, config, shared.clone())?;
+        shared.assigned.store(next_seq, Ordering::Release);
         // Recovered records are read from disk; the tail starts with the next append.
         *shared.tail() = Tail {
             cap: tail_bytes,
@@ -570,6 +586,7 @@ impl Journal {
             return Err(shared.closed());
         }
         side.next_seq += 1;
+        shared.assigned.store(side.next_seq, Ordering::Release);
         Ok(Durable {
             seq,
             reply: rx,
@@ -589,14 +606,16 @@ impl Journal {
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
         // Out of the tail at once: a read after this call does not return it.
         self.inner.shared.tail().remove(seq);
-        let mut queued = self.inner.shared.queued_acks();
-        queued.push(seq);
-        if queued.len() > 1 {
+        let shared = &self.inner.shared;
+        let mut queued = shared.queued_acks();
+        queued.seqs.push(seq);
+        queued.barrier = shared.assigned.load(Ordering::Acquire);
+        if queued.seqs.len() > 1 {
             // A wake-up is on its way and the writer takes every queued ack with it.
             return Ok(());
         }
         self.send(Command::Ack(Vec::new()))
-            .inspect_err(|_| queued.clear())
+            .inspect_err(|_| queued.seqs.clear())
     }
 
     /// Acknowledge several records at once.

@@ -156,6 +156,8 @@ pub(super) fn recover(
         next_ack_sync: None,
         buf: Vec::with_capacity(64 * 1024),
         read_cache: None,
+        taken_next: next_seq,
+        waiting_acks: Vec::new(),
     };
     // Segments whose records were all acknowledged before the restart.
     writer.reclaim(false);

@@ -187,6 +187,10 @@ pub(super) struct Writer {
     pub next_ack_sync: Option<Instant>,
     pub buf: Vec<u8>,
     pub read_cache: Option<(u64, File)>,
+    /// One past the highest append taken from the channel.
+    pub taken_next: u64,
+    /// Queued acknowledgements waiting for the appends below their barrier.
+    pub waiting_acks: Vec<(Vec<u64>, u64)>,
 }
 
 impl Writer {
@@ -248,6 +252,7 @@ impl Writer {
                 reply,
             } => {
                 round.append_bytes += frame.len();
+                self.taken_next = self.taken_next.max(seq + 1);
                 round.appends.push(PendingAppend {
                     seq,
                     frame,
@@ -257,8 +262,12 @@ impl Writer {
             }
             Command::Ack(seqs) => {
                 round.acks.extend(seqs);
-                // Those queued by `Journal::ack` (this command may be their wake-up).
-                round.acks.append(&mut self.shared.queued_acks());
+                // Those queued by `Journal::ack` (this command may be their wake-up),
+                // applied once the appends sent before them are taken (`QueuedAcks`).
+                let queued = std::mem::take(&mut *self.shared.queued_acks());
+                if !queued.seqs.is_empty() {
+                    self.waiting_acks.push((queued.seqs, queued.barrier));
+                }
             }
             Command::DropOldest {
                 bytes_needed,
@@ -279,7 +288,16 @@ impl Writer {
     fn finish(&mut self, round: Round) -> bool {
         self.commit(round.appends);
         // After the commit, so an ack of a record appended in this round finds it.
-        for seq in round.acks {
+        let mut acks = round.acks;
+        let taken = self.taken_next;
+        self.waiting_acks.retain_mut(|(seqs, barrier)| {
+            if *barrier > taken {
+                return true;
+            }
+            acks.append(seqs);
+            false
+        });
+        for seq in acks {
             if self.settle(seq) {
                 self.shared.acked.fetch_add(1, Ordering::Relaxed);
             }
@@ -845,3 +863,6 @@ impl Writer {
 pub(super) fn recovered_charge(file_len: u64, ack_len: u64, records: usize) -> u64 {
     file_len + ack_len.max((ACK_ENTRY_BYTES * records) as u64)
 }
+
+#[cfg(test)]
+mod tests;

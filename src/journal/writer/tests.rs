@@ -1,0 +1,67 @@
+//! The writer's rounds driven by hand: orderings a running thread produces only under
+//! load.
+
+use super::*;
+use crate::journal::{format, record_cost, recover, JournalConfig, QueuedAcks, SyncMode};
+
+fn append(
+    w: &mut Writer,
+    round: &mut Round,
+    seq: u64,
+) -> oneshot::Receiver<Result<u64, JournalError>> {
+    let payload = format!("record {seq}").into_bytes();
+    let (reply, rx) = oneshot::channel();
+    w.take(
+        Command::Append {
+            seq,
+            frame: format::encode_frame(&payload, 1),
+            cost: record_cost(payload.len()),
+            reply,
+        },
+        round,
+    );
+    rx
+}
+
+/// A record written again and its old copy acknowledged (the broker's compaction): the
+/// ack is queued outside the channel, so a wake-up taken before the new copy's append
+/// brings it early. With one append per round (`always`) the new copy comes a round
+/// later; the old one must stay pending until then, or a crash between the two rounds
+/// loses both (the state_sessions compaction test lost c0..c57 on a loaded CI machine).
+#[test]
+fn a_queued_ack_waits_for_the_appends_sent_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig {
+        sync: SyncMode::Always,
+        ..JournalConfig::default()
+    };
+    let shared = Arc::new(Shared {
+        dir: dir.path().to_path_buf(),
+        max_bytes: config.max_bytes,
+        ..Shared::default()
+    });
+    let (mut w, _, first) = recover::recover(dir.path(), config, shared.clone()).expect("open");
+    // Round 0: the old copy.
+    let mut round = Round::default();
+    let _old = append(&mut w, &mut round, first);
+    assert!(!w.finish(round));
+    assert_eq!(w.pending_records, 1);
+    // An unrelated append (first + 1) and the new copy (first + 2) are sent, then the old
+    // copy is acknowledged: queued with the barrier `first + 3`.
+    *shared.queued_acks() = QueuedAcks {
+        seqs: vec![first],
+        barrier: first + 3,
+    };
+    // Round 1: a wake-up, then the unrelated append; `always` ends the round there.
+    let mut round = Round::default();
+    w.take(Command::Ack(Vec::new()), &mut round);
+    let _unrelated = append(&mut w, &mut round, first + 1);
+    assert!(!w.finish(round));
+    assert_eq!(w.pending_records, 2, "the old copy is still pending");
+    // Round 2: the new copy; now the old one goes.
+    let mut round = Round::default();
+    let _new = append(&mut w, &mut round, first + 2);
+    assert!(!w.finish(round));
+    assert_eq!(w.pending_records, 2, "old acknowledged, new pending");
+    assert!(w.waiting_acks.is_empty());
+}
