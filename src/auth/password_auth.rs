@@ -259,7 +259,7 @@ impl Authenticator for PasswordAuthenticator {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             if let Some(verifier) = inner.jwt_for(&request) {
-                return decide_jwt(verifier, request).await;
+                return decide_jwt(verifier, Arc::clone(&inner.pool), request).await;
             }
             let decision = inner.decide(&request).await;
             audit(&request, &decision);
@@ -281,14 +281,23 @@ impl Authenticator for PasswordAuthenticator {
 /// without a client certificate is a token; its verdict is final (no password retry).
 async fn decide_jwt(
     verifier: Arc<JwtVerifier>,
+    pool: Arc<Semaphore>,
     request: AuthRequest,
 ) -> Result<Identity, AuthError> {
     let token = request.password.clone().unwrap_or_default();
     let user = request.username.clone();
-    // RSA verification costs tens of microseconds: off the reactor, like hashing.
-    let verdict = tokio::task::spawn_blocking(move || verifier.verify(&token, user.as_deref()))
+    // RSA verification costs tens of microseconds: off the reactor, like hashing, and
+    // through the same bounded pool, so a flood of tokens cannot fill the blocking pool.
+    let verdict = match pool.acquire_owned().await {
+        Ok(permit) => tokio::task::spawn_blocking(move || {
+            let verdict = verifier.verify(&token, user.as_deref());
+            drop(permit);
+            verdict
+        })
         .await
-        .map_err(|e| AuthError::Unavailable(format!("token verification task failed: {e}")));
+        .map_err(|e| AuthError::Unavailable(format!("token verification task failed: {e}"))),
+        Err(_) => Err(AuthError::Unavailable("verification pool closed".into())),
+    };
     let verdict = match verdict {
         Ok(v) => v,
         Err(e) => {
