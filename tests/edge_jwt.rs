@@ -98,14 +98,17 @@ fn b64(bytes: &[u8]) -> String {
 /// no leeway (so expiry is observed at `exp`), and the ACL above.
 async fn gateway(dir: &Path, extra_keys: &str) -> Gateway {
     std::fs::write(dir.join("acl"), ACL).expect("acl");
-    let body = format!(
+    Gateway::start(dir, &body(extra_keys, true)).await
+}
+
+fn body(extra_keys: &str, jwt_auth: bool) -> String {
+    format!(
         "[[listener]]\nname = \"devices\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n\
-         jwt_auth = true\npassword_auth = false\n\
+         jwt_auth = {jwt_auth}\npassword_auth = false\n\
          [auth.jwt]\nkeys = [\"rsa-1.pem\", \"ec-1.pem\", \"ed-1.pem\"{extra_keys}]\n\
          issuer = {ISSUER:?}\naudience = {AUDIENCE:?}\nleeway = \"0s\"\nacl_claim = \"mqtt\"\n\
          [acl]\nfile = \"acl\"\n"
-    );
-    Gateway::start(dir, &body).await
+    )
 }
 
 fn v5_with_token(
@@ -528,6 +531,29 @@ async fn a_jwks_file_is_read_again_on_reload() {
     let after = connect_outcome(v5_with_token(&gw, "rotated", None, &token)).await;
     assert_eq!(after, "Success");
     let _ = keys;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_stops_tokens_on_the_listener_ends_token_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = make_keys(dir.path());
+    let gw = gateway(dir.path(), "").await;
+    let token = sign(Algorithm::RS256, None, &keys.rsa, &claims("dev-1"));
+    let mut client = v5_connect(v5_with_token(&gw, "stopped", None, &token)).await;
+    write_config(
+        dir.path(),
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            body("", false)
+        ),
+    );
+    gw.reload.reload().await.expect("reload without jwt_auth");
+    let reason = client.disconnect_reason().await;
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    let again = connect_outcome(v5_with_token(&gw, "again", None, &token)).await;
+    // Not a token any more on this listener: a password without a username.
+    assert!(again.contains("BadUserNamePassword"), "{again}");
     gw.stop().await;
 }
 
