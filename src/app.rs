@@ -119,6 +119,7 @@ fn build_states(
             name: Arc::from(l.name.as_str()),
             allow_anonymous: l.allow_anonymous,
             password_auth: l.password_auth,
+            jwt_auth: l.jwt_auth,
             tls: l.transport.is_tls(),
             keep_alive: l.keep_alive_policy(),
             queue_overflow: l.queue_overflow,

@@ -12,6 +12,7 @@ fn id(username: Option<&str>, client_id: &str, via: AuthMethod) -> Identity {
         client_id: client_id.into(),
         via,
         listener: "l".into(),
+        jwt: None,
     }
 }
 

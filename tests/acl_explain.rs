@@ -178,6 +178,7 @@ fn explanation_shows_decision_rule_and_every_matching_rule() {
         client_id: String::new(),
         via: AuthMethod::Password,
         listener: "l".into(),
+        jwt: None,
     };
     let text = explain(&acl, &who, Access::Read, "sensors/7/secret").to_string();
     assert!(text.contains("decision: DENY"), "{text}");

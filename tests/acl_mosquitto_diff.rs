@@ -231,6 +231,7 @@ fn identity(user: Option<&str>, client_id: &str) -> Identity {
             AuthMethod::Anonymous
         },
         listener: "diff".into(),
+        jwt: None,
     }
 }
 

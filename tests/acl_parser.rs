@@ -16,6 +16,7 @@ fn user(name: &str) -> Identity {
         client_id: "c".into(),
         via: AuthMethod::Password,
         listener: "l".into(),
+        jwt: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn loads_a_mosquitto_acl_file_with_comments_blank_lines_and_indentation() {
         client_id: "a".into(),
         via: AuthMethod::Anonymous,
         listener: "l".into(),
+        jwt: None,
     };
     assert!(acl.allows(&anon, Access::Read, "public/x"));
     assert!(

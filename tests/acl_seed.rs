@@ -22,6 +22,7 @@ fn user(name: &str) -> Identity {
         client_id: format!("{name}-1"),
         via: AuthMethod::Password,
         listener: "tls".into(),
+        jwt: None,
     }
 }
 
@@ -31,6 +32,7 @@ fn anonymous(claimed_username: Option<&str>) -> Identity {
         client_id: "anon-1".into(),
         via: AuthMethod::Anonymous,
         listener: "tls".into(),
+        jwt: None,
     }
 }
 

@@ -34,6 +34,7 @@ impl Authenticator for NamedUsers {
                 username: request.username,
                 client_id: request.client_id,
                 listener: request.listener,
+                jwt: None,
             })
         })
     }

@@ -41,6 +41,7 @@ fn identity(name: &str) -> Identity {
         client_id: name.to_string(),
         via: AuthMethod::Certificate,
         listener: "bench".into(),
+        jwt: None,
     }
 }
 

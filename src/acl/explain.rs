@@ -186,12 +186,14 @@ fn identity_from(args: &ExplainArgs) -> Result<Identity, AclError> {
             client_id,
             via: AuthMethod::Password,
             listener: Arc::from("acl-explain"),
+            jwt: None,
         }),
         (None, true) => Ok(Identity {
             username: None,
             client_id,
             via: AuthMethod::Anonymous,
             listener: Arc::from("acl-explain"),
+            jwt: None,
         }),
         _ => Err(AclError::Usage(
             "give exactly one of --user or --anonymous".into(),
@@ -268,6 +270,7 @@ mod tests {
             client_id: "c".into(),
             via: AuthMethod::Password,
             listener: "t".into(),
+            jwt: None,
         };
         let e = explain(&acl, &id, Access::Read, "a/secret");
         let text = e.to_string();

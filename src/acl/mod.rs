@@ -235,18 +235,21 @@ pub fn fuzz_acl_file(data: &[u8]) {
             client_id: "c".into(),
             via: AuthMethod::Password,
             listener: "fuzz".into(),
+            jwt: None,
         },
         Identity {
             username: None,
             client_id: "anon".into(),
             via: AuthMethod::Anonymous,
             listener: "fuzz".into(),
+            jwt: None,
         },
         Identity {
             username: Some("a/#".into()),
             client_id: "+".into(),
             via: AuthMethod::Certificate,
             listener: "fuzz".into(),
+            jwt: None,
         },
     ];
     for line in text.lines().take(64) {

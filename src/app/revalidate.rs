@@ -3,7 +3,8 @@
 //! authenticator are in force, every live session is re-checked through
 //! [`crate::broker::Broker::revalidate`]. A client certificate that fails the new CA/CRL
 //! ends the session with v5 reason 0x8C, a password entry that changed or vanished (or a
-//! listener that no longer takes passwords) or anonymous access switched off with 0x87.
+//! listener that no longer takes passwords), a listener that no longer takes JWTs, or
+//! anonymous access switched off with 0x87.
 //! The broker sends the DISCONNECT and writes the audit event. It never stores a password.
 
 use std::collections::HashMap;
@@ -43,6 +44,11 @@ pub fn session_check(
                     "password changed or removed, or passwords no longer accepted here",
                 ))
             }
+            // A token is not kept, so it cannot be checked against new keys: its session
+            // runs until `exp`, unless the listener stops taking tokens.
+            (AuthMethod::Jwt, _) if !state.context.jwt_auth || new.jwt().is_none() => Some(
+                RevalidateVerdict::credentials_revoked("tokens no longer accepted here"),
+            ),
             (AuthMethod::Anonymous, _) if !state.context.allow_anonymous => Some(
                 RevalidateVerdict::credentials_revoked("anonymous access no longer allowed here"),
             ),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::acl::{Access, Acl, AclDecision, AclError, AllowAll, Authorizer};
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::{AuthMethod, Identity, PasswordAuthenticator, PasswordFile};
 use crate::component::Grant;
 use crate::config::Config;
@@ -76,6 +77,20 @@ pub fn build_security(
     } else {
         None
     };
+    // [auth.jwt]: keys read now (also on every reload), the replay cache carried over.
+    let jwt = match &config.auth.jwt {
+        None => None,
+        Some(settings) => {
+            let replay = previous.and_then(|p| p.authenticator.jwt().map(|j| j.replay_cache()));
+            match JwtVerifier::load(settings, replay) {
+                Ok(v) => Some(v),
+                Err(found) => {
+                    problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
+                    None
+                }
+            }
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -83,7 +98,8 @@ pub fn build_security(
     let authenticator = match previous {
         Some(old) => old.authenticator.reload(passwords, settings),
         None => PasswordAuthenticator::new(passwords, settings),
-    };
+    }
+    .with_jwt(jwt);
     let inner: Arc<dyn Authorizer> = match &acl {
         Some(acl) => acl.clone(),
         None => Arc::new(AllowAll),
@@ -183,6 +199,15 @@ impl GatewayAuthorizer {
     }
 }
 
+/// A JWT's ACL claim narrows what the ACL grants (both must allow); no claim, no
+/// narrowing.
+fn token_allows(identity: &Identity, access: Access, topic: &str) -> bool {
+    identity
+        .jwt
+        .as_ref()
+        .is_none_or(|grant| grant.allows(access, topic))
+}
+
 impl Authorizer for GatewayAuthorizer {
     fn check(&self, identity: &Identity, access: Access, topic: &str) -> AclDecision {
         if let Some(g) = self.grant(identity, access, topic) {
@@ -198,11 +223,17 @@ impl Authorizer for GatewayAuthorizer {
                 )),
             };
         }
+        if !token_allows(identity, access, topic) {
+            return AclDecision::Deny {
+                rule: Some("token claim: outside the JWT's ACL claim".into()),
+            };
+        }
         self.inner.check(identity, access, topic)
     }
 
     fn allows(&self, identity: &Identity, access: Access, topic: &str) -> bool {
-        self.grant(identity, access, topic).is_some() || self.inner.allows(identity, access, topic)
+        self.grant(identity, access, topic).is_some()
+            || (token_allows(identity, access, topic) && self.inner.allows(identity, access, topic))
     }
 }
 
@@ -221,6 +252,7 @@ mod tests {
             client_id: name.to_string(),
             via,
             listener: Arc::from("local"),
+            jwt: None,
         }
     }
 

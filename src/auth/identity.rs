@@ -16,6 +16,8 @@ pub enum AuthMethod {
     Anonymous,
     /// In-process component (adapter, bridge) attached without a socket.
     Internal,
+    /// A JWT in the CONNECT password, verified against `[auth.jwt]` keys.
+    Jwt,
 }
 
 /// Who is on the other end of a session.
@@ -29,6 +31,8 @@ pub struct Identity {
     pub via: AuthMethod,
     /// Listener name, or `"internal"` for in-process clients.
     pub listener: Arc<str>,
+    /// For `via == Jwt`: the token's expiry and the ACL claim that narrows the ACL.
+    pub jwt: Option<Arc<crate::auth::jwt::JwtGrant>>,
 }
 
 impl Identity {
@@ -64,6 +68,7 @@ impl Identity {
             client_id: name.to_string(),
             via: AuthMethod::Internal,
             listener: Arc::from("internal"),
+            jwt: None,
         }
     }
 }
@@ -78,6 +83,7 @@ mod tests {
             client_id: "dev".into(),
             via,
             listener: Arc::from("l"),
+            jwt: None,
         }
     }
 

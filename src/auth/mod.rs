@@ -10,6 +10,7 @@
 
 mod cache;
 mod identity;
+pub mod jwt;
 mod passwd;
 mod password;
 mod password_auth;
@@ -38,6 +39,8 @@ pub struct AuthRequest {
     pub allow_anonymous: bool,
     /// Whether that listener accepts CONNECT username/password.
     pub password_auth: bool,
+    /// Whether that listener accepts a JWT as the CONNECT password (`[auth.jwt]`).
+    pub jwt_auth: bool,
     /// Remote address, for throttling and audit.
     pub peer: SocketAddr,
     /// Client id after assignment (never empty here).
@@ -112,6 +115,7 @@ impl Authenticator for AnonymousOnly {
                     client_id: request.client_id,
                     via: AuthMethod::Certificate,
                     listener: request.listener,
+                    jwt: None,
                 });
             }
             if request.allow_anonymous {
@@ -120,6 +124,7 @@ impl Authenticator for AnonymousOnly {
                     client_id: request.client_id,
                     via: AuthMethod::Anonymous,
                     listener: request.listener,
+                    jwt: None,
                 });
             }
             Err(AuthError::NotAuthorized(format!(

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::cache::SuccessCache;
+use super::jwt::{looks_like_jwt, JwtVerifier};
 use super::password::{PasswordFile, Verification};
 use super::throttle::{Throttle, ThrottlePolicy};
 use super::{AuthError, AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity};
@@ -58,6 +59,8 @@ pub struct AuthConfig {
     pub throttle_capacity: usize,
     /// Concurrent hash computations; 0 means the number of CPUs.
     pub verify_concurrency: usize,
+    /// `[auth.jwt]`: JWT verification for listeners with `jwt_auth = true`.
+    pub jwt: Option<super::jwt::JwtConfig>,
 }
 
 impl Default for AuthConfig {
@@ -71,6 +74,7 @@ impl Default for AuthConfig {
             throttle_forget_after: Duration::from_secs(900),
             throttle_capacity: 100_000,
             verify_concurrency: 0,
+            jwt: None,
         }
     }
 }
@@ -92,6 +96,8 @@ struct Inner {
     /// Shared across reloads (when the policy is unchanged) so a reload is no amnesty.
     throttle: Arc<Mutex<Throttle>>,
     cache_hits: AtomicU64,
+    /// `[auth.jwt]` loaded, for listeners with `jwt_auth`.
+    jwt: Option<Arc<JwtVerifier>>,
 }
 
 fn concurrency(settings: &AuthConfig) -> usize {
@@ -178,6 +184,7 @@ impl PasswordAuthenticator {
                 pool,
                 throttle,
                 cache_hits: AtomicU64::new(0),
+                jwt: None,
             }),
         }
     }
@@ -197,6 +204,19 @@ impl PasswordAuthenticator {
             (Some(now), Some(before)) => now == before,
             _ => false,
         }
+    }
+
+    /// The same authenticator with JWT verification (right after `new`/`reload`).
+    pub fn with_jwt(mut self, jwt: Option<JwtVerifier>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_jwt is called on a fresh authenticator")
+            .jwt = jwt.map(Arc::new);
+        self
+    }
+
+    /// The JWT verifier in force, if `[auth.jwt]` is configured.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.inner.jwt.as_deref()
     }
 
     /// Hashes computed so far (real and dummy); a cache hit computes none.
@@ -238,6 +258,9 @@ impl Authenticator for PasswordAuthenticator {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
+            if let Some(verifier) = inner.jwt_for(&request) {
+                return decide_jwt(verifier, Arc::clone(&inner.pool), request).await;
+            }
             let decision = inner.decide(&request).await;
             audit(&request, &decision);
             match decision {
@@ -246,6 +269,7 @@ impl Authenticator for PasswordAuthenticator {
                     client_id: request.client_id,
                     via,
                     listener: request.listener,
+                    jwt: None,
                 }),
                 Err((error, _)) => Err(error),
             }
@@ -253,7 +277,70 @@ impl Authenticator for PasswordAuthenticator {
     }
 }
 
+/// Rule 0 (before passwords): on a listener with `jwt_auth`, a JWS-shaped password
+/// without a client certificate is a token; its verdict is final (no password retry).
+async fn decide_jwt(
+    verifier: Arc<JwtVerifier>,
+    pool: Arc<Semaphore>,
+    request: AuthRequest,
+) -> Result<Identity, AuthError> {
+    let token = request.password.clone().unwrap_or_default();
+    let user = request.username.clone();
+    // RSA verification costs tens of microseconds: off the reactor, like hashing, and
+    // through the same bounded pool, so a flood of tokens cannot fill the blocking pool.
+    let verdict = match pool.acquire_owned().await {
+        Ok(permit) => tokio::task::spawn_blocking(move || {
+            let verdict = verifier.verify(&token, user.as_deref());
+            drop(permit);
+            verdict
+        })
+        .await
+        .map_err(|e| AuthError::Unavailable(format!("token verification task failed: {e}"))),
+        Err(_) => Err(AuthError::Unavailable("verification pool closed".into())),
+    };
+    let verdict = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e.to_string();
+            audit(&request, &Err((e.clone(), msg)));
+            return Err(e);
+        }
+    };
+    match verdict {
+        Ok((username, grant)) => {
+            audit(
+                &request,
+                &Ok((AuthMethod::Jwt, Some(username.clone()), "token verified")),
+            );
+            Ok(Identity {
+                username: Some(username),
+                client_id: request.client_id,
+                via: AuthMethod::Jwt,
+                listener: request.listener,
+                jwt: Some(Arc::new(grant)),
+            })
+        }
+        Err(refusal) => {
+            let error = if refusal.credentials {
+                AuthError::BadCredentials
+            } else {
+                AuthError::NotAuthorized(refusal.reason.clone())
+            };
+            audit(&request, &Err((error.clone(), refusal.reason)));
+            Err(error)
+        }
+    }
+}
+
 impl Inner {
+    fn jwt_for(&self, req: &AuthRequest) -> Option<Arc<JwtVerifier>> {
+        if req.certificate_identity.is_some() || !req.jwt_auth {
+            return None;
+        }
+        let password = req.password.as_deref()?;
+        looks_like_jwt(password).then(|| self.jwt.clone()).flatten()
+    }
+
     fn check_throttle(&self, ip: IpAddr, username: &str) -> Result<(), (AuthError, String)> {
         match lock(&self.throttle).wait(ip, Some(username), Instant::now()) {
             Some(wait) => Err((
@@ -395,6 +482,8 @@ impl Inner {
 fn method_name(req: &AuthRequest) -> &'static str {
     if req.certificate_identity.is_some() {
         "certificate"
+    } else if req.jwt_auth && req.password.as_deref().is_some_and(looks_like_jwt) {
+        "jwt"
     } else if req.username.is_some() {
         "password"
     } else {

@@ -477,6 +477,7 @@ async fn topic_alias(data: &[u8]) {
             name: Arc::from("fuzz"),
             allow_anonymous: true,
             password_auth: false,
+            jwt_auth: false,
             ..Default::default()
         }),
         certificate_identity: None,

@@ -106,6 +106,8 @@ pub struct ListenerContext {
     pub allow_anonymous: bool,
     /// Whether CONNECT username/password is accepted on this listener.
     pub password_auth: bool,
+    /// Accept a JWT as the CONNECT password (`[auth.jwt]`).
+    pub jwt_auth: bool,
     /// Whether the transport is TLS (for logs and `$SYS`).
     pub tls: bool,
     /// Minimum / zero MQTT keep alive accepted at CONNECT on this listener.

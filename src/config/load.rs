@@ -524,6 +524,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(p) = &mut config.auth.password_file {
         resolve(p);
     }
+    if let Some(jwt) = &mut config.auth.jwt {
+        jwt.keys.iter_mut().for_each(resolve);
+    }
     if let Some(p) = &mut config.acl.file {
         resolve(p);
     }

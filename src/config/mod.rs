@@ -123,6 +123,11 @@ pub struct ListenerConfig {
     /// Accept CONNECT username/password on this listener.
     #[serde(default = "default_true")]
     pub password_auth: bool,
+    /// Accept a JWT (`[auth.jwt]`) as the CONNECT password. Order: a client certificate
+    /// decides first; then a JWS-shaped password is a token; any other password is
+    /// checked against the password file (`password_auth`).
+    #[serde(default)]
+    pub jwt_auth: bool,
     /// Server certificate chain (PEM); absent on a TLS listener = development PKI.
     #[serde(default)]
     pub cert: Option<PathBuf>,

@@ -405,7 +405,17 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
             );
         }
         let cert_auth = l.transport.is_tls() && l.client_cert_mode() != ClientCertMode::Off;
-        let password = l.password_auth && config.auth.password_file.is_some();
+        let password = l.password_auth && config.auth.password_file.is_some()
+            || l.jwt_auth && config.auth.jwt.is_some();
+        if l.jwt_auth && config.auth.jwt.is_none() {
+            r.error(
+                key("jwt_auth"),
+                format!(
+                    "listener {:?} accepts JWTs but [auth.jwt] is not configured; add it with at least `keys`, or jwt_auth = false",
+                    l.name
+                ),
+            );
+        }
         if !l.allow_anonymous && !cert_auth && !password {
             r.warn(
                 key("name"),

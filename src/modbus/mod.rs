@@ -143,8 +143,7 @@ impl Component for Modbus {
                 .ok();
             let commands = Identity {
                 client_id: format!("{}:set", config.identity()),
-                ..identity
-            };
+                ..identity };
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             match ctx.broker.connect_internal(InternalOptions::new(commands)).await {
                 Ok(client) => {

@@ -106,8 +106,7 @@ impl Component for Serial {
             if let Some(guard) = send::Guard::of(&config) {
                 let commands = Identity {
                     client_id: format!("{}:send", config.identity()),
-                    ..identity
-                };
+                    ..identity };
                 match ctx.broker.connect_internal(InternalOptions::new(commands)).await {
                     Ok(client) => {
                         tracker.spawn(send::receive(client, config.clone(), guard, tx, refused.clone(), ctx.shutdown.clone()));

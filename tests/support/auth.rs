@@ -23,6 +23,7 @@ pub fn request(username: Option<&str>, password: Option<&[u8]>) -> AuthRequest {
         listener: Arc::from("tls"),
         allow_anonymous: false,
         password_auth: true,
+        jwt_auth: false,
         peer: "192.0.2.10:50000".parse().expect("addr"),
         client_id: "dev-1".into(),
         username: username.map(str::to_string),

@@ -9,6 +9,7 @@ fn user(name: &str) -> Identity {
         client_id: format!("{name}-client"),
         via: AuthMethod::Password,
         listener: "test".into(),
+        jwt: None,
     }
 }
 

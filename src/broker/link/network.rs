@@ -425,6 +425,7 @@ async fn authenticate(
         listener: info.listener.name.clone(),
         allow_anonymous: info.listener.allow_anonymous,
         password_auth: info.listener.password_auth,
+        jwt_auth: info.listener.jwt_auth,
         peer,
         client_id: client_id.clone(),
         username,
@@ -530,6 +531,7 @@ mod tests {
                 name: Arc::from("test"),
                 allow_anonymous: true,
                 password_auth: true,
+                jwt_auth: false,
                 ..Default::default()
             }),
             certificate_identity: None,

@@ -234,6 +234,7 @@ fn via_byte(via: AuthMethod) -> u8 {
         AuthMethod::Certificate => 1,
         AuthMethod::Anonymous => 2,
         AuthMethod::Internal => 3,
+        AuthMethod::Jwt => 4,
     }
 }
 
@@ -418,6 +419,7 @@ fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
         1 => AuthMethod::Certificate,
         2 => AuthMethod::Anonymous,
         3 => AuthMethod::Internal,
+        4 => AuthMethod::Jwt,
         v => return Err(format!("invalid identity kind {v}")),
     };
     need(b, 1, "user name flag")?;
@@ -453,6 +455,7 @@ fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
             client_id,
             via,
             listener: Arc::from(listener.as_str()),
+            jwt: None,
         },
         v5,
         expiry,

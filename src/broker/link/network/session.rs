@@ -93,6 +93,15 @@ struct Pace {
     drain: bool,
     /// Whether reload notices can still come.
     revalidate_open: bool,
+    /// When the session's JWT expires (the timer's deadline is never later).
+    token_expires_at: Option<Instant>,
+}
+
+impl Pace {
+    /// `at`, or the token's expiry when that comes first.
+    fn clamp(&self, at: Instant) -> Instant {
+        self.token_expires_at.map_or(at, |t| at.min(t))
+    }
 }
 
 impl Session {
@@ -107,9 +116,16 @@ impl Session {
         let shared = self.state.shared.clone();
         let keepalive =
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let token_expires_at = self
+            .state
+            .identity
+            .jwt
+            .as_ref()
+            .map(|grant| Instant::now() + grant.remaining());
         let mut pace = Pace {
             keepalive,
-            keepalive_at: Instant::now() + keepalive.unwrap_or(FAR),
+            keepalive_at: (Instant::now() + keepalive.unwrap_or(FAR))
+                .min(token_expires_at.unwrap_or(Instant::now() + FAR)),
             buffers_held: true,
             read_hint: READ_BUFFER,
             items_hint: 1,
@@ -117,8 +133,11 @@ impl Session {
             parse: !self.rbuf.is_empty(),
             drain: false,
             revalidate_open: true,
+            token_expires_at,
         };
-        let sleep = tokio::time::sleep(IDLE_RELEASE.min(keepalive.unwrap_or(FAR)));
+        let sleep = tokio::time::sleep_until(
+            (Instant::now() + IDLE_RELEASE.min(keepalive.unwrap_or(FAR))).min(pace.keepalive_at),
+        );
         tokio::pin!(sleep);
         let end = loop {
             if pace.parse {
@@ -259,7 +278,7 @@ impl Session {
         if stalled && !self.state.inbound_full() {
             // The stall was ours: the client gets a full keep alive period again.
             if let Some(k) = pace.keepalive {
-                pace.keepalive_at = Instant::now() + k;
+                pace.keepalive_at = pace.clamp(Instant::now() + k);
                 sleep.reset(pace.keepalive_at);
             }
             pace.parse = true;
@@ -323,7 +342,7 @@ impl Session {
             .fetch_add(n as u64, Ordering::Relaxed);
         let now = Instant::now();
         if let Some(k) = pace.keepalive {
-            pace.keepalive_at = now + k;
+            pace.keepalive_at = pace.clamp(now + k);
         }
         pace.buffers_held = true;
         sleep.reset((now + IDLE_RELEASE).min(pace.keepalive_at));
@@ -374,6 +393,9 @@ impl Session {
     /// The timer fired: release idle buffers, or end the session when the keep alive
     /// ran out.
     fn timer(&mut self, pace: &mut Pace, sleep: Pin<&mut Sleep>) -> Option<End> {
+        if pace.token_expires_at.is_some_and(|at| Instant::now() >= at) {
+            return Some(self.token_expired(pace));
+        }
         if Instant::now() < pace.keepalive_at {
             // Quiet for IDLE_RELEASE: give the buffers back until traffic returns.
             if pace.buffers_held {
@@ -389,7 +411,7 @@ impl Session {
         }
         if pace.keepalive.is_none() {
             // No keep alive: the far deadline passed; wait another one.
-            pace.keepalive_at = Instant::now() + FAR;
+            pace.keepalive_at = pace.clamp(Instant::now() + FAR);
             sleep.reset(pace.keepalive_at);
             return None;
         }
@@ -404,6 +426,24 @@ impl Session {
         }
         pace.drain = true;
         Some(End::Abnormal)
+    }
+
+    /// The JWT's `exp` passed: v5 DISCONNECT 0xA0 (Maximum connect time) with a reason
+    /// string, 3.1.1 a close. No will: the credentials ended, like a revocation.
+    fn token_expired(&mut self, pace: &mut Pace) -> End {
+        Event::new(AuditKind::SessionRevoked)
+            .identity(&self.state.identity)
+            .peer(Some(self.state.peer))
+            .reason("token expired")
+            .emit();
+        if self.state.v5() {
+            self.state.encode(&disconnect_packet(
+                ReasonCode::MaximumConnectTime,
+                "token expired",
+            ));
+        }
+        pace.drain = true;
+        End::Revoked
     }
 
     /// Write the last words, close, tell the router how the connection ended, then

@@ -13,6 +13,7 @@ fn record(id: u64, client: &str, offline_until_ms: Option<u64>) -> SessionRecord
             client_id: client.into(),
             via: AuthMethod::Certificate,
             listener: Arc::from("tls"),
+            jwt: None,
         },
         v5: true,
         expiry: 3600,
