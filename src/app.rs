@@ -122,6 +122,8 @@ fn build_states(
             tls: l.transport.is_tls(),
             keep_alive: l.keep_alive_policy(),
             queue_overflow: l.queue_overflow,
+            max_qos: l.max_qos_limit(),
+            publish_rate: l.publish_rate,
         });
         let tls = if l.transport.is_tls() {
             let files = match (&l.cert, &l.key, &dev_pki) {
@@ -181,6 +183,7 @@ fn build_states(
                     ))
                 }),
                 tcp_keepalive: l.tcp_keepalive_settings(),
+                connect_rate: l.connect_rate,
             },
         );
     }

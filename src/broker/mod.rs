@@ -74,7 +74,7 @@ pub use persist::{PersistenceSettings, SyncSetting};
 pub use reason::ReasonCode;
 pub use revalidate::{RevalidateCheck, RevalidateVerdict, SessionCredentials};
 pub use settings::{BrokerSettings, ConnectionInfo, ListenerContext, DEFAULT_DATA_DIR};
-pub use stats::BrokerStats;
+pub use stats::{BrokerStats, ListenerTraffic};
 
 /// Cloneable handle to a running broker core.
 #[derive(Clone)]

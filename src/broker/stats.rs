@@ -136,3 +136,22 @@ impl StatsCounters {
         }
     }
 }
+
+/// Counters of one listener that its connection tasks keep: messages both ways and the
+/// rate-control actions (shown by the metrics endpoint per listener, kept across reloads).
+/// Relaxed atomics, added to once per socket read or written batch, not per packet.
+#[derive(Debug, Default)]
+pub struct ListenerTraffic {
+    /// PUBLISH packets received from the listener's clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to the listener's clients.
+    pub messages_sent: AtomicU64,
+    /// Times a client's socket was left unread because it exceeded `publish_rate`.
+    pub publish_throttled: AtomicU64,
+    /// Clients disconnected for exceeding `publish_rate` (`on_excess = "disconnect"`).
+    pub publish_rate_disconnects: AtomicU64,
+    /// SUBSCRIBE filters granted a lower QoS than asked because of `max_qos`.
+    pub qos_downgraded: AtomicU64,
+    /// PUBLISH packets and wills above `max_qos` (the client was disconnected or refused).
+    pub qos_refused: AtomicU64,
+}
