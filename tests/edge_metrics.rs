@@ -3,7 +3,8 @@
 //! values, one HELP and TYPE per family before its samples, families not interleaved,
 //! counters named `_total`); counters that move with real traffic (a publish over TCP,
 //! a WebSocket connection, a TLS handshake without the required client certificate);
-//! 404 for everything but `GET /metrics`; oversized, slow and surplus requests dropped.
+//! 404 for everything but `GET /metrics`; oversized, slow and surplus requests dropped;
+//! the rate controls' actions and the messages per listener (raw 3.1.1 clients).
 
 mod support;
 
@@ -412,4 +413,180 @@ fn the_parser_refuses_what_the_format_forbids() {
         let refused = std::panic::catch_unwind(|| parse(bad)).is_err();
         assert!(refused, "accepted {bad:?}");
     }
+}
+
+/// Raw 3.1.1 packets for the rate-control test (rumqttc would reconnect and hide closes).
+mod raw {
+    use super::*;
+
+    pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut p = vec![first, body.len() as u8];
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn publish(topic: &str, qos: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        string(topic, &mut b);
+        if qos > 0 {
+            b.extend_from_slice(&1u16.to_be_bytes());
+        }
+        b.extend_from_slice(b"x");
+        packet(0x30 | (qos << 1), &b)
+    }
+
+    /// A connected 3.1.1 client (CONNACK 0 read).
+    pub async fn connected(addr: SocketAddr, id: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut b = Vec::new();
+        string("MQTT", &mut b);
+        b.extend_from_slice(&[4, 2, 0, 60]);
+        string(id, &mut b);
+        s.write_all(&packet(0x10, &b)).await.expect("write");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "{id} connected");
+        s
+    }
+
+    /// Everything until the gateway closes the connection.
+    pub async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .ok();
+        rest
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_control_actions_and_messages_per_listener_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listener = |name: &str, extra: &str| {
+        format!("[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = false\n{extra}\n")
+    };
+    let body = format!(
+        "{}{}[metrics]\nbind = \"{metrics}\"\n",
+        listener(
+            "limited",
+            "connect_rate = { per_second = 0.01, burst = 4 }\npublish_rate = { msgs = 2, on_excess = \"disconnect\" }\nmax_qos = 1"
+        ),
+        listener("slow", "publish_rate = { msgs = 1 }"),
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("limited");
+
+    // 1: a subscriber asking QoS 2 is granted 1.
+    let mut sub = raw::connected(addr, "sub").await;
+    sub.write_all(&raw::packet(0x82, b"\x00\x01\x00\x03r/#\x02"))
+        .await
+        .expect("subscribe");
+    let mut suback = [0u8; 5];
+    sub.read_exact(&mut suback).await.expect("SUBACK");
+    assert_eq!(suback, [0x90, 3, 0, 1, 1], "granted QoS 1");
+    // 2: two messages within the rate, then a PINGREQ answered after them.
+    let mut publisher = raw::connected(addr, "pub").await;
+    let mut two = [raw::publish("r/a", 0), raw::publish("r/a", 0)].concat();
+    two.extend([0xC0, 0]);
+    publisher.write_all(&two).await.expect("publish");
+    let mut pong = [0u8; 2];
+    publisher.read_exact(&mut pong).await.expect("PINGRESP");
+    assert_eq!(pong, [0xD0, 0]);
+    let mut delivered = [0u8; 16];
+    sub.read_exact(&mut delivered)
+        .await
+        .expect("two deliveries");
+    // 3: five at once exceed msgs = 2: closed.
+    let mut flood = raw::connected(addr, "flood").await;
+    flood
+        .write_all(&raw::publish("r/f", 0).repeat(5))
+        .await
+        .expect("flood");
+    assert!(raw::until_closed(&mut flood).await.is_empty());
+    // 4: a QoS 2 PUBLISH above max_qos 1: closed without PUBREC.
+    let mut qos2 = raw::connected(addr, "qos2").await;
+    qos2.write_all(&raw::publish("r/q", 2)).await.expect("qos2");
+    assert!(raw::until_closed(&mut qos2).await.is_empty());
+    // 5: the fifth attempt from 127.0.0.1 is over connect_rate's burst: closed at once.
+    let mut fifth = TcpStream::connect(addr).await.expect("connect");
+    assert!(raw::until_closed(&mut fifth).await.is_empty());
+    // The slow listener throttles three messages at one per second; nothing is lost.
+    let mut slow = raw::connected(gw.addr("slow"), "slow").await;
+    let mut three = raw::publish("s/a", 0).repeat(3);
+    three.extend([0xC0, 0]);
+    slow.write_all(&three).await.expect("publish");
+    slow.read_exact(&mut pong)
+        .await
+        .expect("PINGRESP after the throttle");
+
+    let after = scrape(metrics).await;
+    let limited = [("listener", "limited"), ("transport", "tcp")];
+    for action in ["connect_rate", "publish_rate", "max_qos"] {
+        assert_eq!(
+            value(
+                &after,
+                "tollgate_rate_limited_total",
+                &[("listener", "limited"), ("action", action)]
+            ),
+            1.0,
+            "{action}"
+        );
+        assert_eq!(
+            value(
+                &after,
+                "tollgate_rate_limited_total",
+                &[("listener", "slow"), ("action", action)]
+            ),
+            0.0,
+            "{action} on slow"
+        );
+    }
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_listener_subscriptions_downgraded_total",
+            &limited
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_listener_messages_received_total",
+            &limited
+        ) >= 2.0
+    );
+    // Two from "pub", and the flood's first two (within the rate, routed before the third
+    // ended the connection).
+    assert_eq!(
+        value(&after, "tollgate_listener_messages_sent_total", &limited),
+        4.0,
+        "the subscriber's deliveries"
+    );
+    let slow_labels = [("listener", "slow"), ("transport", "tcp")];
+    assert!(value(&after, "tollgate_listener_throttled_total", &slow_labels) >= 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_listener_messages_received_total",
+            &slow_labels
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&after, "tollgate_listener_throttled_total", &limited),
+        0.0
+    );
+    gw.stop().await;
 }
