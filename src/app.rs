@@ -316,6 +316,8 @@ pub struct App {
     listeners: Vec<BoundListener>,
     /// The Prometheus endpoint's socket (`[metrics] bind`), served by `run`.
     metrics: Option<TcpListener>,
+    /// The certificates the endpoint reports, replaced on reload (files re-read per scrape).
+    certificates: metrics::WatchedCertificates,
     slots: HashMap<String, StateSlot>,
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
@@ -439,6 +441,7 @@ impl App {
             current: config,
             listeners,
             metrics,
+            certificates: Default::default(),
             slots,
             addrs,
             dev_pki,
@@ -560,8 +563,10 @@ impl App {
                 counters: bound.counters.clone(),
             })
             .collect();
-        let certificates = watched_certificates(&self.started, self.dev_pki.as_ref());
-        let snapshot = metrics::snapshot_source(self.core.clone(), views, certificates);
+        *metrics::write(&self.certificates) =
+            watched_certificates(&self.started, self.dev_pki.as_ref());
+        let snapshot =
+            metrics::snapshot_source(self.core.clone(), views, self.certificates.clone());
         tracker.spawn(crate::edge::metrics::serve(
             socket,
             snapshot,
@@ -676,6 +681,7 @@ impl App {
         );
         log_security(&new, &security, "Reload");
         let old = std::mem::replace(&mut self.security, security);
+        *metrics::write(&self.certificates) = watched_certificates(&new, self.dev_pki.as_ref());
         self.current = new;
         self.components.finish_reload(pending);
         // New CA/CRL, passwords and listener flags in force: end the sessions whose

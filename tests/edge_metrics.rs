@@ -590,3 +590,59 @@ async fn rate_control_actions_and_messages_per_listener_are_counted() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_points_to_another_certificate_moves_its_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path());
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = |pki: &TestPki| {
+        format!(
+            "{}[metrics]\nbind = \"{metrics}\"\n",
+            tls_listener(pki, "allow_anonymous = true\npassword_auth = false\n")
+        )
+    };
+    let gw = Gateway::start(dir.path(), &body(&pki)).await;
+    let labels = [("certificate", "devices-server")];
+    let before = value(
+        &scrape(metrics).await,
+        "tollgate_certificate_expiry_seconds",
+        &labels,
+    );
+    assert!(before > 29.0 * 86_400.0, "30 days at start: {before}");
+
+    // A server certificate valid for 5 days in another file, and the config pointing to it.
+    let short = tollgate::pki::issue_server(
+        &pki.dir,
+        "server-short",
+        &["localhost".to_string()],
+        &["127.0.0.1".parse().expect("ip")],
+        5,
+        tollgate::pki::KeyAlgorithm::EcdsaP256,
+        false,
+    )
+    .expect("short certificate");
+    let reloaded = TestPki {
+        server_cert: short.cert,
+        server_key: short.key,
+        ..pki
+    };
+    write_config(
+        dir.path(),
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            body(&reloaded)
+        ),
+    );
+    gw.reload.reload().await.expect("reload accepted");
+    let after = value(
+        &scrape(metrics).await,
+        "tollgate_certificate_expiry_seconds",
+        &labels,
+    );
+    assert!(
+        after > 4.0 * 86_400.0 && after <= 5.0 * 86_400.0,
+        "the reloaded 5-day certificate: {after}"
+    );
+    gw.stop().await;
+}
