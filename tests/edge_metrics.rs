@@ -646,3 +646,41 @@ async fn a_reload_that_points_to_another_certificate_moves_its_expiry() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentications_are_counted_by_method_and_reason() {
+    if !support::peers::require_peer("mosquitto_passwd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = support::peers::mosquitto_passwd_file(dir.path(), &[("alice", "wonder")]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         {}[metrics]\nbind = \"{metrics}\"\n",
+        auth_section(&passwd)
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("local");
+    let good = dial::v4(&dial::Dial::tcp(addr).login("alice", "wonder"), "good").await;
+    assert!(good.is_ok(), "the right password");
+    let bad = dial::v4(&dial::Dial::tcp(addr).login("alice", "nope"), "bad").await;
+    assert!(bad.is_err(), "a wrong password is refused");
+    let anonymous = dial::v4(&dial::Dial::tcp(addr), "anon").await;
+    assert!(anonymous.is_ok(), "anonymous is allowed here");
+
+    let after = scrape(metrics).await;
+    let auth = |method: &str, outcome: &str, reason: &str| {
+        value(
+            &after,
+            "tollgate_auth_total",
+            &[("method", method), ("outcome", outcome), ("reason", reason)],
+        )
+    };
+    assert_eq!(auth("password", "success", "accepted"), 1.0);
+    assert!(auth("password", "refused", "bad_credentials") >= 1.0);
+    assert_eq!(auth("anonymous", "success", "accepted"), 1.0);
+    assert_eq!(auth("certificate", "success", "accepted"), 0.0);
+    assert_eq!(auth("password", "refused", "throttled"), 0.0);
+    gw.stop().await;
+}

@@ -69,7 +69,22 @@ pub struct BrokerStats {
     /// Audit-worthy events by kind and the log lines the rate limits suppressed
     /// (`telemetry::limit`): complete even when the lines about them were summarised.
     pub audit: crate::telemetry::limit::AuditStats,
+    /// CONNECT authentications by method ([`AUTH_METHODS`]) and outcome reason
+    /// ([`AUTH_REASONS`]; `accepted` is the success), zeros included.
+    pub auth: Vec<(&'static str, &'static str, u64)>,
 }
+
+/// How a network client authenticated (or tried to), as the metrics label it.
+pub const AUTH_METHODS: [&str; 4] = ["password", "certificate", "anonymous", "other"];
+/// Why an authentication ended so: `accepted`, or the reason it was refused.
+pub const AUTH_REASONS: [&str; 6] = [
+    "accepted",
+    "bad_credentials",
+    "not_authorized",
+    "throttled",
+    "unavailable",
+    "timeout",
+];
 
 #[derive(Debug, Default)]
 pub(crate) struct StatsCounters {
@@ -99,6 +114,7 @@ pub(crate) struct StatsCounters {
     pub dropped_expired: AtomicU64,
     pub state_failures: AtomicU64,
     pub state_lost_at_open: AtomicU64,
+    pub auth: [[AtomicU64; AUTH_REASONS.len()]; AUTH_METHODS.len()],
 }
 
 impl StatsCounters {
@@ -133,7 +149,30 @@ impl StatsCounters {
             state_failures: get(&self.state_failures),
             state_lost_at_open: get(&self.state_lost_at_open),
             audit: Default::default(),
+            auth: AUTH_METHODS
+                .iter()
+                .zip(&self.auth)
+                .flat_map(|(method, row)| {
+                    AUTH_REASONS
+                        .iter()
+                        .zip(row)
+                        .map(|(reason, n)| (*method, *reason, get(n)))
+                })
+                .collect(),
         }
+    }
+
+    /// Count one authentication; unknown labels count as the last method or reason.
+    pub fn auth(&self, method: &str, reason: &str) {
+        let m = AUTH_METHODS
+            .iter()
+            .position(|x| *x == method)
+            .unwrap_or(AUTH_METHODS.len() - 1);
+        let r = AUTH_REASONS
+            .iter()
+            .position(|x| *x == reason)
+            .unwrap_or(AUTH_REASONS.len() - 1);
+        self.auth[m][r].fetch_add(1, Ordering::Relaxed);
     }
 }
 

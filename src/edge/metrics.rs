@@ -324,6 +324,7 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
     ] {
         out.sample("tollgate_messages_dropped_total", &[("reason", reason)], n);
     }
+    auth_family(out, b);
     out.family(
         "tollgate_refusals_total",
         "counter",
@@ -378,6 +379,27 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
         "Durable state changes that could not be stored.",
         b.state_failures,
     );
+}
+
+/// `tollgate_auth_total`: every CONNECT authentication by method, outcome and reason.
+fn auth_family(out: &mut Exposition, b: &BrokerStats) {
+    out.family(
+        "tollgate_auth_total",
+        "counter",
+        "CONNECT authentications by method (password, certificate, anonymous, other), outcome (success, refused) and reason (accepted, bad_credentials, not_authorized, throttled, unavailable, timeout).",
+    );
+    for (method, reason, n) in &b.auth {
+        let outcome = if *reason == "accepted" {
+            "success"
+        } else {
+            "refused"
+        };
+        out.sample(
+            "tollgate_auth_total",
+            &[("method", method), ("outcome", outcome), ("reason", reason)],
+            n,
+        );
+    }
 }
 
 fn listener_families(out: &mut Exposition, listeners: &[ListenerView]) {

@@ -28,7 +28,7 @@ use self::io::{write_last, READ_BUFFER};
 use self::protocol::{ConnState, WriteDecisions};
 use self::session::Session;
 use super::{refusal_properties, ConnectRequest, Message, RouterMsg, WillSpec};
-use crate::auth::{AuthError, AuthRequest, Identity};
+use crate::auth::{AuthError, AuthMethod, AuthRequest, Identity};
 use crate::broker::aliases::{InboundAliases, OutboundAliases};
 use crate::broker::checks::will_topic;
 use crate::broker::codec::{self, v5, ProtocolVersion, QoS};
@@ -450,9 +450,37 @@ async fn authenticate(
         password,
         certificate_identity: info.certificate_identity.clone(),
     };
+    // The method tried, for the metrics: what the CONNECT brought.
+    let tried = if request.password.is_some() || request.username.is_some() {
+        "password"
+    } else if request.certificate_identity.is_some() {
+        "certificate"
+    } else {
+        "anonymous"
+    };
     let authenticator = shared.authenticator();
-    match tokio::time::timeout_at(info.connect_deadline, authenticator.authenticate(request)).await
-    {
+    let outcome =
+        tokio::time::timeout_at(info.connect_deadline, authenticator.authenticate(request)).await;
+    shared.stats.auth(
+        match &outcome {
+            Ok(Ok(identity)) => match identity.via {
+                AuthMethod::Password => "password",
+                AuthMethod::Certificate => "certificate",
+                AuthMethod::Anonymous => "anonymous",
+                _ => "other",
+            },
+            _ => tried,
+        },
+        match &outcome {
+            Err(_) => "timeout",
+            Ok(Ok(_)) => "accepted",
+            Ok(Err(AuthError::BadCredentials)) => "bad_credentials",
+            Ok(Err(AuthError::NotAuthorized(_))) => "not_authorized",
+            Ok(Err(AuthError::Throttled)) => "throttled",
+            Ok(Err(AuthError::Unavailable(_))) => "unavailable",
+        },
+    );
+    match outcome {
         Err(_) => {
             if log_limit::event(Kind::Timeout) {
                 info!(client_id = %LogStr(&client_id), %peer, "Connection closed: authentication did not finish before the connect timeout.");
