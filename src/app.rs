@@ -500,6 +500,8 @@ impl App {
         Components::ready(waits, tokio::time::Instant::now() + READY_WAIT).await;
         self.serve_metrics(&tracker, &stop_accepting);
         for l in std::mem::take(&mut self.listeners) {
+            self.core
+                .register_listener(l.name.clone(), l.counters.traffic.clone());
             info!(listener = %l.name, addr = %l.addr, transport = current_transport(&l.slot), "Listening.");
             tracker.spawn(
                 AcceptLoop {

@@ -495,3 +495,38 @@ fn check_names_the_key_path_of_bad_rate_values() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_actions_and_messages_per_listener_are_published_on_sys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "sys_interval = \"1s\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+        listener("devices", "max_qos = 1")
+    );
+    let gw = Gateway::build(&write_config(dir.path(), &body)).await;
+    let mut sub = Raw::connected(gw.addr("devices"), false, "sys-watcher").await;
+    // Asked at QoS 2 on a max_qos 1 listener: this subscription is itself a downgrade.
+    sub.send(&subscribe(
+        false,
+        "$SYS/tollgate/listener/devices/rate/qos_downgraded",
+        2,
+        1,
+    ))
+    .await;
+    assert_eq!(sub.expect(9).await, vec![0, 1, 1], "granted QoS 1");
+    // The retained value from before may come first; the next publication counts it.
+    loop {
+        let body = sub.expect(3).await;
+        let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        assert_eq!(
+            &body[2..2 + tlen],
+            b"$SYS/tollgate/listener/devices/rate/qos_downgraded"
+        );
+        // QoS 0 on $SYS: the payload follows the topic.
+        if &body[2 + tlen..] == b"1" {
+            break;
+        }
+        assert_eq!(&body[2 + tlen..], b"0", "0 before, then 1");
+    }
+    gw.stop().await;
+}

@@ -275,7 +275,10 @@ impl AcceptLoop {
         if attempts.admit(rate, peer.ip(), Instant::now()) {
             return true;
         }
-        self.counters.refused_rate.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .traffic
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
         limited(&self.core, peer, || {
             if crate::telemetry::limit::event(crate::telemetry::limit::Kind::RateLimited) {
                 warn!(listener = %self.name, %peer, per_second = rate.per_second, burst = rate.burst, "Connection refused: too many attempts from this address (connect_rate); closed before the TLS handshake.");

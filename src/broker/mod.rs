@@ -179,6 +179,18 @@ impl Broker {
         self.shared.log_limits.clone()
     }
 
+    /// Publish a listener's counters under `$SYS/tollgate/listener/<name>/...` (once per
+    /// listener; a second registration of the name replaces the first).
+    pub fn register_listener(&self, name: Arc<str>, traffic: Arc<ListenerTraffic>) {
+        let mut listeners = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners.retain(|(n, _)| *n != name);
+        listeners.push((name, traffic));
+    }
+
     /// Current counters (the same figures the `$SYS/broker/...` topics carry).
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {

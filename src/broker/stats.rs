@@ -185,6 +185,8 @@ pub struct ListenerTraffic {
     pub messages_received: AtomicU64,
     /// PUBLISH packets sent to the listener's clients.
     pub messages_sent: AtomicU64,
+    /// Connection attempts closed at accept because their address exceeded `connect_rate`.
+    pub connects_refused: AtomicU64,
     /// Times a client's socket was left unread because it exceeded `publish_rate`.
     pub publish_throttled: AtomicU64,
     /// Clients disconnected for exceeding `publish_rate` (`on_excess = "disconnect"`).

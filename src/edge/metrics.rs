@@ -75,8 +75,6 @@ pub struct ListenerCounters {
     pub accepted: AtomicU64,
     /// Connections closed at once because `max_connections` was reached.
     pub refused_limit: AtomicU64,
-    /// Connections closed at once because their address exceeded `connect_rate`.
-    pub refused_rate: AtomicU64,
     /// Connections ended (so open = accepted - closed).
     pub closed: AtomicU64,
     /// MQTT bytes read from clients.
@@ -480,10 +478,7 @@ fn listener_families(out: &mut Exposition, listeners: &[ListenerView]) {
     for l in listeners {
         let t = &l.counters.traffic;
         for (action, n) in [
-            (
-                "connect_rate",
-                l.counters.refused_rate.load(Ordering::Relaxed),
-            ),
+            ("connect_rate", t.connects_refused.load(Ordering::Relaxed)),
             (
                 "publish_rate",
                 t.publish_rate_disconnects.load(Ordering::Relaxed),
