@@ -261,7 +261,26 @@ async fn a_scrape_parses_strictly_and_traffic_moves_the_counters() {
     .await;
     assert!(refused.is_err(), "no client certificate, no session");
 
-    let after = scrape(metrics).await;
+    // The gateway counts the failed handshake after the client has seen it fail: scrape
+    // until it is there (or WAIT is over and the assertion below says so).
+    let tls_refused = [("listener", "devices"), ("reason", "no_certificate")];
+    let deadline = std::time::Instant::now() + WAIT;
+    let after = loop {
+        let after = scrape(metrics).await;
+        let moved = value(
+            &after,
+            "tollgate_tls_handshake_failures_total",
+            &tls_refused,
+        ) - value(
+            &before,
+            "tollgate_tls_handshake_failures_total",
+            &tls_refused,
+        );
+        if moved >= 1.0 || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
@@ -432,10 +451,14 @@ mod raw {
     }
 
     pub fn publish(topic: &str, qos: u8) -> Vec<u8> {
+        publish_id(topic, qos, 1)
+    }
+
+    pub fn publish_id(topic: &str, qos: u8, pkid: u16) -> Vec<u8> {
         let mut b = Vec::new();
         string(topic, &mut b);
         if qos > 0 {
-            b.extend_from_slice(&1u16.to_be_bytes());
+            b.extend_from_slice(&pkid.to_be_bytes());
         }
         b.extend_from_slice(b"x");
         packet(0x30 | (qos << 1), &b)
@@ -682,5 +705,88 @@ async fn authentications_are_counted_by_method_and_reason() {
     assert_eq!(auth("anonymous", "success", "accepted"), 1.0);
     assert_eq!(auth("certificate", "success", "accepted"), 0.0);
     assert_eq!(auth("password", "refused", "throttled"), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_gauges_follow_an_offline_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = false\n\
+         [metrics]\nbind = \"{metrics}\"\n"
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("local");
+    let connect_persistent = |id: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        // 3.1.1 CONNECT, clean session 0, keep alive 60 s.
+        let mut c = b"\x00\x04MQTT\x04\x00\x00\x3c".to_vec();
+        c.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        c.extend_from_slice(id.as_bytes());
+        s.write_all(&raw::packet(0x10, &c)).await.expect("connect");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.expect("CONNACK");
+        assert_eq!((connack[0], connack[3]), (0x20, 0));
+        s
+    };
+    let mut offline = connect_persistent("offline").await;
+    offline
+        .write_all(&raw::packet(0x82, b"\x00\x01\x00\x03q/#\x01"))
+        .await
+        .expect("subscribe");
+    let mut suback = [0u8; 5];
+    offline.read_exact(&mut suback).await.expect("SUBACK");
+    offline.write_all(&[0xE0, 0]).await.expect("disconnect");
+    drop(offline);
+
+    let mut publisher = raw::connected(addr, "queue-pub").await;
+    let mut three: Vec<u8> = (1..=3).flat_map(|i| raw::publish_id("q/a", 1, i)).collect();
+    three.extend([0xC0, 0]);
+    publisher.write_all(&three).await.expect("publish");
+    // Three PUBACKs (4 bytes each) and the PINGRESP: all three are queued by now.
+    let mut acks = [0u8; 14];
+    publisher.read_exact(&mut acks).await.expect("acks");
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let queued = loop {
+        let s = scrape(metrics).await;
+        let queued = value(&s, "tollgate_queued_messages", &[]);
+        if queued == 3.0 || std::time::Instant::now() > deadline {
+            break (queued, value(&s, "tollgate_queued_bytes", &[]));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(queued.0, 3.0, "three messages held for the offline session");
+    assert!(queued.1 >= 3.0, "their bytes: {}", queued.1);
+
+    // The session comes back and takes them: the gauges go back to zero.
+    let mut back = connect_persistent("offline").await;
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 * 10 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, back.read(&mut chunk))
+            .await
+            .expect("deliveries in time")
+            .expect("read");
+        assert!(n > 0, "open");
+        delivered.extend_from_slice(&chunk[..n]);
+    }
+    // Each delivery is 10 bytes (QoS 1, topic q/a, payload x): acknowledge them.
+    for d in delivered.chunks(10) {
+        back.write_all(&[0x40, 2, d[7], d[8]])
+            .await
+            .expect("PUBACK");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = scrape(metrics).await;
+        if value(&s, "tollgate_queued_messages", &[]) == 0.0 {
+            assert_eq!(value(&s, "tollgate_queued_bytes", &[]), 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     gw.stop().await;
 }

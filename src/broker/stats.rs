@@ -69,6 +69,11 @@ pub struct BrokerStats {
     /// Audit-worthy events by kind and the log lines the rate limits suppressed
     /// (`telemetry::limit`): complete even when the lines about them were summarised.
     pub audit: crate::telemetry::limit::AuditStats,
+    /// Messages held for sessions, queued or in flight (the `max_offline_*` bounds
+    /// count both), summed twice a second.
+    pub queued_messages: u64,
+    /// Bytes of those messages.
+    pub queued_bytes: u64,
     /// CONNECT authentications by method ([`AUTH_METHODS`]) and outcome reason
     /// ([`AUTH_REASONS`]; `accepted` is the success), zeros included.
     pub auth: Vec<(&'static str, &'static str, u64)>,
@@ -115,6 +120,8 @@ pub(crate) struct StatsCounters {
     pub state_failures: AtomicU64,
     pub state_lost_at_open: AtomicU64,
     pub auth: [[AtomicU64; AUTH_REASONS.len()]; AUTH_METHODS.len()],
+    pub queued_messages: AtomicU64,
+    pub queued_bytes: AtomicU64,
 }
 
 impl StatsCounters {
@@ -149,6 +156,8 @@ impl StatsCounters {
             state_failures: get(&self.state_failures),
             state_lost_at_open: get(&self.state_lost_at_open),
             audit: Default::default(),
+            queued_messages: get(&self.queued_messages),
+            queued_bytes: get(&self.queued_bytes),
             auth: AUTH_METHODS
                 .iter()
                 .zip(&self.auth)

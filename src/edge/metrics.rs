@@ -307,6 +307,18 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
         "Publisher acknowledgements held back for durable subscribers now.",
         b.durable_holds,
     );
+    out.single(
+        "tollgate_queued_messages",
+        "gauge",
+        "Messages held for sessions, online and offline: queued or in flight and not yet acknowledged (summed twice a second).",
+        b.queued_messages,
+    );
+    out.single(
+        "tollgate_queued_bytes",
+        "gauge",
+        "Bytes of the messages held for sessions, queued or in flight (summed twice a second).",
+        b.queued_bytes,
+    );
     out.single("tollgate_publishers_blocked_total", "counter", "QoS 1/2 messages whose publisher's acknowledgement was held back by a full queue (block-publishers).", b.publishers_blocked);
     out.family(
         "tollgate_messages_dropped_total",
