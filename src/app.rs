@@ -123,6 +123,8 @@ fn build_states(
             tls: l.transport.is_tls(),
             keep_alive: l.keep_alive_policy(),
             queue_overflow: l.queue_overflow,
+            max_qos: l.max_qos_limit(),
+            publish_rate: l.publish_rate,
         });
         let tls = if l.transport.is_tls() {
             let files = match (&l.cert, &l.key, &dev_pki) {
@@ -182,6 +184,7 @@ fn build_states(
                     ))
                 }),
                 tcp_keepalive: l.tcp_keepalive_settings(),
+                connect_rate: l.connect_rate,
             },
         );
     }
@@ -314,6 +317,8 @@ pub struct App {
     listeners: Vec<BoundListener>,
     /// The Prometheus endpoint's socket (`[metrics] bind`), served by `run`.
     metrics: Option<TcpListener>,
+    /// The certificates the endpoint reports, replaced on reload (files re-read per scrape).
+    certificates: metrics::WatchedCertificates,
     slots: HashMap<String, StateSlot>,
     addrs: Vec<(String, SocketAddr)>,
     dev_pki: Option<DevPki>,
@@ -437,6 +442,7 @@ impl App {
             current: config,
             listeners,
             metrics,
+            certificates: Default::default(),
             slots,
             addrs,
             dev_pki,
@@ -495,6 +501,8 @@ impl App {
         Components::ready(waits, tokio::time::Instant::now() + READY_WAIT).await;
         self.serve_metrics(&tracker, &stop_accepting);
         for l in std::mem::take(&mut self.listeners) {
+            self.core
+                .register_listener(l.name.clone(), l.counters.traffic.clone());
             info!(listener = %l.name, addr = %l.addr, transport = current_transport(&l.slot), "Listening.");
             tracker.spawn(
                 AcceptLoop {
@@ -558,8 +566,10 @@ impl App {
                 counters: bound.counters.clone(),
             })
             .collect();
-        let certificates = watched_certificates(&self.started, self.dev_pki.as_ref());
-        let snapshot = metrics::snapshot_source(self.core.clone(), views, certificates);
+        *metrics::write(&self.certificates) =
+            watched_certificates(&self.started, self.dev_pki.as_ref());
+        let snapshot =
+            metrics::snapshot_source(self.core.clone(), views, self.certificates.clone());
         tracker.spawn(crate::edge::metrics::serve(
             socket,
             snapshot,
@@ -674,6 +684,7 @@ impl App {
         );
         log_security(&new, &security, "Reload");
         let old = std::mem::replace(&mut self.security, security);
+        *metrics::write(&self.certificates) = watched_certificates(&new, self.dev_pki.as_ref());
         self.current = new;
         self.components.finish_reload(pending);
         // New CA/CRL, passwords and listener flags in force: end the sessions whose

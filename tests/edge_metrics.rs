@@ -3,7 +3,8 @@
 //! values, one HELP and TYPE per family before its samples, families not interleaved,
 //! counters named `_total`); counters that move with real traffic (a publish over TCP,
 //! a WebSocket connection, a TLS handshake without the required client certificate);
-//! 404 for everything but `GET /metrics`; oversized, slow and surplus requests dropped.
+//! 404 for everything but `GET /metrics`; oversized, slow and surplus requests dropped;
+//! the rate controls' actions and the messages per listener (raw 3.1.1 clients).
 
 mod support;
 
@@ -260,7 +261,26 @@ async fn a_scrape_parses_strictly_and_traffic_moves_the_counters() {
     .await;
     assert!(refused.is_err(), "no client certificate, no session");
 
-    let after = scrape(metrics).await;
+    // The gateway counts the failed handshake after the client has seen it fail: scrape
+    // until it is there (or WAIT is over and the assertion below says so).
+    let tls_refused = [("listener", "devices"), ("reason", "no_certificate")];
+    let deadline = std::time::Instant::now() + WAIT;
+    let after = loop {
+        let after = scrape(metrics).await;
+        let moved = value(
+            &after,
+            "tollgate_tls_handshake_failures_total",
+            &tls_refused,
+        ) - value(
+            &before,
+            "tollgate_tls_handshake_failures_total",
+            &tls_refused,
+        );
+        if moved >= 1.0 || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
@@ -412,4 +432,361 @@ fn the_parser_refuses_what_the_format_forbids() {
         let refused = std::panic::catch_unwind(|| parse(bad)).is_err();
         assert!(refused, "accepted {bad:?}");
     }
+}
+
+/// Raw 3.1.1 packets for the rate-control test (rumqttc would reconnect and hide closes).
+mod raw {
+    use super::*;
+
+    pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut p = vec![first, body.len() as u8];
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn publish(topic: &str, qos: u8) -> Vec<u8> {
+        publish_id(topic, qos, 1)
+    }
+
+    pub fn publish_id(topic: &str, qos: u8, pkid: u16) -> Vec<u8> {
+        let mut b = Vec::new();
+        string(topic, &mut b);
+        if qos > 0 {
+            b.extend_from_slice(&pkid.to_be_bytes());
+        }
+        b.extend_from_slice(b"x");
+        packet(0x30 | (qos << 1), &b)
+    }
+
+    /// A connected 3.1.1 client (CONNACK 0 read).
+    pub async fn connected(addr: SocketAddr, id: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut b = Vec::new();
+        string("MQTT", &mut b);
+        b.extend_from_slice(&[4, 2, 0, 60]);
+        string(id, &mut b);
+        s.write_all(&packet(0x10, &b)).await.expect("write");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "{id} connected");
+        s
+    }
+
+    /// Everything until the gateway closes the connection.
+    pub async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .ok();
+        rest
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_control_actions_and_messages_per_listener_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listener = |name: &str, extra: &str| {
+        format!("[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = false\n{extra}\n")
+    };
+    let body = format!(
+        "{}{}[metrics]\nbind = \"{metrics}\"\n",
+        listener(
+            "limited",
+            "connect_rate = { per_second = 0.01, burst = 4 }\npublish_rate = { msgs = 2, on_excess = \"disconnect\" }\nmax_qos = 1"
+        ),
+        listener("slow", "publish_rate = { msgs = 1 }"),
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("limited");
+
+    // 1: a subscriber asking QoS 2 is granted 1.
+    let mut sub = raw::connected(addr, "sub").await;
+    sub.write_all(&raw::packet(0x82, b"\x00\x01\x00\x03r/#\x02"))
+        .await
+        .expect("subscribe");
+    let mut suback = [0u8; 5];
+    sub.read_exact(&mut suback).await.expect("SUBACK");
+    assert_eq!(suback, [0x90, 3, 0, 1, 1], "granted QoS 1");
+    // 2: two messages within the rate, then a PINGREQ answered after them.
+    let mut publisher = raw::connected(addr, "pub").await;
+    let mut two = [raw::publish("r/a", 0), raw::publish("r/a", 0)].concat();
+    two.extend([0xC0, 0]);
+    publisher.write_all(&two).await.expect("publish");
+    let mut pong = [0u8; 2];
+    publisher.read_exact(&mut pong).await.expect("PINGRESP");
+    assert_eq!(pong, [0xD0, 0]);
+    let mut delivered = [0u8; 16];
+    sub.read_exact(&mut delivered)
+        .await
+        .expect("two deliveries");
+    // 3: five at once exceed msgs = 2: closed.
+    let mut flood = raw::connected(addr, "flood").await;
+    flood
+        .write_all(&raw::publish("r/f", 0).repeat(5))
+        .await
+        .expect("flood");
+    assert!(raw::until_closed(&mut flood).await.is_empty());
+    // 4: a QoS 2 PUBLISH above max_qos 1: closed without PUBREC.
+    let mut qos2 = raw::connected(addr, "qos2").await;
+    qos2.write_all(&raw::publish("r/q", 2)).await.expect("qos2");
+    assert!(raw::until_closed(&mut qos2).await.is_empty());
+    // 5: the fifth attempt from 127.0.0.1 is over connect_rate's burst: closed at once.
+    let mut fifth = TcpStream::connect(addr).await.expect("connect");
+    assert!(raw::until_closed(&mut fifth).await.is_empty());
+    // The slow listener throttles three messages at one per second; nothing is lost.
+    let mut slow = raw::connected(gw.addr("slow"), "slow").await;
+    let mut three = raw::publish("s/a", 0).repeat(3);
+    three.extend([0xC0, 0]);
+    slow.write_all(&three).await.expect("publish");
+    slow.read_exact(&mut pong)
+        .await
+        .expect("PINGRESP after the throttle");
+
+    let after = scrape(metrics).await;
+    let limited = [("listener", "limited"), ("transport", "tcp")];
+    for action in ["connect_rate", "publish_rate", "max_qos"] {
+        assert_eq!(
+            value(
+                &after,
+                "tollgate_rate_limited_total",
+                &[("listener", "limited"), ("action", action)]
+            ),
+            1.0,
+            "{action}"
+        );
+        assert_eq!(
+            value(
+                &after,
+                "tollgate_rate_limited_total",
+                &[("listener", "slow"), ("action", action)]
+            ),
+            0.0,
+            "{action} on slow"
+        );
+    }
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_listener_subscriptions_downgraded_total",
+            &limited
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_listener_messages_received_total",
+            &limited
+        ) >= 2.0
+    );
+    // Two from "pub", and the flood's first two (within the rate, routed before the third
+    // ended the connection).
+    assert_eq!(
+        value(&after, "tollgate_listener_messages_sent_total", &limited),
+        4.0,
+        "the subscriber's deliveries"
+    );
+    let slow_labels = [("listener", "slow"), ("transport", "tcp")];
+    assert!(value(&after, "tollgate_listener_throttled_total", &slow_labels) >= 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_listener_messages_received_total",
+            &slow_labels
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&after, "tollgate_listener_throttled_total", &limited),
+        0.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_points_to_another_certificate_moves_its_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path());
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = |pki: &TestPki| {
+        format!(
+            "{}[metrics]\nbind = \"{metrics}\"\n",
+            tls_listener(pki, "allow_anonymous = true\npassword_auth = false\n")
+        )
+    };
+    let gw = Gateway::start(dir.path(), &body(&pki)).await;
+    let labels = [("certificate", "devices-server")];
+    let before = value(
+        &scrape(metrics).await,
+        "tollgate_certificate_expiry_seconds",
+        &labels,
+    );
+    assert!(before > 29.0 * 86_400.0, "30 days at start: {before}");
+
+    // A server certificate valid for 5 days in another file, and the config pointing to it.
+    let short = tollgate::pki::issue_server(
+        &pki.dir,
+        "server-short",
+        &["localhost".to_string()],
+        &["127.0.0.1".parse().expect("ip")],
+        5,
+        tollgate::pki::KeyAlgorithm::EcdsaP256,
+        false,
+    )
+    .expect("short certificate");
+    let reloaded = TestPki {
+        server_cert: short.cert,
+        server_key: short.key,
+        ..pki
+    };
+    write_config(
+        dir.path(),
+        &format!(
+            "sys_interval = \"0\"\n[shutdown]\ngrace_period = \"2s\"\n{}",
+            body(&reloaded)
+        ),
+    );
+    gw.reload.reload().await.expect("reload accepted");
+    let after = value(
+        &scrape(metrics).await,
+        "tollgate_certificate_expiry_seconds",
+        &labels,
+    );
+    assert!(
+        after > 4.0 * 86_400.0 && after <= 5.0 * 86_400.0,
+        "the reloaded 5-day certificate: {after}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentications_are_counted_by_method_and_reason() {
+    if !support::peers::require_peer("mosquitto_passwd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = support::peers::mosquitto_passwd_file(dir.path(), &[("alice", "wonder")]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         {}[metrics]\nbind = \"{metrics}\"\n",
+        auth_section(&passwd)
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("local");
+    let good = dial::v4(&dial::Dial::tcp(addr).login("alice", "wonder"), "good").await;
+    assert!(good.is_ok(), "the right password");
+    let bad = dial::v4(&dial::Dial::tcp(addr).login("alice", "nope"), "bad").await;
+    assert!(bad.is_err(), "a wrong password is refused");
+    let anonymous = dial::v4(&dial::Dial::tcp(addr), "anon").await;
+    assert!(anonymous.is_ok(), "anonymous is allowed here");
+
+    let after = scrape(metrics).await;
+    let auth = |method: &str, outcome: &str, reason: &str| {
+        value(
+            &after,
+            "tollgate_auth_total",
+            &[("method", method), ("outcome", outcome), ("reason", reason)],
+        )
+    };
+    assert_eq!(auth("password", "success", "accepted"), 1.0);
+    assert!(auth("password", "refused", "bad_credentials") >= 1.0);
+    assert_eq!(auth("anonymous", "success", "accepted"), 1.0);
+    assert_eq!(auth("certificate", "success", "accepted"), 0.0);
+    assert_eq!(auth("password", "refused", "throttled"), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_gauges_follow_an_offline_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\npassword_auth = false\n\
+         [metrics]\nbind = \"{metrics}\"\n"
+    );
+    let gw = Gateway::start(dir.path(), &body).await;
+    let addr = gw.addr("local");
+    let connect_persistent = |id: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        // 3.1.1 CONNECT, clean session 0, keep alive 60 s.
+        let mut c = b"\x00\x04MQTT\x04\x00\x00\x3c".to_vec();
+        c.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        c.extend_from_slice(id.as_bytes());
+        s.write_all(&raw::packet(0x10, &c)).await.expect("connect");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.expect("CONNACK");
+        assert_eq!((connack[0], connack[3]), (0x20, 0));
+        s
+    };
+    let mut offline = connect_persistent("offline").await;
+    offline
+        .write_all(&raw::packet(0x82, b"\x00\x01\x00\x03q/#\x01"))
+        .await
+        .expect("subscribe");
+    let mut suback = [0u8; 5];
+    offline.read_exact(&mut suback).await.expect("SUBACK");
+    offline.write_all(&[0xE0, 0]).await.expect("disconnect");
+    drop(offline);
+
+    let mut publisher = raw::connected(addr, "queue-pub").await;
+    let mut three: Vec<u8> = (1..=3).flat_map(|i| raw::publish_id("q/a", 1, i)).collect();
+    three.extend([0xC0, 0]);
+    publisher.write_all(&three).await.expect("publish");
+    // Three PUBACKs (4 bytes each) and the PINGRESP: all three are queued by now.
+    let mut acks = [0u8; 14];
+    publisher.read_exact(&mut acks).await.expect("acks");
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let queued = loop {
+        let s = scrape(metrics).await;
+        let queued = value(&s, "tollgate_queued_messages", &[]);
+        if queued == 3.0 || std::time::Instant::now() > deadline {
+            break (queued, value(&s, "tollgate_queued_bytes", &[]));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(queued.0, 3.0, "three messages held for the offline session");
+    assert!(queued.1 >= 3.0, "their bytes: {}", queued.1);
+
+    // The session comes back and takes them: the gauges go back to zero.
+    let mut back = connect_persistent("offline").await;
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 * 10 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, back.read(&mut chunk))
+            .await
+            .expect("deliveries in time")
+            .expect("read");
+        assert!(n > 0, "open");
+        delivered.extend_from_slice(&chunk[..n]);
+    }
+    // Each delivery is 10 bytes (QoS 1, topic q/a, payload x): acknowledge them.
+    for d in delivered.chunks(10) {
+        back.write_all(&[0x40, 2, d[7], d[8]])
+            .await
+            .expect("PUBACK");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = scrape(metrics).await;
+        if value(&s, "tollgate_queued_messages", &[]) == 0.0 {
+            assert_eq!(value(&s, "tollgate_queued_bytes", &[]), 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    gw.stop().await;
 }

@@ -35,6 +35,9 @@ pub trait Core: Send + Sync + 'static {
     fn stats(&self) -> Option<crate::broker::BrokerStats> {
         None
     }
+
+    /// Publish a listener's counters on `$SYS` (cores without `$SYS` ignore it).
+    fn register_listener(&self, _name: Arc<str>, _traffic: Arc<crate::broker::ListenerTraffic>) {}
     /// Attach an in-process client (the gateway's own publishers, e.g. certificate
     /// expiry warnings). Cores without a router refuse.
     fn connect_internal(
@@ -105,6 +108,10 @@ impl Core for BrokerCore {
 
     fn stats(&self) -> Option<crate::broker::BrokerStats> {
         Some(self.broker.stats())
+    }
+
+    fn register_listener(&self, name: Arc<str>, traffic: Arc<crate::broker::ListenerTraffic>) {
+        self.broker.register_listener(name, traffic);
     }
 
     fn connect_internal(

@@ -29,6 +29,7 @@ use super::core::Core;
 pub use super::stream::ClientStream;
 use crate::broker::{ConnectionInfo, ListenerContext};
 use crate::edge::metrics::{ListenerCounters, OpenConnection};
+use crate::edge::rate::{ConnectLimiter, ConnectRate};
 use crate::edge::ws::{self, UpgradeError, WebSocketSettings};
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::tls::{self, IdentitySource, ReloadableServerConfig};
@@ -53,6 +54,8 @@ pub struct ListenerState {
     pub websocket: Option<Arc<WebSocketSettings>>,
     /// Keepalive probes set on each accepted socket; `None` leaves the kernel default (off).
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Connection attempts per source address, checked before TLS; `None`: not limited.
+    pub connect_rate: Option<ConnectRate>,
 }
 
 /// Kernel TCP keepalive for an accepted socket: after `idle` without traffic the
@@ -207,6 +210,7 @@ impl AcceptLoop {
     /// are logged and backed off (10 ms doubling to 1 s), never fatal.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(10);
+        let mut attempts = ConnectLimiter::default();
         loop {
             let accepted = tokio::select! {
                 _ = self.stop_accepting.cancelled() => break,
@@ -236,6 +240,10 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            if !self.within_connect_rate(&mut attempts, peer).await {
+                drop(socket);
+                continue;
+            }
             let Some(permit) = self.admission.try_admit() else {
                 self.admission.refuse(&self.name, peer);
                 self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +263,29 @@ impl AcceptLoop {
             self.tracker.spawn(connection.serve());
         }
         debug!(listener = %self.name, "Stopped accepting connections.");
+    }
+
+    /// The listener's `connect_rate` for `peer`'s address: false (counted, logged under
+    /// the peer's log limit) when the attempt is to be closed at once, before TLS.
+    async fn within_connect_rate(&self, attempts: &mut ConnectLimiter, peer: SocketAddr) -> bool {
+        let state = current(&self.state);
+        let Some(rate) = &state.connect_rate else {
+            return true;
+        };
+        if attempts.admit(rate, peer.ip(), Instant::now()) {
+            return true;
+        }
+        self.counters
+            .traffic
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
+        limited(&self.core, peer, || {
+            if crate::telemetry::limit::event(crate::telemetry::limit::Kind::RateLimited) {
+                warn!(listener = %self.name, %peer, per_second = rate.per_second, burst = rate.burst, "Connection refused: too many attempts from this address (connect_rate); closed before the TLS handshake.");
+            }
+        })
+        .await;
+        false
     }
 }
 
@@ -290,6 +321,7 @@ impl Connection {
             certificate_identity: None,
             peer_certificates: None,
             connect_deadline: self.deadline,
+            traffic: self.open.counters().traffic.clone(),
         };
         let stream = match &self.state.tls {
             None => ClientStream::tcp(self.socket),

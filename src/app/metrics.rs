@@ -3,17 +3,26 @@
 //! It must never hold locks the broker needs: everything it reads is an atomic or a file.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use super::core::Core;
 use crate::edge::metrics::{ListenerView, Snapshot};
 use crate::telemetry::audit;
 
+/// The certificates a scrape reports (label, file): set at start, replaced on reload so
+/// a certificate a reload points to is the one whose expiry is shown.
+pub(super) type WatchedCertificates = Arc<RwLock<Vec<(String, PathBuf)>>>;
+
+/// The list for replacing; a poisoned lock still holds a complete list.
+pub(super) fn write(list: &WatchedCertificates) -> RwLockWriteGuard<'_, Vec<(String, PathBuf)>> {
+    list.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What each scrape gathers: runs on the blocking pool (it reads certificate files).
 pub(super) fn snapshot_source(
     core: Arc<dyn Core>,
     listeners: Vec<ListenerView>,
-    certificates: Vec<(String, PathBuf)>,
+    certificates: WatchedCertificates,
 ) -> Arc<dyn Fn() -> Snapshot + Send + Sync> {
     Arc::new(move || Snapshot {
         broker: core.stats(),
@@ -23,6 +32,8 @@ pub(super) fn snapshot_source(
             .map(|k| (k.name(), audit::count(*k)))
             .collect(),
         certificates: certificates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(label, path)| (label.clone(), crate::tls::not_after(path)))
             .collect(),

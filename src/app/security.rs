@@ -200,12 +200,14 @@ impl GatewayAuthorizer {
 }
 
 /// A JWT's ACL claim narrows what the ACL grants (both must allow); no claim, no
-/// narrowing.
+/// narrowing. An identity authenticated by token whose grant is not known (a session
+/// or will restored from disk, which keeps the identity but not the token) is allowed
+/// nothing: its claim may have been narrower than the ACL file.
 fn token_allows(identity: &Identity, access: Access, topic: &str) -> bool {
-    identity
-        .jwt
-        .as_ref()
-        .is_none_or(|grant| grant.allows(access, topic))
+    match &identity.jwt {
+        Some(grant) => grant.allows(access, topic),
+        None => identity.via != crate::auth::AuthMethod::Jwt,
+    }
 }
 
 impl Authorizer for GatewayAuthorizer {
@@ -301,6 +303,24 @@ mod tests {
         assert!(s.authorizer.allows(&u, Access::Write, "a/b"));
         assert!(!s.authorizer.allows(&u, Access::Write, "b"));
         assert!(!s.authorizer.allows(&u, Access::Read, "a/b"));
+    }
+
+    /// A token identity restored from disk (a persisted session or will) has lost its
+    /// grant: it is allowed nothing, since its ACL claim may have been narrower than
+    /// the ACL file. Other identities without a grant are not affected.
+    #[test]
+    fn a_token_identity_without_its_grant_is_allowed_nothing() {
+        let (_d, open) = config(LOCAL);
+        let s = build_security(&open, None, Vec::new()).expect("builds");
+        let restored = user("device-7", AuthMethod::Jwt);
+        for access in [Access::Write, Access::Read, Access::Subscribe] {
+            assert!(!s.authorizer.allows(&restored, access, "a/b"), "{access:?}");
+        }
+        assert!(s.authorizer.allows(
+            &user("device-7", AuthMethod::Password),
+            Access::Write,
+            "a/b"
+        ));
     }
 
     #[test]

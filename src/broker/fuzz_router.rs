@@ -483,6 +483,7 @@ async fn topic_alias(data: &[u8]) {
         certificate_identity: None,
         peer_certificates: None,
         connect_deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+        traffic: Default::default(),
     };
     let serving = {
         let broker = broker.clone();

@@ -75,7 +75,7 @@ pub use persist::{PersistenceSettings, SyncSetting};
 pub use reason::ReasonCode;
 pub use revalidate::{RevalidateCheck, RevalidateVerdict, SessionCredentials};
 pub use settings::{BrokerSettings, ConnectionInfo, ListenerContext, DEFAULT_DATA_DIR};
-pub use stats::BrokerStats;
+pub use stats::{BrokerStats, ListenerTraffic};
 
 /// Cloneable handle to a running broker core.
 #[derive(Clone)]
@@ -178,6 +178,18 @@ impl Broker {
     /// clients (a TLS handshake refused by a listener) share their windows.
     pub fn log_limits(&self) -> std::sync::Arc<crate::telemetry::limit::LogLimits> {
         self.shared.log_limits.clone()
+    }
+
+    /// Publish a listener's counters under `$SYS/tollgate/listener/<name>/...` (once per
+    /// listener; a second registration of the name replaces the first).
+    pub fn register_listener(&self, name: Arc<str>, traffic: Arc<ListenerTraffic>) {
+        let mut listeners = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners.retain(|(n, _)| *n != name);
+        listeners.push((name, traffic));
     }
 
     /// Current counters (the same figures the `$SYS/broker/...` topics carry).

@@ -231,6 +231,10 @@ pub(crate) struct Router {
     pings: Vec<oneshot::Sender<()>>,
     /// The durable state (`[persistence]`), once opened.
     state: Option<super::persist::RetainedLog>,
+    /// When the queue depths (a walk over every session) were last summed.
+    queues_summed: Instant,
+    /// Turns happened since that sum (the gauges may be behind).
+    queues_stale: bool,
 }
 
 fn settings(ctx: &Ctx) -> &BrokerSettings {
@@ -296,6 +300,8 @@ impl Router {
             scratch: Vec::new(),
             pings: Vec::new(),
             state: None,
+            queues_summed: Instant::now(),
+            queues_stale: false,
         }
     }
 
@@ -337,6 +343,8 @@ impl Router {
                     self.ctx.now = Instant::now();
                     self.publish_sys();
                 }
+                // A sum skipped by the last turns is done when its interval is over.
+                _ = async { tokio::time::sleep_until(self.queues_summed + QUEUE_SUM_INTERVAL).await }, if self.queues_stale => {}
                 _ = upkeep.tick(), if self.state.is_some() || self.ctx.sessions_log.is_some() => {
                     self.ctx.now = Instant::now();
                     self.state_upkeep();
@@ -348,6 +356,7 @@ impl Router {
                 let _ = ping.send(());
             }
             self.update_stats();
+            self.sum_queues();
         }
         self.close_state().await;
         debug!("Router stopped.");
@@ -400,6 +409,27 @@ impl Router {
         }
     }
 
+    /// Messages and bytes held for all sessions, queued or in flight (gauges), summed at most once per
+    /// [`QUEUE_SUM_INTERVAL`]: a walk over every session, kept off each router turn.
+    fn sum_queues(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.queues_summed) < QUEUE_SUM_INTERVAL {
+            self.queues_stale = true;
+            return;
+        }
+        self.queues_summed = now;
+        self.queues_stale = false;
+        let (messages, bytes) = self.sessions.values().fold((0u64, 0u64), |(m, b), s| {
+            (
+                m + (s.pending.len() + s.inflight.len()) as u64,
+                b + (s.pending_bytes + s.inflight_bytes) as u64,
+            )
+        });
+        let s = stats(&self.ctx);
+        s.queued_messages.store(messages, Ordering::Relaxed);
+        s.queued_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     fn update_stats(&self) {
         let s = stats(&self.ctx);
         s.clients_connected
@@ -418,6 +448,9 @@ impl Router {
             .store(self.ctx.holds.len() as u64, Ordering::Relaxed);
     }
 }
+
+/// How often the queue depth gauges are summed (see `Router::sum_queues`).
+const QUEUE_SUM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Upper bound of the capacity reserved for a link's next outgoing batch.
 const MAX_BATCH_HINT: usize = 256;

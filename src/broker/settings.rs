@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
+use super::codec::QoS;
 use super::keepalive::KeepAlivePolicy;
 use super::link::QueueOverflow;
+use super::stats::ListenerTraffic;
+use crate::edge::rate::PublishRate;
 use crate::telemetry::limit::LogLimitSettings;
 
 /// Default state directory, also the signal for the unprivileged fallback.
@@ -114,6 +117,10 @@ pub struct ListenerContext {
     pub keep_alive: KeepAlivePolicy,
     /// What a full session queue of a client on this listener does.
     pub queue_overflow: QueueOverflow,
+    /// Highest QoS of PUBLISH, will and subscription on this listener; `None`: 2.
+    pub max_qos: Option<QoS>,
+    /// PUBLISH messages and bytes per second per client; `None`: not limited.
+    pub publish_rate: Option<PublishRate>,
 }
 
 /// Per-connection facts known before the first MQTT byte is read.
@@ -130,4 +137,6 @@ pub struct ConnectionInfo {
     pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// CONNECT must be complete before this instant (set by the listener at accept time).
     pub connect_deadline: tokio::time::Instant,
+    /// The listener's message and rate-control counters.
+    pub traffic: Arc<ListenerTraffic>,
 }

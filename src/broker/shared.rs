@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) revalidate: watch::Sender<Option<RevalidateCheck>>,
     /// Audit event counters and the per-peer and broker-wide log rate limits.
     pub(crate) log_limits: Arc<LogLimits>,
+    /// The listeners' message and rate-control counters, for `$SYS/tollgate/listener/...`
+    /// (registered once per listener by its owner).
+    pub(crate) listeners: std::sync::Mutex<Vec<(Arc<str>, Arc<stats::ListenerTraffic>)>>,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
             auth: RwLock::new((authenticator, authorizer)),
             router_tx,
             stats: stats::StatsCounters::default(),
+            listeners: Default::default(),
             shutdown,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),

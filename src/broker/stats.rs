@@ -69,7 +69,27 @@ pub struct BrokerStats {
     /// Audit-worthy events by kind and the log lines the rate limits suppressed
     /// (`telemetry::limit`): complete even when the lines about them were summarised.
     pub audit: crate::telemetry::limit::AuditStats,
+    /// Messages held for sessions, queued or in flight (the `max_offline_*` bounds
+    /// count both), summed twice a second.
+    pub queued_messages: u64,
+    /// Bytes of those messages.
+    pub queued_bytes: u64,
+    /// CONNECT authentications by method ([`AUTH_METHODS`]) and outcome reason
+    /// ([`AUTH_REASONS`]; `accepted` is the success), zeros included.
+    pub auth: Vec<(&'static str, &'static str, u64)>,
 }
+
+/// How a network client authenticated (or tried to), as the metrics label it.
+pub const AUTH_METHODS: [&str; 5] = ["password", "jwt", "certificate", "anonymous", "other"];
+/// Why an authentication ended so: `accepted`, or the reason it was refused.
+pub const AUTH_REASONS: [&str; 6] = [
+    "accepted",
+    "bad_credentials",
+    "not_authorized",
+    "throttled",
+    "unavailable",
+    "timeout",
+];
 
 #[derive(Debug, Default)]
 pub(crate) struct StatsCounters {
@@ -99,6 +119,9 @@ pub(crate) struct StatsCounters {
     pub dropped_expired: AtomicU64,
     pub state_failures: AtomicU64,
     pub state_lost_at_open: AtomicU64,
+    pub auth: [[AtomicU64; AUTH_REASONS.len()]; AUTH_METHODS.len()],
+    pub queued_messages: AtomicU64,
+    pub queued_bytes: AtomicU64,
 }
 
 impl StatsCounters {
@@ -133,6 +156,52 @@ impl StatsCounters {
             state_failures: get(&self.state_failures),
             state_lost_at_open: get(&self.state_lost_at_open),
             audit: Default::default(),
+            queued_messages: get(&self.queued_messages),
+            queued_bytes: get(&self.queued_bytes),
+            auth: AUTH_METHODS
+                .iter()
+                .zip(&self.auth)
+                .flat_map(|(method, row)| {
+                    AUTH_REASONS
+                        .iter()
+                        .zip(row)
+                        .map(|(reason, n)| (*method, *reason, get(n)))
+                })
+                .collect(),
         }
     }
+
+    /// Count one authentication; unknown labels count as the last method or reason.
+    pub fn auth(&self, method: &str, reason: &str) {
+        let m = AUTH_METHODS
+            .iter()
+            .position(|x| *x == method)
+            .unwrap_or(AUTH_METHODS.len() - 1);
+        let r = AUTH_REASONS
+            .iter()
+            .position(|x| *x == reason)
+            .unwrap_or(AUTH_REASONS.len() - 1);
+        self.auth[m][r].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one listener that its connection tasks keep: messages both ways and the
+/// rate-control actions (shown by the metrics endpoint per listener, kept across reloads).
+/// Relaxed atomics, added to once per socket read or written batch, not per packet.
+#[derive(Debug, Default)]
+pub struct ListenerTraffic {
+    /// PUBLISH packets received from the listener's clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to the listener's clients.
+    pub messages_sent: AtomicU64,
+    /// Connection attempts closed at accept because their address exceeded `connect_rate`.
+    pub connects_refused: AtomicU64,
+    /// Times a client's socket was left unread because it exceeded `publish_rate`.
+    pub publish_throttled: AtomicU64,
+    /// Clients disconnected for exceeding `publish_rate` (`on_excess = "disconnect"`).
+    pub publish_rate_disconnects: AtomicU64,
+    /// SUBSCRIBE filters granted a lower QoS than asked because of `max_qos`.
+    pub qos_downgraded: AtomicU64,
+    /// PUBLISH packets and wills above `max_qos` (the client was disconnected or refused).
+    pub qos_refused: AtomicU64,
 }

@@ -163,6 +163,19 @@ pub struct ListenerConfig {
     /// QoS 1/2 message: `drop-oldest`, `drop-new` or `block-publishers`.
     #[serde(default, deserialize_with = "by_name")]
     pub queue_overflow: QueueOverflow,
+    /// Connection attempts per source address (token bucket, before TLS); absent: off.
+    #[serde(default)]
+    pub connect_rate: Option<crate::edge::rate::ConnectRate>,
+    /// PUBLISH messages and bytes per second per client; absent: off.
+    #[serde(default)]
+    pub publish_rate: Option<crate::edge::rate::PublishRate>,
+    /// Highest QoS accepted for PUBLISH and wills and granted to subscriptions (0, 1, 2).
+    #[serde(default = "default_max_qos")]
+    pub max_qos: u8,
+}
+
+fn default_max_qos() -> u8 {
+    2
 }
 
 /// `[[listener]] tcp_keepalive = { enabled, idle, interval, count }`.
@@ -197,7 +210,7 @@ impl Default for TcpKeepaliveConfig {
 /// Deserialize a unit-variant enum from its name through a plain string, so a wrong
 /// name gets serde's "unknown variant `x`, expected one of ..." message whatever the
 /// source format (the `config` crate's own enum errors do not list the choices).
-fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::de::DeserializeOwned,
@@ -284,6 +297,16 @@ impl ListenerConfig {
             interval: k.interval,
             count: k.count,
         })
+    }
+
+    /// `max_qos` as the broker checks it: `None` for 2 (nothing to check).
+    pub fn max_qos_limit(&self) -> Option<crate::broker::codec::QoS> {
+        use crate::broker::codec::QoS;
+        match self.max_qos {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            _ => None,
+        }
     }
 
     /// What this listener demands of the MQTT keep alive in CONNECT.

@@ -351,6 +351,7 @@ fn listeners(config: &Config, r: &mut Report<'_>) {
             binds.push((i, addr));
         }
         keepalive(config, l, r);
+        rate_controls(l, r);
         let loopback = addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
         websocket(l, r);
         match l.transport {
@@ -512,6 +513,46 @@ fn websocket(l: &ListenerConfig, r: &mut Report<'_>) {
             );
         }
     }
+}
+
+/// `connect_rate`, `publish_rate` and `max_qos` of one listener.
+fn rate_controls(l: &ListenerConfig, r: &mut Report<'_>) {
+    let i = l.index;
+    let key = |field: &str| format!("listener[{i}].{field}");
+    if let Some(c) = &l.connect_rate {
+        if !(c.per_second.is_finite() && c.per_second > 0.0 && c.per_second <= 1_000_000.0) {
+            r.error(
+                key("connect_rate.per_second"),
+                format!(
+                    "{} is not a rate between 0 and 1000000 attempts per second (exclusive of 0); write e.g. 1.0",
+                    c.per_second
+                ),
+            );
+        }
+        r.range(
+            &key("connect_rate.burst"),
+            c.burst,
+            1,
+            1_000_000,
+            " attempts",
+        );
+        r.range(
+            &key("connect_rate.max_addresses"),
+            c.max_addresses,
+            1,
+            crate::edge::rate::MAX_ADDRESSES_LIMIT,
+            " addresses",
+        );
+    }
+    if let Some(p) = &l.publish_rate {
+        if p.msgs == 0 && p.bytes == 0 {
+            r.error(
+                key("publish_rate"),
+                "limits nothing: set msgs (PUBLISH packets per second) and/or bytes (per second), or remove publish_rate",
+            );
+        }
+    }
+    r.range(&key("max_qos"), l.max_qos, 0, 2, "");
 }
 
 /// Linux's upper bound for TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::broker::BrokerStats;
+use crate::broker::{BrokerStats, ListenerTraffic};
 
 /// Largest request head (request line and headers) read from a scraper.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -85,6 +85,8 @@ pub struct ListenerCounters {
     pub tls_failures: [AtomicU64; TLS_FAILURE_REASONS.len()],
     /// WebSocket upgrade refusals by [`WS_REFUSAL_REASONS`].
     pub ws_refusals: [AtomicU64; WS_REFUSAL_REASONS.len()],
+    /// Messages and rate-control actions, kept by the connection tasks.
+    pub traffic: Arc<ListenerTraffic>,
 }
 
 impl ListenerCounters {
@@ -305,6 +307,18 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
         "Publisher acknowledgements held back for durable subscribers now.",
         b.durable_holds,
     );
+    out.single(
+        "tollgate_queued_messages",
+        "gauge",
+        "Messages held for sessions, online and offline: queued or in flight and not yet acknowledged (summed twice a second).",
+        b.queued_messages,
+    );
+    out.single(
+        "tollgate_queued_bytes",
+        "gauge",
+        "Bytes of the messages held for sessions, queued or in flight (summed twice a second).",
+        b.queued_bytes,
+    );
     out.single("tollgate_publishers_blocked_total", "counter", "QoS 1/2 messages whose publisher's acknowledgement was held back by a full queue (block-publishers).", b.publishers_blocked);
     out.family(
         "tollgate_messages_dropped_total",
@@ -320,6 +334,7 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
     ] {
         out.sample("tollgate_messages_dropped_total", &[("reason", reason)], n);
     }
+    auth_family(out, b);
     out.family(
         "tollgate_refusals_total",
         "counter",
@@ -376,10 +391,31 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
     );
 }
 
+/// `tollgate_auth_total`: every CONNECT authentication by method, outcome and reason.
+fn auth_family(out: &mut Exposition, b: &BrokerStats) {
+    out.family(
+        "tollgate_auth_total",
+        "counter",
+        "CONNECT authentications by method (password, certificate, anonymous, other), outcome (success, refused) and reason (accepted, bad_credentials, not_authorized, throttled, unavailable, timeout).",
+    );
+    for (method, reason, n) in &b.auth {
+        let outcome = if *reason == "accepted" {
+            "success"
+        } else {
+            "refused"
+        };
+        out.sample(
+            "tollgate_auth_total",
+            &[("method", method), ("outcome", outcome), ("reason", reason)],
+            n,
+        );
+    }
+}
+
 fn listener_families(out: &mut Exposition, listeners: &[ListenerView]) {
     type Get = fn(&ListenerCounters) -> u64;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let simple: [(&str, &str, &str, Get); 5] = [
+    let simple: [(&str, &str, &str, Get); 9] = [
         (
             "tollgate_listener_connections_accepted_total",
             "counter",
@@ -414,12 +450,58 @@ fn listener_families(out: &mut Exposition, listeners: &[ListenerView]) {
             "MQTT bytes written to the listener's clients.",
             |c| c.bytes_sent.load(Ordering::Relaxed),
         ),
+        (
+            "tollgate_listener_messages_received_total",
+            "counter",
+            "PUBLISH packets received from the listener's clients.",
+            |c| c.traffic.messages_received.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_listener_messages_sent_total",
+            "counter",
+            "PUBLISH packets sent to the listener's clients.",
+            |c| c.traffic.messages_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_listener_subscriptions_downgraded_total",
+            "counter",
+            "SUBSCRIBE filters granted a lower QoS than asked because of max_qos.",
+            |c| c.traffic.qos_downgraded.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_listener_throttled_total",
+            "counter",
+            "Times a client's socket was left unread because it exceeded publish_rate.",
+            |c| c.traffic.publish_throttled.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, get) in simple {
         out.family(name, kind, help);
         for l in listeners {
             let labels = [("listener", &*l.name), ("transport", l.transport)];
             out.sample(name, &labels, get(&l.counters));
+        }
+    }
+    out.family(
+        "tollgate_rate_limited_total",
+        "counter",
+        "Connections closed or refused by a listener's rate controls, by action: connect_rate (closed before TLS), publish_rate (disconnected), max_qos (PUBLISH or will above it).",
+    );
+    for l in listeners {
+        let t = &l.counters.traffic;
+        for (action, n) in [
+            ("connect_rate", t.connects_refused.load(Ordering::Relaxed)),
+            (
+                "publish_rate",
+                t.publish_rate_disconnects.load(Ordering::Relaxed),
+            ),
+            ("max_qos", t.qos_refused.load(Ordering::Relaxed)),
+        ] {
+            out.sample(
+                "tollgate_rate_limited_total",
+                &[("listener", &l.name), ("action", action)],
+                n,
+            );
         }
     }
     out.family(

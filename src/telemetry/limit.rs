@@ -43,7 +43,8 @@ pub const DEFAULT_PER_BROKER: u32 = 1000;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Sets in the per-peer table (a power of two).
 pub const PEER_TABLE_SETS: usize = 512;
-/// Slots per set: 512 × 4 = 2,048 peers tracked at most (about 180 KiB).
+/// Slots per set: 512 × 4 = 2,048 peers tracked at most (192 KiB: six counters of
+/// suppressed lines per slot, one per [`Kind`]).
 pub const PEER_TABLE_WAYS: usize = 4;
 /// Bytes of a client-supplied string written to a log line; the rest is counted, not shown.
 pub const MAX_LOGGED_BYTES: usize = 256;
@@ -62,9 +63,11 @@ pub enum Kind {
     ProtocolViolation,
     /// Connect timeout or keep alive timeout.
     Timeout,
+    /// A listener's rate control acted (`connect_rate`, `publish_rate`, `max_qos`).
+    RateLimited,
 }
 
-const KINDS: usize = 5;
+const KINDS: usize = 6;
 
 impl Kind {
     fn index(self) -> usize {
@@ -366,7 +369,8 @@ fn write_summary(s: &Summary, interval: Duration) {
     if total == 0 {
         return;
     }
-    let [acl_denied, auth_refused, invalid_connect, protocol_violation, timeout] = s.suppressed;
+    let [acl_denied, auth_refused, invalid_connect, protocol_violation, timeout, rate_limited] =
+        s.suppressed;
     let peer = match s.peer {
         Some(IpAddr::V6(p)) => format!("{p}/64"),
         Some(p) => p.to_string(),
@@ -383,6 +387,7 @@ fn write_summary(s: &Summary, interval: Duration) {
         invalid_connect,
         protocol_violation,
         timeout,
+        rate_limited,
         interval_secs = interval.as_secs(),
         "Log lines suppressed by the rate limit; every event is still counted in the broker statistics."
     );
@@ -769,7 +774,7 @@ mod tests {
     #[test]
     fn peer_table_memory_is_as_documented() {
         let bytes = PEER_TABLE_SETS * PEER_TABLE_WAYS * std::mem::size_of::<Option<PeerSlot>>();
-        assert!(bytes <= 180 * 1024, "{bytes} bytes");
+        assert!(bytes <= 192 * 1024, "{bytes} bytes");
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub async fn start_broker_on(
                         certificate_identity: None,
                         peer_certificates: None,
                         connect_deadline: tokio::time::Instant::now() + connect_timeout,
+                    traffic: Default::default(),
                     };
                     let b = accept_broker.clone();
                     connections.spawn(async move { b.serve(stream, info).await });

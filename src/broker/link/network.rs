@@ -28,16 +28,17 @@ use self::io::{write_last, READ_BUFFER};
 use self::protocol::{ConnState, WriteDecisions};
 use self::session::Session;
 use super::{refusal_properties, ConnectRequest, Message, RouterMsg, WillSpec};
-use crate::auth::{AuthError, AuthRequest, Identity};
+use crate::auth::{AuthError, AuthMethod, AuthRequest, Identity};
 use crate::broker::aliases::{InboundAliases, OutboundAliases};
 use crate::broker::checks::will_topic;
-use crate::broker::codec::{self, v5, ProtocolVersion};
+use crate::broker::codec::{self, v5, ProtocolVersion, QoS};
 use crate::broker::fasthash::IntSet;
 use crate::broker::keepalive::KeepAliveGrant;
 use crate::broker::reason::ReasonCode;
 use crate::broker::revalidate::RevalidateCheck;
 use crate::broker::settings::{BrokerSettings, ConnectionInfo};
 use crate::broker::shared::Shared;
+use crate::edge::rate::PublishLimiter;
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
@@ -257,6 +258,7 @@ async fn admit_steps(
                 (session_expiry != requested_expiry).then_some(session_expiry),
                 assigned,
                 grant.server_keep_alive,
+                info.listener.max_qos,
             )
         }),
     };
@@ -307,6 +309,14 @@ async fn admit_steps(
             awaiting_ack: IntSet::default(),
             wbuf: BytesMut::new(),
             write_decisions: WriteDecisions::default(),
+            max_qos: info.listener.max_qos,
+            rate: info
+                .listener
+                .publish_rate
+                .map(|r| Box::new(PublishLimiter::new(r, tokio::time::Instant::now()))),
+            throttled_until: None,
+            publishes: 0,
+            traffic: info.traffic.clone(),
         },
         rbuf,
         out_rx,
@@ -371,6 +381,17 @@ fn will_spec(
     w: v5::LastWill,
     client_id: &str,
 ) -> Result<WillSpec, Refusal> {
+    if let Some(max) = info.listener.max_qos.filter(|max| w.qos as u8 > *max as u8) {
+        info.traffic.qos_refused.fetch_add(1, Ordering::Relaxed);
+        if log_limit::event(Kind::RateLimited) {
+            warn!(client_id = %LogStr(client_id), peer = %info.peer, listener = %info.listener.name, will_qos = w.qos as u8, max_qos = max as u8, "Connection refused: will QoS above the listener's max_qos.");
+        }
+        // v5: 0x9B QoS not supported; 3.1.1 gets its mapping (`reason.rs`: 0x03).
+        return Err(refusal(
+            ReasonCode::QoSNotSupported,
+            format!("will QoS above the listener's maximum QoS {}", max as u8),
+        ));
+    }
     if let Err(reason) = will_topic(&w.topic, shared.settings.max_topic_levels) {
         if log_limit::event(Kind::InvalidConnect) {
             warn!(client_id = %LogStr(client_id), peer = %info.peer, reason = %LogStr(&reason), "Connection refused: invalid will topic.");
@@ -432,9 +453,45 @@ async fn authenticate(
         password,
         certificate_identity: info.certificate_identity.clone(),
     };
-    let authenticator = shared.authenticator();
-    match tokio::time::timeout_at(info.connect_deadline, authenticator.authenticate(request)).await
+    // The method tried, for the metrics: what the CONNECT brought.
+    let tried = if request.jwt_auth
+        && request
+            .password
+            .as_deref()
+            .is_some_and(crate::auth::jwt::looks_like_jwt)
     {
+        "jwt"
+    } else if request.password.is_some() || request.username.is_some() {
+        "password"
+    } else if request.certificate_identity.is_some() {
+        "certificate"
+    } else {
+        "anonymous"
+    };
+    let authenticator = shared.authenticator();
+    let outcome =
+        tokio::time::timeout_at(info.connect_deadline, authenticator.authenticate(request)).await;
+    shared.stats.auth(
+        match &outcome {
+            Ok(Ok(identity)) => match identity.via {
+                AuthMethod::Password => "password",
+                AuthMethod::Certificate => "certificate",
+                AuthMethod::Anonymous => "anonymous",
+                AuthMethod::Jwt => "jwt",
+                AuthMethod::Internal => "other",
+            },
+            _ => tried,
+        },
+        match &outcome {
+            Err(_) => "timeout",
+            Ok(Ok(_)) => "accepted",
+            Ok(Err(AuthError::BadCredentials)) => "bad_credentials",
+            Ok(Err(AuthError::NotAuthorized(_))) => "not_authorized",
+            Ok(Err(AuthError::Throttled)) => "throttled",
+            Ok(Err(AuthError::Unavailable(_))) => "unavailable",
+        },
+    );
+    match outcome {
         Err(_) => {
             if log_limit::event(Kind::Timeout) {
                 info!(client_id = %LogStr(&client_id), %peer, "Connection closed: authentication did not finish before the connect timeout.");
@@ -485,11 +542,13 @@ fn accepted_properties(
     session_expiry_interval: Option<u32>,
     assigned_client_identifier: Option<String>,
     server_keep_alive: Option<u16>,
+    max_qos: Option<QoS>,
 ) -> v5::ConnAckProperties {
     v5::ConnAckProperties {
         session_expiry_interval,
         receive_max: Some(settings.receive_maximum),
-        max_qos: None,
+        // Absent means 2; the property may only say 0 or 1.
+        max_qos: max_qos.filter(|q| *q != QoS::ExactlyOnce).map(|q| q as u8),
         retain_available: Some(1),
         max_packet_size: Some(settings.max_packet_size),
         assigned_client_identifier,
@@ -537,6 +596,7 @@ mod tests {
             certificate_identity: None,
             peer_certificates: None,
             connect_deadline: tokio::time::Instant::now(),
+            traffic: Default::default(),
         };
         let run_size = std::mem::size_of_val(&run(shared.clone(), stream, info.clone()));
         let (mut stream, _peer) = tokio::io::duplex(64);

@@ -244,6 +244,7 @@ fn via_from(b: u8) -> Result<AuthMethod, String> {
         1 => AuthMethod::Certificate,
         2 => AuthMethod::Anonymous,
         3 => AuthMethod::Internal,
+        4 => AuthMethod::Jwt,
         v => return Err(format!("invalid identity kind {v}")),
     })
 }

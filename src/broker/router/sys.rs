@@ -118,12 +118,14 @@ impl Router {
             Bytes::from_static(b"$SYS/tollgate/auth/untracked_failures"),
             crate::auth::untracked_failures().to_string(),
         );
+        let listeners = listener_values(&self.ctx.shared);
         let values = values
             .into_iter()
             .chain(state_values(&snapshot))
             .map(|(topic, value)| (Bytes::from_static(topic.as_bytes()), value))
             .chain(events)
-            .chain(std::iter::once(untracked));
+            .chain(std::iter::once(untracked))
+            .chain(listeners);
         for (topic, value) in values {
             self.route(
                 Arc::new(Message {
@@ -171,4 +173,32 @@ fn state_values(snapshot: &crate::broker::stats::BrokerStats) -> [(&'static str,
             snapshot.state_lost_at_open.to_string(),
         ),
     ]
+}
+
+/// `$SYS/tollgate/listener/<name>/...`: each registered listener's messages and the
+/// actions of its rate controls.
+fn listener_values(shared: &crate::broker::shared::Shared) -> Vec<(Bytes, String)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let listeners = shared
+        .listeners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut values = Vec::with_capacity(listeners.len() * 7);
+    for (name, t) in listeners.iter() {
+        for (suffix, n) in [
+            ("messages/received", &t.messages_received),
+            ("messages/sent", &t.messages_sent),
+            ("rate/connects_refused", &t.connects_refused),
+            ("rate/publish_throttled", &t.publish_throttled),
+            ("rate/publish_disconnects", &t.publish_rate_disconnects),
+            ("rate/qos_downgraded", &t.qos_downgraded),
+            ("rate/qos_refused", &t.qos_refused),
+        ] {
+            values.push((
+                Bytes::from(format!("$SYS/tollgate/listener/{name}/{suffix}")),
+                n.load(Relaxed).to_string(),
+            ));
+        }
+    }
+    values
 }

@@ -20,6 +20,8 @@ use crate::broker::fasthash::IntSet;
 use crate::broker::link::{Inbound, Outgoing};
 use crate::broker::reason::ReasonCode;
 use crate::broker::shared::Shared;
+use crate::broker::stats::ListenerTraffic;
+use crate::edge::rate::{OnExcess, PublishLimiter};
 use crate::telemetry::limit::LogStr;
 use crate::topic;
 
@@ -61,6 +63,17 @@ pub(super) struct ConnState {
     pub(super) wbuf: BytesMut,
     /// Recent PUBLISH authorization decisions of this connection.
     pub(super) write_decisions: WriteDecisions,
+    /// The listener's `max_qos` (`None`: 2, nothing to check).
+    pub(super) max_qos: Option<QoS>,
+    /// The listener's `publish_rate` buckets of this client (`None`: not limited).
+    pub(super) rate: Option<Box<PublishLimiter>>,
+    /// Set when `process` stopped before a PUBLISH the rate does not allow yet: the
+    /// socket is not read before this instant (throttle).
+    pub(super) throttled_until: Option<Instant>,
+    /// PUBLISH packets decoded since the session loop last counted them.
+    pub(super) publishes: u64,
+    /// The listener's message and rate-control counters.
+    pub(super) traffic: Arc<ListenerTraffic>,
 }
 
 /// Most recent PUBLISH topics whose decision a connection remembers.
@@ -197,21 +210,58 @@ impl ConnState {
         at: &mut usize,
         limit: usize,
     ) -> bool {
+        let mut sent = 0u64;
+        let mut close = false;
         while *at < batch.len() && self.wbuf.len() < limit {
             let item = std::mem::replace(&mut batch[*at], Outgoing::Close);
             *at += 1;
             match item {
                 Outgoing::Publish(p) => {
+                    sent += 1;
                     let mut publish = p.to_publish(self.v5());
                     self.out_aliases.apply(&mut publish);
                     self.encode(&v5::Packet::Publish(publish))
                 }
                 Outgoing::Ack(a) => self.encode(&a.to_packet()),
                 Outgoing::Packet(p) => self.encode(&p),
-                Outgoing::Close => return true,
+                Outgoing::Close => {
+                    close = true;
+                    break;
+                }
             }
         }
-        false
+        if sent > 0 {
+            self.traffic
+                .messages_sent
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        close
+    }
+
+    /// The `publish_rate` check before the next packet, a PUBLISH: `Ok(true)` when it must
+    /// wait (throttle: `throttled_until` is set), `Err` when the client is to be
+    /// disconnected for it.
+    fn over_rate(&mut self) -> Result<bool, Violation> {
+        let Some(rate) = self.rate.as_deref() else {
+            return Ok(false);
+        };
+        if !rate.exhausted() {
+            return Ok(false);
+        }
+        match rate.on_excess() {
+            OnExcess::Throttle => {
+                self.throttled_until = Some(rate.ready_at());
+                Ok(true)
+            }
+            OnExcess::Disconnect => Err(violation(
+                ReasonCode::MessageRateTooHigh,
+                format!(
+                    "more than {} messages or {} bytes per second (publish_rate)",
+                    rate.rate().msgs,
+                    rate.rate().bytes
+                ),
+            )),
+        }
     }
 
     /// Decode and handle every complete packet in `rbuf`.
@@ -221,8 +271,17 @@ impl ConnState {
         items: &mut Vec<Inbound>,
     ) -> Result<Option<End>, Violation> {
         let authorizer = self.shared.authorizer();
+        if let Some(rate) = self.rate.as_deref_mut() {
+            rate.refill(Instant::now());
+        }
         loop {
             if self.inbound_full() && next_is_qos_publish(rbuf) {
+                return Ok(None);
+            }
+            if self.rate.is_some()
+                && rbuf.first().is_some_and(|b| b >> 4 == 3)
+                && self.over_rate()?
+            {
                 return Ok(None);
             }
             let packet = match self.codec.decode(rbuf) {
@@ -293,6 +352,23 @@ impl ConnState {
         authorizer: &Arc<dyn crate::acl::Authorizer>,
         items: &mut Vec<Inbound>,
     ) -> Result<(), Violation> {
+        self.publishes += 1;
+        if let Some(rate) = self.rate.as_deref_mut() {
+            rate.take(p.topic.len() + p.payload.len());
+        }
+        if self.max_qos.is_some_and(|max| p.qos as u8 > max as u8) {
+            self.traffic
+                .qos_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(violation(
+                ReasonCode::QoSNotSupported,
+                format!(
+                    "PUBLISH at QoS {} above the listener's maximum QoS {}",
+                    p.qos as u8,
+                    self.max_qos.map_or(2, |q| q as u8)
+                ),
+            ));
+        }
         let settings = &self.shared.settings;
         let alias = p.properties.as_mut().and_then(|pp| pp.topic_alias.take());
         // Set only once the PUBLISH carrying it has been accepted (valid, authorized).
@@ -461,7 +537,14 @@ impl ConnState {
             ));
         }
         let mut filters = Vec::with_capacity(s.filters.len());
-        for f in s.filters {
+        for mut f in s.filters {
+            if let Some(max) = self.max_qos.filter(|max| f.qos as u8 > *max as u8) {
+                // Granted at most max_qos (SUBACK says which), as the spec lets a server do.
+                f.qos = max;
+                self.traffic
+                    .qos_downgraded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let refused = match check_filter(
                 &f,
                 &self.identity,

@@ -70,6 +70,14 @@ pub(super) struct Session {
     pub(super) carry_at: usize,
 }
 
+/// Wait for the end of a `publish_rate` throttle (never without one).
+async fn throttle_wait(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A deadline that never comes in practice: the timer's target without keep alive.
 const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -174,17 +182,23 @@ impl Session {
                 self.rbuf.reserve(read_hint);
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
+            // `publish_rate` throttle: the socket is not read until the bucket refills.
+            let throttled = self.state.throttled_until;
+            let paused = stalled || throttled.is_some();
             let ended = tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => Some(self.shutting_down()),
                 batch = self.out_rx.recv() => self.outgoing(batch, stalled, &mut pace, sleep.as_mut()),
-                read = stream.read_buf(&mut self.rbuf), if !stalled => {
+                read = stream.read_buf(&mut self.rbuf), if !paused => {
                     self.received(read, spare, &shared, &mut pace, sleep.as_mut())
                 }
                 changed = self.revalidate.changed(), if pace.revalidate_open => {
                     self.revalidated(changed.is_ok(), &mut pace)
                 }
-                _ = &mut sleep, if !stalled => self.timer(&mut pace, sleep.as_mut()),
+                _ = &mut sleep, if !paused => self.timer(&mut pace, sleep.as_mut()),
+                _ = throttle_wait(throttled), if throttled.is_some() => {
+                    self.throttle_over(&mut pace, sleep.as_mut())
+                }
             };
             if let Some(end) = ended {
                 break end;
@@ -200,6 +214,16 @@ impl Session {
         let mut items = pool::INBOUND.take(pace.items_hint);
         let outcome = self.state.process(&mut self.rbuf, &mut items);
         pace.items_hint = items.len().clamp(1, 256);
+        if self.state.publishes > 0 {
+            let n = std::mem::take(&mut self.state.publishes);
+            self.state
+                .traffic
+                .messages_received
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        if self.state.throttled_until.is_some() {
+            self.throttled();
+        }
         if items.is_empty() {
             pool::INBOUND.give(items);
         } else if shared
@@ -218,6 +242,27 @@ impl Session {
         }
         match outcome {
             Ok(end) => end,
+            Err(v)
+                if matches!(
+                    v.code,
+                    ReasonCode::MessageRateTooHigh | ReasonCode::QoSNotSupported
+                ) =>
+            {
+                if v.code == ReasonCode::MessageRateTooHigh {
+                    self.state
+                        .traffic
+                        .publish_rate_disconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if log_limit::event(Kind::RateLimited) {
+                    warn!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, listener = %self.listener, code = v.code.as_u8(), reason = %LogStr(&v.reason), "Client disconnected by the listener's rate controls.");
+                }
+                if self.state.v5() {
+                    self.state.encode(&disconnect_packet(v.code, &v.reason));
+                }
+                pace.drain = true;
+                Some(End::Abnormal)
+            }
             Err(v) => {
                 if log_limit::event(Kind::ProtocolViolation) {
                     warn!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, code = v.code.as_u8(), reason = %LogStr(&v.reason), "Client disconnected: protocol violation.");
@@ -229,6 +274,30 @@ impl Session {
                 Some(End::Abnormal)
             }
         }
+    }
+
+    /// `process` stopped before a PUBLISH beyond `publish_rate`: counted and logged
+    /// (rate-limited); the loop stops reading until `throttled_until`.
+    fn throttled(&mut self) {
+        self.state
+            .traffic
+            .publish_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        if log_limit::event(Kind::RateLimited) {
+            info!(client_id = %LogStr(&self.state.identity.client_id), peer = %self.state.peer, listener = %self.listener, "Client throttled: PUBLISH rate above the listener's publish_rate; its socket is not read until the rate allows.");
+        }
+    }
+
+    /// The throttle ran out: decode again; the client gets a full keep alive period
+    /// (the pause was the broker's).
+    fn throttle_over(&mut self, pace: &mut Pace, sleep: Pin<&mut Sleep>) -> Option<End> {
+        self.state.throttled_until = None;
+        if let Some(k) = pace.keepalive {
+            pace.keepalive_at = Instant::now() + k;
+        }
+        sleep.reset((Instant::now() + IDLE_RELEASE).min(pace.keepalive_at));
+        pace.parse = true;
+        None
     }
 
     /// The broker is shutting down: v5 clients are told so.

@@ -314,6 +314,7 @@ async fn online_wills_load_as_if_their_connection_dropped_at_the_load() {
         client_id: client.into(),
         via: AuthMethod::Password,
         listener: Arc::from("local"),
+        jwt: None,
     };
     // A stored session online with a will delayed 20 s (expiry 3600 s).
     let id = log.new_id();

@@ -90,6 +90,9 @@ impl Record {
                 client_id,
                 via,
                 listener: Arc::from(listener.as_str()),
+                // Not stored: a token identity restored without its grant is allowed
+                // nothing (the will of such a client is refused when published).
+                jwt: None,
             },
             delay,
             msg,
