@@ -89,6 +89,11 @@ pub struct Args {
     /// Messages per bridge throughput run (all publishers together).
     #[arg(long, default_value_t = 100_000)]
     pub bridge_messages: usize,
+    /// tollgate bridge's `max_inflight` (QoS 1 PUBLISHes in flight to the cloud; its
+    /// default is 100). Mosquitto's bridge in this section has no such limit
+    /// (`max_inflight_messages 0`).
+    #[arg(long)]
+    pub bridge_inflight: Option<u16>,
     /// Paced QoS 1 rate (msg/s, all publishers) of the bridge latency runs; below what
     /// both bridges sustain, or the figure is queueing (runs last --latency-secs).
     #[arg(long, default_value_t = 500.0)]

@@ -220,7 +220,13 @@ async fn start_gateway(
             let base = setup::tollgate_conf(&data, pki, ports, None, !bench.args.tollgate_defaults);
             (
                 dir.join(format!("{name}.toml")),
-                conf::tollgate_gateway_conf(&base, pki, gw_cert, cloud_at.port),
+                conf::tollgate_gateway_conf(
+                    &base,
+                    pki,
+                    gw_cert,
+                    cloud_at.port,
+                    bench.args.bridge_inflight,
+                ),
             )
         }
         Flavor::Mosquitto => (

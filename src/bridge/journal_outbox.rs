@@ -377,6 +377,17 @@ impl Outbox for JournalOutbox {
         self.inner.room.notify_waiters();
     }
 
+    /// One command (one wake-up of the writer thread) for them all.
+    fn ack_many(&self, seqs: Vec<Seq>) {
+        if seqs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.journal.ack_many(seqs) {
+            warn!(bridge = %self.inner.name, reason = %e, "Bridge journal: acknowledgements not stored.");
+        }
+        self.inner.room.notify_waiters();
+    }
+
     fn pending(&self, after: Option<Seq>, limit: usize) -> BoxFuture<Vec<StoredRecord>> {
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -525,6 +536,34 @@ mod tests {
         let d = o.append(record("d", "4")).await.expect("stored");
         assert!(d > c);
         assert_eq!(topics(&o.pending(None, 10).await), ["a", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn records_acknowledged_together_are_forgotten_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = journal_dir(dir.path(), "cloud");
+        let (o, _) = JournalOutbox::open(&path, "cloud", 1 << 20, Overflow::BlockPublishers)
+            .await
+            .expect("open");
+        let a = o.append(record("a", "1")).await.expect("stored");
+        let b = o.append(record("b", "2")).await.expect("stored");
+        let c = o.append(record("c", "3")).await.expect("stored");
+        o.ack_many(Vec::new());
+        assert_eq!(topics(&o.pending(None, 10).await), ["a", "b", "c"]);
+        o.ack_many(vec![a, c]);
+        assert_eq!(topics(&o.pending(None, 10).await), ["b"]);
+        o.inner.journal.sync().await.expect("sync");
+        let n = o.counters();
+        assert_eq!((n.queued_messages, n.acked), (1, 2));
+        o.close().await.expect("close");
+        drop(o);
+        let (o, rec) = JournalOutbox::open(&path, "cloud", 1 << 20, Overflow::BlockPublishers)
+            .await
+            .expect("reopen");
+        assert_eq!(rec.pending.len(), 1);
+        let left = o.pending(None, 10).await;
+        assert_eq!(topics(&left), ["b"]);
+        assert_eq!(left[0].seq, b);
     }
 
     #[tokio::test]

@@ -145,6 +145,13 @@ pub trait Outbox: Send + Sync + 'static {
     /// The cloud acknowledged record `seq`: forget it (unknown numbers are ignored).
     fn ack(&self, seq: Seq);
 
+    /// [`Outbox::ack`] for several records at once (those of one turn of the uplink).
+    fn ack_many(&self, seqs: Vec<Seq>) {
+        for seq in seqs {
+            self.ack(seq);
+        }
+    }
+
     /// Up to `limit` stored records after `after` (from the first when `None`), in order
     /// (async: the journal reads them on its writer thread).
     fn pending(&self, after: Option<Seq>, limit: usize) -> BoxFuture<Vec<StoredRecord>>;

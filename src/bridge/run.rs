@@ -635,22 +635,13 @@ async fn serve(
                     for event in up.events_before_the_end() {
                         session.on_event(event, up, shared).await;
                     }
+                    session.release_acks(shared);
                     return Ended::Lost {
                         connected_for: session.connected_at.map(|t| t.elapsed()),
                         error,
                     };
                 }
-                Ok(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }) => {
-                    info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, topic_alias_max, "Bridge connected to the cloud.");
-                    session.on_event(UplinkEvent::Connected { session_present, window, max_packet_size, topic_alias_max }, up, shared).await;
-                    shared.board.set(LinkState::Connected, Some(address), None);
-                }
-                Ok(event) => {
-                    if let Some(m) = session.on_event(event, up, shared).await {
-                        links.next_id += 1;
-                        ingress(shared, up, session, m, links.next_id, &links.ingress_tx, &links.ingress_queued);
-                    }
-                }
+                Ok(event) => turn(shared, up, session, links, address, event).await,
             },
             _ = &mut ack_timer, if ack_armed.is_some() => {
                 let pkid = deadline.map(|(_, p)| p).unwrap_or_default();
@@ -681,6 +672,63 @@ async fn serve(
             }
         }
     }
+}
+
+/// Handle `event` and every event rumqttc queued with it (the rest of one read's
+/// PUBACKs, the `Sent` of one write's PUBLISHes) in one turn, then hand the
+/// acknowledged records to the outbox at once: a `select!` round, a fresh poll future
+/// and a journal command per event were the uplink's largest costs after TLS.
+async fn turn(
+    shared: &Shared,
+    up: &mut Uplink,
+    session: &mut Session,
+    links: &mut UplinkLinks,
+    address: &str,
+    event: UplinkEvent,
+) {
+    let config = &shared.config;
+    let mut next = Some(event);
+    while let Some(event) = next.take() {
+        match event {
+            UplinkEvent::Connected {
+                session_present,
+                window,
+                max_packet_size,
+                topic_alias_max,
+            } => {
+                info!(bridge = %config.name, %address, session_present, window, ?max_packet_size, topic_alias_max, "Bridge connected to the cloud.");
+                session
+                    .on_event(
+                        UplinkEvent::Connected {
+                            session_present,
+                            window,
+                            max_packet_size,
+                            topic_alias_max,
+                        },
+                        up,
+                        shared,
+                    )
+                    .await;
+                shared.board.set(LinkState::Connected, Some(address), None);
+            }
+            event => {
+                if let Some(m) = session.on_event(event, up, shared).await {
+                    links.next_id += 1;
+                    ingress(
+                        shared,
+                        up,
+                        session,
+                        m,
+                        links.next_id,
+                        &links.ingress_tx,
+                        &links.ingress_queued,
+                    );
+                }
+            }
+        }
+        next = up.queued();
+    }
+    session.release_acks(shared);
 }
 
 /// Hand a message from the cloud to the intake (or drop it when no rule maps it).
@@ -744,6 +792,7 @@ async fn flush(up: &mut Uplink, session: &mut Session, shared: &Shared) {
                     // Intake has stopped: not acknowledged, the cloud keeps it.
                     drop(m);
                 }
+                session.release_acks(shared);
             }
             Ok(Err(_)) | Err(_) => break,
         }

@@ -88,6 +88,9 @@ pub(super) struct Session {
     stop_filling: bool,
     pub connected_at: Option<Instant>,
     pub waiting_acks: HashMap<u64, Box<Incoming>>,
+    /// Records the cloud acknowledged in this turn, forgotten by the outbox together
+    /// ([`Session::release_acks`]): one journal command per turn, not per PUBACK.
+    acked: Vec<Seq>,
 }
 
 impl Session {
@@ -111,6 +114,7 @@ impl Session {
             stop_filling: false,
             connected_at: None,
             waiting_acks: HashMap::new(),
+            acked: Vec::new(),
         }
     }
 
@@ -319,6 +323,14 @@ impl Session {
         true
     }
 
+    /// Hand the records acknowledged since the last call to the outbox (after every
+    /// turn of the uplink that handled events).
+    pub fn release_acks(&mut self, shared: &Shared) {
+        if !self.acked.is_empty() {
+            shared.outbox.ack_many(std::mem::take(&mut self.acked));
+        }
+    }
+
     /// Take no more records (what is in flight may still be acknowledged).
     pub fn stop_filling(&mut self) {
         self.stop_filling = true;
@@ -356,7 +368,7 @@ impl Session {
             UplinkEvent::Sent { .. } => Counters::bump(&counters.sent),
             UplinkEvent::Acked { pkid, refused } => {
                 if let Some(InFlight { seq: Some(seq), .. }) = self.inflight.remove(&pkid) {
-                    shared.outbox.ack(seq);
+                    self.acked.push(seq);
                     match refused {
                         None => Counters::bump(&counters.acked),
                         Some(reason) => {

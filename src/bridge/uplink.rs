@@ -383,86 +383,116 @@ impl Uplink {
 
     /// Drive the connection; an error ends this uplink.
     pub async fn poll(&mut self) -> Result<UplinkEvent, String> {
+        let max_inflight = self.max_inflight;
         match &mut self.events {
             EventLoop::V5(e) => {
-                use rumqttc::v5::{Event, Incoming as In};
                 let event = e.poll().await.map_err(|e| e.to_string())?;
-                Ok(match event {
-                    Event::Incoming(In::ConnAck(c)) => UplinkEvent::Connected {
-                        session_present: c.session_present,
-                        window: c
-                            .properties
-                            .as_ref()
-                            .and_then(|p| p.receive_max)
-                            .map_or(self.max_inflight, |r| r.clamp(1, self.max_inflight)),
-                        max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
-                        topic_alias_max: c
-                            .properties
-                            .as_ref()
-                            .and_then(|p| p.topic_alias_max)
-                            .unwrap_or(0),
-                    },
-                    Event::Incoming(In::PubAck(a)) => v5_acked(&a),
-                    Event::Incoming(In::PubRec(r))
-                        if !matches!(
-                            r.reason,
-                            p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers
-                        ) =>
-                    {
-                        UplinkEvent::Acked {
-                            pkid: r.pkid,
-                            refused: Some(format!("{:?}", r.reason)),
-                        }
-                    }
-                    Event::Incoming(In::PubComp(c)) => UplinkEvent::Acked {
-                        pkid: c.pkid,
-                        refused: None,
-                    },
-                    Event::Incoming(In::Publish(p)) => UplinkEvent::Message(Box::new(Incoming {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.clone(),
-                        qos: p.qos as u8,
-                        retain: p.retain,
-                        properties: p.properties.clone(),
-                        raw: RawPublish::V5(p),
-                    })),
-                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
-                    _ => UplinkEvent::Other,
-                })
+                Ok(v5_event(event, max_inflight))
             }
             EventLoop::V4(e) => {
-                use rumqttc::{Event, Packet};
                 let event = e.poll().await.map_err(|e| e.to_string())?;
-                Ok(match event {
-                    Event::Incoming(Packet::ConnAck(c)) => UplinkEvent::Connected {
-                        session_present: c.session_present,
-                        window: self.max_inflight,
-                        max_packet_size: None,
-                        topic_alias_max: 0,
-                    },
-                    Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
-                        pkid: a.pkid,
-                        refused: None,
-                    },
-                    Event::Incoming(Packet::PubComp(c)) => UplinkEvent::Acked {
-                        pkid: c.pkid,
-                        refused: None,
-                    },
-                    Event::Incoming(Packet::Publish(p)) => {
-                        UplinkEvent::Message(Box::new(Incoming {
-                            topic: p.topic.clone(),
-                            payload: p.payload.clone(),
-                            qos: p.qos as u8,
-                            retain: p.retain,
-                            properties: None,
-                            raw: RawPublish::V4(p),
-                        }))
-                    }
-                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
-                    _ => UplinkEvent::Other,
-                })
+                Ok(v4_event(event, max_inflight))
             }
         }
+    }
+
+    /// The next event rumqttc already has queued (the rest of one read's PUBACKs, the
+    /// `Sent` of one write's PUBLISHes), without polling the connection: what the next
+    /// [`Uplink::poll`] would return first. The bridge drains these in one turn instead
+    /// of one `select!` round (and one fresh poll future) per event. Only after a
+    /// successful `poll` (after an error the queue is [`Uplink::events_before_the_end`]'s).
+    pub fn queued(&mut self) -> Option<UplinkEvent> {
+        let max_inflight = self.max_inflight;
+        match &mut self.events {
+            EventLoop::V5(e) => e
+                .state
+                .events
+                .pop_front()
+                .map(|event| v5_event(event, max_inflight)),
+            EventLoop::V4(e) => e
+                .state
+                .events
+                .pop_front()
+                .map(|event| v4_event(event, max_inflight)),
+        }
+    }
+}
+
+/// What the bridge makes of one MQTT 5 event of rumqttc.
+fn v5_event(event: rumqttc::v5::Event, max_inflight: u16) -> UplinkEvent {
+    use rumqttc::v5::{Event, Incoming as In};
+    match event {
+        Event::Incoming(In::ConnAck(c)) => UplinkEvent::Connected {
+            session_present: c.session_present,
+            window: c
+                .properties
+                .as_ref()
+                .and_then(|p| p.receive_max)
+                .map_or(max_inflight, |r| r.clamp(1, max_inflight)),
+            max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
+            topic_alias_max: c
+                .properties
+                .as_ref()
+                .and_then(|p| p.topic_alias_max)
+                .unwrap_or(0),
+        },
+        Event::Incoming(In::PubAck(a)) => v5_acked(&a),
+        Event::Incoming(In::PubRec(r))
+            if !matches!(
+                r.reason,
+                p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers
+            ) =>
+        {
+            UplinkEvent::Acked {
+                pkid: r.pkid,
+                refused: Some(format!("{:?}", r.reason)),
+            }
+        }
+        Event::Incoming(In::PubComp(c)) => UplinkEvent::Acked {
+            pkid: c.pkid,
+            refused: None,
+        },
+        Event::Incoming(In::Publish(p)) => UplinkEvent::Message(Box::new(Incoming {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.clone(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: p.properties.clone(),
+            raw: RawPublish::V5(p),
+        })),
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
+        _ => UplinkEvent::Other,
+    }
+}
+
+/// What the bridge makes of one MQTT 3.1.1 event of rumqttc.
+fn v4_event(event: rumqttc::Event, max_inflight: u16) -> UplinkEvent {
+    use rumqttc::{Event, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(c)) => UplinkEvent::Connected {
+            session_present: c.session_present,
+            window: max_inflight,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        },
+        Event::Incoming(Packet::PubAck(a)) => UplinkEvent::Acked {
+            pkid: a.pkid,
+            refused: None,
+        },
+        Event::Incoming(Packet::PubComp(c)) => UplinkEvent::Acked {
+            pkid: c.pkid,
+            refused: None,
+        },
+        Event::Incoming(Packet::Publish(p)) => UplinkEvent::Message(Box::new(Incoming {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: None,
+            raw: RawPublish::V4(p),
+        })),
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => UplinkEvent::Sent { pkid },
+        _ => UplinkEvent::Other,
     }
 }
 

@@ -63,18 +63,26 @@ pub fn cloud_conf(pki: &Pki, port: u16, acl: &Path) -> String {
 
 /// tollgate's bridge: `base` (the gateway's listeners, from `setup::tollgate_conf`) plus
 /// a `[[bridge]]` to the cloud on `cloud_port` over mTLS with `gw`, everything else at
-/// its defaults: MQTT 5, the journal in `<data_dir>/bridge/cloud/` with group commit.
-pub fn tollgate_gateway_conf(base: &str, pki: &Pki, gw: &CertSet, cloud_port: u16) -> String {
+/// its defaults: MQTT 5, the journal in `<data_dir>/bridge/cloud/` with group commit;
+/// `max_inflight` (the window towards the cloud) when given, else the default 100.
+pub fn tollgate_gateway_conf(
+    base: &str,
+    pki: &Pki,
+    gw: &CertSet,
+    cloud_port: u16,
+    max_inflight: Option<u16>,
+) -> String {
     let mut c = base.to_string();
     let _ = write!(
         c,
         "\n[[bridge]]\nname = \"cloud\"\naddress = [\"127.0.0.1:{cloud_port}\"]\n\
-         client_id = \"{GATEWAY_CN}-tollgate\"\nca = {}\ncert = {}\nkey = {}\n\
+         client_id = \"{GATEWAY_CN}-tollgate\"\nca = {}\ncert = {}\nkey = {}\n{}\
          \n[[bridge.topic]]\npattern = \"{LOCAL_PREFIX}#\"\ndirection = \"out\"\nqos = 1\n\
          remote_prefix = \"{REMOTE_PREFIX}\"\n",
         toml_str(&pki.ca),
         toml_str(&gw.cert),
         toml_str(&gw.key),
+        max_inflight.map_or(String::new(), |n| format!("max_inflight = {n}\n")),
     );
     c
 }
@@ -149,7 +157,7 @@ mod tests {
             wss: 18843,
         };
         let base = setup::tollgate_conf(&dir, &pki, ports, None, true);
-        let text = tollgate_gateway_conf(&base, &pki, &gw, 18850);
+        let text = tollgate_gateway_conf(&base, &pki, &gw, 18850, Some(1000));
         let path = dir.join("gateway.toml");
         setup::write(&path, &text).expect("invariant: temp dir writable in tests");
         let loaded = tollgate::config::load_with_env(
@@ -170,6 +178,7 @@ mod tests {
                 assert_eq!(b.topic[0].pattern, "bench/#");
                 assert_eq!(b.topic[0].remote_prefix, "site/gw1/");
                 assert_eq!(b.topic[0].qos, 1);
+                assert_eq!(b.max_inflight, 1000);
             }
             Err(e) => panic!("tollgate refused the gateway config: {:?}", e.problems()),
         }
