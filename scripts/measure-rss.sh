@@ -41,7 +41,7 @@ mkdir -p "$work/state"
 
 # The allocator policy of systemd/tollgate.service (mimalloc; README "Memory and the allocator").
 export MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0}
-export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-0}
+export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-100}
 "$@" "$bin" run -c "$work/tollgate.toml" --log text >"$work/out.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do

@@ -11,9 +11,10 @@ use tollgate::cli::{self, Cli, Command, ConfigArgs, EXIT_CONFIG, EXIT_FAILURE};
 use tollgate::config;
 use tollgate::telemetry::{self, LogFormat};
 
-/// mimalloc gives freed pages back to the kernel (with the unit's MIMALLOC_PURGE_DELAY=0 at
-/// once), so RSS falls back after a burst; glibc's malloc keeps them (README, "Memory and
-/// the allocator", with the figures).
+/// mimalloc gives freed pages back to the kernel (100 ms after they are freed with the
+/// unit's MIMALLOC_PURGE_DELAY=100, at once when a worker goes idle), so RSS falls back
+/// after a burst; glibc's malloc keeps them (README, "Memory and the allocator", with the
+/// figures).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

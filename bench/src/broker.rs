@@ -70,7 +70,7 @@ pub struct Broker {
 /// Environment that systemd/tollgate.service gives tollgate (the allocator policy).
 pub const TOLLGATE_UNIT_ENV: [(&str, &str); 2] = [
     ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-    ("MIMALLOC_PURGE_DELAY", "0"),
+    ("MIMALLOC_PURGE_DELAY", "100"),
 ];
 
 pub fn clk_tck() -> u64 {
