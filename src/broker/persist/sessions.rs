@@ -249,6 +249,42 @@ fn via_from(b: u8) -> Result<AuthMethod, String> {
     })
 }
 
+/// `[via][username present + str][listener str][client id str]`: who a session or an
+/// online will belongs to.
+fn put_identity(out: &mut BytesMut, identity: &Identity) {
+    out.put_u8(via_byte(identity.via));
+    match &identity.username {
+        Some(u) => {
+            out.put_u8(1);
+            put_str(out, u);
+        }
+        None => out.put_u8(0),
+    }
+    put_str(out, &identity.listener);
+    put_str(out, &identity.client_id);
+}
+
+/// What [`put_identity`] wrote. A token's grant is not stored: a token identity
+/// restored without it is allowed nothing (its claim may have been narrower than the
+/// ACL file), until its client logs in again.
+fn get_identity(b: &mut Bytes) -> Result<Identity, String> {
+    need(b, 2, "identity kind and user name flag")?;
+    let via = via_from(b.get_u8())?;
+    let username = match b.get_u8() {
+        0 => None,
+        _ => Some(get_str(b, "user name")?),
+    };
+    let listener = get_str(b, "listener")?;
+    let client_id = get_str(b, "client id")?;
+    Ok(Identity {
+        username,
+        client_id,
+        via,
+        listener: Arc::from(listener.as_str()),
+        jwt: None,
+    })
+}
+
 fn overflow_byte(o: QueueOverflow) -> u8 {
     match o {
         QueueOverflow::DropOldest => 0,
@@ -270,16 +306,7 @@ pub(crate) fn encode_session(s: &SessionRecord) -> Vec<u8> {
     out.put_u32(s.expiry);
     out.put_u8(u8::from(s.v5));
     out.put_u8(overflow_byte(s.overflow));
-    out.put_u8(via_byte(s.identity.via));
-    match &s.identity.username {
-        Some(u) => {
-            out.put_u8(1);
-            put_str(&mut out, u);
-        }
-        None => out.put_u8(0),
-    }
-    put_str(&mut out, &s.identity.listener);
-    put_str(&mut out, &s.identity.client_id);
+    put_identity(&mut out, &s.identity);
     out.put_u32(s.subscriptions.len() as u32);
     for sub in &s.subscriptions {
         put_str(&mut out, &sub.path);
@@ -415,21 +442,7 @@ fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
         2 => QueueOverflow::BlockPublishers,
         o => return Err(format!("invalid overflow policy {o}")),
     };
-    let via = match b.get_u8() {
-        0 => AuthMethod::Password,
-        1 => AuthMethod::Certificate,
-        2 => AuthMethod::Anonymous,
-        3 => AuthMethod::Internal,
-        4 => AuthMethod::Jwt,
-        v => return Err(format!("invalid identity kind {v}")),
-    };
-    need(b, 1, "user name flag")?;
-    let username = match b.get_u8() {
-        0 => None,
-        _ => Some(get_str(b, "user name")?),
-    };
-    let listener = get_str(b, "listener")?;
-    let client_id = get_str(b, "client id")?;
+    let identity = get_identity(b)?;
     need(b, 4, "subscription count")?;
     let count = b.get_u32() as usize;
     // Each subscription takes at least 8 bytes: a count beyond that is damage.
@@ -451,13 +464,7 @@ fn decode_session(b: &mut Bytes, id: u64) -> Result<SessionRecord, String> {
     }
     Ok(SessionRecord {
         id,
-        identity: Identity {
-            username,
-            client_id,
-            via,
-            listener: Arc::from(listener.as_str()),
-            jwt: None,
-        },
+        identity,
         v5,
         expiry,
         offline_until_ms: (deadline != ONLINE).then_some(deadline),

@@ -8,7 +8,6 @@
 //! a client that was superseded by a later connection of the same client id.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::*;
 
@@ -52,16 +51,7 @@ pub(super) fn encode_online_will(
     let mut out = BytesMut::with_capacity(msg.weight() + identity.client_id.len() + 64);
     header(&mut out, KIND_ONLINE_WILL, id);
     out.put_u32(delay);
-    out.put_u8(via_byte(identity.via));
-    match &identity.username {
-        Some(u) => {
-            out.put_u8(1);
-            put_str(&mut out, u);
-        }
-        None => out.put_u8(0),
-    }
-    put_str(&mut out, &identity.listener);
-    put_str(&mut out, &identity.client_id);
+    put_identity(&mut out, identity);
     out.put_u8(qos_byte(msg.qos));
     out.put_u8(u8::from(msg.retain));
     put_topic_properties_payload(&mut out, msg);
@@ -70,30 +60,16 @@ pub(super) fn encode_online_will(
 
 impl Record {
     pub(super) fn decode_online_will(b: &mut Bytes, id: u64) -> Result<Record, String> {
-        need(b, 6, "online will fields")?;
+        need(b, 4, "online will fields")?;
         let delay = b.get_u32();
-        let via = via_from(b.get_u8())?;
-        let username = match b.get_u8() {
-            0 => None,
-            _ => Some(get_str(b, "user name")?),
-        };
-        let listener = get_str(b, "listener")?;
-        let client_id = get_str(b, "client id")?;
+        let identity = get_identity(b)?;
         need(b, 2, "will qos and retain")?;
         let qos = qos_from(b.get_u8())?;
         let retain = b.get_u8() != 0;
         let msg = get_topic_properties_payload(b, qos, retain)?;
         Ok(Record::OnlineWill(OnlineWill {
             id,
-            identity: Identity {
-                username,
-                client_id,
-                via,
-                listener: Arc::from(listener.as_str()),
-                // Not stored: a token identity restored without its grant is allowed
-                // nothing (the will of such a client is refused when published).
-                jwt: None,
-            },
+            identity,
             delay,
             msg,
         }))
