@@ -144,6 +144,17 @@ pub struct Args {
 }
 
 impl Args {
+    /// The message load's transport, as the rows name it.
+    pub fn transport(&self) -> &'static str {
+        if self.plain {
+            "plain"
+        } else if self.wss {
+            "WSS"
+        } else {
+            "TLS"
+        }
+    }
+
     /// Refuses option values the bench cannot run with, and an open-files limit too low
     /// for the idle-connection row.
     pub fn check(&self) -> anyhow::Result<()> {

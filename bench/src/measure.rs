@@ -389,13 +389,7 @@ impl Bench {
     /// The `--load-rounds` interleaved throughput runs of both columns, and the port each
     /// column was loaded on.
     async fn throughput_runs(&mut self, qos: QoS, qos_level: u8) -> ([ColumnRuns; 2], [u16; 2]) {
-        let transport = if self.args.plain {
-            "plain"
-        } else if self.args.wss {
-            "WSS"
-        } else {
-            "TLS"
-        };
+        let transport = self.args.transport();
         let rounds = self.args.load_rounds.max(1);
         // Per column: every round's result and broker CPU ticks, or why not.
         let mut runs: [ColumnRuns; 2] = [Ok(Vec::new()), Ok(Vec::new())];
@@ -517,13 +511,7 @@ impl Bench {
         let [ca, cb] = two(cpu);
         let [la, lb] = two(lost);
         let [pa, pb] = two(lat);
-        let transport = if self.args.plain {
-            "plain"
-        } else if self.args.wss {
-            "WSS"
-        } else {
-            "TLS"
-        };
+        let transport = self.args.transport();
         let auth = if self.args.auth { ", auth+ACL" } else { "" };
         self.push(
             format!("QoS {qos_level} {transport}{auth} throughput, zero loss"),
@@ -648,13 +636,7 @@ impl Bench {
     }
 
     pub async fn latency(&mut self) {
-        let transport = if self.args.plain {
-            "plain"
-        } else if self.args.wss {
-            "WSS"
-        } else {
-            "TLS"
-        };
+        let transport = self.args.transport();
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let total = (self.args.latency_rate * self.args.latency_secs) as usize;
