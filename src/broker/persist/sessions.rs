@@ -50,7 +50,7 @@ use super::{
     now_ms, open_journal, qos_byte, qos_from, PersistenceSettings, Pressure, LOAD_BYTES,
     LOAD_RECORDS, VERSION,
 };
-use crate::auth::{AuthMethod, Identity};
+use crate::auth::Identity;
 use crate::broker::codec::{v5, QoS};
 use crate::broker::link::{Message, QueueOverflow};
 use crate::journal::{self, Durable, Journal, JournalError};
@@ -67,7 +67,10 @@ const KIND_MOVED: u8 = 7;
 /// The will of a client connected when written (`wills.rs`).
 const KIND_ONLINE_WILL: u8 = 8;
 
+mod identity;
 mod wills;
+
+use identity::{via_byte, via_from};
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -226,27 +229,6 @@ fn put_str(out: &mut BytesMut, s: &str) {
     let s = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
     out.put_u16(s.len() as u16);
     out.put_slice(s);
-}
-
-fn via_byte(via: AuthMethod) -> u8 {
-    match via {
-        AuthMethod::Password => 0,
-        AuthMethod::Certificate => 1,
-        AuthMethod::Anonymous => 2,
-        AuthMethod::Internal => 3,
-        AuthMethod::Jwt => 4,
-    }
-}
-
-fn via_from(b: u8) -> Result<AuthMethod, String> {
-    Ok(match b {
-        0 => AuthMethod::Password,
-        1 => AuthMethod::Certificate,
-        2 => AuthMethod::Anonymous,
-        3 => AuthMethod::Internal,
-        4 => AuthMethod::Jwt,
-        v => return Err(format!("invalid identity kind {v}")),
-    })
 }
 
 /// `[via][username present + str][listener str][client id str]`: who a session or an

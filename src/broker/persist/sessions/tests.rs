@@ -1,3 +1,7 @@
+use std::sync::Arc;
+
+use crate::auth::AuthMethod;
+
 use super::wills::{encode_online_will, encode_will};
 use super::*;
 
