@@ -946,6 +946,7 @@ mod tests {
         new.listeners[0].allow_anonymous = false;
         new.listeners[1].password_auth = false;
         new.shutdown.grace_period = Duration::from_secs(1);
-        assert!(restart_only_changes(&old, &new).is_empty());
+        let changes = restart_only_changes(&old, &new);
+        assert!(changes.is_empty(), "{changes:?}");
     }
 }
