@@ -587,7 +587,11 @@ fn is_writable(dir: &Path) -> bool {
             None => return false,
         }
     }
-    let probe = existing.join(format!(".tollgate-write-probe-{}", std::process::id()));
+    // Unique per call: two loads at once in one process (tests run in parallel threads)
+    // must not find each other's probe and take the directory for unwritable.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = existing.join(format!(".tollgate-write-probe-{}-{n}", std::process::id()));
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -630,6 +634,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn writability_probes_at_once_in_one_process_do_not_collide() {
+        // The probe file was named after the process only: a second load running at the
+        // same moment (parallel tests) found it, got AlreadyExists and picked another
+        // state directory, so two loads of one config differed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let failures = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..300 {
+                        if !is_writable(dir.path()) {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            failures.into_inner(),
+            0,
+            "a writable directory read as unwritable"
+        );
     }
 
     #[test]
