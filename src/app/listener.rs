@@ -251,7 +251,6 @@ impl AcceptLoop {
                 continue;
             };
             let connection = Connection {
-                socket,
                 peer,
                 state: current(&self.state),
                 core: self.core.clone(),
@@ -260,7 +259,7 @@ impl AcceptLoop {
                 open: OpenConnection::new(self.counters.clone()),
                 _permit: permit,
             };
-            self.tracker.spawn(connection.serve());
+            self.tracker.spawn(connection.serve(socket));
         }
         debug!(listener = %self.name, "Stopped accepting connections.");
     }
@@ -289,9 +288,9 @@ impl AcceptLoop {
     }
 }
 
-/// One accepted socket on its way to the broker core.
+/// One accepted socket on its way to the broker core (the socket itself is passed to
+/// [`Connection::serve`]).
 struct Connection {
-    socket: TcpStream,
     peer: SocketAddr,
     state: Arc<ListenerState>,
     core: Arc<dyn Core>,
@@ -304,14 +303,27 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self) {
+    /// The connection's task: establish the stream, then hand it to the broker core.
+    /// The TLS handshake and WebSocket upgrade run in a boxed future freed once they
+    /// end, so the task of a long-lived connection holds only this small future and
+    /// the core's (the inline establishment made every connection's task 3.9 KB).
+    async fn serve(self, socket: TcpStream) {
+        let Some((stream, info)) = Box::pin(self.establish(socket)).await else {
+            return;
+        };
+        self.core.serve(stream, info).await;
+    }
+
+    /// TCP options, TLS handshake and WebSocket upgrade under the connect deadline;
+    /// `None` (logged) when the connection is to be closed.
+    async fn establish(&self, socket: TcpStream) -> Option<(ClientStream, ConnectionInfo)> {
         let peer = self.peer;
         let listener = self.state.context.name.clone();
-        if let Err(e) = self.socket.set_nodelay(true) {
+        if let Err(e) = socket.set_nodelay(true) {
             debug!(%listener, %peer, reason = %e, "Could not set TCP_NODELAY.");
         }
         if let Some(keepalive) = &self.state.tcp_keepalive {
-            if let Err(e) = set_tcp_keepalive(&self.socket, keepalive) {
+            if let Err(e) = set_tcp_keepalive(&socket, keepalive) {
                 warn!(%listener, %peer, reason = %e, "Could not turn on TCP keepalive; a vanished peer is only noticed by MQTT keep alive.");
             }
         }
@@ -324,11 +336,11 @@ impl Connection {
             traffic: self.open.counters().traffic.clone(),
         };
         let stream = match &self.state.tls {
-            None => ClientStream::tcp(self.socket),
+            None => ClientStream::tcp(socket),
             Some(tls) => {
                 let handshake = tls_handshake(
                     tls,
-                    self.socket,
+                    socket,
                     &mut info,
                     &self.core,
                     self.deadline,
@@ -337,7 +349,7 @@ impl Connection {
                 );
                 match handshake.await {
                     Some(stream) => stream,
-                    None => return,
+                    None => return None,
                 }
             }
         };
@@ -355,12 +367,12 @@ impl Connection {
                 );
                 match upgrade.await {
                     Some(stream) => stream,
-                    None => return,
+                    None => return None,
                 }
             }
         };
         let stream = stream.counted(self.open.counters().clone());
-        self.core.serve(stream, info).await;
+        Some((stream, info))
     }
 }
 
@@ -535,5 +547,55 @@ mod tests {
         let sock = socket2::SockRef::from(&accepted);
         assert_eq!(sock.tcp_keepalive_time().expect("idle"), d.idle);
         assert!(d.idle + d.interval * d.count <= Duration::from_secs(120));
+    }
+
+    /// A core that serves nothing: only the shape of the connection task matters here.
+    struct NoCore;
+
+    impl Core for NoCore {
+        fn serve(&self, _: ClientStream, _: ConnectionInfo) -> super::super::core::BoxFuture<()> {
+            Box::pin(async {})
+        }
+        fn reload_auth(
+            &self,
+            _: Arc<dyn crate::auth::Authenticator>,
+            _: Arc<dyn crate::acl::Authorizer>,
+        ) {
+        }
+        fn drained(&self) -> super::super::core::BoxFuture<()> {
+            Box::pin(async {})
+        }
+        fn health(&self) -> super::super::core::BoxFuture<Result<String, String>> {
+            Box::pin(async { Ok(String::new()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_task_holds_none_of_the_handshake() {
+        // Every open connection keeps its task for life. With the TLS handshake and
+        // the WebSocket upgrade inline, the task was 3.9 KB (heaptrack, 1,000 idle TLS
+        // connections): a third of an idle connection's memory.
+        let (_client, accepted) = pair().await;
+        let state = Arc::new(ListenerState {
+            context: Arc::new(ListenerContext::default()),
+            tls: None,
+            websocket: Some(Arc::new(WebSocketSettings::new("/mqtt", &[], 1 << 20))),
+            tcp_keepalive: None,
+            connect_rate: None,
+        });
+        let connection = Connection {
+            peer: accepted.peer_addr().expect("peer"),
+            state,
+            core: Arc::new(NoCore),
+            deadline: Instant::now(),
+            shutdown: CancellationToken::new(),
+            open: OpenConnection::new(Arc::new(ListenerCounters::default())),
+            _permit: Arc::new(Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("permit"),
+        };
+        let task = connection.serve(accepted);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 512, "the connection task's future is {size} bytes");
     }
 }
