@@ -109,24 +109,25 @@ impl Broker {
     }
 
     /// Serve one client connection (plain TCP or an accepted TLS stream) until it ends.
-    pub async fn serve<S>(&self, stream: S, info: ConnectionInfo)
+    /// A plain function returning the connection's future (not an `async fn`): an async
+    /// wrapper would store the stream and the connection facts a second time in every
+    /// connection's memory.
+    pub fn serve<S>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if self.shared.shutdown.is_cancelled() {
-            return;
-        }
         let shared = self.shared.clone();
         // The connection's log window lives in its task (no lock); its peer's is shared.
         let (limits, peer) = (shared.log_limits.clone(), Some(info.peer.ip()));
-        self.shared
-            .tracker
-            .track_future(log_limit::scope(
-                limits,
-                peer,
-                link::network::run(shared, stream, info),
-            ))
-            .await
+        self.shared.tracker.track_future(log_limit::scope(
+            limits,
+            peer,
+            link::network::run(shared, stream, info),
+        ))
     }
 
     /// Replace the authenticator and authorizer (SIGHUP reload). New CONNECTs and

@@ -82,8 +82,13 @@ pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, info: ConnectionI
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
     let session = Box::pin(connect_phase(&shared, &mut stream, info)).await;
-    if let Some(session) = session {
+    if let Some(mut session) = session {
+        // Borrowed, not moved: a `self` taken by value is stored in the serve future
+        // twice (its argument and its binding) besides this one (3 x 504 B).
         session.serve(&mut stream).await;
     }
 }

@@ -115,7 +115,7 @@ impl Pace {
 impl Session {
     /// Phase 3: serve the session until it ends, then close the connection and tell
     /// the router (which fires the will when it should).
-    pub(super) async fn serve<S>(mut self, stream: &mut S)
+    pub(super) async fn serve<S>(&mut self, stream: &mut S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
