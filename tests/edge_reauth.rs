@@ -468,6 +468,7 @@ async fn re_authentication_keeps_the_session_past_the_old_exp() {
 
 #[tokio::test]
 async fn refused_re_authentications_end_the_session_with_0x87() {
+    let log = support::logs::global("info");
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = make_keys(dir.path());
     let gw = gateway(dir.path()).await;
@@ -495,12 +496,30 @@ async fn refused_re_authentications_end_the_session_with_0x87() {
     // The replayed token is used once first, at a CONNECT.
     let _first = Raw::with_token(addr, "jti-first", &used).await;
     let refused_before = jwt_auth_total(dir.path(), "refused", "not_authorized").await;
-    for (id, token, expected) in cases {
+    for (id, token, expected) in &cases {
         let mut c = Raw::with_token(addr, id, &good()).await;
-        c.send(&auth(0x19, Some("jwt"), &token)).await;
+        c.send(&auth(0x19, Some("jwt"), token)).await;
         let (code, reason) = c.disconnected().await;
         assert_eq!(code, 0x87, "{id}: {reason}");
         assert!(reason.contains(expected), "{id}: {reason}");
+    }
+    // Audited (the refusal and the ended session), never with the token.
+    let text = log.text();
+    for (id, token, expected) in &cases {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("auth_refused") && l.contains(expected)),
+            "{id}: auth_refused names {expected:?}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("session_revoked") && l.contains(id) && l.contains(expected)),
+            "{id}: session_revoked"
+        );
+        assert!(
+            !text.contains(token.as_str()),
+            "{id}: the token is never logged"
+        );
     }
     // Each refusal counted (the CONNECTs before them were accepted).
     assert_eq!(
