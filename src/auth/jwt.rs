@@ -19,7 +19,8 @@
 //!   required and compared when configured; an `aud` in a token is ignored when no
 //!   `audience` is configured.
 //! - The identity's username is the `username_claim` (a string). A CONNECT username,
-//!   if sent, must equal it (otherwise: not authorized); it may be left out.
+//!   if sent, must equal it (otherwise: not authorized); it may be left out. A token
+//!   in a re-authentication (MQTT 5 AUTH) must name the session's username.
 //! - `acl_claim` (when configured and present in the token): an object with
 //!   `publish` and `subscribe` lists of filters; a missing list grants nothing. A token
 //!   without the claim is limited by the ACL file alone.
@@ -409,7 +410,7 @@ impl JwtVerifier {
         }
         if let Some(user) = username.filter(|u| *u != name) {
             return Err(denied(format!(
-                "CONNECT username {:?} does not match the token's {claim} {:?}",
+                "username {:?} (of the CONNECT or the session) does not match the token's {claim} {:?}",
                 crate::telemetry::limit::LogStr(user),
                 crate::telemetry::limit::LogStr(name)
             )));

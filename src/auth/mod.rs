@@ -51,6 +51,19 @@ pub struct AuthRequest {
     pub password: Option<bytes::Bytes>,
     /// Identity taken from a verified client certificate, if the TLS layer had one.
     pub certificate_identity: Option<String>,
+    /// `Some` when `password` is a JWT sent as MQTT 5 Authentication Data (method
+    /// `jwt`): JWT verification alone decides, whatever the token looks like (never
+    /// the password file), and `username` is the identity it must name.
+    pub token: Option<TokenStep>,
+}
+
+/// When a token sent with the MQTT 5 Authentication Method `jwt` is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStep {
+    /// In the CONNECT.
+    Connect,
+    /// In an AUTH 0x19 (re-authentication) of an established session.
+    Reauthenticate,
 }
 
 impl std::fmt::Debug for AuthRequest {
@@ -62,6 +75,7 @@ impl std::fmt::Debug for AuthRequest {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("certificate_identity", &self.certificate_identity)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +118,11 @@ pub struct AnonymousOnly;
 impl Authenticator for AnonymousOnly {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture {
         Box::pin(async move {
+            if request.token.is_some() {
+                return Err(AuthError::NotAuthorized(
+                    "the authentication method jwt needs [auth.jwt]".into(),
+                ));
+            }
             if let Some(cn) = request.certificate_identity {
                 if let Some(user) = request.username.as_deref().filter(|u| *u != cn) {
                     return Err(AuthError::NotAuthorized(format!(

@@ -31,7 +31,7 @@ use super::cache::SuccessCache;
 use super::jwt::{looks_like_jwt, JwtVerifier};
 use super::password::{PasswordFile, Verification};
 use super::throttle::{Throttle, ThrottlePolicy};
-use super::{AuthError, AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity};
+use super::{AuthError, AuthFuture, AuthMethod, AuthRequest, Authenticator, Identity, TokenStep};
 
 /// The `[auth]` section: the password file and the authenticator's tunables. One type
 /// for the file and the runtime (the authenticator reads the tunables; `app` loads
@@ -261,6 +261,12 @@ impl Authenticator for PasswordAuthenticator {
             if let Some(verifier) = inner.jwt_for(&request) {
                 return decide_jwt(verifier, Arc::clone(&inner.pool), request).await;
             }
+            if request.token.is_some() {
+                let msg = "the authentication method jwt needs [auth.jwt] and jwt_auth = true on the listener".to_string();
+                let error = AuthError::NotAuthorized(msg.clone());
+                audit(&request, &Err((error.clone(), msg)));
+                return Err(error);
+            }
             let decision = inner.decide(&request).await;
             audit(&request, &decision);
             match decision {
@@ -308,9 +314,14 @@ async fn decide_jwt(
     };
     match verdict {
         Ok((username, grant)) => {
+            let reason = if request.token == Some(TokenStep::Reauthenticate) {
+                "token verified (re-authentication)"
+            } else {
+                "token verified"
+            };
             audit(
                 &request,
-                &Ok((AuthMethod::Jwt, Some(username.clone()), "token verified")),
+                &Ok((AuthMethod::Jwt, Some(username.clone()), reason)),
             );
             Ok(Identity {
                 username: Some(username),
@@ -321,7 +332,8 @@ async fn decide_jwt(
             })
         }
         Err(refusal) => {
-            let error = if refusal.credentials {
+            // A re-authentication's refusal ends a session with 0x87 and its reason.
+            let error = if refusal.credentials && request.token != Some(TokenStep::Reauthenticate) {
                 AuthError::BadCredentials
             } else {
                 AuthError::NotAuthorized(refusal.reason.clone())
@@ -334,6 +346,9 @@ async fn decide_jwt(
 
 impl Inner {
     fn jwt_for(&self, req: &AuthRequest) -> Option<Arc<JwtVerifier>> {
+        if req.token.is_some() {
+            return self.jwt.clone();
+        }
         if req.certificate_identity.is_some() || !req.jwt_auth {
             return None;
         }
@@ -482,7 +497,9 @@ impl Inner {
 fn method_name(req: &AuthRequest) -> &'static str {
     if req.certificate_identity.is_some() {
         "certificate"
-    } else if req.jwt_auth && req.password.as_deref().is_some_and(looks_like_jwt) {
+    } else if req.token.is_some()
+        || req.jwt_auth && req.password.as_deref().is_some_and(looks_like_jwt)
+    {
         "jwt"
     } else if req.username.is_some() {
         "password"

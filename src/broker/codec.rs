@@ -39,9 +39,12 @@
 //!   subscription option bits, trailing bytes in acks and property sections whose
 //!   length disagrees with their content, and `max_size` compares the *remaining*
 //!   length only: all of these are checked here instead.
-//! - `AUTH` encoding miscomputes its length and the v5 `FixedHeader` does not even
-//!   know packet type 15: tollgate never sends or accepts AUTH (no enhanced
-//!   authentication); a client AUTH is a protocol error.
+//! - `AUTH` encoding miscomputes its length, `AuthProperties::read` miscounts string
+//!   properties and the v5 `FixedHeader` does not even know packet type 15: AUTH is
+//!   decoded and encoded here (MQTT 5 §3.15: the short forms with remaining length 0
+//!   or 1, reason codes 0x00/0x18/0x19 only, Method/Data/Reason String/User
+//!   Property). Whether an AUTH is allowed (only after a CONNECT with an
+//!   Authentication Method) is the connection's decision, not the codec's.
 //! - `Publish::read` (v5) and the property readers return `Bytes` slices of the
 //!   frame (no copy); topic bytes are not checked for UTF-8 or wildcards there.
 //!
@@ -115,6 +118,96 @@ pub struct ConnectPacket {
     pub username: Option<String>,
     /// Password as raw bytes: MQTT passwords are binary data.
     pub password: Option<Bytes>,
+}
+
+/// An AUTH reason code (MQTT 5 §3.15.2.1). rumqttc does not export its
+/// `AuthReasonCode`, so AUTH packets are made and told apart through this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthReason {
+    /// 0x00: authentication (or re-authentication) succeeded.
+    Success,
+    /// 0x18: another step of the exchange follows.
+    ContinueAuthentication,
+    /// 0x19: the client starts a re-authentication.
+    ReAuthenticate,
+}
+
+impl AuthReason {
+    /// The reason code byte.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            AuthReason::Success => 0x00,
+            AuthReason::ContinueAuthentication => 0x18,
+            AuthReason::ReAuthenticate => 0x19,
+        }
+    }
+
+    /// The reason code of `byte`, if it is one of the three.
+    pub fn from_u8(byte: u8) -> Option<AuthReason> {
+        [
+            AuthReason::Success,
+            AuthReason::ContinueAuthentication,
+            AuthReason::ReAuthenticate,
+        ]
+        .into_iter()
+        .find(|r| r.as_u8() == byte)
+    }
+
+    /// The reason code of a decoded AUTH.
+    pub fn of(auth: &v5::Auth) -> AuthReason {
+        [
+            AuthReason::ContinueAuthentication,
+            AuthReason::ReAuthenticate,
+        ]
+        .into_iter()
+        .find(|r| r.packet(None).code == auth.code)
+        .unwrap_or(AuthReason::Success)
+    }
+
+    /// An AUTH with this reason code and these properties.
+    pub fn packet(self, fields: Option<AuthFields>) -> v5::Auth {
+        // rumqttc exports neither the reason code type nor `AuthProperties`: its reader
+        // is their only constructor (given one Authentication Data, the one property
+        // its reader counts right), and the fields are public.
+        let wire = Bytes::copy_from_slice(&[0xF0, 5, self.as_u8(), 3, 0x16, 0, 0]);
+        let mut auth = v5::Auth::read(v5::FixedHeader::new(0xF0, 1, 5), wire)
+            .expect("rumqttc reads the three AUTH reason codes with empty data");
+        match (fields, auth.properties.as_mut()) {
+            (Some(f), Some(p)) => {
+                p.method = f.method;
+                p.data = f.data;
+                p.reason = f.reason;
+                p.user_properties = f.user_properties;
+            }
+            _ => auth.properties = None,
+        }
+        auth
+    }
+}
+
+/// The properties of an AUTH (MQTT 5 §3.15.2.2), in a type tollgate can name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFields {
+    /// Authentication Method (0x15).
+    pub method: Option<String>,
+    /// Authentication Data (0x16).
+    pub data: Option<Bytes>,
+    /// Reason String (0x1F).
+    pub reason: Option<String>,
+    /// User Properties (0x26), in order.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl AuthFields {
+    /// The properties of a decoded AUTH (`None` when it had none).
+    pub fn of(auth: &v5::Auth) -> Option<AuthFields> {
+        auth.properties.as_ref().map(|p| AuthFields {
+            method: p.method.clone(),
+            data: p.data.clone(),
+            reason: p.reason.clone(),
+            user_properties: p.user_properties.clone(),
+        })
+    }
 }
 
 /// Why bytes from a client could not be turned into a packet (or a packet into

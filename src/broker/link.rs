@@ -384,6 +384,9 @@ pub(crate) enum Inbound {
         filters: Vec<String>,
         reply: Option<oneshot::Sender<Vec<v5::UnsubAckReason>>>,
     },
+    /// The client re-authenticated (MQTT 5 AUTH): the same principal with a new token
+    /// grant, which decides what is delivered from now on.
+    Reauthenticated(Arc<crate::auth::Identity>),
 }
 
 /// Messages to the router.

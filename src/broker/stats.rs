@@ -74,8 +74,9 @@ pub struct BrokerStats {
     pub queued_messages: u64,
     /// Bytes of those messages.
     pub queued_bytes: u64,
-    /// CONNECT authentications by method ([`AUTH_METHODS`]) and outcome reason
-    /// ([`AUTH_REASONS`]; `accepted` is the success), zeros included.
+    /// CONNECT authentications and MQTT 5 re-authentications by method
+    /// ([`AUTH_METHODS`]) and outcome reason ([`AUTH_REASONS`]; `accepted` is the
+    /// success), zeros included.
     pub auth: Vec<(&'static str, &'static str, u64)>,
 }
 

@@ -125,7 +125,9 @@ pub struct ListenerConfig {
     pub password_auth: bool,
     /// Accept a JWT (`[auth.jwt]`) as the CONNECT password. Order: a client certificate
     /// decides first; then a JWS-shaped password is a token; any other password is
-    /// checked against the password file (`password_auth`).
+    /// checked against the password file (`password_auth`). Also enables the MQTT 5
+    /// Authentication Method `jwt` (token in the Authentication Data, re-authentication
+    /// with AUTH).
     #[serde(default)]
     pub jwt_auth: bool,
     /// Server certificate chain (PEM); absent on a TLS listener = development PKI.

@@ -391,12 +391,13 @@ fn broker_families(out: &mut Exposition, b: &BrokerStats) {
     );
 }
 
-/// `tollgate_auth_total`: every CONNECT authentication by method, outcome and reason.
+/// `tollgate_auth_total`: every CONNECT authentication and MQTT 5 re-authentication by
+/// method, outcome and reason.
 fn auth_family(out: &mut Exposition, b: &BrokerStats) {
     out.family(
         "tollgate_auth_total",
         "counter",
-        "CONNECT authentications by method (password, certificate, anonymous, other), outcome (success, refused) and reason (accepted, bad_credentials, not_authorized, throttled, unavailable, timeout).",
+        "CONNECT authentications and MQTT 5 re-authentications (AUTH) by method (password, jwt, certificate, anonymous, other), outcome (success, refused) and reason (accepted, bad_credentials, not_authorized, throttled, unavailable, timeout).",
     );
     for (method, reason, n) in &b.auth {
         let outcome = if *reason == "accepted" {

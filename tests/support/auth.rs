@@ -29,6 +29,7 @@ pub fn request(username: Option<&str>, password: Option<&[u8]>) -> AuthRequest {
         username: username.map(str::to_string),
         password: password.map(bytes::Bytes::copy_from_slice),
         certificate_identity: None,
+        token: None,
     }
 }
 

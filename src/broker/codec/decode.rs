@@ -12,7 +12,8 @@ use rumqttc::v5::mqttbytes::Error as V5Error;
 
 use super::reader::{self, Reader, Section};
 use super::{
-    packet_name, qos_from_bits, qos_from_v4, v5, Codec, CodecError, ConnectPacket, ProtocolVersion,
+    packet_name, qos_from_bits, qos_from_v4, v5, AuthFields, AuthReason, Codec, CodecError,
+    ConnectPacket, ProtocolVersion,
 };
 use crate::topic::{self, TopicError};
 
@@ -316,8 +317,9 @@ impl Codec {
     /// Decodes the next client packet. `Ok(None)` = need more bytes (buffer
     /// untouched). v3.1.1 packets are returned as the equivalent v5 packet (no
     /// properties; SUBSCRIBE filters get default v5 options; DISCONNECT becomes
-    /// reason 0x00). A second CONNECT is [`CodecError::Protocol`]; AUTH (v5) is a
-    /// protocol error since enhanced authentication is never negotiated. A v5
+    /// reason 0x00). A second CONNECT is [`CodecError::Protocol`]. AUTH (v5) is
+    /// decoded here (mqttbytes' reader miscounts its properties): whether it is
+    /// allowed on the connection is the connection's decision. A v5
     /// PUBLISH may have an empty topic (the connection resolves topic aliases and
     /// must refuse an empty topic without alias); a 3.1.1 one may not. Never panics.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<v5::Packet>, CodecError> {
@@ -350,12 +352,9 @@ impl Codec {
             0 => return Err(malformed("packet type 0 is reserved".into())),
             1 => return Err(protocol("a second CONNECT on an established connection")),
             2 | 9 | 11 | 13 => return Err(protocol("only a server may send this packet")),
-            15 if self.version == ProtocolVersion::V5 => {
-                return Err(protocol(
-                    "AUTH received, but enhanced authentication was not negotiated",
-                ))
+            15 if self.version == ProtocolVersion::V311 => {
+                return Err(malformed("packet type 15 is reserved in MQTT 3.1.1".into()))
             }
-            15 => return Err(malformed("packet type 15 is reserved in MQTT 3.1.1".into())),
             3 => {
                 let qos = (flags >> 1) & 0x03;
                 if qos == 3 {
@@ -521,6 +520,7 @@ impl Codec {
                 let d = delegate_v5(name, || v5::Disconnect::read(header.v5(), frame.clone()))?;
                 Ok(v5::Packet::Disconnect(d))
             }
+            15 => decode_auth(r, header.remaining),
             other => Err(CodecError::Malformed {
                 packet: packet_name(other),
                 reason: "unexpected packet type".into(),
@@ -649,4 +649,44 @@ fn check_subscription(filter: &str, options: u8, v5: bool) -> Result<(), CodecEr
         });
     }
     Ok(())
+}
+
+/// The body of a v5 AUTH (MQTT 5 §3.15): remaining length 0 means reason 0x00 without
+/// properties, 1 a reason code without properties; the reason code must be 0x00, 0x18
+/// or 0x19 (malformed otherwise); properties are Authentication Method, Authentication
+/// Data, Reason String and User Property, each (but User Property) at most once.
+fn decode_auth(mut r: Reader<'_>, remaining: usize) -> Result<v5::Packet, CodecError> {
+    if remaining == 0 {
+        return Ok(v5::Packet::Auth(AuthReason::Success.packet(None)));
+    }
+    let code = r.u8("reason code")?;
+    let Some(reason) = AuthReason::from_u8(code) else {
+        return Err(r.malformed(format!("0x{code:02X} is not an AUTH reason code")));
+    };
+    if r.remaining() == 0 {
+        return Ok(v5::Packet::Auth(reason.packet(None)));
+    }
+    let start = r.position();
+    reader::scan(&mut r, Section::Auth)?;
+    r.finish()?;
+    // The section was validated above: walk it again to take the values.
+    let section = r.since(start);
+    let mut p = Reader::new(&section, 0, "AUTH");
+    p.varint("property length")?;
+    let mut props = AuthFields::default();
+    while p.remaining() > 0 {
+        match p.u8("property identifier")? {
+            0x15 => props.method = Some(p.string("Authentication Method")?.to_owned()),
+            0x16 => props.data = Some(p.binary("Authentication Data")?),
+            0x1f => props.reason = Some(p.string("Reason String")?.to_owned()),
+            _ => {
+                let key = p.string("User Property name")?.to_owned();
+                let value = p.string("User Property value")?.to_owned();
+                props.user_properties.push((key, value));
+            }
+        }
+    }
+    // An empty section reads as no properties, as the short forms do.
+    let props = (props != AuthFields::default()).then_some(props);
+    Ok(v5::Packet::Auth(reason.packet(props)))
 }

@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 use rumqttc::mqttbytes as m4;
 use rumqttc::v5::mqttbytes::Error as V5Error;
 
-use super::{qos_to_v4, MAX_REMAINING_LENGTH};
+use super::{qos_to_v4, AuthFields, AuthReason, MAX_REMAINING_LENGTH};
 use super::{v5, v5_packet_name, Codec, CodecError, ConnectPacket, ProtocolVersion, QoS};
 use crate::broker::reason::ReasonCode;
 use crate::topic;
@@ -109,6 +109,45 @@ pub fn encode_v5_disconnect(code: u8, reason: &str, max_len: usize, buf: &mut By
         let _ = put_prefixed(buf, reason);
     }
     buf.len() - start
+}
+
+/// A v5 AUTH (MQTT 5 §3.15): reason code, then the properties in the order Method,
+/// Data, Reason String, User Properties. A Success without properties is the short
+/// form (remaining length 0).
+fn encode_auth(auth: &v5::Auth, buf: &mut BytesMut) -> Result<(), &'static str> {
+    let code = AuthReason::of(auth).as_u8();
+    let mut props = BytesMut::new();
+    if let Some(p) = AuthFields::of(auth) {
+        let too_long = "an AUTH property is longer than 65535 bytes";
+        if let Some(method) = &p.method {
+            props.put_u8(0x15);
+            put_prefixed(&mut props, method.as_bytes()).map_err(|_| too_long)?;
+        }
+        if let Some(data) = &p.data {
+            props.put_u8(0x16);
+            put_prefixed(&mut props, data).map_err(|_| too_long)?;
+        }
+        if let Some(reason) = &p.reason {
+            props.put_u8(0x1F);
+            put_prefixed(&mut props, reason.as_bytes()).map_err(|_| too_long)?;
+        }
+        for (key, value) in &p.user_properties {
+            props.put_u8(0x26);
+            put_prefixed(&mut props, key.as_bytes()).map_err(|_| too_long)?;
+            put_prefixed(&mut props, value.as_bytes()).map_err(|_| too_long)?;
+        }
+    }
+    buf.put_u8(0xF0);
+    if code == 0 && props.is_empty() {
+        buf.put_u8(0);
+        return Ok(());
+    }
+    let remaining = 1 + remaining_length_len(props.len()) + props.len();
+    put_remaining_length(buf, remaining).map_err(|_| "AUTH longer than MQTT allows")?;
+    buf.put_u8(code);
+    put_remaining_length(buf, props.len()).map_err(|_| "AUTH longer than MQTT allows")?;
+    buf.extend_from_slice(&props);
+    Ok(())
 }
 
 fn put_prefixed(buf: &mut BytesMut, data: &[u8]) -> Result<(), ()> {
@@ -282,12 +321,9 @@ fn encode_v5(packet: &v5::Packet, buf: &mut BytesMut) -> Result<(), CodecError> 
                 ack.write(buf).map_err(write_err)?;
             }
         }
-        v5::Packet::Auth(_) => {
-            return Err(encode_error(
-                packet,
-                v,
-                "tollgate does not implement enhanced authentication (AUTH)",
-            ))
+        v5::Packet::Auth(a) => {
+            // mqttbytes miscounts the property length of AUTH: written here.
+            encode_auth(a, buf).map_err(|reason| encode_error(packet, v, reason))?;
         }
         other => {
             other.write(buf, None).map_err(write_err)?;

@@ -133,6 +133,7 @@ fn roundtrip(codec: &Codec, packet: &v5::Packet) {
             | v5::Packet::PubRel(_)
             | v5::Packet::PubComp(_)
             | v5::Packet::PingReq(_)
+            | v5::Packet::Auth(_)
     );
     let mut encoded = BytesMut::new();
     let written = codec.encode(packet, &mut encoded);

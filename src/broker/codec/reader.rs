@@ -163,6 +163,7 @@ pub(super) enum Section {
     Subscribe,
     Unsubscribe,
     Disconnect,
+    Auth,
 }
 
 impl Section {
@@ -176,6 +177,7 @@ impl Section {
             Section::Subscribe => &[0x0b, 0x26],
             Section::Unsubscribe => &[0x26],
             Section::Disconnect => &[0x11, 0x1f, 0x26, 0x1c],
+            Section::Auth => &[0x15, 0x16, 0x1f, 0x26],
         }
     }
 
@@ -188,6 +190,7 @@ impl Section {
             Section::Subscribe => "SUBSCRIBE properties",
             Section::Unsubscribe => "UNSUBSCRIBE properties",
             Section::Disconnect => "DISCONNECT properties",
+            Section::Auth => "AUTH properties",
         }
     }
 }
@@ -239,9 +242,9 @@ fn property(id: u8) -> Option<(Kind, &'static str)> {
 /// What the scanner learnt that later checks need.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Scanned {
-    /// Authentication Method present (CONNECT).
+    /// Authentication Method present (CONNECT, AUTH).
     pub auth_method: bool,
-    /// Authentication Data present (CONNECT).
+    /// Authentication Data present (CONNECT, AUTH).
     pub auth_data: bool,
 }
 

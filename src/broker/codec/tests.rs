@@ -11,6 +11,7 @@ use super::encode::put_remaining_length;
 use super::*;
 use crate::topic;
 
+mod auth;
 mod connect;
 mod encode;
 mod publish;

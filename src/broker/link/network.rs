@@ -14,6 +14,7 @@
 
 mod io;
 mod protocol;
+mod reauth;
 mod session;
 
 use std::sync::atomic::Ordering;
@@ -28,7 +29,7 @@ use self::io::{write_last, READ_BUFFER};
 use self::protocol::{ConnState, WriteDecisions};
 use self::session::Session;
 use super::{refusal_properties, ConnectRequest, Message, RouterMsg, WillSpec};
-use crate::auth::{AuthError, AuthMethod, AuthRequest, Identity};
+use crate::auth::{AuthError, AuthMethod, AuthRequest, Identity, TokenStep};
 use crate::broker::aliases::{InboundAliases, OutboundAliases};
 use crate::broker::checks::will_topic;
 use crate::broker::codec::{self, v5, ProtocolVersion, QoS};
@@ -224,15 +225,18 @@ async fn admit_steps(
     let v5mode = version == ProtocolVersion::V5;
     let props = connect.properties.unwrap_or_default();
 
-    if props.authentication_method.is_some() {
-        if log_limit::event(Kind::InvalidConnect) {
-            warn!(%peer, "Connection refused: enhanced authentication is not supported.");
+    let token = reauth::connect_token(&info, props.authentication_method.as_deref())
+        .map_err(|(code, reason)| refusal(code, reason))?;
+    let password = match token {
+        Some(_) if password.is_some() => {
+            return Err(refusal(
+                ReasonCode::BadUserNameOrPassword,
+                "with the authentication method jwt the token goes in Authentication Data, not in the password",
+            ))
         }
-        return Err(refusal(
-            ReasonCode::BadAuthenticationMethod,
-            "enhanced authentication (AUTH) is not supported",
-        ));
-    }
+        Some(_) => props.authentication_data.clone(),
+        None => password,
+    };
     let (client_id, assigned) = client_id(connect.client_id, connect.clean_start, v5mode, &info)?;
     let requested_expiry = if v5mode {
         props.session_expiry_interval.unwrap_or(0)
@@ -247,7 +251,7 @@ async fn admit_steps(
         None => None,
         Some(w) => Some(will_spec(shared, &info, w, &client_id)?),
     };
-    let identity = authenticate(shared, &info, client_id, username, password).await?;
+    let identity = authenticate(shared, &info, client_id, username, password, token).await?;
     authorize_will(shared, &info, &identity, will.as_ref())?;
     Event::new(AuditKind::ClientConnected)
         .identity(&identity)
@@ -264,6 +268,7 @@ async fn admit_steps(
                 assigned,
                 grant.server_keep_alive,
                 info.listener.max_qos,
+                token.map(|_| reauth::JWT_METHOD.to_string()),
             )
         }),
     };
@@ -322,6 +327,7 @@ async fn admit_steps(
             throttled_until: None,
             publishes: 0,
             traffic: info.traffic.clone(),
+            reauth: token.map(|_| Box::default()),
         },
         rbuf,
         out_rx,
@@ -445,6 +451,7 @@ async fn authenticate(
     client_id: String,
     username: Option<String>,
     password: Option<Bytes>,
+    token: Option<TokenStep>,
 ) -> Result<Identity, Refusal> {
     let peer = info.peer;
     let request = AuthRequest {
@@ -457,13 +464,15 @@ async fn authenticate(
         username,
         password,
         certificate_identity: info.certificate_identity.clone(),
+        token,
     };
     // The method tried, for the metrics: what the CONNECT brought.
-    let tried = if request.jwt_auth
-        && request
-            .password
-            .as_deref()
-            .is_some_and(crate::auth::jwt::looks_like_jwt)
+    let tried = if token.is_some()
+        || request.jwt_auth
+            && request
+                .password
+                .as_deref()
+                .is_some_and(crate::auth::jwt::looks_like_jwt)
     {
         "jwt"
     } else if request.password.is_some() || request.username.is_some() {
@@ -548,6 +557,7 @@ fn accepted_properties(
     assigned_client_identifier: Option<String>,
     server_keep_alive: Option<u16>,
     max_qos: Option<QoS>,
+    authentication_method: Option<String>,
 ) -> v5::ConnAckProperties {
     v5::ConnAckProperties {
         session_expiry_interval,
@@ -566,7 +576,7 @@ fn accepted_properties(
         server_keep_alive,
         response_information: None,
         server_reference: None,
-        authentication_method: None,
+        authentication_method,
         authentication_data: None,
     }
 }

@@ -96,6 +96,16 @@ impl Router {
                 filters,
                 reply,
             } => self.unsubscribe(key, pkid, filters, reply),
+            Inbound::Reauthenticated(identity) => {
+                // Only a new grant of the same principal and client id replaces it.
+                if let Some(session) = self.sessions.get_mut(&key) {
+                    if session.identity.same_principal(&identity)
+                        && session.identity.client_id == identity.client_id
+                    {
+                        session.identity = identity;
+                    }
+                }
+            }
         }
     }
 

@@ -74,6 +74,44 @@ pub(super) struct ConnState {
     pub(super) publishes: u64,
     /// The listener's message and rate-control counters.
     pub(super) traffic: Arc<ListenerTraffic>,
+    /// A session that connected with the Authentication Method `jwt` (the only kind
+    /// that may re-authenticate): its re-authentication budget and pending token.
+    pub(super) reauth: Option<Box<Reauth>>,
+}
+
+/// Re-authentications a connection may make per [`WINDOW`].
+pub(super) const BUDGET: u32 = 6;
+/// The re-authentication budget's window.
+pub(super) const WINDOW: Duration = Duration::from_secs(60);
+
+/// What a session that connected with the Authentication Method `jwt` keeps for
+/// re-authentication (`reauth.rs`).
+#[derive(Debug, Default)]
+pub(super) struct Reauth {
+    /// Start of the current budget window (`None` before the first AUTH).
+    window_start: Option<Instant>,
+    /// Re-authentications in the current window.
+    used: u32,
+    /// The token of an AUTH decoded and not yet verified.
+    pub(super) pending: Option<Bytes>,
+}
+
+impl Reauth {
+    /// Count one attempt; false when the budget of the window is spent.
+    pub(super) fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .window_start
+            .is_none_or(|t| now.duration_since(t) >= WINDOW)
+        {
+            self.window_start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= BUDGET {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
 }
 
 /// Most recent PUBLISH topics whose decision a connection remembers.
@@ -330,11 +368,11 @@ impl ConnState {
                         "second CONNECT on one connection",
                     ))
                 }
-                v5::Packet::Auth(_) => {
-                    return Err(violation(
-                        ReasonCode::ProtocolError,
-                        "AUTH without an authentication method",
-                    ))
+                v5::Packet::Auth(a) => {
+                    // Decoding stops here: the token is verified before the packets
+                    // behind it, which then see the new grant.
+                    self.auth_packet(&a)?;
+                    return Ok(None);
                 }
                 _ => {
                     return Err(violation(

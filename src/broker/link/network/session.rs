@@ -30,7 +30,7 @@ use crate::broker::shared::Shared;
 use crate::telemetry::audit::{Event, Kind as AuditKind};
 use crate::telemetry::limit::{self as log_limit, Kind, LogStr};
 
-fn disconnect_packet(code: ReasonCode, reason: &str) -> v5::Packet {
+pub(super) fn disconnect_packet(code: ReasonCode, reason: &str) -> v5::Packet {
     let reason_code = code.disconnect_reason_code();
     v5::Packet::Disconnect(v5::Disconnect {
         reason_code,
@@ -68,6 +68,15 @@ pub(super) struct Session {
     /// so the write buffer stays small however large the batch.
     pub(super) carry: Vec<Outgoing>,
     pub(super) carry_at: usize,
+}
+
+/// A re-authentication succeeded: the session now ends at the new token's `exp`
+/// (earlier or later than the old one), and decoding resumes.
+fn token_renewed(left: Duration, pace: &mut Pace) {
+    let now = Instant::now();
+    pace.token_expires_at = Some(now + left);
+    pace.keepalive_at = pace.clamp(now + pace.keepalive.unwrap_or(FAR));
+    pace.parse = true;
 }
 
 /// Wait for the end of a `publish_rate` throttle (never without one).
@@ -151,6 +160,24 @@ impl Session {
             if pace.parse {
                 if let Some(end) = self.parse(&shared, &mut pace).await {
                     break end;
+                }
+                if self.reauth_pending() {
+                    // An AUTH stopped the decoding: its token is verified before what
+                    // follows. Boxed: the rare verification adds nothing to every
+                    // session's future.
+                    match Box::pin(self.reauthenticate(&shared)).await {
+                        None => {}
+                        Some(Ok(left)) => {
+                            token_renewed(left, &mut pace);
+                            sleep
+                                .as_mut()
+                                .reset((Instant::now() + IDLE_RELEASE).min(pace.keepalive_at));
+                        }
+                        Some(Err(end)) => {
+                            pace.drain = true;
+                            break end;
+                        }
+                    }
                 }
             }
             if !self.state.wbuf.is_empty()
@@ -274,6 +301,14 @@ impl Session {
                 Some(End::Abnormal)
             }
         }
+    }
+
+    /// Whether an AUTH's token waits to be verified.
+    fn reauth_pending(&self) -> bool {
+        self.state
+            .reauth
+            .as_ref()
+            .is_some_and(|r| r.pending.is_some())
     }
 
     /// `process` stopped before a PUBLISH beyond `publish_rate`: counted and logged
