@@ -644,10 +644,11 @@ fn rules(b: &BridgeConfig, key: &str, f: &mut Findings) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn bridge(dir: &Path) -> BridgeConfig {
+    /// A valid bridge (its `ca` a file in `dir`); shared with the session's tests.
+    pub(in crate::bridge) fn bridge(dir: &Path) -> BridgeConfig {
         let ca = dir.join("ca.crt");
         std::fs::write(&ca, "not a certificate").expect("write");
         BridgeConfig {

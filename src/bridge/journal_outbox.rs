@@ -310,19 +310,20 @@ impl JournalOutbox {
 }
 
 impl Outbox for JournalOutbox {
-    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
+    fn enqueue(&self, record: &OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
         let inner = self.inner.clone();
+        let bytes = encode(record);
         Box::pin(async move {
-            let bytes = encode(&record);
             let cost = record_cost(bytes.len());
             if cost > inner.max_bytes {
                 return Err(OutboxError::TooLarge(cost));
             }
             let mut counted = false;
+            // The wait for room is registered only once the journal was found full (a
+            // waiter registered and removed per message cost two locks of the Notify);
+            // the append is tried again after registering, so no `ack` is missed.
+            let mut room = None;
             loop {
-                let room = inner.room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
                 match inner.journal.append(&bytes) {
                     Ok(durable) => {
                         if counted && inner.full.swap(false, Ordering::Relaxed) {
@@ -362,10 +363,17 @@ impl Outbox for JournalOutbox {
                         }
                     }
                 }
+                let Some(waiting) = room.as_mut() else {
+                    let mut waiting = Box::pin(inner.room.notified());
+                    waiting.as_mut().enable();
+                    room = Some(waiting);
+                    continue;
+                };
                 tokio::select! {
-                    _ = room => {}
+                    _ = waiting.as_mut() => {}
                     _ = tokio::time::sleep(RETRY) => {}
                 }
+                room = None;
             }
         })
     }

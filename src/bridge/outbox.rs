@@ -133,12 +133,14 @@ pub trait Outbox: Send + Sync + 'static {
     /// (durably, for an on-disk implementation). With `block-publishers` a full outbox
     /// accepts only when room is made by `ack`; the caller stops waiting by dropping
     /// the future. Accepting the next record while earlier ones are still being
-    /// written is how many records share one fsync (group commit).
-    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>>;
+    /// written is how many records share one fsync (group commit). Borrowed: the
+    /// journal only encodes it, and the caller keeps it for a retry after a storage
+    /// error (a copy per message before).
+    fn enqueue(&self, record: &OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>>;
 
     /// [`Outbox::enqueue`] and wait until stored.
     fn append(&self, record: OutboxRecord) -> BoxFuture<Result<Seq, OutboxError>> {
-        let accepted = self.enqueue(record);
+        let accepted = self.enqueue(&record);
         Box::pin(async move { accepted.await?.await })
     }
 
@@ -241,8 +243,9 @@ impl Inner {
 }
 
 impl Outbox for MemoryOutbox {
-    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
+    fn enqueue(&self, record: &OutboxRecord) -> BoxFuture<Result<Stored, OutboxError>> {
         let inner = self.inner.clone();
+        let record = record.clone();
         Box::pin(async move {
             let mut counted = false;
             loop {

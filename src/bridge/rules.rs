@@ -88,9 +88,48 @@ fn map(topic: &str, from_prefix: &str, to_prefix: &str, pattern: &str) -> Option
     let covered = if pattern.is_empty() {
         suffix.is_empty()
     } else {
-        matches(&format!("{from_prefix}{pattern}"), topic)
+        covers(from_prefix, pattern, topic, suffix)
     };
-    covered.then(|| format!("{to_prefix}{suffix}"))
+    covered.then(|| {
+        let mut mapped = String::with_capacity(to_prefix.len() + suffix.len());
+        mapped.push_str(to_prefix);
+        mapped.push_str(suffix);
+        mapped
+    })
+}
+
+/// Whether filter `prefix + pattern` matches `topic` (= `prefix + suffix`), without
+/// building the filter for every message. A prefix holds no wildcards (`config`), so
+/// when it is empty or ends a level its levels are the topic's own, and what is left
+/// is the pattern against the suffix; there the `$` rule does not apply (it concerns
+/// the first level only, which the prefix holds). Other prefixes (a level continued
+/// by the pattern) take the general path.
+fn covers(prefix: &str, pattern: &str, topic: &str, suffix: &str) -> bool {
+    if prefix.is_empty() {
+        matches(pattern, topic)
+    } else if prefix.ends_with('/') {
+        levels_match(pattern, suffix)
+    } else {
+        matches(&format!("{prefix}{pattern}"), topic)
+    }
+}
+
+/// [`matches`] level by level, without its `$` rule.
+fn levels_match(filter: &str, topic: &str) -> bool {
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some(f), Some(t)) => {
+                if f != "+" && f != t {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 /// The first `out` rule covering local `topic` and the remote topic it maps to.
@@ -285,6 +324,30 @@ mod tests {
             prop_assert_eq!(&up, &format!("{remote}{topic_suffix}"));
             prop_assert!(matches(&r.remote_filter(), &up));
             prop_assert_eq!(r.remote_to_local(&up), Some(topic.clone()));
+        }
+
+        /// The rule's match without building `prefix + pattern` per message agrees with
+        /// matching that filter: prefixes ending a level or not, wildcards anywhere,
+        /// empty levels and `$` levels in the topic.
+        #[test]
+        fn covering_without_the_joined_filter_agrees_with_matching_it(
+            prefix_levels in prop::collection::vec("[ab$]{0,2}", 0..3),
+            ends_level in any::<bool>(),
+            pattern_levels in prop::collection::vec("[ab+#$]{0,1}", 1..4),
+            topic_levels in prop::collection::vec("[ab$]{0,2}", 0..4),
+        ) {
+            let mut prefix = prefix_levels.join("/");
+            if ends_level && !prefix.is_empty() {
+                prefix.push('/');
+            }
+            let pattern = pattern_levels.join("/");
+            let topic = format!("{prefix}{}", topic_levels.join("/"));
+            let suffix = &topic[prefix.len()..];
+            prop_assert_eq!(
+                covers(&prefix, &pattern, &topic, suffix),
+                matches(&format!("{prefix}{pattern}"), &topic),
+                "prefix {:?} pattern {:?} topic {:?}", prefix, pattern, topic
+            );
         }
 
         /// A topic outside the local prefix never maps.

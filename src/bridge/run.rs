@@ -236,12 +236,9 @@ async fn acknowledge(
         };
         let result = (&mut w.stored).await;
         match result {
-            Ok(_) => {
-                shared.appended.notify_one();
-                stored.push(w);
-            }
+            Ok(_) => stored.push(w),
             Err(OutboxError::Storage(_)) => {
-                stored.flush().await;
+                stored.flush(&shared.appended).await;
                 let shared = shared.clone();
                 tracker.spawn(async move {
                     stored_then_ack(&shared, w.record, result, w.ack).await;
@@ -249,7 +246,7 @@ async fn acknowledge(
                 });
             }
             Err(_) => {
-                stored.flush().await;
+                stored.flush(&shared.appended).await;
                 stored_then_ack(&shared, w.record, result, w.ack).await;
                 drop(w.permit);
             }
@@ -257,10 +254,7 @@ async fn acknowledge(
         // The rest of the same group commit is stored already: take it without waiting.
         while let Ok(mut w) = written.try_recv() {
             match (&mut w.stored).now_or_never() {
-                Some(Ok(_)) => {
-                    shared.appended.notify_one();
-                    stored.push(w);
-                }
+                Some(Ok(_)) => stored.push(w),
                 Some(result) => {
                     w.stored = Box::pin(std::future::ready(result));
                     next = Some(w);
@@ -272,9 +266,9 @@ async fn acknowledge(
                 }
             }
         }
-        stored.flush().await;
+        stored.flush(&shared.appended).await;
     }
-    stored.flush().await;
+    stored.flush(&shared.appended).await;
 }
 
 /// Deliveries stored and not yet acknowledged locally, in order.
@@ -290,10 +284,16 @@ impl Acks {
         self.permits.push(w.permit);
     }
 
-    /// Acknowledge them in one message to the router, then give their window places back.
-    async fn flush(&mut self) {
+    /// Tell the uplink that records were stored (once for all of them), acknowledge
+    /// them in one message to the router, then give their window places back.
+    async fn flush(&mut self, appended: &Notify) {
+        if self.permits.is_empty() {
+            return;
+        }
+        appended.notify_one();
         if !self.acks.is_empty() {
-            let _ = crate::broker::DeliveryAck::ack_all(std::mem::take(&mut self.acks)).await;
+            let acks = std::mem::replace(&mut self.acks, Vec::with_capacity(self.permits.len()));
+            let _ = crate::broker::DeliveryAck::ack_all(acks).await;
         }
         self.permits.clear();
     }
@@ -313,10 +313,14 @@ async fn intake(
     let counters = &shared.board.counters;
     // A delivery being stored: local deliveries wait while it is (block-publishers).
     let mut storing: Option<BoxFuture<()>> = None;
+    // One wait for shutdown across the rounds (a fresh one per round registered and
+    // removed a waiter each time, per message).
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
             _ = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
                 storing = None;
             }
@@ -398,7 +402,7 @@ fn take_delivery(
         // Accepted: its place in the journal is fixed, the next delivery may follow while
         // this one is written (one fsync for many). Waiting for room (block-publishers)
         // happens here, so intake stops while the journal is full.
-        let stored = match shared.outbox.enqueue(record.clone()).await {
+        let stored = match shared.outbox.enqueue(&record).await {
             Ok(stored) => stored,
             Err(e) => {
                 refused(&shared, e, ack).await;
@@ -604,6 +608,8 @@ async fn serve(
     tokio::pin!(ack_timer, pace_timer);
     let mut ack_armed: Option<Instant> = None;
     let mut pace_armed: Option<Instant> = None;
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         // Re-arm the timers only when their deadline moved (not once per event).
         let deadline = session.ack_deadline(config.ack_timeout);
@@ -621,7 +627,7 @@ async fn serve(
         let connected = session.connected_at.is_some();
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => {
+            _ = &mut cancelled => {
                 flush(up, session, shared).await;
                 return Ended::Shutdown;
             }

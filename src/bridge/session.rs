@@ -178,9 +178,20 @@ impl Session {
         self.inflight.get(&pkid).and_then(|f| f.seq)
     }
 
-    /// Take records from the outbox until the window is full (or the pacer says wait).
+    /// Whether the window is due a refill: at most half of it in flight (see
+    /// [`Session::fill`]).
+    fn refill_due(&self) -> bool {
+        self.inflight.len() <= usize::from(self.window / 2)
+    }
+
+    /// Take records from the outbox until the window is full (or the pacer says wait),
+    /// once at most half of the window is in flight. Refilled on every acknowledgement,
+    /// a busy window sent one or two PUBLISHes per write (one TLS record, one `writev`
+    /// and one wake-up of the cloud each); refilled by halves, the PUBLISHes go out
+    /// together. A quiet bridge is not delayed: with little in flight every record goes
+    /// at once, and a busy one refills when the acknowledgements it waits for arrive.
     pub async fn fill(&mut self, up: &mut Uplink, shared: &Shared) {
-        if self.stop_filling || self.paced_until.is_some() {
+        if self.stop_filling || self.paced_until.is_some() || !self.refill_due() {
             return;
         }
         while self.has_room() {
@@ -418,6 +429,115 @@ mod tests {
     use super::*;
     use rumqttc::v5::mqttbytes::v5 as p5;
     use rumqttc::v5::mqttbytes::QoS;
+
+    use std::sync::Arc;
+
+    use crate::bridge::config::{tests::bridge, Overflow};
+    use crate::bridge::outbox::{tests::record, MemoryOutbox, Outbox};
+    use crate::bridge::rules::Rule;
+    use crate::bridge::state::StatusBoard;
+    use crate::component::HealthBoard;
+
+    fn shared(dir: &std::path::Path, outbox: Arc<dyn Outbox>) -> Shared {
+        let mut config = bridge(dir);
+        config.status_topic = None;
+        let rules: Arc<[Rule]> = config
+            .topic
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Rule::from_config(i, t))
+            .collect();
+        Shared {
+            config: Arc::new(config),
+            rules,
+            outbox: outbox.clone(),
+            board: Arc::new(StatusBoard::new(
+                "cloud",
+                HealthBoard::default().reporter("bridge:cloud"),
+                outbox,
+            )),
+            shutdown: Default::default(),
+            appended: Default::default(),
+            durable: false,
+            recovered_up_to: None,
+            window: Arc::new(tokio::sync::Semaphore::new(1)),
+            stalled: Default::default(),
+        }
+    }
+
+    fn acked(pkid: u16) -> UplinkEvent {
+        UplinkEvent::Acked {
+            pkid,
+            refused: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_window_is_refilled_by_halves_and_a_quiet_one_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Arc::new(MemoryOutbox::new(1 << 20, Overflow::BlockPublishers));
+        for i in 0..30 {
+            outbox
+                .append(record(&format!("site/gw1/t{i}"), "v"))
+                .await
+                .expect("stored");
+        }
+        let shared = shared(dir.path(), outbox);
+        let mut up = Uplink::unconnected(10);
+        let mut session = Session::new(None);
+        let connected = UplinkEvent::Connected {
+            session_present: false,
+            window: 10,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        };
+        session.on_event(connected, &mut up, &shared).await;
+        assert_eq!(
+            up.take_sent(),
+            (1..=10).collect::<Vec<_>>(),
+            "the window filled"
+        );
+
+        // Acknowledgements while more than half the window is in flight send nothing
+        // (one PUBLISH per acknowledgement before).
+        for pkid in 1..=4 {
+            session.on_event(acked(pkid), &mut up, &shared).await;
+            assert_eq!(up.take_sent(), Vec::<u16>::new(), "after the ack of {pkid}");
+        }
+        assert_eq!(session.in_flight(), 6);
+        // At half, the window is filled again in one go.
+        session.on_event(acked(5), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), [1, 2, 3, 4, 5]);
+        assert_eq!(session.in_flight(), 10);
+
+        // Acknowledge everything that goes out until the outbox is drained.
+        let mut sent = 15;
+        let mut to_ack: VecDeque<u16> = (6..=10).chain(1..=5).collect();
+        while let Some(pkid) = to_ack.pop_front() {
+            session.on_event(acked(pkid), &mut up, &shared).await;
+            let refill = up.take_sent();
+            assert!(
+                refill.is_empty() || refill.len() == 5,
+                "refilled by halves: {refill:?}"
+            );
+            sent += refill.len();
+            to_ack.extend(refill);
+        }
+        assert_eq!((sent, session.in_flight()), (30, 0));
+
+        // A quiet bridge (little in flight) sends each new record at once.
+        for i in 0..2 {
+            let topic = format!("site/gw1/late{i}");
+            shared
+                .outbox
+                .append(record(&topic, "v"))
+                .await
+                .expect("stored");
+            session.fill(&mut up, &shared).await;
+            assert_eq!(up.take_sent().len(), 1, "late record {i} sent at once");
+        }
+        assert_eq!(session.in_flight(), 2);
+    }
 
     #[test]
     fn publish_size_is_what_the_codec_writes() {

@@ -418,6 +418,43 @@ impl Uplink {
     }
 }
 
+#[cfg(test)]
+impl Uplink {
+    /// A v5 uplink that is never polled: what [`Uplink::send`] queued stays in
+    /// rumqttc's `pending` queue for a test to read.
+    pub(super) fn unconnected(max_inflight: u16) -> Uplink {
+        let o = rumqttc::v5::MqttOptions::new("gw", "127.0.0.1", 1);
+        let (client, events) = rumqttc::v5::AsyncClient::new(o, 10);
+        Uplink {
+            client: Client::V5(client),
+            events: EventLoop::V5(Box::new(events)),
+            max_inflight,
+        }
+    }
+
+    /// The packet ids of the PUBLISHes queued by [`Uplink::send`], taken out.
+    pub(super) fn take_sent(&mut self) -> Vec<u16> {
+        match &mut self.events {
+            EventLoop::V5(e) => e
+                .pending
+                .drain(..)
+                .filter_map(|r| match r {
+                    rumqttc::v5::Request::Publish(p) => Some(p.pkid),
+                    _ => None,
+                })
+                .collect(),
+            EventLoop::V4(e) => e
+                .pending
+                .drain(..)
+                .filter_map(|r| match r {
+                    rumqttc::Request::Publish(p) => Some(p.pkid),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What the bridge makes of one MQTT 5 event of rumqttc.
 fn v5_event(event: rumqttc::v5::Event, max_inflight: u16) -> UplinkEvent {
     use rumqttc::v5::{Event, Incoming as In};
