@@ -77,37 +77,49 @@ fn auth_reason(e: &AuthError) -> ReasonCode {
 }
 
 /// Serve one connection until it ends: read the CONNECT, admit the client, serve the
-/// session. The first two phases run in a boxed future that is freed once the session
-/// starts, so a long-lived connection holds none of the CONNECT phase's state.
-pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, info: ConnectionInfo)
+/// session. The first two phases run in a boxed future that owns the stream and the
+/// connection facts and is freed once the session starts, so a long-lived connection
+/// holds none of the CONNECT phase's state.
+///
+/// A plain function around an `async` block, not an `async fn`: the arguments of an
+/// `async fn` keep their own slots in its future beside the locals they move to, and
+/// the session (about 500 B) is held by one binding and only borrowed by `serve`
+/// (moved into `serve`, it was stored three times).
+pub(crate) fn run<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    info: ConnectionInfo,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if shared.shutdown.is_cancelled() {
-        return;
-    }
-    let session = Box::pin(connect_phase(&shared, &mut stream, info)).await;
-    if let Some(mut session) = session {
-        // Borrowed, not moved: a `self` taken by value is stored in the serve future
-        // twice (its argument and its binding) besides this one (3 x 504 B).
+    let connect = Box::pin(connect_phase(shared, stream, info));
+    async move {
+        let Some((mut stream, mut session)) = connect.await else {
+            return;
+        };
         session.serve(&mut stream).await;
     }
 }
 
 /// Read the CONNECT, then admit it; `None` when the connection ends there.
 async fn connect_phase<S>(
-    shared: &Arc<Shared>,
-    stream: &mut S,
+    shared: Arc<Shared>,
+    mut stream: S,
     info: ConnectionInfo,
-) -> Option<Session>
+) -> Option<(S, Session)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if shared.shutdown.is_cancelled() {
+        return None;
+    }
     // Subscribed before authentication so a reload that swaps the authenticator
     // while this CONNECT is being checked is still applied to this session.
     let revalidate = shared.revalidate.subscribe();
-    let (connect, rbuf) = read_connect(shared, stream, &info).await?;
-    admit(shared, stream, info, connect, rbuf, revalidate).await
+    let (connect, rbuf) = read_connect(&shared, &mut stream, &info).await?;
+    let session = admit(&shared, &mut stream, info, connect, rbuf, revalidate).await?;
+    Some((stream, session))
 }
 
 /// Phase 1: the CONNECT packet, before the connect deadline. Returns it with the bytes
@@ -614,9 +626,9 @@ mod tests {
             traffic: Default::default(),
         };
         let run_size = std::mem::size_of_val(&run(shared.clone(), stream, info.clone()));
-        let (mut stream, _peer) = tokio::io::duplex(64);
+        let (stream, _peer) = tokio::io::duplex(64);
         let connect_size =
-            std::mem::size_of_val(&connect_phase(&shared, &mut stream, info.clone()));
+            std::mem::size_of_val(&connect_phase(shared.clone(), stream, info.clone()));
         eprintln!(
             "run future {run_size} B, connect phase {connect_size} B, session {} B",
             std::mem::size_of::<Session>()
