@@ -68,9 +68,11 @@ const KIND_MOVED: u8 = 7;
 const KIND_ONLINE_WILL: u8 = 8;
 
 mod identity;
+mod scan;
 mod wills;
 
 use identity::{via_byte, via_from};
+use scan::Scan;
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -309,6 +311,7 @@ fn encode_end(id: u64) -> Vec<u8> {
 /// [expires ms u64, 0 = none][topic str][properties][payload]`; a `moved` record
 /// (`order`: the first record's sequence number) is `[v][7][id u64][order u64]` and
 /// the same fields.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_message(
     id: u64,
@@ -319,11 +322,30 @@ pub(crate) fn encode_message(
     sub_ids: &[usize],
     now: Instant,
 ) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(msg.weight() + 56);
+    let mut out = BytesMut::with_capacity(message_len(msg, sub_ids));
+    put_message(&mut out, id, order, msg, (qos, retain, sub_ids), now);
+    out.to_vec()
+}
+
+/// About the bytes of a `message` record (its buffer's capacity).
+fn message_len(msg: &Message, sub_ids: &[usize]) -> usize {
+    msg.weight() + 56 + 4 * sub_ids.len()
+}
+
+/// [`encode_message`] into `out` (the journal's frame buffer); `grant`: QoS granted,
+/// retain flag and subscription identifiers of this delivery.
+fn put_message(
+    out: &mut BytesMut,
+    id: u64,
+    order: Option<u64>,
+    msg: &Message,
+    (qos, retain, sub_ids): (QoS, bool, &[usize]),
+    now: Instant,
+) {
     match order {
-        None => header(&mut out, KIND_MESSAGE, id),
+        None => header(out, KIND_MESSAGE, id),
         Some(order) => {
-            header(&mut out, KIND_MOVED, id);
+            header(out, KIND_MOVED, id);
             out.put_u64(order);
         }
     }
@@ -340,17 +362,17 @@ pub(crate) fn encode_message(
             .saturating_add(at.saturating_duration_since(now).as_millis() as u64)
             .max(1)
     }));
-    put_topic_properties_payload(&mut out, msg);
-    out.to_vec()
+    put_topic_properties_payload(out, msg);
 }
 
-fn encode_pkid(id: u64, message: u64, pkid: u16, released: bool) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(24);
-    header(&mut out, KIND_PKID, id);
+/// Bytes of a `packet id` record.
+const PKID_LEN: usize = 21;
+
+fn put_pkid(out: &mut BytesMut, id: u64, message: u64, pkid: u16, released: bool) {
+    header(out, KIND_PKID, id);
     out.put_u64(message);
     out.put_u16(pkid);
     out.put_u8(u8::from(released));
-    out.to_vec()
 }
 
 fn encode_received(id: u64, pkid: u16) -> Vec<u8> {
@@ -550,101 +572,6 @@ pub(crate) struct SessionLog {
     pressure: Pressure,
 }
 
-/// Everything decoded, before the sessions are assembled.
-#[derive(Default)]
-struct Scan {
-    sessions: HashMap<u64, (u64, SessionRecord)>,
-    ended: HashSet<u64>,
-    messages: BTreeMap<u64, (u64, StoredMessage, Option<u64>)>,
-    /// Message record → (packet id, released, its record).
-    pkids: HashMap<u64, (u16, bool, u64)>,
-    /// (session id, QoS 2 packet id received) → its record.
-    received: HashMap<(u64, u16), u64>,
-    /// Session id → its delayed will.
-    wills: HashMap<u64, StoredWill>,
-    /// Wills of connected clients: (record, will).
-    online_wills: Vec<(u64, OnlineWill)>,
-    stale: Vec<u64>,
-    max_id: u64,
-    costs: HashMap<u64, u64>,
-}
-
-impl Scan {
-    fn add(&mut self, seq: u64, record: Record) {
-        match record {
-            Record::Session(s) => {
-                self.max_id = self.max_id.max(s.id);
-                if self.ended.contains(&s.id) {
-                    self.stale.push(seq);
-                } else if let Some((old, _)) = self.sessions.insert(s.id, (seq, s)) {
-                    self.stale.push(old);
-                }
-            }
-            Record::End { id } => {
-                self.max_id = self.max_id.max(id);
-                self.ended.insert(id);
-                if let Some((old, _)) = self.sessions.remove(&id) {
-                    self.stale.push(old);
-                }
-                self.stale.push(seq);
-            }
-            Record::Message {
-                id,
-                order,
-                mut msg,
-                qos,
-                retain,
-                sub_ids,
-                expires_ms,
-            } => {
-                msg.expires_at = expires_ms
-                    .map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms())));
-                let stored = StoredMessage {
-                    record: seq,
-                    order: order.unwrap_or(seq),
-                    msg,
-                    qos,
-                    retain,
-                    sub_ids,
-                    pkid: None,
-                };
-                self.messages.insert(seq, (id, stored, expires_ms));
-            }
-            Record::Pkid {
-                message,
-                pkid,
-                released,
-            } => {
-                if let Some((_, _, old)) = self.pkids.insert(message, (pkid, released, seq)) {
-                    self.stale.push(old);
-                }
-            }
-            Record::Received { id, pkid } => {
-                if let Some(old) = self.received.insert((id, pkid), seq) {
-                    self.stale.push(old);
-                }
-            }
-            Record::Will {
-                id,
-                msg,
-                delay,
-                due_ms,
-            } => {
-                let will = StoredWill {
-                    record: seq,
-                    msg,
-                    delay,
-                    due_ms,
-                };
-                if let Some(old) = self.wills.insert(id, will) {
-                    self.stale.push(old.record);
-                }
-            }
-            Record::OnlineWill(will) => self.online_wills.push((seq, will)),
-        }
-    }
-}
-
 impl SessionLog {
     /// Open (or create) the log under `data_dir` and load it: called once, by the
     /// router task before it handles anything.
@@ -832,14 +759,30 @@ impl SessionLog {
     }
 
     fn append(&mut self, record: &[u8], live: Live) -> Result<Durable, JournalError> {
+        self.append_with(record.len(), |out| out.extend_from_slice(record), live)
+    }
+
+    /// [`SessionLog::append`] of the record `encode` writes in place (`len`: about its
+    /// size), into the journal's frame buffer: no copy of a record built apart.
+    fn append_with(
+        &mut self,
+        len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+        live: Live,
+    ) -> Result<Durable, JournalError> {
         let durable = self
             .journal
-            .append(record)
+            .append_with(len, encode)
             .inspect_err(|_| self.failed += 1)?;
-        let cost = journal::record_cost(record.len());
+        let cost = durable.cost();
         self.pressure.appended(cost);
         self.track(durable.seq(), live, cost);
         Ok(durable)
+    }
+
+    /// Every record with a lower sequence number is durable (or failed to be).
+    pub fn resolved_below(&self) -> u64 {
+        self.journal.resolved_below()
     }
 
     /// Whether a quarter segment was appended since the last call (see `Pressure`).
@@ -897,8 +840,11 @@ impl SessionLog {
         sub_ids: &[usize],
         now: Instant,
     ) -> Result<Durable, JournalError> {
-        let record = encode_message(id, order, msg, qos, retain, sub_ids, now);
-        self.append(&record, Live::Message { id })
+        self.append_with(
+            message_len(msg, sub_ids),
+            |out| put_message(out, id, order, msg, (qos, retain, sub_ids), now),
+            Live::Message { id },
+        )
     }
 
     /// Message record `message` of session `id` went in flight as `pkid` (or its
@@ -911,8 +857,9 @@ impl SessionLog {
         released: bool,
         old: u64,
     ) -> Result<u64, JournalError> {
-        let durable = self.append(
-            &encode_pkid(id, message, pkid, released),
+        let durable = self.append_with(
+            PKID_LEN,
+            |out| put_pkid(out, id, message, pkid, released),
             Live::Pkid { id, message },
         )?;
         self.ack(old);
