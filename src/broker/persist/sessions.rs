@@ -67,12 +67,11 @@ const KIND_MOVED: u8 = 7;
 /// The will of a client connected when written (`wills.rs`).
 const KIND_ONLINE_WILL: u8 = 8;
 
+mod assemble;
 mod identity;
-mod scan;
 mod wills;
 
 use identity::{via_byte, via_from};
-use scan::Scan;
 
 /// Session deadline: online when written (its expiry starts at the next load).
 const ONLINE: u64 = 0;
@@ -572,6 +571,101 @@ pub(crate) struct SessionLog {
     pressure: Pressure,
 }
 
+/// Everything decoded, before the sessions are assembled.
+#[derive(Default)]
+struct Scan {
+    sessions: HashMap<u64, (u64, SessionRecord)>,
+    ended: HashSet<u64>,
+    messages: BTreeMap<u64, (u64, StoredMessage, Option<u64>)>,
+    /// Message record → (packet id, released, its record).
+    pkids: HashMap<u64, (u16, bool, u64)>,
+    /// (session id, QoS 2 packet id received) → its record.
+    received: HashMap<(u64, u16), u64>,
+    /// Session id → its delayed will.
+    wills: HashMap<u64, StoredWill>,
+    /// Wills of connected clients: (record, will).
+    online_wills: Vec<(u64, OnlineWill)>,
+    stale: Vec<u64>,
+    max_id: u64,
+    costs: HashMap<u64, u64>,
+}
+
+impl Scan {
+    fn add(&mut self, seq: u64, record: Record) {
+        match record {
+            Record::Session(s) => {
+                self.max_id = self.max_id.max(s.id);
+                if self.ended.contains(&s.id) {
+                    self.stale.push(seq);
+                } else if let Some((old, _)) = self.sessions.insert(s.id, (seq, s)) {
+                    self.stale.push(old);
+                }
+            }
+            Record::End { id } => {
+                self.max_id = self.max_id.max(id);
+                self.ended.insert(id);
+                if let Some((old, _)) = self.sessions.remove(&id) {
+                    self.stale.push(old);
+                }
+                self.stale.push(seq);
+            }
+            Record::Message {
+                id,
+                order,
+                mut msg,
+                qos,
+                retain,
+                sub_ids,
+                expires_ms,
+            } => {
+                msg.expires_at = expires_ms
+                    .map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms())));
+                let stored = StoredMessage {
+                    record: seq,
+                    order: order.unwrap_or(seq),
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids,
+                    pkid: None,
+                };
+                self.messages.insert(seq, (id, stored, expires_ms));
+            }
+            Record::Pkid {
+                message,
+                pkid,
+                released,
+            } => {
+                if let Some((_, _, old)) = self.pkids.insert(message, (pkid, released, seq)) {
+                    self.stale.push(old);
+                }
+            }
+            Record::Received { id, pkid } => {
+                if let Some(old) = self.received.insert((id, pkid), seq) {
+                    self.stale.push(old);
+                }
+            }
+            Record::Will {
+                id,
+                msg,
+                delay,
+                due_ms,
+            } => {
+                let will = StoredWill {
+                    record: seq,
+                    msg,
+                    delay,
+                    due_ms,
+                };
+                if let Some(old) = self.wills.insert(id, will) {
+                    self.stale.push(old.record);
+                }
+            }
+            Record::OnlineWill(will) => self.online_wills.push((seq, will)),
+        }
+    }
+}
+
 impl SessionLog {
     /// Open (or create) the log under `data_dir` and load it: called once, by the
     /// router task before it handles anything.
@@ -633,109 +727,6 @@ impl SessionLog {
                 wills_due,
             },
         ))
-    }
-
-    /// Sessions with their messages; stale records (ended, expired, orphaned, one
-    /// client id twice) go to `scan.stale`.
-    fn assemble(
-        &mut self,
-        scan: &mut Scan,
-    ) -> (Vec<StoredSession>, usize, Vec<(Identity, StoredWill)>) {
-        let now_wall = now_ms();
-        let now = Instant::now();
-        let mut expired = 0;
-        let mut wills_due = Vec::new();
-        let mut kept: HashMap<u64, StoredSession> = HashMap::new();
-        let mut by_client: HashMap<String, u64> = HashMap::new();
-        let mut all: Vec<(u64, SessionRecord)> = scan.sessions.drain().map(|(_, v)| v).collect();
-        all.sort_unstable_by_key(|(seq, _)| *seq);
-        for (seq, s) in all {
-            let expires_at = match s.offline_until_ms {
-                _ if s.expiry == u32::MAX => None,
-                None => Some(now + Duration::from_secs(u64::from(s.expiry))),
-                Some(NEVER) => None,
-                Some(ms) if ms <= now_wall => {
-                    expired += 1;
-                    scan.stale.push(seq);
-                    // Its will is due at the latest when the session ends.
-                    if let Some(will) = scan.wills.remove(&s.id) {
-                        self.remember(will.record, Live::Will { id: s.id }, scan);
-                        wills_due.push((s.identity, will));
-                    }
-                    continue;
-                }
-                Some(ms) => Some(now + Duration::from_millis(ms - now_wall)),
-            };
-            // One session per client id: the later one wins.
-            if let Some(old) = by_client.insert(s.identity.client_id.clone(), s.id) {
-                if let Some(o) = kept.remove(&old) {
-                    scan.stale.push(o.record);
-                }
-            }
-            kept.insert(
-                s.id,
-                StoredSession {
-                    record: seq,
-                    session: s,
-                    expires_at,
-                    messages: Vec::new(),
-                    received: Vec::new(),
-                    will: None,
-                },
-            );
-        }
-        for (seq, (id, mut m, _)) in std::mem::take(&mut scan.messages) {
-            let pkid = scan.pkids.remove(&seq);
-            let expired_msg = m.msg.expires_at.is_some_and(|at| at <= now);
-            match kept.get_mut(&id) {
-                Some(s) if !expired_msg => {
-                    if let Some((pkid, released, record)) = pkid {
-                        m.pkid = Some((pkid, released, record));
-                        self.remember(record, Live::Pkid { id, message: seq }, scan);
-                    }
-                    self.remember(seq, Live::Message { id }, scan);
-                    s.messages.push(m);
-                }
-                _ => {
-                    scan.stale.push(seq);
-                    scan.stale.extend(pkid.map(|(_, _, r)| r));
-                }
-            }
-        }
-        // Packet ids of messages that are gone.
-        scan.stale
-            .extend(scan.pkids.drain().map(|(_, (_, _, r))| r));
-        let mut received: Vec<((u64, u16), u64)> = scan.received.drain().collect();
-        received.sort_unstable_by_key(|(_, seq)| *seq);
-        for ((id, pkid), seq) in received {
-            match kept.get_mut(&id) {
-                Some(s) => {
-                    self.remember(seq, Live::Received { id, pkid }, scan);
-                    s.received.push((pkid, seq));
-                }
-                None => scan.stale.push(seq),
-            }
-        }
-        for (id, will) in std::mem::take(&mut scan.wills) {
-            match kept.get_mut(&id) {
-                Some(s) => {
-                    self.remember(will.record, Live::Will { id }, scan);
-                    s.will = Some(will);
-                }
-                None => scan.stale.push(will.record),
-            }
-        }
-        self.assemble_online_wills(scan, &mut kept, &mut wills_due);
-        let mut sessions: Vec<StoredSession> = kept.into_values().collect();
-        sessions.sort_unstable_by_key(|s| s.record);
-        for s in &mut sessions {
-            // Queue order, not log order: compaction moves messages forward.
-            s.messages.sort_by_key(|m| m.order);
-        }
-        for s in &sessions {
-            self.remember(s.record, Live::Session { id: s.session.id }, scan);
-        }
-        (sessions, expired, wills_due)
     }
 
     fn remember(&mut self, seq: u64, live: Live, scan: &Scan) {
