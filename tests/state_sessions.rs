@@ -341,6 +341,111 @@ async fn in_flight_messages_are_resent_with_dup_and_their_packet_ids() {
     assert_eq!(gw.terminate(), Some(0), "clean exit");
 }
 
+/// The kinds of the records in the session log's segment files under `state_dir`
+/// (frames as docs/journal.md describes them: a 28-byte header with the payload length
+/// at bytes 4..8, then the payload, whose second byte is the record kind), acknowledged
+/// or not.
+fn session_record_kinds(state_dir: &Path) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(state_dir.join("state/sessions")).expect("sessions dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("segment");
+        let mut at = 0;
+        while at + 28 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            if len < 2 || at + 28 + len as usize > bytes.len() {
+                break;
+            }
+            kinds.push(bytes[at + 28 + 1]);
+            at += 28 + len as usize;
+        }
+    }
+    kinds
+}
+
+/// A QoS 1 delivery's packet id record is written once its message record is durable,
+/// and only if it is still unacknowledged then: a subscriber that acknowledges at once
+/// costs the log no packet id record for most messages (`sync = "always"`, on disk, so
+/// durability is slower than its acknowledgements). Every delivery wrote one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_deliveries_acknowledged_before_they_are_durable_write_no_packet_id_record() {
+    // On disk, not a tmpfs: fsync takes the time it takes in the field.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "always");
+    let mut gw = start(dir.path());
+    let mut sub = persistent(port, "fast", 3600).await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    const MESSAGES: usize = 300;
+    let payloads: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    let publishing = tokio::spawn(async move { publish_acked(port, "q/x", &payloads).await });
+    let mut got = 0;
+    while got < MESSAGES {
+        let p = sub.publish().await;
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        got += 1;
+    }
+    publishing.await.expect("publisher");
+    let _ = sub.client.disconnect().await;
+    drop(sub);
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+    let kinds = session_record_kinds(&dir.path().join("state"));
+    let messages = kinds.iter().filter(|&&k| k == 3).count();
+    let pkids = kinds.iter().filter(|&&k| k == 4).count();
+    println!("{messages} message records, {pkids} packet id records");
+    assert_eq!(messages, MESSAGES, "every delivery stored");
+    assert!(
+        pkids < MESSAGES / 2,
+        "{pkids} packet id records for {MESSAGES} deliveries acknowledged at once"
+    );
+}
+
+/// The other side of the deferral: a QoS 1 delivery still unacknowledged once its
+/// message record is durable gets its packet id record, so a `kill -9` after that
+/// re-sends it with DUP and its packet id. The second message's PUBACK proves the
+/// first one's packet id record durable (it was appended when the first one's
+/// durability was reported, before the second message came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_message_in_flight_at_sigkill_is_resent_with_dup_and_its_packet_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    config(dir.path(), port, "batch");
+    let mut gw = start(dir.path());
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("inflight1", None, true, 3600, None))
+        .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(_))));
+    raw.send(&p5::Packet::Subscribe(p5::Subscribe {
+        pkid: 1,
+        filters: vec![p5::Filter::new("g/#", QoS::AtLeastOnce)],
+        properties: None,
+    }))
+    .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::SubAck(_))));
+    publish_acked(port, "g/x", &["first".to_string()]).await;
+    let first = publishes(&mut raw, 1).await.remove(0);
+    assert!(!first.dup);
+    publish_acked(port, "g/x", &["second".to_string()]).await;
+    let second = publishes(&mut raw, 1).await.remove(0);
+    assert_eq!(second.payload, "second");
+    gw.kill();
+
+    let mut gw = start(dir.path());
+    let mut raw = Raw::open(addr(port)).await;
+    raw.send(&v5_connect_packet("inflight1", None, false, 3600, None))
+        .await;
+    assert!(matches!(raw.read().await, Some(p5::Packet::ConnAck(c)) if c.session_present));
+    let again = publishes(&mut raw, 2).await;
+    assert_eq!(again[0].payload, "first");
+    assert!(again[0].dup, "re-sent with DUP");
+    assert_eq!(again[0].pkid, first.pkid, "under its packet id");
+    assert_eq!(again[1].payload, "second");
+    assert_eq!(gw.terminate(), Some(0), "clean exit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_expiry_passed_during_downtime_is_gone() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -161,8 +161,15 @@ fn now_ms() -> u64 {
 
 /// `[version][kind][topic len u16][topic]` then, for a set: `[qos][expires ms u64, 0 =
 /// none][properties, v5 encoding with its length][payload]`.
+#[cfg(test)]
 fn encode_set(msg: &Message, now: Instant) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(msg.weight() + 32);
+    put_set(&mut out, msg, now);
+    out.to_vec()
+}
+
+/// [`encode_set`] into `out` (the journal's frame buffer).
+fn put_set(out: &mut BytesMut, msg: &Message, now: Instant) {
     out.put_u8(VERSION);
     out.put_u8(KIND_SET);
     out.put_u16(msg.topic.len() as u16);
@@ -177,12 +184,11 @@ fn encode_set(msg: &Message, now: Instant) -> Vec<u8> {
     match &msg.properties {
         // Cannot fail: writing into a growable buffer.
         Some(p) => {
-            let _ = p.write(&mut out);
+            let _ = p.write(out);
         }
         None => out.put_u8(0),
     }
     out.put_slice(&msg.payload);
-    out.to_vec()
 }
 
 fn encode_clear(topic: &[u8]) -> Vec<u8> {
@@ -406,9 +412,12 @@ impl RetainedLog {
     /// `msg` is now its topic's retained message. Returns what resolves when that is
     /// durable, or `None` when it could not be stored (counted, logged by the caller).
     pub fn set(&mut self, msg: &Message, now: Instant) -> Result<Durable, JournalError> {
-        let record = encode_set(msg, now);
-        let cost = journal::record_cost(record.len());
-        let durable = self.append(&record)?;
+        let durable = self
+            .journal
+            .append_with(msg.weight() + 32, |out| put_set(out, msg, now))
+            .inspect_err(|_| self.failed += 1)?;
+        let cost = durable.cost();
+        self.pressure.appended(cost);
         if let Some(old) = self.live.get(&msg.topic).copied() {
             self.forget(old);
             let _ = self.journal.ack(old);

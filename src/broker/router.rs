@@ -205,6 +205,12 @@ struct Ctx {
     /// The last delivery stored while routing one message: the publisher's
     /// acknowledgement waits for it (durability follows append order).
     session_durable: Option<crate::journal::Durable>,
+    /// QoS 1 deliveries sent whose packet id record waits for their message record to
+    /// be durable: (session, packet id, message record). See `stored.rs`.
+    deferred_pkids: Vec<(SessionKey, u16, u64)>,
+    /// The task that reports held acknowledgements durable, per state log (retained,
+    /// sessions), started at first use. See `stored.rs`.
+    durable_holds: [Option<tokio::sync::mpsc::UnboundedSender<(crate::journal::Durable, u64)>>; 2],
 }
 
 pub(crate) struct Router {
@@ -284,6 +290,8 @@ impl Router {
                 now: Instant::now(),
                 sessions_log: None,
                 session_durable: None,
+                deferred_pkids: Vec::new(),
+                durable_holds: [None, None],
             },
             rx,
             trie: SubscriptionTrie::default(),

@@ -50,14 +50,31 @@ impl RecordHeader {
 /// [`seal_frame`] fills in. Callers encode on their own thread so the payload CRC is
 /// spread over the appenders, not computed on the writer thread.
 pub fn encode_frame(payload: &[u8], appended_ms: u64) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("invariant: payload length checked by caller");
-    let mut frame = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
-    frame.extend_from_slice(&[0; 8]);
-    frame.extend_from_slice(&[0; 8]);
-    frame.extend_from_slice(&appended_ms.to_le_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let mut frame = start_frame(payload.len());
     frame.extend_from_slice(payload);
+    finish_frame(frame, appended_ms)
+}
+
+/// A frame buffer with room for a payload of about `payload_len` bytes: the header's
+/// place reserved, the payload to be written after it (no copy of a separately built
+/// payload), then [`finish_frame`].
+pub fn start_frame(payload_len: usize) -> bytes::BytesMut {
+    let mut frame = bytes::BytesMut::with_capacity(RECORD_HEADER_BYTES + payload_len);
+    frame.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    frame
+}
+
+/// [`encode_frame`] of a frame from [`start_frame`] with its payload written after the
+/// header: the payload length, append time and payload CRC filled in. The conversion
+/// to `Vec` reuses the buffer's allocation.
+pub fn finish_frame(frame: bytes::BytesMut, appended_ms: u64) -> Vec<u8> {
+    let mut frame = Vec::from(frame);
+    let payload = &frame[RECORD_HEADER_BYTES..];
+    let len = u32::try_from(payload.len()).expect("invariant: payload length checked by caller");
+    let crc = crc32c::crc32c(payload);
     frame[4..8].copy_from_slice(&len.to_le_bytes());
+    frame[16..24].copy_from_slice(&appended_ms.to_le_bytes());
+    frame[24..28].copy_from_slice(&crc.to_le_bytes());
     frame
 }
 

@@ -261,6 +261,9 @@ pub struct JournalCounters {
 struct Shared {
     dir: PathBuf,
     max_bytes: u64,
+    /// Whether the in-memory tail is on ([`JournalConfig::tail_bytes`] > 0): without
+    /// it, acks and reads skip its lock.
+    has_tail: bool,
     /// Bytes in use or reserved: every record's frame plus one ack entry from the
     /// moment its append is accepted until its segment is deleted.
     used: AtomicU64,
@@ -285,6 +288,9 @@ struct Shared {
     queued_acks: Mutex<QueuedAcks>,
     /// Every append with a lower sequence number was sent to the writer.
     assigned: AtomicU64,
+    /// Every append with a lower sequence number was resolved: reported durable (per
+    /// the [`SyncMode`]) or failed.
+    resolved: AtomicU64,
 }
 
 /// Acknowledgements queued outside the command channel. They may reach the writer
@@ -437,7 +443,10 @@ impl std::fmt::Debug for Journal {
 pub struct Durable {
     seq: u64,
     reply: oneshot::Receiver<Result<u64, JournalError>>,
-    dir: Option<PathBuf>,
+    /// For the error when the writer is gone (a reference count, not a path copy).
+    shared: Arc<Shared>,
+    /// Disk budget the record takes ([`record_cost`]).
+    cost: u64,
 }
 
 impl Durable {
@@ -446,19 +455,20 @@ impl Durable {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+
+    /// Disk budget the record takes ([`record_cost`] of its payload).
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
 }
 
 impl Future for Durable {
     type Output = Result<u64, JournalError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.reply).poll(cx).map(|reply| {
-            reply.unwrap_or_else(|_| {
-                Err(JournalError::Closed {
-                    dir: self.dir.take().unwrap_or_default(),
-                })
-            })
-        })
+        Pin::new(&mut self.reply)
+            .poll(cx)
+            .map(|reply| reply.unwrap_or_else(|_| Err(self.shared.closed())))
     }
 }
 
@@ -502,11 +512,13 @@ impl Journal {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             max_bytes: config.max_bytes,
+            has_tail: config.tail_bytes > 0,
             ..Shared::default()
         });
         let tail_bytes = config.tail_bytes;
         let (writer, recovery, next_seq) = recover::recover(&dir, config, shared.clone())?;
         shared.assigned.store(next_seq, Ordering::Release);
+        shared.resolved.store(next_seq, Ordering::Release);
         // Recovered records are read from disk; the tail starts with the next append.
         *shared.tail() = Tail {
             cap: tail_bytes,
@@ -543,15 +555,41 @@ impl Journal {
     /// it is queued in order (its sequence number is fixed now) and the returned
     /// [`Durable`] resolves when it is durable.
     pub fn append(&self, payload: &[u8]) -> Result<Durable, JournalError> {
-        let shared = &self.inner.shared;
         if payload.len() > MAX_RECORD_BYTES {
-            return Err(JournalError::TooLarge {
-                dir: shared.dir.clone(),
-                len: payload.len(),
-                max: MAX_RECORD_BYTES,
-            });
+            return Err(self.too_large(payload.len()));
         }
-        let cost = record_cost(payload.len());
+        self.submit(format::encode_frame(payload, now_ms()))
+    }
+
+    /// [`Journal::append`] of the payload `encode` writes into the buffer it is given
+    /// (`payload_len`: about how many bytes it will write): the record is encoded in
+    /// place, behind its frame header, not built apart and copied.
+    pub fn append_with(
+        &self,
+        payload_len: usize,
+        encode: impl FnOnce(&mut bytes::BytesMut),
+    ) -> Result<Durable, JournalError> {
+        let mut frame = format::start_frame(payload_len);
+        encode(&mut frame);
+        let len = frame.len() - RECORD_HEADER_BYTES;
+        if len > MAX_RECORD_BYTES {
+            return Err(self.too_large(len));
+        }
+        self.submit(format::finish_frame(frame, now_ms()))
+    }
+
+    fn too_large(&self, len: usize) -> JournalError {
+        JournalError::TooLarge {
+            dir: self.inner.shared.dir.clone(),
+            len,
+            max: MAX_RECORD_BYTES,
+        }
+    }
+
+    /// Reserve the disk budget of an encoded frame and queue it for the writer.
+    fn submit(&self, frame: Vec<u8>) -> Result<Durable, JournalError> {
+        let shared = &self.inner.shared;
+        let cost = record_cost(frame.len() - RECORD_HEADER_BYTES);
         let reserved = shared
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -566,7 +604,6 @@ impl Journal {
                 max_bytes: shared.max_bytes,
             });
         }
-        let frame = format::encode_frame(payload, now_ms());
         let (reply, rx) = oneshot::channel();
         let mut side = self
             .inner
@@ -590,7 +627,8 @@ impl Journal {
         Ok(Durable {
             seq,
             reply: rx,
-            dir: Some(shared.dir.clone()),
+            shared: shared.clone(),
+            cost,
         })
     }
 
@@ -604,9 +642,11 @@ impl Journal {
     /// written at once but fsynced lazily (`ack_sync_interval`): after a power cut a
     /// record can come back, a duplicate that QoS 1 allows.
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
-        // Out of the tail at once: a read after this call does not return it.
-        self.inner.shared.tail().remove(seq);
         let shared = &self.inner.shared;
+        if shared.has_tail {
+            // Out of the tail at once: a read after this call does not return it.
+            shared.tail().remove(seq);
+        }
         let mut queued = shared.queued_acks();
         queued.seqs.push(seq);
         queued.barrier = shared.assigned.load(Ordering::Acquire);
@@ -620,11 +660,12 @@ impl Journal {
 
     /// Acknowledge several records at once.
     pub fn ack_many(&self, seqs: Vec<u64>) -> Result<(), JournalError> {
-        let mut tail = self.inner.shared.tail();
-        for &seq in &seqs {
-            tail.remove(seq);
+        if self.inner.shared.has_tail {
+            let mut tail = self.inner.shared.tail();
+            for &seq in &seqs {
+                tail.remove(seq);
+            }
         }
-        drop(tail);
         self.send(Command::Ack(seqs))
     }
 
@@ -651,11 +692,11 @@ impl Journal {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, JournalError> {
-        if let Some(records) = self
-            .inner
-            .shared
-            .tail()
-            .read(from_seq, max_records, max_bytes)
+        let shared = &self.inner.shared;
+        if let Some(records) = shared
+            .has_tail
+            .then(|| shared.tail().read(from_seq, max_records, max_bytes))
+            .flatten()
         {
             return Ok(records);
         }
@@ -720,6 +761,13 @@ impl Journal {
             max_bytes: s.max_bytes,
             segments: get(&s.segments),
         }
+    }
+
+    /// Every append with a lower sequence number has been resolved: durable (per the
+    /// [`SyncMode`]) or failed. A lock-free look, for callers that act on what is
+    /// durable without waiting on each append.
+    pub fn resolved_below(&self) -> u64 {
+        self.inner.shared.resolved.load(Ordering::Acquire)
     }
 
     /// The sequence number the next append will get.

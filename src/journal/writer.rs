@@ -465,6 +465,9 @@ impl Writer {
                     .fetch_add(staged.len() as u64, Ordering::Relaxed);
                 // Counters first, so a caller woken by its reply sees its record counted.
                 self.publish();
+                self.shared
+                    .resolved
+                    .store(self.last_seq + 1, Ordering::Release);
                 for s in staged.drain(..) {
                     let _ = s.reply.send(Ok(s.meta.seq));
                 }

@@ -67,6 +67,7 @@ const KIND_MOVED: u8 = 7;
 /// The will of a client connected when written (`wills.rs`).
 const KIND_ONLINE_WILL: u8 = 8;
 
+mod assemble;
 mod identity;
 mod wills;
 
@@ -309,6 +310,7 @@ fn encode_end(id: u64) -> Vec<u8> {
 /// [expires ms u64, 0 = none][topic str][properties][payload]`; a `moved` record
 /// (`order`: the first record's sequence number) is `[v][7][id u64][order u64]` and
 /// the same fields.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_message(
     id: u64,
@@ -319,11 +321,30 @@ pub(crate) fn encode_message(
     sub_ids: &[usize],
     now: Instant,
 ) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(msg.weight() + 56);
+    let mut out = BytesMut::with_capacity(message_len(msg, sub_ids));
+    put_message(&mut out, id, order, msg, (qos, retain, sub_ids), now);
+    out.to_vec()
+}
+
+/// About the bytes of a `message` record (its buffer's capacity).
+fn message_len(msg: &Message, sub_ids: &[usize]) -> usize {
+    msg.weight() + 56 + 4 * sub_ids.len()
+}
+
+/// [`encode_message`] into `out` (the journal's frame buffer); `grant`: QoS granted,
+/// retain flag and subscription identifiers of this delivery.
+fn put_message(
+    out: &mut BytesMut,
+    id: u64,
+    order: Option<u64>,
+    msg: &Message,
+    (qos, retain, sub_ids): (QoS, bool, &[usize]),
+    now: Instant,
+) {
     match order {
-        None => header(&mut out, KIND_MESSAGE, id),
+        None => header(out, KIND_MESSAGE, id),
         Some(order) => {
-            header(&mut out, KIND_MOVED, id);
+            header(out, KIND_MOVED, id);
             out.put_u64(order);
         }
     }
@@ -340,17 +361,17 @@ pub(crate) fn encode_message(
             .saturating_add(at.saturating_duration_since(now).as_millis() as u64)
             .max(1)
     }));
-    put_topic_properties_payload(&mut out, msg);
-    out.to_vec()
+    put_topic_properties_payload(out, msg);
 }
 
-fn encode_pkid(id: u64, message: u64, pkid: u16, released: bool) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(24);
-    header(&mut out, KIND_PKID, id);
+/// Bytes of a `packet id` record.
+const PKID_LEN: usize = 21;
+
+fn put_pkid(out: &mut BytesMut, id: u64, message: u64, pkid: u16, released: bool) {
+    header(out, KIND_PKID, id);
     out.put_u64(message);
     out.put_u16(pkid);
     out.put_u8(u8::from(released));
-    out.to_vec()
 }
 
 fn encode_received(id: u64, pkid: u16) -> Vec<u8> {
@@ -708,109 +729,6 @@ impl SessionLog {
         ))
     }
 
-    /// Sessions with their messages; stale records (ended, expired, orphaned, one
-    /// client id twice) go to `scan.stale`.
-    fn assemble(
-        &mut self,
-        scan: &mut Scan,
-    ) -> (Vec<StoredSession>, usize, Vec<(Identity, StoredWill)>) {
-        let now_wall = now_ms();
-        let now = Instant::now();
-        let mut expired = 0;
-        let mut wills_due = Vec::new();
-        let mut kept: HashMap<u64, StoredSession> = HashMap::new();
-        let mut by_client: HashMap<String, u64> = HashMap::new();
-        let mut all: Vec<(u64, SessionRecord)> = scan.sessions.drain().map(|(_, v)| v).collect();
-        all.sort_unstable_by_key(|(seq, _)| *seq);
-        for (seq, s) in all {
-            let expires_at = match s.offline_until_ms {
-                _ if s.expiry == u32::MAX => None,
-                None => Some(now + Duration::from_secs(u64::from(s.expiry))),
-                Some(NEVER) => None,
-                Some(ms) if ms <= now_wall => {
-                    expired += 1;
-                    scan.stale.push(seq);
-                    // Its will is due at the latest when the session ends.
-                    if let Some(will) = scan.wills.remove(&s.id) {
-                        self.remember(will.record, Live::Will { id: s.id }, scan);
-                        wills_due.push((s.identity, will));
-                    }
-                    continue;
-                }
-                Some(ms) => Some(now + Duration::from_millis(ms - now_wall)),
-            };
-            // One session per client id: the later one wins.
-            if let Some(old) = by_client.insert(s.identity.client_id.clone(), s.id) {
-                if let Some(o) = kept.remove(&old) {
-                    scan.stale.push(o.record);
-                }
-            }
-            kept.insert(
-                s.id,
-                StoredSession {
-                    record: seq,
-                    session: s,
-                    expires_at,
-                    messages: Vec::new(),
-                    received: Vec::new(),
-                    will: None,
-                },
-            );
-        }
-        for (seq, (id, mut m, _)) in std::mem::take(&mut scan.messages) {
-            let pkid = scan.pkids.remove(&seq);
-            let expired_msg = m.msg.expires_at.is_some_and(|at| at <= now);
-            match kept.get_mut(&id) {
-                Some(s) if !expired_msg => {
-                    if let Some((pkid, released, record)) = pkid {
-                        m.pkid = Some((pkid, released, record));
-                        self.remember(record, Live::Pkid { id, message: seq }, scan);
-                    }
-                    self.remember(seq, Live::Message { id }, scan);
-                    s.messages.push(m);
-                }
-                _ => {
-                    scan.stale.push(seq);
-                    scan.stale.extend(pkid.map(|(_, _, r)| r));
-                }
-            }
-        }
-        // Packet ids of messages that are gone.
-        scan.stale
-            .extend(scan.pkids.drain().map(|(_, (_, _, r))| r));
-        let mut received: Vec<((u64, u16), u64)> = scan.received.drain().collect();
-        received.sort_unstable_by_key(|(_, seq)| *seq);
-        for ((id, pkid), seq) in received {
-            match kept.get_mut(&id) {
-                Some(s) => {
-                    self.remember(seq, Live::Received { id, pkid }, scan);
-                    s.received.push((pkid, seq));
-                }
-                None => scan.stale.push(seq),
-            }
-        }
-        for (id, will) in std::mem::take(&mut scan.wills) {
-            match kept.get_mut(&id) {
-                Some(s) => {
-                    self.remember(will.record, Live::Will { id }, scan);
-                    s.will = Some(will);
-                }
-                None => scan.stale.push(will.record),
-            }
-        }
-        self.assemble_online_wills(scan, &mut kept, &mut wills_due);
-        let mut sessions: Vec<StoredSession> = kept.into_values().collect();
-        sessions.sort_unstable_by_key(|s| s.record);
-        for s in &mut sessions {
-            // Queue order, not log order: compaction moves messages forward.
-            s.messages.sort_by_key(|m| m.order);
-        }
-        for s in &sessions {
-            self.remember(s.record, Live::Session { id: s.session.id }, scan);
-        }
-        (sessions, expired, wills_due)
-    }
-
     fn remember(&mut self, seq: u64, live: Live, scan: &Scan) {
         let cost = scan.costs.get(&seq).copied().unwrap_or(0);
         self.track(seq, live, cost);
@@ -832,14 +750,30 @@ impl SessionLog {
     }
 
     fn append(&mut self, record: &[u8], live: Live) -> Result<Durable, JournalError> {
+        self.append_with(record.len(), |out| out.extend_from_slice(record), live)
+    }
+
+    /// [`SessionLog::append`] of the record `encode` writes in place (`len`: about its
+    /// size), into the journal's frame buffer: no copy of a record built apart.
+    fn append_with(
+        &mut self,
+        len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+        live: Live,
+    ) -> Result<Durable, JournalError> {
         let durable = self
             .journal
-            .append(record)
+            .append_with(len, encode)
             .inspect_err(|_| self.failed += 1)?;
-        let cost = journal::record_cost(record.len());
+        let cost = durable.cost();
         self.pressure.appended(cost);
         self.track(durable.seq(), live, cost);
         Ok(durable)
+    }
+
+    /// Every record with a lower sequence number is durable (or failed to be).
+    pub fn resolved_below(&self) -> u64 {
+        self.journal.resolved_below()
     }
 
     /// Whether a quarter segment was appended since the last call (see `Pressure`).
@@ -897,8 +831,11 @@ impl SessionLog {
         sub_ids: &[usize],
         now: Instant,
     ) -> Result<Durable, JournalError> {
-        let record = encode_message(id, order, msg, qos, retain, sub_ids, now);
-        self.append(&record, Live::Message { id })
+        self.append_with(
+            message_len(msg, sub_ids),
+            |out| put_message(out, id, order, msg, (qos, retain, sub_ids), now),
+            Live::Message { id },
+        )
     }
 
     /// Message record `message` of session `id` went in flight as `pkid` (or its
@@ -911,8 +848,9 @@ impl SessionLog {
         released: bool,
         old: u64,
     ) -> Result<u64, JournalError> {
-        let durable = self.append(
-            &encode_pkid(id, message, pkid, released),
+        let durable = self.append_with(
+            PKID_LEN,
+            |out| put_pkid(out, id, message, pkid, released),
             Live::Pkid { id, message },
         )?;
         self.ack(old);

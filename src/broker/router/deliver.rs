@@ -161,7 +161,7 @@ pub(super) fn try_send(
     } else {
         session.inflight_bytes += q.msg.weight();
         session.pkids_in_use.insert(pkid);
-        ctx.store_pkid(session, &mut q, pkid, false);
+        ctx.store_pkid(key, session, &mut q, pkid, false);
         session.inflight.push_back(Inflight {
             pkid,
             queued: q,

@@ -152,11 +152,8 @@ impl Router {
         let Some(hold) = self.ctx.hold_route() else {
             return;
         };
-        let router = self.ctx.shared.router_tx.clone();
-        tokio::spawn(async move {
-            let ok = durable.await.is_ok();
-            let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
-        });
+        self.ctx
+            .release_when_durable(super::stored::DurableLog::Retained, durable, hold);
     }
 
     /// A held acknowledgement's retained change is durable (or failed).
@@ -173,7 +170,9 @@ impl Router {
     /// Compaction driven by pressure: after a router turn that appended a quarter
     /// segment to a state log, its budget is looked at again at once (the 1 s upkeep
     /// alone let a minimum-size log under a fast stream fill up and refuse messages).
+    /// Also where deferred QoS 1 packet ids are written once their message is durable.
     pub(super) fn state_pressure(&mut self) {
+        self.store_deferred_pkids(false);
         if self
             .ctx
             .sessions_log
@@ -233,6 +232,8 @@ impl Router {
         if let Some(state) = self.state.take() {
             state.close().await;
         }
+        // Before the sessions go offline: a restart re-sends in-flight messages with DUP.
+        self.store_deferred_pkids(true);
         self.store_all_offline();
         if let Some(log) = self.ctx.sessions_log.take() {
             log.close().await;

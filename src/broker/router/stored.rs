@@ -20,6 +20,7 @@ use super::super::persist::{Live, SessionRecord, StoredSession, StoredSubscripti
 use super::sessions::set_expiry;
 use super::*;
 use crate::auth::AuthMethod;
+use crate::journal::Durable;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -136,15 +137,25 @@ impl Ctx {
         }
     }
 
-    /// A stored delivery went in flight as `pkid`.
+    /// A stored delivery of session `key` went in flight as `pkid`. At QoS 1 its packet
+    /// id record waits until the message record is durable (`store_deferred_pkids`):
+    /// a delivery acknowledged by then never needs one, and most are (one record less
+    /// per message). Until it is written a crash re-sends the message under a new
+    /// packet id without DUP: a duplicate, which QoS 1 allows. At QoS 2 the record is
+    /// written at once (the subscriber deduplicates by packet id).
     pub(super) fn store_pkid(
         &mut self,
+        key: SessionKey,
         session: &Session,
         q: &mut Queued,
         pkid: u16,
         released: bool,
     ) {
         let id = session.stored.as_ref().map_or(0, |s| s.id);
+        if q.qos == QoS::AtLeastOnce && q.record != 0 && id != 0 && self.sessions_log.is_some() {
+            self.deferred_pkids.push((key, pkid, q.record));
+            return;
+        }
         self.write_pkid(id, q, pkid, released);
     }
 
@@ -184,7 +195,100 @@ impl Ctx {
     }
 }
 
+/// The state log a held acknowledgement waits for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DurableLog {
+    Retained = 0,
+    Sessions = 1,
+}
+
+impl Ctx {
+    /// Release `hold` once `durable` resolves (as a failure if it failed), through
+    /// `RouterMsg::StateStored`. One task per log waits for them all in append order
+    /// (a log resolves in that order): a task spawned per held message cost more CPU
+    /// than the rest of the wait, and woke once per message instead of once per fsync.
+    pub(super) fn release_when_durable(&mut self, log: DurableLog, durable: Durable, hold: u64) {
+        let router = &self.shared.router_tx;
+        let waiter = self.durable_holds[log as usize].get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Durable, u64)>();
+            let router = router.clone();
+            tokio::spawn(async move {
+                while let Some((durable, hold)) = rx.recv().await {
+                    let ok = durable.await.is_ok();
+                    if router
+                        .send(RouterMsg::StateStored { hold, ok })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tx
+        });
+        if let Err(returned) = waiter.send((durable, hold)) {
+            // The task is gone (only when the router stops): report it from here.
+            self.durable_holds[log as usize] = None;
+            let (durable, hold) = returned.0;
+            let router = router.clone();
+            tokio::spawn(async move {
+                let ok = durable.await.is_ok();
+                let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
+            });
+        }
+    }
+}
+
+/// Deferred QoS 1 packet ids held before they are written whatever the journal says
+/// (a journal that stopped resolving appends must not grow the list without bound).
+const MAX_DEFERRED_PKIDS: usize = 65_536;
+
 impl Router {
+    /// Write the packet id records of deferred QoS 1 deliveries (`Ctx::store_pkid`)
+    /// whose message record is now durable and that are still in flight; all of them
+    /// when `all` (clean shutdown) or when too many wait. Called after each router turn.
+    pub(super) fn store_deferred_pkids(&mut self, all: bool) {
+        if self.ctx.deferred_pkids.is_empty() {
+            return;
+        }
+        let Some(log) = self.ctx.sessions_log.as_ref() else {
+            self.ctx.deferred_pkids.clear();
+            return;
+        };
+        let all = all || self.ctx.deferred_pkids.len() >= MAX_DEFERRED_PKIDS;
+        let durable_below = if all { u64::MAX } else { log.resolved_below() };
+        let mut deferred = std::mem::take(&mut self.ctx.deferred_pkids);
+        deferred.retain(|&(key, pkid, record)| {
+            if record >= durable_below {
+                return true;
+            }
+            let Some(session) = self.sessions.get_mut(&key) else {
+                return false;
+            };
+            // Acknowledged meanwhile (its id free, or taken by a later delivery).
+            if !session.pkids_in_use.contains(&pkid) {
+                return false;
+            }
+            let id = session.stored.as_ref().map_or(0, |s| s.id);
+            let found = session
+                .inflight
+                .iter_mut()
+                .rev()
+                .find(|f| f.pkid == pkid && f.queued.record == record);
+            if let Some(f) = found {
+                if f.queued.pkid_record == 0 {
+                    let released = f.state == InflightState::AwaitComp;
+                    self.ctx.write_pkid(id, &mut f.queued, pkid, released);
+                }
+            }
+            false
+        });
+        // Those still waiting, before any deferred during this call (none: the router
+        // does not deliver from here), keeping the list's allocation.
+        deferred.append(&mut self.ctx.deferred_pkids);
+        self.ctx.deferred_pkids = deferred;
+    }
+
     /// After a route: the publisher's acknowledgement waits for the last delivery it
     /// stored (the log is durable in append order, so that covers all of them).
     pub(super) fn hold_for_stored_deliveries(&mut self) {
@@ -195,11 +299,8 @@ impl Router {
         let Some(hold) = self.ctx.hold_route() else {
             return;
         };
-        let router = self.ctx.shared.router_tx.clone();
-        tokio::spawn(async move {
-            let ok = durable.await.is_ok();
-            let _ = router.send(RouterMsg::StateStored { hold, ok }).await;
-        });
+        self.ctx
+            .release_when_durable(DurableLog::Sessions, durable, hold);
     }
 
     /// The message being routed is a QoS 2 PUBLISH of a stored session: its packet id
