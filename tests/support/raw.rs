@@ -29,6 +29,7 @@ pub const DISCONNECT: u8 = 14;
 pub const AUTH: u8 = 15;
 
 /// v5 property ids the tests read or write.
+pub const SERVER_KEEP_ALIVE: u8 = 0x13;
 pub const MAXIMUM_QOS: u8 = 0x24;
 pub const AUTHENTICATION_METHOD: u8 = 0x15;
 pub const AUTHENTICATION_DATA: u8 = 0x16;
@@ -339,6 +340,14 @@ pub fn string_property(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
         .iter()
         .find(|(i, _)| *i == id)
         .map(|(_, v)| String::from_utf8_lossy(&v[2..]).into_owned())
+}
+
+/// A two-byte integer property's value.
+pub fn u16_property(props: &[(u8, Vec<u8>)], id: u8) -> Option<u16> {
+    props
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, v)| u16::from_be_bytes([v[0], v[1]]))
 }
 
 /// A whole packet at the start of `buf`: (packet, bytes used), or `None` while it is
