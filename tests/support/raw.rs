@@ -353,7 +353,7 @@ pub fn u16_property(props: &[(u8, Vec<u8>)], id: u8) -> Option<u16> {
 /// A whole packet at the start of `buf`: (packet, bytes used), or `None` while it is
 /// incomplete. A remaining length above [`MAX_REMAINING`], longer than four bytes or not
 /// in its shortest form fails.
-fn split(buf: &[u8]) -> Option<(Packet, usize)> {
+pub fn split(buf: &[u8]) -> Option<(Packet, usize)> {
     let first = *buf.first()?;
     let (mut len, mut i) = (0usize, 1);
     loop {
