@@ -19,7 +19,17 @@ fn encoders_write_the_bytes_the_tests_wrote_by_hand() {
         v311.encode(),
         [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'l']
     );
-    // listener_keepalive: v5, clean start, no properties.
+    // broker_core: 3.1.1, clean session 0, empty client id.
+    let empty = Connect {
+        clean: false,
+        keep_alive: 30,
+        ..Connect::new(false, "")
+    };
+    assert_eq!(
+        empty.encode(),
+        [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 30, 0, 0]
+    );
+    // listener_keepalive and broker_fuzz: v5, clean start, no properties.
     let v5 = Connect {
         keep_alive: 0x1234,
         ..Connect::new(true, "ka")
