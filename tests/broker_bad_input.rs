@@ -10,6 +10,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::raw;
 use support::*;
 use tollgate::broker::BrokerSettings;
 
@@ -160,21 +161,15 @@ async fn packet_before_connect_closes_the_socket() {
 #[tokio::test]
 async fn v311_malformed_packet_just_closes() {
     let b = start_broker().await;
-    let mut raw = Raw::open(b.addr).await;
-    raw.send_bytes(&[
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'v', b'3',
-    ])
-    .await;
-    let mut connack = [0u8; 4];
-    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut connack)
-        .await
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
-    raw.send_bytes(&[0x82, 0x03, 0x00, 0x01, 0x00]).await;
-    assert!(
-        raw.read_to_close().await.is_empty(),
-        "v3.1.1 gets no DISCONNECT"
-    );
+    let v311 = raw::Connect {
+        keep_alive: 30,
+        ..raw::Connect::new(false, "v3")
+    };
+    let (mut raw, connack) = raw::RawClient::connect(b.addr, &v311.encode()).await;
+    assert_eq!((connack.flags, connack.body), (0, vec![0, 0]));
+    // A SUBSCRIBE cut inside its topic filter.
+    raw.send(&[0x82, 0x03, 0x00, 0x01, 0x00]).await;
+    raw.closed("v3.1.1 gets no DISCONNECT").await;
     still_serving(b.addr).await;
     b.stop().await;
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::raw;
 use support::*;
 
 #[tokio::test]
@@ -451,11 +452,15 @@ async fn empty_client_id_is_assigned_for_clean_sessions_and_refused_for_persiste
         .and_then(|p| p.assigned_client_identifier.clone());
     assert!(assigned.is_some_and(|id| !id.is_empty()));
 
-    let mut raw = Raw::open(b.addr).await;
-    // v3.1.1 CONNECT, clean session = 0, empty client id.
-    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 30, 0, 0])
-        .await;
-    assert_eq!(raw.read_to_close().await, vec![0x20, 2, 0, 2]);
+    // v3.1.1 CONNECT, clean session = 0, empty client id: CONNACK 0x02, then the close.
+    let persistent = raw::Connect {
+        clean: false,
+        keep_alive: 30,
+        ..raw::Connect::new(false, "")
+    };
+    let (mut client, connack) = raw::RawClient::connect(b.addr, &persistent.encode()).await;
+    assert_eq!((connack.flags, connack.body), (0, vec![0, 2]));
+    client.closed("after the refusal").await;
     b.stop().await;
 }
 

@@ -781,12 +781,14 @@ async fn converse(addr: SocketAddr, steps: Vec<Step>) -> Vec<String> {
     retained
 }
 
-const CONNECT_V311: &[u8] = &[
-    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'z',
-];
-const CONNECT_V5: &[u8] = &[
-    0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0, 0, 2, b'f', b'5',
-];
+/// A clean CONNECT with keep alive 30 s (client id `f5` on v5, `fz` on 3.1.1).
+fn connect_30(v5: bool) -> Vec<u8> {
+    support::raw::Connect {
+        keep_alive: 30,
+        ..support::raw::Connect::new(v5, if v5 { "f5" } else { "fz" })
+    }
+    .encode()
+}
 
 proptest! {
     #![proptest_config(config())]
@@ -807,7 +809,7 @@ proptest! {
     ) {
         run_case(|addr, retained| async move {
             let mut stream = TcpStream::connect(addr).await.expect("connect");
-            let _ = stream.write_all(if v5 { CONNECT_V5 } else { CONNECT_V311 }).await;
+            let _ = stream.write_all(&connect_30(v5)).await;
             let mut data = vec![first];
             data.extend_from_slice(&noise);
             let _ = stream.write_all(&data).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;
+use support::raw::{self, Connect, RawClient, DISCONNECT_NORMAL};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::auth::Identity;
 use tollgate::broker::{BrokerSettings, InternalOptions};
 
@@ -68,32 +68,21 @@ async fn sys_topics_are_published_retained_with_mosquitto_names() {
     b.stop().await;
 }
 
+/// A v3.1.1 CONNECT, clean session, keep alive 30 s.
+fn connect_30(id: &str) -> Vec<u8> {
+    Connect {
+        keep_alive: 30,
+        ..Connect::new(false, id)
+    }
+    .encode()
+}
+
 /// Minimal v3.1.1 clean-session client: CONNECT, read CONNACK, DISCONNECT.
 async fn connect_and_leave(addr: std::net::SocketAddr, id: &str) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut pkt = vec![
-        0x10,
-        (12 + id.len()) as u8,
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        0x02,
-        0,
-        30,
-    ];
-    pkt.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    pkt.extend_from_slice(id.as_bytes());
-    s.write_all(&pkt).await.unwrap();
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
-    s.write_all(&[0xE0, 0]).await.unwrap();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest).await;
+    let (mut s, connack) = RawClient::connect(addr, &connect_30(id)).await;
+    assert_eq!((connack.flags, connack.body), (0, vec![0, 0]));
+    s.send(&DISCONNECT_NORMAL).await;
+    s.closed("after DISCONNECT").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,29 +130,17 @@ async fn memory_is_bounded_by_live_state() {
     live_state_is_counted(&b).await;
     // 100,000 distinct topics, no retain, no subscribers: one raw v3.1.1 client
     // writes them as QoS 0 PUBLISH packets in large batches.
-    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    s.write_all(&[
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'l',
-    ])
-    .await
-    .unwrap();
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await.unwrap();
+    let (mut s, _) = RawClient::connect(b.addr, &connect_30("fl")).await;
     let mut buf = Vec::with_capacity(1 << 20);
     for i in 0..100_000u32 {
-        let topic = format!("flood/{i}/value");
-        buf.push(0x30);
-        buf.push((2 + topic.len() + 1) as u8);
-        buf.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        buf.extend_from_slice(topic.as_bytes());
-        buf.push(b'1');
+        buf.extend(raw::publish(false, &format!("flood/{i}/value"), 0, 0, b"1"));
     }
-    s.write_all(&buf).await.unwrap();
+    s.send(&buf).await;
     wait_until_within("100,000 flood messages received", BULK, || {
         b.broker.stats().messages_received >= 100_000
     })
     .await;
-    s.write_all(&[0xE0, 0]).await.unwrap();
+    s.send(&DISCONNECT_NORMAL).await;
     drop(s);
     wait_until("every session gone", || b.broker.stats().sessions == 0).await;
     let stats = b.broker.stats();
@@ -264,35 +241,11 @@ async fn a_subscriber_that_stops_reading_loses_qos0_not_broker_memory() {
     stuck
         .send(&rumqttc::v5::mqttbytes::v5::Packet::Subscribe(sub))
         .await;
-    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    s.write_all(&[
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'f', b'q',
-    ])
-    .await
-    .unwrap();
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await.unwrap();
+    let (mut s, _) = RawClient::connect(b.addr, &connect_30("fq")).await;
     // 3,000 QoS 0 messages of 16 KiB: far more than socket buffers hold.
-    let payload = vec![0u8; 16 * 1024];
-    let mut packet = vec![0x30];
-    let remaining = 2 + 7 + payload.len();
-    let mut len = remaining;
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&7u16.to_be_bytes());
-    packet.extend_from_slice(b"flood/x");
-    packet.extend_from_slice(&payload);
+    let packet = raw::publish(false, "flood/x", 0, 0, &[0u8; 16 * 1024]);
     for _ in 0..3000 {
-        s.write_all(&packet).await.unwrap();
+        s.send(&packet).await;
     }
     wait_until_within("3,000 messages received", BULK, || {
         b.broker.stats().messages_received >= 3000

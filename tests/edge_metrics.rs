@@ -4,7 +4,8 @@
 //! counters named `_total`); counters that move with real traffic (a publish over TCP,
 //! a WebSocket connection, a TLS handshake without the required client certificate);
 //! 404 for everything but `GET /metrics`; oversized, slow and surplus requests dropped;
-//! the rate controls' actions and the messages per listener (raw 3.1.1 clients).
+//! the rate controls' actions and the messages per listener (raw 3.1.1 clients of
+//! `support::raw`).
 
 mod support;
 
@@ -15,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::pki::TestPki;
+use support::raw::{
+    self, connect, puback, publish, subscribe, Connect, Packet, RawClient, DISCONNECT_NORMAL,
+    PINGREQ, PINGRESP, PUBACK, PUBLISH, SUBACK,
+};
 use support::{dial, gateway::*, net::free_port, wait::*};
 
 /// One sample: metric name and its labels.
@@ -434,63 +439,31 @@ fn the_parser_refuses_what_the_format_forbids() {
     }
 }
 
-/// Raw 3.1.1 packets for the rate-control test (rumqttc would reconnect and hide closes).
-mod raw {
-    use super::*;
+/// A connected 3.1.1 client of `support::raw` (CONNACK 0, no session present): rumqttc
+/// would reconnect and hide closes.
+async fn connected(addr: SocketAddr, id: &str) -> RawClient {
+    let (client, connack) = RawClient::connect(addr, &connect(false, id, None)).await;
+    assert_eq!(connack.body, [0, 0], "{id} connected: {connack:?}");
+    client
+}
 
-    pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-        assert!(body.len() < 128);
-        let mut p = vec![first, body.len() as u8];
-        p.extend_from_slice(body);
-        p
-    }
-
-    fn string(s: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    pub fn publish(topic: &str, qos: u8) -> Vec<u8> {
-        publish_id(topic, qos, 1)
-    }
-
-    pub fn publish_id(topic: &str, qos: u8, pkid: u16) -> Vec<u8> {
-        let mut b = Vec::new();
-        string(topic, &mut b);
-        if qos > 0 {
-            b.extend_from_slice(&pkid.to_be_bytes());
-        }
-        b.extend_from_slice(b"x");
-        packet(0x30 | (qos << 1), &b)
-    }
-
-    /// A connected 3.1.1 client (CONNACK 0 read).
-    pub async fn connected(addr: SocketAddr, id: &str) -> TcpStream {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let mut b = Vec::new();
-        string("MQTT", &mut b);
-        b.extend_from_slice(&[4, 2, 0, 60]);
-        string(id, &mut b);
-        s.write_all(&packet(0x10, &b)).await.expect("write");
-        let mut connack = [0u8; 4];
-        tokio::time::timeout(WAIT, s.read_exact(&mut connack))
-            .await
-            .expect("CONNACK in time")
-            .expect("CONNACK");
-        assert_eq!(connack, [0x20, 2, 0, 0], "{id} connected");
-        s
-    }
-
-    /// Everything until the gateway closes the connection.
-    pub async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-            .await
-            .expect("closed in time")
-            .ok();
-        rest
+/// A QoS 0 delivery or publish of the payload `x` (3.1.1).
+fn x_publish(topic: &str) -> Packet {
+    let mut body = Vec::new();
+    raw::string(topic.as_bytes(), &mut body);
+    body.push(b'x');
+    Packet {
+        kind: PUBLISH,
+        flags: 0,
+        body,
     }
 }
+
+const PONG: Packet = Packet {
+    kind: PINGRESP,
+    flags: 0,
+    body: Vec::new(),
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_control_actions_and_messages_per_listener_are_counted() {
@@ -511,47 +484,47 @@ async fn rate_control_actions_and_messages_per_listener_are_counted() {
     let addr = gw.addr("limited");
 
     // 1: a subscriber asking QoS 2 is granted 1.
-    let mut sub = raw::connected(addr, "sub").await;
-    sub.write_all(&raw::packet(0x82, b"\x00\x01\x00\x03r/#\x02"))
-        .await
-        .expect("subscribe");
-    let mut suback = [0u8; 5];
-    sub.read_exact(&mut suback).await.expect("SUBACK");
-    assert_eq!(suback, [0x90, 3, 0, 1, 1], "granted QoS 1");
+    let mut sub = connected(addr, "sub").await;
+    sub.send(&subscribe(false, "r/#", 2, 1)).await;
+    assert_eq!(
+        sub.expect(SUBACK).await,
+        Packet {
+            kind: SUBACK,
+            flags: 0,
+            body: vec![0, 1, 1]
+        },
+        "granted QoS 1"
+    );
     // 2: two messages within the rate, then a PINGREQ answered after them.
-    let mut publisher = raw::connected(addr, "pub").await;
-    let mut two = [raw::publish("r/a", 0), raw::publish("r/a", 0)].concat();
-    two.extend([0xC0, 0]);
-    publisher.write_all(&two).await.expect("publish");
-    let mut pong = [0u8; 2];
-    publisher.read_exact(&mut pong).await.expect("PINGRESP");
-    assert_eq!(pong, [0xD0, 0]);
-    let mut delivered = [0u8; 16];
-    sub.read_exact(&mut delivered)
-        .await
-        .expect("two deliveries");
+    let mut publisher = connected(addr, "pub").await;
+    let mut two = publish(false, "r/a", 0, 1, b"x").repeat(2);
+    two.extend(PINGREQ);
+    publisher.send(&two).await;
+    assert_eq!(publisher.next().await, Some(PONG));
+    for _ in 0..2 {
+        assert_eq!(sub.next().await, Some(x_publish("r/a")), "two deliveries");
+    }
     // 3: five at once exceed msgs = 2: closed.
-    let mut flood = raw::connected(addr, "flood").await;
+    let mut flood = connected(addr, "flood").await;
     flood
-        .write_all(&raw::publish("r/f", 0).repeat(5))
-        .await
-        .expect("flood");
-    assert!(raw::until_closed(&mut flood).await.is_empty());
+        .send(&publish(false, "r/f", 0, 1, b"x").repeat(5))
+        .await;
+    flood.closed("flood beyond msgs = 2").await;
     // 4: a QoS 2 PUBLISH above max_qos 1: closed without PUBREC.
-    let mut qos2 = raw::connected(addr, "qos2").await;
-    qos2.write_all(&raw::publish("r/q", 2)).await.expect("qos2");
-    assert!(raw::until_closed(&mut qos2).await.is_empty());
+    let mut qos2 = connected(addr, "qos2").await;
+    qos2.send(&publish(false, "r/q", 2, 1, b"x")).await;
+    qos2.closed("QoS 2 above max_qos 1").await;
     // 5: the fifth attempt from 127.0.0.1 is over connect_rate's burst: closed at once.
-    let mut fifth = TcpStream::connect(addr).await.expect("connect");
-    assert!(raw::until_closed(&mut fifth).await.is_empty());
-    // The slow listener throttles three messages at one per second; nothing is lost.
-    let mut slow = raw::connected(gw.addr("slow"), "slow").await;
-    let mut three = raw::publish("s/a", 0).repeat(3);
-    three.extend([0xC0, 0]);
-    slow.write_all(&three).await.expect("publish");
-    slow.read_exact(&mut pong)
+    RawClient::open(addr)
         .await
-        .expect("PINGRESP after the throttle");
+        .closed("the fifth attempt")
+        .await;
+    // The slow listener throttles three messages at one per second; nothing is lost.
+    let mut slow = connected(gw.addr("slow"), "slow").await;
+    let mut three = publish(false, "s/a", 0, 1, b"x").repeat(3);
+    three.extend(PINGREQ);
+    slow.send(&three).await;
+    assert_eq!(slow.next().await, Some(PONG), "PINGRESP after the throttle");
 
     let after = scrape(metrics).await;
     let limited = [("listener", "limited"), ("transport", "tcp")];
@@ -719,34 +692,46 @@ async fn queue_depth_gauges_follow_an_offline_session() {
     let gw = Gateway::start(dir.path(), &body).await;
     let addr = gw.addr("local");
     let connect_persistent = |id: &'static str| async move {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
         // 3.1.1 CONNECT, clean session 0, keep alive 60 s.
-        let mut c = b"\x00\x04MQTT\x04\x00\x00\x3c".to_vec();
-        c.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        c.extend_from_slice(id.as_bytes());
-        s.write_all(&raw::packet(0x10, &c)).await.expect("connect");
-        let mut connack = [0u8; 4];
-        s.read_exact(&mut connack).await.expect("CONNACK");
-        assert_eq!((connack[0], connack[3]), (0x20, 0));
-        s
+        let persistent = Connect {
+            clean: false,
+            ..Connect::new(false, id)
+        };
+        let (client, connack) = RawClient::connect(addr, &persistent.encode()).await;
+        assert_eq!(connack.reason_code(), 0, "{connack:?}");
+        client
     };
     let mut offline = connect_persistent("offline").await;
-    offline
-        .write_all(&raw::packet(0x82, b"\x00\x01\x00\x03q/#\x01"))
-        .await
-        .expect("subscribe");
-    let mut suback = [0u8; 5];
-    offline.read_exact(&mut suback).await.expect("SUBACK");
-    offline.write_all(&[0xE0, 0]).await.expect("disconnect");
+    offline.send(&subscribe(false, "q/#", 1, 1)).await;
+    offline.expect(SUBACK).await;
+    offline.send(&DISCONNECT_NORMAL).await;
     drop(offline);
 
-    let mut publisher = raw::connected(addr, "queue-pub").await;
-    let mut three: Vec<u8> = (1..=3).flat_map(|i| raw::publish_id("q/a", 1, i)).collect();
-    three.extend([0xC0, 0]);
-    publisher.write_all(&three).await.expect("publish");
-    // Three PUBACKs (4 bytes each) and the PINGRESP: all three are queued by now.
-    let mut acks = [0u8; 14];
-    publisher.read_exact(&mut acks).await.expect("acks");
+    let mut publisher = connected(addr, "queue-pub").await;
+    let mut three: Vec<u8> = (1..=3)
+        .flat_map(|i| publish(false, "q/a", 1, i, b"x"))
+        .collect();
+    three.extend(PINGREQ);
+    publisher.send(&three).await;
+    // Three PUBACKs and the PINGRESP: all three are queued by now.
+    // (The PINGRESP may come before the PUBACKs: the acknowledgements wait for routing.)
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(publisher.next().await.expect("open"));
+    }
+    answers.retain(|p| p != &PONG);
+    let acked: Vec<Vec<u8>> = answers
+        .iter()
+        .map(|p| {
+            assert_eq!(p.kind, PUBACK, "{p:?}");
+            p.body.clone()
+        })
+        .collect();
+    assert_eq!(
+        acked,
+        [[0, 1], [0, 2], [0, 3]],
+        "three PUBACKs and a PINGRESP"
+    );
 
     let deadline = std::time::Instant::now() + WAIT;
     let queued = loop {
@@ -762,21 +747,16 @@ async fn queue_depth_gauges_follow_an_offline_session() {
 
     // The session comes back and takes them: the gauges go back to zero.
     let mut back = connect_persistent("offline").await;
-    let mut delivered = Vec::new();
-    while delivered.len() < 3 * 10 {
-        let mut chunk = [0u8; 64];
-        let n = tokio::time::timeout(WAIT, back.read(&mut chunk))
-            .await
-            .expect("deliveries in time")
-            .expect("read");
-        assert!(n > 0, "open");
-        delivered.extend_from_slice(&chunk[..n]);
+    let mut pkids = Vec::new();
+    for _ in 0..3 {
+        let message = back.expect(PUBLISH).await.publish(false);
+        assert_eq!((message.topic.as_str(), message.qos), ("q/a", 1));
+        assert_eq!(message.payload, b"x");
+        pkids.push(message.pkid.expect("a QoS 1 delivery"));
     }
-    // Each delivery is 10 bytes (QoS 1, topic q/a, payload x): acknowledge them.
-    for d in delivered.chunks(10) {
-        back.write_all(&[0x40, 2, d[7], d[8]])
-            .await
-            .expect("PUBACK");
+    // Acknowledge them.
+    for pkid in pkids {
+        back.send(&puback(pkid)).await;
     }
     let deadline = std::time::Instant::now() + WAIT;
     loop {

@@ -1,6 +1,7 @@
 //! MQTT 5 enhanced authentication with the method `jwt` and re-authentication (AUTH
-//! 0x19, MQTT 5 §4.12.1), over real sockets with a raw MQTT 5 client written here
-//! (rumqttc 0.25 has no re-authentication API and cannot even read an AUTH): every
+//! 0x19, MQTT 5 §4.12.1), over real sockets with the raw MQTT 5 client of
+//! `support::raw` (rumqttc 0.25 has no re-authentication API and cannot even read an
+//! AUTH): every
 //! byte the gateway answers is seen, AUTH and DISCONNECT included. Tokens are ES256,
 //! signed in the test with a P-256 key made by rcgen.
 //!
@@ -30,6 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::gateway::*;
+use support::raw::{
+    self, auth, auth_properties, puback, string_property, Connect, RawClient, AUTH,
+    AUTHENTICATION_METHOD, DISCONNECT, PUBACK, PUBLISH, REASON_STRING, SUBACK,
+};
 use support::wait::WAIT;
 
 const ISSUER: &str = "https://idp.example";
@@ -112,199 +117,41 @@ async fn jwt_auth_total(dir: &Path, outcome: &str, reason: &str) -> u64 {
 
 // ---- raw MQTT 5 -------------------------------------------------------------------
 
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![first];
-    varint(body.len(), &mut p);
-    p.extend_from_slice(body);
-    p
-}
-
-fn string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// Method (0x15) and data (0x16) properties, with their length in front.
-fn auth_properties(method: Option<&str>, data: Option<&str>) -> Vec<u8> {
-    let mut p = Vec::new();
-    if let Some(m) = method {
-        p.push(0x15);
-        string(m.as_bytes(), &mut p);
-    }
-    if let Some(d) = data {
-        p.push(0x16);
-        string(d.as_bytes(), &mut p);
-    }
-    let mut out = Vec::new();
-    varint(p.len(), &mut out);
-    out.extend_from_slice(&p);
-    out
-}
-
 /// A v5 CONNECT, clean start, keep alive 60 s, with an Authentication Method and Data.
 fn connect(id: &str, method: Option<&str>, token: Option<&str>) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(b"MQTT", &mut b);
-    b.push(5);
-    b.push(0x02);
-    b.extend_from_slice(&60u16.to_be_bytes());
-    b.extend_from_slice(&auth_properties(method, token));
-    string(id.as_bytes(), &mut b);
-    packet(0x10, &b)
-}
-
-/// AUTH with `reason`, method `jwt` and the token.
-fn auth(reason: u8, method: Option<&str>, token: &str) -> Vec<u8> {
-    let mut b = vec![reason];
-    b.extend_from_slice(&auth_properties(method, Some(token)));
-    packet(0xF0, &b)
+    Connect {
+        properties: Some(auth_properties(method, token)),
+        ..Connect::new(true, id)
+    }
+    .encode()
 }
 
 fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(topic.as_bytes(), &mut b);
-    if qos > 0 {
-        b.extend_from_slice(&pkid.to_be_bytes());
-    }
-    b.push(0);
-    b.extend_from_slice(payload);
-    packet(0x30 | (qos << 1), &b)
+    raw::publish(true, topic, qos, pkid, payload)
 }
 
 /// SUBSCRIBE at QoS 1 with No Local (a client's own messages do not come back).
 fn subscribe(filter: &str, pkid: u16) -> Vec<u8> {
-    let mut b = pkid.to_be_bytes().to_vec();
-    b.push(0);
-    string(filter.as_bytes(), &mut b);
-    b.push(0x05);
-    packet(0x82, &b)
+    raw::subscribe(true, filter, 0x05, pkid)
 }
 
-/// A whole packet at the start of `buf`: (first byte, body, bytes used).
-fn split(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    let first = *buf.first()?;
-    let (mut len, mut shift, mut i) = (0usize, 0, 1);
-    loop {
-        let b = *buf.get(i)?;
-        len |= usize::from(b & 0x7f) << shift;
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
+/// The shared raw client with what these tests do with it.
+struct Raw(RawClient);
+
+impl std::ops::Deref for Raw {
+    type Target = RawClient;
+    fn deref(&self) -> &RawClient {
+        &self.0
     }
-    let end = i + len;
-    (buf.len() >= end).then(|| (first, buf[i..end].to_vec(), end))
 }
 
-/// The properties at `body[at..]` as (id, value bytes) for the ids the broker sends.
-fn properties(body: &[u8], at: usize) -> Vec<(u8, Vec<u8>)> {
-    let (mut len, mut i, mut shift) = (0usize, at, 0);
-    loop {
-        let b = body[i];
-        len |= usize::from(b & 0x7f) << shift;
-        i += 1;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut RawClient {
+        &mut self.0
     }
-    let end = i + len;
-    let mut out = Vec::new();
-    while i < end {
-        let id = body[i];
-        i += 1;
-        let size = match id {
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
-            0x13 | 0x21 | 0x22 | 0x23 => 2,
-            0x02 | 0x11 | 0x18 | 0x27 => 4,
-            0x0B => {
-                let mut n = 0;
-                while body[i + n] & 0x80 != 0 {
-                    n += 1;
-                }
-                n + 1
-            }
-            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
-                2 + usize::from(u16::from_be_bytes([body[i], body[i + 1]]))
-            }
-            0x26 => {
-                let k = 2 + usize::from(u16::from_be_bytes([body[i], body[i + 1]]));
-                k + 2 + usize::from(u16::from_be_bytes([body[i + k], body[i + k + 1]]))
-            }
-            other => panic!("unexpected property {other:#x} in {body:?}"),
-        };
-        out.push((id, body[i..i + size].to_vec()));
-        i += size;
-    }
-    out
-}
-
-/// A string property's value.
-fn string_property(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
-    props
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map(|(_, v)| String::from_utf8_lossy(&v[2..]).into_owned())
-}
-
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
 }
 
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// The next packet, or `None` when the gateway closed the connection.
-    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if let Some((first, body, used)) = split(&self.buf) {
-                self.buf.drain(..used);
-                return Some((first, body));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
-                .await
-                .expect("the gateway answers or closes within WAIT")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn expect(&mut self, packet_type: u8) -> Vec<u8> {
-        match self.next().await {
-            Some((first, body)) if first >> 4 == packet_type => body,
-            other => panic!("expected packet type {packet_type}, got {other:?}"),
-        }
-    }
-
     /// CONNECT; the CONNACK's reason code and properties.
     async fn connect(
         addr: SocketAddr,
@@ -312,51 +159,43 @@ impl Raw {
         method: Option<&str>,
         token: Option<&str>,
     ) -> (Raw, u8, Vec<(u8, Vec<u8>)>) {
-        let mut raw = Raw::open(addr).await;
-        raw.send(&connect(id, method, token)).await;
-        let ack = raw.expect(2).await;
-        let props = properties(&ack, 2);
-        (raw, ack[1], props)
+        let (raw, ack) = RawClient::connect(addr, &connect(id, method, token)).await;
+        (Raw(raw), ack.reason_code(), ack.properties())
     }
 
     /// Connected with the method `jwt` and `token` (CONNACK success asserted).
     async fn with_token(addr: SocketAddr, id: &str, token: &str) -> Raw {
         let (raw, code, props) = Raw::connect(addr, id, Some("jwt"), Some(token)).await;
         assert_eq!(code, 0, "CONNACK success: {props:?}");
-        assert_eq!(string_property(&props, 0x15).as_deref(), Some("jwt"));
+        assert_eq!(
+            string_property(&props, AUTHENTICATION_METHOD).as_deref(),
+            Some("jwt")
+        );
         raw
     }
 
     /// AUTH 0x19 with `token`; asserts the AUTH 0x00 answer carries the method.
     async fn reauthenticate(&mut self, token: &str) {
         self.send(&auth(0x19, Some("jwt"), token)).await;
-        let body = self.expect(15).await;
-        assert_eq!(body.first(), Some(&0x00), "AUTH success: {body:?}");
+        let answer = self.expect(AUTH).await;
+        assert_eq!(answer.body.first(), Some(&0x00), "AUTH success: {answer:?}");
         assert_eq!(
-            string_property(&properties(&body, 1), 0x15).as_deref(),
+            string_property(&answer.properties(), AUTHENTICATION_METHOD).as_deref(),
             Some("jwt")
         );
-    }
-
-    /// The DISCONNECT that ends the connection: (reason code, reason string).
-    async fn disconnected(&mut self) -> (u8, String) {
-        let body = self.expect(14).await;
-        let reason = string_property(&properties(&body, 1), 0x1F).unwrap_or_default();
-        assert!(self.next().await.is_none(), "closed after the DISCONNECT");
-        (body[0], reason)
     }
 
     /// The reason code of the PUBACK of a QoS 1 publish.
     async fn publish_acked(&mut self, topic: &str, pkid: u16) -> u8 {
         self.send(&publish(topic, 1, pkid, b"x")).await;
-        let body = self.expect(4).await;
+        let body = self.expect_body(PUBACK).await;
         assert_eq!(&body[..2], &pkid.to_be_bytes(), "PUBACK of {pkid}");
         body.get(2).copied().unwrap_or(0)
     }
 
     async fn subscribed(&mut self, filter: &str, pkid: u16) -> u8 {
         self.send(&subscribe(filter, pkid)).await;
-        let body = self.expect(9).await;
+        let body = self.expect_body(SUBACK).await;
         // pkid, properties, one reason code.
         *body.last().expect("a reason code")
     }
@@ -366,18 +205,16 @@ impl Raw {
     async fn topics_until(&mut self, marker: &str) -> Vec<String> {
         let mut topics = Vec::new();
         loop {
-            let (first, body) = self.next().await.expect("connection open");
-            if first >> 4 != 3 {
+            let packet = self.next().await.expect("connection open");
+            if packet.kind != PUBLISH {
                 continue;
             }
-            let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-            let topic = String::from_utf8_lossy(&body[2..2 + len]).into_owned();
-            if (first >> 1) & 0x03 > 0 {
-                let pkid = [body[2 + len], body[3 + len]];
-                self.send(&packet(0x40, &pkid)).await;
+            let message = packet.publish(true);
+            if let Some(pkid) = message.pkid {
+                self.send(&puback(pkid)).await;
             }
-            topics.push(topic.clone());
-            if topic == marker {
+            topics.push(message.topic.clone());
+            if message.topic == marker {
                 return topics;
             }
         }
@@ -398,7 +235,7 @@ async fn connect_with_the_jwt_method_and_refuse_unknown_methods() {
     for method in ["JWT", "SCRAM-SHA-1"] {
         let (_raw, code, props) = Raw::connect(addr, "m-bad", Some(method), Some("x")).await;
         assert_eq!(code, 0x8C, "{method}: {props:?}");
-        let reason = string_property(&props, 0x1F).unwrap_or_default();
+        let reason = string_property(&props, REASON_STRING).unwrap_or_default();
         assert!(reason.contains("unknown authentication method"), "{reason}");
     }
     // `jwt` where the listener takes no tokens.
@@ -449,18 +286,7 @@ async fn re_authentication_keeps_the_session_past_the_old_exp() {
     let mut short = claims("dev-1", 0);
     short["exp"] = json!(now() + 2);
     c.reauthenticate(&sign(&keys.ec, &short)).await;
-    let (code, reason) = loop {
-        match c.next().await {
-            Some((first, body)) if first >> 4 == 14 => {
-                break (
-                    body[0],
-                    string_property(&properties(&body, 1), 0x1F).unwrap_or_default(),
-                )
-            }
-            Some(_) => {}
-            None => panic!("closed without DISCONNECT"),
-        }
-    };
+    let (code, reason) = c.skip_to(DISCONNECT).await.reason();
     assert_eq!(code, 0xA0, "{reason}");
     assert!(reason.contains("token expired"), "{reason}");
     gw.stop().await;
@@ -583,8 +409,8 @@ async fn a_narrower_claim_applies_to_what_follows_the_auth() {
     let mut both = auth(0x19, Some("jwt"), &sign(&keys.ec, &narrow));
     both.extend_from_slice(&publish("site/dev-1/b", 1, 3, b"x"));
     c.send(&both).await;
-    assert_eq!(c.expect(15).await.first(), Some(&0x00));
-    let ack = c.expect(4).await;
+    assert_eq!(c.expect_body(AUTH).await.first(), Some(&0x00));
+    let ack = c.expect_body(PUBACK).await;
     assert_eq!(ack.get(2), Some(&0x87), "PUBACK not authorized: {ack:?}");
     assert_eq!(c.publish_acked("site/dev-1/a", 4).await, 0);
     // Deliveries too: another publisher's message to b is no longer delivered; the

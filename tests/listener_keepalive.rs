@@ -11,12 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::v5::mqttbytes::v5 as p5;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::gateway::Gateway;
+use support::raw::{u16_property, Connect, RawClient, SERVER_KEEP_ALIVE};
 use support::{skip_unless_required, WAIT};
 use tollgate::config::{load_with_env, ConfigSource};
 
@@ -113,12 +111,9 @@ async fn plain_and_tls_listeners_turn_on_tcp_keepalive_and_one_can_turn_it_off()
     }
 
     let port = running.addr("off").port();
-    let mut client = TcpStream::connect(running.addr("off"))
-        .await
-        .expect("connect");
     // A CONNACK proves the server side was accepted and set up before ss looks.
-    client.write_all(&connect_v311(0)).await.expect("send");
-    assert_eq!(read_connack_v311(&mut client).await, 0x00);
+    let (_client, ack) = RawClient::connect(running.addr("off"), &connect_ka(false, 0)).await;
+    assert_eq!((ack.flags, ack.body), (0, vec![0, 0x00]), "CONNACK 0");
     let out = ss_server_sockets(port).expect("ss runs");
     assert!(
         out.lines().count() == 1 && !out.contains("keepalive"),
@@ -127,74 +122,33 @@ async fn plain_and_tls_listeners_turn_on_tcp_keepalive_and_one_can_turn_it_off()
     running.stop().await;
 }
 
-/// 3.1.1 CONNECT, clean session, client id "ka", with the given keep alive.
-fn connect_v311(keep_alive: u16) -> Vec<u8> {
-    let [hi, lo] = keep_alive.to_be_bytes();
-    vec![
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, hi, lo, 0, 2, b'k', b'a',
-    ]
-}
-
-/// v5 CONNECT, clean start, no properties, client id "ka", with the given keep alive.
-fn connect_v5(keep_alive: u16) -> Vec<u8> {
-    let [hi, lo] = keep_alive.to_be_bytes();
-    vec![
-        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, hi, lo, 0, 0, 2, b'k', b'a',
-    ]
-}
-
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) {
-    let n = tokio::time::timeout(WAIT, stream.read_buf(buf))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    assert!(n > 0, "connection closed without an answer");
-}
-
-/// The 3.1.1 CONNACK return code.
-async fn read_connack_v311(stream: &mut TcpStream) -> u8 {
-    let mut buf = BytesMut::new();
-    while buf.len() < 4 {
-        read_some(stream, &mut buf).await;
+/// A CONNECT of the client id "ka" (clean start, no properties) with `keep_alive`.
+fn connect_ka(v5: bool, keep_alive: u16) -> Vec<u8> {
+    Connect {
+        keep_alive,
+        ..Connect::new(v5, "ka")
     }
-    assert_eq!(&buf[..3], &[0x20, 2, 0], "CONNACK header: {buf:02x?}");
-    buf[3]
+    .encode()
 }
 
-async fn read_connack_v5(stream: &mut TcpStream) -> p5::ConnAck {
-    let mut buf = BytesMut::new();
-    loop {
-        match p5::Packet::read(&mut buf, None) {
-            Ok(p5::Packet::ConnAck(ack)) => return ack,
-            Ok(other) => panic!("expected CONNACK, got {other:?}"),
-            Err(_) => read_some(stream, &mut buf).await,
-        }
-    }
+/// The v5 CONNACK's reason code and Server Keep Alive.
+async fn v5_granted(addr: SocketAddr, keep_alive: u16) -> (u8, Option<u16>) {
+    let (_client, ack) = RawClient::connect(addr, &connect_ka(true, keep_alive)).await;
+    (
+        ack.reason_code(),
+        u16_property(&ack.properties(), SERVER_KEEP_ALIVE),
+    )
 }
 
-/// After a refusal the server closes the connection.
-async fn assert_closed(stream: &mut TcpStream) {
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "still open: {read:?} {rest:02x?}"
-    );
-}
-
-async fn v5_granted(addr: SocketAddr, keep_alive: u16) -> (p5::ConnectReturnCode, Option<u16>) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&connect_v5(keep_alive)).await.expect("send");
-    let ack = read_connack_v5(&mut s).await;
-    (ack.code, ack.properties.and_then(|p| p.server_keep_alive))
-}
-
+/// The 3.1.1 CONNACK return code; after a refusal the server closes the connection.
 async fn v311_code(addr: SocketAddr, keep_alive: u16) -> u8 {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&connect_v311(keep_alive)).await.expect("send");
-    let code = read_connack_v311(&mut s).await;
+    let (mut client, ack) = RawClient::connect(addr, &connect_ka(false, keep_alive)).await;
+    assert_eq!(ack.flags, 0, "CONNACK header: {ack:?}");
+    assert_eq!(ack.body.len(), 2, "CONNACK length: {ack:?}");
+    assert_eq!(ack.body[0], 0, "no session present: {ack:?}");
+    let code = ack.reason_code();
     if code != 0 {
-        assert_closed(&mut s).await;
+        client.closed("after the refusal").await;
     }
     code
 }
@@ -220,24 +174,24 @@ async fn keep_alive_zero_and_below_minimum_get_server_keep_alive_on_v5_and_are_r
     let strict = running.addr("strict");
     let no_zero = running.addr("no-zero");
     let open = running.addr("open");
-    use p5::ConnectReturnCode::Success;
+    const SUCCESS: u8 = 0;
 
     // v5: the server's keep alive overrides the client's (Server Keep Alive).
     assert_eq!(
         v5_granted(strict, 0).await,
-        (Success, Some(30)),
+        (SUCCESS, Some(30)),
         "0 -> minimum"
     );
-    assert_eq!(v5_granted(strict, 10).await, (Success, Some(30)), "raised");
-    assert_eq!(v5_granted(strict, 60).await, (Success, None), "kept");
+    assert_eq!(v5_granted(strict, 10).await, (SUCCESS, Some(30)), "raised");
+    assert_eq!(v5_granted(strict, 60).await, (SUCCESS, None), "kept");
     assert_eq!(
         v5_granted(no_zero, 0).await,
-        (Success, Some(u16::MAX)),
+        (SUCCESS, Some(u16::MAX)),
         "no minimum: 0 -> [broker] max_keepalive"
     );
     assert_eq!(
         v5_granted(open, 0).await,
-        (Success, None),
+        (SUCCESS, None),
         "default allows 0"
     );
 

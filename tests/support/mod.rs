@@ -7,6 +7,8 @@
 //! - [`net`]: free loopback ports.
 //! - [`broker`]: the broker started in-process on 127.0.0.1:0 behind a plain TCP accept loop.
 //! - [`clients`]: rumqttc v3.1.1/v5 clients whose events can be awaited, and a raw v5 socket.
+//! - [`raw`]: a byte-level MQTT 3.1.1/5 client (packet encoders, a bounded packet
+//!   reader, v5 property readers) that sees AUTH, DISCONNECT and bare closes.
 //! - [`dial`]: rumqttc clients of a whole gateway over TCP or TLS, with credentials, whose
 //!   refusals are results (for the security tests).
 //! - [`cloud`]: the bridge's cloud (mosquitto over mTLS), its clients and the bridge config.
@@ -34,6 +36,7 @@ pub mod net;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod raw;
 pub mod wait;
 
 // The helpers most tests use, at `support::` directly. `dial` is left out: its `V4`/`V5`
