@@ -22,17 +22,37 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A worker thread going idle gives back what the allocator holds without using it
 /// (`tollgate_sys::allocator::collect`), at most once a second per thread so that a busy
 /// broker, whose workers park and wake all the time, hardly pays for it.
+///
+/// A park within that second skips the collection, and a worker that then sleeps for long
+/// (the burst just ended) would keep what it freed: such a park schedules one wake-up a
+/// second later (a sleeping task, one at a time for the runtime), whose end also wakes an
+/// idle worker, so every worker parks once more after the second and collects.
 fn collect_when_idle() {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
+    const EVERY: Duration = Duration::from_secs(1);
+    static WAKE_SCHEDULED: AtomicBool = AtomicBool::new(false);
     thread_local! {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
     }
     let now = Instant::now();
     if LAST
         .get()
-        .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        .is_some_and(|last| now.duration_since(last) < EVERY)
     {
+        if !WAKE_SCHEDULED.swap(true, Ordering::Relaxed) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async {
+                    tokio::time::sleep(EVERY + Duration::from_millis(100)).await;
+                    WAKE_SCHEDULED.store(false, Ordering::Relaxed);
+                    // Scheduled from a worker, a new task wakes an idle worker to take it.
+                    tokio::spawn(async {});
+                });
+            } else {
+                WAKE_SCHEDULED.store(false, Ordering::Relaxed);
+            }
+        }
         return;
     }
     LAST.set(Some(now));
