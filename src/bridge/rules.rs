@@ -108,27 +108,9 @@ fn covers(prefix: &str, pattern: &str, topic: &str, suffix: &str) -> bool {
     if prefix.is_empty() {
         matches(pattern, topic)
     } else if prefix.ends_with('/') {
-        levels_match(pattern, suffix)
+        crate::topic::levels_match(pattern, suffix)
     } else {
         matches(&format!("{prefix}{pattern}"), topic)
-    }
-}
-
-/// [`matches`] level by level, without its `$` rule.
-fn levels_match(filter: &str, topic: &str) -> bool {
-    let mut filter_levels = filter.split('/');
-    let mut topic_levels = topic.split('/');
-    loop {
-        match (filter_levels.next(), topic_levels.next()) {
-            (Some("#"), _) => return true,
-            (Some(f), Some(t)) => {
-                if f != "+" && f != t {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
     }
 }
 

@@ -206,3 +206,17 @@ pub struct ListenerTraffic {
     /// PUBLISH packets and wills above `max_qos` (the client was disconnected or refused).
     pub qos_refused: AtomicU64,
 }
+
+/// The `outcome` label of `tollgate_auth_total` for a verdict awaited under a time limit.
+pub(crate) fn auth_outcome<T>(
+    verdict: &Result<Result<T, crate::auth::AuthError>, tokio::time::error::Elapsed>,
+) -> &'static str {
+    match verdict {
+        Err(_) => "timeout",
+        Ok(Ok(_)) => "accepted",
+        Ok(Err(crate::auth::AuthError::BadCredentials)) => "bad_credentials",
+        Ok(Err(crate::auth::AuthError::NotAuthorized(_))) => "not_authorized",
+        Ok(Err(crate::auth::AuthError::Throttled)) => "throttled",
+        Ok(Err(crate::auth::AuthError::Unavailable(_))) => "unavailable",
+    }
+}

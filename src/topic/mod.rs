@@ -196,6 +196,13 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
+    levels_match(filter, topic)
+}
+
+/// [`matches`] level by level, without its `$` rule: for a filter and topic that are
+/// the rest of a longer pair whose first levels already matched (the bridge's prefix
+/// mapping).
+pub fn levels_match(filter: &str, topic: &str) -> bool {
     let mut filter_levels = filter.split('/');
     let mut topic_levels = topic.split('/');
     loop {

@@ -508,14 +508,7 @@ async fn authenticate(
             },
             _ => tried,
         },
-        match &outcome {
-            Err(_) => "timeout",
-            Ok(Ok(_)) => "accepted",
-            Ok(Err(AuthError::BadCredentials)) => "bad_credentials",
-            Ok(Err(AuthError::NotAuthorized(_))) => "not_authorized",
-            Ok(Err(AuthError::Throttled)) => "throttled",
-            Ok(Err(AuthError::Unavailable(_))) => "unavailable",
-        },
+        crate::broker::stats::auth_outcome(&outcome),
     );
     match outcome {
         Err(_) => {

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::protocol::{ConnState, End, BUDGET, WINDOW};
 use super::session::{disconnect_packet, Session};
-use crate::auth::{AuthError, AuthMethod, AuthRequest, Identity, TokenStep};
+use crate::auth::{AuthMethod, AuthRequest, Identity, TokenStep};
 use crate::broker::checks::{violation, Violation};
 use crate::broker::codec::{v5, AuthFields, AuthReason};
 use crate::broker::link::{Inbound, RouterMsg};
@@ -145,15 +145,9 @@ impl Session {
         };
         let verdict =
             tokio::time::timeout(VERIFY_LIMIT, shared.authenticator().authenticate(request)).await;
-        let outcome = match &verdict {
-            Err(_) => "timeout",
-            Ok(Ok(_)) => "accepted",
-            Ok(Err(AuthError::BadCredentials)) => "bad_credentials",
-            Ok(Err(AuthError::NotAuthorized(_))) => "not_authorized",
-            Ok(Err(AuthError::Throttled)) => "throttled",
-            Ok(Err(AuthError::Unavailable(_))) => "unavailable",
-        };
-        shared.stats.auth("jwt", outcome);
+        shared
+            .stats
+            .auth("jwt", crate::broker::stats::auth_outcome(&verdict));
         let fresh = match verdict {
             Ok(Ok(identity)) => identity,
             Ok(Err(e)) => {
