@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -16,13 +16,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 
 use support::clients::{v5_connect, v5_options, V5};
+use support::jwt::{now, rcgen_pair, ACL, AUDIENCE, ISSUER};
 use support::{gateway::*, logs, peers::*};
-
-const ISSUER: &str = "https://idp.example";
-const AUDIENCE: &str = "tollgate";
-
-/// The ACL file: dev-1 may do anything under site/; the token's claim may only narrow it.
-const ACL: &str = "user dev-1\ntopic readwrite site/#\n\nuser dev-2\ntopic readwrite site/#\n";
 
 /// Signing keys made for one test: an RSA key (`rsa-1`), a P-256 key (`ec-1`) and an
 /// Ed25519 key (`ed-1`), with their public halves written as PEM files named by kid.
@@ -44,17 +39,6 @@ fn rsa_pair() -> (EncodingKey, String) {
     (EncodingKey::from_rsa_der(der.as_bytes()), public)
 }
 
-fn rcgen_pair(alg: &'static rcgen::SignatureAlgorithm) -> (EncodingKey, String, rcgen::KeyPair) {
-    let pair = rcgen::KeyPair::generate_for(alg).expect("key pair");
-    let private_pem = pair.serialize_pem();
-    let key = if alg == &rcgen::PKCS_ED25519 {
-        EncodingKey::from_ed_pem(private_pem.as_bytes()).expect("ed key")
-    } else {
-        EncodingKey::from_ec_pem(private_pem.as_bytes()).expect("ec key")
-    };
-    (key, pair.public_key_pem(), pair)
-}
-
 fn make_keys(dir: &Path) -> Keys {
     let (rsa, rsa_public_pem) = rsa_pair();
     let (ec, ec_pem, _) = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
@@ -68,18 +52,6 @@ fn make_keys(dir: &Path) -> Keys {
         ec,
         ed,
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// Claims of a good token for `sub`, valid for ten minutes.
-fn claims(sub: &str) -> Value {
-    json!({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 600})
 }
 
 fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
@@ -584,4 +556,9 @@ fn check_names_the_key_of_each_jwt_mistake() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("listener[0].jwt_auth"), "{text}");
+}
+
+/// Claims of a good token for `sub`, valid for ten minutes.
+fn claims(sub: &str) -> Value {
+    support::jwt::claims(sub, 600)
 }

@@ -23,7 +23,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -31,15 +31,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::gateway::*;
+use support::jwt::{claims, now, rcgen_pair, ACL, AUDIENCE, ISSUER};
 use support::raw::{
     self, auth, auth_properties, puback, string_property, Connect, RawClient, AUTH,
     AUTHENTICATION_METHOD, DISCONNECT, PUBACK, PUBLISH, REASON_STRING, SUBACK,
 };
 use support::wait::WAIT;
-
-const ISSUER: &str = "https://idp.example";
-const AUDIENCE: &str = "tollgate";
-const ACL: &str = "user dev-1\ntopic readwrite site/#\n\nuser dev-2\ntopic readwrite site/#\n";
 
 struct Keys {
     ec: EncodingKey,
@@ -47,28 +44,11 @@ struct Keys {
     stranger: EncodingKey,
 }
 
-fn ec_pair() -> (EncodingKey, String) {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
-    let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("ec key");
-    (key, pair.public_key_pem())
-}
-
 fn make_keys(dir: &Path) -> Keys {
-    let (ec, pem) = ec_pair();
+    let (ec, pem, _) = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
     std::fs::write(dir.join("ec-1.pem"), pem).expect("write");
-    let (stranger, _) = ec_pair();
+    let (stranger, _, _) = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
     Keys { ec, stranger }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn claims(sub: &str, lifetime: u64) -> Value {
-    json!({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + lifetime})
 }
 
 fn sign(key: &EncodingKey, claims: &Value) -> String {

@@ -30,6 +30,7 @@ pub mod cloud;
 pub mod dial;
 pub mod fixtures;
 pub mod gateway;
+pub mod jwt;
 pub mod logs;
 pub mod modbus;
 pub mod net;
