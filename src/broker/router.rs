@@ -208,6 +208,9 @@ struct Ctx {
     /// QoS 1 deliveries sent whose packet id record waits for their message record to
     /// be durable: (session, packet id, message record). See `stored.rs`.
     deferred_pkids: Vec<(SessionKey, u16, u64)>,
+    /// The lowest message record in `deferred_pkids` (`u64::MAX` when empty): a router
+    /// turn before that record is durable has nothing to write and skips the list.
+    deferred_min: u64,
     /// The task that reports held acknowledgements durable, per state log (retained,
     /// sessions), started at first use. See `stored.rs`.
     durable_holds: [Option<tokio::sync::mpsc::UnboundedSender<(crate::journal::Durable, u64)>>; 2],
@@ -291,6 +294,7 @@ impl Router {
                 sessions_log: None,
                 session_durable: None,
                 deferred_pkids: Vec::new(),
+                deferred_min: u64::MAX,
                 durable_holds: [None, None],
             },
             rx,

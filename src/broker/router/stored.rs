@@ -154,6 +154,7 @@ impl Ctx {
         let id = session.stored.as_ref().map_or(0, |s| s.id);
         if q.qos == QoS::AtLeastOnce && q.record != 0 && id != 0 && self.sessions_log.is_some() {
             self.deferred_pkids.push((key, pkid, q.record));
+            self.deferred_min = self.deferred_min.min(q.record);
             return;
         }
         self.write_pkid(id, q, pkid, released);
@@ -253,13 +254,21 @@ impl Router {
         }
         let Some(log) = self.ctx.sessions_log.as_ref() else {
             self.ctx.deferred_pkids.clear();
+            self.ctx.deferred_min = u64::MAX;
             return;
         };
         let all = all || self.ctx.deferred_pkids.len() >= MAX_DEFERRED_PKIDS;
         let durable_below = if all { u64::MAX } else { log.resolved_below() };
+        if self.ctx.deferred_min >= durable_below {
+            // Nothing waiting is durable yet: no scan on this turn.
+            return;
+        }
         let mut deferred = std::mem::take(&mut self.ctx.deferred_pkids);
+        self.ctx.deferred_min = u64::MAX;
+        let mut kept_min = u64::MAX;
         deferred.retain(|&(key, pkid, record)| {
             if record >= durable_below {
+                kept_min = kept_min.min(record);
                 return true;
             }
             let Some(session) = self.sessions.get_mut(&key) else {
@@ -287,6 +296,7 @@ impl Router {
         // does not deliver from here), keeping the list's allocation.
         deferred.append(&mut self.ctx.deferred_pkids);
         self.ctx.deferred_pkids = deferred;
+        self.ctx.deferred_min = self.ctx.deferred_min.min(kept_min);
     }
 
     /// After a route: the publisher's acknowledgement waits for the last delivery it
