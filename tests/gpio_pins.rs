@@ -289,6 +289,8 @@ async fn every_set_is_answered_with_the_state_or_the_precise_refusal() {
     let refusals = [
         ("open", "\"open\" is not a state"),
         (r#"{"state": "on", "for": "2h"}"#, "out of range"),
+        (r#"{"state": "on", "for": "0s"}"#, "out of range"),
+        (r#"{"state": "off", "for": 0.0004}"#, "out of range"),
         (r#"{"state": "on", "after": "1s"}"#, "unknown field"),
         (r#"{"for": "1s"}"#, "without \"state\""),
     ];
@@ -452,5 +454,60 @@ async fn a_pulse_count_goes_on_from_its_retained_value_after_a_restart() {
     assert_eq!(next_on(&mut client, "gpio/meter/count").await, "0");
     pulses(&pins, 1).await;
     assert_eq!(next_on(&mut client, "gpio/meter/count").await, "1");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulse_retriggered_during_its_time_still_ends_in_the_state_before_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gateway, pins) = start(dir.path(), "").await;
+    let mut operator = v5(gateway.addr("local"), "operator").await;
+    operator.subscribe("gpio/relay/#", QoS::AtLeastOnce).await;
+    assert_eq!(next_on(&mut operator, "gpio/relay").await, "off");
+    let result = "gpio/relay/set/result";
+    // A door opener pressed twice: on for 600 ms, and again for 300 ms while on.
+    set(
+        &operator,
+        "gpio/relay/set",
+        r#"{"state":"on","for":"600ms"}"#,
+    )
+    .await;
+    let first = answer(&mut operator, result).await;
+    assert_eq!(
+        (first["ok"].as_bool(), first["then"].as_str()),
+        (Some(true), Some("off")),
+        "{first}"
+    );
+    set(
+        &operator,
+        "gpio/relay/set",
+        r#"{"state":"on","for":"300ms"}"#,
+    )
+    .await;
+    let second = answer(&mut operator, result).await;
+    assert_eq!(
+        (second["ok"].as_bool(), second["then"].as_str()),
+        (Some(true), Some("off")),
+        "the second pulse ends where the first began: {second}"
+    );
+    // (Both "on" states went by while waiting for the answers.) Then off by itself,
+    // and it stays off.
+    assert_eq!(next_on(&mut operator, "gpio/relay").await, "off");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        pins.writes(27),
+        [true, false, false, true],
+        "off (high) at the end"
+    );
+    // A plain command ends any pending pulse: toggled on, it stays on.
+    set(
+        &operator,
+        "gpio/relay/set",
+        r#"{"state":"on","for":"300ms"}"#,
+    )
+    .await;
+    set(&operator, "gpio/relay/set", "on").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pins.writes(27).last(), Some(&false), "still on (low)");
     gateway.stop().await;
 }

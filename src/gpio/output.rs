@@ -2,7 +2,8 @@
 //! `<prefix>/<name>/set` (the ACL decides who may publish there): `on`, `off`,
 //! `toggle` (or true/false/1/0), plain or as JSON `{"state": "on", "for": "5s"}`; a
 //! `for` (at most `max_for`) reverts to the state before the command when it ends,
-//! unless another command came first. Every state is echoed retained on
+//! unless another command came first (a timed command during another one's time
+//! restarts the time and keeps the state the first one reverts to). Every state is echoed retained on
 //! `<prefix>/<name>`, every command audited with its writer's identity, retained
 //! commands are refused (a replay is not a command). Every command is answered on
 //! `<prefix>/<name>/set/result` (and the MQTT 5 response topic, with its correlation
@@ -31,6 +32,8 @@ use crate::telemetry::limit::LogStr;
 
 /// Largest command payload read.
 const MAX_COMMAND: usize = 256;
+/// Shortest timed pulse (a shorter one would be answered and audited as "0s").
+const MIN_FOR: Duration = Duration::from_millis(1);
 
 /// What a command asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +140,8 @@ impl Output {
             )
         } else {
             parse(&delivery.payload).and_then(|(c, d)| match d {
-                Some(d) if d > self.config.max_for || d.is_zero() => Err(format!(
-                    "for {} is out of range: up to {} (max_for)",
+                Some(d) if d > self.config.max_for || d < MIN_FOR => Err(format!(
+                    "for {} is out of range: 1ms up to {} (max_for)",
                     crate::duration::format(d),
                     crate::duration::format(self.config.max_for)
                 )),
@@ -162,17 +165,23 @@ impl Output {
                     Command::Set(on) => on,
                     Command::Toggle => !before,
                 };
+                // A timed command during another one's time goes back to where the first
+                // started: re-triggering a pulse must never leave the output in it.
+                let then = match (duration, self.revert) {
+                    (Some(_), Some((_, pending))) => pending,
+                    _ => before,
+                };
                 match self.drive(on).await {
                     Ok(()) => {
                         self.commands += 1;
-                        self.revert = duration.map(|d| (Instant::now() + d, before));
+                        self.revert = duration.map(|d| (Instant::now() + d, then));
                         let timed = duration.map_or(String::new(), |d| {
                             format!(" for {}", crate::duration::format(d))
                         });
                         answer["ok"] = true.into();
                         if let Some(d) = duration {
                             answer["for"] = crate::duration::format(d).into();
-                            answer["then"] = word(before).into();
+                            answer["then"] = word(then).into();
                         }
                         (
                             Kind::FieldWrite,
