@@ -93,6 +93,13 @@ pub struct SerialConfig {
         deserialize_with = "duration::deserialize"
     )]
     pub send_interval: Duration,
+    /// Longest time a send may take to be written (a device that takes no bytes, held
+    /// by flow control, gets the rest discarded and the send answered as failed).
+    #[serde(
+        default = "default_send_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub send_timeout: Duration,
     /// First delay before reopening a port that failed, doubling up to `backoff_max`.
     #[serde(
         default = "default_backoff_min",
@@ -145,6 +152,9 @@ fn default_qos() -> u8 {
 }
 fn default_send_interval() -> Duration {
     Duration::from_millis(100)
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_backoff_min() -> Duration {
     Duration::from_secs(1)
@@ -382,10 +392,13 @@ fn validate_line(line: &SerialConfig, key: &str, f: &mut Findings) {
             format!("{key}.topic_prefix"),
             format!("{:?} is not a topic name: {e}", line.topic_prefix),
         );
-    } else if line.topic_prefix.is_empty() || line.topic_prefix.starts_with('$') {
+    } else if line.topic_prefix.is_empty()
+        || line.topic_prefix.starts_with('$')
+        || line.topic_prefix.contains(['{', '}', '+', '#'])
+    {
         f.error(
             format!("{key}.topic_prefix"),
-            "must be a non-empty topic name not starting with $",
+            "must be a non-empty topic name not starting with $, without +, #, { or } (it fills {prefix} in the template)",
         );
     }
     let captures = validate_framing(line, key, f);
@@ -412,6 +425,12 @@ fn validate_line(line: &SerialConfig, key: &str, f: &mut Findings) {
         line.send_interval,
         Duration::ZERO,
         max,
+    );
+    f.duration(
+        &format!("{key}.send_timeout"),
+        line.send_timeout,
+        min,
+        Duration::from_secs(60),
     );
     f.duration(&format!("{key}.backoff_min"), line.backoff_min, min, max);
     f.duration(
@@ -632,6 +651,11 @@ mod tests {
         );
         let found = keys(&[line("topic = \"{prefix}/{name}/status\"")]);
         assert!(found[0].contains("collides with the status"), "{found:?}");
+        let found = keys(&[line("topic_prefix = \"site/{x}\"")]);
+        assert!(
+            found[0].starts_with("serial[0].topic_prefix: must be a non-empty topic name"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -227,21 +227,8 @@ impl Line {
                 },
                 job = sends.recv(), if self.sends_open => match job {
                     Some(job) => {
-                        let result = port.write_all(&job.bytes).await;
-                        let result = match result {
-                            Ok(()) => port.flush().await,
-                            Err(e) => Err(e),
-                        };
-                        match result {
-                            Ok(()) => {
-                                self.counters.sends += 1;
-                                self.out.answer(job.reply, SendOutcome::Done(job.bytes.len())).await;
-                            }
-                            Err(e) => {
-                                self.counters.sends_refused += 1;
-                                self.out.answer(job.reply, SendOutcome::Failed(format!("write failed: {e}"))).await;
-                                return End::Lost(e.to_string());
-                            }
+                        if let Some(end) = self.send(&mut port, job, shutdown).await {
+                            return end;
                         }
                     }
                     // Sending is off (no allowlist, or the ACL refused the subscription).
@@ -254,6 +241,61 @@ impl Line {
                 }
             }
         }
+    }
+
+    /// Write one accepted send, at most `send_timeout` long: a device that takes no
+    /// bytes (flow control holding the line) must not stop the reading, the status or
+    /// the shutdown. `Some` when serving ends.
+    async fn send(
+        &mut self,
+        port: &mut SerialStream,
+        job: SendJob,
+        shutdown: &CancellationToken,
+    ) -> Option<End> {
+        let timeout = self.config.send_timeout;
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            r = tokio::time::timeout(timeout, async {
+                port.write_all(&job.bytes).await?;
+                port.flush().await
+            }) => Some(r),
+        };
+        let (outcome, end) = match result {
+            Some(Ok(Ok(()))) => {
+                self.counters.sends += 1;
+                (SendOutcome::Done(job.bytes.len()), None)
+            }
+            Some(Ok(Err(e))) => (
+                SendOutcome::Failed(format!("write failed: {e}")),
+                Some(End::Lost(e.to_string())),
+            ),
+            Some(Err(_)) => {
+                // What the device did not take is dropped: the next send starts clean.
+                let _ = tokio_serial::SerialPort::clear(&*port, tokio_serial::ClearBuffer::Output);
+                warn!(line = %self.config.name, timeout = ?timeout, "Serial send not written in time (the device takes no bytes: flow control?); its rest is discarded.");
+                (
+                    SendOutcome::Failed(format!(
+                        "write timed out after {} (the device takes no bytes); the rest was discarded",
+                        crate::duration::format(timeout)
+                    )),
+                    None,
+                )
+            }
+            None => {
+                let _ = tokio_serial::SerialPort::clear(&*port, tokio_serial::ClearBuffer::Output);
+                self.kernel.update(port);
+                (
+                    SendOutcome::Failed("the line is stopping".into()),
+                    Some(End::Shutdown),
+                )
+            }
+        };
+        if !matches!(outcome, SendOutcome::Done(_)) {
+            self.counters.sends_refused += 1;
+        }
+        self.out.answer(job.reply, outcome).await;
+        end
     }
 
     /// Count a framing result, publish a frame.
@@ -292,10 +334,11 @@ impl Line {
                     }
                     doc.insert(k, v.into());
                 }
-                if !usable || topic.contains(['{', '}']) {
+                // A capture leading the template must not make a `$` topic (`$SYS/...`).
+                if !usable || topic.contains(['{', '}']) || topic.starts_with('$') {
                     self.counters.bad_topic += 1;
                     if self.counters.bad_topic.is_power_of_two() {
-                        warn!(line = %name, count = self.counters.bad_topic, "Serial frame dropped: a capture in the topic template is missing or not a topic level.");
+                        warn!(line = %name, count = self.counters.bad_topic, "Serial frame dropped: a capture in the topic template is missing, not a topic level, or makes a $ topic.");
                     }
                     return;
                 }
