@@ -2,7 +2,8 @@
 //! digital pins and their validation, which collects every problem with its key path
 //! (`gpio.input[0].pin`) and never touches a pin: BCM numbers 0 to 27, no pin twice,
 //! none of the `reserved_pins` (by default the pins of I2C1 and the primary UART, which
-//! Raspberry Pi OS enables for HATs and the serial console).
+//! Raspberry Pi OS enables for HATs and the serial console) and none the Pi's boot
+//! configuration gives to an interface (`os_config`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,6 +36,11 @@ pub struct GpioConfig {
     /// UART0 (2, 3, 14, 15); `[]` frees them when those interfaces are disabled.
     #[serde(default = "default_reserved")]
     pub reserved_pins: Vec<i64>,
+    /// The Raspberry Pi's boot configuration whose interfaces (`dtparam=i2c_arm=on`,
+    /// `dtoverlay=w1-gpio`, ...) reserve pins too. Default: the first of
+    /// `/boot/firmware/config.txt` and `/boot/config.txt` that exists; `""`: not read.
+    #[serde(default)]
+    pub os_config: Option<String>,
     /// `[[gpio.input]]`.
     #[serde(default)]
     pub input: Vec<InputConfig>,
@@ -49,6 +55,7 @@ impl Default for GpioConfig {
             backend: default_backend(),
             topic_prefix: default_prefix(),
             reserved_pins: default_reserved(),
+            os_config: None,
             input: Vec::new(),
             output: Vec::new(),
         }
@@ -215,6 +222,7 @@ pub fn validate(gpio: &GpioConfig, taken: &[&str]) -> Vec<Finding> {
             );
         }
     }
+    let (os_path, os) = os_reserved(gpio, &mut f);
     let mut pins: HashMap<i64, String> = HashMap::new();
     let mut names: HashMap<&str, String> = HashMap::new();
     let pins_of = gpio
@@ -245,6 +253,17 @@ pub fn validate(gpio: &GpioConfig, taken: &[&str]) -> Vec<Finding> {
             );
         } else if gpio.reserved_pins.contains(&pin) {
             f.error(format!("{key}.pin"), format!("GPIO {pin} is reserved (gpio.reserved_pins: I2C1 is 2 and 3, UART0 14 and 15); choose another pin or free it in reserved_pins"));
+        } else if let Some(t) = u8::try_from(pin).ok().and_then(|p| os.get(&p)) {
+            f.error(
+                format!("{key}.pin"),
+                format!(
+                    "GPIO {pin} is used by {} in the OS configuration ({} line {}: {}); choose another pin or turn that interface off (gpio.os_config = \"\" skips this check)",
+                    t.interface,
+                    os_path.as_deref().map_or(String::new(), |p| p.display().to_string()),
+                    t.line,
+                    t.directive
+                ),
+            );
         } else if let Some(first) = pins.insert(pin, key.clone()) {
             f.error(
                 format!("{key}.pin"),
@@ -278,6 +297,41 @@ pub fn validate(gpio: &GpioConfig, taken: &[&str]) -> Vec<Finding> {
         );
     }
     f.problems
+}
+
+/// The pins the OS configuration gives away (read only when pins are configured), and
+/// the file they come from.
+fn os_reserved(
+    gpio: &GpioConfig,
+    f: &mut Findings,
+) -> (
+    Option<std::path::PathBuf>,
+    std::collections::BTreeMap<u8, super::os_config::Taken>,
+) {
+    let none = Default::default();
+    if gpio.input.is_empty() && gpio.output.is_empty() {
+        return (None, none);
+    }
+    let Some(path) = super::os_config::path(gpio.os_config.as_deref()) else {
+        return (None, none);
+    };
+    if !path.is_absolute() {
+        f.error(
+            "gpio.os_config",
+            format!("{:?} is not an absolute path (e.g. /boot/firmware/config.txt, or \"\" not to read one)", path.display().to_string()),
+        );
+        return (None, none);
+    }
+    match super::os_config::read(&path) {
+        Ok(taken) => (Some(path), taken),
+        Err(e) => {
+            f.error(
+                "gpio.os_config",
+                format!("cannot be read ({e}); set the Pi's boot configuration, or \"\" not to read one"),
+            );
+            (None, none)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,5 +379,36 @@ mod tests {
         assert!(found(&clash, &["plant"])[0]
             .starts_with("gpio.output[0].name: \"plant\" is already the name of a [[modbus]]"));
         assert!(found(&gpio("backend = \"wiringpi\""), &[])[0].starts_with("gpio.backend"));
+    }
+
+    #[test]
+    fn pins_the_os_configuration_gives_to_interfaces_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let boot = dir.path().join("config.txt");
+        std::fs::write(&boot, "dtparam=spi=on\ndtoverlay=w1-gpio,gpiopin=17\n").expect("write");
+        let text = format!(
+            "os_config = {:?}\n[[input]]\nname = \"door\"\npin = 17\n[[output]]\nname = \"relay\"\npin = 10\n[[output]]\nname = \"fan\"\npin = 27\n",
+            boot.display().to_string()
+        );
+        let g = gpio(&text);
+        let errors = found(&g, &[]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "gpio.input[0].pin: GPIO 17 is used by 1-Wire in the OS configuration"
+            ) && errors[0].contains("line 2: dtoverlay=w1-gpio,gpiopin=17"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("gpio.output[0].pin: GPIO 10 is used by SPI0"),
+            "{errors:?}"
+        );
+        let off = gpio(&text.replace(&format!("{:?}", boot.display().to_string()), "\"\""));
+        assert_eq!(found(&off, &[]), Vec::<String>::new());
+        let missing = gpio(&text.replace("config.txt", "missing.txt"));
+        assert!(found(&missing, &[])[0].starts_with("gpio.os_config: cannot be read"));
+        let relative = gpio("os_config = \"config.txt\"\n[[input]]\nname = \"a\"\npin = 5\n");
+        assert!(found(&relative, &[])[0]
+            .starts_with("gpio.os_config: \"config.txt\" is not an absolute path"));
     }
 }

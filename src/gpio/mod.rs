@@ -8,7 +8,8 @@
 //! the gateway stops.
 //!
 //! Files by role: `config` (the `[gpio]` section and its checks), `backend` (the seam,
-//! the fake and the stand-ins), `rppal` (the Pi), `input`, `output` (the pin tasks).
+//! the fake and the stand-ins), `rppal` (the Pi), `input`, `output` (the pin tasks),
+//! `os_config` (the pins the Pi's boot configuration gives to interfaces).
 //!
 //! A SIGHUP reload restarts only the pins whose settings changed (one component per
 //! pin; a restarted output passes through its safe state).
@@ -16,6 +17,7 @@
 pub mod backend;
 pub mod config;
 pub mod input;
+pub mod os_config;
 pub mod output;
 #[cfg(feature = "gpio")]
 mod rppal;
