@@ -100,25 +100,81 @@ fn check_lists_every_gpio_problem_with_its_key_path() {
     }
 }
 
+/// The TOML block of the README's "Wiring example" section, as printed there.
+fn readme_wiring_config() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("#### Wiring example")
+        .nth(1)
+        .expect("README has the wiring example");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the wiring example has a TOML block");
+    block.to_string()
+}
+
 #[test]
-fn check_accepts_the_readme_pi_wiring() {
+fn check_accepts_the_readme_pi_wiring_exactly_as_printed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("good.toml");
+    let config = readme_wiring_config();
+    assert!(
+        config.contains("[[listener]]")
+            && config.contains("[[gpio.input]]")
+            && config.contains("[[gpio.output]]")
+            && config.contains("[acl]"),
+        "{config}"
+    );
+    // The boot configuration of a stock Raspberry Pi OS with I2C and the serial console
+    // on: pins 17 and 27 are free.
+    let boot = dir.path().join("config.txt");
     std::fs::write(
-        &file,
-        concat!(
-            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\n",
-            "[gpio]\ntopic_prefix = \"site/gpio\"\n",
-            "[[gpio.input]]\nname = \"door\"\npin = 17\npull = \"up\"\ninverted = true\ndebounce = \"50ms\"\ninterval = \"60s\"\n",
-            "[[gpio.output]]\nname = \"relay\"\npin = 27\ninverted = true\ninitial = \"off\"\nsafe = \"off\"\nmax_for = \"10m\"\n",
-        ),
+        &boot,
+        "dtparam=audio=on\ndtparam=i2c_arm=on\nenable_uart=1\n[pi4]\narm_boost=1\n",
     )
     .expect("write");
+    let config = config.replacen(
+        "[gpio]\n",
+        &format!("[gpio]\nos_config = {:?}\n", boot.display().to_string()),
+        1,
+    );
+    std::fs::write(&file, &config).expect("write");
+    // The password file it names, made as the README says.
+    let passwd = dir.path().join("passwd");
+    let made = tollgate(
+        &[
+            "passwd",
+            "-c",
+            "-b",
+            passwd.to_str().expect("utf-8"),
+            "operator",
+            "s3cret-operator",
+        ],
+        dir.path(),
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let out = tollgate(&["check", "-c", file.to_str().expect("utf-8")], dir.path());
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{}",
+        "{config}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The same wiring on a Pi whose 1-Wire overlay uses GPIO 17 is refused, naming the line.
+    std::fs::write(&boot, "dtoverlay=w1-gpio,gpiopin=17\n").expect("write");
+    let out = tollgate(&["check", "-c", file.to_str().expect("utf-8")], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gpio.input[0].pin: GPIO 17 is used by 1-Wire in the OS configuration")
+            && stderr.contains("line 1: dtoverlay=w1-gpio,gpiopin=17"),
+        "{stderr}"
     );
 }
