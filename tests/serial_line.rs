@@ -4,7 +4,8 @@
 //! next line still arrives; bursts of 1,000 lines without a loss; a flood beyond the
 //! publish queue counted as overruns, never reordered; allowlisted sends reaching
 //! the peer, a send outside the allowlist refused, answered and audited (and never
-//! written); the pty removed and re-created while running (status offline → online,
+//! written); the ACL deciding who sends and where frames go; a device that takes no bytes
+//! failing the send in time; the pty removed and re-created while running (status offline → online,
 //! frames resume); a pty's missing kernel UART counters reported as unsupported, and
 //! said once across reopens.
 //!
@@ -539,5 +540,64 @@ async fn a_capture_that_would_make_a_dollar_topic_is_a_bad_topic() {
     let good = until(&mut client, "serial/dev/status", |d| d["frames"] == 1).await;
     assert_eq!(good["bad_topic"], 1, "{good}");
     assert_eq!(good["framing_errors"], 1, "{good}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_decides_who_sends_and_where_frames_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The adapter may write its own subtree only; "operator" may send, others may not.
+    let extra = "framing = \"regex\"\npattern = '^(?P<kind>[a-z]+) (?P<v>.*)$'\n\
+                 topic = \"{prefix}/{kind}\"\nsend_allow = 'TARE'\nsend_interval = \"0s\"\n\
+                 [acl]\n\
+                 [[acl.rule]]\nuser = \"adapter:dev\"\naccess = \"readwrite\"\ntopic = \"serial/dev/#\"\n\
+                 [[acl.rule]]\naccess = \"read\"\ntopic = \"serial/#\"\n\
+                 [[acl.rule]]\npattern = true\naccess = \"write\"\ntopic = \"serial/dev/%c\"\n";
+    let Some((_pty, gateway, mut client, peer)) = setup(dir.path(), extra).await else {
+        return;
+    };
+    // "dev" stays inside the grant; "other" would leave it: published by nobody.
+    peer.write(b"other 1\ndev 2\n").await;
+    let first = loop {
+        let p = client.publish().await;
+        if matches!(p.topic.as_ref(), b"serial/dev" | b"serial/other") {
+            break p;
+        }
+    };
+    assert_eq!(
+        first.topic.as_ref(),
+        b"serial/dev",
+        "the ACL let the adapter out"
+    );
+    assert_eq!(json_of(&first.payload)["v"], "2");
+    // An intruder's send is refused by the broker and never written.
+    let mut intruder = v5(gateway.addr("local"), "intruder").await;
+    intruder
+        .client
+        .publish("serial/dev/send", QoS::AtLeastOnce, false, "TARE")
+        .await
+        .expect("publish");
+    let code = intruder
+        .wait_for(|p| match p {
+            rumqttc::v5::mqttbytes::v5::Packet::PubAck(ack) => Some(ack.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(format!("{code:?}"), "NotAuthorized");
+    // "send" may (the pattern: its client id is the last level).
+    let sender = v5(gateway.addr("local"), "send").await;
+    sender
+        .client
+        .publish("serial/dev/send", QoS::AtLeastOnce, false, "TARE")
+        .await
+        .expect("publish");
+    let status = until(&mut client, "serial/dev/status", |d| d["sends"] == 1).await;
+    assert_eq!(status["sends_refused"], 0, "{status}");
+    wait_until("the granted send reaches the peer", || {
+        peer.received() == "TARE"
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(peer.received(), "TARE", "only the granted send was written");
     gateway.stop().await;
 }
