@@ -361,7 +361,8 @@ async fn a_cloud_outage_under_load_loses_and_reorders_nothing() {
         );
         resends += resent;
     }
-    let window = 100; // the bridge's default max_inflight (the cloud sets no Receive Maximum)
+    // The bridge's default max_inflight (the cloud sets no Receive Maximum).
+    let window = usize::from(tollgate::bridge::config::DEFAULT_MAX_INFLIGHT);
     assert!(
         resends <= window,
         "{resends} resends: more than the in-flight window when the cloud went down"

@@ -90,7 +90,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     pub bridge_messages: usize,
     /// tollgate bridge's `max_inflight` (QoS 1 PUBLISHes in flight to the cloud; its
-    /// default is 100). Mosquitto's bridge in this section has no such limit
+    /// default is 1000). Mosquitto's bridge in this section has no such limit
     /// (`max_inflight_messages 0`).
     #[arg(long)]
     pub bridge_inflight: Option<u16>,

@@ -64,7 +64,7 @@ pub fn cloud_conf(pki: &Pki, port: u16, acl: &Path) -> String {
 /// tollgate's bridge: `base` (the gateway's listeners, from `setup::tollgate_conf`) plus
 /// a `[[bridge]]` to the cloud on `cloud_port` over mTLS with `gw`, everything else at
 /// its defaults: MQTT 5, the journal in `<data_dir>/bridge/cloud/` with group commit;
-/// `max_inflight` (the window towards the cloud) when given, else the default 100.
+/// `max_inflight` (the window towards the cloud) when given, else the default (1000).
 pub fn tollgate_gateway_conf(
     base: &str,
     pki: &Pki,
