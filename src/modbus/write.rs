@@ -204,20 +204,26 @@ impl Targets {
                 return Err(format!("a {value_type} point takes true or false"))
             }
             (ValueType::Str(_), _) => return Err(format!("a {value_type} point takes text")),
-            (_, Command::Number(v)) => {
+            (_, Command::Number(v, exact)) => {
                 if let Some(min) = point.min.filter(|min| v < *min) {
                     return Err(format!("out of bounds: {v} is below min {min}"));
                 }
                 if let Some(max) = point.max.filter(|max| v > *max) {
                     return Err(format!("out of bounds: {v} is above max {max}"));
                 }
-                let regs = codec::encode(
-                    value_type,
-                    point.parsed_order(),
-                    point.scale,
-                    point.offset,
-                    v,
-                )
+                let unscaled = point.scale == 1.0 && point.offset == 0.0;
+                let regs = match exact {
+                    Some(raw) if unscaled && value_type.is_integer() => {
+                        codec::encode_integer(value_type, point.parsed_order(), raw)
+                    }
+                    _ => codec::encode(
+                        value_type,
+                        point.parsed_order(),
+                        point.scale,
+                        point.offset,
+                        v,
+                    ),
+                }
                 .map_err(|e| e.0)?;
                 if regs.len() == 1 && !multiple {
                     WriteAction::Send(Request::WriteRegister {
@@ -250,8 +256,19 @@ impl Targets {
 
 enum Command {
     Bool(bool),
-    Number(f64),
+    /// The number, and the same exactly when it is an integer (64-bit values beyond 2^53
+    /// are written without the rounding of `f64`).
+    Number(f64, Option<i128>),
     Text(String),
+}
+
+/// A JSON number as a command.
+fn number(n: &serde_json::Number) -> Option<Command> {
+    let exact = n
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from));
+    Some(Command::Number(n.as_f64()?, exact))
 }
 
 /// `42`, `-1.5`, `true`, `"on"`, `{"value": 42}`: JSON or plain text. A `string(N)`
@@ -292,19 +309,19 @@ fn parse_command(payload: &[u8], t: ValueType) -> Result<Command, String> {
                 )),
             }
         }
-        serde_json::Value::Number(n) => n
-            .as_f64()
-            .map(Command::Number)
-            .ok_or_else(|| format!("{n} is not a number")),
+        serde_json::Value::Number(n) => number(&n).ok_or_else(|| format!("{n} is not a number")),
         serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
             "true" | "on" => Ok(Command::Bool(true)),
             "false" | "off" => Ok(Command::Bool(false)),
-            other => other.parse::<f64>().map(Command::Number).map_err(|_| {
-                format!(
-                    "{:?} is not a value: send a number, true/false, or {{\"value\": ..}}",
-                    crate::telemetry::limit::LogStr(other).to_string()
-                )
-            }),
+            other => other
+                .parse::<f64>()
+                .map(|v| Command::Number(v, other.parse::<i128>().ok()))
+                .map_err(|_| {
+                    format!(
+                        "{:?} is not a value: send a number, true/false, or {{\"value\": ..}}",
+                        crate::telemetry::limit::LogStr(other).to_string()
+                    )
+                }),
         },
         other => Err(format!("{other} is not a value")),
     }
@@ -423,10 +440,91 @@ fn admit(
 mod tests {
     use super::*;
 
+    fn targets(points: &str) -> Targets {
+        let text = format!(
+            "name = \"b\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\ntopic_prefix = \"p\"\n\
+             [[device]]\nname = \"d\"\nunit = 1\npoll = \"1s\"\n{points}"
+        );
+        let config: ModbusConfig = toml::from_str(&text).expect("bus");
+        assert_eq!(
+            super::super::config::validate(std::slice::from_ref(&config)),
+            vec![]
+        );
+        Targets::new(&config)
+    }
+
+    fn registers(action: Result<WriteAction, String>) -> Vec<u16> {
+        match action {
+            Ok(WriteAction::Send(Request::WriteRegisters { values, .. })) => values,
+            Ok(WriteAction::Send(Request::WriteRegister { value, .. })) => vec![value],
+            other => panic!("not a register write: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sixty_four_bit_integers_are_written_with_every_digit() {
+        let mut t = targets(
+            "[[device.point]]\nname = \"u\"\nkind = \"holding\"\naddress = 0\ntype = \"u64\"\nwritable = true\nwrite_interval = \"0\"\n\
+             [[device.point]]\nname = \"i\"\nkind = \"holding\"\naddress = 4\ntype = \"i64\"\nwritable = true\nwrite_interval = \"0\"\n",
+        );
+        let now = Instant::now();
+        // 2^53 + 1: f64 would make it 2^53.
+        for payload in [
+            "9007199254740993",
+            r#"{"value": 9007199254740993}"#,
+            r#""9007199254740993""#,
+        ] {
+            let regs = registers(t.check(0, 0, payload.as_bytes(), now));
+            assert_eq!(regs, vec![0x0020, 0, 0, 1], "{payload}");
+        }
+        let regs = registers(t.check(0, 0, b"18446744073709551615", now));
+        assert_eq!(regs, vec![0xFFFF; 4]);
+        let regs = registers(t.check(0, 1, b"-9223372036854775808", now));
+        assert_eq!(regs, vec![0x8000, 0, 0, 0]);
+        let refused = t
+            .check(0, 0, b"18446744073709551616", now)
+            .expect_err("too big");
+        assert!(refused.contains("outside u64's range"), "{refused}");
+        // Fractions still round through the scale path.
+        assert_eq!(registers(t.check(0, 0, b"2.6", now)), vec![0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn junk_and_non_finite_commands_are_refused() {
+        let mut t = targets(
+            "[[device.point]]\nname = \"f\"\nkind = \"holding\"\naddress = 0\ntype = \"f32\"\nwritable = true\nwrite_interval = \"0\"\n\
+             [[device.point]]\nname = \"s\"\nkind = \"holding\"\naddress = 2\ntype = \"i16\"\nwritable = true\nmin = 0\nmax = 10\nwrite_interval = \"0\"\n",
+        );
+        let now = Instant::now();
+        for (p, payload) in [
+            (0, &b"NaN"[..]),
+            (0, b"inf"),
+            (0, b"-Infinity"),
+            (0, b"1e400"),
+            (0, b"3.5e38"),
+            (1, b"NaN"),
+            (1, b"inf"),
+            (1, b""),
+            (1, b"null"),
+            (1, b"[1]"),
+            (1, b"{\"value\": null}"),
+            (1, b"\xff\xfe"),
+            (1, b"1e400"),
+        ] {
+            let refused = t.check(0, p, payload, now);
+            assert!(
+                refused.is_err(),
+                "{:?} accepted: {refused:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        assert_eq!(registers(t.check(0, 1, b"10", now)), vec![10]);
+    }
+
     #[test]
     fn commands_parse_as_json_or_plain_text() {
         let num = |s: &str| match parse_command(s.as_bytes(), ValueType::I16) {
-            Ok(Command::Number(v)) => Some(v),
+            Ok(Command::Number(v, _)) => Some(v),
             _ => None,
         };
         assert_eq!(num("42"), Some(42.0));
