@@ -10,7 +10,7 @@
 //! bare responder that timestamps the bytes as they arrive.
 //!
 //! Every type in every byte and word order it takes is decoded over RTU too, from one
-//! coalesced read, and a configured turnaround delay separates every request on the wire.
+//! coalesced read, a point the device refuses (exception 0x02) reports `error`, and a configured turnaround delay separates every request on the wire.
 //!
 //! `TOLLGATE_MODBUS_WINDOW_SECS` sets the measuring window of the poll-rate test
 //! (default 5 s; a long run: 60); `TOLLGATE_MODBUS_FRAMES` the requests the silence test
@@ -402,13 +402,17 @@ async fn every_type_and_order_decodes_over_rtu_from_one_read() {
     let Some(pty) = PtyPair::start(dir.path(), "types") else {
         return;
     };
-    let (holding, points, expected) = every_type_and_order();
+    let (holding, mut points, expected) = every_type_and_order();
+    // Nothing at 300: the device answers exception 0x02 and the point reports "error".
+    points.push_str(
+        "[[modbus.device.point]]\nname = \"missing\"\nkind = \"holding\"\naddress = 300\n",
+    );
     let spec = json!({"devices": {"1": {"hr": {"0": holding}}}});
     let sim = Sim::rtu(&python, dir.path(), "rtu", &spec, &pty.line);
     let body = format!(
         "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
          [[modbus]]\nname = \"line\"\ntransport = \"rtu\"\nport = {:?}\nbaud = 19200\nparity = \"none\"\n\
-         topic_prefix = \"line\"\ntimeout = \"1s\"\n\
+         topic_prefix = \"line\"\ntimeout = \"1s\"\nstatus_interval = \"1s\"\n\
          [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"500ms\"\n{points}",
         pty.device.display().to_string()
     );
@@ -417,7 +421,8 @@ async fn every_type_and_order_decodes_over_rtu_from_one_read() {
     client.subscribe("line/m/+", QoS::AtLeastOnce).await;
     let mut seen = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + WAIT * 2;
-    while expected.iter().any(|(name, _)| !seen.contains_key(name)) {
+    while expected.iter().any(|(name, _)| !seen.contains_key(name)) || !seen.contains_key("missing")
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "values missing: {seen:#?}"
@@ -432,15 +437,27 @@ async fn every_type_and_order_decodes_over_rtu_from_one_read() {
         assert_eq!(&seen[name]["value"], value, "{name}");
         assert_eq!(seen[name]["quality"], "good", "{name}");
     }
-    // One read of all 103 registers per poll, as the simulator saw it.
+    assert_eq!(seen["missing"]["quality"], "error", "{:?}", seen["missing"]);
+    assert_eq!(seen["missing"]["value"], Value::Null);
+    // One read of all 103 registers per poll (and one of the missing point), as the
+    // simulator saw it.
     let reads = sim.requests();
     assert!(!reads.is_empty());
     assert!(
         reads
             .iter()
-            .all(|r| (r.function, r.address, r.count) == (3, 0, 103)),
+            .all(|r| [(3, 0, 103), (3, 300, 1)].contains(&(r.function, r.address, r.count))),
         "{reads:?}"
     );
+    let mut status = v5(gateway.addr("local"), "status").await;
+    status.subscribe("line/status", QoS::AtLeastOnce).await;
+    let doc = until(&mut status, "line/status", |p| {
+        json_of(p)["devices"]["m"]["exceptions"]["0x02"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    assert_eq!(json_of(&doc)["devices"]["m"]["online"], json!(true));
     gateway.stop().await;
 }
 
