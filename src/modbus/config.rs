@@ -271,6 +271,7 @@ fn name(f: &mut Findings, key: &str, name: &str) {
 pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
     let mut f = Findings::default();
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut ports: HashMap<PathBuf, usize> = HashMap::new();
     for (i, bus) in buses.iter().enumerate() {
         let key = format!("modbus[{i}]");
         if let Some(first) = names.insert(&bus.name, i) {
@@ -278,6 +279,20 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
                 format!("{key}.name"),
                 format!("{:?} is already the name of modbus[{first}]", bus.name),
             );
+        }
+        // Two buses on one line would each send while the other waits for a reply.
+        if let Some(port) = bus
+            .port
+            .as_deref()
+            .filter(|_| bus.transport == TransportKind::Rtu)
+        {
+            let identity = std::fs::canonicalize(port).unwrap_or_else(|_| port.to_path_buf());
+            if let Some(first) = ports.insert(identity, i) {
+                f.error(
+                    format!("{key}.port"),
+                    format!("{} is already modbus[{first}]'s port: one [[modbus]] per serial line, with every device of the line under it", port.display()),
+                );
+            }
         }
         for p in &bus.problems {
             f.error(format!("{key}.{}", p.key), p.message.clone());

@@ -189,6 +189,7 @@ fn duplicate_buses_devices_and_units_are_refused() {
         keys(&findings),
         vec![
             "modbus[1].name",
+            "modbus[1].port",
             "modbus[1].device[1].name",
             "modbus[1].device[1].unit",
             "modbus[1].topic_prefix"
@@ -197,9 +198,40 @@ fn duplicate_buses_devices_and_units_are_refused() {
 }
 
 #[test]
+fn two_buses_on_one_serial_line_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tty = dir.path().join("ttyUSB0");
+    std::fs::write(&tty, "").expect("stand-in device");
+    let by_id = dir.path().join("usb-FTDI-if00-port0");
+    std::os::unix::fs::symlink(&tty, &by_id).expect("link");
+    let on = |name: &str, port: &std::path::Path| {
+        bus(&GOOD
+            .replace("name = \"plant\"", &format!("name = {name:?}"))
+            .replace(
+                "topic_prefix = \"plant\"",
+                &format!("topic_prefix = {name:?}"),
+            )
+            .replace(
+                "port = \"/dev/ttyUSB0\"",
+                &format!("port = {:?}", port.display().to_string()),
+            ))
+    };
+    // The same device under its by-id link and its tty name is one line.
+    let findings = validate(&[on("a", &tty), on("b", &by_id)]);
+    assert_eq!(keys(&findings), vec!["modbus[1].port"]);
+    assert!(
+        findings[0].message.contains("already modbus[0]'s port"),
+        "{findings:?}"
+    );
+    let other = dir.path().join("ttyUSB1");
+    assert_eq!(validate(&[on("a", &tty), on("b", &other)]), vec![]);
+}
+
+#[test]
 fn buses_sharing_topics_are_refused() {
     let other = |prefix: &str| {
         bus(&GOOD
+            .replace("port = \"/dev/ttyUSB0\"", "port = \"/dev/ttyUSB1\"")
             .replace("name = \"plant\"", "name = \"line2\"")
             .replace(
                 "topic_prefix = \"plant\"",
