@@ -508,9 +508,9 @@ async fn the_turnaround_delay_separates_every_request_on_the_wire() {
         "a request {:.3} ms after the previous reply, under the 30 ms turnaround delay",
         gaps[0] * 1e3
     );
-    // Not more than the delay, the silence and scheduling: the rate is the delay's.
+    // Not much more than the delay, the silence and scheduling (room for a loaded machine).
     assert!(
-        gaps[gaps.len() / 2] < 0.060,
+        gaps[gaps.len() / 2] < 0.100,
         "median gap {:.3} ms",
         gaps[gaps.len() / 2] * 1e3
     );
