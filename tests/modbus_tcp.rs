@@ -477,23 +477,13 @@ async fn guarded_writes_are_answered_and_audited() {
         "refused commands wrote nothing"
     );
 
-    // Rate limit: `limit` takes one write per hour.
-    let ok = command(&mut writer, "plant/m1/limit/set", "1", "c6").await;
-    assert_eq!(ok["ok"], json!(true), "{ok}");
-    let limited = command(&mut writer, "plant/m1/limit/set", "2", "c7").await;
-    assert!(
-        limited["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("rate limited")),
-        "{limited}"
-    );
-
-    // Expired: a write to the dead unit holds the bus for its 2 s timeout; a command with
-    // a 1 s message expiry queued behind it is answered "expired" and never executed.
+    // Expired: a write to the dead unit holds the bus for its 2 s timeout; commands with
+    // a 1 s message expiry queued behind it are answered "expired" and never executed.
     send(&writer, "plant/dead/x/set", "1", None, "c8").await;
     send(&writer, "plant/m1/setpoint/set", "10", Some(1), "c9").await;
+    send(&writer, "plant/m1/limit/set", "3", Some(1), "c10").await;
     let mut answers = HashMap::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (correlation, doc) = answer(&mut writer).await;
         answers.insert(correlation, doc);
     }
@@ -503,12 +493,14 @@ async fn guarded_writes_are_answered_and_audited() {
             .is_some_and(|e| e.contains("timeout")),
         "{answers:?}"
     );
-    assert!(
-        answers["c9"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("expired")),
-        "{answers:?}"
-    );
+    for expired in ["c9", "c10"] {
+        assert!(
+            answers[expired]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("expired")),
+            "{expired}: {answers:?}"
+        );
+    }
     let raw_10 = sim
         .requests()
         .iter()
@@ -517,6 +509,26 @@ async fn guarded_writes_are_answered_and_audited() {
     assert_eq!(
         raw_10, 1,
         "only the first setpoint write reached the device"
+    );
+
+    // Rate limit: `limit` takes one write per hour; the expired command above wrote
+    // nothing, so it did not use the hour up.
+    let ok = command(&mut writer, "plant/m1/limit/set", "1", "c11").await;
+    assert_eq!(ok["ok"], json!(true), "{ok}");
+    let limited = command(&mut writer, "plant/m1/limit/set", "2", "c12").await;
+    assert!(
+        limited["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rate limited")),
+        "{limited}"
+    );
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.function == 6 && r.address == 3)
+            .count(),
+        1,
+        "one write of `limit` reached the device"
     );
 
     gateway.stop().await;

@@ -131,7 +131,8 @@ pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &W
     crate::reply::publish(client, &reply.to, payload, "Modbus write").await;
 }
 
-/// The writable points by topic, and their last accepted write.
+/// The writable points by topic (the rate limit is the bus's: a write counts when it is
+/// sent, not when a command that may still expire or find the queue full is admitted).
 struct Targets {
     by_topic: HashMap<String, (usize, usize)>,
     points: Vec<Vec<PointConfig>>,
@@ -139,7 +140,6 @@ struct Targets {
     multiple: Vec<bool>,
     /// Reloads seen.
     generation: u64,
-    last: HashMap<(usize, usize), Instant>,
 }
 
 impl Targets {
@@ -158,18 +158,11 @@ impl Targets {
             points: config.device.iter().map(|d| d.point.clone()).collect(),
             multiple: config.device.iter().map(|d| d.write_multiple).collect(),
             generation: 0,
-            last: HashMap::new(),
         }
     }
 
     /// The write for a command, or why it is refused.
-    fn check(
-        &mut self,
-        d: usize,
-        p: usize,
-        payload: &[u8],
-        now: Instant,
-    ) -> Result<WriteAction, String> {
+    fn check(&self, d: usize, p: usize, payload: &[u8]) -> Result<WriteAction, String> {
         let point = &self.points[d][p];
         if !point.writable {
             return Err(format!("point {:?} is not writable", point.name));
@@ -239,17 +232,6 @@ impl Targets {
             }
             (_, _) => return Err(format!("a {value_type} point takes a number")),
         };
-        if let Some(last) = self.last.get(&(d, p)) {
-            let next = *last + point.write_interval;
-            if now < next {
-                return Err(format!(
-                    "rate limited: one write per {:?}; next in {} ms",
-                    point.write_interval,
-                    (next - now).as_millis()
-                ));
-            }
-        }
-        self.last.insert((d, p), now);
         Ok(action)
     }
 }
@@ -422,7 +404,7 @@ fn admit(
     let Some(&(d, p)) = targets.by_topic.get(&delivery.topic) else {
         return (Err((reply, "no such point on this bus".into())), delivery);
     };
-    let result = match targets.check(d, p, &delivery.payload, now) {
+    let result = match targets.check(d, p, &delivery.payload) {
         Ok(action) => Ok(WriteJob {
             device: d,
             point: p,
@@ -463,39 +445,35 @@ mod tests {
 
     #[test]
     fn sixty_four_bit_integers_are_written_with_every_digit() {
-        let mut t = targets(
+        let t = targets(
             "[[device.point]]\nname = \"u\"\nkind = \"holding\"\naddress = 0\ntype = \"u64\"\nwritable = true\nwrite_interval = \"0\"\n\
              [[device.point]]\nname = \"i\"\nkind = \"holding\"\naddress = 4\ntype = \"i64\"\nwritable = true\nwrite_interval = \"0\"\n",
         );
-        let now = Instant::now();
         // 2^53 + 1: f64 would make it 2^53.
         for payload in [
             "9007199254740993",
             r#"{"value": 9007199254740993}"#,
             r#""9007199254740993""#,
         ] {
-            let regs = registers(t.check(0, 0, payload.as_bytes(), now));
+            let regs = registers(t.check(0, 0, payload.as_bytes()));
             assert_eq!(regs, vec![0x0020, 0, 0, 1], "{payload}");
         }
-        let regs = registers(t.check(0, 0, b"18446744073709551615", now));
+        let regs = registers(t.check(0, 0, b"18446744073709551615"));
         assert_eq!(regs, vec![0xFFFF; 4]);
-        let regs = registers(t.check(0, 1, b"-9223372036854775808", now));
+        let regs = registers(t.check(0, 1, b"-9223372036854775808"));
         assert_eq!(regs, vec![0x8000, 0, 0, 0]);
-        let refused = t
-            .check(0, 0, b"18446744073709551616", now)
-            .expect_err("too big");
+        let refused = t.check(0, 0, b"18446744073709551616").expect_err("too big");
         assert!(refused.contains("outside u64's range"), "{refused}");
         // Fractions still round through the scale path.
-        assert_eq!(registers(t.check(0, 0, b"2.6", now)), vec![0, 0, 0, 3]);
+        assert_eq!(registers(t.check(0, 0, b"2.6")), vec![0, 0, 0, 3]);
     }
 
     #[test]
     fn junk_and_non_finite_commands_are_refused() {
-        let mut t = targets(
+        let t = targets(
             "[[device.point]]\nname = \"f\"\nkind = \"holding\"\naddress = 0\ntype = \"f32\"\nwritable = true\nwrite_interval = \"0\"\n\
              [[device.point]]\nname = \"s\"\nkind = \"holding\"\naddress = 2\ntype = \"i16\"\nwritable = true\nmin = 0\nmax = 10\nwrite_interval = \"0\"\n",
         );
-        let now = Instant::now();
         for (p, payload) in [
             (0, &b"NaN"[..]),
             (0, b"inf"),
@@ -511,14 +489,14 @@ mod tests {
             (1, b"\xff\xfe"),
             (1, b"1e400"),
         ] {
-            let refused = t.check(0, p, payload, now);
+            let refused = t.check(0, p, payload);
             assert!(
                 refused.is_err(),
                 "{:?} accepted: {refused:?}",
                 String::from_utf8_lossy(payload)
             );
         }
-        assert_eq!(registers(t.check(0, 1, b"10", now)), vec![10]);
+        assert_eq!(registers(t.check(0, 1, b"10")), vec![10]);
     }
 
     #[test]
