@@ -1,5 +1,6 @@
 //! `tollgate check` on `[[modbus]]` sections: every problem of every bus, device and
-//! point is printed with its key path (including serde's own, such as an unknown kind),
+//! point is printed with its key path (including serde's own, such as an unknown kind;
+//! a topic prefix or a serial port shared by two buses; a point longer than one read or one write),
 //! and a valid bus passes.
 
 mod support;
@@ -26,6 +27,15 @@ fn check_lists_every_modbus_problem_with_its_key_path() {
             "[[modbus]]\nname = \"p/q\"\ntransport = \"serial\"\ntopic_prefix = \"pq\"\ntimeout = 0\ncolour = \"red\"\n",
             "[[modbus.device]]\nname = \"m\"\nunit = 300\npoll = \"1s\"\n",
             "[[modbus.device.point]]\nname = \"z\"\nkind = \"coil\"\naddress = 0\ntype = \"u16\"\n",
+            "[[modbus]]\nname = \"again\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:503\"\ntopic_prefix = \"plant\"\nmax_registers = 100\n",
+            "[[modbus.device]]\nname = \"n\"\nunit = 1\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 0\ntype = \"string(250)\"\nwritable = true\n",
+            "[[modbus]]\nname = \"line2\"\ntransport = \"rtu\"\nport = \"/dev/ttyUSB7\"\ntopic_prefix = \"line2\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"v\"\nkind = \"input\"\naddress = 0\n",
+            "[[modbus]]\nname = \"line3\"\ntransport = \"rtu\"\nport = \"/dev/ttyUSB7\"\ntopic_prefix = \"line3\"\n",
+            "[[modbus.device]]\nname = \"m\"\nunit = 2\npoll = \"1s\"\n",
+            "[[modbus.device.point]]\nname = \"v\"\nkind = \"input\"\naddress = 0\n",
         ),
     )
     .expect("write");
@@ -52,6 +62,10 @@ fn check_lists_every_modbus_problem_with_its_key_path() {
         format!("{path}: modbus[2].timeout: 0s is out of range"),
         format!("{path}: modbus[2].device[0].unit: 300 is out of range"),
         format!("{path}: modbus[2].device[0].point[0].type: coil points are bits"),
+        format!("{path}: modbus[3].topic_prefix: \"plant\" is already modbus[0]'s topic_prefix"),
+        format!("{path}: modbus[3].device[0].point[0].type: string(250) spans 125 registers: a write (function 16) takes at most 123"),
+        format!("{path}: modbus[3].device[0].point[0].type: string(250) spans 125 registers, more than max_registers = 100"),
+        format!("{path}: modbus[5].port: /dev/ttyUSB7 is already modbus[4]'s port"),
     ] {
         assert!(
             stderr.lines().any(|l| l.starts_with(&expected)),

@@ -9,6 +9,9 @@
 //! bus keeps working; and the 3.5-character silence before every request, measured by a
 //! bare responder that timestamps the bytes as they arrive.
 //!
+//! Every type in every byte and word order it takes is decoded over RTU too, from one
+//! coalesced read, a point the device refuses (exception 0x02) reports `error`, and a configured turnaround delay separates every request on the wire.
+//!
 //! `TOLLGATE_MODBUS_WINDOW_SECS` sets the measuring window of the poll-rate test
 //! (default 5 s; a long run: 60); `TOLLGATE_MODBUS_FRAMES` the requests the silence test
 //! measures (default 60; a long run: 2000).
@@ -20,7 +23,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 use support::gateway::Gateway;
-use support::modbus::{require_pymodbus, PtyPair, Sim};
+use support::modbus::{every_type_and_order, require_pymodbus, PtyPair, Sim};
 use support::{v5, V5, WAIT};
 
 fn json_of(bytes: &[u8]) -> Value {
@@ -387,5 +390,128 @@ async fn frames_are_separated_by_three_and_a_half_characters_of_silence() {
         "a request {:.3} ms after the previous reply, under 3.5 characters ({:.3} ms)",
         gaps[0] * 1e3,
         silence * 1e3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_and_order_decodes_over_rtu_from_one_read() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "types") else {
+        return;
+    };
+    let (holding, mut points, expected) = every_type_and_order();
+    // Nothing at 300: the device answers exception 0x02 and the point reports "error".
+    points.push_str(
+        "[[modbus.device.point]]\nname = \"missing\"\nkind = \"holding\"\naddress = 300\n",
+    );
+    let spec = json!({"devices": {"1": {"hr": {"0": holding}}}});
+    let sim = Sim::rtu(&python, dir.path(), "rtu", &spec, &pty.line);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"line\"\ntransport = \"rtu\"\nport = {:?}\nbaud = 19200\nparity = \"none\"\n\
+         topic_prefix = \"line\"\ntimeout = \"1s\"\nstatus_interval = \"1s\"\n\
+         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"500ms\"\n{points}",
+        pty.device.display().to_string()
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let mut client = v5(gateway.addr("local"), "types").await;
+    client.subscribe("line/m/+", QoS::AtLeastOnce).await;
+    let mut seen = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while expected.iter().any(|(name, _)| !seen.contains_key(name)) || !seen.contains_key("missing")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "values missing: {seen:#?}"
+        );
+        let p = client.publish().await;
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if let Some(name) = topic.strip_prefix("line/m/").filter(|n| *n != "status") {
+            seen.insert(name.to_string(), json_of(&p.payload));
+        }
+    }
+    for (name, value) in &expected {
+        assert_eq!(&seen[name]["value"], value, "{name}");
+        assert_eq!(seen[name]["quality"], "good", "{name}");
+    }
+    assert_eq!(seen["missing"]["quality"], "error", "{:?}", seen["missing"]);
+    assert_eq!(seen["missing"]["value"], Value::Null);
+    // One read of all 103 registers per poll (and one of the missing point), as the
+    // simulator saw it.
+    let reads = sim.requests();
+    assert!(!reads.is_empty());
+    assert!(
+        reads
+            .iter()
+            .all(|r| [(3, 0, 103), (3, 300, 1)].contains(&(r.function, r.address, r.count))),
+        "{reads:?}"
+    );
+    let mut status = v5(gateway.addr("local"), "status").await;
+    status.subscribe("line/status", QoS::AtLeastOnce).await;
+    let doc = until(&mut status, "line/status", |p| {
+        json_of(p)["devices"]["m"]["exceptions"]["0x02"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    assert_eq!(json_of(&doc)["devices"]["m"]["online"], json!(true));
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_turnaround_delay_separates_every_request_on_the_wire() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(pty) = PtyPair::start(dir.path(), "turn") else {
+        return;
+    };
+    let spec = json!({"devices": {"1": {"hr": {"0": [1], "200": [2]}}, "2": {"hr": {"0": [3]}}}});
+    let sim = Sim::rtu_timing(&python, dir.path(), &spec, &pty.line);
+    // Polls due back to back (two requests for unit 1, one for unit 2, every 20 ms): only
+    // inter_request_delay keeps them 30 ms apart.
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"line\"\ntransport = \"rtu\"\nport = {:?}\nbaud = 9600\nparity = \"none\"\n\
+         topic_prefix = \"line\"\ntimeout = \"200ms\"\ninter_request_delay = \"30ms\"\n\
+         [[modbus.device]]\nname = \"one\"\nunit = 1\npoll = \"20ms\"\n\
+         [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n\
+         [[modbus.device.point]]\nname = \"b\"\nkind = \"holding\"\naddress = 200\n\
+         [[modbus.device]]\nname = \"two\"\nunit = 2\npoll = \"20ms\"\n\
+         [[modbus.device.point]]\nname = \"c\"\nkind = \"holding\"\naddress = 0\n",
+        pty.device.display().to_string()
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let timings = loop {
+        let t = sim.timings();
+        if t.len() >= 30 {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 30 requests",
+            t.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    gateway.stop().await;
+    let mut gaps: Vec<f64> = timings.windows(2).map(|w| w[1].0 - w[0].1).collect();
+    gaps.sort_by(f64::total_cmp);
+    println!("{} gaps: min {:.3} ms", gaps.len(), gaps[0] * 1e3);
+    assert!(
+        gaps[0] >= 0.030,
+        "a request {:.3} ms after the previous reply, under the 30 ms turnaround delay",
+        gaps[0] * 1e3
+    );
+    // Not much more than the delay, the silence and scheduling (room for a loaded machine).
+    assert!(
+        gaps[gaps.len() / 2] < 0.100,
+        "median gap {:.3} ms",
+        gaps[gaps.len() / 2] * 1e3
     );
 }

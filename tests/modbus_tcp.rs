@@ -7,7 +7,9 @@
 //! other bits kept), `string(N)` writes (function 16) and `write_multiple` devices
 //! (functions 15 and 16), checked by reading the simulator back as a second master; and
 //! `payload = "raw"`, where each topic carries the bare value the device holds; a reload
-//! with the same wire applied in place (no reconnect, counters kept, new points polled,
+//! with the same wire applied in place; and what is published when (`on-change` within
+//! and beyond the deadband, with scale and offset; `interval`; `both`), with the device's
+//! values changed by a second master (no reconnect, counters kept, new points polled,
 //! removed ones cleared) and one with a changed address restarting the bus.
 
 mod support;
@@ -475,23 +477,13 @@ async fn guarded_writes_are_answered_and_audited() {
         "refused commands wrote nothing"
     );
 
-    // Rate limit: `limit` takes one write per hour.
-    let ok = command(&mut writer, "plant/m1/limit/set", "1", "c6").await;
-    assert_eq!(ok["ok"], json!(true), "{ok}");
-    let limited = command(&mut writer, "plant/m1/limit/set", "2", "c7").await;
-    assert!(
-        limited["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("rate limited")),
-        "{limited}"
-    );
-
-    // Expired: a write to the dead unit holds the bus for its 2 s timeout; a command with
-    // a 1 s message expiry queued behind it is answered "expired" and never executed.
+    // Expired: a write to the dead unit holds the bus for its 2 s timeout; commands with
+    // a 1 s message expiry queued behind it are answered "expired" and never executed.
     send(&writer, "plant/dead/x/set", "1", None, "c8").await;
     send(&writer, "plant/m1/setpoint/set", "10", Some(1), "c9").await;
+    send(&writer, "plant/m1/limit/set", "3", Some(1), "c10").await;
     let mut answers = HashMap::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (correlation, doc) = answer(&mut writer).await;
         answers.insert(correlation, doc);
     }
@@ -501,12 +493,14 @@ async fn guarded_writes_are_answered_and_audited() {
             .is_some_and(|e| e.contains("timeout")),
         "{answers:?}"
     );
-    assert!(
-        answers["c9"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("expired")),
-        "{answers:?}"
-    );
+    for expired in ["c9", "c10"] {
+        assert!(
+            answers[expired]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("expired")),
+            "{expired}: {answers:?}"
+        );
+    }
     let raw_10 = sim
         .requests()
         .iter()
@@ -515,6 +509,26 @@ async fn guarded_writes_are_answered_and_audited() {
     assert_eq!(
         raw_10, 1,
         "only the first setpoint write reached the device"
+    );
+
+    // Rate limit: `limit` takes one write per hour; the expired command above wrote
+    // nothing, so it did not use the hour up.
+    let ok = command(&mut writer, "plant/m1/limit/set", "1", "c11").await;
+    assert_eq!(ok["ok"], json!(true), "{ok}");
+    let limited = command(&mut writer, "plant/m1/limit/set", "2", "c12").await;
+    assert!(
+        limited["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rate limited")),
+        "{limited}"
+    );
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.function == 6 && r.address == 3)
+            .count(),
+        1,
+        "one write of `limit` reached the device"
     );
 
     gateway.stop().await;
@@ -827,5 +841,113 @@ async fn a_reload_with_the_same_wire_keeps_the_bus_open_and_applies_new_points()
     }
     assert!(!sim2.requests().is_empty());
     assert_eq!(opened(sim2.port), 1);
+    gateway.stop().await;
+}
+
+/// Write holding register `address` of `unit` (function 6) as a second master would.
+fn write_raw(port: u16, unit: u8, address: u16, value: u16) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("simulator");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut adu = vec![0, 1, 0, 0, 0, 6, unit, 6];
+    adu.extend_from_slice(&address.to_be_bytes());
+    adu.extend_from_slice(&value.to_be_bytes());
+    stream.write_all(&adu).expect("request");
+    let mut echo = [0u8; 12];
+    stream.read_exact(&mut echo).expect("echo");
+    assert_eq!(&echo[..], &adu[..], "write echoed");
+}
+
+/// Every publish on `client` for `span`: (topic, JSON payload) in order.
+async fn during(client: &mut V5, span: std::time::Duration) -> Vec<(String, Value)> {
+    let end = tokio::time::Instant::now() + span;
+    let mut out = Vec::new();
+    while let Ok(p) = tokio::time::timeout_at(end, client.publish()).await {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if !topic.ends_with("/status") {
+            out.push((topic, json_of(&String::from_utf8_lossy(&p.payload))));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadband_offset_and_report_modes_decide_what_is_published() {
+    let Some(python) = require_pymodbus() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = json!({"devices": {"1": {"hr": {"0": [600, 5, 5]}}}});
+    let sim = Sim::tcp(&python, dir.path(), &spec);
+    let body = format!(
+        "[[listener]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\ntransport = \"tcp\"\nallow_anonymous = true\n\
+         [[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{}\"\ntopic_prefix = \"plant\"\n\
+         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"100ms\"\n\
+         [[modbus.device.point]]\nname = \"temp\"\nkind = \"holding\"\naddress = 0\nscale = 0.1\noffset = -40\nunit_label = \"°C\"\nreport = \"on-change\"\ndeadband = 0.5\n\
+         [[modbus.device.point]]\nname = \"every\"\nkind = \"holding\"\naddress = 1\nreport = \"interval\"\n\
+         [[modbus.device.point]]\nname = \"both\"\nkind = \"holding\"\naddress = 2\nreport = \"both\"\ninterval = \"1s\"\n",
+        sim.port
+    );
+    let gateway = Gateway::start(dir.path(), &body).await;
+    let mut client = v5(gateway.addr("local"), "watch").await;
+    client.subscribe("plant/m/+", QoS::AtLeastOnce).await;
+    let near = |v: &Value, x: f64| v.as_f64().is_some_and(|y| (y - x).abs() < 1e-9);
+    let seen = during(&mut client, std::time::Duration::from_millis(2500)).await;
+    let of = |seen: &[(String, Value)], point: &str| -> Vec<Value> {
+        seen.iter()
+            .filter(|(t, _)| t == &format!("plant/m/{point}"))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // raw 600 × 0.1 − 40 = 20.0 °C, once; `every` on each of ~25 polls; `both` at start
+    // and once a second.
+    let temp = of(&seen, "temp");
+    assert_eq!(temp.len(), 1, "{temp:?}");
+    assert!(near(&temp[0]["value"], 20.0), "{temp:?}");
+    assert_eq!(temp[0]["unit"], "°C");
+    let every = of(&seen, "every").len();
+    assert!(
+        (18..=27).contains(&every),
+        "interval: {every} publishes in 2.5 s at 100 ms"
+    );
+    let both = of(&seen, "both").len();
+    assert!(
+        (2..=4).contains(&both),
+        "both: {both} publishes in 2.5 s at 1 s"
+    );
+
+    // 20.3 °C: within the 0.5 deadband of the last published 20.0, not published.
+    write_raw(sim.port, 1, 0, 603);
+    let seen = during(&mut client, std::time::Duration::from_millis(800)).await;
+    assert_eq!(
+        of(&seen, "temp"),
+        Vec::<Value>::new(),
+        "within the deadband"
+    );
+    // 20.6 °C: 0.6 from the last published value, published once.
+    write_raw(sim.port, 1, 0, 606);
+    let seen = during(&mut client, std::time::Duration::from_millis(800)).await;
+    let temp = of(&seen, "temp");
+    assert_eq!(temp.len(), 1, "{temp:?}");
+    assert!(near(&temp[0]["value"], 20.6), "{temp:?}");
+    // A change of a `both` point is published at once, not at its next interval.
+    let start = tokio::time::Instant::now();
+    write_raw(sim.port, 1, 2, 6);
+    let mut changed = None;
+    while changed.is_none() {
+        let p = client.publish().await;
+        if p.topic.as_ref() == b"plant/m/both" {
+            let v = json_of(&String::from_utf8_lossy(&p.payload));
+            if v["value"] == json!(6) {
+                changed = Some(start.elapsed());
+            }
+        }
+    }
+    assert!(
+        changed.is_some_and(|d| d < std::time::Duration::from_millis(600)),
+        "{changed:?}"
+    );
     gateway.stop().await;
 }

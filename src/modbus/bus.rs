@@ -112,6 +112,12 @@ impl Bus {
                 d.online = old.online;
                 d.backoff = old.backoff;
                 d.retry_at = old.retry_at;
+                // A reload does not reset the rate limit of a point that stays.
+                for p in &mut d.points {
+                    if let Some(o) = old.points.iter().find(|o| o.config.name == p.config.name) {
+                        p.last_write = o.last_write;
+                    }
+                }
             }
         }
         let kept: std::collections::HashSet<String> = next
@@ -509,10 +515,21 @@ impl Bus {
                 "expired: the command's message expiry passed before it could run".into(),
             );
         }
+        let (i, p) = (job.device, job.point);
+        let now = Instant::now();
+        let point = &self.devices[i].points[p];
+        if let Some(next) = point.last_write.map(|at| at + point.config.write_interval) {
+            if now < next {
+                return WriteOutcome::Refused(format!(
+                    "rate limited: one write per {:?}; next in {} ms",
+                    point.config.write_interval,
+                    (next - now).as_millis()
+                ));
+            }
+        }
         if self.link.is_none() {
             return WriteOutcome::Failed("bus not open".into());
         }
-        let (i, p) = (job.device, job.point);
         let request = match job.action.clone() {
             WriteAction::Send(request) => request,
             WriteAction::SetBit {
@@ -546,6 +563,8 @@ impl Bus {
                 }
             }
         };
+        // The write is sent: it counts against the rate limit whatever the device answers.
+        self.devices[i].points[p].last_write = Some(Instant::now());
         if let Err(e) = self.exchange(i, &request, 1).await {
             return WriteOutcome::Failed(e.to_string());
         }

@@ -135,9 +135,24 @@ impl ValueType {
         )
     }
 
+    /// The integer types (`u16` … `i64`).
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            ValueType::U16
+                | ValueType::I16
+                | ValueType::U32
+                | ValueType::I32
+                | ValueType::U64
+                | ValueType::I64
+        )
+    }
+
     /// Whether `order` means something for this type.
     pub fn check_order(self, order: Order) -> Result<(), String> {
         match self {
+            // One register: the word order is moot, BADC/DCBA swap its two bytes.
+            ValueType::U16 | ValueType::I16 => Ok(()),
             ValueType::U32 | ValueType::I32 | ValueType::F32 => Ok(()),
             ValueType::U64 | ValueType::I64 | ValueType::F64 => Ok(()),
             ValueType::Str(_) if matches!(order, Order::Abcd | Order::Badc) => Ok(()),
@@ -146,7 +161,7 @@ impl ValueType {
                     .into(),
             ),
             _ => Err(format!(
-                "order applies to multi-register types (32/64-bit, strings), not {self}"
+                "order applies to register numbers and strings, not {self}"
             )),
         }
     }
@@ -261,8 +276,8 @@ pub fn decode(t: ValueType, order: Order, regs: &[u16]) -> Value {
     match t {
         ValueType::Bool => Value::Bool(regs.first().is_some_and(|r| *r != 0)),
         ValueType::Bit(n) => Value::Bool(regs.first().is_some_and(|r| (r >> n) & 1 == 1)),
-        ValueType::U16 => Value::UInt(u64::from(regs[0])),
-        ValueType::I16 => Value::Int(i64::from(regs[0] as i16)),
+        ValueType::U16 => Value::UInt(u64::from_be_bytes(arr(2))),
+        ValueType::I16 => Value::Int(i64::from(u64::from_be_bytes(arr(2)) as u16 as i16)),
         ValueType::U32 => Value::UInt(u64::from_be_bytes(arr(4))),
         ValueType::I32 => Value::Int(i64::from(u64::from_be_bytes(arr(4)) as u32 as i32)),
         ValueType::U64 => Value::UInt(u64::from_be_bytes(arr(8))),
@@ -327,8 +342,8 @@ pub fn encode(
         }
     };
     let bytes: Vec<u8> = match t {
-        ValueType::U16 => return Ok(vec![int(0.0, 65_535.0)? as u16]),
-        ValueType::I16 => return Ok(vec![int(-32_768.0, 32_767.0)? as i16 as u16]),
+        ValueType::U16 => (int(0.0, 65_535.0)? as u16).to_be_bytes().to_vec(),
+        ValueType::I16 => (int(-32_768.0, 32_767.0)? as i16).to_be_bytes().to_vec(),
         ValueType::U32 => (int(0.0, 4_294_967_295.0)? as u32).to_be_bytes().to_vec(),
         ValueType::I32 => (int(-2_147_483_648.0, 2_147_483_647.0)? as i32)
             .to_be_bytes()
@@ -355,6 +370,34 @@ pub fn encode(
         }
     };
     Ok(bytes_to_wire(&bytes, order))
+}
+
+/// Registers for writing the integer `raw` to an integer point of type `t` exactly (no
+/// scale or offset): 64-bit values beyond 2^53 keep every digit, which the `f64` path of
+/// [`encode`] would round.
+pub fn encode_integer(t: ValueType, order: Order, raw: i128) -> Result<Vec<u16>, EncodeError> {
+    let (min, max): (i128, i128) = match t {
+        ValueType::U16 => (0, u16::MAX.into()),
+        ValueType::I16 => (i16::MIN.into(), i16::MAX.into()),
+        ValueType::U32 => (0, u32::MAX.into()),
+        ValueType::I32 => (i32::MIN.into(), i32::MAX.into()),
+        ValueType::U64 => (0, u64::MAX.into()),
+        ValueType::I64 => (i64::MIN.into(), i64::MAX.into()),
+        _ => {
+            return Err(EncodeError(format!(
+                "{t} points are not written as integers"
+            )))
+        }
+    };
+    if raw < min || raw > max {
+        return Err(EncodeError(format!(
+            "{raw} is outside {t}'s range {min} to {max}"
+        )));
+    }
+    // Two's complement in the type's width: the low bytes of the 128-bit value.
+    let n = usize::from(t.registers()) * 2;
+    let be = raw.to_be_bytes();
+    Ok(bytes_to_wire(&be[16 - n..], order))
 }
 
 /// Registers for writing `text` to a `string(n)` point in `order`: its UTF-8 bytes (at
@@ -463,6 +506,39 @@ mod tests {
     }
 
     #[test]
+    fn sixteen_bit_types_take_a_byte_order() {
+        for (order, reg) in [
+            (Order::Abcd, 0x1234),
+            (Order::Cdab, 0x1234),
+            (Order::Badc, 0x3412),
+            (Order::Dcba, 0x3412),
+        ] {
+            assert_eq!(ValueType::U16.check_order(order), Ok(()));
+            assert_eq!(
+                decode(ValueType::U16, order, &[reg]),
+                Value::UInt(0x1234),
+                "{order:?}"
+            );
+            assert_eq!(
+                encode(ValueType::U16, order, 1.0, 0.0, 4660.0),
+                Ok(vec![reg])
+            );
+            assert_eq!(encode_integer(ValueType::U16, order, 0x1234), Ok(vec![reg]));
+        }
+        // -2 is FF FE; byte-swapped on the wire FE FF.
+        assert_eq!(
+            decode(ValueType::I16, Order::Badc, &[0xFEFF]),
+            Value::Int(-2)
+        );
+        assert_eq!(
+            encode(ValueType::I16, Order::Badc, 1.0, 0.0, -2.0),
+            Ok(vec![0xFEFF])
+        );
+        assert!(ValueType::Bit(3).check_order(Order::Badc).is_err());
+        assert!(ValueType::Bool.check_order(Order::Abcd).is_err());
+    }
+
+    #[test]
     fn sixteen_bit_types_strings_and_bits_decode() {
         assert_eq!(
             decode(ValueType::I16, Order::Abcd, &[0xFFFF]),
@@ -522,6 +598,32 @@ mod tests {
         assert!(encode(ValueType::U16, Order::Abcd, 1.0, 0.0, f64::NAN).is_err());
     }
 
+    #[test]
+    fn integer_writes_keep_every_digit_of_64_bit_values() {
+        let beyond_f64 = 9_007_199_254_740_993i128; // 2^53 + 1
+        for order in ORDERS {
+            let regs = encode_integer(ValueType::U64, order, beyond_f64).expect("fits");
+            assert_eq!(
+                decode(ValueType::U64, order, &regs),
+                Value::UInt(9_007_199_254_740_993)
+            );
+            let regs = encode_integer(ValueType::I64, order, i64::MIN.into()).expect("fits");
+            assert_eq!(decode(ValueType::I64, order, &regs), Value::Int(i64::MIN));
+            let regs = encode_integer(ValueType::U64, order, u64::MAX.into()).expect("fits");
+            assert_eq!(decode(ValueType::U64, order, &regs), Value::UInt(u64::MAX));
+            let regs = encode_integer(ValueType::I32, order, -2).expect("fits");
+            assert_eq!(decode(ValueType::I32, order, &regs), Value::Int(-2));
+        }
+        assert_eq!(
+            encode_integer(ValueType::I16, Order::Abcd, -1),
+            Ok(vec![0xFFFF])
+        );
+        assert!(encode_integer(ValueType::U64, Order::Abcd, i128::from(u64::MAX) + 1).is_err());
+        assert!(encode_integer(ValueType::U16, Order::Abcd, -1).is_err());
+        assert!(encode_integer(ValueType::I16, Order::Abcd, 32_768).is_err());
+        assert!(encode_integer(ValueType::F32, Order::Abcd, 1).is_err());
+    }
+
     fn int_type() -> impl Strategy<Value = ValueType> {
         prop_oneof![
             Just(ValueType::U16),
@@ -565,7 +667,7 @@ mod tests {
             let order = ORDERS[o];
             let published = f64::from(raw) * 0.1 + 5.0;
             let regs = encode(ValueType::U16, order, 0.1, 5.0, published).expect("in range");
-            prop_assert_eq!(regs, vec![raw]);
+            prop_assert_eq!(decode(ValueType::U16, order, &regs), Value::UInt(u64::from(raw)));
         }
     }
 }

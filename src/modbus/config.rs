@@ -13,6 +13,9 @@ use super::codec::{Order, ValueType};
 pub use crate::findings::Finding;
 use crate::findings::Findings;
 
+/// Registers one write (function 16) carries at most (Modbus application protocol §6.12).
+pub const MAX_WRITE_REGISTERS: u16 = 123;
+
 /// `[[modbus]]`: one bus. Read leniently (`config_parse`): every key on its own, so one
 /// bad value does not hide the other problems of the entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +271,7 @@ fn name(f: &mut Findings, key: &str, name: &str) {
 pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
     let mut f = Findings::default();
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut ports: HashMap<PathBuf, usize> = HashMap::new();
     for (i, bus) in buses.iter().enumerate() {
         let key = format!("modbus[{i}]");
         if let Some(first) = names.insert(&bus.name, i) {
@@ -275,6 +279,20 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
                 format!("{key}.name"),
                 format!("{:?} is already the name of modbus[{first}]", bus.name),
             );
+        }
+        // Two buses on one line would each send while the other waits for a reply.
+        if let Some(port) = bus
+            .port
+            .as_deref()
+            .filter(|_| bus.transport == TransportKind::Rtu)
+        {
+            let identity = std::fs::canonicalize(port).unwrap_or_else(|_| port.to_path_buf());
+            if let Some(first) = ports.insert(identity, i) {
+                f.error(
+                    format!("{key}.port"),
+                    format!("{} is already modbus[{first}]'s port: one [[modbus]] per serial line, with every device of the line under it", port.display()),
+                );
+            }
         }
         for p in &bus.problems {
             f.error(format!("{key}.{}", p.key), p.message.clone());
@@ -284,6 +302,9 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
         let reported = super::config_parse::reported(bus, &key);
         let mut checks = Findings::default();
         validate_bus(bus, &key, &reported, &mut checks);
+        if !reported.contains(&format!("{key}.topic_prefix")) {
+            prefix_overlap(buses, i, &key, &mut checks);
+        }
         f.problems.extend(
             checks
                 .problems
@@ -292,6 +313,48 @@ pub fn validate(buses: &[ModbusConfig]) -> Vec<Finding> {
         );
     }
     f.problems
+}
+
+/// Bus `i`'s topic prefix against the earlier buses': one prefix for two buses would
+/// send every command to both (each bus refusing the other's points on the same result
+/// topic) and mix their status documents; a prefix nested in another bus's collides when
+/// its next level is one of that bus's device names.
+fn prefix_overlap(buses: &[ModbusConfig], i: usize, key: &str, f: &mut Findings) {
+    let mine = &buses[i].topic_prefix;
+    if mine.is_empty() {
+        return;
+    }
+    for (j, other) in buses[..i].iter().enumerate() {
+        let theirs = &other.topic_prefix;
+        if theirs.is_empty() {
+            continue;
+        }
+        if theirs == mine {
+            f.error(
+                format!("{key}.topic_prefix"),
+                format!("{mine:?} is already modbus[{j}]'s topic_prefix: each bus needs its own"),
+            );
+            continue;
+        }
+        // (outer bus, inner bus): the inner prefix continues the outer one by a level.
+        let nested = [(other, mine, theirs), (&buses[i], theirs, mine)]
+            .into_iter()
+            .find_map(|(outer, inner, outer_prefix)| {
+                let level = inner.strip_prefix(&format!("{outer_prefix}/"))?;
+                let level = level.split('/').next().unwrap_or(level);
+                outer
+                    .device
+                    .iter()
+                    .any(|d| d.name == level)
+                    .then(|| level.to_string())
+            });
+        if let Some(level) = nested {
+            f.error(
+                format!("{key}.topic_prefix"),
+                format!("{mine:?} and modbus[{j}]'s {theirs:?} share the topics of device {level:?}: use prefixes that do not nest"),
+            );
+        }
+    }
 }
 
 fn validate_bus(bus: &ModbusConfig, key: &str, reported: &HashSet<String>, f: &mut Findings) {
@@ -519,6 +582,20 @@ fn validate_device(
         }
         if let Some(span) = validate_point(point, &pkey, reported, f) {
             let (first, last, bit) = span;
+            let registers = last - first + 1;
+            if !point.kind.is_bits()
+                && (1..=125).contains(&bus.max_registers)
+                && registers > i64::from(bus.max_registers)
+            {
+                f.error(
+                    format!("{pkey}.type"),
+                    format!(
+                        "{} spans {registers} registers, more than max_registers = {} allows in one read: raise max_registers or shorten the point",
+                        point.value_type.trim(),
+                        bus.max_registers
+                    ),
+                );
+            }
             for &(kind, a, b, other_bit, q) in &spans {
                 let both_bits = matches!((bit, other_bit), (Some(x), Some(y)) if x != y);
                 if kind == point.kind && first <= b && a <= last && !both_bits {
@@ -598,6 +675,12 @@ fn validate_point(
                 _ => None,
             };
             span = Some((p.address, p.address + count - 1, bit));
+        }
+        if p.writable && count > i64::from(MAX_WRITE_REGISTERS) {
+            f.error(
+                format!("{key}.type"),
+                format!("{t} spans {count} registers: a write (function 16) takes at most {MAX_WRITE_REGISTERS}, so a writable string holds at most {} bytes", MAX_WRITE_REGISTERS * 2),
+            );
         }
         if p.writable && kind_known && !p.kind.is_writable() {
             f.error(format!("{key}.writable"), format!("{} points are read-only in Modbus: only coil and holding points can be writable", p.kind.name()));

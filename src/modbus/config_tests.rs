@@ -108,7 +108,7 @@ type = "bit(16)"
 name = "h"
 kind = "holding"
 address = 50
-type = "u16"
+type = "bit(2)"
 order = "CDAB"
 [[device.point]]
 name = "a"
@@ -175,7 +175,7 @@ address = 90
     assert!(text_of(&format!("{p}.point[4].type")).contains("is not a type"));
     assert!(text_of(&format!("{p}.point[5].type")).contains("1 to 250"));
     assert!(text_of(&format!("{p}.point[6].type")).contains("0 (least significant) to 15"));
-    assert!(text_of(&format!("{p}.point[7].order")).contains("multi-register"));
+    assert!(text_of(&format!("{p}.point[7].order")).contains("not bit(2)"));
     assert!(text_of(&format!("{p}.point[8].name")).contains("already the name of point[0]"));
     assert!(text_of(&format!("{p}.point[10].address")).contains("runs past 65535"));
 }
@@ -189,10 +189,102 @@ fn duplicate_buses_devices_and_units_are_refused() {
         keys(&findings),
         vec![
             "modbus[1].name",
+            "modbus[1].port",
             "modbus[1].device[1].name",
-            "modbus[1].device[1].unit"
+            "modbus[1].device[1].unit",
+            "modbus[1].topic_prefix"
         ]
     );
+}
+
+#[test]
+fn two_buses_on_one_serial_line_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tty = dir.path().join("ttyUSB0");
+    std::fs::write(&tty, "").expect("stand-in device");
+    let by_id = dir.path().join("usb-FTDI-if00-port0");
+    std::os::unix::fs::symlink(&tty, &by_id).expect("link");
+    let on = |name: &str, port: &std::path::Path| {
+        bus(&GOOD
+            .replace("name = \"plant\"", &format!("name = {name:?}"))
+            .replace(
+                "topic_prefix = \"plant\"",
+                &format!("topic_prefix = {name:?}"),
+            )
+            .replace(
+                "port = \"/dev/ttyUSB0\"",
+                &format!("port = {:?}", port.display().to_string()),
+            ))
+    };
+    // The same device under its by-id link and its tty name is one line.
+    let findings = validate(&[on("a", &tty), on("b", &by_id)]);
+    assert_eq!(keys(&findings), vec!["modbus[1].port"]);
+    assert!(
+        findings[0].message.contains("already modbus[0]'s port"),
+        "{findings:?}"
+    );
+    let other = dir.path().join("ttyUSB1");
+    assert_eq!(validate(&[on("a", &tty), on("b", &other)]), vec![]);
+}
+
+#[test]
+fn buses_sharing_topics_are_refused() {
+    let other = |prefix: &str| {
+        bus(&GOOD
+            .replace("port = \"/dev/ttyUSB0\"", "port = \"/dev/ttyUSB1\"")
+            .replace("name = \"plant\"", "name = \"line2\"")
+            .replace(
+                "topic_prefix = \"plant\"",
+                &format!("topic_prefix = {prefix:?}"),
+            ))
+    };
+    let findings = validate(&[bus(GOOD), other("plant")]);
+    assert_eq!(keys(&findings), vec!["modbus[1].topic_prefix"]);
+    assert!(findings[0]
+        .message
+        .contains("already modbus[0]'s topic_prefix"));
+    // plant/meter1/... would be both bus 0's device meter1 and bus 1's topics.
+    let findings = validate(&[bus(GOOD), other("plant/meter1")]);
+    assert_eq!(keys(&findings), vec!["modbus[1].topic_prefix"]);
+    assert!(
+        findings[0].message.contains("device \"meter1\""),
+        "{findings:?}"
+    );
+    let findings = validate(&[other("plant/meter1/x"), bus(GOOD)]);
+    assert_eq!(keys(&findings), vec!["modbus[1].topic_prefix"]);
+    // Nested without a shared device, or merely similar: fine.
+    assert_eq!(validate(&[bus(GOOD), other("plant/line2")]), vec![]);
+    assert_eq!(validate(&[bus(GOOD), other("plant2")]), vec![]);
+}
+
+#[test]
+fn points_fit_one_read_and_writable_strings_one_write() {
+    let text = GOOD.replace("topic_prefix", "max_registers = 10\ntopic_prefix")
+        + "[[device.point]]\nname = \"label\"\nkind = \"holding\"\naddress = 200\ntype = \"string(40)\"\n\
+           [[device.point]]\nname = \"fits\"\nkind = \"holding\"\naddress = 300\ntype = \"string(20)\"\n";
+    let findings = validate(&[bus(&text)]);
+    assert_eq!(keys(&findings), vec!["modbus[0].device[0].point[5].type"]);
+    assert!(
+        findings[0]
+            .message
+            .contains("string(40) spans 20 registers, more than max_registers = 10"),
+        "{findings:?}"
+    );
+    let tight = bus(&GOOD.replace("topic_prefix", "max_registers = 1\ntopic_prefix"));
+    let findings = validate(&[tight]);
+    assert_eq!(
+        keys(&findings),
+        vec!["modbus[0].device[0].point[0].type"],
+        "an f32 takes 2"
+    );
+    // Function 16 writes 123 registers at most: 246 bytes.
+    let text = GOOD.to_string()
+        + "[[device.point]]\nname = \"long\"\nkind = \"holding\"\naddress = 200\ntype = \"string(248)\"\nwritable = true\n\
+           [[device.point]]\nname = \"most\"\nkind = \"holding\"\naddress = 400\ntype = \"string(246)\"\nwritable = true\n\
+           [[device.point]]\nname = \"read\"\nkind = \"holding\"\naddress = 600\ntype = \"string(250)\"\n";
+    let findings = validate(&[bus(&text)]);
+    assert_eq!(keys(&findings), vec!["modbus[0].device[0].point[5].type"]);
+    assert!(findings[0].message.contains("at most 123"), "{findings:?}");
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub struct PointState {
     published: Option<(Quality, Option<Value>, Instant)>,
     /// Republish an unchanged value after this long (`report = "both"`).
     refresh: Duration,
-    /// Last accepted write (rate limit).
+    /// When the last write was sent to the device (the rate limit).
     pub last_write: Option<Instant>,
 }
 

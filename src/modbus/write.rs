@@ -131,7 +131,8 @@ pub(super) async fn answer(client: &InternalClient, reply: &ReplyTo, outcome: &W
     crate::reply::publish(client, &reply.to, payload, "Modbus write").await;
 }
 
-/// The writable points by topic, and their last accepted write.
+/// The writable points by topic (the rate limit is the bus's: a write counts when it is
+/// sent, not when a command that may still expire or find the queue full is admitted).
 struct Targets {
     by_topic: HashMap<String, (usize, usize)>,
     points: Vec<Vec<PointConfig>>,
@@ -139,7 +140,6 @@ struct Targets {
     multiple: Vec<bool>,
     /// Reloads seen.
     generation: u64,
-    last: HashMap<(usize, usize), Instant>,
 }
 
 impl Targets {
@@ -158,18 +158,11 @@ impl Targets {
             points: config.device.iter().map(|d| d.point.clone()).collect(),
             multiple: config.device.iter().map(|d| d.write_multiple).collect(),
             generation: 0,
-            last: HashMap::new(),
         }
     }
 
     /// The write for a command, or why it is refused.
-    fn check(
-        &mut self,
-        d: usize,
-        p: usize,
-        payload: &[u8],
-        now: Instant,
-    ) -> Result<WriteAction, String> {
+    fn check(&self, d: usize, p: usize, payload: &[u8]) -> Result<WriteAction, String> {
         let point = &self.points[d][p];
         if !point.writable {
             return Err(format!("point {:?} is not writable", point.name));
@@ -204,20 +197,26 @@ impl Targets {
                 return Err(format!("a {value_type} point takes true or false"))
             }
             (ValueType::Str(_), _) => return Err(format!("a {value_type} point takes text")),
-            (_, Command::Number(v)) => {
+            (_, Command::Number(v, exact)) => {
                 if let Some(min) = point.min.filter(|min| v < *min) {
                     return Err(format!("out of bounds: {v} is below min {min}"));
                 }
                 if let Some(max) = point.max.filter(|max| v > *max) {
                     return Err(format!("out of bounds: {v} is above max {max}"));
                 }
-                let regs = codec::encode(
-                    value_type,
-                    point.parsed_order(),
-                    point.scale,
-                    point.offset,
-                    v,
-                )
+                let unscaled = point.scale == 1.0 && point.offset == 0.0;
+                let regs = match exact {
+                    Some(raw) if unscaled && value_type.is_integer() => {
+                        codec::encode_integer(value_type, point.parsed_order(), raw)
+                    }
+                    _ => codec::encode(
+                        value_type,
+                        point.parsed_order(),
+                        point.scale,
+                        point.offset,
+                        v,
+                    ),
+                }
                 .map_err(|e| e.0)?;
                 if regs.len() == 1 && !multiple {
                     WriteAction::Send(Request::WriteRegister {
@@ -233,25 +232,25 @@ impl Targets {
             }
             (_, _) => return Err(format!("a {value_type} point takes a number")),
         };
-        if let Some(last) = self.last.get(&(d, p)) {
-            let next = *last + point.write_interval;
-            if now < next {
-                return Err(format!(
-                    "rate limited: one write per {:?}; next in {} ms",
-                    point.write_interval,
-                    (next - now).as_millis()
-                ));
-            }
-        }
-        self.last.insert((d, p), now);
         Ok(action)
     }
 }
 
 enum Command {
     Bool(bool),
-    Number(f64),
+    /// The number, and the same exactly when it is an integer (64-bit values beyond 2^53
+    /// are written without the rounding of `f64`).
+    Number(f64, Option<i128>),
     Text(String),
+}
+
+/// A JSON number as a command.
+fn number(n: &serde_json::Number) -> Option<Command> {
+    let exact = n
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from));
+    Some(Command::Number(n.as_f64()?, exact))
 }
 
 /// `42`, `-1.5`, `true`, `"on"`, `{"value": 42}`: JSON or plain text. A `string(N)`
@@ -292,19 +291,19 @@ fn parse_command(payload: &[u8], t: ValueType) -> Result<Command, String> {
                 )),
             }
         }
-        serde_json::Value::Number(n) => n
-            .as_f64()
-            .map(Command::Number)
-            .ok_or_else(|| format!("{n} is not a number")),
+        serde_json::Value::Number(n) => number(&n).ok_or_else(|| format!("{n} is not a number")),
         serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
             "true" | "on" => Ok(Command::Bool(true)),
             "false" | "off" => Ok(Command::Bool(false)),
-            other => other.parse::<f64>().map(Command::Number).map_err(|_| {
-                format!(
-                    "{:?} is not a value: send a number, true/false, or {{\"value\": ..}}",
-                    crate::telemetry::limit::LogStr(other).to_string()
-                )
-            }),
+            other => other
+                .parse::<f64>()
+                .map(|v| Command::Number(v, other.parse::<i128>().ok()))
+                .map_err(|_| {
+                    format!(
+                        "{:?} is not a value: send a number, true/false, or {{\"value\": ..}}",
+                        crate::telemetry::limit::LogStr(other).to_string()
+                    )
+                }),
         },
         other => Err(format!("{other} is not a value")),
     }
@@ -405,7 +404,7 @@ fn admit(
     let Some(&(d, p)) = targets.by_topic.get(&delivery.topic) else {
         return (Err((reply, "no such point on this bus".into())), delivery);
     };
-    let result = match targets.check(d, p, &delivery.payload, now) {
+    let result = match targets.check(d, p, &delivery.payload) {
         Ok(action) => Ok(WriteJob {
             device: d,
             point: p,
@@ -423,10 +422,87 @@ fn admit(
 mod tests {
     use super::*;
 
+    fn targets(points: &str) -> Targets {
+        let text = format!(
+            "name = \"b\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\ntopic_prefix = \"p\"\n\
+             [[device]]\nname = \"d\"\nunit = 1\npoll = \"1s\"\n{points}"
+        );
+        let config: ModbusConfig = toml::from_str(&text).expect("bus");
+        assert_eq!(
+            super::super::config::validate(std::slice::from_ref(&config)),
+            vec![]
+        );
+        Targets::new(&config)
+    }
+
+    fn registers(action: Result<WriteAction, String>) -> Vec<u16> {
+        match action {
+            Ok(WriteAction::Send(Request::WriteRegisters { values, .. })) => values,
+            Ok(WriteAction::Send(Request::WriteRegister { value, .. })) => vec![value],
+            other => panic!("not a register write: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sixty_four_bit_integers_are_written_with_every_digit() {
+        let t = targets(
+            "[[device.point]]\nname = \"u\"\nkind = \"holding\"\naddress = 0\ntype = \"u64\"\nwritable = true\nwrite_interval = \"0\"\n\
+             [[device.point]]\nname = \"i\"\nkind = \"holding\"\naddress = 4\ntype = \"i64\"\nwritable = true\nwrite_interval = \"0\"\n",
+        );
+        // 2^53 + 1: f64 would make it 2^53.
+        for payload in [
+            "9007199254740993",
+            r#"{"value": 9007199254740993}"#,
+            r#""9007199254740993""#,
+        ] {
+            let regs = registers(t.check(0, 0, payload.as_bytes()));
+            assert_eq!(regs, vec![0x0020, 0, 0, 1], "{payload}");
+        }
+        let regs = registers(t.check(0, 0, b"18446744073709551615"));
+        assert_eq!(regs, vec![0xFFFF; 4]);
+        let regs = registers(t.check(0, 1, b"-9223372036854775808"));
+        assert_eq!(regs, vec![0x8000, 0, 0, 0]);
+        let refused = t.check(0, 0, b"18446744073709551616").expect_err("too big");
+        assert!(refused.contains("outside u64's range"), "{refused}");
+        // Fractions still round through the scale path.
+        assert_eq!(registers(t.check(0, 0, b"2.6")), vec![0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn junk_and_non_finite_commands_are_refused() {
+        let t = targets(
+            "[[device.point]]\nname = \"f\"\nkind = \"holding\"\naddress = 0\ntype = \"f32\"\nwritable = true\nwrite_interval = \"0\"\n\
+             [[device.point]]\nname = \"s\"\nkind = \"holding\"\naddress = 2\ntype = \"i16\"\nwritable = true\nmin = 0\nmax = 10\nwrite_interval = \"0\"\n",
+        );
+        for (p, payload) in [
+            (0, &b"NaN"[..]),
+            (0, b"inf"),
+            (0, b"-Infinity"),
+            (0, b"1e400"),
+            (0, b"3.5e38"),
+            (1, b"NaN"),
+            (1, b"inf"),
+            (1, b""),
+            (1, b"null"),
+            (1, b"[1]"),
+            (1, b"{\"value\": null}"),
+            (1, b"\xff\xfe"),
+            (1, b"1e400"),
+        ] {
+            let refused = t.check(0, p, payload);
+            assert!(
+                refused.is_err(),
+                "{:?} accepted: {refused:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        assert_eq!(registers(t.check(0, 1, b"10")), vec![10]);
+    }
+
     #[test]
     fn commands_parse_as_json_or_plain_text() {
         let num = |s: &str| match parse_command(s.as_bytes(), ValueType::I16) {
-            Ok(Command::Number(v)) => Some(v),
+            Ok(Command::Number(v, _)) => Some(v),
             _ => None,
         };
         assert_eq!(num("42"), Some(42.0));

@@ -210,3 +210,107 @@ impl Drop for PtyPair {
         let _ = self.child.wait();
     }
 }
+
+impl Sim {
+    /// A Modbus TCP simulator on loopback port `port` (a device restarted at its address);
+    /// its request log and control files are named `name` in `dir`.
+    pub fn tcp_on(
+        python: &Path,
+        dir: &Path,
+        name: &str,
+        spec: &serde_json::Value,
+        port: u16,
+    ) -> Sim {
+        Sim::start(python, dir, name, spec, "tcp", &port.to_string())
+    }
+}
+
+/// The big-endian bytes `be` as they sit in registers in `order` (the letters name the
+/// big-endian bytes in wire order): the simulator's side of every byte and word order.
+pub fn place(be: &[u8], order: &str) -> Vec<u16> {
+    let mut regs: Vec<u16> = be
+        .chunks(2)
+        .map(|c| {
+            let (hi, lo) = (c[0], c.get(1).copied().unwrap_or(0));
+            if order == "BADC" || order == "DCBA" {
+                u16::from_be_bytes([lo, hi])
+            } else {
+                u16::from_be_bytes([hi, lo])
+            }
+        })
+        .collect();
+    if order == "CDAB" || order == "DCBA" {
+        regs.reverse();
+    }
+    regs
+}
+
+/// Holding registers from 0 holding one value of every register type in every order the
+/// type takes, the `[[modbus.device.point]]` tables that read them, and the value each
+/// point must publish: per order u16, i16, u32, i32, f32, u64, i64, f64 (24 registers
+/// from `i * 24`), then `string(5)` in ABCD and BADC and two `bit(n)` of one register.
+pub fn every_type_and_order() -> (Vec<u16>, String, Vec<(String, serde_json::Value)>) {
+    use serde_json::json;
+    let mut holding: Vec<u16> = Vec::new();
+    let mut points = String::new();
+    let mut expected = Vec::new();
+    for (i, order) in ["ABCD", "CDAB", "BADC", "DCBA"].iter().enumerate() {
+        let base = i * 24;
+        let values: [(&str, Vec<u8>, serde_json::Value); 8] = [
+            ("u16", 0xABCDu16.to_be_bytes().to_vec(), json!(0xABCD)),
+            ("i16", (-2i16).to_be_bytes().to_vec(), json!(-2)),
+            (
+                "u32",
+                0x1122_3344u32.to_be_bytes().to_vec(),
+                json!(0x1122_3344u32),
+            ),
+            ("i32", (-123_456i32).to_be_bytes().to_vec(), json!(-123_456)),
+            ("f32", 12.5f32.to_be_bytes().to_vec(), json!(12.5)),
+            (
+                "u64",
+                0x0102_0304_0506_0708u64.to_be_bytes().to_vec(),
+                json!(0x0102_0304_0506_0708u64),
+            ),
+            (
+                "i64",
+                (-9_876_543_210i64).to_be_bytes().to_vec(),
+                json!(-9_876_543_210i64),
+            ),
+            ("f64", (-0.1f64).to_be_bytes().to_vec(), json!(-0.1)),
+        ];
+        let mut offset = 0;
+        for (t, be, value) in values {
+            let name = format!("{t}_{order}");
+            points.push_str(&format!(
+                "[[modbus.device.point]]\nname = \"{name}\"\nkind = \"holding\"\naddress = {}\ntype = \"{t}\"\norder = \"{order}\"\n",
+                base + offset
+            ));
+            offset += be.len() / 2;
+            holding.extend(place(&be, order));
+            expected.push((name, value));
+        }
+        holding.resize(base + 24, 0);
+    }
+    // 96..: "Hello" as written (ABCD) and byte-swapped (BADC), flags 0b1000.
+    let start = holding.len();
+    holding.extend(place(b"Hello\0", "ABCD"));
+    holding.extend(place(b"Hello\0", "BADC"));
+    holding.push(0b1000);
+    points.push_str(&format!(
+        "[[modbus.device.point]]\nname = \"text_ABCD\"\nkind = \"holding\"\naddress = {}\ntype = \"string(5)\"\n\
+         [[modbus.device.point]]\nname = \"text_BADC\"\nkind = \"holding\"\naddress = {}\ntype = \"string(5)\"\norder = \"BADC\"\n\
+         [[modbus.device.point]]\nname = \"flag3\"\nkind = \"holding\"\naddress = {}\ntype = \"bit(3)\"\n\
+         [[modbus.device.point]]\nname = \"flag2\"\nkind = \"holding\"\naddress = {}\ntype = \"bit(2)\"\n",
+        start,
+        start + 3,
+        start + 6,
+        start + 6
+    ));
+    expected.extend([
+        ("text_ABCD".to_string(), json!("Hello")),
+        ("text_BADC".to_string(), json!("Hello")),
+        ("flag3".to_string(), json!(true)),
+        ("flag2".to_string(), json!(false)),
+    ]);
+    (holding, points, expected)
+}
