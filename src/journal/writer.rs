@@ -206,22 +206,19 @@ impl Writer {
     /// The thread's main loop: rounds until closed or every handle is gone.
     pub fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
-            let first = match self.deadline() {
-                None => match rx.recv() {
-                    Ok(command) => command,
-                    Err(_) => break,
-                },
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(command) => command,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.timers();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            let first = match rx.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => match self.wait(&rx) {
+                    Some(Ok(command)) => command,
+                    Some(Err(())) => break,
+                    None => continue,
                 },
             };
             let mut round = Round::default();
             self.take(first, &mut round);
+            // Acknowledgements queued while the writer was busy sent no wake-up.
+            self.take_queued_acks();
             // Always mode: one append per round, so each gets its own fsync.
             let one_append_per_round = self.config.sync == SyncMode::Always;
             while round.close.is_none()
@@ -234,12 +231,55 @@ impl Writer {
                 }
             }
             if self.finish(round) {
+                self.stopped();
                 return;
             }
         }
         // Every handle dropped without close(): finish as close() would.
         if let Err(e) = self.shutdown() {
             tracing::warn!(error = %e, "Journal could not sync on shutdown.");
+        }
+        self.stopped();
+    }
+
+    /// The thread ends: acknowledgements from now on try the channel, whose closing
+    /// reports the journal closed (the queue has no one to take it).
+    fn stopped(&self) {
+        self.shared.writer_waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait for a command with `writer_waiting` raised, after checking the ack queue
+    /// (an ack queued before the flag was raised sent no wake-up: taken here instead).
+    /// `None` after the timers ran or for queued acks; `Some(Err)` when every sender is
+    /// gone.
+    fn wait(&mut self, rx: &mpsc::Receiver<Command>) -> Option<Result<Command, ()>> {
+        self.shared.writer_waiting.store(true, Ordering::SeqCst);
+        if !self.shared.queued_acks().seqs.is_empty() {
+            self.shared.writer_waiting.store(false, Ordering::SeqCst);
+            return Some(Ok(Command::Ack(Vec::new())));
+        }
+        let got = match self.deadline() {
+            None => rx.recv().map_err(|_| ()),
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(command) => Ok(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.shared.writer_waiting.store(false, Ordering::SeqCst);
+                    self.timers();
+                    return None;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            },
+        };
+        self.shared.writer_waiting.store(false, Ordering::SeqCst);
+        Some(got)
+    }
+
+    /// Take the acknowledgements queued by `Journal::ack`/`ack_many`: applied once the
+    /// appends sent before them are taken (`QueuedAcks`).
+    fn take_queued_acks(&mut self) {
+        let queued = std::mem::take(&mut *self.shared.queued_acks());
+        if !queued.seqs.is_empty() {
+            self.waiting_acks.push((queued.seqs, queued.barrier));
         }
     }
 
@@ -262,12 +302,8 @@ impl Writer {
             }
             Command::Ack(seqs) => {
                 round.acks.extend(seqs);
-                // Those queued by `Journal::ack` (this command may be their wake-up),
-                // applied once the appends sent before them are taken (`QueuedAcks`).
-                let queued = std::mem::take(&mut *self.shared.queued_acks());
-                if !queued.seqs.is_empty() {
-                    self.waiting_acks.push((queued.seqs, queued.barrier));
-                }
+                // This command may be the wake-up of queued ones.
+                self.take_queued_acks();
             }
             Command::DropOldest {
                 bytes_needed,

@@ -65,3 +65,41 @@ fn a_queued_ack_waits_for_the_appends_sent_before_it() {
     assert_eq!(w.pending_records, 2, "old acknowledged, new pending");
     assert!(w.waiting_acks.is_empty());
 }
+
+/// An ack queued while the writer was busy sends no wake-up (`Journal::queue_acks`);
+/// the writer must find it when it is about to wait, not wait past it: here the channel
+/// is already closed, so waiting past the queue would end the writer with the ack
+/// never applied.
+#[test]
+fn a_writer_about_to_wait_takes_acks_queued_without_a_wake_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig::default();
+    let shared = Arc::new(Shared {
+        dir: dir.path().to_path_buf(),
+        max_bytes: config.max_bytes,
+        ..Shared::default()
+    });
+    let (mut w, _, first) = recover::recover(dir.path(), config, shared.clone()).expect("open");
+    let mut round = Round::default();
+    let _durable = append(&mut w, &mut round, first);
+    assert!(!w.finish(round));
+    assert_eq!(w.pending_records, 1);
+    *shared.queued_acks() = QueuedAcks {
+        seqs: vec![first],
+        barrier: first + 1,
+    };
+    let (tx, rx) = mpsc::channel::<Command>();
+    drop(tx);
+    let Some(Ok(command)) = w.wait(&rx) else {
+        panic!("the writer waited past a queued ack");
+    };
+    assert!(!shared.writer_waiting.load(Ordering::SeqCst));
+    let mut round = Round::default();
+    w.take(command, &mut round);
+    assert!(!w.finish(round));
+    assert_eq!(w.pending_records, 0, "the queued ack was applied");
+    assert!(
+        matches!(w.wait(&rx), Some(Err(()))),
+        "nothing queued: the closed channel ends the writer"
+    );
+}
