@@ -53,6 +53,19 @@ async fn until(
 
 fn ignore(_: &str, _: &[u8]) {}
 
+/// A gateway config with the local listener and one Modbus TCP bus `plant` at `port`:
+/// device `m` (unit 1, polled every 100 ms) with holding register 0 as point `a`, a
+/// 200 ms timeout, status every second and `retry` (retries and backoff keys).
+fn one_point_tcp_bus(port: u16, retry: &str) -> String {
+    format!(
+        "{}[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntopic_prefix = \"plant\"\n\
+         timeout = \"200ms\"\n{retry}\nstatus_interval = \"1s\"\n\
+         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"100ms\"\n\
+         [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n",
+        listener()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_tcp_device_is_reconnected() {
     let Some(python) = require_pymodbus() else {
@@ -62,12 +75,9 @@ async fn a_restarted_tcp_device_is_reconnected() {
     let port = free_port();
     let spec = json!({"devices": {"1": {"hr": {"0": [1234]}}}});
     let sim = Sim::tcp_on(&python, dir.path(), "first", &spec, port);
-    let body = format!(
-        "{}[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntopic_prefix = \"plant\"\n\
-         timeout = \"200ms\"\nretries = 0\nbackoff_min = \"200ms\"\nbackoff_max = \"400ms\"\nstatus_interval = \"1s\"\n\
-         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"100ms\"\n\
-         [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n",
-        listener()
+    let body = one_point_tcp_bus(
+        port,
+        "retries = 0\nbackoff_min = \"200ms\"\nbackoff_max = \"400ms\"",
     );
     let gateway = Gateway::start(dir.path(), &body).await;
     let mut client = v5(gateway.addr("local"), "watch").await;
@@ -256,12 +266,9 @@ async fn wrong_answers_are_never_published_and_the_bus_recovers() {
     let port = device.local_addr().expect("addr").port();
     let mode = Arc::new(AtomicUsize::new(0));
     tokio::spawn(scripted_device(device, mode.clone()));
-    let body = format!(
-        "{}[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntopic_prefix = \"plant\"\n\
-         timeout = \"200ms\"\nretries = 1\nbackoff_min = \"100ms\"\nbackoff_max = \"200ms\"\nstatus_interval = \"1s\"\n\
-         [[modbus.device]]\nname = \"m\"\nunit = 1\npoll = \"100ms\"\n\
-         [[modbus.device.point]]\nname = \"a\"\nkind = \"holding\"\naddress = 0\n",
-        listener()
+    let body = one_point_tcp_bus(
+        port,
+        "retries = 1\nbackoff_min = \"100ms\"\nbackoff_max = \"200ms\"",
     );
     let gateway = Gateway::start(dir.path(), &body).await;
     let mut client = v5(gateway.addr("local"), "watch").await;

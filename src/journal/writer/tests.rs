@@ -23,6 +23,18 @@ fn append(
     rx
 }
 
+/// A writer on a new journal in `dir` (driven by hand, no thread), its shared state and
+/// the first sequence number.
+fn writer(dir: &std::path::Path, config: JournalConfig) -> (Writer, Arc<Shared>, u64) {
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        max_bytes: config.max_bytes,
+        ..Shared::default()
+    });
+    let (w, _, first) = recover::recover(dir, config, shared.clone()).expect("open");
+    (w, shared, first)
+}
+
 /// A record written again and its old copy acknowledged (the broker's compaction): the
 /// ack is queued outside the channel, so a wake-up taken before the new copy's append
 /// brings it early. With one append per round (`always`) the new copy comes a round
@@ -31,16 +43,13 @@ fn append(
 #[test]
 fn a_queued_ack_waits_for_the_appends_sent_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = JournalConfig {
-        sync: SyncMode::Always,
-        ..JournalConfig::default()
-    };
-    let shared = Arc::new(Shared {
-        dir: dir.path().to_path_buf(),
-        max_bytes: config.max_bytes,
-        ..Shared::default()
-    });
-    let (mut w, _, first) = recover::recover(dir.path(), config, shared.clone()).expect("open");
+    let (mut w, shared, first) = writer(
+        dir.path(),
+        JournalConfig {
+            sync: SyncMode::Always,
+            ..JournalConfig::default()
+        },
+    );
     // Round 0: the old copy.
     let mut round = Round::default();
     let _old = append(&mut w, &mut round, first);
@@ -73,13 +82,7 @@ fn a_queued_ack_waits_for_the_appends_sent_before_it() {
 #[test]
 fn a_writer_about_to_wait_takes_acks_queued_without_a_wake_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = JournalConfig::default();
-    let shared = Arc::new(Shared {
-        dir: dir.path().to_path_buf(),
-        max_bytes: config.max_bytes,
-        ..Shared::default()
-    });
-    let (mut w, _, first) = recover::recover(dir.path(), config, shared.clone()).expect("open");
+    let (mut w, shared, first) = writer(dir.path(), JournalConfig::default());
     let mut round = Round::default();
     let _durable = append(&mut w, &mut round, first);
     assert!(!w.finish(round));
