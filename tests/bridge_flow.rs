@@ -44,13 +44,20 @@ struct Seen {
 /// How the fake cloud answers a PUBLISH on connection `conn` (1-based): acknowledge it?
 type AckPolicy = fn(conn: usize, publish: &p5::Publish) -> bool;
 
-/// A TLS MQTT 5 server on 127.0.0.1: CONNACKs every CONNECT (announcing
-/// `topic_alias_max` if any), SUBACKs, answers pings, and acknowledges PUBLISHes as
-/// `policy` says. Every packet goes to the channel.
+/// What the fake cloud's CONNACK announces (MQTT 5 properties; all `None`: none sent).
+#[derive(Debug, Clone, Copy, Default)]
+struct Announce {
+    topic_alias_max: Option<u16>,
+    receive_max: Option<u16>,
+}
+
+/// A TLS MQTT 5 server on 127.0.0.1: CONNACKs every CONNECT (with what `announce`
+/// says), SUBACKs, answers pings, and acknowledges PUBLISHes as `policy` says. Every
+/// packet goes to the channel.
 async fn fake_cloud(
     pki: &Pki,
     policy: AckPolicy,
-    topic_alias_max: Option<u16>,
+    announce: Announce,
 ) -> (u16, mpsc::UnboundedReceiver<Seen>) {
     let certs = tollgate::tls::load_certs(&pki.server.0).expect("server cert");
     let key = tollgate::tls::load_private_key(&pki.server.1).expect("server key");
@@ -73,7 +80,7 @@ async fn fake_cloud(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            tokio::spawn(serve_fake(tls, conn, policy, topic_alias_max, tx.clone()));
+            tokio::spawn(serve_fake(tls, conn, policy, announce, tx.clone()));
         }
     });
     (port, rx)
@@ -83,7 +90,7 @@ async fn serve_fake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     conn: usize,
     policy: AckPolicy,
-    topic_alias_max: Option<u16>,
+    announce: Announce,
     tx: mpsc::UnboundedSender<Seen>,
 ) {
     let mut buf = BytesMut::new();
@@ -103,25 +110,26 @@ async fn serve_fake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Packet::Connect(..) => Some(Packet::ConnAck(p5::ConnAck {
                 session_present: false,
                 code: p5::ConnectReturnCode::Success,
-                properties: topic_alias_max.map(|max| p5::ConnAckProperties {
-                    session_expiry_interval: None,
-                    receive_max: None,
-                    max_qos: None,
-                    retain_available: None,
-                    max_packet_size: None,
-                    assigned_client_identifier: None,
-                    topic_alias_max: Some(max),
-                    reason_string: None,
-                    user_properties: Vec::new(),
-                    wildcard_subscription_available: None,
-                    subscription_identifiers_available: None,
-                    shared_subscription_available: None,
-                    server_keep_alive: None,
-                    response_information: None,
-                    server_reference: None,
-                    authentication_method: None,
-                    authentication_data: None,
-                }),
+                properties: (announce.topic_alias_max.is_some() || announce.receive_max.is_some())
+                    .then_some(p5::ConnAckProperties {
+                        session_expiry_interval: None,
+                        receive_max: announce.receive_max,
+                        max_qos: None,
+                        retain_available: None,
+                        max_packet_size: None,
+                        assigned_client_identifier: None,
+                        topic_alias_max: announce.topic_alias_max,
+                        reason_string: None,
+                        user_properties: Vec::new(),
+                        wildcard_subscription_available: None,
+                        subscription_identifiers_available: None,
+                        shared_subscription_available: None,
+                        server_keep_alive: None,
+                        response_information: None,
+                        server_reference: None,
+                        authentication_method: None,
+                        authentication_data: None,
+                    }),
             })),
             Packet::Subscribe(s) => Some(Packet::SubAck(p5::SubAck {
                 pkid: s.pkid,
@@ -236,7 +244,7 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     // The first connection swallows every PUBLISH; later ones acknowledge.
-    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, None).await;
+    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, Announce::default()).await;
     let gw_cert = pki.client("gw1");
     let gw = Gateway::start(
         dir.path(),
@@ -287,6 +295,59 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
     assert_eq!(state["reconnects"], 1);
     assert_eq!(state["queued_messages"], 0);
     assert_eq!(state["dropped"]["refused_upstream"], 0);
+    gw.stop().await;
+}
+
+/// The window is the cloud's Receive Maximum when that is below `max_inflight` (the
+/// default, 1000): a cloud announcing 5 that acknowledges nothing gets exactly 5
+/// PUBLISHes, never a sixth; after `ack_timeout` the next connection (which
+/// acknowledges) gets the 5 again with DUP and then the rest, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let announce = Announce {
+        receive_max: Some(5),
+        ..Announce::default()
+    };
+    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, announce).await;
+    let gw_cert = pki.client("gw1");
+    let gw = Gateway::start(
+        dir.path(),
+        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"2s\"", ""),
+    )
+    .await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    for i in 0..40 {
+        local
+            .publish("sensors/t", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("queued");
+    }
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    while second.len() < 40 {
+        let (conn, _, p) = next_publish(&mut seen).await;
+        let n: usize = std::str::from_utf8(&p.payload)
+            .expect("utf-8")
+            .parse()
+            .expect("a number");
+        match conn {
+            1 => first.push(n),
+            _ => second.push((n, p.dup)),
+        }
+    }
+    assert_eq!(
+        first,
+        (0..5).collect::<Vec<_>>(),
+        "unacknowledged, the first connection got exactly the cloud's Receive Maximum"
+    );
+    let expected: Vec<_> = (0..40).map(|n| (n, n < 5)).collect();
+    assert_eq!(
+        second, expected,
+        "the window resent with DUP, then the rest once each, in order"
+    );
     gw.stop().await;
 }
 
@@ -649,7 +710,10 @@ async fn topic_aliases_go_to_the_first_distinct_topics_and_reset_on_reconnect() 
     let (port, mut seen) = fake_cloud(
         &pki,
         |conn, p| !(conn == 1 && &p.payload[..] == b"4"),
-        Some(2),
+        Announce {
+            topic_alias_max: Some(2),
+            ..Announce::default()
+        },
     )
     .await;
     let gw_cert = pki.client("gw1");
@@ -751,7 +815,7 @@ async fn with_topic_aliases_mosquitto_delivers_every_message_on_its_topic() {
 async fn the_counters_survive_a_restart_of_the_gateway() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, _seen) = fake_cloud(&pki, |_, _| true, None).await;
+    let (port, _seen) = fake_cloud(&pki, |_, _| true, Announce::default()).await;
     let gw_cert = pki.client("gw1");
     let config = flow_config(&pki, &gw_cert, port, "", "");
     let gw = Gateway::start(dir.path(), &config).await;
@@ -881,7 +945,7 @@ async fn a_cloud_that_stops_reading_for_a_moment_delays_but_stalls_nothing() {
     const SIZE: usize = 100 * 1024;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cloud_port, mut seen) = fake_cloud(&pki, |_, _| true, None).await;
+    let (cloud_port, mut seen) = fake_cloud(&pki, |_, _| true, Announce::default()).await;
     // 2 s without reading after the first MiB; the window (100 messages of 100 KiB) is
     // more than the sockets hold, so the bridge's writes wait on a full socket while
     // new messages keep arriving (each one a turn of the bridge's select!).
