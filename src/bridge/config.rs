@@ -22,6 +22,10 @@ const MQTT_MAX_PACKET: u32 = 268_435_455;
 /// msg/s here, README "Bridge"); a cloud that wants fewer says so with its Receive
 /// Maximum (MQTT 5: AWS IoT Core 100, EMQX 32 by default), which lowers it.
 pub const DEFAULT_MAX_INFLIGHT: u16 = 1000;
+/// `max_inflight_bytes` when not set: 16 MiB (a full window of 16 KiB messages).
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 16 * 1024 * 1024;
+/// Range of `max_inflight_bytes`.
+const INFLIGHT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 
 /// `[[bridge]]`: one upstream broker.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -78,6 +82,12 @@ pub struct BridgeConfig {
     /// QoS 1/2 messages in flight upstream at most; the cloud's Receive Maximum lowers it.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// Payload and topic bytes of the QoS 1/2 messages in flight upstream at most (one
+    /// message always goes, however large): with `max_inflight` messages of up to
+    /// `max_packet_size` each, the window alone would let a gigabyte wait in memory
+    /// for the cloud's acknowledgements.
+    #[serde(default = "default_inflight_bytes")]
+    pub max_inflight_bytes: u64,
     /// How long the oldest in-flight QoS 1/2 message may wait for the cloud's PUBACK
     /// (PUBREC/PUBCOMP) before the connection is dropped and the window resent.
     #[serde(default = "thirty_seconds", deserialize_with = "duration::deserialize")]
@@ -107,6 +117,9 @@ fn thirty_seconds() -> Duration {
 }
 fn default_inflight() -> u16 {
     DEFAULT_MAX_INFLIGHT
+}
+fn default_inflight_bytes() -> u64 {
+    DEFAULT_MAX_INFLIGHT_BYTES
 }
 fn default_packet() -> u32 {
     1024 * 1024
@@ -408,6 +421,17 @@ fn validate_one(b: &BridgeConfig, key: &str, f: &mut Findings) {
             "0 is out of range: use 1 to 65535",
         );
     }
+    if !INFLIGHT_BYTES_RANGE.contains(&b.max_inflight_bytes) {
+        f.error(
+            format!("{key}.max_inflight_bytes"),
+            format!(
+                "{} is out of range: use {} to {} (bytes)",
+                b.max_inflight_bytes,
+                INFLIGHT_BYTES_RANGE.start(),
+                INFLIGHT_BYTES_RANGE.end()
+            ),
+        );
+    }
     f.duration(
         &format!("{key}.ack_timeout"),
         b.ack_timeout,
@@ -676,6 +700,7 @@ pub(super) mod tests {
             backoff: BackoffConfig::default(),
             status_topic: Some("site/gw1/status".into()),
             max_inflight: 100,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             ack_timeout: thirty_seconds(),
             max_packet_size: 1 << 20,
             journal: JournalConfig::default(),
@@ -709,6 +734,7 @@ pub(super) mod tests {
         b.backoff.min = Duration::from_secs(10);
         b.backoff.max = Duration::from_secs(5);
         b.ack_timeout = Duration::from_millis(500);
+        b.max_inflight_bytes = 100;
         b.cert = Some(dir.path().join("missing.crt"));
         b.status_topic = Some("a/+".into());
         b.journal.max_bytes = 10;
@@ -732,6 +758,7 @@ pub(super) mod tests {
                 "bridge[0].client_id",
                 "bridge[0].keepalive",
                 "bridge[0].backoff",
+                "bridge[0].max_inflight_bytes",
                 "bridge[0].ack_timeout",
                 "bridge[0].key",
                 "bridge[0].status_topic",

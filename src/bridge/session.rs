@@ -51,6 +51,8 @@ struct InFlight {
     seq: Option<Seq>,
     /// Unique per send: tells an entry of `order` from a later use of the same id.
     send: u64,
+    /// Topic and payload bytes, counted against `max_inflight_bytes`.
+    bytes: usize,
 }
 
 /// Per-connection state of the uplink.
@@ -63,6 +65,10 @@ pub(super) struct Session {
     last_pkid: u16,
     /// In-flight limit of this connection (0 until the CONNACK).
     window: u16,
+    /// Topic and payload bytes in flight, and their limit (`max_inflight_bytes`, set at
+    /// the CONNACK): one message always goes, however large.
+    inflight_bytes: usize,
+    max_inflight_bytes: usize,
     /// The cloud's Maximum Packet Size, if it set one.
     max_packet_size: Option<u32>,
     /// Outbound topic aliases of this connection: the first `topic_alias_max` distinct
@@ -102,6 +108,8 @@ impl Session {
             sends: 0,
             last_pkid: 0,
             window: 0,
+            inflight_bytes: 0,
+            max_inflight_bytes: 0,
             max_packet_size: None,
             aliases: HashMap::new(),
             topic_alias_max: 0,
@@ -125,6 +133,7 @@ impl Session {
 
     fn has_room(&self) -> bool {
         self.inflight.len() < usize::from(self.window)
+            && (self.inflight.is_empty() || self.inflight_bytes < self.max_inflight_bytes)
     }
 
     /// A free packet id in `1..=window` (call only with room in the window).
@@ -141,14 +150,16 @@ impl Session {
         }
     }
 
-    fn track(&mut self, seq: Option<Seq>) -> u16 {
+    fn track(&mut self, seq: Option<Seq>, bytes: usize) -> u16 {
         let pkid = self.free_pkid();
         self.sends += 1;
+        self.inflight_bytes += bytes;
         self.inflight.insert(
             pkid,
             InFlight {
                 seq,
                 send: self.sends,
+                bytes,
             },
         );
         self.order.push_back((pkid, self.sends, Instant::now()));
@@ -178,10 +189,11 @@ impl Session {
         self.inflight.get(&pkid).and_then(|f| f.seq)
     }
 
-    /// Whether the window is due a refill: at most half of it in flight (see
-    /// [`Session::fill`]).
+    /// Whether the window is due a refill: at most half of it in flight, in messages
+    /// and in bytes (see [`Session::fill`]).
     fn refill_due(&self) -> bool {
         self.inflight.len() <= usize::from(self.window / 2)
+            && self.inflight_bytes <= self.max_inflight_bytes / 2
     }
 
     /// Take records from the outbox until the window is full (or the pacer says wait),
@@ -201,6 +213,12 @@ impl Session {
                 }
                 return;
             };
+            // Within the byte budget, or alone.
+            let bytes = r.record.topic.len() + r.record.payload.len();
+            if !self.inflight.is_empty() && self.inflight_bytes + bytes > self.max_inflight_bytes {
+                self.ahead.push_front(r);
+                return;
+            }
             if let Some(p) = &mut self.pacer {
                 if let Err(wait) = p.take(r.record.payload.len(), Instant::now()) {
                     self.paced_until = Some(Instant::now() + wait);
@@ -216,7 +234,7 @@ impl Session {
                 continue;
             };
             let dup = self.maybe_sent.is_some_and(|m| r.seq <= m);
-            let pkid = self.track(Some(r.seq));
+            let pkid = self.track(Some(r.seq), bytes);
             let (topic, properties) = self.alias(&rec.topic, properties);
             up.send(
                 pkid,
@@ -321,7 +339,7 @@ impl Session {
         if !self.has_room() {
             return false;
         }
-        let pkid = self.track(None);
+        let pkid = self.track(None, topic.len() + payload.len());
         up.send(
             pkid,
             topic,
@@ -364,6 +382,8 @@ impl Session {
             } => {
                 self.connected_at = Some(Instant::now());
                 self.window = window;
+                self.max_inflight_bytes =
+                    usize::try_from(shared.config.max_inflight_bytes).unwrap_or(usize::MAX);
                 self.max_packet_size = max_packet_size;
                 self.topic_alias_max = topic_alias_max;
                 self.pacer = Some(Pacer::new(
@@ -378,7 +398,11 @@ impl Session {
             }
             UplinkEvent::Sent { .. } => Counters::bump(&counters.sent),
             UplinkEvent::Acked { pkid, refused } => {
-                if let Some(InFlight { seq: Some(seq), .. }) = self.inflight.remove(&pkid) {
+                let done = self.inflight.remove(&pkid);
+                if let Some(f) = &done {
+                    self.inflight_bytes -= f.bytes;
+                }
+                if let Some(InFlight { seq: Some(seq), .. }) = done {
                     self.acked.push(seq);
                     match refused {
                         None => Counters::bump(&counters.acked),
@@ -537,6 +561,58 @@ mod tests {
             assert_eq!(up.take_sent().len(), 1, "late record {i} sent at once");
         }
         assert_eq!(session.in_flight(), 2);
+    }
+
+    #[tokio::test]
+    async fn bytes_in_flight_stay_within_max_inflight_bytes_and_one_large_message_goes_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Arc::new(MemoryOutbox::new(1 << 20, Overflow::BlockPublishers));
+        // Eight records of 100 topic + payload bytes, then one of 1,000.
+        let sized = |topic: String, bytes: usize| OutboxRecord {
+            payload: bytes::Bytes::from(vec![b'v'; bytes - topic.len()]),
+            ..record(&topic, "")
+        };
+        for i in 0..8 {
+            outbox
+                .append(sized(format!("site/gw1/t{i}"), 100))
+                .await
+                .expect("stored");
+        }
+        outbox
+            .append(sized("site/gw1/big".into(), 1000))
+            .await
+            .expect("stored");
+        let mut shared = shared(dir.path(), outbox);
+        let mut config = (*shared.config).clone();
+        config.max_inflight_bytes = 300;
+        shared.config = Arc::new(config);
+        let mut up = Uplink::unconnected(10);
+        let mut session = Session::new(None);
+        let connected = UplinkEvent::Connected {
+            session_present: false,
+            window: 10,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        };
+        session.on_event(connected, &mut up, &shared).await;
+        assert_eq!(up.take_sent(), [1, 2, 3], "300 bytes: three records");
+        // 200 bytes still in flight: above half the budget, nothing goes.
+        session.on_event(acked(1), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), Vec::<u16>::new());
+        // 100 in flight: refilled up to the budget.
+        session.on_event(acked(2), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), [4, 5]);
+        for pkid in [3, 4, 5] {
+            session.on_event(acked(pkid), &mut up, &shared).await;
+        }
+        assert_eq!(up.take_sent(), [6, 7]);
+        session.on_event(acked(6), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), [8], "the big one would pass the budget");
+        session.on_event(acked(7), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), Vec::<u16>::new(), "the big one waits");
+        session.on_event(acked(8), &mut up, &shared).await;
+        assert_eq!(up.take_sent(), [9], "larger than the budget, it goes alone");
+        assert_eq!(session.in_flight(), 1);
     }
 
     #[test]
