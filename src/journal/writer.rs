@@ -54,6 +54,11 @@ pub(super) enum Command {
     Close { reply: Reply<()> },
 }
 
+/// Bytes one disk read of pending records takes at most (a larger frame is read alone).
+const READ_SPAN: u64 = 256 * 1024;
+/// Acknowledged bytes between two pending frames read through rather than split the span.
+const READ_GAP: u64 = 4096;
+
 /// What the writer remembers of one record.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Meta {
@@ -786,6 +791,11 @@ impl Writer {
         }
     }
 
+    /// Pending records from `from_seq` on, at most `max_records` and about `max_bytes`
+    /// (at least one). The frames of one segment are read in spans of adjacent frames
+    /// (acknowledged ones between them read and skipped while the gap is small), one
+    /// `pread` per span instead of one per record: a backlog beyond the in-memory tail
+    /// drains from disk at a syscall per [`READ_SPAN`] bytes.
     fn read(
         &mut self,
         from_seq: u64,
@@ -799,32 +809,79 @@ impl Writer {
             .partition_point(|s| s.first_seq <= from_seq)
             .saturating_sub(1);
         let last = self.segments.len().saturating_sub(1);
+        let mut chosen: Vec<Meta> = Vec::new();
         for index in start..self.segments.len() {
             let segment = &self.segments[index];
             let from = segment.records.partition_point(|m| m.seq < from_seq);
+            chosen.clear();
+            let mut full = false;
             for meta in segment.records[from..].iter().filter(|m| m.pending) {
-                if out.len() >= max_records
-                    || (!out.is_empty() && bytes + meta.len as usize > max_bytes)
-                {
-                    return Ok(out);
+                let taken = out.len() + chosen.len();
+                if taken >= max_records || (taken > 0 && bytes + meta.len as usize > max_bytes) {
+                    full = true;
+                    break;
                 }
-                let path = segment_path(&self.dir, segment.first_seq);
-                let file = match (&self.active, index == last) {
-                    (Some(active), true) => active,
-                    _ => {
-                        if !matches!(&self.read_cache, Some((seq, _)) if *seq == segment.first_seq)
-                        {
-                            let file =
-                                File::open(&path).map_err(|e| self.io("open", path.clone(), e))?;
-                            self.read_cache = Some((segment.first_seq, file));
-                        }
-                        &self.read_cache.as_ref().expect("invariant: cached above").1
-                    }
-                };
-                let mut frame = vec![0; RECORD_HEADER_BYTES + meta.len as usize];
-                file.read_exact_at(&mut frame, meta.offset)
-                    .map_err(|e| self.io("read", path.clone(), e))?;
-                let intact = format::decode_header(&frame)
+                bytes += meta.len as usize;
+                chosen.push(*meta);
+            }
+            if !chosen.is_empty() {
+                let (first_seq, path) = (
+                    segment.first_seq,
+                    segment_path(&self.dir, segment.first_seq),
+                );
+                self.read_frames(first_seq, index == last, &path, &chosen, &mut out)?;
+            }
+            if full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the frames of `chosen` (records of the segment starting at `first_seq`, in
+    /// order) in spans, check each against its checksums and push it to `out`.
+    fn read_frames(
+        &mut self,
+        first_seq: u64,
+        active: bool,
+        path: &Path,
+        chosen: &[Meta],
+        out: &mut Vec<Record>,
+    ) -> Result<(), JournalError> {
+        let file = match (&self.active, active) {
+            (Some(active), true) => active,
+            _ => {
+                if !matches!(&self.read_cache, Some((seq, _)) if *seq == first_seq) {
+                    let file =
+                        File::open(path).map_err(|e| self.io("open", path.to_path_buf(), e))?;
+                    self.read_cache = Some((first_seq, file));
+                }
+                &self.read_cache.as_ref().expect("invariant: cached above").1
+            }
+        };
+        let end_of = |m: &Meta| m.offset + (RECORD_HEADER_BYTES + m.len as usize) as u64;
+        let mut span = Vec::new();
+        let mut i = 0;
+        while i < chosen.len() {
+            // The span: from chosen[i] on while the next frame starts close to where
+            // this one ends and the span stays within READ_SPAN (or holds one frame).
+            let begin = chosen[i].offset;
+            let mut j = i + 1;
+            while j < chosen.len()
+                && chosen[j].offset >= end_of(&chosen[j - 1])
+                && chosen[j].offset - end_of(&chosen[j - 1]) <= READ_GAP
+                && end_of(&chosen[j]) - begin <= READ_SPAN
+            {
+                j += 1;
+            }
+            span.resize((end_of(&chosen[j - 1]) - begin) as usize, 0);
+            if let Err(e) = file.read_exact_at(&mut span, begin) {
+                return Err(self.io("read", path.to_path_buf(), e));
+            }
+            for meta in &chosen[i..j] {
+                let at = (meta.offset - begin) as usize;
+                let frame = &span[at..at + RECORD_HEADER_BYTES + meta.len as usize];
+                let intact = format::decode_header(frame)
                     .filter(|h| h.seq == meta.seq)
                     .is_some_and(|h| format::payload_matches(&h, &frame[RECORD_HEADER_BYTES..]));
                 if !intact {
@@ -832,18 +889,17 @@ impl Writer {
                         std::io::ErrorKind::InvalidData,
                         format!("record {} at offset {} fails its checksum (damaged since it was written; acknowledge it to skip it)", meta.seq, meta.offset),
                     );
-                    return Err(self.io("read", path, error));
+                    return Err(self.io("read", path.to_path_buf(), error));
                 }
-                frame.drain(..RECORD_HEADER_BYTES);
-                bytes += frame.len();
                 out.push(Record {
                     seq: meta.seq,
                     appended_at: time_from_ms(meta.appended_ms),
-                    payload: frame,
+                    payload: frame[RECORD_HEADER_BYTES..].to_vec(),
                 });
             }
+            i = j;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn deadline(&self) -> Option<Instant> {
