@@ -489,6 +489,21 @@ mod tests {
         }
     }
 
+    /// A fresh session on an unconnected uplink after a CONNACK with a window of 10
+    /// (which fills the window from the outbox).
+    async fn connected(shared: &Shared) -> (Uplink, Session) {
+        let mut up = Uplink::unconnected(10);
+        let mut session = Session::new(None);
+        let connack = UplinkEvent::Connected {
+            session_present: false,
+            window: 10,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        };
+        session.on_event(connack, &mut up, shared).await;
+        (up, session)
+    }
+
     fn acked(pkid: u16) -> UplinkEvent {
         UplinkEvent::Acked {
             pkid,
@@ -507,15 +522,7 @@ mod tests {
                 .expect("stored");
         }
         let shared = shared(dir.path(), outbox);
-        let mut up = Uplink::unconnected(10);
-        let mut session = Session::new(None);
-        let connected = UplinkEvent::Connected {
-            session_present: false,
-            window: 10,
-            max_packet_size: None,
-            topic_alias_max: 0,
-        };
-        session.on_event(connected, &mut up, &shared).await;
+        let (mut up, mut session) = connected(&shared).await;
         assert_eq!(
             up.take_sent(),
             (1..=10).collect::<Vec<_>>(),
@@ -586,15 +593,7 @@ mod tests {
         let mut config = (*shared.config).clone();
         config.max_inflight_bytes = 300;
         shared.config = Arc::new(config);
-        let mut up = Uplink::unconnected(10);
-        let mut session = Session::new(None);
-        let connected = UplinkEvent::Connected {
-            session_present: false,
-            window: 10,
-            max_packet_size: None,
-            topic_alias_max: 0,
-        };
-        session.on_event(connected, &mut up, &shared).await;
+        let (mut up, mut session) = connected(&shared).await;
         assert_eq!(up.take_sent(), [1, 2, 3], "300 bytes: three records");
         // 200 bytes still in flight: above half the budget, nothing goes.
         session.on_event(acked(1), &mut up, &shared).await;
