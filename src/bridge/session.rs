@@ -133,7 +133,11 @@ impl Session {
 
     fn has_room(&self) -> bool {
         self.inflight.len() < usize::from(self.window)
-            && (self.inflight.is_empty() || self.inflight_bytes < self.max_inflight_bytes)
+    }
+
+    /// Whether a message of `bytes` fits the byte budget: within it, or alone.
+    fn fits(&self, bytes: usize) -> bool {
+        self.inflight.is_empty() || self.inflight_bytes + bytes <= self.max_inflight_bytes
     }
 
     /// A free packet id in `1..=window` (call only with room in the window).
@@ -213,9 +217,8 @@ impl Session {
                 }
                 return;
             };
-            // Within the byte budget, or alone.
             let bytes = r.record.topic.len() + r.record.payload.len();
-            if !self.inflight.is_empty() && self.inflight_bytes + bytes > self.max_inflight_bytes {
+            if !self.fits(bytes) {
                 self.ahead.push_front(r);
                 return;
             }
@@ -336,10 +339,11 @@ impl Session {
 
     /// Send a retained QoS 1 status message; `false` when the window is full.
     pub fn control(&mut self, up: &mut Uplink, topic: &str, payload: &'static str) -> bool {
-        if !self.has_room() {
+        let bytes = topic.len() + payload.len();
+        if !self.has_room() || !self.fits(bytes) {
             return false;
         }
-        let pkid = self.track(None, topic.len() + payload.len());
+        let pkid = self.track(None, bytes);
         up.send(
             pkid,
             topic,

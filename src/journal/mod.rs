@@ -650,12 +650,19 @@ impl Journal {
     /// written at once but fsynced lazily (`ack_sync_interval`): after a power cut a
     /// record can come back, a duplicate that QoS 1 allows.
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
-        let shared = &self.inner.shared;
-        if shared.has_tail {
-            // Out of the tail at once: a read after this call does not return it.
-            shared.tail().remove(seq);
-        }
+        self.untail(&[seq]);
         self.queue_acks(std::iter::once(seq))
+    }
+
+    /// Take acknowledged records out of the in-memory tail at once: a read after the
+    /// acknowledgement does not return them.
+    fn untail(&self, seqs: &[u64]) {
+        if self.inner.shared.has_tail {
+            let mut tail = self.inner.shared.tail();
+            for &seq in seqs {
+                tail.remove(seq);
+            }
+        }
     }
 
     /// Queue acknowledgements for the writer, waking it only when it waits on its
@@ -673,18 +680,12 @@ impl Journal {
         if !was_empty || !shared.writer_waiting.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.send(Command::Ack(Vec::new()))
-            .inspect_err(|_| queued.seqs.clear())
+        self.send(Command::Ack).inspect_err(|_| queued.seqs.clear())
     }
 
     /// Acknowledge several records at once.
     pub fn ack_many(&self, seqs: Vec<u64>) -> Result<(), JournalError> {
-        if self.inner.shared.has_tail {
-            let mut tail = self.inner.shared.tail();
-            for &seq in &seqs {
-                tail.remove(seq);
-            }
-        }
+        self.untail(&seqs);
         self.queue_acks(seqs)
     }
 

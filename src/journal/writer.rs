@@ -34,8 +34,8 @@ pub(super) enum Command {
         cost: u64,
         reply: Reply<u64>,
     },
-    /// Acknowledge these records.
-    Ack(Vec<u64>),
+    /// A wake-up: take the acknowledgements queued in `Shared::queued_acks`.
+    Ack,
     /// The overflow policy: drop oldest records until `bytes_needed` fit.
     DropOldest {
         bytes_needed: u64,
@@ -159,7 +159,6 @@ struct Staged {
 struct Round {
     appends: Vec<PendingAppend>,
     append_bytes: usize,
-    acks: Vec<u64>,
     drops: Vec<(u64, Reply<DropReport>)>,
     reads: Vec<(u64, usize, usize, Reply<Vec<Record>>)>,
     syncs: Vec<Reply<()>>,
@@ -261,7 +260,7 @@ impl Writer {
         self.shared.writer_waiting.store(true, Ordering::SeqCst);
         if !self.shared.queued_acks().seqs.is_empty() {
             self.shared.writer_waiting.store(false, Ordering::SeqCst);
-            return Some(Ok(Command::Ack(Vec::new())));
+            return Some(Ok(Command::Ack));
         }
         let got = match self.deadline() {
             None => rx.recv().map_err(|_| ()),
@@ -305,11 +304,7 @@ impl Writer {
                     reply,
                 });
             }
-            Command::Ack(seqs) => {
-                round.acks.extend(seqs);
-                // This command may be the wake-up of queued ones.
-                self.take_queued_acks();
-            }
+            Command::Ack => self.take_queued_acks(),
             Command::DropOldest {
                 bytes_needed,
                 reply,
@@ -329,7 +324,7 @@ impl Writer {
     fn finish(&mut self, round: Round) -> bool {
         self.commit(round.appends);
         // After the commit, so an ack of a record appended in this round finds it.
-        let mut acks = round.acks;
+        let mut acks = Vec::new();
         let taken = self.taken_next;
         self.waiting_acks.retain_mut(|(seqs, barrier)| {
             if *barrier > taken {

@@ -63,7 +63,7 @@ fn a_queued_ack_waits_for_the_appends_sent_before_it() {
     };
     // Round 1: a wake-up, then the unrelated append; `always` ends the round there.
     let mut round = Round::default();
-    w.take(Command::Ack(Vec::new()), &mut round);
+    w.take(Command::Ack, &mut round);
     let _unrelated = append(&mut w, &mut round, first + 1);
     assert!(!w.finish(round));
     assert_eq!(w.pending_records, 2, "the old copy is still pending");
