@@ -299,9 +299,10 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
 }
 
 /// The window is the cloud's Receive Maximum when that is below `max_inflight` (the
-/// default, 1000): a cloud announcing 5 that acknowledges nothing gets exactly 5
-/// PUBLISHes, never a sixth; after `ack_timeout` the next connection (which
-/// acknowledges) gets the 5 again with DUP and then the rest, each once.
+/// default, 1000): a cloud announcing 5 that acknowledges nothing never gets a sixth
+/// PUBLISH (3 to 5: the window is refilled once at most half of it is in flight, so
+/// messages trickling in may leave it at 3); after `ack_timeout` the next connection
+/// (which acknowledges) gets those again with DUP and then the rest, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
     let pki = Pki::new();
@@ -338,12 +339,12 @@ async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
             _ => second.push((n, p.dup)),
         }
     }
-    assert_eq!(
-        first,
-        (0..5).collect::<Vec<_>>(),
-        "unacknowledged, the first connection got exactly the cloud's Receive Maximum"
+    let window = first.len();
+    assert!(
+        (3..=5).contains(&window) && first == (0..window).collect::<Vec<_>>(),
+        "unacknowledged, the first connection got the first 3 to 5, never more than the cloud's Receive Maximum: {first:?}"
     );
-    let expected: Vec<_> = (0..40).map(|n| (n, n < 5)).collect();
+    let expected: Vec<_> = (0..40).map(|n| (n, n < window)).collect();
     assert_eq!(
         second, expected,
         "the window resent with DUP, then the rest once each, in order"
@@ -351,13 +352,10 @@ async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
     gw.stop().await;
 }
 
-/// A QoS `qos` PUBLISH of `size` bytes on `topic` with packet id `pkid`.
-fn big_publish(topic: &str, qos: QoS, pkid: u16, size: usize) -> Packet {
-    let mut p = p5::Publish::new(topic, qos, vec![b'x'; size], None);
-    p.pkid = pkid;
-    Packet::Publish(p)
-}
-
+/// A rule's `rate` caps what it forwards: of a burst of 40 QoS 1 messages, one
+/// second's worth (5) reaches the cloud, the rest are counted as `rate_limited` (the
+/// local publisher is acknowledged as for any message the bridge does not carry), and
+/// a second later the rule forwards again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuse_new_answers_0x97_to_v5_publishers_and_acks_v311_ones_when_the_journal_is_full() {
     let pki = Pki::new();
