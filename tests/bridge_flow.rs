@@ -357,6 +357,65 @@ async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
 /// local publisher is acknowledged as for any message the bridge does not carry), and
 /// a second later the rule forwards again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_rate_caps_what_it_forwards_and_counts_the_rest() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, mut seen) = fake_cloud(&pki, |_, _| true, Announce::default()).await;
+    let gw_cert = pki.client("gw1");
+    let config = flow_config(&pki, &gw_cert, port, "", "").replace(
+        "remote_prefix = \"site/gw1/\"\n",
+        "remote_prefix = \"site/gw1/\"\nrate = { msgs = 5 }\n",
+    );
+    assert!(config.contains("rate = { msgs = 5 }"));
+    let gw = Gateway::start(dir.path(), &config).await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, _rx) = local_client(&gw, "device").await;
+    for i in 0..40 {
+        local
+            .publish("sensors/t", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("queued");
+    }
+    let state = wait_state(&gw, "watch-2", |v| {
+        v["dropped"]["rate_limited"].as_u64().unwrap_or(0) + v["stored"].as_u64().unwrap_or(0) >= 40
+    })
+    .await;
+    let limited = state["dropped"]["rate_limited"].as_u64().expect("counted");
+    let stored = state["stored"].as_u64().expect("counted");
+    assert!(
+        (5..=12).contains(&stored),
+        "one second's worth forwarded (a little more if publishing took long): {state}"
+    );
+    assert_eq!(limited + stored, 40, "{state}");
+    let mut forwarded = Vec::new();
+    for _ in 0..stored {
+        let (_, _, p) = next_publish(&mut seen).await;
+        forwarded.push(String::from_utf8(p.payload.to_vec()).expect("utf-8"));
+    }
+    assert_eq!(
+        forwarded[..5],
+        ["0", "1", "2", "3", "4"],
+        "the burst goes first"
+    );
+    // The bucket refills: a message a second later is forwarded.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    local
+        .publish("sensors/t", QoS::AtLeastOnce, false, "later")
+        .await
+        .expect("queued");
+    let (_, _, p) = next_publish(&mut seen).await;
+    assert_eq!(&p.payload[..], b"later");
+    gw.stop().await;
+}
+
+/// A QoS `qos` PUBLISH of `size` bytes on `topic` with packet id `pkid`.
+fn big_publish(topic: &str, qos: QoS, pkid: u16, size: usize) -> Packet {
+    let mut p = p5::Publish::new(topic, qos, vec![b'x'; size], None);
+    p.pkid = pkid;
+    Packet::Publish(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuse_new_answers_0x97_to_v5_publishers_and_acks_v311_ones_when_the_journal_is_full() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");

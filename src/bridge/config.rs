@@ -250,6 +250,12 @@ pub struct TopicRuleConfig {
     /// Keep the RETAIN flag of forwarded messages (`false` clears it).
     #[serde(default = "yes")]
     pub retain: bool,
+    /// `{ msgs, bytes }` per second this rule forwards at most, each way, with a burst
+    /// of one second's worth; what goes beyond is not forwarded (counted as dropped
+    /// `rate_limited`; the local publisher's acknowledgement, or the cloud's, is given
+    /// as for any message the bridge does not carry). None: no limit.
+    #[serde(default)]
+    pub rate: Option<ReplayRate>,
 }
 
 fn out() -> Direction {
@@ -617,6 +623,20 @@ fn rules(b: &BridgeConfig, key: &str, f: &mut Findings) {
                 }
             }
         }
+        if let Some(rate) = &t.rate {
+            if rate.msgs == 0 {
+                f.error(
+                    format!("{tkey}.rate.msgs"),
+                    "0 would forward nothing: use at least 1 (or no rate)",
+                );
+            }
+            if rate.bytes < 1024 {
+                f.error(
+                    format!("{tkey}.rate.bytes"),
+                    "use at least 1024 bytes per second",
+                );
+            }
+        }
         if t.qos > 2 {
             f.error(
                 format!("{tkey}.qos"),
@@ -716,6 +736,7 @@ pub(super) mod tests {
             local_prefix: local.into(),
             remote_prefix: remote.into(),
             retain: true,
+            rate: None,
         }
     }
 
@@ -739,7 +760,10 @@ pub(super) mod tests {
         b.status_topic = Some("a/+".into());
         b.journal.max_bytes = 10;
         b.topic = vec![
-            rule("ok/#", Direction::Out, "", "up/"),
+            TopicRuleConfig {
+                rate: Some(ReplayRate { msgs: 0, bytes: 10 }),
+                ..rule("ok/#", Direction::Out, "", "up/")
+            },
             rule("a/#/b", Direction::Out, "", ""),
             rule("x", Direction::In, "l+/", ""),
             TopicRuleConfig {
@@ -763,6 +787,8 @@ pub(super) mod tests {
                 "bridge[0].key",
                 "bridge[0].status_topic",
                 "bridge[0].journal.max_bytes",
+                "bridge[0].topic[0].rate.msgs",
+                "bridge[0].topic[0].rate.bytes",
                 "bridge[0].topic[1].pattern",
                 "bridge[0].topic[2].local_prefix",
                 "bridge[0].topic[3].qos",

@@ -291,6 +291,7 @@ mod tests {
             local_prefix: String::new(),
             remote_prefix: remote.into(),
             retain: true,
+            rate: None,
         }
     }
 

@@ -249,6 +249,7 @@ impl Component for Bridge {
                 recovered_up_to,
                 window: Arc::new(tokio::sync::Semaphore::new(run::INTAKE_WINDOW)),
                 stalled: Default::default(),
+                rates: pacer::RuleRates::new(&config.topic),
             });
             run::run(shared, client, tls, tracker).await;
             stop_saving.cancel();

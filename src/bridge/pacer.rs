@@ -1,7 +1,8 @@
 //! `journal.replay_rate`: a token bucket over messages and payload bytes per second,
 //! with a burst of one second's worth of each, that paces what the uplink takes from
 //! the outbox while it drains a backlog after a (re)connect (see `run`). It only
-//! counts and tells when the next record may go; it never sleeps itself.
+//! counts and tells when the next record may go; it never sleeps itself. The same
+//! bucket is a rule's `rate` ([`RuleRates`]), where a message over it is not forwarded.
 
 use std::time::Duration;
 
@@ -64,6 +65,39 @@ impl Pacer {
     }
 }
 
+/// The `rate` of each `[[bridge.topic]]` rule, by rule index: the intake (out) and the
+/// uplink (in) ask it before forwarding a message.
+#[derive(Debug)]
+pub struct RuleRates(Vec<Option<std::sync::Mutex<Pacer>>>);
+
+impl RuleRates {
+    /// A full bucket for every rule with a `rate`.
+    pub fn new(rules: &[super::config::TopicRuleConfig]) -> Self {
+        let now = Instant::now();
+        RuleRates(
+            rules
+                .iter()
+                .map(|r| {
+                    r.rate
+                        .as_ref()
+                        .map(|rate| std::sync::Mutex::new(Pacer::new(rate, now)))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether rule `index` may forward a message of `bytes` payload bytes now (taking
+    /// it from the bucket); always for a rule without a `rate`.
+    pub fn allow(&self, index: usize, bytes: usize) -> bool {
+        let Some(Some(bucket)) = self.0.get(index) else {
+            return true;
+        };
+        // Every critical section leaves the bucket consistent.
+        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.take(bytes, Instant::now()).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +125,22 @@ mod tests {
         // Never more than the burst, however long it stayed idle.
         let t2 = t1 + Duration::from_secs(3600);
         assert_eq!(p.available_msgs(t2), 10);
+    }
+
+    #[test]
+    fn a_rule_rate_lets_its_burst_through_and_refuses_the_rest_other_rules_unlimited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut limited = crate::bridge::config::tests::bridge(dir.path())
+            .topic
+            .remove(0);
+        limited.rate = Some(rate(3, 1 << 20));
+        let mut free = limited.clone();
+        free.rate = None;
+        let rates = RuleRates::new(&[limited, free]);
+        let allowed = (0..10).filter(|_| rates.allow(0, 10)).count();
+        assert_eq!(allowed, 3, "one second's worth");
+        assert!((0..100).all(|_| rates.allow(1, 10)), "no rate: no limit");
+        assert!(rates.allow(7, 10), "an index without a rule is not limited");
     }
 
     #[test]

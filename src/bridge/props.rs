@@ -125,6 +125,7 @@ mod tests {
                         local_prefix: String::new(),
                         remote_prefix: "site/gw1/".into(),
                         retain: true,
+                        rate: None,
                     },
                 )
             })

@@ -83,6 +83,24 @@ pub(super) struct Shared {
     pub window: Arc<tokio::sync::Semaphore>,
     /// Deliveries whose storage failed and is being retried (intake pauses).
     pub stalled: AtomicU64,
+    /// Each rule's `rate`.
+    pub rates: super::pacer::RuleRates,
+}
+
+impl Shared {
+    /// Whether `rule` may forward a message of `bytes` payload bytes now; counts and
+    /// logs (at powers of two) one that it may not.
+    fn within_rate(&self, rule: &Rule, bytes: usize) -> bool {
+        if self.rates.allow(rule.index, bytes) {
+            return true;
+        }
+        let counter = &self.board.counters.dropped_rate_limited;
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(bridge = %self.config.name, rule = rule.index, dropped = n, "Messages over the rule's rate are not forwarded.");
+        }
+        false
+    }
 }
 
 /// Attach the intake client and subscribe the out rules locally.
@@ -362,14 +380,20 @@ fn take_delivery(
     written_tx: &mpsc::UnboundedSender<Written>,
 ) -> Option<BoxFuture<()>> {
     let ack = d.take_ack();
-    let Some((rule, remote)) = route_out(&shared.rules, &d.topic) else {
-        // Covered by a subscription but by no rule's mapping: cannot happen with valid rules.
-        return ack.map(|a| -> BoxFuture<()> {
+    let release = |ack: Option<crate::broker::DeliveryAck>| {
+        ack.map(|a| -> BoxFuture<()> {
             Box::pin(async move {
                 let _ = a.ack().await;
             })
-        });
+        })
     };
+    let Some((rule, remote)) = route_out(&shared.rules, &d.topic) else {
+        // Covered by a subscription but by no rule's mapping: cannot happen with valid rules.
+        return release(ack);
+    };
+    if !shared.within_rate(rule, d.payload.len()) {
+        return release(ack);
+    }
     let level = qos_level(d.qos).min(rule.qos);
     let record = OutboxRecord {
         topic: remote,
@@ -382,11 +406,7 @@ fn take_delivery(
         if qos0_tx.try_send(record).is_err() {
             Counters::bump(&shared.board.counters.dropped_qos0);
         }
-        return ack.map(|a| -> BoxFuture<()> {
-            Box::pin(async move {
-                let _ = a.ack().await;
-            })
-        });
+        return release(ack);
     }
     let shared = shared.clone();
     let written_tx = written_tx.clone();
@@ -752,6 +772,10 @@ fn ingress(
         up.ack(&m);
         return;
     };
+    if !shared.within_rate(rule, m.payload.len()) {
+        up.ack(&m);
+        return;
+    }
     if ingress_queued.load(Ordering::Relaxed) >= INGRESS_QUEUE {
         // Not acknowledged: the cloud resends it after the next reconnect.
         warn!(bridge = %shared.config.name, "Messages from the cloud arrive faster than they can be published locally; one was dropped.");

@@ -490,6 +490,7 @@ mod tests {
             recovered_up_to: None,
             window: Arc::new(tokio::sync::Semaphore::new(1)),
             stalled: Default::default(),
+            rates: crate::bridge::pacer::RuleRates::new(&[]),
         }
     }
 

@@ -75,6 +75,8 @@ pub struct Counters {
     pub dropped_remote_max_packet: AtomicU64,
     /// Messages whose Message Expiry Interval ran out in the outbox: not sent.
     pub dropped_expired: AtomicU64,
+    /// Messages over their rule's `rate` (either way): not forwarded.
+    pub dropped_rate_limited: AtomicU64,
     /// Journal records found damaged and dropped when the bridge started.
     pub lost_at_open: AtomicU64,
     /// Journal records waiting for the cloud when the bridge started (per start).
@@ -92,7 +94,7 @@ impl Counters {
     }
 
     /// The counters kept across restarts, by name (`lost_at_open` is per start).
-    fn persistent(&self) -> [(&'static str, &AtomicU64); 11] {
+    fn persistent(&self) -> [(&'static str, &AtomicU64); 12] {
         [
             ("sent", &self.sent),
             ("acked", &self.acked),
@@ -105,6 +107,7 @@ impl Counters {
             ("dropped_full", &self.dropped_full),
             ("dropped_remote_max_packet", &self.dropped_remote_max_packet),
             ("dropped_expired", &self.dropped_expired),
+            ("dropped_rate_limited", &self.dropped_rate_limited),
         ]
     }
 
@@ -263,6 +266,7 @@ impl StatusBoard {
                 "full": get(&c.dropped_full),
                 "remote_max_packet": get(&c.dropped_remote_max_packet),
                 "expired": get(&c.dropped_expired),
+                "rate_limited": get(&c.dropped_rate_limited),
             },
         })
         .to_string()
