@@ -55,8 +55,15 @@ impl SessionLog {
                 },
             );
         }
+        let copies = newest_copies(scan);
         for (seq, (id, mut m, _)) in std::mem::take(&mut scan.messages) {
             let pkid = scan.pkids.remove(&seq);
+            if copies.get(&(id, m.order)) != Some(&seq) {
+                // An older copy of a delivery compaction wrote again.
+                scan.stale.push(seq);
+                scan.stale.extend(pkid.map(|(_, _, r)| r));
+                continue;
+            }
             let expired_msg = m.msg.expires_at.is_some_and(|at| at <= now);
             match kept.get_mut(&id) {
                 Some(s) if !expired_msg => {
@@ -108,4 +115,26 @@ impl SessionLog {
         }
         (sessions, expired, wills_due)
     }
+}
+
+/// The record to keep of each delivery (session, place in its queue): compaction writes
+/// a live message again (a `moved` record with the same place) and then acknowledges
+/// the old one, so a crash between the two leaves both, and the delivery would come
+/// twice. The newest copy wins; an in-flight packet id recorded for an older copy goes
+/// to it when it has none.
+fn newest_copies(scan: &mut Scan) -> HashMap<(u64, u64), u64> {
+    let mut newest: HashMap<(u64, u64), u64> = HashMap::new();
+    for (&seq, (id, m, _)) in &scan.messages {
+        let kept = newest.entry((*id, m.order)).or_insert(seq);
+        *kept = (*kept).max(seq);
+    }
+    for (&seq, (id, m, _)) in &scan.messages {
+        let winner = newest[&(*id, m.order)];
+        if winner != seq && !scan.pkids.contains_key(&winner) {
+            if let Some(p) = scan.pkids.remove(&seq) {
+                scan.pkids.insert(winner, p);
+            }
+        }
+    }
+    newest
 }

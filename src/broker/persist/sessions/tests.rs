@@ -228,6 +228,79 @@ async fn sessions_messages_and_packet_ids_survive_reopen() {
     log.close().await;
 }
 
+/// A crash after compaction wrote a message again and before it acknowledged the old
+/// record leaves both on disk: the load keeps one delivery (the newest copy, with the
+/// packet id the old copy was in flight under), not two.
+#[tokio::test]
+async fn a_message_and_its_compacted_copy_both_on_disk_load_as_one_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = reopen(dir.path()).await;
+    let now = Instant::now();
+    let id = log.new_id();
+    log.write_session(0, &record(id, "dev-1", Some(now_ms() + 3_600_000)))
+        .expect("write");
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let d = log
+            .append_message(
+                id,
+                None,
+                &message("a/b", &format!("m{i}")),
+                QoS::AtLeastOnce,
+                false,
+                &[],
+                now,
+            )
+            .expect("append");
+        seqs.push(d.seq());
+        d.await.expect("durable");
+    }
+    log.set_pkid(id, seqs[0], 9, false, 0).expect("pkid");
+    // Compaction writes m0 and m1 again; the crash comes before the old ones' acks.
+    for (i, &order) in seqs[..2].iter().enumerate() {
+        log.append_message(
+            id,
+            Some(order),
+            &message("a/b", &format!("m{i}")),
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            now,
+        )
+        .expect("append")
+        .await
+        .expect("durable");
+    }
+    log.sync().await;
+    drop(log);
+
+    let (log, loaded) = reopen(dir.path()).await;
+    let s = &loaded.sessions[0];
+    let got: Vec<_> = s
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.msg.payload).into_owned(),
+                m.pkid.map(|p| p.0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("m0".into(), Some(9)),
+            ("m1".into(), None),
+            ("m2".into(), None)
+        ]
+    );
+    assert!(
+        s.messages[0].record > seqs[2],
+        "the copy is kept, the old record goes"
+    );
+    log.close().await;
+}
+
 #[tokio::test]
 async fn an_online_session_counts_its_expiry_from_the_load() {
     let dir = tempfile::tempdir().expect("tempdir");
