@@ -239,21 +239,53 @@ async fn cloud_with_operator(
     (cloud, operator, up_rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
+/// A gateway bridged to a fake cloud (`policy`, `announce`), connected, with a local
+/// publisher `device`; `config` writes the gateway's configuration. Bind every field:
+/// the directory and the publisher's channel must live as long as the test.
+struct FlowRig {
+    _dir: tempfile::TempDir,
+    gw: Gateway,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    local: rumqttc::v5::AsyncClient,
+    _local_rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+async fn flow_rig(
+    policy: AckPolicy,
+    announce: Announce,
+    config: impl FnOnce(&Pki, &(std::path::PathBuf, std::path::PathBuf), u16) -> String,
+) -> FlowRig {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    // The first connection swallows every PUBLISH; later ones acknowledge.
-    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, Announce::default()).await;
+    let (port, seen) = fake_cloud(&pki, policy, announce).await;
     let gw_cert = pki.client("gw1");
-    let gw = Gateway::start(
-        dir.path(),
-        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"1s\"", ""),
+    let gw = Gateway::start(dir.path(), &config(&pki, &gw_cert, port)).await;
+    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
+    let (local, local_rx) = local_client(&gw, "device").await;
+    FlowRig {
+        _dir: dir,
+        gw,
+        seen,
+        local,
+        _local_rx: local_rx,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
+    // The first connection swallows every PUBLISH; later ones acknowledge.
+    let FlowRig {
+        gw,
+        mut seen,
+        local,
+        _dir,
+        _local_rx,
+    } = flow_rig(
+        |conn, _| conn > 1,
+        Announce::default(),
+        |pki, cert, port| flow_config(pki, cert, port, "ack_timeout = \"1s\"", ""),
     )
     .await;
-    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
-
-    let (local, _rx) = local_client(&gw, "device").await;
     local
         .publish("sensors/t", QoS::AtLeastOnce, false, "first")
         .await
@@ -305,21 +337,22 @@ async fn a_stuck_puback_reconnects_after_ack_timeout_and_resends_with_dup() {
 /// (which acknowledges) gets those again with DUP and then the rest, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
     let announce = Announce {
         receive_max: Some(5),
         ..Announce::default()
     };
-    let (port, mut seen) = fake_cloud(&pki, |conn, _| conn > 1, announce).await;
-    let gw_cert = pki.client("gw1");
-    let gw = Gateway::start(
-        dir.path(),
-        &flow_config(&pki, &gw_cert, port, "ack_timeout = \"2s\"", ""),
+    let FlowRig {
+        gw,
+        mut seen,
+        local,
+        _dir,
+        _local_rx,
+    } = flow_rig(
+        |conn, _| conn > 1,
+        announce,
+        |pki, cert, port| flow_config(pki, cert, port, "ack_timeout = \"2s\"", ""),
     )
     .await;
-    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
-    let (local, _rx) = local_client(&gw, "device").await;
     for i in 0..40 {
         local
             .publish("sensors/t", QoS::AtLeastOnce, false, i.to_string())
@@ -358,18 +391,25 @@ async fn the_clouds_receive_maximum_bounds_what_is_in_flight() {
 /// a second later the rule forwards again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rules_rate_caps_what_it_forwards_and_counts_the_rest() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (port, mut seen) = fake_cloud(&pki, |_, _| true, Announce::default()).await;
-    let gw_cert = pki.client("gw1");
-    let config = flow_config(&pki, &gw_cert, port, "", "").replace(
-        "remote_prefix = \"site/gw1/\"\n",
-        "remote_prefix = \"site/gw1/\"\nrate = { msgs = 5 }\n",
-    );
-    assert!(config.contains("rate = { msgs = 5 }"));
-    let gw = Gateway::start(dir.path(), &config).await;
-    wait_state(&gw, "watch-1", |v| v["state"] == "connected").await;
-    let (local, _rx) = local_client(&gw, "device").await;
+    let FlowRig {
+        gw,
+        mut seen,
+        local,
+        _dir,
+        _local_rx,
+    } = flow_rig(
+        |_, _| true,
+        Announce::default(),
+        |pki, cert, port| {
+            let config = flow_config(pki, cert, port, "", "").replace(
+                "remote_prefix = \"site/gw1/\"\n",
+                "remote_prefix = \"site/gw1/\"\nrate = { msgs = 5 }\n",
+            );
+            assert!(config.contains("rate = { msgs = 5 }"));
+            config
+        },
+    )
+    .await;
     for i in 0..40 {
         local
             .publish("sensors/t", QoS::AtLeastOnce, false, i.to_string())
